@@ -1,0 +1,33 @@
+# `make demo` and `make test` create the virtualenv from the pinned requirements when it is missing.
+# OSF_VENV overrides where it lives (CI keeps one outside the clone, keyed by the requirements hash).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.osf-requirements
+
+.PHONY: demo test bench bench-quick lock clean-venv
+
+$(STAMP): requirements/dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@cp requirements/dev.txt $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/osf inspect torchvision:resnet18 --depth 2
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) bench/zoo.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/zoo.py --quick
+
+lock:
+	$(PYTHON) -m venv /tmp/osf-lock-venv && /tmp/osf-lock-venv/bin/pip install -q -r requirements/dev.in
+	{ echo "# Pinned closure of requirements/dev.in; regenerate with 'make lock'."; /tmp/osf-lock-venv/bin/pip freeze; } > requirements/dev.txt
+
+clean-venv:
+	rm -rf $(VENV)

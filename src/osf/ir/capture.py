@@ -1,0 +1,425 @@
+"""Capture any ``nn.Module`` into an :class:`~osf.ir.graph.IR` with ``torch.export`` (non-strict).
+
+The model is exported in training mode (the graph supernets train) and in eval mode. Ops whose only
+difference between modes is a training flag (dropout, batch norm, attention dropout) are bound to their
+owner module's ``.training`` at run time; if the two graphs differ in structure (e.g. auxiliary heads
+that run only in training), both are kept and the rebuilt model dispatches on ``self.training``.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import time
+import traceback
+import warnings
+from typing import Any
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+from torch import nn
+from torch.export import Dim
+
+from . import ops as op_rules
+from . import serial
+from .construct import verify_all
+from .errors import TraceError
+from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder
+
+_IGNORED_TARGETS = {"aten._assert_tensor_metadata.default"}
+
+
+def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynamic_batch: bool = True,
+          dynamic_seq: bool = False, verify_init: bool = True) -> IR:
+    """Capture ``model`` called as ``model(*args, **kwargs)`` into an IR.
+
+    ``dynamic_batch`` keeps dim 0 of every tensor input symbolic (an example batch of 1 cannot be
+    generalised: use >= 2); ``dynamic_seq`` also keeps dim 1 of every input with >= 2 dims symbolic
+    (token ids, masks, embeddings). ``verify_init=False`` skips constructor-argument verification.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"osf.trace expects an nn.Module, got {type(model).__name__}")
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    kwargs = dict(kwargs or {})
+    was_training = model.training
+    started = time.perf_counter()
+    try:
+        programs, method = _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq)
+    finally:
+        model.train(was_training)
+    ir = _to_ir(model, programs, method, verify_init)
+    ir.info["capture_seconds"] = round(time.perf_counter() - started, 3)
+    return ir
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+
+def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict, batch: bool, seq: bool) -> Any:
+    if not (batch or seq):
+        return None
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    except TypeError as e:
+        raise TraceError(f"the example inputs do not match {type(model).__name__}.forward: {e}",
+                         module="", suggestion="pass args/kwargs exactly as you call the model") from None
+
+    def spec(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return None
+        dims = {}
+        if batch:
+            dims[0] = Dim.AUTO
+        if seq and x.dim() >= 2:
+            dims[1] = Dim.AUTO
+        return dims
+
+    return {k: pytree.tree_map(spec, v) if _has_tensor(v) else None for k, v in bound.items()}
+
+
+def _has_tensor(v: Any) -> bool:
+    return any(isinstance(x, torch.Tensor) for x in pytree.tree_leaves(v))
+
+
+class _StackRecorder:
+    """Forward hooks that remember which modules are running, to name the culprit of a failed trace."""
+
+    def __init__(self, model: nn.Module):
+        self.stack: list[str] = []
+        self.failed_at: list[str] | None = None
+        self.handles = []
+        for name, m in model.named_modules():
+            self.handles.append(m.register_forward_pre_hook(self._enter(name)))
+            self.handles.append(m.register_forward_hook(self._leave(name), always_call=True))
+
+    def _enter(self, name: str):
+        def hook(*_):
+            self.stack.append(name)
+        return hook
+
+    def _leave(self, name: str):
+        def hook(*_):
+            if self.failed_at is None and sys.exc_info()[0] is not None:
+                self.failed_at = list(self.stack)
+            if self.stack and self.stack[-1] == name:
+                self.stack.pop()
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
+    recorder = _StackRecorder(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic), None
+    except Exception as e:  # noqa: BLE001 - reported below with the module that raised it
+        where = (recorder.failed_at or recorder.stack or [""])[-1]
+        return None, (e, where)
+    finally:
+        recorder.close()
+
+
+def _export_both_modes(model, args, kwargs, batch, seq):
+    dynamic = _dynamic_shapes(model, args, kwargs, batch, seq)
+    programs, method, failure = {}, "torch.export", None
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        ep, failure = _export(model, args, kwargs, dynamic)
+        if ep is None and dynamic is not None:  # a dynamic dim the model cannot support: go static
+            ep, _ = _export(model, args, kwargs, None)
+            method = "torch.export (static shapes)"
+        if ep is None:
+            ep = _export_via_fx(model, args, kwargs, dynamic)
+            method = "torch.fx + torch.export"
+        if ep is None:
+            raise _trace_error(model, *failure)
+        programs[mode] = ep
+    return programs, method
+
+
+def _export_via_fx(model, args, kwargs, dynamic):
+    """Fallback: symbolic trace (drops Python-level control flow that export could not handle when it
+    does not depend on inputs), then export the traced GraphModule."""
+    try:
+        concrete = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+        gm = torch.fx.symbolic_trace(model, concrete_args=concrete or None)
+        tensor_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        gm.train(model.training)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(gm, args, tensor_kwargs, strict=False)
+    except Exception:  # noqa: BLE001 - the export error is the one reported
+        return None
+
+
+def _trace_error(model: nn.Module, exc: BaseException, module: str) -> TraceError:
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if "/torch/" not in f.filename and "/osf/" not in f.filename]
+    frame = user[-1] if user else (frames[-1] if frames else None)
+    op = f"{frame.filename}:{frame.lineno}: {frame.line}" if frame else None
+    msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    text = str(exc).lower()
+    cls = type(model.get_submodule(module)).__name__ if module else type(model).__name__
+    if "cache" in text or "past_key_values" in text:
+        hint = "pass use_cache=False (and return_dict=True) in kwargs"
+    elif "data-dependent" in text or "guard" in text or "unbacked" in text:
+        hint = (f"the forward of {cls} branches on tensor values; make the branch static (compute it from "
+                "shapes or config) or express it with torch.cond, or pass inputs that avoid it")
+    else:
+        hint = (f"check that {cls}.forward runs on the example inputs in plain PyTorch; if it uses Python "
+                "objects torch.export cannot see through, move them out of forward")
+    return TraceError(f"could not capture {type(model).__name__} ({type(exc).__name__}: {msg})",
+                      module=module, op=op, suggestion=hint)
+
+
+# ----------------------------------------------------------------------------------------------
+# ExportedProgram -> IR
+
+def _canonical_names(model: nn.Module) -> tuple[dict[int, str], dict[str, str]]:
+    """id(module) -> canonical qualified name, and every alias path -> canonical name."""
+    ids: dict[int, str] = {}
+    for name, m in model.named_modules():
+        ids.setdefault(id(m), name)
+    paths = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        paths[name] = ids[id(m)]
+    return ids, paths
+
+
+def _owner(node: torch.fx.Node, paths: dict[str, str]) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    for path, _cls in reversed(list(stack.values())):
+        path = _normalize_path(path)
+        if path in paths:
+            return paths[path]
+    return ""
+
+
+def _normalize_path(path: str) -> str:
+    if path.startswith("L['self']"):
+        path = path[len("L['self']"):].lstrip(".")
+        path = path.replace("[", ".").replace("]", "").replace("'", "")
+    return path
+
+
+def _tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, torch.Tensor], set[str]]:
+    """Every parameter/buffer qualified name -> canonical name (tied tensors share one)."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    persistent: set[str] = set()
+    for mod_name, m in model.named_modules(remove_duplicate=False):
+        prefix = f"{mod_name}." if mod_name else ""
+        for local, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if t is None:
+                continue
+            qual = prefix + local
+            canon = first.setdefault(id(t), qual)
+            aliases[qual] = canon
+            tensors.setdefault(canon, t)
+            if local in m._parameters or local not in m._non_persistent_buffers_set:
+                persistent.add(qual)
+    return aliases, tensors, persistent
+
+
+def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor]) -> tuple[Graph, list]:
+    from torch.export.graph_signature import InputKind, OutputKind
+    kind_of = {InputKind.PARAMETER: PARAM, InputKind.BUFFER: BUFFER, InputKind.CONSTANT_TENSOR: CONST,
+               InputKind.USER_INPUT: INPUT}
+    placeholders: list[Placeholder] = []
+    user_leaves: list = []
+    by_name = {n.name: n for n in ep.graph.nodes}
+    for spec in ep.graph_signature.input_specs:
+        arg = spec.arg
+        kind = kind_of.get(spec.kind)
+        if kind is None:
+            raise TraceError(f"unsupported graph input kind {spec.kind} ({arg})", module="",
+                             suggestion="remove custom objects or tokens from the forward")
+        if kind == INPUT:
+            if hasattr(arg, "value") and not hasattr(arg, "name") or type(arg).__name__ == "ConstantArgument":
+                user_leaves.append({"const": serial.encode_arg(arg.value)})
+                continue
+            user_leaves.append({"placeholder": arg.name})
+            target = None
+        elif kind == CONST:
+            target = f"_osf_const_{len(consts)}"
+            consts[target] = ep.constants[spec.target]
+        else:
+            target = aliases.get(spec.target, spec.target)
+        node = by_name.get(arg.name)
+        meta = serial.encode_value_meta(node.meta.get("val")) if node is not None else None
+        placeholders.append(Placeholder(arg.name, kind, target, meta))
+    ops: list[OpNode] = []
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = serial.target_name(node.target)
+        if target in _IGNORED_TARGETS:
+            continue
+        if target.startswith("higher_order."):
+            raise TraceError(f"higher-order op {target} is not supported by the IR", module=_owner(node, paths),
+                             op=node.name, suggestion="avoid torch.cond / checkpointing inside forward when tracing")
+        ops.append(OpNode(node.name, target, serial.encode_arg(list(node.args)),
+                          {k: serial.encode_arg(v) for k, v in node.kwargs.items()},
+                          _owner(node, paths), serial.encode_value_meta(node.meta.get("val"))))
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    outputs = [serial.encode_arg(a) for a, spec in zip(out_node.args[0], ep.graph_signature.output_specs)
+               if spec.kind == OutputKind.USER_OUTPUT]
+    _drop_unused(ops, outputs)
+    return Graph(placeholders, ops, outputs), user_leaves
+
+
+def _drop_unused(ops: list[OpNode], outputs: list) -> None:
+    """Remove ops whose results nobody uses and that have no side effect (dead code after dropping
+    assertions)."""
+    used = set(serial.node_refs(outputs))
+    keep = []
+    for op in reversed(ops):
+        if op.name in used or op_rules.has_side_effect(op.target):
+            keep.append(op)
+            used.update(op.inputs)
+    ops[:] = reversed(keep)
+
+
+def _signature(graph: Graph) -> list:
+    """Structure of a graph with training flags ignored: equal for train and eval unless the model's
+    forward takes other paths per mode."""
+    return [(op.target, op.owner) for op in graph.ops
+            if not op.mode_gated and op.target not in op_rules.LAYOUT_ONLY]
+
+
+def _gate_mode_only_ops(train: Graph, eval_: Graph) -> None:
+    """Mark in-place buffer updates that run only in training (e.g. ``num_batches_tracked += 1``)."""
+    buffers = {p.name for p in train.placeholders if p.kind == BUFFER}
+    eval_buffers = {p.name: p.target for p in eval_.placeholders if p.kind == BUFFER}
+    mutated_in_eval = {eval_buffers[r] for op in eval_.ops if op_rules.is_inplace(op.target)
+                       for r in op.inputs[:1] if r in eval_buffers}
+    target_of = {p.name: p.target for p in train.placeholders}
+    for op in train.ops:
+        if op_rules.is_inplace(op.target) and op.inputs[:1] and op.inputs[0] in buffers \
+                and target_of[op.inputs[0]] not in mutated_in_eval:
+            op.mode_gated = True
+
+
+def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
+    ids, paths = _canonical_names(model)
+    aliases, tensors, persistent = _tensor_aliases(model)
+    consts: dict[str, torch.Tensor] = {}
+    train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts)
+    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts)
+    _gate_mode_only_ops(train_graph, eval_graph)
+    keep_eval = _signature(train_graph) != _signature(eval_graph)
+    ep = programs["train"]
+    for k, t in consts.items():
+        tensors[k] = t.detach().clone()
+    info = {
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "capture": method,
+        "torch": torch.__version__,
+        "in_spec": serial.spec_to_json(ep.call_spec.in_spec),
+        "out_spec": _out_spec(model, ep),
+        "eval_out_spec": _out_spec(model, programs["eval"]) if keep_eval else None,
+        "user_leaves": user_leaves,
+        "signature": _param_names(model),
+        "persistent": sorted(persistent),
+        "dynamic": sorted({s for p in train_graph.placeholders if p.kind == INPUT and isinstance(p.meta, dict)
+                           for s in (p.meta.get("sym") or []) if s}),
+    }
+    modules = _module_nodes(model, ids, train_graph, verify)
+    ir = IR(train_graph, modules, tensors, aliases, info, eval_graph if keep_eval else None)
+    _annotate_io(ir)
+    return ir
+
+
+def _out_spec(model: nn.Module, ep) -> Any:
+    try:
+        return serial.spec_to_json(ep.call_spec.out_spec)
+    except ValueError as e:
+        raise TraceError(str(e), module="", suggestion="return tensors, tuples, dicts, namedtuples or "
+                         "dataclass-style outputs registered with torch.utils._pytree") from None
+
+
+def _param_names(model: nn.Module) -> list[str] | None:
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    return [p.name for p in params if p.kind != inspect.Parameter.VAR_KEYWORD]
+
+
+def _module_nodes(model: nn.Module, ids: dict[int, str], graph: Graph, verify: bool) -> dict[str, ModuleNode]:
+    inits = verify_all(model, ids) if verify else {}
+    nodes: dict[str, ModuleNode] = {}
+    for name, m in model.named_modules():
+        params = {k: {"shape": list(p.shape), "dtype": str(p.dtype).removeprefix("torch."),
+                      "requires_grad": p.requires_grad}
+                  for k, p in m._parameters.items() if p is not None}
+        buffers = {k: {"shape": list(b.shape), "dtype": str(b.dtype).removeprefix("torch."),
+                       "persistent": k not in m._non_persistent_buffers_set}
+                   for k, b in m._buffers.items() if b is not None}
+        init = inits.get(name, {"status": "unrecovered", "reason": "verification skipped"})
+        init = {k: v for k, v in init.items() if k != "class"}
+        meta = {
+            "name": name,
+            "class": f"{type(m).__module__}.{type(m).__qualname__}",
+            "init": init,
+            "params": params,
+            "buffers": buffers,
+            "num_params": sum(p.numel() for p in m.parameters()),
+            "own_params": sum(p.numel() for p in m._parameters.values() if p is not None),
+        }
+        children = [ids[id(c)] for c in m.children() if ids.get(id(c), "").startswith(name)]
+        nodes[name] = ModuleNode(name, meta, [c for c in children if c != name])
+    json.dumps({n: v.meta for n, v in nodes.items()})  # fail early if anything is not JSON
+    return nodes
+
+
+def _ancestors(owner: str) -> list[str]:
+    parts = owner.split(".") if owner else []
+    return [""] + [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _annotate_io(ir: IR) -> None:
+    """Each module's input and output shapes: values whose producer and consumer lie on different sides
+    of its boundary (an edge from owner a to owner b crosses the modules containing exactly one of them)."""
+    produced = ir.graph.producers()
+    owner_of = {op.name: op.owner for op in ir.graph.ops}
+    ins: dict[str, dict[str, None]] = {n: {} for n in ir.modules}
+    outs: dict[str, dict[str, None]] = {n: {} for n in ir.modules}
+    counts: dict[str, int] = dict.fromkeys(ir.modules, 0)
+
+    def cross(ref: str, src: list[str], dst: list[str]) -> None:
+        s, d = set(src), set(dst)
+        for m in dst:
+            if m not in s and m in ins:
+                ins[m][ref] = None
+        for m in src:
+            if m not in d and m in outs:
+                outs[m][ref] = None
+
+    for op in ir.graph.ops:
+        dst = _ancestors(op.owner)
+        for m in dst:
+            if m in counts:
+                counts[m] += 1
+        for ref in op.inputs:
+            p = produced[ref]
+            if isinstance(p, Placeholder):
+                if p.kind == INPUT:
+                    cross(ref, [], dst)
+                continue
+            cross(ref, _ancestors(owner_of[ref]), dst)
+    for ref in serial.node_refs(ir.graph.outputs):
+        if ref in owner_of:
+            cross(ref, _ancestors(owner_of[ref]), [])
+    for name, node in ir.modules.items():
+        node.meta["inputs"] = [serial.shape_text(produced[r].meta) for r in ins[name]]
+        node.meta["outputs"] = [serial.shape_text(produced[r].meta) for r in outs[name]]
+        node.meta["num_ops"] = counts[name]

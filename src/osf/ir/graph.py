@@ -1,0 +1,247 @@
+"""The hierarchical graph IR.
+
+A flat, topologically ordered list of ATen-level ``OpNode``s (the dataflow) plus a tree of
+``ModuleNode``s (the hierarchy, one per ``nn.Module`` at every nesting level). Every op knows its
+owner module (innermost module on its stack), so the graph of any module's children is the op graph
+with each op collapsed to the child of that module that contains it.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import networkx as nx
+import torch
+
+from . import serial
+
+# Placeholder kinds.
+INPUT, PARAM, BUFFER, CONST = "input", "param", "buffer", "constant"
+
+
+@dataclass
+class Placeholder:
+    """A graph input: a user input, a parameter, a buffer or a lifted constant tensor."""
+    name: str
+    kind: str
+    target: str | None = None  # qualified parameter/buffer name, constant key, or user-input path
+    meta: Any = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "target": self.target, "meta": self.meta}
+
+
+@dataclass
+class OpNode:
+    """One ATen (or symbolic-int) operation of the forward graph."""
+    name: str
+    target: str
+    args: list
+    kwargs: dict
+    owner: str  # qualified name of the innermost module whose forward ran this op ("" = root)
+    meta: Any = None
+    mode_gated: bool = False  # only runs in training mode (e.g. BatchNorm's num_batches_tracked += 1)
+
+    @property
+    def inputs(self) -> list[str]:
+        return serial.node_refs(self.args) + serial.node_refs(list(self.kwargs.values()))
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "target": self.target, "args": self.args, "kwargs": self.kwargs,
+             "owner": self.owner, "meta": self.meta}
+        if self.mode_gated:
+            d["mode_gated"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OpNode":
+        return cls(d["name"], d["target"], d["args"], d["kwargs"], d["owner"], d.get("meta"),
+                   d.get("mode_gated", False))
+
+
+@dataclass
+class Graph:
+    """The dataflow of one forward: placeholders, ops in topological order, outputs."""
+    placeholders: list[Placeholder]
+    ops: list[OpNode]
+    outputs: list  # encoded args (node refs or constants), flattened user outputs
+
+    def to_dict(self) -> dict:
+        return {"placeholders": [p.to_dict() for p in self.placeholders],
+                "ops": [o.to_dict() for o in self.ops], "outputs": self.outputs}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Graph":
+        return cls([Placeholder(**p) for p in d["placeholders"]], [OpNode.from_dict(o) for o in d["ops"]],
+                   d["outputs"])
+
+    def producers(self) -> dict[str, Placeholder | OpNode]:
+        table: dict[str, Placeholder | OpNode] = {p.name: p for p in self.placeholders}
+        table.update({o.name: o for o in self.ops})
+        return table
+
+
+@dataclass
+class ModuleNode:
+    """One ``nn.Module`` of the hierarchy, with its metadata dictionary (JSON-serialisable)."""
+    name: str
+    meta: dict
+    children: list[str] = field(default_factory=list)
+    _ir: "IR | None" = field(default=None, repr=False, compare=False)
+
+    @property
+    def class_path(self) -> str:
+        return self.meta["class"]
+
+    def instantiate(self, *, device: str | torch.device | None = None) -> torch.nn.Module:
+        """Re-create this module from its metadata alone: its class, called with the recovered and
+        verified constructor arguments (weights are freshly initialised, not loaded)."""
+        init = self.meta.get("init") or {}
+        if init.get("status") != "verified":
+            raise ValueError(f"module '{self.name or '<root>'}' ({self.class_path}) cannot be re-instantiated "
+                             f"from metadata: {init.get('reason', 'constructor arguments not recovered')}")
+        from .construct import decode_init_value
+        cls = import_class(self.class_path)
+        args = {k: decode_init_value(v) for k, v in init["args"].items()}
+        with torch.device(device or "cpu"):
+            return cls(**args)
+
+    def __repr__(self) -> str:
+        return (f"ModuleNode({self.name or '<root>'}: {self.class_path}, params={self.meta['num_params']}, "
+                f"children={len(self.children)})")
+
+
+def import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    obj: Any = importlib.import_module(module)
+    return getattr(obj, name)
+
+
+class IR:
+    """A captured model: graph(s), module hierarchy, tensors (parameters, buffers, constants)."""
+
+    def __init__(self, graph: Graph, modules: dict[str, ModuleNode], tensors: dict[str, torch.Tensor],
+                 aliases: dict[str, str], info: dict, eval_graph: Graph | None = None):
+        self.graph = graph
+        self.eval_graph = eval_graph  # set only when eval mode runs a structurally different graph
+        self.modules = modules
+        self.tensors = tensors  # canonical name -> tensor (tied parameters stored once)
+        self.aliases = aliases  # every parameter/buffer qualified name -> canonical name
+        self.info = info  # in/out tree specs, signature, dynamic dims, capture method, versions
+        for m in modules.values():
+            m._ir = self
+
+    # ----- hierarchy -----
+    def node(self, name: str) -> ModuleNode:
+        """The module node with this qualified name ("" is the root)."""
+        try:
+            return self.modules[name]
+        except KeyError:
+            close = [n for n in self.modules if n.endswith(name.split(".")[-1])][:5]
+            raise KeyError(f"no module '{name}' in the IR; similar: {close}") from None
+
+    def walk(self, name: str = "") -> Iterator[tuple[int, ModuleNode]]:
+        """Depth-first (level, node) pairs under ``name``."""
+        stack = [(0, name)]
+        while stack:
+            level, n = stack.pop()
+            node = self.modules[n]
+            yield level, node
+            stack.extend((level + 1, c) for c in reversed(node.children))
+
+    def child_of(self, owner: str, ancestor: str) -> str | None:
+        """The direct child of ``ancestor`` that contains ``owner`` (None if the op is ``ancestor``'s own)."""
+        if owner == ancestor:
+            return None
+        prefix = f"{ancestor}." if ancestor else ""
+        if not owner.startswith(prefix):
+            raise ValueError(f"'{owner}' is not inside '{ancestor}'")
+        head = owner[len(prefix):].split(".")[0]
+        return prefix + head
+
+    def contains(self, ancestor: str, owner: str) -> bool:
+        return ancestor == "" or owner == ancestor or owner.startswith(ancestor + ".")
+
+    def graph_of(self, name: str = "", *, graph: Graph | None = None) -> nx.DiGraph:
+        """Dataflow among the children of module ``name``: nodes are child modules and the module's own
+        ops, plus ``input``/``output`` boundary nodes; edges carry the shapes and dtypes that flow.
+        For a ViT's ``encoder.layers`` this is the chain of its blocks."""
+        graph = graph or self.graph
+        self.node(name)
+        g = nx.DiGraph()
+        g.add_node("input", kind="boundary")
+        g.add_node("output", kind="boundary")
+        where: dict[str, str] = {}
+        for op in graph.ops:
+            if not self.contains(name, op.owner):
+                continue
+            child = self.child_of(op.owner, name)
+            key = child if child is not None else op.name
+            where[op.name] = key
+            if key not in g:
+                if child is not None:
+                    g.add_node(key, kind="module", cls=self.modules[child].class_path if child in self.modules
+                               else "?")
+                else:
+                    g.add_node(key, kind="op", target=op.target)
+        produced = graph.producers()
+        for op in graph.ops:
+            dst = where.get(op.name)
+            if dst is None:
+                continue
+            for ref in op.inputs:
+                src = where.get(ref)
+                p = produced.get(ref)
+                if isinstance(p, Placeholder) and p.kind in (PARAM, BUFFER, CONST):
+                    continue
+                src = src if src is not None else "input"
+                if src != dst:
+                    _add_flow(g, src, dst, p.meta if p is not None else None)
+        consumers_outside = self._consumed_outside(name, graph, where)
+        for ref in consumers_outside:
+            _add_flow(g, where[ref], "output", produced[ref].meta)
+        return g
+
+    def _consumed_outside(self, name: str, graph: Graph, where: dict[str, str]) -> list[str]:
+        out = []
+        for op in graph.ops:
+            if op.name in where:
+                continue
+            out.extend(r for r in op.inputs if r in where)
+        out.extend(r for r in serial.node_refs(graph.outputs) if r in where)
+        return list(dict.fromkeys(out))
+
+    # ----- convenience -----
+    @property
+    def num_params(self) -> int:
+        return self.modules[""].meta["num_params"]
+
+    def build(self) -> torch.nn.Module:
+        """An executable ``nn.Module`` rebuilt from the IR alone (same outputs, gradients, state_dict keys)."""
+        from .codegen import build
+        return build(self)
+
+    def save(self, path: str) -> None:
+        """Write the IR to ``path`` (a directory: ``ir.json`` + ``weights.safetensors``), atomically."""
+        from .io import save_ir
+        save_ir(self, path)
+
+    def to_json(self) -> dict:
+        return {"format": "osf-ir", "version": 1, "info": self.info, "aliases": self.aliases,
+                "modules": {n: {"meta": m.meta, "children": m.children} for n, m in self.modules.items()},
+                "graph": self.graph.to_dict(),
+                "eval_graph": self.eval_graph.to_dict() if self.eval_graph is not None else None}
+
+    def __repr__(self) -> str:
+        return (f"IR({self.modules[''].class_path}: {len(self.modules)} modules, {len(self.graph.ops)} ops, "
+                f"{self.num_params:,} params)")
+
+
+def _add_flow(g: nx.DiGraph, src: str, dst: str, meta: Any) -> None:
+    text = serial.shape_text(meta)
+    dtype = meta.get("dtype") if isinstance(meta, dict) else None
+    if g.has_edge(src, dst):
+        g.edges[src, dst]["shapes"].append(text)
+    else:
+        g.add_edge(src, dst, shapes=[text], dtype=dtype)

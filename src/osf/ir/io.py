@@ -1,0 +1,104 @@
+"""Save / load an IR: ``ir.json`` (graph, hierarchy, metadata) + ``weights.safetensors`` (tensors).
+
+Nothing is unpickled on load. Writes go to a temporary directory renamed into place, so a crash never
+leaves a half-written IR under the final name; an existing path is never overwritten silently.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import FormatError
+from .graph import IR, Graph, ModuleNode
+
+GRAPH_FILE, WEIGHTS_FILE = "ir.json", "weights.safetensors"
+
+
+def save_ir(ir: IR, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"'{path}' exists; choose another path or pass overwrite=True")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {k: t.detach().contiguous().cpu() for k, t in ir.tensors.items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "osf-ir"})
+        with open(tmp / GRAPH_FILE, "w") as f:
+            json.dump(ir.to_json(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():  # overwrite=True: swap atomically, keep the old one until the new is in place
+            old = path.with_name(path.name + ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_ir(path: str | os.PathLike) -> IR:
+    """Load an IR written by :meth:`IR.save`. Raises :class:`FormatError` if it is corrupt."""
+    path = Path(path)
+    graph_file, weights_file = path / GRAPH_FILE, path / WEIGHTS_FILE
+    if not path.is_dir() or not graph_file.is_file() or not weights_file.is_file():
+        raise FormatError(f"'{path}' is not a saved osf IR (expected a directory with {GRAPH_FILE} and "
+                          f"{WEIGHTS_FILE})")
+    try:
+        with open(graph_file) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"'{graph_file}' is corrupt or truncated: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != "osf-ir":
+        raise FormatError(f"'{graph_file}' is not an osf IR file")
+    if data.get("version") != 1:
+        raise FormatError(f"'{graph_file}' has IR version {data.get('version')}; this osf reads version 1")
+    try:
+        tensors = load_file(str(weights_file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FormatError(f"'{weights_file}' is corrupt or truncated: {e}") from None
+    try:
+        modules = {n: ModuleNode(n, m["meta"], m["children"]) for n, m in data["modules"].items()}
+        graph = Graph.from_dict(data["graph"])
+        eval_graph = Graph.from_dict(data["eval_graph"]) if data.get("eval_graph") else None
+        aliases = data["aliases"]
+        info = data["info"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"'{graph_file}' is missing or has malformed field {e}") from None
+    missing = sorted({c for c in aliases.values() if c not in tensors})
+    if missing:
+        raise FormatError(f"'{weights_file}' lacks tensors the graph needs: {missing[:5]}")
+    _check_shapes(data, tensors, aliases, modules)
+    for k in set(aliases.values()):
+        spec = _param_spec(k, modules)
+        if spec is not None:
+            tensors[k] = torch.nn.Parameter(tensors[k], requires_grad=spec.get("requires_grad", True))
+    return IR(graph, modules, tensors, aliases, info, eval_graph)
+
+
+def _param_spec(qual: str, modules: dict[str, ModuleNode]) -> dict | None:
+    mod, _, local = qual.rpartition(".")
+    node = modules.get(mod)
+    return None if node is None else node.meta.get("params", {}).get(local)
+
+
+def _check_shapes(data: dict, tensors: dict, aliases: dict, modules: dict[str, ModuleNode]) -> None:
+    for qual, canon in aliases.items():
+        mod, _, local = qual.rpartition(".")
+        node = modules.get(mod)
+        if node is None:
+            continue
+        spec = node.meta["params"].get(local) or node.meta["buffers"].get(local)
+        if spec is not None and list(tensors[canon].shape) != spec["shape"]:
+            raise FormatError(f"tensor '{qual}' has shape {list(tensors[canon].shape)} in the weights file but "
+                              f"{spec['shape']} in the graph: the files do not belong together")

@@ -1,0 +1,240 @@
+"""JSON encoding of op targets, op arguments and value metadata of the captured graph.
+
+Everything in the IR is plain JSON. Op targets are strings (``aten.conv2d.default``,
+``operator.getitem``) resolved only inside ``torch.ops`` and a few stdlib modules, so loading an IR
+never imports or runs anything a file names.
+"""
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+from typing import Any
+
+import torch
+import torch.fx
+
+from .errors import FormatError
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
+_LAYOUTS = {str(v).removeprefix("torch."): v for v in vars(torch).values() if isinstance(v, torch.layout)}
+_MEMORY_FORMATS = {str(v).removeprefix("torch."): v for v in vars(torch).values()
+                   if isinstance(v, torch.memory_format)}
+_PY_MODULES = {"operator": operator, "math": math, "builtins": builtins}
+_TORCH_SYM_FUNCS = {"sym_max", "sym_min", "sym_float", "sym_int", "sym_not", "sym_ite", "sym_sum", "sym_sqrt"}
+
+
+def target_name(target: Any) -> str:
+    """A stable string for an fx ``call_function`` target."""
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return str(target)  # e.g. "aten.conv2d.default"
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", None)
+    if module in ("_operator", "operator"):
+        return f"operator.{name}"
+    if module in _PY_MODULES and name:
+        return f"{module}.{name}"
+    if module.startswith("torch") and name in _TORCH_SYM_FUNCS:
+        return f"torch.{name}"
+    if name == "_assert_scalar" or name == "sym_constrain_range_for_size":
+        return f"aten.{name}.default"
+    raise ValueError(f"op target {target!r} ({module}.{name}) cannot be stored in the IR")
+
+
+def resolve_target(name: str) -> Any:
+    """Inverse of :func:`target_name`; raises FormatError for anything outside the allowed namespaces."""
+    head, _, rest = name.partition(".")
+    if head in _PY_MODULES and rest and "." not in rest:
+        fn = getattr(_PY_MODULES[head], rest, None)
+        if fn is not None:
+            return fn
+    elif head == "torch" and rest in _TORCH_SYM_FUNCS:
+        return getattr(torch, rest)
+    else:
+        try:
+            packet_name, _, overload = rest.rpartition(".")
+            return getattr(getattr(getattr(torch.ops, head), packet_name), overload)
+        except (AttributeError, RuntimeError):
+            pass
+    raise FormatError(f"unknown op '{name}' in the IR: it is not a torch.ops operator (is a custom-op "
+                      "library not loaded?)")
+
+
+def encode_arg(value: Any) -> Any:
+    """Encode an fx argument as JSON. Nodes become {"node": name}."""
+    if isinstance(value, torch.fx.Node):
+        return {"node": value.name}
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"float": repr(value)}
+    if isinstance(value, list):
+        return [encode_arg(v) for v in value]
+    if isinstance(value, tuple):
+        return {"tuple": [encode_arg(v) for v in value]}
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"device": str(value)}
+    if isinstance(value, torch.layout):
+        return {"layout": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.memory_format):
+        return {"memory_format": str(value).removeprefix("torch.")}
+    if isinstance(value, dict):
+        return {"dict": {str(k): encode_arg(v) for k, v in value.items()}}
+    if isinstance(value, slice):
+        return {"slice": [encode_arg(value.start), encode_arg(value.stop), encode_arg(value.step)]}
+    raise ValueError(f"argument {value!r} of type {type(value).__name__} cannot be stored in the IR")
+
+
+def decode_arg(value: Any, env: dict[str, Any]) -> Any:
+    """Decode an encoded argument to a runtime value; nodes are looked up in ``env``."""
+    if isinstance(value, list):
+        return [decode_arg(v, env) for v in value]
+    if not isinstance(value, dict):
+        return value
+    (kind, payload), = value.items()
+    if kind == "node":
+        return env[payload]
+    if kind == "tuple":
+        return tuple(decode_arg(v, env) for v in payload)
+    if kind == "float":
+        return float(payload)
+    if kind == "dtype":
+        return _DTYPES[payload]
+    if kind == "device":
+        return torch.device(payload)
+    if kind == "layout":
+        return _LAYOUTS[payload]
+    if kind == "memory_format":
+        return _MEMORY_FORMATS[payload]
+    if kind == "dict":
+        return {k: decode_arg(v, env) for k, v in payload.items()}
+    if kind == "slice":
+        return slice(*(decode_arg(v, env) for v in payload))
+    raise FormatError(f"unknown argument encoding {kind!r} in the IR")
+
+
+def node_refs(value: Any) -> list[str]:
+    """Names of the nodes an encoded argument refers to, in order."""
+    if isinstance(value, list):
+        return [r for v in value for r in node_refs(v)]
+    if isinstance(value, dict):
+        (kind, payload), = value.items()
+        if kind == "node":
+            return [payload]
+        if kind in ("tuple", "slice"):
+            return [r for v in payload for r in node_refs(v)]
+        if kind == "dict":
+            return [r for v in payload.values() for r in node_refs(v)]
+    return []
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise FormatError(f"unknown dtype '{name}' in the IR") from None
+
+
+def encode_value_meta(val: Any) -> Any:
+    """Shape/dtype of a node's value: tensors give {"shape", "dtype"[, "sym"]}; symbolic ints give
+    {"symint": expr, "hint": int}; containers recurse."""
+    if isinstance(val, torch.Tensor):
+        shape, sym, dynamic = [], [], False
+        for d in val.shape:
+            if isinstance(d, torch.SymInt):
+                shape.append(_hint(d))
+                sym.append(str(d))
+                dynamic = True
+            else:
+                shape.append(int(d))
+                sym.append(None)
+        meta = {"shape": shape, "dtype": str(val.dtype).removeprefix("torch.")}
+        if dynamic:
+            meta["sym"] = sym
+        return meta
+    if isinstance(val, torch.SymInt):
+        return {"symint": str(val), "hint": _hint(val)}
+    if isinstance(val, (torch.SymFloat, torch.SymBool)):
+        return {"sym": str(val)}
+    if isinstance(val, (list, tuple)):
+        return {"list": [encode_value_meta(v) for v in val]}
+    if isinstance(val, (bool, int, float)) or val is None:
+        return {"const": val if not isinstance(val, float) or math.isfinite(val) else None}
+    return None
+
+
+def _hint(sym: torch.SymInt) -> int:
+    node = sym.node
+    hint = getattr(node, "hint", None)
+    if hint is None:
+        hint = node.shape_env.size_hint(node.expr)
+    return int(hint)
+
+
+def shape_text(meta: Any) -> str:
+    """Human-readable shape of value metadata, symbolic dims by name (e.g. ``[B, 197, 768]``)."""
+    if not isinstance(meta, dict):
+        return "?"
+    if "shape" in meta:
+        sym = meta.get("sym") or [None] * len(meta["shape"])
+        return "[" + ", ".join(s if s is not None else str(d) for d, s in zip(meta["shape"], sym)) + "]"
+    if "list" in meta:
+        return "(" + ", ".join(shape_text(m) for m in meta["list"]) + ")"
+    if "symint" in meta:
+        return meta["symint"]
+    return "?"
+
+
+# ---- pytree specs of model inputs/outputs ------------------------------------------------------
+_BUILTIN_CONTAINERS = {tuple: "tuple", list: "list", dict: "dict"}
+
+
+def spec_children(spec: Any) -> list:
+    """Child specs of a TreeSpec (``children()`` on recent torch, ``children_specs`` before)."""
+    return spec.children() if callable(getattr(type(spec), "children", None)) else spec.children_specs
+
+
+def spec_to_json(spec: Any) -> Any:
+    """JSON form of a ``torch.utils._pytree.TreeSpec`` (namedtuples, dataclass-like and registered
+    output types are stored by class path and their field names)."""
+    import collections
+    if spec.is_leaf():
+        return None
+    children = [spec_to_json(c) for c in spec_children(spec)]
+    t = spec.type
+    if t in _BUILTIN_CONTAINERS:
+        ctx = list(spec.context) if t is dict else None
+        return {"type": _BUILTIN_CONTAINERS[t], "context": ctx, "children": children}
+    if t is collections.OrderedDict:
+        return {"type": "ordereddict", "context": list(spec.context), "children": children}
+    ctx = spec.context
+    if isinstance(ctx, type):  # namedtuple: context is the class itself
+        return {"type": "namedtuple", "class": f"{ctx.__module__}.{ctx.__qualname__}", "children": children}
+    path = f"{t.__module__}.{t.__qualname__}"
+    if isinstance(ctx, (list, tuple)) and all(isinstance(k, str) for k in ctx):
+        return {"type": "class", "class": path, "context": list(ctx), "children": children}
+    raise ValueError(f"output container {path} cannot be stored in the IR (its pytree context is "
+                     f"{type(ctx).__name__})")
+
+
+def spec_from_json(data: Any, import_class: Any) -> Any:
+    """Inverse of :func:`spec_to_json`; ``import_class`` resolves class paths."""
+    import collections
+
+    import torch.utils._pytree as pytree
+    if data is None:
+        return pytree.treespec_leaf() if hasattr(pytree, "treespec_leaf") else pytree.LeafSpec()
+    children = [spec_from_json(c, import_class) for c in data["children"]]
+    kind = data["type"]
+    if kind in ("tuple", "list"):
+        return pytree.TreeSpec(tuple if kind == "tuple" else list, None, children)
+    if kind == "dict":
+        return pytree.TreeSpec(dict, list(data["context"]), children)
+    if kind == "ordereddict":
+        return pytree.TreeSpec(collections.OrderedDict, list(data["context"]), children)
+    cls = import_class(data["class"])
+    if kind == "namedtuple":
+        return pytree.TreeSpec(collections.namedtuple, cls, children)
+    return pytree.TreeSpec(cls, list(data["context"]), children)
