@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/osf inspect torchvision:resnet18 --depth 2
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) bench/zoo.py

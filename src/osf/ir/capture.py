@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
 import time
 import traceback
@@ -314,6 +315,8 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
     eval_graph, _ = _graph(programs["eval"], paths, aliases, consts)
     _gate_mode_only_ops(train_graph, eval_graph)
     keep_eval = _signature(train_graph) != _signature(eval_graph)
+    for g in (train_graph, eval_graph):
+        _rename_symbols(g, _symbol_names(train_graph))
     ep = programs["train"]
     for k, t in consts.items():
         tensors[k] = t.detach().clone()
@@ -342,6 +345,41 @@ def _out_spec(model: nn.Module, ep) -> Any:
     except ValueError as e:
         raise TraceError(str(e), module="", suggestion="return tensors, tuples, dicts, namedtuples or "
                          "dataclass-style outputs registered with torch.utils._pytree") from None
+
+
+def _symbol_names(graph: Graph) -> dict[str, str]:
+    """Readable names for the export's shape symbols: batch dims B (B1, …), sequence dims S (S1, …)."""
+    names: dict[str, str] = {}
+    counts = {"B": 0, "S": 0}
+    for p in graph.placeholders:
+        if p.kind != INPUT or not isinstance(p.meta, dict):
+            continue
+        for dim, sym in enumerate(p.meta.get("sym") or []):
+            if sym and sym.isidentifier() and sym not in names:
+                base = "B" if dim == 0 else "S"
+                names[sym] = base + (str(counts[base]) if counts[base] else "")
+                counts[base] += 1
+    return names
+
+
+def _rename_symbols(graph: Graph, names: dict[str, str]) -> None:
+    if not names:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    sub = lambda text: pattern.sub(lambda m: names[m.group(1)], text)  # noqa: E731
+
+    def fix(meta: Any) -> None:
+        if isinstance(meta, dict):
+            if meta.get("sym"):
+                meta["sym"] = [sub(x) if isinstance(x, str) else x for x in meta["sym"]] \
+                    if isinstance(meta["sym"], list) else sub(meta["sym"])
+            if "symint" in meta:
+                meta["symint"] = sub(meta["symint"])
+            for m in meta.get("list", []):
+                fix(m)
+
+    for node in [*graph.placeholders, *graph.ops]:
+        fix(node.meta)
 
 
 def _param_names(model: nn.Module) -> list[str] | None:
@@ -419,7 +457,11 @@ def _annotate_io(ir: IR) -> None:
     for ref in serial.node_refs(ir.graph.outputs):
         if ref in owner_of:
             cross(ref, _ancestors(owner_of[ref]), [])
+    def tensors_only(refs: dict[str, None]) -> list[str]:  # symbolic sizes flowing in are not data
+        return [serial.shape_text(produced[r].meta) for r in refs
+                if isinstance(produced[r].meta, dict) and "symint" not in produced[r].meta]
+
     for name, node in ir.modules.items():
-        node.meta["inputs"] = [serial.shape_text(produced[r].meta) for r in ins[name]]
-        node.meta["outputs"] = [serial.shape_text(produced[r].meta) for r in outs[name]]
+        node.meta["inputs"] = tensors_only(ins[name])
+        node.meta["outputs"] = tensors_only(outs[name])
         node.meta["num_ops"] = counts[name]

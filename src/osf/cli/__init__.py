@@ -1,0 +1,1 @@
+"""The ``osf`` command and its built-in model specs."""

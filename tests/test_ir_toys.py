@@ -1,0 +1,162 @@
+"""IR behaviour on hand-written models: round trips, hierarchy, metadata, sharing, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import osf
+from roundtrip import assert_same, round_trip
+from toys import DataDependent, Gate, MultiIO, TiedLM
+
+
+def multi_io_inputs(batch=3):
+    return (torch.randn(batch, 6), torch.randn(batch, 3, 5)), {"scale": torch.tensor(2.0)}
+
+
+def test_multi_input_keyword_and_dict_output(tmp_path):
+    args, kwargs = multi_io_inputs()
+    other = multi_io_inputs(5)
+    ir = round_trip(MultiIO(), args, kwargs, tmp_path=tmp_path, other_batch=other)
+    out = ir.build()(*args, **kwargs)
+    assert set(out) == {"logits", "aux"} and isinstance(out["aux"], tuple)
+
+
+def test_train_eval_switch_follows_the_original():
+    model = MultiIO()
+    args, kwargs = multi_io_inputs(8)
+    rebuilt = osf.trace(model, args, kwargs).build()
+    rebuilt.train()
+    a, b = rebuilt(*args, **kwargs)["logits"], rebuilt(*args, **kwargs)["logits"]
+    assert not torch.allclose(a, b), "dropout must be active in train mode"
+    rebuilt.eval()
+    assert torch.equal(rebuilt(*args, **kwargs)["logits"], rebuilt(*args, **kwargs)["logits"])
+    before = rebuilt.bn.num_batches_tracked.clone()
+    rebuilt.eval()(*args, **kwargs)
+    assert torch.equal(rebuilt.bn.num_batches_tracked, before), "eval must not update BatchNorm statistics"
+    rebuilt.train()(*args, **kwargs)
+    assert rebuilt.bn.num_batches_tracked == before + 1
+
+
+def test_tied_and_shared_parameters_appear_once(tmp_path):
+    model = TiedLM()
+    ids = torch.randint(0, 50, (2, 7))
+    ir = round_trip(model, (ids,), tmp_path=tmp_path)
+    assert ir.aliases["out.weight"] == ir.aliases["emb.weight"]
+    assert len(ir.tensors) == len({id(p) for p in model.parameters()}) + len(list(model.buffers()))
+    rebuilt = ir.build()
+    assert rebuilt.out.weight is rebuilt.emb.weight
+    # the shared block ran twice: its ops are all owned by the one module node
+    owners = [op.owner for op in ir.graph.ops if op.target == "aten.linear.default"]
+    assert owners.count("shared.0") == 2
+
+
+def test_hierarchy_and_metadata():
+    args, kwargs = multi_io_inputs()
+    ir = osf.trace(MultiIO(), args, kwargs)
+    assert set(ir.modules) == {n for n, _ in MultiIO().named_modules()}
+    gate = ir.node("gate")
+    assert gate.children == ["gate.proj"]
+    meta = gate.meta
+    json.dumps(meta)
+    assert meta["class"] == "toys.Gate"
+    assert meta["init"]["status"] == "verified"
+    assert meta["init"]["args"] == {"dim": 8, "scale": 0.5}
+    assert meta["init"]["defaults_assumed"] == ["bias"]  # not stored on the instance: default, then verified
+    assert meta["params"] == {} and meta["buffers"]["shift"]["shape"] == [8]
+    assert ir.node("gate.proj").meta["params"]["weight"]["shape"] == [8, 8]
+    assert meta["num_params"] == 72 and meta["inputs"] == ["[B, 8]"] and meta["outputs"] == ["[B, 8]"]
+    rebuilt = gate.instantiate()
+    assert isinstance(rebuilt, Gate)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
+        {k: v.shape for k, v in MultiIO().gate.state_dict().items()}
+    # the root's constructor has no arguments: recovered and verified trivially
+    assert ir.node("").meta["init"]["status"] == "verified"
+
+
+def test_unrecoverable_constructor_is_reported_not_guessed():
+    class Hidden(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.fc = nn.Linear(width, 2)  # 'width' is not stored anywhere
+
+        def forward(self, x):
+            return self.fc(x)
+
+    ir = osf.trace(Hidden(5), (torch.randn(2, 5),))
+    init = ir.node("").meta["init"]
+    assert init["status"] == "unrecovered" and "width" in init["reason"]
+    with pytest.raises(ValueError, match="width"):
+        ir.node("").instantiate()
+
+
+def test_children_graph_is_a_chain_for_sequential_blocks():
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
+    ir = osf.trace(model, (torch.randn(2, 8),))
+    g = ir.graph_of("")
+    assert list(g.successors("input")) == ["0"]
+    assert [list(g.successors(str(i))) for i in range(4)] == [["1"], ["2"], ["3"], ["output"]]
+    assert g.edges["0", "1"]["shapes"] == ["[B, 8]"]
+
+
+def test_dynamic_batch_and_static_fallback():
+    model = nn.Sequential(nn.Linear(4, 3))
+    ir = osf.trace(model, (torch.randn(2, 4),))
+    assert ir.info["dynamic"] == ["B"]
+    assert ir.build()(torch.randn(7, 4)).shape == (7, 3)
+    static = osf.trace(model, (torch.randn(2, 4),), dynamic_batch=False)
+    assert static.info["dynamic"] == []
+
+
+def test_untraceable_model_names_module_and_line():
+    with pytest.raises(osf.TraceError) as err:
+        osf.trace(DataDependent(), (torch.randn(2, 4),))
+    text = str(err.value)
+    assert err.value.module == "inner"
+    assert "Branchy" in text and "toys.py" in text and "y.sum() > 0" in text
+    assert "What to do" in text
+
+
+def test_wrong_inputs_to_rebuilt_model_are_clear_errors():
+    args, kwargs = multi_io_inputs()
+    rebuilt = osf.trace(MultiIO(), args, kwargs).build().eval()
+    assert_same(rebuilt(*args, **kwargs), rebuilt(args[0], seq=args[1], **kwargs), "seq by keyword")
+    with pytest.raises(osf.InputError, match="scale"):
+        rebuilt(*args)
+    with pytest.raises(osf.InputError, match="unexpected"):
+        rebuilt(*args, scale=kwargs["scale"], other=torch.zeros(1))
+
+
+def test_save_never_overwrites_and_corrupt_files_raise_format_error(tmp_path):
+    ir = osf.trace(TiedLM(), (torch.randint(0, 50, (2, 7)),))
+    path = tmp_path / "ir"
+    ir.save(path)
+    with pytest.raises(FileExistsError):
+        ir.save(path)
+    graph = (path / "ir.json").read_text()
+    (path / "ir.json").write_text(graph[: len(graph) // 2])
+    with pytest.raises(osf.FormatError, match="corrupt or truncated"):
+        osf.load_ir(path)
+    (path / "ir.json").write_text(graph)
+    weights = (path / "weights.safetensors").read_bytes()
+    (path / "weights.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(osf.FormatError, match="weights.safetensors"):
+        osf.load_ir(path)
+    with pytest.raises(osf.FormatError, match="not a saved osf IR"):
+        osf.load_ir(tmp_path / "nothing")
+    (path / "weights.safetensors").write_bytes(weights)
+    (path / "ir.json").write_text(graph.replace('"aten.linear.default"', '"os.system"'))
+    with pytest.raises(osf.FormatError, match="os.system"):
+        osf.load_ir(path).build()
+
+
+def test_loaded_ir_rebuilds_without_the_original_class(tmp_path):
+    args, kwargs = multi_io_inputs()
+    model = MultiIO().eval()
+    osf.trace(model, args, kwargs).save(tmp_path / "ir")
+    loaded = osf.load_ir(tmp_path / "ir")
+    assert loaded.node("gate").meta["class"] == "toys.Gate"
+    with torch.no_grad():
+        assert_same(model(*args, **kwargs), loaded.build().eval()(*args, **kwargs), "loaded")

@@ -1,0 +1,87 @@
+"""Small hand-written models for the tests (multi-input/-output, kwargs, dict outputs, tied weights,
+a custom user module, one that cannot be traced)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Gate(nn.Module):
+    """A custom user module with its own constructor arguments and a buffer."""
+
+    def __init__(self, dim: int, scale: float = 0.5, *, bias: bool = True):
+        super().__init__()
+        self.dim, self.scale = dim, scale
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.register_buffer("shift", torch.linspace(-1, 1, dim))
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.proj(x) * self.scale) + self.shift
+
+
+class MultiIO(nn.Module):
+    """Two inputs, one keyword input, a dict output with a nested tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Conv1d(3, 8, 3, padding=1)
+        self.gate = Gate(8)
+        self.bn = nn.BatchNorm1d(8)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x, seq, *, scale=None):
+        h = self.gate(self.a(x))
+        s = self.bn(self.b(seq)).mean(-1)
+        if scale is not None:
+            s = s * scale
+        z = self.drop(F.gelu(h + s))
+        return {"logits": self.head(z), "aux": (h, s)}
+
+
+class TiedLM(nn.Module):
+    """Tied input/output embeddings and one block applied twice (ALBERT-style sharing)."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.shared = nn.Sequential(nn.Linear(dim, dim), nn.Tanh())
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, vocab, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = h + self.shared(h)
+        h = h + self.shared(h)
+        return self.out(self.norm(h))
+
+
+class DataDependent(nn.Module):
+    """Branches on tensor values: neither torch.export nor torch.fx can capture it."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Branchy()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if y.sum() > 0:
+            return y.relu()
+        return y.tanh()
+
+
+def tiny_factory():
+    """Factory for `osf inspect python:tests.toys:tiny_factory`."""
+    return TiedLM(), (torch.randint(0, 50, (2, 7)),)
