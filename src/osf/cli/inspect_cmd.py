@@ -50,12 +50,23 @@ def table(ir: IR, depth: int | None, root: str = "") -> str:
     lines.append("")
     lines.append(f"{ir.modules[root].meta['class']}: {len(ir.modules)} modules, {len(ir.graph.ops)} ops, "
                  f"{ir.modules[root].meta['num_params']:,} params, {human(module_flops(ir)[root])} FLOPs "
-                 f"(1 multiply-add = 2 FLOPs, at the traced shapes)")
+                 f"(1 multiply-add = 2 FLOPs, at the traced example shapes{_example_dims(ir)})")
     lines.append(f"captured with {info['capture']} in {info.get('capture_seconds', '?')} s; dynamic dims: "
                  f"{', '.join(info.get('dynamic') or []) or 'none'}; constructor arguments verified for "
                  f"{verified}/{len(ir.modules)} modules"
                  + ("; eval mode runs a different graph than training" if ir.eval_graph is not None else ""))
     return "\n".join(lines)
+
+
+def _example_dims(ir: IR) -> str:
+    """The example values of the symbolic dims, e.g. ", B=2"."""
+    seen: dict[str, int] = {}
+    for p in ir.graph.placeholders:
+        if p.kind == "input" and isinstance(p.meta, dict):
+            for size, sym in zip(p.meta["shape"], p.meta.get("sym") or []):
+                if sym and sym.isidentifier():
+                    seen.setdefault(sym, size)
+    return "".join(f", {k}={v}" for k, v in seen.items())
 
 
 def to_json(ir: IR, depth: int | None, root: str = "") -> str:

@@ -193,13 +193,13 @@ class IR:
             for ref in op.inputs:
                 src = where.get(ref)
                 p = produced.get(ref)
-                if isinstance(p, Placeholder) and p.kind in (PARAM, BUFFER, CONST):
+                if isinstance(p, Placeholder) and p.kind in (PARAM, BUFFER, CONST) or is_symint(p):
                     continue
                 src = src if src is not None else "input"
                 if src != dst:
                     _add_flow(g, src, dst, p.meta if p is not None else None)
         consumers_outside = self._consumed_outside(name, graph, where)
-        for ref in consumers_outside:
+        for ref in (r for r in consumers_outside if not is_symint(produced[r])):
             _add_flow(g, where[ref], "output", produced[ref].meta)
         return g
 
@@ -236,6 +236,11 @@ class IR:
     def __repr__(self) -> str:
         return (f"IR({self.modules[''].class_path}: {len(self.modules)} modules, {len(self.graph.ops)} ops, "
                 f"{self.num_params:,} params)")
+
+
+def is_symint(node: Placeholder | OpNode | None) -> bool:
+    """A value that is a (symbolic) size, not tensor data: shape bookkeeping, not dataflow."""
+    return node is not None and isinstance(node.meta, dict) and "symint" in node.meta
 
 
 def _add_flow(g: nx.DiGraph, src: str, dst: str, meta: Any) -> None:

@@ -1,0 +1,346 @@
+"""Model-zoo sweep: capture torchvision and timm models with ``osf.trace`` and check ``ir.build()``.
+
+For every torchvision classification, segmentation, detection and video model and a list of timm
+models, capture the model (eval-mode example inputs, random weights), rebuild it from the IR and
+compare the rebuilt model's eval-mode outputs with the original's (``torch.allclose`` on every tensor
+leaf). Each model runs alone in a freshly spawned process with a timeout, so a hang or a crash only
+costs that model. Results go to a JSON file and to the ``zoo`` section of ``docs/benchmarks.md``;
+both are rewritten (atomically) after every model, so an interrupted sweep keeps what it measured.
+
+    python bench/zoo.py                  # everything (about an hour on 2 cores)
+    python bench/zoo.py --quick          # a few small models (under 3 minutes)
+    python bench/zoo.py --only 'vit|swin' --json /tmp/vit.json
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- zoo:start -->", "<!-- zoo:end -->"
+SEED, THREADS, BATCH = 0, 2, 2
+ATOL, RTOL = 1e-5, 1e-4
+CAPTURE_TARGET_S = 5.0
+TIMED_MODELS = ("resnet50", "vit_b_16")  # torchvision models whose capture time is reported explicitly
+
+CLS, SEG, DET, VIDEO, TIMM = ("torchvision-classification", "torchvision-segmentation",
+                              "torchvision-detection", "torchvision-video", "timm")
+FAMILIES = (CLS, SEG, DET, VIDEO, TIMM)
+
+TIMM_MODELS = (
+    # plain vision transformers
+    "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_small_patch32_224", "deit_tiny_patch16_224",
+    "deit_tiny_distilled_patch16_224", "deit3_small_patch16_224", "beit_base_patch16_224",
+    "eva02_tiny_patch14_224", "vit_small_patch16_dinov3", "cait_xxs24_224", "xcit_nano_12_p16_224",
+    "crossvit_tiny_240", "tnt_s_patch16_224", "volo_d1_224", "convit_tiny",
+    # hierarchical transformers and hybrids
+    "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256", "pvt_v2_b0", "twins_svt_small",
+    "twins_pcpvt_small", "coat_lite_tiny", "coat_tiny", "levit_128s", "levit_conv_128s", "mobilevit_xxs",
+    "mobilevitv2_050", "tiny_vit_5m_224", "efficientformer_l1", "efficientformerv2_s0", "edgenext_xx_small",
+    "visformer_tiny", "pit_ti_224", "coatnet_0_rw_224", "maxvit_tiny_tf_224", "nest_tiny", "davit_tiny",
+    "gcvit_xxtiny", "focalnet_tiny_srf", "efficientvit_b0", "efficientvit_m0", "fastvit_t8", "shvit_s1",
+    # MLP, pooling, recurrent and other token mixers
+    "mixer_s16_224", "resmlp_12_224", "gmlp_ti16_224", "poolformer_s12", "poolformerv2_s12",
+    "sequencer2d_s", "mambaout_femto", "inception_next_tiny", "rdnet_tiny",
+    # CNNs
+    "resnet18", "resnet50", "resnet50d", "resnetv2_50", "seresnet18", "resnext26ts", "skresnet18",
+    "res2net50_26w_4s", "densenet121", "dla34", "dpn68", "cspresnet50", "cspdarknet53", "darknet53",
+    "vovnet39a", "ese_vovnet19b_dw", "selecsls42b", "tresnet_m", "hrnet_w18_small", "regnety_002",
+    "regnetx_002", "regnetz_b16", "regnetv_040", "convnext_atto", "convnext_tiny", "convnextv2_atto",
+    "efficientnet_b0", "efficientnetv2_rw_t", "tf_efficientnet_lite0", "mobilenetv2_100",
+    "mobilenetv3_small_100", "mobilenetv3_large_100", "mobilenetv4_conv_small", "mnasnet_100",
+    "fbnetc_100", "lcnet_050", "hardcorenas_a", "ghostnet_100", "ghostnetv2_100", "rexnet_100",
+    "repvit_m1", "mobileone_s0", "hgnet_tiny", "hgnetv2_b0", "starnet_s1", "fasternet_t0",
+    "inception_v3", "inception_v4", "xception41", "nasnetalarge", "nfnet_l0", "nf_resnet26",
+    "halonet26t", "botnet26t_256", "lambda_resnet26t",
+)
+
+QUICK = {(CLS, "resnet18"), (CLS, "mobilenet_v3_small"), (CLS, "squeezenet1_1"),
+         (SEG, "lraspp_mobilenet_v3_large"), (DET, "ssdlite320_mobilenet_v3_large"),
+         (TIMM, "vit_tiny_patch16_224"), (TIMM, "convnext_atto"), (TIMM, "regnety_002")}
+
+
+class Case(NamedTuple):
+    family: str
+    name: str
+
+
+def all_cases() -> list[Case]:
+    """Every model of the sweep, torchvision families first."""
+    import torchvision.models as tvm
+    cases = [Case(CLS, n) for n in tvm.list_models(module=tvm)]
+    cases += [Case(SEG, n) for n in tvm.list_models(module=tvm.segmentation)]
+    cases += [Case(DET, n) for n in tvm.list_models(module=tvm.detection)]
+    cases += [Case(VIDEO, n) for n in tvm.list_models(module=tvm.video)]
+    return cases + [Case(TIMM, n) for n in TIMM_MODELS]
+
+
+# ----------------------------------------------------------------------------------------------
+# child process: one model
+
+def model_and_inputs(case: Case) -> tuple[Any, tuple]:
+    """The model with random weights in eval mode and its positional example inputs."""
+    import torch
+    if case.family == TIMM:
+        import timm
+        model = timm.create_model(case.name, pretrained=False)
+        shape = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+        return model.eval(), (torch.randn(BATCH, *shape),)
+    import torchvision.models as tvm
+    if case.family == CLS:
+        model = tvm.get_model(case.name, weights=None)
+        size = 299 if case.name == "inception_v3" else 224  # its training-mode aux head needs 299
+        return model.eval(), (torch.randn(BATCH, 3, size, size),)
+    model = tvm.get_model(case.name, weights=None, **({} if case.family == VIDEO else {"weights_backbone": None}))
+    if case.family == SEG:
+        return model.eval(), (torch.randn(BATCH, 3, 128, 128),)
+    if case.family == DET:
+        return model.eval(), ([torch.rand(3, 128, 128) for _ in range(BATCH)],)
+    frames, size = (16, 224) if case.name.startswith(("mvit", "s3d")) else (8, 112)
+    return model.eval(), (torch.randn(BATCH, 3, frames, size, size),)
+
+
+def compare(expected: Any, got: Any) -> tuple[str | None, float | None]:
+    """(why the outputs differ or None, max abs difference) over the tensor leaves of two outputs."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+    a = [x for x in tree_leaves(expected) if isinstance(x, torch.Tensor)]
+    b = [x for x in tree_leaves(got) if isinstance(x, torch.Tensor)]
+    if len(a) != len(b):
+        return f"{len(b)} output tensors instead of {len(a)}", None
+    worst, why = 0.0, None
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return f"output {i}: {y.dtype}{list(y.shape)} instead of {x.dtype}{list(x.shape)}", None
+        if not x.is_floating_point():
+            if not torch.equal(x, y):
+                why = why or f"output {i} ({x.dtype}) differs"
+            continue
+        if x.numel():
+            worst = max(worst, (x.double() - y.double()).abs().nan_to_num(float("inf")).max().item())
+        if not torch.allclose(x, y, atol=ATOL, rtol=RTOL, equal_nan=True):
+            why = why or f"output {i} differs (max abs diff {worst:.3g})"
+    return why, worst
+
+
+def describe(exc: BaseException, stage: str) -> str:
+    """``stage: Type: first line of the message`` (truncated)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{stage}: {type(exc).__name__}" + (f": {lines[0]}" if lines else "")
+    return text[:400]
+
+
+def measure(case: Case) -> dict:
+    """Capture, rebuild and compare one model; returns the fields of its result row."""
+    import torch
+
+    import osf
+    torch.manual_seed(SEED)
+    torch.set_num_threads(THREADS)
+    row: dict[str, Any] = {"captured": False, "exact": False}
+    model, args = model_and_inputs(case)
+    row["params"] = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        expected = model(*args)
+    started = time.perf_counter()
+    try:
+        ir = osf.trace(model, args)
+    except Exception as e:  # noqa: BLE001 - recorded as the model's result
+        row.update(capture_seconds=round(time.perf_counter() - started, 3), error=describe(e, "capture"),
+                   traceback=traceback.format_exc()[-2000:])
+        return row
+    row.update(captured=True, capture_seconds=ir.info.get("capture_seconds", round(time.perf_counter() - started, 3)),
+               capture_method=ir.info.get("capture"), modules=len(ir.modules), ops=len(ir.graph.ops))
+    try:
+        rebuilt = ir.build().eval()
+        with torch.no_grad():
+            got = rebuilt(*args)
+    except Exception as e:  # noqa: BLE001
+        row.update(error=describe(e, "rebuild"), traceback=traceback.format_exc()[-2000:])
+        return row
+    why, row["max_abs_diff"] = compare(expected, got)
+    row["exact"] = why is None
+    if why:
+        row["error"] = f"mismatch: {why}"
+    return row
+
+
+def child(case: Case, conn: Connection) -> None:
+    """Entry point of the spawned process: send back the result row (or why the model did not run)."""
+    warnings.simplefilter("ignore")
+    try:
+        row = measure(case)
+    except BaseException as e:  # noqa: BLE001 - the model itself (or its inputs) failed outside osf
+        row = {"captured": False, "exact": False, "error": describe(e, "model"),
+               "traceback": traceback.format_exc()[-2000:]}
+    conn.send(row)
+    conn.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# parent: sweep, JSON, docs
+
+def run_isolated(case: Case, timeout: float) -> dict:
+    """Run ``case`` in a spawned child; a timeout or a crash becomes the row's error."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=child, args=(case, send), daemon=True)
+    started = time.perf_counter()
+    proc.start()
+    send.close()
+    try:
+        if recv.poll(timeout):
+            row = recv.recv()
+        else:
+            row = {"captured": False, "exact": False, "error": f"timeout: no result after {timeout:.0f} s"}
+    except EOFError:
+        proc.join()
+        row = {"captured": False, "exact": False, "error": f"crash: child exited with code {proc.exitcode}"}
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        recv.close()
+    return {"family": case.family, "name": case.name, **row,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def environment(command: str, timeout: float) -> dict:
+    """Machine, versions and settings of this sweep."""
+    def version(pkg: str) -> str:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
+            "platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "torch": version("torch"), "torchvision": version("torchvision"),
+            "timm": version("timm"), "osf": version("osf"), "seed": SEED, "threads": THREADS, "batch": BATCH,
+            "atol": ATOL, "rtol": RTOL, "timeout_s": timeout}
+
+
+def totals(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """Per family: models run, captured, rebuilt exactly."""
+    out = {}
+    for fam in FAMILIES:
+        mine = [r for r in rows if r["family"] == fam]
+        if mine:
+            out[fam] = {"models": len(mine), "captured": sum(r["captured"] for r in mine),
+                        "exact": sum(r["exact"] for r in mine)}
+    return out
+
+
+def timed_models(rows: list[dict]) -> dict[str, float | None]:
+    """Capture seconds of the explicitly reported torchvision models that this run covered."""
+    by_name = {r["name"]: r for r in rows if r["family"] == CLS}
+    return {n: by_name[n].get("capture_seconds") if by_name[n]["captured"] else None
+            for n in TIMED_MODELS if n in by_name}
+
+
+def markdown(env: dict, rows: list[dict], planned: int) -> str:
+    """The zoo section of docs/benchmarks.md (markers included)."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = [START, "## Model zoo: capture and rebuild", "",
+             f"Generated by `{env['command']}` on {env['date']}"
+             + (f" (partial: {len(rows)} of {planned} models so far)." if len(rows) < planned else "."), "",
+             f"- Machine: {env['platform']} ({env['machine']}), {env['cpus']} CPUs, {env['threads']} torch threads",
+             f"- Versions: python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}, "
+             f"timm {env['timm']}, osf {env['osf']}",
+             f"- Seed {env['seed']}; random weights; batch {env['batch']} (detection: {env['batch']} images "
+             "of 3x128x128; segmentation 128x128; timm: the model's default input size); one spawned process per "
+             f"model, timeout {env['timeout_s']:.0f} s",
+             f"- *Exact*: the eval-mode outputs of `ir.build()` match the original's "
+             f"(`torch.allclose(atol={env['atol']}, rtol={env['rtol']})` on every tensor leaf)", ""]
+    timed = timed_models(rows)
+    if timed:
+        lines += [f"Capture time (target: at most {CAPTURE_TARGET_S:g} s): " + ", ".join(
+            f"{n} {'not captured' if s is None else f'{s:.2f} s'}" for n, s in timed.items()) + ".", ""]
+    lines += ["| family | models | captured | rebuilt exactly |", "|---|---:|---:|---:|"]
+    lines += [f"| {fam} | {t['models']} | {t['captured']} | {t['exact']} |" for fam, t in totals(rows).items()]
+    lines += ["", "| model | family | captured | exact | capture s | params | modules | ops | error |",
+              "|---|---|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        secs = r.get("capture_seconds")
+        lines.append("| " + " | ".join(cell(v) for v in (
+            r["name"], r["family"], "yes" if r["captured"] else "no", "yes" if r["exact"] else "no",
+            "" if secs is None else f"{secs:.2f}", f"{r['params']:,}" if r.get("params") is not None else "",
+            r.get("modules", ""), r.get("ops", ""), (r.get("error") or "")[:160])) + " |")
+    return "\n".join(lines + [END])
+
+
+def update_docs(path: Path, section: str) -> None:
+    """Replace the zoo section of ``path`` (appending it, or creating the file, when missing)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start, end = text.find(START), text.find(END)
+    if start >= 0 and end > start:
+        text = text[:start] + section + text[end + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    write_atomic(path, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only a few small models (under 3 minutes)")
+    parser.add_argument("--only", metavar="REGEX", help="only models whose name matches REGEX (re.search)")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "zoo.json", metavar="PATH",
+                        help="where to write the results (default: bench/results/zoo.json)")
+    parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per-model limit (default 300)")
+    opts = parser.parse_args(argv)
+    cases = all_cases()
+    if opts.quick:
+        cases = [c for c in cases if c in QUICK]
+    if opts.only:
+        cases = [c for c in cases if re.search(opts.only, c.name)]
+    command = shlex.join(["python", "bench/zoo.py", *(sys.argv[1:] if argv is None else argv)])
+    env = environment(command, opts.timeout)
+    rows: list[dict] = []
+    for i, case in enumerate(cases, 1):
+        row = run_isolated(case, opts.timeout)
+        rows.append(row)
+        status = "exact" if row["exact"] else "captured" if row["captured"] else "FAILED"
+        print(f"[{i}/{len(cases)}] {case.family:27} {case.name:34} {status:8} {row['seconds']:6.1f}s "
+              f"{row.get('error') or ''}"[:300], flush=True)
+        write_atomic(opts.json, json.dumps({"environment": env, "totals": totals(rows),
+                                            "capture_seconds": timed_models(rows), "results": rows}, indent=1))
+        update_docs(DOCS, markdown(env, rows, len(cases)))
+    for fam, t in totals(rows).items():
+        print(f"{fam}: captured {t['captured']}/{t['models']}, rebuilt exactly {t['exact']}/{t['models']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Round trips (trace -> build -> same outputs, loss and gradients; save -> load -> same outputs) on the
+architectures the IR must handle. Inputs are shrunk where the model allows, to keep CI fast."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from roundtrip import round_trip
+
+torchvision = pytest.importorskip("torchvision")
+tvm = torchvision.models
+
+
+def image(batch, size):
+    return (torch.randn(batch, 3, size, size),)
+
+
+TORCHVISION = {
+    # name: (builder kwargs, image size)
+    "resnet18": ({}, 64),
+    "resnet50": ({}, 64),
+    "mobilenet_v3_small": ({}, 64),
+    "efficientnet_b0": ({}, 64),
+    "densenet121": ({}, 64),
+    "convnext_tiny": ({}, 64),
+    "regnet_y_400mf": ({}, 64),
+    "vit_b_16": ({"image_size": 32}, 32),
+    "swin_t": ({}, 64),
+    "shufflenet_v2_x1_0": ({}, 64),
+    "googlenet": ({"init_weights": False}, 64),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_torchvision(name, tmp_path):
+    kwargs, size = TORCHVISION[name]
+    model = tvm.get_model(name, weights=None, **kwargs)
+    round_trip(model, image(2, size), tmp_path=tmp_path, other_batch=(image(3, size), {}))
+
+
+def test_vit_b_16_full_size_capture_and_chain_of_blocks():
+    model = tvm.vit_b_16()
+    ir = round_trip(model, image(2, 224), train=False)
+    g = ir.graph_of("encoder.layers")
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(12)]
+    assert [list(g.successors(b)) for b in blocks] == [[b] for b in blocks[1:]] + [["output"]]
+    assert ir.node("encoder.layers.encoder_layer_0").meta["inputs"] == ["[B, 197, 768]"]
+
+
+TIMM = ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "convnext_atto"]
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_timm(name, tmp_path):
+    timm = pytest.importorskip("timm")
+    extra = {"img_size": 64} if "patch16" in name else {}
+    model = timm.create_model(name, pretrained=False, **extra)
+    round_trip(model, image(2, 64), tmp_path=tmp_path, other_batch=(image(3, 64), {}))
+
+
+def text_inputs(vocab, batch=2, seq=12):
+    ids = torch.randint(0, vocab, (batch, seq))
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100,
+             max_position_embeddings=64)
+
+
+def test_hf_bert(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = transformers.BertModel(transformers.BertConfig(**SMALL))
+    round_trip(model, (), text_inputs(100), tmp_path=tmp_path, dynamic_seq=True,
+               other_batch=((), text_inputs(100, batch=3, seq=9)))
+
+
+def test_hf_vit(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                 image_size=32, patch_size=8)
+    round_trip(transformers.ViTModel(cfg), image(2, 32), tmp_path=tmp_path, other_batch=(image(3, 32), {}))
+
+
+def test_hf_gpt2(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64)
+    kwargs = {**text_inputs(100), "use_cache": False}
+    round_trip(transformers.GPT2Model(cfg), (), kwargs, tmp_path=tmp_path, dynamic_seq=True,
+               other_batch=((), {**text_inputs(100, batch=3, seq=5), "use_cache": False}))
+
+
+def test_real_minilm(tmp_path):
+    from osf.cli.models import minilm
+    spec = minilm()
+    ir = round_trip(spec.model, spec.args, spec.kwargs, tmp_path=tmp_path, **spec.trace_options)
+    assert ir.num_params == 22_713_216
+
+
+def test_sam_image_encoder(tmp_path):
+    pytest.importorskip("segment_anything")
+    from osf.cli.models import _sam
+    spec = _sam("tiny")
+    round_trip(spec.model, spec.args, tmp_path=tmp_path, other_batch=(image(1, 64), {}))
