@@ -55,3 +55,10 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "osf.cli.main", "inspect", "sam:tiny", "--depth", "1"],
                          capture_output=True, text=True, check=True).stdout
     assert "ImageEncoderViT" in out and "blocks" in out
+
+
+def test_docs_example_runs():
+    from pathlib import Path
+    example = Path(__file__).parents[1] / "docs" / "ir_example.py"
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=True).stdout
+    assert "'status': 'verified'" in out and "('4', 'output')" in out

@@ -222,10 +222,11 @@ class IR:
         from .codegen import build
         return build(self)
 
-    def save(self, path: str) -> None:
-        """Write the IR to ``path`` (a directory: ``ir.json`` + ``weights.safetensors``), atomically."""
+    def save(self, path: str, *, overwrite: bool = False) -> None:
+        """Write the IR to ``path`` (a directory: ``ir.json`` + ``weights.safetensors``), atomically.
+        An existing ``path`` raises ``FileExistsError`` unless ``overwrite=True``."""
         from .io import save_ir
-        save_ir(self, path)
+        save_ir(self, path, overwrite=overwrite)
 
     def to_json(self) -> dict:
         return {"format": "osf-ir", "version": 1, "info": self.info, "aliases": self.aliases,
