@@ -160,3 +160,21 @@ def test_loaded_ir_rebuilds_without_the_original_class(tmp_path):
     assert loaded.node("gate").meta["class"] == "toys.Gate"
     with torch.no_grad():
         assert_same(model(*args, **kwargs), loaded.build().eval()(*args, **kwargs), "loaded")
+
+
+def test_fx_fallback_when_export_fails(monkeypatch):
+    """If torch.export fails on the model itself, osf symbolic-traces it with torch.fx and exports that."""
+    real_export = torch.export.export
+
+    def export_only_fx_graphs(mod, *args, **kwargs):
+        if not isinstance(mod, torch.fx.GraphModule):
+            raise RuntimeError("simulated export failure")
+        return real_export(mod, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export, "export", export_only_fx_graphs)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 4)
+    ir = osf.trace(model, (x,))
+    assert ir.info["capture"] == "torch.fx + torch.export"
+    assert {op.owner for op in ir.graph.ops if op.target == "aten.linear.default"} == {"0", "2"}
+    assert_same(model(x), ir.build().eval()(x), "fx fallback")
