@@ -1,0 +1,42 @@
+"""IR FLOPs (from shapes, without running) against torch.utils.flop_counter.FlopCounterMode."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import osf
+from osf.ir.flops import module_flops
+
+torchvision = pytest.importorskip("torchvision")
+
+
+def counted(model, args, kwargs=None):
+    # grad enabled (no MultiheadAttention fast path) and SDPA on the math backend: FlopCounterMode
+    # does not count the fused CPU attention kernels, which would hide the attention matmuls.
+    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
+        model(*args, **(kwargs or {}))
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 64), ("mobilenet_v3_small", 64), ("vit_b_16", 32),
+                                        ("swin_t", 64)])
+def test_ir_flops_equal_flop_counter(name, size):
+    kwargs = {"image_size": size} if name.startswith("vit") else {}
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    args = (torch.randn(2, 3, size, size),)
+    ir = osf.trace(model, args)
+    flops = module_flops(ir)
+    assert flops[""] == counted(model, args)
+    assert flops[""] == sum(flops[c] for c in ir.node("").children)
+
+
+def test_bert_flops_include_attention():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64)
+    model = transformers.BertModel(cfg).eval()
+    ids = torch.randint(0, 100, (2, 16))
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    assert module_flops(osf.trace(model, (), kwargs))[""] == counted(model, (), kwargs)
