@@ -45,6 +45,7 @@ def test_tied_and_shared_parameters_appear_once(tmp_path):
     ids = torch.randint(0, 50, (2, 7))
     ir = round_trip(model, (ids,), tmp_path=tmp_path)
     assert ir.aliases["out.weight"] == ir.aliases["emb.weight"]
+    assert ir.node("out").meta["params"]["weight"]["tensor"] == "emb.weight"
     assert len(ir.tensors) == len({id(p) for p in model.parameters()}) + len(list(model.buffers()))
     rebuilt = ir.build()
     assert rebuilt.out.weight is rebuilt.emb.weight
@@ -178,3 +179,19 @@ def test_fx_fallback_when_export_fails(monkeypatch):
     assert ir.info["capture"] == "torch.fx + torch.export"
     assert {op.owner for op in ir.graph.ops if op.target == "aten.linear.default"} == {"0", "2"}
     assert_same(model(x), ir.build().eval()(x), "fx fallback")
+
+
+class DictInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, batch, pair):
+        return self.fc(batch["x"]) * batch["w"], (pair[0] + pair[1]).sum(-1)
+
+
+def test_dict_and_tuple_inputs(tmp_path):
+    batch = {"x": torch.randn(3, 4), "w": torch.randn(3, 1)}
+    pair = (torch.randn(3, 5), torch.randn(3, 5))
+    round_trip(DictInput(), (batch, pair), tmp_path=tmp_path,
+               other_batch=(({"x": torch.randn(6, 4), "w": torch.randn(6, 1)}, (torch.randn(6, 5),) * 2), {}))

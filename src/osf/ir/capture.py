@@ -333,7 +333,7 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
         "dynamic": sorted({s for p in train_graph.placeholders if p.kind == INPUT and isinstance(p.meta, dict)
                            for s in (p.meta.get("sym") or []) if s}),
     }
-    modules = _module_nodes(model, ids, train_graph, verify)
+    modules = _module_nodes(model, ids, aliases, verify)
     ir = IR(train_graph, modules, tensors, aliases, info, eval_graph if keep_eval else None)
     _annotate_io(ir)
     return ir
@@ -392,12 +392,15 @@ def _param_names(model: nn.Module) -> list[str] | None:
     return [p.name for p in params if p.kind != inspect.Parameter.VAR_KEYWORD]
 
 
-def _module_nodes(model: nn.Module, ids: dict[int, str], graph: Graph, verify: bool) -> dict[str, ModuleNode]:
+def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str],
+                  verify: bool) -> dict[str, ModuleNode]:
+    """Module nodes with metadata; each parameter names its stored tensor (shared ones name the same)."""
     inits = verify_all(model, ids) if verify else {}
     nodes: dict[str, ModuleNode] = {}
     for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
         params = {k: {"shape": list(p.shape), "dtype": str(p.dtype).removeprefix("torch."),
-                      "requires_grad": p.requires_grad}
+                      "requires_grad": p.requires_grad, "tensor": aliases[prefix + k]}
                   for k, p in m._parameters.items() if p is not None}
         buffers = {k: {"shape": list(b.shape), "dtype": str(b.dtype).removeprefix("torch."),
                        "persistent": k not in m._non_persistent_buffers_set}
