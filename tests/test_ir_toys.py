@@ -9,7 +9,7 @@ from torch import nn
 
 import osf
 from roundtrip import assert_same, round_trip
-from toys import DataDependent, Gate, MultiIO, TiedLM
+from toys import DataDependent, Gate, MultiIO, NeedsTargetsWhenTraining, TiedLM
 
 
 def multi_io_inputs(batch=3):
@@ -195,3 +195,14 @@ def test_dict_and_tuple_inputs(tmp_path):
     pair = (torch.randn(3, 5), torch.randn(3, 5))
     round_trip(DictInput(), (batch, pair), tmp_path=tmp_path,
                other_batch=(({"x": torch.randn(6, 4), "w": torch.randn(6, 1)}, (torch.randn(6, 5),) * 2), {}))
+
+
+def test_eval_only_capture_when_training_mode_needs_other_inputs():
+    model = NeedsTargetsWhenTraining().eval()
+    x = torch.randn(3, 4)
+    ir = osf.trace(model, (x,))
+    assert "targets should not be none" in ir.info["train_error"]
+    rebuilt = ir.build().eval()
+    assert_same(model(x), rebuilt(x), "eval-only capture")
+    with pytest.raises(osf.InputError, match="call .eval"):
+        rebuilt.train()(x)

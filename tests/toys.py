@@ -85,3 +85,17 @@ class Branchy(nn.Module):
 def tiny_factory():
     """Factory for `osf inspect python:tests.toys:tiny_factory`."""
     return TiedLM(), (torch.randint(0, 50, (2, 7)),)
+
+
+class NeedsTargetsWhenTraining(nn.Module):
+    """Like torchvision detectors: training mode requires targets."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, targets=None):
+        if self.training:
+            assert targets is not None, "targets should not be none when in training mode"
+            return {"loss": (self.fc(x) - targets).square().mean()}
+        return {"scores": self.fc(x).softmax(-1)}

@@ -126,20 +126,28 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
 
 
 def _export_both_modes(model, args, kwargs, batch, seq):
+    """Export in train and eval mode. If only training mode fails (e.g. a detector that needs targets
+    when training), the eval graph is kept and the failure recorded as a TraceError."""
     dynamic = _dynamic_shapes(model, args, kwargs, batch, seq)
-    programs, method, failure = {}, "torch.export", None
+    programs: dict[str, Any] = {}
+    method = "torch.export"
+    failures: dict[str, TraceError] = {}
     for mode in ("train", "eval"):
         model.train(mode == "train")
         ep, failure = _export(model, args, kwargs, dynamic)
         if ep is None and dynamic is not None:  # a dynamic dim the model cannot support: go static
             ep, _ = _export(model, args, kwargs, None)
-            method = "torch.export (static shapes)"
+            method = "torch.export (static shapes)" if ep is not None else method
         if ep is None:
             ep = _export_via_fx(model, args, kwargs, dynamic)
-            method = "torch.fx + torch.export"
+            method = "torch.fx + torch.export" if ep is not None else method
         if ep is None:
-            raise _trace_error(model, *failure)
+            failures[mode] = _trace_error(model, *failure)
         programs[mode] = ep
+    if programs["eval"] is None:
+        raise failures["eval"]
+    if programs["train"] is None:
+        programs["train_error"] = f"training mode could not be captured with these inputs: {failures['train']}"
     return programs, method
 
 
@@ -311,6 +319,9 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
     ids, paths = _canonical_names(model)
     aliases, tensors, persistent = _tensor_aliases(model)
     consts: dict[str, torch.Tensor] = {}
+    train_error = programs.get("train_error")
+    if train_error:  # eval-only capture: the one graph serves eval, training mode raises
+        programs["train"] = programs["eval"]
     train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts)
     eval_graph, _ = _graph(programs["eval"], paths, aliases, consts)
     _gate_mode_only_ops(train_graph, eval_graph)
@@ -324,6 +335,7 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "capture": method,
         "torch": torch.__version__,
+        "train_error": train_error,
         "in_spec": serial.spec_to_json(ep.call_spec.in_spec),
         "out_spec": _out_spec(model, ep),
         "eval_out_spec": _out_spec(model, programs["eval"]) if keep_eval else None,

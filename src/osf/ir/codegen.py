@@ -38,6 +38,9 @@ class RebuiltModel(IRContainer):
     """Root of a model rebuilt from an IR."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.training and self._osf_train_error:
+            raise InputError(f"{self._osf_train_error}; call .eval() first, or trace with inputs that work "
+                             "in training mode (e.g. targets)")
         values = self._osf_bind(args, kwargs)
         if self.training or self._osf_eval_fn is None:
             fn, spec = self._osf_train_fn, self._osf_out_spec
@@ -160,6 +163,7 @@ def build(ir: IR, *, share_weights: bool = False) -> RebuiltModel:
     root._osf_out_spec = load_spec(ir.info["out_spec"])
     root._osf_eval_out_spec = load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None
     root._osf_user_leaves = ir.info["user_leaves"]
+    root._osf_train_error = ir.info.get("train_error")
     root._osf_signature = ir.info.get("signature")
     root._osf_train_fn = compile_graph(ir, ir.graph)
     root._osf_eval_fn = compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None
