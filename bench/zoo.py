@@ -319,15 +319,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "zoo.json", metavar="PATH",
                         help="where to write the results (default: bench/results/zoo.json)")
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per-model limit (default 300)")
+    parser.add_argument("--family", action="append", choices=FAMILIES, help="only these families (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in --json and run only the models not measured yet")
     opts = parser.parse_args(argv)
     cases = all_cases()
     if opts.quick:
         cases = [c for c in cases if c in QUICK]
     if opts.only:
         cases = [c for c in cases if re.search(opts.only, c.name)]
+    if opts.family:
+        cases = [c for c in cases if c.family in opts.family]
     command = shlex.join(["python", "bench/zoo.py", *(sys.argv[1:] if argv is None else argv)])
     env = environment(command, opts.timeout)
     rows: list[dict] = []
+    if opts.resume and opts.json.exists():
+        rows = json.loads(opts.json.read_text())["results"]
+        done = {Case(r["family"], r["name"]) for r in rows}
+        cases = [c for c in cases if c not in done]
+    planned = len(rows) + len(cases)
     for i, case in enumerate(cases, 1):
         row = run_isolated(case, opts.timeout)
         rows.append(row)
@@ -336,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row.get('error') or ''}"[:300], flush=True)
         write_atomic(opts.json, json.dumps({"environment": env, "totals": totals(rows),
                                             "capture_seconds": timed_models(rows), "results": rows}, indent=1))
-        update_docs(DOCS, markdown(env, rows, len(cases)))
+        update_docs(DOCS, markdown(env, rows, planned))
     for fam, t in totals(rows).items():
         print(f"{fam}: captured {t['captured']}/{t['models']}, rebuilt exactly {t['exact']}/{t['models']}")
     return 0
