@@ -206,3 +206,19 @@ def test_eval_only_capture_when_training_mode_needs_other_inputs():
     assert_same(model(x), rebuilt(x), "eval-only capture")
     with pytest.raises(osf.InputError, match="call .eval"):
         rebuilt.train()(x)
+
+
+def test_autocast_inside_forward_is_a_trace_error_naming_the_module():
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            with torch.autocast("cpu", enabled=False):
+                return self.fc(x)
+
+    model = nn.Sequential(nn.Linear(4, 4), Inner())
+    with pytest.raises(osf.TraceError, match="higher-order op") as err:
+        osf.trace(model, (torch.randn(2, 4),))
+    assert err.value.module in ("1", "")

@@ -267,12 +267,14 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
     for node in ep.graph.nodes:
         if node.op != "call_function":
             continue
+        if isinstance(node.target, torch._ops.HigherOrderOperator):
+            raise TraceError(f"higher-order op {node.target.name()} is not supported by the IR",
+                             module=_owner(node, paths), op=node.name,
+                             suggestion="avoid torch.autocast / torch.cond / checkpointing inside forward "
+                             "when tracing")
         target = serial.target_name(node.target)
         if target in _IGNORED_TARGETS:
             continue
-        if target.startswith("higher_order."):
-            raise TraceError(f"higher-order op {target} is not supported by the IR", module=_owner(node, paths),
-                             op=node.name, suggestion="avoid torch.cond / checkpointing inside forward when tracing")
         ops.append(OpNode(node.name, target, serial.encode_arg(list(node.args)),
                           {k: serial.encode_arg(v) for k, v in node.kwargs.items()},
                           _owner(node, paths), serial.encode_value_meta(node.meta.get("val"))))
