@@ -316,13 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only a few small models (under 3 minutes)")
     parser.add_argument("--only", metavar="REGEX", help="only models whose name matches REGEX (re.search)")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "zoo.json", metavar="PATH",
-                        help="where to write the results (default: bench/results/zoo.json)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="where to write the results (default: bench/results/zoo.json; zoo-subset.json for subset runs, which leave docs/benchmarks.md alone)")
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per-model limit (default 300)")
     parser.add_argument("--family", action="append", choices=FAMILIES, help="only these families (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows already in --json and run only the models not measured yet")
     opts = parser.parse_args(argv)
+    # a subset run (--quick/--only/--family without --resume) must not replace the full results
+    subset = (opts.quick or opts.only or opts.family) and not opts.resume
+    if opts.json is None:
+        opts.json = ROOT / "bench" / "results" / ("zoo-subset.json" if subset else "zoo.json")
     cases = all_cases()
     if opts.quick:
         cases = [c for c in cases if c in QUICK]
@@ -346,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row.get('error') or ''}"[:300], flush=True)
         write_atomic(opts.json, json.dumps({"environment": env, "totals": totals(rows),
                                             "capture_seconds": timed_models(rows), "results": rows}, indent=1))
-        update_docs(DOCS, markdown(env, rows, planned))
+        if not subset:
+            update_docs(DOCS, markdown(env, rows, planned))
     for fam, t in totals(rows).items():
         print(f"{fam}: captured {t['captured']}/{t['models']}, rebuilt exactly {t['exact']}/{t['models']}")
     return 0

@@ -237,7 +237,7 @@ def _tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, torch.T
 
 
 def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor]) -> tuple[Graph, list]:
-    from torch.export.graph_signature import InputKind, OutputKind
+    from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
     kind_of = {InputKind.PARAMETER: PARAM, InputKind.BUFFER: BUFFER, InputKind.CONSTANT_TENSOR: CONST,
                InputKind.USER_INPUT: INPUT}
     placeholders: list[Placeholder] = []
@@ -250,7 +250,7 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
             raise TraceError(f"unsupported graph input kind {spec.kind} ({arg})", module="",
                              suggestion="remove custom objects or tokens from the forward")
         if kind == INPUT:
-            if hasattr(arg, "value") and not hasattr(arg, "name") or type(arg).__name__ == "ConstantArgument":
+            if isinstance(arg, ConstantArgument):  # a non-tensor input (e.g. return_dict=True)
                 user_leaves.append({"const": serial.encode_arg(arg.value)})
                 continue
             user_leaves.append({"placeholder": arg.name})

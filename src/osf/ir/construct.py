@@ -106,7 +106,7 @@ def state_shapes(module: nn.Module) -> dict[str, list[int]]:
 _SKIP_KINDS = (inspect.Parameter.VAR_KEYWORD,)
 
 
-def recover_init(module: nn.Module, name: str, child_names: dict[int, str]) -> dict:
+def recover_init(module: nn.Module, child_names: dict[int, str]) -> dict:
     """Recover ``module``'s constructor arguments: {"status": "verified"|"unverified"|"unrecovered",
     "args": {...}, "reason": str}."""
     cls = type(module)
@@ -196,7 +196,7 @@ def verify_all(model: nn.Module, names: dict[int, str]) -> dict[str, dict]:
         return instantiate_from_args(res["class"], res["args"], resolve)
 
     for qual, mod in reversed(modules):
-        rec = recover_init(mod, qual, names)
+        rec = recover_init(mod, names)
         rec["class"] = _qualname(type(mod))
         if "status" in rec:
             results[qual] = rec
