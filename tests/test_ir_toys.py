@@ -9,7 +9,7 @@ from torch import nn
 
 import osf
 from roundtrip import assert_same, round_trip
-from toys import DataDependent, Gate, MultiIO, NeedsTargetsWhenTraining, TiedLM
+from toys import DataDependent, Gate, MultiIO, NeedsTargetsWhenTraining, SharedInChild, TiedLM
 
 
 def multi_io_inputs(batch=3):
@@ -52,6 +52,17 @@ def test_tied_and_shared_parameters_appear_once(tmp_path):
     # the shared block ran twice: its ops are all owned by the one module node
     owners = [op.owner for op in ir.graph.ops if op.target == "aten.linear.default"]
     assert owners.count("shared.0") == 2
+
+
+def test_module_shared_under_two_paths(tmp_path):
+    model = SharedInChild()
+    x = torch.randn(2, 8, 5, 5)
+    ir = round_trip(model, (x,), tmp_path=tmp_path)
+    assert ir.info["module_aliases"] == {"blocks.0.cpe": ["cpe", 0], "blocks.1.cpe": ["cpe", 0]}
+    rebuilt = ir.build()
+    assert rebuilt.get_submodule("blocks.0.cpe") is rebuilt.cpe
+    assert rebuilt.get_submodule("blocks.1.cpe") is rebuilt.cpe
+    assert list(rebuilt.state_dict()) == list(model.state_dict())
 
 
 def test_hierarchy_and_metadata():

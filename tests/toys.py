@@ -59,6 +59,30 @@ class TiedLM(nn.Module):
         return self.out(self.norm(h))
 
 
+class SharedInChild(nn.Module):
+    """One positional-conv module held at the root and by reference inside every block (timm CoaT)."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.blocks = nn.ModuleList(_BlockWithCpe(self.cpe, dim) for _ in range(2))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class _BlockWithCpe(nn.Module):
+    def __init__(self, cpe: nn.Module, dim: int):
+        super().__init__()
+        self.cpe = cpe
+        self.mlp = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        return x + self.mlp(self.cpe(x))
+
+
 class DataDependent(nn.Module):
     """Branches on tensor values: neither torch.export nor torch.fx can capture it."""
 

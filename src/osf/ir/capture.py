@@ -200,6 +200,16 @@ def _canonical_names(model: nn.Module) -> tuple[dict[int, str], dict[str, str]]:
     return ids, paths
 
 
+def _module_aliases(model: nn.Module, paths: dict[str, str]) -> dict[str, list]:
+    """Alias path of a shared module -> [canonical name, position among its parent's children]."""
+    out = {}
+    for alias, canon in paths.items():
+        if alias != canon:
+            parent, _, local = alias.rpartition(".")
+            out[alias] = [canon, list(model.get_submodule(parent)._modules).index(local)]
+    return out
+
+
 def _owner(node: torch.fx.Node, paths: dict[str, str]) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     for path, _cls in reversed(list(stack.values())):
@@ -344,6 +354,7 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
         "user_leaves": user_leaves,
         "signature": _param_names(model),
         "persistent": sorted(persistent),
+        "module_aliases": _module_aliases(model, paths),
         "dynamic": sorted({s for p in train_graph.placeholders if p.kind == INPUT and isinstance(p.meta, dict)
                            for s in (p.meta.get("sym") or []) if s}),
     }

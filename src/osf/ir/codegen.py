@@ -140,6 +140,7 @@ def build(ir: IR, *, share_weights: bool = False) -> RebuiltModel:
             m = _container_class(ir.modules[child].meta["class"], classes)()
             parent.add_module(local, m)
             containers[child] = m
+    _attach_aliases(root, containers, ir.info.get("module_aliases", {}))
     params: dict[str, nn.Parameter] = {}
     persistent = set(ir.info.get("persistent", []))
     for qual, canon in ir.aliases.items():
@@ -176,6 +177,21 @@ def _is_param(ir: IR, qual: str) -> bool:
     if node is not None:
         return local in node.meta["params"]
     return isinstance(ir.tensors[ir.aliases[qual]], nn.Parameter)
+
+
+def _attach_aliases(root: nn.Module, containers: dict[str, nn.Module], aliases: dict[str, list]) -> None:
+    """Register a shared module under each further path it had in the original model, at its
+    original position among the parent's children (so ``state_dict`` keys keep their order)."""
+    for alias in sorted(aliases, key=lambda a: a.count(".")):
+        canon, position = aliases[alias]
+        parent_name, _, local = alias.rpartition(".")
+        parent = root.get_submodule(parent_name)
+        if local in parent._modules:  # deeper aliases arrive with their shared ancestor
+            continue
+        items = list(parent._modules.items())
+        items.insert(position, (local, containers[canon]))
+        parent._modules.clear()
+        parent._modules.update(items)
 
 
 def _find_container(containers: dict[str, nn.Module], root: nn.Module, mod_name: str) -> nn.Module:
