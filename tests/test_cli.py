@@ -62,3 +62,10 @@ def test_docs_example_runs():
     example = Path(__file__).parents[1] / "docs" / "ir_example.py"
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=True).stdout
     assert "'status': 'verified'" in out and "('4', 'output')" in out
+
+
+def test_space_docs_example_runs():
+    from pathlib import Path
+    example = Path(__file__).parents[1] / "docs" / "space_example.py"
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=True).stdout
+    assert "SearchSpace(12 groups, 14 units" in out and "'params'" in out

@@ -360,7 +360,7 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
     }
     modules = _module_nodes(model, ids, aliases, verify)
     ir = IR(train_graph, modules, tensors, aliases, info, eval_graph if keep_eval else None)
-    _annotate_io(ir)
+    annotate_io(ir)
     return ir
 
 
@@ -452,7 +452,7 @@ def _ancestors(owner: str) -> list[str]:
     return [""] + [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def _annotate_io(ir: IR) -> None:
+def annotate_io(ir: IR) -> None:
     """Each module's input and output shapes: values whose producer and consumer lie on different sides
     of its boundary (an edge from owner a to owner b crosses the modules containing exactly one of them)."""
     produced = ir.graph.producers()

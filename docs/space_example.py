@@ -1,0 +1,34 @@
+"""Search space and extraction on ResNet-18 (runs in a few seconds on CPU)."""
+import torch
+import torchvision
+from torch.utils.flop_counter import FlopCounterMode
+
+import osf
+
+model = torchvision.models.resnet18().eval()
+x = torch.randn(2, 3, 64, 64)
+supernet = osf.Supernet(model, (x,))            # trace + derive the space (options: see osf.SearchSpace)
+space = supernet.space
+print(space)                                     # SearchSpace(12 groups, 14 units, 10^8.4 subnets)
+print(space.describe().splitlines()[0])
+print(space.num_motifs(), "motifs")
+
+arch = space.sample(0)                           # an osf.Arch: width per group, keep/drop per unit
+print(arch.to_json()["depth"])
+space.validate(arch)                             # ValueError naming the key and its allowed values
+
+small = supernet.extract(arch).eval()            # a plain, physically smaller nn.Module
+print(supernet.cost(arch))                       # {'params': ..., 'flops': ...} from the IR alone
+assert supernet.cost(arch)["params"] == sum(p.numel() for p in small.parameters())
+with FlopCounterMode(display=False) as counter:
+    small(x)
+assert supernet.cost(arch)["flops"] == counter.get_total_flops()
+
+full = supernet.extract(space.max()).eval()      # the maximal subnet is the original function
+torch.testing.assert_close(full(x), model(x))
+
+best = space.salient(arch)                       # the most salient member of arch's motif
+assert space.signature(best) == space.signature(arch)
+
+supernet.sort_by_salience()                      # salient channels first; same function
+torch.testing.assert_close(supernet.ir.build().eval()(x), model(x), rtol=1e-4, atol=1e-4)

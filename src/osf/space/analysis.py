@@ -1,0 +1,732 @@
+"""Dimension analysis: one pass over the IR's op graph(s) assigns every tensor dim an expression over
+atoms (``dims.Dims``); each op rule unifies the dims its semantics tie together.
+
+Safety rule: an op without a rule *blocks* every dim it touches (they keep their size) and is reported;
+nothing is ever treated as pass-through. Graph inputs and outputs are blocked too. Dims that an op
+derives (spatial sizes after a conv, a new size-1 axis, a created tensor) are fresh blocked atoms, so the
+only prunable atoms are those that reach a parameter, buffer or constant tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode
+from ..ir.serial import resolve_target
+from .dims import Cat, Dims, Prod, Size, is_static, size_of
+
+
+@dataclass
+class Unsupported:
+    op: str
+    target: str
+    owner: str
+    reason: str
+
+
+@dataclass
+class DimAnalysis:
+    """Dims of every value of every graph, of every tensor, plus what blocked what."""
+    dims: Dims
+    values: dict[str, dict[str, Any]]  # graph key -> value name -> [expr] (or {"list": [[expr], …]})
+    tensors: dict[str, list]  # canonical tensor name -> [expr]
+    unsupported: list[Unsupported] = field(default_factory=list)
+    multiple_of: dict[int, int] = field(default_factory=dict)  # atom -> channel multiple (GroupNorm)
+
+
+def analyse(ir: IR) -> DimAnalysis:
+    dims = Dims()
+    result = DimAnalysis(dims, {}, {})
+    graphs = {"train": ir.graph}
+    if ir.eval_graph is not None:
+        graphs["eval"] = ir.eval_graph
+    for key, graph in graphs.items():
+        _Pass(ir, graph, result).run(key)
+    return result
+
+
+def value_sizes(meta: Any) -> list[Size] | None:
+    if not isinstance(meta, dict) or "shape" not in meta:
+        return None
+    syms = meta.get("sym") or [None] * len(meta["shape"])
+    return [size_of(v, s) for v, s in zip(meta["shape"], syms)]
+
+
+class _Pass:
+    def __init__(self, ir: IR, graph: Graph, result: DimAnalysis):
+        self.ir, self.graph, self.r, self.d = ir, graph, result, result.dims
+        self.vals: dict[str, Any] = {}
+        self.metas: dict[str, Any] = {}
+
+    # ----- driver -----
+    def run(self, key: str) -> None:
+        for p in self.graph.placeholders:
+            self.metas[p.name] = p.meta
+            sizes = value_sizes(p.meta)
+            if sizes is None:
+                continue
+            if p.kind in (PARAM, BUFFER, CONST):
+                canon = self.ir.aliases.get(p.target, p.target)
+                if canon not in self.r.tensors:
+                    self.r.tensors[canon] = [self.d.atom(s, "param") for s in sizes]
+                self.vals[p.name] = self.r.tensors[canon]
+            else:
+                atoms = [self.d.atom(s, "input") for s in sizes]
+                for a in atoms:
+                    self.d.block(a, "graph input")
+                self.vals[p.name] = atoms
+        for op in self.graph.ops:
+            self.metas[op.name] = op.meta
+            if isinstance(op.meta, dict) and "symint" in op.meta:
+                continue
+            rule = _rule_for(op.target)
+            try:
+                out = rule(self, op) if rule is not None else None
+            except _Unsupported as e:
+                out = self._unsupported(op, str(e))
+            if rule is None:
+                out = self._unsupported(op, "no dimension rule for this op")
+            if out is not None:
+                self.vals[op.name] = out
+        for ref in _refs(self.graph.outputs):
+            for e in self._flat(self.vals.get(ref)):
+                self.d.block(e, "graph output")
+        self.r.values[key] = self.vals
+
+    def _unsupported(self, op: OpNode, reason: str):
+        self.r.unsupported.append(Unsupported(op.name, op.target, op.owner, reason))
+        why = f"unsupported op {op.target} ({op.name} in '{op.owner or '<root>'}'): {reason}"
+        for ref in op.inputs:
+            for e in self._flat(self.vals.get(ref)):
+                self.d.block(e, why)
+        return self.fresh_out(op, why)
+
+    def _flat(self, v) -> list:
+        if v is None:
+            return []
+        if isinstance(v, dict):
+            return [e for item in v["list"] for e in (item or [])]
+        return list(v)
+
+    # ----- helpers for rules -----
+    def arg(self, op: OpNode, i: int, name: str, default: Any = None) -> Any:
+        if i < len(op.args):
+            return op.args[i]
+        return op.kwargs.get(name, default)
+
+    def tensor(self, a: Any) -> list | None:
+        """The dims of a tensor argument (None for non-tensors)."""
+        if isinstance(a, dict) and "node" in a:
+            v = self.vals.get(a["node"])
+            return None if isinstance(v, dict) else v
+        return None
+
+    def out_sizes(self, op: OpNode, index: int | None = None) -> list[Size]:
+        meta = op.meta
+        if index is not None:
+            meta = meta["list"][index]
+        sizes = value_sizes(meta)
+        if sizes is None:
+            raise _Unsupported("output has no tensor metadata")
+        return sizes
+
+    def fresh(self, size: Size, why: str) -> int:
+        a = self.d.atom(size, "derived")
+        self.d.block(a, why)
+        return a
+
+    def fresh_out(self, op: OpNode, why: str):
+        meta = op.meta
+        if isinstance(meta, dict) and "list" in meta:
+            return {"list": [[self.fresh(s, why) for s in value_sizes(m)] if value_sizes(m) else None
+                             for m in meta["list"]]}
+        sizes = value_sizes(meta)
+        return [self.fresh(s, why) for s in sizes] if sizes is not None else None
+
+    def unify(self, a, b, op: OpNode) -> None:
+        self.d.unify(a, b, f"{op.name} ({op.target} in '{op.owner or '<root>'}')")
+
+    def size(self, e) -> Size:
+        return self.d.size(e)
+
+    def broadcast(self, op: OpNode, inputs: list[list], out_sizes: list[Size]) -> list:
+        """Right-aligned broadcasting: equal-sized dims unify; size-1 dims broadcast."""
+        out = []
+        n = len(out_sizes)
+        for i, s in enumerate(out_sizes):
+            chosen = None
+            for x in inputs:
+                j = i - (n - len(x))
+                if j < 0:
+                    continue
+                if self.size(x[j]) == s:
+                    if chosen is None:
+                        chosen = x[j]
+                    else:
+                        self.unify(chosen, x[j], op)
+                elif self.size(x[j]) != (1, ()):
+                    raise _Unsupported(f"cannot broadcast size {self.size(x[j])} to {s}")
+            out.append(chosen if chosen is not None else self.fresh(s, f"broadcast in {op.name}"))
+        return out
+
+    def block(self, e, why: str) -> None:
+        self.d.block(e, why)
+
+    def new_dim(self, x: list, d: int, op: OpNode, why: str) -> None:
+        """Dim ``d`` of ``x`` is rewritten by position (sliced, padded, indexed): fixed in and out."""
+        self.block(x[d], why)
+        x[d] = self.fresh(self.out_sizes(op)[d], why)
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _refs(x: Any) -> list[str]:
+    from ..ir.serial import node_refs
+    return node_refs(x)
+
+
+def _norm_dim(d: int, n: int) -> int:
+    return d + n if d < 0 else d
+
+
+# ------------------------------------------------------------------------------------------------
+# rules
+
+Rule = Callable[[_Pass, OpNode], Any]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*names: str):
+    def register(fn: Rule) -> Rule:
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return register
+
+
+_SAME_AS_INPUT = {
+    "dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout", "alpha_dropout_",
+    "contiguous", "clone", "alias", "detach", "detach_", "_to_copy", "to", "type_as", "lift_fresh_copy",
+    "bernoulli", "bernoulli_", "fill_", "zero_", "softmax", "log_softmax", "_softmax", "_log_softmax",
+    "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "relu6", "silu_", "gelu_", "mish_",
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "copy_", "copy",
+    "requires_grad_", "dequantize", "native_dropout", "_assert_tensor_metadata",
+}
+
+
+def _rule_for(target: str) -> Rule | None:
+    if target in RULES:
+        return RULES[target]
+    if not target.startswith("aten."):
+        return None
+    packet = target.split(".")[1]
+    if packet in _SAME_AS_INPUT:
+        return _pointwise
+    try:
+        op = resolve_target(target)
+    except Exception:
+        return None
+    tags = getattr(op, "tags", ())
+    if torch.Tag.pointwise in tags:
+        return _pointwise
+    return None
+
+
+def _pointwise(p: _Pass, op: OpNode):
+    """Element-wise ops (tagged ``pointwise`` in ATen, plus dropout / copies / softmax-like ops):
+    broadcast the tensor inputs into the output."""
+    inputs = [t for t in (p.tensor(a) for a in op.args + list(op.kwargs.values())) if t is not None]
+    if isinstance(op.meta, dict) and "list" in op.meta:  # native_dropout: (out, mask)
+        out = p.broadcast(op, inputs, p.out_sizes(op, 0))
+        return {"list": [out, out]}
+    return p.broadcast(op, inputs, p.out_sizes(op))
+
+
+@rule("aten.linear.default")
+def _linear(p: _Pass, op: OpNode):
+    x, w, b = p.tensor(op.args[0]), p.tensor(op.args[1]), p.tensor(p.arg(op, 2, "bias"))
+    p.unify(x[-1], w[1], op)
+    if b is not None:
+        p.unify(b[0], w[0], op)
+    return list(x[:-1]) + [w[0]]
+
+
+def _conv(p: _Pass, op: OpNode, transposed: bool, groups: int):
+    x, w, b = p.tensor(op.args[0]), p.tensor(op.args[1]), p.tensor(p.arg(op, 2, "bias"))
+    out_sizes = p.out_sizes(op)
+    nspatial = len(w) - 2
+    batch = list(x[:-(nspatial + 1)])
+    w_in, w_out = (w[0], w[1]) if transposed else (w[1], w[0])
+    if groups == 1:
+        p.unify(x[-(nspatial + 1)], w_in, op)
+        ch_out = w_out
+        if transposed:
+            ch_out = w[1]
+    else:  # channels = groups × per-group: one atom for the groups, shared by input, weight and output
+        g = p.d.atom((groups, ()), "split")
+        if transposed:  # W[in, out/g, k…]
+            per_in = p.d.atom(_div(p.size(w[0]), groups), "split")
+            p.unify(w[0], Prod((g, per_in)), op)
+            p.unify(x[-(nspatial + 1)], w[0], op)
+            ch_out = Prod((g, w[1]))
+        else:  # W[out, in/g, k…]
+            per_out = p.d.atom(_div(p.size(w[0]), groups), "split")
+            p.unify(w[0], Prod((g, per_out)), op)
+            p.unify(x[-(nspatial + 1)], Prod((g, w[1])), op)
+            ch_out = w[0]
+    if b is not None:
+        p.unify(b[0], ch_out, op)
+    for k in w[2:]:
+        p.block(k, f"kernel size of {op.name}")
+    spatial = [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-nspatial:]]
+    return batch + [ch_out] + spatial
+
+
+def _div(s: Size, k: int) -> Size:
+    if not is_static(s) or s[0] % k:
+        raise _Unsupported(f"channel count {s} not divisible by groups {k}")
+    return (s[0] // k, ())
+
+
+@rule("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default",
+      "aten.conv1d.padding", "aten.conv2d.padding", "aten.conv3d.padding")
+def _conv_nd(p: _Pass, op: OpNode):
+    return _conv(p, op, False, int(p.arg(op, 6, "groups", 1)))
+
+
+@rule("aten.conv_transpose1d.default", "aten.conv_transpose2d.input", "aten.conv_transpose3d.input")
+def _conv_t(p: _Pass, op: OpNode):
+    return _conv(p, op, True, int(p.arg(op, 6, "groups", 1)))
+
+
+@rule("aten.convolution.default")
+def _convolution(p: _Pass, op: OpNode):
+    return _conv(p, op, bool(p.arg(op, 6, "transposed")), int(p.arg(op, 8, "groups", 1)))
+
+
+@rule("aten.batch_norm.default", "aten.instance_norm.default")
+def _batch_norm(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    for i, name in enumerate(("weight", "bias", "running_mean", "running_var"), start=1):
+        t = p.tensor(p.arg(op, i, name))
+        if t is not None:
+            p.unify(t[0], x[1], op)
+    return list(x)
+
+
+@rule("aten.layer_norm.default", "aten.rms_norm.default")
+def _layer_norm(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    k = len(op.args[1])
+    names = ("weight", "bias") if op.target.startswith("aten.layer_norm") else ("weight",)
+    for i, name in enumerate(names, start=2):
+        t = p.tensor(p.arg(op, i, name))
+        if t is not None:
+            for a, b in zip(t, x[-k:]):
+                p.unify(a, b, op)
+    return list(x)
+
+
+@rule("aten.group_norm.default")
+def _group_norm(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    groups = int(op.args[1])
+    for i, name in ((2, "weight"), (3, "bias")):
+        t = p.tensor(p.arg(op, i, name))
+        if t is not None:
+            p.unify(t[0], x[1], op)
+    root = p.d.resolve(x[1])
+    if isinstance(root, int):
+        p.r.multiple_of[root] = groups
+    else:
+        p.block(x[1], f"GroupNorm over a composite channel dim at {op.name}")
+    return list(x)
+
+
+@rule("aten.prelu.default", "aten._prelu_kernel.default")
+def _prelu(p: _Pass, op: OpNode):
+    x, w = p.tensor(op.args[0]), p.tensor(op.args[1])
+    if p.size(w[0]) != (1, ()):
+        p.unify(w[0], x[1], op)
+    return list(x)
+
+
+@rule("aten.embedding.default")
+def _embedding(p: _Pass, op: OpNode):
+    w, idx = p.tensor(op.args[0]), p.tensor(op.args[1])
+    p.block(w[0], f"embedding rows are addressed by index values ({op.name})")
+    return list(idx) + [w[1]]
+
+
+@rule("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
+def _matmul(p: _Pass, op: OpNode):
+    a, b = p.tensor(op.args[0]), p.tensor(op.args[1])
+    if len(a) < 2 or len(b) < 2:
+        raise _Unsupported("matrix-vector product")
+    p.unify(a[-1], b[-2], op)
+    out_sizes = p.out_sizes(op)
+    batch = p.broadcast(op, [a[:-2], b[:-2]], out_sizes[:-2])
+    return batch + [a[-2], b[-1]]
+
+
+@rule("aten.addmm.default", "aten.baddbmm.default")
+def _addmm(p: _Pass, op: OpNode):
+    c, a, b = (p.tensor(x) for x in op.args[:3])
+    p.unify(a[-1], b[-2], op)
+    out = list(a[:-1]) + [b[-1]]
+    if len(a) == 3:
+        p.unify(a[0], b[0], op)
+    return p.broadcast(op, [out, c], p.out_sizes(op))
+
+
+@rule("aten.scaled_dot_product_attention.default")
+def _sdpa(p: _Pass, op: OpNode):
+    q, k, v = (p.tensor(x) for x in op.args[:3])
+    out_sizes = p.out_sizes(op)
+    batch = p.broadcast(op, [q[:-2], k[:-2], v[:-2]], out_sizes[:-2])
+    p.unify(q[-1], k[-1], op)
+    p.unify(k[-2], v[-2], op)
+    mask = p.tensor(p.arg(op, 3, "attn_mask"))
+    if mask is not None:
+        p.broadcast(op, [list(batch) + [q[-2], k[-2]], mask], [p.size(e) for e in batch] + [p.size(q[-2]),
+                                                                                         p.size(k[-2])])
+    return batch + [q[-2], v[-1]]
+
+
+@rule("aten.einsum.default")
+def _einsum(p: _Pass, op: OpNode):
+    eq = op.args[0].replace(" ", "")
+    operands = [p.tensor(x) for x in op.args[1]]
+    if "..." in eq or "->" not in eq:
+        raise _Unsupported("einsum with ellipsis or implicit output")
+    lhs, rhs = eq.split("->")
+    letters: dict[str, Any] = {}
+    for spec, t in zip(lhs.split(","), operands):
+        for ch, e in zip(spec, t):
+            if ch not in letters or p.size(letters[ch]) == (1, ()):
+                if ch in letters:
+                    continue
+                letters[ch] = e
+            elif p.size(e) != (1, ()):
+                p.unify(letters[ch], e, op)
+    return [letters[ch] for ch in rhs]
+
+
+# ----- layout -----
+
+@rule("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.view_copy.default",
+      "aten.flatten.using_ints", "aten.unflatten.int")
+def _reshape(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    out_sizes = p.out_sizes(op)
+    out = [p.d.atom(s, "split") for s in out_sizes]
+    if any(not p.d.size(e)[0] for e in x):
+        raise _Unsupported("empty tensor")
+    p.unify(Prod(tuple(x)), Prod(tuple(out)), op)
+    return out
+
+
+@rule("aten.permute.default")
+def _permute(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    return [x[_norm_dim(d, len(x))] for d in op.args[1]]
+
+
+@rule("aten.transpose.int", "aten.swapaxes.default")
+def _transpose(p: _Pass, op: OpNode):
+    x = list(p.tensor(op.args[0]))
+    i, j = (_norm_dim(d, len(x)) for d in op.args[1:3])
+    x[i], x[j] = x[j], x[i]
+    return x
+
+
+@rule("aten.t.default")
+def _t(p: _Pass, op: OpNode):
+    return list(reversed(p.tensor(op.args[0])))
+
+
+@rule("aten.unsqueeze.default")
+def _unsqueeze(p: _Pass, op: OpNode):
+    x = list(p.tensor(op.args[0]))
+    d = _norm_dim(op.args[1], len(x) + 1)
+    return x[:d] + [p.fresh((1, ()), f"new axis from {op.name}")] + x[d:]
+
+
+@rule("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default")
+def _squeeze(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    if len(op.args) > 1:
+        ds = op.args[1] if isinstance(op.args[1], list) else [op.args[1]]
+        ds = {_norm_dim(d, len(x)) for d in ds}
+    else:
+        ds = set(range(len(x)))
+    return [e for i, e in enumerate(x) if not (i in ds and p.size(e) == (1, ()))]
+
+
+@rule("aten.expand.default")
+def _expand(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    out_sizes = p.out_sizes(op)
+    n = len(out_sizes)
+    out = []
+    for i, s in enumerate(out_sizes):
+        j = i - (n - len(x))
+        if j >= 0 and p.size(x[j]) == s:
+            out.append(x[j])
+        else:
+            out.append(p.fresh(s, f"expanded by {op.name}"))
+    return out
+
+
+@rule("aten.expand_as.default")
+def _expand_as(p: _Pass, op: OpNode):
+    x, other = p.tensor(op.args[0]), p.tensor(op.args[1])
+    return p.broadcast(op, [x, other], p.out_sizes(op))
+
+
+@rule("aten.repeat.default")
+def _repeat(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    reps = op.args[1]
+    out_sizes = p.out_sizes(op)
+    lead = len(reps) - len(x)
+    out = []
+    for i, (r, s) in enumerate(zip(reps, out_sizes)):
+        j = i - lead
+        if j >= 0 and r == 1:
+            out.append(x[j])
+        else:
+            if j >= 0:
+                p.block(x[j], f"repeated by {op.name}")
+            out.append(p.fresh(s, f"repeated by {op.name}"))
+    return out
+
+
+def _drop_dim(p: _Pass, op: OpNode, dim: int, why: str) -> list:
+    x = p.tensor(op.args[0])
+    d = _norm_dim(dim, len(x))
+    p.block(x[d], why)
+    return list(x[:d]) + list(x[d + 1:])
+
+
+@rule("aten.select.int")
+def _select(p: _Pass, op: OpNode):
+    return _drop_dim(p, op, op.args[1], f"indexed by position ({op.name})")
+
+
+@rule("aten.slice.Tensor", "aten.narrow.default")
+def _slice(p: _Pass, op: OpNode):
+    x = list(p.tensor(op.args[0]))
+    d = _norm_dim(p.arg(op, 1, "dim", 0), len(x))
+    s = p.out_sizes(op)[d]
+    if p.size(x[d]) != s:
+        p.new_dim(x, d, op, f"sliced by position ({op.name})")
+    return x
+
+
+@rule("aten.index.Tensor")
+def _index(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    indices = op.args[1]
+    out_sizes = p.out_sizes(op)
+    pos = [i for i, t in enumerate(indices) if t is not None]
+    why = f"indexed by values ({op.name})"
+    for i in pos:
+        p.block(x[i], why)
+    rest_after = list(x[len(indices):])
+    kept = [e for i, e in enumerate(x[:len(indices)]) if i not in pos] + rest_after
+    n_new = len(out_sizes) - len(kept)
+    adjacent = pos == list(range(pos[0], pos[-1] + 1))
+    if adjacent:
+        before = list(x[:pos[0]])
+        after = [e for i, e in enumerate(x) if i > pos[-1]]
+        new = [p.fresh(s, why) for s in out_sizes[len(before):len(before) + n_new]]
+        return before + new + after
+    new = [p.fresh(s, why) for s in out_sizes[:n_new]]
+    return new + kept
+
+
+@rule("aten.index_select.default")
+def _index_select(p: _Pass, op: OpNode):
+    x = list(p.tensor(op.args[0]))
+    d = _norm_dim(op.args[1], len(x))
+    p.new_dim(x, d, op, f"indexed by values ({op.name})")
+    return x
+
+
+@rule("aten.cat.default", "aten.concat.default")
+def _cat(p: _Pass, op: OpNode):
+    ts = [t for t in (p.tensor(a) for a in op.args[0]) if t is not None]
+    out_sizes = p.out_sizes(op)
+    ts = [t for t in ts if len(t) == len(out_sizes)]  # legacy: empty 1-D tensors are skipped by cat
+    d = _norm_dim(p.arg(op, 1, "dim", 0), len(out_sizes))
+    for t in ts[1:]:
+        for i in range(len(out_sizes)):
+            if i != d:
+                p.unify(ts[0][i], t[i], op)
+    parts = [t[d] for t in ts]
+    if all(is_static(p.size(e)) for e in parts):
+        cat_dim = Cat(tuple(parts)) if len(parts) > 1 else parts[0]
+    else:
+        why = f"concatenated along a dynamic dim ({op.name})"
+        for e in parts:
+            p.block(e, why)
+        cat_dim = p.fresh(out_sizes[d], why)
+    return [cat_dim if i == d else ts[0][i] for i in range(len(out_sizes))]
+
+
+@rule("aten.stack.default")
+def _stack(p: _Pass, op: OpNode):
+    ts = [p.tensor(a) for a in op.args[0]]
+    d = _norm_dim(p.arg(op, 1, "dim", 0), len(ts[0]) + 1)
+    for t in ts[1:]:
+        for a, b in zip(ts[0], t):
+            p.unify(a, b, op)
+    return list(ts[0][:d]) + [p.fresh((len(ts), ()), f"stacked by {op.name}")] + list(ts[0][d:])
+
+
+@rule("aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default", "aten.tensor_split.sections",
+      "aten.split.sizes")
+def _split(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    metas = op.meta["list"]
+    dim_arg = p.arg(op, 2, "dim", 0)
+    d = _norm_dim(dim_arg, len(x))
+    pieces = [value_sizes(m)[d] for m in metas]
+    if not all(is_static(s) for s in pieces) or not is_static(p.size(x[d])):
+        raise _Unsupported("split along a dynamic dim")
+    segs = [p.d.atom(s, "split") for s in pieces]
+    p.unify(x[d], Cat(tuple(segs)) if len(segs) > 1 else segs[0], op)
+    return {"list": [[segs[k] if i == d else e for i, e in enumerate(x)] for k in range(len(segs))]}
+
+
+@rule("aten.unbind.int")
+def _unbind(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    d = _norm_dim(p.arg(op, 1, "dim", 0), len(x))
+    p.block(x[d], f"unbound by position ({op.name})")
+    rest = list(x[:d]) + list(x[d + 1:])
+    return {"list": [rest for _ in op.meta["list"]]}
+
+
+@rule("operator.getitem")
+def _getitem(p: _Pass, op: OpNode):
+    src = p.vals.get(op.args[0]["node"]) if isinstance(op.args[0], dict) else None
+    if not isinstance(src, dict):
+        raise _Unsupported("getitem on a non-tuple value")
+    return src["list"][op.args[1]]
+
+
+def _spatial_rule(nspatial: int):
+    def fn(p: _Pass, op: OpNode):
+        x = p.tensor(op.args[0])
+        out_sizes = p.out_sizes(op, 0) if isinstance(op.meta, dict) and "list" in op.meta else p.out_sizes(op)
+        lead = list(x[:len(x) - nspatial])
+        out = lead + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[len(lead):]]
+        if isinstance(op.meta, dict) and "list" in op.meta:
+            return {"list": [out, out]}
+        return out
+    return fn
+
+
+for _n in (1, 2, 3):
+    for _name in (f"max_pool{_n}d", f"avg_pool{_n}d", f"adaptive_avg_pool{_n}d", f"adaptive_max_pool{_n}d",
+                  f"max_pool{_n}d_with_indices", f"lp_pool{_n}d", f"upsample_nearest{_n}d",
+                  f"_upsample_nearest_exact{_n}d", f"upsample_bilinear{_n}d" if _n == 2 else "",
+                  "upsample_linear1d" if _n == 1 else "", "upsample_trilinear3d" if _n == 3 else "",
+                  "upsample_bicubic2d" if _n == 2 else "", "_upsample_bilinear2d_aa" if _n == 2 else ""):
+        if _name:
+            for _ov in ("default", "vec"):
+                RULES[f"aten.{_name}.{_ov}"] = _spatial_rule(_n)
+
+
+@rule("aten.mean.dim", "aten.sum.dim_IntList", "aten.amax.default", "aten.amin.default", "aten.var.correction",
+      "aten.std.correction", "aten.var.dim", "aten.std.dim", "aten.logsumexp.default", "aten.mean.default",
+      "aten.sum.default", "aten.max.dim", "aten.min.dim", "aten.var_mean.correction", "aten.norm.ScalarOpt_dim",
+      "aten.linalg_vector_norm.default", "aten.argmax.default", "aten.argmin.default", "aten.prod.dim_int",
+      "aten.all.dim", "aten.any.dim", "aten.max.default", "aten.min.default")
+def _reduce(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    multi = isinstance(op.meta, dict) and "list" in op.meta
+    out_sizes = p.out_sizes(op, 0) if multi else p.out_sizes(op)
+    packet, overload = op.target.split(".")[1:3]
+    if packet in ("mean", "sum", "max", "min") and overload == "default":
+        dims = None
+    elif packet in ("linalg_vector_norm", "norm"):
+        dims = p.arg(op, 2, "dim")
+    else:
+        dims = p.arg(op, 1, "dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or []) or list(range(len(x)))
+    dims = {_norm_dim(d, len(x)) for d in dims}
+    if packet in ("argmax", "argmin") or multi and packet in ("max", "min"):
+        for d in dims:
+            p.block(x[d], f"reduced to an index by {op.name}")
+    keep = len(out_sizes) == len(x)
+    out = []
+    for i, e in enumerate(x):
+        if i in dims:
+            if keep:
+                out.append(p.fresh((1, ()), f"reduced by {op.name}"))
+        else:
+            out.append(e)
+    if len(out) != len(out_sizes):
+        raise _Unsupported("unexpected reduction output rank")
+    return {"list": [out, out]} if multi else out
+
+
+def _dims_blocked(index_args: tuple[int, ...]):
+    """Ops whose listed dims may not be pruned (order matters along them); others pass through."""
+    def fn(p: _Pass, op: OpNode):
+        x = p.tensor(op.args[0])
+        ds = []
+        for i in index_args:
+            v = p.arg(op, i, "")
+            ds.extend(v if isinstance(v, list) else [v] if isinstance(v, int) else [])
+        for d in ds:
+            p.block(x[_norm_dim(d, len(x))], f"positions matter along this dim ({op.name})")
+        if p.out_sizes(op) != [p.size(e) for e in x]:
+            raise _Unsupported("output shape differs from input")
+        return list(x)
+    return fn
+
+
+RULES["aten.roll.default"] = _dims_blocked((2,))
+RULES["aten.flip.default"] = _dims_blocked((1,))
+RULES["aten.cumsum.default"] = _dims_blocked((1,))
+RULES["aten.cumprod.default"] = _dims_blocked((1,))
+
+
+@rule("aten.pad.default", "aten.constant_pad_nd.default", "aten.reflection_pad1d.default",
+      "aten.reflection_pad2d.default", "aten.replication_pad1d.default", "aten.replication_pad2d.default",
+      "aten.reflection_pad3d.default", "aten.replication_pad3d.default")
+def _pad(p: _Pass, op: OpNode):
+    x = list(p.tensor(op.args[0]))
+    pad = op.args[1]
+    for k in range(len(pad) // 2):
+        d = len(x) - 1 - k
+        if pad[2 * k] or pad[2 * k + 1]:
+            p.new_dim(x, d, op, f"padded by {op.name}")
+    return x
+
+
+@rule("aten.tril.default", "aten.triu.default")
+def _triangular(p: _Pass, op: OpNode):
+    x = p.tensor(op.args[0])
+    for e in x[-2:]:
+        p.block(e, f"triangular mask ({op.name})")
+    return list(x)
+
+
+def _create(p: _Pass, op: OpNode):
+    return p.fresh_out(op, f"created by {op.name}")
+
+
+for _t_name in ("arange.default", "arange.start", "arange.start_step", "zeros.default", "ones.default",
+                "full.default", "empty.memory_format", "empty_strided.default", "new_zeros.default",
+                "new_ones.default", "new_empty.default", "new_full.default", "scalar_tensor.default",
+                "rand.default", "randn.default", "randint.default", "linspace.default", "eye.default"):
+    RULES[f"aten.{_t_name}"] = _create

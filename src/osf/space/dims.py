@@ -1,0 +1,287 @@
+"""Dimension symbols and their unification.
+
+Every tensor dimension of the graph is an expression over *atoms* (union-find symbols):
+
+- an atom ``int`` — a dimension whose indices are one coherent axis (e.g. the output channels of a conv);
+- ``Prod(f1, …, fn)`` — a row-major product: index = ((i1 · |f2| + i2) · |f3| + i3) …
+  (``C = heads × head_dim`` after a ``view``, ``groups × channels_per_group`` in a grouped conv);
+- ``Cat(e1, …, en)`` — a concatenation: segment k starts at offset |e1| + … + |e(k-1)|.
+
+Unifying two expressions says "these two dims index the same channels in the same order". Atoms merge;
+an atom unified with a composite is *bound* to it; two composites are refined to a common factorisation
+(the same algorithm serves ``view``) or, when no common one exists, blocked. Sizes are monomials
+(an int times symbols such as ``B``), so dynamic batch and sequence dims factorise like static ones.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+# ------------------------------------------------------------------------------------------------
+# sizes: monomials  coef * s1 * s2 * …  (symbols sorted)
+
+Size = tuple[int, tuple[str, ...]]
+ONE: Size = (1, ())
+
+
+def size_of(value: int, sym: str | None) -> Size:
+    """A dim's size from the IR's value metadata (``shape[i]`` and ``sym[i]``)."""
+    if not sym:
+        return (int(value), ())
+    coef, syms = 1, []
+    for part in sym.replace(" ", "").split("*"):
+        if part.isdigit():
+            coef *= int(part)
+        elif re.fullmatch(r"[A-Za-z_]\w*", part):
+            syms.append(part)
+        else:  # not a monomial (e.g. "S + 1"): one opaque symbol
+            return (1, (sym,))
+    return (coef, tuple(sorted(syms)))
+
+
+def size_mul(a: Size, b: Size) -> Size:
+    return (a[0] * b[0], tuple(sorted(a[1] + b[1])))
+
+
+def size_div(a: Size, b: Size) -> Size | None:
+    """a / b when b divides a exactly, else None."""
+    if b[0] == 0 or a[0] % b[0]:
+        return None
+    rest = list(a[1])
+    for s in b[1]:
+        if s not in rest:
+            return None
+        rest.remove(s)
+    return (a[0] // b[0], tuple(rest))
+
+
+def size_text(s: Size) -> str:
+    parts = ([str(s[0])] if s[0] != 1 or not s[1] else []) + list(s[1])
+    return "*".join(parts)
+
+
+def is_static(s: Size) -> bool:
+    return not s[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# expressions
+
+@dataclass(frozen=True)
+class Prod:
+    factors: tuple  # of expressions, row-major (first = outermost)
+
+
+@dataclass(frozen=True)
+class Cat:
+    parts: tuple  # of expressions, in order
+
+
+Expr = "int | Prod | Cat"
+
+
+def atoms_in(e) -> list[int]:
+    if isinstance(e, int):
+        return [e]
+    items = e.factors if isinstance(e, Prod) else e.parts
+    return [a for x in items for a in atoms_in(x)]
+
+
+class Dims:
+    """Union-find over dimension atoms, with bindings to composite expressions."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.sizes: list[Size] = []
+        self.bound: dict[int, object] = {}
+        self.blocks: list[tuple[object, str]] = []  # (expr, reason), applied by ``blocked()``
+        self.origin: list[str] = []  # why the atom exists: "param", "input", "split", "derived", …
+
+    # ----- atoms -----
+    def atom(self, size: Size, origin: str) -> int:
+        self.parent.append(len(self.parent))
+        self.sizes.append(size)
+        self.origin.append(origin)
+        return len(self.parent) - 1
+
+    def find(self, a: int) -> int:
+        root = a
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[a] != root:
+            self.parent[a], a = root, self.parent[a]
+        return root
+
+    # ----- expressions -----
+    def resolve(self, e):
+        """The canonical form: atoms are roots, bound atoms replaced, nested products/concats flattened,
+        size-1 factors dropped."""
+        if isinstance(e, int):
+            r = self.find(e)
+            return self.resolve(self.bound[r]) if r in self.bound else r
+        if isinstance(e, Prod):
+            flat = []
+            for f in e.factors:
+                f = self.resolve(f)
+                flat.extend(f.factors if isinstance(f, Prod) else [f])
+            kept = [f for f in flat if self.size(f) != ONE] or flat[:1]
+            return kept[0] if len(kept) == 1 else Prod(tuple(kept))
+        flat = []
+        for p in e.parts:
+            p = self.resolve(p)
+            flat.extend(p.parts if isinstance(p, Cat) else [p])
+        return flat[0] if len(flat) == 1 else Cat(tuple(flat))
+
+    def size(self, e) -> Size:
+        if isinstance(e, int):
+            return self.sizes[self.find(e)]
+        if isinstance(e, Prod):
+            out = ONE
+            for f in e.factors:
+                out = size_mul(out, self.size(f))
+            return out
+        total = 0
+        for p in e.parts:
+            s = self.size(p)
+            if not is_static(s):
+                raise ValueError("symbolic concatenation")
+            total += s[0]
+        return (total, ())
+
+    def block(self, e, reason: str) -> None:
+        self.blocks.append((e, reason))
+
+    def blocked(self) -> dict[int, list[str]]:
+        """Root atom -> reasons it must keep its size."""
+        out: dict[int, list[str]] = {}
+        for e, reason in self.blocks:
+            for a in atoms_in(self.resolve(e)):
+                reasons = out.setdefault(self.find(a), [])
+                if reason not in reasons:
+                    reasons.append(reason)
+        return out
+
+    # ----- unification -----
+    def unify(self, a, b, where: str) -> None:
+        ra, rb = self.resolve(a), self.resolve(b)
+        if ra == rb:
+            return
+        if self.size(ra) != self.size(rb):
+            self.block(ra, f"size mismatch at {where}")
+            self.block(rb, f"size mismatch at {where}")
+            return
+        if isinstance(ra, int) and isinstance(rb, int):
+            self.parent[rb] = ra
+            return
+        if isinstance(rb, int):
+            ra, rb = rb, ra
+        if isinstance(ra, int):  # atom vs composite
+            if ra in atoms_in(rb):
+                self.block(rb, f"cyclic factorisation at {where}")
+                return
+            self.bound[ra] = rb
+            return
+        if isinstance(ra, Prod) and isinstance(rb, Prod):
+            self._refine(list(ra.factors), list(rb.factors), where, product=True)
+        elif isinstance(ra, Cat) and isinstance(rb, Cat):
+            self._refine(list(ra.parts), list(rb.parts), where, product=False)
+        else:
+            self.block(ra, f"incompatible layouts (concatenation vs product) at {where}")
+            self.block(rb, f"incompatible layouts (concatenation vs product) at {where}")
+
+    def _refine(self, xs: list, ys: list, where: str, *, product: bool) -> None:
+        """Unify two factor (or segment) lists with equal total, splitting atoms where one side's
+        boundary falls inside the other's element. Fails (blocks) when no common refinement exists."""
+        i = j = 0
+        while i < len(xs) and j < len(ys):
+            x, y = self.resolve(xs[i]), self.resolve(ys[j])
+            sx, sy = self.size(x), self.size(y)
+            if sx == sy:
+                self.unify(x, y, where)
+                i, j = i + 1, j + 1
+                continue
+            big, small, big_list, k = (x, y, xs, i) if self._larger(sx, sy, product) else (y, x, ys, j)
+            rest = self._remainder(self.size(big), self.size(small), product)
+            if rest is None or not isinstance(big, int):
+                for e in xs + ys:
+                    self.block(e, f"no common factorisation of {self._text(xs, product)} and "
+                                  f"{self._text(ys, product)} at {where}")
+                return
+            head = self.atom(self.size(small), "split")
+            tail = self.atom(rest, "split")
+            self.bound[self.find(big)] = Prod((head, tail)) if product else Cat((head, tail))
+            big_list[k:k + 1] = [head, tail]
+
+    def _larger(self, a: Size, b: Size, product: bool) -> bool:
+        if product:
+            return size_div(a, b) is not None
+        return is_static(a) and is_static(b) and a[0] > b[0]
+
+    def _remainder(self, big: Size, small: Size, product: bool) -> Size | None:
+        if product:
+            return size_div(big, small)
+        if not (is_static(big) and is_static(small)):
+            return None
+        return (big[0] - small[0], ())
+
+    def _text(self, items: list, product: bool) -> str:
+        sep = "×" if product else "+"
+        return sep.join(size_text(self.size(e)) for e in items)
+
+    # ----- index maps -----
+    def positions(self, e, select: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Old positions of ``e``'s elements, in new order, when each atom in ``select`` keeps (or
+        reorders) the listed indices; other atoms keep all indices. ``e`` must be resolved and static."""
+        if isinstance(e, int):
+            return select[e] if e in select else torch.arange(self.size(e)[0])
+        if isinstance(e, Prod):
+            out = torch.zeros(1, dtype=torch.long)
+            for f in e.factors:
+                out = out[:, None] * self.size(f)[0] + self.positions(f, select)[None, :]
+                out = out.reshape(-1)
+            return out
+        chunks, offset = [], 0
+        for p in e.parts:
+            chunks.append(self.positions(p, select) + offset)
+            offset += self.size(p)[0]
+        return torch.cat(chunks)
+
+    def coords(self, e) -> dict[int, torch.Tensor]:
+        """For each atom of (resolved, static) ``e``: its index at every position of ``e`` (-1 where the
+        position lies in a concatenation segment without that atom)."""
+        n = self.size(e)[0]
+        if isinstance(e, int):
+            return {e: torch.arange(n)}
+        out: dict[int, torch.Tensor] = {}
+        if isinstance(e, Prod):
+            inner = n
+            for f in e.factors:
+                fs = self.size(f)[0]
+                inner //= fs
+                outer = n // (fs * inner)
+                for a, idx in self.coords(f).items():
+                    full = idx.repeat_interleave(inner).repeat(outer)
+                    out[a] = torch.where(out[a] >= 0, out[a], full) if a in out else full
+            return out
+        offset = 0
+        for p in e.parts:
+            ps = self.size(p)[0]
+            for a, idx in self.coords(p).items():
+                col = out.setdefault(a, torch.full((n,), -1, dtype=torch.long))
+                col[offset:offset + ps] = idx
+            offset += ps
+        return out
+
+
+def new_size(dims: Dims, e, kept: dict[int, int]) -> Size:
+    """Size of resolved ``e`` when atom ``a`` keeps ``kept[a]`` indices (others keep all)."""
+    if isinstance(e, int):
+        return (kept[e], ()) if e in kept else dims.size(e)
+    if isinstance(e, Prod):
+        out = ONE
+        for f in e.factors:
+            out = size_mul(out, new_size(dims, f, kept))
+        return out
+    return (sum(new_size(dims, p, kept)[0] for p in e.parts), ())

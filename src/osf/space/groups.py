@@ -1,0 +1,153 @@
+"""Width groups: the atoms of the dimension analysis that reach parameters, with their choices and
+channel salience."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+
+import torch
+
+from ..ir.graph import IR, PARAM
+from .analysis import DimAnalysis
+from .dims import Prod
+
+
+@dataclass
+class WidthGroup:
+    """Tensor dims that must shrink together. ``kind`` is ``"heads"`` for an outer factor of a
+    factorised dim (attention heads, conv groups: counted in whole units) or ``"channels"``."""
+    key: str
+    kind: str
+    size: int
+    members: list[tuple[str, int]]  # (canonical tensor name, dim)
+    choices: list[int]
+    atom: int = field(repr=False)
+    reasons: list[str] = field(default_factory=list)  # why it is fixed (empty when prunable)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons and len(self.choices) > 1
+
+    @property
+    def modules(self) -> list[str]:
+        return list(dict.fromkeys(t.rpartition(".")[0] for t, _ in self.members))
+
+
+def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_of: int,
+                prune_head_dim: bool, include: list[str] | None, exclude: list[str] | None) -> list[WidthGroup]:
+    d = an.dims
+    params = {ir.aliases.get(p.target, p.target) for g in _graphs(ir) for p in g.placeholders if p.kind == PARAM}
+    blocked = d.blocked()
+    members: dict[int, list[tuple[str, int]]] = {}
+    names: dict[int, str] = {}
+    role: dict[int, str] = {}  # "outer" / "inner" factor of a product
+    for tensor, exprs in an.tensors.items():
+        for dim, e in enumerate(exprs):
+            r = d.resolve(e)
+            for k, a in _parts(r):
+                members.setdefault(a, []).append((tensor, dim))
+                if a not in names:
+                    names[a] = f"{tensor}[{dim}]" + (f"#{k}" if k is not None else "")
+            if isinstance(r, Prod):
+                factors = [f for f in r.factors if isinstance(f, int)]
+                for f in factors[:-1]:
+                    role[f] = "outer"
+                if factors and role.get(factors[-1]) != "outer":
+                    role.setdefault(factors[-1], "inner")
+    groups = []
+    seen_keys: set[str] = set()
+    for a, mem in members.items():
+        size = d.size(a)
+        if size[1] or size[0] <= 1 or not any(t in params for t, _ in mem):
+            continue
+        kind = "heads" if role.get(a) == "outer" else "channels"
+        reasons = list(blocked.get(a, []))
+        key = names[a]
+        if kind == "heads" and not reasons:
+            key = f"{mem[0][0].rpartition('.')[0] or '<root>'}.heads"
+        while key in seen_keys:
+            key += "'"
+        seen_keys.add(key)
+        if role.get(a) == "inner" and not prune_head_dim:
+            reasons.append("inner factor of a factorised dim (e.g. head_dim): prune whole heads instead "
+                           "(SearchSpace(prune_head_dim=True) allows it)")
+        mods = [t.rpartition(".")[0] for t, _ in mem]
+        if include and not any(fnmatch(m, pat) for m in mods for pat in include):
+            reasons.append("not matched by include")
+        if exclude and any(fnmatch(m, pat) for m in mods for pat in exclude):
+            reasons.append("excluded")
+        step = 1 if kind == "heads" else _lcm(multiple_of, an.multiple_of.get(a, 1))
+        choices = _choices(size[0], ratios, step) if not reasons else [size[0]]
+        groups.append(WidthGroup(key, kind, size[0], mem, choices, a, reasons))
+    return groups
+
+
+def _parts(r) -> list[tuple[int | None, int]]:
+    """(part index or None, atom) for the atoms of a resolved dim expression."""
+    if isinstance(r, int):
+        return [(None, r)]
+    items = r.factors if isinstance(r, Prod) else r.parts
+    out = []
+    for k, x in enumerate(items):
+        out.extend((k, a) for _, a in _parts(x))
+    return out
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def _choices(size: int, ratios: tuple[float, ...], step: int) -> list[int]:
+    out = set()
+    for r in ratios:
+        if not 0 < r <= 1:
+            raise ValueError(f"width ratio {r} must be in (0, 1]")
+        if r == 1:
+            out.add(size)
+            continue
+        k = max(step, int(round(r * size / step)) * step)
+        if k < size:
+            out.add(k)
+    return sorted(out | {size})
+
+
+def _graphs(ir: IR):
+    return [ir.graph] + ([ir.eval_graph] if ir.eval_graph is not None else [])
+
+
+def salience(ir: IR, an: DimAnalysis, groups: list[WidthGroup],
+             tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Per group, a score per channel (head): the mean weight magnitude of its slice, summed over every
+    coupled parameter (each parameter normalised by its own mean magnitude, so scales do not dominate)."""
+    tensors = tensors if tensors is not None else ir.tensors
+    d = an.dims
+    by_atom = {g.atom: g for g in groups}
+    scores = {g.key: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    params = {ir.aliases.get(p.target, p.target) for p in ir.graph.placeholders if p.kind == PARAM}
+    with torch.no_grad():
+        for name, exprs in an.tensors.items():
+            if name not in params:
+                continue
+            w = tensors[name].detach().abs().double()
+            if w.numel() == 0:
+                continue
+            mean = w.mean().clamp_min(1e-12)
+            for dim, e in enumerate(exprs):
+                r = d.resolve(e)
+                atoms = [a for _, a in _parts(r) if a in by_atom]
+                if not atoms:
+                    continue
+                per_pos = w.transpose(0, dim).reshape(w.shape[dim], -1).mean(1) / mean
+                coords = d.coords(r)
+                for a in atoms:
+                    c = coords[a]
+                    ok = c >= 0
+                    scores[by_atom[a].key].index_add_(0, c[ok], per_pos[ok])
+    return scores
+
+
+def ranking(scores: torch.Tensor) -> torch.Tensor:
+    """Channel indices, most salient first (ties keep the original order)."""
+    return torch.sort(-scores, stable=True).indices
+

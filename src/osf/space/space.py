@@ -1,0 +1,254 @@
+"""``SearchSpace``: width groups and removable units derived from an IR, with sampling, validation,
+counting, salience and motifs."""
+from __future__ import annotations
+
+import math
+import random
+from typing import Iterable
+
+import torch
+
+from ..ir.graph import IR
+from .analysis import analyse
+from .arch import Arch
+from .groups import WidthGroup, find_groups, ranking, salience
+from .units import Unit, find_units, locate_in
+
+
+class SearchSpace:
+    """The search space of an IR.
+
+    Options: ``width_ratios`` (fractions of each group's size offered), ``multiple_of`` (channel rounding),
+    ``depth`` (removable units on/off), ``include`` / ``exclude`` (module-name globs for groups and
+    units), ``prune_head_dim`` (also shrink the inner factor of factorised dims such as head_dim)."""
+
+    def __init__(self, ir: IR, *, width_ratios: Iterable[float] = (0.25, 0.5, 0.75, 1.0), multiple_of: int = 8,
+                 depth: bool = True, include: list[str] | None = None, exclude: list[str] | None = None,
+                 prune_head_dim: bool = False):
+        self.ir = ir
+        self.options = {"width_ratios": tuple(width_ratios), "multiple_of": multiple_of, "depth": depth,
+                        "include": include, "exclude": exclude, "prune_head_dim": prune_head_dim}
+        self.analysis = analyse(ir)
+        self.all_groups = find_groups(ir, self.analysis, ratios=tuple(width_ratios), multiple_of=multiple_of,
+                                      prune_head_dim=prune_head_dim, include=include, exclude=exclude)
+        self.groups: list[WidthGroup] = [g for g in self.all_groups if g.prunable]
+        report = find_units(ir, self.analysis, include=include, exclude=exclude) if depth else None
+        self.units: list[Unit] = report.units if report else []
+        self.rejected_units: dict[str, str] = report.rejected if report else {}
+        self._group = {g.key: g for g in self.groups}
+        self._unit = {u.key: u for u in self.units}
+        self._owner = self._group_owners()
+        self._located: dict[str, dict] = {"train": {u.key: (set(u.ops), u.input, u.output) for u in self.units}}
+
+    def located_units(self, graph_key: str) -> dict[str, tuple[set, str, str]]:
+        """Units as (ops, input, output) in the training graph or in the eval graph."""
+        if graph_key not in self._located:
+            self._located[graph_key] = locate_in(self.ir, self.analysis, graph_key, self.units)
+        return self._located[graph_key]
+
+    # ----- points -----
+    def max(self) -> Arch:
+        return Arch({g.key: g.size for g in self.groups}, {u.key: True for u in self.units})
+
+    def min(self) -> Arch:
+        return Arch({g.key: g.choices[0] for g in self.groups}, {u.key: False for u in self.units})
+
+    def sample(self, seed: int | random.Random | torch.Generator | None = None) -> Arch:
+        """A uniformly random arch (each width choice and each keep/drop equally likely)."""
+        if isinstance(seed, torch.Generator):
+            seed = int(torch.randint(0, 2**62, (1,), generator=seed))
+        rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        return Arch({g.key: rng.choice(g.choices) for g in self.groups},
+                    {u.key: rng.random() < 0.5 for u in self.units})
+
+    def validate(self, arch: Arch) -> None:
+        """Raise ``ValueError`` naming the offending key and its allowed values."""
+        for k, v in arch.width.items():
+            g = self._group.get(k)
+            if g is None:
+                raise ValueError(f"unknown width group '{k}'; groups: {_few(self._group)}")
+            if v not in g.choices:
+                raise ValueError(f"width of group '{k}' is {v}; allowed values: {g.choices}")
+        for k, v in arch.depth.items():
+            if k not in self._unit:
+                raise ValueError(f"unknown depth unit '{k}'; units: {_few(self._unit)}")
+            if not isinstance(v, bool):
+                raise ValueError(f"depth of unit '{k}' must be True (keep) or False (drop), got {v!r}")
+
+    def dropped_units(self, arch: Arch) -> list[str]:
+        """Units dropped by ``arch`` whose ancestors are all kept (the ones that are contracted)."""
+        out = []
+        for u in self.units:
+            if not arch.depth.get(u.key, True) and not self._inside_dropped(u, arch):
+                out.append(u.key)
+        return out
+
+    def _inside_dropped(self, u: Unit, arch: Arch) -> bool:
+        p = u.parent
+        while p is not None:
+            if not arch.depth.get(p, True):
+                return True
+            p = self._unit[p].parent
+        return False
+
+    # ----- counting -----
+    def _group_owners(self) -> dict[str, str | None]:
+        """Innermost unit holding every parameter of a group (None = the model itself): when that unit is
+        dropped the group's choice no longer matters."""
+        owners: dict[str, str | None] = {}
+        holder = {}
+        for u in sorted(self.units, key=lambda u: -len(u.ops)):
+            for t in u.params:
+                holder[t] = u.key  # innermost last
+        for g in self.groups:
+            cands = {holder.get(t) for t, _ in g.members}
+            owners[g.key] = cands.pop() if len(cands) == 1 else None
+            if owners[g.key] is not None and not all(t in self._unit[owners[g.key]].params for t, _ in g.members):
+                owners[g.key] = None
+        return owners
+
+    def _kept_count(self, unit: str | None, motifs: bool) -> int:
+        """Distinct configurations of ``unit``'s inside (or the whole model for None), unit kept."""
+        n = 1
+        for g in self.groups:
+            if self._owner[g.key] == unit:
+                n *= len(g.choices)
+        children = [u for u in self.units if u.parent == unit]
+        if not motifs:
+            for c in children:
+                n *= 1 + self._kept_count(c.key, motifs)
+            return n
+        classes: dict[str, list[Unit]] = {}
+        for c in children:
+            classes.setdefault(c.signature, []).append(c)
+        for members in classes.values():
+            m = self._kept_count(members[0].key, motifs)
+            n *= sum(m ** k for k in range(len(members) + 1))
+        return n
+
+    def size(self) -> int:
+        """Number of distinct subnets (exact; choices inside a dropped unit are not counted twice)."""
+        return self._kept_count(None, motifs=False)
+
+    def log10_size(self) -> float:
+        return math.log10(self.size())
+
+    def num_motifs(self) -> int:
+        """Number of motifs: sibling units with the same signature are interchangeable, so only the
+        sequence of kept members matters (12 isomorphic blocks, depth only: 4096 subsets -> 13 motifs)."""
+        return self._kept_count(None, motifs=True)
+
+    # ----- salience and motifs -----
+    def salience(self, tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Per width group, a score per channel (or head): aggregated weight magnitude."""
+        return salience(self.ir, self.analysis, self.groups, tensors)
+
+    def kept_indices(self, arch: Arch, tensors: dict[str, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+        """Atom -> kept indices (the most salient, in their original order) for the shrunk groups."""
+        scores = None
+        out = {}
+        for g in self.groups:
+            k = arch.width.get(g.key, g.size)
+            if k == g.size:
+                continue
+            scores = scores if scores is not None else self.salience(tensors)
+            out[g.atom] = torch.sort(ranking(scores[g.key])[:k]).values
+        return out
+
+    def unit_salience(self, tensors: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        tensors = tensors if tensors is not None else self.ir.tensors
+        return {u.key: float(sum(tensors[t].detach().abs().sum() for t in u.params)) for u in self.units}
+
+    def signature(self, arch: Arch) -> str:
+        """Canonical topology hash of the subnet (its motif)."""
+        from .subnet import subnet_ir, topology_hash
+        return topology_hash(subnet_ir(self, arch, with_tensors=False))
+
+    def salient(self, arch: Arch, tensors: dict[str, torch.Tensor] | None = None) -> Arch:
+        """The most salient member of ``arch``'s motif: among interchangeable sibling units, the kept
+        ones become the most salient ones (keeping their order and their inner choices)."""
+        self.validate(arch)
+        sal = self.unit_salience(tensors)
+        out = Arch(dict(arch.width), dict(arch.depth))
+        for parent in [None] + [u.key for u in self.units]:
+            classes: dict[str, list[Unit]] = {}
+            for c in self.units:
+                if c.parent == parent:
+                    classes.setdefault(c.signature, []).append(c)
+            for members in classes.values():
+                if len(members) < 2:
+                    continue
+                kept = [m for m in members if out.depth.get(m.key, True)]
+                configs = [self._config(m, out) for m in kept]
+                best = sorted(sorted(members, key=lambda m: -sal[m.key])[:len(kept)], key=lambda m: m.order)
+                for m in members:
+                    self._set_config(m, out, None)
+                for m, conf in zip(best, configs):
+                    self._set_config(m, out, conf)
+        return out
+
+    def _inside(self, m: Unit) -> tuple[list[str], list[str]]:
+        """Groups owned by ``m`` and units nested in it, in graph order (positions match across
+        isomorphic siblings)."""
+        units = [u for u in self.units if u.ops < m.ops]
+        groups = [g.key for g in self.groups if self._owner[g.key] is not None
+                  and self._owner[g.key] in {m.key, *(u.key for u in units)}]
+        return groups, [u.key for u in sorted(units, key=lambda u: u.order)]
+
+    def _config(self, m: Unit, arch: Arch) -> tuple[list[int], list[bool]]:
+        groups, units = self._inside(m)
+        return ([arch.width.get(g, self._group[g].size) for g in groups], [arch.depth.get(u, True) for u in units])
+
+    def _set_config(self, m: Unit, arch: Arch, conf) -> None:
+        groups, units = self._inside(m)
+        if conf is None:  # dropped: its inside is irrelevant; normalise to the maximum
+            arch.depth[m.key] = False
+            for g in groups:
+                arch.width[g] = self._group[g].size
+            for u in units:
+                arch.depth[u] = True
+            return
+        widths, depths = conf
+        arch.depth[m.key] = True
+        for g, w in zip(groups, widths):
+            arch.width[g] = w if w in self._group[g].choices else self._group[g].size
+        for u, keep in zip(units, depths):
+            arch.depth[u] = keep
+
+    # ----- reporting -----
+    def describe(self) -> str:
+        """A readable table of the width groups and removable units (and what was blocked, and why)."""
+        lines = [f"search space of {self.ir.modules[''].class_path}: {len(self.groups)} width groups, "
+                 f"{len(self.units)} removable units, 10^{self.log10_size():.1f} subnets, "
+                 f"10^{math.log10(self.num_motifs()):.1f} motifs", "", "width groups:"]
+        w = max([len(g.key) for g in self.groups] + [10])
+        for g in self.groups:
+            lines.append(f"  {g.key:<{w}}  {g.kind:<8} {g.size:>6}  choices {g.choices}  "
+                         f"({len(g.members)} tensor dims)")
+        lines += ["", "removable units:"]
+        for u in self.units:
+            depth = 0
+            p = u.parent
+            while p is not None:
+                depth += 1
+                p = self._unit[p].parent
+            lines.append(f"  {'  ' * depth}{u.key}  [{u.kind}, {len(u.ops)} ops]")
+        fixed = [g for g in self.all_groups if not g.prunable and g.reasons]
+        if fixed:
+            lines += ["", "fixed dims (kept at full size):"]
+            for g in fixed:
+                lines.append(f"  {g.key}  ({g.size}): {g.reasons[0]}")
+        if self.analysis.unsupported:
+            lines += ["", "ops without a dimension rule (their dims are fixed):"]
+            for u in self.analysis.unsupported:
+                lines.append(f"  {u.op}  {u.target}  in '{u.owner or '<root>'}': {u.reason}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"SearchSpace({len(self.groups)} groups, {len(self.units)} units, "
+                f"10^{self.log10_size():.1f} subnets)")
+
+
+def _few(d: dict) -> str:
+    keys = list(d)
+    return ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")

@@ -1,0 +1,415 @@
+"""Rewrite an IR into the IR of one subnet: drop removed units (edge contraction), shrink every width
+group (slice tensors, rewrite shape arguments such as ``view`` sizes, ``groups`` and ``normalized_shape``,
+recompute value shapes), then remove dead code and empty modules. The result builds with ``ir.build()``
+into a plain, physically smaller model."""
+from __future__ import annotations
+
+import copy
+import sys
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+import torch
+
+from ..ir.capture import annotate_io
+from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
+from ..ir.ops import has_side_effect, is_inplace
+from ..ir.serial import node_refs, resolve_target, shape_text
+from .dims import Size, is_static, new_size, size_text
+
+if TYPE_CHECKING:
+    from .arch import Arch
+    from .space import SearchSpace
+
+
+def subnet_ir(space: "SearchSpace", arch: "Arch", *, with_tensors: bool = True,
+              tensors: dict[str, torch.Tensor] | None = None) -> IR:
+    """The IR of ``arch``. Without tensors (``with_tensors=False``) it carries shapes only (for costs and
+    signatures) and cannot be built."""
+    space.validate(arch)
+    ir, an = space.ir, space.analysis
+    kept = {g.atom: arch.width[g.key] for g in space.groups if g.key in arch.width and arch.width[g.key] != g.size}
+    dropped = space.dropped_units(arch)
+    graphs = {"train": ir.graph}
+    if ir.eval_graph is not None:
+        graphs["eval"] = ir.eval_graph
+    hints = _hints(ir.graph)
+    new_graphs = {}
+    for key, graph in graphs.items():
+        located = space.located_units(key)
+        units = [located[k] for k in dropped if k in located]
+        new_graphs[key] = _rewrite(graph, an.values[key], an.dims, kept, units, hints)
+    used = {ref for g in new_graphs.values() for op in g.ops for ref in op.inputs}
+    used |= {ref for g in new_graphs.values() for ref in node_refs(g.outputs)}
+    for g in new_graphs.values():
+        g.placeholders = [p for p in g.placeholders if p.kind == INPUT or p.name in used]
+    kept_tensors = {ir.aliases.get(p.target, p.target) for g in new_graphs.values() for p in g.placeholders
+                    if p.kind in (PARAM, BUFFER, CONST)}
+    new_tensors = {}
+    shapes = {}
+    source = tensors if tensors is not None else ir.tensors
+    select = space.kept_indices(arch, source) if with_tensors else {}
+    for name in kept_tensors:
+        exprs = an.tensors[name]
+        shapes[name] = [new_size(an.dims, an.dims.resolve(e), kept)[0] for e in exprs]
+        if with_tensors:
+            new_tensors[name] = _slice(source[name], exprs, an.dims, select)
+    modules = _prune_modules(ir, new_graphs["train"], new_graphs.get("eval"), kept_tensors, shapes)
+    aliases = {q: c for q, c in ir.aliases.items() if c in kept_tensors and q.rpartition(".")[0] in modules}
+    info = copy.deepcopy(ir.info)
+    info["persistent"] = [q for q in info.get("persistent", []) if q in aliases]
+    info["module_aliases"] = {a: v for a, v in info.get("module_aliases", {}).items() if a in modules}
+    info["subnet"] = arch.to_json()
+    out = IR(new_graphs["train"], modules, new_tensors, aliases, info, new_graphs.get("eval"))
+    annotate_io(out)
+    return out
+
+
+def _hints(graph: Graph) -> dict[str, int]:
+    """Example value of each size symbol (``B`` -> 2), from the input placeholders."""
+    hints: dict[str, int] = {}
+    for p in graph.placeholders:
+        if p.kind == INPUT and isinstance(p.meta, dict) and p.meta.get("sym"):
+            for v, s in zip(p.meta["shape"], p.meta["sym"]):
+                if s and s.isidentifier():
+                    hints[s] = int(v)
+    return hints
+
+
+def _slice(t: torch.Tensor, exprs: list, dims, select: dict[int, torch.Tensor]) -> torch.Tensor:
+    out = t.detach()
+    for d, e in enumerate(exprs):
+        r = dims.resolve(e)
+        pos = dims.positions(r, select) if is_static(dims.size(r)) else None
+        if pos is not None and (len(pos) != out.shape[d] or not torch.equal(pos, torch.arange(out.shape[d]))):
+            out = out.index_select(d, pos.to(out.device))
+    out = out.clone() if out is t.detach() else out.contiguous()
+    if isinstance(t, torch.nn.Parameter):
+        return torch.nn.Parameter(out, requires_grad=t.requires_grad)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+
+def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, hints: dict[str, int]) -> Graph:
+    removed: set[str] = set()
+    replace: dict[str, str] = {}
+    for ops, inp, out in units:
+        removed |= set(ops)
+        replace[out] = inp
+    dead_owners = _dead_owners(graph, removed)
+
+    def sub(ref: str) -> str:
+        while ref in replace:
+            ref = replace[ref]
+        return ref
+
+    ops = []
+    for op in graph.ops:
+        if op.name in removed or op.mode_gated and op.owner in dead_owners:
+            continue
+        new = OpNode(op.name, op.target, _subst(op.args, sub), _subst(op.kwargs, sub), op.owner,
+                     copy.deepcopy(op.meta), op.mode_gated)
+        if new.args[:1] != op.args[:1] and is_inplace(op.target):
+            new.target = _out_of_place(op)  # it would now write into a value others still read
+        if kept:
+            _resize(new, vals, dims, kept, hints)
+        ops.append(new)
+    outputs = _subst(graph.outputs, sub)
+    placeholders = [Placeholder(p.name, p.kind, p.target, copy.deepcopy(p.meta)) for p in graph.placeholders]
+    if kept:
+        for p in placeholders:
+            if p.name in vals and isinstance(p.meta, dict):
+                p.meta = _new_meta(p.meta, vals[p.name], dims, kept, hints)
+    return Graph(placeholders, _dce(ops, outputs), outputs)
+
+
+def _out_of_place(op: OpNode) -> str:
+    _, packet, overload = op.target.split(".")
+    functional = f"aten.{packet.rstrip('_')}.{overload}"
+    try:
+        resolve_target(functional)
+    except Exception:
+        raise NotImplementedError(f"{op.name} ({op.target} in '{op.owner}') writes in place into a value "
+                                  "that a removed unit used to produce, and has no out-of-place form") from None
+    return functional
+
+
+def _dead_owners(graph: Graph, removed: set[str]) -> set[str]:
+    """Modules all of whose (non-bookkeeping) ops were removed."""
+    alive: set[str] = set()
+    had: set[str] = set()
+    for op in graph.ops:
+        if op.mode_gated or is_symint(op):
+            continue
+        had.add(op.owner)
+        if op.name not in removed:
+            alive.add(op.owner)
+    return had - alive
+
+
+def _subst(x: Any, sub) -> Any:
+    if isinstance(x, dict):
+        if set(x) == {"node"}:
+            return {"node": sub(x["node"])}
+        return {k: _subst(v, sub) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_subst(v, sub) for v in x]
+    return x
+
+
+def _dce(ops: list[OpNode], outputs: list) -> list[OpNode]:
+    """Drop ops whose results nobody uses. Ops with side effects stay (an in-place write may go through
+    a view into a live tensor); those of removed units were dropped before."""
+    live = set(node_refs(outputs))
+    keep = []
+    for op in reversed(ops):
+        if op.name in live or has_side_effect(op.target) and not is_symint(op):
+            keep.append(op)
+            live.update(op.inputs)
+    return list(reversed(keep))
+
+
+# ----- width: new shapes and shape arguments -----
+
+def _new_meta(meta: dict, exprs: list, dims, kept: dict[int, int], hints: dict[str, int]) -> dict:
+    meta = dict(meta)
+    shape, syms = list(meta["shape"]), list(meta.get("sym") or [None] * len(meta["shape"]))
+    for i, e in enumerate(exprs):
+        r = dims.resolve(e)
+        old, new = dims.size(r), new_size(dims, r, kept)
+        if old == new:
+            continue
+        shape[i] = _eval(new, hints)
+        syms[i] = None if is_static(new) else size_text(new)
+    meta["shape"] = shape
+    if meta.get("sym"):
+        meta["sym"] = syms
+    return meta
+
+
+def _eval(s: Size, hints: dict[str, int]) -> int:
+    v = s[0]
+    for sym in s[1]:
+        v *= hints.get(sym, 1)
+    return v
+
+
+def _sizes(exprs: list, dims, kept) -> list[Size]:
+    return [new_size(dims, dims.resolve(e), kept) for e in exprs]
+
+
+def _changed(exprs: list, dims, kept) -> bool:
+    return any(dims.size(dims.resolve(e)) != new_size(dims, dims.resolve(e), kept) for e in exprs)
+
+
+def _resize(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict[str, int]) -> None:
+    out = vals.get(op.name)
+    if isinstance(out, list) and isinstance(op.meta, dict):
+        op.meta = _new_meta(op.meta, out, dims, kept, hints)
+    elif isinstance(out, dict) and isinstance(op.meta, dict) and "list" in op.meta:
+        op.meta["list"] = [_new_meta(m, e, dims, kept, hints) if e is not None and isinstance(m, dict) else m
+                           for m, e in zip(op.meta["list"], out["list"])]
+    fn = _ARG_REWRITES.get(op.target)
+    if fn is None:
+        return
+    ins = [vals.get(a["node"]) if isinstance(a, dict) and "node" in a else None for a in op.args]
+    fn(op, ins, out, dims, kept)
+
+
+def _static_or_fail(s: Size, op: OpNode) -> int:
+    if not is_static(s):
+        raise NotImplementedError(f"cannot rewrite a symbolic size {size_text(s)} in {op.name} ({op.target})")
+    return s[0]
+
+
+def _rw_view(op, ins, out, dims, kept):
+    if not _changed(out, dims, kept):
+        return
+    old = op.args[1]
+    new_sizes = _sizes(out, dims, kept)
+    old_sizes = [dims.size(dims.resolve(e)) for e in out]
+    args, dynamic_changed = [], []
+    for i, (a, s, o) in enumerate(zip(old, new_sizes, old_sizes)):
+        if is_static(s):
+            args.append(s[0])
+        elif s == o:
+            args.append(a)
+        else:
+            args.append(-1)
+            dynamic_changed.append(i)
+    if len(dynamic_changed) > 1:
+        raise NotImplementedError(f"{op.name} ({op.target}): more than one symbolic size changes")
+    op.args = [op.args[0], args] + op.args[2:]
+
+
+def _rw_unflatten(op, ins, out, dims, kept):
+    d = op.args[1] if op.args[1] >= 0 else op.args[1] + len(ins[0])
+    n = len(op.args[2])
+    sizes = _sizes(out[d:d + n], dims, kept)
+    op.args = op.args[:2] + [[a if a == -1 else _static_or_fail(s, op) for a, s in zip(op.args[2], sizes)]]
+
+
+def _rw_expand(op, ins, out, dims, kept):
+    if not _changed(out, dims, kept):
+        return
+    new_sizes = _sizes(out, dims, kept)
+    old_sizes = [dims.size(dims.resolve(e)) for e in out]
+    op.args = [op.args[0], [a if s == o else (s[0] if is_static(s) else -1)
+                            for a, s, o in zip(op.args[1], new_sizes, old_sizes)]] + op.args[2:]
+
+
+def _rw_norm_shape(op, ins, out, dims, kept):
+    k = len(op.args[1])
+    op.args = [op.args[0], [_static_or_fail(s, op) for s in _sizes(ins[0][-k:], dims, kept)]] + op.args[2:]
+
+
+def _rw_groups(index: int):
+    def fn(op, ins, out, dims, kept):
+        x, w = ins[0], ins[1]
+        groups = op.args[index] if len(op.args) > index else op.kwargs.get("groups", 1)
+        if groups == 1:
+            return
+        nspatial = len(w) - 2
+        transposed = "transpose" in op.target or op.target == "aten.convolution.default" and op.args[6]
+        c_in = _static_or_fail(_sizes([x[-(nspatial + 1)]], dims, kept)[0], op)
+        per = _static_or_fail(_sizes([w[0] if transposed else w[1]], dims, kept)[0], op)
+        new = c_in // per if not transposed else groups * c_in // _static_or_fail(dims.size(dims.resolve(x[-(nspatial + 1)])), op)
+        if len(op.args) > index:
+            op.args[index] = new
+        else:
+            op.kwargs["groups"] = new
+    return fn
+
+
+def _rw_split(op, ins, out, dims, kept):
+    pieces = [_static_or_fail(new_size(dims, dims.resolve(e[_dim(op, ins[0])]), kept), op) for e in out["list"]]
+    old = [_static_or_fail(dims.size(dims.resolve(e[_dim(op, ins[0])])), op) for e in out["list"]]
+    if pieces == old:
+        return
+    d = op.args[2] if len(op.args) > 2 else op.kwargs.get("dim", 0)
+    op.target = "aten.split_with_sizes.default"
+    op.args = [op.args[0], pieces, d]
+    op.kwargs = {}
+
+
+def _dim(op, x) -> int:
+    d = op.args[2] if len(op.args) > 2 else op.kwargs.get("dim", 0)
+    return d + len(x) if d < 0 else d
+
+
+def _rw_slice(op, ins, out, dims, kept):
+    """A full-range slice along a shrunk dim stays full-range."""
+    x = ins[0]
+    d = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim", 0)
+    d = d + len(x) if d < 0 else d
+    if _changed([x[d]], dims, kept):
+        op.args = [op.args[0], d, 0, sys.maxsize] + op.args[4:]
+
+
+_ARG_REWRITES = {
+    "aten.view.default": _rw_view, "aten.reshape.default": _rw_view, "aten._unsafe_view.default": _rw_view,
+    "aten.view_copy.default": _rw_view,
+    "aten.unflatten.int": _rw_unflatten,
+    "aten.expand.default": _rw_expand,
+    "aten.layer_norm.default": _rw_norm_shape, "aten.rms_norm.default": _rw_norm_shape,
+    "aten.conv1d.default": _rw_groups(6), "aten.conv2d.default": _rw_groups(6), "aten.conv3d.default": _rw_groups(6),
+    "aten.conv1d.padding": _rw_groups(6), "aten.conv2d.padding": _rw_groups(6),
+    "aten.conv3d.padding": _rw_groups(6),
+    "aten.conv_transpose1d.default": _rw_groups(6), "aten.conv_transpose2d.input": _rw_groups(6),
+    "aten.conv_transpose3d.input": _rw_groups(6), "aten.convolution.default": _rw_groups(8),
+    "aten.split.Tensor": _rw_split, "aten.split_with_sizes.default": _rw_split, "aten.chunk.default": _rw_split,
+    "aten.split.sizes": _rw_split,
+    "aten.slice.Tensor": _rw_slice,
+}
+
+
+# ----- modules -----
+
+def _prune_modules(ir: IR, train: Graph, eval_graph: Graph | None, kept_tensors: set[str],
+                   shapes: dict[str, list[int]]) -> dict[str, ModuleNode]:
+    alive = {""}
+    for g in [train] + ([eval_graph] if eval_graph is not None else []):
+        for op in g.ops:
+            alive.update(_prefixes(op.owner))
+    for q, c in ir.aliases.items():
+        if c in kept_tensors:
+            mod = q.rpartition(".")[0]
+            if mod in alive or not any(ir.aliases.get(q2) == c and q2.rpartition(".")[0] in alive
+                                       for q2 in ir.aliases):
+                alive.update(_prefixes(mod))
+    modules: dict[str, ModuleNode] = {}
+    for name, node in ir.modules.items():
+        if name not in alive:
+            continue
+        meta = copy.deepcopy(node.meta)
+        prefix = f"{name}." if name else ""
+        changed = _update_entries(meta["params"], lambda local, m: m["tensor"], kept_tensors, shapes)
+        changed |= _update_entries(meta["buffers"], lambda local, m: ir.aliases.get(prefix + local),
+                                   kept_tensors, shapes)
+        if changed:
+            meta["init"] = {"status": "unrecovered", "reason": "shapes changed by subnet extraction"}
+        modules[name] = ModuleNode(name, meta, [c for c in node.children if c in alive])
+    seen: set[str] = set()
+    for name in sorted(modules, key=lambda n: -n.count(".")):
+        node = modules[name]
+        own = sum(_numel(shapes[p["tensor"]]) for p in node.meta["params"].values() if p["tensor"] not in seen)
+        seen.update(p["tensor"] for p in node.meta["params"].values())
+        node.meta["own_params"] = own
+    for name in sorted(modules, key=lambda n: -n.count(".")):
+        node = modules[name]
+        node.meta["num_params"] = node.meta["own_params"] + sum(modules[c].meta["num_params"] for c in node.children)
+    return modules
+
+
+def _update_entries(entries: dict, canon_of, kept_tensors: set[str], shapes: dict[str, list[int]]) -> bool:
+    """Drop removed tensors from a module's params/buffers metadata and update shapes; True if changed."""
+    changed = False
+    for local, m in list(entries.items()):
+        canon = canon_of(local, m)
+        if canon not in kept_tensors:
+            del entries[local]
+            changed = True
+        elif m["shape"] != shapes[canon]:
+            m["shape"] = shapes[canon]
+            changed = True
+    return changed
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _prefixes(owner: str) -> list[str]:
+    parts = owner.split(".") if owner else []
+    return [""] + [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+# ----- motifs -----
+
+def topology_hash(ir: IR) -> str:
+    """Isomorphism-invariant hash of a (subnet) graph: op types and shapes, weight shapes, arg positions."""
+    g = nx.DiGraph()
+    produced = ir.graph.producers()
+    for op in ir.graph.ops:
+        if is_symint(op):
+            continue
+        g.add_node(op.name, label=f"{op.target}:{shape_text(op.meta)}")
+        for pos, ref in enumerate(op.inputs):
+            p = produced.get(ref)
+            if p is None or is_symint(p):
+                continue
+            if isinstance(p, Placeholder):
+                pname = ref if p.kind == INPUT else f"{op.name}#{pos}"
+                g.add_node(pname, label=f"{p.kind}:{shape_text(p.meta)}")
+                g.add_edge(pname, op.name, pos=str(pos))
+            else:
+                g.add_edge(ref, op.name, pos=str(pos))
+    for i, ref in enumerate(node_refs(ir.graph.outputs)):
+        g.add_node(f"output#{i}", label=f"output{i}")
+        if ref in g:
+            g.add_edge(ref, f"output#{i}", pos="0")
+    return nx.weisfeiler_lehman_graph_hash(g, node_attr="label", edge_attr="pos", iterations=4)

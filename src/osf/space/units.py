@@ -1,0 +1,326 @@
+"""Removable units (elastic depth) by edge contraction.
+
+A unit is a module at any level of the hierarchy, or a residual branch (one operand of an ``add`` whose
+ops feed nothing else). Removing it contracts an edge: a module's output is replaced by its input, a
+residual branch disappears and its ``add`` becomes its other operand. A unit is accepted only when the
+contracted graph stays connected (one tensor in, one tensor out, no internal value used elsewhere) and
+dimension-compatible (input and output dims resolve to the same groups, with equal shapes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from ..ir.flops import graph_flops
+from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode, is_symint
+from ..ir.serial import node_refs
+from .analysis import DimAnalysis, value_sizes
+
+_ADDS = ("aten.add.Tensor", "aten.add_.Tensor")
+
+
+@dataclass
+class Unit:
+    """A removable unit. ``input`` replaces ``output`` when the unit is dropped."""
+    key: str
+    kind: str  # "module" or "residual"
+    ops: frozenset[str]
+    input: str
+    output: str
+    params: list[str]  # canonical tensors read only inside the unit
+    order: int  # position of its first op in the graph
+    parent: str | None = None
+    signature: str = ""
+    children: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UnitReport:
+    units: list[Unit]
+    rejected: dict[str, str]  # candidate -> why it is not removable
+
+
+class _Graph:
+    def __init__(self, ir: IR, graph: Graph):
+        self.graph = graph
+        self.produced = graph.producers()
+        self.index = {op.name: i for i, op in enumerate(graph.ops)}
+        self.consumers: dict[str, list[OpNode]] = {}
+        for op in graph.ops:
+            for ref in op.inputs:
+                self.consumers.setdefault(ref, []).append(op)
+        self.outputs = set(node_refs(graph.outputs))
+        self.tensor_of = {p.name: ir.aliases.get(p.target, p.target) for p in graph.placeholders
+                          if p.kind in (PARAM, BUFFER, CONST)}
+        self.param_names = {p.name for p in graph.placeholders if p.kind == PARAM}
+        self.flops = graph_flops(graph)
+
+    def used_outside(self, ref: str, ops: set[str], sink: str | None = None) -> bool:
+        """Is value ``ref`` read by anything outside ``ops`` (besides ``sink``)? Size reads (symbolic
+        ints) count only when what they compute is itself used outside."""
+        if ref in self.outputs:
+            return True
+        for c in self.consumers.get(ref, []):
+            if c.name in ops or c.name == sink:
+                continue
+            if not is_symint(c) or self.used_outside(c.name, ops, sink):
+                return True
+        return False
+
+    def op(self, name: str) -> OpNode:
+        return self.graph.ops[self.index[name]]
+
+    def is_data(self, ref: str) -> bool:
+        p = self.produced.get(ref)
+        return p is not None and ref not in self.tensor_of and not is_symint(p)
+
+
+def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitReport:
+    from fnmatch import fnmatch
+    g = _Graph(ir, ir.graph)
+    vals = an.values["train"]
+    rejected: dict[str, str] = {}
+    branches = _residual_branches(g, vals, an, rejected)
+    modules = _module_units(ir, g, vals, an, rejected)
+    units: list[Unit] = []
+    by_ops: dict[frozenset, Unit] = {}
+    for u in sorted(branches + modules, key=lambda u: (u.kind != "module", u.order)):
+        if u.ops in by_ops:
+            rejected[u.key] = f"same ops as unit '{by_ops[u.ops].key}'"
+            continue
+        by_ops[u.ops] = u
+        units.append(u)
+    # modules strictly inside a residual branch: dropping the branch is the meaningful choice
+    kept = []
+    for u in units:
+        holder = next((b for b in units if b.kind == "residual" and u.kind == "module" and u.ops < b.ops), None)
+        if holder is not None:
+            rejected[u.key] = f"inside residual branch '{holder.key}' (drop the branch instead)"
+            continue
+        kept.append(u)
+    units = _nest(kept, rejected)
+    if include:
+        units = [u for u in units if any(fnmatch(u.key, p) for p in include)]
+    if exclude:
+        units = [u for u in units if not any(fnmatch(u.key, p) for p in exclude)]
+    keys = {u.key for u in units}
+    for u in units:
+        if u.parent not in keys:
+            u.parent = None
+    for u in units:
+        u.children = [c.key for c in units if c.parent == u.key]
+        u.signature = _signature(g, u)
+    return UnitReport(sorted(units, key=lambda u: u.order), rejected)
+
+
+def _nest(units: list[Unit], rejected: dict[str, str]) -> list[Unit]:
+    """Units form a forest by op-set containment; a unit that partly overlaps another is rejected."""
+    units = sorted(units, key=lambda u: -len(u.ops))
+    kept: list[Unit] = []
+    for u in units:
+        clash = next((v for v in kept if u.ops & v.ops and not u.ops <= v.ops), None)
+        if clash is not None:
+            rejected[u.key] = f"overlaps unit '{clash.key}' without being inside it"
+            continue
+        parents = [v for v in kept if u.ops < v.ops]
+        u.parent = min(parents, key=lambda v: len(v.ops)).key if parents else None
+        kept.append(u)
+    return kept
+
+
+def _same_dims(an: DimAnalysis, vals: dict, a: str, b: str, ga: _Graph) -> str | None:
+    ma, mb = ga.produced[a].meta, ga.produced[b].meta
+    if value_sizes(ma) != value_sizes(mb):
+        return f"input {_shape(ma)} and output {_shape(mb)} shapes differ"
+    da, db = vals.get(a), vals.get(b)
+    if not isinstance(da, list) or not isinstance(db, list):
+        return "input or output is not a tensor"
+    d = an.dims
+    for i, (x, y) in enumerate(zip(da, db)):
+        if d.resolve(x) != d.resolve(y):
+            return f"input and output dim {i} are in different groups (channels are not the same)"
+    return None
+
+
+def _shape(meta) -> str:
+    from ..ir.serial import shape_text
+    return shape_text(meta)
+
+
+def _closure(ops: set[str], g: _Graph, sink: str) -> set[str]:
+    """The largest subset of ``ops`` whose values are used only inside it (or by ``sink``): ops that
+    also feed something else (e.g. an attention mask shared by every layer) are side inputs, not part
+    of the branch."""
+    ops = set(ops)
+    changed = True
+    while changed:
+        changed = False
+        for n in sorted(ops, key=g.index.get, reverse=True):
+            if g.used_outside(n, ops, sink):
+                ops.discard(n)
+                changed = True
+    return ops
+
+
+def _unit_params(g: _Graph, ops: set[str]) -> list[str] | None:
+    """Canonical tensors the ops read; None when one of them is also read outside (shared weights)."""
+    names = []
+    for name in ops:
+        op = g.op(name)
+        for ref in op.inputs:
+            if ref in g.tensor_of:
+                if any(c.name not in ops and not is_symint(c) for c in g.consumers.get(ref, [])):
+                    return None
+                names.append(g.tensor_of[ref])
+    return sorted(set(names))
+
+
+def _residual_branches(g: _Graph, vals: dict, an: DimAnalysis, rejected: dict[str, str]) -> list[Unit]:
+    anc_cache: dict[str, frozenset] = {}
+
+    def ancestors(ref: str) -> frozenset:
+        """Ops (not placeholders) that ``ref`` depends on, itself included."""
+        if ref in anc_cache:
+            return anc_cache[ref]
+        stack, seen = [ref], set()
+        while stack:
+            r = stack.pop()
+            if r in seen or r not in g.index:
+                continue
+            seen.add(r)
+            stack.extend(g.graph.ops[g.index[r]].inputs)
+        anc_cache[ref] = frozenset(seen)
+        return anc_cache[ref]
+
+    units = []
+    for op in g.graph.ops:
+        if op.target not in _ADDS or len(op.args) < 2 or op.kwargs.get("alpha", 1) != 1:
+            continue
+        a, b = op.args[0], op.args[1]
+        if not (isinstance(a, dict) and isinstance(b, dict) and "node" in a and "node" in b):
+            continue
+        a, b = a["node"], b["node"]
+        if not (g.is_data(a) and g.is_data(b)) or value_sizes(g.produced[a].meta) != value_sizes(g.produced[b].meta):
+            continue
+        candidates = []
+        for branch, skip in ((b, a), (a, b)):
+            ops = _closure({n for n in ancestors(branch) - ancestors(skip) if not is_symint(g.op(n))}, g, op.name)
+            if branch not in ops:
+                continue
+            params = _unit_params(g, ops)
+            if params is None or not any(g.flops.get(n) for n in ops):
+                continue
+            size = sum(1 for n in ops if g.flops.get(n))
+            candidates.append((size, branch, skip, ops, params))
+        if not candidates:
+            continue
+        _, branch, skip, ops, params = max(candidates, key=lambda c: c[0])
+        owners = [g.op(n).owner for n in sorted(ops, key=g.index.get)]
+        lca = _common_prefix(owners + [op.owner])
+        key = f"{lca or '<root>'}/residual:{_common_children(lca, owners)}"
+        ops.add(op.name)
+        units.append(Unit(key, "residual", frozenset(ops), skip, op.name, params,
+                          min(g.index[n] for n in ops)))
+    return units
+
+
+def _common_prefix(owners: list[str]) -> str:
+    parts = [o.split(".") if o else [] for o in owners]
+    out = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        out.append(level[0])
+    return ".".join(out)
+
+
+def _common_children(parent: str, owners: list[str]) -> str:
+    prefix = f"{parent}." if parent else ""
+    heads = []
+    for o in owners:
+        head = o[len(prefix):].split(".")[0] if o.startswith(prefix) and o != parent else "(own ops)"
+        if head not in heads:
+            heads.append(head)
+    return "+".join(heads)
+
+
+def _module_units(ir: IR, g: _Graph, vals: dict, an: DimAnalysis, rejected: dict[str, str]) -> list[Unit]:
+    units = []
+    for name, node in ir.modules.items():
+        if not name:
+            continue
+        prefix = name + "."
+        ops = {op.name for op in g.graph.ops if (op.owner == name or op.owner.startswith(prefix))
+               and not is_symint(op) and not op.mode_gated}
+        if not ops or not any(g.flops.get(n) for n in ops):
+            continue
+        why = _module_problem(g, vals, an, ops)
+        if isinstance(why, str):
+            if node.meta.get("num_params"):
+                rejected[name] = why
+            continue
+        inp, out, params = why
+        units.append(Unit(name, "module", frozenset(ops), inp, out, params, min(g.index[n] for n in ops)))
+    return units
+
+
+def _module_problem(g: _Graph, vals: dict, an: DimAnalysis, ops: set[str]):
+    inputs = []
+    for n in ops:
+        for ref in g.op(n).inputs:
+            if ref not in ops and g.is_data(ref) and ref not in inputs:
+                inputs.append(ref)
+    outputs = [n for n in ops if g.used_outside(n, ops)]
+    if len(outputs) != 1:
+        return f"{len(outputs)} tensor outputs (a removable unit has exactly one)"
+    if not inputs:
+        return "no tensor input"
+    # the input that carries the output's dims replaces it; others (e.g. an attention mask) are side inputs
+    problems = [_same_dims(an, vals, i, outputs[0], g) for i in inputs]
+    carrier = next((i for i, why in zip(inputs, problems) if why is None), None)
+    if carrier is None:
+        return problems[0] if len(inputs) == 1 else f"none of its {len(inputs)} inputs matches its output: {problems[0]}"
+    params = _unit_params(g, ops)
+    if params is None:
+        return "its weights are also used outside it (shared)"
+    return carrier, outputs[0], params
+
+
+def _signature(g: _Graph, u: Unit) -> str:
+    """Isomorphism-invariant hash of the unit's op subgraph (op types, shapes, weight shapes)."""
+    h = nx.DiGraph()
+    for n in u.ops:
+        op = g.op(n)
+        h.add_node(n, label=f"{op.target}:{_shape(op.meta)}")
+        for pos, ref in enumerate(op.inputs):
+            if ref in u.ops:
+                h.add_edge(ref, n, pos=str(pos))
+            elif ref in g.tensor_of:
+                pname = f"{n}#{pos}"
+                h.add_node(pname, label=f"tensor:{_shape(g.produced[ref].meta)}")
+                h.add_edge(pname, n, pos=str(pos))
+    return nx.weisfeiler_lehman_graph_hash(h, node_attr="label", edge_attr="pos", iterations=3)
+
+
+def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]) -> dict[str, tuple[set, str, str]]:
+    """The same units in another graph of the IR (eval mode): ``key -> (ops, input, output)``. Modules
+    are found by owner, residual branches by the weights they read."""
+    graph = ir.eval_graph if graph_key == "eval" else ir.graph
+    g = _Graph(ir, graph)
+    vals = an.values[graph_key]
+    branches = {tuple(b.params): b for b in _residual_branches(g, vals, an, {})}
+    out = {}
+    for u in units:
+        if u.kind == "residual":
+            b = branches.get(tuple(u.params))
+            if b is not None:
+                out[u.key] = (set(b.ops), b.input, b.output)
+            continue
+        prefix = u.key + "."
+        ops = {op.name for op in graph.ops if (op.owner == u.key or op.owner.startswith(prefix))
+               and not is_symint(op) and not op.mode_gated}
+        found = _module_problem(g, vals, an, ops) if ops else "no ops"
+        if not isinstance(found, str):
+            out[u.key] = (ops, found[0], found[1])
+    return out

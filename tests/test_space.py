@@ -1,0 +1,353 @@
+"""Search space from the IR: width groups, removable units, salience, motifs, extraction and costs."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import osf
+
+torchvision = pytest.importorskip("torchvision")
+tvm = torchvision.models
+
+
+def image(batch=2, size=64):
+    return (torch.randn(batch, 3, size, size),)
+
+
+def _first(y):
+    if isinstance(y, torch.Tensor):
+        return y
+    if isinstance(y, dict):
+        return next(iter(y.values()))
+    return y[0]
+
+
+@functools.lru_cache(maxsize=None)
+def supernet(name: str) -> tuple[osf.Supernet, nn.Module, tuple, dict]:
+    torch.manual_seed(0)
+    kwargs: dict = {}
+    if name == "vit_b_16":
+        model, args = tvm.vit_b_16(image_size=32), image(2, 32)
+    elif name.startswith("timm:"):
+        timm = pytest.importorskip("timm")
+        model, args = timm.create_model(name[5:], img_size=64), image()
+    elif name == "hf_vit":
+        transformers = pytest.importorskip("transformers")
+        cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, image_size=32, patch_size=8)
+        model, args = transformers.ViTModel(cfg), image(2, 32)
+    elif name == "bert":
+        transformers = pytest.importorskip("transformers")
+        cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, vocab_size=100, max_position_embeddings=64)
+        model, args = transformers.BertForSequenceClassification(cfg), ()
+        ids = torch.randint(0, 100, (2, 12))
+        kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    elif name == "minilm":
+        from osf.cli.models import minilm
+        spec = minilm()
+        model, args, kwargs = spec.model, spec.args, spec.kwargs
+    elif name == "sam":
+        pytest.importorskip("segment_anything")
+        from osf.cli.models import _sam
+        spec = _sam("tiny")
+        model, args = spec.model, spec.args
+    else:
+        model, args = getattr(tvm, name)(**({"init_weights": False} if name == "googlenet" else {})), image()
+    model.eval()
+    return osf.Supernet(model, args, kwargs), model, args, kwargs
+
+
+def groups_of(sn: osf.Supernet, kind: str | None = None):
+    return [g for g in sn.space.groups if kind is None or g.kind == kind]
+
+
+def group_with(sn: osf.Supernet, tensor: str, dim: int):
+    return [g for g in sn.space.groups if (tensor, dim) in g.members]
+
+
+# ----------------------------------------------------------------------------------------------
+# what each architecture must yield
+
+def test_vit_heads_mlp_embedding_and_blocks():
+    sn, *_ = supernet("vit_b_16")
+    heads = groups_of(sn, "heads")
+    assert len(heads) == 12 and all(g.size == 12 and g.choices == [3, 6, 9, 12] for g in heads)
+    assert all(any(t.endswith("in_proj_weight") for t, _ in g.members) for g in heads)
+    mlp = [g for g in sn.space.groups if g.key.endswith("mlp.0.weight[0]")]
+    assert len(mlp) == 12 and all(g.size == 3072 for g in mlp)
+    # the embedding dim: one group over the whole residual stream (patch conv, class token, every LayerNorm)
+    stream = group_with(sn, "class_token", 2)
+    assert len(stream) == 1
+    members = {t for t, _ in stream[0].members}
+    assert "conv_proj.weight" in members
+    assert all(f"encoder.layers.encoder_layer_{i}.ln_1.weight" in members for i in range(12))
+    keys = {u.key for u in sn.space.units}
+    assert {f"encoder.layers.encoder_layer_{i}" for i in range(12)} <= keys
+
+
+@pytest.mark.parametrize("name", ["timm:vit_tiny_patch16_224", "hf_vit"])
+def test_other_vits_find_heads_and_blocks(name):
+    sn, *_ = supernet(name)
+    heads = groups_of(sn, "heads")
+    blocks = [u for u in sn.space.units if u.kind == "module" and u.key.split(".")[-1].isdigit()]
+    n_blocks = 12 if name.startswith("timm") else 2
+    assert len(heads) == n_blocks and len(blocks) == n_blocks
+    assert all(g.size == (3 if name.startswith("timm") else 4) for g in heads)
+
+
+def test_resnet18_couples_stages_and_removes_shape_preserving_blocks():
+    sn, *_ = supernet("resnet18")
+    stage1 = group_with(sn, "conv1.weight", 0)[0]
+    members = {t for t, _ in stage1.members}
+    assert {"layer1.0.conv2.weight", "layer1.1.conv2.weight", "bn1.weight"} <= members  # coupled via the adds
+    inner = group_with(sn, "layer1.0.conv1.weight", 0)[0]
+    assert {t for t, _ in inner.members} >= {"layer1.0.bn1.weight", "layer1.0.conv2.weight"}
+    keys = {u.key for u in sn.space.units}
+    assert {"layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"} <= keys
+    for down in ("layer2.0", "layer3.0", "layer4.0"):
+        assert down not in keys and "shapes differ" in sn.space.rejected_units[down]
+
+
+def test_resnet50_bottlenecks():
+    sn, *_ = supernet("resnet50")
+    keys = {u.key for u in sn.space.units}
+    assert {"layer1.1", "layer1.2", "layer3.5"} <= keys and "layer3.0" not in keys
+    assert len(group_with(sn, "layer1.0.conv2.weight", 0)) == 1
+
+
+@pytest.mark.parametrize("name", ["bert", "minilm"])
+def test_bert_heads_intermediate_hidden_and_layers(name):
+    sn, *_ = supernet(name)
+    n_layers = 2 if name == "bert" else 6
+    heads = groups_of(sn, "heads")
+    assert len(heads) == n_layers
+    assert all({t.rsplit(".", 2)[-2] for t, _ in g.members} >= {"query", "key", "value", "dense"} for g in heads)
+    inter = [g for g in sn.space.groups if "intermediate.dense.weight[0]" in g.key]
+    assert len(inter) == n_layers
+    layers = [u.key for u in sn.space.units if u.kind == "module" and u.key.split(".")[-1].isdigit()]
+    assert len(layers) == n_layers
+    hidden = [g for g in sn.space.all_groups if ("embeddings.word_embeddings.weight", 1) in [
+        (t.split("bert.")[-1], d) for t, d in g.members]]
+    assert len(hidden) == 1
+    if name == "bert":  # the classifier head consumes the hidden size: prunable
+        assert hidden[0].prunable
+    else:  # BertModel returns the hidden states: the model output is never pruned
+        assert not hidden[0].prunable and "graph output" in hidden[0].reasons
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_expansion_widths_through_depthwise_and_se(name):
+    sn, *_ = supernet(name)
+    depthwise_se = [g for g in sn.space.groups
+                    if any(".block.1.0.weight" in t for t, _ in g.members)  # depthwise conv
+                    and any("fc2.weight" in t for t, _ in g.members)]  # squeeze-excitation expansion
+    assert depthwise_se, "expansion group must span expand conv, depthwise conv and SE"
+
+
+def test_swin_window_attention_heads():
+    sn, *_ = supernet("swin_t")
+    heads = groups_of(sn, "heads")
+    assert len(heads) == 12
+    assert all(any("relative_position_bias_table" in t for t, _ in g.members) for g in heads)
+
+
+def test_shufflenet_channel_shuffle_is_blocked_not_wrong():
+    sn, *_ = supernet("shufflenet_v2_x1_0")
+    fixed = [g for g in sn.space.all_groups if any("no common factorisation" in r or "incompatible layouts" in r
+                                                    for r in g.reasons)]
+    assert fixed, "the shuffled channel dims must be fixed"
+
+
+def test_sam_image_encoder_heads_mlp_blocks():
+    sn, *_ = supernet("sam")
+    heads = groups_of(sn, "heads")
+    assert heads and len([u for u in sn.space.units if u.key.startswith("blocks.") and u.kind == "module"]) >= 2
+    assert any("mlp.lin1" in g.key for g in sn.space.groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# extraction on every model of the IR test list
+
+ALL = ["resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "densenet121", "convnext_tiny",
+       "regnet_y_400mf", "vit_b_16", "swin_t", "shufflenet_v2_x1_0", "googlenet", "timm:vit_tiny_patch16_224",
+       "hf_vit", "bert", "minilm", "sam"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_min_max_and_random_archs_extract_and_run(name):
+    sn, model, args, kwargs = supernet(name)
+    with torch.no_grad():
+        ref = _first(model(*args, **kwargs))
+        full = sn.extract(sn.space.max()).eval()
+        torch.testing.assert_close(_first(full(*args, **kwargs)), ref, rtol=1e-4, atol=1e-5)
+        n_full = sum(p.numel() for p in full.parameters())
+        small = sn.extract(sn.space.min()).eval()
+        assert _first(small(*args, **kwargs)).shape == ref.shape
+        assert sum(p.numel() for p in small.parameters()) < n_full
+        for seed in range(10):
+            arch = sn.space.sample(seed)
+            sub = sn.extract(arch).eval()
+            assert _first(sub(*args, **kwargs)).shape == ref.shape
+            assert sum(p.numel() for p in sub.parameters()) == sn.cost(arch)["params"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_b_16", "swin_t", "bert", "densenet121"])
+def test_cost_matches_the_extracted_model(name):
+    sn, _, args, kwargs = supernet(name)
+    for arch in (sn.space.max(), sn.space.min(), sn.space.sample(3)):
+        model = sn.extract(arch).eval()
+        cost = sn.cost(arch)
+        assert cost["params"] == sum(p.numel() for p in model.parameters())
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(*args, **kwargs)
+        real = counter.get_total_flops()
+        assert abs(cost["flops"] - real) <= 0.01 * real
+
+
+def test_extracted_model_trains_and_exports(tmp_path):
+    sn, _, args, _ = supernet("resnet18")
+    model = sn.extract(sn.space.sample(1))
+    model.train()
+    loss = model(*args).logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    ep = torch.export.export(model, args)
+    torch.export.save(ep, tmp_path / "sub.pt2")
+    loaded = torch.export.load(tmp_path / "sub.pt2").module()
+    torch.testing.assert_close(loaded(*args), model(*args))
+
+
+# ----------------------------------------------------------------------------------------------
+# salience, motifs, API
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "vit_b_16", "bert"])
+def test_salience_permutation_preserves_the_function(name):
+    sn, model, args, kwargs = supernet(name)
+    ir = osf.trace(model, args, kwargs)
+    perm = osf.Supernet(None, ir=ir)
+    before = perm.space.salience()
+    perm.sort_by_salience()
+    with torch.no_grad():
+        torch.testing.assert_close(_first(ir.build().eval()(*args, **kwargs)), _first(model(*args, **kwargs)),
+                                   rtol=1e-4, atol=1e-4)
+    after = perm.space.salience()
+    for g in perm.space.groups:  # the most salient channels come first
+        assert torch.all(after[g.key][:-1] >= after[g.key][1:] - 1e-9)
+        torch.testing.assert_close(after[g.key], torch.sort(before[g.key], descending=True).values)
+
+
+def test_vit_depth_motifs():
+    sn, *_ = supernet("vit_b_16")
+    space = osf.SearchSpace(sn.ir, width_ratios=(1.0,), include=["encoder.layers.encoder_layer_?",
+                                                                 "encoder.layers.encoder_layer_??"])
+    assert len(space.units) == 12 and not space.groups
+    assert space.size() == 4096 and space.num_motifs() == 13
+    arch = space.max()
+    for i in (2, 5, 7):
+        arch.depth[f"encoder.layers.encoder_layer_{i}"] = False
+    best = space.salient(arch)
+    assert sum(not v for v in best.depth.values()) == 3
+    assert space.signature(best) == space.signature(arch)
+    sal = space.unit_salience()
+    dropped = [k for k, v in best.depth.items() if not v]
+    assert max(sal[k] for k in dropped) <= min(sal[k] for k, v in best.depth.items() if v)
+
+
+def test_salient_keeps_widths_in_order_within_the_motif():
+    sn, *_ = supernet("vit_b_16")
+    space = sn.space
+    arch = space.sample(4)
+    best = space.salient(arch)
+    space.validate(best)
+    assert space.signature(best) == space.signature(arch)
+
+
+def test_validate_names_the_key_and_allowed_values():
+    sn, *_ = supernet("resnet18")
+    arch = sn.space.max()
+    key = sn.space.groups[0].key
+    arch.width[key] = 7
+    with pytest.raises(ValueError, match=r"allowed values: \[16, 32, 48, 64\]") as e:
+        sn.space.validate(arch)
+    assert key in str(e.value)
+    with pytest.raises(ValueError, match="unknown depth unit 'nope'"):
+        sn.space.validate(osf.Arch(depth={"nope": False}))
+    with pytest.raises(ValueError, match="unknown width group"):
+        sn.extract(osf.Arch(width={"x": 1}))
+
+
+def test_arch_json_round_trip_and_space_report():
+    sn, *_ = supernet("resnet18")
+    arch = sn.space.sample(7)
+    assert osf.Arch.from_json(arch.to_json()) == arch
+    import json
+    assert osf.Arch.from_json(json.dumps(arch.to_json())) == arch
+    text = sn.space.describe()
+    assert "width groups" in text and "layer1.0" in text and "removable units" in text
+    assert sn.space.size() > 10 ** 8 and 8 < sn.space.log10_size() < 9
+
+
+class SortsChannels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 32)
+        self.fc2 = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.fc1(x).sort(dim=-1).values  # an op the analysis has no rule for
+        return self.head(torch.relu(self.fc2(h)))
+
+
+def test_unknown_ops_block_their_dims_and_are_reported():
+    sn = osf.Supernet(SortsChannels(), (torch.randn(3, 8),))
+    assert [u.target for u in sn.space.analysis.unsupported] == ["aten.sort.default"]
+    fc1 = [g for g in sn.space.all_groups if ("fc1.weight", 0) in g.members][0]
+    assert not fc1.prunable and any("aten.sort" in r for r in fc1.reasons)
+    assert [g.key for g in sn.space.groups] == ["fc2.weight[0]"]
+    assert "aten.sort.default" in sn.space.describe()
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                                                    nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(),
+                                                    nn.Conv2d(32, 16, 1)) for _ in range(3)])
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = x + b(x)
+        return self.head(x.mean((2, 3)))
+
+
+@functools.lru_cache(maxsize=None)
+def tiny() -> osf.Supernet:
+    torch.manual_seed(0)
+    return osf.Supernet(Tiny().eval(), (torch.randn(2, 3, 8, 8),), multiple_of=4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**31 - 1))
+def test_property_random_archs_extract_consistently(seed):
+    sn = tiny()
+    arch = sn.space.sample(seed)
+    x = torch.randn(3, 3, 8, 8)
+    model = sn.extract(arch).eval()
+    assert model(x).shape == (3, 5)
+    assert sum(p.numel() for p in model.parameters()) == sn.cost(arch)["params"]
+    # a kept-at-full-width, nothing-dropped arch is the original function
+    if arch == sn.space.max():
+        torch.testing.assert_close(model(x), sn.ir.build().eval()(x))
