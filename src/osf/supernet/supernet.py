@@ -10,6 +10,7 @@ from ..ir.capture import trace
 from ..ir.flops import graph_flops
 from ..ir.graph import IR, PARAM
 from ..space.arch import Arch
+from ..space.dims import atoms_in
 from ..space.groups import ranking
 from ..space.space import SearchSpace
 from ..space.subnet import subnet_ir
@@ -66,7 +67,7 @@ class Supernet:
                 out = t.detach()
                 for d, e in enumerate(exprs):
                     r = an.dims.resolve(e)
-                    if not any(a in select for a in _atoms(r)):
+                    if not any(a in select for a in atoms_in(r)):
                         continue
                     out = out.index_select(d, an.dims.positions(r, select).to(out.device))
                 if out is not t.detach():
@@ -74,8 +75,3 @@ class Supernet:
 
     def __repr__(self) -> str:
         return f"Supernet({self.ir.modules[''].class_path}, {self.space!r})"
-
-
-def _atoms(r) -> list[int]:
-    from ..space.dims import atoms_in
-    return atoms_in(r)
