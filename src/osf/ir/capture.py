@@ -447,7 +447,8 @@ def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str]
     return nodes
 
 
-def _ancestors(owner: str) -> list[str]:
+def module_ancestors(owner: str) -> list[str]:
+    """The root ("") and every module on the path to ``owner``, outermost first."""
     parts = owner.split(".") if owner else []
     return [""] + [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
@@ -471,7 +472,7 @@ def annotate_io(ir: IR) -> None:
                 outs[m][ref] = None
 
     for op in ir.graph.ops:
-        dst = _ancestors(op.owner)
+        dst = module_ancestors(op.owner)
         for m in dst:
             if m in counts:
                 counts[m] += 1
@@ -481,10 +482,10 @@ def annotate_io(ir: IR) -> None:
                 if p.kind == INPUT:
                     cross(ref, [], dst)
                 continue
-            cross(ref, _ancestors(owner_of[ref]), dst)
+            cross(ref, module_ancestors(owner_of[ref]), dst)
     for ref in serial.node_refs(ir.graph.outputs):
         if ref in owner_of:
-            cross(ref, _ancestors(owner_of[ref]), [])
+            cross(ref, module_ancestors(owner_of[ref]), [])
     def tensors_only(refs: dict[str, None]) -> list[str]:  # symbolic sizes flowing in are not data
         return [serial.shape_text(produced[r].meta) for r in refs
                 if isinstance(produced[r].meta, dict) and "symint" not in produced[r].meta]

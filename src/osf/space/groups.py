@@ -37,7 +37,7 @@ class WidthGroup:
 def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_of: int,
                 prune_head_dim: bool, include: list[str] | None, exclude: list[str] | None) -> list[WidthGroup]:
     d = an.dims
-    params = {ir.aliases.get(p.target, p.target) for g in _graphs(ir) for p in g.placeholders if p.kind == PARAM}
+    params = param_tensors(ir)
     blocked = d.blocked()
     members: dict[int, list[tuple[str, int]]] = {}
     names: dict[int, str] = {}
@@ -112,8 +112,10 @@ def _choices(size: int, ratios: tuple[float, ...], step: int) -> list[int]:
     return sorted(out | {size})
 
 
-def _graphs(ir: IR):
-    return [ir.graph] + ([ir.eval_graph] if ir.eval_graph is not None else [])
+def param_tensors(ir: IR) -> set[str]:
+    """Canonical names of the tensors that are parameters (not buffers or constants)."""
+    graphs = [ir.graph] + ([ir.eval_graph] if ir.eval_graph is not None else [])
+    return {ir.aliases.get(p.target, p.target) for g in graphs for p in g.placeholders if p.kind == PARAM}
 
 
 def salience(ir: IR, an: DimAnalysis, groups: list[WidthGroup],
@@ -124,7 +126,7 @@ def salience(ir: IR, an: DimAnalysis, groups: list[WidthGroup],
     d = an.dims
     by_atom = {g.atom: g for g in groups}
     scores = {g.key: torch.zeros(g.size, dtype=torch.float64) for g in groups}
-    params = {ir.aliases.get(p.target, p.target) for p in ir.graph.placeholders if p.kind == PARAM}
+    params = param_tensors(ir)
     with torch.no_grad():
         for name, exprs in an.tensors.items():
             if name not in params:

@@ -5,13 +5,14 @@ into a plain, physically smaller model."""
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import torch
 
-from ..ir.capture import annotate_io
+from ..ir.capture import annotate_io, module_ancestors
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
 from ..ir.ops import has_side_effect, is_inplace
 from ..ir.serial import node_refs, resolve_target, shape_text
@@ -331,13 +332,13 @@ def _prune_modules(ir: IR, train: Graph, eval_graph: Graph | None, kept_tensors:
     alive = {""}
     for g in [train] + ([eval_graph] if eval_graph is not None else []):
         for op in g.ops:
-            alive.update(_prefixes(op.owner))
+            alive.update(module_ancestors(op.owner))
     for q, c in ir.aliases.items():
         if c in kept_tensors:
             mod = q.rpartition(".")[0]
             if mod in alive or not any(ir.aliases.get(q2) == c and q2.rpartition(".")[0] in alive
                                        for q2 in ir.aliases):
-                alive.update(_prefixes(mod))
+                alive.update(module_ancestors(mod))
     modules: dict[str, ModuleNode] = {}
     for name, node in ir.modules.items():
         if name not in alive:
@@ -353,7 +354,7 @@ def _prune_modules(ir: IR, train: Graph, eval_graph: Graph | None, kept_tensors:
     seen: set[str] = set()
     for name in sorted(modules, key=lambda n: -n.count(".")):
         node = modules[name]
-        own = sum(_numel(shapes[p["tensor"]]) for p in node.meta["params"].values() if p["tensor"] not in seen)
+        own = sum(math.prod(shapes[p["tensor"]]) for p in node.meta["params"].values() if p["tensor"] not in seen)
         seen.update(p["tensor"] for p in node.meta["params"].values())
         node.meta["own_params"] = own
     for name in sorted(modules, key=lambda n: -n.count(".")):
@@ -374,18 +375,6 @@ def _update_entries(entries: dict, canon_of, kept_tensors: set[str], shapes: dic
             m["shape"] = shapes[canon]
             changed = True
     return changed
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _prefixes(owner: str) -> list[str]:
-    parts = owner.split(".") if owner else []
-    return [""] + [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 # ----- motifs -----

@@ -53,7 +53,6 @@ class _Graph:
         self.outputs = set(node_refs(graph.outputs))
         self.tensor_of = {p.name: ir.aliases.get(p.target, p.target) for p in graph.placeholders
                           if p.kind in (PARAM, BUFFER, CONST)}
-        self.param_names = {p.name for p in graph.placeholders if p.kind == PARAM}
         self.flops = graph_flops(graph)
 
     def used_outside(self, ref: str, ops: set[str], sink: str | None = None) -> bool:
@@ -250,9 +249,7 @@ def _module_units(ir: IR, g: _Graph, vals: dict, an: DimAnalysis, rejected: dict
     for name, node in ir.modules.items():
         if not name:
             continue
-        prefix = name + "."
-        ops = {op.name for op in g.graph.ops if (op.owner == name or op.owner.startswith(prefix))
-               and not is_symint(op) and not op.mode_gated}
+        ops = _module_ops(ir, g.graph, name)
         if not ops or not any(g.flops.get(n) for n in ops):
             continue
         why = _module_problem(g, vals, an, ops)
@@ -263,6 +260,11 @@ def _module_units(ir: IR, g: _Graph, vals: dict, an: DimAnalysis, rejected: dict
         inp, out, params = why
         units.append(Unit(name, "module", frozenset(ops), inp, out, params, min(g.index[n] for n in ops)))
     return units
+
+
+def _module_ops(ir: IR, graph: Graph, name: str) -> set[str]:
+    """The dataflow ops run by module ``name`` and its descendants (no size bookkeeping)."""
+    return {op.name for op in graph.ops if ir.contains(name, op.owner) and not is_symint(op) and not op.mode_gated}
 
 
 def _module_problem(g: _Graph, vals: dict, an: DimAnalysis, ops: set[str]):
@@ -317,9 +319,7 @@ def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]) -> dic
             if b is not None:
                 out[u.key] = (set(b.ops), b.input, b.output)
             continue
-        prefix = u.key + "."
-        ops = {op.name for op in graph.ops if (op.owner == u.key or op.owner.startswith(prefix))
-               and not is_symint(op) and not op.mode_gated}
+        ops = _module_ops(ir, graph, u.key)
         found = _module_problem(g, vals, an, ops) if ops else "no ops"
         if not isinstance(found, str):
             out[u.key] = (ops, found[0], found[1])
