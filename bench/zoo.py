@@ -14,25 +14,20 @@ both are rewritten (atomically) after every model, so an interrupted sweep keeps
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import multiprocessing as mp
-import os
-import platform
 import re
 import shlex
 import sys
-import tempfile
 import time
 import traceback
 import warnings
-from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
+import common
+from common import DOCS, ROOT
 START, END = "<!-- zoo:start -->", "<!-- zoo:end -->"
 SEED, THREADS, BATCH = 0, 2, 2
 ATOL, RTOL = 1e-5, 1e-4
@@ -275,33 +270,10 @@ def run_isolated(case: Case, timeout: float) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def environment(command: str, timeout: float) -> dict:
     """Machine, versions and settings of this sweep."""
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
-            "platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": version("torch"), "torchvision": version("torchvision"),
-            "timm": version("timm"), "osf": version("osf"), "seed": SEED, "threads": THREADS, "batch": BATCH,
-            "atol": ATOL, "rtol": RTOL, "timeout_s": timeout}
+    return common.environment(command=command, seed=SEED, threads=THREADS, batch=BATCH, atol=ATOL, rtol=RTOL,
+                              timeout_s=timeout)
 
 
 def totals(rows: list[dict]) -> dict[str, dict[str, int]]:
@@ -377,17 +349,6 @@ def markdown(env: dict, rows: list[dict], planned: int) -> str:
     return "\n".join(lines + [END])
 
 
-def update_docs(path: Path, section: str) -> None:
-    """Replace the zoo section of ``path`` (appending it, or creating the file, when missing)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = text.find(START), text.find(END)
-    if start >= 0 and end > start:
-        text = text[:start] + section + text[end + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    write_atomic(path, text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only a few small models (under 3 minutes)")
@@ -424,10 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         status = "exact" if row["exact"] else "captured" if row["captured"] else "FAILED"
         print(f"[{i}/{len(cases)}] {case.family:27} {case.name:34} {status:8} {row['seconds']:6.1f}s "
               f"{row.get('error') or ''}"[:300], flush=True)
-        write_atomic(opts.json, json.dumps({"environment": env, "totals": totals(rows),
+        common.write_atomic(opts.json, json.dumps({"environment": env, "totals": totals(rows),
                                             "capture_seconds": timed_models(rows), "results": rows}, indent=1))
         if not subset:
-            update_docs(DOCS, markdown(env, rows, planned))
+            common.update_section(DOCS, "zoo", markdown(env, rows, planned))
     for fam, t in totals(rows).items():
         print(f"{fam}: captured {t['captured']}/{t['models']}, rebuilt exactly {t['exact']}/{t['models']}")
     return 0

@@ -3,11 +3,15 @@
 ``osf.trace`` captures a model into a hierarchical graph IR that rebuilds an exact executable model
 (``ir.build()``) and saves without pickling (``ir.save`` / ``osf.load_ir``). ``osf.SearchSpace`` derives
 width groups and removable units from the IR; ``osf.Supernet`` extracts any ``osf.Arch`` as a standalone,
-smaller model and costs it.
+smaller model and costs it, and runs any subnet on its shared weights (``set_arch``); ``osf.train``
+trains those weights (sandwich / motif sampling, distillation, checkpoints) and ``osf.evaluate`` scores a
+subnet with inherited weights.
 """
 from .ir import IR, FormatError, InputError, OsfError, TraceError, load_ir, trace
 from .space import Arch, SearchSpace
 from .supernet import Supernet
+from .train import Distill, MotifSampler, ProgressiveShrinking, Sampler, SandwichSampler, UniformSampler, evaluate, train
 
 __version__ = "0.1.0"
-__all__ = ["trace", "IR", "load_ir", "Arch", "SearchSpace", "Supernet", "TraceError", "FormatError", "InputError", "OsfError", "__version__"]
+__all__ = ["trace", "IR", "load_ir", "Arch", "SearchSpace", "Supernet", "train", "evaluate", "Distill", "Sampler", "SandwichSampler",
+           "UniformSampler", "MotifSampler", "ProgressiveShrinking", "TraceError", "FormatError", "InputError", "OsfError", "__version__"]

@@ -16,7 +16,7 @@ from ..ir.capture import annotate_io, module_ancestors
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
 from ..ir.ops import has_side_effect, is_inplace
 from ..ir.serial import node_refs, resolve_target, shape_text
-from .dims import Size, is_static, new_size, size_text
+from .dims import Size, atoms_in, is_static, new_size, size_text
 
 if TYPE_CHECKING:
     from .arch import Arch
@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 
 
 def subnet_ir(space: "SearchSpace", arch: "Arch", *, with_tensors: bool = True,
-              tensors: dict[str, torch.Tensor] | None = None) -> IR:
+              tensors: dict[str, torch.Tensor] | None = None, select: dict[int, torch.Tensor] | None = None) -> IR:
     """The IR of ``arch``. Without tensors (``with_tensors=False``) it carries shapes only (for costs and
-    signatures) and cannot be built."""
+    signatures) and cannot be built. ``tensors`` replace the IR's own; ``select`` (atom -> kept indices)
+    replaces the default choice of channels, the most salient ones (``space.kept_indices``)."""
     space.validate(arch)
     ir, an = space.ir, space.analysis
     kept = {g.atom: arch.width[g.key] for g in space.groups if g.key in arch.width and arch.width[g.key] != g.size}
@@ -49,7 +50,8 @@ def subnet_ir(space: "SearchSpace", arch: "Arch", *, with_tensors: bool = True,
     new_tensors = {}
     shapes = {}
     source = tensors if tensors is not None else ir.tensors
-    select = space.kept_indices(arch, source) if with_tensors else {}
+    if select is None:
+        select = space.kept_indices(arch, source) if with_tensors else {}
     for name in kept_tensors:
         exprs = an.tensors[name]
         shapes[name] = [new_size(an.dims, an.dims.resolve(e), kept)[0] for e in exprs]
@@ -77,14 +79,27 @@ def _hints(graph: Graph) -> dict[str, int]:
     return hints
 
 
-def _slice(t: torch.Tensor, exprs: list, dims, select: dict[int, torch.Tensor]) -> torch.Tensor:
-    out = t.detach()
+def tensor_slices(exprs: list, dims, select: dict[int, torch.Tensor]) -> list[tuple[int, int, torch.Tensor | None]]:
+    """How a tensor with dims ``exprs`` is cut down when each atom in ``select`` keeps the listed indices:
+    ``(dim, kept length, indices)`` per changed dim, with ``indices`` None when the kept positions are a
+    prefix (a ``narrow``, so a view)."""
+    out = []
     for d, e in enumerate(exprs):
         r = dims.resolve(e)
-        pos = dims.positions(r, select) if is_static(dims.size(r)) else None
-        if pos is not None and (len(pos) != out.shape[d] or not torch.equal(pos, torch.arange(out.shape[d]))):
-            out = out.index_select(d, pos.to(out.device))
-    out = out.clone() if out is t.detach() else out.contiguous()
+        if not is_static(dims.size(r)) or not any(a in select for a in atoms_in(r)):
+            continue
+        pos = dims.positions(r, select)
+        if len(pos) == dims.size(r)[0] and torch.equal(pos, torch.arange(len(pos))):
+            continue
+        out.append((d, len(pos), None if torch.equal(pos, torch.arange(len(pos))) else pos))
+    return out
+
+
+def _slice(t: torch.Tensor, exprs: list, dims, select: dict[int, torch.Tensor]) -> torch.Tensor:
+    out = t.detach()
+    for d, n, index in tensor_slices(exprs, dims, select):
+        out = out.narrow(d, 0, n) if index is None else out.index_select(d, index.to(out.device))
+    out = out.clone(memory_format=torch.contiguous_format)
     if isinstance(t, torch.nn.Parameter):
         return torch.nn.Parameter(out, requires_grad=t.requires_grad)
     return out

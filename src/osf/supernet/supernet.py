@@ -1,12 +1,17 @@
-"""``Supernet``: a model traced once, its search space, and any subnet as a standalone model."""
+"""``Supernet``: a model traced once, its search space, any subnet run on the shared weights, and any
+subnet as a standalone model."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import itertools
+from collections import OrderedDict
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ..ir.capture import trace
+from ..ir.codegen import build
 from ..ir.flops import graph_flops
 from ..ir.graph import IR, PARAM
 from ..space.arch import Arch
@@ -14,28 +19,165 @@ from ..space.dims import atoms_in
 from ..space.groups import ranking
 from ..space.space import SearchSpace
 from ..space.subnet import subnet_ir
+from .batches import BatchFn, split_batch, to_device
+from .program import SubnetProgram, compile_program
 
 
-class Supernet:
-    """Wraps ``model`` (traced with ``args`` / ``kwargs``) and its ``SearchSpace`` (``space_options``:
-    see ``SearchSpace``). The supernet's shared weights are the IR's tensors."""
+class Supernet(nn.Module):
+    """Wraps ``model`` (traced with ``args`` / ``kwargs``) and its ``SearchSpace`` (``space_options``: see
+    ``SearchSpace``). The shared weights are this module's parameters (a copy of the model's; the model
+    itself is never modified). ``forward`` computes the active arch (``set_arch``; the maximal subnet by
+    default) on views of those weights, so gradients of every subnet land in the same tensors.
+
+    A width choice keeps a prefix of each group's channels; ``sort=True`` (default) first permutes the
+    weights so that prefix holds the most salient channels (``sort_by_salience``)."""
 
     def __init__(self, model: nn.Module | None, args: tuple = (), kwargs: dict[str, Any] | None = None, *,
-                 ir: IR | None = None, trace_options: dict[str, Any] | None = None, **space_options: Any):
+                 ir: IR | None = None, trace_options: dict[str, Any] | None = None, sort: bool = True,
+                 cache_size: int = 64, **space_options: Any):
+        super().__init__()
         if ir is None:
             if model is None:
                 raise ValueError("Supernet needs a model (with example args) or a traced ir=")
             ir = trace(model, args, kwargs or {}, **(trace_options or {}))
         self.ir = ir
         self.space = SearchSpace(ir, **space_options)
+        self.net = build(ir, share_weights=True)
+        if model is not None:
+            self.train(model.training)
+        self._arch: Arch | None = None
+        self._active: SubnetProgram | None = None
+        self._programs: OrderedDict[str, SubnetProgram] = OrderedDict()
+        self._cache_size = cache_size
+        self._homes = self._tensor_homes()
+        if sort:
+            self.sort_by_salience()
 
+    # ----- the shared tensors -----
+    def _tensor_homes(self) -> dict[str, tuple[str, str]]:
+        homes: dict[str, tuple[str, str]] = {}
+        for qual, canon in self.ir.aliases.items():
+            mod, _, local = qual.rpartition(".")
+            homes.setdefault(canon, (mod, local))
+        for name in self.ir.tensors:
+            homes.setdefault(name, ("", name))
+        return homes
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The shared tensors by canonical IR name (the live parameters and buffers of this module)."""
+        out = {}
+        for canon, (mod, local) in self._homes.items():
+            m = self.net.get_submodule(mod)
+            out[canon] = m._parameters[local] if local in m._parameters else m._buffers[local]
+        return out
+
+    # ----- the active arch -----
+    @property
+    def arch(self) -> Arch:
+        """The active arch (the maximal subnet unless ``set_arch`` chose another)."""
+        return self._arch if self._arch is not None else self.space.max()
+
+    def set_arch(self, arch: Arch | None) -> contextlib.AbstractContextManager:
+        """Make ``forward`` compute ``arch`` (None: the maximal subnet). Also a context manager that
+        restores the previous arch on exit: ``with supernet.set_arch(a): loss = f(supernet(x))``."""
+        previous = (self._arch, self._active)
+        if arch is not None:
+            self.space.validate(arch)
+        self._active = self.program(arch) if arch is not None else None  # compile now: errors surface here
+        self._arch = arch
+        return _restoring(self, previous)
+
+    def program(self, arch: Arch) -> SubnetProgram:
+        """The compiled forward of ``arch`` on views of the shared tensors (cached per arch)."""
+        key = self._complete(arch).key()
+        prog = self._programs.get(key)
+        if prog is None:
+            sub = subnet_ir(self.space, arch, with_tensors=False)
+            an = self.space.analysis
+            prog = compile_program(sub, an.tensors, an.dims, self.kept_indices(arch))
+            self._programs[key] = prog
+            if len(self._programs) > self._cache_size:
+                self._programs.popitem(last=False)
+        else:
+            self._programs.move_to_end(key)
+        return prog
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        prog = self._active if self._active is not None else self.program(self.space.max())
+        return self.net.run_generated(prog.train_fn, prog.eval_fn, args, kwargs)
+
+    def _complete(self, arch: Arch) -> Arch:
+        return Arch({g.key: arch.width.get(g.key, g.size) for g in self.space.groups},
+                    {u.key: arch.depth.get(u.key, True) for u in self.space.units})
+
+    def kept_indices(self, arch: Arch) -> dict[int, torch.Tensor]:
+        """Atom -> channels kept by ``arch`` in the shared tensors: a prefix of each shrunk group."""
+        return {g.atom: torch.arange(arch.width[g.key]) for g in self.space.groups
+                if arch.width.get(g.key, g.size) != g.size}
+
+    def device(self) -> torch.device:
+        """Where the shared weights live."""
+        for t in self.tensors().values():
+            return t.device
+        return torch.device("cpu")
+
+    # ----- BatchNorm -----
+    def batch_norms(self, arch: Arch | None = None) -> list[tuple[str, str, float]]:
+        """``(running mean, running var, momentum)`` of each batch norm with running statistics that
+        ``arch`` (default: the maximal subnet) runs, by canonical tensor name."""
+        sub = self.program(arch if arch is not None else self.space.max()).ir
+        names = {p.name: sub.aliases.get(p.target, p.target) for p in sub.graph.placeholders}
+        out = []
+        for op in sub.graph.ops:
+            if op.target != "aten.batch_norm.default" or not isinstance(op.args[3], dict):
+                continue
+            momentum = op.args[6]
+            if not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
+                raise ValueError(f"batch norm '{op.owner}' has momentum {momentum!r}; recalibration needs a "
+                                 "number in (0, 1]")
+            out.append((names[op.args[3]["node"]], names[op.args[4]["node"]], float(momentum)))
+        return out
+
+    def recalibrate(self, arch: Arch, loader: Iterable, batches: int = 50,
+                    batch_fn: BatchFn | None = None) -> int:
+        """Re-estimate the BatchNorm running statistics of ``arch`` as the plain average over ``batches``
+        batches of ``loader`` (train-mode forwards without gradients). Statistics are shared: every subnet
+        needs its own recalibration before it is evaluated. Returns the number of batches used."""
+        norms = self.batch_norms(arch)
+        if not norms:
+            return 0
+        tensors = self.tensors()
+        rates = {n: momentum for mean, var, momentum in norms for n in (mean, var)}
+        was_training = self.training
+        used = 0
+        with torch.no_grad(), self.set_arch(arch):
+            for mean, var, _ in norms:
+                tensors[mean].zero_()
+                tensors[var].fill_(1.0)
+            self.train()
+            try:
+                for batch in itertools.islice(loader, batches):
+                    args, kwargs, _ = split_batch(batch, batch_fn)
+                    before = {n: tensors[n].clone() for n in rates}
+                    self(*to_device(args, self.device()), **to_device(kwargs, self.device()))
+                    used += 1
+                    for n, momentum in rates.items():  # turn the moving average into the plain average
+                        tensors[n].copy_(before[n] + (tensors[n] - before[n]) / (used * momentum))
+            finally:
+                self.train(was_training)
+        if used == 0:
+            raise ValueError("recalibrate: the loader yielded no batch")
+        return used
+
+    # ----- standalone subnets and costs -----
     def subnet_ir(self, arch: Arch) -> IR:
-        """The IR of ``arch``: smaller tensors, rewritten shape arguments, removed units contracted."""
-        return subnet_ir(self.space, arch)
+        """The IR of ``arch`` with its own (cut) copy of the shared tensors."""
+        return subnet_ir(self.space, arch, tensors=self.tensors(), select=self.kept_indices(arch))
 
     def extract(self, arch: Arch) -> nn.Module:
         """``arch`` as a standalone, physically smaller ``nn.Module`` (its own copy of the kept weights;
-        its forward regenerated from the IR). ``extract(space.max())`` computes the original function."""
+        its forward regenerated from the IR), in training mode: call ``.eval()`` for inference. It computes
+        what the supernet computes at ``arch``; ``extract(space.max())`` is the original function."""
         return self.subnet_ir(arch).build()
 
     def cost(self, arch: Arch) -> dict[str, int]:
@@ -57,13 +199,15 @@ class Supernet:
 
     def sort_by_salience(self) -> None:
         """Permute the shared weights so every group's most salient channels (heads) come first. The
-        permuted supernet computes the same function; a width choice then keeps a prefix."""
-        scores = self.space.salience()
+        permuted supernet computes the same function; a width choice then keeps the most salient prefix.
+        (An optimizer's per-weight state is not permuted: sort before training, not during.)"""
+        tensors = self.tensors()
+        scores = self.space.salience(tensors)
         select = {g.atom: ranking(scores[g.key]) for g in self.space.groups}
         an = self.space.analysis
         with torch.no_grad():
             for name, exprs in an.tensors.items():
-                t = self.ir.tensors[name]
+                t = tensors[name]
                 out = t.detach()
                 for d, e in enumerate(exprs):
                     r = an.dims.resolve(e)
@@ -75,3 +219,11 @@ class Supernet:
 
     def __repr__(self) -> str:
         return f"Supernet({self.ir.modules[''].class_path}, {self.space!r})"
+
+
+@contextlib.contextmanager
+def _restoring(supernet: Supernet, previous: tuple) -> Iterator[Supernet]:
+    try:
+        yield supernet
+    finally:
+        supernet._arch, supernet._active = previous

@@ -1,0 +1,201 @@
+"""Supernet train step vs the same subnet extracted standalone, side by side in one run.
+
+For each model and arch (max, min and random archs), a train step (zero grads, forward, loss, backward)
+runs alternately through ``supernet.set_arch(arch)`` (views of the shared weights) and through
+``supernet.extract(arch)`` (a physically smaller copy). Reported: the median step-time ratio
+(targets: at most 1.05×) and the peak-memory ratio (target: at most 1.2×), where peak memory is the
+model's own tensors (the supernet's full weights, or the subnet's) plus the peak of what the step
+allocates (activations, gradients, workspaces), read from the C allocator (glibc ``mallinfo2``)
+or, on CUDA, from ``torch.cuda.max_memory_allocated``. Also the cost of switching to a not yet seen arch.
+
+    python bench/supernet_step.py            # ResNet-50 and ViT-B/16 (about 10 minutes on 2 cores)
+    python bench/supernet_step.py --quick    # ResNet-18 and a small ViT (about a minute)
+    python bench/supernet_step.py --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+import common
+import osf
+
+SEED = 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+_libc = ctypes.CDLL("libc.so.6")
+_libc.mallinfo2.restype = _MallInfo2
+
+
+def heap_in_use() -> int:
+    """Bytes currently allocated through malloc (small blocks plus mmapped large ones)."""
+    info = _libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+class PeakSampler:
+    """Samples ``heap_in_use`` in a thread while the block runs (torch kernels release the GIL)."""
+
+    def __enter__(self) -> "PeakSampler":
+        self.base = self.peak = heap_in_use()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, heap_in_use())
+            time.sleep(0.0002)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, heap_in_use())
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def step(model, x, device) -> None:
+    for p in model.parameters():
+        p.grad = None
+    model(x).float().logsumexp(-1).mean().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(model, x, device) -> float:
+    t = time.perf_counter()
+    step(model, x, device)
+    return time.perf_counter() - t
+
+
+def step_memory(model, x, device) -> int:
+    """Peak bytes of one train step beyond what existed before it (gradients included)."""
+    for p in model.parameters():
+        p.grad = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(model, x, device)
+        return torch.cuda.max_memory_allocated() - base
+    with PeakSampler() as s:
+        step(model, x, device)
+    return s.peak - s.base
+
+
+def measure(name: str, model: torch.nn.Module, size: int, batch: int, archs: int, repeats: int,
+            device: torch.device, budget_s: float) -> list[dict]:
+    torch.manual_seed(SEED)
+    x = torch.randn(batch, 3, size, size, device=device)
+    supernet = osf.Supernet(model.train(), (x[:2].cpu(),)).to(device).train()
+    space = supernet.space
+    picks = [("max", space.max()), ("min", space.min())] + [(f"random{i}", space.sample(SEED + i))
+                                                           for i in range(archs)]
+    rows = []
+    for role, arch in picks:
+        sub = supernet.extract(arch).to(device).train()
+        t0 = time.perf_counter()
+        supernet.set_arch(arch)  # first use: compiles the arch's forward (cached afterwards)
+        switch_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        supernet.set_arch(arch)
+        cached_switch_s = time.perf_counter() - t0
+        step(supernet, x, device), step(sub, x, device)  # warm-up
+        sup_t, sub_t = [], []
+        started = time.perf_counter()
+        while len(sup_t) < repeats or (time.perf_counter() - started < budget_s and len(sup_t) < 200):
+            sup_t.append(timed(supernet, x, device))  # alternate so drifts in the machine hit both alike
+            sub_t.append(timed(sub, x, device))
+        sup_step, sub_step = step_memory(supernet, x, device), step_memory(sub, x, device)
+        sup_mem = tensor_bytes(supernet.tensors().values()) + sup_step
+        sub_mem = tensor_bytes(list(sub.parameters()) + list(sub.buffers())) + sub_step
+        sup_med, sub_med = statistics.median(sup_t), statistics.median(sub_t)
+        rows.append({"model": name, "arch": role, "params": supernet.cost(arch)["params"],
+                     "supernet_step_s": round(sup_med, 4), "standalone_step_s": round(sub_med, 4),
+                     "time_ratio": round(sup_med / sub_med, 3), "supernet_peak_mb": round(sup_mem / 2**20, 1),
+                     "standalone_peak_mb": round(sub_mem / 2**20, 1), "memory_ratio": round(sup_mem / sub_mem, 3),
+                     "supernet_step_mb": round(sup_step / 2**20, 1), "standalone_step_mb": round(sub_step / 2**20, 1),
+                     "first_switch_ms": round(switch_s * 1e3, 1), "cached_switch_ms": round(cached_switch_s * 1e3, 3)})
+        print(json.dumps(rows[-1]), flush=True)
+        supernet.set_arch(None)
+        del sub
+    return rows
+
+
+def markdown(env: dict, rows: list[dict]) -> str:
+    lines = ["<!-- supernet-step:start -->", "## Supernet step vs standalone subnet step", "",
+             f"Generated by `{env['command']}` on {env['date']}.", "",
+             f"- Machine: {env['platform']} ({env['machine']}), {env['cpus']} CPUs, {env['threads']} torch threads, "
+             f"device {env['device']}",
+             f"- Versions: python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}, "
+             f"osf {env['osf']}",
+             f"- Seed {env['seed']}; train mode; batch {env['batch']}; median of at least {env['repeats']} alternating "
+             "steps (more for fast steps, up to a time budget) after one warm-up each; step = zero grads + forward "
+             "+ loss + backward",
+             "- Peak memory = the model's own tensors (supernet: all shared weights) + the step's peak allocation "
+             "(activations, gradients, workspaces); *step MB* is the step's allocation alone",
+             "- Targets: time ratio ≤ 1.05, memory ratio ≤ 1.2", "",
+             "| model | arch | params | supernet step s | standalone step s | time ratio | supernet peak MB | "
+             "standalone peak MB | memory ratio | supernet step MB | standalone step MB | first switch ms | "
+             "cached switch ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['arch']} | {r['params']:,} | {r['supernet_step_s']} | "
+                     f"{r['standalone_step_s']} | {r['time_ratio']} | {r['supernet_peak_mb']} | "
+                     f"{r['standalone_peak_mb']} | {r['memory_ratio']} | {r['supernet_step_mb']} | {r['standalone_step_mb']} | "
+                     f"{r['first_switch_ms']} | "
+                     f"{r['cached_switch_ms']} |")
+    return "\n".join(lines + ["<!-- supernet-step:end -->"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small models only (a smoke test)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="results file (default bench/results/...)")
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    if opts.quick:
+        models = [("resnet18", torchvision.models.resnet18(), 64, 4),
+                  ("vit_tiny", torchvision.models.VisionTransformer(32, 8, 4, 4, 64, 128), 32, 8)]
+        repeats, archs, budget_s = 5, 1, 1.0
+    else:
+        models = [("resnet50", torchvision.models.resnet50(), 224, 4),
+                  ("vit_b_16", torchvision.models.vit_b_16(), 224, 4)]
+        repeats, archs, budget_s = 11, 2, 20.0
+    rows = []
+    for name, model, size, batch in models:
+        rows += measure(name, model, size, batch, archs, repeats, device, budget_s)
+    env = common.environment(command="python bench/supernet_step.py " + " ".join(argv or sys.argv[1:]),
+                             seed=SEED, threads=opts.threads, device=str(device), repeats=repeats,
+                             batch=", ".join(f"{n} {b}×3×{s}×{s}" for n, _, s, b in models))
+    name = "supernet_step-quick.json" if opts.quick else f"supernet_step-{device.type}.json"
+    out = opts.json or common.ROOT / "bench" / "results" / name
+    common.write_atomic(out, json.dumps({"environment": env, "rows": rows}, indent=1))
+    if not opts.quick:
+        common.update_section(common.DOCS, f"supernet-step-{device.type}",
+                              markdown(env, rows).replace("supernet-step:", f"supernet-step-{device.type}:"))
+    print(markdown(env, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

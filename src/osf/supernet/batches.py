@@ -1,0 +1,41 @@
+"""Turning a data loader's batch into model inputs and a target, and moving it to a device."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import torch
+import torch.utils._pytree as pytree
+
+BatchFn = Callable[[Any], tuple[tuple, dict, Any]]
+
+
+def split_batch(batch: Any, batch_fn: BatchFn | None = None) -> tuple[tuple, dict, Any]:
+    """``(args, kwargs, target)`` of one batch. Without ``batch_fn``: ``(inputs, target)`` pairs, a lone
+    tensor (no target), or a dict of keyword inputs whose ``"labels"`` entry (if any) is the target."""
+    if batch_fn is not None:
+        out = batch_fn(batch)
+        if not (isinstance(out, tuple) and len(out) == 3):
+            raise TypeError("batch_fn must return (args tuple, kwargs dict, target)")
+        return out
+    if isinstance(batch, torch.Tensor):
+        return (batch,), {}, None
+    if isinstance(batch, Mapping):
+        return (), {k: v for k, v in batch.items() if k != "labels"}, batch.get("labels")
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        return (batch[0],), {}, batch[1] if len(batch) == 2 else None
+    raise TypeError(f"cannot tell inputs from targets in a batch of type {type(batch).__name__}"
+                    f"{f' with {len(batch)} items' if isinstance(batch, (tuple, list)) else ''}; pass "
+                    "batch_fn=lambda batch: (args, kwargs, target)")
+
+
+def to_device(tree: Any, device: torch.device) -> Any:
+    """Move every tensor of a nested structure to ``device``."""
+    return pytree.tree_map(lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t, tree)
+
+
+def batch_size(args: tuple, kwargs: dict) -> int:
+    for leaf in pytree.tree_leaves((args, kwargs)):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
+            return int(leaf.shape[0])
+    return 1

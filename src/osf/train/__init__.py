@@ -1,0 +1,9 @@
+"""Training a supernet: samplers, distillation, the loop, checkpoints, evaluation."""
+from .checkpoint import CheckpointError
+from .distill import Distill, select_output
+from .evaluate import accuracy, evaluate
+from .loop import TrainResult, train
+from .samplers import MotifSampler, ProgressiveShrinking, Sampler, SandwichSampler, UniformSampler
+
+__all__ = ["CheckpointError", "Distill", "MotifSampler", "ProgressiveShrinking", "Sampler", "SandwichSampler",
+           "TrainResult", "UniformSampler", "accuracy", "evaluate", "select_output", "train"]

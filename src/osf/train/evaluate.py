@@ -1,0 +1,46 @@
+"""Evaluating a subnet with inherited weights (BatchNorm statistics recalibrated first)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ..space.arch import Arch
+from ..supernet.batches import BatchFn, batch_size, split_batch, to_device
+from ..supernet.supernet import Supernet
+
+
+def accuracy(output: Any, target: torch.Tensor) -> float:
+    """Top-1 accuracy of logits (the ``logits`` entry of dict-like outputs)."""
+    from .distill import select_output
+    return float((select_output(output).argmax(-1) == target).float().mean())
+
+
+def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callable[[Any, Any], float] = accuracy,
+             calib_loader: Iterable | None = None, calib_batches: int = 20,
+             batch_fn: BatchFn | None = None) -> float:
+    """Mean of ``metric(output, target)`` over ``loader`` (weighted by batch size) for ``arch`` on the
+    shared weights, in eval mode. A subnet with BatchNorm is first recalibrated on ``calib_batches`` batches
+    of ``calib_loader`` (training data): shared running statistics fit no single subnet."""
+    if supernet.batch_norms(arch):
+        if calib_loader is None:
+            raise ValueError("this supernet has BatchNorm layers whose statistics must be re-estimated per subnet: "
+                             "pass calib_loader= (a loader of training data)")
+        supernet.recalibrate(arch, calib_loader, calib_batches, batch_fn)
+    was_training = supernet.training
+    supernet.eval()
+    total, count = 0.0, 0
+    device = supernet.device()
+    try:
+        with torch.no_grad(), supernet.set_arch(arch):
+            for batch in loader:
+                args, kwargs, target = split_batch(batch, batch_fn)
+                out = supernet(*to_device(args, device), **to_device(kwargs, device))
+                n = batch_size(args, kwargs)
+                total += metric(out, to_device(target, device)) * n
+                count += n
+    finally:
+        supernet.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate: the loader yielded no batch")
+    return total / count

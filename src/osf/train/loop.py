@@ -1,0 +1,282 @@
+"""``osf.train``: a plain PyTorch loop that trains a supernet's shared weights on the sum of the losses of
+the subnets sampled at each step (one optimizer step per data batch)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..space.arch import Arch
+from ..supernet.batches import BatchFn, batch_size, split_batch, to_device
+from ..supernet.supernet import Supernet
+from . import checkpoint as ckpt
+from .distill import Distill, select_output
+from .samplers import Sampler, SandwichSampler
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+@dataclass
+class TrainResult:
+    """What a run did: its last step, the metrics of every step (as in ``metrics.jsonl``), the last
+    checkpoint written and the step it resumed from (0 for a fresh run)."""
+    step: int
+    history: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None
+    resumed_from: int = 0
+
+
+def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimizer,
+          loss_fn: LossFn | None = None, steps: int | None = None, epochs: int | None = None,
+          sampler: Sampler | None = None, distill: Distill | None = None,
+          scheduler: Any = None, clip_grad_norm: float | None = None, amp: bool | torch.dtype = False,
+          seed: int = 0, batch_fn: BatchFn | None = None, run_dir: str | Path | None = None,
+          checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume: bool = True,
+          progress: bool = True) -> TrainResult:
+    """Train ``supernet`` on ``loader``.
+
+    Each step takes one batch, runs every subnet of ``sampler.sample(step)`` (default: the sandwich rule
+    with 4 subnets) on it, sums their losses (``loss_fn(output, target)``, distillation per ``distill``),
+    accumulates the gradients in the shared weights and takes one ``optimizer`` step (then
+    ``scheduler.step()``). Stop after ``steps`` steps or ``epochs`` passes over ``loader``. ``amp``: autocast
+    (True = bfloat16 on CPU, float16 with loss scaling on CUDA, or a dtype). ``seed`` fixes the data order
+    (the loader is reseeded per epoch), dropout and sampling, so a run repeats exactly.
+
+    With ``run_dir``: metrics go to ``run_dir/metrics.jsonl`` (and TensorBoard when installed), and a
+    checkpoint is written every ``checkpoint_every`` steps and at the end into ``run_dir/checkpoints``
+    (the last ``keep_checkpoints`` are kept). With ``resume`` (default) a run continues from the newest
+    checkpoint there, giving the same weights as an uninterrupted run."""
+    sampler = sampler if sampler is not None else SandwichSampler(supernet.space, 4, seed)
+    if sampler.space is not supernet.space:
+        raise ValueError("the sampler was built for another search space; build it from supernet.space")
+    if loss_fn is None and not (distill is not None and distill.mode == "teacher" and distill.weight == 1.0):
+        raise ValueError("train needs loss_fn (only pure teacher distillation, Distill(mode='teacher', "
+                         "weight=1.0), trains without one)")
+    steps_per_epoch = _length(loader)
+    if (steps is None) == (epochs is None):
+        raise ValueError("give exactly one of steps= or epochs=")
+    if epochs is not None:
+        if steps_per_epoch is None:
+            raise ValueError("epochs= needs a loader with a length; give steps= instead")
+        steps = epochs * steps_per_epoch
+    assert steps is not None
+    device = supernet.device()
+    run = _Run(Path(run_dir) if run_dir is not None else None, keep_checkpoints)
+    start, position = 0, (0, 0)
+    if run.dir is not None:
+        existing = ckpt.checkpoints(run.ckpt_dir)
+        if existing and not resume:
+            raise FileExistsError(f"{run.ckpt_dir} already holds checkpoints; pass resume=True to continue that "
+                                  "run, or choose another run_dir")
+        if existing:
+            state = ckpt.load(existing[-1], supernet)
+            _check_same_run(state, sampler, seed, existing[-1])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler") is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            start, position = state["step"], tuple(state["position"])
+            run.restore_rng = state["rng"]
+            run.truncate_log(start)
+    scaler, autocast = _mixed_precision(amp, device)
+    batches = _Batches(loader, seed, *position)
+    history: list[dict] = []
+    bar = tqdm(total=steps, initial=start, disable=not progress, desc="train supernet", unit="step",
+               dynamic_ncols=True)
+    if run.restore_rng is not None:
+        ckpt.set_rng_state(run.restore_rng)
+    else:
+        torch.manual_seed(seed)
+    step = start
+    last_ckpt = None
+    supernet.train()
+    try:
+        while step < steps:
+            t0 = time.perf_counter()
+            batch = batches.next()
+            args, kwargs, target = split_batch(batch, batch_fn)
+            args, kwargs, target = to_device(args, device), to_device(kwargs, device), to_device(target, device)
+            optimizer.zero_grad(set_to_none=True)
+            losses = _train_step(supernet, sampler.sample(step), args, kwargs, target, loss_fn, distill,
+                                 scaler, autocast, step)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(supernet.parameters(), clip_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+            seconds = time.perf_counter() - t0
+            n = batch_size(args, kwargs)
+            record = {"step": step, "lr": optimizer.param_groups[0]["lr"], **losses,
+                      "samples_per_s": round(n * sum(1 for k in losses if k.startswith("loss/")) / seconds, 2),
+                      "seconds": round(seconds, 4)}
+            history.append(record)
+            run.log(record)
+            bar.update(1)
+            bar.set_postfix({k.removeprefix("loss/"): f"{v:.4f}" for k, v in losses.items()
+                             if k.startswith("loss/")} | {"samples/s": f"{record['samples_per_s']:.0f}"})
+            if run.dir is not None and (step == steps or checkpoint_every and step % checkpoint_every == 0):
+                last_ckpt = run.save(supernet, {
+                    "step": step, "position": list(batches.position()), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed})
+    finally:
+        bar.close()
+        run.close()
+    return TrainResult(step, history, last_ckpt, start)
+
+
+def _train_step(supernet: Supernet, picks: list[tuple[str, Arch]], args: tuple, kwargs: dict, target: Any,
+                loss_fn: LossFn | None, distill: Distill | None, scaler, autocast, step: int) -> dict[str, float]:
+    """Forward and backward of every sampled subnet on one batch; returns the mean loss per role."""
+    soft = None
+    if distill is not None and distill.mode == "teacher":
+        with torch.no_grad(), autocast():
+            soft = select_output(distill.teacher(*args, **kwargs), distill.field).detach()
+    if distill is not None and distill.mode == "inplace" and (not picks or picks[0][0] != "max"):
+        raise ValueError("in-place distillation needs the max subnet first in every step (role 'max'); use a "
+                         "sandwich-style sampler")
+    by_role: dict[str, list[float]] = {}
+    for role, arch in picks:
+        with supernet.set_arch(arch), autocast():
+            out = supernet(*args, **kwargs)
+            if distill is None or soft is None:
+                loss = loss_fn(out, target)
+            elif distill.weight == 1.0 or loss_fn is None:
+                loss = distill(out, soft)
+            else:
+                loss = distill.weight * distill(out, soft) + (1 - distill.weight) * loss_fn(out, target)
+        if not torch.isfinite(loss.detach()).all():
+            raise FloatingPointError(f"the loss is {loss.item()} at step {step} for the {role} subnet; arch: "
+                                     f"{arch.key()}; lower the learning rate, clip gradients (clip_grad_norm=) "
+                                     "or check the data")
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if distill is not None and distill.mode == "inplace" and role == "max":
+            soft = select_output(out, distill.field).detach()
+        by_role.setdefault(role, []).append(float(loss.detach()))
+    return {f"loss/{r}": sum(v) / len(v) for r, v in by_role.items()}
+
+
+def _check_same_run(state: dict, sampler: Sampler, seed: int, path: Path) -> None:
+    if state["sampler"] != sampler.settings() or state["seed"] != seed:
+        raise ckpt.CheckpointError(f"checkpoint {path} comes from a run with sampler {state['sampler']} and seed "
+                                   f"{state['seed']}; this run has {sampler.settings()} and seed {seed}: resume "
+                                   "with the same settings, or use another run_dir")
+
+
+def _length(loader: Iterable) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _mixed_precision(amp: bool | torch.dtype, device: torch.device):
+    if amp is False:
+        return None, contextlib.nullcontext
+    dtype = amp if isinstance(amp, torch.dtype) else (torch.float16 if device.type == "cuda" else torch.bfloat16)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return scaler, lambda: torch.autocast(device.type, dtype=dtype)
+
+
+class _Batches:
+    """Endless batches of ``loader``. Each epoch starts under a torch seed derived from ``(seed, epoch)``,
+    and the random draws a loader makes when it starts (shuffling, worker seeds) happen inside that
+    window, so a resumed run sees the same batches (it skips the ones already used) and the global
+    random stream (dropout, augmentations) is untouched."""
+
+    def __init__(self, loader: Iterable, seed: int, epoch: int, index: int):
+        self.loader, self.seed, self.epoch, self.index = loader, seed, epoch, index
+        self.it: Any = None
+        self.pending: list = []
+
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.index
+
+    def _start_epoch(self) -> None:
+        rng = torch.get_rng_state()
+        epoch_seed = (self.seed * 1_000_003 + self.epoch) % 2**63
+        torch.manual_seed(epoch_seed)
+        generator = getattr(self.loader, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(epoch_seed)
+        try:
+            self.it = iter(self.loader)
+            for _ in range(self.index):
+                next(self.it)
+            self.pending = [next(self.it)]
+        except StopIteration:
+            if self.index == 0:
+                raise ValueError("the training loader yielded no batch") from None
+            self.epoch, self.index = self.epoch + 1, 0  # resumed exactly at the end of an epoch
+            self._start_epoch()
+        finally:
+            torch.set_rng_state(rng)
+
+    def next(self) -> Any:
+        if self.it is None:
+            self._start_epoch()
+        if self.pending:
+            batch = self.pending.pop()
+        else:
+            try:
+                batch = next(self.it)
+            except StopIteration:
+                self.epoch, self.index = self.epoch + 1, 0
+                self._start_epoch()
+                batch = self.pending.pop()
+        self.index += 1
+        return batch
+
+
+class _Run:
+    """The run directory: metrics log, TensorBoard (if installed), checkpoints."""
+
+    def __init__(self, directory: Path | None, keep: int):
+        self.dir, self.keep, self.restore_rng = directory, keep, None
+        self.ckpt_dir = directory / "checkpoints" if directory is not None else None
+        self.writer = None
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(ImportError):
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(directory / "tensorboard"))
+
+    def log(self, record: dict) -> None:
+        if self.dir is None:
+            return
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(k, v, record["step"])
+
+    def truncate_log(self, step: int) -> None:
+        """Drop log lines of steps after ``step`` (written after the checkpoint a run resumes from)."""
+        path = self.dir / "metrics.jsonl"
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            path.write_text("".join(ln + "\n" for ln in lines))
+
+    def save(self, supernet: Supernet, state: dict) -> Path:
+        path = ckpt.save(self.ckpt_dir / ckpt.name_for(state["step"]), supernet, state)
+        for old in ckpt.checkpoints(self.ckpt_dir)[:-self.keep]:
+            old.unlink()
+        return path
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,90 @@
+"""Running subnets on the shared weights: outputs and gradients equal the extracted standalone subnet."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import osf
+from models import ALL, _first, supernet
+from osf.space.subnet import subnet_ir
+
+
+def _loss(y) -> torch.Tensor:
+    return _first(y).float().square().mean()
+
+
+def _cut_grads(sn: osf.Supernet, arch: osf.Arch) -> dict[str, torch.Tensor]:
+    """The shared gradients cut down to ``arch`` (canonical name -> gradient of the kept weights)."""
+    grads = {k: (t.grad if t.grad is not None else torch.zeros_like(t)) for k, t in sn.tensors().items()}
+    return subnet_ir(sn.space, arch, tensors=grads, select=sn.kept_indices(arch)).tensors
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_subnet_on_shared_weights_equals_the_extracted_subnet(name):
+    sn, _, args, kwargs = supernet(name)
+    sn.eval()
+    for arch in [sn.space.min(), *(sn.space.sample(100 + i) for i in range(3))]:
+        sub = sn.extract(arch).eval()
+        sn.zero_grad(set_to_none=True)
+        with sn.set_arch(arch):
+            y = sn(*args, **kwargs)
+            _loss(y).backward()
+        y_sub = sub(*args, **kwargs)
+        _loss(y_sub).backward()
+        torch.testing.assert_close(_first(y), _first(y_sub), rtol=1e-4, atol=1e-5)
+        cut = _cut_grads(sn, arch)
+        sub_ir_aliases = sn.subnet_ir(arch).aliases
+        checked = 0
+        for qual, p in sub.named_parameters():
+            if p.grad is None:
+                continue
+            torch.testing.assert_close(cut[sub_ir_aliases[qual]], p.grad, rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, q=qual: f"gradient of {q}: {m}")
+            checked += 1
+        assert checked > 0
+        # weights the subnet does not use get no gradient
+        used = set(sub_ir_aliases.values())
+        for canon, t in sn.tensors().items():
+            if canon not in used and isinstance(t, torch.nn.Parameter):
+                assert t.grad is None or not t.grad.any(), canon
+    sn.zero_grad(set_to_none=True)
+    assert sn.arch == sn.space.max()  # the context manager restored the default
+
+
+def test_set_arch_validates_and_restores():
+    sn, _, args, _ = supernet("resnet18")
+    small = sn.space.min()
+    with pytest.raises(ValueError, match="unknown width group 'nope'"):
+        sn.set_arch(osf.Arch(width={"nope": 3}))
+    other = supernet("vit_b_16")[0].space.sample(0)
+    with pytest.raises(ValueError, match="unknown"):
+        sn.set_arch(other)
+    with sn.set_arch(small):
+        assert sn.arch == small
+        with sn.set_arch(sn.space.sample(1)):
+            pass
+        assert sn.arch == small
+    assert sn.arch == sn.space.max()
+    sn.set_arch(small)  # plain form stays set
+    assert sn.arch == small
+    sn.set_arch(None)
+
+
+def test_max_subnet_is_the_model_and_weights_are_shared_not_copied():
+    sn, model, args, _ = supernet("resnet18")
+    with torch.no_grad():
+        torch.testing.assert_close(sn(*args), model(*args), rtol=1e-4, atol=1e-5)
+    before = {k: t.data_ptr() for k, t in sn.tensors().items()}
+    src = sn.program(sn.space.min()).train_fn.__osf_source__
+    assert ".narrow(" in src and ".clone(" not in src and ".contiguous(" not in src
+    with sn.set_arch(sn.space.min()), torch.no_grad():
+        sn(*args)
+    assert before == {k: t.data_ptr() for k, t in sn.tensors().items()}
+    # an in-place change of a shared weight is seen by every subnet at once
+    w = sn.tensors()["conv1.weight"]
+    with torch.no_grad(), sn.set_arch(sn.space.min()):
+        y0 = sn(*args)
+        w.mul_(2)
+        y1 = sn(*args)
+        w.div_(2)
+    assert not torch.allclose(y0, y1)

@@ -1,0 +1,215 @@
+"""Supernet training: samplers, distillation, BN recalibration, checkpoints and bit-identical resume,
+and the errors a user meets."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import osf
+from osf.train import CheckpointError
+
+
+class Net(nn.Module):
+    def __init__(self, width=16, classes=5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.BatchNorm2d(2 * width),
+                                                   nn.ReLU(), nn.Conv2d(2 * width, width, 1)) for _ in range(2)])
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = x + b(x)
+        return self.head(self.drop(x.mean((2, 3))))
+
+
+def make(seed=0, **options) -> osf.Supernet:
+    torch.manual_seed(seed)
+    return osf.Supernet(Net().train(), (torch.randn(2, 3, 8, 8),), multiple_of=4, **options)
+
+
+def data(n=40, batch=8, seed=1) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long() + 2 * (x[:, 0].mean((1, 2)) > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True)
+
+
+def opt_and_sched(sn):
+    opt = torch.optim.SGD(sn.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+
+
+def test_training_reduces_the_loss_of_every_role():
+    sn = make()
+    opt, sched = opt_and_sched(sn)
+    result = osf.train(sn, data(), optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=40,
+                       progress=False)
+    first, last = result.history[:5], result.history[-5:]
+    for role in ("loss/max", "loss/min", "loss/random"):
+        assert sum(r[role] for r in last) < sum(r[role] for r in first), role
+    assert result.step == 40 and len(result.history) == 40
+
+
+def test_resume_after_a_crash_gives_bit_identical_weights(tmp_path):
+    loader = data()
+    sn = make()
+    opt, sched = opt_and_sched(sn)
+    osf.train(sn, loader, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=13,
+              run_dir=tmp_path / "a", checkpoint_every=4, progress=False)
+
+    calls = {"n": 0}
+
+    def crashing_loss(out, target):
+        calls["n"] += 1
+        if calls["n"] > 4 * 7:  # 4 subnets per step: dies during step 8, after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return F.cross_entropy(out, target)
+
+    crashed = make()
+    opt, sched = opt_and_sched(crashed)
+    with pytest.raises(KeyboardInterrupt):
+        osf.train(crashed, loader, optimizer=opt, scheduler=sched, loss_fn=crashing_loss, steps=13,
+                  run_dir=tmp_path / "b", checkpoint_every=4, progress=False)
+    resumed = make(seed=5)  # a fresh process would start from other weights: the checkpoint replaces them
+    opt, sched = opt_and_sched(resumed)
+    result = osf.train(resumed, loader, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=13,
+                       run_dir=tmp_path / "b", checkpoint_every=4, progress=False)
+    assert result.resumed_from == 4
+    for k, t in sn.tensors().items():
+        assert torch.equal(t, resumed.tensors()[k]), k
+    log = [line for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == list(range(1, 14))
+    ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert ckpts == ["step-000000008.safetensors", "step-000000012.safetensors", "step-000000013.safetensors"]
+
+
+def test_checkpoint_errors(tmp_path):
+    sn = make()
+    opt, _ = opt_and_sched(sn)
+    osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=2, run_dir=tmp_path, progress=False)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=2, run_dir=tmp_path, resume=False,
+                  progress=False)
+    other = osf.Supernet(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), (torch.randn(2, 4),))
+    with pytest.raises(CheckpointError, match="another supernet"):
+        osf.train(other, data(), optimizer=torch.optim.SGD(other.parameters(), lr=0.1),
+                  loss_fn=F.cross_entropy, steps=3, run_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="seed"):
+        osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=3, run_dir=tmp_path, seed=7,
+                  progress=False)
+    last = sorted((tmp_path / "checkpoints").iterdir())[-1]
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=3, run_dir=tmp_path, progress=False)
+
+
+def test_bad_input_errors():
+    sn = make()
+    opt, _ = opt_and_sched(sn)
+    with pytest.raises(FloatingPointError, match=r"step 0 for the max subnet; arch: \{"):
+        osf.train(sn, data(), optimizer=opt, loss_fn=lambda out, y: out.sum() * float("nan"), steps=2,
+                  progress=False)
+    with pytest.raises(ValueError, match="yielded no batch"):
+        osf.train(sn, [], optimizer=opt, loss_fn=F.cross_entropy, steps=2, progress=False)
+    with pytest.raises(ValueError, match="exactly one of steps= or epochs="):
+        osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, progress=False)
+    with pytest.raises(ValueError, match="unknown width group"):
+        sn.set_arch(osf.Arch(width={"fc.weight[0]": 8}))
+    with pytest.raises(ValueError, match="another search space"):
+        osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False,
+                  sampler=osf.SandwichSampler(make().space))
+    with pytest.raises(TypeError, match="batch_fn"):
+        osf.train(sn, [(torch.randn(2, 3, 8, 8),) * 3], optimizer=opt, loss_fn=F.cross_entropy, steps=1,
+                  progress=False)
+
+
+def test_samplers_are_deterministic_and_follow_their_rule():
+    sn = make()
+    space = sn.space
+    sandwich = osf.SandwichSampler(space, k=4, seed=3)
+    picks = sandwich.sample(7)
+    assert [r for r, _ in picks] == ["max", "min", "random", "random"]
+    assert picks[0][1] == space.max() and picks[1][1] == space.min()
+    assert [a for _, a in sandwich.sample(7)] == [a for _, a in picks]
+    assert [a for _, a in sandwich.sample(8)] != [a for _, a in picks]
+    uniform = osf.UniformSampler(space, k=3, seed=0)
+    assert len(uniform.sample(0)) == 3
+    motif, plain = osf.MotifSampler(sn, k=6, seed=0), osf.SandwichSampler(space, k=6, seed=0)
+    for (role, arch), (_, drawn) in zip(motif.sample(1)[2:], plain.sample(1)[2:]):
+        assert role == "motif"
+        space.validate(arch)
+        assert space.signature(arch) == space.signature(drawn)  # the same motif, its salient member
+    ps = osf.ProgressiveShrinking(space, total_steps=100, k=4, seed=0)
+    assert all(a == space.max() for _, a in ps.sample(0))  # stage 1: the full network only
+    later = ps.sample(99)
+    assert later[1][1] == space.min()
+    mid = [a for _, a in ps.sample(60)]  # widths of at least half
+    assert all(w >= g.size // 2 for a in mid for g in space.groups for w in [a.width[g.key]])
+
+
+class DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.body(x)
+        return {"logits": self.head(h), "features": h}
+
+
+@pytest.mark.parametrize("mode,loss,field", [("inplace", "kl", None), ("teacher", "mse", "features"),
+                                             ("teacher", "cosine", "features")])
+def test_distillation(mode, loss, field):
+    torch.manual_seed(0)
+    teacher = DictOut().eval()
+    sn = osf.Supernet(DictOut(), (torch.randn(2, 6),), multiple_of=4)
+    x = torch.randn(64, 6)
+    y = teacher(x)["logits"].argmax(-1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    distill = osf.Distill(mode=mode, teacher=teacher if mode == "teacher" else None, loss=loss, field=field,
+                          temperature=2.0, weight=1.0 if mode == "teacher" else 0.5)
+    task = (lambda out, t: F.cross_entropy(out["logits"], t)) if mode == "inplace" else None
+    opt = torch.optim.Adam(sn.parameters(), lr=3e-3)
+    result = osf.train(sn, loader, optimizer=opt, loss_fn=task, distill=distill, epochs=15, progress=False)
+    first, last = result.history[0], result.history[-1]
+    role = "loss/min"
+    assert last[role] < first[role]
+    if mode == "teacher":  # every subnet learns to imitate the frozen teacher's features
+        assert last["loss/max"] < 0.5 * first["loss/max"]
+
+
+def test_distill_errors():
+    with pytest.raises(ValueError, match="needs teacher="):
+        osf.Distill(mode="teacher")
+    d = osf.Distill(field="nope")
+    with pytest.raises(ValueError, match="'nope' is not in the model's output"):
+        d({"logits": torch.zeros(2, 3)}, torch.zeros(2, 3))
+    sn = make()
+    opt, _ = opt_and_sched(sn)
+    with pytest.raises(ValueError, match="max subnet first"):
+        osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=1, distill=osf.Distill(),
+                  sampler=osf.UniformSampler(sn.space, 2), progress=False)
+
+
+def test_recalibration_gives_the_plain_average_of_batch_statistics():
+    sn = make()
+    arch = sn.space.sample(2)
+    loader = data(n=24, batch=8)
+    with torch.no_grad():
+        w = sn.tensors()["stem.0.weight"]
+        b = sn.tensors()["stem.0.bias"]
+        k = arch.width.get(next(g.key for g in sn.space.groups if ("stem.0.weight", 0) in g.members), w.shape[0])
+        means = [F.conv2d(x, w[:k], b[:k], padding=1).mean((0, 2, 3)) for x, _ in loader]
+    assert sn.recalibrate(arch, loader, batches=10) == 3
+    torch.testing.assert_close(sn.tensors()["stem.1.running_mean"][:k], torch.stack(means).mean(0))
+    with pytest.raises(ValueError, match="calib_loader"):
+        osf.evaluate(sn, arch, loader)
+    acc = osf.evaluate(sn, arch, loader, calib_loader=loader)
+    assert 0.0 <= acc <= 1.0
