@@ -38,6 +38,7 @@ class SearchSpace:
         self._group = {g.key: g for g in self.groups}
         self._unit = {u.key: u for u in self.units}
         self._owner = self._group_owners()
+        self._configs = {u.key: self._kept_count(u.key, motifs=False) for u in self.units}  # inside, when kept
         self._located: dict[str, dict] = {"train": {u.key: (set(u.ops), u.input, u.output) for u in self.units}}
 
     def located_units(self, graph_key: str) -> dict[str, tuple[set, str, str]]:
@@ -54,12 +55,27 @@ class SearchSpace:
         return Arch({g.key: g.choices[0] for g in self.groups}, {u.key: False for u in self.units})
 
     def sample(self, seed: int | random.Random | torch.Generator | None = None) -> Arch:
-        """A uniformly random arch (each width choice and each keep/drop equally likely)."""
+        """A uniformly random subnet: every distinct subnet counted by ``size()`` is equally likely. (Flipping
+        a coin per unit would drop a unit holding all blocks half of the time.) Inside a dropped unit,
+        widths and units are normalised to the maximum."""
         if isinstance(seed, torch.Generator):
             seed = int(torch.randint(0, 2**62, (1,), generator=seed))
         rng = seed if isinstance(seed, random.Random) else random.Random(seed)
-        return Arch({g.key: rng.choice(g.choices) for g in self.groups},
-                    {u.key: rng.random() < 0.5 for u in self.units})
+        configs = self._configs
+        arch = self.max()
+
+        def visit(parent: str | None) -> None:  # ``parent`` is kept
+            for g in self.groups:
+                if self._owner[g.key] == parent:
+                    arch.width[g.key] = rng.choice(g.choices)
+            for u in self.units:
+                if u.parent == parent:
+                    n = configs[u.key]
+                    arch.depth[u.key] = rng.random() < n / (n + 1)
+                    if arch.depth[u.key]:
+                        visit(u.key)
+        visit(None)
+        return arch
 
     def validate(self, arch: Arch) -> None:
         """Raise ``ValueError`` naming the offending key and its allowed values."""

@@ -1,0 +1,41 @@
+"""Train a supernet on the digits data set, resume it, and evaluate subnets with inherited weights
+(about half a minute on 2 CPU cores)."""
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import osf
+from osf.cli.builtin import ResidualCNN, digits
+
+torch.manual_seed(0)
+x, y, x_test, y_test = digits()
+train_data = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
+test_data = DataLoader(TensorDataset(x_test, y_test), batch_size=256)
+
+supernet = osf.Supernet(ResidualCNN(1, 10, width=32, blocks=4), (x[:2],), multiple_of=4)
+small = supernet.space.min()
+with supernet.set_arch(small):                   # forward now computes the min subnet on shared weights
+    print("min subnet logits", tuple(supernet(x[:3]).shape))
+
+run_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
+optimizer = torch.optim.AdamW(supernet.parameters(), lr=3e-3)
+result = osf.train(
+    supernet, train_data, optimizer=optimizer, loss_fn=F.cross_entropy, epochs=4,
+    sampler=osf.SandwichSampler(supernet.space, k=4),     # max, min and 2 random subnets per step
+    distill=osf.Distill("inplace", weight=0.5),           # the max subnet teaches the others
+    run_dir=run_dir, checkpoint_every=50, progress=False)  # metrics.jsonl + atomic checkpoints
+print("trained", result.step, "steps; last losses",
+      {k: round(v, 3) for k, v in result.history[-1].items() if k.startswith("loss/")})
+
+# Running the same call again resumes from the newest checkpoint (here: it is already complete).
+again = osf.train(supernet, train_data, optimizer=optimizer, loss_fn=F.cross_entropy, epochs=4,
+                  sampler=osf.SandwichSampler(supernet.space, k=4), distill=osf.Distill("inplace", weight=0.5),
+                  run_dir=run_dir, progress=False)
+print("resumed from step", again.resumed_from)
+
+for name, arch in [("max", supernet.space.max()), ("min", small), ("random", supernet.space.sample(1))]:
+    acc = osf.evaluate(supernet, arch, test_data, calib_loader=train_data)  # BatchNorm recalibrated first
+    print(f"{name:>6}: {supernet.cost(arch)['params']:>7,} params, test accuracy {acc:.3f}")
