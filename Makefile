@@ -21,9 +21,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/zoo.py
+	$(PY) bench/supernet_step.py
+	$(PY) bench/train_evidence.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/zoo.py --quick
+	$(PY) bench/supernet_step.py --quick
+	$(PY) bench/train_evidence.py --quick
 
 lock:
 	$(PYTHON) -m venv /tmp/osf-lock-venv && /tmp/osf-lock-venv/bin/pip install -q -r requirements/dev.in

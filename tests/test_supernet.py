@@ -16,7 +16,7 @@ def _loss(y) -> torch.Tensor:
 def _cut_grads(sn: osf.Supernet, arch: osf.Arch) -> dict[str, torch.Tensor]:
     """The shared gradients cut down to ``arch`` (canonical name -> gradient of the kept weights)."""
     grads = {k: (t.grad if t.grad is not None else torch.zeros_like(t)) for k, t in sn.tensors().items()}
-    return subnet_ir(sn.space, arch, tensors=grads, select=sn.kept_indices(arch)).tensors
+    return subnet_ir(sn.space, arch, tensors=grads).tensors
 
 
 @pytest.mark.parametrize("name", ALL)

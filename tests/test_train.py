@@ -2,6 +2,8 @@
 and the errors a user meets."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,8 +85,8 @@ def test_resume_after_a_crash_gives_bit_identical_weights(tmp_path):
     assert result.resumed_from == 4
     for k, t in sn.tensors().items():
         assert torch.equal(t, resumed.tensors()[k]), k
-    log = [line for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == list(range(1, 14))
+    log = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == list(range(1, 14))
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert ckpts == ["step-000000008.safetensors", "step-000000012.safetensors", "step-000000013.safetensors"]
 

@@ -11,7 +11,7 @@ import torch
 from ..ir.graph import IR
 from .analysis import analyse
 from .arch import Arch
-from .groups import WidthGroup, find_groups, ranking, salience
+from .groups import WidthGroup, find_groups, salience
 from .units import Unit, find_units, locate_in
 
 
@@ -159,17 +159,11 @@ class SearchSpace:
         """Per width group, a score per channel (or head): aggregated weight magnitude."""
         return salience(self.ir, self.analysis, self.groups, tensors)
 
-    def kept_indices(self, arch: Arch, tensors: dict[str, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
-        """Atom -> kept indices (the most salient, in their original order) for the shrunk groups."""
-        scores = None
-        out = {}
-        for g in self.groups:
-            k = arch.width.get(g.key, g.size)
-            if k == g.size:
-                continue
-            scores = scores if scores is not None else self.salience(tensors)
-            out[g.atom] = torch.sort(ranking(scores[g.key])[:k]).values
-        return out
+    def kept_indices(self, arch: Arch) -> dict[int, torch.Tensor]:
+        """Atom -> channels kept by ``arch`` for the shrunk groups: a prefix of each group's channel order
+        (``Supernet.sort_by_salience`` puts the most salient channels first)."""
+        return {g.atom: torch.arange(arch.width[g.key]) for g in self.groups
+                if arch.width.get(g.key, g.size) != g.size}
 
     def unit_salience(self, tensors: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         tensors = tensors if tensors is not None else self.ir.tensors

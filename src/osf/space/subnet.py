@@ -24,10 +24,10 @@ if TYPE_CHECKING:
 
 
 def subnet_ir(space: "SearchSpace", arch: "Arch", *, with_tensors: bool = True,
-              tensors: dict[str, torch.Tensor] | None = None, select: dict[int, torch.Tensor] | None = None) -> IR:
-    """The IR of ``arch``. Without tensors (``with_tensors=False``) it carries shapes only (for costs and
-    signatures) and cannot be built. ``tensors`` replace the IR's own; ``select`` (atom -> kept indices)
-    replaces the default choice of channels, the most salient ones (``space.kept_indices``)."""
+              tensors: dict[str, torch.Tensor] | None = None) -> IR:
+    """The IR of ``arch``, keeping ``space.kept_indices(arch)`` of each shrunk group. Without tensors
+    (``with_tensors=False``) it carries shapes only (for costs and signatures) and cannot be built;
+    ``tensors`` replace the IR's own."""
     space.validate(arch)
     ir, an = space.ir, space.analysis
     kept = {g.atom: arch.width[g.key] for g in space.groups if g.key in arch.width and arch.width[g.key] != g.size}
@@ -50,8 +50,7 @@ def subnet_ir(space: "SearchSpace", arch: "Arch", *, with_tensors: bool = True,
     new_tensors = {}
     shapes = {}
     source = tensors if tensors is not None else ir.tensors
-    if select is None:
-        select = space.kept_indices(arch, source) if with_tensors else {}
+    select = space.kept_indices(arch)
     for name in kept_tensors:
         exprs = an.tensors[name]
         shapes[name] = [new_size(an.dims, an.dims.resolve(e), kept)[0] for e in exprs]
@@ -95,11 +94,16 @@ def tensor_slices(exprs: list, dims, select: dict[int, torch.Tensor]) -> list[tu
     return out
 
 
-def _slice(t: torch.Tensor, exprs: list, dims, select: dict[int, torch.Tensor]) -> torch.Tensor:
+def cut(t: torch.Tensor, exprs: list, dims, select: dict[int, torch.Tensor]) -> torch.Tensor:
+    """``t`` (detached) cut by ``tensor_slices``: a view when every cut is a prefix."""
     out = t.detach()
     for d, n, index in tensor_slices(exprs, dims, select):
         out = out.narrow(d, 0, n) if index is None else out.index_select(d, index.to(out.device))
-    out = out.clone(memory_format=torch.contiguous_format)
+    return out
+
+
+def _slice(t: torch.Tensor, exprs: list, dims, select: dict[int, torch.Tensor]) -> torch.Tensor:
+    out = cut(t, exprs, dims, select).clone(memory_format=torch.contiguous_format)
     if isinstance(t, torch.nn.Parameter):
         return torch.nn.Parameter(out, requires_grad=t.requires_grad)
     return out

@@ -15,10 +15,9 @@ from ..ir.codegen import build
 from ..ir.flops import graph_flops
 from ..ir.graph import IR, PARAM
 from ..space.arch import Arch
-from ..space.dims import atoms_in
 from ..space.groups import ranking
 from ..space.space import SearchSpace
-from ..space.subnet import subnet_ir
+from ..space.subnet import cut, subnet_ir, tensor_slices
 from .batches import BatchFn, split_batch, to_device
 from .program import SubnetProgram, compile_program
 
@@ -47,6 +46,7 @@ class Supernet(nn.Module):
             self.train(model.training)
         self._arch: Arch | None = None
         self._active: SubnetProgram | None = None
+        self._max_program: SubnetProgram | None = None
         self._programs: OrderedDict[str, SubnetProgram] = OrderedDict()
         self._cache_size = cache_size
         self._homes = self._tensor_homes()
@@ -94,7 +94,7 @@ class Supernet(nn.Module):
         if prog is None:
             sub = subnet_ir(self.space, arch, with_tensors=False)
             an = self.space.analysis
-            prog = compile_program(sub, an.tensors, an.dims, self.kept_indices(arch))
+            prog = compile_program(sub, an.tensors, an.dims, self.space.kept_indices(arch))
             self._programs[key] = prog
             if len(self._programs) > self._cache_size:
                 self._programs.popitem(last=False)
@@ -103,17 +103,16 @@ class Supernet(nn.Module):
         return prog
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        prog = self._active if self._active is not None else self.program(self.space.max())
+        prog = self._active
+        if prog is None:  # the maximal subnet; kept here so the cache can never evict it mid-run
+            if self._max_program is None:
+                self._max_program = self.program(self.space.max())
+            prog = self._max_program
         return self.net.run_generated(prog.train_fn, prog.eval_fn, args, kwargs)
 
     def _complete(self, arch: Arch) -> Arch:
         return Arch({g.key: arch.width.get(g.key, g.size) for g in self.space.groups},
                     {u.key: arch.depth.get(u.key, True) for u in self.space.units})
-
-    def kept_indices(self, arch: Arch) -> dict[int, torch.Tensor]:
-        """Atom -> channels kept by ``arch`` in the shared tensors: a prefix of each shrunk group."""
-        return {g.atom: torch.arange(arch.width[g.key]) for g in self.space.groups
-                if arch.width.get(g.key, g.size) != g.size}
 
     def device(self) -> torch.device:
         """Where the shared weights live."""
@@ -148,6 +147,7 @@ class Supernet(nn.Module):
             return 0
         tensors = self.tensors()
         rates = {n: momentum for mean, var, momentum in norms for n in (mean, var)}
+        device = self.device()
         was_training = self.training
         used = 0
         with torch.no_grad(), self.set_arch(arch):
@@ -159,7 +159,7 @@ class Supernet(nn.Module):
                 for batch in itertools.islice(loader, batches):
                     args, kwargs, _ = split_batch(batch, batch_fn)
                     before = {n: tensors[n].clone() for n in rates}
-                    self(*to_device(args, self.device()), **to_device(kwargs, self.device()))
+                    self(*to_device(args, device), **to_device(kwargs, device))
                     used += 1
                     for n, momentum in rates.items():  # turn the moving average into the plain average
                         tensors[n].copy_(before[n] + (tensors[n] - before[n]) / (used * momentum))
@@ -172,7 +172,7 @@ class Supernet(nn.Module):
     # ----- standalone subnets and costs -----
     def subnet_ir(self, arch: Arch) -> IR:
         """The IR of ``arch`` with its own (cut) copy of the shared tensors."""
-        return subnet_ir(self.space, arch, tensors=self.tensors(), select=self.kept_indices(arch))
+        return subnet_ir(self.space, arch, tensors=self.tensors())
 
     def extract(self, arch: Arch) -> nn.Module:
         """``arch`` as a standalone, physically smaller ``nn.Module`` (its own copy of the kept weights;
@@ -207,15 +207,8 @@ class Supernet(nn.Module):
         an = self.space.analysis
         with torch.no_grad():
             for name, exprs in an.tensors.items():
-                t = tensors[name]
-                out = t.detach()
-                for d, e in enumerate(exprs):
-                    r = an.dims.resolve(e)
-                    if not any(a in select for a in atoms_in(r)):
-                        continue
-                    out = out.index_select(d, an.dims.positions(r, select).to(out.device))
-                if out is not t.detach():
-                    t.data.copy_(out)
+                if tensor_slices(exprs, an.dims, select):
+                    tensors[name].copy_(cut(tensors[name], exprs, an.dims, select))
 
     def __repr__(self) -> str:
         return f"Supernet({self.ir.modules[''].class_path}, {self.space!r})"

@@ -8,11 +8,11 @@ import torch
 from ..space.arch import Arch
 from ..supernet.batches import BatchFn, batch_size, split_batch, to_device
 from ..supernet.supernet import Supernet
+from .distill import select_output
 
 
 def accuracy(output: Any, target: torch.Tensor) -> float:
     """Top-1 accuracy of logits (the ``logits`` entry of dict-like outputs)."""
-    from .distill import select_output
     return float((select_output(output).argmax(-1) == target).float().mean())
 
 

@@ -103,8 +103,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             args, kwargs, target = split_batch(batch, batch_fn)
             args, kwargs, target = to_device(args, device), to_device(kwargs, device), to_device(target, device)
             optimizer.zero_grad(set_to_none=True)
-            losses = _train_step(supernet, sampler.sample(step), args, kwargs, target, loss_fn, distill,
-                                 scaler, autocast, step)
+            picks = sampler.sample(step)
+            losses = _train_step(supernet, picks, args, kwargs, target, loss_fn, distill, scaler, autocast, step)
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if clip_grad_norm is not None:
@@ -120,7 +120,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             seconds = time.perf_counter() - t0
             n = batch_size(args, kwargs)
             record = {"step": step, "lr": optimizer.param_groups[0]["lr"], **losses,
-                      "samples_per_s": round(n * sum(1 for k in losses if k.startswith("loss/")) / seconds, 2),
+                      "samples_per_s": round(n * len(picks) / seconds, 2),
                       "seconds": round(seconds, 4)}
             history.append(record)
             run.log(record)
