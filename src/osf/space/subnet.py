@@ -17,6 +17,7 @@ from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNod
 from ..ir.ops import has_side_effect, is_inplace
 from ..ir.serial import node_refs, resolve_target, shape_text
 from .dims import Size, atoms_in, is_static, new_size, size_text
+from .units import graph_hash
 
 if TYPE_CHECKING:
     from .arch import Arch
@@ -420,4 +421,4 @@ def topology_hash(ir: IR) -> str:
         g.add_node(f"output#{i}", label=f"output{i}")
         if ref in g:
             g.add_edge(ref, f"output#{i}", pos="0")
-    return nx.weisfeiler_lehman_graph_hash(g, node_attr="label", edge_attr="pos", iterations=4)
+    return graph_hash(g, iterations=4)

@@ -8,6 +8,7 @@ dimension-compatible (input and output dims resolve to the same groups, with equ
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -302,7 +303,15 @@ def _signature(g: _Graph, u: Unit) -> str:
                 pname = f"{n}#{pos}"
                 h.add_node(pname, label=f"tensor:{_shape(g.produced[ref].meta)}")
                 h.add_edge(pname, n, pos=str(pos))
-    return nx.weisfeiler_lehman_graph_hash(h, node_attr="label", edge_attr="pos", iterations=3)
+    return graph_hash(h, iterations=3)
+
+
+def graph_hash(g: nx.DiGraph, iterations: int) -> str:
+    """Weisfeiler-Lehman hash over node ``label`` and edge ``pos``. (networkx >= 3.5 warns that directed
+    hashes differ from older versions; osf only compares hashes made by one installation.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The hashes produced for directed graphs changed")
+        return nx.weisfeiler_lehman_graph_hash(g, node_attr="label", edge_attr="pos", iterations=iterations)
 
 
 def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]) -> dict[str, tuple[set, str, str]]:

@@ -2,8 +2,9 @@
 from .checkpoint import CheckpointError
 from .distill import Distill, select_output
 from .evaluate import accuracy, evaluate
+from .forkjoin import ConfigMismatch, ForkJoin, init_process_group
 from .loop import TrainResult, train
 from .samplers import MotifSampler, ProgressiveShrinking, Sampler, SandwichSampler, UniformSampler
 
-__all__ = ["CheckpointError", "Distill", "MotifSampler", "ProgressiveShrinking", "Sampler", "SandwichSampler",
+__all__ = ["CheckpointError", "ConfigMismatch", "ForkJoin", "init_process_group", "Distill", "MotifSampler", "ProgressiveShrinking", "Sampler", "SandwichSampler",
            "TrainResult", "UniformSampler", "accuracy", "evaluate", "select_output", "train"]

@@ -3,6 +3,9 @@ the subnets sampled at each step (one optimizer step per data batch)."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import importlib.metadata
 import json
 import math
 import time
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..space.arch import Arch
@@ -18,6 +22,7 @@ from ..supernet.batches import BatchFn, batch_size, split_batch, to_device
 from ..supernet.supernet import Supernet
 from . import checkpoint as ckpt
 from .distill import Distill, select_output
+from .forkjoin import ForkJoin, WorkItem, digest, plan, take_rows
 from .samplers import Sampler, SandwichSampler
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -39,20 +44,27 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
           scheduler: Any = None, clip_grad_norm: float | None = None, amp: bool | torch.dtype = False,
           seed: int = 0, batch_fn: BatchFn | None = None, run_dir: str | Path | None = None,
           checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume: bool = True,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, parallel: ForkJoin | bool | None = None) -> TrainResult:
     """Train ``supernet`` on ``loader``.
 
     Each step takes one batch, runs every subnet of ``sampler.sample(step)`` (default: the sandwich rule
-    with 4 subnets) on it, sums their losses (``loss_fn(output, target)``, distillation per ``distill``),
-    accumulates the gradients in the shared weights and takes one ``optimizer`` step (then
-    ``scheduler.step()``). Stop after ``steps`` steps or ``epochs`` passes over ``loader``. ``amp``: autocast
-    (True = bfloat16 on CPU, float16 with loss scaling on CUDA, or a dtype). ``seed`` fixes the data order
-    (the loader is reseeded per epoch), dropout and sampling, so a run repeats exactly.
+    with 4 subnets) on it, sums their losses (``loss_fn(output, target)``, a mean over the batch;
+    distillation per ``distill``), accumulates the gradients in the shared weights and takes one
+    ``optimizer`` step (then ``scheduler.step()``). Stop after ``steps`` steps or ``epochs`` passes over
+    ``loader``. ``amp``: autocast (True = bfloat16 on CPU, float16 with loss scaling on CUDA, or a dtype).
+    ``seed`` fixes the data order (the loader is reseeded per epoch), dropout (reseeded per step and
+    subnet) and sampling, so a run repeats exactly.
 
     With ``run_dir``: metrics go to ``run_dir/metrics.jsonl`` (and TensorBoard when installed), and a
     checkpoint is written every ``checkpoint_every`` steps and at the end into ``run_dir/checkpoints``
     (the last ``keep_checkpoints`` are kept). With ``resume`` (default) a run continues from the newest
-    checkpoint there, giving the same weights as an uninterrupted run."""
+    checkpoint there, giving the same weights as an uninterrupted run.
+
+    Under ``torchrun`` (a process group of several ranks; ``parallel=None`` detects it, ``False`` turns it
+    off, or pass a ``ForkJoin``) the step is forked: each rank runs its share of the sampled subnets on
+    the same batch (every rank must load the same data) and the gradients are summed over ranks before
+    the one optimizer step every rank takes (see ``osf.train.forkjoin``). Rank 0 writes the run
+    directory, which must be on a filesystem every rank reads."""
     sampler = sampler if sampler is not None else SandwichSampler(supernet.space, 4, seed)
     if sampler.space is not supernet.space:
         raise ValueError("the sampler was built for another search space; build it from supernet.space")
@@ -67,8 +79,13 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             raise ValueError("epochs= needs a loader with a length; give steps= instead")
         steps = epochs * steps_per_epoch
     assert steps is not None
+    fork = _fork_join(parallel)
+    rank, world = (fork.rank, fork.world) if fork is not None else (0, 1)
     device = supernet.device()
-    run = _Run(Path(run_dir) if run_dir is not None else None, keep_checkpoints)
+    params = [p for p in supernet.parameters() if p.requires_grad]
+    if fork is not None:
+        fork.broadcast_state(supernet)
+    run = _Run(Path(run_dir) if run_dir is not None else None, keep_checkpoints, write=rank == 0)
     start, position = 0, (0, 0)
     if run.dir is not None:
         existing = ckpt.checkpoints(run.ckpt_dir)
@@ -87,8 +104,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     scaler, autocast = _mixed_precision(amp, device)
     batches = _Batches(loader, seed, *position)
     history: list[dict] = []
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc="train supernet", unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, disable=not progress or rank != 0, desc="train supernet",
+               unit="step", dynamic_ncols=True)
     if run.restore_rng is not None:
         ckpt.set_rng_state(run.restore_rng)
     else:
@@ -102,13 +119,25 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             batch = batches.next()
             args, kwargs, target = split_batch(batch, batch_fn)
             args, kwargs, target = to_device(args, device), to_device(kwargs, device), to_device(target, device)
+            if fork is not None and step == start:
+                fork.agree(_settings(supernet, sampler, optimizer, scheduler, loss_fn, distill, seed, steps, start,
+                                     clip_grad_norm, amp, checkpoint_every, world, (args, kwargs, target)))
             optimizer.zero_grad(set_to_none=True)
             picks = sampler.sample(step)
-            losses = _train_step(supernet, picks, args, kwargs, target, loss_fn, distill, scaler, autocast, step)
+            rows = batch_size(args, kwargs)
+            items = plan(picks, rows, rank, world)
+            losses = _train_step(supernet, picks, items, rows, args, kwargs, target, loss_fn, distill, scaler,
+                                 autocast, seed, step)
+            t_join = time.perf_counter()
+            if fork is not None:
+                losses = fork.join(params, losses)
+                fork.average_buffers(supernet)
+            join_seconds = time.perf_counter() - t_join
+            _check_finite(losses, picks, step)
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(supernet.parameters(), clip_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -118,55 +147,137 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 scheduler.step()
             step += 1
             seconds = time.perf_counter() - t0
-            n = batch_size(args, kwargs)
-            record = {"step": step, "lr": optimizer.param_groups[0]["lr"], **losses,
-                      "samples_per_s": round(n * len(picks) / seconds, 2),
-                      "seconds": round(seconds, 4)}
+            by_role: dict[str, list[float]] = {}
+            for (role, _), value in zip(picks, losses.tolist()):
+                by_role.setdefault(role, []).append(value)
+            record = {"step": step, "lr": optimizer.param_groups[0]["lr"],
+                      **{f"loss/{r}": sum(v) / len(v) for r, v in by_role.items()},
+                      "samples_per_s": round(rows * len(picks) / seconds, 2), "seconds": round(seconds, 4)}
+            if fork is not None:
+                record["join_seconds"] = round(join_seconds, 4)
+                if fork.measure_wait:
+                    record["wait_seconds"] = round(fork.wait_seconds, 4)
             history.append(record)
             run.log(record)
             bar.update(1)
-            bar.set_postfix({k.removeprefix("loss/"): f"{v:.4f}" for k, v in losses.items()
-                             if k.startswith("loss/")} | {"samples/s": f"{record['samples_per_s']:.0f}"})
+            bar.set_postfix({r: f"{sum(v) / len(v):.4f}" for r, v in by_role.items()}
+                            | {"samples/s": f"{record['samples_per_s']:.0f}"})
             if run.dir is not None and (step == steps or checkpoint_every and step % checkpoint_every == 0):
                 last_ckpt = run.save(supernet, {
                     "step": step, "position": list(batches.position()), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed})
+        if fork is not None:
+            fork.barrier()  # rank 0's last checkpoint exists before any rank returns
     finally:
         bar.close()
         run.close()
     return TrainResult(step, history, last_ckpt, start)
 
 
-def _train_step(supernet: Supernet, picks: list[tuple[str, Arch]], args: tuple, kwargs: dict, target: Any,
-                loss_fn: LossFn | None, distill: Distill | None, scaler, autocast, step: int) -> dict[str, float]:
-    """Forward and backward of every sampled subnet on one batch; returns the mean loss per role."""
+def _fork_join(parallel: ForkJoin | bool | None) -> ForkJoin | None:
+    if isinstance(parallel, ForkJoin):
+        return parallel
+    if parallel is False:
+        return None
+    group = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if parallel is True and not dist.is_initialized():
+        raise RuntimeError("parallel=True needs a process group: launch under torchrun and call "
+                           "osf.train.init_process_group() first")
+    return ForkJoin() if group or parallel is True else None
+
+
+def _settings(supernet: Supernet, sampler: Sampler, optimizer: torch.optim.Optimizer, scheduler: Any,
+              loss_fn: LossFn | None, distill: Distill | None, seed: int, steps: int, start: int,
+              clip_grad_norm: float | None, amp: Any, checkpoint_every: int | None, world: int,
+              first_batch: Any) -> dict[str, Any]:
+    """What every rank of a distributed run must agree on."""
+    return {
+        "osf": _version(), "torch": torch.__version__, "world_size": world, "model": ckpt.fingerprint(supernet),
+        "sampler": sampler.settings(), "seed": seed, "steps": steps, "resumed_from_step": start,
+        "optimizer": [type(optimizer).__name__] + [{k: v for k, v in g.items() if k != "params"}
+                                                   | {"n_params": len(g["params"])} for g in optimizer.param_groups],
+        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+        "loss_fn": getattr(loss_fn, "__qualname__", type(loss_fn).__name__),
+        "distill": None if distill is None else [distill.mode, distill.loss, distill.temperature, distill.field,
+                                                 distill.weight],
+        "clip_grad_norm": clip_grad_norm, "amp": str(amp), "checkpoint_every": checkpoint_every,
+        "first_batch": digest(first_batch),
+    }
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("osf")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _item_seed(seed: int, step: int, index: int) -> int:
+    """The torch seed of subnet ``index`` at ``step``: dropout does not depend on which rank runs it."""
+    return int.from_bytes(hashlib.sha256(f"osf-step:{seed}:{step}:{index}".encode()).digest()[:8], "little") >> 1
+
+
+def _train_step(supernet: Supernet, picks: list[tuple[str, Arch]], items: list[WorkItem], rows: int, args: tuple,
+                kwargs: dict, target: Any, loss_fn: LossFn | None, distill: Distill | None, scaler, autocast,
+                seed: int, step: int) -> torch.Tensor:
+    """Forward and backward of this rank's work items; returns each sampled subnet's loss share (float64,
+    zero for subnets other ranks run)."""
+    device = supernet.device()
+    losses = torch.zeros(len(picks), dtype=torch.float64, device=device)
     soft = None
-    if distill is not None and distill.mode == "teacher":
+    if distill is not None and distill.mode == "teacher" and items:
         with torch.no_grad(), autocast():
             soft = select_output(distill.teacher(*args, **kwargs), distill.field).detach()
-    if distill is not None and distill.mode == "inplace" and (not picks or picks[0][0] != "max"):
+    inplace = distill is not None and distill.mode == "inplace"
+    if inplace and (not picks or picks[0][0] != "max"):
         raise ValueError("in-place distillation needs the max subnet first in every step (role 'max'); use a "
                          "sandwich-style sampler")
-    by_role: dict[str, list[float]] = {}
-    for role, arch in picks:
-        with supernet.set_arch(arch), autocast():
-            out = supernet(*args, **kwargs)
+    for item in items:
+        if item.start == item.stop:
+            continue
+        if inplace and item.index > 0 and soft is None:  # the max subnet ran elsewhere: its outputs, again
+            soft = _soft_targets(supernet, picks[0][1], args, kwargs, distill, autocast, seed, step)
+        part = functools.partial(take_rows, start=item.start, stop=item.stop, rows=rows)
+        torch.manual_seed(_item_seed(seed, step, item.index))
+        with supernet.set_arch(item.arch), autocast():
+            out = supernet(*part(args), **part(kwargs))
             if distill is None or soft is None:
-                loss = loss_fn(out, target)
+                loss = loss_fn(out, part(target))
             elif distill.weight == 1.0 or loss_fn is None:
-                loss = distill(out, soft)
+                loss = distill(out, part(soft))
             else:
-                loss = distill.weight * distill(out, soft) + (1 - distill.weight) * loss_fn(out, target)
-        if not torch.isfinite(loss.detach()).all():
-            raise FloatingPointError(f"the loss is {loss.item()} at step {step} for the {role} subnet; arch: "
-                                     f"{arch.key()}; lower the learning rate, clip gradients (clip_grad_norm=) "
-                                     "or check the data")
+                loss = distill.weight * distill(out, part(soft)) + (1 - distill.weight) * loss_fn(out, part(target))
+            if item.weight != 1.0:
+                loss = loss * item.weight
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        if distill is not None and distill.mode == "inplace" and role == "max":
+        if inplace and item.index == 0 and item.start == 0 and item.stop == rows:
             soft = select_output(out, distill.field).detach()
-        by_role.setdefault(role, []).append(float(loss.detach()))
-    return {f"loss/{r}": sum(v) / len(v) for r, v in by_role.items()}
+        losses[item.index] += loss.detach().to(torch.float64)
+    return losses
+
+
+def _soft_targets(supernet: Supernet, max_arch: Arch, args: tuple, kwargs: dict, distill: Distill, autocast,
+                  seed: int, step: int) -> Any:
+    """The max subnet's outputs on the whole batch, as its own run computes them (same dropout seed);
+    running statistics are left untouched, since that subnet's update is another rank's."""
+    buffers = [b.clone() for b in supernet.buffers()]
+    torch.manual_seed(_item_seed(seed, step, 0))
+    with torch.no_grad(), supernet.set_arch(max_arch), autocast():
+        soft = select_output(supernet(*args, **kwargs), distill.field).detach()
+    with torch.no_grad():
+        for b, saved in zip(supernet.buffers(), buffers):
+            b.copy_(saved)
+    return soft
+
+
+def _check_finite(losses: torch.Tensor, picks: list[tuple[str, Arch]], step: int) -> None:
+    bad = [i for i, v in enumerate(losses.tolist()) if not math.isfinite(v)]
+    if bad:
+        role, arch = picks[bad[0]]
+        raise FloatingPointError(f"the loss is {losses[bad[0]].item()} at step {step} for the {role} subnet; arch: "
+                                 f"{arch.key()}; lower the learning rate, clip gradients (clip_grad_norm=) "
+                                 "or check the data")
 
 
 def _check_same_run(state: dict, sampler: Sampler, seed: int, path: Path) -> None:
@@ -244,18 +355,18 @@ class _Batches:
 class _Run:
     """The run directory: metrics log, TensorBoard (if installed), checkpoints."""
 
-    def __init__(self, directory: Path | None, keep: int):
-        self.dir, self.keep, self.restore_rng = directory, keep, None
+    def __init__(self, directory: Path | None, keep: int, write: bool = True):
+        self.dir, self.keep, self.restore_rng, self.write = directory, keep, None, write
         self.ckpt_dir = directory / "checkpoints" if directory is not None else None
         self.writer = None
-        if directory is not None:
+        if directory is not None and write:
             directory.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
                 self.writer = SummaryWriter(str(directory / "tensorboard"))
 
     def log(self, record: dict) -> None:
-        if self.dir is None:
+        if self.dir is None or not self.write:
             return
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -267,11 +378,13 @@ class _Run:
     def truncate_log(self, step: int) -> None:
         """Drop log lines of steps after ``step`` (written after the checkpoint a run resumes from)."""
         path = self.dir / "metrics.jsonl"
-        if path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        if self.write and path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= step]
             path.write_text("".join(ln + "\n" for ln in lines))
 
     def save(self, supernet: Supernet, state: dict) -> Path:
+        if not self.write:  # another rank (0) writes it
+            return self.ckpt_dir / ckpt.name_for(state["step"])
         path = ckpt.save(self.ckpt_dir / ckpt.name_for(state["step"]), supernet, state)
         for old in ckpt.checkpoints(self.ckpt_dir)[:-self.keep]:
             old.unlink()
@@ -280,3 +393,11 @@ class _Run:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a crash counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

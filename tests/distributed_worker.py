@@ -1,0 +1,134 @@
+"""Launched by ``torchrun`` from tests/test_distributed.py (and importable there for the single-process
+references): small supernet runs on the digits data, one scenario per invocation.
+
+    torchrun --nproc-per-node 2 tests/distributed_worker.py SCENARIO OUT_DIR
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import osf
+from osf.cli.builtin import ResidualCNN, TinyViT, digits
+from osf.train import init_process_group
+
+STEPS = 6
+CASES = {  # name: (model, sampler, subnets per step, distillation, shuffle)
+    "cnn-sandwich-k4": ("cnn", "sandwich", 4, "inplace", True),  # ranks split the subnets
+    "vit-uniform-k3": ("vit", "uniform", 3, None, True),          # 3 subnets on 2 ranks: batches are sharded
+    "mlp-dropout-k4": ("mlp", "sandwich", 4, "inplace", True),   # dropout + soft targets recomputed off-rank
+    "cnn-sandwich-k2": ("cnn", "sandwich", 2, None, False),       # one subnet per rank: the hazard baseline's
+}
+
+
+class DropoutMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 64),
+                                  nn.ReLU(), nn.Dropout(0.2))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def setup(case: str, lr: float = 0.05):
+    """A fresh supernet (same weights in every process), its loader, sampler, distillation, optimizer."""
+    kind, sampler_name, k, distill, shuffle = CASES[case]
+    torch.manual_seed(0)
+    model = {"cnn": lambda: ResidualCNN(width=16, blocks=2), "vit": lambda: TinyViT(dim=32, depth=2, mlp=64),
+             "mlp": DropoutMLP}[kind]()
+    x, y, _, _ = digits()
+    supernet = osf.Supernet(model, (x[:2],))
+    loader = DataLoader(TensorDataset(x[:512], y[:512]), batch_size=32, shuffle=shuffle)
+    sampler_cls = osf.SandwichSampler if sampler_name == "sandwich" else osf.UniformSampler
+    sampler = sampler_cls(supernet.space, k, seed=1)
+    optimizer = torch.optim.SGD(supernet.parameters(), lr=lr, momentum=0.9)
+    return supernet, loader, sampler, (osf.Distill(distill) if distill else None), optimizer
+
+
+def weights(supernet) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone().contiguous() for n, p in supernet.named_parameters()}
+
+
+def run(case: str, *, parallel, steps: int = STEPS, run_dir=None, checkpoint_every=None, loss_fn=F.cross_entropy,
+        lr: float = 0.05):
+    supernet, loader, sampler, distill, optimizer = setup(case, lr)
+    result = osf.train(supernet, loader, optimizer=optimizer, loss_fn=loss_fn, steps=steps, sampler=sampler,
+                       distill=distill, seed=3, progress=False, parallel=parallel, run_dir=run_dir,
+                       checkpoint_every=checkpoint_every)
+    return supernet, result
+
+
+def naive(case: str, how: str, steps: int = STEPS) -> dict[str, torch.Tensor]:
+    """The hazard: each rank steps its own copy with the gradients of its own subnets (same batches, same
+    subnets as ``run``: the loader does not shuffle), then the copies are reconciled by the last writer
+    winning (``last``) or by averaging them (``average``)."""
+    supernet, loader, sampler, distill, optimizer = setup(case)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    it = iter(loader)
+    supernet.train()
+    for step in range(steps):
+        xb, yb = next(it)
+        optimizer.zero_grad()
+        for _, arch in sampler.sample(step)[rank::world]:
+            with supernet.set_arch(arch):
+                F.cross_entropy(supernet(xb), yb).backward()
+        optimizer.step()
+        for p in supernet.parameters():
+            if how == "last":
+                dist.broadcast(p.data, src=world - 1)
+            else:
+                dist.all_reduce(p.data)
+                p.data /= world
+    return weights(supernet)
+
+
+def main(scenario: str, out: Path) -> None:
+    init_process_group()
+    rank = dist.get_rank()
+    if scenario == "equivalence":
+        for case in CASES:
+            supernet, result = run(case, parallel=None)
+            if rank == 0:
+                save_file(weights(supernet), str(out / f"{case}.safetensors"))
+                (out / f"{case}.join").write_text(str(sum(r["join_seconds"] for r in result.history)))
+        for how in ("last", "average"):
+            w = naive("cnn-sandwich-k2", how)
+            if rank == 0:
+                save_file(w, str(out / f"naive-{how}.safetensors"))
+    elif scenario == "one-case":
+        supernet, _ = run("cnn-sandwich-k4", parallel=None)
+        if rank == 0:
+            save_file(weights(supernet), str(out / "cnn-sandwich-k4.safetensors"))
+    elif scenario == "elastic":
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        calls = {"n": 0}
+
+        def dying_loss(output, target):  # rank 1 dies in the middle of step 5 on the first attempt
+            calls["n"] += 1
+            if attempt == 0 and rank == 1 and calls["n"] == 4 * 3 + 1:  # 3 shares per rank and step
+                os.kill(os.getpid(), 9)
+            return F.cross_entropy(output, target)
+        supernet, _ = run("vit-uniform-k3", parallel=None, steps=8, run_dir=out / "run", checkpoint_every=2,
+                          loss_fn=dying_loss)
+        if rank == 0:
+            save_file(weights(supernet), str(out / f"final-attempt{attempt}.safetensors"))
+    elif scenario == "mismatch":
+        run("cnn-sandwich-k4", parallel=None, lr=0.05 if rank == 0 else 0.1)
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
