@@ -1,0 +1,351 @@
+"""``osf.search``: multi-objective search of a trained supernet under hard budgets (NSGA-II through pymoo,
+or random search as the baseline), evaluating only motif representatives, with BatchNorm recalibration,
+an evaluation cache that makes a search resumable, and a ``Front`` as the result."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..space.arch import Arch
+from ..supernet.batches import BatchFn
+from ..supernet.supernet import Supernet
+from .archs import canonical, representative, summary
+from .costs import CostModel
+from .files import EvaluationLog
+from .front import COSTS, METRICS, Front, InfeasibleBudget, Point, format_metric, resolve_budget
+from .latency import graph_fingerprint
+
+ALGORITHMS = ("nsga2", "random")
+_RETRIES = 16  # further mutations of an offspring that repeats an evaluated subnet
+_BAD = 1e30  # objective value pymoo sees for a candidate rejected by a constraint (never evaluated)
+
+
+def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
+           objectives: Iterable[str] = ("accuracy", "flops"), constraints: dict[str, float | str] | None = None,
+           budget: int = 100, algorithm: str = "nsga2", seed: int = 0, calib_loader: Iterable | None = None,
+           calib_batches: int = 20, batch_fn: BatchFn | None = None, cache: str | os.PathLike | None = None,
+           latency: Callable[[Arch], float] | None = None, population: int | None = None,
+           progress: bool = True) -> Front:
+    """Search ``supernet`` for the subnets that best trade ``objectives`` off, within ``constraints``.
+
+    ``evaluate(model) -> float`` is your metric (higher is better), called with the supernet set to the
+    subnet (``set_arch``) in eval mode; wrap its loop in ``torch.no_grad()``. Models with BatchNorm are first
+    recalibrated on ``calib_batches`` batches of ``calib_loader`` (training data; ``batch_fn`` as in
+    ``osf.train``); the shared weights and statistics are restored after every evaluation.
+
+    - ``objectives``: ``"accuracy"`` (maximised) and any of ``"params"``, ``"flops"``, ``"latency"``
+      (minimised). ``("accuracy",)`` with a constraint finds the best subnet under one budget.
+    - ``constraints``: hard limits, e.g. ``{"flops": "50%"}`` (of the full model) or ``{"params": 3e6}``.
+      A limit below the smallest subnet's cost raises ``InfeasibleBudget`` before anything is evaluated.
+    - ``budget``: number of distinct subnets evaluated. Candidates are mapped to their motif's most salient
+      member first, so equivalent subnets are evaluated once.
+    - ``algorithm``: ``"nsga2"`` (pymoo; ``population`` per generation, default ``budget // 5`` within
+      8..50; the first generation holds the full and the smallest subnet) or ``"random"`` (uniform samples
+      of the space, rejected on cost before evaluation). ``seed`` makes either reproducible.
+    - ``cache``: a JSON-lines file; every evaluation is appended as it finishes, and a rerun (after a crash,
+      or with a larger budget) reuses them instead of calling ``evaluate`` again. The file is tied to the
+      supernet's weights and ``calib_batches``; use a new path when you change ``evaluate`` or its data.
+    - ``latency``: a ``LatencyModel`` or ``LatencyTable`` (any ``arch -> seconds``); needed for a latency
+      objective or constraint, and recorded for every point when given.
+    """
+    objectives = _check_objectives(objectives)
+    constraints = dict(constraints or {})
+    for k in constraints:
+        if k not in COSTS:
+            raise ValueError(f"unknown constraint '{k}'; constraints apply to {COSTS}")
+    if ("latency" in objectives or "latency" in constraints) and latency is None:
+        raise ValueError("a latency objective or constraint needs latency=osf.LatencyModel(supernet) "
+                         "(or a LatencyTable)")
+    if not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive number of evaluations, got {budget!r}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown search algorithm '{algorithm}'; choose one of {ALGORITHMS}")
+    if supernet.batch_norms() and calib_loader is None:
+        raise ValueError("this supernet has BatchNorm layers, whose running statistics must be re-estimated for "
+                         "every subnet before it is evaluated: pass calib_loader= (a loader of training data; "
+                         "calib_batches= sets how many batches)")
+    started = time.perf_counter()
+    run = _Run(supernet, evaluate, objectives, latency, calib_loader if supernet.batch_norms() else None,
+               calib_batches, batch_fn, seed)
+    run.set_limits(constraints)  # an infeasible budget fails here, before anything is written or evaluated
+    if cache is not None:
+        run.open_cache(cache)
+    with tqdm(total=budget, desc=f"search ({algorithm})", unit="subnet", disable=not progress) as bar:
+        run.bar = bar
+        if algorithm == "random":
+            stopped = _random_search(run, budget, seed)
+        else:
+            stopped = _nsga2(run, budget, seed, population or min(50, max(8, budget // 5)))
+    info = {"algorithm": algorithm, "seed": seed, "budget": budget, "evaluated": len(run.points),
+            "new_evaluations": run.new_evaluations, "cache_hits": run.cache_hits, "rejected": run.rejected,
+            "stopped": stopped, "seconds": round(time.perf_counter() - started, 3),
+            "model": supernet.ir.modules[""].class_path}
+    return Front(list(run.points.values()), objectives, constraints, run.limits, run.reference, info)
+
+
+def _check_objectives(objectives: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(objectives, str):
+        objectives = (objectives,)
+    objectives = tuple(objectives)
+    for o in objectives:
+        if o not in METRICS:
+            raise ValueError(f"unknown objective '{o}'; objectives: {METRICS}")
+    if len(set(objectives)) != len(objectives):
+        raise ValueError(f"objectives {objectives} repeat an entry")
+    if "accuracy" not in objectives:
+        raise ValueError(f"objectives {objectives} lack 'accuracy': a search optimises accuracy against costs "
+                         "(for the smallest subnet by cost alone, use space.min())")
+    return objectives
+
+
+class _Run:
+    """The state of one search: costs, constraints, the evaluation cache, and the evaluated points."""
+
+    def __init__(self, supernet: Supernet, evaluate: Callable, objectives: tuple[str, ...], latency,
+                 calib_loader, calib_batches: int, batch_fn, seed: int) -> None:
+        self.supernet, self.space, self.evaluate, self.seed = supernet, supernet.space, evaluate, seed
+        self.objectives, self.latency = objectives, latency
+        self.calib_loader, self.calib_batches, self.batch_fn = calib_loader, calib_batches, batch_fn
+        self.costs = CostModel(supernet)
+        self.tensors = supernet.tensors()
+        # buffers change during recalibration (running statistics, num_batches_tracked): restored after each
+        self.buffers = {n: t.detach().clone() for n, t in self.tensors.items() if not isinstance(t, nn.Parameter)}
+        self.points: dict[str, Point] = {}
+        self.known: dict[str, float] = {}
+        self.reps: dict[str, Arch] = {}
+        self.new_evaluations = self.cache_hits = self.rejected = 0
+        self.log: EvaluationLog | None = None
+        self.bar = None
+        self.reference = {k: float(v) for k, v in self.costs(self.space.max()).items()}
+        if latency is not None:
+            self.reference["latency"] = float(latency(self.space.max()))
+        self.limits: dict[str, float] = {}
+
+    def set_limits(self, constraints: dict[str, float | str]) -> None:
+        self.limits = {k: resolve_budget(k, v, self.reference) for k, v in constraints.items()}
+        smallest = self.space.min()
+        low: dict[str, float] = dict(self.costs(smallest))
+        for k, limit in self.limits.items():
+            if k == "latency":
+                low["latency"] = self.latency(smallest)
+            if low[k] > limit:
+                given = constraints[k]
+                relative = (f" ({given} of the full model's {_exact(k, self.reference[k])})"
+                            if isinstance(given, str) else "")
+                raise InfeasibleBudget(f"{k} budget {_exact(k, limit)}{relative} is below the smallest achievable "
+                                       f"{k}, {_exact(k, low[k])} (the smallest subnet, space.min()); raise the "
+                                       "budget to at least that")
+
+    def open_cache(self, path: str | os.PathLike) -> None:
+        """Read (or start) the evaluation log at ``path``; its evaluations are not repeated."""
+        calib = self.calib_batches if self.calib_loader is not None else None
+        self.log = EvaluationLog(path, _cache_header(self.supernet, calib))
+        self.known = {r["key"]: float(r["accuracy"]) for r in self.log.records}
+
+    # ----- one candidate -----
+    def visit(self, arch: Arch) -> tuple[str, list[float], list[float]]:
+        """Evaluate ``arch``'s motif representative unless already done. Returns the status (``"new"``,
+        ``"seen"`` or ``"rejected"``), the objective vector for the minimiser and the constraint values
+        (``<= 0`` when met, normalised by the limit)."""
+        costs = self.costs(arch)
+        violations = self._violations(costs)
+        if any(v > 0 for v in violations.values()):
+            self.rejected += 1
+            return "rejected", [_BAD] * len(self.objectives), self._g(violations)
+        key = canonical(self.space, arch).key()
+        rep = self.reps.get(key)
+        if rep is None:
+            rep = self.reps[key] = representative(self.space, arch, self.tensors)
+        rep_key = rep.key()
+        point = self.points.get(rep_key)
+        status = "seen"
+        if point is None:
+            metrics: dict[str, Any] = dict(self.costs(rep))
+            if self.latency is not None:
+                metrics["latency"] = float(self.latency(rep))
+            violations = self._violations(metrics)
+            if any(v > 0 for v in violations.values()):
+                self.rejected += 1
+                return "rejected", [_BAD] * len(self.objectives), self._g(violations)
+            if rep_key in self.known:
+                accuracy = self.known[rep_key]
+                self.cache_hits += 1
+            else:
+                accuracy = self._evaluate(rep)
+                self.new_evaluations += 1
+                if self.log is not None:
+                    self.log.append({"key": rep_key, "arch": rep.to_json(), "accuracy": accuracy})
+                self.known[rep_key] = accuracy
+            point = self.points[rep_key] = Point(rep, accuracy, metrics["params"], metrics["flops"],
+                                                 metrics.get("latency"), summary=summary(self.space, rep))
+            status = "new"
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(best=f"{max(p.accuracy for p in self.points.values()):.4f}")
+        values = [-point.accuracy if o == "accuracy" else float(point.value(o)) for o in self.objectives]
+        return status, values, self._g(self._violations({m: getattr(point, m) for m in COSTS}))
+
+    def _violations(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """(value - limit) / limit per constraint whose metric is known (positive = violated)."""
+        return {k: (metrics[k] - limit) / max(limit, 1e-300) for k, limit in self.limits.items()
+                if metrics.get(k) is not None}
+
+    def _g(self, violations: dict[str, float]) -> list[float]:
+        return [violations.get(k, 0.0) for k in self.limits]
+
+    def _evaluate(self, arch: Arch) -> float:
+        """``evaluate`` on ``arch`` in eval mode, after BatchNorm recalibration; torch's random state is
+        forked and seeded with the search seed, so a shuffled calibration loader yields the same batches for
+        every arch and in every run (and the caller's random state is left alone)."""
+        supernet = self.supernet
+        was_training = supernet.training
+        device = supernet.device()
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                value = self._run_evaluate(arch)
+        finally:
+            supernet.train(was_training)
+            with torch.no_grad():
+                for name, saved in self.buffers.items():
+                    self.tensors[name].copy_(saved)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"evaluate(model) must return a number (higher is better), got {type(value).__name__}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"evaluate(model) returned {value} for arch {arch.to_json()}; it must be finite")
+        return value
+
+    def _run_evaluate(self, arch: Arch) -> Any:
+        supernet = self.supernet
+        if self.calib_loader is not None:
+            supernet.recalibrate(arch, self.calib_loader, batches=self.calib_batches, batch_fn=self.batch_fn)
+        supernet.eval()
+        with supernet.set_arch(arch):
+            return self.evaluate(supernet)
+
+
+def _exact(metric: str, value: float) -> str:
+    """A value in full, with its short form: ``18,752 (18.8K)``, or seconds for latency."""
+    if metric == "latency":
+        return f"{value:.6g} s ({format_metric(metric, value)})"
+    short = format_metric(metric, value)
+    return f"{value:,.0f}" + (f" ({short})" if short != f"{value:.3g}" else "")
+
+
+def _cache_header(supernet: Supernet, calib_batches: int | None) -> dict:
+    space = supernet.space
+    layout = {"groups": [(g.key, g.choices) for g in space.groups], "units": [u.key for u in space.units]}
+    weights = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(supernet.tensors().items()):
+        if isinstance(t, nn.Parameter):
+            weights.update(name.encode())
+            weights.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"format": "osf-search-cache", "version": 1, "graph": graph_fingerprint(supernet.ir),
+            "space": hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16], "weights": weights.hexdigest(),
+            "calib_batches": calib_batches}
+
+
+# ----- algorithms -----
+
+def _random_search(run: _Run, budget: int, seed: int) -> str:
+    """Uniform samples (``space.sample``); a candidate over a budget is rejected before evaluation."""
+    rng = random.Random(seed)
+    patience = max(1000, 20 * budget)
+    misses = 0
+    while len(run.points) < budget:
+        status, _, _ = run.visit(run.space.sample(rng))
+        misses = 0 if status == "new" else misses + 1
+        if misses >= patience:
+            return f"no new feasible subnet in {patience} consecutive samples"
+    return "budget reached"
+
+
+def _nsga2(run: _Run, budget: int, seed: int, population: int) -> str:
+    """NSGA-II over an integer encoding: a choice index per width group, keep (1) / drop (0) per unit."""
+    import numpy as np
+    try:
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+    except ImportError:
+        raise ImportError("algorithm='nsga2' needs pymoo: pip install pymoo (or use algorithm='random')") from None
+    from pymoo.core.evaluator import Evaluator
+    from pymoo.core.problem import Problem
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.problems.static import StaticProblem
+    from pymoo.core.termination import NoTermination
+
+    space = run.space
+    groups, units = space.groups, space.units
+    upper = np.array([len(g.choices) - 1 for g in groups] + [1] * len(units))
+    if upper.size == 0:
+        raise ValueError("the search space is empty (no width groups, no removable units): nothing to search")
+
+    def decode(x) -> Arch:
+        return Arch({g.key: g.choices[int(i)] for g, i in zip(groups, x[:len(groups)])},
+                    {u.key: bool(k) for u, k in zip(units, x[len(groups):])})
+
+    def encode(arch: Arch) -> list[int]:
+        return ([g.choices.index(arch.width[g.key]) for g in groups] + [int(arch.depth[u.key]) for u in units])
+
+    # first generation: the full and the smallest subnet, then uniform samples of the space (a coin per
+    # variable would drop the unit holding all blocks half of the time)
+    rng = np.random.default_rng(seed)
+    sampler = random.Random(seed)
+    first = [upper, np.zeros_like(upper)] + [encode(canonical(space, space.sample(sampler)))
+                                             for _ in range(max(0, population - 2))]
+    problem = Problem(n_var=len(upper), n_obj=len(run.objectives), n_ieq_constr=len(run.limits), xl=0, xu=upper,
+                      vtype=int)
+    algorithm = NSGA2(pop_size=population, sampling=np.array(first[:population], dtype=float),
+                      crossover=SBX(prob=0.9, eta=3, vtype=float, repair=RoundingRepair()),
+                      mutation=PM(eta=3, vtype=float, repair=RoundingRepair()), eliminate_duplicates=True)
+    algorithm.setup(problem, seed=seed, termination=NoTermination())
+    stale, patience = 0, 20
+    while True:
+        pop = algorithm.ask()
+        if len(pop) == 0:
+            return "no new offspring (the population has converged)"
+        X = np.round(pop.get("X")).astype(int)
+        F, G, new = [], [], 0
+        for i, x in enumerate(X):
+            if len(run.points) >= budget:
+                return "budget reached"
+            status, f, g = run.visit(decode(x))
+            # an offspring that is an already evaluated subnet (pymoo only removes equal encodings) is
+            # mutated further: 1, then 2, 3… of its variables resampled, until it is a new subnet
+            for attempt in range(_RETRIES):
+                if status != "seen":
+                    break
+                y = x.copy()
+                picks = rng.choice(len(upper), size=min(len(upper), 1 + attempt // 4), replace=False)
+                y[picks] = rng.integers(0, upper[picks] + 1)
+                status, f, g = run.visit(decode(y))
+                if status != "seen":
+                    X[i] = y
+            new += status == "new"
+            F.append(f)
+            G.append(g)
+        if len(run.points) >= budget:
+            return "budget reached"
+        pop.set("X", X.astype(float))
+        stale = 0 if new else stale + 1
+        if stale >= patience:
+            return f"no new feasible subnet in {patience} generations"
+        values = {"F": np.array(F, dtype=float)}
+        if run.limits:
+            values["G"] = np.array(G, dtype=float)
+        Evaluator().eval(StaticProblem(problem, **values), pop)
+        algorithm.tell(infills=pop)

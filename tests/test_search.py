@@ -1,0 +1,360 @@
+"""Search stage: exact cost model, latency, NSGA-II / random search under constraints, the Pareto front."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import osf
+from osf.cli.builtin import ResidualCNN, TinyViT, digits
+from osf.search.archs import canonical, representative
+from osf.search.front import dominates
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: a second thread gains nothing, and on a busy machine it stalls (spin waits)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----- the cost model against the reference (Supernet.cost builds the subnet IR) -----
+
+COST_MODELS = ["resnet18", "googlenet", "timm:vit_tiny_patch16_224", "bert"]  # BN + residuals, eval graph, ViT, HF
+
+
+def _assert_costs_match(supernet: osf.Supernet, archs: int) -> None:
+    model = osf.CostModel(supernet)
+    space = supernet.space
+    for arch in [space.max(), space.min()] + [space.sample(seed) for seed in range(archs)]:
+        assert model(arch) == supernet.cost(arch), arch.to_json()
+
+
+@pytest.mark.parametrize("name", COST_MODELS)
+def test_cost_model_equals_reference(name):
+    from models import supernet
+    _assert_costs_match(supernet(name)[0], archs=8)
+
+
+@pytest.mark.parametrize("make", [lambda: ResidualCNN(1, 10, width=16, blocks=3), lambda: TinyViT(1, 10, depth=3)])
+def test_cost_model_equals_reference_builtin(make):
+    torch.manual_seed(0)
+    supernet = osf.Supernet(make(), (torch.randn(2, 1, 8, 8),))
+    _assert_costs_match(supernet, archs=20)
+    # partial archs mean full width / kept, like everywhere else
+    model = osf.CostModel(supernet)
+    key = supernet.space.groups[0].key
+    partial = osf.Arch({key: supernet.space.groups[0].choices[0]}, {})
+    assert model(partial) == supernet.cost(partial)
+    with pytest.raises(ValueError, match="unknown width group"):
+        model(osf.Arch({"nope": 3}, {}))
+
+
+def test_cost_model_counts_tied_weights_once():
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(50, 32)
+            self.mid = torch.nn.Linear(32, 32)
+            self.out = torch.nn.Linear(32, 50, bias=False)
+            self.out.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.out(torch.relu(self.mid(self.embed(ids))))
+
+    supernet = osf.Supernet(Tied(), (torch.randint(0, 50, (2, 5)),))
+    model = osf.CostModel(supernet)
+    assert model(supernet.space.max())["params"] == 50 * 32 + 32 * 32 + 32
+    _assert_costs_match(supernet, archs=6)
+
+
+# ----- a small trained supernet with BatchNorm on real data -----
+
+@pytest.fixture(scope="module")
+def digits_setup():
+    torch.manual_seed(0)
+    x_train, y_train, x_test, y_test = digits()
+    supernet = osf.Supernet(ResidualCNN(1, 10, width=16, blocks=3), (x_train[:2],))
+    train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True)
+    osf.train(supernet, train_loader, optimizer=torch.optim.AdamW(supernet.parameters(), lr=3e-3),
+              loss_fn=torch.nn.functional.cross_entropy, epochs=1)
+    calib = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True)
+    return supernet, calib, (x_test, y_test)
+
+
+class Counter:
+    """``evaluate(model)``: accuracy on the test split, recording the active arch of every call."""
+
+    def __init__(self, supernet, data):
+        self.supernet, self.data, self.archs = supernet, data, []
+
+    def __call__(self, model) -> float:
+        assert model is self.supernet and not model.training
+        self.archs.append(model.arch)
+        x, y = self.data
+        with torch.no_grad():
+            return float((model(x).argmax(-1) == y).float().mean())
+
+
+def _search(setup, counter=None, **kw):
+    supernet, calib, data = setup
+    counter = counter or Counter(supernet, data)
+    kw.setdefault("budget", 12)
+    front = osf.search(supernet, counter, calib_loader=calib, calib_batches=2, progress=False, **kw)
+    return front, counter
+
+
+def _vector(p, objectives):
+    return tuple(-p.accuracy if o == "accuracy" else getattr(p, o) for o in objectives)
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "random"])
+def test_front_is_pareto_optimal_and_complete(digits_setup, algorithm):
+    objectives = ("accuracy", "flops", "params")
+    front, counter = _search(digits_setup, objectives=objectives, budget=16, algorithm=algorithm)
+    assert len(front.points) == 16 == len(counter.archs) == front.info["new_evaluations"]
+    pareto = front.pareto
+    assert pareto and all(p.pareto for p in pareto)
+    vectors = [_vector(p, objectives) for p in pareto]
+    for a in vectors:  # no front point dominates another
+        assert not any(dominates(b, a) for b in vectors)
+    for p in front.points:  # every other point is dominated by (or ties with) a front point
+        if not p.pareto:
+            v = _vector(p, objectives)
+            assert any(dominates(b, v) or b == v for b in vectors)
+    flops = [p.flops for p in pareto]
+    assert flops == sorted(flops)
+    assert front.best().accuracy == max(p.accuracy for p in front.points)
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "random"])
+def test_constraints_are_honoured_before_evaluation(digits_setup, algorithm):
+    supernet = digits_setup[0]
+    full = osf.CostModel(supernet)(supernet.space.max())
+    front, counter = _search(digits_setup, constraints={"flops": "30%", "params": 0.5 * full["params"]},
+                             algorithm=algorithm)
+    assert front.limits == {"flops": pytest.approx(0.3 * full["flops"]), "params": pytest.approx(0.5 * full["params"])}
+    assert front.info["rejected"] > 0
+    costs = osf.CostModel(supernet)
+    for arch in counter.archs:  # nothing over budget was ever evaluated
+        c = costs(arch)
+        assert c["flops"] <= 0.3 * full["flops"] and c["params"] <= 0.5 * full["params"]
+    assert all(p.flops <= front.limits["flops"] and p.params <= front.limits["params"] for p in front.points)
+
+
+def test_only_motif_representatives_are_evaluated(digits_setup):
+    supernet = digits_setup[0]
+    front, counter = _search(digits_setup, budget=20, algorithm="random", seed=3)
+    tensors = supernet.tensors()
+    keys = [canonical(supernet.space, a).key() for a in counter.archs]
+    assert len(set(keys)) == len(keys) == 20  # each subnet once
+    for arch, key in zip(counter.archs, keys):  # each one its motif's most salient member
+        assert representative(supernet.space, arch, tensors).key() == key
+        assert canonical(supernet.space, supernet.space.salient(arch, tensors)).key() == key
+    # a non-representative member of a motif: its evaluation is the representative's
+    units = [u for u in supernet.space.units if u.key.startswith("blocks.") and "/" not in u.key]
+    first_only = osf.Arch({}, {u.key: i == 0 for i, u in enumerate(units)})
+    rep = representative(supernet.space, first_only, tensors)
+    assert rep.key() != canonical(supernet.space, first_only).key()
+
+
+def test_cache_resumes_without_reevaluating(digits_setup, tmp_path):
+    cache = tmp_path / "evals.jsonl"
+    first, c1 = _search(digits_setup, budget=10, cache=cache)
+    assert len(c1.archs) == 10 and len(cache.read_text().splitlines()) == 11  # header + one line each
+    again, c2 = _search(digits_setup, budget=10, cache=cache)
+    assert c2.archs == [] and again.info["cache_hits"] == 10
+    assert [p.to_json() for p in again.points] == [p.to_json() for p in first.points]
+    more, c3 = _search(digits_setup, budget=14, cache=cache)
+    assert len(c3.archs) == 4 and more.info["cache_hits"] == 10
+
+    # a crash after 3 evaluations, with the last line cut short: the rerun evaluates only what is missing
+    crashed = tmp_path / "crash.jsonl"
+    supernet, _, data = digits_setup
+
+    class Crash(Counter):
+        def __call__(self, model):
+            if len(self.archs) == 3:
+                raise RuntimeError("power cut")
+            return super().__call__(model)
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        _search(digits_setup, Crash(supernet, data), budget=10, cache=crashed)
+    with open(crashed, "a") as f:
+        f.write('{"key": "half a li')
+    resumed, c4 = _search(digits_setup, budget=10, cache=crashed)
+    assert len(c4.archs) == 7 and resumed.info["cache_hits"] == 3
+    assert [p.to_json() for p in resumed.points] == [p.to_json() for p in first.points]
+
+
+def test_cache_of_other_weights_is_refused(digits_setup, tmp_path):
+    cache = tmp_path / "evals.jsonl"
+    _search(digits_setup, budget=3, cache=cache)
+    other = osf.Supernet(ResidualCNN(1, 10, width=16, blocks=3), (torch.randn(2, 1, 8, 8),))
+    with pytest.raises(ValueError, match="another supernet"):
+        osf.search(other, lambda m: 0.0, budget=3, cache=cache, calib_loader=digits_setup[1], calib_batches=2,
+                   progress=False)
+
+
+def test_infeasible_budget_names_the_smallest_value(digits_setup):
+    supernet = digits_setup[0]
+    smallest = osf.CostModel(supernet)(supernet.space.min())
+    with pytest.raises(osf.InfeasibleBudget, match=f"{smallest['flops']:,}") as info:
+        _search(digits_setup, objectives=("accuracy",), constraints={"flops": smallest["flops"] - 1})
+    assert isinstance(info.value, osf.OsfError) and "space.min()" in str(info.value)
+    with pytest.raises(osf.InfeasibleBudget, match=f"{smallest['params']:,}"):
+        _search(digits_setup, constraints={"params": "0.1%"})
+    with pytest.raises(ValueError, match="unknown constraint 'accuracy'"):
+        _search(digits_setup, constraints={"accuracy": 0.5})
+
+
+def test_single_budget_search(digits_setup):
+    front, _ = _search(digits_setup, objectives=("accuracy",), constraints={"flops": "25%"})
+    best = front.best()
+    assert len(front.pareto) == 1 and front.pareto[0] is best
+    assert best.flops <= 0.25 * front.reference["flops"]
+    assert best.accuracy == max(p.accuracy for p in front.points)
+    assert front.best(flops="25%") is best
+    tight = min(p.flops for p in front.points)
+    assert front.best(flops=tight).flops == tight
+    with pytest.raises(osf.InfeasibleBudget, match="smallest in this front"):
+        front.best(flops=tight - 1)
+
+
+def test_batchnorm_is_recalibrated_and_restored(digits_setup):
+    supernet, calib, data = digits_setup
+    before = {k: v.detach().clone() for k, v in supernet.tensors().items()}
+    mean_name = supernet.batch_norms()[0][0]
+    seen = []
+
+    def evaluate(model):
+        seen.append(model.tensors()[mean_name].clone())
+        return Counter(supernet, data)(model)
+
+    supernet.train()
+    front = osf.search(supernet, evaluate, budget=6, calib_loader=calib, calib_batches=2, progress=False)
+    assert len(seen) == 6 and all(not torch.equal(s, before[mean_name]) for s in seen)
+    after = supernet.tensors()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # weights and statistics untouched
+    assert supernet.training and supernet.arch.key() == supernet.space.max().key()
+    assert front.points
+    with pytest.raises(ValueError, match="calib_loader"):
+        osf.search(supernet, evaluate, budget=2, progress=False)
+
+
+def test_same_seed_same_front(digits_setup):
+    for algorithm in ("nsga2", "random"):
+        a, _ = _search(digits_setup, algorithm=algorithm, seed=5)
+        b, _ = _search(digits_setup, algorithm=algorithm, seed=5)
+        c, _ = _search(digits_setup, algorithm=algorithm, seed=6)
+        assert [p.to_json() for p in a.points] == [p.to_json() for p in b.points]
+        assert [p.arch.key() for p in a.points] != [p.arch.key() for p in c.points]
+
+
+def test_front_save_load_table_and_plot(digits_setup, tmp_path):
+    front, _ = _search(digits_setup)
+    path = tmp_path / "front.json"
+    front.save(path)
+    loaded = osf.Front.load(path)
+    assert loaded.to_json() == front.to_json()
+    assert [p.arch.key() for p in loaded.pareto] == [p.arch.key() for p in front.pareto]
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        front.save(path)
+    front.save(path, overwrite=True)
+    assert json.loads(path.read_text())["format"] == "osf-front"
+    with pytest.raises(osf.FormatError):
+        (tmp_path / "bad.json").write_text("{}")
+        osf.Front.load(tmp_path / "bad.json")
+
+    text = front.table()
+    lines = text.splitlines()
+    assert "accuracy" in lines[1] and "FLOPs" in lines[1] and len(lines) == 2 + len(front.pareto)
+    assert len(front.table(all_points=True).splitlines()) == 2 + len(front.points)
+    assert str(front) == text
+
+    png = tmp_path / "front.png"
+    front.plot(png)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    with pytest.raises(FileExistsError):
+        front.plot(png)
+    front.plot(png, x="params", overwrite=True)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_evaluate_must_return_a_finite_number(digits_setup):
+    supernet, calib, _ = digits_setup
+    with pytest.raises(ValueError, match="must be finite"):
+        osf.search(supernet, lambda m: math.nan, budget=2, calib_loader=calib, calib_batches=1, progress=False)
+
+
+# ----- latency -----
+
+@pytest.fixture(scope="module")
+def small_supernet():
+    torch.manual_seed(0)
+    return osf.Supernet(ResidualCNN(1, 10, width=16, blocks=2), (torch.randn(2, 1, 8, 8),))
+
+
+def test_latency_is_measured_once_per_subnet(small_supernet, tmp_path, monkeypatch):
+    calls = []
+    extract = small_supernet.extract
+    monkeypatch.setattr(small_supernet, "extract", lambda arch: calls.append(arch) or extract(arch))
+    cache = tmp_path / "latency.json"
+    latency = osf.LatencyModel(small_supernet, batch_size=4, warmup=1, runs=3, cache=cache)
+    arch = small_supernet.space.sample(1)
+    seconds = latency.measure(arch)
+    assert seconds > 0 and len(calls) == 1
+    assert latency(arch) == seconds and len(calls) == 1  # cached in memory
+    again = osf.LatencyModel(small_supernet, batch_size=4, warmup=1, runs=3, cache=cache)
+    assert again.measure(arch) == seconds and len(calls) == 1  # and in the file
+    other = osf.LatencyModel(small_supernet, batch_size=8, warmup=1, runs=3, cache=cache)
+    other.measure(arch)
+    assert len(calls) == 2  # other settings: measured again, in its own section of the same file
+    assert len(json.loads(cache.read_text())["sections"]) == 2
+    args, _ = latency.example_inputs()
+    assert args[0].shape == (4, 1, 8, 8)
+
+
+def test_latency_table_predicts_and_reports_its_error(small_supernet, monkeypatch):
+    latency = osf.LatencyModel(small_supernet, batch_size=4, warmup=1, runs=3)
+    table = osf.LatencyTable(latency)
+    arch = small_supernet.space.max()
+    predicted = table.predict(arch)
+    assert predicted > 0 and table.table
+    runs = []
+    monkeypatch.setattr(small_supernet, "subnet_ir", lambda a: runs.append(a))
+    assert table.predict(arch) == predicted and runs == []  # every op already timed: no run
+    monkeypatch.undo()
+    report = table.error(3)
+    assert report["archs"] == 3 and len(report["rows"]) == 3
+    assert math.isfinite(report["mape"]) and report["mape"] >= 0 and report["max_ape"] >= report["mape"]
+    for row in report["rows"]:
+        assert row["ape"] == pytest.approx(abs(row["predicted_s"] - row["measured_s"]) / row["measured_s"])
+
+
+def test_latency_of_token_inputs():
+    from models import supernet
+    bert = supernet("bert")[0]
+    latency = osf.LatencyModel(bert, batch_size=3, warmup=1, runs=2)
+    _, kwargs = latency.example_inputs()
+    assert kwargs["input_ids"].shape == (3, 12) and kwargs["input_ids"].dtype == torch.int64
+    assert latency.measure(bert.space.sample(0)) > 0
+    assert osf.LatencyTable(latency).predict(bert.space.sample(0)) > 0
+
+
+def test_search_with_latency(digits_setup):
+    supernet = digits_setup[0]
+    table = osf.LatencyTable(osf.LatencyModel(supernet, batch_size=2, warmup=1, runs=2))
+    front, _ = _search(digits_setup, objectives=("accuracy", "latency"), constraints={"latency": "70%"},
+                       latency=table, budget=8)
+    assert all(p.latency is not None and p.latency <= front.limits["latency"] for p in front.points)
+    assert front.limits["latency"] == pytest.approx(0.7 * front.reference["latency"])
+    assert "latency" in front.table()
+    with pytest.raises(ValueError, match="latency="):
+        _search(digits_setup, objectives=("accuracy", "latency"))
