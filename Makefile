@@ -23,11 +23,15 @@ bench: $(STAMP)
 	$(PY) bench/zoo.py
 	$(PY) bench/supernet_step.py
 	$(PY) bench/train_evidence.py
+	$(PY) bench/cost_speed.py
+	$(PY) bench/forkjoin.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/zoo.py --quick
 	$(PY) bench/supernet_step.py --quick
 	$(PY) bench/train_evidence.py --quick
+	$(PY) bench/cost_speed.py --quick
+	$(PY) bench/forkjoin.py --quick
 
 lock:
 	$(PYTHON) -m venv /tmp/osf-lock-venv && /tmp/osf-lock-venv/bin/pip install -q -r requirements/dev.in

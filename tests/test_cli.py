@@ -1,13 +1,24 @@
-"""`osf inspect`: model specs, table, folding, JSON, Graphviz, saved IRs, bad input."""
+"""The `osf` command: `inspect` (model specs, table, folding, JSON, Graphviz, saved IRs), `space`, `train`
+(run directories, reload, resume), `search`, `export`, `run` (configs); bad input exits with one line."""
 from __future__ import annotations
 
 import json
+import shutil
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from osf.cli.config import ConfigError, SpaceSettings, parse_config, read_config
+from osf.cli.data import load_data, loaders
 from osf.cli.main import main
+from osf.cli.pipeline import new_supernet
+from osf.cli.run_dir import build_supernet, load_trained, read_run
+from osf.train import checkpoint as ckpt
 
 
 def test_inspect_table_folds_by_depth(capsys):
@@ -80,3 +91,214 @@ def test_train_docs_example_runs(tmp_path):
     max_acc = float(out.split("max:")[1].split("accuracy")[1].split()[0])
     assert max_acc > 0.9  # four epochs on digits
     assert (tmp_path / "metrics.jsonl").exists() and list((tmp_path / "checkpoints").iterdir())
+
+
+# ----- osf space / train / search / export / run -----
+
+TRAIN = ["--data", "digits", "--multiple-of", "4", "--checkpoint-every", "2", "--quiet"]
+
+
+@pytest.mark.parametrize("command", ["space", "train", "search", "export", "run"])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and f"usage: osf {command}" in out and "example" in out
+
+
+def test_space_text_and_json(capsys):
+    assert main(["space", "builtin:resnet", "--multiple-of", "4", "--width-ratios", "0.5", "1.0", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "osf.cli.builtin.ResidualCNN" and data["options"]["width_ratios"] == [0.5, 1.0]
+    assert all(g["choices"][-1] == g["size"] and len(g["choices"]) == 2 for g in data["groups"])
+    assert data["units"] and data["size"] > data["motifs"] > 1
+    assert main(["space", "builtin:vit", "--no-depth"]) == 0
+    out = capsys.readouterr().out
+    assert "heads" in out and "removable units:" in out and "size: " in out and " motifs" in out
+    assert "[module" not in out  # --no-depth: no units
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "builtin:resnet", "--out", str(run), "--steps", "4", *TRAIN]) == 0
+    return run
+
+
+def test_train_writes_a_run_that_reloads_without_the_model(trained_run):
+    run = read_run(trained_run)
+    assert (run.model, run.data, run.space["multiple_of"], run.train["steps"]) == ("builtin:resnet", "digits", 4, 4)
+    assert run.result["step"] == 4 and 0 <= run.result["val_accuracy"]["max"] <= 1
+    # the saved IR holds the salience-sorted initial weights: rebuilt with sort=False they are unchanged
+    torch.manual_seed(run.train["seed"])
+    fresh = new_supernet("builtin:resnet", SpaceSettings(multiple_of=4))
+    saved = build_supernet(trained_run, run).tensors()
+    assert all(torch.equal(saved[k], t) for k, t in fresh.tensors().items())
+    # trained weights: the reloaded supernet computes what the original one does with them
+    trained = load_trained(trained_run)
+    assert trained.step == 4 and trained.checkpoint.name == ckpt.name_for(4)
+    ckpt.load(trained.checkpoint, fresh)
+    fresh.eval()
+    x = load_data("digits")[2][:16]
+    for arch in (fresh.space.max(), fresh.space.sample(3), fresh.space.min()):
+        with torch.no_grad(), fresh.set_arch(arch), trained.supernet.set_arch(arch):
+            assert torch.equal(fresh(x), trained.supernet(x))
+
+
+def test_train_resumes_to_the_same_weights(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "builtin:resnet", "--out", str(run), *TRAIN]
+    assert main([*args, "--steps", "2"]) == 0
+    assert main([*args, "--steps", "4"]) == 0
+    assert "resuming the run" in capsys.readouterr().err
+    a = load_file(str(ckpt.checkpoints(run / "checkpoints")[-1]))
+    b = load_file(str(ckpt.checkpoints(trained_run / "checkpoints")[-1]))
+    weights = [k for k in a if k.startswith("weights/")]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)
+    assert main([*args, "--steps", "6", "--lr", "0.1"]) == 2  # another setting: refused, not mixed
+    assert "--lr 0.003, not 0.1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_on_two_processes_matches_one_and_resumes(tmp_path):
+    """``--nproc 2``: fork-join under torchrun gives the run of one process (both on one thread per process,
+    so kernels round alike), except where AdamW turns the rounding noise of a zero gradient into a full
+    step (conv biases before BatchNorm) and the BatchNorm running statistics (averaged over ranks)."""
+    def osf_train(out, *extra):
+        return subprocess.run([sys.executable, "-m", "osf.cli.main", "train", "builtin:resnet", "--out", str(out), *TRAIN,
+                               *extra], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for steps in ("2", "4"):
+        done = osf_train(tmp_path / "two", "--nproc", "2", "--steps", steps)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained 4 steps") == 1 and "resuming the run" in done.stderr
+    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert osf_train(tmp_path / "one", "--steps", "4").returncode == 0
+    a = load_file(str(ckpt.checkpoints(tmp_path / "two" / "checkpoints")[-1]))
+    b = load_file(str(ckpt.checkpoints(tmp_path / "one" / "checkpoints")[-1]))
+    compared = [k for k in a if k.startswith("weights/") and not k.endswith(("bias", "running_mean", "running_var"))]
+    assert len(compared) > 10 and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in compared)
+
+
+def test_export_from_run_dir_loads_with_plain_torch(trained_run, tmp_path, capsys):
+    trained = load_trained(trained_run)
+    arch = trained.supernet.space.sample(5)
+    out = tmp_path / "exported"
+    assert main(["export", str(trained_run), "--arch", json.dumps(arch.to_json()), "--out", str(out),
+                 "--format", "pt2", "--quiet"]) == 0
+    assert f"exported to {out}" in capsys.readouterr().out
+    card = json.loads((out / "card.json").read_text())
+    assert card["model"]["source"].startswith("builtin:resnet, trained 4 steps on digits")
+    assert 0 <= card["metrics"]["accuracy"] <= 1 and not (out / "model.onnx").exists()
+    # export re-estimated the BatchNorm statistics for this subnet on the training split; so do we
+    train_loader, _ = loaders(load_data("digits"), 64)
+    trained.supernet.recalibrate(arch, train_loader, 20)
+    x = load_data("digits")[2][:7]
+    with torch.no_grad(), trained.supernet.set_arch(arch):
+        expected = trained.supernet.eval()(x)
+    got = torch.export.load(str(out / "model.pt2")).module()(x)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert main(["export", str(trained_run), "--arch", str(out / "arch.json"), "--out", str(out), "--quiet"]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+
+
+def test_search_then_export_the_pick_and_run_a_config(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["search", str(run), "--budget", "6", "--algorithm", "random", "--constraint", "flops=60%",
+                 "--quiet"]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+    assert (run / "search" / "front.json").exists() and (run / "search" / "front.png").exists()
+    assert main(["export", str(run), "--pick", "flops=60%", "--out", str(tmp_path / "small"), "--format", "pt2",
+                 "--quiet"]) == 0
+    small = json.loads((tmp_path / "small" / "card.json").read_text())
+    assert small["flops"] <= 0.6 * small["full_model"]["flops"]
+    config = tmp_path / "osf.toml"
+    config.write_text(f"""
+model = "builtin:resnet"
+data = "digits"
+[space]
+multiple_of = 4
+[train]
+out = "{run}"
+steps = 4
+checkpoint_every = 2
+[search]
+budget = 4
+algorithm = "random"
+out = "{tmp_path / 'front'}"
+[export]
+out = "{tmp_path / 'best'}"
+formats = ["pt2"]
+""")
+    assert main(["run", str(config), "--quiet"]) == 0  # training is complete: resumes at step 4, then the rest
+    out = capsys.readouterr().out
+    assert "trained 4 steps" in out and "Pareto front" in out and "exported to" in out
+    assert (tmp_path / "front" / "front.json").exists() and (tmp_path / "best" / "model.pt2").exists()
+
+
+def test_bad_input_exits_nonzero_with_one_line_cause(trained_run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_run, broken)
+    newest = ckpt.checkpoints(broken / "checkpoints")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("model: builtin:resnet\ndata: digits\ntrain: {out: x, stepz: 3}\n")
+    out = str(tmp_path / "out")
+    cases = [
+        (["space", "nosuch:model"], "unknown model spec 'nosuch:model'"),
+        (["train", "builtin:nope", "--data", "digits", "--out", out], "unknown built-in model 'nope'"),
+        (["train", "builtin:resnet", "--data", "npz:/no/such.npz", "--out", out], "'/no/such.npz' does not exist"),
+        (["train", "builtin:resnet", "--data", "imagenet", "--out", out], "unknown data spec 'imagenet'"),
+        (["export", str(tmp_path / "nothing"), "--arch", "max", "--out", out], "is not an osf run directory"),
+        (["export", str(trained_run), "--arch", '{"width": {"nope": 8}}', "--out", out], "unknown width group 'nope'"),
+        (["export", str(broken), "--arch", "max", "--out", out], f"cannot read checkpoint {newest}"),
+        (["run", str(bad_config)], "unknown key 'train.stepz'; valid keys of 'train': out, steps"),
+        (["run", str(tmp_path / "missing.yaml")], "does not exist"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--quiet"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_validation(tmp_path):
+    base = {"model": "builtin:vit", "data": {"spec": "digits"}, "train": {"out": "runs/x", "lr": "3e-3"}}
+    config = parse_config(base)
+    assert config.train.lr == 0.003 and config.search is None and config.space == SpaceSettings()
+    for change, message in [
+        ({"extra": {}}, "unknown section 'extra'; valid sections: model, data, space, train, search, export"),
+        ({"space": {"multiple": 4}}, "unknown key 'space.multiple'; valid keys of 'space': width_ratios"),
+        ({"train": {"out": "x", "steps": "ten"}}, "train.steps must be int, got 'ten'"),
+        ({"train": {"steps": 3}}, "train.out must name the run directory"),
+        ({"train": {"out": "x", "sampler": "best"}}, "train.sampler is 'best'; choose one of sandwich, uniform, motif"),
+        ({"search": {"algorithm": "grid"}}, "search.algorithm is 'grid'; choose one of nsga2, random"),
+        ({"export": {"out": "e", "arch": "max", "pick": {"flops": "50%"}}}, "export.arch or export.pick, not both"),
+        ({"export": {"arch": "max"}}, "section 'export' needs key(s) out"),
+        ({"model": {"spec": "builtin:vit", "size": 3}}, "unknown key 'model.size'; valid keys of 'model': spec"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            parse_config({**base, **change})
+    with pytest.raises(ConfigError, match="must end in .yaml, .yml or .toml"):
+        (tmp_path / "c.json").write_text("{}")
+        read_config(tmp_path / "c.json")
+    (tmp_path / "c.yaml").write_text("model: builtin:vit\ndata: digits\ntrain: {out: r}\nsearch: {budget: 5}\n")
+    assert parse_config(read_config(tmp_path / "c.yaml")).search.budget == 5
+
+
+def tiny_data():
+    """A data factory for the ``python:`` data spec test."""
+    x = np.zeros((6, 1, 8, 8), dtype=np.float64)
+    return x, np.arange(6) % 2, x[:2], np.array([0, 1])
+
+
+def test_data_specs(tmp_path):
+    x, y, xv, yv = load_data("python:test_cli:tiny_data")
+    assert x.dtype == torch.float32 and y.dtype == torch.long and tuple(xv.shape) == (2, 1, 8, 8)
+    np.savez(tmp_path / "d.npz", x_train=np.ones((4, 3)), y_train=np.arange(4), x_val=np.ones((2, 3)),
+             y_val=np.arange(2))
+    assert [tuple(t.shape) for t in load_data(f"npz:{tmp_path / 'd.npz'}")] == [(4, 3), (4,), (2, 3), (2,)]
+    np.savez(tmp_path / "e.npz", x_train=np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"lacks array\(s\) \['y_train', 'x_val', 'y_val'\]"):
+        load_data(f"npz:{tmp_path / 'e.npz'}")

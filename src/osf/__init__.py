@@ -5,13 +5,18 @@
 width groups and removable units from the IR; ``osf.Supernet`` extracts any ``osf.Arch`` as a standalone,
 smaller model and costs it, and runs any subnet on its shared weights (``set_arch``); ``osf.train``
 trains those weights (sandwich / motif sampling, distillation, checkpoints) and ``osf.evaluate`` scores a
-subnet with inherited weights.
+subnet with inherited weights; ``osf.export`` writes a subnet as ``.pt2`` / ONNX / safetensors with a
+model card, loadable with plain PyTorch; ``osf.search`` finds the Pareto front of accuracy against params,
+FLOPs (``osf.CostModel``) and latency (``osf.LatencyModel``) under hard budgets (``osf.Front``).
 """
 from .ir import IR, FormatError, InputError, OsfError, TraceError, load_ir, trace
 from .space import Arch, SearchSpace
 from .supernet import Supernet
+from .export import ExportError, export
+from .search import CostModel, Front, InfeasibleBudget, LatencyModel, LatencyTable, search
 from .train import Distill, MotifSampler, ProgressiveShrinking, Sampler, SandwichSampler, UniformSampler, evaluate, train
 
 __version__ = "0.1.0"
 __all__ = ["trace", "IR", "load_ir", "Arch", "SearchSpace", "Supernet", "train", "evaluate", "Distill", "Sampler", "SandwichSampler",
-           "UniformSampler", "MotifSampler", "ProgressiveShrinking", "TraceError", "FormatError", "InputError", "OsfError", "__version__"]
+           "UniformSampler", "MotifSampler", "ProgressiveShrinking", "export", "ExportError", "TraceError", "FormatError", "InputError", "OsfError", "__version__",
+           "search", "Front", "CostModel", "LatencyModel", "LatencyTable", "InfeasibleBudget"]

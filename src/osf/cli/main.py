@@ -2,12 +2,30 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import textwrap
+import traceback
 from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
 
 from ..ir import OsfError, load_ir, trace
-from . import inspect_cmd
-from .models import SpecError, is_saved_ir, resolve
+from ..space.space import SearchSpace
+from ..train import init_process_group
+from . import inspect_cmd, pipeline, space_cmd
+from .config import ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config, read_config, to_json
+from .data import BUILT_IN
+from .models import BUILTIN, SpecError, is_saved_ir, resolve
+
+MODEL_HELP = ("MODEL is torchvision:NAME, timm:NAME, hf:ARCH (bert, roberta, distilbert, gpt2, vit), sam:vit_b, "
+              f"sam:tiny, minilm, builtin:NAME ({', '.join(BUILTIN)}), python:pkg.module:factory, or a directory "
+              "written by --save / ir.save.")
+DATA_HELP = (f"data: {', '.join(BUILT_IN)} (built in), npz:PATH (arrays x_train, y_train, x_val, y_val) or "
+             "python:pkg.module:function (returning those four)")
 
 
 def load_model_ir(spec: str, image_size: int | None = None):
@@ -16,6 +34,24 @@ def load_model_ir(spec: str, image_size: int | None = None):
         return load_ir(spec)
     m = resolve(spec, image_size=image_size)
     return trace(m.model, m.args, m.kwargs, **m.trace_options)
+
+
+def _given(a: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The flags of ``a`` that name fields of ``cls`` and were given (the dataclass has the defaults)."""
+    return {k: v for k, v in vars(a).items() if k in cls.__dataclass_fields__ and v is not None}
+
+
+def _budget(item: str, flag: str) -> tuple[str, float | str]:
+    """``flops=50%`` -> ``("flops", "50%")``; ``params=2e6`` -> ``("params", 2000000.0)``."""
+    key, _, value = item.partition("=")
+    try:
+        number = float(value.removesuffix("%"))
+    except ValueError:
+        number = None
+    if not key or number is None:
+        raise SpecError(f"{flag} takes METRIC=VALUE with a number or a percentage of the full model (e.g. "
+                        f"flops=50% or params=2e6), got '{item}'")
+    return key, value if value.endswith("%") else number
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
@@ -32,13 +68,143 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_space(a: argparse.Namespace) -> int:
+    space = SearchSpace(load_model_ir(a.model, a.image_size), **to_json(SpaceSettings(**_given(a, SpaceSettings))))
+    print(json.dumps(space_cmd.to_json(space), indent=1) if a.json else space_cmd.text(space))
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    if a.nproc > 1 and "RANK" not in os.environ:
+        return _launch_ranks(a)
+    if "RANK" in os.environ:  # one of the ranks torchrun started
+        init_process_group()
+    try:
+        return _train(a)
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _launch_ranks(a: argparse.Namespace) -> int:
+    """``osf train --nproc N``: the same command on N local ranks through torchrun (fork-join training)."""
+    argv, skip = [], False
+    for token in a.argv:
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            argv.append(token)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.nproc),
+               "--max-restarts", str(a.max_restarts), "-m", "osf.cli.main", *argv]
+    print(f"osf train: launching {a.nproc} ranks: {' '.join(command[1:])}", file=sys.stderr)
+    return subprocess.run(command).returncode
+
+
+def _train(a: argparse.Namespace) -> int:
+    run = pipeline.train_run(a.model, a.data, a.out, SpaceSettings(**_given(a, SpaceSettings)),
+                             TrainSettings(**_given(a, TrainSettings)), image_size=a.image_size,
+                             progress=not a.quiet)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0
+    acc = run.result["val_accuracy"]
+    print(f"trained {run.result['step']} steps into {a.out}; validation accuracy: max subnet {acc['max']:.4f}, "
+          f"min subnet {acc['min']:.4f}")
+    return 0
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    settings = SearchSettings(**{**_given(a, SearchSettings), "constraints": dict(_budget(c, "--constraint") for c in a.constraint or [])})
+    front = pipeline.search_run(a.run_dir, settings, progress=not a.quiet)
+    print(front.table())
+    out = settings.out or str(Path(a.run_dir) / pipeline.SEARCH_DIR)
+    print(f"saved {out}/front.json and {out}/front.png", file=sys.stderr)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    settings = ExportSettings(out=a.out, arch=a.arch, pick=dict(_budget(p, "--pick") for p in a.pick or []), force=a.force,
+                              formats=tuple(a.format or ExportSettings.formats), evaluate=not a.no_eval)
+    path = pipeline.export_run(a.run_dir, settings, progress=not a.quiet)
+    _print_export(path)
+    return 0
+
+
+def _print_export(path: Path) -> None:
+    card = json.loads((path / "card.json").read_text())
+    extra = "".join(f", {k} {v}" for k, v in card["metrics"].items())
+    print(f"exported to {path}: {', '.join(card['files'])}; {card['params']:,} params, {card['flops']:,} FLOPs{extra}")
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    config = parse_config(read_config(a.config))
+    done = pipeline.run_config(config, progress=not a.quiet)
+    acc = done["train"]["val_accuracy"]
+    print(f"trained {done['train']['step']} steps into {config.out}; validation accuracy: max subnet "
+          f"{acc['max']:.4f}, min subnet {acc['min']:.4f}")
+    if "search" in done:
+        print(done["search"].table())
+    if "export" in done:
+        _print_export(done["export"])
+    return 0
+
+
+def _describe(text: str, *examples: str) -> str:
+    """A subcommand's description: ``text`` wrapped, then the examples as they are."""
+    body = textwrap.fill(" ".join(text.split()), 78)
+    return body + ("\n\nexample" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(examples) if examples else "")
+
+
+def _space_flags(p: argparse.ArgumentParser) -> None:
+    d = SpaceSettings()
+    g = p.add_argument_group("search space")
+    g.add_argument("--width-ratios", type=float, nargs="+", metavar="R",
+                   help=f"fractions of each width group offered (default: {' '.join(map(str, d.width_ratios))})")
+    g.add_argument("--multiple-of", type=int, metavar="N", help=f"round channel counts to N (default {d.multiple_of})")
+    g.add_argument("--no-depth", dest="depth", action="store_const", const=False,
+                   help="no removable units (width only)")
+    g.add_argument("--include", action="append", metavar="GLOB", help="only modules matching GLOB (repeatable)")
+    g.add_argument("--exclude", action="append", metavar="GLOB", help="never modules matching GLOB (repeatable)")
+    g.add_argument("--prune-head-dim", action="store_const", const=True, help="also shrink head_dim")
+    g.add_argument("--image-size", type=int, default=None, help="example image size for vision models")
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    d = TrainSettings()
+    g = p.add_argument_group("training")
+    how_long = g.add_mutually_exclusive_group()
+    how_long.add_argument("--steps", type=int, help="optimizer steps (one batch each)")
+    how_long.add_argument("--epochs", type=int, help=f"passes over the training data (default {pipeline.DEFAULT_EPOCHS})")
+    g.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
+    g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    g.add_argument("--sampler", choices=TrainSettings.SAMPLERS,
+                   help=f"which subnets each step trains: sandwich = max, min and random ones; uniform = random "
+                   f"ones; motif = sandwich with each random subnet replaced by its motif's most salient member "
+                   f"(default {d.sampler})")
+    g.add_argument("--subnets", type=int, metavar="K", help=f"subnets per step (default {d.subnets})")
+    g.add_argument("--distill", choices=TrainSettings.DISTILL,
+                   help=f"inplace: the max subnet teaches the others (default {d.distill})")
+    g.add_argument("--distill-weight", type=float, metavar="W",
+                   help=f"share of the distillation loss in a student's loss (default {d.distill_weight})")
+    g.add_argument("--seed", type=int, help=f"fixes initial weights, data order and sampling (default {d.seed})")
+    g.add_argument("--checkpoint-every", type=int, metavar="N", help=f"steps between checkpoints "
+                   f"(default {d.checkpoint_every}; one is always written at the end)")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="osf", description="Turn any PyTorch model into a once-for-all supernet.")
-    sub = p.add_subparsers(dest="command", required=True)
-    i = sub.add_parser("inspect", help="capture a model and print its module tree with shapes, params and FLOPs",
-                       description="Capture MODEL into osf's hierarchical IR and print the module tree. MODEL is "
-                       "torchvision:NAME, timm:NAME, hf:ARCH (bert, roberta, distilbert, gpt2, vit), sam:vit_b, "
-                       "sam:tiny, minilm, python:pkg.module:factory, or a directory written by --save / ir.save.")
+    p = argparse.ArgumentParser(prog="osf", description="Turn any PyTorch model into a once-for-all supernet: "
+                                "inspect it, see its search space, train it, search the best subnets, export them.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--debug", action="store_true", help="on error, show the full traceback")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    i = sub.add_parser("inspect", parents=[common], help="capture a model and print its module tree with shapes, "
+                       "params and FLOPs", description="Capture MODEL into osf's hierarchical IR and print the module "
+                       "tree. " + MODEL_HELP)
     i.add_argument("model")
     i.add_argument("--depth", type=int, default=None, help="fold the tree below this nesting level")
     i.add_argument("--module", default=None, help="show only this module's subtree (qualified name)")
@@ -48,16 +214,109 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--image-size", type=int, default=None, help="example image size for vision models")
     i.add_argument("--save", metavar="DIR", help="also save the IR (graph JSON + safetensors) to DIR")
     i.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("space", parents=[common], formatter_class=fmt, help="show a model's search space: width "
+                       "groups, removable units, size, motifs",
+                       description=_describe("Derive MODEL's search space and print its width groups (channels, "
+                       "heads), removable units (depth), what is fixed and why, the exact number of subnets and of "
+                       "motifs. " + MODEL_HELP, "  osf space builtin:vit --width-ratios 0.5 1.0 --json"))
+    s.add_argument("model")
+    _space_flags(s)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_space)
+
+    t = sub.add_parser("train", parents=[common], formatter_class=fmt, help="train a supernet into a run "
+                       "directory (resumes)",
+                       description=_describe("Train MODEL's supernet on a classification data set (AdamW, "
+                       "cross-entropy, sampled subnets per step, optional in-place distillation) into RUN_DIR: the "
+                       "traced model, space options, checkpoints and metrics, so that osf search / osf export need "
+                       "nothing else. Running the same command again resumes from the newest checkpoint; more "
+                       "--steps / --epochs extend the run. " + MODEL_HELP,
+                       "  osf train builtin:resnet --data digits --out runs/digits --epochs 10"))
+    t.add_argument("model")
+    t.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
+    t.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory (created, or resumed)")
+    _train_flags(t)
+    _space_flags(t)
+    t.add_argument("--nproc", type=int, default=1, metavar="N", help="train on N local processes (fork-join over "
+                   "torch.distributed, gloo on CPU / NCCL on GPU, launched through torchrun); same result as one "
+                   "process up to float rounding")
+    t.add_argument("--max-restarts", type=int, default=0, metavar="R", help="with --nproc: restart all ranks up to "
+                   "R times when one dies; training resumes from the newest checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    d = SearchSettings()
+    r = sub.add_parser("search", parents=[common], formatter_class=fmt, help="search a trained run for the "
+                       "Pareto-best subnets",
+                       description=_describe("Search the trained supernet of RUN_DIR for the subnets with the best "
+                       "trade-off of the objectives (accuracy on the run's validation data, BatchNorm recalibrated "
+                       "on its training data; params and FLOPs from the IR). Prints the Pareto front and saves "
+                       "front.json and front.png to RUN_DIR/search (or --out).",
+                       "  osf search runs/digits --constraint flops=50% --budget 200"))
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--objectives", nargs="+", metavar="M", help=f"accuracy, params, flops, latency "
+                   f"(default: {' '.join(d.objectives)})")
+    r.add_argument("--constraint", action="append", metavar="M=V", help="hard limit, e.g. flops=50%% (of the full "
+                   "model) or params=2e6 (repeatable)")
+    r.add_argument("--budget", type=int, help=f"subnets to evaluate (default {d.budget})")
+    r.add_argument("--algorithm", choices=("nsga2", "random"), help=f"default {d.algorithm}")
+    r.add_argument("--seed", type=int, help=f"default {d.seed}")
+    r.add_argument("--calib-batches", type=int, metavar="N", help=f"BatchNorm recalibration batches per subnet "
+                   f"(default {d.calib_batches})")
+    r.add_argument("--out", metavar="DIR", help="where front.json and front.png go (default RUN_DIR/search)")
+    r.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("export", parents=[common], formatter_class=fmt, help="export a subnet of a trained run as "
+                       ".pt2 / ONNX with a model card",
+                       description=_describe("Extract one subnet of RUN_DIR's trained supernet and write DIR: "
+                       "model.pt2 (torch.export; loads with plain torch), model.onnx (when onnx and onnxscript are "
+                       "installed), weights.safetensors, arch.json, card.json and model_card.md. DIR is written "
+                       "atomically and never replaced without --force.",
+                       "  osf export runs/digits --arch max --out exported/max",
+                       "  osf export runs/digits --pick flops=25% --out exported/small",
+                       "  osf export runs/digits --arch exported/small/arch.json --out exported/again"))
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", metavar="ARCH", help="max, min, an Arch as JSON, or a JSON file holding one")
+    which.add_argument("--pick", action="append", metavar="M=V", help="the most accurate subnet of osf search's front "
+                       "within this budget, e.g. flops=50%% (repeatable)")
+    e.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
+    e.add_argument("--force", action="store_true", help="replace DIR if it exists (the old one stays until the new "
+                   "one is complete)")
+    e.add_argument("--format", action="append", choices=("pt2", "onnx"), help="only these formats (repeatable; "
+                   "default both)")
+    e.add_argument("--no-eval", action="store_true", help="do not score the subnet on the validation data for "
+                   "the model card")
+    e.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("run", parents=[common], formatter_class=fmt, help="train, search and export as a config "
+                       "file says",
+                       description=_describe("Run the stages a YAML or TOML config describes, in order: model, "
+                       "data, space, train (into train.out, resuming), then search and export if their sections are "
+                       "present. Unknown sections or keys are errors that list the valid ones; docs/cli.md lists "
+                       "every key.", "\n".join(["  # demo.yaml", "  model: builtin:resnet", "  data: digits",
+                       "  space: {multiple_of: 4}", "  train: {out: runs/digits, epochs: 10, sampler: sandwich}",
+                       '  search: {constraints: {flops: "50%"}, budget: 100}',
+                       '  export: {out: exported/digits, pick: {flops: "50%"}}'])))
+    c.add_argument("config", metavar="CONFIG", help="a .yaml, .yml or .toml file")
+    c.set_defaults(func=cmd_run)
     return p
 
 
+ERRORS = (OsfError, ValueError, KeyError, OSError, ImportError, ArithmeticError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
-    except (OsfError, SpecError, KeyError, FileExistsError) as e:
+    except ERRORS as e:
+        if args.debug:
+            traceback.print_exc()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"osf {args.command}: error: {msg}", file=sys.stderr)
+        print(f"osf {args.command}: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
 
 

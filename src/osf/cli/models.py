@@ -1,9 +1,9 @@
 """Model specs understood by the ``osf`` command, each resolved to a model and example inputs.
 
 ``torchvision:NAME``, ``timm:NAME``, ``hf:ARCH`` (small built-in config, random init), ``sam:vit_b`` /
-``sam:tiny``, ``minilm`` (the real pretrained all-MiniLM-L6-v2), ``python:pkg.module:factory`` (a user's
-own factory returning a model, or ``(model, args)`` / ``(model, args, kwargs)``), or the path of a
-saved IR. Nothing is downloaded.
+``sam:tiny``, ``minilm`` (the real pretrained all-MiniLM-L6-v2), ``builtin:NAME`` (the demo's small models,
+see ``BUILTIN``), ``python:pkg.module:factory`` (a user's own factory returning a model, or
+``(model, args)`` / ``(model, args, kwargs)``), or the path of a saved IR. Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -123,6 +123,20 @@ def minilm() -> ModelSpec:
                      {"dynamic_seq": True})
 
 
+# the demo's models: 8x8 digits images (1 channel) or MNIST-1D signals (1 x 40)
+BUILTIN = ("resnet", "vit", "resnet1d", "vit1d")
+
+
+def _builtin(name: str) -> ModelSpec:
+    from .builtin import ResidualCNN, TinyViT
+    if name not in BUILTIN:
+        raise SpecError(f"unknown built-in model '{name}'; built in: {', '.join(f'builtin:{n}' for n in BUILTIN)}")
+    if name.endswith("1d"):
+        model = ResidualCNN(1, 10, dims=1) if name == "resnet1d" else TinyViT(1, 10, dims=1, size=40, patch=4)
+        return ModelSpec(model, (torch.randn(2, 1, 40),))
+    return ModelSpec(ResidualCNN(1, 10) if name == "resnet" else TinyViT(1, 10), (torch.randn(2, 1, 8, 8),))
+
+
 def _python(target: str) -> ModelSpec:
     module, _, attr = target.partition(":")
     if not module or not attr:
@@ -159,11 +173,13 @@ def resolve(spec: str, *, image_size: int | None = None) -> ModelSpec:
         return _sam(rest)
     if spec == "minilm":
         return minilm()
+    if kind == "builtin" and rest:
+        return _builtin(rest)
     if kind == "python" and rest:
         return _python(rest)
     raise SpecError(f"unknown model spec '{spec}'; use torchvision:NAME, timm:NAME, hf:ARCH "
-                    f"({'/'.join(sorted(HF_ARCHS))}), sam:vit_b, sam:tiny, minilm, python:pkg.module:factory, "
-                    "or the path of a saved IR")
+                    f"({'/'.join(sorted(HF_ARCHS))}), sam:vit_b, sam:tiny, minilm, builtin:NAME "
+                    f"({'/'.join(BUILTIN)}), python:pkg.module:factory, or the path of a saved IR")
 
 
 def is_saved_ir(spec: str) -> bool:

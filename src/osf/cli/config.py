@@ -1,0 +1,241 @@
+"""Settings of the ``osf`` command's stages (one dataclass each, shared by the subcommands' flags and by
+``osf run`` config files) and the config-file reader, which names any unknown or mistyped key."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models import SpecError
+
+
+class ConfigError(SpecError):
+    """A config file or setting that cannot be used; the message names the key and the valid ones."""
+
+
+@dataclass
+class SpaceSettings:
+    """Options of ``osf.SearchSpace`` (see docs/space.md)."""
+    width_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    multiple_of: int = 8
+    depth: bool = True
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    prune_head_dim: bool = False
+
+
+@dataclass
+class TrainSettings:
+    """How ``osf train`` trains: AdamW, cross-entropy, ``steps`` or ``epochs`` (default: 5 epochs)."""
+    steps: int | None = None
+    epochs: int | None = None
+    lr: float = 3e-3
+    batch_size: int = 64
+    sampler: str = "sandwich"
+    subnets: int = 4
+    distill: str = "inplace"
+    distill_weight: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
+    DISTILL: typing.ClassVar = ("inplace", "none")
+    # settings a resumed run must share with the run it continues (steps / epochs may grow)
+    FIXED: typing.ClassVar = ("lr", "batch_size", "sampler", "subnets", "distill", "distill_weight", "seed")
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("give train steps or epochs, not both")
+        _choice("train.sampler", self.sampler, self.SAMPLERS)
+        _choice("train.distill", self.distill, self.DISTILL)
+        for name in ("steps", "epochs", "batch_size", "subnets", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {value}")
+        if self.sampler != "uniform" and self.subnets < 2:
+            raise ConfigError(f"the {self.sampler} sampler runs the max and min subnets: train.subnets must be >= 2")
+
+
+@dataclass
+class SearchSettings:
+    """Arguments of ``osf.search``; ``out`` defaults to ``RUN_DIR/search``."""
+    objectives: tuple[str, ...] = ("accuracy", "flops")
+    constraints: dict[str, Any] = field(default_factory=dict)
+    budget: int = 100
+    algorithm: str = "nsga2"
+    seed: int = 0
+    calib_batches: int = 20
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice("search.algorithm", self.algorithm, ("nsga2", "random"))
+
+
+@dataclass
+class ExportSettings:
+    """Which subnet to export and how: ``arch`` (Arch JSON, a JSON file, ``max`` or ``min``) or, after a
+    search, ``pick`` (budgets for ``Front.best``, e.g. ``{flops: 50%}``; default: the most accurate)."""
+    out: str
+    arch: str | None = None
+    pick: dict[str, Any] = field(default_factory=dict)
+    formats: tuple[str, ...] = ("pt2", "onnx")
+    force: bool = False
+    evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch is not None and self.pick:
+            raise ConfigError("give export.arch or export.pick, not both")
+        for f in self.formats:
+            _choice("export.formats", f, ("pt2", "onnx"))
+
+
+@dataclass
+class Config:
+    """An ``osf run`` config: the model and data specs, and each stage's settings."""
+    model: str
+    data: str
+    out: str
+    space: SpaceSettings
+    train: TrainSettings
+    search: SearchSettings | None
+    export: ExportSettings | None
+    image_size: int | None = None
+
+
+SECTIONS = {"model": ("spec", "image_size"), "data": ("spec",), "space": SpaceSettings, "train": TrainSettings,
+            "search": SearchSettings, "export": ExportSettings}
+REQUIRED = ("model", "data", "train")
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} is '{value}'; choose one of {', '.join(allowed)}")
+
+
+def _keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to ``hint`` (int, float, str, bool, optional, tuple/list of, dict) or a ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _check_type(key, value, next(a for a in args if a is not type(None)))
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        items = [_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (str, bool) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def settings(cls: type, section: str, values: dict[str, Any], *, also: tuple[str, ...] = ()) -> Any:
+    """``cls(**values)`` after checking that every key is a field of ``cls`` (or one of ``also``, which the
+    caller reads itself) and every value its type."""
+    valid = list(also) + _keys(cls)
+    if not isinstance(values, dict):
+        raise ConfigError(f"section '{section}' must be a mapping of {', '.join(valid)}")
+    for key in values:
+        if key not in valid:
+            raise ConfigError(f"unknown key '{section}.{key}'; valid keys of '{section}': {', '.join(valid)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _check_type(f"{section}.{k}", v, hints[k]) for k, v in values.items() if k not in also}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"section '{section}' needs key(s) {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError("YAML configs need PyYAML: pip install pyyaml (or write the config as .toml)") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
+    elif path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:
+            raise ConfigError("TOML configs need Python 3.11 or later (or write the config as .yaml)") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file '{path}' is not valid TOML: {e}") from None
+    else:
+        raise ConfigError(f"config file '{path}' must end in .yaml, .yml or .toml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping with sections {', '.join(SECTIONS)}")
+    return data
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate a raw config mapping. ``model`` and ``data`` may be a spec string or ``{spec: ...}``;
+    ``train.out`` is required there (the run directory)."""
+    for section in data:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section '{section}'; valid sections: {', '.join(SECTIONS)}")
+    for section in REQUIRED:
+        if section not in data:
+            raise ConfigError(f"the config needs a '{section}' section")
+    specs = {}
+    for section in ("model", "data"):
+        value = data[section]
+        value = {"spec": value} if isinstance(value, str) else value
+        if not isinstance(value, dict):
+            raise ConfigError(f"section '{section}' must be a spec string or a mapping with 'spec'")
+        for key in value:
+            if key not in SECTIONS[section]:
+                raise ConfigError(f"unknown key '{section}.{key}'; valid keys of '{section}': "
+                                  f"{', '.join(SECTIONS[section])}")
+        if not isinstance(value.get("spec"), str):
+            raise ConfigError(f"{section}.spec must be a spec string, got {value.get('spec')!r}")
+        specs[section] = value
+    train = settings(TrainSettings, "train", data["train"], also=("out",))
+    out = data["train"].get("out")
+    if not isinstance(out, str):
+        raise ConfigError("train.out must name the run directory (a string)")
+    image_size = specs["model"].get("image_size")
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool)):
+        raise ConfigError(f"model.image_size must be int, got {image_size!r}")
+    return Config(
+        model=specs["model"]["spec"], data=specs["data"]["spec"], out=out, image_size=image_size,
+        space=settings(SpaceSettings, "space", data.get("space") or {}),
+        train=train,
+        search=settings(SearchSettings, "search", data["search"] or {}) if "search" in data else None,
+        export=settings(ExportSettings, "export", data["export"] or {}) if "export" in data else None)
+
+
+def to_json(obj: Any) -> dict[str, Any]:
+    """A settings dataclass as plain JSON (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))

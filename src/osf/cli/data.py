@@ -1,0 +1,91 @@
+"""Data specs understood by the ``osf`` command, each resolved to ``(x_train, y_train, x_val, y_val)``
+tensors of a classification task.
+
+``digits`` (scikit-learn's 8x8 digits), ``mnist1d`` (MNIST-1D, generated locally), ``npz:PATH`` (a NumPy
+archive with arrays ``x_train``, ``y_train``, ``x_val``, ``y_val``; read without unpickling) or
+``python:pkg.module:function`` (a function returning those four as tensors or arrays)."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .models import SpecError
+
+Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+NAMES = ("x_train", "y_train", "x_val", "y_val")
+BUILT_IN = ("digits", "mnist1d")
+
+
+def load_data(spec: str) -> Splits:
+    """The four tensors named by ``spec`` (inputs as float32 unless integer, labels as int64)."""
+    kind, _, rest = spec.partition(":")
+    if spec in BUILT_IN:
+        from . import builtin
+        return _checked(getattr(builtin, spec)(), spec)
+    if kind == "npz" and rest:
+        return _npz(Path(rest))
+    if kind == "python" and rest:
+        return _python(rest)
+    raise SpecError(f"unknown data spec '{spec}'; use digits, mnist1d, npz:PATH (arrays {', '.join(NAMES)}) or "
+                    "python:pkg.module:function (returning those four)")
+
+
+def _npz(path: Path) -> Splits:
+    if not path.is_file():
+        raise SpecError(f"data file '{path}' does not exist; npz:PATH needs a NumPy .npz archive with arrays "
+                        f"{', '.join(NAMES)}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [n for n in NAMES if n not in archive.files]
+            if missing:
+                raise SpecError(f"data file '{path}' lacks array(s) {missing}; it has {archive.files}, needs "
+                                f"{', '.join(NAMES)}")
+            arrays = [archive[n] for n in NAMES]
+    except (ValueError, OSError) as e:
+        raise SpecError(f"cannot read data file '{path}' as a NumPy .npz archive without pickling: {e}") from None
+    return _checked(arrays, f"npz:{path}")
+
+
+def _python(target: str) -> Splits:
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise SpecError(f"python data spec must be 'python:pkg.module:function', got 'python:{target}'")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(f"cannot load data function '{attr}' from module '{module}': {e}") from None
+    return _checked(fn(), f"python:{target}")
+
+
+def _checked(out: Any, spec: str) -> Splits:
+    if not (isinstance(out, (tuple, list)) and len(out) == 4):
+        raise SpecError(f"data '{spec}' must give four arrays ({', '.join(NAMES)}), got {type(out).__name__}")
+    tensors = []
+    for name, a in zip(NAMES, out):
+        t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+        if name.startswith("x"):
+            t = t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
+        elif t.is_floating_point() or t.dim() != 1:
+            raise SpecError(f"data '{spec}': {name} must be a 1-D array of integer class labels, got "
+                            f"{t.dtype} {tuple(t.shape)}")
+        else:
+            t = t.long()
+        tensors.append(t)
+    for x, y in ((tensors[0], tensors[1]), (tensors[2], tensors[3])):
+        if len(x) != len(y) or len(x) == 0:
+            raise SpecError(f"data '{spec}': inputs and labels differ in length or are empty "
+                            f"({len(x)} vs {len(y)})")
+    return tensors[0], tensors[1], tensors[2], tensors[3]
+
+
+def loaders(data: Splits, batch_size: int) -> tuple[DataLoader, DataLoader]:
+    """A shuffling training loader (its own generator, which ``osf.train`` reseeds every epoch) and a
+    validation loader."""
+    x, y, xv, yv = data
+    train = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=torch.Generator())
+    return train, DataLoader(TensorDataset(xv, yv), batch_size=max(batch_size, 256))

@@ -1,0 +1,235 @@
+"""The stages behind ``osf train`` / ``search`` / ``export`` / ``run``, on a run directory (see ``run_dir``)."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..export import export
+from ..ir import load_ir
+from ..search import Front, LatencyModel, search
+from ..space.arch import Arch
+from ..space.space import SearchSpace
+from ..supernet import Supernet
+from ..train import Distill, MotifSampler, SandwichSampler, UniformSampler, evaluate, train
+from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
+from .data import load_data, loaders
+from .models import SpecError, is_saved_ir, resolve
+from .run_dir import IR_DIR, Run, build_supernet, is_run_dir, load_trained, read_run, write_run
+
+DEFAULT_EPOCHS = 5
+SEARCH_DIR = "search"
+CALIB_BATCHES = 20  # BatchNorm recalibration batches before evaluating or exporting a subnet
+
+
+def say(message: str) -> None:
+    """Progress notes go to stderr, so stdout stays the command's result."""
+    print(message, file=sys.stderr)
+
+
+def new_supernet(model: str, space: SpaceSettings, image_size: int | None = None) -> Supernet:
+    """Trace the model spec (or load a saved IR) into a supernet over ``space``."""
+    options = to_json(space)
+    if is_saved_ir(model):
+        return Supernet(None, ir=load_ir(model), **options)
+    m = resolve(model, image_size=image_size)
+    return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, **options)
+
+
+# ----- train -----
+
+def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, settings: TrainSettings, *,
+              image_size: int | None = None, progress: bool = True) -> Run:
+    """Train the supernet of ``model`` on ``data`` into the run directory ``out``, resuming what is there
+    (the same model, data, space and settings are required; steps / epochs may grow)."""
+    out = Path(out)
+    model, data = _absolute(model), _absolute(data)
+    splits = load_data(data)  # bad data fails before any tracing
+    if settings.steps is None and settings.epochs is None:
+        settings = replace(settings, epochs=DEFAULT_EPOCHS)
+    requested = Run(model, data, to_json(space), to_json(settings), image_size)
+    if out.is_dir() and not is_run_dir(out) and {p.name for p in out.iterdir()} - {IR_DIR}:
+        raise ConfigError(f"'{out}' exists and is not an osf run directory (no run.json); choose another --out")
+    main_rank = not dist.is_initialized() or dist.get_rank() == 0  # under --nproc, rank 0 writes the run
+    resuming = is_run_dir(out)
+    if dist.is_initialized():
+        dist.barrier()  # every rank has looked before rank 0 writes
+    if resuming:
+        run = read_run(out)
+        _check_resumable(out, run, requested)
+        run.train = requested.train
+        supernet = build_supernet(out, run)
+        if main_rank:
+            say(f"resuming the run in {out}")
+    else:
+        torch.manual_seed(settings.seed)  # the model's initial weights
+        supernet = new_supernet(model, space, image_size)
+        run = requested
+        if main_rank:
+            supernet.ir.save(str(out / IR_DIR), overwrite=True)  # a run cut short before its run.json is redone
+            write_run(out, run)
+    train_loader, val_loader = loaders(splits, settings.batch_size)
+    optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
+    result = train(supernet, train_loader, optimizer=optimizer, loss_fn=F.cross_entropy, steps=settings.steps,
+                   epochs=settings.epochs, sampler=_sampler(settings, supernet), seed=settings.seed,
+                   distill=Distill("inplace", weight=settings.distill_weight) if settings.distill == "inplace" else None,
+                   run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
+    if main_rank:
+        accuracy = {name: round(evaluate(supernet, arch, val_loader, calib_loader=train_loader), 4)
+                    for name, arch in (("max", supernet.space.max()), ("min", supernet.space.min()))}
+        run.result = {"step": result.step, "val_accuracy": accuracy}
+        write_run(out, run)
+    return run
+
+
+def _absolute(spec: str) -> str:
+    """Specs that name files (``npz:PATH``, a saved IR) with absolute paths, so a run directory works from
+    any working directory."""
+    if spec.startswith("npz:"):
+        return f"npz:{Path(spec[4:]).resolve()}"
+    return str(Path(spec).resolve()) if is_saved_ir(spec) else spec
+
+
+def _sampler(settings: TrainSettings, supernet: Supernet):
+    if settings.sampler == "motif":
+        return MotifSampler(supernet, settings.subnets, settings.seed)
+    cls = SandwichSampler if settings.sampler == "sandwich" else UniformSampler
+    return cls(supernet.space, settings.subnets, settings.seed)
+
+
+def _identity(run: Run) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues."""
+    flags = {**run.space, **{k: run.train.get(k) for k in TrainSettings.FIXED}, "image_size": run.image_size}
+    return {"model": run.model, "data": run.data, **{f"--{k.replace('_', '-')}": v for k, v in flags.items()}}
+
+
+def _check_resumable(out: Path, run: Run, requested: Run) -> None:
+    theirs = _identity(requested)
+    for key, value in _identity(run).items():
+        if theirs[key] != value:
+            raise ConfigError(f"{out} holds a run with {key} {value!r}, not {theirs[key]!r}; resume with the same "
+                              "settings or train into another --out")
+
+
+# ----- search -----
+
+def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool = True) -> Front:
+    """Search the trained supernet of ``run_dir`` (top-1 accuracy on its validation split, BatchNorm
+    recalibrated on its training split) and save ``front.json`` and ``front.png`` to ``settings.out``
+    (default ``RUN_DIR/search``, replaced by each search). Evaluations are cached there per checkpoint, so a
+    rerun with a larger budget only evaluates the new subnets."""
+    trained = load_trained(run_dir)
+    out = Path(settings.out) if settings.out is not None else Path(run_dir) / SEARCH_DIR
+    train_loader, val_loader = loaders(load_data(trained.run.data), trained.run.train["batch_size"])
+    objectives, constraints = tuple(settings.objectives), dict(settings.constraints)
+    latency = (LatencyModel(trained.supernet, cache=out / "latency.json")
+               if "latency" in objectives or "latency" in constraints else None)
+    front = search(trained.supernet, _accuracy_on(val_loader), objectives=objectives, constraints=constraints,
+                   budget=settings.budget, algorithm=settings.algorithm, seed=settings.seed, latency=latency,
+                   calib_loader=train_loader, calib_batches=settings.calib_batches, progress=progress,
+                   cache=out / f"evaluations-step{trained.step}-calib{settings.calib_batches}.jsonl")
+    front.save(out / "front.json", overwrite=True)
+    costs = [o for o in front.objectives if o != "accuracy"]
+    try:
+        front.plot(out / "front.png", x=costs[0] if costs else "flops", overwrite=True)
+    except ImportError:
+        say("matplotlib is not installed: no front.png (pip install matplotlib)")
+    return front
+
+
+def _accuracy_on(loader: DataLoader):
+    """``evaluate(model) -> top-1 accuracy`` over ``loader``, for ``osf.search``."""
+    def evaluate(model: torch.nn.Module) -> float:
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in loader:
+                correct += int((model(x).argmax(-1) == y).sum())
+                total += len(y)
+        return correct / total
+    return evaluate
+
+
+# ----- export -----
+
+def parse_arch(text: str, space: SearchSpace) -> Arch:
+    """``max``, ``min``, an Arch as JSON text, or a JSON file holding one (e.g. an export's arch.json)."""
+    if text in ("max", "min"):
+        return space.max() if text == "max" else space.min()
+    source = text
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise SpecError(f"--arch '{text}' is neither max, min, JSON ('{{\"width\": ..., \"depth\": ...}}') "
+                            "nor an existing JSON file")
+        source = path.read_text()
+    try:
+        arch = Arch.from_json(json.loads(source))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise SpecError(f"--arch '{text}' is not an osf Arch ({e}); expected {{\"width\": {{...}}, \"depth\": "
+                        "{...}}") from None
+    space.validate(arch)
+    return arch
+
+
+def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | None = None,
+               progress: bool = True) -> Path:
+    """Export one subnet of the trained supernet in ``run_dir`` to ``settings.out``: ``settings.arch``, or
+    the front's (``front``, else ``RUN_DIR/search/front.json``) best point within ``settings.pick``.
+    BatchNorm statistics are first re-estimated for that subnet on the training split; with
+    ``settings.evaluate``, an arch not taken from a front is scored on the validation split."""
+    out = Path(settings.out)
+    if out.exists() and not settings.force:  # before any work; osf.export checks again
+        raise FileExistsError(f"'{out}' already exists; pass --force (export.force: true) to replace it")
+    trained = load_trained(run_dir)
+    metrics: dict[str, Any] = {}
+    if settings.arch is not None:
+        arch = parse_arch(settings.arch, trained.supernet.space)
+    else:
+        front = front if front is not None else _saved_front(run_dir)
+        point = front.best(**settings.pick)
+        arch = point.arch
+        metrics["accuracy"] = round(point.accuracy, 4)
+        if point.latency is not None:
+            metrics["latency_ms"] = round(point.latency * 1e3, 4)
+    train_loader, val_loader = loaders(load_data(trained.run.data), trained.run.train["batch_size"])
+    if settings.evaluate and "accuracy" not in metrics:  # recalibrates BatchNorm statistics for arch first
+        metrics["accuracy"] = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
+                                             calib_batches=CALIB_BATCHES), 4)
+    elif trained.supernet.batch_norms(arch):  # the exported subnet keeps statistics that fit it
+        trained.supernet.recalibrate(arch, train_loader, CALIB_BATCHES)
+    source = f"{trained.run.model}, trained {trained.step} steps on {trained.run.data} (osf run directory {run_dir})"
+    return export(trained.supernet, arch, out, formats=tuple(settings.formats), metrics=metrics,
+                  overwrite=settings.force, source=source, progress=progress)
+
+
+def _saved_front(run_dir: str | Path) -> Front:
+    path = Path(run_dir) / SEARCH_DIR / "front.json"
+    if not path.is_file():
+        raise SpecError(f"no search results in {path.parent}; run osf search {run_dir} first, or pass --arch")
+    return Front.load(path)
+
+
+# ----- run -----
+
+def run_config(config: Config, *, progress: bool = True) -> dict[str, Any]:
+    """All stages of a config in order: train (resuming), then search and export when configured."""
+    if (config.export is not None and config.export.arch is None and config.search is None
+            and not (Path(config.out) / SEARCH_DIR / "front.json").is_file()):
+        raise ConfigError("export needs export.arch (max, min, JSON or a file) or a search section to pick from")
+    run = train_run(config.model, config.data, config.out, config.space, config.train, image_size=config.image_size,
+                    progress=progress)
+    done: dict[str, Any] = {"run_dir": config.out, "train": run.result}
+    front = None
+    if config.search is not None:
+        front = search_run(config.out, config.search, progress=progress)
+        done["search"] = front
+    if config.export is not None:
+        done["export"] = export_run(config.out, config.export, front=front, progress=progress)
+    return done

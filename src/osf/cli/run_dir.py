@@ -1,0 +1,100 @@
+"""The run directory that ``osf train`` writes and ``osf search`` / ``osf export`` read: everything
+needed to rebuild the trained supernet without the original Python model.
+
+    RUN_DIR/run.json        model and data specs, space options, train settings, final validation accuracy
+    RUN_DIR/ir/             the traced model (``ir.save``), weights already sorted by salience
+    RUN_DIR/checkpoints/    osf.train checkpoints; the newest holds the trained shared weights
+    RUN_DIR/metrics.jsonl   one line per training step
+    RUN_DIR/search/         osf search: the Pareto front (front.json, front.png)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..ir import FormatError, load_ir
+from ..supernet import Supernet
+from ..train import checkpoint as ckpt
+from .models import SpecError
+
+RUN_FILE, IR_DIR, CHECKPOINTS = "run.json", "ir", "checkpoints"
+FORMAT = "osf-run-1"
+
+
+@dataclass
+class Run:
+    """What ``run.json`` records. ``space`` holds ``SearchSpace`` options, ``train`` the ``TrainSettings``,
+    ``result`` the outcome of the last ``osf train`` (step, validation accuracy of the max/min subnets)."""
+    model: str
+    data: str
+    space: dict[str, Any]
+    train: dict[str, Any]
+    image_size: int | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trained:
+    """A supernet rebuilt from a run directory, with the weights of its newest checkpoint."""
+    supernet: Supernet
+    run: Run
+    step: int
+    checkpoint: Path
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / RUN_FILE).is_file()
+
+
+def read_run(run_dir: str | os.PathLike) -> Run:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise SpecError(f"'{run_dir}' is not an osf run directory (no {RUN_FILE}); create one with "
+                        f"osf train MODEL --data SPEC --out {run_dir}")
+    try:
+        data = json.loads(path.read_text())
+        if data.pop("format", None) != FORMAT:
+            raise ValueError(f"not an {FORMAT} file")
+        return Run(**data)
+    except (ValueError, TypeError) as e:
+        raise FormatError(f"{path} is corrupt ({e}); train into a new run directory") from None
+
+
+def write_run(run_dir: str | os.PathLike, run: Run) -> None:
+    """Write ``run.json`` atomically (temporary file, then rename)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{RUN_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": FORMAT, **asdict(run)}, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, run_dir / RUN_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_supernet(run_dir: str | os.PathLike, run: Run) -> Supernet:
+    """The supernet of a run from its saved IR, untrained weights. ``sort=False``: the saved weights are
+    already in salience order, and sorting again would permute them away from the checkpoints'."""
+    return Supernet(None, ir=load_ir(Path(run_dir) / IR_DIR), sort=False, **run.space)
+
+
+def load_trained(run_dir: str | os.PathLike) -> Trained:
+    """The trained supernet of ``run_dir``: its IR, space options and newest checkpoint (whose fingerprint
+    must match, else ``CheckpointError``). Needs neither the model's code nor its spec to resolve."""
+    run = read_run(run_dir)
+    supernet = build_supernet(run_dir, run)
+    found = ckpt.checkpoints(Path(run_dir) / CHECKPOINTS)
+    if not found:
+        raise SpecError(f"run directory '{run_dir}' has no checkpoint yet; run osf train on it first")
+    state = ckpt.load(found[-1], supernet)
+    supernet.eval()
+    return Trained(supernet, run, state["step"], found[-1])

@@ -1,0 +1,167 @@
+"""``osf.export``: write a subnet as a directory of plain-PyTorch artifacts (``.pt2``, ONNX, safetensors,
+arch, model card), atomically."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..ir.errors import OsfError
+from ..space.arch import Arch
+from ..supernet.batches import to_device
+from ..supernet.supernet import Supernet
+from .card import make_card, markdown
+from .inputs import dynamic_shapes, example_inputs, input_names
+
+FORMATS = ("pt2", "onnx")
+log = logging.getLogger(__name__)
+
+
+class ExportError(OsfError):
+    """A subnet that could not be written in a requested format; the message says what to do."""
+
+
+def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: tuple[str, ...] = FORMATS,
+           metrics: dict[str, Any] | None = None, overwrite: bool = False, example: Any = None,
+           source: str | None = None, progress: bool = False) -> Path:
+    """Write ``supernet.extract(arch).eval()`` to the directory ``path``:
+
+    - ``model.pt2``: ``torch.export`` program (``torch.export.load(...).module()`` runs it without osf);
+      the dims the IR keeps symbolic (batch, sequence) stay dynamic;
+    - ``model.onnx``: when ``onnx`` and ``onnxscript`` are installed (the ``onnx`` extra); else skipped
+      with a logged note;
+    - ``weights.safetensors`` (the subnet's ``state_dict``), ``arch.json``;
+    - ``card.json`` and ``model_card.md``: params, FLOPs, the given ``metrics`` (e.g. accuracy, latency),
+      the model class and ``source`` (e.g. the model spec), the arch, versions and how to load it.
+
+    ``example``: inputs to trace with (a tensor or tuple of positional inputs, or a dict of keyword
+    inputs); by default made up from the traced shapes. Everything is written to a temporary directory
+    beside ``path`` and renamed into place; an existing ``path`` raises ``FileExistsError`` unless
+    ``overwrite=True``, which keeps the old one until the new one is complete. Returns ``path``."""
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)}")
+    path = Path(path)
+    _refuse_existing(path, overwrite)
+    supernet.space.validate(arch)
+    from .. import __version__  # the package is fully imported by the time export runs
+    skipped: dict[str, str] = {}
+    with _staging(path, overwrite) as tmp, tqdm(total=len(formats) + 2, desc="export", unit="step",
+                                                 disable=not progress, dynamic_ncols=True) as bar:
+        bar.set_postfix_str("extract")
+        model = supernet.extract(arch).eval()
+        args, kwargs = to_device(example_inputs(supernet.ir, example), supernet.device())
+        bar.update()
+        dynamic = dynamic_shapes(supernet.ir)
+        for fmt in formats:
+            bar.set_postfix_str(fmt)
+            if fmt == "pt2":
+                _write_pt2(model, args, kwargs, dynamic, tmp / "model.pt2")
+            else:
+                _write_onnx(model, args, kwargs, dynamic, input_names(supernet.ir), tmp / "model.onnx", skipped)
+            bar.update()
+        bar.set_postfix_str("weights, card")
+        _write_weights(model, tmp / "weights.safetensors")
+        (tmp / "arch.json").write_text(json.dumps(arch.to_json(), indent=1) + "\n")
+        files = sorted(p.name for p in tmp.iterdir()) + ["card.json", "model_card.md"]
+        card = make_card(supernet, arch, files=files, skipped=skipped, metrics=metrics, source=source,
+                         osf_version=__version__)
+        (tmp / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+        (tmp / "model_card.md").write_text(markdown(card))
+        bar.update()
+    return path
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"'{path}' already exists; pass overwrite=True (osf export --force) to replace it, "
+                              "or choose another path")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' warnings and onnxscript's optimizer log (it reports constant folds it skips)."""
+    onnxscript_log = logging.getLogger("onnxscript")
+    level = onnxscript_log.level
+    onnxscript_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        onnxscript_log.setLevel(level)
+
+
+def _write_pt2(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict | None, file: Path) -> None:
+    with _quiet():
+        program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
+    torch.export.save(program, file)
+
+
+def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict | None, names: list[str],
+                file: Path, skipped: dict[str, str]) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        skipped["onnx"] = f"{e.name} is not installed: pip install 'osf[onnx]'"
+        log.warning("osf.export: ONNX skipped (%s)", skipped["onnx"])
+        return
+    try:
+        with _quiet():
+            program = torch.onnx.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic, input_names=names,
+                                        dynamo=True, verbose=False)
+        program.save(str(file))
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which format failed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"the ONNX exporter failed on this subnet ({type(e).__name__}: {first}); export "
+                          "without it: formats=('pt2',) (osf export --format pt2)") from e
+
+
+def _write_weights(model: torch.nn.Module, file: Path) -> None:
+    # clones: safetensors refuses tensors that share storage (tied weights are stored once per name)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()},
+              str(file), metadata={"format": "osf-subnet-state-dict"})
+
+
+@contextlib.contextmanager
+def _staging(path: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary directory beside ``path``; on success its files are flushed and it replaces ``path``
+    (an old ``path`` is moved aside first and removed only after the new one is in place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _refuse_existing(path, overwrite)  # something may have appeared there meanwhile
+        old = None
+        if path.exists() or path.is_symlink():
+            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+        if old is not None and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old is not None:
+            old.unlink()
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,186 @@
+"""`osf.export`: the `.pt2` runs in a fresh process without osf, ONNX matches, the model card has the
+numbers, writes are atomic and never overwrite silently."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.utils._pytree as pytree
+from safetensors.torch import load_file, save_file
+
+import osf
+from models import supernet
+
+BATCH = 3  # traced with batch 2
+
+
+def _inputs(name: str) -> tuple[tuple, dict]:
+    g = torch.Generator().manual_seed(1)
+    if name == "bert":
+        ids = torch.randint(0, 100, (BATCH, 12), generator=g)
+        return (), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return (torch.randn(BATCH, 3, 64, 64, generator=g),), {}
+
+
+def _reference(sn: osf.Supernet, arch: osf.Arch, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    was_training = sn.training
+    sn.eval()
+    try:
+        with torch.no_grad(), sn.set_arch(arch):
+            return [t for t in pytree.tree_leaves(sn(*args, **kwargs)) if isinstance(t, torch.Tensor)]
+    finally:
+        sn.train(was_training)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A CNN and a transformer subnet exported, with their inputs at another batch size and the
+    supernet's outputs at that arch."""
+    out = {}
+    for name, seed in (("resnet18", 1), ("bert", 2)):
+        sn = supernet(name)[0]
+        arch = sn.space.sample(seed)
+        directory = tmp_path_factory.mktemp("export") / name
+        osf.export(sn, arch, directory, metrics={"accuracy": 0.875, "latency_ms": 1.25}, source=f"tests:{name}")
+        args, kwargs = _inputs(name)
+        ref = _reference(sn, arch, args, kwargs)
+        save_file({**{f"arg{i}": a for i, a in enumerate(args)}, **{f"kw.{k}": v for k, v in kwargs.items()},
+                   **{f"ref{i}": r for i, r in enumerate(ref)}}, str(directory.parent / "io.safetensors"))
+        out[name] = (sn, arch, directory)
+    return out
+
+
+LOAD_WITHOUT_OSF = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class NoOsf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "osf" or name.startswith("osf."):
+                raise ImportError("osf is blocked in this process")
+
+    sys.meta_path.insert(0, NoOsf())
+    import torch, torch.utils._pytree as pytree
+    import transformers.modeling_outputs  # defines BERT's output type (the model card says so)
+    from safetensors.torch import load_file
+
+    report = {}
+    for directory in sys.argv[1:]:
+        io = load_file(directory + "/../io.safetensors")
+        args = [io[k] for k in sorted(io) if k.startswith("arg")]
+        kwargs = {k[3:]: v for k, v in io.items() if k.startswith("kw.")}
+        model = torch.export.load(directory + "/model.pt2").module()
+        with torch.no_grad():
+            out = [t for t in pytree.tree_leaves(model(*args, **kwargs)) if isinstance(t, torch.Tensor)]
+        ref = [io[f"ref{i}"] for i in range(len(out))]
+        model.load_state_dict(load_file(directory + "/weights.safetensors"))  # same names and shapes
+        report[directory] = {"n": len(out), "n_ref": sum(k.startswith("ref") for k in io),
+                             "shapes": [list(t.shape) for t in out],
+                             "diff": max(float((a - b).abs().max()) for a, b in zip(out, ref))}
+    try:
+        import osf
+        report["import osf"] = "succeeded"
+    except ImportError:
+        report["import osf"] = "blocked"
+    report["osf loaded"] = [m for m in sys.modules if m == "osf" or m.startswith("osf.")]
+    print(json.dumps(report))
+""")
+
+
+def test_pt2_runs_in_plain_torch_without_osf(exported):
+    dirs = [str(d) for _, _, d in exported.values()]
+    run = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_OSF, *dirs], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["import osf"] == "blocked" and report["osf loaded"] == []
+    for d in dirs:
+        r = report[d]
+        assert r["n"] == r["n_ref"] >= 1 and r["shapes"][0][0] == BATCH
+        assert r["diff"] <= 1e-5, (d, r)
+
+
+def test_onnx_matches_the_supernet(exported):
+    onnx = pytest.importorskip("onnx")
+    for name, (sn, arch, directory) in exported.items():
+        model = onnx.load(str(directory / "model.onnx"))
+        onnx.checker.check_model(model)
+        try:
+            import onnxruntime
+        except ImportError:
+            continue
+        args, kwargs = _inputs(name)
+        session = onnxruntime.InferenceSession(str(directory / "model.onnx"))
+        names = [i.name for i in session.get_inputs()]
+        feeds = dict(zip(names, [a.numpy() for a in args] + [kwargs[n].numpy() for n in names[len(args):]]))
+        out = session.run(None, feeds)
+        ref = _reference(sn, arch, args, kwargs)
+        assert torch.allclose(torch.from_numpy(out[0]), ref[0], atol=1e-4), name
+
+
+def test_model_card_has_the_numbers(exported):
+    sn, arch, directory = exported["bert"]
+    card = json.loads((directory / "card.json").read_text())
+    cost, full = sn.cost(arch), sn.cost(sn.space.max())
+    assert (card["params"], card["flops"]) == (cost["params"], cost["flops"])
+    assert card["full_model"] == full and card["metrics"] == {"accuracy": 0.875, "latency_ms": 1.25}
+    assert card["model"] == {"class": "transformers.models.bert.modeling_bert.BertForSequenceClassification",
+                             "source": "tests:bert"}
+    assert card["versions"]["torch"] == torch.__version__ and card["versions"]["osf"] == osf.__version__
+    assert card["import_before_loading"] == ["transformers.modeling_outputs"]
+    assert [i["name"] for i in card["inputs"]] == ["input_ids", "attention_mask"]
+    assert osf.Arch.from_json((directory / "arch.json").read_text()) == arch
+    md = (directory / "model_card.md").read_text()
+    for text in (f"{cost['params']:,}", f"{cost['flops']:,}", "| accuracy | 0.875 |", "| latency_ms | 1.25 |",
+                 "torch.export.load", "import transformers.modeling_outputs", "model(input_ids=input_ids", "tests:bert"):
+        assert text in md, text
+    weights = load_file(str(directory / "weights.safetensors"))
+    expected = sn.extract(arch).state_dict()
+    assert sorted(weights) == sorted(expected) and all(torch.equal(weights[k], v) for k, v in expected.items())
+
+
+def test_never_overwrites_silently_and_keeps_the_old_export_on_failure(exported, tmp_path):
+    sn, arch, _ = exported["resnet18"]
+    target = tmp_path / "out"
+    osf.export(sn, arch, target, formats=("pt2",))
+    before = (target / "card.json").read_text()
+    with pytest.raises(FileExistsError, match=f"{target}.*overwrite=True"):
+        osf.export(sn, arch, target, formats=("pt2",))
+    with pytest.raises(ValueError, match="example inputs do not match"):  # fails after staging began
+        osf.export(sn, arch, target, formats=("pt2",), overwrite=True, example={"nope": torch.zeros(1)})
+    with pytest.raises(ValueError, match="size 1 in dynamic dim B"):  # export would fix the batch to 1
+        osf.export(sn, arch, target, formats=("pt2",), overwrite=True, example=torch.zeros(1, 3, 64, 64))
+    assert (target / "card.json").read_text() == before
+    other = sn.space.min()
+    osf.export(sn, other, target, formats=("pt2",), overwrite=True)
+    assert osf.Arch.from_json((target / "arch.json").read_text()) == other
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old copies left
+    with pytest.raises(ValueError, match="unknown export format"):
+        osf.export(sn, arch, tmp_path / "x", formats=("tflite",))
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_onnx_skipped_with_a_note_when_not_installed(exported, tmp_path, monkeypatch):
+    sn, arch, _ = exported["resnet18"]
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import raises ImportError
+    records, logger = _Records(), logging.getLogger("osf.export")
+    logger.addHandler(records)
+    try:
+        osf.export(sn, arch, tmp_path / "out", formats=("onnx",))
+    finally:
+        logger.removeHandler(records)
+    assert not (tmp_path / "out" / "model.onnx").exists()
+    assert any("ONNX skipped" in m for m in records.messages)
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert "onnxscript is not installed" in card["skipped"]["onnx"]
