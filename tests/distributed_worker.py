@@ -56,7 +56,10 @@ def setup(case: str, lr: float = 0.05):
 
 
 def weights(supernet) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone().contiguous() for n, p in supernet.named_parameters()}
+    """Parameters and counters (``num_batches_tracked``): what a parallel run must reproduce. Running
+    statistics are averaged over ranks instead (docs/distributed.md)."""
+    return {n: t.detach().clone().contiguous() for n, t in [*supernet.named_parameters(), *supernet.named_buffers()]
+            if t.is_floating_point() == isinstance(t, torch.nn.Parameter)}
 
 
 def run(case: str, *, parallel, steps: int = STEPS, run_dir=None, checkpoint_every=None, loss_fn=F.cross_entropy,

@@ -52,7 +52,7 @@ def torchrun_two_nodes(scenario: str, out: Path) -> list[subprocess.CompletedPro
 
 def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-12)) for k in a)
+    return max(float((a[k] - b[k]).double().norm() / b[k].double().norm().clamp_min(1e-12)) for k in a)
 
 
 def test_plan_covers_every_subnet_and_row_once():

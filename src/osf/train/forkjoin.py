@@ -178,14 +178,22 @@ class ForkJoin:
                 tensors[i].copy_(flat[offset:offset + n].view_as(tensors[i]))
                 offset += n
 
-    def average_buffers(self, module: torch.nn.Module) -> None:
-        """Average floating-point buffers (BatchNorm running statistics) over ranks: each rank updated
-        them with its own subnets; the average keeps every rank's state identical."""
+    def counters(self, module: torch.nn.Module) -> list[torch.Tensor]:
+        """Copies of the integer buffers (``num_batches_tracked``) before a step, for ``sync_buffers``."""
+        return [b.clone() for b in module.buffers() if not b.is_floating_point()]
+
+    def sync_buffers(self, module: torch.nn.Module, before: list[torch.Tensor]) -> None:
+        """Make every rank's buffers equal after a step. Counters (integer buffers) get the sum of all
+        ranks' increments since ``before``, as one process would count; floating-point buffers (BatchNorm
+        running statistics, which each rank updated with its own subnets) are averaged."""
         floats = [b for b in module.buffers() if b.is_floating_point()]
-        if floats:
-            self._all_reduce(floats)
-            for b in floats:
-                b.div_(self.world)
+        counts = [b for b in module.buffers() if not b.is_floating_point()]
+        deltas = [b - b0 for b, b0 in zip(counts, before)]
+        self._all_reduce(floats + deltas)
+        for b in floats:
+            b.div_(self.world)
+        for b, b0, d in zip(counts, before, deltas):
+            b.copy_(b0 + d)
 
     def agree(self, settings: dict[str, Any]) -> None:
         """Check that every rank runs with the same ``settings`` (JSON-able); raise ``ConfigMismatch``

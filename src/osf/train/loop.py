@@ -126,12 +126,13 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             picks = sampler.sample(step)
             rows = batch_size(args, kwargs)
             items = plan(picks, rows, rank, world)
+            counters = fork.counters(supernet) if fork is not None else []
             losses = _train_step(supernet, picks, items, rows, args, kwargs, target, loss_fn, distill, scaler,
                                  autocast, seed, step)
             t_join = time.perf_counter()
             if fork is not None:
                 losses = fork.join(params, losses)
-                fork.average_buffers(supernet)
+                fork.sync_buffers(supernet, counters)
             join_seconds = time.perf_counter() - t_join
             _check_finite(losses, picks, step)
             if scaler is not None:
