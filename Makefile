@@ -14,7 +14,7 @@ $(STAMP): requirements/dev.txt pyproject.toml
 	@cp requirements/dev.txt $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/osf inspect torchvision:resnet18 --depth 2
+	$(VENV)/bin/osf demo --out reports/demo --force
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

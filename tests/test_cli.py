@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,21 +70,18 @@ def test_console_script_runs():
 
 
 def test_docs_example_runs():
-    from pathlib import Path
     example = Path(__file__).parents[1] / "docs" / "ir_example.py"
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=True).stdout
     assert "'status': 'verified'" in out and "('4', 'output')" in out
 
 
 def test_space_docs_example_runs():
-    from pathlib import Path
     example = Path(__file__).parents[1] / "docs" / "space_example.py"
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=True).stdout
     assert "SearchSpace(12 groups, 14 units" in out and "'params'" in out
 
 
 def test_train_docs_example_runs(tmp_path):
-    from pathlib import Path
     example = Path(__file__).parents[1] / "docs" / "train_example.py"
     out = subprocess.run([sys.executable, str(example), str(tmp_path)], capture_output=True, text=True,
                          check=True).stdout
@@ -302,3 +300,21 @@ def test_data_specs(tmp_path):
     np.savez(tmp_path / "e.npz", x_train=np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"lacks array\(s\) \['y_train', 'x_val', 'y_val'\]"):
         load_data(f"npz:{tmp_path / 'e.npz'}")
+
+
+@pytest.mark.slow
+def test_demo_writes_a_report_and_never_replaces_one_silently(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--budget", "12", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "test acc" in printed and "report:" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    summary_md = (out / "summary.md").read_text()
+    assert [r["budget"] for r in summary["subnets"]] == ["25%", "50%", "100%"]
+    full = summary["full_model"]["flops"]
+    for r, share in zip(summary["subnets"], (0.25, 0.5, 1.0)):
+        assert r["flops"] <= share * full and 0 <= r["test_accuracy"] <= 1 and r["latency_ms"] > 0
+        assert (out / r["path"] / "model.pt2").is_file() and f"[{r['budget']}]({r['path']}/model_card.md)" in summary_md
+    assert (out / "front.png").stat().st_size > 0 and "![accuracy against FLOPs](front.png)" in summary_md
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--budget", "12", "--quiet"]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ..ir import OsfError, load_ir, trace
 from ..space.space import SearchSpace
 from ..train import init_process_group
-from . import inspect_cmd, pipeline, space_cmd
+from . import demo, inspect_cmd, pipeline, space_cmd
 from .config import ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config, read_config, to_json
 from .data import BUILT_IN
 from .models import BUILTIN, SpecError, is_saved_ir, resolve
@@ -148,6 +148,19 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(done["search"].table())
     if "export" in done:
         _print_export(done["export"])
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    settings = demo.DemoSettings(**{k: v for k, v in vars(a).items()
+                                    if k in demo.DemoSettings.__dataclass_fields__ and v is not None})
+    summary = demo.run_demo(a.out, settings, force=a.force, progress=not a.quiet)
+    print(demo.table(summary))
+    acc = summary["train"]["val_accuracy"]
+    print(f"\nsupernet of {summary['model']}: {summary['train']['step']} steps, validation accuracy max {acc['max']:.3f} "
+          f"/ min {acc['min']:.3f}; front of {summary['front_size']} from {summary['evaluated']} evaluated subnets; "
+          f"{summary['seconds']:.0f} s")
+    print(f"report: {a.out}/summary.md, front.png, front.json, subnets/ (model.pt2, model.onnx, model_card.md)")
     return 0
 
 
@@ -300,6 +313,23 @@ def parser() -> argparse.ArgumentParser:
                        '  export: {out: exported/digits, pick: {flops: "50%"}}'])))
     c.add_argument("config", metavar="CONFIG", help="a .yaml, .yml or .toml file")
     c.set_defaults(func=cmd_run)
+    dd = demo.DemoSettings()
+    m = sub.add_parser("demo", parents=[common], formatter_class=fmt, help="every stage on a built-in model and "
+                       "the digits data set, in a few minutes",
+                       description=_describe("Build the supernet of a built-in model (a small residual CNN or ViT), "
+                       "train it on scikit-learn's digits, search the accuracy / FLOPs front, export the best subnets "
+                       "within 25%%, 50%% and 100%% of the FLOPs, and score each exported file on held-out digits "
+                       "and time it on the CPU. Writes OUT: summary.md, summary.json, front.png, front.json, "
+                       "subnets/ and the training run.", "  osf demo --out reports/demo",
+                       "  osf demo --model vit --epochs 30 --out reports/demo-vit"))
+    m.add_argument("--out", default="osf-demo", metavar="DIR", help="the report directory (default osf-demo)")
+    m.add_argument("--force", action="store_true", help="replace DIR if it exists (the old one stays until the "
+                   "new one is complete)")
+    m.add_argument("--model", choices=("resnet", "vit"), help=f"built-in model (default {dd.model})")
+    m.add_argument("--epochs", type=int, help=f"training epochs (default {dd.epochs})")
+    m.add_argument("--budget", type=int, help=f"subnets the search evaluates (default {dd.budget})")
+    m.add_argument("--seed", type=int, help=f"default {dd.seed}")
+    m.set_defaults(func=cmd_demo)
     return p
 
 

@@ -58,7 +58,7 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
     supernet.space.validate(arch)
     from .. import __version__  # the package is fully imported by the time export runs
     skipped: dict[str, str] = {}
-    with _staging(path, overwrite) as tmp, tqdm(total=len(formats) + 2, desc="export", unit="step",
+    with staged_directory(path, overwrite) as tmp, tqdm(total=len(formats) + 2, desc="export", unit="step",
                                                  disable=not progress, dynamic_ncols=True) as bar:
         bar.set_postfix_str("extract")
         model = supernet.extract(arch).eval()
@@ -137,16 +137,17 @@ def _write_weights(model: torch.nn.Module, file: Path) -> None:
 
 
 @contextlib.contextmanager
-def _staging(path: Path, overwrite: bool) -> Iterator[Path]:
+def staged_directory(path: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary directory beside ``path``; on success its files are flushed and it replaces ``path``
     (an old ``path`` is moved aside first and removed only after the new one is in place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in tmp.rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         _refuse_existing(path, overwrite)  # something may have appeared there meanwhile
         old = None
         if path.exists() or path.is_symlink():

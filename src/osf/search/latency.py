@@ -75,17 +75,8 @@ class LatencyModel:
             return self._memory[key]
         model = self.supernet.extract(arch).eval().to(self.device)
         args, kwargs = self.example_inputs()
-        with self.threads_set(), torch.no_grad():
-            for _ in range(self.warmup):
-                model(*args, **kwargs)
-            times = []
-            for _ in range(self.runs):
-                self._sync()
-                start = time.perf_counter()
-                model(*args, **kwargs)
-                self._sync()
-                times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
+        with self.threads_set():
+            seconds = time_forward(model, args, kwargs, warmup=self.warmup, runs=self.runs, device=self.device)
         self._memory[key] = seconds
         self._file.add(key, seconds)
         return seconds
@@ -200,6 +191,26 @@ class LatencyTable:
 
 
 # ----- inputs -----
+
+def time_forward(model: torch.nn.Module, args: tuple, kwargs: dict, *, warmup: int = 3, runs: int = 10,
+                 device: torch.device = torch.device("cpu")) -> float:
+    """Median seconds of ``runs`` forwards of ``model`` without gradients, after ``warmup`` untimed ones
+    (CUDA is synchronised around each run)."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(*args, **kwargs)
+        times = []
+        for _ in range(runs):
+            sync()
+            start = time.perf_counter()
+            model(*args, **kwargs)
+            sync()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
 
 def synthetic_inputs(ir: IR, batch_size: int) -> tuple[tuple, dict]:
     """``(args, kwargs)`` with the traced structure, shapes and dtypes, batch dims set to ``batch_size``:
