@@ -6,7 +6,6 @@ archive with arrays ``x_train``, ``y_train``, ``x_val``, ``y_val``; read without
 ``python:pkg.module:function`` (a function returning those four as tensors or arrays)."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .models import SpecError
+from .models import SpecError, import_target
 
 Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 NAMES = ("x_train", "y_train", "x_val", "y_val")
@@ -52,14 +51,7 @@ def _npz(path: Path) -> Splits:
 
 
 def _python(target: str) -> Splits:
-    module, _, attr = target.partition(":")
-    if not module or not attr:
-        raise SpecError(f"python data spec must be 'python:pkg.module:function', got 'python:{target}'")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise SpecError(f"cannot load data function '{attr}' from module '{module}': {e}") from None
-    return _checked(fn(), f"python:{target}")
+    return _checked(import_target(target, "function returning the data")(), f"python:{target}")
 
 
 def _checked(out: Any, spec: str) -> Splits:

@@ -137,15 +137,20 @@ def _builtin(name: str) -> ModelSpec:
     return ModelSpec(ResidualCNN(1, 10) if name == "resnet" else TinyViT(1, 10), (torch.randn(2, 1, 8, 8),))
 
 
-def _python(target: str) -> ModelSpec:
+def import_target(target: str, what: str) -> Any:
+    """The object a ``python:pkg.module:name`` spec names (``target`` is the part after ``python:``);
+    ``what`` says what it should be (``factory``, ``data function``) in errors."""
     module, _, attr = target.partition(":")
     if not module or not attr:
-        raise SpecError(f"python spec must be 'python:pkg.module:factory', got 'python:{target}'")
+        raise SpecError(f"python spec must be 'python:pkg.module:{what.split()[0]}', got 'python:{target}'")
     try:
-        factory = getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise SpecError(f"cannot load factory '{attr}' from module '{module}': {e}") from None
-    out = factory()
+        raise SpecError(f"cannot load {what} '{attr}' from module '{module}': {e}") from None
+
+
+def _python(target: str) -> ModelSpec:
+    out = import_target(target, "factory")()
     if isinstance(out, nn.Module):
         example = getattr(out, "example_inputs", None)
         if example is None:
