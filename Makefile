@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/train_evidence.py
 	$(PY) bench/cost_speed.py
 	$(PY) bench/forkjoin.py
+	$(PY) bench/motifs.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/zoo.py --quick
