@@ -116,10 +116,6 @@ class ForkJoin:
         self.measure_wait = measure_wait
         self.wait_seconds = 0.0
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
     def _buckets(self, tensors: list[torch.Tensor]) -> list[list[int]]:
         """Indices of ``tensors`` grouped into same-dtype, same-device buckets of about ``bucket_bytes``."""
         buckets: list[list[int]] = []
@@ -135,12 +131,13 @@ class ForkJoin:
         buckets.extend(idx for idx, _ in open_.values() if idx)
         return buckets
 
-    def _all_reduce(self, tensors: list[torch.Tensor], op: Any = dist.ReduceOp.SUM) -> None:
-        """Reduce ``tensors`` in place, one collective per flat bucket (all buckets in flight at once)."""
+    def _bucketed(self, tensors: list[torch.Tensor], collective: Any) -> None:
+        """Run ``collective(flat) -> Work`` on flat copies of ``tensors``, one per bucket, all in flight at
+        once, and copy the results back."""
         pending = []
         for idx in self._buckets(tensors):
             flat = torch.cat([tensors[i].reshape(-1) for i in idx])
-            pending.append((idx, flat, dist.all_reduce(flat, op=op, group=self.group, async_op=True)))
+            pending.append((idx, flat, collective(flat)))
         for idx, flat, work in pending:
             work.wait()
             offset = 0
@@ -148,6 +145,10 @@ class ForkJoin:
                 n = tensors[i].numel()
                 tensors[i].copy_(flat[offset:offset + n].view_as(tensors[i]))
                 offset += n
+
+    def _all_reduce(self, tensors: list[torch.Tensor]) -> None:
+        """Sum ``tensors`` over ranks, in place."""
+        self._bucketed(tensors, lambda flat: dist.all_reduce(flat, group=self.group, async_op=True))
 
     def join(self, params: list[torch.nn.Parameter], extras: torch.Tensor) -> torch.Tensor:
         """Sum the gradients of ``params`` over ranks (a rank that did not touch a weight adds zeros) and
@@ -166,17 +167,10 @@ class ForkJoin:
         return meta[:len(extras)]
 
     def broadcast_state(self, module: torch.nn.Module) -> None:
-        """Copy rank 0's parameters and buffers to every rank (bucketed), as the run's common start."""
-        tensors = [t.data for t in module.parameters()] + [b for b in module.buffers()]
-        for idx in self._buckets(tensors):
-            flat = torch.cat([tensors[i].reshape(-1) for i in idx])
-            dist.broadcast(flat, src=dist.get_global_rank(self.group, 0) if self.group is not None else 0,
-                           group=self.group)
-            offset = 0
-            for i in idx:
-                n = tensors[i].numel()
-                tensors[i].copy_(flat[offset:offset + n].view_as(tensors[i]))
-                offset += n
+        """Copy rank 0's parameters and buffers to every rank, as the run's common start."""
+        src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+        self._bucketed([t.data for t in module.parameters()] + list(module.buffers()),
+                       lambda flat: dist.broadcast(flat, src=src, group=self.group, async_op=True))
 
     def counters(self, module: torch.nn.Module) -> list[torch.Tensor]:
         """Copies of the integer buffers (``num_batches_tracked``) before a step, for ``sync_buffers``."""

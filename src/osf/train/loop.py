@@ -151,8 +151,9 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             by_role: dict[str, list[float]] = {}
             for (role, _), value in zip(picks, losses.tolist()):
                 by_role.setdefault(role, []).append(value)
+            role_loss = {r: sum(v) / len(v) for r, v in by_role.items()}
             record = {"step": step, "lr": optimizer.param_groups[0]["lr"],
-                      **{f"loss/{r}": sum(v) / len(v) for r, v in by_role.items()},
+                      **{f"loss/{r}": v for r, v in role_loss.items()},
                       "samples_per_s": round(rows * len(picks) / seconds, 2), "seconds": round(seconds, 4)}
             if fork is not None:
                 record["join_seconds"] = round(join_seconds, 4)
@@ -161,7 +162,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             history.append(record)
             run.log(record)
             bar.update(1)
-            bar.set_postfix({r: f"{sum(v) / len(v):.4f}" for r, v in by_role.items()}
+            bar.set_postfix({r: f"{v:.4f}" for r, v in role_loss.items()}
                             | {"samples/s": f"{record['samples_per_s']:.0f}"})
             if run.dir is not None and (step == steps or checkpoint_every and step % checkpoint_every == 0):
                 last_ckpt = run.save(supernet, {
@@ -181,11 +182,11 @@ def _fork_join(parallel: ForkJoin | bool | None) -> ForkJoin | None:
         return parallel
     if parallel is False:
         return None
-    group = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if parallel is True and not dist.is_initialized():
+    if parallel is True and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("parallel=True needs a process group: launch under torchrun and call "
                            "osf.train.init_process_group() first")
-    return ForkJoin() if group or parallel is True else None
+    several_ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return ForkJoin() if several_ranks or parallel is True else None
 
 
 def _settings(supernet: Supernet, sampler: Sampler, optimizer: torch.optim.Optimizer, scheduler: Any,
