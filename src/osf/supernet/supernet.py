@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -179,6 +180,12 @@ class Supernet(nn.Module):
         its forward regenerated from the IR), in training mode: call ``.eval()`` for inference. It computes
         what the supernet computes at ``arch``; ``extract(space.max())`` is the original function."""
         return self.subnet_ir(arch).build()
+
+    def export(self, arch: Arch, path: str | Path, **options: Any) -> Path:
+        """Write ``arch`` as plain PyTorch artifacts (``.pt2``, ONNX, weights, model card) to the directory
+        ``path``: the same as ``osf.export(self, arch, path, **options)``, which documents the options."""
+        from ..export import export  # the export stage builds on this one; imported when used
+        return export(self, arch, path, **options)
 
     def cost(self, arch: Arch) -> dict[str, int]:
         """``params`` (exact) and ``flops`` (FlopCounterMode convention) of ``arch``, from the IR alone."""
