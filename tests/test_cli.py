@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from osf.cli.config import ConfigError, SpaceSettings, parse_config, read_config
 from osf.cli.data import load_data, loaders
 from osf.cli.main import main
+from osf.cli.models import SpecError
 from osf.cli.pipeline import new_supernet
 from osf.cli.run_dir import build_supernet, load_trained, read_run
 from osf.train import checkpoint as ckpt
@@ -235,6 +236,37 @@ formats = ["pt2"]
     assert (tmp_path / "front" / "front.json").exists() and (tmp_path / "best" / "model.pt2").exists()
 
 
+def test_export_refuses_a_front_of_older_weights(trained_run, tmp_path, capsys):
+    from osf.search import Front, Point
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    arch = load_trained(run).supernet.space.max()
+    stale = Front([Point(arch, 0.5, 10, 10)], info={"step": 2})  # searched before training went on to step 4
+    stale.save(run / "search" / "front.json")
+    assert main(["export", str(run), "--pick", "flops=100%", "--out", str(tmp_path / "e"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "searched at step 2, but the newest checkpoint is step 4" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+def test_run_refuses_an_existing_export_before_training(tmp_path, capsys):
+    (tmp_path / "best").mkdir()
+    config = tmp_path / "osf.yaml"
+    config.write_text(f"model: builtin:resnet\ndata: digits\ntrain: {{out: {tmp_path / 'run'}, steps: 2}}\n"
+                      f"export: {{out: {tmp_path / 'best'}, arch: max}}\n")
+    assert main(["run", str(config), "--quiet"]) == 2
+    assert "already exists; set export.force: true" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing trained
+
+
+def test_damaged_run_json_is_one_line(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text('"just a string"')
+    assert main(["export", str(tmp_path / "run"), "--arch", "max", "--out", str(tmp_path / "e"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "run.json is corrupt" in err and len(err.splitlines()) == 1
+
+
 def test_bad_input_exits_nonzero_with_one_line_cause(trained_run, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(trained_run, broken)
@@ -272,6 +304,8 @@ def test_config_validation(tmp_path):
         ({"train": {"steps": 3}}, "train.out must name the run directory"),
         ({"train": {"out": "x", "sampler": "best"}}, "train.sampler is 'best'; choose one of sandwich, uniform, motif"),
         ({"search": {"algorithm": "grid"}}, "search.algorithm is 'grid'; choose one of nsga2, random"),
+        ({"search": {"calib_batches": 0}}, "search.calib_batches must be at least 1, got 0"),
+        ({"search": {"budget": -3}}, "search.budget must be at least 1, got -3"),
         ({"export": {"out": "e", "arch": "max", "pick": {"flops": "50%"}}}, "export.arch or export.pick, not both"),
         ({"export": {"arch": "max"}}, "section 'export' needs key(s) out"),
         ({"model": {"spec": "builtin:vit", "size": 3}}, "unknown key 'model.size'; valid keys of 'model': spec"),
@@ -300,6 +334,13 @@ def test_data_specs(tmp_path):
     np.savez(tmp_path / "e.npz", x_train=np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"lacks array\(s\) \['y_train', 'x_val', 'y_val'\]"):
         load_data(f"npz:{tmp_path / 'e.npz'}")
+    with pytest.raises(SpecError, match=r"^data file .* lacks"):  # said once, not wrapped in "cannot read"
+        load_data(f"npz:{tmp_path / 'e.npz'}")
+    np.save(tmp_path / "one.npy", np.ones(3))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "d.npz").read_bytes()[:40])
+    for name in ("one.npy", "cut.npz"):  # not an archive of four arrays: one line, no traceback
+        with pytest.raises(SpecError, match="as a NumPy .npz archive"):
+            load_data(f"npz:{tmp_path / name}")
 
 
 @pytest.mark.slow

@@ -201,6 +201,25 @@ def test_cache_of_other_weights_is_refused(digits_setup, tmp_path):
                    progress=False)
 
 
+def test_a_file_that_is_not_a_cache_is_refused_untouched(digits_setup, tmp_path):
+    """Passing some other file as ``cache=`` must not truncate it (the partial-line repair is for caches)."""
+    for name, data in (("notes.json", b'{"mine": 1}'), ("photo.png", b"\x89PNG\r\n\x1a\n\xff\xfe"),
+                       ("log.txt", b"line one\nline two, no newline")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(osf.FormatError, match="not an osf search cache"):
+            _search(digits_setup, budget=2, cache=path)
+        assert path.read_bytes() == data
+
+
+def test_percent_budgets_must_be_percentages():
+    from osf.search.front import resolve_budget
+    assert resolve_budget("flops", " 50% ", {"flops": 10.0}) == 5.0
+    for bad in ("nan%", "inf%", "-5%", "x%", "50"):  # nan would silently be no limit at all
+        with pytest.raises(ValueError, match="budget"):
+            resolve_budget("flops", bad, {"flops": 10.0})
+
+
 def test_infeasible_budget_names_the_smallest_value(digits_setup):
     supernet = digits_setup[0]
     smallest = osf.CostModel(supernet)(supernet.space.min())
@@ -319,6 +338,15 @@ def test_latency_is_measured_once_per_subnet(small_supernet, tmp_path, monkeypat
     assert len(json.loads(cache.read_text())["sections"]) == 2
     args, _ = latency.example_inputs()
     assert args[0].shape == (4, 1, 8, 8)
+
+
+def test_latency_cache_of_another_kind_is_refused(small_supernet, tmp_path):
+    for text in ("[1, 2]", '{"format": "osf-latency", "sections": []}', '{"format": "osf-front"}'):
+        path = tmp_path / "latency.json"
+        path.write_text(text)
+        with pytest.raises(osf.FormatError, match="not an osf-latency cache"):
+            osf.LatencyModel(small_supernet, cache=path)
+        assert path.read_text() == text
 
 
 def test_latency_table_predicts_and_reports_its_error(small_supernet, monkeypatch):

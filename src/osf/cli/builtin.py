@@ -64,7 +64,11 @@ class TinyViT(nn.Module):
 def digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scikit-learn's digits as (x_train, y_train, x_test, y_test): 1×8×8 images in [0, 1], a fixed
     80/20 split (shipped with scikit-learn; nothing is downloaded)."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("the digits data set ships with scikit-learn: pip install scikit-learn (or "
+                          "pip install 'osf[demo]')") from None
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(data.target, dtype=torch.long)

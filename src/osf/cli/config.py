@@ -73,6 +73,9 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         _choice("search.algorithm", self.algorithm, ("nsga2", "random"))
+        for name in ("budget", "calib_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"search.{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass

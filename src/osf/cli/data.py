@@ -6,6 +6,7 @@ archive with arrays ``x_train``, ``y_train``, ``x_val``, ``y_val``; read without
 ``python:pkg.module:function`` (a function returning those four as tensors or arrays)."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,18 @@ def _npz(path: Path) -> Splits:
         raise SpecError(f"data file '{path}' does not exist; npz:PATH needs a NumPy .npz archive with arrays "
                         f"{', '.join(NAMES)}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [n for n in NAMES if n not in archive.files]
-            if missing:
-                raise SpecError(f"data file '{path}' lacks array(s) {missing}; it has {archive.files}, needs "
-                                f"{', '.join(NAMES)}")
-            arrays = [archive[n] for n in NAMES]
-    except (ValueError, OSError) as e:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one array, not the four
+            raise ValueError("it holds a single array")
+        with archive:
+            files = archive.files
+            arrays = {n: archive[n] for n in NAMES if n in files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise SpecError(f"cannot read data file '{path}' as a NumPy .npz archive without pickling: {e}") from None
-    return _checked(arrays, f"npz:{path}")
+    missing = [n for n in NAMES if n not in arrays]
+    if missing:
+        raise SpecError(f"data file '{path}' lacks array(s) {missing}; it has {files}, needs {', '.join(NAMES)}")
+    return _checked([arrays[n] for n in NAMES], f"npz:{path}")
 
 
 def _python(target: str) -> Splits:

@@ -78,7 +78,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, force: bo
         say(f"[3/4] exporting the best subnets at about {', '.join(f'{b}%' for b in BUDGETS)} of the FLOPs")
         exports = {b: export_run(run_dir, ExportSettings(out=str(tmp / "subnets" / f"flops-{b}pct"),
                                                          arch=json.dumps(pick(front, b).arch.to_json())),
-                                 progress=False)
+                                 source=f"(osf demo, run directory {out / 'run'})", progress=False)
                    for b in BUDGETS}
         say("[4/4] scoring the exported files on held-out digits and timing them on the CPU")
         _, _, x_test, y_test = digits()
@@ -140,6 +140,7 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def markdown(summary: dict[str, Any]) -> str:
+    """``summary.md``: the results table, what each column means, the front plot and the model cards."""
     full, train = summary["full_model"], summary["train"]
     links = [f"[{r['budget']}]({r['path']}/model_card.md)" for r in summary["subnets"]]
     lines = [f"# osf demo: {summary['model']} on digits", "",

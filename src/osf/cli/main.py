@@ -13,7 +13,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ..ir import OsfError, load_ir, trace
+from ..ir import IR, OsfError, load_ir, trace
 from ..space.space import SearchSpace
 from ..train import init_process_group
 from . import demo, inspect_cmd, pipeline, space_cmd
@@ -28,7 +28,7 @@ DATA_HELP = (f"data: {', '.join(BUILT_IN)} (built in), npz:PATH (arrays x_train,
              "python:pkg.module:function (returning those four)")
 
 
-def load_model_ir(spec: str, image_size: int | None = None):
+def load_model_ir(spec: str, image_size: int | None = None) -> IR:
     """An IR for a model spec (tracing it) or a saved IR directory."""
     if is_saved_ir(spec):
         return load_ir(spec)
@@ -79,12 +79,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         return _launch_ranks(a)
     if "RANK" in os.environ:  # one of the ranks torchrun started
         init_process_group()
-    try:
-        return _train(a)
-    finally:
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+    code = _train(a)  # on an error this rank exits at once and torchrun stops the others (no barrier to hang in)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return code
 
 
 def _launch_ranks(a: argparse.Namespace) -> int:
@@ -119,8 +118,9 @@ def cmd_search(a: argparse.Namespace) -> int:
     settings = SearchSettings(**{**_given(a, SearchSettings), "constraints": dict(_budget(c, "--constraint") for c in a.constraint or [])})
     front = pipeline.search_run(a.run_dir, settings, progress=not a.quiet)
     print(front.table())
-    out = settings.out or str(Path(a.run_dir) / pipeline.SEARCH_DIR)
-    print(f"saved {out}/front.json and {out}/front.png", file=sys.stderr)
+    out = Path(settings.out or Path(a.run_dir) / pipeline.SEARCH_DIR)
+    saved = [str(out / name) for name in ("front.json", "front.png") if (out / name).is_file()]
+    print(f"saved {' and '.join(saved)}", file=sys.stderr)  # no front.png without matplotlib
     return 0
 
 
@@ -207,6 +207,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``osf`` argument parser: one subcommand per stage, each with ``--quiet`` and ``--debug``."""
     p = argparse.ArgumentParser(prog="osf", description="Turn any PyTorch model into a once-for-all supernet: "
                                 "inspect it, see its search space, train it, search the best subnets, export them.")
     common = argparse.ArgumentParser(add_help=False)
@@ -337,6 +338,7 @@ ERRORS = (OsfError, ValueError, KeyError, OSError, ImportError, ArithmeticError)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``osf`` on ``argv`` (default ``sys.argv[1:]``); bad input prints one line and returns 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv

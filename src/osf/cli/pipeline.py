@@ -135,6 +135,7 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
                    budget=settings.budget, algorithm=settings.algorithm, seed=settings.seed, latency=latency,
                    calib_loader=train_loader, calib_batches=settings.calib_batches, progress=progress,
                    cache=out / f"evaluations-step{trained.step}-calib{settings.calib_batches}.jsonl")
+    front.info["step"] = trained.step  # the checkpoint searched: export refuses a front of older weights
     front.save(out / "front.json", overwrite=True)
     costs = [o for o in front.objectives if o != "accuracy"]
     try:
@@ -179,11 +180,11 @@ def parse_arch(text: str, space: SearchSpace) -> Arch:
 
 
 def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | None = None,
-               progress: bool = True) -> Path:
+               source: str | None = None, progress: bool = True) -> Path:
     """Export one subnet of the trained supernet in ``run_dir`` to ``settings.out``: ``settings.arch``, or
     the front's (``front``, else ``RUN_DIR/search/front.json``) best point within ``settings.pick``.
     BatchNorm statistics are first re-estimated for that subnet on the training split; with
-    ``settings.evaluate``, an arch not taken from a front is scored on the validation split."""
+    ``settings.evaluate``, an arch not taken from a front is scored on the validation split. ``source``: where the model card says the run lives (default: ``run_dir``)."""
     out = Path(settings.out)
     if out.exists() and not settings.force:  # before any work; osf.export checks again
         raise FileExistsError(f"'{out}' already exists; pass --force (export.force: true) to replace it")
@@ -192,7 +193,7 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
     if settings.arch is not None:
         arch = parse_arch(settings.arch, trained.supernet.space)
     else:
-        front = front if front is not None else _saved_front(run_dir)
+        front = front if front is not None else _saved_front(run_dir, trained.step)
         point = front.best(**settings.pick)
         arch = point.arch
         metrics["accuracy"] = round(point.accuracy, 4)
@@ -204,16 +205,22 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
                                              calib_batches=CALIB_BATCHES), 4)
     elif trained.supernet.batch_norms(arch):  # the exported subnet keeps statistics that fit it
         trained.supernet.recalibrate(arch, train_loader, CALIB_BATCHES)
-    source = f"{trained.run.model}, trained {trained.step} steps on {trained.run.data} (osf run directory {run_dir})"
+    source = f"{trained.run.model}, trained {trained.step} steps on {trained.run.data} " + (
+        source or f"(osf run directory {run_dir})")
     return export(trained.supernet, arch, out, formats=tuple(settings.formats), metrics=metrics,
                   overwrite=settings.force, source=source, progress=progress)
 
 
-def _saved_front(run_dir: str | Path) -> Front:
+def _saved_front(run_dir: str | Path, step: int) -> Front:
     path = Path(run_dir) / SEARCH_DIR / "front.json"
     if not path.is_file():
         raise SpecError(f"no search results in {path.parent}; run osf search {run_dir} first, or pass --arch")
-    return Front.load(path)
+    front = Front.load(path)
+    searched = front.info.get("step")
+    if searched is not None and searched != step:
+        raise SpecError(f"{path} was searched at step {searched}, but the newest checkpoint is step {step}, so its "
+                        f"picks and accuracies are out of date; run osf search {run_dir} again, or pass --arch")
+    return front
 
 
 # ----- run -----
@@ -223,6 +230,9 @@ def run_config(config: Config, *, progress: bool = True) -> dict[str, Any]:
     if (config.export is not None and config.export.arch is None and config.search is None
             and not (Path(config.out) / SEARCH_DIR / "front.json").is_file()):
         raise ConfigError("export needs export.arch (max, min, JSON or a file) or a search section to pick from")
+    if config.export is not None and Path(config.export.out).exists() and not config.export.force:
+        raise FileExistsError(f"'{config.export.out}' already exists; set export.force: true to replace it, or "
+                              "choose another export.out")  # before training and searching, not after
     run = train_run(config.model, config.data, config.out, config.space, config.train, image_size=config.image_size,
                     progress=progress)
     done: dict[str, Any] = {"run_dir": config.out, "train": run.result}

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..ir import FormatError, load_ir
+from ..search.files import write_json_atomic
 from ..supernet import Supernet
 from ..train import checkpoint as ckpt
 from .models import SpecError
@@ -47,17 +47,19 @@ class Trained:
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a ``run.json`` (an ``osf train`` run directory)."""
     return (Path(path) / RUN_FILE).is_file()
 
 
 def read_run(run_dir: str | os.PathLike) -> Run:
+    """The ``Run`` recorded in ``run_dir``; ``SpecError`` if there is none, ``FormatError`` if it is damaged."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise SpecError(f"'{run_dir}' is not an osf run directory (no {RUN_FILE}); create one with "
                         f"osf train MODEL --data SPEC --out {run_dir}")
     try:
         data = json.loads(path.read_text())
-        if data.pop("format", None) != FORMAT:
+        if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
             raise ValueError(f"not an {FORMAT} file")
         return Run(**data)
     except (ValueError, TypeError) as e:
@@ -66,19 +68,7 @@ def read_run(run_dir: str | os.PathLike) -> Run:
 
 def write_run(run_dir: str | os.PathLike, run: Run) -> None:
     """Write ``run.json`` atomically (temporary file, then rename)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{RUN_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"format": FORMAT, **asdict(run)}, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, run_dir / RUN_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(Path(run_dir) / RUN_FILE, {"format": FORMAT, **asdict(run)}, overwrite=True)
 
 
 def build_supernet(run_dir: str | os.PathLike, run: Run) -> Supernet:

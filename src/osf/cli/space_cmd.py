@@ -23,5 +23,6 @@ def to_json(space: SearchSpace) -> dict[str, Any]:
 
 
 def text(space: SearchSpace) -> str:
+    """``space.describe()`` followed by the exact size and the number of motifs."""
     return (f"{space.describe()}\n\nsize: {space.size():,} distinct subnets (10^{space.log10_size():.2f}); "
             f"{space.num_motifs():,} motifs")

@@ -22,6 +22,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *, overw
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename, so a crash cannot leave an empty file
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -30,6 +32,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *, overw
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, *, overwrite: bool) -> None:
+    """``data`` as indented JSON at ``path``, through ``write_atomic``."""
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
@@ -38,10 +41,11 @@ def write_json_atomic(path: str | os.PathLike, data: Any, *, overwrite: bool) ->
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in ``path``; ``FormatError`` naming the file if it is not JSON."""
     try:
         with open(path) as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{path} is not valid JSON ({e}); it is not an osf file or it is damaged") from None
 
 
@@ -62,13 +66,10 @@ class EvaluationLog:
     def _load(self, header: dict) -> None:
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
-        if end < len(data):  # a crash mid-append: drop the partial line
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-        lines = data[:end].decode().splitlines()
         try:
+            lines = data[:end].decode().splitlines()
             found = json.loads(lines[0]) if lines else None
-        except json.JSONDecodeError:
+        except (UnicodeDecodeError, json.JSONDecodeError):
             found = None
         if not isinstance(found, dict) or found.get("format") != header["format"]:
             raise FormatError(f"{self.path} is not an osf search cache; pass another cache path")
@@ -76,6 +77,9 @@ class EvaluationLog:
         if diff:
             raise ValueError(f"search cache {self.path} was written for another supernet or settings "
                              f"(differs in: {', '.join(diff)}); pass a new cache path or delete the file")
+        if end < len(data):  # a crash mid-append: drop the partial line (only now that the file is known ours)
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
         for n, line in enumerate(lines[1:], start=2):
             try:
                 self.records.append(json.loads(line))

@@ -13,7 +13,6 @@ from .files import read_json, write_atomic, write_json_atomic
 
 COSTS = ("params", "flops", "latency")
 METRICS = ("accuracy",) + COSTS
-_LABELS = {"accuracy": "accuracy", "params": "parameters", "flops": "FLOPs", "latency": "latency"}
 
 
 class InfeasibleBudget(OsfError, ValueError):
@@ -233,7 +232,9 @@ def resolve_budget(metric: str, value: float | str, reference: dict[str, float])
         try:
             fraction = float(text[:-1]) / 100
         except ValueError:
-            raise ValueError(f"{metric} budget {value!r} is not a percentage such as '50%'") from None
+            fraction = math.nan
+        if not math.isfinite(fraction) or fraction < 0:  # nan would compare false: no limit at all
+            raise ValueError(f"{metric} budget {value!r} is not a percentage such as '50%'")
         if metric not in reference:
             raise ValueError(f"{metric} budget {value!r} is relative, but the full model's {metric} is unknown "
                              "(pass an absolute value)")
@@ -249,6 +250,7 @@ def _fits(p: Point, metric: str, limit: float) -> bool:
 
 
 def format_metric(metric: str, value: float) -> str:
+    """A metric's value for people: latency in ms, accuracy to 4 places, counts with K/M/G/T."""
     if metric == "latency":
         return f"{value * 1e3:.3g} ms"
     if metric == "accuracy":

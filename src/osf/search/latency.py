@@ -318,6 +318,7 @@ def graph_fingerprint(ir: IR) -> str:
 
 
 def device_name(device: torch.device) -> str:
+    """What a timing depends on: the GPU's name, or the CPU's architecture, model and core count."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{platform.machine()}:{platform.processor() or 'unknown'}:{os.cpu_count()} cores"
@@ -334,11 +335,14 @@ class _CacheFile:
         self.entries: dict[str, float] = {}
         if self.path is not None and self.path.exists():
             data = read_json(self.path)
-            if data.get("format") != fmt:
-                raise FormatError(f"{self.path} is not an {fmt} cache (format {data.get('format')!r}); "
-                                  "pass another cache path")
-            section = data.get("sections", {}).get(self.id, {})
-            self.entries = {k: float(v) for k, v in section.get("entries", {}).items() if math.isfinite(float(v))}
+            if not isinstance(data, dict) or data.get("format") != fmt or not isinstance(data.get("sections"), dict):
+                raise FormatError(f"{self.path} is not an {fmt} cache; pass another cache path")
+            section = data["sections"].get(self.id) or {"entries": {}}
+            try:
+                self.entries = {k: float(v) for k, v in section["entries"].items() if math.isfinite(float(v))}
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise FormatError(f"{self.path}: the {fmt} cache is damaged; delete it or pass another "
+                                  "cache path") from None
 
     def add(self, key: str, seconds: float) -> None:
         self.add_many({key: seconds})
