@@ -10,7 +10,8 @@ from torch.export import Dim
 
 from ..ir.codegen import load_spec
 from ..ir.graph import INPUT, IR
-from ..ir.serial import decode_arg, dtype_from_name, spec_children
+from ..ir.inputs import synthetic_inputs
+from ..ir.serial import spec_children
 
 
 def _leaf_inputs(ir: IR) -> list[dict | None]:
@@ -23,7 +24,7 @@ def _leaf_inputs(ir: IR) -> list[dict | None]:
 def example_inputs(ir: IR, example: Any = None) -> tuple[tuple, dict]:
     """``(args, kwargs)`` to export with. ``example``: the positional inputs (a tensor or a tuple) or the
     keyword inputs (a dict), structured as when the model was traced; None: made up from the traced shapes and
-    dtypes (random floats, zero integers: the regenerated forward has no data-dependent branches)."""
+    dtypes (``osf.ir.inputs.synthetic_inputs``: the regenerated forward has no data-dependent branches)."""
     spec = load_spec(ir.info["in_spec"])
     if example is not None:
         if isinstance(example, dict):
@@ -41,16 +42,7 @@ def example_inputs(ir: IR, example: Any = None) -> tuple[tuple, dict]:
                     raise ValueError(f"example input '{meta['name']}' has size {leaf.shape[i]} in dynamic dim {sym}: "
                                      "torch.export would fix it to that size; use an example with >= 2")
         return args, kwargs
-    gen = torch.Generator().manual_seed(0)
-    leaves: list[Any] = []
-    for leaf, meta in zip(ir.info["user_leaves"], _leaf_inputs(ir)):
-        if meta is None:
-            leaves.append(decode_arg(leaf["const"], {}))
-            continue
-        dtype = dtype_from_name(meta["dtype"])
-        leaves.append(torch.randn(meta["shape"], generator=gen, dtype=dtype) if dtype.is_floating_point
-                      else torch.zeros(meta["shape"], dtype=dtype))
-    return pytree.tree_unflatten(leaves, spec)
+    return synthetic_inputs(ir)
 
 
 def input_names(ir: IR) -> list[str]:

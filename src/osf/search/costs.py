@@ -10,7 +10,7 @@ into what depends on depth and what depends on width, both precomputed once:
   whose atoms appear in its dims (and its inputs' dims). Units are dimension-compatible (a contracted
   unit's input has the dims of its output), so dropping a unit never changes another op's shapes. Each
   parameter and each FLOP-counting op gets a table keyed by those few widths, filled on first use with
-  the reference's own shape rewrite (``_new_meta`` / ``_resize``) and ``osf.ir.flops.op_flops``.
+  the reference's own shape rewrite (``resized_meta`` / ``resize_value``) and ``osf.ir.flops.op_flops``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ..ir.serial import node_refs, resolve_target
 from ..space.arch import Arch
 from ..space.dims import atoms_in
 from ..space.space import SearchSpace
-from ..space.subnet import _hints, _new_meta, _resize
+from ..space.subnet import size_hints, resized_meta, resize_value
 from ..supernet.supernet import Supernet
 
 _FLOP_TARGETS = set(FLOP_RULES) | {"aten.einsum.default", "aten.convolution.default"}
@@ -43,7 +43,7 @@ class CostModel:
         ir, an = space.ir, space.analysis
         self._groups = [(g.key, g.size) for g in space.groups]
         group_of = {g.atom: i for i, g in enumerate(space.groups)}
-        hints = _hints(ir.graph)
+        hints = size_hints(ir.graph)
         self._graphs = {"train": _Liveness(ir.graph, space.located_units("train"))}
         if ir.eval_graph is not None:
             self._graphs["eval"] = _Liveness(ir.eval_graph, space.located_units("eval"))
@@ -141,7 +141,7 @@ class _ParamSize:
         kept = _kept(self.space, widths)
         meta = self.p.meta
         if kept and self.p.name in self.vals and isinstance(meta, dict):
-            meta = _new_meta(meta, self.vals[self.p.name], self.dims, kept, self.hints)
+            meta = resized_meta(meta, self.vals[self.p.name], self.dims, kept, self.hints)
         return math.prod(meta["shape"])
 
 
@@ -157,13 +157,13 @@ class _OpFlops:
         new = OpNode(op.name, op.target, copy.deepcopy(op.args), copy.deepcopy(op.kwargs), op.owner,
                      copy.deepcopy(op.meta), op.mode_gated)
         if kept:
-            _resize(new, self.vals, self.dims, kept, self.hints)
+            resize_value(new, self.vals, self.dims, kept, self.hints)
         shapes = {}
         for ref in op.inputs:
             meta = self.producers[ref].meta
             v = self.vals.get(ref)
             if kept and isinstance(v, list) and isinstance(meta, dict) and "shape" in meta:
-                meta = _new_meta(meta, v, self.dims, kept, self.hints)
+                meta = resized_meta(meta, v, self.dims, kept, self.hints)
             shapes[ref] = meta["shape"] if isinstance(meta, dict) and "shape" in meta else None
         return op_flops(new, shapes)
 

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import time
 from contextlib import contextmanager
@@ -17,18 +16,17 @@ from typing import Any, Iterator
 import torch
 import torch.utils._pytree as pytree
 
-from ..ir.codegen import load_spec
 from ..ir.errors import FormatError
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph
+from ..ir.inputs import synthetic_inputs
 from ..ir.ops import STATS_OPTIONAL, TRAINING_FLAG_ARG, TRAINING_ONLY_PROB
-from ..ir.serial import decode_arg, dtype_from_name, node_refs, resolve_target
+from ..ir.serial import decode_arg, node_refs, resolve_target
 from ..space.arch import Arch
 from ..space.subnet import subnet_ir
 from ..supernet.supernet import Supernet
 from .archs import canonical
 from .files import read_json, write_json_atomic
 
-_BATCH_SYMBOL = re.compile(r"B\d*")  # the IR names dynamic batch dims B, B1, B2, …
 
 
 class LatencyModel:
@@ -210,37 +208,6 @@ def time_forward(model: torch.nn.Module, args: tuple, kwargs: dict, *, warmup: i
             sync()
             times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def synthetic_inputs(ir: IR, batch_size: int) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` with the traced structure, shapes and dtypes, batch dims set to ``batch_size``:
-    floats ~ N(0, 1) (seeded), integers 0 (a valid index for any embedding), booleans True. A model traced
-    without a dynamic batch keeps its traced batch (another ``batch_size`` is an error)."""
-    placeholders = {p.name: p for p in ir.graph.placeholders if p.kind == INPUT}
-    generator = torch.Generator().manual_seed(0)
-    dynamic = any(s and _BATCH_SYMBOL.fullmatch(s) for p in placeholders.values() if isinstance(p.meta, dict)
-                  for s in p.meta.get("sym") or [])
-    leaves = []
-    for want in ir.info["user_leaves"]:
-        if "const" in want:
-            leaves.append(decode_arg(want["const"], {}))
-            continue
-        p = placeholders[want["placeholder"]]
-        meta = p.meta
-        syms = meta.get("sym") or [None] * len(meta["shape"])
-        shape = [batch_size if s and _BATCH_SYMBOL.fullmatch(s) else n for n, s in zip(meta["shape"], syms)]
-        if not dynamic and shape and shape[0] != batch_size:
-            raise ValueError(f"input '{p.name}' was traced with a static batch of {shape[0]}: use "
-                             f"batch_size={shape[0]}, or osf.trace with dynamic_batch=True")
-        dtype = dtype_from_name(meta["dtype"])
-        if dtype.is_floating_point or dtype.is_complex:
-            leaves.append(torch.randn(shape, generator=generator).to(dtype))
-        elif dtype == torch.bool:
-            leaves.append(torch.ones(shape, dtype=dtype))
-        else:
-            leaves.append(torch.zeros(shape, dtype=dtype))
-    args, kwargs = pytree.tree_unflatten(leaves, load_spec(ir.info["in_spec"]))
-    return tuple(args), dict(kwargs)
 
 
 def _bind_inputs(sub: IR, graph: Graph, args: tuple, kwargs: dict, device: torch.device) -> dict[str, Any]:

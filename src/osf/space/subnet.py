@@ -36,7 +36,7 @@ def subnet_ir(space: "SearchSpace", arch: "Arch", *, with_tensors: bool = True,
     graphs = {"train": ir.graph}
     if ir.eval_graph is not None:
         graphs["eval"] = ir.eval_graph
-    hints = _hints(ir.graph)
+    hints = size_hints(ir.graph)
     new_graphs = {}
     for key, graph in graphs.items():
         located = space.located_units(key)
@@ -68,7 +68,7 @@ def subnet_ir(space: "SearchSpace", arch: "Arch", *, with_tensors: bool = True,
     return out
 
 
-def _hints(graph: Graph) -> dict[str, int]:
+def size_hints(graph: Graph) -> dict[str, int]:
     """Example value of each size symbol (``B`` -> 2), from the input placeholders."""
     hints: dict[str, int] = {}
     for p in graph.placeholders:
@@ -134,14 +134,14 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
         if new.args[:1] != op.args[:1] and is_inplace(op.target):
             new.target = _out_of_place(op)  # it would now write into a value others still read
         if kept:
-            _resize(new, vals, dims, kept, hints)
+            resize_value(new, vals, dims, kept, hints)
         ops.append(new)
     outputs = _subst(graph.outputs, sub)
     placeholders = [Placeholder(p.name, p.kind, p.target, copy.deepcopy(p.meta)) for p in graph.placeholders]
     if kept:
         for p in placeholders:
             if p.name in vals and isinstance(p.meta, dict):
-                p.meta = _new_meta(p.meta, vals[p.name], dims, kept, hints)
+                p.meta = resized_meta(p.meta, vals[p.name], dims, kept, hints)
     return Graph(placeholders, _dce(ops, outputs), outputs)
 
 
@@ -193,7 +193,9 @@ def _dce(ops: list[OpNode], outputs: list) -> list[OpNode]:
 
 # ----- width: new shapes and shape arguments -----
 
-def _new_meta(meta: dict, exprs: list, dims, kept: dict[int, int], hints: dict[str, int]) -> dict:
+def resized_meta(meta: dict, exprs: list, dims, kept: dict[int, int], hints: dict[str, int]) -> dict:
+    """A value's metadata with its shape (and symbolic dims) at the widths ``kept`` (atom -> size); the
+    cost model reuses it so its tables follow exactly the rewrite ``subnet_ir`` does."""
     meta = dict(meta)
     shape, syms = list(meta["shape"]), list(meta.get("sym") or [None] * len(meta["shape"]))
     for i, e in enumerate(exprs):
@@ -224,12 +226,13 @@ def _changed(exprs: list, dims, kept) -> bool:
     return any(dims.size(dims.resolve(e)) != new_size(dims, dims.resolve(e), kept) for e in exprs)
 
 
-def _resize(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict[str, int]) -> None:
+def resize_value(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict[str, int]) -> None:
+    """Rewrite ``op``'s output metadata (a tensor, or a list of them) to the widths ``kept``, in place."""
     out = vals.get(op.name)
     if isinstance(out, list) and isinstance(op.meta, dict):
-        op.meta = _new_meta(op.meta, out, dims, kept, hints)
+        op.meta = resized_meta(op.meta, out, dims, kept, hints)
     elif isinstance(out, dict) and isinstance(op.meta, dict) and "list" in op.meta:
-        op.meta["list"] = [_new_meta(m, e, dims, kept, hints) if e is not None and isinstance(m, dict) else m
+        op.meta["list"] = [resized_meta(m, e, dims, kept, hints) if e is not None and isinstance(m, dict) else m
                            for m, e in zip(op.meta["list"], out["list"])]
     fn = _ARG_REWRITES.get(op.target)
     if fn is None:
