@@ -13,26 +13,13 @@ def canonical(space: SearchSpace, arch: Arch) -> Arch:
     space.validate(arch)
     width = {g.key: arch.width.get(g.key, g.size) for g in space.groups}
     depth = {u.key: arch.depth.get(u.key, True) for u in space.units}
-    groups, units = _inside_dropped(space, arch)
+    groups, units = space.irrelevant(arch)
     for g in space.groups:
         if g.key in groups:
             width[g.key] = g.size
     for u in units:
         depth[u] = True
     return Arch(width, depth)
-
-
-def _inside_dropped(space: SearchSpace, arch: Arch) -> tuple[set[str], set[str]]:
-    """Groups and units strictly inside a dropped unit. A group lies inside a unit when every tensor it
-    shrinks is read only inside that unit."""
-    groups: set[str] = set()
-    units: set[str] = set()
-    for key in space.dropped_units(arch):
-        u = next(v for v in space.units if v.key == key)
-        inside = set(u.params)
-        groups |= {g.key for g in space.groups if all(t in inside for t, _ in g.members)}
-        units |= {v.key for v in space.units if v.ops < u.ops}
-    return groups, units
 
 
 def representative(space: SearchSpace, arch: Arch, tensors: dict[str, torch.Tensor]) -> Arch:
@@ -50,7 +37,7 @@ def representative(space: SearchSpace, arch: Arch, tensors: dict[str, torch.Tens
 def summary(space: SearchSpace, arch: Arch) -> str:
     """A short description: the mean width ratio of the groups that matter (outside dropped units) and
     the units kept, e.g. ``width 63%, 12/16 units``."""
-    groups, inside = _inside_dropped(space, arch)
+    groups, inside = space.irrelevant(arch)
     parts = []
     live = [g for g in space.groups if g.key not in groups]
     if live:

@@ -99,6 +99,13 @@ class SearchSpace:
                 out.append(u.key)
         return out
 
+    def irrelevant(self, arch: Arch) -> tuple[set[str], set[str]]:
+        """The groups and units whose choice cannot change ``arch``'s subnet: those inside a dropped unit
+        (a group belongs to the innermost unit holding all its parameters)."""
+        dropped = set(self.dropped_units(arch))
+        gone = {u.key for u in self.units if u.key in dropped or self._inside_dropped(u, arch)}
+        return {g for g, owner in self._owner.items() if owner in gone}, gone - dropped
+
     def _inside_dropped(self, u: Unit, arch: Arch) -> bool:
         p = u.parent
         while p is not None:
@@ -110,17 +117,13 @@ class SearchSpace:
     # ----- counting -----
     def _group_owners(self) -> dict[str, str | None]:
         """Innermost unit holding every parameter of a group (None = the model itself): when that unit is
-        dropped the group's choice no longer matters."""
+        dropped the group's choice no longer matters. (Members may sit in different sub-units, e.g. an
+        expansion width read by a block's convolutions and by its squeeze-excitation unit.)"""
+        params = {u.key: set(u.params) for u in self.units}
         owners: dict[str, str | None] = {}
-        holder = {}
-        for u in sorted(self.units, key=lambda u: -len(u.ops)):
-            for t in u.params:
-                holder[t] = u.key  # innermost last
         for g in self.groups:
-            cands = {holder.get(t) for t, _ in g.members}
-            owners[g.key] = cands.pop() if len(cands) == 1 else None
-            if owners[g.key] is not None and not all(t in self._unit[owners[g.key]].params for t, _ in g.members):
-                owners[g.key] = None
+            holders = [u for u in self.units if all(t in params[u.key] for t, _ in g.members)]
+            owners[g.key] = min(holders, key=lambda u: len(u.ops)).key if holders else None
         return owners
 
     def _kept_count(self, unit: str | None, motifs: bool) -> int:
