@@ -5,14 +5,7 @@ import json
 from typing import Any
 
 from ..ir import IR
-from ..ir.flops import module_flops
-
-
-def human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
+from ..ir.flops import human, module_flops
 
 
 def rows(ir: IR, depth: int | None, root: str = "") -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..ir.flops import human
 from ..space.arch import Arch
 from ..supernet.supernet import Supernet
 from .inputs import input_signature
@@ -70,13 +71,6 @@ def _output_packages(spec: Any) -> list[str]:
     return sorted(found)
 
 
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:g}"
-
-
 def _value(v: Any) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
@@ -96,9 +90,9 @@ def markdown(card: dict[str, Any]) -> str:
     lines = [f"# {short} subnet", "",
              f"A subnet of `{cls}` extracted from an osf supernet: a plain PyTorch model, no osf needed to run it.",
              "", "| | this subnet | full model | ratio |", "|---|---:|---:|---:|",
-             f"| params | {card['params']:,} ({_si(card['params'])}) | {full['params']:,} | "
+             f"| params | {card['params']:,} ({human(card['params'])}) | {full['params']:,} | "
              f"{_percent(card['params'], full['params'])} |",
-             f"| FLOPs{f' ({at})' if at else ''} | {card['flops']:,} ({_si(card['flops'])}) | {full['flops']:,} | "
+             f"| FLOPs{f' ({at})' if at else ''} | {card['flops']:,} ({human(card['flops'])}) | {full['flops']:,} | "
              f"{_percent(card['flops'], full['flops'])} |"]
     if card["metrics"]:
         lines += ["", "Metrics reported at export:", "", "| metric | value |", "|---|---:|"]

@@ -131,3 +131,11 @@ def module_flops(ir) -> dict[str, int]:
             if name in totals:
                 totals[name] += f
     return totals
+
+
+def human(n: float) -> str:
+    """A count for people: ``7.26G``, ``513.00K``, ``128``."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n)) if float(n).is_integer() else f"{n:g}"
