@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..export.writer import staged_directory
+from ..ir.io import staged_directory
 from ..search.front import Front, Point
 from ..search.latency import time_forward
 from .builtin import digits

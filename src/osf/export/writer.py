@@ -6,9 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,6 +15,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..ir.errors import OsfError
+from ..ir.io import staged_directory
 from ..space.arch import Arch
 from ..supernet.batches import to_device
 from ..supernet.supernet import Supernet
@@ -134,35 +132,3 @@ def _write_weights(model: torch.nn.Module, file: Path) -> None:
     # clones: safetensors refuses tensors that share storage (tied weights are stored once per name)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()},
               str(file), metadata={"format": "osf-subnet-state-dict"})
-
-
-@contextlib.contextmanager
-def staged_directory(path: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary directory beside ``path``; on success its files are flushed and it replaces ``path``
-    (an old ``path`` is moved aside first and removed only after the new one is in place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file() and not f.is_symlink():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        _refuse_existing(path, overwrite)  # something may have appeared there meanwhile
-        old = None
-        if path.exists() or path.is_symlink():
-            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.replace(old, path)
-            raise
-        if old is not None and old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        elif old is not None:
-            old.unlink()
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

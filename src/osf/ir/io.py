@@ -5,11 +5,14 @@ leaves a half-written IR under the final name; an existing path is never overwri
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -25,26 +28,46 @@ def save_ir(ir: IR, path: str | os.PathLike, *, overwrite: bool = False) -> Path
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"'{path}' exists; choose another path or pass overwrite=True")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_directory(path, overwrite) as tmp:
         tensors = {k: t.detach().contiguous().cpu() for k, t in ir.tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "osf-ir"})
         with open(tmp / GRAPH_FILE, "w") as f:
             json.dump(ir.to_json(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():  # overwrite=True: swap atomically, keep the old one until the new is in place
-            old = path.with_name(path.name + ".old")
+    return path
+
+
+@contextlib.contextmanager
+def staged_directory(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary directory beside ``path``; on success its files are flushed and it replaces ``path``
+    (an old ``path`` is moved aside first and removed only after the new one is in place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if (path.exists() or path.is_symlink()) and not overwrite:  # something may have appeared there meanwhile
+            raise FileExistsError(f"'{path}' already exists; pass overwrite=True to replace it, or choose another path")
+        old = None
+        if path.exists() or path.is_symlink():
+            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
             os.replace(path, old)
+        try:
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+        if old is not None and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old is not None:
+            old.unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
 
 
 def load_ir(path: str | os.PathLike) -> IR:
