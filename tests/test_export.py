@@ -185,3 +185,10 @@ def test_onnx_skipped_with_a_note_when_not_installed(exported, tmp_path, monkeyp
     assert any("ONNX skipped" in m for m in records.messages)
     card = json.loads((tmp_path / "out" / "card.json").read_text())
     assert "onnxscript is not installed" in card["skipped"]["onnx"]
+
+
+def test_metrics_that_are_not_json_fail_before_any_work(exported, tmp_path):
+    sn, arch, _ = exported["resnet18"]
+    with pytest.raises(ValueError, match="export metrics must be JSON"):
+        osf.export(sn, arch, tmp_path / "x", metrics={"accuracy": torch.tensor(0.5)})
+    assert not (tmp_path / "x").exists()

@@ -54,6 +54,10 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
     path = Path(path)
     _refuse_existing(path, overwrite)
     supernet.space.validate(arch)
+    try:
+        json.dumps(metrics or {})
+    except TypeError as e:
+        raise ValueError(f"export metrics must be JSON numbers or strings (use float(x) for tensors): {e}") from None
     from .. import __version__  # the package is fully imported by the time export runs
     skipped: dict[str, str] = {}
     with staged_directory(path, overwrite) as tmp, tqdm(total=len(formats) + 2, desc="export", unit="step",
