@@ -76,10 +76,11 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, force: bo
         front = search_run(run_dir, SearchSettings(budget=settings.budget, seed=settings.seed,
                                                    out=str(tmp / "search")), progress=progress)
         say(f"[3/4] exporting the best subnets at about {', '.join(f'{b}%' for b in BUDGETS)} of the FLOPs")
+        picks = {b: pick(front, b) for b in BUDGETS}
         exports = {b: export_run(run_dir, ExportSettings(out=str(tmp / "subnets" / f"flops-{b}pct"),
-                                                         arch=json.dumps(pick(front, b).arch.to_json())),
+                                                         arch=json.dumps(p.arch.to_json())),
                                  source=f"(osf demo, run directory {out / 'run'})", progress=False)
-                   for b in BUDGETS}
+                   for b, p in picks.items()}
         say("[4/4] scoring the exported files on held-out digits and timing them on the CPU")
         _, _, x_test, y_test = digits()
         rows = [_measure(b, path, x_test, y_test, settings.latency_runs) | {"path": str(path.relative_to(tmp))}
@@ -87,9 +88,11 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, force: bo
         full = max(rows, key=lambda r: r["flops"])
         for r in rows:
             r["speedup"] = round(full[f"latency_{BATCH}_ms"] / r[f"latency_{BATCH}_ms"], 2)
-        for name in ("front.json", "front.png"):
-            if (tmp / "search" / name).exists():
-                shutil.copy2(tmp / "search" / name, tmp / name)
+        shutil.copy2(tmp / "search" / "front.json", tmp / "front.json")
+        try:  # the search's plot, with the exported subnets ringed
+            front.plot(tmp / "front.png", marked={f"exported {b}%": p for b, p in picks.items()})
+        except ImportError:
+            say("matplotlib is not installed: no front.png (pip install matplotlib)")
         summary = {
             "model": f"builtin:{settings.model}", "data": "scikit-learn digits (8x8), train / validation / held-out "
             f"test = {len(x_test)} held-out images", "settings": vars(settings), "train": trained.result,

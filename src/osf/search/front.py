@@ -156,9 +156,11 @@ class Front:
     def __repr__(self) -> str:
         return f"Front({len(self.points)} points, {len(self.pareto)} Pareto-optimal, objectives={self.objectives})"
 
-    def plot(self, path: str | os.PathLike, x: str = "flops", y: str = "accuracy", *, overwrite: bool = False) -> None:
+    def plot(self, path: str | os.PathLike, x: str = "flops", y: str = "accuracy", *, overwrite: bool = False,
+             marked: dict[str, Point] | None = None) -> None:
         """A PNG of every evaluated point (grey) and the Pareto front of ``x`` against ``y`` (a step line),
-        written atomically; an existing file raises unless ``overwrite=True``."""
+        written atomically; an existing file raises unless ``overwrite=True``. ``marked``: points to ring
+        and label (e.g. the subnets you export), by label."""
         try:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
@@ -171,7 +173,9 @@ class Front:
         points = [p for p in self.points if getattr(p, x) is not None and getattr(p, y) is not None]
         if not points:
             raise ValueError(f"no point has both {x} and {y}")
-        (xs, xlabel), (ys, ylabel) = _axis(x, points), _axis(y, points)
+        both = points + list((marked or {}).values())  # marked points share the axes' units
+        (xs, xlabel), (ys, ylabel) = _axis(x, both), _axis(y, both)
+        xs, mxs, ys, mys = xs[:len(points)], xs[len(points):], ys[:len(points)], ys[len(points):]
         fig = Figure(figsize=(6.4, 4.4), dpi=120)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
@@ -181,6 +185,9 @@ class Front:
         # best y reachable at a cost <= x holds until the next front point (the reverse when x is accuracy)
         ax.step(fx, fy, where="pre" if x == "accuracy" else "post", color="C0", linewidth=1.8, zorder=3)
         ax.scatter(fx, fy, s=26, color="C0", zorder=4, label=f"Pareto front ({len(front)})")
+        for label, px, py in zip(marked or {}, mxs, mys):
+            ax.scatter([px], [py], s=90, facecolors="none", edgecolors="C3", linewidths=1.6, zorder=5)
+            ax.annotate(label, (px, py), xytext=(6, -12), textcoords="offset points", fontsize="small", color="C3")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
