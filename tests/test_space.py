@@ -295,3 +295,30 @@ def test_property_random_archs_extract_consistently(seed):
     # a kept-at-full-width, nothing-dropped arch is the original function
     if arch == sn.space.max():
         torch.testing.assert_close(model(x), sn.ir.build().eval()(x))
+
+
+class _ParallelBranches(nn.Module):  # MobileOne-like: several branches of one ModuleList summed in a block
+    def __init__(self, c=8):
+        super().__init__()
+        self.scale = nn.Conv2d(c, c, 1)
+        self.convs = nn.ModuleList([nn.Conv2d(c, c, 3, padding=1) for _ in range(3)])
+
+    def forward(self, x):
+        out = self.scale(x)
+        for conv in self.convs:
+            out = out + conv(x)
+        return torch.relu(out)
+
+
+def test_parallel_branches_over_the_same_children_get_distinct_unit_keys():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _ParallelBranches(), _ParallelBranches(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    supernet = osf.Supernet(model, (x,))
+    keys = [u.key for u in supernet.space.units]
+    assert len(keys) == len(set(keys)) >= 4 and any(k.endswith("#2") for k in keys)
+    assert supernet.space.size() > 1
+    supernet.eval()
+    for arch in (supernet.space.min(), supernet.space.sample(1), supernet.space.sample(2)):
+        with torch.no_grad(), supernet.set_arch(arch):
+            torch.testing.assert_close(supernet(x), supernet.extract(arch).eval()(x), atol=1e-5, rtol=1e-4)

@@ -99,7 +99,7 @@ def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitRe
             rejected[u.key] = f"inside residual branch '{holder.key}' (drop the branch instead)"
             continue
         kept.append(u)
-    units = _nest(kept, rejected)
+    units = _nest(_unique_keys(kept), rejected)
     if include:
         units = [u for u in units if any(fnmatch(u.key, p) for p in include)]
     if exclude:
@@ -112,6 +112,17 @@ def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitRe
         u.children = [c.key for c in units if c.parent == u.key]
         u.signature = _signature(g, u)
     return UnitReport(sorted(units, key=lambda u: u.order), rejected)
+
+
+def _unique_keys(units: list[Unit]) -> list[Unit]:
+    """Number units whose descriptive keys coincide (parallel branches over the same child modules, e.g.
+    several ``conv_kxk`` branches summed in one block): ``key``, ``key#2``, ... in graph order."""
+    seen: dict[str, int] = {}
+    for u in sorted(units, key=lambda u: (u.order, -len(u.ops))):
+        seen[u.key] = seen.get(u.key, 0) + 1
+        if seen[u.key] > 1:
+            u.key = f"{u.key}#{seen[u.key]}"
+    return units
 
 
 def _nest(units: list[Unit], rejected: dict[str, str]) -> list[Unit]:
