@@ -322,3 +322,24 @@ def test_parallel_branches_over_the_same_children_get_distinct_unit_keys():
     for arch in (supernet.space.min(), supernet.space.sample(1), supernet.space.sample(2)):
         with torch.no_grad(), supernet.set_arch(arch):
             torch.testing.assert_close(supernet(x), supernet.extract(arch).eval()(x), atol=1e-5, rtol=1e-4)
+
+
+class _ConvOverFeatures(nn.Module):  # CoaT-like head: features stacked, then a conv1d whose length is the width
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 16), nn.Linear(4, 16)
+        self.aggregate = nn.Conv1d(2, 1, 1)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.aggregate(torch.stack([self.a(x), self.b(x)], 1)).squeeze(1))
+
+
+def test_a_dim_read_as_a_conv_length_is_never_pruned():
+    x = torch.randn(2, 4)
+    supernet = osf.Supernet(_ConvOverFeatures().eval(), (x,))
+    assert not any(t in ("a.weight", "b.weight") for g in supernet.space.groups for t, _ in g.members)
+    supernet.eval()
+    for arch in (supernet.space.min(), supernet.space.max()):
+        with torch.no_grad(), supernet.set_arch(arch):
+            torch.testing.assert_close(supernet(x), supernet.extract(arch).eval()(x), atol=1e-5, rtol=1e-4)

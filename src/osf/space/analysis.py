@@ -282,6 +282,8 @@ def _conv(p: _Pass, op: OpNode, transposed: bool, groups: int):
         p.unify(b[0], ch_out, op)
     for k in w[2:]:
         p.block(k, f"kernel size of {op.name}")
+    for s in x[len(x) - nspatial:]:  # the output length follows from it: never prune a dim read as spatial
+        p.block(s, f"spatial size read by {op.name}")
     spatial = [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-nspatial:]]
     return batch + [ch_out] + spatial
 
@@ -626,6 +628,8 @@ def _spatial_rule(nspatial: int):
         x = p.tensor(op.args[0])
         out_sizes = p.out_sizes(op, 0) if isinstance(op.meta, dict) and "list" in op.meta else p.out_sizes(op)
         lead = list(x[:len(x) - nspatial])
+        for s in x[len(lead):]:
+            p.block(s, f"spatial size read by {op.name}")
         out = lead + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[len(lead):]]
         if isinstance(op.meta, dict) and "list" in op.meta:
             return {"list": [out, out]}
