@@ -52,3 +52,25 @@ def update_section(path: Path, name: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     write_atomic(path, text)
+
+
+def extraction_vs_copy(supernet, arch, repeats: int = 5) -> dict:
+    """Seconds to ``supernet.extract(arch)`` the first time (code generated) and again (code cached),
+    against cloning the extracted model's ``state_dict`` tensors: the plain weight copy extraction has to
+    beat. Warm extractions and copies alternate, so drifts in the machine hit both alike."""
+    import time
+
+    def timed(fn) -> float:
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started
+
+    first = timed(lambda: supernet.extract(arch))
+    kept = list(supernet.extract(arch).state_dict().values())
+    again, copy = [], []
+    for _ in range(repeats):
+        again.append(timed(lambda: supernet.extract(arch)))
+        copy.append(timed(lambda: [t.clone() for t in kept]))
+    again_s, copy_s = sorted(again)[repeats // 2], max(sorted(copy)[repeats // 2], 1e-6)
+    return {"extract_first_s": round(first, 4), "extract_again_s": round(again_s, 4), "copy_s": round(copy_s, 5),
+            "first_vs_copy": round(first / copy_s, 2), "again_vs_copy": round(again_s / copy_s, 2)}

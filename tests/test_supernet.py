@@ -88,3 +88,37 @@ def test_max_subnet_is_the_model_and_weights_are_shared_not_copied():
         y1 = sn(*args)
         w.div_(2)
     assert not torch.allclose(y0, y1)
+
+
+def test_reused_gradient_buffers_never_leak_an_earlier_step():
+    """Prefix-cut weights send their gradients into a reusable full-size buffer that only the region used
+    is zeroed in: a sequence of steps (mixed archs, the max subnet's ordinary accumulation, a foreign
+    in-place edit of ``.grad``) must give every step the gradients of a supernet that never ran before."""
+    sn, _, args, _ = supernet("resnet18")
+    sn.eval()
+    space = sn.space
+
+    def step(net: osf.Supernet, archs: list[osf.Arch]) -> dict[str, torch.Tensor | None]:
+        net.zero_grad(set_to_none=True)
+        for arch in archs:
+            with net.set_arch(arch):
+                _loss(net(*args)).backward()
+        return {k: None if t.grad is None else t.grad.clone() for k, t in net.tensors().items()
+                if isinstance(t, torch.nn.Parameter)}
+
+    steps = [[space.sample(1)], [space.min()], [space.sample(2), space.min(), space.sample(3)],
+             [space.max(), space.min()], [space.sample(4)], [space.min()]]
+    for i, archs in enumerate(steps):
+        got = step(sn, archs)
+        fresh = osf.Supernet(None, ir=sn.ir, sort=False).eval()
+        fresh.load_state_dict(sn.state_dict())
+        want = step(fresh, archs)
+        for name, g in want.items():
+            assert (g is None) == (got[name] is None), (i, name)
+            if g is not None:
+                torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"step {i}, {n}: {m}")
+        if i == 2:  # an in-place edit osf did not make: the next reuse must zero the whole buffer
+            for t in sn.tensors().values():
+                if isinstance(t, torch.nn.Parameter) and t.grad is not None:
+                    t.grad.add_(1.0)
+    sn.zero_grad(set_to_none=True)

@@ -131,57 +131,75 @@ def _container_class(class_path: str, cache: dict[str, type], base: type = IRCon
     return cache[key]
 
 
+class Blueprint:
+    """Everything of a rebuilt model that does not depend on tensor values: container classes, parsed
+    input/output structures and the compiled forward functions. Compiled once per IR structure;
+    ``instantiate`` then only creates containers and attaches tensors (a subnet extracted again)."""
+
+    def __init__(self, ir: IR) -> None:
+        self.ir = ir
+        classes: dict[str, type] = {}
+        self.root_class = _container_class(ir.modules[""].meta["class"], classes, RebuiltModel)
+        self.children = [(node.name, child[len(node.name) + 1:] if node.name else child, child,
+                          _container_class(ir.modules[child].meta["class"], classes))
+                         for _, node in ir.walk("") for child in node.children]
+        persistent = set(ir.info.get("persistent", []))
+        self.slots = []  # (module path, attribute, canonical tensor, is parameter (None: ask the tensor), persistent)
+        for qual, canon in ir.aliases.items():
+            mod_name, _, local = qual.rpartition(".")
+            node = ir.modules.get(mod_name)
+            self.slots.append((mod_name, local, canon, local in node.meta["params"] if node is not None else None,
+                               qual in persistent))
+        self.in_spec = load_spec(ir.info["in_spec"])
+        self.out_spec = load_spec(ir.info["out_spec"])
+        self.eval_out_spec = load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None
+        self.train_fn = compile_graph(ir, ir.graph)
+        self.eval_fn = compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None
+
+    def instantiate(self, tensors: dict[str, torch.Tensor], *, share_weights: bool = False) -> RebuiltModel:
+        """A model over ``tensors`` (by canonical IR name), copied unless ``share_weights``. Names come
+        from a verified IR, so children and tensors are inserted directly (no per-name checks)."""
+        ir = self.ir
+        root = self.root_class()
+        containers: dict[str, nn.Module] = {"": root}
+        for parent, local, child, cls in self.children:
+            m = cls()
+            containers[parent]._modules[local] = m
+            containers[child] = m
+        _attach_aliases(root, containers, ir.info.get("module_aliases", {}))
+        made: dict[str, torch.Tensor] = {}
+        for mod_name, local, canon, is_param, persistent in self.slots:
+            owner = _find_container(containers, root, mod_name)
+            tensor = tensors[canon]
+            if is_param if is_param is not None else isinstance(tensor, nn.Parameter):
+                if canon not in made:
+                    data = tensor.detach() if share_weights else tensor.detach().clone()
+                    made[canon] = nn.Parameter(data, requires_grad=tensor.requires_grad)
+                owner._parameters[local] = made[canon]
+            else:
+                if canon not in made:
+                    made[canon] = tensor if share_weights else tensor.clone()
+                owner._buffers[local] = made[canon]
+                if not persistent:
+                    owner._non_persistent_buffers_set.add(local)
+        for name, t in tensors.items():
+            if name.startswith("_osf_const_"):
+                root.register_buffer(name, t if share_weights else t.clone(), persistent=False)
+        root._osf_in_spec = self.in_spec
+        root._osf_out_spec = self.out_spec
+        root._osf_eval_out_spec = self.eval_out_spec
+        root._osf_user_leaves = ir.info["user_leaves"]
+        root._osf_train_error = ir.info.get("train_error")
+        root._osf_signature = ir.info.get("signature")
+        root._osf_train_fn = self.train_fn
+        root._osf_eval_fn = self.eval_fn
+        return root
+
+
 def build(ir: IR, *, share_weights: bool = False) -> RebuiltModel:
     """Rebuild ``ir`` as an executable module. ``share_weights=True`` reuses the IR's tensors instead
     of copying them (the rebuilt model then trains the same storage)."""
-    classes: dict[str, type] = {}
-    root_meta = ir.modules[""].meta
-    root = _container_class(root_meta["class"], classes, RebuiltModel)()
-    containers: dict[str, nn.Module] = {"": root}
-    for _, node in ir.walk(""):
-        parent = containers[node.name]
-        for child in node.children:
-            local = child[len(node.name) + 1:] if node.name else child
-            m = _container_class(ir.modules[child].meta["class"], classes)()
-            parent.add_module(local, m)
-            containers[child] = m
-    _attach_aliases(root, containers, ir.info.get("module_aliases", {}))
-    params: dict[str, nn.Parameter] = {}
-    persistent = set(ir.info.get("persistent", []))
-    for qual, canon in ir.aliases.items():
-        mod_name, _, local = qual.rpartition(".")
-        owner = _find_container(containers, root, mod_name)
-        tensor = ir.tensors[canon]
-        is_param = _is_param(ir, qual)
-        if is_param:
-            if canon not in params:
-                data = tensor.detach() if share_weights else tensor.detach().clone()
-                params[canon] = nn.Parameter(data, requires_grad=tensor.requires_grad)
-            owner.register_parameter(local, params[canon])
-        else:
-            if canon not in params:
-                params[canon] = tensor if share_weights else tensor.clone()
-            owner.register_buffer(local, params[canon], persistent=qual in persistent)
-    for name, t in ir.tensors.items():
-        if name.startswith("_osf_const_"):
-            root.register_buffer(name, t if share_weights else t.clone(), persistent=False)
-    root._osf_in_spec = load_spec(ir.info["in_spec"])
-    root._osf_out_spec = load_spec(ir.info["out_spec"])
-    root._osf_eval_out_spec = load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None
-    root._osf_user_leaves = ir.info["user_leaves"]
-    root._osf_train_error = ir.info.get("train_error")
-    root._osf_signature = ir.info.get("signature")
-    root._osf_train_fn = compile_graph(ir, ir.graph)
-    root._osf_eval_fn = compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None
-    return root
-
-
-def _is_param(ir: IR, qual: str) -> bool:
-    mod_name, _, local = qual.rpartition(".")
-    node = ir.modules.get(mod_name)
-    if node is not None:
-        return local in node.meta["params"]
-    return isinstance(ir.tensors[ir.aliases[qual]], nn.Parameter)
+    return Blueprint(ir).instantiate(ir.tensors, share_weights=share_weights)
 
 
 def _attach_aliases(root: nn.Module, containers: dict[str, nn.Module], aliases: dict[str, list]) -> None:
@@ -217,9 +235,9 @@ def attr_path(base: str, qual: str) -> str:
 def compile_graph(ir: IR, graph: Graph, views: dict[str, str] | None = None,
                   extra_globals: dict[str, Any] | None = None) -> Callable:
     """Generate and compile ``fn(self, _dev, *user_inputs) -> list`` running ``graph``. ``views`` maps a
-    tensor's qualified name to a Python suffix applied where the tensor is read (e.g. ``.narrow(0, 0, 8)``),
-    so a subnet's graph can run on views of a larger model's tensors; ``extra_globals`` are names those
-    suffixes use."""
+    tensor's qualified name to a Python expression in which ``{}`` stands for the tensor where it is read
+    (e.g. ``{}.narrow(0, 0, 8)``), so a subnet's graph can run on views of a larger model's tensors;
+    ``extra_globals`` are names those expressions use."""
     source, globals_ = generate_source(ir, graph, views or {})
     globals_.update(extra_globals or {})
     namespace: dict[str, Any] = {}
@@ -249,9 +267,9 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str]) -> tuple[str, d
         if p.kind == INPUT:
             user_inputs.append(var)
         elif p.kind in (PARAM, BUFFER):
-            prologue.append(f"    {var} = {attr_path('self', p.target)}{views.get(p.target, '')}")
+            prologue.append(f"    {var} = {views.get(p.target, '{}').replace('{}', attr_path('self', p.target))}")
         elif p.kind == CONST:
-            prologue.append(f"    {var} = self.{p.target}{views.get(p.target, '')}")
+            prologue.append(f"    {var} = {views.get(p.target, '{}').replace('{}', 'self.' + p.target)}")
     body: list[str] = []
     last_use: dict[str, int] = {}
     for i, op in enumerate(graph.ops):

@@ -130,6 +130,19 @@ def node_refs(value: Any) -> list[str]:
     return []
 
 
+def copy_tree(value: Any) -> Any:
+    """Copy of JSON-like metadata (dicts, lists, tuples of plain values): ``copy.deepcopy`` without its
+    memo, several times faster on the IR's metadata. Dict and list subclasses become plain ones; other
+    objects are shared, not copied."""
+    if isinstance(value, dict):
+        return {k: copy_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_tree(v) for v in value]
+    if type(value) is tuple:
+        return tuple(copy_tree(v) for v in value)
+    return value
+
+
 def dtype_from_name(name: str) -> torch.dtype:
     try:
         return _DTYPES[name]

@@ -4,7 +4,6 @@ recompute value shapes), then remove dead code and empty modules. The result bui
 into a plain, physically smaller model."""
 from __future__ import annotations
 
-import copy
 import math
 import sys
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ import torch
 from ..ir.capture import annotate_io, module_ancestors
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
 from ..ir.ops import has_side_effect, is_inplace
-from ..ir.serial import node_refs, resolve_target, shape_text
+from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
 from .dims import Size, atoms_in, is_static, new_size, size_text
 from .units import graph_hash
 
@@ -29,6 +28,14 @@ def subnet_ir(space: "SearchSpace", arch: "Arch", *, with_tensors: bool = True,
     """The IR of ``arch``, keeping ``space.kept_indices(arch)`` of each shrunk group. Without tensors
     (``with_tensors=False``) it carries shapes only (for costs and signatures) and cannot be built;
     ``tensors`` replace the IR's own."""
+    sub = subnet_structure(space, arch)
+    if with_tensors:
+        sub.tensors = subnet_tensors(space, arch, sub, tensors)
+    return sub
+
+
+def subnet_structure(space: "SearchSpace", arch: "Arch") -> IR:
+    """The IR of ``arch`` without tensors: graphs, modules, aliases and shapes (what ``build`` compiles)."""
     space.validate(arch)
     ir, an = space.ir, space.analysis
     kept = {g.atom: arch.width[g.key] for g in space.groups if g.key in arch.width and arch.width[g.key] != g.size}
@@ -46,26 +53,44 @@ def subnet_ir(space: "SearchSpace", arch: "Arch", *, with_tensors: bool = True,
     used |= {ref for g in new_graphs.values() for ref in node_refs(g.outputs)}
     for g in new_graphs.values():
         g.placeholders = [p for p in g.placeholders if p.kind == INPUT or p.name in used]
-    kept_tensors = {ir.aliases.get(p.target, p.target) for g in new_graphs.values() for p in g.placeholders
-                    if p.kind in (PARAM, BUFFER, CONST)}
-    new_tensors = {}
-    shapes = {}
-    source = tensors if tensors is not None else ir.tensors
-    select = space.kept_indices(arch)
-    for name in kept_tensors:
-        exprs = an.tensors[name]
-        shapes[name] = [new_size(an.dims, an.dims.resolve(e), kept)[0] for e in exprs]
-        if with_tensors:
-            new_tensors[name] = _slice(source[name], exprs, an.dims, select)
+    kept_tensors = _kept_tensor_names(ir.aliases, new_graphs.values())
+    shapes = {name: [new_size(an.dims, an.dims.resolve(e), kept)[0] for e in an.tensors[name]]
+              for name in kept_tensors}
     modules = _prune_modules(ir, new_graphs["train"], new_graphs.get("eval"), kept_tensors, shapes)
     aliases = {q: c for q, c in ir.aliases.items() if c in kept_tensors and q.rpartition(".")[0] in modules}
-    info = copy.deepcopy(ir.info)
+    info = copy_tree(ir.info)
     info["persistent"] = [q for q in info.get("persistent", []) if q in aliases]
     info["module_aliases"] = {a: v for a, v in info.get("module_aliases", {}).items() if a in modules}
     info["subnet"] = arch.to_json()
-    out = IR(new_graphs["train"], modules, new_tensors, aliases, info, new_graphs.get("eval"))
+    out = IR(new_graphs["train"], modules, {}, aliases, info, new_graphs.get("eval"))
     annotate_io(out)
     return out
+
+
+def subnet_tensors(space: "SearchSpace", arch: "Arch", structure: IR,
+                   tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Own copies of the tensors ``structure`` (``subnet_structure(space, arch)``) reads, cut to ``arch``
+    from ``tensors`` (default: the space's IR's)."""
+    return cut_tensors(cut_plan(space, arch, structure), tensors if tensors is not None else space.ir.tensors)
+
+
+def cut_plan(space: "SearchSpace", arch: "Arch", structure: IR) -> dict[str, list[tuple[int, int, torch.Tensor | None]]]:
+    """Canonical name -> cuts (``Cuts.of``) of every tensor that ``structure`` reads."""
+    an = space.analysis
+    graphs = [structure.graph] + ([structure.eval_graph] if structure.eval_graph is not None else [])
+    cuts = Cuts(an.dims, space.kept_indices(arch))
+    return {name: cuts.of(an.tensors[name]) for name in _kept_tensor_names(space.ir.aliases, graphs)}
+
+
+def cut_tensors(plan: dict[str, list[tuple[int, int, torch.Tensor | None]]],
+                tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Own copies of ``tensors`` cut by ``plan`` (``cut_plan``)."""
+    return {name: _slice(tensors[name], slices) for name, slices in plan.items()}
+
+
+def _kept_tensor_names(aliases: dict[str, str], graphs) -> set[str]:
+    return {aliases.get(p.target, p.target) for g in graphs for p in g.placeholders
+            if p.kind in (PARAM, BUFFER, CONST)}
 
 
 def size_hints(graph: Graph) -> dict[str, int]:
@@ -79,32 +104,49 @@ def size_hints(graph: Graph) -> dict[str, int]:
     return hints
 
 
-def tensor_slices(exprs: list, dims, select: dict[int, torch.Tensor]) -> list[tuple[int, int, torch.Tensor | None]]:
-    """How a tensor with dims ``exprs`` is cut down when each atom in ``select`` keeps the listed indices:
-    ``(dim, kept length, indices)`` per changed dim, with ``indices`` None when the kept positions are a
-    prefix (a ``narrow``, so a view)."""
-    out = []
-    for d, e in enumerate(exprs):
+class Cuts:
+    """How tensors are cut down when each atom in ``select`` keeps the listed indices. ``of(exprs)``
+    gives ``(dim, kept length, indices)`` per changed dim of a tensor with dims ``exprs``, with
+    ``indices`` None when the kept positions are a prefix (a ``narrow``, so a view). Each distinct dim
+    expression is analysed once per instance (a model reuses few)."""
+
+    def __init__(self, dims, select: dict[int, torch.Tensor]) -> None:
+        self.dims, self.select = dims, select
+        self._memo: dict[Any, tuple[int, torch.Tensor | None] | None] = {}
+
+    def of(self, exprs: list) -> list[tuple[int, int, torch.Tensor | None]]:
+        out = []
+        for d, e in enumerate(exprs):
+            if e not in self._memo:
+                self._memo[e] = self._dim_cut(e)
+            cut_ = self._memo[e]
+            if cut_ is not None:
+                out.append((d, *cut_))
+        return out
+
+    def _dim_cut(self, e) -> tuple[int, torch.Tensor | None] | None:
+        dims, select = self.dims, self.select
         r = dims.resolve(e)
-        if not is_static(dims.size(r)) or not any(a in select for a in atoms_in(r)):
-            continue
+        full = dims.size(r)
+        if not is_static(full) or not any(a in select for a in atoms_in(r)):
+            return None
         pos = dims.positions(r, select)
-        if len(pos) == dims.size(r)[0] and torch.equal(pos, torch.arange(len(pos))):
-            continue
-        out.append((d, len(pos), None if torch.equal(pos, torch.arange(len(pos))) else pos))
-    return out
+        prefix = torch.equal(pos, torch.arange(len(pos)))
+        if prefix and len(pos) == full[0]:
+            return None
+        return len(pos), None if prefix else pos
 
 
-def cut(t: torch.Tensor, exprs: list, dims, select: dict[int, torch.Tensor]) -> torch.Tensor:
-    """``t`` (detached) cut by ``tensor_slices``: a view when every cut is a prefix."""
+def cut(t: torch.Tensor, slices: list[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
+    """``t`` (detached) cut by ``slices`` (``Cuts.of``): a view when every cut is a prefix."""
     out = t.detach()
-    for d, n, index in tensor_slices(exprs, dims, select):
+    for d, n, index in slices:
         out = out.narrow(d, 0, n) if index is None else out.index_select(d, index.to(out.device))
     return out
 
 
-def _slice(t: torch.Tensor, exprs: list, dims, select: dict[int, torch.Tensor]) -> torch.Tensor:
-    out = cut(t, exprs, dims, select).clone(memory_format=torch.contiguous_format)
+def _slice(t: torch.Tensor, slices: list[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
+    out = cut(t, slices).clone(memory_format=torch.contiguous_format)
     if isinstance(t, torch.nn.Parameter):
         return torch.nn.Parameter(out, requires_grad=t.requires_grad)
     return out
@@ -130,14 +172,14 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
         if op.name in removed or op.mode_gated and op.owner in dead_owners:
             continue
         new = OpNode(op.name, op.target, _subst(op.args, sub), _subst(op.kwargs, sub), op.owner,
-                     copy.deepcopy(op.meta), op.mode_gated)
+                     copy_tree(op.meta), op.mode_gated)
         if new.args[:1] != op.args[:1] and is_inplace(op.target):
             new.target = _out_of_place(op)  # it would now write into a value others still read
         if kept:
             resize_value(new, vals, dims, kept, hints)
         ops.append(new)
     outputs = _subst(graph.outputs, sub)
-    placeholders = [Placeholder(p.name, p.kind, p.target, copy.deepcopy(p.meta)) for p in graph.placeholders]
+    placeholders = [Placeholder(p.name, p.kind, p.target, copy_tree(p.meta)) for p in graph.placeholders]
     if kept:
         for p in placeholders:
             if p.name in vals and isinstance(p.meta, dict):
@@ -366,7 +408,7 @@ def _prune_modules(ir: IR, train: Graph, eval_graph: Graph | None, kept_tensors:
     for name, node in ir.modules.items():
         if name not in alive:
             continue
-        meta = copy.deepcopy(node.meta)
+        meta = copy_tree(node.meta)
         prefix = f"{name}." if name else ""
         changed = _update_entries(meta["params"], lambda local, m: m["tensor"], kept_tensors, shapes)
         changed |= _update_entries(meta["buffers"], lambda local, m: ir.aliases.get(prefix + local),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -12,15 +13,15 @@ import torch
 from torch import nn
 
 from ..ir.capture import trace
-from ..ir.codegen import build
+from ..ir.codegen import Blueprint, build
 from ..ir.flops import graph_flops
 from ..ir.graph import IR, PARAM
 from ..space.arch import Arch
 from ..space.groups import ranking
 from ..space.space import SearchSpace
-from ..space.subnet import cut, subnet_ir, tensor_slices
+from ..space.subnet import Cuts, cut, cut_plan, cut_tensors, subnet_ir, subnet_structure
 from .batches import BatchFn, split_batch, to_device
-from .program import SubnetProgram, compile_program
+from .program import SharedGrads, SubnetProgram, compile_program
 
 
 class Supernet(nn.Module):
@@ -28,6 +29,10 @@ class Supernet(nn.Module):
     ``SearchSpace``). The shared weights are this module's parameters (a copy of the model's; the model
     itself is never modified). ``forward`` computes the active arch (``set_arch``; the maximal subnet by
     default) on views of those weights, so gradients of every subnet land in the same tensors.
+    Gradients of weights cut to a prefix are added straight into the used region of a reusable full-size
+    ``.grad`` buffer (no full-size temporary per subnet); they reach ``.grad`` only, not
+    ``torch.autograd.grad``, and a ``.grad`` tensor may be reused once it was set to None — copy it, do not
+    keep a reference, across steps.
 
     A width choice keeps a prefix of each group's channels; ``sort=True`` (default) first permutes the
     weights so that prefix holds the most salient channels (``sort_by_salience``)."""
@@ -48,9 +53,12 @@ class Supernet(nn.Module):
         self._arch: Arch | None = None
         self._active: SubnetProgram | None = None
         self._max_program: SubnetProgram | None = None
-        self._programs: OrderedDict[str, SubnetProgram] = OrderedDict()
+        self._compiled: OrderedDict[str, _Compiled] = OrderedDict()
+        self._grads = SharedGrads()
         self._cache_size = cache_size
-        self._homes = self._tensor_homes()
+        # where each shared tensor lives: the containers never change, their tensors may (e.g. ``.to()``)
+        self._homes = {canon: (self.net.get_submodule(mod), local)
+                       for canon, (mod, local) in self._tensor_homes().items()}
         if sort:
             self.sort_by_salience()
 
@@ -67,8 +75,7 @@ class Supernet(nn.Module):
     def tensors(self) -> dict[str, torch.Tensor]:
         """The shared tensors by canonical IR name (the live parameters and buffers of this module)."""
         out = {}
-        for canon, (mod, local) in self._homes.items():
-            m = self.net.get_submodule(mod)
+        for canon, (m, local) in self._homes.items():
             out[canon] = m._parameters[local] if local in m._parameters else m._buffers[local]
         return out
 
@@ -90,18 +97,27 @@ class Supernet(nn.Module):
 
     def program(self, arch: Arch) -> SubnetProgram:
         """The compiled forward of ``arch`` on views of the shared tensors (cached per arch)."""
-        key = self._complete(arch).key()
-        prog = self._programs.get(key)
-        if prog is None:
-            sub = subnet_ir(self.space, arch, with_tensors=False)
+        entry = self._entry(arch)
+        if entry.program is None:
             an = self.space.analysis
-            prog = compile_program(sub, an.tensors, an.dims, self.space.kept_indices(arch))
-            self._programs[key] = prog
-            if len(self._programs) > self._cache_size:
-                self._programs.popitem(last=False)
+            entry.program = compile_program(entry.structure, an.tensors, an.dims, self.space.kept_indices(arch),
+                                            self._grads)
+        return entry.program
+
+    def _entry(self, arch: Arch) -> "_Compiled":
+        """The cached structure of ``arch`` (LRU of ``cache_size`` archs): its tensor-less IR and, once
+        used, its program over views and its standalone blueprint."""
+        self.space.validate(arch)
+        key = self._complete(arch).key()
+        entry = self._compiled.get(key)
+        if entry is None:
+            entry = _Compiled(subnet_structure(self.space, arch))
+            self._compiled[key] = entry
+            if len(self._compiled) > self._cache_size:
+                self._compiled.popitem(last=False)
         else:
-            self._programs.move_to_end(key)
-        return prog
+            self._compiled.move_to_end(key)
+        return entry
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         prog = self._active
@@ -178,8 +194,14 @@ class Supernet(nn.Module):
     def extract(self, arch: Arch) -> nn.Module:
         """``arch`` as a standalone, physically smaller ``nn.Module`` (its own copy of the kept weights;
         its forward regenerated from the IR), in training mode: call ``.eval()`` for inference. It computes
-        what the supernet computes at ``arch``; ``extract(space.max())`` is the original function."""
-        return self.subnet_ir(arch).build()
+        what the supernet computes at ``arch``; ``extract(space.max())`` is the original function.
+        The generated code is cached per arch, so extracting an arch again only copies its weights."""
+        entry = self._entry(arch)
+        if entry.blueprint is None:
+            entry.blueprint = Blueprint(entry.structure)
+            entry.cuts = cut_plan(self.space, arch, entry.structure)
+        tensors = cut_tensors(entry.cuts, self.tensors())
+        return entry.blueprint.instantiate(tensors, share_weights=True)  # already our own copies
 
     def export(self, arch: Arch, path: str | Path, **options: Any) -> Path:
         """Write ``arch`` as plain PyTorch artifacts (``.pt2``, ONNX, weights, model card) to the directory
@@ -189,7 +211,9 @@ class Supernet(nn.Module):
 
     def cost(self, arch: Arch) -> dict[str, int]:
         """``params`` (exact) and ``flops`` (FlopCounterMode convention) of ``arch``, from the IR alone."""
-        sub = subnet_ir(self.space, arch, with_tensors=False)
+        self.space.validate(arch)
+        key = self._complete(arch).key()
+        sub = self._compiled[key].structure if key in self._compiled else subnet_structure(self.space, arch)
         graph = sub.eval_graph if sub.eval_graph is not None else sub.graph  # inference cost
         seen, params = set(), 0
         for p in sub.graph.placeholders:
@@ -212,13 +236,24 @@ class Supernet(nn.Module):
         scores = self.space.salience(tensors)
         select = {g.atom: ranking(scores[g.key]) for g in self.space.groups}
         an = self.space.analysis
+        cuts = Cuts(an.dims, select)
         with torch.no_grad():
             for name, exprs in an.tensors.items():
-                if tensor_slices(exprs, an.dims, select):
-                    tensors[name].copy_(cut(tensors[name], exprs, an.dims, select))
+                slices = cuts.of(exprs)
+                if slices:
+                    tensors[name].copy_(cut(tensors[name], slices))
 
     def __repr__(self) -> str:
         return f"Supernet({self.ir.modules[''].class_path}, {self.space!r})"
+
+
+@dataclass
+class _Compiled:
+    """What the supernet caches per arch."""
+    structure: IR
+    program: SubnetProgram | None = None
+    blueprint: Blueprint | None = None  # the standalone model's code, and how to cut its tensors
+    cuts: dict | None = None
 
 
 @contextlib.contextmanager
