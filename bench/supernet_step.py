@@ -124,6 +124,7 @@ def measure(name: str, model: torch.nn.Module, size: int, batch: int, archs: int
         while len(sup_t) < repeats or (time.perf_counter() - started < budget_s and len(sup_t) < 200):
             sup_t.append(timed(supernet, x, device))  # alternate so drifts in the machine hit both alike
             sub_t.append(timed(sub, x, device))
+        supernet.release_grad_buffers()  # so the measured step allocates its gradient memory, as the subnet's does
         sup_step, sub_step = step_memory(supernet, x, device), step_memory(sub, x, device)
         sup_mem = tensor_bytes(supernet.tensors().values()) + sup_step
         sub_mem = tensor_bytes(list(sub.parameters()) + list(sub.buffers())) + sub_step

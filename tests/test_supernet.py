@@ -121,4 +121,6 @@ def test_reused_gradient_buffers_never_leak_an_earlier_step():
             for t in sn.tensors().values():
                 if isinstance(t, torch.nn.Parameter) and t.grad is not None:
                     t.grad.add_(1.0)
+        if i == 4:
+            sn.release_grad_buffers()
     sn.zero_grad(set_to_none=True)

@@ -123,6 +123,11 @@ class SharedGrads:
     def __init__(self) -> None:
         self.slots: dict[str, _GradSlot] = {}
 
+    def release(self) -> None:
+        """Drop the buffers (the next step allocates them again); ``.grad`` tensors in use stay valid."""
+        for slot in self.slots.values():
+            slot.buffer, slot.box, slot.version = None, [], -1
+
     def cut(self, name: str, sizes: tuple[tuple[int, int], ...]) -> tuple[_GradSlot, tuple[tuple[int, int], ...]]:
         """What a program passes to ``shared_view`` to read parameter ``name`` cut to ``sizes``."""
         return self.slots.setdefault(name, _GradSlot()), sizes

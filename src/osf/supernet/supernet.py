@@ -119,6 +119,11 @@ class Supernet(nn.Module):
             self._compiled.move_to_end(key)
         return entry
 
+    def release_grad_buffers(self) -> None:
+        """Free the full-size gradient buffers kept between steps for prefix-cut weights (e.g. before
+        inference or export); training allocates them again when needed."""
+        self._grads.release()
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         prog = self._active
         if prog is None:  # the maximal subnet; kept here so the cache can never evict it mid-run
