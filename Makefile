@@ -7,11 +7,13 @@ STAMP := $(VENV)/.osf-requirements
 
 .PHONY: demo test bench bench-quick lock clean-venv
 
-$(STAMP): requirements/dev.txt pyproject.toml
+# One venv for the demo, the tests and the benchmarks: dev.txt plus the peers of bench.txt (ModelOpt,
+# Torch-Pruning), never dependencies of the library itself.
+$(STAMP): requirements/dev.txt requirements/bench.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q -r requirements/dev.txt -r requirements/bench.txt
 	$(PY) -m pip install -q --no-deps -e .
-	@cp requirements/dev.txt $(STAMP)
+	@cat requirements/dev.txt requirements/bench.txt > $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/osf demo --out reports/demo --force
@@ -26,6 +28,8 @@ bench: $(STAMP)
 	$(PY) bench/cost_speed.py
 	$(PY) bench/forkjoin.py
 	$(PY) bench/motifs.py
+	$(PY) bench/extraction.py
+	$(PY) bench/quality.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/zoo.py --quick
@@ -33,6 +37,8 @@ bench-quick: $(STAMP)
 	$(PY) bench/train_evidence.py --quick
 	$(PY) bench/cost_speed.py --quick
 	$(PY) bench/forkjoin.py --quick
+	$(PY) bench/extraction.py --quick
+	$(PY) bench/quality.py --quick
 
 lock:
 	$(PYTHON) -m venv /tmp/osf-lock-venv && /tmp/osf-lock-venv/bin/pip install -q -r requirements/dev.in

@@ -74,3 +74,56 @@ def extraction_vs_copy(supernet, arch, repeats: int = 5) -> dict:
     again_s, copy_s = sorted(again)[repeats // 2], max(sorted(copy)[repeats // 2], 1e-6)
     return {"extract_first_s": round(first, 4), "extract_again_s": round(again_s, 4), "copy_s": round(copy_s, 5),
             "first_vs_copy": round(first / copy_s, 2), "again_vs_copy": round(again_s / copy_s, 2)}
+
+
+def compare_outputs(expected, got, atol: float = 1e-5, rtol: float = 1e-4,
+                    scaled: bool = False) -> tuple[str | None, float | None]:
+    """(why two outputs differ or None, max abs difference) over their tensor leaves, ``torch.allclose``
+    per leaf. ``scaled``: ``atol`` times the leaf's largest magnitude (at least 1), for random-weight models
+    whose outputs reach ~1e12 (Inception-v3), where float32 rounding alone leaves differences ~1e6."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+    a = [x for x in tree_leaves(expected) if isinstance(x, torch.Tensor)]
+    b = [x for x in tree_leaves(got) if isinstance(x, torch.Tensor)]
+    if len(a) != len(b):
+        return f"{len(b)} output tensors instead of {len(a)}", None
+    worst, why = 0.0, None
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return f"output {i}: {y.dtype}{list(y.shape)} instead of {x.dtype}{list(x.shape)}", None
+        if not x.is_floating_point():
+            if not torch.equal(x, y):
+                why = why or f"output {i} ({x.dtype}) differs"
+            continue
+        if x.numel():
+            worst = max(worst, (x.double() - y.double()).abs().nan_to_num(float("inf")).max().item())
+        scale = max(1.0, x.abs().nan_to_num(0.0).max().item()) if scaled and x.numel() else 1.0
+        if not torch.allclose(x, y, atol=atol * scale, rtol=rtol, equal_nan=True):
+            why = why or f"output {i} differs (max abs diff {worst:.3g})"
+    return why, worst
+
+
+def run_in_child(ctx, target, args: tuple, timeout: float) -> tuple[dict | None, str | None, float]:
+    """Run ``target(*args, conn)`` in a child of multiprocessing context ``ctx``; it sends one dict back.
+    Returns (that dict or None, why there is none: a timeout or a crash, seconds)."""
+    import time
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=(*args, send), daemon=True)
+    started = time.perf_counter()
+    proc.start()
+    send.close()
+    row, failure = None, None
+    try:
+        if recv.poll(timeout):
+            row = recv.recv()
+        else:
+            failure = f"timeout: no result after {timeout:.0f} s"
+    except EOFError:
+        proc.join()
+        failure = f"crash: child exited with code {proc.exitcode}"
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        recv.close()
+    return row, failure, round(time.perf_counter() - started, 1)

@@ -113,25 +113,7 @@ def model_and_inputs(case: Case) -> tuple[Any, tuple]:
 
 def compare(expected: Any, got: Any) -> tuple[str | None, float | None]:
     """(why the outputs differ or None, max abs difference) over the tensor leaves of two outputs."""
-    import torch
-    from torch.utils._pytree import tree_leaves
-    a = [x for x in tree_leaves(expected) if isinstance(x, torch.Tensor)]
-    b = [x for x in tree_leaves(got) if isinstance(x, torch.Tensor)]
-    if len(a) != len(b):
-        return f"{len(b)} output tensors instead of {len(a)}", None
-    worst, why = 0.0, None
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x.shape != y.shape or x.dtype != y.dtype:
-            return f"output {i}: {y.dtype}{list(y.shape)} instead of {x.dtype}{list(x.shape)}", None
-        if not x.is_floating_point():
-            if not torch.equal(x, y):
-                why = why or f"output {i} ({x.dtype}) differs"
-            continue
-        if x.numel():
-            worst = max(worst, (x.double() - y.double()).abs().nan_to_num(float("inf")).max().item())
-        if not torch.allclose(x, y, atol=ATOL, rtol=RTOL, equal_nan=True):
-            why = why or f"output {i} differs (max abs diff {worst:.3g})"
-    return why, worst
+    return common.compare_outputs(expected, got, ATOL, RTOL)
 
 
 def describe(exc: BaseException, stage: str) -> str:
@@ -241,27 +223,10 @@ def child(case: Case, conn: Connection) -> None:
 
 def run_isolated(case: Case, timeout: float) -> dict:
     """Run ``case`` in a spawned child; a timeout or a crash becomes the row's error."""
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=child, args=(case, send), daemon=True)
-    started = time.perf_counter()
-    proc.start()
-    send.close()
-    try:
-        if recv.poll(timeout):
-            row = recv.recv()
-        else:
-            row = {"captured": False, "exact": False, "error": f"timeout: no result after {timeout:.0f} s"}
-    except EOFError:
-        proc.join()
-        row = {"captured": False, "exact": False, "error": f"crash: child exited with code {proc.exitcode}"}
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
-        recv.close()
-    return {"family": case.family, "name": case.name, **row,
-            "seconds": round(time.perf_counter() - started, 1)}
+    row, failure, seconds = common.run_in_child(mp.get_context("spawn"), child, (case,), timeout)
+    if row is None:
+        row = {"captured": False, "exact": False, "error": failure}
+    return {"family": case.family, "name": case.name, **row, "seconds": seconds}
 
 
 def environment(command: str, timeout: float) -> dict:
