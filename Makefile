@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(PY) bench/motifs.py
 	$(PY) bench/extraction.py
 	$(PY) bench/quality.py
+	$(PY) bench/minilm.py
+	$(PY) bench/coverage.py --resume
 
 bench-quick: $(STAMP)
 	$(PY) bench/zoo.py --quick
@@ -39,6 +41,8 @@ bench-quick: $(STAMP)
 	$(PY) bench/forkjoin.py --quick
 	$(PY) bench/extraction.py --quick
 	$(PY) bench/quality.py --quick
+	$(PY) bench/minilm.py --quick
+	$(PY) bench/coverage.py --quick
 
 lock:
 	$(PYTHON) -m venv /tmp/osf-lock-venv && /tmp/osf-lock-venv/bin/pip install -q -r requirements/dev.in

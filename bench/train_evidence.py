@@ -8,7 +8,7 @@ from scratch for the same number of epochs with the same optimizer and schedule.
 step-time ratio of a subnet through the supernet against the extracted subnet (side by side).
 
     python bench/train_evidence.py           # about 10 minutes on 2 cores
-    python bench/train_evidence.py --quick   # a few epochs (smoke test)
+    python bench/train_evidence.py --quick   # digits, residual CNN, 2 epochs (smoke test)
 """
 from __future__ import annotations
 
@@ -147,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
     rows = []
-    for dataset, epochs in (("digits", 3 if opts.quick else 40), ("mnist1d", 2 if opts.quick else 30)):
-        for kind in ("cnn", "vit"):
-            rows += run(dataset, kind, epochs)
+    plan = [("digits", "cnn", 2)] if opts.quick else [(d, k, e) for d, e in (("digits", 40), ("mnist1d", 30))
+                                                      for k in ("cnn", "vit")]
+    for dataset, kind, epochs in plan:  # quick: a smoke test of the whole path on one small case
+        rows += run(dataset, kind, epochs)
     env = common.environment(command="python bench/train_evidence.py " + " ".join(argv or sys.argv[1:]),
                              seed=SEED, threads=opts.threads)
     out = common.ROOT / "bench" / "results" / ("train_evidence-quick.json" if opts.quick else "train_evidence.json")
