@@ -13,8 +13,9 @@ and the tools once) with a timeout, so a crash or a hang costs only that pair. R
 atomically after every model; subset runs (``--quick``, ``--only``, ``--family``) write
 ``coverage-quick.json`` / ``coverage-subset.json`` and leave the docs alone.
 
-    python bench/coverage.py                 # everything (hours on 2 cores)
-    python bench/coverage.py --quick         # one small model per family (under a minute)
+    python bench/coverage.py                 # everything (3+ hours on 2 shared cores)
+    python bench/coverage.py --quick         # one small model per family (about a minute; 2 at a time)
+    python bench/coverage.py --resume        # finish an interrupted sweep (keeps the models measured)
     python bench/coverage.py --only '^vit_tiny' --tool osf
     python bench/coverage.py --render        # rewrite the docs section from coverage.json
 """
@@ -363,7 +364,7 @@ def environment(command: str, opts: argparse.Namespace, settings: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one small model per family (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="one small model per family (about a minute)")
     parser.add_argument("--only", metavar="REGEX", help="only models whose name matches REGEX (re.search)")
     parser.add_argument("--family", action="append", choices=FAMILIES, help="only these families (repeatable)")
     parser.add_argument("--tool", action="append", choices=TOOLS, help="only these tools (repeatable)")

@@ -450,11 +450,13 @@ def run(quick: bool, work: str | None) -> dict:
                        seed=SEED, progress=not quick, run_dir=os.path.join(work, "supernet") if work else None,
                        checkpoint_every=25, keep_checkpoints=1)
     train_s = time.perf_counter() - t0
-    if work:  # the step times of every step, also those before a resume
+    history = result.history
+    if work:  # every step's record, also those before a resume
         with open(os.path.join(work, "supernet", "metrics.jsonl")) as f:
-            train_s = sum(json.loads(line)["seconds"] for line in f if line.strip())
+            history = [json.loads(line) for line in f if line.strip()]
+        train_s = sum(r["seconds"] for r in history)
     supernet.eval()
-    last = result.history[-1]
+    last = history[-1]
     print(f"supernet trained: {steps} steps in {train_s:.0f}s; last losses "
           f"{ {k: round(v, 4) for k, v in last.items() if k.startswith('loss/')} }", flush=True)
     post = osf_search("distilled", "distilled")
