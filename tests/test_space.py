@@ -261,6 +261,64 @@ def test_unknown_ops_block_their_dims_and_are_reported():
     assert "aten.sort.default" in sn.space.describe()
 
 
+class MaskedHeads(nn.Module):
+    """Attention whose scores are masked with ``torch.where(mask, s, scalar)`` and ``&``: overloads ATen does
+    not tag pointwise, though their ops are."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, keep, causal):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        scores = torch.where(keep[:, None, None, :] & causal, q @ k.transpose(-1, -2), -1e4)
+        return self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_non_tagged_elementwise_overloads_keep_heads_prunable():
+    keep = torch.tensor([[True] * 5 + [False], [True] * 6])
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    sn = osf.Supernet(MaskedHeads(), (torch.randn(2, 6, 32), keep, causal))
+    assert sn.space.analysis.unsupported == []
+    assert [g.size for g in groups_of(sn, "heads")] == [4]
+    arch = sn.space.min()
+    small = sn.extract(arch)
+    x = torch.randn(2, 6, 32)
+    with sn.set_arch(arch):
+        torch.testing.assert_close(small(x, keep, causal), sn(x, keep, causal), atol=1e-5, rtol=1e-4)
+
+
+class TiedThroughAnAlias(nn.Module):
+    """An embedding registered at the root (``shared``, never called there) and called through its
+    other path ``encoder.embed`` (as T5 does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Embedding(40, 16)
+        self.encoder = nn.Module()
+        self.encoder.embed = self.shared
+        self.encoder.mlp = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 16))
+
+    def forward(self, ids):
+        h = self.encoder.embed(ids)
+        return h + self.encoder.mlp(h)
+
+
+def test_tensor_holder_reached_through_an_alias_is_kept_in_subnets():
+    model = TiedThroughAnAlias().eval()
+    ids = torch.randint(0, 40, (2, 7))
+    sn = osf.Supernet(model, (ids,))
+    for arch in (sn.space.max(), sn.space.min()):
+        sub = sn.extract(arch).eval()
+        assert sub.shared.weight is sub.encoder.embed.weight
+        with sn.set_arch(arch):
+            torch.testing.assert_close(sub(ids), sn(ids), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sn.extract(sn.space.max()).eval()(ids), model(ids), atol=1e-5, rtol=1e-4)
+
+
 class Tiny(nn.Module):
     def __init__(self):
         super().__init__()

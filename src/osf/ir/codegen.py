@@ -155,15 +155,37 @@ class Blueprint:
         self.eval_out_spec = load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None
         self.train_fn = compile_graph(ir, ir.graph)
         self.eval_fn = compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None
+        self._container_state: dict[type, tuple[dict, list] | None] = {}
 
-    def instantiate(self, tensors: dict[str, torch.Tensor], *, share_weights: bool = False) -> RebuiltModel:
-        """A model over ``tensors`` (by canonical IR name), copied unless ``share_weights``. Names come
-        from a verified IR, so children and tensors are inserted directly (no per-name checks)."""
+    def _new_container(self, cls: type) -> nn.Module:
+        """``cls()`` without running ``nn.Module.__init__`` each time: the instance state is taken from one
+        constructed instance per class (empty dicts and sets made fresh), so it follows the torch version."""
+        if cls not in self._container_state:
+            state = vars(cls())
+            copyable = all(isinstance(v, (dict, set, bool, type(None))) for v in state.values())
+            self._container_state[cls] = ((
+                {k: v for k, v in state.items() if not isinstance(v, (dict, set))},
+                [(k, type(v)) for k, v in state.items() if isinstance(v, (dict, set))]) if copyable else None)
+        if self._container_state[cls] is None:  # an attribute this scheme does not know how to copy
+            return cls()
+        fixed, fresh = self._container_state[cls]
+        m = cls.__new__(cls)
+        state = m.__dict__
+        state.update(fixed)
+        for key, make in fresh:
+            state[key] = make()
+        return m
+
+    def instantiate(self, tensors: dict[str, torch.Tensor], *, share_weights: bool = False,
+                    adopt: bool = False) -> RebuiltModel:
+        """A model over ``tensors`` (by canonical IR name), copied unless ``share_weights``; ``adopt``: the
+        tensors are fresh copies made for this model, inserted as they are (parameters stay the same
+        objects). Names come from a verified IR, so children and tensors are inserted directly."""
         ir = self.ir
         root = self.root_class()
         containers: dict[str, nn.Module] = {"": root}
         for parent, local, child, cls in self.children:
-            m = cls()
+            m = self._new_container(cls)
             containers[parent]._modules[local] = m
             containers[child] = m
         _attach_aliases(root, containers, ir.info.get("module_aliases", {}))
@@ -172,19 +194,21 @@ class Blueprint:
             owner = _find_container(containers, root, mod_name)
             tensor = tensors[canon]
             if is_param if is_param is not None else isinstance(tensor, nn.Parameter):
-                if canon not in made:
+                if canon not in made and adopt and isinstance(tensor, nn.Parameter):
+                    made[canon] = tensor
+                elif canon not in made:
                     data = tensor.detach() if share_weights else tensor.detach().clone()
                     made[canon] = nn.Parameter(data, requires_grad=tensor.requires_grad)
                 owner._parameters[local] = made[canon]
             else:
                 if canon not in made:
-                    made[canon] = tensor if share_weights else tensor.clone()
+                    made[canon] = tensor if share_weights or adopt else tensor.clone()
                 owner._buffers[local] = made[canon]
                 if not persistent:
                     owner._non_persistent_buffers_set.add(local)
         for name, t in tensors.items():
             if name.startswith("_osf_const_"):
-                root.register_buffer(name, t if share_weights else t.clone(), persistent=False)
+                root.register_buffer(name, t if share_weights or adopt else t.clone(), persistent=False)
         root._osf_in_spec = self.in_spec
         root._osf_out_spec = self.out_spec
         root._osf_eval_out_spec = self.eval_out_spec

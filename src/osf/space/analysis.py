@@ -233,7 +233,36 @@ def _rule_for(target: str) -> Rule | None:
     tags = getattr(op, "tags", ())
     if torch.Tag.pointwise in tags:
         return _pointwise
+    if _pointwise_variant(_DUNDER.get(packet, packet), op):
+        return _pointwise_same_rank
     return None
+
+
+# Python-operator spellings of element-wise bitwise ops (``a & b`` records ``aten.__and__``)
+_DUNDER = {f"__{pre}{name}__": f"bitwise_{full}" for pre in ("", "i") for name, full in
+           (("and", "and"), ("or", "or"), ("xor", "xor"), ("lshift", "left_shift"), ("rshift", "right_shift"))}
+
+
+def _pointwise_variant(packet: str, op: Any) -> bool:
+    """An untagged overload (``where.ScalarOther``, ``masked_fill.Tensor``) of an op whose other overloads
+    ATen tags ``pointwise``: element-wise too when it returns one tensor and takes no ``dim``."""
+    schema = getattr(op, "_schema", None)
+    family = getattr(torch.ops.aten, packet, None)
+    if schema is None or family is None:
+        return False
+    if len(schema.returns) != 1 or str(schema.returns[0].type) != "Tensor" or \
+            any(a.name == "dim" for a in schema.arguments):
+        return False
+    return any(torch.Tag.pointwise in getattr(family, o).tags for o in family.overloads())
+
+
+def _pointwise_same_rank(p: _Pass, op: OpNode):
+    """``_pointwise`` for a ``_pointwise_variant``: refused when an input has more dims than the output."""
+    out_sizes = p.out_sizes(op)
+    inputs = [t for t in (p.tensor(a) for a in op.args + list(op.kwargs.values())) if t is not None]
+    if any(len(t) > len(out_sizes) for t in inputs):
+        raise _Unsupported("an input has more dims than the output (not element-wise)")
+    return p.broadcast(op, inputs, out_sizes)
 
 
 def _pointwise(p: _Pass, op: OpNode):

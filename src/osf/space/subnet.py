@@ -57,10 +57,14 @@ def subnet_structure(space: "SearchSpace", arch: "Arch") -> IR:
     shapes = {name: [new_size(an.dims, an.dims.resolve(e), kept)[0] for e in an.tensors[name]]
               for name in kept_tensors}
     modules = _prune_modules(ir, new_graphs["train"], new_graphs.get("eval"), kept_tensors, shapes)
-    aliases = {q: c for q, c in ir.aliases.items() if c in kept_tensors and q.rpartition(".")[0] in modules}
+    module_aliases = {a: v for a, v in ir.info.get("module_aliases", {}).items()
+                      if v[0] in modules and a.rpartition(".")[0] in modules}
+    aliases = {q: c for q, c in ir.aliases.items()
+               if c in kept_tensors and _module_path_kept(q.rpartition(".")[0], modules, module_aliases)}
+    _retarget_to_kept_paths(new_graphs.values(), ir.aliases, aliases)
     info = copy_tree(ir.info)
     info["persistent"] = [q for q in info.get("persistent", []) if q in aliases]
-    info["module_aliases"] = {a: v for a, v in info.get("module_aliases", {}).items() if a in modules}
+    info["module_aliases"] = module_aliases
     info["subnet"] = arch.to_json()
     out = IR(new_graphs["train"], modules, {}, aliases, info, new_graphs.get("eval"))
     annotate_io(out)
@@ -138,15 +142,22 @@ class Cuts:
 
 
 def cut(t: torch.Tensor, slices: list[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
-    """``t`` (detached) cut by ``slices`` (``Cuts.of``): a view when every cut is a prefix."""
+    """``t`` (detached) cut by ``slices`` (``Cuts.of``): a view when every cut is a prefix; otherwise a
+    new contiguous tensor (prefixes are narrowed first, so the index selections copy only what is kept)."""
     out = t.detach()
     for d, n, index in slices:
-        out = out.narrow(d, 0, n) if index is None else out.index_select(d, index.to(out.device))
+        if index is None:
+            out = out.narrow(d, 0, n)
+    for d, n, index in slices:
+        if index is not None:
+            out = out.index_select(d, index.to(out.device))
     return out
 
 
 def _slice(t: torch.Tensor, slices: list[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
-    out = cut(t, slices).clone(memory_format=torch.contiguous_format)
+    out = cut(t, slices)
+    if all(index is None for _, _, index in slices):  # a view of ``t``: copy it
+        out = out.clone(memory_format=torch.contiguous_format)
     if isinstance(t, torch.nn.Parameter):
         return torch.nn.Parameter(out, requires_grad=t.requires_grad)
     return out
@@ -392,17 +403,41 @@ _ARG_REWRITES = {
 
 # ----- modules -----
 
+def _module_path_kept(path: str, modules: dict, module_aliases: dict[str, list]) -> bool:
+    """Whether module ``path`` exists in the subnet, directly or as (a child of) a kept module alias."""
+    if path in modules:
+        return True
+    for alias, (canon, _) in module_aliases.items():
+        if path == alias or path.startswith(alias + "."):
+            return canon + path[len(alias):] in modules
+    return False
+
+
+def _retarget_to_kept_paths(graphs, all_aliases: dict[str, str], kept_aliases: dict[str, str]) -> None:
+    """Point each weight placeholder at a path the subnet still has: a tied tensor whose traced path lies in
+    a removed module is read through one of its other names."""
+    for g in graphs:
+        for p in g.placeholders:
+            if p.kind in (PARAM, BUFFER) and p.target not in kept_aliases:
+                canon = all_aliases.get(p.target, p.target)
+                p.target = next(q for q, c in kept_aliases.items() if c == canon)
+
+
 def _prune_modules(ir: IR, train: Graph, eval_graph: Graph | None, kept_tensors: set[str],
                    shapes: dict[str, list[int]]) -> dict[str, ModuleNode]:
     alive = {""}
     for g in [train] + ([eval_graph] if eval_graph is not None else []):
         for op in g.ops:
             alive.update(module_ancestors(op.owner))
+    ran = {""}  # modules that ran ops in the original; the others only hold tensors (e.g. a tied embedding)
+    for g in [ir.graph] + ([ir.eval_graph] if ir.eval_graph is not None else []):
+        for op in g.ops:
+            ran.update(module_ancestors(op.owner))
     for q, c in ir.aliases.items():
         if c in kept_tensors:
             mod = q.rpartition(".")[0]
-            if mod in alive or not any(ir.aliases.get(q2) == c and q2.rpartition(".")[0] in alive
-                                       for q2 in ir.aliases):
+            if mod in alive or mod not in ran or not any(
+                    ir.aliases.get(q2) == c and q2.rpartition(".")[0] in alive for q2 in ir.aliases):
                 alive.update(module_ancestors(mod))
     modules: dict[str, ModuleNode] = {}
     for name, node in ir.modules.items():

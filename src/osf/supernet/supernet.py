@@ -206,7 +206,7 @@ class Supernet(nn.Module):
             entry.blueprint = Blueprint(entry.structure)
             entry.cuts = cut_plan(self.space, arch, entry.structure)
         tensors = cut_tensors(entry.cuts, self.tensors())
-        return entry.blueprint.instantiate(tensors, share_weights=True)  # already our own copies
+        return entry.blueprint.instantiate(tensors, adopt=True)  # already our own copies
 
     def export(self, arch: Arch, path: str | Path, **options: Any) -> Path:
         """Write ``arch`` as plain PyTorch artifacts (``.pt2``, ONNX, weights, model card) to the directory
