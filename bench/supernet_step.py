@@ -73,31 +73,32 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def step(model, x, device) -> None:
-    for p in model.parameters():
+def step(model, params: list, x, device) -> None:
+    """One train step; ``params`` listed once beforehand, as an optimizer holds them for ``zero_grad``."""
+    for p in params:
         p.grad = None
     model(x).float().logsumexp(-1).mean().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def timed(model, x, device) -> float:
+def timed(model, params: list, x, device) -> float:
     t = time.perf_counter()
-    step(model, x, device)
+    step(model, params, x, device)
     return time.perf_counter() - t
 
 
-def step_memory(model, x, device) -> int:
+def step_memory(model, params: list, x, device) -> int:
     """Peak bytes of one train step beyond what existed before it (gradients included)."""
-    for p in model.parameters():
+    for p in params:
         p.grad = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step(model, x, device)
+        step(model, params, x, device)
         return torch.cuda.max_memory_allocated() - base
     with PeakSampler() as s:
-        step(model, x, device)
+        step(model, params, x, device)
     return s.peak - s.base
 
 
@@ -118,14 +119,15 @@ def measure(name: str, model: torch.nn.Module, size: int, batch: int, archs: int
         t0 = time.perf_counter()
         supernet.set_arch(arch)
         cached_switch_s = time.perf_counter() - t0
-        step(supernet, x, device), step(sub, x, device)  # warm-up
+        sup_params, sub_params = list(supernet.parameters()), list(sub.parameters())
+        step(supernet, sup_params, x, device), step(sub, sub_params, x, device)  # warm-up
         sup_t, sub_t = [], []
         started = time.perf_counter()
         while len(sup_t) < repeats or (time.perf_counter() - started < budget_s and len(sup_t) < 200):
-            sup_t.append(timed(supernet, x, device))  # alternate so drifts in the machine hit both alike
-            sub_t.append(timed(sub, x, device))
+            sup_t.append(timed(supernet, sup_params, x, device))  # alternate: machine drifts hit both alike
+            sub_t.append(timed(sub, sub_params, x, device))
         supernet.release_grad_buffers()  # so the measured step allocates its gradient memory, as the subnet's does
-        sup_step, sub_step = step_memory(supernet, x, device), step_memory(sub, x, device)
+        sup_step, sub_step = step_memory(supernet, sup_params, x, device), step_memory(sub, sub_params, x, device)
         sup_mem = tensor_bytes(supernet.tensors().values()) + sup_step
         sub_mem = tensor_bytes(list(sub.parameters()) + list(sub.buffers())) + sub_step
         sup_med, sub_med = statistics.median(sup_t), statistics.median(sub_t)
@@ -151,7 +153,8 @@ def markdown(env: dict, rows: list[dict]) -> str:
              f"osf {env['osf']}",
              f"- Seed {env['seed']}; train mode; batch {env['batch']}; median of at least {env['repeats']} alternating "
              "steps (more for fast steps, up to a time budget) after one warm-up each; step = zero grads + forward "
-             "+ loss + backward",
+             "+ loss + backward; the zero-grad loop runs over a parameter list made once per model, as an optimizer's "
+             "`zero_grad` does",
              "- *Step MB*: the peak the step allocates (activations, gradients, workspaces); *peak MB* adds the "
              "model's own tensors — the supernet must hold every shared weight, so its total ratio grows as the "
              "subnet shrinks whatever the implementation",

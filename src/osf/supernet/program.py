@@ -50,10 +50,11 @@ class _Indices:
 
 
 class _GradSlot:
-    """A shared parameter's reusable full-size gradient buffer. ``box`` bounds (per dim) what was written
-    since the buffer was last handed out; ``version`` is the buffer's version counter after osf's own last
-    write, so any other in-place write (a gradient all-reduce, clipping, a user's edit) is noticed and the
-    next reuse zeroes the whole buffer instead of the box."""
+    """A shared parameter's reusable full-size gradient buffer. ``box`` bounds (per dim) the region that may
+    hold stale values: zeros lie outside it. ``version`` is the buffer's version counter after osf's own
+    last write, so any other in-place write (a gradient all-reduce, clipping, a user's edit) is noticed and
+    the whole buffer counts as stale. A step's first gradient is copied into its region (no zero-fill, no
+    add) when that region covers the stale box; otherwise the box is zeroed first."""
 
     __slots__ = ("buffer", "box", "version")
 
@@ -64,36 +65,43 @@ class _GradSlot:
 
     def accumulate(self, weight: torch.Tensor, sizes: tuple[tuple[int, int], ...], grad: torch.Tensor) -> None:
         target = weight.grad
-        if target is None:
-            target = self._fresh(weight)
-            weight.grad = target
+        first = target is None
+        if first:
+            target = weight.grad = self._hand_out(weight)
         elif target is self.buffer and target._version != self.version:
             self.box = list(target.shape)  # written elsewhere since (e.g. autograd's own accumulation)
+        extent = list(target.shape)
         region = target
         for d, n in sizes:
             region = region.narrow(d, 0, n)
-        region.add_(grad)
+            extent[d] = n
+        if first:
+            if any(b > e for b, e in zip(self.box, extent)):  # stale values outside this write
+                _box(target, self.box).zero_()
+            region.copy_(grad)
+            self.box = extent
+        else:
+            region.add_(grad)
+            if target is self.buffer:
+                self.box = [max(b, e) for b, e in zip(self.box, extent)]
         if target is self.buffer:
-            extent = list(target.shape)
-            for d, n in sizes:
-                extent[d] = n
-            self.box = [max(b, e) for b, e in zip(self.box, extent)]
             self.version = target._version
 
-    def _fresh(self, weight: torch.Tensor) -> torch.Tensor:
+    def _hand_out(self, weight: torch.Tensor) -> torch.Tensor:
+        """The buffer for a new ``.grad``; its stale box is cleared by the caller's first write."""
         buf = self.buffer
         if buf is None or buf.shape != weight.shape or buf.dtype != weight.dtype or buf.device != weight.device:
-            buf = self.buffer = torch.zeros_like(weight, memory_format=torch.contiguous_format)
+            buf = self.buffer = torch.empty_like(weight, memory_format=torch.contiguous_format)
+            self.box = list(buf.shape)
         elif buf._version != self.version:
-            buf.zero_()
-        else:
-            region = buf
-            for d, n in enumerate(self.box):
-                region = region.narrow(d, 0, n)
-            region.zero_()
-        self.box = [0] * weight.dim()
-        self.version = buf._version
+            self.box = list(buf.shape)
         return buf
+
+
+def _box(t: torch.Tensor, extent: list[int]) -> torch.Tensor:
+    for d, n in enumerate(extent):
+        t = t.narrow(d, 0, n)
+    return t
 
 
 class _PrefixView(torch.autograd.Function):
