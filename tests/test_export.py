@@ -2,6 +2,7 @@
 numbers, writes are atomic and never overwrite silently."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import subprocess
@@ -192,3 +193,24 @@ def test_metrics_that_are_not_json_fail_before_any_work(exported, tmp_path):
     with pytest.raises(ValueError, match="export metrics must be JSON"):
         osf.export(sn, arch, tmp_path / "x", metrics={"accuracy": torch.tensor(0.5)})
     assert not (tmp_path / "x").exists()
+
+
+def test_pt2_with_a_dynamic_keyword_input_runs_at_other_lengths(tmp_path):
+    """torch.export's input guards name the forward's parameters: with ``forward(*args, **kwargs)`` a guard
+    on a keyword input (here the sequence length) broke ``ExportedProgram.module()``."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                  vocab_size=100, max_position_embeddings=64)
+    ids = torch.randint(0, 100, (2, 12))
+    sn = osf.Supernet(transformers.BertModel(cfg).eval(), (), {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                      trace_options={"dynamic_seq": True})
+    arch = sn.space.sample(0)
+    assert list(inspect.signature(sn.extract(arch).forward).parameters)[:2] == ["input_ids", "attention_mask"]
+    sn.export(arch, tmp_path / "out", formats=("pt2",))
+    model = torch.export.load(str(tmp_path / "out" / "model.pt2")).module()
+    other = {"input_ids": torch.randint(0, 100, (BATCH, 9)), "attention_mask": torch.ones(BATCH, 9, dtype=torch.long)}
+    with torch.no_grad():
+        got = model(**other).last_hidden_state
+    assert got.shape == (BATCH, 9, 32)
+    torch.testing.assert_close(got, _reference(sn, arch, (), other)[0], atol=1e-5, rtol=1e-4)

@@ -8,7 +8,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.export import Dim
 
-from ..ir.codegen import load_spec
+from ..ir.codegen import load_spec, traced_signature
 from ..ir.graph import INPUT, IR
 from ..ir.inputs import synthetic_inputs
 from ..ir.serial import spec_children
@@ -74,4 +74,8 @@ def dynamic_shapes(ir: IR) -> dict | None:
     if not any(leaves):
         return None
     args, kwargs = pytree.tree_unflatten(leaves, spec)
+    signature = traced_signature(ir)
+    if signature is not None:  # the rebuilt forward names its inputs (``codegen.traced_signature``)
+        names = list(signature.parameters)[1:]
+        return {**dict(zip(names, args)), **kwargs}
     return {"args": args, **kwargs} if args else dict(kwargs)

@@ -7,6 +7,7 @@ training flags read the owner module's ``.training`` live, and device constants 
 """
 from __future__ import annotations
 
+import inspect
 import keyword
 from typing import Any, Callable
 
@@ -72,6 +73,27 @@ class RebuiltModel(IRContainer):
             else:
                 values.append(leaf)
         return values
+
+
+def traced_signature(ir: IR) -> inspect.Signature | None:
+    """The original forward's parameter names, for tools that read ``inspect.signature`` (``torch.export``
+    names its input guards after them; ``*args, **kwargs`` broke ``ExportedProgram.module()``): the traced
+    positional inputs required, every other name defaulting to None (a missing traced input still gets
+    ``InputError``); traced keywords the original took through ``**kwargs`` are keyword-only. None when the
+    original forward had ``*args``."""
+    names = ir.info.get("signature")
+    positional, named = serial.spec_children(load_spec(ir.info["in_spec"]))
+    n_pos = positional.num_children
+    if names is None or len(names) < n_pos:
+        return None
+    extra = [k for k in (named.context or []) if k not in names]
+    if not all(isinstance(n, str) and n.isidentifier() and not keyword.iskeyword(n) for n in names + extra):
+        return None
+    kind = inspect.Parameter
+    return inspect.Signature([kind("self", kind.POSITIONAL_OR_KEYWORD)]
+                             + [kind(n, kind.POSITIONAL_OR_KEYWORD) for n in names[:n_pos]]
+                             + [kind(n, kind.POSITIONAL_OR_KEYWORD, default=None) for n in names[n_pos:]]
+                             + [kind(k, kind.KEYWORD_ONLY, default=None) for k in extra])
 
 
 def _device(values: list, model: nn.Module) -> torch.device:
@@ -140,6 +162,12 @@ class Blueprint:
         self.ir = ir
         classes: dict[str, type] = {}
         self.root_class = _container_class(ir.modules[""].meta["class"], classes, RebuiltModel)
+        signature = traced_signature(ir)
+        if signature is not None:  # a class of this blueprint's own: give its forward the traced names
+            def forward(self, *args: Any, **kwargs: Any) -> Any:
+                return self.run_generated(self._osf_train_fn, self._osf_eval_fn, args, kwargs)
+            forward.__signature__ = signature
+            self.root_class.forward = forward
         self.children = [(node.name, child[len(node.name) + 1:] if node.name else child, child,
                           _container_class(ir.modules[child].meta["class"], classes))
                          for _, node in ir.walk("") for child in node.children]
