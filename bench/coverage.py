@@ -235,6 +235,18 @@ def _cell(tool: str, r: dict | None) -> str:
     return text + (f" ({attn} attn)" if attn else "")
 
 
+def _failure_brief(text: Any) -> str:
+    """'<error class> in module <m> at <file:line>' out of an osf conversion failure (TraceError text)."""
+    text = str(text)
+    kind = re.search(r"\((\w+): ", text)
+    module = re.search(r"in module '([^']*)'", text)
+    where = re.search(r"at: \S*?/((?:torchvision|timm|transformers|segment_anything)/[^:]+:\d+)", text)
+    if not (kind or module or where):
+        return _short(text, 110)
+    return " ".join(x for x in ((kind.group(1) if kind else ""), (f"in module '{module.group(1)}'" if module else ""),
+                                (f"at {where.group(1)}" if where else "")) if x)
+
+
 def _short(text: Any, n: int = 60) -> str:
     s = str(text or "").replace("|", "\\|").replace("\n", " ")
     return s if len(s) <= n else s[:n - 1] + "…"
@@ -289,7 +301,12 @@ def markdown(env: dict, rows: list[dict], planned: int) -> str:
     lines += [f"| {TOOL_TITLES[tool]} | " + " | ".join(str(found[tool][k]) for k in peers.KINDS) + " |"
               for tool in TOOLS]
     behind = [r for r in rows if osf_behind(r)]
-    lines += ["", f"osf does worse than a peer on {len(behind)} of {len(rows)} models (last column below).", "",
+    lines += ["", f"osf does worse than a peer on {len(behind)} of {len(rows)} models (last column below)."]
+    failed = [r for r in rows if not ok(r["tools"].get("osf", {}).get("converted"))]
+    if failed:
+        lines += ["", f"osf could not convert {len(failed)} models: " + "; ".join(
+            f"{r['name']} ({_failure_brief(r['tools']['osf'].get('converted'))})" for r in failed) + "."]
+    lines += ["",
               "Per model, each tool: converted, max equal, min runs (✓ / ✗ / – not applicable), then elastic dims "
               "channels/heads/embedding/depth, then log10 subnets. Torch-Pruning: *(n attn)* = attention modules "
               "whose `num_heads` and post-pruning head attributes the user must hand-supply.", "",
