@@ -281,7 +281,9 @@ def markdown(env: dict, rows: list[dict], planned: int) -> str:
              f"- One child process per model and tool, timeout {env['timeout_s']:.0f} s, heap limit "
              f"{env.get('memory_gb', 0):g} GB (`RLIMIT_DATA`)",
              "", "Models per family and tool: converted / maximal subnet equal to the original (eval mode, every output "
-             "tensor, `allclose` with rtol 1e-4 and atol 1e-5 × the output's largest magnitude) / minimal subnet "
+             "tensor, `allclose` with rtol 1e-4 and atol 1e-5 × the output's largest magnitude; osf's maximal subnet sorts "
+             "channels by salience, so its sums round differently: where float32 differs it is re-checked in float64 "
+             "and the row's notes say so) / minimal subnet "
              "runs with the right output shapes (Torch-Pruning: its 50% pruned model; it has no maximal subnet).", "",
              "| family | models | osf | ModelOpt | Torch-Pruning |", "|---|---:|---|---|---|"]
     for fam, per in t.items():
