@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
+QUICK_DOCS = ROOT / "docs" / "benchmarks-quick.md"  # what --quick runs (make bench-quick, CI) regenerate
 
 
 def write_atomic(path: Path, text: str) -> None:

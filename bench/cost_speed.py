@@ -9,7 +9,7 @@
    archs, and the time each takes.
 
     python bench/cost_speed.py            # about a minute on 2 cores
-    python bench/cost_speed.py --quick    # ResNet-18 at 64×64 and one small model (a smoke test; prints only)
+    python bench/cost_speed.py --quick    # ResNet-18 at 64×64 and one small model (a smoke test)
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def markdown(env: dict, speed: list[dict], errors: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small models only; prints, writes nothing")
+    parser.add_argument("--quick", action="store_true", help="small models only (cost_speed-quick.json, docs/benchmarks-quick.md)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="results file (default bench/results/cost_speed.json)")
     opts = parser.parse_args(argv)
@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python bench/cost_speed.py", *(argv if argv is not None else sys.argv[1:])])
     env = common.environment(command=command, seed=SEED, threads=opts.threads)
     text = markdown(env, speed, errors)
-    if not opts.quick:
-        out = common.ROOT / "bench" / "results" / "cost_speed.json" if opts.json is None else opts.json
-        common.write_atomic(common.Path(out), json.dumps({"environment": env, "speed": speed, "latency": errors},
-                                                         indent=1))
-        common.update_section(common.DOCS, "cost-speed", text)
+    name = "cost_speed-quick.json" if opts.quick else "cost_speed.json"
+    out = common.ROOT / "bench" / "results" / name if opts.json is None else opts.json
+    common.write_atomic(common.Path(out), json.dumps({"environment": env, "speed": speed, "latency": errors},
+                                                     indent=1))
+    common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, "cost-speed", text)
     print(text)
     return 0 if all(r["mismatches"] == 0 for r in speed) else 1
 

@@ -11,7 +11,7 @@ Every (model, tool) pair runs alone in a child process (forked from a server tha
 and the tools once) with a timeout, so a crash or a hang costs only that pair. Results go to
 ``bench/results/coverage.json`` and the ``coverage`` section of ``docs/benchmarks.md``, both rewritten
 atomically after every model; subset runs (``--quick``, ``--only``, ``--family``) write
-``coverage-quick.json`` / ``coverage-subset.json`` and leave the docs alone.
+``coverage-quick.json`` (and docs/benchmarks-quick.md) / ``coverage-subset.json``, never over the full results.
 
     python bench/coverage.py                 # everything (3+ hours on 2 shared cores)
     python bench/coverage.py --quick         # one small model per family (about a minute; 2 at a time)
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tool", action="append", choices=TOOLS, help="only these tools (repeatable)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="results file (default bench/results/coverage.json; coverage-quick.json / "
-                             "coverage-subset.json for subset runs, which leave docs/benchmarks.md alone)")
+                             "coverage-subset.json for subset runs; --quick renders docs/benchmarks-quick.md, never docs/benchmarks.md)")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="per model and tool (default 300; --quick: 30)")
     parser.add_argument("--resume", action="store_true", help="keep the rows in --json, run only the missing models")
@@ -442,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{t}: {_cell(t, row['tools'][t])[:50]} ({row['tools'][t]['seconds']}s)" for t in tools), flush=True)
             common.write_atomic(opts.json, json.dumps({"environment": env, "totals": totals(rows),
                                                        "kinds_found": kinds_found(rows), "results": rows}, indent=1))
-            if not subset:
-                common.update_section(DOCS, "coverage", markdown(env, rows, planned))
+            if not subset or opts.quick:
+                common.update_section(DOCS if not subset else common.QUICK_DOCS, "coverage", markdown(env, rows, planned))
     for fam, per in totals(rows).items():
         print(f"{fam}: " + "; ".join(f"{t} {v['converted']}/{v['max_equal']}/{v['min_runs']} of {v['models']}"
                                       for t, v in per.items()))

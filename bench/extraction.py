@@ -5,7 +5,8 @@ cached per arch, so only the weights are cut and copied). Target: within 2× of 
     python bench/extraction.py            # the 16 test models, 5 sampled archs each (a few minutes)
     python bench/extraction.py --quick    # 3 models, 2 archs
 
-Writes bench/results/extraction[-quick].json and the ``extraction`` section of docs/space.md.
+Writes bench/results/extraction[-quick].json and the ``extraction`` section of docs/space.md (--quick:
+docs/benchmarks-quick.md).
 """
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     env = common.environment(command="python bench/extraction.py" + (" --quick" if opts.quick else ""))
     out = common.ROOT / "bench" / "results" / ("extraction-quick.json" if opts.quick else "extraction.json")
     common.write_atomic(out, json.dumps({"environment": env, "rows": rows}, indent=1))
-    if not opts.quick:
-        common.update_section(common.ROOT / "docs" / "space.md", "extraction", section(env, rows))
+    common.update_section(common.QUICK_DOCS if opts.quick else common.ROOT / "docs" / "space.md", "extraction",
+                          section(env, rows))
     return 0
 
 

@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     name = "forkjoin-quick.json" if opts.quick else "forkjoin-cpu.json"
     common.write_atomic(common.ROOT / "bench" / "results" / name, json.dumps({"environment": env, "rows": rows},
                                                                              indent=1))
-    if not opts.quick:
-        common.update_section(common.DOCS, "forkjoin-cpu", section(env, rows))
+    common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, "forkjoin-cpu", section(env, rows))
 
 
 def section(env: dict, rows: list[dict]) -> str:

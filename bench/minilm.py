@@ -665,8 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "minilm-custom.json" if custom else "minilm-quick.json" if opts.quick else "minilm.json"
     common.write_atomic(common.ROOT / "bench" / "results" / name, json.dumps({"environment": env, **res}, indent=1))
     md = markdown(env, res)
-    if not opts.quick and not custom:
-        common.update_section(common.DOCS, "minilm", md)
+    if not custom:
+        common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, "minilm", md)
     print(md)
     return 0
 

@@ -710,9 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         picture = "quality.png"
     quality = quality_section(env, runs, rows, picture)
     motifs = motif_section(env, runs, rows)
-    if not opts.quick:
-        common.update_section(common.DOCS, "quality", quality)
-        common.update_section(common.DOCS, "motif-ablation", motifs)
+    common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, "quality", quality)
+    common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, "motif-ablation", motifs)
     print(quality)
     print(motifs)
     log("done")

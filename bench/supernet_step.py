@@ -198,9 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "supernet_step-quick.json" if opts.quick else f"supernet_step-{device.type}.json"
     out = opts.json or common.ROOT / "bench" / "results" / name
     common.write_atomic(out, json.dumps({"environment": env, "rows": rows}, indent=1))
-    if not opts.quick:
-        common.update_section(common.DOCS, f"supernet-step-{device.type}",
-                              markdown(env, rows).replace("supernet-step:", f"supernet-step-{device.type}:"))
+    common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, f"supernet-step-{device.type}",
+                          markdown(env, rows).replace("supernet-step:", f"supernet-step-{device.type}:"))
     print(markdown(env, rows))
     return 0
 

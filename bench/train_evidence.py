@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                              seed=SEED, threads=opts.threads)
     out = common.ROOT / "bench" / "results" / ("train_evidence-quick.json" if opts.quick else "train_evidence.json")
     common.write_atomic(out, json.dumps({"environment": env, "rows": rows}, indent=1))
-    if not opts.quick:
-        common.update_section(common.DOCS, "train-evidence", markdown(env, rows))
+    common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, "train-evidence", markdown(env, rows))
     print(markdown(env, rows))
     return 0
 

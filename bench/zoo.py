@@ -348,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row.get('error') or ''}"[:300], flush=True)
         common.write_atomic(opts.json, json.dumps({"environment": env, "totals": totals(rows),
                                             "capture_seconds": timed_models(rows), "results": rows}, indent=1))
-        if not subset:
-            common.update_section(DOCS, "zoo", markdown(env, rows, planned))
+        if not subset or opts.quick:
+            common.update_section(DOCS if not subset else common.QUICK_DOCS, "zoo", markdown(env, rows, planned))
     for fam, t in totals(rows).items():
         print(f"{fam}: captured {t['captured']}/{t['models']}, rebuilt exactly {t['exact']}/{t['models']}")
     return 0
