@@ -412,6 +412,11 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     res["fronts"]["osf-motif"] = {"hypervolume_val": round(hypervolume(front_points(front, ref)), 4),
                                             "evaluated": front.info["evaluated"], "search_s": round(secs, 1),
                                             "train_s": round(motif_s, 1)}
+
+    # (e) osf at equal total training: the supernet gets the epochs (a) spends on all budgets together
+    total_net, total_s = train_supernet(kind, dataset, x2, train, epochs * len(BUDGETS), seed, motif=False)
+    front, secs = osf_search(total_net, val, train, search_budget, "nsga2", seed)
+    done("osf-total", osf_rows("osf-total", total_net, front, train, test, x1, max_flops, total_s + secs))
     return res
 
 
@@ -419,7 +424,8 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
 
 METHODS = [("osf", "osf (NSGA-II, inherited)"), ("osf-random", "(d) osf random search"),
            ("scratch", "(a) osf archs from scratch"), ("torch-pruning", "(b) Torch-Pruning + fine-tune"),
-           ("modelopt", "(c) ModelOpt AutoNAS")]
+           ("modelopt", "(c) ModelOpt AutoNAS"),
+           ("osf-total", f"(e) osf, supernet trained {len(BUDGETS)}× the epochs (NSGA-II, inherited)")]
 
 
 def mean_std(values: list[float]) -> str:
@@ -462,6 +468,8 @@ def verdict(row: dict) -> str:
         return "tie"
     if row["method"] == "osf-random":
         return "**NSGA-II loses to random**" if d > 0 else "NSGA-II ahead"
+    if row["method"] == "osf-total":
+        return "longer supernet training helps" if d > 0 else "longer training does not help"
     return "**osf loses**" if d > 0 else "osf wins"
 
 
@@ -486,6 +494,8 @@ def quality_section(env: dict, runs: list[dict], rows: list[dict], plot: str | N
              "each picked architecture alone for E epochs; (b) pre-trains the max model E/2 epochs and fine-tunes "
              "each pruned model E/2 epochs. Epochs are equal, compute is not: osf runs 4 subnets per step, "
              "ModelOpt 1. No method fine-tunes after search. "
+             f"(e) is osf at equal *total* training: one supernet trained {len(BUDGETS)}×E epochs, the epochs (a) "
+             f"spends on its {len(BUDGETS)} budgets together, searched the same way. "
              f"osf's NSGA-II and random searches evaluate {budget} distinct subnets each, one search for the whole "
              "front (both budgets are read off it); ModelOpt searches once per budget with "
              f"{3 * budget} iterations (its evolutionary searcher, population by osf's rule; candidates outside its "
@@ -615,7 +625,7 @@ def plot(runs: list[dict], path) -> bool:
     rows_ = math.ceil(len(cases) / cols)
     fig = Figure(figsize=(5.2 * cols, 3.8 * rows_))
     marks = {"osf": ("o", "C0"), "osf-random": ("v", "C1"), "scratch": ("s", "C2"), "torch-pruning": ("D", "C3"),
-             "modelopt": ("^", "C4"), "osf-motif": ("P", "C5")}
+             "modelopt": ("^", "C4"), "osf-motif": ("P", "C5"), "osf-total": ("X", "C6")}
     for i, (d, m) in enumerate(cases):
         ax = fig.add_subplot(rows_, cols, i + 1)
         r = min((x for x in runs if (x["dataset"], x["model"]) == (d, m)), key=lambda x: x["seed"])
