@@ -285,7 +285,8 @@ def modelopt_search(converted, x1, train, val, budget_frac, iters, seed):
 
 # ---------------------------------------------------------------- one (dataset, model, seed)
 
-def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log, limit: int | None = None) -> dict:
+def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log, limit: int | None = None,
+        equal_total: bool = True) -> dict:
     (x, y), (xv, yv), (xt, yt) = split(dataset)
     x, y = x[:limit], y[:limit]  # quick mode: a slice of the training split
     train, val = loaders((x, y, xv, yv), seed)
@@ -413,6 +414,8 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
                                             "evaluated": front.info["evaluated"], "search_s": round(secs, 1),
                                             "train_s": round(motif_s, 1)}
 
+    if not equal_total:
+        return res
     # (e) osf at equal total training: the supernet gets the epochs (a) spends on all budgets together
     total_net, total_s = train_supernet(kind, dataset, x2, train, epochs * len(BUDGETS), seed, motif=False)
     front, secs = osf_search(total_net, val, train, search_budget, "nsga2", seed)
@@ -443,6 +446,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
         for b in BUDGETS:
             osf_accs = [r["methods"]["osf"][b]["acc"] for r in group]
             for name, label in METHODS + [("osf-motif", "osf motif sampler (NSGA-II)")]:
+                if any(name not in r["methods"] for r in group):  # (e) is skipped in quick mode
+                    continue
                 cells = [r["methods"][name][b] for r in group]
                 errors = [c["error"] for c in cells if "error" in c]
                 row = {"dataset": ds, "model": kind, "budget": b, "method": name, "label": label,
@@ -698,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     for dataset, kind, epochs, seeds in plan:
         for seed in seeds:
             log(f"{dataset}/{kind} seed {seed}, {epochs} epochs")
-            runs.append(run(dataset, kind, epochs, seed, budget, log, limit))
+            runs.append(run(dataset, kind, epochs, seed, budget, log, limit, equal_total=not opts.quick))
             common.write_atomic(out, json.dumps({"complete": False, "runs": [jsonable(r) for r in runs]},
                                                 indent=1, default=str))  # progress, replaced at the end
     rows = aggregate(runs)
