@@ -420,7 +420,7 @@ def _retarget_to_kept_paths(graphs, all_aliases: dict[str, str], kept_aliases: d
         for p in g.placeholders:
             if p.kind in (PARAM, BUFFER) and p.target not in kept_aliases:
                 canon = all_aliases.get(p.target, p.target)
-                p.target = next(q for q, c in kept_aliases.items() if c == canon)
+                p.target = next((q for q, c in kept_aliases.items() if c == canon), p.target)
 
 
 def _prune_modules(ir: IR, train: Graph, eval_graph: Graph | None, kept_tensors: set[str],
