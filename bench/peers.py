@@ -77,6 +77,15 @@ def compare(expected: Any, got: Any) -> tuple[bool, float | None, str | None]:
     return why is None, worst, why
 
 
+def record_min(row: dict, expected: Any, small: nn.Module, args: tuple, kwargs: dict, ragged: bool,
+               params: int) -> None:
+    """``min_runs`` (and ``min_error``, ``min_params_ratio``) of a tool's smallest model into ``row``."""
+    why = same_shapes(expected, run(small, args, kwargs), ragged)
+    row.update(min_runs=why is None, min_params_ratio=round(n_params(small) / params, 4))
+    if why:
+        row["min_error"] = why
+
+
 def equal_in_float64(model: nn.Module, subnet: nn.Module, args: tuple, kwargs: dict) -> str | None:
     """A note when ``subnet`` (osf's maximal subnet, channels sorted by salience) equals ``model`` in float64
     although not in float32: the permuted sums round differently, and a random-weight model can amplify that
@@ -261,12 +270,7 @@ def osf_adapter(model: nn.Module, args: tuple, kwargs: dict, *, ragged: bool = F
     except Exception as e:  # noqa: BLE001
         row.update(max_equal=False, max_error=describe(e, "extract(max)"))
     try:
-        small = sn.extract(space.min()).eval()
-        why = same_shapes(expected, run(small, args, kwargs), ragged)
-        row.update(min_runs=why is None, min_params_ratio=round(n_params(small) / params, 4))
-        if why:
-            row["min_error"] = why
-        del small
+        record_min(row, expected, sn.extract(space.min()).eval(), args, kwargs, ragged, params)
     except Exception as e:  # noqa: BLE001
         row.update(min_runs=False, min_error=describe(e, "extract(min)"))
     if time_steps:
@@ -372,11 +376,7 @@ def modelopt_adapter(model: nn.Module, args: tuple, kwargs: dict, *, ragged: boo
     try:
         mtn.sample(cm, min)
         cm.eval()
-        small = mtn.export(cm).eval()
-        why = same_shapes(expected, run(small, args, kwargs), ragged)
-        row.update(min_runs=why is None, min_params_ratio=round(n_params(small) / params, 4))
-        if why:
-            row["min_error"] = why
+        record_min(row, expected, mtn.export(cm).eval(), args, kwargs, ragged, params)
     except Exception as e:  # noqa: BLE001
         row.update(min_runs=False, min_error=describe(e, "sample(min)/export"))
     return row
@@ -504,10 +504,7 @@ def torch_pruning_adapter(model: nn.Module, args: tuple, kwargs: dict, *, ragged
                 if isinstance(getattr(mod, a, None), int):
                     setattr(mod, a, width)
         row["prune_seconds"] = round(time.perf_counter() - started, 2)
-        why = same_shapes(expected, run(model.eval(), args, kwargs), ragged)
-        row.update(min_runs=why is None, min_params_ratio=round(n_params(model) / params, 4))
-        if why:
-            row["min_error"] = why
+        record_min(row, expected, model.eval(), args, kwargs, ragged, params)
     except Exception as e:  # noqa: BLE001
         row.update(min_runs=False, min_error=describe(e, "prune/run"))
     return row

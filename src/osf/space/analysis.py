@@ -259,16 +259,20 @@ def _pointwise_variant(packet: str, op: Any) -> bool:
 def _pointwise_same_rank(p: _Pass, op: OpNode):
     """``_pointwise`` for a ``_pointwise_variant``: refused when an input has more dims than the output."""
     out_sizes = p.out_sizes(op)
-    inputs = [t for t in (p.tensor(a) for a in op.args + list(op.kwargs.values())) if t is not None]
+    inputs = _tensor_inputs(p, op)
     if any(len(t) > len(out_sizes) for t in inputs):
         raise _Unsupported("an input has more dims than the output (not element-wise)")
     return p.broadcast(op, inputs, out_sizes)
 
 
+def _tensor_inputs(p: _Pass, op: OpNode) -> list:
+    return [t for t in (p.tensor(a) for a in op.args + list(op.kwargs.values())) if t is not None]
+
+
 def _pointwise(p: _Pass, op: OpNode):
     """Element-wise ops (tagged ``pointwise`` in ATen, plus dropout / copies / softmax-like ops):
     broadcast the tensor inputs into the output."""
-    inputs = [t for t in (p.tensor(a) for a in op.args + list(op.kwargs.values())) if t is not None]
+    inputs = _tensor_inputs(p, op)
     if isinstance(op.meta, dict) and "list" in op.meta:  # native_dropout: (out, mask)
         out = p.broadcast(op, inputs, p.out_sizes(op, 0))
         return {"list": [out, out]}
