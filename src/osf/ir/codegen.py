@@ -183,26 +183,49 @@ class Blueprint:
         self.eval_out_spec = load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None
         self.train_fn = compile_graph(ir, ir.graph)
         self.eval_fn = compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None
-        self._container_state: dict[type, tuple[dict, list] | None] = {}
+        self._plan: tuple[list, list] | None = None
+        self._make_root = self._container_maker(self.root_class)
+        self._root_attributes = {
+            "_osf_in_spec": self.in_spec, "_osf_out_spec": self.out_spec, "_osf_eval_out_spec": self.eval_out_spec,
+            "_osf_user_leaves": ir.info["user_leaves"], "_osf_train_error": ir.info.get("train_error"),
+            "_osf_signature": ir.info.get("signature"), "_osf_train_fn": self.train_fn, "_osf_eval_fn": self.eval_fn}
 
-    def _new_container(self, cls: type) -> nn.Module:
-        """``cls()`` without running ``nn.Module.__init__`` each time: the instance state is taken from one
-        constructed instance per class (empty dicts and sets made fresh), so it follows the torch version."""
-        if cls not in self._container_state:
-            state = vars(cls())
-            copyable = all(isinstance(v, (dict, set, bool, type(None))) for v in state.values())
-            self._container_state[cls] = ((
-                {k: v for k, v in state.items() if not isinstance(v, (dict, set))},
-                [(k, type(v)) for k, v in state.items() if isinstance(v, (dict, set))]) if copyable else None)
-        if self._container_state[cls] is None:  # an attribute this scheme does not know how to copy
-            return cls()
-        fixed, fresh = self._container_state[cls]
-        m = cls.__new__(cls)
-        state = m.__dict__
-        state.update(fixed)
-        for key, make in fresh:
-            state[key] = make()
-        return m
+    def _container_maker(self, cls: type) -> Callable[[], nn.Module]:
+        """A fast ``cls()`` that skips ``nn.Module.__init__``: the instance state is taken from one
+        constructed instance (empty dicts and sets made fresh), so it follows the torch version."""
+        state = vars(cls())
+        if not all(isinstance(v, (dict, set, bool, type(None))) for v in state.values()):
+            return cls  # an attribute this scheme does not know how to copy
+        fixed = {k: v for k, v in state.items() if not isinstance(v, (dict, set))}
+        fresh = [(k, type(v)) for k, v in state.items() if isinstance(v, (dict, set))]
+        new = object.__new__
+
+        def make() -> nn.Module:
+            m = new(cls)
+            state = m.__dict__
+            state.update(fixed)
+            for key, kind in fresh:
+                state[key] = kind()
+            return m
+        return make
+
+    def _layout(self) -> tuple[list, list]:
+        """Containers in creation order as (parent position, local name, maker), and tensor slots as
+        (container position or None for an alias path, module path, local name, canonical tensor, is
+        parameter, persistent): ``instantiate``'s loops without name lookups."""
+        if self._plan is None:
+            makers: dict[type, Callable[[], nn.Module]] = {}
+            position = {"": 0}
+            containers = []
+            for parent, local, child, cls in self.children:
+                if cls not in makers:
+                    makers[cls] = self._container_maker(cls)
+                containers.append((position[parent], local, makers[cls]))
+                position[child] = len(position)
+            slots = [(position.get(mod_name), mod_name, local, canon, is_param, persistent)
+                     for mod_name, local, canon, is_param, persistent in self.slots]
+            self._plan = containers, slots
+        return self._plan
 
     def instantiate(self, tensors: dict[str, torch.Tensor], *, share_weights: bool = False,
                     adopt: bool = False) -> RebuiltModel:
@@ -210,16 +233,20 @@ class Blueprint:
         tensors are fresh copies made for this model, inserted as they are (parameters stay the same
         objects). Names come from a verified IR, so children and tensors are inserted directly."""
         ir = self.ir
-        root = self.root_class()
-        containers: dict[str, nn.Module] = {"": root}
-        for parent, local, child, cls in self.children:
-            m = self._new_container(cls)
+        container_plan, slot_plan = self._layout()
+        root = self._make_root()
+        containers = [root]
+        for parent, local, make in container_plan:
+            m = make()
             containers[parent]._modules[local] = m
-            containers[child] = m
-        _attach_aliases(root, containers, ir.info.get("module_aliases", {}))
+            containers.append(m)
+        module_aliases = ir.info.get("module_aliases", {})
+        if module_aliases:
+            names = ["", *(child for _, _, child, _ in self.children)]
+            _attach_aliases(root, dict(zip(names, containers)), module_aliases)
         made: dict[str, torch.Tensor] = {}
-        for mod_name, local, canon, is_param, persistent in self.slots:
-            owner = _find_container(containers, root, mod_name)
+        for position, mod_name, local, canon, is_param, persistent in slot_plan:
+            owner = containers[position] if position is not None else root.get_submodule(mod_name)
             tensor = tensors[canon]
             if is_param if is_param is not None else isinstance(tensor, nn.Parameter):
                 if canon not in made and adopt and isinstance(tensor, nn.Parameter):
@@ -237,14 +264,7 @@ class Blueprint:
         for name, t in tensors.items():
             if name.startswith("_osf_const_"):
                 root.register_buffer(name, t if share_weights or adopt else t.clone(), persistent=False)
-        root._osf_in_spec = self.in_spec
-        root._osf_out_spec = self.out_spec
-        root._osf_eval_out_spec = self.eval_out_spec
-        root._osf_user_leaves = ir.info["user_leaves"]
-        root._osf_train_error = ir.info.get("train_error")
-        root._osf_signature = ir.info.get("signature")
-        root._osf_train_fn = self.train_fn
-        root._osf_eval_fn = self.eval_fn
+        vars(root).update(self._root_attributes)  # plain values: what nn.Module.__setattr__ would store
         return root
 
 
@@ -267,12 +287,6 @@ def _attach_aliases(root: nn.Module, containers: dict[str, nn.Module], aliases: 
         items.insert(position, (local, containers[canon]))
         parent._modules.clear()
         parent._modules.update(items)
-
-
-def _find_container(containers: dict[str, nn.Module], root: nn.Module, mod_name: str) -> nn.Module:
-    if mod_name in containers:
-        return containers[mod_name]
-    return root.get_submodule(mod_name)  # an alias path of a shared module
 
 
 def attr_path(base: str, qual: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -78,18 +79,68 @@ def subnet_tensors(space: "SearchSpace", arch: "Arch", structure: IR,
     return cut_tensors(cut_plan(space, arch, structure), tensors if tensors is not None else space.ir.tensors)
 
 
-def cut_plan(space: "SearchSpace", arch: "Arch", structure: IR) -> dict[str, list[tuple[int, int, torch.Tensor | None]]]:
-    """Canonical name -> cuts (``Cuts.of``) of every tensor that ``structure`` reads."""
+@dataclass(frozen=True)
+class TensorCut:
+    """How one tensor is cut: ``sizes``, its shape after the prefix cuts (None: no prefix cut), then
+    ``selects``, ``(dim, indices, runs)`` per cut that is not a prefix. ``runs`` lists the indices as a few
+    ``(start, length)`` ranges where concatenating them beats ``index_select`` (any dim but the first,
+    where index_select copies strided rows element by element); None otherwise."""
+    sizes: tuple[int, ...] | None
+    selects: tuple[tuple[int, torch.Tensor, tuple[tuple[int, int], ...] | None], ...]
+
+
+_MAX_RUNS = 16  # above this many ranges, one index_select is as fast as concatenating them
+
+
+def _runs(dim: int, index: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
+    if dim == 0:
+        return None
+    values = index.tolist()
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and runs[-1][0] + runs[-1][1] == v:
+            runs[-1][1] += 1
+        else:
+            runs.append([v, 1])
+    return tuple((a, n) for a, n in runs) if len(runs) <= _MAX_RUNS else None
+
+
+def cut_plan(space: "SearchSpace", arch: "Arch", structure: IR) -> dict[str, TensorCut]:
+    """Canonical name -> ``TensorCut`` of every tensor that ``structure`` reads."""
     an = space.analysis
     graphs = [structure.graph] + ([structure.eval_graph] if structure.eval_graph is not None else [])
     cuts = Cuts(an.dims, space.kept_indices(arch))
-    return {name: cuts.of(an.tensors[name]) for name in _kept_tensor_names(space.ir.aliases, graphs)}
+    plan = {}
+    for name in _kept_tensor_names(space.ir.aliases, graphs):
+        slices = cuts.of(an.tensors[name])
+        sizes = list(space.ir.tensors[name].shape)
+        for d, n, index in slices:
+            if index is None:
+                sizes[d] = n
+        prefix = any(index is None for _, _, index in slices)
+        plan[name] = TensorCut(tuple(sizes) if prefix else None,
+                               tuple((d, index, _runs(d, index)) for d, _, index in slices if index is not None))
+    return plan
 
 
-def cut_tensors(plan: dict[str, list[tuple[int, int, torch.Tensor | None]]],
-                tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Own copies of ``tensors`` cut by ``plan`` (``cut_plan``)."""
-    return {name: _slice(tensors[name], slices) for name, slices in plan.items()}
+def cut_tensors(plan: dict[str, TensorCut], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Own contiguous copies of ``tensors`` cut by ``plan`` (``cut_plan``); parameters stay parameters.
+    One view per prefix-cut tensor (``as_strided``), then an index selection or a clone: the only per-tensor
+    work besides the copy itself, as extraction is timed against a plain weight copy."""
+    out = {}
+    with torch.no_grad():
+        for name, c in plan.items():
+            t = tensors[name]
+            v = t if c.sizes is None else t.as_strided(c.sizes, t.stride(), t.storage_offset())
+            if c.selects:
+                for d, index, runs in c.selects:
+                    v = (torch.cat([v.narrow(d, a, n) for a, n in runs], d) if runs is not None
+                         else v.index_select(d, index.to(v.device)))
+            else:
+                v = v.clone(memory_format=torch.contiguous_format)
+            is_param = type(t) is torch.nn.Parameter or (type(t) is not torch.Tensor and isinstance(t, torch.nn.Parameter))
+            out[name] = torch.nn.Parameter(v, requires_grad=t.requires_grad) if is_param else v
+    return out
 
 
 def _kept_tensor_names(aliases: dict[str, str], graphs) -> set[str]:
@@ -151,15 +202,6 @@ def cut(t: torch.Tensor, slices: list[tuple[int, int, torch.Tensor | None]]) -> 
     for d, n, index in slices:
         if index is not None:
             out = out.index_select(d, index.to(out.device))
-    return out
-
-
-def _slice(t: torch.Tensor, slices: list[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
-    out = cut(t, slices)
-    if all(index is None for _, _, index in slices):  # a view of ``t``: copy it
-        out = out.clone(memory_format=torch.contiguous_format)
-    if isinstance(t, torch.nn.Parameter):
-        return torch.nn.Parameter(out, requires_grad=t.requires_grad)
     return out
 
 
