@@ -124,3 +124,27 @@ def test_reused_gradient_buffers_never_leak_an_earlier_step():
         if i == 4:
             sn.release_grad_buffers()
     sn.zero_grad(set_to_none=True)
+
+
+def test_frozen_weights_get_no_gradient_and_the_others_theirs():
+    """Prefix-cut weights are read a few per autograd node; freezing some of them (fine-tuning a part)
+    must leave exactly those without a gradient and give the rest what the extracted subnet gets."""
+    sn, _, args, _ = supernet("resnet18")
+    sn.eval()
+    arch = sn.space.sample(7)
+    frozen = [name for name, p in sn.named_parameters() if ".bn" in name or "downsample" in name]
+    for name, p in sn.named_parameters():
+        p.requires_grad_(name not in frozen)
+    sub = sn.extract(arch).eval()
+    sn.zero_grad(set_to_none=True)
+    with sn.set_arch(arch):
+        _loss(sn(*args)).backward()
+    _loss(sub(*args)).backward()
+    params = dict(sn.named_parameters())
+    assert all(params[name].grad is None for name in frozen)
+    cut = _cut_grads(sn, arch)
+    aliases = sn.subnet_ir(arch).aliases
+    trained = [(qual, p) for qual, p in sub.named_parameters() if p.requires_grad]
+    assert trained and len(trained) < len(list(sub.parameters()))
+    for qual, p in trained:
+        torch.testing.assert_close(cut[aliases[qual]], p.grad, rtol=1e-4, atol=1e-5)

@@ -299,12 +299,12 @@ def attr_path(base: str, qual: str) -> str:
 
 
 def compile_graph(ir: IR, graph: Graph, views: dict[str, str] | None = None,
-                  extra_globals: dict[str, Any] | None = None) -> Callable:
+                  extra_globals: dict[str, Any] | None = None, preamble: list[str] | None = None) -> Callable:
     """Generate and compile ``fn(self, _dev, *user_inputs) -> list`` running ``graph``. ``views`` maps a
     tensor's qualified name to a Python expression in which ``{}`` stands for the tensor where it is read
     (e.g. ``{}.narrow(0, 0, 8)``), so a subnet's graph can run on views of a larger model's tensors;
-    ``extra_globals`` are names those expressions use."""
-    source, globals_ = generate_source(ir, graph, views or {})
+    ``extra_globals`` are names those expressions use; ``preamble`` lines (statements) run first."""
+    source, globals_ = generate_source(ir, graph, views or {}, preamble or [])
     globals_.update(extra_globals or {})
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<osf-generated {ir.modules[''].meta['class']}>", "exec"), globals_, namespace)
@@ -313,7 +313,7 @@ def compile_graph(ir: IR, graph: Graph, views: dict[str, str] | None = None,
     return fn
 
 
-def generate_source(ir: IR, graph: Graph, views: dict[str, str]) -> tuple[str, dict]:
+def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[str]) -> tuple[str, dict]:
     targets: dict[str, str] = {}
     globals_: dict[str, Any] = {"torch": torch}
     names: dict[str, str] = {}
@@ -374,7 +374,7 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str]) -> tuple[str, d
             body.append("    " + " = ".join(dead) + " = None")
     ret = "    return [" + ", ".join(_render(o, names) for o in graph.outputs) + "]"
     header = "def forward(self, _dev, " + ", ".join(user_inputs) + "):" if user_inputs else "def forward(self, _dev):"
-    return "\n".join([header, *prologue, *body, ret]) + "\n", globals_
+    return "\n".join([header, *(f"    {line}" for line in preamble), *prologue, *body, ret]) + "\n", globals_
 
 
 def _safe(name: str) -> str:

@@ -8,18 +8,19 @@ segment, a pruned inner factor) use ``index_select`` with a cached index.
 A parameter cut to a prefix is read through ``SharedGrads``: its gradient is added straight into the
 region of a full-size gradient buffer that the subnet used, instead of autograd's ``narrow`` backward,
 which allocates and zero-fills a full-size tensor per read (the dominant extra cost of a small subnet's
-step) and adds it whole into ``.grad`` for every further subnet of a step."""
+step) and adds it whole into ``.grad`` for every further subnet of a step. Such parameters are read
+in groups, one autograd node per group (``_PrefixViews``)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-
-from ..ir.codegen import compile_graph
 from torch.autograd.function import once_differentiable
 
-from ..ir.graph import BUFFER, CONST, IR, PARAM
+from ..ir.codegen import attr_path, compile_graph
+from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, Placeholder
 from ..space.subnet import Cuts
 
 
@@ -104,22 +105,32 @@ def _box(t: torch.Tensor, extent: list[int]) -> torch.Tensor:
     return t
 
 
-class _PrefixView(torch.autograd.Function):
-    """A prefix view of a shared parameter whose gradient lands in its ``_GradSlot``."""
+Cut = tuple[_GradSlot, tuple[tuple[int, int], ...]]  # a parameter's gradient slot and prefix sizes per dim
+
+
+def _prefix(weight: torch.Tensor, sizes: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    for d, n in sizes:
+        weight = weight.narrow(d, 0, n)
+    return weight
+
+
+class _PrefixViews(torch.autograd.Function):
+    """Prefix views of several shared parameters, one autograd node for all of them: each gradient lands
+    in its parameter's ``_GradSlot`` (a node per parameter costs more Python than a small subnet's ops)."""
 
     @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, sizes: tuple[tuple[int, int], ...], slot: _GradSlot) -> torch.Tensor:
-        ctx.weight, ctx.sizes, ctx.slot = weight, sizes, slot
-        out = weight.detach()
-        for d, n in sizes:
-            out = out.narrow(d, 0, n)
-        return out
+    def forward(ctx: Any, cuts: tuple[Cut, ...], *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.cuts, ctx.weights = cuts, weights
+        ctx.set_materialize_grads(False)  # an unused view sends None, not zeros
+        return tuple(_prefix(w.detach(), sizes) for w, (_, sizes) in zip(weights, cuts))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
-        ctx.slot.accumulate(ctx.weight, ctx.sizes, grad)
-        return None, None, None
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[None, ...]:
+        for weight, (slot, sizes), grad in zip(ctx.weights, ctx.cuts, grads):
+            if grad is not None:
+                slot.accumulate(weight, sizes, grad)
+        return (None,) * (len(grads) + 1)
 
 
 class SharedGrads:
@@ -141,41 +152,77 @@ class SharedGrads:
         return self.slots.setdefault(name, _GradSlot()), sizes
 
 
-def shared_view(weight: torch.Tensor, cut: tuple[_GradSlot, tuple[tuple[int, int], ...]]) -> torch.Tensor:
-    """``weight`` narrowed to ``cut``'s prefix sizes; under autograd its gradient goes to the slot."""
-    slot, sizes = cut
-    if weight.requires_grad and torch.is_grad_enabled():
-        return _PrefixView.apply(weight, sizes, slot)
-    for d, n in sizes:
-        weight = weight.narrow(d, 0, n)
-    return weight
+def shared_views(cuts: tuple[Cut, ...], *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``weights`` narrowed to their ``cuts``' prefix sizes; under autograd their gradients go to the
+    slots (through one node when every weight requires grad, else one per weight that does)."""
+    if not torch.is_grad_enabled() or not any(w.requires_grad for w in weights):
+        return tuple(_prefix(w, sizes) for w, (_, sizes) in zip(weights, cuts))
+    if all(w.requires_grad for w in weights):
+        return _PrefixViews.apply(cuts, *weights)
+    return tuple(_PrefixViews.apply((cut,), w)[0] if w.requires_grad else _prefix(w, cut[1])
+                 for w, cut in zip(weights, cuts))
 
 
 def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, torch.Tensor],
                     grads: SharedGrads | None = None) -> SubnetProgram:
     """Compile ``sub`` (a subnet IR without tensors) to run on the full model's tensors, cut by
     ``select`` (atom -> kept indices). ``exprs_of`` gives each canonical tensor's dim expressions;
-    parameters cut to a prefix send their gradients through ``grads`` when given."""
+    parameters cut to a prefix send their gradients through ``grads`` when given, a few per autograd node
+    (``_groups_of``)."""
     indices = _Indices()
     cuts = Cuts(dims, select)
-    shared: list[tuple[_GradSlot, tuple[tuple[int, int], ...]]] = []
-    views: dict[str, str] = {}
-    graphs = [sub.graph] + ([sub.eval_graph] if sub.eval_graph is not None else [])
-    for graph in graphs:
-        for p in graph.placeholders:
-            if p.kind not in (PARAM, BUFFER, CONST) or p.target in views:
-                continue
+    groups: list[tuple[Cut, ...]] = []
+    names = {"_ix": indices, "_sgs": shared_views, "_groups": groups}
+
+    def compile_one(graph: Graph) -> Callable:
+        views: dict[str, str] = {}
+        shared: list[tuple[str, Cut, int]] = []  # target, cut, kept elements
+        for p in _by_first_use(graph):
             canon = sub.aliases.get(p.target, p.target)
             slices = cuts.of(exprs_of[canon])
             if grads is not None and p.kind == PARAM and slices and all(ix is None for _, _, ix in slices):
-                shared.append(grads.cut(canon, tuple((d, n) for d, n, _ in slices)))
-                views[p.target] = f"_sg({{}}, _cuts[{len(shared) - 1}])"
+                shared.append((p.target, grads.cut(canon, tuple((d, n) for d, n, _ in slices)),
+                               math.prod(p.meta["shape"])))
                 continue
             expr = "{}"
             for d, n, index in slices:
                 expr += f".narrow({d}, 0, {n})" if index is None else f".index_select({d}, _ix({indices.add(index)}, _dev))"
             views[p.target] = expr
-    names = {"_ix": indices, "_sg": shared_view, "_cuts": shared}
-    train_fn = compile_graph(sub, sub.graph, views, names)
-    eval_fn = compile_graph(sub, sub.eval_graph, views, names) if sub.eval_graph is not None else None
+        preamble = []
+        for members in _groups_of(shared):
+            groups.append(tuple(cut for _, cut, _ in members))
+            var = f"_v{len(groups) - 1}"
+            preamble.append(f"{var} = _sgs(_groups[{len(groups) - 1}], "
+                            + ", ".join(attr_path("self", target) for target, _, _ in members) + ")")
+            views.update((target, f"{var}[{j}]") for j, (target, _, _) in enumerate(members))
+        return compile_graph(sub, graph, views, names, preamble)
+
+    train_fn = compile_one(sub.graph)
+    eval_fn = compile_one(sub.eval_graph) if sub.eval_graph is not None else None
     return SubnetProgram(sub, train_fn, eval_fn)
+
+
+_HELD = 1 << 20  # elements of gradient one autograd node may hold back (4 MB in float32)
+
+
+def _groups_of(shared: list[tuple[str, Cut, int]]) -> list[list[tuple[str, Cut, int]]]:
+    """Consecutive shared parameters (in order of first use) grouped into one autograd node each, while
+    the group's kept elements stay within ``_HELD``: a node costs more Python than a small subnet's ops,
+    but it hands its gradients over only once the backward pass reaches its earliest use."""
+    out: list[list[tuple[str, Cut, int]]] = []
+    held = 0
+    for member in shared:
+        if out and held + member[2] <= _HELD:
+            out[-1].append(member)
+            held += member[2]
+        else:
+            out.append([member])
+            held = member[2]
+    return out
+
+
+def _by_first_use(graph: Graph) -> list[Placeholder]:
+    """The tensor placeholders (parameters, buffers, constants) of ``graph`` in order of first use."""
+    tensors = {p.name: p for p in graph.placeholders if p.kind in (PARAM, BUFFER, CONST)}
+    order = dict.fromkeys(ref for op in graph.ops for ref in op.inputs if ref in tensors)
+    return [tensors[name] for name in order] + [p for name, p in tensors.items() if name not in order]
