@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/zoo.py
 	$(PY) bench/supernet_step.py
+	$(PY) bench/supernet_step.py --malloc keep
 	$(PY) bench/train_evidence.py
 	$(PY) bench/cost_speed.py
 	$(PY) bench/forkjoin.py
