@@ -129,8 +129,9 @@ def test_reused_gradient_buffers_never_leak_an_earlier_step():
 def test_frozen_weights_get_no_gradient_and_the_others_theirs():
     """Prefix-cut weights are read a few per autograd node; freezing some of them (fine-tuning a part)
     must leave exactly those without a gradient and give the rest what the extracted subnet gets."""
-    sn, _, args, _ = supernet("resnet18")
-    sn.eval()
+    shared, _, args, _ = supernet("resnet18")
+    sn = osf.Supernet(None, ir=shared.ir, sort=False).eval()  # its own copy: the shared one stays trainable
+    sn.load_state_dict(shared.state_dict())
     arch = sn.space.sample(7)
     frozen = [name for name, p in sn.named_parameters() if ".bn" in name or "downsample" in name]
     for name, p in sn.named_parameters():

@@ -138,7 +138,8 @@ def cut_tensors(plan: dict[str, TensorCut], tensors: dict[str, torch.Tensor]) ->
                          else v.index_select(d, index.to(v.device)))
             else:
                 v = v.clone(memory_format=torch.contiguous_format)
-            is_param = type(t) is torch.nn.Parameter or (type(t) is not torch.Tensor and isinstance(t, torch.nn.Parameter))
+            is_param = type(t) is torch.nn.Parameter or (
+                type(t) is not torch.Tensor and isinstance(t, torch.nn.Parameter))  # skips the slow isinstance
             out[name] = torch.nn.Parameter(v, requires_grad=t.requires_grad) if is_param else v
     return out
 

@@ -71,14 +71,11 @@ class _GradSlot:
             target = weight.grad = self._hand_out(weight)
         elif target is self.buffer and target._version != self.version:
             self.box = list(target.shape)  # written elsewhere since (e.g. autograd's own accumulation)
-        extent = list(target.shape)
-        region = target
-        for d, n in sizes:
-            region = region.narrow(d, 0, n)
-            extent[d] = n
+        region = _prefix(target, sizes)
+        extent = list(region.shape)
         if first:
             if any(b > e for b, e in zip(self.box, extent)):  # stale values outside this write
-                _box(target, self.box).zero_()
+                _prefix(target, tuple(enumerate(self.box))).zero_()
             region.copy_(grad)
             self.box = extent
         else:
@@ -97,12 +94,6 @@ class _GradSlot:
         elif buf._version != self.version:
             self.box = list(buf.shape)
         return buf
-
-
-def _box(t: torch.Tensor, extent: list[int]) -> torch.Tensor:
-    for d, n in enumerate(extent):
-        t = t.narrow(d, 0, n)
-    return t
 
 
 Cut = tuple[_GradSlot, tuple[tuple[int, int], ...]]  # a parameter's gradient slot and prefix sizes per dim
@@ -186,7 +177,8 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
                 continue
             expr = "{}"
             for d, n, index in slices:
-                expr += f".narrow({d}, 0, {n})" if index is None else f".index_select({d}, _ix({indices.add(index)}, _dev))"
+                expr += (f".narrow({d}, 0, {n})" if index is None
+                         else f".index_select({d}, _ix({indices.add(index)}, _dev))")
             views[p.target] = expr
         preamble = []
         for members in _groups_of(shared):
