@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep: glibc malloc set to reuse freed memory instead of returning it to the OS")
     opts = parser.parse_args(argv)
     if opts.malloc == "keep" and any(os.environ.get(k) != v for k, v in KEEP_MALLOC.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_MALLOC})  # read at start-up
+        os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)],
+                  {**os.environ, **KEEP_MALLOC})  # read at start-up
     torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
     if opts.quick:

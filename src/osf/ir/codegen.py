@@ -153,6 +153,26 @@ def _container_class(class_path: str, cache: dict[str, type], base: type = IRCon
     return cache[key]
 
 
+def _container_maker(cls: type) -> Callable[[], nn.Module]:
+    """A fast ``cls()`` that skips ``nn.Module.__init__``: the instance state is taken from one
+    constructed instance (empty dicts and sets made fresh), so it follows the torch version."""
+    state = vars(cls())
+    if not all(isinstance(v, (dict, set, bool, type(None))) for v in state.values()):
+        return cls  # an attribute this scheme does not know how to copy
+    fixed = {k: v for k, v in state.items() if not isinstance(v, (dict, set))}
+    fresh = [(k, type(v)) for k, v in state.items() if isinstance(v, (dict, set))]
+    new = object.__new__
+
+    def make() -> nn.Module:
+        m = new(cls)
+        state = m.__dict__
+        state.update(fixed)
+        for key, kind in fresh:
+            state[key] = kind()
+        return m
+    return make
+
+
 class Blueprint:
     """Everything of a rebuilt model that does not depend on tensor values: container classes, parsed
     input/output structures and the compiled forward functions. Compiled once per IR structure;
@@ -168,64 +188,35 @@ class Blueprint:
                 return self.run_generated(self._osf_train_fn, self._osf_eval_fn, args, kwargs)
             forward.__signature__ = signature
             self.root_class.forward = forward
-        self.children = [(node.name, child[len(node.name) + 1:] if node.name else child, child,
-                          _container_class(ir.modules[child].meta["class"], classes))
-                         for _, node in ir.walk("") for child in node.children]
+        # containers in creation order as (parent position, local name, maker); position 0 is the root
+        makers: dict[type, Callable[[], nn.Module]] = {}
+        position = {"": 0}
+        self.containers: list[tuple[int, str, Callable[[], nn.Module]]] = []
+        for _, node in ir.walk(""):
+            for child in node.children:
+                cls = _container_class(ir.modules[child].meta["class"], classes)
+                if cls not in makers:
+                    makers[cls] = _container_maker(cls)
+                self.containers.append((position[node.name], child[len(node.name) + 1:] if node.name else child,
+                                        makers[cls]))
+                position[child] = len(position)
+        self.container_paths = list(position)  # by position
+        # tensor slots: (container position, or None on an alias path of a shared module, module path,
+        # attribute, canonical tensor, is parameter (None: ask the tensor), persistent)
         persistent = set(ir.info.get("persistent", []))
-        self.slots = []  # (module path, attribute, canonical tensor, is parameter (None: ask the tensor), persistent)
+        self.slots = []
         for qual, canon in ir.aliases.items():
             mod_name, _, local = qual.rpartition(".")
             node = ir.modules.get(mod_name)
-            self.slots.append((mod_name, local, canon, local in node.meta["params"] if node is not None else None,
-                               qual in persistent))
-        self.in_spec = load_spec(ir.info["in_spec"])
-        self.out_spec = load_spec(ir.info["out_spec"])
-        self.eval_out_spec = load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None
-        self.train_fn = compile_graph(ir, ir.graph)
-        self.eval_fn = compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None
-        self._plan: tuple[list, list] | None = None
-        self._make_root = self._container_maker(self.root_class)
-        self._root_attributes = {
-            "_osf_in_spec": self.in_spec, "_osf_out_spec": self.out_spec, "_osf_eval_out_spec": self.eval_out_spec,
+            self.slots.append((position.get(mod_name), mod_name, local, canon,
+                               local in node.meta["params"] if node is not None else None, qual in persistent))
+        self._make_root = _container_maker(self.root_class)
+        self._root_attributes = {  # plain values: what nn.Module.__setattr__ would store
+            "_osf_in_spec": load_spec(ir.info["in_spec"]), "_osf_out_spec": load_spec(ir.info["out_spec"]),
+            "_osf_eval_out_spec": load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None,
             "_osf_user_leaves": ir.info["user_leaves"], "_osf_train_error": ir.info.get("train_error"),
-            "_osf_signature": ir.info.get("signature"), "_osf_train_fn": self.train_fn, "_osf_eval_fn": self.eval_fn}
-
-    def _container_maker(self, cls: type) -> Callable[[], nn.Module]:
-        """A fast ``cls()`` that skips ``nn.Module.__init__``: the instance state is taken from one
-        constructed instance (empty dicts and sets made fresh), so it follows the torch version."""
-        state = vars(cls())
-        if not all(isinstance(v, (dict, set, bool, type(None))) for v in state.values()):
-            return cls  # an attribute this scheme does not know how to copy
-        fixed = {k: v for k, v in state.items() if not isinstance(v, (dict, set))}
-        fresh = [(k, type(v)) for k, v in state.items() if isinstance(v, (dict, set))]
-        new = object.__new__
-
-        def make() -> nn.Module:
-            m = new(cls)
-            state = m.__dict__
-            state.update(fixed)
-            for key, kind in fresh:
-                state[key] = kind()
-            return m
-        return make
-
-    def _layout(self) -> tuple[list, list]:
-        """Containers in creation order as (parent position, local name, maker), and tensor slots as
-        (container position or None for an alias path, module path, local name, canonical tensor, is
-        parameter, persistent): ``instantiate``'s loops without name lookups."""
-        if self._plan is None:
-            makers: dict[type, Callable[[], nn.Module]] = {}
-            position = {"": 0}
-            containers = []
-            for parent, local, child, cls in self.children:
-                if cls not in makers:
-                    makers[cls] = self._container_maker(cls)
-                containers.append((position[parent], local, makers[cls]))
-                position[child] = len(position)
-            slots = [(position.get(mod_name), mod_name, local, canon, is_param, persistent)
-                     for mod_name, local, canon, is_param, persistent in self.slots]
-            self._plan = containers, slots
-        return self._plan
+            "_osf_signature": ir.info.get("signature"), "_osf_train_fn": compile_graph(ir, ir.graph),
+            "_osf_eval_fn": compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None}
 
     def instantiate(self, tensors: dict[str, torch.Tensor], *, share_weights: bool = False,
                     adopt: bool = False) -> RebuiltModel:
@@ -233,19 +224,17 @@ class Blueprint:
         tensors are fresh copies made for this model, inserted as they are (parameters stay the same
         objects). Names come from a verified IR, so children and tensors are inserted directly."""
         ir = self.ir
-        container_plan, slot_plan = self._layout()
         root = self._make_root()
         containers = [root]
-        for parent, local, make in container_plan:
+        for parent, local, make in self.containers:
             m = make()
             containers[parent]._modules[local] = m
             containers.append(m)
         module_aliases = ir.info.get("module_aliases", {})
         if module_aliases:
-            names = ["", *(child for _, _, child, _ in self.children)]
-            _attach_aliases(root, dict(zip(names, containers)), module_aliases)
+            _attach_aliases(root, dict(zip(self.container_paths, containers)), module_aliases)
         made: dict[str, torch.Tensor] = {}
-        for position, mod_name, local, canon, is_param, persistent in slot_plan:
+        for position, mod_name, local, canon, is_param, persistent in self.slots:
             owner = containers[position] if position is not None else root.get_submodule(mod_name)
             tensor = tensors[canon]
             if is_param if is_param is not None else isinstance(tensor, nn.Parameter):
@@ -264,7 +253,7 @@ class Blueprint:
         for name, t in tensors.items():
             if name.startswith("_osf_const_"):
                 root.register_buffer(name, t if share_weights or adopt else t.clone(), persistent=False)
-        vars(root).update(self._root_attributes)  # plain values: what nn.Module.__setattr__ would store
+        vars(root).update(self._root_attributes)
         return root
 
 
