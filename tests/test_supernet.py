@@ -149,3 +149,48 @@ def test_frozen_weights_get_no_gradient_and_the_others_theirs():
     assert trained and len(trained) < len(list(sub.parameters()))
     for qual, p in trained:
         torch.testing.assert_close(cut[aliases[qual]], p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_an_arch_trained_again_follows_its_standalone_twin():
+    """A program hands out the same prefix views of the shared weights while they live on the same
+    storage: over several optimizer steps they must follow the in-place updates, give the gradients the
+    extracted subnet gets, and be rebuilt when a weight is moved to new storage."""
+    shared, _, args, _ = supernet("resnet18")
+    sn = osf.Supernet(None, ir=shared.ir, sort=False).eval()
+    sn.load_state_dict(shared.state_dict())
+    arch = sn.space.sample(11)
+    sub = sn.extract(arch).eval()
+    opt_sn = torch.optim.SGD(sn.parameters(), lr=0.05, momentum=0.9)
+    opt_sub = torch.optim.SGD(sub.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        for net, opt in ((sn, opt_sn), (sub, opt_sub)):
+            opt.zero_grad(set_to_none=True)
+            with sn.set_arch(arch):
+                _loss(net(*args)).backward()
+            opt.step()
+    with sn.set_arch(arch), torch.no_grad():
+        torch.testing.assert_close(sn(*args), sub(*args), rtol=1e-4, atol=1e-5)
+    trained = dict(sn.extract(arch).named_parameters())
+    for qual, p in sub.named_parameters():
+        torch.testing.assert_close(trained[qual], p, rtol=1e-5, atol=1e-6, msg=lambda m, q=qual: f"{q}: {m}")
+    aliases = sn.subnet_ir(arch).aliases
+    name = next(aliases[qual] for qual, p in sub.named_parameters()
+                if p.dim() > 1 and p.shape != sn.tensors()[aliases[qual]].shape)  # a cut weight
+    weight = sn.tensors()[name]
+    weight.data = weight.data * 2  # new storage, same Parameter object
+    sub = sn.extract(arch).eval()
+    sn.zero_grad(set_to_none=True)
+    with sn.set_arch(arch):
+        y = sn(*args)
+        _loss(y).backward()
+    _loss(sub(*args)).backward()
+    torch.testing.assert_close(y, sub(*args), rtol=1e-4, atol=1e-5)
+    sub_grads = {aliases[qual]: p.grad for qual, p in sub.named_parameters()}
+    torch.testing.assert_close(_cut_grads(sn, arch)[name], sub_grads[name], rtol=1e-4, atol=1e-5)
+    with sn.set_arch(arch):
+        loss = _loss(sn(*args))
+    with torch.no_grad():
+        weight.add_(1.0)  # an optimizer step between a forward and its backward
+    with pytest.raises(RuntimeError, match=f"{name!r} was modified in place"):
+        loss.backward()
+    sn.zero_grad(set_to_none=True)

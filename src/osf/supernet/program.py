@@ -9,7 +9,8 @@ A parameter cut to a prefix is read through ``SharedGrads``: its gradient is add
 region of a full-size gradient buffer that the subnet used, instead of autograd's ``narrow`` backward,
 which allocates and zero-fills a full-size tensor per read (the dominant extra cost of a small subnet's
 step) and adds it whole into ``.grad`` for every further subnet of a step. Such parameters are read
-in groups, one autograd node per group (``_PrefixViews``)."""
+in groups, one autograd node per group (``_PrefixViews``), and a group hands out the same aliases of the
+parameters' memory again while the parameters stay where they are (``_ViewGroup``)."""
 from __future__ import annotations
 
 import math
@@ -55,16 +56,26 @@ class _GradSlot:
     hold stale values: zeros lie outside it. ``version`` is the buffer's version counter after osf's own
     last write, so any other in-place write (a gradient all-reduce, clipping, a user's edit) is noticed and
     the whole buffer counts as stale. A step's first gradient is copied into its region (no zero-fill, no
-    add) when that region covers the stale box; otherwise the box is zeroed first."""
+    add) when that region covers the stale box; otherwise the box is zeroed first. ``last`` remembers the
+    region view of the last write while the box is exactly that region, so the same cut's next first write
+    is a bare copy (the common case: an arch trained again)."""
 
-    __slots__ = ("buffer", "box", "version")
+    __slots__ = ("buffer", "box", "version", "last")
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
         self.box: list[int] = []
         self.version = -1
+        self.last: tuple[tuple[tuple[int, int], ...], torch.Tensor, int] | None = None  # sizes, region, weight ptr
 
     def accumulate(self, weight: torch.Tensor, sizes: tuple[tuple[int, int], ...], grad: torch.Tensor) -> None:
+        last, buf = self.last, self.buffer
+        if (last is not None and weight.grad is None and last[0] == sizes and buf._version == self.version
+                and last[2] == weight.data_ptr()):
+            weight.grad = buf
+            last[1].copy_(grad)
+            self.version = buf._version
+            return
         target = weight.grad
         first = target is None
         if first:
@@ -84,6 +95,7 @@ class _GradSlot:
                 self.box = [max(b, e) for b, e in zip(self.box, extent)]
         if target is self.buffer:
             self.version = target._version
+        self.last = (sizes, region, weight.data_ptr()) if target is self.buffer and self.box == extent else None
 
     def _hand_out(self, weight: torch.Tensor) -> torch.Tensor:
         """The buffer for a new ``.grad``; its stale box is cleared by the caller's first write."""
@@ -105,20 +117,34 @@ def _prefix(weight: torch.Tensor, sizes: tuple[tuple[int, int], ...]) -> torch.T
     return weight
 
 
+def _alias(view: torch.Tensor) -> torch.Tensor:
+    """A tensor on ``view``'s memory that autograd does not link to its base: it may be handed out again
+    after an in-place update of the base (a view would then need its autograd history rebuilt)."""
+    return torch.empty(0, dtype=view.dtype, device=view.device).set_(
+        view.untyped_storage(), view.storage_offset(), view.shape, view.stride())
+
+
 class _PrefixViews(torch.autograd.Function):
-    """Prefix views of several shared parameters, one autograd node for all of them: each gradient lands
-    in its parameter's ``_GradSlot`` (a node per parameter costs more Python than a small subnet's ops)."""
+    """Prefix aliases of several shared parameters (a ``_ViewGroup``), one autograd node for all of them:
+    each gradient lands in its parameter's ``_GradSlot`` (a node per parameter costs more Python than a
+    small subnet's ops)."""
 
     @staticmethod
-    def forward(ctx: Any, cuts: tuple[Cut, ...], *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ctx.cuts, ctx.weights = cuts, weights
+    def forward(ctx: Any, group: "_ViewGroup", *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.group, ctx.weights = group, weights
         ctx.set_materialize_grads(False)  # an unused view sends None, not zeros
-        return tuple(_prefix(w.detach(), sizes) for w, (_, sizes) in zip(weights, cuts))
+        return tuple(_alias(_prefix(w, sizes)) for w, (_, sizes) in zip(weights, group.cuts))
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[None, ...]:
-        for weight, (slot, sizes), grad in zip(ctx.weights, ctx.cuts, grads):
+        group = ctx.group
+        if [w._version for w in ctx.weights] != group.versions:  # what autograd checks for a saved tensor
+            changed = [name for name, w, v in zip(group.names, ctx.weights, group.versions) if w._version != v]
+            raise RuntimeError(f"shared parameter {changed[0]!r} was modified in place after the forward pass "
+                               "read it and before this backward pass (e.g. optimizer.step() between a "
+                               "forward and its backward); step the optimizer after backward")
+        for weight, (slot, sizes), grad in zip(ctx.weights, group.cuts, grads):
             if grad is not None:
                 slot.accumulate(weight, sizes, grad)
         return (None,) * (len(grads) + 1)
@@ -136,22 +162,44 @@ class SharedGrads:
     def release(self) -> None:
         """Drop the buffers (the next step allocates them again); ``.grad`` tensors in use stay valid."""
         for slot in self.slots.values():
-            slot.buffer, slot.box, slot.version = None, [], -1
+            slot.buffer, slot.box, slot.version, slot.last = None, [], -1, None
 
     def cut(self, name: str, sizes: tuple[tuple[int, int], ...]) -> tuple[_GradSlot, tuple[tuple[int, int], ...]]:
-        """What a program passes to ``shared_view`` to read parameter ``name`` cut to ``sizes``."""
+        """What a program's ``_ViewGroup`` holds to read parameter ``name`` cut to ``sizes``."""
         return self.slots.setdefault(name, _GradSlot()), sizes
 
 
-def shared_views(cuts: tuple[Cut, ...], *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``weights`` narrowed to their ``cuts``' prefix sizes; under autograd their gradients go to the
-    slots (through one node when every weight requires grad, else one per weight that does)."""
-    if not torch.is_grad_enabled() or not any(w.requires_grad for w in weights):
-        return tuple(_prefix(w, sizes) for w, (_, sizes) in zip(weights, cuts))
-    if all(w.requires_grad for w in weights):
-        return _PrefixViews.apply(cuts, *weights)
-    return tuple(_PrefixViews.apply((cut,), w)[0] if w.requires_grad else _prefix(w, cut[1])
-                 for w, cut in zip(weights, cuts))
+class _ViewGroup:
+    """Prefix views of a few shared parameters (``names``, cut by ``cuts``), under autograd through one
+    ``_PrefixViews`` node whose backward sends the gradients to the slots. The views of the last call are
+    handed out again while the same parameters, on the same storage, all require grad: they alias the
+    parameters' memory, so they follow in-place updates (an optimizer step), and their node serves every
+    backward pass it takes part in, so an arch read again (the sandwich's max and min every step) costs
+    no per-step Python here. ``versions`` (the parameters' version counters at the last hand-out) let the
+    backward pass refuse weights changed in place since, as autograd does for the tensors it saves."""
+
+    __slots__ = ("names", "cuts", "versions", "_weights", "_storage", "_views")
+
+    def __init__(self, names: tuple[str, ...], cuts: tuple[Cut, ...]) -> None:
+        self.names, self.cuts = names, cuts
+        self.versions: list[int] = []
+        self._weights: tuple[torch.Tensor, ...] = ()
+        self._storage: list[int] = []
+        self._views: tuple[torch.Tensor, ...] = ()
+
+    def __call__(self, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not torch.is_grad_enabled() or not any(w.requires_grad for w in weights):
+            return tuple(_prefix(w, sizes) for w, (_, sizes) in zip(weights, self.cuts))
+        if not all(w.requires_grad for w in weights):  # one node per trainable weight; frozen ones plain
+            return tuple(_ViewGroup((name,), (cut,))(w)[0] if w.requires_grad else _prefix(w, cut[1])
+                         for name, w, cut in zip(self.names, weights, self.cuts))
+        self.versions = [w._version for w in weights]
+        if (len(self._weights) == len(weights) and all(a is b for a, b in zip(self._weights, weights))
+                and self._storage == [w.data_ptr() for w in weights]):
+            return self._views
+        self._views = _PrefixViews.apply(self, *weights)
+        self._weights, self._storage = weights, [w.data_ptr() for w in weights]
+        return self._views
 
 
 def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, torch.Tensor],
@@ -162,8 +210,8 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
     (``_groups_of``)."""
     indices = _Indices()
     cuts = Cuts(dims, select)
-    groups: list[tuple[Cut, ...]] = []
-    names = {"_ix": indices, "_sgs": shared_views, "_groups": groups}
+    groups: list[_ViewGroup] = []
+    names = {"_ix": indices, "_groups": groups}
 
     def compile_one(graph: Graph) -> Callable:
         views: dict[str, str] = {}
@@ -182,9 +230,10 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
             views[p.target] = expr
         preamble = []
         for members in _groups_of(shared):
-            groups.append(tuple(cut for _, cut, _ in members))
+            groups.append(_ViewGroup(tuple(sub.aliases.get(t, t) for t, _, _ in members),
+                                     tuple(cut for _, cut, _ in members)))
             var = f"_v{len(groups) - 1}"
-            preamble.append(f"{var} = _sgs(_groups[{len(groups) - 1}], "
+            preamble.append(f"{var} = _groups[{len(groups) - 1}]("
                             + ", ".join(attr_path("self", target) for target, _, _ in members) + ")")
             views.update((target, f"{var}[{j}]") for j, (target, _, _) in enumerate(members))
         return compile_graph(sub, graph, views, names, preamble)
