@@ -32,3 +32,12 @@ assert space.signature(best) == space.signature(arch)
 
 supernet.sort_by_salience()                      # salient channels first; same function
 torch.testing.assert_close(supernet.ir.build().eval()(x), model(x), rtol=1e-4, atol=1e-4)
+
+# dropping units must leave every output looking at the inputs: a ViT without blocks would classify its
+# class token alone, so its min() keeps one block (see "Elastic depth" in docs/space.md)
+vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=4, num_heads=4,
+                                          hidden_dim=64, mlp_dim=128).eval()
+vit_space = osf.SearchSpace(osf.trace(vit, (torch.randn(2, 3, 32, 32),)))
+everything_dropped = osf.Arch(vit_space.min().width, {u.key: False for u in vit_space.units})
+print(vit_space.cut_outputs(everything_dropped), vit_space.cut_outputs(vit_space.min()))   # [0] []
+assert vit_space.cut_outputs(vit_space.min()) == []

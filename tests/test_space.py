@@ -401,3 +401,44 @@ def test_a_dim_read_as_a_conv_length_is_never_pruned():
     for arch in (supernet.space.min(), supernet.space.max()):
         with torch.no_grad(), supernet.set_arch(arch):
             torch.testing.assert_close(supernet(x), supernet.extract(arch).eval()(x), atol=1e-5, rtol=1e-4)
+
+
+class _TokenNet(nn.Module):
+    """A ViT in miniature: a class token concatenated with patch tokens, removable blocks that mix the
+    tokens, and a head on token 0 (``pool="token"``) or on the mean of all tokens (``pool="mean"``)."""
+
+    def __init__(self, pool: str, blocks: int = 3, dim: int = 16):
+        super().__init__()
+        self.pool = pool
+        self.patch = nn.Linear(8, dim)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.blocks = nn.Sequential(*(nn.TransformerEncoderLayer(dim, 2, 32, dropout=0.0, batch_first=True)
+                                      for _ in range(blocks)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.patch(x)], dim=1)
+        tokens = self.norm(self.blocks(tokens))
+        return self.head(tokens[:, 0] if self.pool == "token" else tokens.mean(1))
+
+
+def test_min_keeps_what_the_outputs_need_to_see_the_inputs():
+    """Dropping every block leaves a connected graph whose token-0 head reads the class token alone:
+    ``cut_outputs`` names that output, and ``min()`` keeps the smallest set of units that lets the inputs
+    through (one block); a mean-pooled head needs none."""
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    for pool in ("token", "mean"):
+        sn = osf.Supernet(_TokenNet(pool).eval(), (x1,))
+        space = sn.space
+        dropped = osf.Arch(space.min().width, {u.key: False for u in space.units})
+        assert space.cut_outputs(dropped) == ([0] if pool == "token" else [])
+        smallest = space.min()
+        assert space.cut_outputs(smallest) == [] and space.cut_outputs(space.max()) == []
+        kept_blocks = [k for k, v in smallest.depth.items() if v and k.startswith("blocks.") and k[7:].isdigit()]
+        assert len(kept_blocks) == (1 if pool == "token" else 0), smallest.depth
+        sub = sn.extract(smallest).eval()
+        with torch.no_grad():
+            assert not torch.allclose(sub(x1), sub(x2))  # the smallest subnet still looks at its input
+        assert sn.cost(smallest)["params"] < sn.cost(space.max())["params"]

@@ -12,6 +12,8 @@ from ..ir.graph import IR
 from .analysis import analyse
 from .arch import Arch
 from .groups import WidthGroup, find_groups, salience
+from .reach import output_inputs
+from .subnet import subnet_structure
 from .units import Unit, find_units, locate_in
 
 
@@ -40,6 +42,8 @@ class SearchSpace:
         self._owner = self._group_owners()
         self._configs = {u.key: self._kept_count(u.key, motifs=False) for u in self.units}  # inside, when kept
         self._located: dict[str, dict] = {"train": {u.key: (set(u.ops), u.input, u.output) for u in self.units}}
+        self._min: Arch | None = None
+        self._reach: list[frozenset[str]] | None = None  # per output, the inputs it depends on (full model)
 
     def located_units(self, graph_key: str) -> dict[str, tuple[set, str, str]]:
         """Units as (ops, input, output) in the training graph or in the eval graph."""
@@ -52,7 +56,38 @@ class SearchSpace:
         return Arch({g.key: g.size for g in self.groups}, {u.key: True for u in self.units})
 
     def min(self) -> Arch:
-        return Arch({g.key: g.choices[0] for g in self.groups}, {u.key: False for u in self.units})
+        """The smallest subnet: every group at its smallest width, every unit dropped, except the few
+        units that must stay for each output to still depend on the model's inputs (``cut_outputs``)."""
+        if self._min is None:
+            self._min = self._reaching_min()
+        return Arch(dict(self._min.width), dict(self._min.depth))
+
+    def _reaching_min(self) -> Arch:
+        """Keep units back, smallest first, until no output is cut off from the inputs: a unit that alone
+        fixes it wins; else the smallest unit holding other units is kept and its inside searched (a ViT:
+        its encoder, then one block)."""
+        arch = Arch({g.key: g.choices[0] for g in self.groups}, {u.key: False for u in self.units})
+        while self.cut_outputs(arch):
+            candidates = sorted(self.dropped_units(arch), key=lambda k: len(self._unit[k].ops))
+            for key in candidates:
+                trial = Arch(arch.width, {**arch.depth, key: True})
+                if not self.cut_outputs(trial):
+                    return trial
+            parents = [k for k in candidates if any(u.parent == k for u in self.units)]
+            if not parents:
+                return arch  # no unit reconnects them: the cut comes from the model itself
+            arch = Arch(arch.width, {**arch.depth, parents[0]: True})
+        return arch
+
+    def cut_outputs(self, arch: Arch) -> list[int]:
+        """Positions of the outputs that depend on a model input in the full model but on none in
+        ``arch``'s subnet: the graph stays connected, yet such an output ignores the inputs (a ViT without
+        blocks classifies its class token alone). See ``osf.space.reach``."""
+        if self._reach is None:
+            self._reach = output_inputs(self.ir.graph)
+        full = self._reach
+        sub = output_inputs(subnet_structure(self, arch).graph)
+        return [i for i, (f, s) in enumerate(zip(full, sub)) if f and not s]
 
     def sample(self, seed: int | random.Random | torch.Generator | None = None) -> Arch:
         """A uniformly random subnet: every distinct subnet counted by ``size()`` is equally likely. (Flipping
