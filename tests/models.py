@@ -32,6 +32,7 @@ def supernet(name: str) -> tuple[osf.Supernet, nn.Module, tuple, dict]:
     kwargs: dict = {}
     if name == "vit_b_16":
         model, args = tvm.vit_b_16(image_size=32), image(2, 32)
+        nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-inits it: every gradient would be 0
     elif name.startswith("timm:"):
         timm = pytest.importorskip("timm")
         model, args = timm.create_model(name[5:], img_size=64), image()

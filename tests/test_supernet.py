@@ -90,11 +90,13 @@ def test_max_subnet_is_the_model_and_weights_are_shared_not_copied():
     assert not torch.allclose(y0, y1)
 
 
-def test_reused_gradient_buffers_never_leak_an_earlier_step():
-    """Prefix-cut weights send their gradients into a reusable full-size buffer that only the region used
-    is zeroed in: a sequence of steps (mixed archs, the max subnet's ordinary accumulation, a foreign
-    in-place edit of ``.grad``) must give every step the gradients of a supernet that never ran before."""
-    sn, _, args, _ = supernet("resnet18")
+@pytest.mark.parametrize("name", ["resnet18", "vit_b_16", "googlenet"])
+def test_reused_gradient_buffers_never_leak_an_earlier_step(name):
+    """Cut weights send their gradients into a reusable full-size buffer that only the blocks used are
+    zeroed in (prefixes; ViT's fused q/k/v rows and GoogLeNet's concatenated input channels keep several
+    ranges): a sequence of steps (mixed archs, the max subnet's ordinary accumulation, a foreign in-place
+    edit of ``.grad``) must give every step the gradients of a supernet that never ran before."""
+    sn, _, args, _ = supernet(name)
     sn.eval()
     space = sn.space
 
@@ -116,7 +118,7 @@ def test_reused_gradient_buffers_never_leak_an_earlier_step():
         for name, g in want.items():
             assert (g is None) == (got[name] is None), (i, name)
             if g is not None:
-                torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"step {i}, {n}: {m}")
+                torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-5 * float(g.abs().max()), msg=lambda m, n=name: f"step {i}, {n}: {m}")
         if i == 2:  # an in-place edit osf did not make: the next reuse must zero the whole buffer
             for t in sn.tensors().values():
                 if isinstance(t, torch.nn.Parameter) and t.grad is not None:

@@ -93,16 +93,20 @@ _MAX_RUNS = 16  # above this many ranges, one index_select is as fast as concate
 
 
 def _runs(dim: int, index: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
-    if dim == 0:
-        return None
-    values = index.tolist()
+    return None if dim == 0 else index_runs(index, _MAX_RUNS)
+
+
+def index_runs(index: torch.Tensor, limit: int) -> tuple[tuple[int, int], ...] | None:
+    """Ascending ``index`` as ``(start, length)`` ranges of consecutive positions; None beyond ``limit``."""
     runs: list[list[int]] = []
-    for v in values:
+    for v in index.tolist():
         if runs and runs[-1][0] + runs[-1][1] == v:
             runs[-1][1] += 1
         else:
+            if len(runs) == limit:
+                return None
             runs.append([v, 1])
-    return tuple((a, n) for a, n in runs) if len(runs) <= _MAX_RUNS else None
+    return tuple((a, n) for a, n in runs)
 
 
 def cut_plan(space: "SearchSpace", arch: "Arch", structure: IR) -> dict[str, TensorCut]:

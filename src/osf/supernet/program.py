@@ -3,16 +3,19 @@
 The subnet's IR (without tensors) is compiled as usual, except that each parameter, buffer and constant
 is read from the full model and cut on the fly: a prefix of a shrunk dim is a ``narrow`` (a view: no
 copy, and the gradient lands in the shared tensor); positions that are not a prefix (a concatenation
-segment, a pruned inner factor) use ``index_select`` with a cached index.
+segment, a pruned inner factor such as the heads of a fused q/k/v projection) are a few kept ranges,
+concatenated (or one ``index_select`` with a cached index when there are very many).
 
-A parameter cut to a prefix is read through ``SharedGrads``: its gradient is added straight into the
-region of a full-size gradient buffer that the subnet used, instead of autograd's ``narrow`` backward,
-which allocates and zero-fills a full-size tensor per read (the dominant extra cost of a small subnet's
-step) and adds it whole into ``.grad`` for every further subnet of a step. Such parameters are read
-in groups, one autograd node per group (``_PrefixViews``), and a group hands out the same aliases of the
-parameters' memory again while the parameters stay where they are (``_ViewGroup``)."""
+A parameter read through a cut of kept ranges goes through ``SharedGrads``: its gradient is copied or
+added straight into the used blocks of a full-size gradient buffer, instead of autograd's ``narrow`` /
+``index_select`` backward, which allocates and zero-fills a full-size tensor per read (the dominant
+extra cost of a small subnet's step) and adds it whole into ``.grad`` for every further subnet of a
+step. Such parameters are read in groups, one autograd node per group (``_CutReads``), and a group of
+views hands out the same aliases of the parameters' memory again while the parameters stay where they
+are (``_ViewGroup``)."""
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from ..ir.codegen import attr_path, compile_graph
 from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, Placeholder
-from ..space.subnet import Cuts
+from ..space.subnet import Cuts, index_runs
 
 
 @dataclass
@@ -51,29 +54,99 @@ class _Indices:
         return self.on[key]
 
 
+Runs = tuple[tuple[int, int], ...]  # kept (start, length) ranges of one dim, ascending
+Spec = tuple[tuple[int, Runs], ...]  # a cut: (dim, runs) per cut dim; one run from 0 is a prefix
+Box = tuple[tuple[tuple[int, int], ...], ...]  # per dim of a buffer: (start, stop) intervals, merged
+
+
+def _take(weight: torch.Tensor, spec: Spec, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight`` cut by ``spec``: a view when every cut dim keeps one run, else a copy (single runs are
+    narrowed first, so only kept values are copied). Several runs of dim 0 are gathered by ``rows``
+    (their indices: ``index_select`` is the fastest gather of whole rows), of other dims concatenated
+    (``index_select`` copies strided dims element by element)."""
+    for d, runs in spec:
+        if len(runs) == 1:
+            weight = weight.narrow(d, *runs[0])
+    for d, runs in spec:
+        if len(runs) > 1:
+            weight = (weight.index_select(0, rows) if d == 0 and rows is not None
+                      else torch.cat([weight.narrow(d, a, n) for a, n in runs], d))
+    return weight
+
+
+def _rows(spec: Spec) -> torch.Tensor | None:
+    """The kept indices of dim 0 when it keeps several runs (for ``_take``)."""
+    runs = dict(spec).get(0, ())
+    return torch.cat([torch.arange(a, a + n) for a, n in runs]) if len(runs) > 1 else None
+
+
+def _is_view(spec: Spec) -> bool:
+    return all(len(runs) == 1 for _, runs in spec)
+
+
+def _blocks(t: torch.Tensor, spec: Spec, *, cut: bool = False) -> list[torch.Tensor]:
+    """The blocks of a full-size tensor ``t`` that ``spec`` keeps (one per combination of runs), or with
+    ``cut`` the same blocks of a tensor already cut by ``spec`` (a gradient), in the same order."""
+    out = [t]
+    for d, runs in spec:
+        if len(runs) == 1:
+            if not cut:
+                out = [b.narrow(d, *runs[0]) for b in out]
+            continue
+        starts = list(itertools.accumulate((n for _, n in runs), initial=0)) if cut else [a for a, _ in runs]
+        out = [b.narrow(d, s, n) for b in out for s, (_, n) in zip(starts, runs)]
+    return out
+
+
+def _full_box(shape: torch.Size) -> Box:
+    return tuple(((0, n),) for n in shape)
+
+
+def _extent(shape: torch.Size, spec: Spec) -> Box:
+    box = list(_full_box(shape))
+    for d, runs in spec:
+        box[d] = _merged((a, a + n) for a, n in runs)
+    return tuple(box)
+
+
+def _merged(intervals) -> tuple[tuple[int, int], ...]:
+    out: list[list[int]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return tuple((a, b) for a, b in out)
+
+
+def _covers(outer: Box, inner: Box) -> bool:
+    return all(all(any(a <= s and e <= b for a, b in o) for s, e in i) for o, i in zip(outer, inner))
+
+
 class _GradSlot:
-    """A shared parameter's reusable full-size gradient buffer. ``box`` bounds (per dim) the region that may
-    hold stale values: zeros lie outside it. ``version`` is the buffer's version counter after osf's own
-    last write, so any other in-place write (a gradient all-reduce, clipping, a user's edit) is noticed and
-    the whole buffer counts as stale. A step's first gradient is copied into its region (no zero-fill, no
-    add) when that region covers the stale box; otherwise the box is zeroed first. ``last`` remembers the
-    region view of the last write while the box is exactly that region, so the same cut's next first write
-    is a bare copy (the common case: an arch trained again)."""
+    """A shared parameter's reusable full-size gradient buffer. ``box`` bounds (per dim, as intervals) the
+    region that may hold stale values: zeros lie outside it. ``version`` is the buffer's version counter
+    after osf's own last write, so any other in-place write (a gradient all-reduce, clipping, a user's
+    edit) is noticed and the whole buffer counts as stale. A step's first gradient is copied into its
+    blocks (no zero-fill, no add) when they cover the stale box; otherwise the box is zeroed first.
+    ``last`` remembers the block views of the last write while the box is exactly those blocks, so the
+    same cut's next first write is a bare copy (the common case: an arch trained again)."""
 
     __slots__ = ("buffer", "box", "version", "last")
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
-        self.box: list[int] = []
+        self.box: Box = ()
         self.version = -1
-        self.last: tuple[tuple[tuple[int, int], ...], torch.Tensor, int] | None = None  # sizes, region, weight ptr
+        self.last: tuple[Spec, list[torch.Tensor], int] | None = None  # spec, blocks, weight ptr
 
-    def accumulate(self, weight: torch.Tensor, sizes: tuple[tuple[int, int], ...], grad: torch.Tensor) -> None:
+    def accumulate(self, weight: torch.Tensor, spec: Spec, grad: torch.Tensor) -> None:
         last, buf = self.last, self.buffer
-        if (last is not None and weight.grad is None and last[0] == sizes and buf._version == self.version
+        if (last is not None and weight.grad is None and last[0] == spec and buf._version == self.version
                 and last[2] == weight.data_ptr()):
             weight.grad = buf
-            last[1].copy_(grad)
+            for block, piece in zip(last[1], _blocks(grad, spec, cut=True)):
+                block.copy_(piece)
             self.version = buf._version
             return
         target = weight.grad
@@ -81,40 +154,38 @@ class _GradSlot:
         if first:
             target = weight.grad = self._hand_out(weight)
         elif target is self.buffer and target._version != self.version:
-            self.box = list(target.shape)  # written elsewhere since (e.g. autograd's own accumulation)
-        region = _prefix(target, sizes)
-        extent = list(region.shape)
+            self.box = _full_box(target.shape)  # written elsewhere since (e.g. autograd's own accumulation)
+        blocks = _blocks(target, spec)
+        extent = _extent(target.shape, spec)
         if first:
-            if any(b > e for b, e in zip(self.box, extent)):  # stale values outside this write
-                _prefix(target, tuple(enumerate(self.box))).zero_()
-            region.copy_(grad)
+            if not _covers(extent, self.box):  # stale values outside this write
+                for block in _blocks(target, tuple((d, tuple((a, b - a) for a, b in ivs))
+                                                   for d, ivs in enumerate(self.box))):
+                    block.zero_()
+            for block, piece in zip(blocks, _blocks(grad, spec, cut=True)):
+                block.copy_(piece)
             self.box = extent
         else:
-            region.add_(grad)
+            for block, piece in zip(blocks, _blocks(grad, spec, cut=True)):
+                block.add_(piece)
             if target is self.buffer:
-                self.box = [max(b, e) for b, e in zip(self.box, extent)]
+                self.box = tuple(_merged(b + e) for b, e in zip(self.box, extent))
         if target is self.buffer:
             self.version = target._version
-        self.last = (sizes, region, weight.data_ptr()) if target is self.buffer and self.box == extent else None
+        self.last = (spec, blocks, weight.data_ptr()) if target is self.buffer and self.box == extent else None
 
     def _hand_out(self, weight: torch.Tensor) -> torch.Tensor:
         """The buffer for a new ``.grad``; its stale box is cleared by the caller's first write."""
         buf = self.buffer
         if buf is None or buf.shape != weight.shape or buf.dtype != weight.dtype or buf.device != weight.device:
             buf = self.buffer = torch.empty_like(weight, memory_format=torch.contiguous_format)
-            self.box = list(buf.shape)
+            self.box = _full_box(buf.shape)
         elif buf._version != self.version:
-            self.box = list(buf.shape)
+            self.box = _full_box(buf.shape)
         return buf
 
 
-Cut = tuple[_GradSlot, tuple[tuple[int, int], ...]]  # a parameter's gradient slot and prefix sizes per dim
-
-
-def _prefix(weight: torch.Tensor, sizes: tuple[tuple[int, int], ...]) -> torch.Tensor:
-    for d, n in sizes:
-        weight = weight.narrow(d, 0, n)
-    return weight
+Cut = tuple[_GradSlot, Spec]  # a parameter's gradient slot and how it is cut
 
 
 def _alias(view: torch.Tensor) -> torch.Tensor:
@@ -124,16 +195,18 @@ def _alias(view: torch.Tensor) -> torch.Tensor:
         view.untyped_storage(), view.storage_offset(), view.shape, view.stride())
 
 
-class _PrefixViews(torch.autograd.Function):
-    """Prefix aliases of several shared parameters (a ``_ViewGroup``), one autograd node for all of them:
-    each gradient lands in its parameter's ``_GradSlot`` (a node per parameter costs more Python than a
-    small subnet's ops)."""
+class _CutReads(torch.autograd.Function):
+    """Several shared parameters cut by a ``_ViewGroup``, one autograd node for all of them: a cut that
+    keeps one run per dim is handed out as an alias of the parameter's memory, one with several runs as a
+    copy; each gradient lands in its parameter's ``_GradSlot`` (a node per parameter costs more Python
+    than a small subnet's ops)."""
 
     @staticmethod
     def forward(ctx: Any, group: "_ViewGroup", *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.group, ctx.weights = group, weights
         ctx.set_materialize_grads(False)  # an unused view sends None, not zeros
-        return tuple(_alias(_prefix(w, sizes)) for w, (_, sizes) in zip(weights, group.cuts))
+        return tuple(_alias(_take(w, spec)) if _is_view(spec) else _take(w, spec, group.rows_on(i, w.device))
+                     for i, (w, (_, spec)) in enumerate(zip(weights, group.cuts)))
 
     @staticmethod
     @once_differentiable
@@ -144,9 +217,9 @@ class _PrefixViews(torch.autograd.Function):
             raise RuntimeError(f"shared parameter {changed[0]!r} was modified in place after the forward pass "
                                "read it and before this backward pass (e.g. optimizer.step() between a "
                                "forward and its backward); step the optimizer after backward")
-        for weight, (slot, sizes), grad in zip(ctx.weights, group.cuts, grads):
+        for weight, (slot, spec), grad in zip(ctx.weights, group.cuts, grads):
             if grad is not None:
-                slot.accumulate(weight, sizes, grad)
+                slot.accumulate(weight, spec, grad)
         return (None,) * (len(grads) + 1)
 
 
@@ -162,44 +235,57 @@ class SharedGrads:
     def release(self) -> None:
         """Drop the buffers (the next step allocates them again); ``.grad`` tensors in use stay valid."""
         for slot in self.slots.values():
-            slot.buffer, slot.box, slot.version, slot.last = None, [], -1, None
+            slot.buffer, slot.box, slot.version, slot.last = None, (), -1, None
 
-    def cut(self, name: str, sizes: tuple[tuple[int, int], ...]) -> tuple[_GradSlot, tuple[tuple[int, int], ...]]:
-        """What a program's ``_ViewGroup`` holds to read parameter ``name`` cut to ``sizes``."""
-        return self.slots.setdefault(name, _GradSlot()), sizes
+    def cut(self, name: str, spec: Spec) -> Cut:
+        """What a program's ``_ViewGroup`` holds to read parameter ``name`` cut by ``spec``."""
+        return self.slots.setdefault(name, _GradSlot()), spec
 
 
 class _ViewGroup:
-    """Prefix views of a few shared parameters (``names``, cut by ``cuts``), under autograd through one
-    ``_PrefixViews`` node whose backward sends the gradients to the slots. The views of the last call are
-    handed out again while the same parameters, on the same storage, all require grad: they alias the
-    parameters' memory, so they follow in-place updates (an optimizer step), and their node serves every
-    backward pass it takes part in, so an arch read again (the sandwich's max and min every step) costs
-    no per-step Python here. ``versions`` (the parameters' version counters at the last hand-out) let the
-    backward pass refuse weights changed in place since, as autograd does for the tensors it saves."""
+    """A few shared parameters (``names``, cut by ``cuts``) read under autograd through one ``_CutReads``
+    node whose backward sends the gradients to the slots. When every cut is a view (one run per dim),
+    the tensors of the last call are handed out again while the same parameters, on the same storage, all
+    require grad: they alias the parameters' memory, so they follow in-place updates (an optimizer step),
+    and their node serves every backward pass it takes part in, so an arch read again (the sandwich's max
+    and min every step) costs no per-step Python here. ``versions`` (the parameters' version counters at
+    the last hand-out) let the backward pass refuse weights changed in place since, as autograd does for
+    the tensors it saves. Cuts with several runs are copies, made again at every call."""
 
-    __slots__ = ("names", "cuts", "versions", "_weights", "_storage", "_views")
+    __slots__ = ("names", "cuts", "versions", "views", "_rows", "_weights", "_storage", "_out")
 
     def __init__(self, names: tuple[str, ...], cuts: tuple[Cut, ...]) -> None:
         self.names, self.cuts = names, cuts
         self.versions: list[int] = []
+        self.views = all(_is_view(spec) for _, spec in cuts)
+        self._rows: dict[tuple[int, torch.device], torch.Tensor | None] = {}
         self._weights: tuple[torch.Tensor, ...] = ()
         self._storage: list[int] = []
-        self._views: tuple[torch.Tensor, ...] = ()
+        self._out: tuple[torch.Tensor, ...] = ()
+
+    def rows_on(self, i: int, device: torch.device) -> torch.Tensor | None:
+        """Member ``i``'s gather indices of dim 0 (``_rows``) on ``device``, made once per device."""
+        key = (i, device)
+        if key not in self._rows:
+            rows = _rows(self.cuts[i][1])
+            self._rows[key] = None if rows is None else rows.to(device)
+        return self._rows[key]
 
     def __call__(self, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not torch.is_grad_enabled() or not any(w.requires_grad for w in weights):
-            return tuple(_prefix(w, sizes) for w, (_, sizes) in zip(weights, self.cuts))
+            return tuple(_take(w, spec, self.rows_on(i, w.device)) for i, (w, (_, spec)) in enumerate(zip(weights, self.cuts)))
         if not all(w.requires_grad for w in weights):  # one node per trainable weight; frozen ones plain
-            return tuple(_ViewGroup((name,), (cut,))(w)[0] if w.requires_grad else _prefix(w, cut[1])
-                         for name, w, cut in zip(self.names, weights, self.cuts))
+            return tuple(_ViewGroup((name,), (cut,))(w)[0] if w.requires_grad
+                         else _take(w, cut[1], self.rows_on(i, w.device))
+                         for i, (name, w, cut) in enumerate(zip(self.names, weights, self.cuts)))
         self.versions = [w._version for w in weights]
-        if (len(self._weights) == len(weights) and all(a is b for a, b in zip(self._weights, weights))
+        if (self.views and len(self._weights) == len(weights) and all(a is b for a, b in zip(self._weights, weights))
                 and self._storage == [w.data_ptr() for w in weights]):
-            return self._views
-        self._views = _PrefixViews.apply(self, *weights)
-        self._weights, self._storage = weights, [w.data_ptr() for w in weights]
-        return self._views
+            return self._out
+        out = _CutReads.apply(self, *weights)
+        if self.views:
+            self._out, self._weights, self._storage = out, weights, [w.data_ptr() for w in weights]
+        return out
 
 
 def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, torch.Tensor],
@@ -214,33 +300,49 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
     names = {"_ix": indices, "_groups": groups}
 
     def compile_one(graph: Graph) -> Callable:
-        views: dict[str, str] = {}
-        shared: list[tuple[str, Cut, int]] = []  # target, cut, kept elements
+        exprs: dict[str, str] = {}
+        views: list[tuple[str, Cut, int]] = []  # target, cut, kept elements
+        copies: list[tuple[str, Cut, int]] = []
         for p in _by_first_use(graph):
             canon = sub.aliases.get(p.target, p.target)
             slices = cuts.of(exprs_of[canon])
-            if grads is not None and p.kind == PARAM and slices and all(ix is None for _, _, ix in slices):
-                shared.append((p.target, grads.cut(canon, tuple((d, n) for d, n, _ in slices)),
-                               math.prod(p.meta["shape"])))
+            spec = _spec(slices) if grads is not None and p.kind == PARAM and slices else None
+            if spec is not None:
+                (views if _is_view(spec) else copies).append(
+                    (p.target, grads.cut(canon, spec), math.prod(p.meta["shape"])))
                 continue
             expr = "{}"
             for d, n, index in slices:
                 expr += (f".narrow({d}, 0, {n})" if index is None
                          else f".index_select({d}, _ix({indices.add(index)}, _dev))")
-            views[p.target] = expr
+            exprs[p.target] = expr
         preamble = []
-        for members in _groups_of(shared):
+        for members in _groups_of(views) + _groups_of(copies):
             groups.append(_ViewGroup(tuple(sub.aliases.get(t, t) for t, _, _ in members),
                                      tuple(cut for _, cut, _ in members)))
             var = f"_v{len(groups) - 1}"
             preamble.append(f"{var} = _groups[{len(groups) - 1}]("
                             + ", ".join(attr_path("self", target) for target, _, _ in members) + ")")
-            views.update((target, f"{var}[{j}]") for j, (target, _, _) in enumerate(members))
-        return compile_graph(sub, graph, views, names, preamble)
+            exprs.update((target, f"{var}[{j}]") for j, (target, _, _) in enumerate(members))
+        return compile_graph(sub, graph, exprs, names, preamble)
 
     train_fn = compile_one(sub.graph)
     eval_fn = compile_one(sub.eval_graph) if sub.eval_graph is not None else None
     return SubnetProgram(sub, train_fn, eval_fn)
+
+
+_MAX_RUNS = 64  # above this many kept ranges in a dim, ``index_select`` and autograd's own backward
+
+
+def _spec(slices: list[tuple[int, int, torch.Tensor | None]]) -> Spec | None:
+    """The cut of ``Cuts.of`` slices as runs per dim; None when a dim keeps too many separate ranges."""
+    spec = []
+    for d, n, index in slices:
+        runs = ((0, n),) if index is None else index_runs(index, _MAX_RUNS)
+        if runs is None:
+            return None
+        spec.append((d, runs))
+    return tuple(spec)
 
 
 _HELD = 1 << 20  # elements of gradient one autograd node may hold back (4 MB in float32)
