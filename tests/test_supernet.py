@@ -128,14 +128,17 @@ def test_reused_gradient_buffers_never_leak_an_earlier_step(name):
     sn.zero_grad(set_to_none=True)
 
 
-def test_frozen_weights_get_no_gradient_and_the_others_theirs():
-    """Prefix-cut weights are read a few per autograd node; freezing some of them (fine-tuning a part)
-    must leave exactly those without a gradient and give the rest what the extracted subnet gets."""
-    shared, _, args, _ = supernet("resnet18")
+@pytest.mark.parametrize("name, frozen_part", [("resnet18", (".bn", "downsample")),
+                                               ("vit_b_16", ("ln_", "mlp.0.weight", "in_proj_bias"))])
+def test_frozen_weights_get_no_gradient_and_the_others_theirs(name, frozen_part):
+    """Cut weights are read a few per autograd node, large linear weights through a linear that writes
+    their gradient in place; freezing some of them (fine-tuning a part) must leave exactly those without a
+    gradient and give the rest what the extracted subnet gets."""
+    shared, _, args, _ = supernet(name)
     sn = osf.Supernet(None, ir=shared.ir, sort=False).eval()  # its own copy: the shared one stays trainable
     sn.load_state_dict(shared.state_dict())
     arch = sn.space.sample(7)
-    frozen = [name for name, p in sn.named_parameters() if ".bn" in name or "downsample" in name]
+    frozen = [name for name, p in sn.named_parameters() if any(part in name for part in frozen_part)]
     for name, p in sn.named_parameters():
         p.requires_grad_(name not in frozen)
     sub = sn.extract(arch).eval()

@@ -288,12 +288,14 @@ def attr_path(base: str, qual: str) -> str:
 
 
 def compile_graph(ir: IR, graph: Graph, views: dict[str, str] | None = None,
-                  extra_globals: dict[str, Any] | None = None, preamble: list[str] | None = None) -> Callable:
+                  extra_globals: dict[str, Any] | None = None, preamble: list[str] | None = None,
+                  calls: dict[str, str] | None = None) -> Callable:
     """Generate and compile ``fn(self, _dev, *user_inputs) -> list`` running ``graph``. ``views`` maps a
     tensor's qualified name to a Python expression in which ``{}`` stands for the tensor where it is read
     (e.g. ``{}.narrow(0, 0, 8)``), so a subnet's graph can run on views of a larger model's tensors;
-    ``extra_globals`` are names those expressions use; ``preamble`` lines (statements) run first."""
-    source, globals_ = generate_source(ir, graph, views or {}, preamble or [])
+    ``extra_globals`` are names those expressions use; ``preamble`` lines (statements) run first;
+    ``calls`` names, per op, a global called instead of the op's target (with the same arguments)."""
+    source, globals_ = generate_source(ir, graph, views or {}, preamble or [], calls or {})
     globals_.update(extra_globals or {})
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<osf-generated {ir.modules[''].meta['class']}>", "exec"), globals_, namespace)
@@ -302,7 +304,8 @@ def compile_graph(ir: IR, graph: Graph, views: dict[str, str] | None = None,
     return fn
 
 
-def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[str]) -> tuple[str, dict]:
+def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[str],
+                    calls: dict[str, str] | None = None) -> tuple[str, dict]:
     targets: dict[str, str] = {}
     globals_: dict[str, Any] = {"torch": torch}
     names: dict[str, str] = {}
@@ -351,7 +354,7 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
                 args[idx] = {"expr": f"({_render(args[idx], names)} if {owner_var(op.owner)}.training else 0.0)"}
             elif kwargs.get(kw):
                 kwargs[kw] = {"expr": f"({_render(kwargs[kw], names)} if {owner_var(op.owner)}.training else 0.0)"}
-        call = f"{targets[op.target]}(" + ", ".join(
+        call = f"{(calls or {}).get(op.name, targets[op.target])}(" + ", ".join(
             [_render(a, names) for a in args] + [f"{k}={_render(v, names)}" for k, v in kwargs.items()]) + ")"
         line = f"{names[op.name]} = {call}"
         if op.mode_gated:
