@@ -53,7 +53,7 @@ class Supernet(nn.Module):
         self._arch: Arch | None = None
         self._active: SubnetProgram | None = None
         self._max_program: SubnetProgram | None = None
-        self._compiled: OrderedDict[str, _Compiled] = OrderedDict()
+        self._compiled: OrderedDict[tuple, _Compiled] = OrderedDict()
         self._grads = SharedGrads()
         self._cache_size = cache_size
         # where each shared tensor lives: the containers never change, their tensors may (e.g. ``.to()``)
@@ -74,10 +74,7 @@ class Supernet(nn.Module):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The shared tensors by canonical IR name (the live parameters and buffers of this module)."""
-        out = {}
-        for canon, (m, local) in self._homes.items():
-            out[canon] = m._parameters[local] if local in m._parameters else m._buffers[local]
-        return out
+        return {canon: _tensor_at(m, local) for canon, (m, local) in self._homes.items()}
 
     # ----- the active arch -----
     @property
@@ -108,7 +105,7 @@ class Supernet(nn.Module):
         """The cached structure of ``arch`` (LRU of ``cache_size`` archs): its tensor-less IR and, once
         used, its program over views and its standalone blueprint."""
         self.space.validate(arch)
-        key = self._complete(arch).key()
+        key = self._key(arch)
         entry = self._compiled.get(key)
         if entry is None:
             entry = _Compiled(subnet_structure(self.space, arch))
@@ -132,9 +129,11 @@ class Supernet(nn.Module):
             prog = self._max_program
         return self.net.run_generated(prog.train_fn, prog.eval_fn, args, kwargs)
 
-    def _complete(self, arch: Arch) -> Arch:
-        return Arch({g.key: arch.width.get(g.key, g.size) for g in self.space.groups},
-                    {u.key: arch.depth.get(u.key, True) for u in self.space.units})
+    def _key(self, arch: Arch) -> tuple:
+        """``arch``'s cache key: every group's width and unit's choice, missing ones at the maximum (cheaper
+        than ``Arch.key()``'s JSON on an extraction's hot path)."""
+        return (tuple(arch.width.get(g.key, g.size) for g in self.space.groups),
+                tuple(arch.depth.get(u.key, True) for u in self.space.units))
 
     def device(self) -> torch.device:
         """Where the shared weights live."""
@@ -205,7 +204,8 @@ class Supernet(nn.Module):
         if entry.blueprint is None:
             entry.blueprint = Blueprint(entry.structure)
             entry.cuts = cut_plan(self.space, arch, entry.structure)
-        tensors = cut_tensors(entry.cuts, self.tensors())
+        homes = self._homes
+        tensors = cut_tensors(entry.cuts, {name: _tensor_at(*homes[name]) for name in entry.cuts})
         return entry.blueprint.instantiate(tensors, adopt=True)  # already our own copies
 
     def export(self, arch: Arch, path: str | Path, **options: Any) -> Path:
@@ -217,7 +217,7 @@ class Supernet(nn.Module):
     def cost(self, arch: Arch) -> dict[str, int]:
         """``params`` (exact) and ``flops`` (FlopCounterMode convention) of ``arch``, from the IR alone."""
         self.space.validate(arch)
-        key = self._complete(arch).key()
+        key = self._key(arch)
         sub = self._compiled[key].structure if key in self._compiled else subnet_structure(self.space, arch)
         graph = sub.eval_graph if sub.eval_graph is not None else sub.graph  # inference cost
         seen, params = set(), 0
@@ -250,6 +250,10 @@ class Supernet(nn.Module):
 
     def __repr__(self) -> str:
         return f"Supernet({self.ir.modules[''].class_path}, {self.space!r})"
+
+
+def _tensor_at(module: nn.Module, local: str) -> torch.Tensor:
+    return module._parameters[local] if local in module._parameters else module._buffers[local]
 
 
 @dataclass
