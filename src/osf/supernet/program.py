@@ -74,10 +74,13 @@ def _take(weight: torch.Tensor, spec: Spec, rows: torch.Tensor | None = None) ->
     return weight
 
 
-def _rows(spec: Spec) -> torch.Tensor | None:
-    """The kept indices of dim 0 when it keeps several runs (for ``_take``)."""
-    runs = dict(spec).get(0, ())
-    return torch.cat([torch.arange(a, a + n) for a, n in runs]) if len(runs) > 1 else None
+def _rows_on(cache: dict, key: Any, spec: Spec, device: torch.device) -> torch.Tensor | None:
+    """The kept indices of dim 0 when ``spec`` keeps several runs there (``_take``'s ``rows``), on
+    ``device``; made once per ``key`` and device in ``cache``."""
+    if (key, device) not in cache:
+        runs = dict(spec).get(0, ())
+        cache[key, device] = torch.cat([torch.arange(a, a + n) for a, n in runs]).to(device) if len(runs) > 1 else None
+    return cache[key, device]
 
 
 def _is_view(spec: Spec) -> bool:
@@ -290,16 +293,12 @@ class _ViewGroup:
         self._out: tuple[torch.Tensor, ...] = ()
 
     def rows_on(self, i: int, device: torch.device) -> torch.Tensor | None:
-        """Member ``i``'s gather indices of dim 0 (``_rows``) on ``device``, made once per device."""
-        key = (i, device)
-        if key not in self._rows:
-            rows = _rows(self.cuts[i][1])
-            self._rows[key] = None if rows is None else rows.to(device)
-        return self._rows[key]
+        return _rows_on(self._rows, i, self.cuts[i][1], device)
 
     def __call__(self, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not torch.is_grad_enabled() or not any(w.requires_grad for w in weights):
-            return tuple(_take(w, spec, self.rows_on(i, w.device)) for i, (w, (_, spec)) in enumerate(zip(weights, self.cuts)))
+            return tuple(_take(w, spec, self.rows_on(i, w.device))
+                         for i, (w, (_, spec)) in enumerate(zip(weights, self.cuts)))
         if not all(w.requires_grad for w in weights):  # one node per trainable weight; frozen ones plain
             return tuple(_ViewGroup((name,), (cut,))(w)[0] if w.requires_grad
                          else _take(w, cut[1], self.rows_on(i, w.device))
@@ -330,13 +329,7 @@ class _CutLinear:
     def take(self, i: int, t: torch.Tensor) -> torch.Tensor:
         """The weight (``i`` 0) or bias (1) cut from the full tensor ``t``."""
         cut = self.weight_cut if i == 0 else self.bias_cut
-        if cut is None:
-            return t
-        key = (i, t.device)
-        if key not in self._rows:
-            rows = _rows(cut[1])
-            self._rows[key] = None if rows is None else rows.to(t.device)
-        return _take(t, cut[1], self._rows[key])
+        return t if cut is None else _take(t, cut[1], _rows_on(self._rows, i, cut[1], t.device))
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if (torch.is_grad_enabled() and weight.requires_grad and not torch.is_autocast_enabled(x.device.type)
@@ -386,18 +379,10 @@ class _LinearIntoSlots(torch.autograd.Function):
 
 def _mm_into(blocks: list[torch.Tensor], grad: torch.Tensor, x: torch.Tensor, spec: Spec, add: bool) -> None:
     """Write (or add) ``grad.T @ x``, a linear weight's gradient cut by ``spec``, into its ``blocks``."""
-    runs = dict(spec)
-    parts = [_column_parts(grad, runs.get(0)), _column_parts(x, runs.get(1))]
+    runs = dict(spec)  # the weight's rows are grad's columns, its columns x's: split both like the runs
+    parts = [_blocks(t, ((1, runs[d]),) if d in runs else (), cut=True) for d, t in ((0, grad), (1, x))]
     for block, (g, xs) in zip(blocks, itertools.product(*parts)):
         block.addmm_(g.t(), xs, beta=1 if add else 0)
-
-
-def _column_parts(t: torch.Tensor, runs: Runs | None) -> list[torch.Tensor]:
-    """``t``'s columns split like a cut dim's runs (one part when it keeps one run)."""
-    if runs is None or len(runs) == 1:
-        return [t]
-    starts = itertools.accumulate((n for _, n in runs), initial=0)
-    return [t.narrow(1, s, n) for s, (_, n) in zip(starts, runs)]
 
 
 def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, torch.Tensor],
