@@ -85,13 +85,26 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def step(model, params: list, x, device) -> None:
-    """One train step; ``params`` listed once beforehand, as an optimizer holds them for ``zero_grad``."""
+def zero_grads(params: list, keep_grads: bool = False) -> None:
+    """Over ``params`` listed once beforehand, as an optimizer holds them: ``.grad`` set to None, or with
+    ``keep_grads`` zeroed in place (``zero_grad(set_to_none=False)``)."""
     for p in params:
-        p.grad = None
+        if keep_grads and p.grad is not None:
+            p.grad.zero_()
+        else:
+            p.grad = None
+
+
+def forward_backward(model, x, device) -> None:
     model(x).float().logsumexp(-1).mean().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def step(model, params: list, x, device) -> None:
+    """One train step: zero grads, forward, loss, backward."""
+    zero_grads(params)
+    forward_backward(model, x, device)
 
 
 def timed(model, params: list, x, device) -> float:
@@ -102,22 +115,16 @@ def timed(model, params: list, x, device) -> float:
 
 def step_memory(model, params: list, x, device, *, keep_grads: bool = False) -> int:
     """Peak bytes of one train step beyond what existed before it. ``keep_grads``: the gradients of the
-    previous step stay allocated and are zeroed in place (``zero_grad(set_to_none=False)``), so the step
-    allocates only activations and workspaces; otherwise ``.grad`` is set to None and the step allocates
-    its gradients too."""
-    for p in params:
-        if keep_grads and p.grad is not None:
-            p.grad.zero_()
-        else:
-            p.grad = None
+    previous step stay allocated and are zeroed in place, so the step allocates only activations and
+    workspaces; otherwise ``.grad`` is set to None and the step allocates its gradients too."""
+    zero_grads(params, keep_grads)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        model(x).float().logsumexp(-1).mean().backward()
-        torch.cuda.synchronize()
+        forward_backward(model, x, device)
         return torch.cuda.max_memory_allocated() - base
     with PeakSampler() as s:
-        model(x).float().logsumexp(-1).mean().backward()
+        forward_backward(model, x, device)
     return s.peak - s.base
 
 

@@ -305,7 +305,7 @@ def compile_graph(ir: IR, graph: Graph, views: dict[str, str] | None = None,
 
 
 def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[str],
-                    calls: dict[str, str] | None = None) -> tuple[str, dict]:
+                    calls: dict[str, str]) -> tuple[str, dict]:
     targets: dict[str, str] = {}
     globals_: dict[str, Any] = {"torch": torch}
     names: dict[str, str] = {}
@@ -354,7 +354,7 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
                 args[idx] = {"expr": f"({_render(args[idx], names)} if {owner_var(op.owner)}.training else 0.0)"}
             elif kwargs.get(kw):
                 kwargs[kw] = {"expr": f"({_render(kwargs[kw], names)} if {owner_var(op.owner)}.training else 0.0)"}
-        call = f"{(calls or {}).get(op.name, targets[op.target])}(" + ", ".join(
+        call = f"{calls.get(op.name, targets[op.target])}(" + ", ".join(
             [_render(a, names) for a in args] + [f"{k}={_render(v, names)}" for k, v in kwargs.items()]) + ")"
         line = f"{names[op.name]} = {call}"
         if op.mode_gated:

@@ -74,15 +74,6 @@ def _take(weight: torch.Tensor, spec: Spec, rows: torch.Tensor | None = None) ->
     return weight
 
 
-def _rows_on(cache: dict, key: Any, spec: Spec, device: torch.device) -> torch.Tensor | None:
-    """The kept indices of dim 0 when ``spec`` keeps several runs there (``_take``'s ``rows``), on
-    ``device``; made once per ``key`` and device in ``cache``."""
-    if (key, device) not in cache:
-        runs = dict(spec).get(0, ())
-        cache[key, device] = torch.cat([torch.arange(a, a + n) for a, n in runs]).to(device) if len(runs) > 1 else None
-    return cache[key, device]
-
-
 def _is_view(spec: Spec) -> bool:
     return all(len(runs) == 1 for _, runs in spec)
 
@@ -279,28 +270,29 @@ class _ViewGroup:
     and their node serves every backward pass it takes part in, so an arch read again (the sandwich's max
     and min every step) costs no per-step Python here. ``versions`` (the parameters' version counters at
     the last hand-out) let the backward pass refuse weights changed in place since, as autograd does for
-    the tensors it saves. Cuts with several runs are copies, made again at every call."""
+    the tensors it saves. Cuts with several runs are copies, made again at every call; ``rows`` holds
+    each member's dim-0 gather index in ``indices`` (``_row_index``)."""
 
-    __slots__ = ("names", "cuts", "versions", "views", "_rows", "_weights", "_storage", "_out")
+    __slots__ = ("names", "cuts", "rows", "indices", "versions", "views", "_weights", "_storage", "_out")
 
-    def __init__(self, names: tuple[str, ...], cuts: tuple[Cut, ...]) -> None:
-        self.names, self.cuts = names, cuts
+    def __init__(self, names: tuple[str, ...], cuts: tuple[Cut, ...], rows: tuple[int | None, ...],
+                 indices: _Indices) -> None:
+        self.names, self.cuts, self.rows, self.indices = names, cuts, rows, indices
         self.versions: list[int] = []
         self.views = all(_is_view(spec) for _, spec in cuts)
-        self._rows: dict[tuple[int, torch.device], torch.Tensor | None] = {}
         self._weights: tuple[torch.Tensor, ...] = ()
         self._storage: list[int] = []
         self._out: tuple[torch.Tensor, ...] = ()
 
     def rows_on(self, i: int, device: torch.device) -> torch.Tensor | None:
-        return _rows_on(self._rows, i, self.cuts[i][1], device)
+        return None if self.rows[i] is None else self.indices(self.rows[i], device)
 
     def __call__(self, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not torch.is_grad_enabled() or not any(w.requires_grad for w in weights):
             return tuple(_take(w, spec, self.rows_on(i, w.device))
                          for i, (w, (_, spec)) in enumerate(zip(weights, self.cuts)))
         if not all(w.requires_grad for w in weights):  # one node per trainable weight; frozen ones plain
-            return tuple(_ViewGroup((name,), (cut,))(w)[0] if w.requires_grad
+            return tuple(_ViewGroup((name,), (cut,), (self.rows[i],), self.indices)(w)[0] if w.requires_grad
                          else _take(w, cut[1], self.rows_on(i, w.device))
                          for i, (name, w, cut) in enumerate(zip(self.names, weights, self.cuts)))
         self.versions = [w._version for w in weights]
@@ -320,16 +312,16 @@ class _CutLinear:
     into a new tensor that is then copied there, transposed when the input dim is cut. Frozen weights,
     ``no_grad`` and autocast take the plain ``linear`` on the cut tensors."""
 
-    __slots__ = ("weight_cut", "bias_cut", "_rows")
+    __slots__ = ("weight_cut", "bias_cut", "rows", "indices")
 
-    def __init__(self, weight_cut: Cut, bias_cut: Cut | None) -> None:
-        self.weight_cut, self.bias_cut = weight_cut, bias_cut
-        self._rows: dict[tuple[int, torch.device], torch.Tensor | None] = {}
+    def __init__(self, weight_cut: Cut, bias_cut: Cut | None, rows: tuple[int | None, int | None],
+                 indices: _Indices) -> None:
+        self.weight_cut, self.bias_cut, self.rows, self.indices = weight_cut, bias_cut, rows, indices
 
     def take(self, i: int, t: torch.Tensor) -> torch.Tensor:
         """The weight (``i`` 0) or bias (1) cut from the full tensor ``t``."""
-        cut = self.weight_cut if i == 0 else self.bias_cut
-        return t if cut is None else _take(t, cut[1], _rows_on(self._rows, i, cut[1], t.device))
+        cut, rows = self.weight_cut if i == 0 else self.bias_cut, self.rows[i]
+        return t if cut is None else _take(t, cut[1], None if rows is None else self.indices(rows, t.device))
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if (torch.is_grad_enabled() and weight.requires_grad and not torch.is_autocast_enabled(x.device.type)
@@ -389,27 +381,23 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
                     grads: SharedGrads | None = None) -> SubnetProgram:
     """Compile ``sub`` (a subnet IR without tensors) to run on the full model's tensors, cut by
     ``select`` (atom -> kept indices). ``exprs_of`` gives each canonical tensor's dim expressions;
-    parameters cut to a prefix send their gradients through ``grads`` when given, a few per autograd node
-    (``_groups_of``)."""
+    parameters cut to a few kept ranges per dim send their gradients through ``grads`` when given: large
+    linear weights through a ``_CutLinear``, the others a few per autograd node (``_groups_of``)."""
     indices = _Indices()
     cuts = Cuts(dims, select)
     groups: list[_ViewGroup] = []
-    linears: list[_CutLinear] = []
     names: dict[str, Any] = {"_ix": indices, "_groups": groups}
+    linear_ids = itertools.count()  # names unique over the training and eval graphs
 
     def compile_one(graph: Graph) -> Callable:
         exprs: dict[str, str] = {}
-        views: list[tuple[str, Cut, int]] = []  # target, cut, kept elements
-        copies: list[tuple[str, Cut, int]] = []
-        cut_of: dict[str, Cut] = {}  # placeholder name -> cut, for parameters read through gradient slots
-        kept: dict[str, int] = {}
+        read: dict[str, tuple[str, Cut, int]] = {}  # placeholder -> (target, cut, kept elements): via slots
         for p in _by_first_use(graph):
             canon = sub.aliases.get(p.target, p.target)
             slices = cuts.of(exprs_of[canon])
             spec = _spec(slices) if grads is not None and p.kind == PARAM and slices else None
             if spec is not None:
-                cut_of[p.name], kept[p.name] = grads.cut(canon, spec), math.prod(p.meta["shape"])
-                (views if _is_view(spec) else copies).append((p.target, cut_of[p.name], kept[p.name]))
+                read[p.name] = (p.target, grads.cut(canon, spec), math.prod(p.meta["shape"]))
                 continue
             expr = "{}"
             for d, n, index in slices:
@@ -417,24 +405,22 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
                          else f".index_select({d}, _ix({indices.add(index)}, _dev))")
             exprs[p.target] = expr
         calls = {}
-        full = set()  # placeholders a _CutLinear reads whole
-        for op, weight, bias in _cut_linears(graph, cut_of, kept):
-            calls[op.name] = f"_lin{len(linears)}"
-            names[calls[op.name]] = _CutLinear(cut_of[weight], cut_of.get(bias))
-            linears.append(names[calls[op.name]])
-            full.update(n for n in (weight, bias) if n in cut_of)
-        targets = {p.name: p.target for p in graph.placeholders}
-        full_targets = {targets[n] for n in full}
-        views = [m for m in views if m[0] not in full_targets]
-        copies = [m for m in copies if m[0] not in full_targets]
+        for op, weight, bias in _cut_linears(graph, read):  # these read their weight and bias whole
+            cuts_ = (read.pop(weight)[1], read.pop(bias)[1] if bias in read else None)
+            calls[op.name] = f"_lin{next(linear_ids)}"
+            names[calls[op.name]] = _CutLinear(
+                *cuts_, tuple(None if c is None else _row_index(c[1], indices) for c in cuts_), indices)
         preamble = []
-        for members in _groups_of(views) + _groups_of(copies):
-            groups.append(_ViewGroup(tuple(sub.aliases.get(t, t) for t, _, _ in members),
-                                     tuple(cut for _, cut, _ in members)))
+        members = list(read.values())
+        for group in _groups_of([m for m in members if _is_view(m[1][1])]) + _groups_of(
+                [m for m in members if not _is_view(m[1][1])]):
+            groups.append(_ViewGroup(tuple(sub.aliases.get(t, t) for t, _, _ in group),
+                                     tuple(cut for _, cut, _ in group),
+                                     tuple(_row_index(cut[1], indices) for _, cut, _ in group), indices))
             var = f"_v{len(groups) - 1}"
             preamble.append(f"{var} = _groups[{len(groups) - 1}]("
-                            + ", ".join(attr_path("self", target) for target, _, _ in members) + ")")
-            exprs.update((target, f"{var}[{j}]") for j, (target, _, _) in enumerate(members))
+                            + ", ".join(attr_path("self", target) for target, _, _ in group) + ")")
+            exprs.update((target, f"{var}[{j}]") for j, (target, _, _) in enumerate(group))
         return compile_graph(sub, graph, exprs, names, preamble, calls)
 
     train_fn = compile_one(sub.graph)
@@ -445,10 +431,9 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
 _LINEAR_MIN = 1 << 18  # kept weight elements from which a _CutLinear's saved gradient copy beats its Python
 
 
-def _cut_linears(graph: Graph, cut_of: dict[str, Cut],
-                 kept: dict[str, int]) -> list[tuple[Any, str, str | None]]:
+def _cut_linears(graph: Graph, read: dict[str, tuple[str, Cut, int]]) -> list[tuple[Any, str, str | None]]:
     """``(op, weight, bias)`` of the ``aten.linear`` ops whose weight is a parameter read through a gradient
-    slot (``cut_of``), keeping at least ``_LINEAR_MIN`` elements (``kept``), and whose weight and bias
+    slot (``read``), keeping at least ``_LINEAR_MIN`` elements, and whose weight and bias
     placeholders no other op reads: a ``_CutLinear`` runs them. Below that size the grouped reads
     (``_ViewGroup``: one node for several weights, views reused) cost less Python than the copy saved
     (ViT-B/16's minimal subnet: 0.5 ms slower per step with every cut linear run by a ``_CutLinear``)."""
@@ -462,11 +447,18 @@ def _cut_linears(graph: Graph, cut_of: dict[str, Cut],
             continue
         weight = _node(op.args[1])
         bias = _node(op.args[2]) if len(op.args) > 2 and op.args[2] is not None else None
-        if (weight in cut_of and readers[weight] == 1 and kept[weight] >= _LINEAR_MIN
+        if (weight in read and readers[weight] == 1 and read[weight][2] >= _LINEAR_MIN
                 and (len(op.args) < 3 or op.args[2] is None
                      or (bias is not None and readers[bias] == 1 and bias != weight))):
             out.append((op, weight, bias))
     return out
+
+
+def _row_index(spec: Spec, indices: _Indices) -> int | None:
+    """Where ``indices`` holds the kept positions of dim 0 when ``spec`` keeps several runs there (the
+    gather of ``_take``)."""
+    runs = dict(spec).get(0, ())
+    return indices.add(torch.cat([torch.arange(a, a + n) for a, n in runs])) if len(runs) > 1 else None
 
 
 def _node(arg: Any) -> str | None:
