@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import torch
+from torch.nn import Parameter
 
 from ..ir.capture import annotate_io, module_ancestors
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
@@ -87,6 +88,7 @@ class TensorCut:
     where index_select copies strided rows element by element); None otherwise."""
     sizes: tuple[int, ...] | None
     selects: tuple[tuple[int, torch.Tensor, tuple[tuple[int, int], ...] | None], ...]
+    narrow: tuple[int, int] | None = None  # ``(dim, length)``: the only cut is this one prefix (one op)
 
 
 _MAX_RUNS = 16  # above this many ranges, one index_select is as fast as concatenating them
@@ -117,34 +119,42 @@ def cut_plan(space: "SearchSpace", arch: "Arch", structure: IR) -> dict[str, Ten
     plan = {}
     for name in _kept_tensor_names(space.ir.aliases, graphs):
         slices = cuts.of(an.tensors[name])
-        sizes = list(space.ir.tensors[name].shape)
+        full = space.ir.tensors[name].shape
+        sizes = list(full)
         for d, n, index in slices:
             if index is None:
                 sizes[d] = n
-        prefix = any(index is None for _, _, index in slices)
-        plan[name] = TensorCut(tuple(sizes) if prefix else None,
-                               tuple((d, index, _runs(d, index)) for d, _, index in slices if index is not None))
+        prefix = [d for d, n in enumerate(sizes) if n != full[d]]
+        selects = tuple((d, index, _runs(d, index)) for d, _, index in slices if index is not None)
+        if len(prefix) == 1 and not selects:
+            plan[name] = TensorCut(None, (), (prefix[0], sizes[prefix[0]]))
+        else:
+            plan[name] = TensorCut(tuple(sizes) if prefix else None, selects)
     return plan
 
 
 def cut_tensors(plan: dict[str, TensorCut], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Own contiguous copies of ``tensors`` cut by ``plan`` (``cut_plan``); parameters stay parameters.
-    One view per prefix-cut tensor (``as_strided``), then an index selection or a clone: the only per-tensor
-    work besides the copy itself, as extraction is timed against a plain weight copy."""
+    A tensor cut on one dim is one ``narrow_copy``; otherwise one view of its prefix cuts (``as_strided``),
+    then an index selection or a clone: the only per-tensor work besides the copy itself, as extraction is
+    timed against a plain weight copy."""
     out = {}
     with torch.no_grad():
         for name, c in plan.items():
             t = tensors[name]
             v = t if c.sizes is None else t.as_strided(c.sizes, t.stride(), t.storage_offset())
-            if c.selects:
+            if c.narrow is not None:
+                v = torch.narrow_copy(t, c.narrow[0], 0, c.narrow[1])  # contiguous
+            elif c.selects:
                 for d, index, runs in c.selects:
                     v = (torch.cat([v.narrow(d, a, n) for a, n in runs], d) if runs is not None
                          else v.index_select(d, index.to(v.device)))
             else:
                 v = v.clone(memory_format=torch.contiguous_format)
-            is_param = type(t) is torch.nn.Parameter or (
-                type(t) is not torch.Tensor and isinstance(t, torch.nn.Parameter))  # skips the slow isinstance
-            out[name] = torch.nn.Parameter(v, requires_grad=t.requires_grad) if is_param else v
+            kind = type(t)
+            is_param = kind is Parameter or (kind is not torch.Tensor and isinstance(t, Parameter))
+            # what Parameter(v, requires_grad) does for a plain tensor, without its Python frame
+            out[name] = torch.Tensor._make_subclass(Parameter, v, t.requires_grad) if is_param else v
     return out
 
 
