@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import osf
 from osf.train import CheckpointError
+from osf.cli.builtin import TinyViT
 
 
 class Net(nn.Module):
@@ -153,6 +154,22 @@ def test_samplers_are_deterministic_and_follow_their_rule():
     assert later[1][1] == space.min()
     mid = [a for _, a in ps.sample(60)]  # widths of at least half
     assert all(w >= g.size // 2 for a in mid for g in space.groups for w in [a.width[g.key]])
+
+
+def test_progressive_shrinking_never_trains_a_subnet_cut_off_from_its_input():
+    """A ViT without blocks classifies its class token alone: the last stage's smallest subnet is
+    ``space.min()`` (one block kept) and every stage's smallest sits at that stage's width floor."""
+    vit = TinyViT(1, 10, dims=2, size=8, patch=2, dim=16, depth=3, heads=2, mlp=32)
+    space = osf.Supernet(vit, (torch.randn(2, 1, 8, 8),), multiple_of=4).space
+    ps = osf.ProgressiveShrinking(space, total_steps=100, k=8, seed=0)
+    assert ps.sample(99)[1][1] == space.min() and not space.cut_outputs(space.min())
+    assert any(space.min().depth.values())
+    smallest = ps.sample(60)[1][1]  # width floor 1/2
+    assert smallest.depth == space.min().depth
+    assert all(smallest.width[g.key] == min(c for c in g.choices if c >= g.size / 2) for g in space.groups)
+    for step in (30, 60, 99):
+        for _, arch in ps.sample(step):
+            space.validate(arch)
 
 
 class DictOut(nn.Module):

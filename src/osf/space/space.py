@@ -89,10 +89,12 @@ class SearchSpace:
         sub = output_inputs(subnet_structure(self, arch).graph)
         return [i for i, (f, s) in enumerate(zip(full, sub)) if f and not s]
 
-    def sample(self, seed: int | random.Random | torch.Generator | None = None) -> Arch:
+    def sample(self, seed: int | random.Random | torch.Generator | None = None, *,
+               widths: dict[str, list[int]] | None = None, depth: bool = True) -> Arch:
         """A uniformly random subnet: every distinct subnet counted by ``size()`` is equally likely. (Flipping
         a coin per unit would drop a unit holding all blocks half of the time.) Inside a dropped unit,
-        widths and units are normalised to the maximum."""
+        widths and units are normalised to the maximum. ``widths`` narrows some groups' choices (by group
+        key); ``depth=False`` keeps every unit."""
         if isinstance(seed, torch.Generator):
             seed = int(torch.randint(0, 2**62, (1,), generator=seed))
         rng = seed if isinstance(seed, random.Random) else random.Random(seed)
@@ -102,11 +104,11 @@ class SearchSpace:
         def visit(parent: str | None) -> None:  # ``parent`` is kept
             for g in self.groups:
                 if self._owner[g.key] == parent:
-                    arch.width[g.key] = rng.choice(g.choices)
+                    arch.width[g.key] = rng.choice(widths.get(g.key, g.choices) if widths else g.choices)
             for u in self.units:
                 if u.parent == parent:
                     n = configs[u.key]
-                    arch.depth[u.key] = rng.random() < n / (n + 1)
+                    arch.depth[u.key] = not depth or rng.random() < n / (n + 1)
                     if arch.depth[u.key]:
                         visit(u.key)
         visit(None)

@@ -99,18 +99,16 @@ class ProgressiveShrinking(Sampler):
     def sample(self, step: int) -> list[tuple[str, Arch]]:
         _, ratio, depth = self.stage(step)
         rng = self.rng(step)
-        allowed = {g.key: [c for c in g.choices if c >= ratio * g.size] or [g.size] for g in self.space.groups}
+        space = self.space
+        allowed = {g.key: [c for c in g.choices if c >= ratio * g.size] or [g.size] for g in space.groups}
+        # the stage's smallest subnet keeps the units space.min() keeps (a ViT keeps one block, not none)
         smallest = Arch({k: v[0] for k, v in allowed.items()},
-                        {u.key: not depth for u in self.space.units})
-
-        def random_arch() -> Arch:
-            return Arch({k: rng.choice(v) for k, v in allowed.items()},
-                        {u.key: (rng.random() < 0.5) if depth else True for u in self.space.units})
-
-        picks = [("max", self.space.max())]
+                        space.min().depth if depth else {u.key: True for u in space.units})
+        picks = [("max", space.max())]
         if self.k >= 2:
             picks.append(("min", smallest))
-        return picks + [("random", random_arch()) for _ in range(self.k - len(picks))]
+        return picks + [("random", space.sample(rng, widths=allowed, depth=depth))
+                        for _ in range(self.k - len(picks))]
 
     def settings(self) -> dict:
         return {**super().settings(), "total_steps": self.total_steps, "stages": [list(s) for s in self.stages]}
