@@ -149,7 +149,7 @@ def test_samplers_are_deterministic_and_follow_their_rule():
         space.validate(arch)
         assert space.signature(arch) == space.signature(drawn)  # the same motif, its salient member
     ps = osf.ProgressiveShrinking(space, total_steps=100, k=4, seed=0)
-    assert all(a == space.max() for _, a in ps.sample(0))  # stage 1: the full network only
+    assert [a for _, a in ps.sample(0)] == [space.max()]  # stage 1: the full network, once
     later = ps.sample(99)
     assert later[1][1] == space.min()
     mid = [a for _, a in ps.sample(60)]  # widths of at least half

@@ -79,7 +79,8 @@ class MotifSampler(SandwichSampler):
 class ProgressiveShrinking(Sampler):
     """Once-for-All's progressive shrinking: the space opens in stages. Each stage ``(start, min_ratio,
     depth)`` begins at fraction ``start`` of ``total_steps``, offers width choices of at least
-    ``min_ratio`` × a group's size and drops units only if ``depth``; within a stage, the sandwich rule."""
+    ``min_ratio`` × a group's size and drops units only if ``depth``; within a stage, the sandwich rule.
+    A stage whose only subnet is the max (the first, by default) trains it once per step, not ``k`` times."""
 
     def __init__(self, space: SearchSpace, total_steps: int, k: int = 4, seed: int = 0,
                  stages: Sequence[tuple[float, float, bool]] = ((0.0, 1.0, False), (0.25, 1.0, True),
@@ -105,6 +106,8 @@ class ProgressiveShrinking(Sampler):
         smallest = Arch({k: v[0] for k, v in allowed.items()},
                         space.min().depth if depth else {u.key: True for u in space.units})
         picks = [("max", space.max())]
+        if smallest == picks[0][1]:  # k copies of one subnet would only repeat the same step
+            return picks
         if self.k >= 2:
             picks.append(("min", smallest))
         return picks + [("random", space.sample(rng, widths=allowed, depth=depth))
