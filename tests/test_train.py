@@ -3,6 +3,7 @@ and the errors a user meets."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -170,6 +171,11 @@ def test_progressive_shrinking_never_trains_a_subnet_cut_off_from_its_input():
     for step in (30, 60, 99):
         for _, arch in ps.sample(step):
             space.validate(arch)
+    group = space.groups[0]
+    with pytest.raises(ValueError, match=re.escape(f"widths['{group.key}'] is [3]")):
+        space.sample(0, widths={group.key: [3]})
+    with pytest.raises(ValueError, match="unknown width group 'nope'"):
+        space.sample(0, widths={"nope": [8]})
 
 
 class DictOut(nn.Module):

@@ -94,7 +94,15 @@ class SearchSpace:
         """A uniformly random subnet: every distinct subnet counted by ``size()`` is equally likely. (Flipping
         a coin per unit would drop a unit holding all blocks half of the time.) Inside a dropped unit,
         widths and units are normalised to the maximum. ``widths`` narrows some groups' choices (by group
-        key); ``depth=False`` keeps every unit."""
+        key; units are still weighted by the full space's counts, so such a draw is only roughly uniform);
+        ``depth=False`` keeps every unit."""
+        for key, allowed in (widths or {}).items():
+            g = self._group.get(key)
+            if g is None:
+                raise ValueError(f"unknown width group '{key}'; groups: {_few(self._group)}")
+            bad = [w for w in allowed if w not in g.choices]
+            if bad or not allowed:
+                raise ValueError(f"widths['{key}'] is {list(allowed)}; give a non-empty subset of {g.choices}")
         if isinstance(seed, torch.Generator):
             seed = int(torch.randint(0, 2**62, (1,), generator=seed))
         rng = seed if isinstance(seed, random.Random) else random.Random(seed)
