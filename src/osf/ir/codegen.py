@@ -162,7 +162,8 @@ def _container_maker(cls: type) -> Callable[[], nn.Module]:
     fixed = {k: v for k, v in state.items() if not isinstance(v, (dict, set))}
     kinds = {f"kind{i}": type(v) for i, v in enumerate(state.values()) if isinstance(v, (dict, set))}
     # unrolled (no loop over the fresh containers): a few hundred ns per module of an extraction
-    body = "".join(f"    state[{k!r}] = kind{i}()\n" for i, (k, v) in enumerate(state.items()) if isinstance(v, (dict, set)))
+    body = "".join(f"    state[{k!r}] = kind{i}()\n" for i, (k, v) in enumerate(state.items())
+                   if isinstance(v, (dict, set)))
     namespace: dict[str, Any] = {}
     exec(f"def make(new=new, cls=cls, fixed=fixed, {', '.join(f'{k}={k}' for k in kinds)}):\n"
          "    m = new(cls)\n    state = m.__dict__\n    state.update(fixed)\n" + body + "    return m\n",
