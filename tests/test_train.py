@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import osf
-from osf.train import CheckpointError
 from osf.cli.builtin import TinyViT
+from osf.train import CheckpointError
 
 
 class Net(nn.Module):

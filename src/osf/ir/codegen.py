@@ -160,10 +160,10 @@ def _container_maker(cls: type) -> Callable[[], nn.Module]:
     if not all(isinstance(v, (dict, set, bool, type(None))) for v in state.values()):
         return cls  # an attribute this scheme does not know how to copy
     fixed = {k: v for k, v in state.items() if not isinstance(v, (dict, set))}
-    kinds = {f"kind{i}": type(v) for i, v in enumerate(state.values()) if isinstance(v, (dict, set))}
+    fresh = {f"kind{i}": (k, type(v)) for i, (k, v) in enumerate(state.items()) if isinstance(v, (dict, set))}
+    kinds = {name: kind for name, (_, kind) in fresh.items()}
     # unrolled (no loop over the fresh containers): a few hundred ns per module of an extraction
-    body = "".join(f"    state[{k!r}] = kind{i}()\n" for i, (k, v) in enumerate(state.items())
-                   if isinstance(v, (dict, set)))
+    body = "".join(f"    state[{k!r}] = {name}()\n" for name, (k, _) in fresh.items())
     namespace: dict[str, Any] = {}
     exec(f"def make(new=new, cls=cls, fixed=fixed, {', '.join(f'{k}={k}' for k in kinds)}):\n"
          "    m = new(cls)\n    state = m.__dict__\n    state.update(fixed)\n" + body + "    return m\n",

@@ -96,7 +96,8 @@ class SearchSpace:
         widths and units are normalised to the maximum. ``widths`` narrows some groups' choices (by group
         key; units are still weighted by the full space's counts, so such a draw is only roughly uniform);
         ``depth=False`` keeps every unit."""
-        for key, allowed in (widths or {}).items():
+        widths = widths or {}
+        for key, allowed in widths.items():
             g = self._group.get(key)
             if g is None:
                 raise ValueError(f"unknown width group '{key}'; groups: {_few(self._group)}")
@@ -112,7 +113,7 @@ class SearchSpace:
         def visit(parent: str | None) -> None:  # ``parent`` is kept
             for g in self.groups:
                 if self._owner[g.key] == parent:
-                    arch.width[g.key] = rng.choice(widths.get(g.key, g.choices) if widths else g.choices)
+                    arch.width[g.key] = rng.choice(widths.get(g.key, g.choices))
             for u in self.units:
                 if u.parent == parent:
                     n = configs[u.key]

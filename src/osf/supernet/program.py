@@ -157,36 +157,19 @@ class _GradSlot:
 
     def accumulate(self, weight: torch.Tensor, spec: Spec, grad: torch.Tensor) -> None:
         """Add ``grad`` (``weight``'s gradient cut by ``spec``) into ``weight.grad``."""
-        blocks = self._reused(weight, spec)
-        if blocks is None:
-            self.write(weight, spec, lambda blocks, add: _write_pieces(blocks, grad, spec, add))
-        else:  # the common case, without the general path's calls (a small subnet's step has dozens)
-            if len(blocks) == 1:
-                _write(blocks[0], grad)
-            else:
-                _write_pieces(blocks, grad, spec, False)
-            self.version = self.buffer._version
-
-    def _reused(self, weight: torch.Tensor, spec: Spec) -> list[torch.Tensor] | None:
-        """When ``weight.grad`` is None and the buffer holds exactly the last write's blocks for this
-        ``spec`` (zeros elsewhere, untouched since): hand the buffer out as ``.grad`` and return those
-        blocks, to be overwritten."""
-        last, buf = self.last, self.buffer
-        if (last is not None and weight.grad is None and last[0] == spec and buf._version == self.version
-                and last[2] == weight.data_ptr()):
-            weight.grad = buf
-            return last[1]
-        return None
+        self.write(weight, spec, lambda blocks, add: _write_pieces(blocks, grad, spec, add))
 
     def write(self, weight: torch.Tensor, spec: Spec,
               writer: Callable[[list[torch.Tensor], bool], None]) -> None:
         """Let ``writer(blocks, add)`` put a gradient of ``weight`` cut by ``spec`` into the blocks of
         ``weight.grad`` that ``spec`` keeps (``_blocks`` order): overwriting them (``add`` False: zeros
         lie outside them) or adding to them."""
-        blocks = self._reused(weight, spec)
-        if blocks is not None:
-            writer(blocks, False)
-            self.version = self.buffer._version
+        last, buf = self.last, self.buffer
+        if (last is not None and weight.grad is None and last[0] == spec and buf._version == self.version
+                and last[2] == weight.data_ptr()):
+            weight.grad = buf
+            writer(last[1], False)
+            self.version = buf._version
             return
         target = weight.grad
         first = target is None
