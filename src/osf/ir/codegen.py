@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import keyword
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -287,13 +288,14 @@ def attr_path(base: str, qual: str) -> str:
 
 def compile_graph(ir: IR, graph: Graph, views: dict[str, str] | None = None,
                   extra_globals: dict[str, Any] | None = None, preamble: list[str] | None = None,
-                  calls: dict[str, str] | None = None) -> Callable:
+                  calls: dict[str, str] | None = None, guards: Guards | None = None) -> Callable:
     """Generate and compile ``fn(self, _dev, *user_inputs) -> list`` running ``graph``. ``views`` maps a
     tensor's qualified name to a Python expression in which ``{}`` stands for the tensor where it is read
     (e.g. ``{}.narrow(0, 0, 8)``), so a subnet's graph can run on views of a larger model's tensors;
     ``extra_globals`` are names those expressions use; ``preamble`` lines (statements) run first;
-    ``calls`` names, per op, a global called instead of the op's target (with the same arguments)."""
-    source, globals_ = generate_source(ir, graph, views or {}, preamble or [], calls or {})
+    ``calls`` names, per op, an expression called instead of the op's target (with the same arguments);
+    ``guards`` run ops conditionally (``Guards``)."""
+    source, globals_ = generate_source(ir, graph, views or {}, preamble or [], calls or {}, guards)
     globals_.update(extra_globals or {})
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<osf-generated {ir.modules[''].meta['class']}>", "exec"), globals_, namespace)
@@ -302,8 +304,21 @@ def compile_graph(ir: IR, graph: Graph, views: dict[str, str] | None = None,
     return fn
 
 
+@dataclass
+class Guards:
+    """Conditional ops for generated code that serves many variants of a graph: each op runs only
+    ``if <condition[op]>``; otherwise the first ``(condition, value)`` of ``instead[op]`` that holds
+    assigns that value to the op's result. ``hold`` keeps a value alive until the named op (a value an
+    ``instead`` branch may still read). ``owners`` gives an expression per owner module (whose
+    ``.training`` the ops read) instead of an attribute path read up front."""
+    condition: dict[str, str]
+    instead: dict[str, list[tuple[str, str]]]
+    hold: dict[str, str]
+    owners: dict[str, str]
+
+
 def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[str],
-                    calls: dict[str, str]) -> tuple[str, dict]:
+                    calls: dict[str, str], guards: Guards | None = None) -> tuple[str, dict]:
     targets: dict[str, str] = {}
     globals_: dict[str, Any] = {"torch": torch}
     names: dict[str, str] = {}
@@ -311,6 +326,8 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
     owners: dict[str, str] = {}
 
     def owner_var(owner: str) -> str:
+        if guards is not None and owner in guards.owners:
+            return guards.owners[owner]
         if owner not in owners:
             owners[owner] = f"_m{len(owners)}"
             prologue.append(f"    {owners[owner]} = {attr_path('self', owner)}")
@@ -318,7 +335,7 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
 
     user_inputs = []
     for p in graph.placeholders:
-        var = _safe(p.name)
+        var = safe_name(p.name)
         names[p.name] = var
         if p.kind == INPUT:
             user_inputs.append(var)
@@ -331,10 +348,17 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
     for i, op in enumerate(graph.ops):
         for ref in op.inputs:
             last_use[ref] = i
+    if guards is not None:
+        at = {op.name: i for i, op in enumerate(graph.ops)}
+        for ref, until in guards.hold.items():
+            last_use[ref] = max(last_use.get(ref, -1), at[until])
+    frees: dict[int, list[str]] = {}  # op index -> values last used there
+    for ref, i in last_use.items():
+        frees.setdefault(i, []).append(ref)
     outputs = set(serial.node_refs(graph.outputs))
     placeholder_names = {p.name for p in graph.placeholders}
     for i, op in enumerate(graph.ops):
-        names[op.name] = _safe(op.name)
+        names[op.name] = safe_name(op.name)
     for i, op in enumerate(graph.ops):
         if op.target not in targets:
             targets[op.target] = f"_t{len(targets)}"
@@ -357,9 +381,12 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
         line = f"{names[op.name]} = {call}"
         if op.mode_gated:
             line = f"{names[op.name]} = {call} if {owner_var(op.owner)}.training else None"
-        body.append(f"    {line}")
-        dead = [names[r] for r in dict.fromkeys(op.inputs) if last_use.get(r) == i and r not in outputs
-                and r not in placeholder_names]
+        if guards is not None and op.name in guards.condition:
+            body.append(f"    if {guards.condition[op.name]}: {line}")
+            body.extend(f"    elif {cond}: {names[op.name]} = {names[ref]}" for cond, ref in guards.instead.get(op.name, []))
+        else:
+            body.append(f"    {line}")
+        dead = [names[r] for r in frees.get(i, ()) if r not in outputs and r not in placeholder_names]
         if dead:
             body.append("    " + " = ".join(dead) + " = None")
     ret = "    return [" + ", ".join(_render(o, names) for o in graph.outputs) + "]"
@@ -367,7 +394,8 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
     return "\n".join([header, *(f"    {line}" for line in preamble), *prologue, *body, ret]) + "\n", globals_
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """The Python variable generated code uses for IR value ``name``."""
     return f"{name}_" if keyword.iskeyword(name) or name in ("self", "torch", "_dev") else name
 
 

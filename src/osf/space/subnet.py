@@ -421,13 +421,21 @@ def _rw_groups(index: int):
 
 def _rw_split(op, ins, out, dims, kept):
     pieces = [_static_or_fail(new_size(dims, dims.resolve(e[_dim(op, ins[0])]), kept), op) for e in out["list"]]
-    old = [_static_or_fail(dims.size(dims.resolve(e[_dim(op, ins[0])])), op) for e in out["list"]]
-    if pieces == old:
-        return
+    if pieces != split_pieces(op, ins, out, dims):
+        as_split_with_sizes(op, pieces)
+
+
+def as_split_with_sizes(op: OpNode, pieces: list[int]) -> None:
+    """Rewrite a ``split`` / ``chunk`` / ``split_with_sizes`` op in place as ``split_with_sizes(x, pieces, dim)``."""
     d = op.args[2] if len(op.args) > 2 else op.kwargs.get("dim", 0)
     op.target = "aten.split_with_sizes.default"
     op.args = [op.args[0], pieces, d]
     op.kwargs = {}
+
+
+def split_pieces(op: OpNode, ins: list, out: dict, dims) -> list[int]:
+    """The traced sizes of the pieces of split-like ``op`` (``ins``/``out``: its dim expressions)."""
+    return [_static_or_fail(dims.size(dims.resolve(e[_dim(op, ins[0])])), op) for e in out["list"]]
 
 
 def _dim(op, x) -> int:

@@ -30,8 +30,7 @@ from ..space.subnet import Cuts, index_runs
 
 @dataclass
 class SubnetProgram:
-    """Compiled forward functions of one arch (training and, if traced, eval graph) and its IR."""
-    ir: IR
+    """Compiled forward functions of one arch (training and, if traced, eval graph)."""
     train_fn: Callable
     eval_fn: Callable | None
 
@@ -425,7 +424,7 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
 
     train_fn = compile_one(sub.graph)
     eval_fn = compile_one(sub.eval_graph) if sub.eval_graph is not None else None
-    return SubnetProgram(sub, train_fn, eval_fn)
+    return SubnetProgram(train_fn, eval_fn)
 
 
 _LINEAR_MIN = 1 << 18  # kept weight elements from which a _CutLinear's saved gradient copy beats its Python

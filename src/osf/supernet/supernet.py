@@ -22,6 +22,7 @@ from ..space.space import SearchSpace
 from ..space.subnet import Cuts, cut, cut_plan, cut_tensors, subnet_ir, subnet_structure
 from .batches import BatchFn, split_batch, to_device
 from .program import SharedGrads, SubnetProgram, compile_program
+from .template import ProgramTemplate, TemplateUnsupported
 
 
 class Supernet(nn.Module):
@@ -56,6 +57,8 @@ class Supernet(nn.Module):
         self._compiled: OrderedDict[tuple, _Compiled] = OrderedDict()
         self._grads = SharedGrads()
         self._cache_size = cache_size
+        self._template: ProgramTemplate | None = None
+        self._template_error: str | None = None
         # where each shared tensor lives: the containers never change, their tensors may (e.g. ``.to()``)
         self._homes = {canon: (self.net.get_submodule(mod), local)
                        for canon, (mod, local) in self._tensor_homes().items()}
@@ -93,28 +96,57 @@ class Supernet(nn.Module):
         return _restoring(self, previous)
 
     def program(self, arch: Arch) -> SubnetProgram:
-        """The compiled forward of ``arch`` on views of the shared tensors (cached per arch)."""
+        """The forward of ``arch`` on views of the shared tensors (cached per arch): bound from the
+        supernet's ``ProgramTemplate`` (generated once for all archs), or compiled for ``arch`` alone
+        where the template cannot express it (``template_status``)."""
         entry = self._entry(arch)
         if entry.program is None:
-            an = self.space.analysis
-            entry.program = compile_program(entry.structure, an.tensors, an.dims, self.space.kept_indices(arch),
-                                            self._grads)
+            template = self._get_template()
+            if template is not None:
+                try:
+                    entry.program = template.bind(arch)
+                except TemplateUnsupported:
+                    pass
+            if entry.program is None:
+                an = self.space.analysis
+                entry.program = compile_program(self._structure(entry), an.tensors, an.dims,
+                                                self.space.kept_indices(arch), self._grads)
         return entry.program
 
+    @property
+    def template_status(self) -> str:
+        """Whether switching to a new arch binds the shared template ("template") or, when the template
+        cannot express this model, compiles the arch ("per arch: <reason>")."""
+        self._get_template()
+        return "template" if self._template is not None else f"per arch: {self._template_error}"
+
+    def _get_template(self) -> ProgramTemplate | None:
+        if self._template is None and self._template_error is None:
+            try:
+                self._template = ProgramTemplate(self.space, self.net, self._grads)
+            except TemplateUnsupported as e:
+                self._template_error = str(e)
+        return self._template
+
     def _entry(self, arch: Arch) -> "_Compiled":
-        """The cached structure of ``arch`` (LRU of ``cache_size`` archs): its tensor-less IR and, once
-        used, its program over views and its standalone blueprint."""
+        """The cache entry of ``arch`` (LRU of ``cache_size`` archs): its program over views and, once
+        needed, its tensor-less IR and standalone blueprint."""
         self.space.validate(arch)
         key = self._key(arch)
         entry = self._compiled.get(key)
         if entry is None:
-            entry = _Compiled(subnet_structure(self.space, arch))
+            entry = _Compiled(arch)
             self._compiled[key] = entry
             if len(self._compiled) > self._cache_size:
                 self._compiled.popitem(last=False)
         else:
             self._compiled.move_to_end(key)
         return entry
+
+    def _structure(self, entry: "_Compiled") -> IR:
+        if entry.structure is None:
+            entry.structure = subnet_structure(self.space, entry.arch)
+        return entry.structure
 
     def release_grad_buffers(self) -> None:
         """Free the full-size gradient buffers kept between steps for prefix-cut weights (e.g. before
@@ -145,7 +177,7 @@ class Supernet(nn.Module):
     def batch_norms(self, arch: Arch | None = None) -> list[tuple[str, str, float]]:
         """``(running mean, running var, momentum)`` of each batch norm with running statistics that
         ``arch`` (default: the maximal subnet) runs, by canonical tensor name."""
-        sub = self.program(arch if arch is not None else self.space.max()).ir
+        sub = self._structure(self._entry(arch if arch is not None else self.space.max()))
         names = {p.name: sub.aliases.get(p.target, p.target) for p in sub.graph.placeholders}
         out = []
         for op in sub.graph.ops:
@@ -202,8 +234,9 @@ class Supernet(nn.Module):
         The generated code is cached per arch, so extracting an arch again only copies its weights."""
         entry = self._entry(arch)
         if entry.blueprint is None:
-            entry.blueprint = Blueprint(entry.structure)
-            entry.cuts = cut_plan(self.space, arch, entry.structure)
+            structure = self._structure(entry)
+            entry.blueprint = Blueprint(structure)
+            entry.cuts = cut_plan(self.space, arch, structure)
         homes = self._homes
         tensors = cut_tensors(entry.cuts, {name: _tensor_at(*homes[name]) for name in entry.cuts})
         return entry.blueprint.instantiate(tensors, adopt=True)  # already our own copies
@@ -218,7 +251,8 @@ class Supernet(nn.Module):
         """``params`` (exact) and ``flops`` (FlopCounterMode convention) of ``arch``, from the IR alone."""
         self.space.validate(arch)
         key = self._key(arch)
-        sub = self._compiled[key].structure if key in self._compiled else subnet_structure(self.space, arch)
+        entry = self._compiled.get(key)
+        sub = self._structure(entry) if entry is not None else subnet_structure(self.space, arch)
         graph = sub.eval_graph if sub.eval_graph is not None else sub.graph  # inference cost
         seen, params = set(), 0
         for p in sub.graph.placeholders:
@@ -259,7 +293,8 @@ def _tensor_at(module: nn.Module, local: str) -> torch.Tensor:
 @dataclass
 class _Compiled:
     """What the supernet caches per arch."""
-    structure: IR
+    arch: Arch
+    structure: IR | None = None  # made when needed (extraction, costs, batch norms, per-arch programs)
     program: SubnetProgram | None = None
     blueprint: Blueprint | None = None  # the standalone model's code, and how to cut its tensors
     cuts: dict | None = None

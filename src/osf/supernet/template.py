@@ -1,0 +1,358 @@
+"""One generated forward for every arch of a space, so that switching to a new arch compiles nothing.
+
+``compile_program`` rewrites the subnet's IR and generates code per arch (milliseconds: a third of the
+training time of a small model that samples new subnets every step). A ``ProgramTemplate`` generates the
+full graph once, with every op guarded (``if _on[i]``), every width-dependent argument (``view`` sizes,
+``groups``, split sizes…) read from a table (``_c[k]``), every cut-able ``linear`` called through a slot
+(``_F[k]``) and every weight read through a per-arch reader (``_read``). Binding an arch fills those
+tables: which ops survive (``space.liveness.Liveness``: the units' edge contraction and dead code, as
+``space.subnet`` does it), the contracted units' outputs (``elif`` branches assign their inputs), the
+shape arguments (``space.subnet``'s own rewrite, memoised per combination of the few widths each op
+depends on) and the weight cuts (the same slots, groups and ``_CutLinear`` as ``compile_program``).
+
+Anything the template cannot express raises ``TemplateUnsupported``; the supernet then compiles that arch
+(or every arch of that model) the per-arch way, which computes the same function."""
+from __future__ import annotations
+
+import copy
+import math
+import types
+from typing import Any, Callable
+
+import torch
+
+from ..ir.codegen import Guards, compile_graph, safe_name
+from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode
+from ..ir.ops import is_inplace
+from ..ir.serial import decode_arg, node_refs, resolve_target
+from ..space.arch import Arch
+from ..space.liveness import Liveness, WidthTable, groups_in
+from ..space.space import SearchSpace
+from ..space.subnet import _ARG_REWRITES, Cuts, as_split_with_sizes, resize_value, size_hints, split_pieces
+from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _groups_of, _Indices, _is_view,
+                      _row_index, _spec, _ViewGroup)
+
+_LINEAR = "aten.linear.default"
+_SPLITS = ("aten.split.Tensor", "aten.split.sizes", "aten.chunk.default", "aten.split_with_sizes.default")
+
+
+class TemplateUnsupported(Exception):
+    """The template cannot express this graph (or arch); compile per arch instead."""
+
+
+class ProgramTemplate:
+    """Generated forwards (training and eval graph) of every arch of ``space`` over the tensors of ``net``
+    (the supernet's shared weights, read from their modules at every call); ``bind(arch)`` gives the
+    arch's ``SubnetProgram`` in well under a millisecond."""
+
+    def __init__(self, space: SearchSpace, net: torch.nn.Module, grads: SharedGrads) -> None:
+        self.space, self.net, self.grads = space, net, grads
+        self.indices = _Indices()  # shared by every bound arch: index tensors of the non-prefix cuts
+        ir = space.ir
+        self.graphs = {"train": _GraphTemplate(self, ir, ir.graph, "train")}
+        if ir.eval_graph is not None:
+            self.graphs["eval"] = _GraphTemplate(self, ir, ir.eval_graph, "eval")
+
+    def bind(self, arch: Arch) -> SubnetProgram:
+        """``arch``'s program (validated by the caller); ``TemplateUnsupported`` when it needs a form of
+        an op the template does not have."""
+        widths = [arch.width.get(g.key, g.size) for g in self.space.groups]
+        dropped = self.space.dropped_units(arch)
+        train = self.graphs["train"].bind(widths, dropped)
+        return SubnetProgram(train, self.graphs["eval"].bind(widths, dropped) if "eval" in self.graphs else None)
+
+    def kept(self, widths: dict[int, int]) -> dict[int, int]:
+        """Atom -> kept channels of the shrunk groups among ``widths`` (group index -> width)."""
+        groups = self.space.groups
+        return {groups[i].atom: w for i, w in widths.items() if w != groups[i].size}
+
+
+class _GraphTemplate:
+    """The template of one graph (training or eval): its generated code and the tables ``bind`` fills."""
+
+    def __init__(self, owner: ProgramTemplate, ir: IR, graph: Graph, key: str) -> None:
+        space, an = owner.space, owner.space.analysis
+        self.owner = owner
+        located = space.located_units(key)
+        self.liveness = Liveness(graph, located)
+        vals, dims = an.values[key], an.dims
+        group_of = {g.atom: i for i, g in enumerate(space.groups)}
+        index = {op.name: i for i, op in enumerate(graph.ops)}
+        self.n_ops = len(graph.ops)
+        ops = [OpNode(op.name, op.target, copy.deepcopy(op.args), copy.deepcopy(op.kwargs), op.owner, op.meta,
+                      op.mode_gated) for op in graph.ops]
+        # contracted units: their output takes their input (innermost unit first)
+        instead: dict[str, list[tuple[str, str]]] = {}
+        hold: dict[str, str] = {}
+        self.alternative: dict[str, tuple[int, int]] = {}  # unit -> (op index of its output, branch number)
+        for unit, (members, inp, out) in sorted(located.items(), key=lambda kv: len(kv[1][0])):
+            if out not in index:
+                raise TemplateUnsupported(f"unit '{unit}' ends in {out}, which is not an op of the {key} graph")
+            branches = instead.setdefault(out, [])
+            branches.append((f"_x[{index[out]}] == {len(branches) + 1}", inp))
+            self.alternative[unit] = (index[out], len(branches))
+            if inp not in hold or index[hold[inp]] < index[out]:
+                hold[inp] = out
+        # in-place ops on a value a contraction may replace run out of place then (as the rewrite does)
+        calls: dict[str, str] = {}
+        extra: dict[str, Any] = {}
+        for i, op in enumerate(ops):
+            if not is_inplace(op.target):
+                continue
+            firsts = [r for r in node_refs(op.args[:1]) if r in instead]
+            if firsts:
+                _, packet, overload = op.target.split(".")
+                functional = f"aten.{packet.rstrip('_')}.{overload}"
+                try:
+                    fn = resolve_target(functional)
+                except Exception:
+                    continue  # Liveness refuses the archs that would need it
+                name = f"_fn{len(extra)}"
+                extra[name], extra[name + "i"] = fn, resolve_target(op.target)
+                ok = " and ".join(f"_on[{index[r]}]" for r in firsts)
+                calls[op.name] = f"({name}i if {ok} else {name})"
+        # width-dependent arguments: a table per op, keyed by the widths of the groups it depends on
+        hints = size_hints(graph)
+        self.dynamic: list[tuple[int, WidthTable, list[int]]] = []  # (op index, table, slots in _c)
+        n_consts = 0
+        for i, op in enumerate(ops):
+            if op.target not in _ARG_REWRITES or _never_rewritten(op):
+                continue
+            groups = groups_in([vals.get(op.name)] + [vals.get(r) for r in op.inputs], dims, group_of)
+            if not groups:
+                continue
+            if op.kwargs:
+                raise TemplateUnsupported(f"{op.name} ({op.target}): width-dependent op with keyword arguments")
+            _normal_form(op, vals, dims)
+            static = copy.deepcopy(op)
+            places = []  # (arg, element or None, node the element may replace or None)
+            for j, a in enumerate(op.args):
+                if isinstance(a, list) and node_refs(a):
+                    places += [(j, m, _node(e)) for m, e in enumerate(a)]
+                elif not node_refs([a]):
+                    places.append((j, None, None))
+            slots = list(range(n_consts, n_consts + len(places)))
+            n_consts += len(places)
+            for ref in {ref for _, _, ref in places if ref is not None}:  # read in an expression: keep it
+                if ref not in hold or index[hold[ref]] < i:
+                    hold[ref] = op.name
+            for (j, m, ref), k in zip(places, slots):
+                expr = {"expr": f"_c[{k}]" if ref is None else f"({safe_name(ref)} if _c[{k}] is None else _c[{k}])"}
+                if m is None:
+                    op.args[j] = expr
+                else:
+                    op.args[j][m] = expr
+            self.dynamic.append((i, WidthTable(groups, _ArgsAt(owner, graph.ops[i], static, places, vals, hints)),
+                                 slots))
+        self.n_consts = n_consts
+        # linear ops on a parameter: a _CutLinear where the arch cuts a large weight
+        placeholders = {p.name: p for p in graph.placeholders}
+        readers: dict[str, int] = {}
+        for op in ops:
+            for ref in set(op.inputs):
+                readers[ref] = readers.get(ref, 0) + 1
+        tensor_ps = [p for p in graph.placeholders if p.kind in (PARAM, BUFFER, CONST)]
+        slot_of = {p.name: j for j, p in enumerate(tensor_ps)}
+        self.linears: list[tuple[int, int, int | None]] = []  # (op index, weight slot, bias slot)
+        for i, op in enumerate(ops):
+            if op.target != _LINEAR or op.kwargs or len(op.args) < 2 or i in calls:
+                continue
+            weight = _node(op.args[1])
+            bias = _node(op.args[2]) if len(op.args) > 2 and op.args[2] is not None else None
+            if (weight in placeholders and placeholders[weight].kind == PARAM and readers[weight] == 1
+                    and (len(op.args) < 3 or op.args[2] is None
+                         or (bias in slot_of and readers[bias] == 1 and bias != weight))):
+                calls[op.name] = f"_F[{len(self.linears)}]"
+                self.linears.append((i, slot_of[weight], slot_of[bias] if bias is not None else None))
+        # the tensors: read whole, in order of first use, then cut per arch by the reader
+        order = dict.fromkeys(r for op in graph.ops for r in op.inputs if r in slot_of)
+        self.first_use = [slot_of[n] for n in order] + [j for j, p in enumerate(tensor_ps) if p.name not in order]
+        self.tensors = []  # per slot: (placeholder name, canonical name, is parameter, cut table)
+        for p in tensor_ps:
+            canon = ir.aliases.get(p.target, p.target)
+            exprs = an.tensors[canon]
+            self.tensors.append((p.name, canon, p.kind == PARAM,
+                                 WidthTable(groups_in([exprs], dims, group_of), _TensorCut(owner, exprs))))
+        self.homes = [_home(owner.net, p.target, p.kind) for p in tensor_ps]  # where each is read, live
+        preamble = ["_W = _read(_dev)"] if tensor_ps else []
+        views = {p.target: f"_W[{j}]" for j, p in enumerate(tensor_ps)}
+        graph_t = Graph(graph.placeholders, ops, graph.outputs)
+        owners = list(dict.fromkeys(op.owner for op in ops))
+        extra["_M"] = [owner.net.get_submodule(m) for m in owners]
+        guards = Guards({op.name: f"_on[{i}]" for i, op in enumerate(ops)}, instead, hold,
+                        {m: f"_M[{k}]" for k, m in enumerate(owners)})
+        fn = compile_graph(ir, graph_t, views, extra, preamble, calls, guards)
+        self.code, self.globals, self.source = fn.__code__, fn.__globals__, fn.__osf_source__
+        self.n_tensors = len(tensor_ps)
+
+    def bind(self, widths: list[int], dropped: list[str]) -> Callable:
+        live, kept = self.liveness.live(dropped)
+        on = [False] * self.n_ops
+        for i in kept:
+            on[i] = True
+        x = [0] * self.n_ops
+        for unit in dropped:
+            if unit in self.alternative:
+                i, branch = self.alternative[unit]
+                x[i] = branch
+        consts: list[Any] = [None] * self.n_consts
+        for i, table, slots in self.dynamic:
+            if on[i]:
+                for k, v in zip(slots, table(widths)):
+                    consts[k] = v
+        # weight reads, as compile_program makes them
+        grads, indices = self.owner.grads, self.owner.indices
+        read: dict[int, tuple[str, Any, int, int | None]] = {}  # slot -> (canonical, grad cut, kept elements, rows)
+        plain: list[tuple[int, tuple]] = []
+        for j in self.first_use:
+            name, canon, is_param, table = self.tensors[j]
+            if name not in live:
+                continue
+            cut = table(widths)
+            if cut is None:
+                continue
+            steps, spec, elements, rows = cut
+            if is_param and spec is not None:
+                read[j] = (canon, grads.cut(canon, spec), elements, rows)
+            else:
+                plain.append((j, steps))
+        fns: list[Callable] = []
+        for i, w, b in self.linears:
+            if on[i] and w in read and read[w][2] >= _LINEAR_MIN:
+                weight, bias = read.pop(w), read.pop(b) if b in read else None
+                fns.append(_CutLinear(weight[1], None if bias is None else bias[1],
+                                      (weight[3], None if bias is None else bias[3]), indices))
+            else:
+                fns.append(_ATEN_LINEAR)
+        members = [(canon, cut, elements, j, rows) for j, (canon, cut, elements, rows) in read.items()]
+        groups = []
+        for group in _groups_of([m for m in members if _is_view(m[1][1])]) + _groups_of(
+                [m for m in members if not _is_view(m[1][1])]):
+            groups.append((_ViewGroup(tuple(m[0] for m in group), tuple(m[1] for m in group),
+                                      tuple(m[4] for m in group), indices), tuple(m[3] for m in group)))
+        homes = self.homes
+        reader = _Reader(self.n_tensors, tuple((j, *homes[j]) for j in self.first_use if self.tensors[j][0] in live),
+                         tuple(groups), tuple(plain), indices)
+        fn = types.FunctionType(self.code, {**self.globals, "_on": on, "_x": x, "_c": consts, "_F": fns,
+                                            "_read": reader}, "forward")
+        fn.__osf_source__ = self.source
+        return fn
+
+
+_ATEN_LINEAR = torch.ops.aten.linear.default
+
+
+class _Reader:
+    """An arch's weight reads, in placeholder order: the shared tensors its ops use, fetched from their
+    modules at every call (an optimizer or ``.to()`` may replace them), then cut: groups of cut parameters
+    through their gradient slots, other cut tensors as views or gathers; None for the tensors it does
+    not use."""
+
+    __slots__ = ("n", "fetch", "groups", "plain", "indices")
+
+    def __init__(self, n: int, fetch: tuple, groups: tuple, plain: tuple, indices: _Indices) -> None:
+        self.n, self.fetch, self.groups, self.plain, self.indices = n, fetch, groups, plain, indices
+
+    def __call__(self, device: torch.device) -> list:
+        out: list = [None] * self.n
+        for j, home, local in self.fetch:
+            out[j] = home[local]
+        for group, at in self.groups:
+            for j, view in zip(at, group(*[out[j] for j in at])):
+                out[j] = view
+        for j, steps in self.plain:
+            t = out[j]
+            for d, n, k in steps:
+                t = t.narrow(d, 0, n) if k is None else t.index_select(d, self.indices(k, device))
+            out[j] = t
+        return out
+
+
+def _home(net: torch.nn.Module, target: str, kind: str) -> tuple[dict, str]:
+    """The dict of ``net`` that holds placeholder ``target`` (its module's parameters or buffers) and its key."""
+    path, _, local = target.rpartition(".") if kind != CONST else ("", "", target)
+    module = net.get_submodule(path)
+    return (module._parameters if local in module._parameters else module._buffers), local
+
+
+class _TensorCut:
+    """How an arch cuts one shared tensor, at the widths of its groups: None (whole) or ``(steps, spec,
+    kept elements, rows)``: ``steps`` the narrows / index selections of a plain read (``(dim, length,
+    index id or None)``), ``spec`` the runs of a gradient-slot read (None: too many runs), ``rows`` the
+    dim-0 gather index of the slot read."""
+
+    def __init__(self, owner: ProgramTemplate, exprs: list) -> None:
+        self.owner, self.exprs = owner, exprs
+
+    def __call__(self, widths: dict[int, int]):
+        owner = self.owner
+        kept = owner.kept(widths)
+        if not kept:
+            return None
+        slices = Cuts(owner.space.analysis.dims, {a: torch.arange(n) for a, n in kept.items()}).of(self.exprs)
+        if not slices:
+            return None
+        steps = tuple((d, n, None if index is None else owner.indices.add(index)) for d, n, index in slices)
+        spec = _spec(slices)
+        shape = [owner.space.analysis.dims.size(owner.space.analysis.dims.resolve(e))[0] for e in self.exprs]
+        for d, n, _ in slices:
+            shape[d] = n
+        rows = None if spec is None else _row_index(spec, owner.indices)
+        return steps, spec, math.prod(shape), rows
+
+
+class _ArgsAt:
+    """The constant arguments of one op at given widths (``space.subnet``'s own rewrite), at the template's
+    ``places``; a node element that the rewrite replaced by a number gives that number, else None."""
+
+    def __init__(self, owner: ProgramTemplate, op: OpNode, static: OpNode, places: list, vals: dict,
+                 hints: dict[str, int]) -> None:
+        self.owner, self.op, self.static, self.places, self.vals, self.hints = owner, op, static, places, vals, hints
+
+    def __call__(self, widths: dict[int, int]) -> list:
+        op, dims = self.op, self.owner.space.analysis.dims
+        new = OpNode(op.name, op.target, copy.deepcopy(op.args), copy.deepcopy(op.kwargs), op.owner, None,
+                     op.mode_gated)  # no metadata: only the arguments are rewritten
+        kept = self.owner.kept(widths)
+        if kept:
+            resize_value(new, self.vals, dims, kept, self.hints)
+        _normal_form(new, self.vals, dims)
+        static = self.static
+        fixed = {j for j, m, _ in self.places if m is None}
+        if (new.target != static.target or new.kwargs or len(new.args) != len(static.args)
+                or any(new.args[j] != static.args[j] for j in range(len(new.args)) if j not in fixed
+                       and not (isinstance(static.args[j], list) and node_refs(static.args[j])
+                                and len(new.args[j]) == len(static.args[j])))):
+            raise TemplateUnsupported(f"{op.name}: the rewrite at these widths changes the op's form")
+        out = []
+        for j, m, ref in self.places:
+            v = new.args[j] if m is None else new.args[j][m]
+            if ref is not None:
+                if v == {"node": ref}:
+                    v = None
+                elif not isinstance(v, int):
+                    raise TemplateUnsupported(f"{op.name}: the rewrite replaces {ref} by {v!r}")
+            out.append(decode_arg(v, {}))
+        return out
+
+
+def _never_rewritten(op: OpNode) -> bool:
+    """A convolution without groups: its rewrite only ever changes ``groups``."""
+    if not op.target.startswith(("aten.conv", "aten.convolution")):
+        return False
+    at = 8 if op.target == "aten.convolution.default" else 6
+    return (op.args[at] if len(op.args) > at else op.kwargs.get("groups", 1)) == 1
+
+
+def _normal_form(op: OpNode, vals: dict, dims) -> None:
+    """The one form a width-dependent op takes at every width: splits as ``split_with_sizes``, slices
+    with their dim, start and end given."""
+    if op.target in _SPLITS and op.target != "aten.split_with_sizes.default":
+        ins = [vals.get(a["node"]) if isinstance(a, dict) and "node" in a else None for a in op.args]
+        as_split_with_sizes(op, split_pieces(op, ins, vals[op.name], dims))
+    elif op.target == "aten.slice.Tensor" and not op.kwargs and len(op.args) < 4:
+        op.args = op.args + [0, None, None][len(op.args) - 1:]
+
+
+def _node(arg: Any) -> str | None:
+    return arg["node"] if isinstance(arg, dict) and set(arg) == {"node"} else None
