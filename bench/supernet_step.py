@@ -9,7 +9,8 @@ allocates besides gradient storage (activations, workspaces), read from the C al
 storage (full-size in the supernet), the peak of a step that allocates its gradients anew, and the ratio
 of total peaks, which add the model's own tensors (the supernet must hold all shared weights, the subnet
 only its own).
-Also the cost of switching to a not yet seen arch.
+Also the cost of switching to a not yet seen arch (binding the supernet's program template; the first
+switch of a model, its max subnet, also generates that template).
 
     python bench/supernet_step.py            # ResNet-50 and ViT-B/16 (about 10 minutes on 2 cores)
     python bench/supernet_step.py --quick    # ResNet-18 and a small ViT (about a minute)
@@ -140,7 +141,7 @@ def measure(name: str, model: torch.nn.Module, size: int, batch: int, archs: int
     for role, arch in picks:
         sub = supernet.extract(arch).to(device).train()
         t0 = time.perf_counter()
-        supernet.set_arch(arch)  # first use: compiles the arch's forward (cached afterwards)
+        supernet.set_arch(arch)  # first use: binds the program template (generated at the first one)
         switch_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         supernet.set_arch(arch)
@@ -207,6 +208,9 @@ def markdown(env: dict, rows: list[dict]) -> str:
                                 "memory is reused instead of returned to the OS (PyTorch's CPU tuning advice)" if keep
                                 else "the system's (glibc malloc, defaults); `--malloc keep` below shows the same rows "
                                 "with freed memory reused"),
+             "- *First switch*: `set_arch` of an arch not seen before, which binds the supernet's program template "
+             "(generated once, at a model's first `set_arch`: the max rows include it); *cached switch*: the same "
+             "arch again",
              "- Targets: time ratio ≤ 1.05, activation-memory ratio ≤ 1.2", "",
              "| model | arch | params | supernet step s | standalone step s | time ratio | activation MB "
              "(supernet / standalone) | activation ratio | gradient MB | step MB | step ratio | peak MB | total ratio | "
