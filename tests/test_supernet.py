@@ -261,3 +261,22 @@ def test_a_model_the_template_cannot_express_compiles_each_arch(monkeypatch):
     arch = sn.space.sample(5)
     with sn.set_arch(arch), torch.no_grad():
         torch.testing.assert_close(sn(*args), sn.extract(arch).eval()(*args), rtol=1e-4, atol=1e-5)
+
+
+def test_a_deep_copy_runs_on_its_own_weights():
+    """Bound programs read the modules of their supernet: a copy (e.g. an EMA model) must bind its own."""
+    import copy
+    shared, _, args, _ = supernet("resnet18")
+    sn = osf.Supernet(None, ir=shared.ir, sort=False).eval()
+    sn.load_state_dict(shared.state_dict())
+    arch = sn.space.sample(3)
+    sn.set_arch(arch)
+    twin = copy.deepcopy(sn)
+    assert twin.arch == arch
+    with torch.no_grad():
+        before = sn(*args)
+        for p in twin.parameters():
+            p.mul_(0.5)
+        torch.testing.assert_close(sn(*args), before)
+        assert not torch.allclose(twin(*args), before)
+        torch.testing.assert_close(twin(*args), twin.extract(arch).eval()(*args), rtol=1e-4, atol=1e-5)

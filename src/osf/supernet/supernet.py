@@ -3,6 +3,7 @@ subnet as a standalone model."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -148,6 +149,19 @@ class Supernet(nn.Module):
             entry.structure = subnet_structure(self.space, entry.arch)
         return entry.structure
 
+    def __deepcopy__(self, memo: dict) -> "Supernet":
+        """A copy with its own weights and no generated code: the programs read the modules of the
+        supernet that bound them, so the copy binds its own (on its first forward of each arch)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key not in _GENERATED:
+                new.__dict__[key] = copy.deepcopy(value, memo)
+        new._compiled, new._template, new._template_error, new._max_program = OrderedDict(), None, None, None
+        new._grads = SharedGrads()
+        new._active = new.program(new._arch) if new._arch is not None else None
+        return new
+
     def release_grad_buffers(self) -> None:
         """Free the full-size gradient buffers kept between steps for prefix-cut weights (e.g. before
         inference or export); training allocates them again when needed."""
@@ -284,6 +298,9 @@ class Supernet(nn.Module):
 
     def __repr__(self) -> str:
         return f"Supernet({self.ir.modules[''].class_path}, {self.space!r})"
+
+
+_GENERATED = ("_compiled", "_template", "_template_error", "_max_program", "_active", "_grads")  # not copied
 
 
 def _tensor_at(module: nn.Module, local: str) -> torch.Tensor:

@@ -71,59 +71,88 @@ class _GraphTemplate:
     """The template of one graph (training or eval): its generated code and the tables ``bind`` fills."""
 
     def __init__(self, owner: ProgramTemplate, ir: IR, graph: Graph, key: str) -> None:
-        space, an = owner.space, owner.space.analysis
-        self.owner = owner
+        space = owner.space
+        self.owner, self.key, self.vals = owner, key, space.analysis.values[key]
+        self.group_of = {g.atom: i for i, g in enumerate(space.groups)}
+        self.index = {op.name: i for i, op in enumerate(graph.ops)}
+        self.n_ops = len(graph.ops)
         located = space.located_units(key)
         self.liveness = Liveness(graph, located)
-        vals, dims = an.values[key], an.dims
-        group_of = {g.atom: i for i, g in enumerate(space.groups)}
-        index = {op.name: i for i, op in enumerate(graph.ops)}
-        self.n_ops = len(graph.ops)
+        # a copy whose arguments the template rewrites into table reads
         ops = [OpNode(op.name, op.target, copy.deepcopy(op.args), copy.deepcopy(op.kwargs), op.owner, op.meta,
                       op.mode_gated) for op in graph.ops]
-        # contracted units: their output takes their input (innermost unit first)
+        self.hold: dict[str, str] = {}  # value -> the last op that may still read it
+        self.calls: dict[str, str] = {}
+        self.extra: dict[str, Any] = {}
+        instead = self._contractions(located)
+        self._inplace_calls(ops, instead)
+        self._dynamic_arguments(graph, ops)
+        tensor_ps = [p for p in graph.placeholders if p.kind in (PARAM, BUFFER, CONST)]
+        self._linears(graph, ops, tensor_ps)
+        self._tensor_reads(ir, graph, tensor_ps)
+        owners = list(dict.fromkeys(op.owner for op in ops))
+        self.extra["_M"] = [owner.net.get_submodule(m) for m in owners]
+        guards = Guards({op.name: f"_on[{i}]" for i, op in enumerate(ops)}, instead, self.hold,
+                        {m: f"_M[{k}]" for k, m in enumerate(owners)})
+        fn = compile_graph(ir, Graph(graph.placeholders, ops, graph.outputs),
+                           {p.target: f"_W[{j}]" for j, p in enumerate(tensor_ps)}, self.extra,
+                           ["_W = _read(_dev)"] if tensor_ps else [], self.calls, guards)
+        self.code, self.globals, self.source = fn.__code__, fn.__globals__, fn.__osf_source__
+
+    def _keep(self, ref: str, until: str) -> None:
+        if ref not in self.hold or self.index[self.hold[ref]] < self.index[until]:
+            self.hold[ref] = until
+
+    def _contractions(self, located: dict) -> dict[str, list[tuple[str, str]]]:
+        """Per unit output, the ``elif`` branches that give it the unit's input when that unit is the
+        contracted one (innermost unit first); ``self.alternative``: unit -> (op index, branch)."""
         instead: dict[str, list[tuple[str, str]]] = {}
-        hold: dict[str, str] = {}
-        self.alternative: dict[str, tuple[int, int]] = {}  # unit -> (op index of its output, branch number)
-        for unit, (members, inp, out) in sorted(located.items(), key=lambda kv: len(kv[1][0])):
-            if out not in index:
-                raise TemplateUnsupported(f"unit '{unit}' ends in {out}, which is not an op of the {key} graph")
+        self.alternative: dict[str, tuple[int, int]] = {}
+        for unit, (_, inp, out) in sorted(located.items(), key=lambda kv: len(kv[1][0])):
+            if out not in self.index:
+                raise TemplateUnsupported(f"unit '{unit}' ends in {out}, which is not an op of the {self.key} graph")
             branches = instead.setdefault(out, [])
-            branches.append((f"_x[{index[out]}] == {len(branches) + 1}", inp))
-            self.alternative[unit] = (index[out], len(branches))
-            if inp not in hold or index[hold[inp]] < index[out]:
-                hold[inp] = out
-        # in-place ops on a value a contraction may replace run out of place then (as the rewrite does)
-        calls: dict[str, str] = {}
-        extra: dict[str, Any] = {}
-        for i, op in enumerate(ops):
+            branches.append((f"_x[{self.index[out]}] == {len(branches) + 1}", inp))
+            self.alternative[unit] = (self.index[out], len(branches))
+            self._keep(inp, out)
+        return instead
+
+    def _inplace_calls(self, ops: list[OpNode], instead: dict) -> None:
+        """An in-place op on a value a contraction may replace runs out of place then (as the rewrite does:
+        it would otherwise write into the unit's input, which others read)."""
+        for op in ops:
             if not is_inplace(op.target):
                 continue
             firsts = [r for r in node_refs(op.args[:1]) if r in instead]
-            if firsts:
-                _, packet, overload = op.target.split(".")
-                functional = f"aten.{packet.rstrip('_')}.{overload}"
-                try:
-                    fn = resolve_target(functional)
-                except Exception:
-                    continue  # Liveness refuses the archs that would need it
-                name = f"_fn{len(extra)}"
-                extra[name], extra[name + "i"] = fn, resolve_target(op.target)
-                ok = " and ".join(f"_on[{index[r]}]" for r in firsts)
-                calls[op.name] = f"({name}i if {ok} else {name})"
-        # width-dependent arguments: a table per op, keyed by the widths of the groups it depends on
+            if not firsts:
+                continue
+            _, packet, overload = op.target.split(".")
+            try:
+                functional = resolve_target(f"aten.{packet.rstrip('_')}.{overload}")
+            except Exception:
+                continue  # Liveness refuses the archs that would need it
+            name = f"_fn{len(self.extra)}"
+            self.extra[name], self.extra[name + "i"] = functional, resolve_target(op.target)
+            ran = " and ".join(f"_on[{self.index[r]}]" for r in firsts)
+            self.calls[op.name] = f"({name}i if {ran} else {name})"
+
+    def _dynamic_arguments(self, graph: Graph, ops: list[OpNode]) -> None:
+        """Width-dependent constant arguments read ``_c[k]``, filled per arch from a table per op keyed by
+        the widths of the groups it depends on (``self.dynamic``: (op index, table, slots))."""
+        dims = self.owner.space.analysis.dims
         hints = size_hints(graph)
-        self.dynamic: list[tuple[int, WidthTable, list[int]]] = []  # (op index, table, slots in _c)
-        n_consts = 0
+        self.dynamic: list[tuple[int, WidthTable, list[int]]] = []
+        self.n_consts = 0
         for i, op in enumerate(ops):
             if op.target not in _ARG_REWRITES or _never_rewritten(op):
                 continue
-            groups = groups_in([vals.get(op.name)] + [vals.get(r) for r in op.inputs], dims, group_of)
+            groups = groups_in([self.vals.get(op.name)] + [self.vals.get(r) for r in op.inputs], dims,
+                               self.group_of)
             if not groups:
                 continue
             if op.kwargs:
                 raise TemplateUnsupported(f"{op.name} ({op.target}): width-dependent op with keyword arguments")
-            _normal_form(op, vals, dims)
+            _normal_form(op, self.vals, dims)
             static = copy.deepcopy(op)
             places = []  # (arg, element or None, node the element may replace or None)
             for j, a in enumerate(op.args):
@@ -131,40 +160,45 @@ class _GraphTemplate:
                     places += [(j, m, _node(e)) for m, e in enumerate(a)]
                 elif not node_refs([a]):
                     places.append((j, None, None))
-            slots = list(range(n_consts, n_consts + len(places)))
-            n_consts += len(places)
-            for ref in {ref for _, _, ref in places if ref is not None}:  # read in an expression: keep it
-                if ref not in hold or index[hold[ref]] < i:
-                    hold[ref] = op.name
+            slots = list(range(self.n_consts, self.n_consts + len(places)))
+            self.n_consts += len(places)
+            for ref in {ref for _, _, ref in places if ref is not None}:  # read inside an expression
+                self._keep(ref, op.name)
             for (j, m, ref), k in zip(places, slots):
                 expr = {"expr": f"_c[{k}]" if ref is None else f"({safe_name(ref)} if _c[{k}] is None else _c[{k}])"}
                 if m is None:
                     op.args[j] = expr
                 else:
                     op.args[j][m] = expr
-            self.dynamic.append((i, WidthTable(groups, _ArgsAt(owner, graph.ops[i], static, places, vals, hints)),
-                                 slots))
-        self.n_consts = n_consts
-        # linear ops on a parameter: a _CutLinear where the arch cuts a large weight
-        placeholders = {p.name: p for p in graph.placeholders}
+            table = WidthTable(groups, _ArgsAt(self.owner, graph.ops[i], static, places, self.vals, hints))
+            self.dynamic.append((i, table, slots))
+
+    def _linears(self, graph: Graph, ops: list[OpNode], tensor_ps: list) -> None:
+        """``linear`` ops on a parameter that no other op reads call ``_F[k]``: a ``_CutLinear`` where the
+        arch cuts a large weight, else the plain op (``self.linears``: (op index, weight slot, bias slot))."""
+        kinds = {p.name: p.kind for p in graph.placeholders}
+        slot_of = {p.name: j for j, p in enumerate(tensor_ps)}
         readers: dict[str, int] = {}
         for op in ops:
             for ref in set(op.inputs):
                 readers[ref] = readers.get(ref, 0) + 1
-        tensor_ps = [p for p in graph.placeholders if p.kind in (PARAM, BUFFER, CONST)]
-        slot_of = {p.name: j for j, p in enumerate(tensor_ps)}
-        self.linears: list[tuple[int, int, int | None]] = []  # (op index, weight slot, bias slot)
+        self.linears: list[tuple[int, int, int | None]] = []
         for i, op in enumerate(ops):
-            if op.target != _LINEAR or op.kwargs or len(op.args) < 2 or i in calls:
+            if op.target != _LINEAR or op.kwargs or len(op.args) < 2 or op.name in self.calls:
                 continue
             weight = _node(op.args[1])
             bias = _node(op.args[2]) if len(op.args) > 2 and op.args[2] is not None else None
-            if (weight in placeholders and placeholders[weight].kind == PARAM and readers[weight] == 1
+            if (kinds.get(weight) == PARAM and readers[weight] == 1
                     and (len(op.args) < 3 or op.args[2] is None
                          or (bias in slot_of and readers[bias] == 1 and bias != weight))):
-                calls[op.name] = f"_F[{len(self.linears)}]"
+                self.calls[op.name] = f"_F[{len(self.linears)}]"
                 self.linears.append((i, slot_of[weight], slot_of[bias] if bias is not None else None))
-        # the tensors: read whole, in order of first use, then cut per arch by the reader
+
+    def _tensor_reads(self, ir: IR, graph: Graph, tensor_ps: list) -> None:
+        """Per tensor placeholder: where it is read from (live, at every call) and its cut table; the
+        order of first use (the grouping of cut parameters follows it)."""
+        an, net = self.owner.space.analysis, self.owner.net
+        slot_of = {p.name: j for j, p in enumerate(tensor_ps)}
         order = dict.fromkeys(r for op in graph.ops for r in op.inputs if r in slot_of)
         self.first_use = [slot_of[n] for n in order] + [j for j, p in enumerate(tensor_ps) if p.name not in order]
         self.tensors = []  # per slot: (placeholder name, canonical name, is parameter, cut table)
@@ -172,17 +206,8 @@ class _GraphTemplate:
             canon = ir.aliases.get(p.target, p.target)
             exprs = an.tensors[canon]
             self.tensors.append((p.name, canon, p.kind == PARAM,
-                                 WidthTable(groups_in([exprs], dims, group_of), _TensorCut(owner, exprs))))
-        self.homes = [_home(owner.net, p.target, p.kind) for p in tensor_ps]  # where each is read, live
-        preamble = ["_W = _read(_dev)"] if tensor_ps else []
-        views = {p.target: f"_W[{j}]" for j, p in enumerate(tensor_ps)}
-        graph_t = Graph(graph.placeholders, ops, graph.outputs)
-        owners = list(dict.fromkeys(op.owner for op in ops))
-        extra["_M"] = [owner.net.get_submodule(m) for m in owners]
-        guards = Guards({op.name: f"_on[{i}]" for i, op in enumerate(ops)}, instead, hold,
-                        {m: f"_M[{k}]" for k, m in enumerate(owners)})
-        fn = compile_graph(ir, graph_t, views, extra, preamble, calls, guards)
-        self.code, self.globals, self.source = fn.__code__, fn.__globals__, fn.__osf_source__
+                                 WidthTable(groups_in([exprs], an.dims, self.group_of), _TensorCut(self.owner, exprs))))
+        self.homes = [_home(net, p.target, p.kind) for p in tensor_ps]
         self.n_tensors = len(tensor_ps)
 
     def bind(self, widths: list[int], dropped: list[str]) -> Callable:
