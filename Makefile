@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# this clone's source first: a venv shared between clones (CI's) has its editable install pointing at
+# whichever clone installed last
+export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 STAMP := $(VENV)/.osf-requirements
 
 .PHONY: demo test bench bench-quick lock clean-venv

@@ -280,3 +280,23 @@ def test_a_deep_copy_runs_on_its_own_weights():
         torch.testing.assert_close(sn(*args), before)
         assert not torch.allclose(twin(*args), before)
         torch.testing.assert_close(twin(*args), twin.extract(arch).eval()(*args), rtol=1e-4, atol=1e-5)
+
+
+def test_a_contracted_unit_whose_output_nobody_reads_leaves_no_assignment():
+    """HRNet's multi-resolution fuse: with the fuse residuals dropped, a contracted branch's output is dead
+    and so is the value that was its input; the template must not assign from it (the rewrite removes
+    both). Seen on timm's hrnet_w18_small, which no other test names."""
+    timm = pytest.importorskip("timm")
+    from osf.supernet.program import compile_program
+    from osf.space.subnet import subnet_structure
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    sn = osf.Supernet(timm.create_model("hrnet_w18_small").train(), (x,))
+    assert sn.template_status == "template"
+    an = sn.space.analysis
+    for arch in (sn.space.min(), sn.space.sample(1)):
+        own = compile_program(subnet_structure(sn.space, arch), an.tensors, an.dims, sn.space.kept_indices(arch),
+                              sn._grads)
+        (y1, g1), (y2, g2) = _step(sn, sn._get_template().bind(arch), (x,), {}), _step(sn, own, (x,), {})
+        torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-5)
+        assert {k for k, g in g1.items() if g is None} == {k for k, g in g2.items() if g is None}

@@ -105,15 +105,16 @@ class _GraphTemplate:
 
     def _contractions(self, located: dict) -> dict[str, list[tuple[str, str]]]:
         """Per unit output, the ``elif`` branches that give it the unit's input when that unit is the
-        contracted one (innermost unit first); ``self.alternative``: unit -> (op index, branch)."""
+        contracted one (innermost unit first); ``self.alternative``: unit -> (op index, branch, output,
+        input)."""
         instead: dict[str, list[tuple[str, str]]] = {}
-        self.alternative: dict[str, tuple[int, int]] = {}
+        self.alternative: dict[str, tuple[int, int, str, str]] = {}
         for unit, (_, inp, out) in sorted(located.items(), key=lambda kv: len(kv[1][0])):
             if out not in self.index:
                 raise TemplateUnsupported(f"unit '{unit}' ends in {out}, which is not an op of the {self.key} graph")
             branches = instead.setdefault(out, [])
             branches.append((f"_x[{self.index[out]}] == {len(branches) + 1}", inp))
-            self.alternative[unit] = (self.index[out], len(branches))
+            self.alternative[unit] = (self.index[out], len(branches), out, inp)
             self._keep(inp, out)
         return instead
 
@@ -216,10 +217,14 @@ class _GraphTemplate:
         for i in kept:
             on[i] = True
         x = [0] * self.n_ops
+        replace = {self.alternative[u][2]: self.alternative[u][3] for u in dropped if u in self.alternative}
         for unit in dropped:
             if unit in self.alternative:
-                i, branch = self.alternative[unit]
-                x[i] = branch
+                i, branch, out, _ = self.alternative[unit]
+                while out in replace:
+                    out = replace[out]
+                if out in live:  # else nothing reads the unit's output (and its input may not exist)
+                    x[i] = branch
         consts: list[Any] = [None] * self.n_consts
         for i, table, slots in self.dynamic:
             if on[i]:
