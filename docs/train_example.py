@@ -19,6 +19,7 @@ supernet = osf.Supernet(ResidualCNN(1, 10, width=32, blocks=4), (x[:2],), multip
 small = supernet.space.min()
 with supernet.set_arch(small):                   # forward now computes the min subnet on shared weights
     print("min subnet logits", tuple(supernet(x[:3]).shape))
+print("arch switching:", supernet.template_status)  # "template": a new arch binds tables, compiles nothing
 
 run_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 optimizer = torch.optim.AdamW(supernet.parameters(), lr=3e-3)

@@ -87,6 +87,7 @@ def test_train_docs_example_runs(tmp_path):
     out = subprocess.run([sys.executable, str(example), str(tmp_path)], capture_output=True, text=True,
                          check=True).stdout
     assert "min subnet logits (3, 10)" in out and "resumed from step 92" in out
+    assert "arch switching: template" in out
     max_acc = float(out.split("max:")[1].split("accuracy")[1].split()[0])
     assert max_acc > 0.9  # four epochs on digits
     assert (tmp_path / "metrics.jsonl").exists() and list((tmp_path / "checkpoints").iterdir())
