@@ -31,6 +31,13 @@ LAYOUT_ONLY = {"aten.contiguous.default", "aten.alias.default", "aten.clone.defa
 _SIDE_EFFECT_PREFIXES = ("aten._assert", "aten.sym_constrain_range", "aten.copy_.", "aten._print")
 
 
+def functional_form(target: str) -> str:
+    """The out-of-place op of in-place ``target`` (``aten.relu_.default`` -> ``aten.relu.default``); it may
+    not exist (``resolve_target`` tells)."""
+    _, packet, overload = target.split(".")
+    return f"aten.{packet.rstrip('_')}.{overload}"
+
+
 def is_inplace(target: str) -> bool:
     """In-place ATen op (name ends in ``_``, e.g. ``aten.add_.Tensor``) or an explicit copy."""
     if not target.startswith("aten."):

@@ -14,7 +14,6 @@ into what depends on depth and what depends on width, both precomputed once:
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Union
 
@@ -22,9 +21,9 @@ from ..ir.flops import RULES as FLOP_RULES
 from ..ir.flops import op_flops
 from ..ir.graph import PARAM, OpNode
 from ..space.arch import Arch
-from ..space.liveness import Liveness, WidthTable, check_units_keep_dims, groups_in
+from ..space.liveness import Liveness, WidthTable, check_units_keep_dims, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
-from ..space.subnet import size_hints, resized_meta, resize_value
+from ..space.subnet import resized_meta, resized_op, size_hints
 from ..supernet.supernet import Supernet
 
 _FLOP_TARGETS = set(FLOP_RULES) | {"aten.einsum.default", "aten.convolution.default"}
@@ -98,18 +97,12 @@ class CostModel:
                 f"{len(self._flop_ops)} FLOP-counting ops)")
 
 
-def _kept(space: SearchSpace, widths: dict[int, int]) -> dict[int, int]:
-    """Atom -> kept channels for the shrunk groups among ``widths`` (group index -> width)."""
-    groups = space.groups
-    return {groups[i].atom: w for i, w in widths.items() if w != groups[i].size}
-
-
 class _ParamSize:
     def __init__(self, placeholder, vals, dims, hints, space):
         self.p, self.vals, self.dims, self.hints, self.space = placeholder, vals, dims, hints, space
 
     def __call__(self, widths: dict[int, int]) -> int:
-        kept = _kept(self.space, widths)
+        kept = shrunk_atoms(self.space, widths)
         meta = self.p.meta
         if kept and self.p.name in self.vals and isinstance(meta, dict):
             meta = resized_meta(meta, self.vals[self.p.name], self.dims, kept, self.hints)
@@ -123,12 +116,9 @@ class _OpFlops:
         self.op, self.producers, self.vals, self.dims, self.hints, self.space = op, producers, vals, dims, hints, space
 
     def __call__(self, widths: dict[int, int]) -> int:
-        kept = _kept(self.space, widths)
+        kept = shrunk_atoms(self.space, widths)
         op = self.op
-        new = OpNode(op.name, op.target, copy.deepcopy(op.args), copy.deepcopy(op.kwargs), op.owner,
-                     copy.deepcopy(op.meta), op.mode_gated)
-        if kept:
-            resize_value(new, self.vals, self.dims, kept, self.hints)
+        new = resized_op(op, self.vals, self.dims, kept, self.hints)
         shapes = {}
         for ref in op.inputs:
             meta = self.producers[ref].meta

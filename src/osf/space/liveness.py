@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..ir.graph import Graph, OpNode, is_symint
-from ..ir.ops import has_side_effect, is_inplace
+from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import node_refs, resolve_target
 from .dims import atoms_in
 
@@ -43,6 +43,13 @@ def groups_in(exprs_lists: list, dims, group_of: dict[int, int]) -> tuple[int, .
                 if a in group_of:
                     found.add(group_of[a])
     return tuple(sorted(found))
+
+
+def shrunk_atoms(space: "SearchSpace", widths: dict[int, int]) -> dict[int, int]:
+    """Atom -> kept channels of the shrunk groups among ``widths`` (group index -> width, a
+    ``WidthTable``'s argument)."""
+    groups = space.groups
+    return {groups[i].atom: w for i, w in widths.items() if w != groups[i].size}
 
 
 class Liveness:
@@ -113,8 +120,7 @@ class Liveness:
 
 def functional_root(op: OpNode) -> bool | str:
     """Whether the out-of-place form of in-place ``op`` has a side effect (or why it has no such form)."""
-    _, packet, overload = op.target.split(".")
-    functional = f"aten.{packet.rstrip('_')}.{overload}"
+    functional = functional_form(op.target)
     try:
         resolve_target(functional)
     except Exception:

@@ -4,6 +4,7 @@ recompute value shapes), then remove dead code and empty modules. The result bui
 into a plain, physically smaller model."""
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from torch.nn import Parameter
 
 from ..ir.capture import annotate_io, module_ancestors
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
-from ..ir.ops import has_side_effect, is_inplace
+from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
 from .dims import Size, atoms_in, is_static, new_size, size_text
 from .units import graph_hash
@@ -259,8 +260,7 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
 
 
 def _out_of_place(op: OpNode) -> str:
-    _, packet, overload = op.target.split(".")
-    functional = f"aten.{packet.rstrip('_')}.{overload}"
+    functional = functional_form(op.target)
     try:
         resolve_target(functional)
     except Exception:
@@ -352,6 +352,17 @@ def resize_value(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict
         return
     ins = [vals.get(a["node"]) if isinstance(a, dict) and "node" in a else None for a in op.args]
     fn(op, ins, out, dims, kept)
+
+
+def resized_op(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict[str, int], *,
+               meta: bool = True) -> OpNode:
+    """A copy of ``op`` with its arguments (and, with ``meta``, its output metadata; else none) rewritten
+    to the widths ``kept`` (atom -> size), as ``subnet_structure`` rewrites it; ``op`` is left alone."""
+    new = OpNode(op.name, op.target, copy.deepcopy(op.args), copy.deepcopy(op.kwargs), op.owner,
+                 copy.deepcopy(op.meta) if meta else None, op.mode_gated)
+    if kept:
+        resize_value(new, vals, dims, kept, hints)
+    return new
 
 
 def _static_or_fail(s: Size, op: OpNode) -> int:

@@ -410,16 +410,14 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
             names[calls[op.name]] = _CutLinear(
                 *cuts_, tuple(None if c is None else _row_index(c[1], indices) for c in cuts_), indices)
         preamble = []
-        members = list(read.values())
-        for group in _groups_of([m for m in members if _is_view(m[1][1])]) + _groups_of(
-                [m for m in members if not _is_view(m[1][1])]):
-            groups.append(_ViewGroup(tuple(sub.aliases.get(t, t) for t, _, _ in group),
-                                     tuple(cut for _, cut, _ in group),
-                                     tuple(_row_index(cut[1], indices) for _, cut, _ in group), indices))
+        members = [(target, sub.aliases.get(target, target), cut, n, _row_index(cut[1], indices))
+                   for target, cut, n in read.values()]
+        for group, targets in view_groups(members, indices):
+            groups.append(group)
             var = f"_v{len(groups) - 1}"
             preamble.append(f"{var} = _groups[{len(groups) - 1}]("
-                            + ", ".join(attr_path("self", target) for target, _, _ in group) + ")")
-            exprs.update((target, f"{var}[{j}]") for j, (target, _, _) in enumerate(group))
+                            + ", ".join(attr_path("self", target) for target in targets) + ")")
+            exprs.update((target, f"{var}[{j}]") for j, target in enumerate(targets))
         return compile_graph(sub, graph, exprs, names, preamble, calls)
 
     train_fn = compile_one(sub.graph)
@@ -481,19 +479,31 @@ def _spec(slices: list[tuple[int, int, torch.Tensor | None]]) -> Spec | None:
 _HELD = 1 << 20  # elements of gradient one autograd node may hold back (4 MB in float32)
 
 
-def _groups_of(shared: list[tuple[str, Cut, int]]) -> list[list[tuple[str, Cut, int]]]:
+Read = tuple[Any, str, Cut, int, "int | None"]  # (key, canonical name, cut, kept elements, dim-0 gather index id)
+
+
+def view_groups(members: list[Read], indices: _Indices) -> list[tuple[_ViewGroup, tuple]]:
+    """Cut parameters (in order of first use) read through ``_ViewGroup`` nodes, with their members'
+    keys: the views first, then the copies (``_groups_of``)."""
+    return [(_ViewGroup(tuple(m[1] for m in group), tuple(m[2] for m in group), tuple(m[4] for m in group),
+                        indices), tuple(m[0] for m in group))
+            for group in _groups_of([m for m in members if _is_view(m[2][1])])
+            + _groups_of([m for m in members if not _is_view(m[2][1])])]
+
+
+def _groups_of(shared: list[Read]) -> list[list[Read]]:
     """Consecutive shared parameters (in order of first use) grouped into one autograd node each, while
     the group's kept elements stay within ``_HELD``: a node costs more Python than a small subnet's ops,
     but it hands its gradients over only once the backward pass reaches its earliest use."""
-    out: list[list[tuple[str, Cut, int]]] = []
+    out: list[list[Read]] = []
     held = 0
     for member in shared:
-        if out and held + member[2] <= _HELD:
+        if out and held + member[3] <= _HELD:
             out[-1].append(member)
-            held += member[2]
+            held += member[3]
         else:
             out.append([member])
-            held = member[2]
+            held = member[3]
     return out
 
 

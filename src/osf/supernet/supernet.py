@@ -124,7 +124,7 @@ class Supernet(nn.Module):
     def _get_template(self) -> ProgramTemplate | None:
         if self._template is None and self._template_error is None:
             try:
-                self._template = ProgramTemplate(self.space, self.net, self._grads)
+                self._template = ProgramTemplate(self.space, self.net, self._homes, self._grads)
             except TemplateUnsupported as e:
                 self._template_error = str(e)
         return self._template

@@ -23,14 +23,14 @@ import torch
 
 from ..ir.codegen import Guards, compile_graph, safe_name
 from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode
-from ..ir.ops import is_inplace
+from ..ir.ops import functional_form, is_inplace
 from ..ir.serial import decode_arg, node_refs, resolve_target
 from ..space.arch import Arch
-from ..space.liveness import Liveness, WidthTable, groups_in
+from ..space.liveness import Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
-from ..space.subnet import _ARG_REWRITES, Cuts, as_split_with_sizes, resize_value, size_hints, split_pieces
-from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _groups_of, _Indices, _is_view,
-                      _row_index, _spec, _ViewGroup)
+from ..space.subnet import _ARG_REWRITES, Cuts, as_split_with_sizes, resized_op, size_hints, split_pieces
+from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _Indices, _node, _row_index, _spec,
+                      view_groups)
 
 _LINEAR = "aten.linear.default"
 _SPLITS = ("aten.split.Tensor", "aten.split.sizes", "aten.chunk.default", "aten.split_with_sizes.default")
@@ -42,11 +42,12 @@ class TemplateUnsupported(Exception):
 
 class ProgramTemplate:
     """Generated forwards (training and eval graph) of every arch of ``space`` over the tensors of ``net``
-    (the supernet's shared weights, read from their modules at every call); ``bind(arch)`` gives the
-    arch's ``SubnetProgram`` in well under a millisecond."""
+    (the supernet's shared weights, read at every call from their ``homes``: canonical name -> (module,
+    attribute)); ``bind(arch)`` gives the arch's ``SubnetProgram`` in well under a millisecond."""
 
-    def __init__(self, space: SearchSpace, net: torch.nn.Module, grads: SharedGrads) -> None:
-        self.space, self.net, self.grads = space, net, grads
+    def __init__(self, space: SearchSpace, net: torch.nn.Module, homes: dict[str, tuple[torch.nn.Module, str]],
+                 grads: SharedGrads) -> None:
+        self.space, self.net, self.homes, self.grads = space, net, homes, grads
         self.indices = _Indices()  # shared by every bound arch: index tensors of the non-prefix cuts
         ir = space.ir
         self.graphs = {"train": _GraphTemplate(self, ir, ir.graph, "train")}
@@ -60,11 +61,6 @@ class ProgramTemplate:
         dropped = self.space.dropped_units(arch)
         train = self.graphs["train"].bind(widths, dropped)
         return SubnetProgram(train, self.graphs["eval"].bind(widths, dropped) if "eval" in self.graphs else None)
-
-    def kept(self, widths: dict[int, int]) -> dict[int, int]:
-        """Atom -> kept channels of the shrunk groups among ``widths`` (group index -> width)."""
-        groups = self.space.groups
-        return {groups[i].atom: w for i, w in widths.items() if w != groups[i].size}
 
 
 class _GraphTemplate:
@@ -127,9 +123,8 @@ class _GraphTemplate:
             firsts = [r for r in node_refs(op.args[:1]) if r in instead]
             if not firsts:
                 continue
-            _, packet, overload = op.target.split(".")
             try:
-                functional = resolve_target(f"aten.{packet.rstrip('_')}.{overload}")
+                functional = resolve_target(functional_form(op.target))
             except Exception:
                 continue  # Liveness refuses the archs that would need it
             name = f"_fn{len(self.extra)}"
@@ -198,7 +193,7 @@ class _GraphTemplate:
     def _tensor_reads(self, ir: IR, graph: Graph, tensor_ps: list) -> None:
         """Per tensor placeholder: where it is read from (live, at every call) and its cut table; the
         order of first use (the grouping of cut parameters follows it)."""
-        an, net = self.owner.space.analysis, self.owner.net
+        an = self.owner.space.analysis
         slot_of = {p.name: j for j, p in enumerate(tensor_ps)}
         order = dict.fromkeys(r for op in graph.ops for r in op.inputs if r in slot_of)
         self.first_use = [slot_of[n] for n in order] + [j for j, p in enumerate(tensor_ps) if p.name not in order]
@@ -208,7 +203,10 @@ class _GraphTemplate:
             exprs = an.tensors[canon]
             self.tensors.append((p.name, canon, p.kind == PARAM,
                                  WidthTable(groups_in([exprs], an.dims, self.group_of), _TensorCut(self.owner, exprs))))
-        self.homes = [_home(net, p.target, p.kind) for p in tensor_ps]
+        self.homes = []  # per slot: the dict of its module that holds it (parameters or buffers), and its key
+        for _, canon, _, _ in self.tensors:
+            module, local = self.owner.homes[canon]
+            self.homes.append((module._parameters if local in module._parameters else module._buffers, local))
         self.n_tensors = len(tensor_ps)
 
     def bind(self, widths: list[int], dropped: list[str]) -> Callable:
@@ -254,12 +252,7 @@ class _GraphTemplate:
                                       (weight[3], None if bias is None else bias[3]), indices))
             else:
                 fns.append(_ATEN_LINEAR)
-        members = [(canon, cut, elements, j, rows) for j, (canon, cut, elements, rows) in read.items()]
-        groups = []
-        for group in _groups_of([m for m in members if _is_view(m[1][1])]) + _groups_of(
-                [m for m in members if not _is_view(m[1][1])]):
-            groups.append((_ViewGroup(tuple(m[0] for m in group), tuple(m[1] for m in group),
-                                      tuple(m[4] for m in group), indices), tuple(m[3] for m in group)))
+        groups = view_groups([(j, *member) for j, member in read.items()], indices)
         homes = self.homes
         reader = _Reader(self.n_tensors, tuple((j, *homes[j]) for j in self.first_use if self.tensors[j][0] in live),
                          tuple(groups), tuple(plain), indices)
@@ -298,13 +291,6 @@ class _Reader:
         return out
 
 
-def _home(net: torch.nn.Module, target: str, kind: str) -> tuple[dict, str]:
-    """The dict of ``net`` that holds placeholder ``target`` (its module's parameters or buffers) and its key."""
-    path, _, local = target.rpartition(".") if kind != CONST else ("", "", target)
-    module = net.get_submodule(path)
-    return (module._parameters if local in module._parameters else module._buffers), local
-
-
 class _TensorCut:
     """How an arch cuts one shared tensor, at the widths of its groups: None (whole) or ``(steps, spec,
     kept elements, rows)``: ``steps`` the narrows / index selections of a plain read (``(dim, length,
@@ -316,7 +302,7 @@ class _TensorCut:
 
     def __call__(self, widths: dict[int, int]):
         owner = self.owner
-        kept = owner.kept(widths)
+        kept = shrunk_atoms(owner.space, widths)
         if not kept:
             return None
         slices = Cuts(owner.space.analysis.dims, {a: torch.arange(n) for a, n in kept.items()}).of(self.exprs)
@@ -341,11 +327,7 @@ class _ArgsAt:
 
     def __call__(self, widths: dict[int, int]) -> list:
         op, dims = self.op, self.owner.space.analysis.dims
-        new = OpNode(op.name, op.target, copy.deepcopy(op.args), copy.deepcopy(op.kwargs), op.owner, None,
-                     op.mode_gated)  # no metadata: only the arguments are rewritten
-        kept = self.owner.kept(widths)
-        if kept:
-            resize_value(new, self.vals, dims, kept, self.hints)
+        new = resized_op(op, self.vals, dims, shrunk_atoms(self.owner.space, widths), self.hints, meta=False)
         _normal_form(new, self.vals, dims)
         static = self.static
         fixed = {j for j, m, _ in self.places if m is None}
@@ -382,7 +364,3 @@ def _normal_form(op: OpNode, vals: dict, dims) -> None:
         as_split_with_sizes(op, split_pieces(op, ins, vals[op.name], dims))
     elif op.target == "aten.slice.Tensor" and not op.kwargs and len(op.args) < 4:
         op.args = op.args + [0, None, None][len(op.args) - 1:]
-
-
-def _node(arg: Any) -> str | None:
-    return arg["node"] if isinstance(arg, dict) and set(arg) == {"node"} else None
