@@ -442,3 +442,92 @@ def test_min_keeps_what_the_outputs_need_to_see_the_inputs():
         with torch.no_grad():
             assert not torch.allclose(sub(x1), sub(x2))  # the smallest subnet still looks at its input
         assert sn.cost(smallest)["params"] < sn.cost(space.max())["params"]
+
+
+class _ShapeFollowers(nn.Module):
+    """A hidden width (``a``'s outputs) carried through an op whose output shape follows it: the elements of
+    pruned channels are zeros once ``a``'s rows are, so the original with those rows zeroed is the subnet."""
+
+    SPATIAL = ("unfold", "im2col", "im2col_col2im", "group_norm")
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        if mode in self.SPATIAL:
+            self.a = nn.Conv2d(3, 32, 3, padding=1)
+            self.b = nn.Linear(128, 8) if mode == "im2col" else nn.Conv2d(32, 8, 1)
+            self.norm = nn.GroupNorm(4, 32)
+        else:
+            self.a = nn.Linear(16, 32)
+            self.b = nn.Linear(64 if mode.startswith("repeat") else 32 if mode.endswith("_as") else 16, 8)
+        self.c = nn.Linear(16, 8)
+
+    def example(self) -> torch.Tensor:
+        return torch.randn(2, 3, 8, 8) if self.mode in self.SPATIAL else torch.randn(2, 5, 16)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.mode == "group_norm":  # normalised per group of 8 channels
+            return self.b(torch.relu(self.norm(self.a(x))))
+        if self.mode == "reshape_as":
+            return self.b((h.flatten(0, 1) * 2).reshape_as(h))
+        if self.mode == "view_as":
+            return self.b((h.flatten(0, 1) * 2).view_as(h))
+        if self.mode == "repeat_interleave":
+            return self.b(h.repeat_interleave(2, dim=-1))
+        if self.mode == "repeat_interleave_output_size":
+            return self.b(torch.repeat_interleave(h, 2, dim=2, output_size=2 * h.shape[2]))
+        if self.mode == "unfold":  # windows along the height, averaged
+            return self.b(h.unfold(2, 2, 2).mean(-1))
+        if self.mode == "im2col":  # F.unfold: channels × kernel positions, per window
+            return self.b(nn.functional.unfold(h, 2, stride=2).transpose(1, 2))
+        if self.mode == "im2col_col2im":  # F.unfold then F.fold back, scaled in between
+            return self.b(nn.functional.fold(nn.functional.unfold(h, 2, stride=2) * 3, (8, 8), 2, stride=2))
+        p, q = torch.tensor_split(h, 2 if self.mode == "tensor_split_sections" else [16], dim=-1)
+        return self.b(p) + self.c(q)
+
+
+@pytest.mark.parametrize("mode", ["reshape_as", "view_as", "repeat_interleave", "repeat_interleave_output_size",
+                                  "tensor_split_sections", "tensor_split_indices", *_ShapeFollowers.SPATIAL])
+def test_ops_whose_output_follows_a_pruned_width(mode):
+    """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets
+    compute what the original computes with the pruned channels zeroed, at unequal widths of the pieces
+    of a split too (tensor_split with sections once split a shrunk dim in the middle). GroupNorm keeps
+    whole groups: the maximal subnet, its channels sorted by salience, is the original model (a global
+    channel prefix once moved channels between groups)."""
+    torch.manual_seed(0)
+    model = _ShapeFollowers(mode).eval()
+    x = model.example()
+    with torch.no_grad():
+        expected = model(x)
+    sn = osf.Supernet(model, (x,))  # sorts the shared weights by salience
+    assert sn.space.analysis.unsupported == []
+    with torch.no_grad():
+        torch.testing.assert_close(sn.extract(sn.space.max()).eval()(x), expected, atol=1e-5, rtol=1e-4)
+    widths = {g.key: g.size for g in sn.space.groups if ("a.weight", 0) in g.members}
+    assert sum(widths.values()) == (4 if mode == "group_norm" else 32), [g.members for g in sn.space.groups]
+    full = sn.space.max().depth  # widths only: the masked original cannot drop a branch
+    archs = [osf.Arch(a.width, full) for a in [sn.space.min()] + [sn.space.sample(s) for s in range(6)]]
+    if mode.startswith("tensor_split"):  # each piece is a group: shrink them unequally
+        first, second = sorted(widths)
+        archs.append(osf.Arch({first: 8, second: 16}, full))
+    for arch in archs:
+        sub = sn.extract(arch).eval()
+        assert sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters())
+        rows = model.a.weight.flatten(1)
+        kept = [int((rows == row).all(1).nonzero()[0]) for row in sub.a.weight.flatten(1)]
+        masked = _ShapeFollowers(mode).eval()
+        masked.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            drop = torch.ones(32, dtype=torch.bool)
+            drop[kept] = False
+            masked.a.weight[drop] = 0
+            masked.a.bias[drop] = 0
+            if mode == "group_norm":  # a dropped group normalises zeros to its bias: zero that too
+                masked.norm.weight[drop] = 0
+                masked.norm.bias[drop] = 0
+                assert sorted({k // 8 for k in kept}) == sorted({k // 8 for k in range(32) if not drop[k]})
+                assert len(kept) % 8 == 0 and all(sum(k // 8 == g for k in kept) in (0, 8) for g in range(4))
+            torch.testing.assert_close(sub(x), masked(x), atol=1e-5, rtol=1e-4)
+            with sn.set_arch(arch):
+                torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)

@@ -8,6 +8,7 @@ only prunable atoms are those that reach a parameter, buffer or constant tensor.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,7 +34,6 @@ class DimAnalysis:
     values: dict[str, dict[str, Any]]  # graph key -> value name -> [expr] (or {"list": [[expr], …]})
     tensors: dict[str, list]  # canonical tensor name -> [expr]
     unsupported: list[Unsupported] = field(default_factory=list)
-    multiple_of: dict[int, int] = field(default_factory=dict)  # atom -> channel multiple (GroupNorm)
 
 
 def analyse(ir: IR) -> DimAnalysis:
@@ -368,17 +368,18 @@ def _layer_norm(p: _Pass, op: OpNode):
 
 @rule("aten.group_norm.default")
 def _group_norm(p: _Pass, op: OpNode):
+    """Channels = groups × channels per group, the groups outer (as for a grouped conv): a subnet keeps whole
+    norm groups, each normalising the channels it always did (a global prefix would regroup them, and
+    sorting by salience would change the maximal subnet). One group normalises a plain channel dim."""
     x = p.tensor(op.args[0])
     groups = int(op.args[1])
     for i, name in ((2, "weight"), (3, "bias")):
         t = p.tensor(p.arg(op, i, name))
         if t is not None:
             p.unify(t[0], x[1], op)
-    root = p.d.resolve(x[1])
-    if isinstance(root, int):
-        p.r.multiple_of[root] = groups
-    else:
-        p.block(x[1], f"GroupNorm over a composite channel dim at {op.name}")
+    if groups > 1:
+        per = p.d.atom(_div(p.size(x[1]), groups), "split")
+        p.unify(x[1], Prod((p.d.atom((groups, ()), "split"), per)), op)
     return list(x)
 
 
@@ -463,6 +464,33 @@ def _reshape(p: _Pass, op: OpNode):
         raise _Unsupported("empty tensor")
     p.unify(Prod(tuple(x)), Prod(tuple(out)), op)
     return out
+
+
+@rule("aten.reshape_as.default", "aten.view_as.default")
+def _reshape_as(p: _Pass, op: OpNode):
+    """The output takes ``other``'s dims (its shape at run time, in every subnet); ``x``'s elements are
+    reinterpreted row-major as for ``reshape``."""
+    x, other = p.tensor(op.args[0]), p.tensor(op.args[1])
+    if any(not p.d.size(e)[0] for e in x):
+        raise _Unsupported("empty tensor")
+    p.unify(Prod(tuple(x)), Prod(tuple(other)), op)
+    return list(other)
+
+
+@rule("aten.repeat_interleave.self_int")
+def _repeat_interleave(p: _Pass, op: OpNode):
+    """Each element repeated ``repeats`` times along ``dim``: the output dim is (that dim) × (the copies),
+    row-major, so pruning the input dim keeps whole runs of copies."""
+    x = list(p.tensor(op.args[0]))
+    dim = p.arg(op, 2, "dim")
+    if dim is None:
+        raise _Unsupported("repeat_interleave without a dim (flattens its input)")
+    d = _norm_dim(dim, len(x))
+    out_sizes = p.out_sizes(op)
+    copies = p.fresh((p.arg(op, 1, "repeats"), ()), f"copies made by {op.name}")
+    x[d] = p.d.atom(out_sizes[d], "split")
+    p.unify(Prod((p.tensor(op.args[0])[d], copies)), x[d], op)
+    return x
 
 
 @rule("aten.permute.default")
@@ -625,7 +653,7 @@ def _stack(p: _Pass, op: OpNode):
 
 
 @rule("aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default", "aten.tensor_split.sections",
-      "aten.split.sizes")
+      "aten.tensor_split.indices", "aten.split.sizes")
 def _split(p: _Pass, op: OpNode):
     x = p.tensor(op.args[0])
     metas = op.meta["list"]
@@ -634,6 +662,8 @@ def _split(p: _Pass, op: OpNode):
     pieces = [value_sizes(m)[d] for m in metas]
     if not all(is_static(s) for s in pieces) or not is_static(p.size(x[d])):
         raise _Unsupported("split along a dynamic dim")
+    if any(s[0] == 0 for s in pieces):
+        raise _Unsupported("split into an empty piece")
     segs = [p.d.atom(s, "split") for s in pieces]
     p.unify(x[d], Cat(tuple(segs)) if len(segs) > 1 else segs[0], op)
     return {"list": [[segs[k] if i == d else e for i, e in enumerate(x)] for k in range(len(segs))]}
@@ -748,6 +778,39 @@ def _pad(p: _Pass, op: OpNode):
         if pad[2 * k] or pad[2 * k + 1]:
             p.new_dim(x, d, op, f"padded by {op.name}")
     return x
+
+
+@rule("aten.unfold.default")
+def _unfold(p: _Pass, op: OpNode):
+    """``x.unfold(dim, size, step)``: windows along ``dim`` (fixed), a new trailing dim of ``size``."""
+    x = list(p.tensor(op.args[0]))
+    d = _norm_dim(op.args[1], len(x))
+    p.new_dim(x, d, op, f"cut into windows by {op.name}")
+    return x + [p.fresh(p.out_sizes(op)[-1], f"window of {op.name}")]
+
+
+@rule("aten.im2col.default")
+def _im2col(p: _Pass, op: OpNode):
+    """``F.unfold``: (…, C, H, W) -> (…, C × kernel positions, windows), channels the outer factor."""
+    x = p.tensor(op.args[0])
+    out_sizes = p.out_sizes(op)
+    for e in x[-2:]:
+        p.block(e, f"spatial size read by {op.name}")
+    kernel = p.fresh((math.prod(op.args[1]), ()), f"kernel positions of {op.name}")
+    cols = p.d.atom(out_sizes[-2], "split")
+    p.unify(Prod((x[-3], kernel)), cols, op)
+    return list(x[:-3]) + [cols, p.fresh(out_sizes[-1], f"windows of {op.name}")]
+
+
+@rule("aten.col2im.default")
+def _col2im(p: _Pass, op: OpNode):
+    """``F.fold``: (…, C × kernel positions, windows) -> (…, C, H, W), the inverse of ``im2col``."""
+    x = p.tensor(op.args[0])
+    out_sizes = p.out_sizes(op)
+    p.block(x[-1], f"windows summed by {op.name}")
+    channels = p.d.atom(out_sizes[-3], "split")
+    p.unify(x[-2], Prod((channels, p.fresh((math.prod(op.args[2]), ()), f"kernel positions of {op.name}"))), op)
+    return list(x[:-2]) + [channels] + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-2:]]
 
 
 @rule("aten.tril.default", "aten.triu.default")

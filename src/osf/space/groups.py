@@ -2,7 +2,6 @@
 channel salience."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
@@ -77,7 +76,7 @@ def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_
             reasons.append("not matched by include")
         if exclude and any(fnmatch(m, pat) for m in mods for pat in exclude):
             reasons.append("excluded")
-        step = 1 if kind == "heads" else _lcm(multiple_of, an.multiple_of.get(a, 1))
+        step = 1 if kind == "heads" else multiple_of
         choices = _choices(size[0], ratios, step) if not reasons else [size[0]]
         groups.append(WidthGroup(key, kind, size[0], mem, choices, a, reasons))
     return groups
@@ -92,10 +91,6 @@ def _parts(r) -> list[tuple[int | None, int]]:
     for k, x in enumerate(items):
         out.extend((k, a) for _, a in _parts(x))
     return out
-
-
-def _lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
 
 
 def _choices(size: int, ratios: tuple[float, ...], step: int) -> list[int]:

@@ -18,7 +18,7 @@ from ..ir.capture import annotate_io, module_ancestors
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
 from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
-from .dims import Size, atoms_in, is_static, new_size, size_text
+from .dims import Prod, Size, atoms_in, is_static, new_size, size_text
 from .units import graph_hash
 
 if TYPE_CHECKING:
@@ -430,6 +430,29 @@ def _rw_groups(index: int):
     return fn
 
 
+SPLIT_OPS = ("aten.split.Tensor", "aten.split.sizes", "aten.chunk.default", "aten.tensor_split.sections",
+             "aten.tensor_split.indices", "aten.split_with_sizes.default")  # rewritten as split_with_sizes
+
+
+def _rw_group_norm(op, ins, out, dims, kept):
+    """``groups`` counts the kept norm groups: the outer factors of the channel dim that make up the traced
+    group count (the analysis factorised it as groups × channels per group)."""
+    channels = dims.resolve(ins[0][1])
+    if op.args[1] == 1 or not _changed([channels], dims, kept):
+        return
+    factors = channels.factors if isinstance(channels, Prod) else (channels,)
+    traced = new = 1
+    for factor in factors:
+        if traced == op.args[1]:
+            break
+        traced *= _static_or_fail(dims.size(dims.resolve(factor)), op)
+        new *= _static_or_fail(new_size(dims, dims.resolve(factor), kept), op)
+    if traced != op.args[1]:
+        raise NotImplementedError(f"{op.name}: channels {size_text(dims.size(channels))} do not factor as "
+                                  f"{op.args[1]} groups")
+    op.args = [op.args[0], new] + op.args[2:]
+
+
 def _rw_split(op, ins, out, dims, kept):
     pieces = [_static_or_fail(new_size(dims, dims.resolve(e[_dim(op, ins[0])]), kept), op) for e in out["list"]]
     if pieces != split_pieces(op, ins, out, dims):
@@ -437,7 +460,7 @@ def _rw_split(op, ins, out, dims, kept):
 
 
 def as_split_with_sizes(op: OpNode, pieces: list[int]) -> None:
-    """Rewrite a ``split`` / ``chunk`` / ``split_with_sizes`` op in place as ``split_with_sizes(x, pieces, dim)``."""
+    """Rewrite a split-like op (``SPLIT_OPS``) in place as ``split_with_sizes(x, pieces, dim)``."""
     d = op.args[2] if len(op.args) > 2 else op.kwargs.get("dim", 0)
     op.target = "aten.split_with_sizes.default"
     op.args = [op.args[0], pieces, d]
@@ -463,6 +486,16 @@ def _rw_slice(op, ins, out, dims, kept):
         op.args = [op.args[0], d, 0, sys.maxsize] + op.args[4:]
 
 
+def _rw_repeat_interleave(op, ins, out, dims, kept):
+    """``output_size`` (when given) follows the shrunk dim."""
+    if "output_size" in op.kwargs or len(op.args) > 3:
+        size = _static_or_fail(new_size(dims, dims.resolve(out[_dim(op, ins[0])]), kept), op)
+        if "output_size" in op.kwargs:
+            op.kwargs["output_size"] = size
+        else:
+            op.args = op.args[:3] + [size] + op.args[4:]
+
+
 _ARG_REWRITES = {
     "aten.view.default": _rw_view, "aten.reshape.default": _rw_view, "aten._unsafe_view.default": _rw_view,
     "aten.view_copy.default": _rw_view,
@@ -474,8 +507,9 @@ _ARG_REWRITES = {
     "aten.conv3d.padding": _rw_groups(6),
     "aten.conv_transpose1d.default": _rw_groups(6), "aten.conv_transpose2d.input": _rw_groups(6),
     "aten.conv_transpose3d.input": _rw_groups(6), "aten.convolution.default": _rw_groups(8),
-    "aten.split.Tensor": _rw_split, "aten.split_with_sizes.default": _rw_split, "aten.chunk.default": _rw_split,
-    "aten.split.sizes": _rw_split,
+    **dict.fromkeys(SPLIT_OPS, _rw_split),
+    "aten.repeat_interleave.self_int": _rw_repeat_interleave,
+    "aten.group_norm.default": _rw_group_norm,
     "aten.slice.Tensor": _rw_slice,
 }
 

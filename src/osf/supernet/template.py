@@ -28,12 +28,11 @@ from ..ir.serial import decode_arg, node_refs, resolve_target
 from ..space.arch import Arch
 from ..space.liveness import Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
-from ..space.subnet import _ARG_REWRITES, Cuts, as_split_with_sizes, resized_op, size_hints, split_pieces
+from ..space.subnet import _ARG_REWRITES, SPLIT_OPS, Cuts, as_split_with_sizes, resized_op, size_hints, split_pieces
 from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _Indices, _node, _row_index, _spec,
                       view_groups)
 
 _LINEAR = "aten.linear.default"
-_SPLITS = ("aten.split.Tensor", "aten.split.sizes", "aten.chunk.default", "aten.split_with_sizes.default")
 
 
 class TemplateUnsupported(Exception):
@@ -359,7 +358,7 @@ def _never_rewritten(op: OpNode) -> bool:
 def _normal_form(op: OpNode, vals: dict, dims) -> None:
     """The one form a width-dependent op takes at every width: splits as ``split_with_sizes``, slices
     with their dim, start and end given."""
-    if op.target in _SPLITS and op.target != "aten.split_with_sizes.default":
+    if op.target in SPLIT_OPS and op.target != "aten.split_with_sizes.default":
         ins = [vals.get(a["node"]) if isinstance(a, dict) and "node" in a else None for a in op.args]
         as_split_with_sizes(op, split_pieces(op, ins, vals[op.name], dims))
     elif op.target == "aten.slice.Tensor" and not op.kwargs and len(op.args) < 4:
