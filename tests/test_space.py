@@ -448,14 +448,15 @@ class _ShapeFollowers(nn.Module):
     """A hidden width (``a``'s outputs) carried through an op whose output shape follows it: the elements of
     pruned channels are zeros once ``a``'s rows are, so the original with those rows zeroed is the subnet."""
 
-    SPATIAL = ("unfold", "im2col", "im2col_col2im", "group_norm")
+    SPATIAL = ("unfold", "im2col", "im2col_col2im", "group_norm", "pixel_shuffle", "pixel_unshuffle")
 
     def __init__(self, mode: str):
         super().__init__()
         self.mode = mode
         if mode in self.SPATIAL:
             self.a = nn.Conv2d(3, 32, 3, padding=1)
-            self.b = nn.Linear(128, 8) if mode == "im2col" else nn.Conv2d(32, 8, 1)
+            self.b = {"im2col": nn.Linear(128, 8), "pixel_shuffle": nn.Conv2d(8, 8, 1),
+                      "pixel_unshuffle": nn.Conv2d(128, 8, 1)}.get(mode, nn.Conv2d(32, 8, 1))
             self.norm = nn.GroupNorm(4, 32)
         else:
             self.a = nn.Linear(16, 32)
@@ -467,6 +468,10 @@ class _ShapeFollowers(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.a(x))
+        if self.mode == "pixel_shuffle":  # 32 channels -> 8 at twice the resolution
+            return self.b(nn.functional.pixel_shuffle(h, 2))
+        if self.mode == "pixel_unshuffle":  # 32 channels -> 128 at half the resolution
+            return self.b(nn.functional.pixel_unshuffle(h, 2))
         if self.mode == "group_norm":  # normalised per group of 8 channels
             return self.b(torch.relu(self.norm(self.a(x))))
         if self.mode == "reshape_as":
@@ -505,7 +510,8 @@ def test_ops_whose_output_follows_a_pruned_width(mode):
     with torch.no_grad():
         torch.testing.assert_close(sn.extract(sn.space.max()).eval()(x), expected, atol=1e-5, rtol=1e-4)
     widths = {g.key: g.size for g in sn.space.groups if ("a.weight", 0) in g.members}
-    assert sum(widths.values()) == (4 if mode == "group_norm" else 32), [g.members for g in sn.space.groups]
+    whole = {"group_norm": 4, "pixel_shuffle": 8}.get(mode, 32)  # norm groups; output channels of 4 sub-pixels
+    assert sum(widths.values()) == whole, [g.members for g in sn.space.groups]
     full = sn.space.max().depth  # widths only: the masked original cannot drop a branch
     archs = [osf.Arch(a.width, full) for a in [sn.space.min()] + [sn.space.sample(s) for s in range(6)]]
     if mode.startswith("tensor_split"):  # each piece is a group: shrink them unequally
@@ -531,3 +537,32 @@ def test_ops_whose_output_follows_a_pruned_width(mode):
             torch.testing.assert_close(sub(x), masked(x), atol=1e-5, rtol=1e-4)
             with sn.set_arch(arch):
                 torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
+
+
+class _FusedQKV(nn.Module):
+    """GPT-2-like attention: one projection chunked into q, k, v, each viewed as heads × head_dim."""
+
+    def __init__(self, dim: int = 64, heads: int = 4):
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (u.view(b, t, self.heads, -1).transpose(1, 2) for u in self.qkv(x).chunk(3, -1))
+        return x + self.out(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, c))
+
+
+def test_head_dim_inside_a_concatenation_is_an_inner_factor():
+    """q's and k's head_dim appear only inside the concatenated projection (no tensor has them whole):
+    still the inner factor of heads × head_dim, fixed unless ``prune_head_dim=True`` (it was offered as a
+    channel group, GPT-2's among them)."""
+    x = torch.randn(2, 5, 64)
+    sn = osf.Supernet(_FusedQKV().eval(), (x,))
+    assert [(g.kind, g.size) for g in sn.space.groups] == [("heads", 4)]
+    inner = [g for g in sn.space.all_groups if any("inner factor" in r for r in g.reasons)]
+    assert sorted(g.size for g in inner) == [16, 16]  # q/k's head_dim, v's
+    free = osf.Supernet(_FusedQKV().eval(), (x,), prune_head_dim=True)
+    assert sorted((g.kind, g.size) for g in free.space.groups) == [("channels", 16), ("channels", 16), ("heads", 4)]
+    arch = free.space.min()
+    with torch.no_grad(), free.set_arch(arch):
+        torch.testing.assert_close(free(x), free.extract(arch).eval()(x), atol=1e-5, rtol=1e-4)

@@ -813,6 +813,30 @@ def _col2im(p: _Pass, op: OpNode):
     return list(x[:-2]) + [channels] + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-2:]]
 
 
+@rule("aten.pixel_shuffle.default")
+def _pixel_shuffle(p: _Pass, op: OpNode):
+    """(…, C × r², H, W) -> (…, C, H·r, W·r): the output channels are the outer factor of the input's."""
+    x = p.tensor(op.args[0])
+    out_sizes = p.out_sizes(op)
+    for e in x[-2:]:
+        p.block(e, f"spatial size read by {op.name}")
+    channels = p.d.atom(out_sizes[-3], "split")
+    p.unify(x[-3], Prod((channels, p.fresh((op.args[1] ** 2, ()), f"sub-pixels of {op.name}"))), op)
+    return list(x[:-3]) + [channels] + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-2:]]
+
+
+@rule("aten.pixel_unshuffle.default")
+def _pixel_unshuffle(p: _Pass, op: OpNode):
+    """(…, C, H, W) -> (…, C × r², H/r, W/r): the input channels are the outer factor of the output's."""
+    x = p.tensor(op.args[0])
+    out_sizes = p.out_sizes(op)
+    for e in x[-2:]:
+        p.block(e, f"spatial size read by {op.name}")
+    channels = p.d.atom(out_sizes[-3], "split")
+    p.unify(Prod((x[-3], p.fresh((op.args[1] ** 2, ()), f"sub-pixels of {op.name}"))), channels, op)
+    return list(x[:-3]) + [channels] + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-2:]]
+
+
 @rule("aten.tril.default", "aten.triu.default")
 def _triangular(p: _Pass, op: OpNode):
     x = p.tensor(op.args[0])

@@ -9,7 +9,7 @@ import torch
 
 from ..ir.graph import IR, PARAM
 from .analysis import DimAnalysis
-from .dims import Prod
+from .dims import Cat, Prod
 
 
 @dataclass
@@ -48,12 +48,7 @@ def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_
                 members.setdefault(a, []).append((tensor, dim))
                 if a not in names:
                     names[a] = f"{tensor}[{dim}]" + (f"#{k}" if k is not None else "")
-            if isinstance(r, Prod):
-                factors = [f for f in r.factors if isinstance(f, int)]
-                for f in factors[:-1]:
-                    role[f] = "outer"
-                if factors and role.get(factors[-1]) != "outer":
-                    role.setdefault(factors[-1], "inner")
+            _mark_roles(r, role)
     groups = []
     seen_keys: set[str] = set()
     for a, mem in members.items():
@@ -80,6 +75,23 @@ def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_
         choices = _choices(size[0], ratios, step) if not reasons else [size[0]]
         groups.append(WidthGroup(key, kind, size[0], mem, choices, a, reasons))
     return groups
+
+
+def _mark_roles(r, role: dict[int, str]) -> None:
+    """Mark the atoms of every product in ``r`` as its outer factors or its innermost one, inside
+    concatenations too (a fused q/k/v projection split into heads × head_dim per segment)."""
+    if isinstance(r, Cat):
+        for part in r.parts:
+            _mark_roles(part, role)
+    elif isinstance(r, Prod):
+        factors = [f for f in r.factors if isinstance(f, int)]
+        for f in factors[:-1]:
+            role[f] = "outer"
+        if factors and role.get(factors[-1]) != "outer":
+            role.setdefault(factors[-1], "inner")
+        for f in r.factors:
+            if not isinstance(f, int):
+                _mark_roles(f, role)
 
 
 def _parts(r) -> list[tuple[int | None, int]]:
