@@ -77,21 +77,24 @@ def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_
     return groups
 
 
-def _mark_roles(r, role: dict[int, str]) -> None:
-    """Mark the atoms of every product in ``r`` as its outer factors or its innermost one, inside
-    concatenations too (a fused q/k/v projection split into heads × head_dim per segment)."""
-    if isinstance(r, Cat):
+def _mark_roles(r, role: dict[int, str], innermost: bool = False) -> None:
+    """Mark the atoms of every product in ``r``: all factors but the last are outer, the atoms of the last
+    (one atom, or the segments of a concatenation such as LeViT's q/k/v split of head_dim) inner. Products
+    inside concatenations count too (a fused q/k/v projection chunked into heads × head_dim)."""
+    if isinstance(r, int):
+        if innermost and role.get(r) != "outer":
+            role.setdefault(r, "inner")
+    elif isinstance(r, Cat):
         for part in r.parts:
-            _mark_roles(part, role)
+            _mark_roles(part, role, innermost)
     elif isinstance(r, Prod):
-        factors = [f for f in r.factors if isinstance(f, int)]
-        for f in factors[:-1]:
-            role[f] = "outer"
-        if factors and role.get(factors[-1]) != "outer":
-            role.setdefault(factors[-1], "inner")
-        for f in r.factors:
-            if not isinstance(f, int):
+        *outer, last = r.factors
+        for f in outer:
+            if isinstance(f, int):
+                role[f] = "outer"
+            else:
                 _mark_roles(f, role)
+        _mark_roles(last, role, True)
 
 
 def _parts(r) -> list[tuple[int | None, int]]:
