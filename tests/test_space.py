@@ -540,28 +540,33 @@ def test_ops_whose_output_follows_a_pruned_width(mode):
 
 
 class _FusedQKV(nn.Module):
-    """GPT-2-like attention: one projection chunked into q, k, v, each viewed as heads × head_dim."""
+    """One projection for q, k, v: chunked into q, k, v, each viewed as heads × head_dim (GPT-2), or
+    viewed as heads × (q, k, v channels of that head) and split per head (LeViT)."""
 
-    def __init__(self, dim: int = 64, heads: int = 4):
+    def __init__(self, layout: str, dim: int = 64, heads: int = 4):
         super().__init__()
-        self.heads, self.qkv, self.out = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.layout, self.heads, self.qkv, self.out = layout, heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
     def forward(self, x):
         b, t, c = x.shape
-        q, k, v = (u.view(b, t, self.heads, -1).transpose(1, 2) for u in self.qkv(x).chunk(3, -1))
+        if self.layout == "chunk":
+            q, k, v = (u.view(b, t, self.heads, -1).transpose(1, 2) for u in self.qkv(x).chunk(3, -1))
+        else:
+            q, k, v = self.qkv(x).view(b, t, self.heads, -1).transpose(1, 2).split([16, 16, 16], dim=3)
         return x + self.out(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, c))
 
 
-def test_head_dim_inside_a_concatenation_is_an_inner_factor():
+@pytest.mark.parametrize("layout", ["chunk", "split_per_head"])
+def test_head_dim_inside_a_concatenation_is_an_inner_factor(layout):
     """q's and k's head_dim appear only inside the concatenated projection (no tensor has them whole):
-    still the inner factor of heads × head_dim, fixed unless ``prune_head_dim=True`` (it was offered as a
-    channel group, GPT-2's among them)."""
+    still the inner factor of heads × head_dim, fixed unless ``prune_head_dim=True`` (they were offered as
+    channel groups, GPT-2's and LeViT's among them, and LeViT's heads counted as an inner factor)."""
     x = torch.randn(2, 5, 64)
-    sn = osf.Supernet(_FusedQKV().eval(), (x,))
+    sn = osf.Supernet(_FusedQKV(layout).eval(), (x,))
     assert [(g.kind, g.size) for g in sn.space.groups] == [("heads", 4)]
     inner = [g for g in sn.space.all_groups if any("inner factor" in r for r in g.reasons)]
     assert sorted(g.size for g in inner) == [16, 16]  # q/k's head_dim, v's
-    free = osf.Supernet(_FusedQKV().eval(), (x,), prune_head_dim=True)
+    free = osf.Supernet(_FusedQKV(layout).eval(), (x,), prune_head_dim=True)
     assert sorted((g.kind, g.size) for g in free.space.groups) == [("channels", 16), ("channels", 16), ("heads", 4)]
     arch = free.space.min()
     with torch.no_grad(), free.set_arch(arch):
