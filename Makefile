@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/quality.py
 	$(PY) bench/minilm.py
 	$(PY) bench/coverage.py --resume
+	$(PY) bench/probe.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/zoo.py --quick
@@ -47,6 +48,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/quality.py --quick
 	$(PY) bench/minilm.py --quick
 	$(PY) bench/coverage.py --quick
+	$(PY) bench/probe.py --quick
 
 lock:
 	$(PYTHON) -m venv /tmp/osf-lock-venv && /tmp/osf-lock-venv/bin/pip install -q -r requirements/dev.in

@@ -448,7 +448,7 @@ class _ShapeFollowers(nn.Module):
     """A hidden width (``a``'s outputs) carried through an op whose output shape follows it: the elements of
     pruned channels are zeros once ``a``'s rows are, so the original with those rows zeroed is the subnet."""
 
-    SPATIAL = ("unfold", "im2col", "im2col_col2im", "group_norm", "pixel_shuffle", "pixel_unshuffle")
+    SPATIAL = ("unfold", "im2col", "im2col_col2im", "group_norm", "pixel_shuffle", "pixel_unshuffle", "grouped_convs")
 
     def __init__(self, mode: str):
         super().__init__()
@@ -458,6 +458,10 @@ class _ShapeFollowers(nn.Module):
             self.b = {"im2col": nn.Linear(128, 8), "pixel_shuffle": nn.Conv2d(8, 8, 1),
                       "pixel_unshuffle": nn.Conv2d(128, 8, 1)}.get(mode, nn.Conv2d(32, 8, 1))
             self.norm = nn.GroupNorm(4, 32)
+            if mode == "grouped_convs":  # 16 channels, depthwise ×2, then a transposed conv in 4 groups
+                self.a = nn.Conv2d(3, 16, 3, padding=1)
+                self.dw = nn.Conv2d(16, 32, 3, padding=1, groups=16, bias=False)
+                self.up = nn.ConvTranspose2d(32, 32, 2, stride=2, groups=4, bias=False)
         else:
             self.a = nn.Linear(16, 32)
             self.b = nn.Linear(64 if mode.startswith("repeat") else 32 if mode.endswith("_as") else 16, 8)
@@ -472,6 +476,8 @@ class _ShapeFollowers(nn.Module):
             return self.b(nn.functional.pixel_shuffle(h, 2))
         if self.mode == "pixel_unshuffle":  # 32 channels -> 128 at half the resolution
             return self.b(nn.functional.pixel_unshuffle(h, 2))
+        if self.mode == "grouped_convs":  # the transposed conv's 4 groups split the depthwise conv's 16
+            return self.b(torch.relu(self.up(torch.relu(self.dw(h)))))
         if self.mode == "group_norm":  # normalised per group of 8 channels
             return self.b(torch.relu(self.norm(self.a(x))))
         if self.mode == "reshape_as":
@@ -510,7 +516,8 @@ def test_ops_whose_output_follows_a_pruned_width(mode):
     with torch.no_grad():
         torch.testing.assert_close(sn.extract(sn.space.max()).eval()(x), expected, atol=1e-5, rtol=1e-4)
     widths = {g.key: g.size for g in sn.space.groups if ("a.weight", 0) in g.members}
-    whole = {"group_norm": 4, "pixel_shuffle": 8}.get(mode, 32)  # norm groups; output channels of 4 sub-pixels
+    # norm groups; output channels of 4 sub-pixels; (transposed-conv groups) × (depthwise groups in each)
+    whole = {"group_norm": 4, "pixel_shuffle": 8, "grouped_convs": 4 + 4}.get(mode, 32)
     assert sum(widths.values()) == whole, [g.members for g in sn.space.groups]
     full = sn.space.max().depth  # widths only: the masked original cannot drop a branch
     archs = [osf.Arch(a.width, full) for a in [sn.space.min()] + [sn.space.sample(s) for s in range(6)]]
@@ -525,7 +532,7 @@ def test_ops_whose_output_follows_a_pruned_width(mode):
         masked = _ShapeFollowers(mode).eval()
         masked.load_state_dict(model.state_dict())
         with torch.no_grad():
-            drop = torch.ones(32, dtype=torch.bool)
+            drop = torch.ones(model.a.weight.shape[0], dtype=torch.bool)
             drop[kept] = False
             masked.a.weight[drop] = 0
             masked.a.bias[drop] = 0

@@ -412,17 +412,31 @@ def _rw_norm_shape(op, ins, out, dims, kept):
     op.args = [op.args[0], [_static_or_fail(s, op) for s in _sizes(ins[0][-k:], dims, kept)]] + op.args[2:]
 
 
+def _leading_count(op: OpNode, channels, traced: int, dims, kept) -> int:
+    """The new size of the leading factors of ``channels`` whose traced sizes multiply to ``traced``: a group
+    count that the analysis factored out of a channel dim as its outer factor (conv groups, norm groups).
+    Unification may have split that factor further (a depthwise conv's groups feeding a grouped one)."""
+    r = dims.resolve(channels)
+    if not _changed([r], dims, kept):
+        return traced
+    traced_size = new = 1
+    for factor in (r.factors if isinstance(r, Prod) else (r,)):
+        if traced_size == traced:
+            break
+        traced_size *= _static_or_fail(dims.size(factor), op)
+        new *= _static_or_fail(new_size(dims, factor, kept), op)
+    if traced_size != traced:
+        raise NotImplementedError(f"{op.name}: channels {size_text(dims.size(r))} do not factor as {traced} groups")
+    return new
+
+
 def _rw_groups(index: int):
     def fn(op, ins, out, dims, kept):
-        x, w = ins[0], ins[1]
         groups = op.args[index] if len(op.args) > index else op.kwargs.get("groups", 1)
         if groups == 1:
             return
-        nspatial = len(w) - 2
-        transposed = "transpose" in op.target or op.target == "aten.convolution.default" and op.args[6]
-        c_in = _static_or_fail(_sizes([x[-(nspatial + 1)]], dims, kept)[0], op)
-        per = _static_or_fail(_sizes([w[0] if transposed else w[1]], dims, kept)[0], op)
-        new = c_in // per if not transposed else groups * c_in // _static_or_fail(dims.size(dims.resolve(x[-(nspatial + 1)])), op)
+        nspatial = len(ins[1]) - 2
+        new = _leading_count(op, ins[0][-(nspatial + 1)], groups, dims, kept)  # in channels = groups × per group
         if len(op.args) > index:
             op.args[index] = new
         else:
@@ -430,27 +444,14 @@ def _rw_groups(index: int):
     return fn
 
 
+def _rw_group_norm(op, ins, out, dims, kept):
+    """``groups`` counts the kept norm groups (the analysis factored the channels as groups × per group)."""
+    if op.args[1] != 1:
+        op.args = [op.args[0], _leading_count(op, ins[0][1], op.args[1], dims, kept)] + op.args[2:]
+
+
 SPLIT_OPS = ("aten.split.Tensor", "aten.split.sizes", "aten.chunk.default", "aten.tensor_split.sections",
              "aten.tensor_split.indices", "aten.split_with_sizes.default")  # rewritten as split_with_sizes
-
-
-def _rw_group_norm(op, ins, out, dims, kept):
-    """``groups`` counts the kept norm groups: the outer factors of the channel dim that make up the traced
-    group count (the analysis factorised it as groups × channels per group)."""
-    channels = dims.resolve(ins[0][1])
-    if op.args[1] == 1 or not _changed([channels], dims, kept):
-        return
-    factors = channels.factors if isinstance(channels, Prod) else (channels,)
-    traced = new = 1
-    for factor in factors:
-        if traced == op.args[1]:
-            break
-        traced *= _static_or_fail(dims.size(dims.resolve(factor)), op)
-        new *= _static_or_fail(new_size(dims, dims.resolve(factor), kept), op)
-    if traced != op.args[1]:
-        raise NotImplementedError(f"{op.name}: channels {size_text(dims.size(channels))} do not factor as "
-                                  f"{op.args[1]} groups")
-    op.args = [op.args[0], new] + op.args[2:]
 
 
 def _rw_split(op, ins, out, dims, kept):

@@ -1,0 +1,428 @@
+"""osf on models that no test names, as a new user would try it: Hugging Face architectures (small
+configs, random weights) and hand-written models with patterns users write (fused q/k/v split per head,
+GroupNorm, pixel shuffle, F.unfold/F.fold, repeat_interleave, reshape_as, grouped and transposed convs,
+nn.TransformerEncoder, nn.MultiheadAttention, a TCN, a GRU, float64).
+
+Per model: the supernet builds; its maximal subnet equals the original (eval mode, computed before the
+supernet sorted the shared weights by salience); for the minimal and two sampled subnets, running the
+supernet at the arch (``set_arch``) equals the extracted model, and ``cost()`` gives its exact parameter
+count.
+
+    python bench/probe.py            # every model (about 2 minutes)
+    python bench/probe.py --quick    # 4 models
+
+Writes bench/results/probe[-quick].json and the ``probe`` section of docs/benchmarks.md (--quick:
+docs/benchmarks-quick.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import osf  # noqa: E402
+
+SEED = 0
+QUICK = ("hf:gpt2", "fused_qkv_split_per_head", "group_norm_fpn", "pixel_shuffle_sr")
+
+
+# ----------------------------------------------------------------------------------------------
+# hand-written models
+
+class FusedQKVSplitPerHead(nn.Module):
+    """LeViT-style attention: one projection viewed as heads × (q, k, v channels of the head), split."""
+
+    def __init__(self, dim: int = 64, heads: int = 4):
+        super().__init__()
+        self.heads, self.qkv, self.out, self.norm = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, dim))
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, t, self.heads, -1).transpose(1, 2).split([16, 16, 16], dim=3)
+        x = x + self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, c))
+        return x + self.mlp(x)
+
+
+class CausalSelfAttention(nn.Module):
+    """nanoGPT-style block: separate q/k/v, a causal mask buffer, masked_fill, explicit scale."""
+
+    def __init__(self, dim: int = 48, heads: int = 6):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.ln, self.head = nn.LayerNorm(dim), nn.Linear(dim, 7)
+        self.register_buffer("mask", torch.tril(torch.ones(16, 16, dtype=torch.bool)))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        y = self.ln(x)
+        q, k, v = (m(y).view(b, t, self.heads, d // self.heads).transpose(1, 2) for m in (self.q, self.k, self.v))
+        att = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
+        att = att.masked_fill(~self.mask[:t, :t], float("-inf")).softmax(-1)
+        return self.head(x + self.o((att @ v).transpose(1, 2).contiguous().view(b, t, d)))
+
+
+class GroupNormFPN(nn.Module):
+    """Two levels added after a nearest upsample, then GroupNorm with 4 groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.l1, self.l2 = nn.Conv2d(16, 24, 1), nn.Conv2d(32, 24, 1)
+        self.norm, self.out = nn.GroupNorm(4, 24), nn.Conv2d(24, 3, 1)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(x))
+        b = torch.relu(self.c2(a))
+        return self.out(torch.relu(self.norm(self.l1(a) + F.interpolate(self.l2(b), scale_factor=2.0))))
+
+
+class PixelShuffleSR(nn.Module):
+    """ESPCN-style super-resolution: 64 channels shuffled into 16 at twice the resolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 32, 5, padding=2), nn.Conv2d(32, 64, 3, padding=1), nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.c3(F.pixel_shuffle(torch.tanh(self.c2(torch.tanh(self.c1(x)))), 2))
+
+
+class UnfoldFold(nn.Module):
+    """Patches by F.unfold, mixed per patch, folded back (VOLO / T2T-style)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.mix, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(64, 64), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        cols = F.unfold(h, 2, stride=2)  # B, 16 × 4, windows
+        return self.b(F.fold(self.mix(cols.transpose(1, 2)).transpose(1, 2), x.shape[-2:], 2, stride=2))
+
+
+class RepeatKV(nn.Module):
+    """Grouped-query attention with repeat_interleave of the key/value heads."""
+
+    def __init__(self, dim: int = 64, heads: int = 8, kv_heads: int = 2):
+        super().__init__()
+        self.heads, self.kv_heads = heads, kv_heads
+        self.q, self.kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim * kv_heads // heads)
+        self.o = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q = self.q(x).view(b, t, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(x).view(b, t, 2, self.kv_heads, -1).permute(2, 0, 3, 1, 4)
+        k, v = (u.repeat_interleave(self.heads // self.kv_heads, dim=1) for u in (k, v))
+        return x + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+
+
+class WeightStandardised(nn.Module):
+    """Convs whose weights are standardised in forward (batch_norm over the weight, then reshape_as)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1), nn.Linear(32, 5)
+
+    def forward(self, x):
+        for conv in (self.a, self.b):
+            w = F.batch_norm(conv.weight.reshape(1, conv.out_channels, -1), None, None, training=True)
+            x = torch.relu(F.conv2d(x, w.reshape_as(conv.weight), conv.bias, padding=1))
+        return self.head(x.mean((2, 3)))
+
+
+class GroupedConvs(nn.Module):
+    """Depthwise conv with a channel multiplier and a grouped transposed conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.dw = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 32, 3, padding=1, groups=16)
+        self.up, self.b = nn.ConvTranspose2d(32, 32, 2, stride=2, groups=4), nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.up(F.relu(self.dw(F.relu(self.a(x)))))))
+
+
+class UNet(nn.Module):
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.e1 = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.e2 = nn.Sequential(nn.Conv2d(c, 2 * c, 3, padding=1, stride=2), nn.BatchNorm2d(2 * c), nn.ReLU())
+        self.up, self.d1 = nn.ConvTranspose2d(2 * c, c, 2, stride=2), nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), nn.ReLU())
+        self.out = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        a = self.e1(x)
+        return self.out(self.d1(torch.cat([a, self.up(self.e2(a))], 1)))
+
+
+class Mixer(nn.Module):
+    def __init__(self, d: int = 32, n: int = 16, depth: int = 2):
+        super().__init__()
+        self.embed, self.head = nn.Conv2d(3, d, 4, 4), nn.Linear(d, 10)
+        self.blocks = nn.ModuleList(nn.ModuleDict(dict(
+            n1=nn.LayerNorm(d), tok=nn.Sequential(nn.Linear(n, 64), nn.GELU(), nn.Linear(64, n)),
+            n2=nn.LayerNorm(d), ch=nn.Sequential(nn.Linear(d, 128), nn.GELU(), nn.Linear(128, d)))) for _ in range(depth))
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        for b in self.blocks:
+            x = x + b["tok"](b["n1"](x).transpose(1, 2)).transpose(1, 2)
+            x = x + b["ch"](b["n2"](x))
+        return self.head(x.mean(1))
+
+
+class TCN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Conv1d(8, 32, 1), nn.Linear(32, 4)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv1d(32, 48, 3, padding=2, dilation=2), nn.ReLU(),
+                                                  nn.Conv1d(48, 32, 1)) for _ in range(3))
+
+    def forward(self, x):
+        h = self.inp(x.transpose(1, 2))
+        for b in self.blocks:
+            h = h + b(h)
+        return self.out(h.transpose(1, 2))
+
+
+class TorchEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(100, 64), nn.Linear(64, 3)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, 128, batch_first=True, norm_first=True), 2)
+
+    def forward(self, ids):
+        return self.head(self.enc(self.emb(ids)).mean(1))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.kv, self.out = nn.Linear(16, 64), nn.Linear(24, 64), nn.Linear(64, 4)
+        self.att = nn.MultiheadAttention(64, 8, batch_first=True)
+
+    def forward(self, x, ctx):
+        q, kv = self.q(x), self.kv(ctx)
+        return self.out(self.att(q, kv, kv, need_weights=False)[0] + q)
+
+
+class GRUClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.pre, self.gru, self.fc = nn.Embedding(100, 32), nn.Linear(32, 32), nn.GRU(32, 48, batch_first=True), nn.Linear(48, 5)
+
+    def forward(self, ids):
+        return self.fc(self.gru(torch.relu(self.pre(self.emb(ids))))[0][:, -1])
+
+
+class Float64MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size)
+
+
+HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
+    "fused_qkv_split_per_head": lambda: (FusedQKVSplitPerHead(), (torch.randn(2, 5, 64),)),
+    "causal_self_attention": lambda: (CausalSelfAttention(), (torch.randn(2, 10, 48),)),
+    "group_norm_fpn": lambda: (GroupNormFPN(), (_image(16),)),
+    "pixel_shuffle_sr": lambda: (PixelShuffleSR(), (_image(),)),
+    "unfold_fold": lambda: (UnfoldFold(), (_image(),)),
+    "repeat_kv_attention": lambda: (RepeatKV(), (torch.randn(2, 5, 64),)),
+    "weight_standardised_convs": lambda: (WeightStandardised(), (_image(),)),
+    "grouped_convs": lambda: (GroupedConvs(), (_image(),)),
+    "unet": lambda: (UNet(), (_image(16),)),
+    "mlp_mixer": lambda: (Mixer(), (_image(16),)),
+    "tcn": lambda: (TCN(), (torch.randn(2, 20, 8),)),
+    "torch_transformer_encoder": lambda: (TorchEncoder(), (torch.randint(0, 100, (2, 9)),)),
+    "cross_attention": lambda: (CrossAttention(), (torch.randn(2, 5, 16), torch.randn(2, 7, 24))),
+    "gru_classifier": lambda: (GRUClassifier(), (torch.randint(0, 100, (2, 7)),)),
+    "float64_mlp": lambda: (Float64MLP().double(), (torch.randn(2, 5, 8, dtype=torch.float64),)),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face architectures (small configs)
+
+_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+
+
+def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
+    import transformers as T
+    ids = torch.randint(0, 1000, (2, 16))
+    text = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    causal = {**text, "use_cache": False}
+    small = _SMALL
+    vision = dict(image_size=32, patch_size=8, **small)
+    built: dict[str, Callable[[], tuple]] = {
+        "albert": lambda: (T.AlbertModel(T.AlbertConfig(embedding_size=32, vocab_size=1000, **small)), (), text),
+        "electra": lambda: (T.ElectraModel(T.ElectraConfig(embedding_size=32, vocab_size=1000, **small)), (), text),
+        "deberta-v2": lambda: (T.DebertaV2Model(T.DebertaV2Config(vocab_size=1000, **small)), (), text),
+        "mobilebert": lambda: (T.MobileBertModel(T.MobileBertConfig(
+            vocab_size=1000, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32, **small)), (), text),
+        "xlm-roberta": lambda: (T.XLMRobertaModel(T.XLMRobertaConfig(vocab_size=1000, max_position_embeddings=130,
+                                                                    **small)), (), text),
+        "gpt2": lambda: (T.GPT2Model(T.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=1000)), (), causal),
+        "mistral": lambda: (T.MistralModel(T.MistralConfig(vocab_size=1000, num_key_value_heads=2, **small)), (), causal),
+        "qwen2": lambda: (T.Qwen2Model(T.Qwen2Config(vocab_size=1000, num_key_value_heads=2, **small)), (), causal),
+        "opt": lambda: (T.OPTModel(T.OPTConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               ffn_dim=128, word_embed_proj_dim=64)), (), causal),
+        "bloom": lambda: (T.BloomModel(T.BloomConfig(vocab_size=1000, hidden_size=64, n_layer=2, n_head=4)), (), causal),
+        "gpt-neox": lambda: (T.GPTNeoXModel(T.GPTNeoXConfig(vocab_size=1000, **small)), (), causal),
+        "phi": lambda: (T.PhiModel(T.PhiConfig(vocab_size=1000, **small)), (), causal),
+        "deit": lambda: (T.DeiTModel(T.DeiTConfig(**vision)), (_image(32),), {}),
+        "beit": lambda: (T.BeitModel(T.BeitConfig(use_relative_position_bias=True, **vision)), (_image(32),), {}),
+        "dinov2": lambda: (T.Dinov2Model(T.Dinov2Config(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                                                        num_attention_heads=4)), (_image(32),), {}),
+        "swin": lambda: (T.SwinModel(T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2],
+                                                  num_heads=[2, 4], window_size=4)), (_image(32),), {}),
+        "convnext": lambda: (T.ConvNextModel(T.ConvNextConfig(hidden_sizes=[16, 32], depths=[2, 2], num_stages=2)),
+                             (_image(32),), {}),
+        "mobilevit": lambda: (T.MobileViTModel(T.MobileViTConfig(image_size=64, hidden_sizes=[32, 48, 64],
+                                                                 neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64])),
+                              (_image(64),), {}),
+        "segformer": lambda: (T.SegformerModel(T.SegformerConfig(hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4],
+                                                                 depths=[1, 1, 1, 1])), (_image(64),), {}),
+        "levit": lambda: (T.LevitModel(T.LevitConfig(image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4],
+                                                     depths=[1, 1, 1], key_dim=[8, 8, 8])), (_image(64),), {}),
+        "clip-vision": lambda: (T.CLIPVisionModel(T.CLIPVisionConfig(**vision)), (_image(32),), {}),
+        "clip-text": lambda: (T.CLIPTextModel(T.CLIPTextConfig(vocab_size=1000, max_position_embeddings=32, **small)), (), text),
+        "whisper-encoder": lambda: (T.WhisperModel(T.WhisperConfig(
+            d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16, max_source_positions=16, vocab_size=1000,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)).encoder,
+            (torch.randn(2, 16, 32),), {}),
+        "wav2vec2": lambda: (T.Wav2Vec2Model(T.Wav2Vec2Config(conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                                              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                                                              **small)), (torch.randn(2, 800),), {}),
+        "bart-encoder": lambda: (T.BartModel(T.BartConfig(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2,
+                                                          encoder_attention_heads=4, decoder_attention_heads=4,
+                                                          encoder_ffn_dim=128, decoder_ffn_dim=128)).encoder, (), text),
+    }
+    return built[name]()
+
+
+HF = ("albert", "electra", "deberta-v2", "mobilebert", "xlm-roberta", "gpt2", "mistral", "qwen2", "opt", "bloom",
+      "gpt-neox", "phi", "deit", "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit",
+      "clip-vision", "clip-text", "whisper-encoder", "wav2vec2", "bart-encoder")
+
+
+def build(name: str) -> tuple[nn.Module, tuple, dict]:
+    if name.startswith("hf:"):
+        return _hf(name[3:])
+    model, args = HAND[name]()
+    return model, args, {}
+
+
+# ----------------------------------------------------------------------------------------------
+
+def measure(name: str) -> dict:
+    torch.manual_seed(SEED)
+    started = time.perf_counter()
+    row: dict[str, Any] = {"model": name}
+    try:
+        model, args, kwargs = build(name)
+        model.eval()
+        with torch.no_grad():
+            expected = model(*args, **kwargs)  # before the supernet sorts the shared weights
+        supernet = osf.Supernet(model, args, kwargs)
+        space = supernet.space
+        row.update(groups=len(space.groups), heads=sum(g.kind == "heads" for g in space.groups), units=len(space.units),
+                   log10_size=round(space.log10_size(), 2), params=sum(p.numel() for p in model.parameters()),
+                   unsupported=sorted({u.target for u in space.analysis.unsupported}))
+        problems = []
+        with torch.no_grad():
+            why = common.compare_outputs(expected, supernet.extract(space.max()).eval()(*args, **kwargs),
+                                         atol=1e-4, rtol=1e-3)[0]
+        if why:
+            problems.append(f"max() differs from the original: {why}")
+        supernet.eval()
+        for role, arch in [("min", space.min()), ("sample 1", space.sample(SEED + 1)), ("sample 2", space.sample(SEED + 2))]:
+            small = supernet.extract(arch).eval()
+            n_params = sum(p.numel() for p in small.parameters())
+            if role == "min":
+                row["min_params"] = n_params
+            if supernet.cost(arch)["params"] != n_params:
+                problems.append(f"{role}: cost() params {supernet.cost(arch)['params']} != extracted {n_params}")
+            with torch.no_grad(), supernet.set_arch(arch):
+                why = common.compare_outputs(small(*args, **kwargs), supernet(*args, **kwargs))[0]
+            if why:
+                problems.append(f"{role}: set_arch differs from extract: {why}")
+        row.update(template=supernet.template_status == "template", problems=problems, ok=not problems)
+    except Exception as e:  # noqa: BLE001 - a failing model is a result
+        row.update(ok=False, problems=[f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"],
+                   traceback=traceback.format_exc()[-2000:])
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def section(env: dict, rows: list[dict]) -> str:
+    ok = sum(r["ok"] for r in rows)
+    lines = ["<!-- probe:start -->", "## Probe: models no test names", "",
+             f"Generated by `{env['command']}` on {env['date']}.", "",
+             f"- Machine: {env['platform']} ({env['machine']}), {env['cpus']} CPUs",
+             f"- Versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, osf {env['osf']}",
+             f"- Seed {SEED}; random weights; Hugging Face: small configs (width 64, 2 layers, 4 heads where the "
+             "architecture has them), batch 2; hand-written models: `bench/probe.py`",
+             "- *OK*: the supernet builds; `extract(max())` equals the original (eval mode, `allclose` atol 1e-4, rtol 1e-3, "
+             "the original run before the supernet sorted its weights); for `min()` and two sampled archs, the supernet at "
+             "the arch (`set_arch`) equals the extracted model (atol 1e-5, rtol 1e-4) and `cost()` gives its exact "
+             "parameter count. *Unsupported*: ops without a dimension rule (their dims stay fixed)", "",
+             f"{ok} of {len(rows)} models OK.", "",
+             "| model | OK | groups (heads) | units | log10 size | min params / params | unsupported ops | problems |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        size = f"{r['min_params']:,} / {r['params']:,}" if "min_params" in r else ""
+        lines.append(f"| {r['model']} | {'yes' if r['ok'] else 'NO'} | "
+                     + (f"{r['groups']} ({r['heads']}) | {r['units']} | {r['log10_size']} | " if "groups" in r else "| | | ")
+                     + f"{size} | {', '.join(u.replace('aten.', '') for u in r.get('unsupported', []))} | "
+                     + "; ".join(r["problems"]).replace("|", "\\|") + " |")
+    return "\n".join(lines + ["<!-- probe:end -->"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    opts = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    import transformers
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(2)
+    names = list(QUICK) if opts.quick else [f"hf:{n}" for n in HF] + list(HAND)
+    rows = []
+    for name in names:
+        rows.append(measure(name))
+        r = rows[-1]
+        print(f"{name:28} {'OK' if r['ok'] else 'FAILED':6} {r['seconds']:5.1f}s {'; '.join(r['problems'])[:200]}", flush=True)
+    env = common.environment(command="python bench/probe.py" + (" --quick" if opts.quick else ""),
+                             transformers=common.version("transformers"))
+    suffix = "-quick" if opts.quick else ""
+    common.write_atomic(common.ROOT / "bench" / "results" / f"probe{suffix}.json",
+                        json.dumps({"environment": env, "rows": rows}, indent=1))
+    common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, "probe", section(env, rows))
+    return 1 if opts.quick and not all(r["ok"] for r in rows) else 0  # the CI smoke test fails on a failed model
+
+
+if __name__ == "__main__":
+    sys.exit(main())
