@@ -12,7 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import osf
-from models import ALL, _first, image, supernet
+from models import ALL, _first, supernet
 
 def groups_of(sn: osf.Supernet, kind: str | None = None):
     return [g for g in sn.space.groups if kind is None or g.kind == kind]
