@@ -464,7 +464,7 @@ class _ShapeFollowers(nn.Module):
                 self.up = nn.ConvTranspose2d(32, 32, 2, stride=2, groups=4, bias=False)
         else:
             self.a = nn.Linear(16, 32)
-            self.b = nn.Linear(64 if mode.startswith("repeat") else 32 if mode.endswith("_as") else 16, 8)
+            self.b = nn.Linear(64 if mode.startswith("repeat") else 32 if mode.endswith("_as") or mode == "tile" else 16, 8)
         self.c = nn.Linear(16, 8)
 
     def example(self) -> torch.Tensor:
@@ -484,6 +484,8 @@ class _ShapeFollowers(nn.Module):
             return self.b((h.flatten(0, 1) * 2).reshape_as(h))
         if self.mode == "view_as":
             return self.b((h.flatten(0, 1) * 2).view_as(h))
+        if self.mode == "tile":  # the tokens repeated (fewer counts than dims: tile pads them with ones)
+            return self.b(h.tile((2, 1)))
         if self.mode == "repeat_interleave":
             return self.b(h.repeat_interleave(2, dim=-1))
         if self.mode == "repeat_interleave_output_size":
@@ -498,7 +500,7 @@ class _ShapeFollowers(nn.Module):
         return self.b(p) + self.c(q)
 
 
-@pytest.mark.parametrize("mode", ["reshape_as", "view_as", "repeat_interleave", "repeat_interleave_output_size",
+@pytest.mark.parametrize("mode", ["reshape_as", "view_as", "tile", "repeat_interleave", "repeat_interleave_output_size",
                                   "tensor_split_sections", "tensor_split_indices", *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets

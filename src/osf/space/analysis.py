@@ -551,10 +551,10 @@ def _expand_as(p: _Pass, op: OpNode):
     return p.broadcast(op, [x, other], p.out_sizes(op))
 
 
-@rule("aten.repeat.default")
+@rule("aten.repeat.default", "aten.tile.default")
 def _repeat(p: _Pass, op: OpNode):
     x = p.tensor(op.args[0])
-    reps = op.args[1]
+    reps = [1] * max(0, len(x) - len(op.args[1])) + list(op.args[1])  # tile pads its counts with leading ones
     out_sizes = p.out_sizes(op)
     lead = len(reps) - len(x)
     out = []
