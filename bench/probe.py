@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import osf  # noqa: E402
+from osf.cli.models import HF_ARCHS, resolve  # noqa: E402
 
 SEED = 0
 QUICK = ("hf:gpt2", "fused_qkv_split_per_head", "group_norm_fpn", "pixel_shuffle_sr")
@@ -283,7 +284,6 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
             vocab_size=1000, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32, **small)), (), text),
         "xlm-roberta": lambda: (T.XLMRobertaModel(T.XLMRobertaConfig(vocab_size=1000, max_position_embeddings=130,
                                                                     **small)), (), text),
-        "gpt2": lambda: (T.GPT2Model(T.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=1000)), (), causal),
         "mistral": lambda: (T.MistralModel(T.MistralConfig(vocab_size=1000, num_key_value_heads=2, **small)), (), causal),
         "qwen2": lambda: (T.Qwen2Model(T.Qwen2Config(vocab_size=1000, num_key_value_heads=2, **small)), (), causal),
         "opt": lambda: (T.OPTModel(T.OPTConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -329,6 +329,9 @@ HF = ("albert", "electra", "deberta-v2", "mobilebert", "xlm-roberta", "gpt2", "m
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:
+    if name.startswith("hf:") and name[3:] in HF_ARCHS:  # osf's own small configs (the `osf` command's hf:ARCH)
+        spec = resolve(name)
+        return spec.model, spec.args, spec.kwargs
     if name.startswith("hf:"):
         return _hf(name[3:])
     model, args = HAND[name]()
@@ -363,8 +366,9 @@ def measure(name: str) -> dict:
             n_params = sum(p.numel() for p in small.parameters())
             if role == "min":
                 row["min_params"] = n_params
-            if supernet.cost(arch)["params"] != n_params:
-                problems.append(f"{role}: cost() params {supernet.cost(arch)['params']} != extracted {n_params}")
+            predicted = supernet.cost(arch)["params"]
+            if predicted != n_params:
+                problems.append(f"{role}: cost() params {predicted} != extracted {n_params}")
             with torch.no_grad(), supernet.set_arch(arch):
                 why = common.compare_outputs(small(*args, **kwargs), supernet(*args, **kwargs))[0]
             if why:

@@ -486,10 +486,10 @@ def _repeat_interleave(p: _Pass, op: OpNode):
     if dim is None:
         raise _Unsupported("repeat_interleave without a dim (flattens its input)")
     d = _norm_dim(dim, len(x))
-    out_sizes = p.out_sizes(op)
     copies = p.fresh((p.arg(op, 1, "repeats"), ()), f"copies made by {op.name}")
-    x[d] = p.d.atom(out_sizes[d], "split")
-    p.unify(Prod((p.tensor(op.args[0])[d], copies)), x[d], op)
+    repeated = p.d.atom(p.out_sizes(op)[d], "split")
+    p.unify(Prod((x[d], copies)), repeated, op)
+    x[d] = repeated
     return x
 
 
@@ -813,27 +813,20 @@ def _col2im(p: _Pass, op: OpNode):
     return list(x[:-2]) + [channels] + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-2:]]
 
 
-@rule("aten.pixel_shuffle.default")
+@rule("aten.pixel_shuffle.default", "aten.pixel_unshuffle.default")
 def _pixel_shuffle(p: _Pass, op: OpNode):
-    """(…, C × r², H, W) -> (…, C, H·r, W·r): the output channels are the outer factor of the input's."""
+    """``pixel_shuffle``: (…, C × r², H, W) -> (…, C, H·r, W·r), the output channels the outer factor of the
+    input's; ``pixel_unshuffle`` the inverse, the input channels the outer factor of the output's."""
     x = p.tensor(op.args[0])
     out_sizes = p.out_sizes(op)
     for e in x[-2:]:
         p.block(e, f"spatial size read by {op.name}")
     channels = p.d.atom(out_sizes[-3], "split")
-    p.unify(x[-3], Prod((channels, p.fresh((op.args[1] ** 2, ()), f"sub-pixels of {op.name}"))), op)
-    return list(x[:-3]) + [channels] + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-2:]]
-
-
-@rule("aten.pixel_unshuffle.default")
-def _pixel_unshuffle(p: _Pass, op: OpNode):
-    """(…, C, H, W) -> (…, C × r², H/r, W/r): the input channels are the outer factor of the output's."""
-    x = p.tensor(op.args[0])
-    out_sizes = p.out_sizes(op)
-    for e in x[-2:]:
-        p.block(e, f"spatial size read by {op.name}")
-    channels = p.d.atom(out_sizes[-3], "split")
-    p.unify(Prod((x[-3], p.fresh((op.args[1] ** 2, ()), f"sub-pixels of {op.name}"))), channels, op)
+    sub_pixels = p.fresh((op.args[1] ** 2, ()), f"sub-pixels of {op.name}")
+    if op.target == "aten.pixel_shuffle.default":
+        p.unify(x[-3], Prod((channels, sub_pixels)), op)
+    else:
+        p.unify(Prod((x[-3], sub_pixels)), channels, op)
     return list(x[:-3]) + [channels] + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-2:]]
 
 

@@ -348,7 +348,9 @@ class _ArgsAt:
 
 
 def _never_rewritten(op: OpNode) -> bool:
-    """A convolution without groups: its rewrite only ever changes ``groups``."""
+    """A convolution or GroupNorm with one group: its rewrite only ever changes ``groups``."""
+    if op.target == "aten.group_norm.default":
+        return op.args[1] == 1
     if not op.target.startswith(("aten.conv", "aten.convolution")):
         return False
     at = 8 if op.target == "aten.convolution.default" else 6
