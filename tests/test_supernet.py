@@ -300,3 +300,34 @@ def test_a_contracted_unit_whose_output_nobody_reads_leaves_no_assignment():
         (y1, g1), (y2, g2) = _step(sn, sn._get_template().bind(arch), (x,), {}), _step(sn, own, (x,), {})
         torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-5)
         assert {k for k, g in g1.items() if g is None} == {k for k, g in g2.items() if g is None}
+
+
+def test_no_grad_and_autocast_blocks_of_forward_on_shared_weights():
+    """Training mode on ``toys.ForwardBlocks``: the spectral-normed layer's width is prunable (its power
+    iteration's ``mv``/``vdot`` follow the cut), and the supernet at an arch gives the extracted subnet's
+    outputs, gradients and updated power-iteration buffers; the no_grad block's module gets no gradient."""
+    from toys import ForwardBlocks
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    sn = osf.Supernet(ForwardBlocks(), (x,))
+    assert any(g.key.startswith("sn.") for g in sn.space.groups)
+    sn.train()
+    for arch in [sn.space.min(), sn.space.sample(1)]:
+        sub = sn.extract(arch).train()
+        sn.zero_grad(set_to_none=True)
+        with sn.set_arch(arch):
+            y = sn(x)
+        _loss(y).backward()
+        y_sub = sub(x)
+        _loss(y_sub).backward()
+        torch.testing.assert_close(y, y_sub, rtol=1e-4, atol=1e-5)
+        cut = _cut_grads(sn, arch)
+        aliases = sn.subnet_ir(arch).aliases
+        for qual, p in sub.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(cut[aliases[qual]], p.grad, rtol=1e-4, atol=1e-5)
+        assert sn.tensors()["target.weight"].grad is None
+        assert not hasattr(sub, "target") or sub.target.weight.grad is None
+        buffers = subnet_ir(sn.space, arch, tensors=sn.tensors()).tensors
+        for qual, b in sub.named_buffers():
+            torch.testing.assert_close(buffers[aliases[qual]], b, msg=lambda m, q=qual: f"buffer {q}: {m}")

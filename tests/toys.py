@@ -123,3 +123,38 @@ class NeedsTargetsWhenTraining(nn.Module):
             assert targets is not None, "targets should not be none when in training mode"
             return {"loss": (self.fc(x) - targets).square().mean()}
         return {"scores": self.fc(x).softmax(-1)}
+
+
+class ForwardBlocks(nn.Module):
+    """Context managers inside ``forward``: a ``torch.no_grad()`` target from a module that must get no
+    gradient, a spectral-normed layer (its power iteration updates buffers under ``no_grad`` in training),
+    and an autocast block with a nested float32 block."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 32)
+        self.target = nn.Linear(32, 32)
+        self.sn = nn.utils.parametrizations.spectral_norm(nn.Linear(32, 32))
+        self.low = nn.Linear(32, 32)
+        self.exact = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        with torch.no_grad():
+            t = self.target(h).softmax(-1)
+        h = F.relu(self.sn(h * t))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = self.low(h)
+            with torch.autocast("cpu", enabled=False):
+                exact = self.exact(low.float())
+        return self.head(h + low.float() + exact)
+
+
+class CondInForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.cond(x.sum() > 0, torch.sin, torch.cos, (self.fc(x),))

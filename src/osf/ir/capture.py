@@ -274,25 +274,76 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
         meta = serial.encode_value_meta(node.meta.get("val")) if node is not None else None
         placeholders.append(Placeholder(arg.name, kind, target, meta))
     ops: list[OpNode] = []
+    _inline_blocks(ep.graph_module)
     for node in ep.graph.nodes:
         if node.op != "call_function":
             continue
         if isinstance(node.target, torch._ops.HigherOrderOperator):
             raise TraceError(f"higher-order op {node.target.name()} is not supported by the IR",
                              module=_owner(node, paths), op=node.name,
-                             suggestion="avoid torch.autocast / torch.cond / checkpointing inside forward "
-                             "when tracing")
+                             suggestion="express the control flow in plain Python on shapes or config instead of "
+                             "torch.cond / torch.while_loop / torch.map (torch.no_grad(), autocast and "
+                             "checkpointing blocks are fine)")
         target = serial.target_name(node.target)
         if target in _IGNORED_TARGETS:
             continue
         ops.append(OpNode(node.name, target, serial.encode_arg(list(node.args)),
                           {k: serial.encode_arg(v) for k, v in node.kwargs.items()},
-                          _owner(node, paths), serial.encode_value_meta(node.meta.get("val"))))
+                          _owner(node, paths), serial.encode_value_meta(node.meta.get("val")),
+                          context=serial.encode_arg(node.meta[_CONTEXT]) if _CONTEXT in node.meta else None))
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     outputs = [serial.encode_arg(a) for a, spec in zip(out_node.args[0], ep.graph_signature.output_specs)
                if spec.kind == OutputKind.USER_OUTPUT]
     _drop_unused(ops, outputs)
     return Graph(placeholders, ops, outputs), user_leaves
+
+
+_CONTEXT = "osf_context"  # fx node meta: the context managers of an op inlined from a block of forward
+
+
+def _inline_blocks(gm: torch.fx.GraphModule) -> None:
+    """Inline the ``torch.no_grad()`` / ``enable_grad()`` and ``torch.autocast`` blocks of a forward, which
+    export wraps in a call of a sub-graph (``wrap_with_set_grad_enabled``, ``wrap_with_autocast``), into
+    the graph, nested blocks too: their ops become plain ops of the IR, each remembering the context
+    managers it runs under (meta ``_CONTEXT``: ``["grad", enabled]``, ``["autocast", dtype, enabled,
+    cache_enabled]``; the generated code enters autocast on the model's device type)."""
+    graph = gm.graph
+    hop = torch.ops.higher_order
+    while True:
+        block = next((n for n in graph.nodes if n.op == "call_function"
+                      and n.target in (hop.wrap_with_set_grad_enabled, hop.wrap_with_autocast)), None)
+        if block is None:
+            return
+        if block.target is hop.wrap_with_set_grad_enabled:
+            enabled, body_ref, *inputs = block.args
+            entered = ["grad", bool(enabled)]
+        else:
+            _device_type, dtype, enabled, cache, body_ref, *inputs = block.args
+            entered = ["autocast", dtype, bool(enabled), cache]
+        context = [*block.meta.get(_CONTEXT, []), entered]
+        body = getattr(gm, body_ref.target)
+        env: dict[torch.fx.Node, Any] = dict(zip((n for n in body.graph.nodes if n.op == "placeholder"), inputs))
+        results: list = []
+        with graph.inserting_before(block):
+            for inner in body.graph.nodes:
+                if inner.op == "placeholder":
+                    continue
+                if inner.op == "output":
+                    results = list(torch.fx.map_arg(inner.args[0], env.__getitem__))
+                    continue
+                if inner.op == "get_attr":  # a nested block's sub-graph
+                    name = f"{block.name}_{inner.target}"
+                    setattr(gm, name, getattr(body, inner.target))
+                    env[inner] = graph.get_attr(name)
+                    continue
+                env[inner] = copied = graph.node_copy(inner, env.__getitem__)
+                copied.meta[_CONTEXT] = context
+        for user in list(block.users):  # getitem(block, i)
+            user.replace_all_uses_with(results[user.args[1]])
+            graph.erase_node(user)
+        graph.erase_node(block)
+        if body_ref.op == "get_attr" and not body_ref.users:
+            graph.erase_node(body_ref)
 
 
 def _drop_unused(ops: list[OpNode], outputs: list) -> None:

@@ -7,6 +7,7 @@ training flags read the owner module's ``.training`` live, and device constants 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import keyword
 from dataclasses import dataclass
@@ -376,7 +377,11 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
                 args[idx] = {"expr": f"({_render(args[idx], names)} if {owner_var(op.owner)}.training else 0.0)"}
             elif kwargs.get(kw):
                 kwargs[kw] = {"expr": f"({_render(kwargs[kw], names)} if {owner_var(op.owner)}.training else 0.0)"}
-        call = f"{calls.get(op.name, targets[op.target])}(" + ", ".join(
+        fn = calls.get(op.name, targets[op.target])
+        if op.context:  # from a torch.no_grad() / autocast block of the model's forward
+            globals_["_in_context"] = _in_context
+            args, fn = [{"device": None}, op.context, {"expr": fn}, *args], "_in_context"
+        call = f"{fn}(" + ", ".join(
             [_render(a, names) for a in args] + [f"{k}={_render(v, names)}" for k, v in kwargs.items()]) + ")"
         line = f"{names[op.name]} = {call}"
         if op.mode_gated:
@@ -392,6 +397,14 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
     ret = "    return [" + ", ".join(_render(o, names) for o in graph.outputs) + "]"
     header = "def forward(self, _dev, " + ", ".join(user_inputs) + "):" if user_inputs else "def forward(self, _dev):"
     return "\n".join([header, *(f"    {line}" for line in preamble), *prologue, *body, ret]) + "\n", globals_
+
+
+def _in_context(device: torch.device, context: list, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` under ``context`` (``OpNode.context``); autocast on the model's device type."""
+    with contextlib.ExitStack() as stack:
+        for kind, *values in context:
+            stack.enter_context(torch.set_grad_enabled(*values) if kind == "grad" else torch.autocast(device.type, *values))
+        return fn(*args, **kwargs)
 
 
 def safe_name(name: str) -> str:

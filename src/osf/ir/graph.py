@@ -42,6 +42,7 @@ class OpNode:
     owner: str  # qualified name of the innermost module whose forward ran this op ("" = root)
     meta: Any = None
     mode_gated: bool = False  # only runs in training mode (e.g. BatchNorm's num_batches_tracked += 1)
+    context: list | None = None  # context managers of forward it runs under, outermost first (``capture``)
 
     @property
     def inputs(self) -> list[str]:
@@ -52,12 +53,14 @@ class OpNode:
              "owner": self.owner, "meta": self.meta}
         if self.mode_gated:
             d["mode_gated"] = True
+        if self.context:
+            d["context"] = self.context
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "OpNode":
         return cls(d["name"], d["target"], d["args"], d["kwargs"], d["owner"], d.get("meta"),
-                   d.get("mode_gated", False))
+                   d.get("mode_gated", False), d.get("context"))
 
 
 @dataclass

@@ -398,11 +398,13 @@ def _embedding(p: _Pass, op: OpNode):
     return list(idx) + [w[1]]
 
 
-@rule("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
+@rule("aten.matmul.default", "aten.bmm.default", "aten.mm.default", "aten.mv.default", "aten.dot.default",
+      "aten.vdot.default")
 def _matmul(p: _Pass, op: OpNode):
     a, b = p.tensor(op.args[0]), p.tensor(op.args[1])
-    if len(a) < 2 or len(b) < 2:
-        raise _Unsupported("matrix-vector product")
+    if len(a) == 1 or len(b) == 1:  # a vector: contracted with the other's last (a) or second-last (b) dim
+        p.unify(a[-1], b[0] if len(b) == 1 else b[-2], op)
+        return list(a[:-1]) if len(b) == 1 else list(b[:-2]) + [b[-1]]
     p.unify(a[-1], b[-2], op)
     out_sizes = p.out_sizes(op)
     batch = p.broadcast(op, [a[:-2], b[:-2]], out_sizes[:-2])
@@ -507,7 +509,7 @@ def _transpose(p: _Pass, op: OpNode):
     return x
 
 
-@rule("aten.t.default")
+@rule("aten.t.default", "aten.matrix_H.default")
 def _t(p: _Pass, op: OpNode):
     return list(reversed(p.tensor(op.args[0])))
 

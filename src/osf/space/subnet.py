@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -243,8 +244,7 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
     for op in graph.ops:
         if op.name in removed or op.mode_gated and op.owner in dead_owners:
             continue
-        new = OpNode(op.name, op.target, _subst(op.args, sub), _subst(op.kwargs, sub), op.owner,
-                     copy_tree(op.meta), op.mode_gated)
+        new = dataclasses.replace(op, args=_subst(op.args, sub), kwargs=_subst(op.kwargs, sub), meta=copy_tree(op.meta))
         if new.args[:1] != op.args[:1] and is_inplace(op.target):
             new.target = _out_of_place(op)  # it would now write into a value others still read
         if kept:
@@ -358,8 +358,8 @@ def resized_op(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict[s
                meta: bool = True) -> OpNode:
     """A copy of ``op`` with its arguments (and, with ``meta``, its output metadata; else none) rewritten
     to the widths ``kept`` (atom -> size), as ``subnet_structure`` rewrites it; ``op`` is left alone."""
-    new = OpNode(op.name, op.target, copy.deepcopy(op.args), copy.deepcopy(op.kwargs), op.owner,
-                 copy.deepcopy(op.meta) if meta else None, op.mode_gated)
+    new = dataclasses.replace(op, args=copy.deepcopy(op.args), kwargs=copy.deepcopy(op.kwargs),
+                  meta=copy.deepcopy(op.meta) if meta else None)
     if kept:
         resize_value(new, vals, dims, kept, hints)
     return new

@@ -15,6 +15,7 @@ Anything the template cannot express raises ``TemplateUnsupported``; the superne
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import types
 from typing import Any, Callable
@@ -74,8 +75,8 @@ class _GraphTemplate:
         located = space.located_units(key)
         self.liveness = Liveness(graph, located)
         # a copy whose arguments the template rewrites into table reads
-        ops = [OpNode(op.name, op.target, copy.deepcopy(op.args), copy.deepcopy(op.kwargs), op.owner, op.meta,
-                      op.mode_gated) for op in graph.ops]
+        ops = [dataclasses.replace(op, args=copy.deepcopy(op.args), kwargs=copy.deepcopy(op.kwargs))
+               for op in graph.ops]
         self.hold: dict[str, str] = {}  # value -> the last op that may still read it
         self.calls: dict[str, str] = {}
         self.extra: dict[str, Any] = {}
