@@ -1,7 +1,9 @@
 """osf on models that no test names, as a new user would try it: Hugging Face architectures (small
 configs, random weights) and hand-written models with patterns users write (fused q/k/v split per head,
 GroupNorm, pixel shuffle, F.unfold/F.fold, repeat_interleave, reshape_as, grouped and transposed convs,
-nn.TransformerEncoder, nn.MultiheadAttention, a TCN, a GRU, float64).
+nn.TransformerEncoder, nn.MultiheadAttention, a TCN, a GRU, float64, a temporal shift, slices of fused
+projections and GLU, spectral norm and torch.no_grad() in forward, a float32 autocast block, bilinear,
+einsum attention on a raw parameter).
 
 Per model: the supernet builds; its maximal subnet equals the original (eval mode, computed before the
 supernet sorted the shared weights by salience); for the minimal and two sampled subnets, running the
@@ -9,7 +11,7 @@ supernet at the arch (``set_arch``) equals the extracted model, and ``cost()`` g
 count.
 
     python bench/probe.py            # every model (about 2 minutes)
-    python bench/probe.py --quick    # 4 models
+    python bench/probe.py --quick    # 5 models
 
 Writes bench/results/probe[-quick].json and the ``probe`` section of docs/benchmarks.md (--quick:
 docs/benchmarks-quick.md).
@@ -36,7 +38,7 @@ import osf  # noqa: E402
 from osf.cli.models import HF_ARCHS, resolve  # noqa: E402
 
 SEED = 0
-QUICK = ("hf:gpt2", "fused_qkv_split_per_head", "group_norm_fpn", "pixel_shuffle_sr")
+QUICK = ("hf:gpt2", "fused_qkv_split_per_head", "group_norm_fpn", "pixel_shuffle_sr", "temporal_shift")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,6 +242,103 @@ class Float64MLP(nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
+class TemporalShift(nn.Module):
+    """TSM: frames of a clip on the (dynamic) batch, an eighth of the channels shifted back and one forward
+    in time by slice assignments into zeros."""
+
+    def __init__(self, frames: int = 4):
+        super().__init__()
+        self.frames, self.a, self.b, self.c = frames, nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        nt, _, h, w = x.shape
+        x = F.relu(self.a(x))
+        c = x.shape[1]
+        clips, fold = x.view(nt // self.frames, self.frames, c, h, w), c // 8
+        out = torch.zeros_like(clips)
+        out[:, :-1, :fold] = clips[:, 1:, :fold]
+        out[:, 1:, fold:2 * fold] = clips[:, :-1, fold:2 * fold]
+        out[:, :, 2 * fold:] = clips[:, :, 2 * fold:]
+        return self.c(F.relu(self.b(out.view(nt, c, h, w))))
+
+
+class GatedBySlices(nn.Module):
+    """Gated linear units written as slices of a fused projection, then F.glu; q/k/v cut from one
+    projection by slices."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads, self.gate, self.glu = heads, nn.Linear(8, 2 * dim), nn.Linear(dim, 2 * dim)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, 3)
+
+    def forward(self, x):
+        h = self.gate(x)
+        d = h.shape[-1] // 2
+        h = F.glu(self.glu(h[..., :d] * torch.sigmoid(h[..., d:])), -1)
+        qkv = self.qkv(h)
+        b, t, _ = qkv.shape
+        q, k, v = (qkv[..., i * d:(i + 1) * d].view(b, t, self.heads, -1).transpose(1, 2) for i in range(3))
+        return self.out(h + F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+
+
+class SpectralNormCritic(nn.Module):
+    """GAN-critic style: spectral-normed layers (power iteration under no_grad in training) and a target
+    computed under torch.no_grad() in forward."""
+
+    def __init__(self):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.a, self.b = sn(nn.Conv2d(3, 32, 3, padding=1)), sn(nn.Conv2d(32, 64, 3, stride=2, padding=1))
+        self.target, self.head = nn.Linear(64, 64), sn(nn.Linear(64, 1))
+
+    def forward(self, x):
+        h = F.leaky_relu(self.b(F.leaky_relu(self.a(x), 0.2)), 0.2).mean((2, 3))
+        with torch.no_grad():
+            t = torch.sigmoid(self.target(h))
+        return self.head(h * t)
+
+
+class Float32Attention(nn.Module):
+    """Attention forced to float32 by an autocast(enabled=False) block (timm efficientvit-style), a
+    bilinear readout."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads, self.qkv, self.o = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.side, self.read = nn.Linear(dim, 16), nn.Bilinear(dim, 16, 3)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        with torch.autocast(x.device.type, enabled=False):
+            att = (q.float() @ k.float().transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v.float()
+        x = x + self.o(att.transpose(1, 2).reshape(b, t, d))
+        return self.read(x, torch.tanh(self.side(x)))
+
+
+class EinsumViT(nn.Module):
+    """A ViT written by hand: class token and learnt positions, q/k/v from a raw parameter matrix, einsum
+    attention, layer scale, RMSNorm."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads, self.patch = heads, nn.Conv2d(3, d, 4, 4)
+        self.cls, self.pos = nn.Parameter(torch.randn(1, 1, d)), nn.Parameter(torch.randn(1, 5, d))
+        self.n1, self.wqkv, self.proj = nn.LayerNorm(d), nn.Parameter(torch.randn(d, 3 * d) * 0.1), nn.Linear(d, d)
+        self.g1, self.g2 = nn.Parameter(torch.full((d,), 0.1)), nn.Parameter(torch.full((d,), 0.1))
+        self.n2, self.fc1, self.fc2, self.head = nn.RMSNorm(d), nn.Linear(d, 64), nn.Linear(64, d), nn.Linear(d, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, d = x.shape
+        x = torch.cat([self.cls.expand(b, -1, -1), x], 1) + self.pos
+        q, k, v = (self.n1(x) @ self.wqkv).reshape(b, n + 1, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        att = torch.einsum("bhqd,bhkd->bhqk", q, k).mul(q.shape[-1] ** -0.5).softmax(-1)
+        x = x + self.g1 * self.proj(torch.einsum("bhqk,bhkd->bhqd", att, v).transpose(1, 2).reshape(b, n + 1, d))
+        x = x + self.g2 * self.fc2(F.gelu(self.fc1(self.n2(x))))
+        return self.head(x[:, 0])
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -260,6 +359,11 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "cross_attention": lambda: (CrossAttention(), (torch.randn(2, 5, 16), torch.randn(2, 7, 24))),
     "gru_classifier": lambda: (GRUClassifier(), (torch.randint(0, 100, (2, 7)),)),
     "float64_mlp": lambda: (Float64MLP().double(), (torch.randn(2, 5, 8, dtype=torch.float64),)),
+    "temporal_shift": lambda: (TemporalShift(), (_image(8, batch=8),)),
+    "gated_by_slices": lambda: (GatedBySlices(), (torch.randn(2, 5, 8),)),
+    "spectral_norm_critic": lambda: (SpectralNormCritic(), (_image(16),)),
+    "float32_attention": lambda: (Float32Attention(), (torch.randn(2, 5, 32),)),
+    "einsum_vit": lambda: (EinsumViT(), (_image(8),)),
 }
 
 

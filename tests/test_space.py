@@ -464,11 +464,12 @@ class _ShapeFollowers(nn.Module):
                 self.up = nn.ConvTranspose2d(32, 32, 2, stride=2, groups=4, bias=False)
         else:
             self.a = nn.Linear(16, 32)
-            self.b = nn.Linear(64 if mode.startswith("repeat") else 32 if mode.endswith("_as") or mode == "tile" else 16, 8)
+            self.b = nn.Linear(64 if mode.startswith("repeat") else 32 if mode.endswith("_as") or mode in ("tile", "batch_view")
+                               else 16, 8)
         self.c = nn.Linear(16, 8)
 
     def example(self) -> torch.Tensor:
-        return torch.randn(2, 3, 8, 8) if self.mode in self.SPATIAL else torch.randn(2, 5, 16)
+        return torch.randn(2, 3, 8, 8) if self.mode in self.SPATIAL else torch.randn(4 if self.mode == "batch_view" else 2, 5, 16)
 
     def forward(self, x):
         h = torch.relu(self.a(x))
@@ -496,16 +497,31 @@ class _ShapeFollowers(nn.Module):
             return self.b(nn.functional.unfold(h, 2, stride=2).transpose(1, 2))
         if self.mode == "im2col_col2im":  # F.unfold then F.fold back, scaled in between
             return self.b(nn.functional.fold(nn.functional.unfold(h, 2, stride=2) * 3, (8, 8), 2, stride=2))
-        p, q = torch.tensor_split(h, 2 if self.mode == "tensor_split_sections" else [16], dim=-1)
+        if self.mode == "glu":  # channel k times sigmoid of channel 16 + k
+            return self.b(nn.functional.glu(h, -1))
+        if self.mode == "slice_middle":
+            return self.b(h[..., 8:24])
+        if self.mode == "batch_view":  # the batch viewed as (clips, 2 frames) on a dynamic batch, frames swapped
+            clips = h.view(h.shape[0] // 2, 2, 5, 32)
+            return self.b(torch.cat([clips[:, 1:], clips[:, :1]], 1).view(h.shape))
+        if self.mode == "slices":  # a fused projection cut with constant bounds
+            p, q = h[..., :16], h[..., 16:]
+        elif self.mode == "narrow":
+            p, q = h.narrow(-1, 0, 16), h.narrow(2, 16, 16)
+        else:
+            p, q = torch.tensor_split(h, 2 if self.mode == "tensor_split_sections" else [16], dim=-1)
         return self.b(p) + self.c(q)
 
 
 @pytest.mark.parametrize("mode", ["reshape_as", "view_as", "tile", "repeat_interleave", "repeat_interleave_output_size",
-                                  "tensor_split_sections", "tensor_split_indices", *_ShapeFollowers.SPATIAL])
+                                  "tensor_split_sections", "tensor_split_indices", "slices", "narrow", "slice_middle",
+                                  "glu", "batch_view", *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets
     compute what the original computes with the pruned channels zeroed, at unequal widths of the pieces
-    of a split too (tensor_split with sections once split a shrunk dim in the middle). GroupNorm keeps
+    of a split too (tensor_split with sections once split a shrunk dim in the middle; constant slices and
+    narrows cut segments like a split), and a view of a dynamic batch whose total the size algebra cannot
+    equate (``B // 2``) keeps the channels prunable. GroupNorm keeps
     whole groups: the maximal subnet, its channels sorted by salience, is the original model (a global
     channel prefix once moved channels between groups)."""
     torch.manual_seed(0)
@@ -518,12 +534,13 @@ def test_ops_whose_output_follows_a_pruned_width(mode):
     with torch.no_grad():
         torch.testing.assert_close(sn.extract(sn.space.max()).eval()(x), expected, atol=1e-5, rtol=1e-4)
     widths = {g.key: g.size for g in sn.space.groups if ("a.weight", 0) in g.members}
-    # norm groups; output channels of 4 sub-pixels; (transposed-conv groups) × (depthwise groups in each)
-    whole = {"group_norm": 4, "pixel_shuffle": 8, "grouped_convs": 4 + 4}.get(mode, 32)
+    # norm groups; output channels of 4 sub-pixels; (transposed-conv groups) × (depthwise groups in each);
+    # glu: 16 pairs; slice_middle: the slice (8 channels each side of it: one choice at multiples of 8)
+    whole = {"group_norm": 4, "pixel_shuffle": 8, "grouped_convs": 4 + 4, "glu": 16, "slice_middle": 16}.get(mode, 32)
     assert sum(widths.values()) == whole, [g.members for g in sn.space.groups]
     full = sn.space.max().depth  # widths only: the masked original cannot drop a branch
     archs = [osf.Arch(a.width, full) for a in [sn.space.min()] + [sn.space.sample(s) for s in range(6)]]
-    if mode.startswith("tensor_split"):  # each piece is a group: shrink them unequally
+    if mode.startswith("tensor_split") or mode in ("slices", "narrow"):  # each piece is a group: shrink them unequally
         first, second = sorted(widths)
         archs.append(osf.Arch({first: 8, second: 16}, full))
     for arch in archs:

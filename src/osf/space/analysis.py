@@ -16,7 +16,7 @@ import torch
 
 from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode
 from ..ir.serial import resolve_target
-from .dims import Cat, Dims, Prod, Size, is_static, size_of
+from .dims import Cat, Dims, Prod, Size, is_static, size_of, slice_bounds
 
 
 @dataclass
@@ -286,6 +286,34 @@ def _linear(p: _Pass, op: OpNode):
     if b is not None:
         p.unify(b[0], w[0], op)
     return list(x[:-1]) + [w[0]]
+
+
+@rule("aten.bilinear.default")
+def _bilinear(p: _Pass, op: OpNode):
+    """``y[..., o] = x1[..., i] · W[o, i, j] · x2[..., j] + b[o]``."""
+    x1, x2, w, b = p.tensor(op.args[0]), p.tensor(op.args[1]), p.tensor(op.args[2]), p.tensor(p.arg(op, 3, "bias"))
+    for e1, e2 in zip(x1[:-1], x2[:-1]):
+        p.unify(e1, e2, op)
+    p.unify(x1[-1], w[1], op)
+    p.unify(x2[-1], w[2], op)
+    if b is not None:
+        p.unify(b[0], w[0], op)
+    return list(x1[:-1]) + [w[0]]
+
+
+@rule("aten.glu.default")
+def _glu(p: _Pass, op: OpNode):
+    """``a * sigmoid(b)`` of the two halves of ``dim``: channel k of one half pairs with k of the other."""
+    x = list(p.tensor(op.args[0]))
+    d = _norm_dim(p.arg(op, 1, "dim", -1), len(x))
+    half = p.out_sizes(op)[d]
+    if not is_static(half):
+        raise _Unsupported("glu along a dynamic dim")
+    first, second = p.d.atom(half, "split"), p.d.atom(half, "split")
+    p.unify(x[d], Cat((first, second)), op)
+    p.unify(first, second, op)
+    x[d] = first
+    return x
 
 
 def _conv(p: _Pass, op: OpNode, transposed: bool, groups: int):
@@ -585,11 +613,24 @@ def _select(p: _Pass, op: OpNode):
 
 @rule("aten.slice.Tensor", "aten.narrow.default")
 def _slice(p: _Pass, op: OpNode):
+    """A slice with constant bounds cuts its dim into segments, as a split does (``x[..., :d]``,
+    ``x[..., d:2 * d]`` of a fused projection): the output is the middle one. Other slices (a step,
+    symbolic bounds) rewrite the dim by position."""
     x = list(p.tensor(op.args[0]))
     d = _norm_dim(p.arg(op, 1, "dim", 0), len(x))
-    s = p.out_sizes(op)[d]
-    if p.size(x[d]) != s:
+    s, n = p.out_sizes(op)[d], p.size(x[d])
+    if n == s:
+        return x
+    bounds = slice_bounds(op.target, op.args, op.kwargs, n[0]) if is_static(n) and is_static(s) else None
+    if bounds is None or bounds[1] - bounds[0] != s[0]:
         p.new_dim(x, d, op, f"sliced by position ({op.name})")
+        return x
+    start, end = bounds
+    mid = p.d.atom(s, "split")
+    segments = ([p.d.atom((start, ()), "split")] if start else []) + [mid] + \
+        ([p.d.atom((n[0] - end, ()), "split")] if end < n[0] else [])
+    p.unify(x[d], Cat(tuple(segments)), op)
+    x[d] = mid
     return x
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -169,6 +170,9 @@ class Dims:
         if ra == rb:
             return
         if self.size(ra) != self.size(rb):
+            if isinstance(ra, Prod) and isinstance(rb, Prod):  # a reshape whose totals the size algebra
+                self._pair_ends(list(ra.factors), list(rb.factors), where)  # cannot equate (``B//4``)
+                return
             self.block(ra, f"size mismatch at {where}")
             self.block(rb, f"size mismatch at {where}")
             return
@@ -193,7 +197,13 @@ class Dims:
 
     def _refine(self, xs: list, ys: list, where: str, *, product: bool) -> None:
         """Unify two factor (or segment) lists with equal total, splitting atoms where one side's
-        boundary falls inside the other's element. Fails (blocks) when no common refinement exists."""
+        boundary falls inside the other's element. Trailing elements of equal size pair up first (with
+        equal totals their indices coincide, whatever lies before them: ``(B·T, C)`` viewed as
+        ``(B, T, C)`` keeps C even where B·T cannot be refined); where no common refinement exists, the
+        elements not yet paired are blocked."""
+        xs, ys = list(xs), list(ys)
+        while len(xs) > 1 and len(ys) > 1 and self.size(xs[-1]) == self.size(ys[-1]):
+            self.unify(xs.pop(), ys.pop(), where)
         i = j = 0
         while i < len(xs) and j < len(ys):
             x, y = self.resolve(xs[i]), self.resolve(ys[j])
@@ -205,14 +215,24 @@ class Dims:
             big, small, big_list, k = (x, y, xs, i) if self._larger(sx, sy, product) else (y, x, ys, j)
             rest = self._remainder(self.size(big), self.size(small), product)
             if rest is None or not isinstance(big, int):
-                for e in xs + ys:
-                    self.block(e, f"no common factorisation of {self._text(xs, product)} and "
-                                  f"{self._text(ys, product)} at {where}")
+                for e in xs[i:] + ys[j:]:
+                    self.block(e, f"no common factorisation of {self._text(xs[i:], product)} and "
+                                  f"{self._text(ys[j:], product)} at {where}")
                 return
             head = self.atom(self.size(small), "split")
             tail = self.atom(rest, "split")
             self.bound[self.find(big)] = Prod((head, tail)) if product else Cat((head, tail))
             big_list[k:k + 1] = [head, tail]
+
+    def _pair_ends(self, xs: list, ys: list, where: str) -> None:
+        """Two factorisations of the same elements whose totals differ symbolically: factors of equal size
+        at either end pair up (as in ``_refine``), the ones between them are blocked."""
+        while xs and ys and self.size(xs[-1]) == self.size(ys[-1]):
+            self.unify(xs.pop(), ys.pop(), where)
+        while xs and ys and self.size(xs[0]) == self.size(ys[0]):
+            self.unify(xs.pop(0), ys.pop(0), where)
+        for e in xs + ys:
+            self.block(e, f"size mismatch at {where}")
 
     def _larger(self, a: Size, b: Size, product: bool) -> bool:
         if product:
@@ -285,3 +305,23 @@ def new_size(dims: Dims, e, kept: dict[int, int]) -> Size:
             out = size_mul(out, new_size(dims, f, kept))
         return out
     return (sum(new_size(dims, p, kept)[0] for p in e.parts), ())
+
+
+def slice_bounds(op_target: str, args: list, kwargs: dict, n: int) -> tuple[int, int] | None:
+    """``(start, end)`` that a ``slice.Tensor`` (step 1) or ``narrow`` with constant bounds takes of a dim
+    of static size ``n`` (Python's clipping rules), or None (symbolic bounds, a step)."""
+    def at(i: int, name: str, default: Any) -> Any:
+        return args[i] if i < len(args) else kwargs.get(name, default)
+
+    if op_target == "aten.narrow.default":
+        start, length = at(2, "start", None), at(3, "length", None)
+        if not (isinstance(start, int) and isinstance(length, int)):
+            return None
+        start += n if start < 0 else 0
+        return start, start + length
+    start, end, step = at(2, "start", None), at(3, "end", None), at(4, "step", 1)
+    if step != 1 or not all(v is None or isinstance(v, int) for v in (start, end)):
+        return None
+    start, end = (0 if start is None else start), (n if end is None else end)
+    start, end = (min(max(v + n if v < 0 else v, 0), n) for v in (start, end))
+    return start, max(start, end)

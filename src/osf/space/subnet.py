@@ -19,7 +19,7 @@ from ..ir.capture import annotate_io, module_ancestors
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
 from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
-from .dims import Prod, Size, atoms_in, is_static, new_size, size_text
+from .dims import Cat, Prod, Size, atoms_in, is_static, new_size, size_text, slice_bounds
 from .units import graph_hash
 
 if TYPE_CHECKING:
@@ -479,12 +479,31 @@ def _dim(op, x) -> int:
 
 
 def _rw_slice(op, ins, out, dims, kept):
-    """A full-range slice along a shrunk dim stays full-range."""
+    """A full-range slice along a shrunk dim stays full-range; a slice that takes a segment of it
+    (``analysis._slice``) takes the segment's new position."""
     x = ins[0]
     d = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim", 0)
     d = d + len(x) if d < 0 else d
-    if _changed([x[d]], dims, kept):
+    if not _changed([x[d]], dims, kept):
+        return
+    whole, part = dims.resolve(x[d]), dims.resolve(out[d])
+    if whole == part:
         op.args = [op.args[0], d, 0, sys.maxsize] + op.args[4:]
+        return
+    if not isinstance(whole, Cat):
+        raise NotImplementedError(f"{op.name} ({op.target}): a slice of a shrunk dim that is no concatenation")
+    start, _ = slice_bounds(op.target, op.args, op.kwargs, _static_or_fail(dims.size(whole), op))
+    new_start = 0
+    for segment in whole.parts:  # the segments before the slice's (its start is a segment boundary)
+        if start == 0:
+            break
+        start -= _static_or_fail(dims.size(segment), op)
+        new_start += _static_or_fail(new_size(dims, segment, kept), op)
+    length = _static_or_fail(new_size(dims, part, kept), op)
+    if op.target == "aten.narrow.default":
+        op.args, op.kwargs = [op.args[0], d, new_start, length], {}
+    else:
+        op.args, op.kwargs = [op.args[0], d, new_start, new_start + length] + op.args[4:], {}
 
 
 def _rw_repeat_interleave(op, ins, out, dims, kept):
@@ -511,7 +530,7 @@ _ARG_REWRITES = {
     **dict.fromkeys(SPLIT_OPS, _rw_split),
     "aten.repeat_interleave.self_int": _rw_repeat_interleave,
     "aten.group_norm.default": _rw_group_norm,
-    "aten.slice.Tensor": _rw_slice,
+    "aten.slice.Tensor": _rw_slice, "aten.narrow.default": _rw_slice,
 }
 
 
