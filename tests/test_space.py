@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -259,6 +260,28 @@ def test_unknown_ops_block_their_dims_and_are_reported():
     assert not fc1.prunable and any("aten.sort" in r for r in fc1.reasons)
     assert [g.key for g in sn.space.groups] == ["fc2.weight[0]"]
     assert "aten.sort.default" in sn.space.describe()
+
+
+class WithSpareLayers(nn.Module):
+    """A layer ``forward`` never calls, and one tied to a used layer's weight (read through that one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.spare, self.tied = nn.Linear(8, 32), nn.Linear(32, 3), nn.Linear(16, 64), nn.Linear(8, 32)
+        self.tied.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_tensors_forward_never_reads_get_no_width_choices():
+    sn = osf.Supernet(WithSpareLayers(), (torch.randn(3, 8),))
+    assert [g.key for g in sn.space.groups] == ["a.weight[0]"]  # the tied weight's dim is a's, read by a
+    spare = [g for g in sn.space.all_groups if any(t == "spare.weight" for t, _ in g.members)]
+    assert len(spare) == 2 and all(not g.prunable and "never reads" in g.reasons[0] for g in spare)
+    assert sn.space.log10_size() == pytest.approx(math.log10(4))
+    arch = sn.space.min()
+    assert sn.cost(arch)["params"] == sum(p.numel() for p in sn.extract(arch).parameters())
 
 
 class MaskedHeads(nn.Module):

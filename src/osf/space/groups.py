@@ -7,6 +7,7 @@ from fnmatch import fnmatch
 
 import torch
 
+from ..ir import serial
 from ..ir.graph import IR, PARAM
 from .analysis import DimAnalysis
 from .dims import Cat, Prod
@@ -36,7 +37,7 @@ class WidthGroup:
 def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_of: int,
                 prune_head_dim: bool, include: list[str] | None, exclude: list[str] | None) -> list[WidthGroup]:
     d = an.dims
-    params = param_tensors(ir)
+    params, read = param_tensors(ir), read_tensors(ir)
     blocked = d.blocked()
     members: dict[int, list[tuple[str, int]]] = {}
     names: dict[int, str] = {}
@@ -57,6 +58,8 @@ def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_
             continue
         kind = "heads" if role.get(a) == "outer" else "channels"
         reasons = list(blocked.get(a, []))
+        if not any(t in read for t, _ in mem):
+            reasons.append("only in tensors that forward never reads (shrinking them changes nothing)")
         key = names[a]
         if kind == "heads" and not reasons:
             key = f"{mem[0][0].rpartition('.')[0] or '<root>'}.heads"
@@ -126,6 +129,15 @@ def param_tensors(ir: IR) -> set[str]:
     """Canonical names of the tensors that are parameters (not buffers or constants)."""
     graphs = [ir.graph] + ([ir.eval_graph] if ir.eval_graph is not None else [])
     return {ir.aliases.get(p.target, p.target) for g in graphs for p in g.placeholders if p.kind == PARAM}
+
+
+def read_tensors(ir: IR) -> set[str]:
+    """Canonical names of the parameters, buffers and constants that some op of ``forward`` reads."""
+    names = set()
+    for g in [ir.graph] + ([ir.eval_graph] if ir.eval_graph is not None else []):
+        used = {ref for op in g.ops for ref in op.inputs} | set(serial.node_refs(g.outputs))
+        names |= {ir.aliases.get(p.target, p.target) for p in g.placeholders if p.target and p.name in used}
+    return names
 
 
 def salience(ir: IR, an: DimAnalysis, groups: list[WidthGroup],
