@@ -3,7 +3,7 @@ configs, random weights) and hand-written models with patterns users write (fuse
 GroupNorm, pixel shuffle, F.unfold/F.fold, repeat_interleave, reshape_as, grouped and transposed convs,
 nn.TransformerEncoder, nn.MultiheadAttention, a TCN, a GRU, float64, a temporal shift, slices of fused
 projections and GLU, spectral norm and torch.no_grad() in forward, a float32 autocast block, bilinear,
-einsum attention on a raw parameter).
+einsum attention on a raw parameter, a CIFAR ResNet with option-A shortcuts).
 
 Per model: the supernet builds; its maximal subnet equals the original (eval mode, computed before the
 supernet sorted the shared weights by salience); for the minimal and two sampled subnets, running the
@@ -339,6 +339,28 @@ class EinsumViT(nn.Module):
         return self.head(x[:, 0])
 
 
+class CifarResNetOptionA(nn.Module):
+    """ResNet-20-style CIFAR network: stages of 16/32/64 channels, downsampling shortcuts that subsample
+    and pad the channels with zeros (option A)."""
+
+    def __init__(self, blocks: int = 2):
+        super().__init__()
+        self.stem, self.fc = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()), nn.Linear(64, 10)
+        widths = [16] * blocks + [32] * blocks + [64] * blocks
+        self.blocks = nn.ModuleList(nn.ModuleDict(dict(
+            c1=nn.Conv2d(cin, cout, 3, stride=2 if cin != cout else 1, padding=1, bias=False), n1=nn.BatchNorm2d(cout),
+            c2=nn.Conv2d(cout, cout, 3, padding=1, bias=False), n2=nn.BatchNorm2d(cout)))
+            for cin, cout in zip([16] + widths[:-1], widths))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            cin, cout = b["c1"].in_channels, b["c1"].out_channels
+            short = x if cin == cout else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, (cout - cin) // 2, (cout - cin) // 2))
+            x = F.relu(b["n2"](b["c2"](F.relu(b["n1"](b["c1"](x))))) + short)
+        return self.fc(x.mean((2, 3)))
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -364,6 +386,7 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "spectral_norm_critic": lambda: (SpectralNormCritic(), (_image(16),)),
     "float32_attention": lambda: (Float32Attention(), (torch.randn(2, 5, 32),)),
     "einsum_vit": lambda: (EinsumViT(), (_image(8),)),
+    "cifar_resnet_option_a": lambda: (CifarResNetOptionA(), (_image(16),)),
 }
 
 

@@ -487,8 +487,9 @@ class _ShapeFollowers(nn.Module):
                 self.up = nn.ConvTranspose2d(32, 32, 2, stride=2, groups=4, bias=False)
         else:
             self.a = nn.Linear(16, 32)
-            self.b = nn.Linear(64 if mode.startswith("repeat") else 32 if mode.endswith("_as") or mode in ("tile", "batch_view")
-                               else 16, 8)
+            self.b = nn.Linear(64 if mode.startswith("repeat") else 48 if mode == "pad" else 32 if mode.endswith("_as")
+                               or mode in ("tile", "batch_view", "slice_add") else 16, 8)
+            self.s = nn.Linear(16, 16)  # slice_add's shortcut
         self.c = nn.Linear(16, 8)
 
     def example(self) -> torch.Tensor:
@@ -522,6 +523,11 @@ class _ShapeFollowers(nn.Module):
             return self.b(nn.functional.fold(nn.functional.unfold(h, 2, stride=2) * 3, (8, 8), 2, stride=2))
         if self.mode == "glu":  # channel k times sigmoid of channel 16 + k
             return self.b(nn.functional.glu(h, -1))
+        if self.mode == "pad":  # zero channels on both sides (CIFAR ResNets' option-A shortcut)
+            return self.b(nn.functional.pad(h, (8, 8)))
+        if self.mode == "slice_add":  # ReXNet: a shortcut added in place into the first channels
+            h[..., :16] += self.s(x)
+            return self.b(h)
         if self.mode == "slice_middle":
             return self.b(h[..., 8:24])
         if self.mode == "batch_view":  # the batch viewed as (clips, 2 frames) on a dynamic batch, frames swapped
@@ -538,12 +544,12 @@ class _ShapeFollowers(nn.Module):
 
 @pytest.mark.parametrize("mode", ["reshape_as", "view_as", "tile", "repeat_interleave", "repeat_interleave_output_size",
                                   "tensor_split_sections", "tensor_split_indices", "slices", "narrow", "slice_middle",
-                                  "glu", "batch_view", *_ShapeFollowers.SPATIAL])
+                                  "glu", "batch_view", "slice_add", "pad", *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets
     compute what the original computes with the pruned channels zeroed, at unequal widths of the pieces
     of a split too (tensor_split with sections once split a shrunk dim in the middle; constant slices and
-    narrows cut segments like a split), and a view of a dynamic batch whose total the size algebra cannot
+    narrows cut segments like a split, constant padding adds fixed ones), and a view of a dynamic batch whose total the size algebra cannot
     equate (``B // 2``) keeps the channels prunable. GroupNorm keeps
     whole groups: the maximal subnet, its channels sorted by salience, is the original model (a global
     channel prefix once moved channels between groups)."""
@@ -578,6 +584,9 @@ def test_ops_whose_output_follows_a_pruned_width(mode):
             drop[kept] = False
             masked.a.weight[drop] = 0
             masked.a.bias[drop] = 0
+            if mode == "slice_add":  # the shortcut's channels are the first 16 of a's
+                masked.s.weight[drop[:16]] = 0
+                masked.s.bias[drop[:16]] = 0
             if mode == "group_norm":  # a dropped group normalises zeros to its bias: zero that too
                 masked.norm.weight[drop] = 0
                 masked.norm.bias[drop] = 0

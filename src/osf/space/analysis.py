@@ -814,11 +814,24 @@ RULES["aten.cumprod.default"] = _dims_blocked((1,))
       "aten.reflection_pad2d.default", "aten.replication_pad1d.default", "aten.replication_pad2d.default",
       "aten.reflection_pad3d.default", "aten.replication_pad3d.default")
 def _pad(p: _Pass, op: OpNode):
+    """Constant padding of a static dim appends fixed segments around it (CIFAR ResNets' option-A
+    shortcut pads channels with zeros: the stream keeps its own channels prunable); other padding
+    (reflect, replicate, cropping, symbolic sizes) rewrites the dim by position."""
     x = list(p.tensor(op.args[0]))
     pad = op.args[1]
+    constant = op.target == "aten.constant_pad_nd.default" or (
+        op.target == "aten.pad.default" and p.arg(op, 2, "mode", "constant") == "constant")
     for k in range(len(pad) // 2):
         d = len(x) - 1 - k
-        if pad[2 * k] or pad[2 * k + 1]:
+        before, after = pad[2 * k], pad[2 * k + 1]
+        if not (before or after):
+            continue
+        if (constant and isinstance(before, int) and isinstance(after, int) and before >= 0 and after >= 0
+                and is_static(p.size(x[d]))):
+            why = f"padding added by {op.name}"
+            x[d] = Cat(tuple([p.fresh((before, ()), why)] if before else []) + (x[d],)
+                       + tuple([p.fresh((after, ()), why)] if after else []))
+        else:
             p.new_dim(x, d, op, f"padded by {op.name}")
     return x
 
