@@ -403,7 +403,8 @@ def _in_context(device: torch.device, context: list, fn: Callable, /, *args: Any
     """``fn(*args, **kwargs)`` under ``context`` (``OpNode.context``); autocast on the model's device type."""
     with contextlib.ExitStack() as stack:
         for kind, *values in context:
-            stack.enter_context(torch.set_grad_enabled(*values) if kind == "grad" else torch.autocast(device.type, *values))
+            stack.enter_context(torch.set_grad_enabled(*values) if kind == "grad"
+                                else torch.autocast(device.type, *values))
         return fn(*args, **kwargs)
 
 

@@ -135,6 +135,11 @@ class IR:
         for m in modules.values():
             m._ir = self
 
+    @property
+    def graphs(self) -> list[Graph]:
+        """The training graph, then the eval graph where eval mode runs another one."""
+        return [self.graph] + ([self.eval_graph] if self.eval_graph is not None else [])
+
     # ----- hierarchy -----
     def node(self, name: str) -> ModuleNode:
         """The module node with this qualified name ("" is the root)."""

@@ -309,10 +309,9 @@ def _glu(p: _Pass, op: OpNode):
     half = p.out_sizes(op)[d]
     if not is_static(half):
         raise _Unsupported("glu along a dynamic dim")
-    first, second = p.d.atom(half, "split"), p.d.atom(half, "split")
-    p.unify(x[d], Cat((first, second)), op)
-    p.unify(first, second, op)
-    x[d] = first
+    pair = p.d.atom(half, "split")  # channel k of either half
+    p.unify(x[d], Cat((pair, pair)), op)
+    x[d] = pair
     return x
 
 
@@ -621,7 +620,7 @@ def _slice(p: _Pass, op: OpNode):
     s, n = p.out_sizes(op)[d], p.size(x[d])
     if n == s:
         return x
-    bounds = slice_bounds(op.target, op.args, op.kwargs, n[0]) if is_static(n) and is_static(s) else None
+    bounds = slice_bounds(op, n[0]) if is_static(n) and is_static(s) else None
     if bounds is None or bounds[1] - bounds[0] != s[0]:
         p.new_dim(x, d, op, f"sliced by position ({op.name})")
         return x

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..ir.graph import OpNode
+
 # ------------------------------------------------------------------------------------------------
 # sizes: monomials  coef * s1 * s2 * …  (symbols sorted)
 
@@ -307,13 +309,13 @@ def new_size(dims: Dims, e, kept: dict[int, int]) -> Size:
     return (sum(new_size(dims, p, kept)[0] for p in e.parts), ())
 
 
-def slice_bounds(op_target: str, args: list, kwargs: dict, n: int) -> tuple[int, int] | None:
-    """``(start, end)`` that a ``slice.Tensor`` (step 1) or ``narrow`` with constant bounds takes of a dim
+def slice_bounds(op: OpNode, n: int) -> tuple[int, int] | None:
+    """``(start, end)`` that a ``slice.Tensor`` (step 1) or ``narrow`` op with constant bounds takes of a dim
     of static size ``n`` (Python's clipping rules), or None (symbolic bounds, a step)."""
     def at(i: int, name: str, default: Any) -> Any:
-        return args[i] if i < len(args) else kwargs.get(name, default)
+        return op.args[i] if i < len(op.args) else op.kwargs.get(name, default)
 
-    if op_target == "aten.narrow.default":
+    if op.target == "aten.narrow.default":
         start, length = at(2, "start", None), at(3, "length", None)
         if not (isinstance(start, int) and isinstance(length, int)):
             return None

@@ -127,14 +127,13 @@ def _choices(size: int, ratios: tuple[float, ...], step: int) -> list[int]:
 
 def param_tensors(ir: IR) -> set[str]:
     """Canonical names of the tensors that are parameters (not buffers or constants)."""
-    graphs = [ir.graph] + ([ir.eval_graph] if ir.eval_graph is not None else [])
-    return {ir.aliases.get(p.target, p.target) for g in graphs for p in g.placeholders if p.kind == PARAM}
+    return {ir.aliases.get(p.target, p.target) for g in ir.graphs for p in g.placeholders if p.kind == PARAM}
 
 
 def read_tensors(ir: IR) -> set[str]:
     """Canonical names of the parameters, buffers and constants that some op of ``forward`` reads."""
     names = set()
-    for g in [ir.graph] + ([ir.eval_graph] if ir.eval_graph is not None else []):
+    for g in ir.graphs:
         used = {ref for op in g.ops for ref in op.inputs} | set(serial.node_refs(g.outputs))
         names |= {ir.aliases.get(p.target, p.target) for p in g.placeholders if p.target and p.name in used}
     return names

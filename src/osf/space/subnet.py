@@ -5,9 +5,9 @@ into a plain, physically smaller model."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,10 +119,9 @@ def index_runs(index: torch.Tensor, limit: int) -> tuple[tuple[int, int], ...] |
 def cut_plan(space: "SearchSpace", arch: "Arch", structure: IR) -> dict[str, TensorCut]:
     """Canonical name -> ``TensorCut`` of every tensor that ``structure`` reads."""
     an = space.analysis
-    graphs = [structure.graph] + ([structure.eval_graph] if structure.eval_graph is not None else [])
     cuts = Cuts(an.dims, space.kept_indices(arch))
     plan = {}
-    for name in _kept_tensor_names(space.ir.aliases, graphs):
+    for name in _kept_tensor_names(space.ir.aliases, structure.graphs):
         slices = cuts.of(an.tensors[name])
         full = space.ir.tensors[name].shape
         sizes = list(full)
@@ -244,7 +243,8 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
     for op in graph.ops:
         if op.name in removed or op.mode_gated and op.owner in dead_owners:
             continue
-        new = dataclasses.replace(op, args=_subst(op.args, sub), kwargs=_subst(op.kwargs, sub), meta=copy_tree(op.meta))
+        new = dataclasses.replace(op, args=_subst(op.args, sub), kwargs=_subst(op.kwargs, sub),
+                                  meta=copy_tree(op.meta))
         if new.args[:1] != op.args[:1] and is_inplace(op.target):
             new.target = _out_of_place(op)  # it would now write into a value others still read
         if kept:
@@ -359,7 +359,7 @@ def resized_op(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict[s
     """A copy of ``op`` with its arguments (and, with ``meta``, its output metadata; else none) rewritten
     to the widths ``kept`` (atom -> size), as ``subnet_structure`` rewrites it; ``op`` is left alone."""
     new = dataclasses.replace(op, args=copy.deepcopy(op.args), kwargs=copy.deepcopy(op.kwargs),
-                  meta=copy.deepcopy(op.meta) if meta else None)
+                              meta=copy.deepcopy(op.meta) if meta else None)
     if kept:
         resize_value(new, vals, dims, kept, hints)
     return new
@@ -492,7 +492,7 @@ def _rw_slice(op, ins, out, dims, kept):
         return
     if not isinstance(whole, Cat):
         raise NotImplementedError(f"{op.name} ({op.target}): a slice of a shrunk dim that is no concatenation")
-    start, _ = slice_bounds(op.target, op.args, op.kwargs, _static_or_fail(dims.size(whole), op))
+    start, _ = slice_bounds(op, _static_or_fail(dims.size(whole), op))
     new_start = 0
     for segment in whole.parts:  # the segments before the slice's (its start is a segment boundary)
         if start == 0:
@@ -563,7 +563,7 @@ def _prune_modules(ir: IR, train: Graph, eval_graph: Graph | None, kept_tensors:
         for op in g.ops:
             alive.update(module_ancestors(op.owner))
     ran = {""}  # modules that ran ops in the original; the others only hold tensors (e.g. a tied embedding)
-    for g in [ir.graph] + ([ir.eval_graph] if ir.eval_graph is not None else []):
+    for g in ir.graphs:
         for op in g.ops:
             ran.update(module_ancestors(op.owner))
     for q, c in ir.aliases.items():
