@@ -443,6 +443,27 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
         "wav2vec2": lambda: (T.Wav2Vec2Model(T.Wav2Vec2Config(conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
                                                               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
                                                               **small)), (torch.randn(2, 800),), {}),
+        "t5": lambda: (T.T5Model(T.T5Config(vocab_size=1000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)),
+                       (), {**text, "decoder_input_ids": ids[:, :8], "use_cache": False}),
+        "gemma": lambda: (T.GemmaModel(T.GemmaConfig(vocab_size=1000, num_key_value_heads=1, head_dim=16, **small)), (),
+                          causal),
+        "falcon": lambda: (T.FalconModel(T.FalconConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
+                                                        num_attention_heads=4, multi_query=True)), (), causal),
+        "mixtral": lambda: (T.MixtralModel(T.MixtralConfig(vocab_size=1000, num_key_value_heads=2, num_local_experts=4,
+                                                           num_experts_per_tok=2, **small)), (), causal),
+        "gptj": lambda: (T.GPTJModel(T.GPTJConfig(vocab_size=1000, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)), (),
+                         causal),
+        "modernbert": lambda: (T.ModernBertModel(T.ModernBertConfig(vocab_size=1000, pad_token_id=0, bos_token_id=1,
+                                                                     eos_token_id=2, sep_token_id=2, cls_token_id=1,
+                                                                     **small)), (), text),
+        "funnel": lambda: (T.FunnelBaseModel(T.FunnelConfig(vocab_size=1000, block_sizes=[1, 1], d_model=64, n_head=4,
+                                                            d_head=16, d_inner=128)), (), text),
+        "vitmae": lambda: (T.ViTMAEModel(T.ViTMAEConfig(mask_ratio=0.5, **vision)), (_image(32),),
+                           {"noise": torch.rand(2, 16)}),  # the patch shuffle's noise as an input: deterministic
+        "convnextv2": lambda: (T.ConvNextV2Model(T.ConvNextV2Config(hidden_sizes=[16, 32], depths=[2, 2], num_stages=2)),
+                               (_image(32),), {}),
+        "mamba": lambda: (T.MambaModel(T.MambaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, state_size=8,
+                                                     use_cache=False)), (), {"input_ids": ids}),
         "bart-encoder": lambda: (T.BartModel(T.BartConfig(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2,
                                                           encoder_attention_heads=4, decoder_attention_heads=4,
                                                           encoder_ffn_dim=128, decoder_ffn_dim=128)).encoder, (), text),
@@ -452,7 +473,8 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
 
 HF = ("albert", "electra", "deberta-v2", "mobilebert", "xlm-roberta", "gpt2", "mistral", "qwen2", "opt", "bloom",
       "gpt-neox", "phi", "deit", "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit",
-      "clip-vision", "clip-text", "whisper-encoder", "wav2vec2", "bart-encoder")
+      "clip-vision", "clip-text", "whisper-encoder", "wav2vec2", "bart-encoder", "t5", "gemma", "falcon", "mixtral", "gptj",
+      "modernbert", "funnel", "vitmae", "convnextv2", "mamba")
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:

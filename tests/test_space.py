@@ -249,17 +249,17 @@ class SortsChannels(nn.Module):
         self.head = nn.Linear(32, 4)
 
     def forward(self, x):
-        h = self.fc1(x).sort(dim=-1).values  # an op the analysis has no rule for
+        h = self.fc1(x).cummax(dim=-1).values  # an op the analysis has no rule for
         return self.head(torch.relu(self.fc2(h)))
 
 
 def test_unknown_ops_block_their_dims_and_are_reported():
     sn = osf.Supernet(SortsChannels(), (torch.randn(3, 8),))
-    assert [u.target for u in sn.space.analysis.unsupported] == ["aten.sort.default"]
+    assert [u.target for u in sn.space.analysis.unsupported] == ["aten.cummax.default"]
     fc1 = [g for g in sn.space.all_groups if ("fc1.weight", 0) in g.members][0]
-    assert not fc1.prunable and any("aten.sort" in r for r in fc1.reasons)
+    assert not fc1.prunable and any("aten.cummax" in r for r in fc1.reasons)
     assert [g.key for g in sn.space.groups] == ["fc2.weight[0]"]
-    assert "aten.sort.default" in sn.space.describe()
+    assert "aten.cummax.default" in sn.space.describe()
 
 
 class WithSpareLayers(nn.Module):
@@ -487,8 +487,9 @@ class _ShapeFollowers(nn.Module):
                 self.up = nn.ConvTranspose2d(32, 32, 2, stride=2, groups=4, bias=False)
         else:
             self.a = nn.Linear(16, 32)
-            self.b = nn.Linear(64 if mode.startswith("repeat") else 48 if mode == "pad" else 32 if mode.endswith("_as")
-                               or mode in ("tile", "batch_view", "slice_add") else 16, 8)
+            whole = mode.endswith(("_as", "_")) or mode in ("tile", "batch_view", "slice_add", "gather", "expand",
+                                                              "transposes", "zeros_state")
+            self.b = nn.Linear(64 if mode.startswith("repeat") else 48 if mode == "pad" else 32 if whole else 16, 8)
             self.s = nn.Linear(16, 16)  # slice_add's shortcut
         self.c = nn.Linear(16, 8)
 
@@ -530,6 +531,22 @@ class _ShapeFollowers(nn.Module):
             return self.b(h)
         if self.mode == "slice_middle":
             return self.b(h[..., 8:24])
+        if self.mode == "gather":  # tokens reordered by values, the index copied along the channels (ViTMAE)
+            order = torch.argsort(x.sum(-1), dim=1)
+            return self.b(torch.gather(h, 1, order.unsqueeze(-1).repeat(1, 1, 32)))
+        if self.mode == "expand":  # a per-token gate copied along the channels
+            return self.b(h * torch.sigmoid(x[..., :1]).expand(-1, -1, 32))
+        if self.mode == "transposes":  # .mT, and .T of a matrix (Falcon's x @ weight.T)
+            return self.b((h.mT * 2).mT + (h.flatten(0, 1).T * 3).T.reshape(h.shape))
+        if self.mode == "type_as":  # the second tensor only gives the dtype
+            return self.b(h.type_as(x[:, :1, :3]))
+        if self.mode == "zeros_state":  # a recurrent state started from zeros (Mamba's scan)
+            state = torch.zeros(x.shape[0], 32)
+            for t in range(h.shape[1]):
+                state = 0.5 * state + h[:, t]
+            return self.b(state)
+        if self.mode == "masked_fill_":  # in place, the mask broadcast along the channels
+            return self.b(h.masked_fill_(x[..., :1] > 0, 0.0))
         if self.mode == "batch_view":  # the batch viewed as (clips, 2 frames) on a dynamic batch, frames swapped
             clips = h.view(h.shape[0] // 2, 2, 5, 32)
             return self.b(torch.cat([clips[:, 1:], clips[:, :1]], 1).view(h.shape))
@@ -544,13 +561,15 @@ class _ShapeFollowers(nn.Module):
 
 @pytest.mark.parametrize("mode", ["reshape_as", "view_as", "tile", "repeat_interleave", "repeat_interleave_output_size",
                                   "tensor_split_sections", "tensor_split_indices", "slices", "narrow", "slice_middle",
-                                  "glu", "batch_view", "slice_add", "pad", *_ShapeFollowers.SPATIAL])
+                                  "glu", "batch_view", "slice_add", "pad", "gather", "expand", "transposes", "type_as",
+                                  "masked_fill_", "zeros_state", *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets
     compute what the original computes with the pruned channels zeroed, at unequal widths of the pieces
     of a split too (tensor_split with sections once split a shrunk dim in the middle; constant slices and
     narrows cut segments like a split, constant padding adds fixed ones), and a view of a dynamic batch whose total the size algebra cannot
-    equate (``B // 2``) keeps the channels prunable. GroupNorm keeps
+    equate (``B // 2``) keeps the channels prunable. Copies along the channels (``expand``, a gather index
+    made by ``repeat``) and a state started from ``zeros`` shrink with them (they were fixed). GroupNorm keeps
     whole groups: the maximal subnet, its channels sorted by salience, is the original model (a global
     channel prefix once moved channels between groups)."""
     torch.manual_seed(0)
@@ -629,3 +648,61 @@ def test_head_dim_inside_a_concatenation_is_an_inner_factor(layout):
     arch = free.space.min()
     with torch.no_grad(), free.set_arch(arch):
         torch.testing.assert_close(free(x), free.extract(arch).eval()(x), atol=1e-5, rtol=1e-4)
+
+
+class _SharedKV(nn.Module):
+    """Grouped-query attention with ``kv`` key/value heads, each copied to the ``4 // kv`` query heads of
+    its group by ``expand`` + ``reshape`` (Hugging Face's ``repeat_kv``); ``kv=1`` is multi-query attention
+    (Falcon, Gemma-2B)."""
+
+    def __init__(self, kv: int):
+        super().__init__()
+        self.kv = kv
+        self.q, self.o = nn.Linear(32, 32), nn.Linear(32, 32)
+        self.k, self.v = nn.Linear(32, 8 * kv), nn.Linear(32, 8 * kv)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        rep = 4 // self.kv
+
+        def shared(u):
+            u = u.view(b, t, self.kv, 8).transpose(1, 2)
+            return u[:, :, None].expand(b, self.kv, rep, t, 8).reshape(b, 4, t, 8)
+        q = self.q(x).view(b, t, 4, 8).transpose(1, 2)
+        a = nn.functional.scaled_dot_product_attention(q, shared(self.k(x)), shared(self.v(x)))
+        return self.o(a.transpose(1, 2).reshape(b, t, 32))
+
+
+@pytest.mark.parametrize("kv", [1, 2])
+def test_query_heads_sharing_a_key_value_head_are_pruned(kv):
+    """The query heads of each key/value group are a heads group of their own (the copies made by
+    ``expand`` shrink with them; they were a fixed dim, so multi-query attention had no prunable heads),
+    and the kv heads one more where there are several. A subnet computes the original with the dropped
+    query heads' columns of the output projection zeroed."""
+    torch.manual_seed(0)
+    model = _SharedKV(kv).eval()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = model(x)
+    sn = osf.Supernet(model, (x,))
+    assert sn.space.analysis.unsupported == []
+    heads = sorted(g.size for g in sn.space.groups if g.kind == "heads")
+    assert heads == ([4] if kv == 1 else [2, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(sn.extract(sn.space.max()).eval()(x), expected, atol=1e-5, rtol=1e-4)
+    counts = []
+    for arch in [sn.space.min()] + [sn.space.sample(s) for s in range(4)]:
+        sub = sn.extract(arch).eval()
+        assert sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters())
+        rows = model.q.weight
+        kept = {int((rows == row).all(1).nonzero()[0]) // 8 for row in sub.q.weight}
+        counts.append(len(kept))
+        masked = _SharedKV(kv).eval()
+        masked.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            for h in set(range(4)) - kept:
+                masked.o.weight[:, 8 * h:8 * h + 8] = 0
+            torch.testing.assert_close(sub(x), masked(x), atol=1e-5, rtol=1e-4)
+            with sn.set_arch(arch):
+                torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
+    assert counts[0] == 1 and len(set(counts)) > 1  # min keeps one query head; the samples vary

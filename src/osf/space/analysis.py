@@ -210,7 +210,7 @@ def rule(*names: str):
 
 _SAME_AS_INPUT = {
     "dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout", "alpha_dropout_",
-    "contiguous", "clone", "alias", "detach", "detach_", "_to_copy", "to", "type_as", "lift_fresh_copy",
+    "contiguous", "clone", "alias", "detach", "detach_", "_to_copy", "to", "lift_fresh_copy",
     "bernoulli", "bernoulli_", "fill_", "zero_", "softmax", "log_softmax", "_softmax", "_log_softmax",
     "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "relu6", "silu_", "gelu_", "mish_",
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "copy_", "copy",
@@ -244,16 +244,16 @@ _DUNDER = {f"__{pre}{name}__": f"bitwise_{full}" for pre in ("", "i") for name, 
 
 
 def _pointwise_variant(packet: str, op: Any) -> bool:
-    """An untagged overload (``where.ScalarOther``, ``masked_fill.Tensor``) of an op whose other overloads
-    ATen tags ``pointwise``: element-wise too when it returns one tensor and takes no ``dim``."""
+    """An untagged overload (``where.ScalarOther``, ``masked_fill.Tensor``, in place ``masked_fill_.Scalar``)
+    of an op whose other (or out-of-place) overloads ATen tags ``pointwise``: element-wise too when it
+    returns one tensor and takes no ``dim``."""
     schema = getattr(op, "_schema", None)
-    family = getattr(torch.ops.aten, packet, None)
-    if schema is None or family is None:
-        return False
-    if len(schema.returns) != 1 or str(schema.returns[0].type) != "Tensor" or \
+    if schema is None or len(schema.returns) != 1 or str(schema.returns[0].type) != "Tensor" or \
             any(a.name == "dim" for a in schema.arguments):
         return False
-    return any(torch.Tag.pointwise in getattr(family, o).tags for o in family.overloads())
+    names = [packet, packet[:-1]] if packet.endswith("_") and not packet.endswith("__") else [packet]
+    families = [f for f in (getattr(torch.ops.aten, n, None) for n in names) if f is not None]
+    return any(torch.Tag.pointwise in getattr(f, o).tags for f in families for o in f.overloads())
 
 
 def _pointwise_same_rank(p: _Pass, op: OpNode):
@@ -536,9 +536,22 @@ def _transpose(p: _Pass, op: OpNode):
     return x
 
 
-@rule("aten.t.default", "aten.matrix_H.default")
+@rule("aten.t.default", "aten.matrix_H.default", "aten.numpy_T.default")
 def _t(p: _Pass, op: OpNode):
     return list(reversed(p.tensor(op.args[0])))
+
+
+@rule("aten.mT.default", "aten.mH.default", "aten.adjoint.default")
+def _matrix_transpose(p: _Pass, op: OpNode):
+    x = list(p.tensor(op.args[0]))
+    x[-2], x[-1] = x[-1], x[-2]
+    return x
+
+
+@rule("aten.type_as.default", "aten.to.other")
+def _type_as(p: _Pass, op: OpNode):
+    """Only the dtype of the second tensor matters."""
+    return list(p.tensor(op.args[0]))
 
 
 @rule("aten.unsqueeze.default")
@@ -569,6 +582,8 @@ def _expand(p: _Pass, op: OpNode):
         j = i - (n - len(x))
         if j >= 0 and p.size(x[j]) == s:
             out.append(x[j])
+        elif is_static(s):  # copies of one slice: any prefix of them is the same tensor, so the size may shrink
+            out.append(p.d.atom(s, "derived"))
         else:
             out.append(p.fresh(s, f"expanded by {op.name}"))
     return out
@@ -591,6 +606,8 @@ def _repeat(p: _Pass, op: OpNode):
         j = i - lead
         if j >= 0 and r == 1:
             out.append(x[j])
+        elif (j < 0 or p.size(x[j]) == (1, ())) and is_static(s):  # copies of one slice, like expand
+            out.append(p.d.atom(s, "derived"))
         else:
             if j >= 0:
                 p.block(x[j], f"repeated by {op.name}")
@@ -653,6 +670,25 @@ def _index(p: _Pass, op: OpNode):
         return before + new + after
     new = [p.fresh(s, why) for s in out_sizes[:n_new]]
     return new + kept
+
+
+@rule("aten.gather.default")
+def _gather(p: _Pass, op: OpNode):
+    """``out[..., j, ...] = x[..., index[..., j, ...], ...]`` along ``dim``: the output has the index's dims,
+    the other dims of ``x`` pair with the index's position by position."""
+    x, index = p.tensor(op.args[0]), p.tensor(op.args[2])
+    d = _norm_dim(op.args[1], len(x))
+    why = f"addressed by index values ({op.name})"
+    p.block(x[d], why)
+    for i, (a, b) in enumerate(zip(x, index)):
+        if i == d:
+            continue
+        if p.size(a) == p.size(b):
+            p.unify(a, b, op)
+        else:  # a partial gather along this dim
+            p.block(a, why)
+            p.block(b, why)
+    return list(index)
 
 
 @rule("aten.index_select.default")
@@ -803,6 +839,22 @@ def _dims_blocked(index_args: tuple[int, ...]):
     return fn
 
 
+@rule("aten.sort.default", "aten.sort.stable", "aten.argsort.default", "aten.argsort.stable", "aten.msort.default",
+      "aten.topk.default")
+def _sort(p: _Pass, op: OpNode):
+    """Values (and indices) ordered along one dim: that dim is blocked (topk: a new one of k); others pass."""
+    x = list(p.tensor(op.args[0]))
+    at = 2 if op.target == "aten.topk.default" else 1
+    d = _norm_dim(0 if op.target == "aten.msort.default" else p.arg(op, at, "dim", -1), len(x))
+    why = f"positions matter along this dim ({op.name})"
+    p.block(x[d], why)
+    if op.target == "aten.topk.default":
+        x[d] = p.fresh(p.out_sizes(op, 0)[d], why)
+    if isinstance(op.meta, dict) and "list" in op.meta:  # values and indices
+        return {"list": [list(x), list(x)]}
+    return x
+
+
 RULES["aten.roll.default"] = _dims_blocked((2,))
 RULES["aten.flip.default"] = _dims_blocked((1,))
 RULES["aten.cumsum.default"] = _dims_blocked((1,))
@@ -897,8 +949,19 @@ def _create(p: _Pass, op: OpNode):
     return p.fresh_out(op, f"created by {op.name}")
 
 
-for _t_name in ("arange.default", "arange.start", "arange.start_step", "zeros.default", "ones.default",
-                "full.default", "empty.memory_format", "empty_strided.default", "new_zeros.default",
-                "new_ones.default", "new_empty.default", "new_full.default", "scalar_tensor.default",
-                "rand.default", "randn.default", "randint.default", "linspace.default", "eye.default"):
+for _t_name in ("arange.default", "arange.start", "arange.start_step", "empty_strided.default",
+                "scalar_tensor.default", "rand.default", "randn.default", "randint.default", "linspace.default",
+                "eye.default"):
     RULES[f"aten.{_t_name}"] = _create
+
+# tensors of one value, and where their size list is (``subnet`` rewrites it)
+FILLED = {"aten.zeros.default": 0, "aten.ones.default": 0, "aten.full.default": 0, "aten.empty.memory_format": 0,
+          "aten.new_zeros.default": 1, "aten.new_ones.default": 1, "aten.new_full.default": 1,
+          "aten.new_empty.default": 1}
+
+
+@rule(*FILLED)
+def _filled(p: _Pass, op: OpNode):
+    """Every position holds the same value (a state initialised with zeros): a dim of constant size may
+    shrink like a copied one; a subnet creates the tensor at its new size."""
+    return [p.d.atom(s, "derived") if is_static(s) else p.fresh(s, f"created by {op.name}") for s in p.out_sizes(op)]

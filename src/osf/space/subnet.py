@@ -19,6 +19,7 @@ from ..ir.capture import annotate_io, module_ancestors
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
 from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
+from .analysis import FILLED
 from .dims import Cat, Prod, Size, atoms_in, is_static, new_size, size_text, slice_bounds
 from .units import graph_hash
 
@@ -407,6 +408,30 @@ def _rw_expand(op, ins, out, dims, kept):
                             for a, s, o in zip(op.args[1], new_sizes, old_sizes)]] + op.args[2:]
 
 
+def _rw_repeat(op, ins, out, dims, kept):
+    """A count that copies a size-1 dim follows the copies' new size (``repeat``; ``tile`` pads its counts
+    with leading ones)."""
+    if not _changed(out, dims, kept):
+        return
+    reps = list(op.args[1])
+    lead = len(out) - len(reps)
+    for i, e in enumerate(out[lead:]):
+        r = dims.resolve(e)
+        if reps[i] != 1 and new_size(dims, r, kept) != dims.size(r):  # only copies of a size-1 dim can shrink
+            reps[i] = _static_or_fail(new_size(dims, r, kept), op)
+    op.args = [op.args[0], reps] + op.args[2:]
+
+
+def _rw_filled(op, ins, out, dims, kept):
+    """A tensor of one value is created at its new size."""
+    if not _changed(out, dims, kept):
+        return
+    at = FILLED[op.target]
+    old_sizes = [dims.size(dims.resolve(e)) for e in out]
+    op.args = op.args[:at] + [[a if s == o else _static_or_fail(s, op)
+                               for a, s, o in zip(op.args[at], _sizes(out, dims, kept), old_sizes)]] + op.args[at + 1:]
+
+
 def _rw_norm_shape(op, ins, out, dims, kept):
     k = len(op.args[1])
     op.args = [op.args[0], [_static_or_fail(s, op) for s in _sizes(ins[0][-k:], dims, kept)]] + op.args[2:]
@@ -520,7 +545,8 @@ _ARG_REWRITES = {
     "aten.view.default": _rw_view, "aten.reshape.default": _rw_view, "aten._unsafe_view.default": _rw_view,
     "aten.view_copy.default": _rw_view,
     "aten.unflatten.int": _rw_unflatten,
-    "aten.expand.default": _rw_expand,
+    "aten.expand.default": _rw_expand, "aten.repeat.default": _rw_repeat, "aten.tile.default": _rw_repeat,
+    **dict.fromkeys(FILLED, _rw_filled),
     "aten.layer_norm.default": _rw_norm_shape, "aten.rms_norm.default": _rw_norm_shape,
     "aten.conv1d.default": _rw_groups(6), "aten.conv2d.default": _rw_groups(6), "aten.conv3d.default": _rw_groups(6),
     "aten.conv1d.padding": _rw_groups(6), "aten.conv2d.padding": _rw_groups(6),

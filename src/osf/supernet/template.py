@@ -146,8 +146,6 @@ class _GraphTemplate:
                                self.group_of)
             if not groups:
                 continue
-            if op.kwargs:
-                raise TemplateUnsupported(f"{op.name} ({op.target}): width-dependent op with keyword arguments")
             _normal_form(op, self.vals, dims)
             static = copy.deepcopy(op)
             places = []  # (arg, element or None, node the element may replace or None)
@@ -331,7 +329,7 @@ class _ArgsAt:
         _normal_form(new, self.vals, dims)
         static = self.static
         fixed = {j for j, m, _ in self.places if m is None}
-        if (new.target != static.target or new.kwargs or len(new.args) != len(static.args)
+        if (new.target != static.target or new.kwargs != static.kwargs or len(new.args) != len(static.args)
                 or any(new.args[j] != static.args[j] for j in range(len(new.args)) if j not in fixed
                        and not (isinstance(static.args[j], list) and node_refs(static.args[j])
                                 and len(new.args[j]) == len(static.args[j])))):
