@@ -2,6 +2,8 @@
 a custom user module, one that cannot be traced)."""
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -158,3 +160,29 @@ class CondInForward(nn.Module):
 
     def forward(self, x):
         return torch.cond(x.sum() > 0, torch.sin, torch.cos, (self.fc(x),))
+
+
+class LayerDropWhenTraining(nn.Module):
+    """Skips its layer at random in training (Wav2Vec2 / HuBERT layerdrop): a data-dependent branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if self.training and bool(torch.rand([]) < 0.5):
+            return x
+        return self.fc(x)
+
+
+class PythonLayerDrop(nn.Module):
+    """Layer drop drawn with Python's ``random`` in training (older Hugging Face models)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if self.training and random.random() < 0.5:
+            return x
+        return self.fc(x)

@@ -7,8 +7,12 @@ that run only in training), both are kept and the rebuilt model dispatches on ``
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
+import logging
+import random
 import re
 import sys
 import time
@@ -112,11 +116,58 @@ class _StackRecorder:
             h.remove()
 
 
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Python warnings and log records up to WARNING silenced while exporting, and what it writes to
+    stderr kept back when it fails: failed attempts are reported as a ``TraceError`` (or osf falls back to
+    another), while torch logs each one, prints the partial graph of a failed data-dependent guard (hundreds
+    of lines) and warns about dims it specialised, which osf handles itself."""
+    before = logging.root.manager.disable
+    logging.disable(max(before, logging.WARNING))
+    stderr = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(before)
+    sys.stderr.write(stderr.getvalue())  # reached only when the export succeeded
+
+
+class RandomDrawWhileTracing(Exception):
+    """``forward`` drew random numbers in Python while it was traced: the graph would replay that draw."""
+
+
+@contextlib.contextmanager
+def _no_random_draws() -> Any:
+    """Raise ``RandomDrawWhileTracing`` if the traced code drew from Python's ``random``, NumPy's global
+    generator or torch's CPU generator (export runs tensor ops on fake tensors, so a real draw comes from
+    Python-level code, e.g. ``if random.random() < p`` for layer drop); the user's generators are left
+    as they were either way."""
+    numpy = sys.modules.get("numpy")
+    saved = (random.getstate(), torch.random.get_rng_state(), numpy.random.get_state() if numpy else None)
+    try:
+        yield
+        drawn = (random.getstate() != saved[0] or not torch.equal(torch.random.get_rng_state(), saved[1])
+                 or (numpy is not None and _numpy_state_changed(numpy.random.get_state(), saved[2])))
+        if drawn:
+            raise RandomDrawWhileTracing("forward drew random numbers in Python while it was traced (random, "
+                                         "numpy, or a torch draw used as a Python value)")
+    finally:
+        random.setstate(saved[0])
+        torch.random.set_rng_state(saved[1])
+        if numpy is not None:
+            numpy.random.set_state(saved[2])
+
+
+def _numpy_state_changed(now: tuple, before: tuple) -> bool:
+    return any((a != b) if not hasattr(a, "shape") else not (a == b).all() for a, b in zip(now, before))
+
+
 def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
     recorder = _StackRecorder(model)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet(), _no_random_draws():
             return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic), None
     except Exception as e:  # noqa: BLE001 - reported below with the module that raised it
         where = (recorder.failed_at or recorder.stack or [""])[-1]
@@ -153,14 +204,13 @@ def _export_both_modes(model, args, kwargs, batch, seq):
 
 def _export_via_fx(model, args, kwargs, dynamic):
     """Fallback: symbolic trace (drops Python-level control flow that export could not handle when it
-    does not depend on inputs), then export the traced GraphModule."""
+    does not depend on inputs nor on random draws), then export the traced GraphModule."""
     try:
         concrete = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
-        gm = torch.fx.symbolic_trace(model, concrete_args=concrete or None)
         tensor_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-        gm.train(model.training)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet(), _no_random_draws():
+            gm = torch.fx.symbolic_trace(model, concrete_args=concrete or None)
+            gm.train(model.training)
             return torch.export.export(gm, args, tensor_kwargs, strict=False)
     except Exception:  # noqa: BLE001 - the export error is the one reported
         return None
@@ -170,11 +220,16 @@ def _trace_error(model: nn.Module, exc: BaseException, module: str) -> TraceErro
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if "/torch/" not in f.filename and "/osf/" not in f.filename]
     frame = user[-1] if user else (frames[-1] if frames else None)
-    op = f"{frame.filename}:{frame.lineno}: {frame.line}" if frame else None
+    located = frame is not None and not isinstance(exc, RandomDrawWhileTracing)  # a draw has no failing line
+    op = f"{frame.filename}:{frame.lineno}: {frame.line}" if located else None
     msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     text = str(exc).lower()
     cls = type(model.get_submodule(module)).__name__ if module else type(model).__name__
-    if "cache" in text or "past_key_values" in text:
+    if isinstance(exc, RandomDrawWhileTracing):
+        hint = (f"{cls}.forward draws random numbers in Python (e.g. layer drop as `if random.random() < p`), "
+                "which a graph would replay as one fixed draw; keep the randomness in tensor ops (a mask from "
+                "torch.rand multiplied in) or only outside forward")
+    elif "cache" in text or "past_key_values" in text:
         hint = "pass use_cache=False (and return_dict=True) in kwargs"
     elif "data-dependent" in text or "guard" in text or "unbacked" in text:
         hint = (f"the forward of {cls} branches on tensor values; make the branch static (compute it from "
