@@ -163,26 +163,15 @@ class CondInForward(nn.Module):
 
 
 class LayerDropWhenTraining(nn.Module):
-    """Skips its layer at random in training (Wav2Vec2 / HuBERT layerdrop): a data-dependent branch."""
+    """Skips its layer at random in training, the draw made with ``torch.rand`` turned into a Python bool
+    (Wav2Vec2 / HuBERT) or with Python's ``random`` (older Hugging Face models)."""
 
-    def __init__(self):
+    def __init__(self, draw: str = "torch"):
         super().__init__()
+        self.draw = draw
         self.fc = nn.Linear(4, 4)
 
     def forward(self, x):
-        if self.training and bool(torch.rand([]) < 0.5):
-            return x
-        return self.fc(x)
-
-
-class PythonLayerDrop(nn.Module):
-    """Layer drop drawn with Python's ``random`` in training (older Hugging Face models)."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x):
-        if self.training and random.random() < 0.5:
+        if self.training and (bool(torch.rand([]) < 0.5) if self.draw == "torch" else random.random() < 0.5):
             return x
         return self.fc(x)

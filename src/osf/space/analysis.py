@@ -137,6 +137,11 @@ class _Pass:
         self.d.block(a, why)
         return a
 
+    def copies(self, size: Size) -> int:
+        """A dim of ``size`` identical positions (an expanded / repeated size-1 dim, a tensor of one value):
+        free to shrink, since any prefix of it is the same tensor."""
+        return self.d.atom(size, "derived")
+
     def fresh_out(self, op: OpNode, why: str):
         meta = op.meta
         if isinstance(meta, dict) and "list" in meta:
@@ -582,8 +587,8 @@ def _expand(p: _Pass, op: OpNode):
         j = i - (n - len(x))
         if j >= 0 and p.size(x[j]) == s:
             out.append(x[j])
-        elif is_static(s):  # copies of one slice: any prefix of them is the same tensor, so the size may shrink
-            out.append(p.d.atom(s, "derived"))
+        elif is_static(s):  # copies of one slice
+            out.append(p.copies(s))
         else:
             out.append(p.fresh(s, f"expanded by {op.name}"))
     return out
@@ -607,7 +612,7 @@ def _repeat(p: _Pass, op: OpNode):
         if j >= 0 and r == 1:
             out.append(x[j])
         elif (j < 0 or p.size(x[j]) == (1, ())) and is_static(s):  # copies of one slice, like expand
-            out.append(p.d.atom(s, "derived"))
+            out.append(p.copies(s))
         else:
             if j >= 0:
                 p.block(x[j], f"repeated by {op.name}")
@@ -964,4 +969,4 @@ FILLED = {"aten.zeros.default": 0, "aten.ones.default": 0, "aten.full.default": 
 def _filled(p: _Pass, op: OpNode):
     """Every position holds the same value (a state initialised with zeros): a dim of constant size may
     shrink like a copied one; a subnet creates the tensor at its new size."""
-    return [p.d.atom(s, "derived") if is_static(s) else p.fresh(s, f"created by {op.name}") for s in p.out_sizes(op)]
+    return [p.copies(s) if is_static(s) else p.fresh(s, f"created by {op.name}") for s in p.out_sizes(op)]

@@ -399,13 +399,17 @@ def _rw_unflatten(op, ins, out, dims, kept):
     op.args = op.args[:2] + [[a if a == -1 else _static_or_fail(s, op) for a, s in zip(op.args[2], sizes)]]
 
 
-def _rw_expand(op, ins, out, dims, kept):
-    if not _changed(out, dims, kept):
-        return
-    new_sizes = _sizes(out, dims, kept)
-    old_sizes = [dims.size(dims.resolve(e)) for e in out]
-    op.args = [op.args[0], [a if s == o else (s[0] if is_static(s) else -1)
-                            for a, s, o in zip(op.args[1], new_sizes, old_sizes)]] + op.args[2:]
+def _rw_size_list(at: int):
+    """The size list at argument ``at`` (``expand``, tensors of one value) takes the new sizes of the dims
+    that shrank."""
+    def fn(op, ins, out, dims, kept):
+        if not _changed(out, dims, kept):
+            return
+        old_sizes = [dims.size(dims.resolve(e)) for e in out]
+        sizes = [a if s == o else _static_or_fail(s, op)
+                 for a, s, o in zip(op.args[at], _sizes(out, dims, kept), old_sizes)]
+        op.args = op.args[:at] + [sizes] + op.args[at + 1:]
+    return fn
 
 
 def _rw_repeat(op, ins, out, dims, kept):
@@ -417,19 +421,10 @@ def _rw_repeat(op, ins, out, dims, kept):
     lead = len(out) - len(reps)
     for i, e in enumerate(out[lead:]):
         r = dims.resolve(e)
-        if reps[i] != 1 and new_size(dims, r, kept) != dims.size(r):  # only copies of a size-1 dim can shrink
-            reps[i] = _static_or_fail(new_size(dims, r, kept), op)
+        size = new_size(dims, r, kept)
+        if reps[i] != 1 and size != dims.size(r):  # only copies of a size-1 dim can shrink
+            reps[i] = _static_or_fail(size, op)
     op.args = [op.args[0], reps] + op.args[2:]
-
-
-def _rw_filled(op, ins, out, dims, kept):
-    """A tensor of one value is created at its new size."""
-    if not _changed(out, dims, kept):
-        return
-    at = FILLED[op.target]
-    old_sizes = [dims.size(dims.resolve(e)) for e in out]
-    op.args = op.args[:at] + [[a if s == o else _static_or_fail(s, op)
-                               for a, s, o in zip(op.args[at], _sizes(out, dims, kept), old_sizes)]] + op.args[at + 1:]
 
 
 def _rw_norm_shape(op, ins, out, dims, kept):
@@ -545,8 +540,8 @@ _ARG_REWRITES = {
     "aten.view.default": _rw_view, "aten.reshape.default": _rw_view, "aten._unsafe_view.default": _rw_view,
     "aten.view_copy.default": _rw_view,
     "aten.unflatten.int": _rw_unflatten,
-    "aten.expand.default": _rw_expand, "aten.repeat.default": _rw_repeat, "aten.tile.default": _rw_repeat,
-    **dict.fromkeys(FILLED, _rw_filled),
+    "aten.expand.default": _rw_size_list(1), "aten.repeat.default": _rw_repeat, "aten.tile.default": _rw_repeat,
+    **{target: _rw_size_list(at) for target, at in FILLED.items()},
     "aten.layer_norm.default": _rw_norm_shape, "aten.rms_norm.default": _rw_norm_shape,
     "aten.conv1d.default": _rw_groups(6), "aten.conv2d.default": _rw_groups(6), "aten.conv3d.default": _rw_groups(6),
     "aten.conv1d.padding": _rw_groups(6), "aten.conv2d.padding": _rw_groups(6),
