@@ -488,7 +488,7 @@ class _ShapeFollowers(nn.Module):
         else:
             self.a = nn.Linear(16, 32)
             whole = mode.endswith(("_as", "_")) or mode in ("tile", "batch_view", "slice_add", "gather", "expand",
-                                                              "transposes", "zeros_state")
+                                                              "transposes", "zeros_state", "aliases", "expand_batch")
             self.b = nn.Linear(64 if mode.startswith("repeat") else 48 if mode == "pad" else 32 if whole else 16, 8)
             self.s = nn.Linear(16, 16)  # slice_add's shortcut
         self.c = nn.Linear(16, 8)
@@ -545,6 +545,18 @@ class _ShapeFollowers(nn.Module):
             for t in range(h.shape[1]):
                 state = 0.5 * state + h[:, t]
             return self.b(state)
+        if self.mode == "expand_batch":  # -1 kept for a dim of batch × channels (timm's BoTNet position logits)
+            rows = h.transpose(1, 2).reshape(-1, 1, 5).expand(-1, 3, -1)
+            return self.b(rows.reshape(x.shape[0], 32, 15).sum(-1))
+        if self.mode == "aliases":  # ATen's aliases of element-wise ops (torch.multiply in ConvBERT)
+            g = torch.where(torch.greater(h, 0), torch.multiply(h, 2.0), torch.negative(torch.absolute(h)))
+            return self.b(torch.subtract(torch.divide(g, 3.0), torch.clip(h, -1, 1)))
+        if self.mode == "index_add_":  # message passing: tokens summed into the positions an index gives
+            index = torch.argsort(x[0, :, 0]) % 3
+            return self.b(torch.zeros_like(h).index_add_(1, index, h[:, torch.argsort(x[1, :, 0])]))
+        if self.mode == "scatter_add_":  # the same with an index copied along the channels
+            index = (torch.argsort(x.sum(-1), dim=1) % 3).unsqueeze(-1).expand(-1, -1, 32)
+            return self.b(torch.zeros_like(h).scatter_add_(1, index, h))
         if self.mode == "masked_fill_":  # in place, the mask broadcast along the channels
             return self.b(h.masked_fill_(x[..., :1] > 0, 0.0))
         if self.mode == "batch_view":  # the batch viewed as (clips, 2 frames) on a dynamic batch, frames swapped
@@ -562,7 +574,8 @@ class _ShapeFollowers(nn.Module):
 @pytest.mark.parametrize("mode", ["reshape_as", "view_as", "tile", "repeat_interleave", "repeat_interleave_output_size",
                                   "tensor_split_sections", "tensor_split_indices", "slices", "narrow", "slice_middle",
                                   "glu", "batch_view", "slice_add", "pad", "gather", "expand", "transposes", "type_as",
-                                  "masked_fill_", "zeros_state", *_ShapeFollowers.SPATIAL])
+                                  "masked_fill_", "zeros_state", "index_add_", "scatter_add_", "aliases", "expand_batch",
+                                  *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets
     compute what the original computes with the pruned channels zeroed, at unequal widths of the pieces
@@ -671,6 +684,143 @@ class _SharedKV(nn.Module):
         q = self.q(x).view(b, t, 4, 8).transpose(1, 2)
         a = nn.functional.scaled_dot_product_attention(q, shared(self.k(x)), shared(self.v(x)))
         return self.o(a.transpose(1, 2).reshape(b, t, 32))
+
+
+class _WidthThrough(nn.Module):
+    """A hidden width of 32 that reaches the output through one op: a spatial transformer's
+    ``grid_sample`` (the affine matrices' 2 × 3 stay fixed), ``cdist`` to learnt prototypes, a
+    ``weight_norm`` parametrisation, an ``EmbeddingBag``, or a layer fed by ``one_hot``."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        if mode == "grid_sample":
+            self.loc, self.a, self.b = nn.Linear(3, 6), nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 4, 1)
+        elif mode == "cdist":
+            self.a, self.protos = nn.Linear(16, 32), nn.Parameter(torch.randn(5, 32))
+        elif mode == "weight_norm":
+            self.a = nn.utils.parametrizations.weight_norm(nn.Linear(16, 32))
+            self.b = nn.utils.parametrizations.weight_norm(nn.Linear(32, 4))
+        elif mode == "embedding_bag":
+            self.a, self.b = nn.EmbeddingBag(100, 32), nn.Linear(32, 4)
+        else:
+            self.a, self.b = nn.Linear(10, 32), nn.Linear(32, 4)
+
+    def example(self) -> tuple:
+        return {"grid_sample": (torch.randn(2, 3, 8, 8),), "cdist": (torch.randn(4, 16),),
+                "weight_norm": (torch.randn(4, 16),), "embedding_bag": (torch.randint(0, 100, (10,)), torch.tensor([0, 4])),
+                "one_hot": (torch.randint(0, 10, (4,)),)}[self.mode]
+
+    def forward(self, x, offsets=None):
+        if self.mode == "grid_sample":
+            theta = self.loc(x.mean((2, 3))).view(-1, 2, 3)
+            h = torch.relu(self.a(x))
+            grid = nn.functional.affine_grid(theta, list(h.shape), align_corners=False)
+            return self.b(nn.functional.grid_sample(h, grid, align_corners=False))
+        if self.mode == "cdist":
+            return -torch.cdist(self.a(x), self.protos)
+        if self.mode == "embedding_bag":
+            return self.b(self.a(x, offsets))
+        if self.mode == "one_hot":
+            return self.b(torch.relu(self.a(nn.functional.one_hot(x, 10).float())))
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("mode", ["grid_sample", "cdist", "weight_norm", "embedding_bag", "one_hot"])
+def test_widths_through_sampling_distances_and_parametrisations(mode):
+    """These ops have dimension rules (they blocked every dim they touched): the hidden width is one
+    prunable group, the maximal subnet is the original, and a subnet on the shared weights equals the
+    extracted one with exactly the predicted parameters."""
+    torch.manual_seed(0)
+    model = _WidthThrough(mode).eval()
+    args = model.example()
+    sn = osf.Supernet(model, args)
+    assert sn.space.analysis.unsupported == []
+    assert [g.size for g in sn.space.groups] == [32], sn.space.describe()
+    with torch.no_grad():
+        torch.testing.assert_close(sn.extract(sn.space.max()).eval()(*args), model(*args), atol=1e-5, rtol=1e-4)
+    sn.eval()
+    for arch in (sn.space.min(), sn.space.sample(0)):
+        sub = sn.extract(arch).eval()
+        assert sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters())
+        with torch.no_grad(), sn.set_arch(arch):
+            torch.testing.assert_close(sn(*args), sub(*args), atol=1e-5, rtol=1e-4)
+
+
+class _HeadsApart(nn.Module):
+    """Attention whose projections keep heads as a dim of their own, never flattened into the channels
+    (XLNet's ``einsum("ibh,hnd->ibnd", x, q)``): 4 heads of 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Parameter(torch.randn(16, 4, 8) / 4) for _ in range(4))
+
+    def forward(self, x):
+        q, k, v = (torch.einsum("bth,hnd->btnd", x, w) for w in (self.q, self.k, self.v))
+        a = torch.einsum("bind,bjnd->bnij", q, k).softmax(-1)
+        return torch.einsum("btnd,hnd->bth", torch.einsum("bnij,bjnd->bind", a, v), self.o)
+
+
+class _FusedMultiQuery(nn.Module):
+    """Multi-query attention from one fused projection viewed as (4 query + key + value) heads of 8, the
+    key and value head taken by constant list indices (Falcon-7B's ``fused[..., [-2], :]``), at the end
+    (``tail=True``) or at the start."""
+
+    def __init__(self, tail: bool):
+        super().__init__()
+        self.tail = tail
+        self.qkv, self.o = nn.Linear(32, 48), nn.Linear(32, 32)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        fused = self.qkv(x).view(b, t, 6, 8)
+        if self.tail:
+            q, k, v = fused[..., :-2, :], fused[..., [-2], :], fused[..., [-1], :]
+        else:
+            q, k, v = fused[..., 2:, :], fused[..., [0], :], fused[..., [1], :]
+        q, k, v = (u.transpose(1, 2) for u in (q, k, v))
+        a = nn.functional.scaled_dot_product_attention(q, k.expand_as(q), v.expand_as(q))
+        return self.o(a.transpose(1, 2).reshape(b, t, 32))
+
+
+_HEADS_CASES = {  # model, its kept tensor's shape at n heads, the weights to zero for the dropped heads
+    "einsum": (_HeadsApart, lambda sub, n: sub.q.shape == (16, n, 8), lambda m, n: m.o[:, n:]),
+    "index_tail": (functools.partial(_FusedMultiQuery, True), lambda sub, n: sub.qkv.weight.shape == (8 * (n + 2), 32),
+                   lambda m, n: m.o.weight[:, 8 * n:]),
+    "index_head": (functools.partial(_FusedMultiQuery, False), lambda sub, n: sub.qkv.weight.shape == (8 * (n + 2), 32),
+                   lambda m, n: m.o.weight[:, 8 * n:]),
+}
+
+
+@pytest.mark.parametrize("case", list(_HEADS_CASES))
+def test_heads_found_without_a_flattened_channel_dim(case):
+    """Heads that are not an outer factor of a flattened channel dim: a dim that two operands of a
+    contraction share as a batch dim (heads kept apart by einsums, XLNet) counts in whole units (it was a
+    channel group of 4, below the multiple of 8, so nothing); and a constant list index of consecutive
+    positions cuts its dim like a constant slice, so the query heads beside the key and value heads that
+    ``fused[..., [-2], :]`` takes are a heads group (the whole dim was fixed, as an index by values; the
+    index is not rewritten, so the positions it counts from stay fixed). A subnet computes the original
+    with the dropped heads' output weights zeroed, on the shared weights too."""
+    make, has_shape, dropped = _HEADS_CASES[case]
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(2, 5, 16 if case == "einsum" else 32)
+    sn = osf.Supernet(model, (x,), sort=False)
+    heads = [g for g in sn.space.groups if g.kind == "heads"]
+    assert [(g.size, g.choices) for g in heads] == [(4, [1, 2, 3, 4])]
+    with torch.no_grad():
+        torch.testing.assert_close(sn.extract(sn.space.max())(x), model(x), atol=1e-5, rtol=1e-4)
+    for n in (1, 3):
+        arch = osf.Arch({**sn.space.max().width, heads[0].key: n}, sn.space.max().depth)
+        sub = sn.extract(arch)
+        assert has_shape(sub, n) and sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters())
+        masked = make().eval()
+        masked.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            dropped(masked, n).zero_()
+            torch.testing.assert_close(sub(x), masked(x), atol=1e-5, rtol=1e-4)
+            with sn.set_arch(arch):
+                torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kv", [1, 2])

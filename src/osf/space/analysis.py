@@ -34,6 +34,9 @@ class DimAnalysis:
     values: dict[str, dict[str, Any]]  # graph key -> value name -> [expr] (or {"list": [[expr], …]})
     tensors: dict[str, list]  # canonical tensor name -> [expr]
     unsupported: list[Unsupported] = field(default_factory=list)
+    # batch dims that two operands of a contraction share (attention heads kept apart, as XLNet's einsums
+    # do, or a batched matmul's groups): their slices are independent, so they count in whole units
+    batched: list = field(default_factory=list)
 
 
 def analyse(ir: IR) -> DimAnalysis:
@@ -179,6 +182,12 @@ class _Pass:
     def block(self, e, why: str) -> None:
         self.d.block(e, why)
 
+    def batched(self, a: list, b: list) -> None:
+        """Record the batch dims (right-aligned) that two operands of a contraction both have."""
+        for x, y in zip(reversed(a), reversed(b)):
+            if self.size(x) == self.size(y) != (1, ()):
+                self.r.batched.append(x)
+
     def new_dim(self, x: list, d: int, op: OpNode, why: str) -> None:
         """Dim ``d`` of ``x`` is rewritten by position (sliced, padded, indexed): fixed in and out."""
         self.block(x[d], why)
@@ -243,9 +252,17 @@ def _rule_for(target: str) -> Rule | None:
     return None
 
 
-# Python-operator spellings of element-wise bitwise ops (``a & b`` records ``aten.__and__``)
+# Python-operator spellings of element-wise bitwise ops (``a & b`` records ``aten.__and__``), and ATen's
+# aliases of element-wise ops (``torch.multiply`` records ``aten.multiply``, untagged)
 _DUNDER = {f"__{pre}{name}__": f"bitwise_{full}" for pre in ("", "i") for name, full in
-           (("and", "and"), ("or", "or"), ("xor", "xor"), ("lshift", "left_shift"), ("rshift", "right_shift"))}
+           (("and", "and"), ("or", "or"), ("xor", "xor"), ("lshift", "left_shift"), ("rshift", "right_shift"))} | {
+    "multiply": "mul", "multiply_": "mul_", "divide": "div", "divide_": "div_", "true_divide": "div",
+    "true_divide_": "div_", "subtract": "sub", "subtract_": "sub_", "negative": "neg", "negative_": "neg_",
+    "absolute": "abs", "absolute_": "abs_", "greater": "gt", "greater_equal": "ge", "less": "lt",
+    "less_equal": "le", "not_equal": "ne", "fix": "trunc", "fix_": "trunc_", "special_expit": "sigmoid",
+    "arccos": "acos", "arcsin": "asin", "arctan": "atan", "arctan2": "atan2", "arccosh": "acosh",
+    "arcsinh": "asinh", "arctanh": "atanh", "special_erf": "erf", "special_erfc": "erfc", "special_exp2": "exp2",
+    "special_expm1": "expm1", "special_logit": "logit", "special_xlogy": "xlogy"}
 
 
 def _pointwise_variant(packet: str, op: Any) -> bool:
@@ -430,6 +447,63 @@ def _embedding(p: _Pass, op: OpNode):
     return list(idx) + [w[1]]
 
 
+@rule("aten.embedding_bag.default", "aten.embedding_bag.padding_idx", "aten._embedding_bag.default")
+def _embedding_bag(p: _Pass, op: OpNode):
+    """Bags of embedding rows reduced per bag: (bags × embedding dim, then index bookkeeping)."""
+    w = p.tensor(op.args[0])
+    why = f"embedding rows are addressed by index values ({op.name})"
+    p.block(w[0], why)
+    first = p.out_sizes(op, 0)
+    out = [p.fresh(first[0], f"bags of {op.name}"), w[1]]
+    return {"list": [out] + [[p.fresh(s, why) for s in value_sizes(m)] if value_sizes(m) else None
+                             for m in op.meta["list"][1:]]}
+
+
+@rule("aten.one_hot.default")
+def _one_hot(p: _Pass, op: OpNode):
+    return list(p.tensor(op.args[0])) + [p.fresh(p.out_sizes(op)[-1], f"one-hot classes ({op.name})")]
+
+
+@rule("aten._weight_norm.default")
+def _weight_norm(p: _Pass, op: OpNode):
+    """``g * v / ||v||`` (``weight_norm`` parametrisations): the weight has ``v``'s dims, ``g`` is ``v``'s
+    ``dim`` (size 1 elsewhere)."""
+    v, g = list(p.tensor(op.args[0])), p.tensor(op.args[1])
+    p.broadcast(op, [v, g], [p.size(e) for e in v])
+    return v
+
+
+@rule("aten.cdist.default", "aten._cdist_forward.default")
+def _cdist(p: _Pass, op: OpNode):
+    """Distances between the rows of two sets: the feature dim is contracted, batch dims broadcast."""
+    a, b = p.tensor(op.args[0]), p.tensor(op.args[1])
+    p.unify(a[-1], b[-1], op)
+    out_sizes = p.out_sizes(op)
+    return p.broadcast(op, [a[:-2], b[:-2]], out_sizes[:-2]) + [a[-2], b[-2]]
+
+
+@rule("aten.grid_sampler.default", "aten.grid_sampler_2d.default", "aten.grid_sampler_3d.default")
+def _grid_sampler(p: _Pass, op: OpNode):
+    """Each channel sampled at the grid's points: (batch, channels, the grid's spatial dims); the input's
+    spatial dims are addressed by the grid's values."""
+    x, grid = p.tensor(op.args[0]), p.tensor(op.args[1])
+    p.unify(x[0], grid[0], op)
+    why = f"sampled at grid coordinates ({op.name})"
+    for e in list(x[2:]) + [grid[-1]]:
+        p.block(e, why)
+    return [x[0], x[1]] + list(grid[1:-1])
+
+
+@rule("aten.affine_grid_generator.default")
+def _affine_grid(p: _Pass, op: OpNode):
+    """Grid coordinates from a batch of affine matrices (their rows and columns fixed)."""
+    theta = p.tensor(op.args[0])
+    why = f"affine matrices of {op.name}"
+    for e in theta[1:]:
+        p.block(e, why)
+    return [theta[0]] + [p.fresh(s, why) for s in p.out_sizes(op)[1:]]
+
+
 @rule("aten.matmul.default", "aten.bmm.default", "aten.mm.default", "aten.mv.default", "aten.dot.default",
       "aten.vdot.default")
 def _matmul(p: _Pass, op: OpNode):
@@ -440,6 +514,7 @@ def _matmul(p: _Pass, op: OpNode):
     p.unify(a[-1], b[-2], op)
     out_sizes = p.out_sizes(op)
     batch = p.broadcast(op, [a[:-2], b[:-2]], out_sizes[:-2])
+    p.batched(a[:-2], b[:-2])
     return batch + [a[-2], b[-1]]
 
 
@@ -458,6 +533,7 @@ def _sdpa(p: _Pass, op: OpNode):
     q, k, v = (p.tensor(x) for x in op.args[:3])
     out_sizes = p.out_sizes(op)
     batch = p.broadcast(op, [q[:-2], k[:-2], v[:-2]], out_sizes[:-2])
+    p.batched(q[:-2], k[:-2])
     p.unify(q[-1], k[-1], op)
     p.unify(k[-2], v[-2], op)
     mask = p.tensor(p.arg(op, 3, "attn_mask"))
@@ -483,6 +559,9 @@ def _einsum(p: _Pass, op: OpNode):
                 letters[ch] = e
             elif p.size(e) != (1, ()):
                 p.unify(letters[ch], e, op)
+    specs = lhs.split(",")
+    shared = [ch for ch in rhs if sum(ch in spec for spec in specs) > 1]
+    p.r.batched.extend(letters[ch] for ch in shared if p.size(letters[ch]) != (1, ()))
     return [letters[ch] for ch in rhs]
 
 
@@ -662,6 +741,8 @@ def _index(p: _Pass, op: OpNode):
     out_sizes = p.out_sizes(op)
     pos = [i for i, t in enumerate(indices) if t is not None]
     why = f"indexed by values ({op.name})"
+    if len(pos) == 1 and (run := _constant_run(p, indices[pos[0]], p.size(x[pos[0]]))) is not None:
+        return _index_run(p, op, list(x), pos[0], *run)
     for i in pos:
         p.block(x[i], why)
     rest_after = list(x[len(indices):])
@@ -675,6 +756,43 @@ def _index(p: _Pass, op: OpNode):
         return before + new + after
     new = [p.fresh(s, why) for s in out_sizes[:n_new]]
     return new + kept
+
+
+_CONSTANT_PASSING = ("aten.lift_fresh_copy.default", "aten.clone.default", "aten.detach.default", "aten.alias.default")
+
+
+def _constant_run(p: _Pass, index: Any, size: Size) -> tuple[int, int, bool] | None:
+    """``(start, end, from_end)`` when ``index`` is a captured constant listing consecutive positions of a
+    static dim of ``size``, all counted from its start or all from its end (``x[..., [-2], :]``, Falcon's
+    key head)."""
+    ops = {op.name: op for op in p.graph.ops}
+    ref = index.get("node") if isinstance(index, dict) else None
+    while ref in ops and ops[ref].target in _CONSTANT_PASSING:
+        ref = next(iter(_refs(ops[ref].args[:1])), None)
+    place = next((q for q in p.graph.placeholders if q.name == ref and q.kind == CONST), None)
+    values = p.ir.tensors.get(place.target) if place is not None else None
+    if values is None or values.dim() != 1 or not len(values) or values.is_floating_point() or not is_static(size):
+        return None
+    v = values.tolist()
+    if v != list(range(v[0], v[0] + len(v))) or not (v[0] >= 0 or v[-1] < 0) or not -size[0] <= v[0] < size[0]:
+        return None
+    return (v[0], v[-1] + 1, False) if v[0] >= 0 else (size[0] + v[0], size[0] + v[-1] + 1, True)
+
+
+def _index_run(p: _Pass, op: OpNode, x: list, d: int, start: int, end: int, from_end: bool) -> list:
+    """A constant index of consecutive positions cuts its dim into segments like a constant slice. The
+    index is not rewritten, so the taken segment stays fixed, and so do the ones it counts from (before
+    it for positions from the start, after it for positions from the end); the others may shrink."""
+    n = p.size(x[d])[0]
+    before = p.d.atom((start, ()), "split") if start else None
+    mid = p.d.atom((end - start, ()), "split")
+    after = p.d.atom((n - end, ()), "split") if end < n else None
+    p.unify(x[d], Cat(tuple(e for e in (before, mid, after) if e is not None)), op)
+    for e in (mid, after if from_end else before):
+        if e is not None:
+            p.block(e, f"indexed by constant positions ({op.name})")
+    x[d] = mid
+    return x
 
 
 @rule("aten.gather.default")
@@ -694,6 +812,40 @@ def _gather(p: _Pass, op: OpNode):
             p.block(a, why)
             p.block(b, why)
     return list(index)
+
+
+_INDEXED_WRITES = ("index_add", "index_copy", "index_reduce", "index_fill", "scatter", "scatter_add", "scatter_reduce")
+
+
+@rule(*(f"aten.{name}{inplace}.{overload}" for name in _INDEXED_WRITES for inplace in ("", "_")
+        for overload in ("default", "two", "src", "value", "reduce", "value_reduce", "int_Scalar", "int_Tensor")))
+def _indexed_write(p: _Pass, op: OpNode):
+    """``self`` with ``source`` written (added, reduced) at index values along ``dim`` (message passing's
+    ``index_add_``, ``scatter_add``): that dim of each is addressed by values and fixed; the other dims of
+    ``self``, ``source`` and a ``scatter`` index pair position by position (blocked where a partial index
+    or source covers only part of ``self``). The output is ``self``."""
+    x = list(p.tensor(op.args[0]))
+    d = _norm_dim(op.args[1], len(x))
+    why = f"addressed by index values ({op.name})"
+    index, source = p.tensor(op.args[2]), p.tensor(op.args[3]) if len(op.args) > 3 else None
+    scatter = op.target.split(".")[1].startswith("scatter")
+    paired = [t for t in ((index if scatter else None), source) if t is not None and len(t) == len(x)]
+    if not scatter and index is not None:
+        for e in index:
+            p.block(e, why)
+    if source is not None and len(source) != len(x) and len(source) > 0:
+        raise _Unsupported("the source's rank differs from self's")
+    for i, e in enumerate(x):
+        if i == d:
+            for t in [x, *paired]:
+                p.block(t[i], why)
+        elif all(p.size(t[i]) == p.size(e) for t in paired):
+            for t in paired:
+                p.unify(e, t[i], op)
+        else:  # a partial write along this dim
+            for t in [x, *paired]:
+                p.block(t[i], why)
+    return x
 
 
 @rule("aten.index_select.default")
@@ -733,6 +885,18 @@ def _stack(p: _Pass, op: OpNode):
         for a, b in zip(ts[0], t):
             p.unify(a, b, op)
     return list(ts[0][:d]) + [p.fresh((len(ts), ()), f"stacked by {op.name}")] + list(ts[0][d:])
+
+
+@rule("aten.meshgrid.default", "aten.meshgrid.indexing")
+def _meshgrid(p: _Pass, op: OpNode):
+    """Grids over 1-D tensors: every output's dims are the inputs' (``xy``: the first two swapped)."""
+    ts = [p.tensor(a) for a in op.args[0]]
+    if any(t is None or len(t) > 1 for t in ts):
+        raise _Unsupported("meshgrid of tensors that are not 1-D")
+    dims = [t[0] if t else p.fresh((1, ()), f"0-d input of {op.name}") for t in ts]
+    if p.arg(op, 1, "indexing", "ij") == "xy" and len(dims) > 1:
+        dims[0], dims[1] = dims[1], dims[0]
+    return {"list": [list(dims) for _ in ts]}
 
 
 @rule("aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default", "aten.tensor_split.sections",

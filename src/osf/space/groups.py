@@ -50,6 +50,10 @@ def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_
                 if a not in names:
                     names[a] = f"{tensor}[{dim}]" + (f"#{k}" if k is not None else "")
             _mark_roles(r, role)
+    for e in an.batched:  # a dim of its own that contractions keep apart: heads counted in whole units
+        r = d.resolve(e)
+        if isinstance(r, int):
+            role.setdefault(r, "outer")
     groups = []
     seen_keys: set[str] = set()
     for a, mem in members.items():

@@ -401,12 +401,12 @@ def _rw_unflatten(op, ins, out, dims, kept):
 
 def _rw_size_list(at: int):
     """The size list at argument ``at`` (``expand``, tensors of one value) takes the new sizes of the dims
-    that shrank."""
+    that shrank (``expand``'s -1, keep the input's size, stays)."""
     def fn(op, ins, out, dims, kept):
         if not _changed(out, dims, kept):
             return
         old_sizes = [dims.size(dims.resolve(e)) for e in out]
-        sizes = [a if s == o else _static_or_fail(s, op)
+        sizes = [a if s == o or a == -1 else _static_or_fail(s, op)
                  for a, s, o in zip(op.args[at], _sizes(out, dims, kept), old_sizes)]
         op.args = op.args[:at] + [sizes] + op.args[at + 1:]
     return fn
