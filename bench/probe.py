@@ -361,6 +361,89 @@ class CifarResNetOptionA(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class MessagePassingGNN(nn.Module):
+    """A graph network written by hand: messages gathered at the edges' sources, summed into their
+    targets by ``index_add_``, node states updated from [state, sum]."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, width), nn.Linear(width, 3)
+        self.msg = nn.ModuleList(nn.Linear(width, width) for _ in range(2))
+        self.upd = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(2))
+
+    def forward(self, x, edges):
+        h = F.relu(self.inp(x))
+        for msg, upd in zip(self.msg, self.upd):
+            summed = torch.zeros_like(h).index_add_(0, edges[1], msg(h)[edges[0]])
+            h = h + F.relu(upd(torch.cat([h, summed], -1)))
+        return self.out(h)
+
+
+class WaveNet(nn.Module):
+    """Dilated causal convs with gated activations (tanh × sigmoid of the two chunks) and summed skips."""
+
+    def __init__(self, width: int = 32, layers: int = 3):
+        super().__init__()
+        self.inp, self.out = nn.Conv1d(1, width, 1), nn.Conv1d(48, 10, 1)
+        self.dilated = nn.ModuleList(nn.Conv1d(width, 2 * width, 2, dilation=2 ** i, padding=2 ** i) for i in range(layers))
+        self.res = nn.ModuleList(nn.Conv1d(width, width, 1) for _ in range(layers))
+        self.skip = nn.ModuleList(nn.Conv1d(width, 48, 1) for _ in range(layers))
+
+    def forward(self, x):
+        h, skips = self.inp(x), 0
+        for dilated, res, skip in zip(self.dilated, self.res, self.skip):
+            a, b = dilated(h)[..., :h.shape[-1]].chunk(2, dim=1)
+            g = torch.tanh(a) * torch.sigmoid(b)
+            h, skips = h + res(g), skips + skip(g)
+        return self.out(F.relu(skips)).mean(-1)
+
+
+class VAE(nn.Module):
+    """A VAE that samples ``torch.randn_like`` in training and returns (reconstruction, mu, logvar)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        self.mu, self.logvar = nn.Linear(64, 16), nn.Linear(64, 16)
+        self.dec = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32))
+
+    def forward(self, x):
+        h = self.enc(x)
+        mu, logvar = self.mu(h), self.logvar(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return self.dec(z), mu, logvar
+
+
+class SpatialTransformer(nn.Module):
+    """A spatial transformer network: affine matrices regressed from the image warp the stem's features
+    (``affine_grid`` + ``grid_sample``) before the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(16, 6))
+        self.stem, self.body, self.fc = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1), nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        grid = F.affine_grid(self.loc(x).view(-1, 2, 3), list(h.shape), align_corners=False)
+        return self.fc(F.relu(self.body(F.grid_sample(h, grid, align_corners=False))).mean((2, 3)))
+
+
+class PrototypeNetwork(nn.Module):
+    """Few-shot prototypes: logits are negative distances (``cdist``) from the embedding to learnt
+    prototypes; the encoder uses ``weight_norm`` parametrisations."""
+
+    def __init__(self):
+        super().__init__()
+        wn = nn.utils.parametrizations.weight_norm
+        self.enc = nn.Sequential(wn(nn.Linear(16, 64)), nn.ReLU(), wn(nn.Linear(64, 32)))
+        self.protos = nn.Parameter(torch.randn(5, 32))
+
+    def forward(self, x):
+        return -torch.cdist(self.enc(x), self.protos)
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -387,6 +470,11 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "float32_attention": lambda: (Float32Attention(), (torch.randn(2, 5, 32),)),
     "einsum_vit": lambda: (EinsumViT(), (_image(8),)),
     "cifar_resnet_option_a": lambda: (CifarResNetOptionA(), (_image(16),)),
+    "message_passing_gnn": lambda: (MessagePassingGNN(), (torch.randn(10, 8), torch.randint(0, 10, (2, 30)))),
+    "wavenet": lambda: (WaveNet(), (torch.randn(2, 1, 64),)),
+    "vae": lambda: (VAE(), (torch.randn(4, 32),)),
+    "spatial_transformer": lambda: (SpatialTransformer(), (_image(8),)),
+    "prototype_network": lambda: (PrototypeNetwork(), (torch.randn(4, 16),)),
 }
 
 
@@ -464,6 +552,27 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
                                (_image(32),), {}),
         "mamba": lambda: (T.MambaModel(T.MambaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, state_size=8,
                                                      use_cache=False)), (), {"input_ids": ids}),
+        "xlnet": lambda: (T.XLNetModel(T.XLNetConfig(vocab_size=1000, d_model=64, n_layer=2, n_head=4, d_inner=128,
+                                                     use_mems_eval=False)), (), {"input_ids": ids}),
+        "convbert": lambda: (T.ConvBertModel(T.ConvBertConfig(vocab_size=1000, embedding_size=64, **small)), (), text),
+        "data2vec-vision": lambda: (T.Data2VecVisionModel(T.Data2VecVisionConfig(use_relative_position_bias=True, **vision)),
+                                    (_image(32),), {}),
+        "gpt-bigcode": lambda: (T.GPTBigCodeModel(T.GPTBigCodeConfig(vocab_size=1000, n_embd=64, n_layer=2, n_head=4,
+                                                                     multi_query=True)), (), causal),
+        "phi3": lambda: (T.Phi3Model(T.Phi3Config(vocab_size=1000, num_key_value_heads=2, pad_token_id=0, **small)), (),
+                         causal),
+        "hiera": lambda: (T.HieraModel(T.HieraConfig(image_size=[64, 64], embed_dim=16, depths=[1, 1, 1, 1],
+                                                     num_heads=[1, 2, 2, 4], patch_stride=[4, 4], masked_unit_size=[8, 8],
+                                                     query_stride=[2, 2])), (_image(64),), {}),
+        "groupvit-vision": lambda: (T.GroupViTVisionModel(T.GroupViTVisionConfig(
+            image_size=32, patch_size=8, hidden_size=64, intermediate_size=128, depths=[1, 1, 1], num_group_tokens=[8, 4, 0],
+            num_output_groups=[8, 4, 4], num_attention_heads=4)), (_image(32),), {}),
+        "canine": lambda: (T.CanineModel(T.CanineConfig(num_hash_buckets=64, num_hash_functions=2, local_transformer_stride=4,
+                                                        downsampling_rate=4, **small)), (), {"input_ids": ids}),
+        "patchtst": lambda: (T.PatchTSTModel(T.PatchTSTConfig(num_input_channels=3, context_length=32, patch_length=8,
+                                                              patch_stride=8, d_model=32, num_attention_heads=4,
+                                                              num_hidden_layers=2, ffn_dim=64)), (),
+                             {"past_values": torch.randn(2, 32, 3)}),
         "bart-encoder": lambda: (T.BartModel(T.BartConfig(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2,
                                                           encoder_attention_heads=4, decoder_attention_heads=4,
                                                           encoder_ffn_dim=128, decoder_ffn_dim=128)).encoder, (), text),
@@ -474,7 +583,8 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
 HF = ("albert", "electra", "deberta-v2", "mobilebert", "xlm-roberta", "gpt2", "mistral", "qwen2", "opt", "bloom",
       "gpt-neox", "phi", "deit", "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit",
       "clip-vision", "clip-text", "whisper-encoder", "wav2vec2", "bart-encoder", "t5", "gemma", "falcon", "mixtral", "gptj",
-      "modernbert", "funnel", "vitmae", "convnextv2", "mamba")
+      "modernbert", "funnel", "vitmae", "convnextv2", "mamba", "xlnet", "convbert", "data2vec-vision", "gpt-bigcode", "phi3",
+      "hiera", "groupvit-vision", "canine", "patchtst")
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:
