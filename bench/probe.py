@@ -573,6 +573,28 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
                                                               patch_stride=8, d_model=32, num_attention_heads=4,
                                                               num_hidden_layers=2, ffn_dim=64)), (),
                              {"past_values": torch.randn(2, 32, 3)}),
+        "mamba2": lambda: (T.Mamba2Model(T.Mamba2Config(vocab_size=1000, hidden_size=64, num_hidden_layers=2, state_size=8,
+                                                       num_heads=8, head_dim=16, n_groups=1, chunk_size=8,
+                                                       use_cache=False)), (), {"input_ids": ids}),
+        "rwkv": lambda: (T.RwkvModel(T.RwkvConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, attention_hidden_size=64,
+                                                  intermediate_size=128, use_cache=False)), (), {"input_ids": ids}),
+        "detr": lambda: (T.DetrModel(T.DetrConfig(
+            use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=T.ResNetConfig(
+                hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], embedding_size=16, out_features=["stage4"]),
+            d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10)), (_image(64),), {}),
+        "depth-anything": lambda: (T.DepthAnythingForDepthEstimation(T.DepthAnythingConfig(
+            backbone_config=T.Dinov2Config(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=4,
+                                           num_attention_heads=2, out_features=["stage1", "stage2", "stage3", "stage4"],
+                                           reshape_hidden_states=False),
+            reassemble_hidden_size=32, neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=16)),
+            (_image(28),), {}),
+        "swin2sr": lambda: (T.Swin2SRModel(T.Swin2SRConfig(image_size=16, patch_size=1, embed_dim=16, depths=[2], num_heads=[2],
+                                                           window_size=4, upscale=2, upsampler="pixelshuffle")),
+                            (_image(16),), {}),
+        "hifigan": lambda: (T.SpeechT5HifiGan(T.SpeechT5HifiGanConfig(
+            model_in_dim=16, upsample_initial_channel=32, upsample_rates=[2, 2], upsample_kernel_sizes=[4, 4],
+            resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]])), (torch.randn(2, 10, 16),), {}),
         "bart-encoder": lambda: (T.BartModel(T.BartConfig(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2,
                                                           encoder_attention_heads=4, decoder_attention_heads=4,
                                                           encoder_ffn_dim=128, decoder_ffn_dim=128)).encoder, (), text),
@@ -584,7 +606,7 @@ HF = ("albert", "electra", "deberta-v2", "mobilebert", "xlm-roberta", "gpt2", "m
       "gpt-neox", "phi", "deit", "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit",
       "clip-vision", "clip-text", "whisper-encoder", "wav2vec2", "bart-encoder", "t5", "gemma", "falcon", "mixtral", "gptj",
       "modernbert", "funnel", "vitmae", "convnextv2", "mamba", "xlnet", "convbert", "data2vec-vision", "gpt-bigcode", "phi3",
-      "hiera", "groupvit-vision", "canine", "patchtst")
+      "hiera", "groupvit-vision", "canine", "patchtst", "mamba2", "rwkv", "detr", "depth-anything", "swin2sr", "hifigan")
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:

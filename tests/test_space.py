@@ -668,9 +668,9 @@ class _SharedKV(nn.Module):
     its group by ``expand`` + ``reshape`` (Hugging Face's ``repeat_kv``); ``kv=1`` is multi-query attention
     (Falcon, Gemma-2B)."""
 
-    def __init__(self, kv: int):
+    def __init__(self, kv: int, interleave: bool = False):
         super().__init__()
-        self.kv = kv
+        self.kv, self.interleave = kv, interleave
         self.q, self.o = nn.Linear(32, 32), nn.Linear(32, 32)
         self.k, self.v = nn.Linear(32, 8 * kv), nn.Linear(32, 8 * kv)
 
@@ -680,6 +680,8 @@ class _SharedKV(nn.Module):
 
         def shared(u):
             u = u.view(b, t, self.kv, 8).transpose(1, 2)
+            if self.interleave:  # the same copies by repeat_interleave (Mamba-2's B and C, hand-written GQA)
+                return u.repeat_interleave(rep, dim=1)
             return u[:, :, None].expand(b, self.kv, rep, t, 8).reshape(b, 4, t, 8)
         q = self.q(x).view(b, t, 4, 8).transpose(1, 2)
         a = nn.functional.scaled_dot_product_attention(q, shared(self.k(x)), shared(self.v(x)))
@@ -823,14 +825,15 @@ def test_heads_found_without_a_flattened_channel_dim(case):
                 torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("interleave", [False, True])
 @pytest.mark.parametrize("kv", [1, 2])
-def test_query_heads_sharing_a_key_value_head_are_pruned(kv):
+def test_query_heads_sharing_a_key_value_head_are_pruned(kv, interleave):
     """The query heads of each key/value group are a heads group of their own (the copies made by
-    ``expand`` shrink with them; they were a fixed dim, so multi-query attention had no prunable heads),
-    and the kv heads one more where there are several. A subnet computes the original with the dropped
-    query heads' columns of the output projection zeroed."""
+    ``expand`` or ``repeat_interleave`` shrink with them; they were a fixed dim, so multi-query attention
+    had no prunable heads), and the kv heads one more where there are several. A subnet computes the
+    original with the dropped query heads' columns of the output projection zeroed."""
     torch.manual_seed(0)
-    model = _SharedKV(kv).eval()
+    model = _SharedKV(kv, interleave).eval()
     x = torch.randn(2, 5, 32)
     with torch.no_grad():
         expected = model(x)
@@ -847,7 +850,7 @@ def test_query_heads_sharing_a_key_value_head_are_pruned(kv):
         rows = model.q.weight
         kept = {int((rows == row).all(1).nonzero()[0]) // 8 for row in sub.q.weight}
         counts.append(len(kept))
-        masked = _SharedKV(kv).eval()
+        masked = _SharedKV(kv, interleave).eval()
         masked.load_state_dict(model.state_dict())
         with torch.no_grad():
             for h in set(range(4)) - kept:

@@ -593,13 +593,15 @@ def _reshape_as(p: _Pass, op: OpNode):
 @rule("aten.repeat_interleave.self_int")
 def _repeat_interleave(p: _Pass, op: OpNode):
     """Each element repeated ``repeats`` times along ``dim``: the output dim is (that dim) × (the copies),
-    row-major, so pruning the input dim keeps whole runs of copies."""
+    row-major, so pruning the input dim keeps whole runs of copies. The copies of one element are the
+    same, so their number may shrink too (Mamba-2's B and C repeated from groups to heads: fewer heads
+    per group); a subnet repeats fewer times."""
     x = list(p.tensor(op.args[0]))
     dim = p.arg(op, 2, "dim")
     if dim is None:
         raise _Unsupported("repeat_interleave without a dim (flattens its input)")
     d = _norm_dim(dim, len(x))
-    copies = p.fresh((p.arg(op, 1, "repeats"), ()), f"copies made by {op.name}")
+    copies = p.copies((p.arg(op, 1, "repeats"), ()))
     repeated = p.d.atom(p.out_sizes(op)[d], "split")
     p.unify(Prod((x[d], copies)), repeated, op)
     x[d] = repeated

@@ -527,9 +527,18 @@ def _rw_slice(op, ins, out, dims, kept):
 
 
 def _rw_repeat_interleave(op, ins, out, dims, kept):
-    """``output_size`` (when given) follows the shrunk dim."""
+    """``repeats`` follows the copies' new number, ``output_size`` (when given) the shrunk dim."""
+    d = _dim(op, ins[0])
+    total, base = new_size(dims, dims.resolve(out[d]), kept), new_size(dims, dims.resolve(ins[0][d]), kept)
+    if total[1] != base[1] or not base[0] or total[0] % base[0]:
+        raise NotImplementedError(f"cannot rewrite the repeats of {op.name} ({op.target}) from "
+                                  f"{size_text(base)} to {size_text(total)}")
+    if "repeats" in op.kwargs:
+        op.kwargs["repeats"] = total[0] // base[0]
+    else:
+        op.args = op.args[:1] + [total[0] // base[0]] + op.args[2:]
     if "output_size" in op.kwargs or len(op.args) > 3:
-        size = _static_or_fail(new_size(dims, dims.resolve(out[_dim(op, ins[0])]), kept), op)
+        size = _static_or_fail(total, op)
         if "output_size" in op.kwargs:
             op.kwargs["output_size"] = size
         else:
