@@ -551,6 +551,9 @@ class _ShapeFollowers(nn.Module):
         if self.mode == "aliases":  # ATen's aliases of element-wise ops (torch.multiply in ConvBERT)
             g = torch.where(torch.greater(h, 0), torch.multiply(h, 2.0), torch.negative(torch.absolute(h)))
             return self.b(torch.subtract(torch.divide(g, 3.0), torch.clip(h, -1, 1)))
+        if self.mode == "index_put_":  # rows picked by an index overwritten (h[rows] = v)
+            rows = torch.argsort(x[:, 0, 0])
+            return self.b(h.clone().index_put_((rows,), h.flip(0) * 2))
         if self.mode == "index_add_":  # message passing: tokens summed into the positions an index gives
             index = torch.argsort(x[0, :, 0]) % 3
             return self.b(torch.zeros_like(h).index_add_(1, index, h[:, torch.argsort(x[1, :, 0])]))
@@ -574,7 +577,7 @@ class _ShapeFollowers(nn.Module):
 @pytest.mark.parametrize("mode", ["reshape_as", "view_as", "tile", "repeat_interleave", "repeat_interleave_output_size",
                                   "tensor_split_sections", "tensor_split_indices", "slices", "narrow", "slice_middle",
                                   "glu", "batch_view", "slice_add", "pad", "gather", "expand", "transposes", "type_as",
-                                  "masked_fill_", "zeros_state", "index_add_", "scatter_add_", "aliases", "expand_batch",
+                                  "masked_fill_", "zeros_state", "index_add_", "index_put_", "scatter_add_", "aliases", "expand_batch",
                                   *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets
@@ -747,6 +750,52 @@ def test_widths_through_sampling_distances_and_parametrisations(mode):
         assert sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters())
         with torch.no_grad(), sn.set_arch(arch):
             torch.testing.assert_close(sn(*args), sub(*args), atol=1e-5, rtol=1e-4)
+
+
+class _Recurrent(nn.Module):
+    """A two-layer LSTM (bidirectional or not) and a GRU side by side on a projected input."""
+
+    def __init__(self, bidirectional: bool):
+        super().__init__()
+        self.a = nn.Linear(8, 32)
+        self.lstm = nn.LSTM(32, 24, num_layers=2, batch_first=True, bidirectional=bidirectional)
+        self.gru = nn.GRU(32, 16)
+        self.b, self.c = nn.Linear(48 if bidirectional else 24, 4), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(self.lstm(h)[0]) + self.c(self.gru(h)[0])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_hidden_sizes_are_pruned(bidirectional):
+    """``nn.LSTM``/``nn.GRU``: the hidden size is one group over every layer and direction (the gates'
+    blocks of each weight keep the same units; the next layer reads both directions). A subnet computes
+    the original with the dropped units' gate rows zeroed (such a unit stays zero), on the shared weights
+    too."""
+    torch.manual_seed(0)
+    model = _Recurrent(bidirectional).eval()
+    x = torch.randn(2, 6, 8)
+    sn = osf.Supernet(model, (x,), sort=False)
+    assert sn.space.analysis.unsupported == []
+    hidden = {g.size: g.key for g in sn.space.groups if g.size in (24, 16)}
+    assert sorted(hidden) == [16, 24]
+    for k_lstm, k_gru in ((8, 8), (16, 16)):
+        arch = osf.Arch({**sn.space.max().width, hidden[24]: k_lstm, hidden[16]: k_gru}, sn.space.max().depth)
+        sub = sn.extract(arch).eval()
+        assert sub.lstm.weight_hh_l1.shape == (4 * k_lstm, k_lstm)
+        assert sub.lstm.weight_ih_l1.shape == (4 * k_lstm, k_lstm * (2 if bidirectional else 1))
+        masked = _Recurrent(bidirectional).eval()
+        masked.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            for name, t in masked.named_parameters():
+                if name.startswith(("lstm.", "gru.")):
+                    k, size, gates = (k_lstm, 24, 4) if name.startswith("lstm.") else (k_gru, 16, 3)
+                    t.view(gates, size, *t.shape[1:])[:, k:] = 0  # every gate's rows of the dropped units
+            torch.testing.assert_close(sub(x), masked(x), atol=1e-5, rtol=1e-4)
+            sn.eval()
+            with sn.set_arch(arch):
+                torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
 
 
 class _HeadsApart(nn.Module):

@@ -447,6 +447,44 @@ def _embedding(p: _Pass, op: OpNode):
     return list(idx) + [w[1]]
 
 
+_RNN_GATES = {"aten.lstm.input": 4, "aten.gru.input": 3, "aten.rnn_tanh.input": 1, "aten.rnn_relu.input": 1}
+
+
+@rule(*_RNN_GATES)
+def _rnn(p: _Pass, op: OpNode):
+    """``nn.LSTM``/``GRU``/``RNN``: one hidden size for every layer and direction; each weight's rows are
+    the gates' blocks of hidden units, concatenated (a subnet keeps the same units of every gate); a
+    layer's input is the previous layer's output (the directions concatenated). A unit whose gate rows
+    are zero stays zero, so a subnet is the original with those units' weights zeroed. Projections
+    (``proj_size``) are refused."""
+    gates = _RNN_GATES[op.target]
+    x = p.tensor(op.args[0])
+    states = [p.tensor(h) for h in (op.args[1] if isinstance(op.args[1], list) else [op.args[1]])]
+    params = [p.tensor(w) for w in op.args[2]]
+    has_biases, layers, bidirectional, batch_first = op.args[3], op.args[4], op.args[7], op.args[8]
+    directions = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    if len(params) != layers * directions * per or any(w is None for w in params):
+        raise _Unsupported("recurrent weights other than (w_ih, w_hh[, b_ih, b_hh]) per layer and direction")
+    hidden = params[1][1]  # w_hh: [gates × hidden, hidden]
+    why = f"layers × directions of {op.name}"
+    layer_in = x[-1]
+    for layer in range(layers):
+        for direction in range(directions):
+            w_ih, w_hh, *biases = params[(layer * directions + direction) * per:][:per]
+            for rows in [w_ih[0], w_hh[0]] + [b[0] for b in biases]:
+                p.unify(rows, Cat((hidden,) * gates) if gates > 1 else hidden, op)
+            p.unify(w_hh[1], hidden, op)
+            p.unify(w_ih[1], layer_in, op)
+        layer_in = Cat((hidden,) * directions) if directions > 1 else hidden
+    for h in states:
+        p.block(h[0], why)
+        p.unify(h[-1], hidden, op)
+        p.unify(h[1], x[0 if batch_first else 1], op)
+    out = list(x[:-1]) + [layer_in]
+    return {"list": [out] + [list(h) for h in states]}
+
+
 @rule("aten.embedding_bag.default", "aten.embedding_bag.padding_idx", "aten._embedding_bag.default")
 def _embedding_bag(p: _Pass, op: OpNode):
     """Bags of embedding rows reduced per bag: (bags × embedding dim, then index bookkeeping)."""
@@ -850,6 +888,25 @@ def _indexed_write(p: _Pass, op: OpNode):
     return x
 
 
+@rule("aten.index_put.default", "aten.index_put_.default", "aten._index_put_impl_.default")
+def _index_put(p: _Pass, op: OpNode):
+    """``self[indices] = values`` (or ``+=``): the indexed dims are addressed by values and fixed; where they
+    lead (``x[mask] = v``, ``out[rows] += v``), the values' trailing dims pair with self's remaining ones."""
+    x = list(p.tensor(op.args[0]))
+    indices, values = op.args[1], p.tensor(op.args[2])
+    why = f"addressed by index values ({op.name})"
+    pos = [i for i, t in enumerate(indices) if t is not None]
+    for i in pos:
+        p.block(x[i], why)
+    rest = x[len(indices):] if pos == list(range(len(pos))) else []
+    for j, v in enumerate(reversed(values or [])):
+        if j < len(rest) and p.size(v) == p.size(rest[-1 - j]):
+            p.unify(v, rest[-1 - j], op)
+        elif p.size(v) != (1, ()):
+            p.block(v, why)
+    return x
+
+
 @rule("aten.index_select.default")
 def _index_select(p: _Pass, op: OpNode):
     x = list(p.tensor(op.args[0]))
@@ -1121,8 +1178,8 @@ def _create(p: _Pass, op: OpNode):
 
 
 for _t_name in ("arange.default", "arange.start", "arange.start_step", "empty_strided.default",
-                "scalar_tensor.default", "rand.default", "randn.default", "randint.default", "linspace.default",
-                "eye.default"):
+                "scalar_tensor.default", "rand.default", "randn.default", "randint.default", "randint.low", "randperm.default",
+                "linspace.default", "eye.default"):
     RULES[f"aten.{_t_name}"] = _create
 
 # tensors of one value, and where their size list is (``subnet`` rewrites it)
