@@ -488,7 +488,8 @@ class _ShapeFollowers(nn.Module):
         else:
             self.a = nn.Linear(16, 32)
             whole = mode.endswith(("_as", "_")) or mode in ("tile", "batch_view", "slice_add", "gather", "expand",
-                                                              "transposes", "zeros_state", "aliases", "expand_batch")
+                                                              "transposes", "zeros_state", "aliases", "expand_batch",
+                                                              "einsum_ellipsis")
             self.b = nn.Linear(64 if mode.startswith("repeat") else 48 if mode == "pad" else 32 if whole else 16, 8)
             self.s = nn.Linear(16, 16)  # slice_add's shortcut
         self.c = nn.Linear(16, 8)
@@ -551,6 +552,9 @@ class _ShapeFollowers(nn.Module):
         if self.mode == "aliases":  # ATen's aliases of element-wise ops (torch.multiply in ConvBERT)
             g = torch.where(torch.greater(h, 0), torch.multiply(h, 2.0), torch.negative(torch.absolute(h)))
             return self.b(torch.subtract(torch.divide(g, 3.0), torch.clip(h, -1, 1)))
+        if self.mode == "einsum_ellipsis":  # "..." broadcast dims, and an implicit output (the letters used once)
+            g = torch.einsum("...c,...c->...c", h, torch.sigmoid(h))
+            return self.b(torch.einsum("btc,bt", g, x[..., 0]))
         if self.mode == "index_put_":  # rows picked by an index overwritten (h[rows] = v)
             rows = torch.argsort(x[:, 0, 0])
             return self.b(h.clone().index_put_((rows,), h.flip(0) * 2))
@@ -578,6 +582,7 @@ class _ShapeFollowers(nn.Module):
                                   "tensor_split_sections", "tensor_split_indices", "slices", "narrow", "slice_middle",
                                   "glu", "batch_view", "slice_add", "pad", "gather", "expand", "transposes", "type_as",
                                   "masked_fill_", "zeros_state", "index_add_", "index_put_", "scatter_add_", "aliases", "expand_batch",
+                                  "einsum_ellipsis",
                                   *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets

@@ -583,24 +583,40 @@ def _sdpa(p: _Pass, op: OpNode):
 
 @rule("aten.einsum.default")
 def _einsum(p: _Pass, op: OpNode):
+    """Dims of one letter unify (a size-1 one broadcasts); ``...`` stands for right-aligned broadcast dims;
+    without ``->`` the output is ``...`` then the letters used once, sorted (torch's rule)."""
     eq = op.args[0].replace(" ", "")
     operands = [p.tensor(x) for x in op.args[1]]
-    if "..." in eq or "->" not in eq:
-        raise _Unsupported("einsum with ellipsis or implicit output")
-    lhs, rhs = eq.split("->")
-    letters: dict[str, Any] = {}
-    for spec, t in zip(lhs.split(","), operands):
-        for ch, e in zip(spec, t):
-            if ch not in letters or p.size(letters[ch]) == (1, ()):
-                if ch in letters:
-                    continue
-                letters[ch] = e
-            elif p.size(e) != (1, ()):
-                p.unify(letters[ch], e, op)
+    lhs, arrow, rhs = eq.partition("->")
     specs = lhs.split(",")
-    shared = [ch for ch in rhs if sum(ch in spec for spec in specs) > 1]
-    p.r.batched.extend(letters[ch] for ch in shared if p.size(letters[ch]) != (1, ()))
-    return [letters[ch] for ch in rhs]
+    if len(specs) != len(operands) or any(t is None for t in operands):
+        raise _Unsupported("einsum operands do not match the equation")
+    ellipsis = max((len(t) - len(spec) + 3 for spec, t in zip(specs, operands) if "..." in spec), default=0)
+
+    def keys(spec: str, rank: int) -> list:
+        if "..." not in spec:
+            return list(spec)
+        before, after = spec.split("...")
+        n = rank - len(before) - len(after)
+        return list(before) + [("...", ellipsis - n + i) for i in range(n)] + list(after)
+
+    letters: dict[Any, Any] = {}
+    users: dict[Any, int] = {}
+    for spec, t in zip(specs, operands):
+        for key, e in zip(keys(spec, len(t)), t):
+            users[key] = users.get(key, 0) + 1
+            if key not in letters or p.size(letters[key]) == (1, ()):
+                letters[key] = e
+            elif p.size(e) != (1, ()):
+                p.unify(letters[key], e, op)
+    if not arrow:
+        once = sorted(ch for ch in set(lhs) - {",", "."} if lhs.count(ch) == 1)
+        rhs = ("..." if ellipsis else "") + "".join(once)
+    out_keys = keys(rhs, ellipsis + len(rhs) - 3) if "..." in rhs else list(rhs)
+    if len(out_keys) != len(p.out_sizes(op)) or any(k not in letters for k in out_keys):
+        raise _Unsupported("einsum output does not match the equation")
+    p.r.batched.extend(letters[k] for k in out_keys if users[k] > 1 and p.size(letters[k]) != (1, ()))
+    return [letters[k] for k in out_keys]
 
 
 # ----- layout -----
