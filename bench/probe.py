@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
@@ -444,6 +445,53 @@ class PrototypeNetwork(nn.Module):
         return -torch.cdist(self.enc(x), self.protos)
 
 
+class RoutedExperts(nn.Module):
+    """A mixture of experts written by hand: top-2 routing, each expert run on its tokens
+    (``torch.where``: data-dependent sizes) and summed back with ``index_add_``."""
+
+    def __init__(self, width: int = 32, experts: int = 4):
+        super().__init__()
+        self.gate, self.out = nn.Linear(width, experts), nn.Linear(width, 2)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(width, 64), nn.GELU(), nn.Linear(64, width))
+                                     for _ in range(experts))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        weight, chosen = F.softmax(self.gate(flat), -1).topk(2, -1)
+        y = torch.zeros_like(flat)
+        for i, expert in enumerate(self.experts):
+            token, slot = torch.where(chosen == i)
+            y.index_add_(0, token, expert(flat[token]) * weight[token, slot, None])
+        return self.out(y.view_as(x))
+
+
+class TimeConditionedUNet(nn.Module):
+    """A DDPM-style UNet: a sinusoidal time embedding computed in forward, added per channel inside
+    GroupNorm residual blocks, one down- and one up-sampling level with a skip."""
+
+    def __init__(self):
+        super().__init__()
+        self.time = nn.Sequential(nn.Linear(32, 64), nn.SiLU(), nn.Linear(64, 64))
+        self.inp, self.out = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 3, 3, padding=1)
+        self.down, self.up = nn.Conv2d(32, 64, 3, 2, 1), nn.ConvTranspose2d(64, 32, 4, 2, 1)
+        self.blocks = nn.ModuleList(nn.ModuleDict(dict(
+            n1=nn.GroupNorm(8, c), c1=nn.Conv2d(c, c, 3, padding=1), t=nn.Linear(64, c), n2=nn.GroupNorm(8, c),
+            c2=nn.Conv2d(c, c, 3, padding=1))) for c in (32, 64, 32))
+
+    @staticmethod
+    def block(b, x, t):
+        h = b["c1"](F.silu(b["n1"](x))) + b["t"](t)[:, :, None, None]
+        return x + b["c2"](F.silu(b["n2"](h)))
+
+    def forward(self, x, step):
+        freqs = torch.exp(-math.log(10000) * torch.arange(16, dtype=torch.float32) / 16)
+        angles = step[:, None].float() * freqs[None]
+        t = self.time(torch.cat([angles.sin(), angles.cos()], -1))
+        h1 = self.block(self.blocks[0], self.inp(x), t)
+        h2 = self.block(self.blocks[1], self.down(h1), t)
+        return self.out(self.block(self.blocks[2], self.up(h2) + h1, t))
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -475,6 +523,8 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "vae": lambda: (VAE(), (torch.randn(4, 32),)),
     "spatial_transformer": lambda: (SpatialTransformer(), (_image(8),)),
     "prototype_network": lambda: (PrototypeNetwork(), (torch.randn(4, 16),)),
+    "routed_experts": lambda: (RoutedExperts(), (torch.randn(2, 5, 32),)),
+    "time_conditioned_unet": lambda: (TimeConditionedUNet(), (_image(16), torch.tensor([3, 500]))),
 }
 
 

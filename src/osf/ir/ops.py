@@ -28,7 +28,13 @@ TRAINING_ONLY_PROB = {
 }
 # ops that never change values (only memory layout): ignored when comparing train and eval graphs
 LAYOUT_ONLY = {"aten.contiguous.default", "aten.alias.default", "aten.clone.default"}
+_SCALAR_CHECKS = ("aten._assert_scalar.", "aten._assert_async.", "aten.sym_constrain_range")
 _SIDE_EFFECT_PREFIXES = ("aten._assert", "aten.sym_constrain_range", "aten.copy_.", "aten._print")
+
+
+def is_scalar_check(target: str) -> bool:
+    """A run-time assertion on sizes or scalars (export adds them for data-dependent sizes): no tensor dims."""
+    return target.startswith(_SCALAR_CHECKS)
 
 
 def functional_form(target: str) -> str:

@@ -179,10 +179,12 @@ def encode_value_meta(val: Any) -> Any:
 
 
 def _hint(sym: torch.SymInt) -> int:
+    """An example value of ``sym``; for a data-dependent size (``nonzero``, ``torch.where(mask)``: no
+    example value) torch's optimisation hint, 1 where it has none (FLOP counts take that size)."""
     node = sym.node
     hint = getattr(node, "hint", None)
     if hint is None:
-        hint = node.shape_env.size_hint(node.expr)
+        hint = node.shape_env.optimization_hint(node.expr, fallback=1)
     return int(hint)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode
+from ..ir.ops import is_scalar_check
 from ..ir.serial import resolve_target
 from .dims import Cat, Dims, Prod, Size, is_static, size_of, slice_bounds
 
@@ -82,8 +83,9 @@ class _Pass:
                 self.vals[p.name] = atoms
         for op in self.graph.ops:
             self.metas[op.name] = op.meta
-            if isinstance(op.meta, dict) and "symint" in op.meta:
-                continue
+            if (isinstance(op.meta, dict) and ("symint" in op.meta or "sym" in op.meta and "shape" not in op.meta)
+                    or is_scalar_check(op.target)):
+                continue  # sizes, their comparisons and run-time assertions: no tensor dims
             rule = _rule_for(op.target)
             try:
                 out = rule(self, op) if rule is not None else None
@@ -921,6 +923,15 @@ def _index_put(p: _Pass, op: OpNode):
         elif p.size(v) != (1, ()):
             p.block(v, why)
     return x
+
+
+@rule("aten.nonzero.default", "aten.where.default", "aten.argwhere.default", "aten.nonzero_static.default")
+def _nonzero(p: _Pass, op: OpNode):
+    """Positions of the nonzero elements (``torch.where(mask)``): the mask's dims are addressed by them."""
+    why = f"positions found by {op.name}"
+    for e in p.tensor(op.args[0]) or []:
+        p.block(e, why)
+    return p.fresh_out(op, why)
 
 
 @rule("aten.index_select.default")
