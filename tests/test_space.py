@@ -471,7 +471,8 @@ class _ShapeFollowers(nn.Module):
     """A hidden width (``a``'s outputs) carried through an op whose output shape follows it: the elements of
     pruned channels are zeros once ``a``'s rows are, so the original with those rows zeroed is the subnet."""
 
-    SPATIAL = ("unfold", "im2col", "im2col_col2im", "group_norm", "pixel_shuffle", "pixel_unshuffle", "grouped_convs")
+    SPATIAL = ("unfold", "im2col", "im2col_col2im", "group_norm", "pixel_shuffle", "pixel_unshuffle", "grouped_convs",
+               "resample_aa")
 
     def __init__(self, mode: str):
         super().__init__()
@@ -517,6 +518,8 @@ class _ShapeFollowers(nn.Module):
             return self.b(h.repeat_interleave(2, dim=-1))
         if self.mode == "repeat_interleave_output_size":
             return self.b(torch.repeat_interleave(h, 2, dim=2, output_size=2 * h.shape[2]))
+        if self.mode == "resample_aa":  # antialiased bicubic resampling (timm's position embeddings at a new size)
+            return self.b(nn.functional.interpolate(h, size=(5, 5), mode="bicubic", antialias=True))
         if self.mode == "unfold":  # windows along the height, averaged
             return self.b(h.unfold(2, 2, 2).mean(-1))
         if self.mode == "im2col":  # F.unfold: channels × kernel positions, per window

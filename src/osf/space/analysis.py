@@ -1038,7 +1038,8 @@ for _n in (1, 2, 3):
                   f"max_pool{_n}d_with_indices", f"lp_pool{_n}d", f"upsample_nearest{_n}d",
                   f"_upsample_nearest_exact{_n}d", f"upsample_bilinear{_n}d" if _n == 2 else "",
                   "upsample_linear1d" if _n == 1 else "", "upsample_trilinear3d" if _n == 3 else "",
-                  "upsample_bicubic2d" if _n == 2 else "", "_upsample_bilinear2d_aa" if _n == 2 else ""):
+                  "upsample_bicubic2d" if _n == 2 else "", "_upsample_bilinear2d_aa" if _n == 2 else "",
+                  "_upsample_bicubic2d_aa" if _n == 2 else ""):
         if _name:
             for _ov in ("default", "vec"):
                 RULES[f"aten.{_name}.{_ov}"] = _spatial_rule(_n)
