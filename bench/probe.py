@@ -445,26 +445,6 @@ class PrototypeNetwork(nn.Module):
         return -torch.cdist(self.enc(x), self.protos)
 
 
-class RoutedExperts(nn.Module):
-    """A mixture of experts written by hand: top-2 routing, each expert run on its tokens
-    (``torch.where``: data-dependent sizes) and summed back with ``index_add_``."""
-
-    def __init__(self, width: int = 32, experts: int = 4):
-        super().__init__()
-        self.gate, self.out = nn.Linear(width, experts), nn.Linear(width, 2)
-        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(width, 64), nn.GELU(), nn.Linear(64, width))
-                                     for _ in range(experts))
-
-    def forward(self, x):
-        flat = x.reshape(-1, x.shape[-1])
-        weight, chosen = F.softmax(self.gate(flat), -1).topk(2, -1)
-        y = torch.zeros_like(flat)
-        for i, expert in enumerate(self.experts):
-            token, slot = torch.where(chosen == i)
-            y.index_add_(0, token, expert(flat[token]) * weight[token, slot, None])
-        return self.out(y.view_as(x))
-
-
 class TimeConditionedUNet(nn.Module):
     """A DDPM-style UNet: a sinusoidal time embedding computed in forward, added per channel inside
     GroupNorm residual blocks, one down- and one up-sampling level with a skip."""
@@ -523,7 +503,6 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "vae": lambda: (VAE(), (torch.randn(4, 32),)),
     "spatial_transformer": lambda: (SpatialTransformer(), (_image(8),)),
     "prototype_network": lambda: (PrototypeNetwork(), (torch.randn(4, 16),)),
-    "routed_experts": lambda: (RoutedExperts(), (torch.randn(2, 5, 32),)),
     "time_conditioned_unet": lambda: (TimeConditionedUNet(), (_image(16), torch.tensor([3, 500]))),
 }
 

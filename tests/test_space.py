@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import osf
 from models import ALL, _first, supernet
+from toys import RoutedExperts
 
 def groups_of(sn: osf.Supernet, kind: str | None = None):
     return [g for g in sn.space.groups if kind is None or g.kind == kind]
@@ -739,6 +740,17 @@ class _WidthThrough(nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
+def _min_and_sample_agree(sn: osf.Supernet, args: tuple) -> None:
+    """In eval mode, ``min()`` and a sampled arch run on the shared weights give the extracted model's
+    outputs, and ``cost()`` its exact parameter count."""
+    sn.eval()
+    for arch in (sn.space.min(), sn.space.sample(0)):
+        sub = sn.extract(arch).eval()
+        assert sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters())
+        with torch.no_grad(), sn.set_arch(arch):
+            torch.testing.assert_close(sn(*args), sub(*args), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("mode", ["grid_sample", "cdist", "weight_norm", "embedding_bag", "one_hot"])
 def test_widths_through_sampling_distances_and_parametrisations(mode):
     """These ops have dimension rules (they blocked every dim they touched): the hidden width is one
@@ -752,12 +764,7 @@ def test_widths_through_sampling_distances_and_parametrisations(mode):
     assert [g.size for g in sn.space.groups] == [32], sn.space.describe()
     with torch.no_grad():
         torch.testing.assert_close(sn.extract(sn.space.max()).eval()(*args), model(*args), atol=1e-5, rtol=1e-4)
-    sn.eval()
-    for arch in (sn.space.min(), sn.space.sample(0)):
-        sub = sn.extract(arch).eval()
-        assert sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters())
-        with torch.no_grad(), sn.set_arch(arch):
-            torch.testing.assert_close(sn(*args), sub(*args), atol=1e-5, rtol=1e-4)
+    _min_and_sample_agree(sn, args)
 
 
 class _Recurrent(nn.Module):
@@ -806,32 +813,13 @@ def test_recurrent_hidden_sizes_are_pruned(bidirectional):
                 torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
 
 
-class _RoutedExperts(nn.Module):
-    """Mixture of experts written by hand: each expert runs on the tokens routed to it, found by
-    ``torch.where`` (a data-dependent size), and adds into their rows with ``index_add_``."""
-
-    def __init__(self):
-        super().__init__()
-        self.gate, self.out = nn.Linear(32, 4), nn.Linear(32, 2)
-        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)) for _ in range(4))
-
-    def forward(self, x):
-        flat = x.reshape(-1, x.shape[-1])
-        weight, chosen = torch.softmax(self.gate(flat), -1).topk(2, -1)
-        y = torch.zeros_like(flat)
-        for i, expert in enumerate(self.experts):
-            token, slot = torch.where(chosen == i)
-            y.index_add_(0, token, expert(flat[token]) * weight[token, slot, None])
-        return self.out(y.view_as(x))
-
-
 def test_data_dependent_sizes_are_captured_and_experts_pruned(tmp_path):
     """``torch.where(mask)`` gives sizes no example fixes: the IR keeps them symbolic (it crashed asking
     torch for an example value), saves and loads, its run-time size checks are no ops to the analysis,
     and each expert's hidden width is a group (the model width is the input's). Other inputs route differently: the rebuilt model, the
     maximal subnet and a subnet on the shared weights still agree with eager PyTorch."""
     torch.manual_seed(0)
-    model = _RoutedExperts().eval()
+    model = RoutedExperts().eval()
     x = torch.randn(2, 5, 32)
     ir = osf.trace(model, (x,))
     ir.save(tmp_path / "ir")
@@ -841,14 +829,9 @@ def test_data_dependent_sizes_are_captured_and_experts_pruned(tmp_path):
     sn = osf.Supernet(model, (x,))
     assert sn.space.analysis.unsupported == []
     assert sorted(g.size for g in sn.space.groups) == [64, 64, 64, 64]  # the model width is the input's
-    sn.eval()
     with torch.no_grad():
         torch.testing.assert_close(sn.extract(sn.space.max()).eval()(other), model(other), atol=1e-5, rtol=1e-4)
-        for arch in (sn.space.min(), sn.space.sample(0)):
-            sub = sn.extract(arch).eval()
-            assert sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters())
-            with sn.set_arch(arch):
-                torch.testing.assert_close(sn(other), sub(other), atol=1e-5, rtol=1e-4)
+    _min_and_sample_agree(sn, (other,))
 
 
 class _HeadsApart(nn.Module):

@@ -1,5 +1,5 @@
 """Small hand-written models for the tests (multi-input/-output, kwargs, dict outputs, tied weights,
-a custom user module, one that cannot be traced)."""
+a custom user module, one that cannot be traced, a mixture of experts with data-dependent sizes)."""
 from __future__ import annotations
 
 import random
@@ -175,3 +175,22 @@ class LayerDropWhenTraining(nn.Module):
         if self.training and (bool(torch.rand([]) < 0.5) if self.draw == "torch" else random.random() < 0.5):
             return x
         return self.fc(x)
+
+
+class RoutedExperts(nn.Module):
+    """Mixture of experts written by hand: each expert runs on the tokens routed to it, found by
+    ``torch.where`` (a data-dependent size), and adds into their rows with ``index_add_``."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.out = nn.Linear(32, 4), nn.Linear(32, 2)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)) for _ in range(4))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        weight, chosen = torch.softmax(self.gate(flat), -1).topk(2, -1)
+        y = torch.zeros_like(flat)
+        for i, expert in enumerate(self.experts):
+            token, slot = torch.where(chosen == i)
+            y.index_add_(0, token, expert(flat[token]) * weight[token, slot, None])
+        return self.out(y.view_as(x))

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode
+from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode, Placeholder
 from ..ir.ops import is_scalar_check
 from ..ir.serial import resolve_target
 from .dims import Cat, Dims, Prod, Size, is_static, size_of, slice_bounds
@@ -61,6 +61,7 @@ def value_sizes(meta: Any) -> list[Size] | None:
 class _Pass:
     def __init__(self, ir: IR, graph: Graph, result: DimAnalysis):
         self.ir, self.graph, self.r, self.d = ir, graph, result, result.dims
+        self.producers = graph.producers()
         self.vals: dict[str, Any] = {}
         self.metas: dict[str, Any] = {}
 
@@ -249,14 +250,14 @@ def _rule_for(target: str) -> Rule | None:
     tags = getattr(op, "tags", ())
     if torch.Tag.pointwise in tags:
         return _pointwise
-    if _pointwise_variant(_DUNDER.get(packet, packet), op):
+    if _pointwise_variant(_CANONICAL.get(packet, packet), op):
         return _pointwise_same_rank
     return None
 
 
 # Python-operator spellings of element-wise bitwise ops (``a & b`` records ``aten.__and__``), and ATen's
 # aliases of element-wise ops (``torch.multiply`` records ``aten.multiply``, untagged)
-_DUNDER = {f"__{pre}{name}__": f"bitwise_{full}" for pre in ("", "i") for name, full in
+_CANONICAL = {f"__{pre}{name}__": f"bitwise_{full}" for pre in ("", "i") for name, full in
            (("and", "and"), ("or", "or"), ("xor", "xor"), ("lshift", "left_shift"), ("rshift", "right_shift"))} | {
     "multiply": "mul", "multiply_": "mul_", "divide": "div", "divide_": "div_", "true_divide": "div",
     "true_divide_": "div_", "subtract": "sub", "subtract_": "sub_", "negative": "neg", "negative_": "neg_",
@@ -823,12 +824,10 @@ def _constant_run(p: _Pass, index: Any, size: Size) -> tuple[int, int, bool] | N
     """``(start, end, from_end)`` when ``index`` is a captured constant listing consecutive positions of a
     static dim of ``size``, all counted from its start or all from its end (``x[..., [-2], :]``, Falcon's
     key head)."""
-    ops = {op.name: op for op in p.graph.ops}
-    ref = index.get("node") if isinstance(index, dict) else None
-    while ref in ops and ops[ref].target in _CONSTANT_PASSING:
-        ref = next(iter(_refs(ops[ref].args[:1])), None)
-    place = next((q for q in p.graph.placeholders if q.name == ref and q.kind == CONST), None)
-    values = p.ir.tensors.get(place.target) if place is not None else None
+    node = p.producers.get(index.get("node")) if isinstance(index, dict) else None
+    while isinstance(node, OpNode) and node.target in _CONSTANT_PASSING:
+        node = p.producers.get(next(iter(_refs(node.args[:1])), None))
+    values = p.ir.tensors.get(node.target) if isinstance(node, Placeholder) and node.kind == CONST else None
     if values is None or values.dim() != 1 or not len(values) or values.is_floating_point() or not is_static(size):
         return None
     v = values.tolist()
