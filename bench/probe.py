@@ -472,6 +472,100 @@ class TimeConditionedUNet(nn.Module):
         return self.out(self.block(self.blocks[2], self.up(h2) + h1, t))
 
 
+class GlobalFilterNet(nn.Module):
+    """GFNet: tokens mixed by a learnt complex filter per channel in the 2-D Fourier domain."""
+
+    def __init__(self, c: int = 32, side: int = 8):
+        super().__init__()
+        self.stem, self.norm = nn.Conv2d(3, c, 4, 4), nn.LayerNorm(c)
+        self.filter = nn.Parameter(torch.randn(side, side // 2 + 1, c, 2) * 0.02)
+        self.mlp = nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c))
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)
+        y = torch.fft.rfft2(self.norm(x), dim=(1, 2), norm="ortho") * torch.view_as_complex(self.filter)
+        x = x + torch.fft.irfft2(y, s=x.shape[1:3], dim=(1, 2), norm="ortho")
+        x = x + self.mlp(x)
+        return self.head(x.mean((1, 2)))
+
+
+class CellLoopSeq2Label(nn.Module):
+    """``nn.LSTMCell`` feeding ``nn.GRUCell``, stepped in a Python loop over the tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.lstm, self.gru, self.out = nn.Embedding(50, 16), nn.LSTMCell(16, 48), nn.GRUCell(48, 40), nn.Linear(40, 5)
+
+    def forward(self, ids):
+        h = c = self.embed.weight.new_zeros(ids.shape[0], 48)
+        g = self.embed.weight.new_zeros(ids.shape[0], 40)
+        for t in range(ids.shape[1]):
+            h, c = self.lstm(self.embed(ids[:, t]), (h, c))
+            g = self.gru(h, g)
+        return self.out(g)
+
+
+class Capsules(nn.Module):
+    """Primary capsules and three iterations of routing by agreement."""
+
+    def __init__(self, n_in: int = 16, d_in: int = 8, n_out: int = 4, d_out: int = 16):
+        super().__init__()
+        self.n_in, self.d_in = n_in, d_in
+        self.primary = nn.Conv2d(3, n_in * d_in, 3, stride=2, padding=1)
+        self.W = nn.Parameter(torch.randn(1, n_in, n_out, d_out, d_in) * 0.1)
+
+    @staticmethod
+    def squash(v):
+        n2 = (v ** 2).sum(-1, keepdim=True)
+        return n2 / (1 + n2) * v / (n2.sqrt() + 1e-8)
+
+    def forward(self, x):
+        u = self.squash(self.primary(x).mean((2, 3)).view(x.shape[0], self.n_in, self.d_in))
+        votes = (self.W @ u[:, :, None, :, None]).squeeze(-1)
+        logits = torch.zeros(votes.shape[:3])
+        for _ in range(3):
+            v = self.squash((logits.softmax(2)[..., None] * votes).sum(1))
+            logits = logits + (votes * v[:, None]).sum(-1)
+        return v.norm(dim=-1)
+
+
+class LinearAttention(nn.Module):
+    """Performer-style attention: positive feature maps, keys and values contracted first by einsum."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads, self.qkv, self.o = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ff, self.head = nn.Sequential(nn.Linear(d, 64), nn.GELU(), nn.Linear(64, d)), nn.Linear(d, 3)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = nn.functional.elu(q) + 1, nn.functional.elu(k) + 1
+        kv = torch.einsum("bhnd,bhne->bhde", k, v)
+        z = 1 / (torch.einsum("bhnd,bhd->bhn", q, k.sum(2)) + 1e-6)
+        y = torch.einsum("bhnd,bhde,bhn->bhne", q, kv, z).transpose(1, 2).reshape(b, n, d)
+        x = x + self.o(y)
+        return self.head((x + self.ff(x)).mean(1))
+
+
+class Involution(nn.Module):
+    """Involution: a kernel generated at every position, applied to ``F.unfold`` patches per group."""
+
+    def __init__(self, c: int = 16, k: int = 3, groups: int = 4):
+        super().__init__()
+        self.c, self.k, self.groups = c, k, groups
+        self.stem, self.reduce = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, c // 2, 1)
+        self.span, self.head = nn.Conv2d(c // 2, k * k * groups, 1), nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        kernel = self.span(torch.relu(self.reduce(x))).view(b, self.groups, 1, self.k * self.k, h, w)
+        patches = nn.functional.unfold(x, self.k, padding=self.k // 2).view(b, self.groups, c // self.groups, self.k * self.k, h, w)
+        return self.head((kernel * patches).sum(3).view(b, c, h, w))
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -504,6 +598,11 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "spatial_transformer": lambda: (SpatialTransformer(), (_image(8),)),
     "prototype_network": lambda: (PrototypeNetwork(), (torch.randn(4, 16),)),
     "time_conditioned_unet": lambda: (TimeConditionedUNet(), (_image(16), torch.tensor([3, 500]))),
+    "global_filter_net": lambda: (GlobalFilterNet(), (_image(32),)),
+    "cell_loop_seq2label": lambda: (CellLoopSeq2Label(), (torch.randint(0, 50, (2, 6)),)),
+    "capsules": lambda: (Capsules(), (_image(8),)),
+    "linear_attention": lambda: (LinearAttention(), (torch.randn(2, 9, 32),)),
+    "involution": lambda: (Involution(), (_image(8),)),
 }
 
 
@@ -627,6 +726,16 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
         "bart-encoder": lambda: (T.BartModel(T.BartConfig(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2,
                                                           encoder_attention_heads=4, decoder_attention_heads=4,
                                                           encoder_ffn_dim=128, decoder_ffn_dim=128)).encoder, (), text),
+        "fnet": lambda: (T.FNetModel(T.FNetConfig(vocab_size=1000, **small)), (), {"input_ids": ids}),
+        "esm": lambda: (T.EsmModel(T.EsmConfig(vocab_size=33, pad_token_id=1, mask_token_id=32,
+                                               position_embedding_type="rotary", **small)),
+                        (), {"input_ids": ids % 33, "attention_mask": torch.ones_like(ids)}),
+        "qwen3": lambda: (T.Qwen3Model(T.Qwen3Config(vocab_size=1000, num_key_value_heads=2, head_dim=16, **small)), (), causal),
+        "deepseek-v3": lambda: (T.DeepseekV3Model(T.DeepseekV3Config(
+            vocab_size=1000, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+            topk_group=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8,
+            qk_nope_head_dim=8, v_head_dim=16)), (), causal),
     }
     return built[name]()
 
@@ -635,7 +744,8 @@ HF = ("albert", "electra", "deberta-v2", "mobilebert", "xlm-roberta", "gpt2", "m
       "gpt-neox", "phi", "deit", "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit",
       "clip-vision", "clip-text", "whisper-encoder", "wav2vec2", "bart-encoder", "t5", "gemma", "falcon", "mixtral", "gptj",
       "modernbert", "funnel", "vitmae", "convnextv2", "mamba", "xlnet", "convbert", "data2vec-vision", "gpt-bigcode", "phi3",
-      "hiera", "groupvit-vision", "canine", "patchtst", "mamba2", "rwkv", "detr", "depth-anything", "swin2sr", "hifigan")
+      "hiera", "groupvit-vision", "canine", "patchtst", "mamba2", "rwkv", "detr", "depth-anything", "swin2sr", "hifigan",
+      "fnet", "esm", "qwen3", "deepseek-v3")
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:

@@ -269,3 +269,27 @@ def test_control_flow_operator_in_forward_is_a_trace_error_naming_the_module():
     assert err.value.module == "1"
     assert "torch.cond" in str(err.value)
 
+
+
+class _ConvertsItsLayerInForward(nn.Module):
+    """Keeps a layer in float32 by converting it in ``forward`` (Switch Transformers' router)."""
+
+    def __init__(self):
+        super().__init__()
+        self.router, self.out = nn.Linear(8, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        self.router = self.router.to(torch.float32)
+        self.out.float()
+        return self.out(torch.relu(self.router(x.float())))
+
+
+def test_module_conversion_that_changes_nothing_inside_forward(tmp_path):
+    """``module.to(dtype)`` in ``forward`` made export fail (it swaps fake parameters in place; only the
+    ``torch.fx`` fallback, which drops Python control flow, captured this model); a conversion that
+    changes no tensor is skipped while tracing, so export captures it with its dynamic batch and it
+    rebuilds (round_trip: outputs, gradients); ``nn.Module._apply`` is torch's own again afterwards."""
+    apply = nn.Module._apply
+    ir = round_trip(_ConvertsItsLayerInForward(), (torch.randn(3, 8),), tmp_path=tmp_path)
+    assert ir.info["capture"] == "torch.export" and ir.info["dynamic"] == ["B"]
+    assert nn.Module._apply is apply

@@ -767,6 +767,85 @@ def test_widths_through_sampling_distances_and_parametrisations(mode):
     _min_and_sample_agree(sn, args)
 
 
+class _Fourier(nn.Module):
+    """Token or spatial mixing by Fourier transforms: GFNet's global filter (``rfft2`` over space times a
+    learnt complex filter per channel, ``irfft2`` back), an ``rfft`` over tokens read as real pairs
+    (``view_as_real``, flattened into the features), and FNet's ``fftn`` over tokens and features."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        if mode == "global_filter":
+            self.a, self.b = nn.Conv2d(3, 16, 4, 4), nn.Linear(16, 3)
+            self.filter = nn.Parameter(torch.randn(4, 2, 16, 2))  # rfft2 of a 4 × 3 map
+        else:
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(32 if mode == "tokens" else 16, 3)
+
+    def forward(self, x):
+        if self.mode == "global_filter":
+            h = self.a(x).permute(0, 2, 3, 1)
+            y = torch.fft.rfft2(h, dim=(1, 2), norm="ortho") * torch.view_as_complex(self.filter)
+            return self.b((h + torch.fft.irfft2(y, s=h.shape[1:3], dim=(1, 2), norm="ortho")).mean((1, 2)))
+        h = self.a(x)
+        if self.mode == "tokens":
+            return self.b(torch.view_as_real(torch.fft.rfft(h, dim=1)).flatten(-2).mean(1))
+        return self.b(h + torch.fft.fftn(h, dim=(1, 2)).real)
+
+
+@pytest.mark.parametrize("mode, width", [("global_filter", 16), ("tokens", 16), ("tokens_and_features", None)])
+def test_fourier_transforms_keep_the_dims_they_do_not_mix(mode, width):
+    """A Fourier transform blocks the dims it mixes and passes the others: channels filtered over space
+    or features transformed over tokens stay prunable (a subnet is the original with the dropped channels
+    zeroed), features mixed by the transform itself (FNet) are fixed. No op is left unsupported."""
+    torch.manual_seed(0)
+    model = _Fourier(mode).eval()
+    x = torch.randn(2, 3, 16, 12) if mode == "global_filter" else torch.randn(2, 6, 8)
+    sn = osf.Supernet(model, (x,), sort=False)
+    assert sn.space.analysis.unsupported == []
+    assert [g.size for g in sn.space.groups] == ([width] if width else []), sn.space.describe()
+    if width is None:
+        return
+    arch = sn.space.min()
+    keep = next(iter(arch.width.values()))
+    sub = sn.extract(arch).eval()
+    masked = _Fourier(mode).eval()
+    masked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        masked.a.weight[keep:] = 0
+        masked.a.bias[keep:] = 0
+        torch.testing.assert_close(sub(x), masked(x), atol=1e-5, rtol=1e-4)
+    _min_and_sample_agree(sn, (x,))
+
+
+class _PerSampleConv(nn.Module):
+    """A hyper-network's per-sample kernels applied as one grouped conv over the batch folded into the
+    channels (``groups=B``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.hyper, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(4, 8 * 8 * 9), nn.Linear(8, 2)
+
+    def forward(self, x, z):
+        b, h = x.shape[0], torch.relu(self.stem(x))
+        kernels = self.hyper(z).view(b * 8, 8, 3, 3)
+        y = nn.functional.conv2d(h.reshape(1, b * 8, *h.shape[2:]), kernels, padding=1, groups=b)
+        return self.head(y.view(b, 8, *h.shape[2:]).mean((2, 3)))
+
+
+def test_conv_whose_groups_follow_the_batch_is_reported_not_a_crash():
+    """``groups`` given by an input size (symbolic under a dynamic batch) made the conv rule crash with a
+    ``TypeError``; the conv is now unsupported: reported, its dims fixed, the model still a supernet."""
+    torch.manual_seed(0)
+    model = _PerSampleConv().eval()
+    args = (torch.randn(2, 3, 6, 6), torch.randn(2, 4))
+    sn = osf.Supernet(model, args)
+    assert [u.target for u in sn.space.analysis.unsupported] == ["aten.conv2d.default"]
+    assert "groups depends on an input size" in sn.space.describe()
+    with torch.no_grad():
+        other = (torch.randn(3, 3, 6, 6), torch.randn(3, 4))
+        torch.testing.assert_close(sn.extract(sn.space.max()).eval()(*other), model(*other), atol=1e-5, rtol=1e-4)
+
+
 class _Recurrent(nn.Module):
     """A two-layer LSTM (bidirectional or not) and a GRU side by side on a projected input."""
 
@@ -782,14 +861,33 @@ class _Recurrent(nn.Module):
         return self.b(self.lstm(h)[0]) + self.c(self.gru(h)[0])
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_recurrent_hidden_sizes_are_pruned(bidirectional):
-    """``nn.LSTM``/``nn.GRU``: the hidden size is one group over every layer and direction (the gates'
-    blocks of each weight keep the same units; the next layer reads both directions). A subnet computes
-    the original with the dropped units' gate rows zeroed (such a unit stays zero), on the shared weights
-    too."""
+class _RecurrentCells(nn.Module):
+    """``_Recurrent`` written as a loop over time steps of ``nn.LSTMCell`` and ``nn.GRUCell``."""
+
+    def __init__(self, bidirectional: bool = False):
+        super().__init__()
+        self.a = nn.Linear(8, 32)
+        self.lstm, self.gru = nn.LSTMCell(32, 24), nn.GRUCell(32, 16)
+        self.b, self.c = nn.Linear(24, 4), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        state = (h.new_zeros(h.shape[0], 24), h.new_zeros(h.shape[0], 24))
+        g = h.new_zeros(h.shape[0], 16)
+        for t in range(h.shape[1]):
+            state, g = self.lstm(h[:, t], state), self.gru(h[:, t], g)
+        return self.b(state[0]) + self.c(g)
+
+
+@pytest.mark.parametrize("recurrent, bidirectional", [(_Recurrent, False), (_Recurrent, True),
+                                                      (_RecurrentCells, False)])
+def test_recurrent_hidden_sizes_are_pruned(recurrent, bidirectional):
+    """``nn.LSTM``/``nn.GRU`` (and their cells in a loop): the hidden size is one group over every layer
+    and direction (the gates' blocks of each weight keep the same units; the next layer reads both
+    directions). A subnet computes the original with the dropped units' gate rows zeroed (such a unit
+    stays zero), on the shared weights too."""
     torch.manual_seed(0)
-    model = _Recurrent(bidirectional).eval()
+    model = recurrent(bidirectional).eval()
     x = torch.randn(2, 6, 8)
     sn = osf.Supernet(model, (x,), sort=False)
     assert sn.space.analysis.unsupported == []
@@ -798,9 +896,11 @@ def test_recurrent_hidden_sizes_are_pruned(bidirectional):
     for k_lstm, k_gru in ((8, 8), (16, 16)):
         arch = osf.Arch({**sn.space.max().width, hidden[24]: k_lstm, hidden[16]: k_gru}, sn.space.max().depth)
         sub = sn.extract(arch).eval()
-        assert sub.lstm.weight_hh_l1.shape == (4 * k_lstm, k_lstm)
-        assert sub.lstm.weight_ih_l1.shape == (4 * k_lstm, k_lstm * (2 if bidirectional else 1))
-        masked = _Recurrent(bidirectional).eval()
+        hh = [t.shape for name, t in sub.lstm.named_parameters() if name.startswith("weight_hh")]
+        assert hh and set(hh) == {(4 * k_lstm, k_lstm)}
+        if recurrent is _Recurrent:
+            assert sub.lstm.weight_ih_l1.shape == (4 * k_lstm, k_lstm * (2 if bidirectional else 1))
+        masked = recurrent(bidirectional).eval()
         masked.load_state_dict(model.state_dict())
         with torch.no_grad():
             for name, t in masked.named_parameters():
@@ -870,12 +970,32 @@ class _FusedMultiQuery(nn.Module):
         return self.o(a.transpose(1, 2).reshape(b, t, 32))
 
 
+class _QKVBiasCat(nn.Module):
+    """BEiT's / EVA's attention: the fused projection's bias is ``cat((q_bias, k_bias, v_bias))`` (the key
+    bias a zero buffer), then the output is viewed as (3, heads, head_dim): 4 heads of 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.o = nn.Linear(32, 96, bias=False), nn.Linear(32, 32)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(32)), nn.Parameter(torch.randn(32))
+        self.register_buffer("k_bias", torch.zeros(32), persistent=False)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        q, k, v = nn.functional.linear(x, self.qkv.weight, bias).reshape(b, t, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        a = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(a.transpose(1, 2).reshape(b, t, 32))
+
+
 _HEADS_CASES = {  # model, its kept tensor's shape at n heads, the weights to zero for the dropped heads
     "einsum": (_HeadsApart, lambda sub, n: sub.q.shape == (16, n, 8), lambda m, n: m.o[:, n:]),
     "index_tail": (functools.partial(_FusedMultiQuery, True), lambda sub, n: sub.qkv.weight.shape == (8 * (n + 2), 32),
                    lambda m, n: m.o.weight[:, 8 * n:]),
     "index_head": (functools.partial(_FusedMultiQuery, False), lambda sub, n: sub.qkv.weight.shape == (8 * (n + 2), 32),
                    lambda m, n: m.o.weight[:, 8 * n:]),
+    "bias_cat": (_QKVBiasCat, lambda sub, n: sub.qkv.weight.shape == (24 * n, 32) and sub.v_bias.shape == (8 * n,),
+                 lambda m, n: m.o.weight[:, 8 * n:]),
 }
 
 
@@ -886,8 +1006,9 @@ def test_heads_found_without_a_flattened_channel_dim(case):
     channel group of 4, below the multiple of 8, so nothing); and a constant list index of consecutive
     positions cuts its dim like a constant slice, so the query heads beside the key and value heads that
     ``fused[..., [-2], :]`` takes are a heads group (the whole dim was fixed, as an index by values; the
-    index is not rewritten, so the positions it counts from stay fixed). A subnet computes the original
-    with the dropped heads' output weights zeroed, on the shared weights too."""
+    index is not rewritten, so the positions it counts from stay fixed); and a concatenation of equal
+    segments viewed as (segments, heads, head_dim) stacks them (BEiT's q/k/v biases fixed the heads). A
+    subnet computes the original with the dropped heads' output weights zeroed, on the shared weights too."""
     make, has_shape, dropped = _HEADS_CASES[case]
     torch.manual_seed(0)
     model = make().eval()

@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx
@@ -160,6 +160,27 @@ def _no_random_draws() -> Any:
             numpy.random.set_state(saved[2])
 
 
+@contextlib.contextmanager
+def _identity_conversions_skipped() -> Any:
+    """While tracing, ``module.to(dtype)`` / ``.float()`` that leaves every tensor as it is returns the
+    module untouched. Models call them in ``forward`` (Switch Transformers' router:
+    ``self.classifier = self.classifier.to(self.dtype)``); eagerly a no-op, but under export the
+    parameters are fake tensors, which ``nn.Module._apply`` swaps in place, and that fails. A conversion
+    that changes a tensor still goes through ``_apply`` (and fails as before)."""
+    apply = nn.Module._apply
+
+    def _apply(module: nn.Module, fn: Callable, recurse: bool = True) -> nn.Module:
+        params = list(module.parameters(recurse))
+        tensors = params + list(module.buffers(recurse)) + [t.grad for t in params if t.grad is not None]
+        return module if all(fn(t) is t for t in tensors) else apply(module, fn, recurse)
+
+    nn.Module._apply = _apply
+    try:
+        yield
+    finally:
+        nn.Module._apply = apply
+
+
 def _numpy_state_changed(now: tuple, before: tuple) -> bool:
     return any((a != b) if not hasattr(a, "shape") else not (a == b).all() for a, b in zip(now, before))
 
@@ -167,7 +188,7 @@ def _numpy_state_changed(now: tuple, before: tuple) -> bool:
 def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
     recorder = _StackRecorder(model)
     try:
-        with _quiet(), _no_random_draws():
+        with _quiet(), _no_random_draws(), _identity_conversions_skipped():
             return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic), None
     except Exception as e:  # noqa: BLE001 - reported below with the module that raised it
         where = (recorder.failed_at or recorder.stack or [""])[-1]
@@ -208,7 +229,7 @@ def _export_via_fx(model, args, kwargs, dynamic):
     try:
         concrete = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
         tensor_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-        with _quiet(), _no_random_draws():
+        with _quiet(), _no_random_draws(), _identity_conversions_skipped():
             gm = torch.fx.symbolic_trace(model, concrete_args=concrete or None)
             gm.train(model.training)
             return torch.export.export(gm, args, tensor_kwargs, strict=False)

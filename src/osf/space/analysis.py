@@ -231,7 +231,8 @@ _SAME_AS_INPUT = {
     "bernoulli", "bernoulli_", "fill_", "zero_", "softmax", "log_softmax", "_softmax", "_log_softmax",
     "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "relu6", "silu_", "gelu_", "mish_",
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "copy_", "copy",
-    "requires_grad_", "dequantize", "native_dropout", "_assert_tensor_metadata",
+    "requires_grad_", "dequantize", "native_dropout", "_assert_tensor_metadata", "real", "imag", "complex",
+    "polar", "conj", "conj_physical", "_conj", "resolve_conj", "resolve_neg",
 }
 
 
@@ -373,6 +374,13 @@ def _conv(p: _Pass, op: OpNode, transposed: bool, groups: int):
     return batch + [ch_out] + spatial
 
 
+def _groups(p: _Pass, op: OpNode, i: int) -> int:
+    groups = p.arg(op, i, "groups", 1)
+    if not isinstance(groups, int):  # e.g. a per-sample (hyper-network) conv folding the batch into groups
+        raise _Unsupported("the number of groups depends on an input size")
+    return groups
+
+
 def _div(s: Size, k: int) -> Size:
     if not is_static(s) or s[0] % k:
         raise _Unsupported(f"channel count {s} not divisible by groups {k}")
@@ -382,17 +390,17 @@ def _div(s: Size, k: int) -> Size:
 @rule("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default",
       "aten.conv1d.padding", "aten.conv2d.padding", "aten.conv3d.padding")
 def _conv_nd(p: _Pass, op: OpNode):
-    return _conv(p, op, False, int(p.arg(op, 6, "groups", 1)))
+    return _conv(p, op, False, _groups(p, op, 6))
 
 
 @rule("aten.conv_transpose1d.default", "aten.conv_transpose2d.input", "aten.conv_transpose3d.input")
 def _conv_t(p: _Pass, op: OpNode):
-    return _conv(p, op, True, int(p.arg(op, 6, "groups", 1)))
+    return _conv(p, op, True, _groups(p, op, 6))
 
 
 @rule("aten.convolution.default")
 def _convolution(p: _Pass, op: OpNode):
-    return _conv(p, op, bool(p.arg(op, 6, "transposed")), int(p.arg(op, 8, "groups", 1)))
+    return _conv(p, op, bool(p.arg(op, 6, "transposed")), _groups(p, op, 8))
 
 
 @rule("aten.batch_norm.default", "aten.instance_norm.default")
@@ -486,6 +494,30 @@ def _rnn(p: _Pass, op: OpNode):
         p.unify(h[1], x[0 if batch_first else 1], op)
     out = list(x[:-1]) + [layer_in]
     return {"list": [out] + [list(h) for h in states]}
+
+
+_CELL_GATES = {"aten.lstm_cell.default": 4, "aten.gru_cell.default": 3, "aten.rnn_tanh_cell.default": 1,
+               "aten.rnn_relu_cell.default": 1}
+
+
+@rule(*_CELL_GATES)
+def _rnn_cell(p: _Pass, op: OpNode):
+    """``nn.LSTMCell``/``GRUCell``/``RNNCell`` (one step, called in the user's own loop): the gates' rows
+    as in ``_rnn``; the state(s) and the output have the hidden size, the input's last dim is ``w_ih``'s."""
+    gates = _CELL_GATES[op.target]
+    x, w_ih, w_hh = p.tensor(op.args[0]), p.tensor(op.args[2]), p.tensor(op.args[3])
+    states = [p.tensor(h) for h in (op.args[1] if isinstance(op.args[1], list) else [op.args[1]])]
+    biases = [b for b in (p.tensor(p.arg(op, 4, "b_ih")), p.tensor(p.arg(op, 5, "b_hh"))) if b is not None]
+    if w_ih is None or w_hh is None or any(h is None for h in states):
+        raise _Unsupported("recurrent cell without tensor weights and states")
+    hidden = w_hh[1]
+    for rows in [w_ih[0], w_hh[0]] + [b[0] for b in biases]:
+        p.unify(rows, Cat((hidden,) * gates) if gates > 1 else hidden, op)
+    p.unify(w_ih[1], x[-1], op)
+    out = list(x[:-1]) + [hidden]
+    for h in states:
+        p.broadcast(op, [h, out], [p.size(e) for e in out])
+    return {"list": [out, list(out)]} if isinstance(op.meta, dict) and "list" in op.meta else out
 
 
 @rule("aten.embedding_bag.default", "aten.embedding_bag.padding_idx", "aten._embedding_bag.default")
@@ -1108,6 +1140,67 @@ def _sort(p: _Pass, op: OpNode):
     if isinstance(op.meta, dict) and "list" in op.meta:  # values and indices
         return {"list": [list(x), list(x)]}
     return x
+
+
+_FFT_DEFAULT_DIMS = {"": (-1,), "2": (-2, -1), "n": None}  # fft_fft*, fft_*fft2, fft_*fftn (None: see _fft)
+
+
+@rule(*(f"aten.fft_{kind}{suffix}.default" for kind in ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")
+        for suffix in _FFT_DEFAULT_DIMS), "aten._fft_r2c.default", "aten._fft_c2r.default",
+      "aten._fft_c2c.default", "aten.fft_fftshift.default", "aten.fft_ifftshift.default")
+def _fft(p: _Pass, op: OpNode):
+    """Fourier transforms mix all positions along the transformed dims: those are blocked (and where the
+    output size differs, a new fixed dim); the other dims pass through (GFNet's channels, FNet's batch)."""
+    x = list(p.tensor(op.args[0]))
+    packet = op.target.split(".")[1]
+    if packet.startswith("_fft"):
+        dims = p.arg(op, 1, "dim")
+    elif packet.endswith("shift"):
+        dims = p.arg(op, 1, "dim")
+        dims = list(range(len(x))) if dims is None else dims
+    else:
+        suffix = packet[-1] if packet[-1] in "2n" else ""
+        dims, sizes = p.arg(op, 2, "dim"), p.arg(op, 1, "s" if suffix else "n")
+        if dims is None:
+            default = _FFT_DEFAULT_DIMS[suffix]
+            dims = list(default) if default is not None else (
+                list(range(len(x) - len(sizes), len(x))) if sizes is not None else list(range(len(x))))
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    out_sizes = p.out_sizes(op)
+    if len(out_sizes) != len(x):
+        raise _Unsupported("output rank differs from the input's")
+    why = f"a Fourier transform mixes the positions along this dim ({op.name})"
+    for d in (_norm_dim(d, len(x)) for d in dims):
+        p.block(x[d], why)
+        if out_sizes[d] != p.size(x[d]):
+            x[d] = p.fresh(out_sizes[d], why)
+    return x
+
+
+@rule("aten.stft.default", "aten.stft.center")
+def _stft(p: _Pass, op: OpNode):
+    """Short-time Fourier transform of the last dim into (frequencies, frames[, real/imag]): the signal
+    dim and the window are blocked, batch dims pass through."""
+    x = list(p.tensor(op.args[0]))
+    why = f"signal positions of {op.name}"
+    p.block(x[-1], why)
+    window = p.tensor(p.arg(op, 4, "window"))
+    for e in window or []:
+        p.block(e, why)
+    return x[:-1] + [p.fresh(s, why) for s in p.out_sizes(op)[len(x) - 1:]]
+
+
+@rule("aten.view_as_complex.default")
+def _view_as_complex(p: _Pass, op: OpNode):
+    """``[..., 2]`` real pairs viewed as ``[...]`` complex numbers."""
+    x = p.tensor(op.args[0])
+    p.block(x[-1], f"real and imaginary parts ({op.name})")
+    return list(x[:-1])
+
+
+@rule("aten.view_as_real.default")
+def _view_as_real(p: _Pass, op: OpNode):
+    return list(p.tensor(op.args[0])) + [p.fresh((2, ()), f"real and imaginary parts ({op.name})")]
 
 
 RULES["aten.roll.default"] = _dims_blocked((2,))

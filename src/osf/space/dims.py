@@ -215,6 +215,8 @@ class Dims:
                 i, j = i + 1, j + 1
                 continue
             big, small, big_list, k = (x, y, xs, i) if self._larger(sx, sy, product) else (y, x, ys, j)
+            if product and isinstance(big, Cat) and self._stack(big_list, k, big, where):
+                continue
             rest = self._remainder(self.size(big), self.size(small), product)
             if rest is None or not isinstance(big, int):
                 for e in xs[i:] + ys[j:]:
@@ -225,6 +227,21 @@ class Dims:
             tail = self.atom(rest, "split")
             self.bound[self.find(big)] = Prod((head, tail)) if product else Cat((head, tail))
             big_list[k:k + 1] = [head, tail]
+
+    def _stack(self, items: list, k: int, cat: Cat, where: str) -> bool:
+        """Read ``items[k]``, a concatenation of n equal-size segments, as the product (n, segment) when
+        a reshape splits it (BEiT's and EVA's ``torch.cat((q_bias, k_bias, v_bias))`` viewed as
+        ``(3, heads, head_dim)``): the segments are unified, since one position of the segment dim indexes
+        all of them (q, k and v keep the same heads), and n is a fixed dim of its own. False when the
+        segments differ in size."""
+        if len({self.size(part) for part in cat.parts}) != 1:
+            return False
+        for part in cat.parts[1:]:
+            self.unify(cat.parts[0], part, where)
+        n = self.atom((len(cat.parts), ()), "split")
+        self.block(n, f"concatenated segments reshaped into a dim of their own at {where}")
+        items[k:k + 1] = [n, cat.parts[0]]
+        return True
 
     def _pair_ends(self, xs: list, ys: list, where: str) -> None:
         """Two factorisations of the same elements whose totals differ symbolically: factors of equal size
