@@ -272,15 +272,14 @@ def run_entry(env: dict, names: list[str], note: str | None) -> dict:
 
 def _run_line(run: dict) -> str:
     names = run["models"]
-    which = (f"{names} models" if isinstance(names, int)
-             else f"{len(names)} models" + (f" ({', '.join(names)})" if len(names) <= 30 else ""))
+    which = f"{len(names)} models" + (f" ({', '.join(names)})" if len(names) <= 30 else "")
     return (f"- {run['date']}, {run['platform']}: `{run['command']}`: {which}"
             + (f". {run['note']}" if run.get("note") else ""))
 
 
-def in_sweep_order(rows: list[dict]) -> list[dict]:
-    """``rows`` in ``all_cases()`` order (rows of models no longer in the sweep last)."""
-    order = {(c.family, c.name): i for i, c in enumerate(all_cases())}
+def in_sweep_order(rows: list[dict], sweep: list[Case]) -> list[dict]:
+    """``rows`` in the order of ``sweep`` (``all_cases()``; rows of models no longer in it last)."""
+    order = {(c.family, c.name): i for i, c in enumerate(sweep)}
     return sorted(rows, key=lambda r: order.get((r["family"], r["name"]), len(order)))
 
 
@@ -390,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     subset = opts.quick or ((opts.only or opts.family) and not keep)
     if opts.json is None:
         opts.json = ROOT / "bench" / "results" / ("zoo-subset.json" if subset else "zoo.json")
-    cases = all_cases()
+    sweep = cases = all_cases()
     if opts.quick:
         cases = [c for c in cases if c in QUICK]
     if opts.only:
@@ -417,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     runs.append(run_entry(env, [c.name for c in cases], opts.note))
     for i, case in enumerate(cases, 1):
         row = run_isolated(case, opts.timeout)
-        rows = in_sweep_order(rows + [row])
+        rows = in_sweep_order(rows + [row], sweep)
         status = "exact" if row["exact"] else "captured" if row["captured"] else "FAILED"
         print(f"[{i}/{len(cases)}] {case.family:27} {case.name:34} {status:8} {row['seconds']:6.1f}s "
               f"{row.get('error') or ''}"[:300], flush=True)

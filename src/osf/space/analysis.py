@@ -483,8 +483,7 @@ def _rnn(p: _Pass, op: OpNode):
     for layer in range(layers):
         for direction in range(directions):
             w_ih, w_hh, *biases = params[(layer * directions + direction) * per:][:per]
-            for rows in [w_ih[0], w_hh[0]] + [b[0] for b in biases]:
-                p.unify(rows, Cat((hidden,) * gates) if gates > 1 else hidden, op)
+            _gate_rows(p, op, [w_ih, w_hh, *biases], hidden, gates)
             p.unify(w_hh[1], hidden, op)
             p.unify(w_ih[1], layer_in, op)
         layer_in = Cat((hidden,) * directions) if directions > 1 else hidden
@@ -494,6 +493,12 @@ def _rnn(p: _Pass, op: OpNode):
         p.unify(h[1], x[0 if batch_first else 1], op)
     out = list(x[:-1]) + [layer_in]
     return {"list": [out] + [list(h) for h in states]}
+
+
+def _gate_rows(p: _Pass, op: OpNode, weights: list, hidden: Any, gates: int) -> None:
+    """The rows of a recurrent weight or bias: each gate's block of the hidden units, concatenated."""
+    for w in weights:
+        p.unify(w[0], Cat((hidden,) * gates) if gates > 1 else hidden, op)
 
 
 _CELL_GATES = {"aten.lstm_cell.default": 4, "aten.gru_cell.default": 3, "aten.rnn_tanh_cell.default": 1,
@@ -511,8 +516,7 @@ def _rnn_cell(p: _Pass, op: OpNode):
     if w_ih is None or w_hh is None or any(h is None for h in states):
         raise _Unsupported("recurrent cell without tensor weights and states")
     hidden = w_hh[1]
-    for rows in [w_ih[0], w_hh[0]] + [b[0] for b in biases]:
-        p.unify(rows, Cat((hidden,) * gates) if gates > 1 else hidden, op)
+    _gate_rows(p, op, [w_ih, w_hh, *biases], hidden, gates)
     p.unify(w_ih[1], x[-1], op)
     out = list(x[:-1]) + [hidden]
     for h in states:
@@ -1142,29 +1146,28 @@ def _sort(p: _Pass, op: OpNode):
     return x
 
 
-_FFT_DEFAULT_DIMS = {"": (-1,), "2": (-2, -1), "n": None}  # fft_fft*, fft_*fft2, fft_*fftn (None: see _fft)
+_FFT_KINDS = ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")
 
 
-@rule(*(f"aten.fft_{kind}{suffix}.default" for kind in ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")
-        for suffix in _FFT_DEFAULT_DIMS), "aten._fft_r2c.default", "aten._fft_c2r.default",
-      "aten._fft_c2c.default", "aten.fft_fftshift.default", "aten.fft_ifftshift.default")
+@rule(*(f"aten.fft_{kind}{suffix}.default" for kind in _FFT_KINDS for suffix in ("", "2", "n")),
+      "aten._fft_r2c.default", "aten._fft_c2r.default", "aten._fft_c2c.default", "aten.fft_fftshift.default",
+      "aten.fft_ifftshift.default")
 def _fft(p: _Pass, op: OpNode):
     """Fourier transforms mix all positions along the transformed dims: those are blocked (and where the
-    output size differs, a new fixed dim); the other dims pass through (GFNet's channels, FNet's batch)."""
+    output size differs, a new fixed dim); the other dims pass through (GFNet's channels, FNet's batch).
+    Without ``dim``: the last one (``fft``), the last two (``fft2``), the last ``len(s)`` or all
+    (``fftn``, ``fftshift``)."""
     x = list(p.tensor(op.args[0]))
     packet = op.target.split(".")[1]
-    if packet.startswith("_fft"):
-        dims = p.arg(op, 1, "dim")
-    elif packet.endswith("shift"):
-        dims = p.arg(op, 1, "dim")
-        dims = list(range(len(x))) if dims is None else dims
-    else:
-        suffix = packet[-1] if packet[-1] in "2n" else ""
-        dims, sizes = p.arg(op, 2, "dim"), p.arg(op, 1, "s" if suffix else "n")
-        if dims is None:
-            default = _FFT_DEFAULT_DIMS[suffix]
-            dims = list(default) if default is not None else (
-                list(range(len(x) - len(sizes), len(x))) if sizes is not None else list(range(len(x))))
+    public = not packet.startswith("_fft") and not packet.endswith("shift")  # (self, n or s, dim, norm)
+    dims = p.arg(op, 2 if public else 1, "dim")
+    if dims is None and public and packet.endswith("2"):
+        dims = [-2, -1]
+    elif dims is None and public and not packet.endswith("n"):
+        dims = [-1]
+    elif dims is None:
+        sizes = p.arg(op, 1, "s") if public else None
+        dims = list(range(len(x) - len(sizes) if sizes is not None else 0, len(x)))
     dims = [dims] if isinstance(dims, int) else list(dims)
     out_sizes = p.out_sizes(op)
     if len(out_sizes) != len(x):
