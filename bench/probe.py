@@ -3,14 +3,16 @@ configs, random weights) and hand-written models with patterns users write (fuse
 GroupNorm, pixel shuffle, F.unfold/F.fold, repeat_interleave, reshape_as, grouped and transposed convs,
 nn.TransformerEncoder, nn.MultiheadAttention, a TCN, a GRU, float64, a temporal shift, slices of fused
 projections and GLU, spectral norm and torch.no_grad() in forward, a float32 autocast block, bilinear,
-einsum attention on a raw parameter, a CIFAR ResNet with option-A shortcuts).
+einsum attention on a raw parameter, a CIFAR ResNet with option-A shortcuts, and more: DLRM's
+gather (tril_indices), a hyper-network, unequal splits, straight-through estimators, a style-transfer net, a
+non-local block, deformable convs, a weight-shared (universal) transformer, a dense mixture of experts, NeRF).
 
 Per model: the supernet builds; its maximal subnet equals the original (eval mode, computed before the
 supernet sorted the shared weights by salience); for the minimal and two sampled subnets, running the
 supernet at the arch (``set_arch``) equals the extracted model, and ``cost()`` gives its exact parameter
 count.
 
-    python bench/probe.py            # every model (about 2 minutes)
+    python bench/probe.py            # every model (about 5 minutes)
     python bench/probe.py --quick    # 5 models
 
 Writes bench/results/probe[-quick].json and the ``probe`` section of docs/benchmarks.md (--quick:
@@ -566,6 +568,173 @@ class Involution(nn.Module):
         return self.head((kernel * patches).sum(3).view(b, c, h, w))
 
 
+class PairwiseInteractions(nn.Module):
+    """DLRM: embedding bags and a bottom MLP as feature vectors, their pairwise dot products (``einsum``)
+    gathered below the diagonal by ``tril_indices``, a top MLP."""
+
+    def __init__(self, features: int = 5, dim: int = 8):
+        super().__init__()
+        self.bags = nn.ModuleList(nn.EmbeddingBag(40, dim, mode="mean") for _ in range(features - 1))
+        self.bottom = nn.Sequential(nn.Linear(13, 24), nn.ReLU(), nn.Linear(24, dim))
+        pairs = features * (features - 1) // 2
+        self.top = nn.Sequential(nn.Linear(dim + pairs, 24), nn.ReLU(), nn.Linear(24, 1))
+
+    def forward(self, dense, sparse):
+        d = self.bottom(dense)
+        feats = torch.stack([d, *(bag(sparse[:, i]) for i, bag in enumerate(self.bags))], 1)
+        rows, cols = torch.tril_indices(feats.shape[1], feats.shape[1], -1)
+        return self.top(torch.cat([d, torch.einsum("bik,bjk->bij", feats, feats)[:, rows, cols]], 1))
+
+
+class HyperNetwork(nn.Module):
+    """A linear whose weight another linear generates from a learned task embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.task, self.generate = nn.Parameter(torch.randn(8)), nn.Linear(8, 16 * 32)
+        self.encode, self.out = nn.Linear(20, 32), nn.Linear(16, 3)
+
+    def forward(self, x):
+        weight = self.generate(self.task).view(16, 32)
+        return self.out(F.relu(F.linear(F.relu(self.encode(x)), weight)))
+
+
+class MixtureDensity(nn.Module):
+    """A mixture density head: one linear split into unequal parts (weights, means, scales)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
+        self.head = nn.Linear(64, 5 + 10 + 10)
+
+    def forward(self, x):
+        pi, mu, sigma = torch.split(self.head(self.body(x)), [5, 10, 10], -1)
+        return pi.log_softmax(-1), mu.view(-1, 5, 2), sigma.exp().view(-1, 5, 2)
+
+
+class SplitBranches(nn.Module):
+    """An unequal channel split into two conv branches, concatenated back."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.out = nn.Conv2d(3, 48, 3, padding=1), nn.Conv2d(48, 10, 1)
+        self.a, self.b = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        p, q = torch.split(F.relu(self.stem(x)), [16, 32], 1)
+        return self.out(torch.cat([F.relu(self.a(p)), F.relu(self.b(q))], 1)).mean((2, 3))
+
+
+class StraightThrough(nn.Module):
+    """Binarised activations with a straight-through gradient (``h + (hard - h).detach()``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 64), nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.a(x))
+        return self.b(h + ((h > 0.5).float() - h).detach())
+
+
+class StyleTransfer(nn.Module):
+    """Johnson et al.'s transformer net: reflection padding, affine InstanceNorm, residual blocks,
+    nearest upsampling."""
+
+    def __init__(self):
+        super().__init__()
+
+        def layer(i, o, k, stride=1):
+            return nn.Sequential(nn.ReflectionPad2d(k // 2), nn.Conv2d(i, o, k, stride), nn.InstanceNorm2d(o, affine=True),
+                                 nn.ReLU())
+        self.down = nn.Sequential(layer(3, 16, 9), layer(16, 32, 3, 2))
+        self.res = nn.ModuleList(nn.Sequential(layer(32, 32, 3), nn.ReflectionPad2d(1), nn.Conv2d(32, 32, 3),
+                                               nn.InstanceNorm2d(32, affine=True)) for _ in range(2))
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2), layer(32, 16, 3), nn.ReflectionPad2d(4), nn.Conv2d(16, 3, 9))
+
+    def forward(self, x):
+        h = self.down(x)
+        for block in self.res:
+            h = h + block(h)
+        return self.up(h)
+
+
+class NonLocal(nn.Module):
+    """A non-local block: attention over pixels with ``view`` and ``bmm``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 32, 3, padding=1), nn.Linear(32, 4)
+        self.theta, self.phi, self.g, self.w = nn.Conv2d(32, 16, 1), nn.Conv2d(32, 16, 1), nn.Conv2d(32, 16, 1), nn.Conv2d(16, 32, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        t, p = self.theta(x).flatten(2).transpose(1, 2), self.phi(x).flatten(2)
+        y = torch.bmm(torch.softmax(torch.bmm(t, p), -1), self.g(x).flatten(2).transpose(1, 2))
+        return self.head((x + self.w(y.transpose(1, 2).reshape(b, 16, h, w))).mean((2, 3)))
+
+
+class DeformableConv(nn.Module):
+    """torchvision's ``DeformConv2d`` with offsets from a conv (an op without a rule: reported)."""
+
+    def __init__(self):
+        super().__init__()
+        import torchvision
+        self.stem, self.offsets = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 18, 3, padding=1)
+        self.deform, self.head = torchvision.ops.DeformConv2d(16, 32, 3, padding=1), nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        return self.head(F.relu(self.deform(h, self.offsets(h))).mean((2, 3)))
+
+
+class UniversalTransformer(nn.Module):
+    """One ``nn.TransformerEncoderLayer`` applied four times (shared weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.out = nn.Linear(12, 32), nn.Linear(32, 3)
+        self.block = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for _ in range(4):
+            h = self.block(h)
+        return self.out(h.mean(1))
+
+
+class SoftMixture(nn.Module):
+    """A dense mixture of experts: every expert runs, their stacked outputs weighted by a softmax gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.out = nn.Linear(16, 4), nn.Linear(16, 2)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 16)) for _ in range(4))
+
+    def forward(self, x):
+        y = torch.stack([expert(x) for expert in self.experts], -1)
+        return self.out(x + (y * self.gate(x).softmax(-1).unsqueeze(-2)).sum(-1))
+
+
+class NeRF(nn.Module):
+    """NeRF's MLP: sin/cos positional encoding at fixed frequencies, the encoding concatenated again
+    at layer 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("freqs", 2.0 ** torch.arange(6))
+        self.layers = nn.ModuleList([nn.Linear(39, 64)] + [nn.Linear(64 + (39 if i == 3 else 0), 64) for i in range(6)])
+        self.out = nn.Linear(64, 4)
+
+    def forward(self, p):
+        e = (p[..., None] * self.freqs).flatten(-2)
+        enc = h = torch.cat([p, e.sin(), e.cos()], -1)
+        for i, layer in enumerate(self.layers):
+            h = F.relu(layer(torch.cat([h, enc], -1) if i == 4 else h))
+        return self.out(h)
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -603,6 +772,17 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "capsules": lambda: (Capsules(), (_image(8),)),
     "linear_attention": lambda: (LinearAttention(), (torch.randn(2, 9, 32),)),
     "involution": lambda: (Involution(), (_image(8),)),
+    "pairwise_interactions": lambda: (PairwiseInteractions(), (torch.randn(4, 13), torch.randint(0, 40, (4, 4, 3)))),
+    "hyper_network": lambda: (HyperNetwork(), (torch.randn(4, 20),)),
+    "mixture_density": lambda: (MixtureDensity(), (torch.randn(4, 6),)),
+    "split_branches": lambda: (SplitBranches(), (_image(16),)),
+    "straight_through": lambda: (StraightThrough(), (torch.randn(4, 10),)),
+    "style_transfer": lambda: (StyleTransfer(), (_image(32),)),
+    "non_local": lambda: (NonLocal(), (_image(8),)),
+    "deformable_conv": lambda: (DeformableConv(), (_image(16),)),
+    "universal_transformer": lambda: (UniversalTransformer(), (torch.randn(2, 7, 12),)),
+    "soft_mixture": lambda: (SoftMixture(), (torch.randn(4, 16),)),
+    "nerf": lambda: (NeRF(), (torch.randn(8, 3),)),
 }
 
 
@@ -730,6 +910,37 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
         "esm": lambda: (T.EsmModel(T.EsmConfig(vocab_size=33, pad_token_id=1, mask_token_id=32,
                                                position_embedding_type="rotary", **small)),
                         (), {"input_ids": ids % 33, "attention_mask": torch.ones_like(ids)}),
+        "mpt": lambda: (T.MptModel(T.MptConfig(vocab_size=1000, d_model=64, n_heads=4, n_layers=2)), (), causal),
+        "stablelm": lambda: (T.StableLmModel(T.StableLmConfig(vocab_size=1000, num_key_value_heads=2, **small)), (), causal),
+        "codegen": lambda: (T.CodeGenModel(T.CodeGenConfig(vocab_size=1000, n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
+                                                           n_positions=64)), (), causal),
+        "hubert": lambda: (T.HubertModel(T.HubertConfig(conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8),
+                                                        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                                                        **small)), (torch.randn(2, 1600),), {}),
+        "videomae": lambda: (T.VideoMAEModel(T.VideoMAEConfig(num_frames=4, tubelet_size=2, **vision)),
+                             (torch.randn(2, 4, 3, 32, 32),), {}),
+        "timesformer": lambda: (T.TimesformerModel(T.TimesformerConfig(num_frames=4, **vision)),
+                                (torch.randn(2, 4, 3, 32, 32),), {}),
+        "vitdet": lambda: (T.VitDetModel(T.VitDetConfig(image_size=32, pretrain_image_size=32, patch_size=8, window_size=2,
+                                                        window_block_indices=[0], use_relative_position_embeddings=True,
+                                                        **small)), (_image(32),), {}),
+        "sam-vision": lambda: (T.SamVisionModel(T.SamVisionConfig(
+            hidden_size=64, output_channels=32, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=8,
+            window_size=4, global_attn_indexes=[1], mlp_dim=128)), (_image(64),), {}),
+        "upernet": lambda: (T.UperNetForSemanticSegmentation(T.UperNetConfig(
+            backbone_config=T.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                             out_features=["stage1", "stage2", "stage3", "stage4"]),
+            hidden_size=32, auxiliary_in_channels=64, num_labels=5)), (_image(64),), {}),
+        "glpn": lambda: (T.GLPNForDepthEstimation(T.GLPNConfig(hidden_sizes=[16, 32, 64, 128], num_attention_heads=[1, 2, 4, 8],
+                                                               depths=[1, 1, 1, 1], decoder_hidden_size=32)),
+                         (_image(64),), {}),
+        "informer": lambda: (T.InformerModel(T.InformerConfig(
+            prediction_length=4, context_length=8, lags_sequence=[1, 2], d_model=32, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+            attention_type="full", num_time_features=1)), (),
+            {"past_values": torch.randn(2, 10), "past_time_features": torch.randn(2, 10, 1),
+             "past_observed_mask": torch.ones(2, 10), "future_values": torch.randn(2, 4),
+             "future_time_features": torch.randn(2, 4, 1), "use_cache": False}),
         "qwen3": lambda: (T.Qwen3Model(T.Qwen3Config(vocab_size=1000, num_key_value_heads=2, head_dim=16, **small)), (), causal),
         "deepseek-v3": lambda: (T.DeepseekV3Model(T.DeepseekV3Config(
             vocab_size=1000, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
@@ -745,7 +956,8 @@ HF = ("albert", "electra", "deberta-v2", "mobilebert", "xlm-roberta", "gpt2", "m
       "clip-vision", "clip-text", "whisper-encoder", "wav2vec2", "bart-encoder", "t5", "gemma", "falcon", "mixtral", "gptj",
       "modernbert", "funnel", "vitmae", "convnextv2", "mamba", "xlnet", "convbert", "data2vec-vision", "gpt-bigcode", "phi3",
       "hiera", "groupvit-vision", "canine", "patchtst", "mamba2", "rwkv", "detr", "depth-anything", "swin2sr", "hifigan",
-      "fnet", "esm", "qwen3", "deepseek-v3")
+      "fnet", "esm", "qwen3", "deepseek-v3", "mpt", "stablelm", "codegen", "hubert", "videomae", "timesformer", "vitdet",
+      "sam-vision", "upernet", "glpn", "informer")
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:

@@ -270,6 +270,33 @@ def test_control_flow_operator_in_forward_is_a_trace_error_naming_the_module():
     assert "torch.cond" in str(err.value)
 
 
+class _PackedLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 3)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return self.fc(self.rnn(packed)[1][0][-1])
+
+
+def test_packed_sequence_is_a_trace_error_that_says_to_pad():
+    with pytest.raises(osf.TraceError, match="packed sequence") as err:
+        osf.trace(_PackedLSTM(), (torch.randn(3, 6, 8), torch.tensor([6, 4, 2])))
+    assert err.value.module == "rnn" and "padded batch" in str(err.value)
+
+def test_quantized_and_scripted_modules_are_refused_naming_the_module():
+    float_model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    quantized = torch.ao.quantization.quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(osf.TraceError, match="no float weights") as err:
+        osf.trace(quantized, (torch.randn(2, 8),))
+    assert err.value.module.startswith("0") and "float model" in str(err.value)
+    scripted = nn.Sequential(torch.jit.script(nn.Linear(8, 4)))
+    with pytest.raises(osf.TraceError, match="is a TorchScript module") as err:
+        osf.trace(scripted, (torch.randn(2, 8),))
+    assert err.value.module == "0"
+
+
 
 class _ConvertsItsLayerInForward(nn.Module):
     """Keeps a layer in float32 by converting it in ``forward`` (Switch Transformers' router)."""

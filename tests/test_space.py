@@ -1031,6 +1031,91 @@ def test_heads_found_without_a_flattened_channel_dim(case):
                 torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
 
 
+class _ALiBi(nn.Module):
+    """Attention with linear biases (BLOOM, MPT): per-head slopes made in ``forward`` from
+    ``arange(1, heads + 1)``, times the key-query distance, added to the scores: 4 heads of 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.o = nn.Linear(32, 96), nn.Linear(32, 32)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        slopes = 2.0 ** (-2.0 * torch.arange(1, 5, dtype=torch.float32))
+        distance = torch.arange(t)[None, :] - torch.arange(t)[:, None]
+        a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=slopes[:, None, None] * distance)
+        return self.o(a.transpose(1, 2).reshape(b, t, 32))
+
+
+def test_alibi_slopes_made_in_forward_follow_their_heads():
+    """A small fixed-size position tensor made from constants (``arange``) is lifted into a constant, so
+    the per-head ALiBi slopes are cut and permuted with their heads (a created tensor fixed every dim it
+    made: BLOOM and MPT had no heads group). After sorting by salience the heads are reordered, and a
+    subnet keeping n heads computes the original with the other heads' output columns zeroed."""
+    torch.manual_seed(0)
+    model = _ALiBi().eval()
+    with torch.no_grad():  # heads of growing weight magnitude: sorting reverses them
+        model.o.weight.mul_(torch.arange(1, 5).repeat_interleave(8) * 2.0)
+    x = torch.randn(2, 5, 32)
+    original = _ALiBi().eval()
+    original.load_state_dict(model.state_dict())
+    sn = osf.Supernet(model, (x,))  # sorts the tensors it shares with model
+    heads = [g for g in sn.space.groups if g.kind == "heads"]
+    assert [(g.size, g.choices) for g in heads] == [(4, [1, 2, 3, 4])]
+    model = original
+    q_rows = model.qkv.weight[:32].view(4, 8, 32)
+    sorted_q = sn.net.qkv.weight[:32].view(4, 8, 32)
+    order = [next(h for h in range(4) if torch.equal(sorted_q[j], q_rows[h])) for j in range(4)]
+    assert order != [0, 1, 2, 3]  # the heads were reordered, slopes included, or max() would differ
+    with torch.no_grad():
+        torch.testing.assert_close(sn.extract(sn.space.max())(x), model(x), atol=1e-5, rtol=1e-4)
+    for n in (1, 3):
+        arch = osf.Arch({**sn.space.max().width, heads[0].key: n}, sn.space.max().depth)
+        sub = sn.extract(arch)
+        assert sub.qkv.weight.shape == (24 * n, 32)
+        masked = _ALiBi().eval()
+        masked.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            for h in order[n:]:
+                masked.o.weight[:, 8 * h:8 * h + 8] = 0
+            torch.testing.assert_close(sub(x), masked(x), atol=1e-5, rtol=1e-4)
+            with sn.set_arch(arch):
+                torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
+
+
+class _PairwiseInteractions(nn.Module):
+    """DLRM: a bottom MLP and embedding bags as 4 feature vectors, their pairwise dot products gathered
+    by ``triu_indices`` (made in ``forward``), then a top MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.bags = nn.ModuleList(nn.EmbeddingBag(50, 16, mode="sum") for _ in range(3))
+        self.bottom = nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.top = nn.Sequential(nn.Linear(16 + 6, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, dense, sparse):
+        d = self.bottom(dense)
+        feats = torch.stack([d] + [bag(sparse[:, i]) for i, bag in enumerate(self.bags)], 1)
+        i, j = torch.triu_indices(4, 4, 1)
+        return self.top(torch.cat([d, torch.bmm(feats, feats.transpose(1, 2))[:, i, j]], 1))
+
+
+def test_index_made_from_constants_in_forward_is_read_by_value():
+    """``triu_indices`` of a fixed size is lifted into a constant index (it was reported as an unsupported
+    op): nothing is reported unsupported, the hidden widths and the feature width the dot products
+    contract are groups, and subnets agree on the shared weights."""
+    torch.manual_seed(0)
+    model = _PairwiseInteractions().eval()
+    args = (torch.randn(4, 13), torch.randint(0, 50, (4, 3, 2)))
+    sn = osf.Supernet(model, args)
+    assert sn.space.analysis.unsupported == []
+    assert sorted(g.size for g in sn.space.groups) == [16, 32, 32]
+    with torch.no_grad():
+        torch.testing.assert_close(sn.extract(sn.space.max()).eval()(*args), model(*args), atol=1e-5, rtol=1e-4)
+    _min_and_sample_agree(sn, args)
+
+
 @pytest.mark.parametrize("interleave", [False, True])
 @pytest.mark.parametrize("kv", [1, 2])
 def test_query_heads_sharing_a_key_value_head_are_pruned(kv, interleave):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import itertools
 import json
 import logging
 import random
@@ -47,6 +48,7 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
         raise TypeError(f"osf.trace expects an nn.Module, got {type(model).__name__}")
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
     kwargs = dict(kwargs or {})
+    _refuse_packed_state(model)
     was_training = model.training
     started = time.perf_counter()
     try:
@@ -56,6 +58,22 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     ir = _to_ir(model, programs, method, verify_init)
     ir.info["capture_seconds"] = round(time.perf_counter() - started, 3)
     return ir
+
+
+def _refuse_packed_state(model: nn.Module) -> None:
+    """A module whose state is a TorchScript object (the packed weights of ``torch.ao`` quantized layers,
+    a scripted submodule's attributes) or a quantized tensor has no float weights the IR could cut."""
+    for name, module in model.named_modules():
+        state = [(k, v) for k, v in vars(module).items() if isinstance(v, torch.ScriptObject)]
+        state += [(k, t) for k, t in itertools.chain(module.named_parameters(recurse=False),
+                                                     module.named_buffers(recurse=False)) if t.is_quantized]
+        if isinstance(module, torch.jit.ScriptModule) or state:
+            what = ("is a TorchScript module" if isinstance(module, torch.jit.ScriptModule)
+                    else f"holds attribute {state[0][0]!r} ({type(state[0][1]).__name__})")
+            raise TraceError(f"{type(module).__name__} {what}, which has no float weights to capture and "
+                             "prune", module=name,
+                             suggestion="build the supernet from the float model (before quantization or "
+                             "torch.jit.script) and quantize or script the exported subnet")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,6 +268,10 @@ def _trace_error(model: nn.Module, exc: BaseException, module: str) -> TraceErro
         hint = (f"{cls}.forward draws random numbers in Python (e.g. layer drop as `if random.random() < p`), "
                 "which a graph would replay as one fixed draw; keep the randomness in tensor ops (a mask from "
                 "torch.rand multiplied in) or only outside forward")
+    elif module and isinstance(model.get_submodule(module), nn.RNNBase) and "faketensor" in text:
+        hint = (f"a packed sequence (nn.utils.rnn.pack_padded_sequence) reaching {cls} has per-step batch sizes "
+                "that depend on the lengths' values, which a graph cannot capture; run it on the padded batch "
+                "and take each sequence's last valid step by index (or mask the padding)")
     elif "cache" in text or "past_key_values" in text:
         hint = "pass use_cache=False (and return_dict=True) in kwargs"
     elif "data-dependent" in text or "guard" in text or "unbacked" in text:
@@ -363,6 +385,11 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
         target = serial.target_name(node.target)
         if target in _IGNORED_TARGETS:
             continue
+        if _foldable(node):
+            key = f"_osf_const_{len(consts)}"
+            consts[key] = node.target(*node.args, **node.kwargs)
+            placeholders.append(Placeholder(node.name, CONST, key, serial.encode_value_meta(node.meta.get("val"))))
+            continue
         ops.append(OpNode(node.name, target, serial.encode_arg(list(node.args)),
                           {k: serial.encode_arg(v) for k, v in node.kwargs.items()},
                           _owner(node, paths), serial.encode_value_meta(node.meta.get("val")),
@@ -372,6 +399,25 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
                if spec.kind == OutputKind.USER_OUTPUT]
     _drop_unused(ops, outputs)
     return Graph(placeholders, ops, outputs), user_leaves
+
+
+_FOLDED = {torch.ops.aten.arange.default, torch.ops.aten.arange.start, torch.ops.aten.arange.start_step,
+           torch.ops.aten.linspace.default, torch.ops.aten.eye.default, torch.ops.aten.eye.m,
+           torch.ops.aten.triu_indices.default, torch.ops.aten.tril_indices.default}
+_FOLD_MAX = 1 << 16  # elements
+
+
+def _foldable(node: torch.fx.Node) -> bool:
+    """A position-valued tensor (``arange``, ``linspace``, ``eye``, ``triu_indices``) of fixed size, made
+    from constants only: lifted into a constant, so its dims may follow a pruned dim like a buffer's and
+    be cut and permuted with it (ALiBi's per-head slopes, from ``arange(1, heads + 1)``, would otherwise
+    fix the heads), and an index it holds is read by value (a created op keeps every dim it makes fixed)."""
+    if node.target not in _FOLDED:
+        return False
+    leaves = pytree.tree_leaves((node.args, node.kwargs))
+    val = node.meta.get("val")
+    return (not any(isinstance(x, (torch.fx.Node, torch.SymInt, torch.SymFloat, torch.SymBool)) for x in leaves)
+            and isinstance(val, torch.Tensor) and val.numel() <= _FOLD_MAX)
 
 
 _CONTEXT = "osf_context"  # fx node meta: the context managers of an op inlined from a block of forward
