@@ -23,6 +23,11 @@ from osf.cli.run_dir import build_supernet, load_trained, read_run
 from osf.train import checkpoint as ckpt
 
 
+def test_image_size_for_a_model_that_ignores_it_is_an_error(capsys):
+    assert main(["space", "builtin:resnet", "--image-size", "32", "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "--image-size" in err and "builtin:resnet" in err and "torchvision: and timm:" in err
+
 def test_inspect_table_folds_by_depth(capsys):
     assert main(["inspect", "torchvision:resnet18", "--depth", "1", "--image-size", "64"]) == 0
     out = capsys.readouterr().out

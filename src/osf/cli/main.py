@@ -31,6 +31,9 @@ DATA_HELP = (f"data: {', '.join(BUILT_IN)} (built in), npz:PATH (arrays x_train,
 def load_model_ir(spec: str, image_size: int | None = None) -> IR:
     """An IR for a model spec (tracing it) or a saved IR directory."""
     if is_saved_ir(spec):
+        if image_size is not None:
+            raise SpecError(f"an image size (--image-size) does not apply to a saved IR ({spec}): its input shapes "
+                            "were traced")
         return load_ir(spec)
     m = resolve(spec, image_size=image_size)
     return trace(m.model, m.args, m.kwargs, **m.trace_options)
@@ -181,7 +184,7 @@ def _space_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--include", action="append", metavar="GLOB", help="only modules matching GLOB (repeatable)")
     g.add_argument("--exclude", action="append", metavar="GLOB", help="never modules matching GLOB (repeatable)")
     g.add_argument("--prune-head-dim", action="store_const", const=True, help="also shrink head_dim")
-    g.add_argument("--image-size", type=int, default=None, help="example image size for vision models")
+    g.add_argument("--image-size", type=int, default=None, help="example image size of a torchvision: or timm: model")
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -225,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--dot", metavar="FILE", help="write a Graphviz drawing of one level's dataflow")
     i.add_argument("--level", default=None, help="module whose children --dot draws (default: --module or root)")
-    i.add_argument("--image-size", type=int, default=None, help="example image size for vision models")
+    i.add_argument("--image-size", type=int, default=None, help="example image size of a torchvision: or timm: model")
     i.add_argument("--save", metavar="DIR", help="also save the IR (graph JSON + safetensors) to DIR")
     i.set_defaults(func=cmd_inspect)
 

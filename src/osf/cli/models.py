@@ -166,6 +166,10 @@ def _python(target: str) -> ModelSpec:
 def resolve(spec: str, *, image_size: int | None = None) -> ModelSpec:
     """Build the model and example inputs named by ``spec``."""
     kind, _, rest = spec.partition(":")
+    if image_size is not None and kind not in ("torchvision", "timm"):
+        raise SpecError(f"an image size (--image-size, model.image_size) applies to torchvision: and timm: models, "
+                        f"not '{spec}'" + (": a python: factory returns its own example inputs" if kind == "python"
+                                           else ""))
     if kind == "torchvision" and rest:
         return _torchvision(rest, image_size)
     if kind == "timm" and rest:
