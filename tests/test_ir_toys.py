@@ -270,6 +270,33 @@ def test_control_flow_operator_in_forward_is_a_trace_error_naming_the_module():
     assert "torch.cond" in str(err.value)
 
 
+class _SinusoidalPositions(nn.Module):
+    """Positions made in ``forward``: float ones (``arange(300.)``: bfloat16 rounds 257 and up) and
+    integer ones indexing a table."""
+
+    def __init__(self):
+        super().__init__()
+        self.table, self.proj = nn.Embedding(300, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        angles = torch.arange(300, dtype=torch.float32)[:, None] * torch.linspace(0.001, 0.01, 8)
+        return self.proj(x + self.table(torch.arange(300))) * angles.sin().mean()  # a 0-dim float32 factor
+
+
+def test_positions_made_in_forward_survive_a_dtype_cast():
+    """Integer position tensors of a fixed size are lifted into constants (so pruning can cut them);
+    floating ones stay ops: a constant is a buffer, which ``module.to(bfloat16)`` would round, while the
+    original makes them in float32 at every call."""
+    model = _SinusoidalPositions()
+    x = torch.randn(2, 300, 8)
+    ir = osf.trace(model, (x,))
+    consts = {name: t for name, t in ir.tensors.items() if name.startswith("_osf_const_")}
+    assert consts and {t.dtype for t in consts.values()} == {torch.int64}  # arange(300) of the lookup
+    rebuilt = ir.build().to(torch.bfloat16).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x.bfloat16()), model.to(torch.bfloat16).eval()(x.bfloat16()), atol=0, rtol=0)
+
+
 class _PackedLSTM(nn.Module):
     def __init__(self):
         super().__init__()

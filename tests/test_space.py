@@ -1042,7 +1042,7 @@ class _ALiBi(nn.Module):
     def forward(self, x):
         b, t, _ = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, 4, 8).permute(2, 0, 3, 1, 4)
-        slopes = 2.0 ** (-2.0 * torch.arange(1, 5, dtype=torch.float32))
+        slopes = 2.0 ** (-2.0 * torch.arange(1, 5).float())
         distance = torch.arange(t)[None, :] - torch.arange(t)[:, None]
         a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=slopes[:, None, None] * distance)
         return self.o(a.transpose(1, 2).reshape(b, t, 32))

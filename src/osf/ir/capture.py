@@ -402,22 +402,23 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
 
 
 _FOLDED = {torch.ops.aten.arange.default, torch.ops.aten.arange.start, torch.ops.aten.arange.start_step,
-           torch.ops.aten.linspace.default, torch.ops.aten.eye.default, torch.ops.aten.eye.m,
            torch.ops.aten.triu_indices.default, torch.ops.aten.tril_indices.default}
 _FOLD_MAX = 1 << 16  # elements
 
 
 def _foldable(node: torch.fx.Node) -> bool:
-    """A position-valued tensor (``arange``, ``linspace``, ``eye``, ``triu_indices``) of fixed size, made
-    from constants only: lifted into a constant, so its dims may follow a pruned dim like a buffer's and
-    be cut and permuted with it (ALiBi's per-head slopes, from ``arange(1, heads + 1)``, would otherwise
-    fix the heads), and an index it holds is read by value (a created op keeps every dim it makes fixed)."""
+    """An integer position tensor (``arange``, ``triu_indices``) of fixed size made from constants only:
+    lifted into a constant, so its dims may follow a pruned dim like a buffer's and be cut and permuted
+    with it (ALiBi's per-head slopes, from ``arange(1, heads + 1)``, would otherwise fix the heads), and
+    an index it holds is read by value (a created op keeps every dim it makes fixed). Floating ones stay
+    ops: as buffers, ``module.half()`` would round them, while ``forward`` makes them at their own dtype."""
     if node.target not in _FOLDED:
         return False
     leaves = pytree.tree_leaves((node.args, node.kwargs))
     val = node.meta.get("val")
     return (not any(isinstance(x, (torch.fx.Node, torch.SymInt, torch.SymFloat, torch.SymBool)) for x in leaves)
-            and isinstance(val, torch.Tensor) and val.numel() <= _FOLD_MAX)
+            and isinstance(val, torch.Tensor) and not val.dtype.is_floating_point and not val.dtype.is_complex
+            and val.numel() <= _FOLD_MAX)
 
 
 _CONTEXT = "osf_context"  # fx node meta: the context managers of an op inlined from a block of forward
