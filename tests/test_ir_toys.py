@@ -292,6 +292,8 @@ def test_positions_made_in_forward_survive_a_dtype_cast():
     ir = osf.trace(model, (x,))
     consts = {name: t for name, t in ir.tensors.items() if name.startswith("_osf_const_")}
     assert consts and {t.dtype for t in consts.values()} == {torch.int64}  # arange(300) of the lookup
+    read = {p.target for p in ir.graph.placeholders if p.kind == "constant"}
+    assert ir.eval_graph is None and set(consts) == read  # no copies from the dropped eval graph
     rebuilt = ir.build().to(torch.bfloat16).eval()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x.bfloat16()), model.to(torch.bfloat16).eval()(x.bfloat16()), atol=0, rtol=0)

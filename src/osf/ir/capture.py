@@ -515,8 +515,11 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
     for g in (train_graph, eval_graph):
         _rename_symbols(g, _symbol_names(train_graph))
     ep = programs["train"]
+    read = {p.target for g in (train_graph, eval_graph if keep_eval else None) if g is not None
+            for p in g.placeholders if p.kind == CONST}
     for k, t in consts.items():
-        tensors[k] = t.detach().clone()
+        if k in read:  # not those of an eval graph that is dropped as a copy of the training one
+            tensors[k] = t.detach().clone()
     info = {
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "capture": method,
