@@ -803,6 +803,9 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
         "albert": lambda: (T.AlbertModel(T.AlbertConfig(embedding_size=32, vocab_size=1000, **small)), (), text),
         "electra": lambda: (T.ElectraModel(T.ElectraConfig(embedding_size=32, vocab_size=1000, **small)), (), text),
         "deberta-v2": lambda: (T.DebertaV2Model(T.DebertaV2Config(vocab_size=1000, **small)), (), text),
+        "deberta-v3": lambda: (T.DebertaV2Model(T.DebertaV2Config(  # DeBERTa-v3's relative attention settings
+            vocab_size=1000, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
+            share_att_key=True, norm_rel_ebd="layer_norm", max_relative_positions=-1, **small)), (), text),
         "mobilebert": lambda: (T.MobileBertModel(T.MobileBertConfig(
             vocab_size=1000, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32, **small)), (), text),
         "xlm-roberta": lambda: (T.XLMRobertaModel(T.XLMRobertaConfig(vocab_size=1000, max_position_embeddings=130,
@@ -951,8 +954,8 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
     return built[name]()
 
 
-HF = ("albert", "electra", "deberta-v2", "mobilebert", "xlm-roberta", "gpt2", "mistral", "qwen2", "opt", "bloom",
-      "gpt-neox", "phi", "deit", "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit",
+HF = ("albert", "electra", "deberta-v2", "deberta-v3", "mobilebert", "xlm-roberta", "gpt2", "mistral", "qwen2", "opt",
+      "bloom", "gpt-neox", "phi", "deit", "beit", "dinov2", "swin", "convnext", "mobilevit", "segformer", "levit",
       "clip-vision", "clip-text", "whisper-encoder", "wav2vec2", "bart-encoder", "t5", "gemma", "falcon", "mixtral", "gptj",
       "modernbert", "funnel", "vitmae", "convnextv2", "mamba", "xlnet", "convbert", "data2vec-vision", "gpt-bigcode", "phi3",
       "hiera", "groupvit-vision", "canine", "patchtst", "mamba2", "rwkv", "detr", "depth-anything", "swin2sr", "hifigan",

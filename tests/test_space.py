@@ -1084,6 +1084,67 @@ def test_alibi_slopes_made_in_forward_follow_their_heads():
                 torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
 
 
+class _RelativeBias(nn.Module):
+    """DeBERTa-style disentangled attention: heads folded into the batch dim, relative position
+    embeddings projected per head and repeated for every sequence (``repeat(q.size(0) // heads)``), a
+    position index expanded to ``q.size(0)`` rows (traced as ``B * heads``) and gathered."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, length: int = 6):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.pos = nn.Parameter(torch.randn(2 * length, dim))
+        self.pos_k = nn.Linear(dim, dim)
+        rel = torch.arange(length)[None, :] - torch.arange(length)[:, None] + length
+        self.register_buffer("rel", rel.clamp(0, 2 * length - 1))
+
+    def fold(self, t):  # (b, n, dim) -> (b * heads, n, head_dim)
+        b, n, _ = t.shape
+        return t.view(b, n, self.heads, -1).transpose(1, 2).reshape(b * self.heads, n, -1)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.fold(self.q(x)), self.fold(self.k(x)), self.fold(self.v(x))
+        pk = self.fold(self.pos_k(self.pos)[None]).repeat(q.size(0) // self.heads, 1, 1)
+        c2p = torch.gather(torch.bmm(q, pk.transpose(1, 2)), -1, self.rel.expand(q.size(0), n, n))
+        att = (torch.bmm(q, k.transpose(1, 2)) + c2p).softmax(-1)
+        return x + self.o(torch.bmm(att, v).view(b, self.heads, n, -1).transpose(1, 2).reshape(b, n, d))
+
+
+def test_heads_folded_into_the_batch_follow_repeat_and_run_time_sizes(monkeypatch):
+    """Heads folded into the batch dim meet a per-head tensor repeated once per sequence (``repeat``: whole
+    copies of the heads dim, the count fixed) and an index expanded to ``B × heads`` rows: both fixed the
+    heads (DeBERTa had no heads group). A subnet reads the new ``B × heads`` at run time from an earlier
+    value with that dim, and so does the program template (no arch is compiled on its own). Keeping n
+    heads computes the original with the other heads' values zeroed, at another batch size too, and
+    exports."""
+    import osf.supernet.supernet as supernet_module
+
+    def compiled_per_arch(*args, **kwargs):
+        raise AssertionError("the program template should express this arch")
+    monkeypatch.setattr(supernet_module, "compile_program", compiled_per_arch)
+    torch.manual_seed(0)
+    model = _RelativeBias().eval()
+    sn = osf.Supernet(model, (torch.randn(2, 6, 32),), sort=False)
+    heads = [g for g in sn.space.groups if g.kind == "heads"]
+    assert [(g.size, g.choices) for g in heads] == [(4, [1, 2, 3, 4])]
+    x = torch.randn(3, 6, 32)
+    for n in (1, 3):
+        arch = osf.Arch({**sn.space.max().width, heads[0].key: n}, sn.space.max().depth)
+        sub = sn.extract(arch).eval()
+        assert sub.q.weight.shape == (8 * n, 32) and sub.pos_k.weight.shape == (8 * n, 32)
+        masked = _RelativeBias().eval()
+        masked.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            masked.v.weight[8 * n:] = 0
+            masked.v.bias[8 * n:] = 0
+            torch.testing.assert_close(sub(x), masked(x), atol=1e-5, rtol=1e-4)
+            with sn.set_arch(arch):
+                torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
+        exported = torch.export.export(sub, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.testing.assert_close(exported.module()(x[:2]), sub(x[:2]), atol=1e-6, rtol=1e-5)
+
+
 class _PairwiseInteractions(nn.Module):
     """DLRM: a bottom MLP and embedding bags as 4 feature vectors, their pairwise dot products gathered
     by ``triu_indices`` (made in ``forward``), then a top MLP."""

@@ -17,7 +17,7 @@ import torch
 from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode, Placeholder
 from ..ir.ops import is_scalar_check
 from ..ir.serial import resolve_target
-from .dims import Cat, Dims, Prod, Size, is_static, size_of, slice_bounds
+from .dims import Cat, Dims, Measured, Prod, Size, is_static, size_div, size_of, slice_bounds
 
 
 @dataclass
@@ -38,6 +38,9 @@ class DimAnalysis:
     # batch dims that two operands of a contraction share (attention heads kept apart, as XLNet's einsums
     # do, or a batched matmul's groups): their slices are independent, so they count in whole units
     batched: list = field(default_factory=list)
+    # symbolic dims of created or expanded tensors (copies, free to shrink), per graph key: (op name, expr);
+    # a subnet reads their new size at run time from an earlier value with that dim (``_runtime_sizes``)
+    sized_at_run_time: dict[str, list] = field(default_factory=dict)
 
 
 def analyse(ir: IR) -> DimAnalysis:
@@ -48,7 +51,27 @@ def analyse(ir: IR) -> DimAnalysis:
         graphs["eval"] = ir.eval_graph
     for key, graph in graphs.items():
         _Pass(ir, graph, result).run(key)
+    for key, graph in graphs.items():
+        _runtime_sizes(graph, result.values[key], dims, result.sized_at_run_time.get(key, []))
     return result
+
+
+def _runtime_sizes(graph: Graph, vals: dict, dims: Dims, sized: list) -> None:
+    """Block the run-time-sized dims that no earlier value has: a subnet could not read their new size."""
+    if not sized:
+        return
+    wanted: dict[str, list] = {}
+    for name, e in sized:
+        wanted.setdefault(name, []).append(e)
+    seen = {dims.resolve(e) for p in graph.placeholders if isinstance(vals.get(p.name), list)
+            for e in vals[p.name]}
+    for op in graph.ops:
+        for e in wanted.get(op.name, ()):
+            if dims.resolve(e) not in seen:
+                dims.block(e, f"a size of {op.name} ({op.target}) read from no earlier value")
+        v = vals.get(op.name)
+        if isinstance(v, list):
+            seen.update(dims.resolve(e) for e in v)
 
 
 def value_sizes(meta: Any) -> list[Size] | None:
@@ -61,12 +84,14 @@ def value_sizes(meta: Any) -> list[Size] | None:
 class _Pass:
     def __init__(self, ir: IR, graph: Graph, result: DimAnalysis):
         self.ir, self.graph, self.r, self.d = ir, graph, result, result.dims
+        self.key = ""
         self.producers = graph.producers()
         self.vals: dict[str, Any] = {}
         self.metas: dict[str, Any] = {}
 
     # ----- driver -----
     def run(self, key: str) -> None:
+        self.key = key
         for p in self.graph.placeholders:
             self.metas[p.name] = p.meta
             sizes = value_sizes(p.meta)
@@ -86,6 +111,8 @@ class _Pass:
             self.metas[op.name] = op.meta
             if (isinstance(op.meta, dict) and ("symint" in op.meta or "sym" in op.meta and "shape" not in op.meta)
                     or is_scalar_check(op.target)):
+                if op.target == "aten.sym_size.int" and (x := self.tensor(op.args[0])) is not None:
+                    self.vals[op.name] = Measured(x[_norm_dim(op.args[1], len(x))])
                 continue  # sizes, their comparisons and run-time assertions: no tensor dims
             rule = _rule_for(op.target)
             try:
@@ -112,6 +139,8 @@ class _Pass:
     def _flat(self, v) -> list:
         if v is None:
             return []
+        if isinstance(v, Measured):
+            return [v.dim]
         if isinstance(v, dict):
             return [e for item in v["list"] for e in (item or [])]
         return list(v)
@@ -126,8 +155,13 @@ class _Pass:
         """The dims of a tensor argument (None for non-tensors)."""
         if isinstance(a, dict) and "node" in a:
             v = self.vals.get(a["node"])
-            return None if isinstance(v, dict) else v
+            return v if isinstance(v, list) else None
         return None
+
+    def measured(self, a: Any) -> Any:
+        """The tensor dim whose size argument ``a`` is (a ``sym_size`` op's value), else None."""
+        v = self.vals.get(a["node"]) if isinstance(a, dict) and "node" in a else None
+        return v.dim if isinstance(v, Measured) else None
 
     def out_sizes(self, op: OpNode, index: int | None = None) -> list[Size]:
         meta = op.meta
@@ -147,6 +181,13 @@ class _Pass:
         """A dim of ``size`` identical positions (an expanded / repeated size-1 dim, a tensor of one value):
         free to shrink, since any prefix of it is the same tensor."""
         return self.d.atom(size, "derived")
+
+    def copies_sized_at_run_time(self, op: OpNode, size: Size) -> int:
+        """Copies along a dim of symbolic ``size``: a subnet that shrinks it reads the new size at run time
+        from an earlier value with that dim (blocked at the end of the analysis where there is none)."""
+        a = self.copies(size)
+        self.r.sized_at_run_time.setdefault(self.key, []).append((op.name, a))
+        return a
 
     def fresh_out(self, op: OpNode, why: str):
         meta = op.meta
@@ -763,6 +804,10 @@ def _expand(p: _Pass, op: OpNode):
             out.append(x[j])
         elif is_static(s):  # copies of one slice
             out.append(p.copies(s))
+        elif (m := p.measured(op.args[1][i])) is not None and p.size(m) == s:
+            out.append(m)  # copies, as many as another tensor's dim has entries: they shrink with it
+        elif j < 0 or p.size(x[j]) == (1, ()):
+            out.append(p.copies_sized_at_run_time(op, s))
         else:
             out.append(p.fresh(s, f"expanded by {op.name}"))
     return out
@@ -787,6 +832,9 @@ def _repeat(p: _Pass, op: OpNode):
             out.append(x[j])
         elif (j < 0 or p.size(x[j]) == (1, ())) and is_static(s):  # copies of one slice, like expand
             out.append(p.copies(s))
+        elif j >= 0 and p.size(x[j]) != (1, ()) and (count := size_div(s, p.size(x[j]))) is not None:
+            # whole copies of the dim, one after another: (copy, index in the dim), the count fixed
+            out.append(Prod((p.fresh(count, f"repeat count of {op.name}"), x[j])))
         else:
             if j >= 0:
                 p.block(x[j], f"repeated by {op.name}")
@@ -1315,4 +1363,11 @@ FILLED = {"aten.zeros.default": 0, "aten.ones.default": 0, "aten.full.default": 
 def _filled(p: _Pass, op: OpNode):
     """Every position holds the same value (a state initialised with zeros): a dim of constant size may
     shrink like a copied one; a subnet creates the tensor at its new size."""
-    return [p.copies(s) if is_static(s) else p.fresh(s, f"created by {op.name}") for s in p.out_sizes(op)]
+    at = FILLED[op.target]
+    sizes = op.args[at] if at < len(op.args) and isinstance(op.args[at], list) else []
+    out = []
+    for i, s in enumerate(p.out_sizes(op)):
+        m = p.measured(sizes[i]) if i < len(sizes) else None
+        out.append(p.copies(s) if is_static(s) else m if m is not None and p.size(m) == s
+                   else p.copies_sized_at_run_time(op, s))
+    return out

@@ -85,6 +85,13 @@ class Cat:
 Expr = "int | Prod | Cat"
 
 
+@dataclass(frozen=True)
+class Measured:
+    """The value of a ``sym_size`` op: the size of tensor dim ``dim``, read at run time (so a size argument
+    that passes it on follows that dim when a subnet shrinks it)."""
+    dim: Any
+
+
 def atoms_in(e) -> list[int]:
     if isinstance(e, int):
         return [e]

@@ -20,7 +20,7 @@ from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNod
 from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
 from .analysis import FILLED
-from .dims import Cat, Prod, Size, atoms_in, is_static, new_size, size_text, slice_bounds
+from .dims import Cat, Measured, Prod, Size, atoms_in, is_static, new_size, size_text, slice_bounds
 from .units import graph_hash
 
 if TYPE_CHECKING:
@@ -241,6 +241,7 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
         return ref
 
     ops = []
+    sizes = _RuntimeSizes(graph, vals, dims)
     for op in graph.ops:
         if op.name in removed or op.mode_gated and op.owner in dead_owners:
             continue
@@ -250,6 +251,7 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
             new.target = _out_of_place(op)  # it would now write into a value others still read
         if kept:
             resize_value(new, vals, dims, kept, hints)
+            new.args = sizes.resolve(new.args, new, ops, kept, hints)
         ops.append(new)
     outputs = _subst(graph.outputs, sub)
     placeholders = [Placeholder(p.name, p.kind, p.target, copy_tree(p.meta)) for p in graph.placeholders]
@@ -258,6 +260,50 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
             if p.name in vals and isinstance(p.meta, dict):
                 p.meta = resized_meta(p.meta, vals[p.name], dims, kept, hints)
     return Graph(placeholders, _dce(ops, outputs), outputs)
+
+
+RUNTIME_SIZE = "size_of"  # marks a symbolic size argument that the rewrite reads from a tensor at run time
+
+
+class _RuntimeSizes:
+    """Symbolic sizes that change in a subnet (``B × heads`` once heads shrink) cannot be written as numbers:
+    they are read at run time, by a new ``sym_size`` op, from a value computed earlier that has that dim."""
+
+    def __init__(self, graph: Graph, vals: dict, dims) -> None:
+        self.graph, self.vals, self.dims = graph, vals, dims
+        self.names: set[str] | None = None  # of the graph's values, once a size is read
+
+    def resolve(self, args: list, op: OpNode, ops: list[OpNode], kept, hints) -> list:
+        if not any(isinstance(a, list) and any(isinstance(e, dict) and RUNTIME_SIZE in e for e in a)
+                   for a in args):
+            return args
+        return [[self._read(e[RUNTIME_SIZE], op, ops, kept, hints)
+                 if isinstance(e, dict) and RUNTIME_SIZE in e else e for e in a]
+                if isinstance(a, list) else a for a in args]
+
+    def _read(self, dim: Any, op: OpNode, ops: list[OpNode], kept, hints) -> dict:
+        want = self.dims.resolve(dim)
+        for prior in reversed(ops):
+            v = self.vals.get(prior.name) if not is_symint(prior) else None
+            if isinstance(v, list) and isinstance(prior.meta, dict) and "shape" in prior.meta:
+                for d, e in enumerate(v):
+                    if self.dims.resolve(e) == want:
+                        return {"node": self._emit(prior.name, d, op, ops, kept, hints, want)}
+        raise NotImplementedError(f"{op.name} ({op.target} in '{op.owner}'): a symbolic size changes with the "
+                                  "subnet and no value computed before it has that dim to read it from")
+
+    def _emit(self, source: str, d: int, op: OpNode, ops: list[OpNode], kept, hints, dim: Any) -> str:
+        if self.names is None:
+            self.names = {p.name for p in self.graph.placeholders} | {o.name for o in self.graph.ops}
+        name, k = f"{op.name}_size", 0
+        while name in self.names:
+            k += 1
+            name = f"{op.name}_size{k}"
+        self.names.add(name)
+        new = new_size(self.dims, dim, kept)
+        ops.append(OpNode(name, "aten.sym_size.int", [{"node": source}, d], {}, op.owner,
+                          {"symint": size_text(new), "hint": _eval(new, hints)}))
+        return name
 
 
 def _out_of_place(op: OpNode) -> str:
@@ -351,8 +397,15 @@ def resize_value(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict
     fn = _ARG_REWRITES.get(op.target)
     if fn is None:
         return
-    ins = [vals.get(a["node"]) if isinstance(a, dict) and "node" in a else None for a in op.args]
+    ins = [vals.get(a["node"]) if isinstance(a, dict) and "node" in a
+           else [_measured(vals, e) for e in a] if isinstance(a, list) else None for a in op.args]
     fn(op, ins, out, dims, kept)
+
+
+def _measured(vals: dict, element: Any) -> Any:
+    """The tensor dim a size-list element reads at run time (a ``sym_size`` op), else None."""
+    v = vals.get(element["node"]) if isinstance(element, dict) and "node" in element else None
+    return v.dim if isinstance(v, Measured) else None
 
 
 def resized_op(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict[str, int], *,
@@ -370,6 +423,12 @@ def _static_or_fail(s: Size, op: OpNode) -> int:
     if not is_static(s):
         raise NotImplementedError(f"cannot rewrite a symbolic size {size_text(s)} in {op.name} ({op.target})")
     return s[0]
+
+
+def _size_or_runtime(s: Size, e: Any, op: OpNode) -> Any:
+    """A static new size as a number; a symbolic one as ``{"size_of": dim}``, which ``_rewrite`` turns into
+    a ``sym_size`` of a tensor computed before ``op`` that has that dim (the dim's size at run time)."""
+    return s[0] if is_static(s) else {RUNTIME_SIZE: e}
 
 
 def _rw_view(op, ins, out, dims, kept):
@@ -401,13 +460,15 @@ def _rw_unflatten(op, ins, out, dims, kept):
 
 def _rw_size_list(at: int):
     """The size list at argument ``at`` (``expand``, tensors of one value) takes the new sizes of the dims
-    that shrank (``expand``'s -1, keep the input's size, stays)."""
+    that shrank (``expand``'s -1, keep the input's size, stays; so does a size read from the very dim it
+    sizes, which shrinks with it)."""
     def fn(op, ins, out, dims, kept):
         if not _changed(out, dims, kept):
             return
         old_sizes = [dims.size(dims.resolve(e)) for e in out]
-        sizes = [a if s == o or a == -1 else _static_or_fail(s, op)
-                 for a, s, o in zip(op.args[at], _sizes(out, dims, kept), old_sizes)]
+        sizes = [a if s == o or a == -1 or m is not None and dims.resolve(m) == dims.resolve(e)
+                 else _size_or_runtime(s, e, op)
+                 for a, s, o, m, e in zip(op.args[at], _sizes(out, dims, kept), old_sizes, ins[at], out)]
         op.args = op.args[:at] + [sizes] + op.args[at + 1:]
     return fn
 
@@ -419,10 +480,14 @@ def _rw_repeat(op, ins, out, dims, kept):
         return
     reps = list(op.args[1])
     lead = len(out) - len(reps)
+    first_in = len(out) - len(ins[0])  # output position of the input's dim 0
     for i, e in enumerate(out[lead:]):
+        j = lead + i - first_in
+        if j >= 0 and dims.size(dims.resolve(ins[0][j])) != (1, ()):
+            continue  # whole copies of a dim that shrinks: the count stays
         r = dims.resolve(e)
         size = new_size(dims, r, kept)
-        if reps[i] != 1 and size != dims.size(r):  # only copies of a size-1 dim can shrink
+        if reps[i] != 1 and size != dims.size(r):  # copies of a size-1 dim shrink with their count
             reps[i] = _static_or_fail(size, op)
     op.args = [op.args[0], reps] + op.args[2:]
 

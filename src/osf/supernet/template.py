@@ -29,7 +29,8 @@ from ..ir.serial import decode_arg, node_refs, resolve_target
 from ..space.arch import Arch
 from ..space.liveness import Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
-from ..space.subnet import _ARG_REWRITES, SPLIT_OPS, Cuts, as_split_with_sizes, resized_op, size_hints, split_pieces
+from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, resized_op, size_hints,
+                            split_pieces)
 from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _Indices, _node, _row_index, _spec,
                       view_groups)
 
@@ -138,6 +139,7 @@ class _GraphTemplate:
         dims = self.owner.space.analysis.dims
         hints = size_hints(graph)
         self.dynamic: list[tuple[int, WidthTable, list[int]]] = []
+        self.runtime_sizes: list[tuple[int, int, int]] = []  # (op index, slot, index of the op read from)
         self.n_consts = 0
         for i, op in enumerate(ops):
             if op.target not in _ARG_REWRITES or _never_rewritten(op):
@@ -158,14 +160,43 @@ class _GraphTemplate:
             self.n_consts += len(places)
             for ref in {ref for _, _, ref in places if ref is not None}:  # read inside an expression
                 self._keep(ref, op.name)
-            for (j, m, ref), k in zip(places, slots):
-                expr = {"expr": f"_c[{k}]" if ref is None else f"({safe_name(ref)} if _c[{k}] is None else _c[{k}])"}
+            runtime = set()  # positions in places of sizes read at run time
+            for n, ((j, m, ref), k) in enumerate(zip(places, slots)):
+                source = self._size_source(graph, i, m) if ref is not None else None
+                if source is not None:  # a size that a subnet reads at run time from an earlier value
+                    runtime.add(n)
+                    self._keep(source[0], op.name)
+                    self.runtime_sizes.append((i, k, self.index[source[0]]))
+                    expr = {"expr": f"({safe_name(ref)} if _c[{k}] is None else "
+                                    f"{safe_name(source[0])}.size({source[1]}) if _c[{k}] is True else _c[{k}])"}
+                else:
+                    expr = {"expr": f"_c[{k}]" if ref is None
+                            else f"({safe_name(ref)} if _c[{k}] is None else _c[{k}])"}
                 if m is None:
                     op.args[j] = expr
                 else:
                     op.args[j][m] = expr
-            table = WidthTable(groups, _ArgsAt(self.owner, graph.ops[i], static, places, self.vals, hints))
+            table = WidthTable(groups, _ArgsAt(self.owner, graph.ops[i], static, places, runtime, self.vals, hints))
             self.dynamic.append((i, table, slots))
+
+    def _size_source(self, graph: Graph, at: int, dim: int) -> tuple[str, int] | None:
+        """Where op ``at`` reads the size of its output dim ``dim`` when that dim is sized at run time: the
+        nearest earlier value with that dim (``space.subnet._RuntimeSizes`` reads the same way)."""
+        an = self.owner.space.analysis
+        op, dims = graph.ops[at], an.dims
+        mine = self.vals.get(op.name)
+        if not isinstance(mine, list) or dim >= len(mine) or not any(
+                name == op.name and dims.resolve(e) == dims.resolve(mine[dim])
+                for name, e in an.sized_at_run_time.get(self.key, ())):
+            return None
+        want = dims.resolve(mine[dim])
+        for prior in reversed(graph.ops[:at]):
+            v = self.vals.get(prior.name)
+            if isinstance(v, list):
+                for d, e in enumerate(v):
+                    if dims.resolve(e) == want:
+                        return prior.name, d
+        return None
 
     def _linears(self, graph: Graph, ops: list[OpNode], tensor_ps: list) -> None:
         """``linear`` ops on a parameter that no other op reads call ``_F[k]``: a ``_CutLinear`` where the
@@ -226,6 +257,9 @@ class _GraphTemplate:
             if on[i]:
                 for k, v in zip(slots, table(widths)):
                     consts[k] = v
+        for i, k, source in self.runtime_sizes:
+            if on[i] and consts[k] is True and not on[source]:
+                raise TemplateUnsupported(f"the value a size of op {i} is read from does not run in this arch")
         # weight reads, as compile_program makes them
         grads, indices = self.owner.grads, self.owner.indices
         read: dict[int, tuple[str, Any, int, int | None]] = {}  # slot -> (canonical, grad cut, kept elements, rows)
@@ -317,11 +351,13 @@ class _TensorCut:
 
 class _ArgsAt:
     """The constant arguments of one op at given widths (``space.subnet``'s own rewrite), at the template's
-    ``places``; a node element that the rewrite replaced by a number gives that number, else None."""
+    ``places``; a node element that the rewrite replaced by a number gives that number, else None (True
+    at the ``runtime`` places where the rewrite reads the size at run time)."""
 
-    def __init__(self, owner: ProgramTemplate, op: OpNode, static: OpNode, places: list, vals: dict,
-                 hints: dict[str, int]) -> None:
+    def __init__(self, owner: ProgramTemplate, op: OpNode, static: OpNode, places: list, runtime: set[int],
+                 vals: dict, hints: dict[str, int]) -> None:
         self.owner, self.op, self.static, self.places, self.vals, self.hints = owner, op, static, places, vals, hints
+        self.runtime = runtime
 
     def __call__(self, widths: dict[int, int]) -> list:
         op, dims = self.op, self.owner.space.analysis.dims
@@ -335,11 +371,14 @@ class _ArgsAt:
                                 and len(new.args[j]) == len(static.args[j])))):
             raise TemplateUnsupported(f"{op.name}: the rewrite at these widths changes the op's form")
         out = []
-        for j, m, ref in self.places:
+        for n, (j, m, ref) in enumerate(self.places):
             v = new.args[j] if m is None else new.args[j][m]
             if ref is not None:
                 if v == {"node": ref}:
                     v = None
+                elif isinstance(v, dict) and RUNTIME_SIZE in v and n in self.runtime:
+                    out.append(True)  # read from the template's source value at run time
+                    continue
                 elif not isinstance(v, int):
                     raise TemplateUnsupported(f"{op.name}: the rewrite replaces {ref} by {v!r}")
             out.append(decode_arg(v, {}))
