@@ -38,9 +38,9 @@ class DimAnalysis:
     # batch dims that two operands of a contraction share (attention heads kept apart, as XLNet's einsums
     # do, or a batched matmul's groups): their slices are independent, so they count in whole units
     batched: list = field(default_factory=list)
-    # symbolic dims of created or expanded tensors (copies, free to shrink), per graph key: (op name, expr);
-    # a subnet reads their new size at run time from an earlier value with that dim (``_runtime_sizes``)
-    sized_at_run_time: dict[str, list] = field(default_factory=dict)
+    # symbolic dims of created or expanded tensors (copies, free to shrink), per graph key: (op name, output
+    # dim); a subnet reads their new size at run time from an earlier value with that dim (``dim_source``)
+    sized_at_run_time: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
 
 def analyse(ir: IR) -> DimAnalysis:
@@ -51,27 +51,32 @@ def analyse(ir: IR) -> DimAnalysis:
         graphs["eval"] = ir.eval_graph
     for key, graph in graphs.items():
         _Pass(ir, graph, result).run(key)
-    for key, graph in graphs.items():
-        _runtime_sizes(graph, result.values[key], dims, result.sized_at_run_time.get(key, []))
+    for key, graph in graphs.items():  # once unification is complete
+        vals, at = result.values[key], {op.name: i for i, op in enumerate(graph.ops)}
+        for name, d in result.sized_at_run_time.get(key, ()):
+            if dim_source(graph.ops[:at[name]], vals, dims, vals[name][d]) is None:
+                dims.block(vals[name][d], f"a size of {name} ({graph.ops[at[name]].target}) read from no "
+                                          "earlier value")
     return result
 
 
-def _runtime_sizes(graph: Graph, vals: dict, dims: Dims, sized: list) -> None:
-    """Block the run-time-sized dims that no earlier value has: a subnet could not read their new size."""
-    if not sized:
-        return
-    wanted: dict[str, list] = {}
-    for name, e in sized:
-        wanted.setdefault(name, []).append(e)
-    seen = {dims.resolve(e) for p in graph.placeholders if isinstance(vals.get(p.name), list)
-            for e in vals[p.name]}
-    for op in graph.ops:
-        for e in wanted.get(op.name, ()):
-            if dims.resolve(e) not in seen:
-                dims.block(e, f"a size of {op.name} ({op.target}) read from no earlier value")
+def dim_source(ops: list[OpNode], vals: dict, dims: Dims, dim: Any) -> tuple[str, int] | None:
+    """The last of ``ops`` whose value has a dim that is ``dim``, and that dim's position (where a subnet
+    reads the size of ``dim`` at run time), else None."""
+    want = dims.resolve(dim)
+    for op in reversed(ops):
         v = vals.get(op.name)
         if isinstance(v, list):
-            seen.update(dims.resolve(e) for e in v)
+            for d, e in enumerate(v):
+                if dims.resolve(e) == want:
+                    return op.name, d
+    return None
+
+
+def measured_dim(vals: dict, a: Any) -> Any:
+    """The tensor dim whose size argument ``a`` is (the value of a ``sym_size`` op), else None."""
+    v = vals.get(a["node"]) if isinstance(a, dict) and "node" in a else None
+    return v.dim if isinstance(v, Measured) else None
 
 
 def value_sizes(meta: Any) -> list[Size] | None:
@@ -158,11 +163,6 @@ class _Pass:
             return v if isinstance(v, list) else None
         return None
 
-    def measured(self, a: Any) -> Any:
-        """The tensor dim whose size argument ``a`` is (a ``sym_size`` op's value), else None."""
-        v = self.vals.get(a["node"]) if isinstance(a, dict) and "node" in a else None
-        return v.dim if isinstance(v, Measured) else None
-
     def out_sizes(self, op: OpNode, index: int | None = None) -> list[Size]:
         meta = op.meta
         if index is not None:
@@ -182,12 +182,11 @@ class _Pass:
         free to shrink, since any prefix of it is the same tensor."""
         return self.d.atom(size, "derived")
 
-    def copies_sized_at_run_time(self, op: OpNode, size: Size) -> int:
-        """Copies along a dim of symbolic ``size``: a subnet that shrinks it reads the new size at run time
-        from an earlier value with that dim (blocked at the end of the analysis where there is none)."""
-        a = self.copies(size)
-        self.r.sized_at_run_time.setdefault(self.key, []).append((op.name, a))
-        return a
+    def copies_sized_at_run_time(self, op: OpNode, dim: int, size: Size) -> int:
+        """Copies along output dim ``dim`` of symbolic ``size``: a subnet that shrinks it reads the new size
+        at run time from an earlier value with that dim (fixed at the end of the analysis where none has it)."""
+        self.r.sized_at_run_time.setdefault(self.key, []).append((op.name, dim))
+        return self.copies(size)
 
     def fresh_out(self, op: OpNode, why: str):
         meta = op.meta
@@ -804,10 +803,10 @@ def _expand(p: _Pass, op: OpNode):
             out.append(x[j])
         elif is_static(s):  # copies of one slice
             out.append(p.copies(s))
-        elif (m := p.measured(op.args[1][i])) is not None and p.size(m) == s:
+        elif (m := measured_dim(p.vals, op.args[1][i])) is not None and p.size(m) == s:
             out.append(m)  # copies, as many as another tensor's dim has entries: they shrink with it
         elif j < 0 or p.size(x[j]) == (1, ()):
-            out.append(p.copies_sized_at_run_time(op, s))
+            out.append(p.copies_sized_at_run_time(op, i, s))
         else:
             out.append(p.fresh(s, f"expanded by {op.name}"))
     return out
@@ -1367,7 +1366,7 @@ def _filled(p: _Pass, op: OpNode):
     sizes = op.args[at] if at < len(op.args) and isinstance(op.args[at], list) else []
     out = []
     for i, s in enumerate(p.out_sizes(op)):
-        m = p.measured(sizes[i]) if i < len(sizes) else None
+        m = measured_dim(p.vals, sizes[i]) if i < len(sizes) else None
         out.append(p.copies(s) if is_static(s) else m if m is not None and p.size(m) == s
-                   else p.copies_sized_at_run_time(op, s))
+                   else p.copies_sized_at_run_time(op, i, s))
     return out

@@ -19,8 +19,8 @@ from ..ir.capture import annotate_io, module_ancestors
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
 from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
-from .analysis import FILLED
-from .dims import Cat, Measured, Prod, Size, atoms_in, is_static, new_size, size_text, slice_bounds
+from .analysis import FILLED, dim_source, measured_dim
+from .dims import Cat, Prod, Size, atoms_in, is_static, new_size, size_text, slice_bounds
 from .units import graph_hash
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
         return ref
 
     ops = []
-    sizes = _RuntimeSizes(graph, vals, dims)
+    sizes = _RuntimeSizes(graph, vals, dims, kept, hints)
     for op in graph.ops:
         if op.name in removed or op.mode_gated and op.owner in dead_owners:
             continue
@@ -251,7 +251,8 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
             new.target = _out_of_place(op)  # it would now write into a value others still read
         if kept:
             resize_value(new, vals, dims, kept, hints)
-            new.args = sizes.resolve(new.args, new, ops, kept, hints)
+            if new.target in _SIZE_LISTS:
+                sizes.resolve(new, ops)
         ops.append(new)
     outputs = _subst(graph.outputs, sub)
     placeholders = [Placeholder(p.name, p.kind, p.target, copy_tree(p.meta)) for p in graph.placeholders]
@@ -263,36 +264,29 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
 
 
 RUNTIME_SIZE = "size_of"  # marks a symbolic size argument that the rewrite reads from a tensor at run time
+_SIZE_LISTS = {"aten.expand.default": 1, **FILLED}  # ops whose size list (at that argument) may hold such marks
 
 
 class _RuntimeSizes:
     """Symbolic sizes that change in a subnet (``B × heads`` once heads shrink) cannot be written as numbers:
     they are read at run time, by a new ``sym_size`` op, from a value computed earlier that has that dim."""
 
-    def __init__(self, graph: Graph, vals: dict, dims) -> None:
-        self.graph, self.vals, self.dims = graph, vals, dims
+    def __init__(self, graph: Graph, vals: dict, dims, kept: dict[int, int], hints: dict[str, int]) -> None:
+        self.graph, self.vals, self.dims, self.kept, self.hints = graph, vals, dims, kept, hints
         self.names: set[str] | None = None  # of the graph's values, once a size is read
 
-    def resolve(self, args: list, op: OpNode, ops: list[OpNode], kept, hints) -> list:
-        if not any(isinstance(a, list) and any(isinstance(e, dict) and RUNTIME_SIZE in e for e in a)
-                   for a in args):
-            return args
-        return [[self._read(e[RUNTIME_SIZE], op, ops, kept, hints)
-                 if isinstance(e, dict) and RUNTIME_SIZE in e else e for e in a]
-                if isinstance(a, list) else a for a in args]
+    def resolve(self, op: OpNode, ops: list[OpNode]) -> None:
+        """Replace each run-time size mark in ``op``'s size list by a ``sym_size`` op appended to ``ops``."""
+        at = _SIZE_LISTS[op.target]
+        if at < len(op.args) and isinstance(op.args[at], list):
+            op.args[at] = [self._read(e[RUNTIME_SIZE], op, ops) if isinstance(e, dict) and RUNTIME_SIZE in e
+                           else e for e in op.args[at]]
 
-    def _read(self, dim: Any, op: OpNode, ops: list[OpNode], kept, hints) -> dict:
-        want = self.dims.resolve(dim)
-        for prior in reversed(ops):
-            v = self.vals.get(prior.name) if not is_symint(prior) else None
-            if isinstance(v, list) and isinstance(prior.meta, dict) and "shape" in prior.meta:
-                for d, e in enumerate(v):
-                    if self.dims.resolve(e) == want:
-                        return {"node": self._emit(prior.name, d, op, ops, kept, hints, want)}
-        raise NotImplementedError(f"{op.name} ({op.target} in '{op.owner}'): a symbolic size changes with the "
-                                  "subnet and no value computed before it has that dim to read it from")
-
-    def _emit(self, source: str, d: int, op: OpNode, ops: list[OpNode], kept, hints, dim: Any) -> str:
+    def _read(self, dim: Any, op: OpNode, ops: list[OpNode]) -> dict:
+        source = dim_source(ops, self.vals, self.dims, dim)
+        if source is None:
+            raise NotImplementedError(f"{op.name} ({op.target} in '{op.owner}'): a symbolic size changes with the "
+                                      "subnet and no value computed before it has that dim to read it from")
         if self.names is None:
             self.names = {p.name for p in self.graph.placeholders} | {o.name for o in self.graph.ops}
         name, k = f"{op.name}_size", 0
@@ -300,10 +294,10 @@ class _RuntimeSizes:
             k += 1
             name = f"{op.name}_size{k}"
         self.names.add(name)
-        new = new_size(self.dims, dim, kept)
-        ops.append(OpNode(name, "aten.sym_size.int", [{"node": source}, d], {}, op.owner,
-                          {"symint": size_text(new), "hint": _eval(new, hints)}))
-        return name
+        new = new_size(self.dims, self.dims.resolve(dim), self.kept)
+        ops.append(OpNode(name, "aten.sym_size.int", [{"node": source[0]}, source[1]], {}, op.owner,
+                          {"symint": size_text(new), "hint": _eval(new, self.hints)}))
+        return {"node": name}
 
 
 def _out_of_place(op: OpNode) -> str:
@@ -398,14 +392,8 @@ def resize_value(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict
     if fn is None:
         return
     ins = [vals.get(a["node"]) if isinstance(a, dict) and "node" in a
-           else [_measured(vals, e) for e in a] if isinstance(a, list) else None for a in op.args]
+           else [measured_dim(vals, e) for e in a] if isinstance(a, list) else None for a in op.args]
     fn(op, ins, out, dims, kept)
-
-
-def _measured(vals: dict, element: Any) -> Any:
-    """The tensor dim a size-list element reads at run time (a ``sym_size`` op), else None."""
-    v = vals.get(element["node"]) if isinstance(element, dict) and "node" in element else None
-    return v.dim if isinstance(v, Measured) else None
 
 
 def resized_op(op: OpNode, vals: dict, dims, kept: dict[int, int], hints: dict[str, int], *,
@@ -425,9 +413,9 @@ def _static_or_fail(s: Size, op: OpNode) -> int:
     return s[0]
 
 
-def _size_or_runtime(s: Size, e: Any, op: OpNode) -> Any:
+def _size_or_runtime(s: Size, e: Any) -> Any:
     """A static new size as a number; a symbolic one as ``{"size_of": dim}``, which ``_rewrite`` turns into
-    a ``sym_size`` of a tensor computed before ``op`` that has that dim (the dim's size at run time)."""
+    a ``sym_size`` of a value computed before the op that has that dim (the dim's size at run time)."""
     return s[0] if is_static(s) else {RUNTIME_SIZE: e}
 
 
@@ -467,7 +455,7 @@ def _rw_size_list(at: int):
             return
         old_sizes = [dims.size(dims.resolve(e)) for e in out]
         sizes = [a if s == o or a == -1 or m is not None and dims.resolve(m) == dims.resolve(e)
-                 else _size_or_runtime(s, e, op)
+                 else _size_or_runtime(s, e)
                  for a, s, o, m, e in zip(op.args[at], _sizes(out, dims, kept), old_sizes, ins[at], out)]
         op.args = op.args[:at] + [sizes] + op.args[at + 1:]
     return fn
@@ -614,8 +602,8 @@ _ARG_REWRITES = {
     "aten.view.default": _rw_view, "aten.reshape.default": _rw_view, "aten._unsafe_view.default": _rw_view,
     "aten.view_copy.default": _rw_view,
     "aten.unflatten.int": _rw_unflatten,
-    "aten.expand.default": _rw_size_list(1), "aten.repeat.default": _rw_repeat, "aten.tile.default": _rw_repeat,
-    **{target: _rw_size_list(at) for target, at in FILLED.items()},
+    "aten.repeat.default": _rw_repeat, "aten.tile.default": _rw_repeat,
+    **{target: _rw_size_list(at) for target, at in _SIZE_LISTS.items()},
     "aten.layer_norm.default": _rw_norm_shape, "aten.rms_norm.default": _rw_norm_shape,
     "aten.conv1d.default": _rw_groups(6), "aten.conv2d.default": _rw_groups(6), "aten.conv3d.default": _rw_groups(6),
     "aten.conv1d.padding": _rw_groups(6), "aten.conv2d.padding": _rw_groups(6),

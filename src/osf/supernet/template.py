@@ -27,6 +27,7 @@ from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode
 from ..ir.ops import functional_form, is_inplace
 from ..ir.serial import decode_arg, node_refs, resolve_target
 from ..space.arch import Arch
+from ..space.analysis import dim_source
 from ..space.liveness import Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
 from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, resized_op, size_hints,
@@ -181,22 +182,11 @@ class _GraphTemplate:
 
     def _size_source(self, graph: Graph, at: int, dim: int) -> tuple[str, int] | None:
         """Where op ``at`` reads the size of its output dim ``dim`` when that dim is sized at run time: the
-        nearest earlier value with that dim (``space.subnet._RuntimeSizes`` reads the same way)."""
-        an = self.owner.space.analysis
-        op, dims = graph.ops[at], an.dims
-        mine = self.vals.get(op.name)
-        if not isinstance(mine, list) or dim >= len(mine) or not any(
-                name == op.name and dims.resolve(e) == dims.resolve(mine[dim])
-                for name, e in an.sized_at_run_time.get(self.key, ())):
+        nearest earlier value with that dim, as ``space.subnet`` reads it."""
+        an, name = self.owner.space.analysis, graph.ops[at].name
+        if (name, dim) not in an.sized_at_run_time.get(self.key, ()):
             return None
-        want = dims.resolve(mine[dim])
-        for prior in reversed(graph.ops[:at]):
-            v = self.vals.get(prior.name)
-            if isinstance(v, list):
-                for d, e in enumerate(v):
-                    if dims.resolve(e) == want:
-                        return prior.name, d
-        return None
+        return dim_source(graph.ops[:at], self.vals, an.dims, self.vals[name][dim])
 
     def _linears(self, graph: Graph, ops: list[OpNode], tensor_ps: list) -> None:
         """``linear`` ops on a parameter that no other op reads call ``_F[k]``: a ``_CutLinear`` where the
