@@ -281,7 +281,7 @@ def _module_ops(ir: IR, graph: Graph, name: str) -> set[str]:
 
 def _module_problem(g: _Graph, vals: dict, an: DimAnalysis, ops: set[str]):
     inputs = []
-    for n in ops:
+    for n in sorted(ops, key=g.index.get):  # graph order: a set's order changes with the hash seed
         for ref in g.op(n).inputs:
             if ref not in ops and g.is_data(ref) and ref not in inputs:
                 inputs.append(ref)
