@@ -304,8 +304,11 @@ def markdown(env: dict, rows: list[dict], planned: int, runs: list[dict]) -> str
              f"(`torch.allclose(atol={env['atol']}, rtol={env['rtol']})` on every tensor leaf)", ""]
     timed = timed_models(rows)
     if timed:
-        lines += [f"Capture time (target: at most {CAPTURE_TARGET_S:g} s): " + ", ".join(
-            f"{n} {'not captured' if s is None else f'{s:.2f} s'}" for n, s in timed.items()) + ".", ""]
+        measured_in = {n: next((r["date"] for r in reversed(runs) if n in r["models"]), None) for n in timed}
+        lines += [f"Capture time (target: at most {CAPTURE_TARGET_S:g} s; each from the run that measured the model, "
+                  "so machines may differ): " + ", ".join(
+                      f"{n} {'not captured' if s is None else f'{s:.2f} s'}"
+                      + (f" ({measured_in[n]} run)" if measured_in[n] else "") for n, s in timed.items()) + ".", ""]
     lines += ["| family | models | captured | rebuilt exactly |", "|---|---:|---:|---:|"]
     lines += [f"| {fam} | {t['models']} | {t['captured']} | {t['exact']} |" for fam, t in totals(rows).items()]
     spaced = [r for r in rows if "groups" in r]
