@@ -5,7 +5,8 @@ nn.TransformerEncoder, nn.MultiheadAttention, a TCN, a GRU, float64, a temporal 
 projections and GLU, spectral norm and torch.no_grad() in forward, a float32 autocast block, bilinear,
 einsum attention on a raw parameter, a CIFAR ResNet with option-A shortcuts, and more: DLRM's
 gather (tril_indices), a hyper-network, unequal splits, straight-through estimators, a style-transfer net, a
-non-local block, deformable convs, a weight-shared (universal) transformer, a dense mixture of experts, NeRF).
+non-local block, deformable convs, a weight-shared (universal) transformer, a dense mixture of experts, NeRF,
+CBAM, MixNet's mixed kernels, SKNet, LoRA adapters, DINO-style interpolated positions, a Perceiver).
 
 Per model: the supernet builds; its maximal subnet equals the original (eval mode, computed before the
 supernet sorted the shared weights by salience); for the minimal and two sampled subnets, running the
@@ -735,6 +736,105 @@ class NeRF(nn.Module):
         return self.out(h)
 
 
+class CBAM(nn.Module):
+    """CBAM: channel attention from average- and max-pooled features through a shared MLP, then spatial
+    attention from the channels' mean and max (``torch.max(x, 1)[0]``) through a 7x7 conv."""
+
+    def __init__(self, c: int = 32):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.mlp = nn.Sequential(nn.Linear(c, 16), nn.ReLU(), nn.Linear(16, c))
+        self.spatial, self.head = nn.Conv2d(2, 1, 7, padding=3), nn.Linear(c, 5)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        x = x * torch.sigmoid(self.mlp(x.mean((2, 3))) + self.mlp(x.amax((2, 3))))[:, :, None, None]
+        maps = torch.cat([x.mean(1, keepdim=True), torch.max(x, 1, keepdim=True)[0]], 1)
+        return self.head((x * torch.sigmoid(self.spatial(maps))).flatten(2).mean(-1))
+
+
+class MixConv(nn.Module):
+    """MixNet's mixed depthwise conv: the channels split in three, each part with its own kernel size."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.pw, self.head = nn.Conv2d(3, 48, 1), nn.Conv2d(48, 24, 1), nn.Linear(24, 5)
+        self.dw = nn.ModuleList(nn.Conv2d(16, 16, k, padding=k // 2, groups=16) for k in (3, 5, 7))
+
+    def forward(self, x):
+        parts = torch.split(self.stem(x), [16, 16, 16], 1)
+        x = torch.cat([conv(part) for conv, part in zip(self.dw, parts)], 1)
+        return self.head(self.pw(F.relu(x)).mean((2, 3)))
+
+
+class SelectiveKernel(nn.Module):
+    """SKNet: two branches stacked on a new dim, mixed by a softmax over the branches per channel."""
+
+    def __init__(self, c: int = 32):
+        super().__init__()
+        self.stem, self.fc, self.att, self.head = nn.Conv2d(3, c, 3, padding=1), nn.Linear(c, 16), nn.Linear(16, 2 * c), nn.Linear(c, 5)
+        self.branches = nn.ModuleList([nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=2, dilation=2)])
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        feats = torch.stack([branch(x) for branch in self.branches], 1)
+        weights = self.att(F.relu(self.fc(feats.sum(1).mean((2, 3))))).view(x.shape[0], 2, -1).softmax(1)
+        return self.head((feats * weights[..., None, None]).sum(1).mean((2, 3)))
+
+
+class LoRALinear(nn.Module):
+    """A linear layer with a low-rank adapter on raw parameters: ``base(x) + x @ A @ B * scale``."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int = 8):
+        super().__init__()
+        self.base = nn.Linear(d_in, d_out)
+        self.A, self.B = nn.Parameter(torch.randn(d_in, rank) * 0.1), nn.Parameter(torch.randn(rank, d_out) * 0.1)
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.A @ self.B) * 0.5
+
+
+class LoRAMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down, self.out = LoRALinear(16, 64), LoRALinear(64, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.out(x + self.down(F.gelu(self.up(x))))
+
+
+class InterpolatedPositions(nn.Module):
+    """DINO-style ViT: a 4x4 grid of position embeddings resized (bicubic) to the patch grid of the input."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.patch, self.head = nn.Conv2d(3, d, 4, 4), nn.Linear(d, 5)
+        self.pos, self.cls = nn.Parameter(torch.randn(1, 16, d)), nn.Parameter(torch.zeros(1, 1, d))
+        self.block = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        t = self.patch(x)
+        grid = self.pos.reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+        pos = F.interpolate(grid, size=t.shape[2:], mode="bicubic", align_corners=False)
+        t = t.flatten(2).transpose(1, 2) + pos.flatten(2).transpose(1, 2)
+        return self.head(self.block(torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1))[:, 0])
+
+
+class Perceiver(nn.Module):
+    """Perceiver: learned latents cross-attend to the inputs (nn.MultiheadAttention), then self-attend."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.embed, self.latents, self.head = nn.Linear(6, d), nn.Parameter(torch.randn(8, d)), nn.Linear(d, 3)
+        self.cross = nn.MultiheadAttention(d, 4, batch_first=True)
+        self.block = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        kv = self.embed(x)
+        q = self.latents.unsqueeze(0).expand(x.shape[0], -1, -1)
+        return self.head(self.block(q + self.cross(q, kv, kv, need_weights=False)[0]).mean(1))
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -783,6 +883,12 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "universal_transformer": lambda: (UniversalTransformer(), (torch.randn(2, 7, 12),)),
     "soft_mixture": lambda: (SoftMixture(), (torch.randn(4, 16),)),
     "nerf": lambda: (NeRF(), (torch.randn(8, 3),)),
+    "cbam": lambda: (CBAM(), (_image(16),)),
+    "mixconv": lambda: (MixConv(), (_image(16),)),
+    "selective_kernel": lambda: (SelectiveKernel(), (_image(16),)),
+    "lora_mlp": lambda: (LoRAMLP(), (torch.randn(2, 5, 16),)),
+    "interpolated_positions": lambda: (InterpolatedPositions(), (_image(20),)),
+    "perceiver": lambda: (Perceiver(), (torch.randn(2, 30, 6),)),
 }
 
 

@@ -266,6 +266,47 @@ def test_unknown_ops_block_their_dims_and_are_reported():
     assert "aten.cummax.default" in sn.space.describe()
 
 
+class _ChannelPool(nn.Module):
+    """CBAM's spatial attention: the channels max-pooled (``torch.max(x, 1)``), either keeping only the
+    values (``[0]``) or also reading the argmax channel (``[1]``), whose value a pruned, sorted dim changes."""
+
+    def __init__(self, read_indices: bool):
+        super().__init__()
+        self.read_indices = read_indices
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.spatial = nn.Conv2d(1 + read_indices, 1, 3, padding=1)
+        self.head = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        pooled = torch.max(h, 1, keepdim=True)
+        maps = [pooled[0]] + [pooled[1].float()] * self.read_indices
+        return self.head(h * torch.sigmoid(self.spatial(torch.cat(maps, 1))))
+
+
+@pytest.mark.parametrize("read_indices", [False, True])
+def test_max_over_channels_fixes_them_only_where_the_argmax_is_read(read_indices):
+    """``max``/``min`` along a dim return (values, indices); only a read of the indices fixes that dim.
+    Channels pooled by value stay prunable: a subnet equals the original with the dropped channels zeroed
+    (after the ReLU a zero never wins the max), and set_arch equals extract."""
+    torch.manual_seed(0)
+    model, x = _ChannelPool(read_indices).eval(), torch.randn(2, 3, 8, 8)
+    sn = osf.Supernet(model, (x,), sort=False)
+    channels = [g for g in sn.space.all_groups if ("conv.weight", 0) in g.members][0]
+    assert channels.prunable is not read_indices
+    if read_indices:
+        assert any("reduced to an index" in r for r in channels.reasons)
+        return
+    arch = osf.Arch({channels.key: 16}, {})
+    masked = _ChannelPool(False).eval()
+    masked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        masked.conv.weight[16:] = 0
+        masked.conv.bias[16:] = 0
+        torch.testing.assert_close(sn.extract(arch).eval()(x), masked(x), atol=1e-5, rtol=1e-4)
+    _min_and_sample_agree(sn, (x,))
+
+
 class WithSpareLayers(nn.Module):
     """A layer ``forward`` never calls, and one tied to a used layer's weight (read through that one)."""
 

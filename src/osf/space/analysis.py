@@ -1098,6 +1098,8 @@ def _getitem(p: _Pass, op: OpNode):
     src = p.vals.get(op.args[0]["node"]) if isinstance(op.args[0], dict) else None
     if not isinstance(src, dict):
         raise _Unsupported("getitem on a non-tuple value")
+    for dim, why in src.get("fixed_if_read", {}).get(op.args[1], []):
+        p.block(dim, why)
     return src["list"][op.args[1]]
 
 
@@ -1145,7 +1147,7 @@ def _reduce(p: _Pass, op: OpNode):
         dims = p.arg(op, 1, "dim")
     dims = [dims] if isinstance(dims, int) else list(dims or []) or list(range(len(x)))
     dims = {_norm_dim(d, len(x)) for d in dims}
-    if packet in ("argmax", "argmin") or multi and packet in ("max", "min"):
+    if packet in ("argmax", "argmin"):
         for d in dims:
             p.block(x[d], f"reduced to an index by {op.name}")
     keep = len(out_sizes) == len(x)
@@ -1158,7 +1160,10 @@ def _reduce(p: _Pass, op: OpNode):
             out.append(e)
     if len(out) != len(out_sizes):
         raise _Unsupported("unexpected reduction output rank")
-    return {"list": [out, out]} if multi else out
+    if not multi:
+        return out
+    # (values, indices): only a read of the indices fixes the reduced dims (CBAM's ``x.max(1)[0]`` does not)
+    return {"list": [out, out], "fixed_if_read": {1: [(x[d], f"reduced to an index by {op.name}") for d in dims]}}
 
 
 def _dims_blocked(index_args: tuple[int, ...]):
