@@ -450,6 +450,54 @@ def test_parallel_branches_over_the_same_children_get_distinct_unit_keys():
             torch.testing.assert_close(supernet(x), supernet.extract(arch).eval()(x), atol=1e-5, rtol=1e-4)
 
 
+class _TableBlock(nn.Module):
+    def __init__(self, c=16):
+        super().__init__()
+        self.attn, self.mlp = nn.Linear(c, c), nn.Sequential(nn.Linear(c, 32), nn.GELU(), nn.Linear(32, c))
+
+    def forward(self, x, table):
+        x = x + self.attn(x * table.chunk(2, -1)[0].repeat(1, 2))
+        return x + self.mlp(x)
+
+
+class _SharedTable(nn.Module):
+    """timm EVA-style: a model-level table (rotary sin/cos) read inside every block; the last block is
+    weight-shared with the first (called twice)."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.register_buffer("table", torch.randn(5, c))
+        self.embed, self.head = nn.Linear(8, c), nn.Linear(c, 3)
+        self.blocks = nn.ModuleList(_TableBlock(c) for _ in range(3))
+
+    def forward(self, x, skip=()):
+        x = self.embed(x)
+        for i, block in enumerate(self.blocks):
+            if i not in skip:
+                x = block(x, self.table)
+        return self.head(self.blocks[0](x, self.table))
+
+
+def test_a_tensor_read_in_every_block_is_a_side_input_not_a_shared_weight():
+    """A buffer read inside several blocks does not stop them from being removable (it made timm EVA's
+    blocks and attention branches unremovable): a subnet without block 1 computes the model that skips it,
+    its params are counted exactly, and set_arch equals extract. Weights used by two calls of one block
+    (blocks.0, called again at the end) still make no unit."""
+    torch.manual_seed(0)
+    model, x = _SharedTable().eval(), torch.randn(2, 5, 8)
+    sn = osf.Supernet(model, (x,), sort=False)
+    keys = {u.key for u in sn.space.units}
+    assert {"blocks.1", "blocks.2", "blocks.1/residual:(own ops)+attn", "blocks.2/residual:mlp"} <= keys
+    assert not any(k.startswith("blocks.0") for k in keys)
+    arch = osf.Arch(sn.space.max().width, {**sn.space.max().depth, "blocks.1": False})
+    sub = sn.extract(arch).eval()
+    assert sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters()) < sum(
+        t.numel() for t in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(sub(x), model(x, skip=(1,)), atol=1e-5, rtol=1e-4)
+    _min_and_sample_agree(sn, (x,))
+
+
 class _ConvOverFeatures(nn.Module):  # CoaT-like head: features stacked, then a conv1d whose length is the width
     def __init__(self):
         super().__init__()

@@ -175,16 +175,24 @@ def _closure(ops: set[str], g: _Graph, sink: str) -> set[str]:
 
 
 def _unit_params(g: _Graph, ops: set[str]) -> list[str] | None:
-    """Canonical tensors the ops read; None when one of them is also read outside (shared weights)."""
-    names = []
+    """Canonical tensors read only inside the unit (what dropping it frees). A tensor that ops outside read
+    too is a side input where the unit reads it as an argument (timm EVA's rotary table, read by every
+    block's attention); None where the unit holds a call of the module that owns such a tensor (a module
+    called again elsewhere: its weights are shared) or reads no tensor of its own."""
+    own, shared = set(), False
     for name in ops:
         op = g.op(name)
         for ref in op.inputs:
-            if ref in g.tensor_of:
-                if any(c.name not in ops and not is_symint(c) for c in g.consumers.get(ref, [])):
-                    return None
-                names.append(g.tensor_of[ref])
-    return sorted(set(names))
+            if ref not in g.tensor_of:
+                continue
+            if not any(c.name not in ops and not is_symint(c) for c in g.consumers.get(ref, [])):
+                own.add(g.tensor_of[ref])
+                continue
+            home, owner = g.tensor_of[ref].rpartition(".")[0], op.owner or ""
+            if owner == home or home and owner.startswith(home + "."):
+                return None
+            shared = True
+    return None if shared and not own else sorted(own)
 
 
 def _residual_branches(g: _Graph, vals: dict, an: DimAnalysis, rejected: dict[str, str]) -> list[Unit]:
