@@ -17,7 +17,7 @@ import torch
 from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode, Placeholder
 from ..ir.ops import is_scalar_check
 from ..ir.serial import resolve_target
-from .dims import Cat, Dims, Measured, Prod, Size, is_static, size_div, size_of, slice_bounds
+from .dims import Cat, Dims, Measured, Prod, Size, is_static, size_div, size_of, slice_bounds, value_dims
 
 
 @dataclass
@@ -129,7 +129,7 @@ class _Pass:
             if out is not None:
                 self.vals[op.name] = out
         for ref in _refs(self.graph.outputs):
-            for e in self._flat(self.vals.get(ref)):
+            for e in value_dims(self.vals.get(ref)):
                 self.d.block(e, "graph output")
         self.r.values[key] = self.vals
 
@@ -137,18 +137,9 @@ class _Pass:
         self.r.unsupported.append(Unsupported(op.name, op.target, op.owner, reason))
         why = f"unsupported op {op.target} ({op.name} in '{op.owner or '<root>'}'): {reason}"
         for ref in op.inputs:
-            for e in self._flat(self.vals.get(ref)):
+            for e in value_dims(self.vals.get(ref)):
                 self.d.block(e, why)
         return self.fresh_out(op, why)
-
-    def _flat(self, v) -> list:
-        if v is None:
-            return []
-        if isinstance(v, Measured):
-            return [v.dim]
-        if isinstance(v, dict):
-            return [e for item in v["list"] for e in (item or [])]
-        return list(v)
 
     # ----- helpers for rules -----
     def arg(self, op: OpNode, i: int, name: str, default: Any = None) -> Any:

@@ -92,6 +92,18 @@ class Measured:
     dim: Any
 
 
+def value_dims(v: Any) -> list:
+    """The dim expressions of an analysis value: a tensor's list, every item of a list-valued op
+    (``{"list": [[expr], …]}``), the dim a ``Measured`` size reads; none for None."""
+    if v is None:
+        return []
+    if isinstance(v, Measured):
+        return [v.dim]
+    if isinstance(v, dict):
+        return [e for item in v["list"] for e in (item or [])]
+    return list(v)
+
+
 def atoms_in(e) -> list[int]:
     if isinstance(e, int):
         return [e]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..ir.graph import Graph, OpNode, is_symint
 from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import node_refs, resolve_target
-from .dims import Measured, atoms_in
+from .dims import atoms_in, value_dims
 
 if TYPE_CHECKING:
     from .space import SearchSpace
@@ -36,11 +36,7 @@ def groups_in(exprs_lists: list, dims, group_of: dict[int, int]) -> tuple[int, .
     """Indices of the width groups whose atoms occur in any of the given dim-expression lists."""
     found: set[int] = set()
     for exprs in exprs_lists:
-        if isinstance(exprs, dict):  # a list-valued op: {"list": [[expr], …]}
-            exprs = [e for item in exprs["list"] for e in (item or [])]
-        elif isinstance(exprs, Measured):  # a size read from a tensor dim
-            exprs = [exprs.dim]
-        for e in exprs or []:
+        for e in value_dims(exprs):
             for a in atoms_in(dims.resolve(e)):
                 if a in group_of:
                     found.add(group_of[a])
