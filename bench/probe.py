@@ -1056,6 +1056,38 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
             num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
             topk_group=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8,
             qk_nope_head_dim=8, v_head_dim=16)), (), causal),
+        "gemma2": lambda: (T.Gemma2Model(T.Gemma2Config(vocab_size=1000, num_key_value_heads=2, head_dim=16, **small)),
+                           (), causal),
+        "qwen2-moe": lambda: (T.Qwen2MoeModel(T.Qwen2MoeConfig(
+            vocab_size=1000, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+            shared_expert_intermediate_size=64, **small)), (), causal),
+        "zamba2": lambda: (T.Zamba2Model(T.Zamba2Config(
+            vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mamba_d_state=8, mamba_headdim=16,
+            n_mamba_heads=8, layers_block_type=["mamba", "hybrid"], use_mem_rope=False)), (), causal),
+        "jamba": lambda: (T.JambaModel(T.JambaConfig(
+            vocab_size=1000, num_key_value_heads=2, num_experts=1, attn_layer_period=2, attn_layer_offset=1,
+            mamba_d_state=8, mamba_dt_rank=8, use_mamba_kernels=False, **small)), (), causal),
+        "recurrent-gemma": lambda: (T.RecurrentGemmaModel(T.RecurrentGemmaConfig(
+            vocab_size=1000, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, lru_width=64, attention_window_size=8)), (ids,), {"use_cache": False}),
+        "lilt": lambda: (T.LiltModel(T.LiltConfig(vocab_size=1000, channel_shrink_ratio=4, hidden_size=96,
+                                                  num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)),
+                         (), text),
+        "pixtral-vision": lambda: (T.PixtralVisionModel(T.PixtralVisionConfig(image_size=32, patch_size=8, head_dim=16,
+                                                                              **small)), (_image(32),), {}),
+        "dpt": lambda: (T.DPTForDepthEstimation(T.DPTConfig(
+            image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+            neck_hidden_sizes=[16, 32, 48, 64], fusion_hidden_size=32, backbone_out_indices=[0, 1, 2, 3])),
+            (_image(32),), {}),
+        "cvt": lambda: (T.CvtModel(T.CvtConfig(embed_dim=[16, 32, 64], num_heads=[1, 2, 4], depth=[1, 2, 3])),
+                        (_image(64),), {}),
+        "bit": lambda: (T.BitModel(T.BitConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
+                                               num_groups=4)), (_image(64),), {}),
+        "mobilevitv2": lambda: (T.MobileViTV2Model(T.MobileViTV2Config(image_size=64, width_multiplier=0.5)),
+                                (_image(64),), {}),
+        "clap-audio": lambda: (T.ClapAudioModel(T.ClapAudioConfig(
+            spec_size=64, patch_size=4, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 4],
+            window_size=4, num_mel_bins=16, hidden_size=32, enable_fusion=False)), (torch.randn(2, 1, 64, 16),), {}),
     }
     return built[name]()
 
@@ -1066,7 +1098,8 @@ HF = ("albert", "electra", "deberta-v2", "deberta-v3", "mobilebert", "xlm-robert
       "modernbert", "funnel", "vitmae", "convnextv2", "mamba", "xlnet", "convbert", "data2vec-vision", "gpt-bigcode", "phi3",
       "hiera", "groupvit-vision", "canine", "patchtst", "mamba2", "rwkv", "detr", "depth-anything", "swin2sr", "hifigan",
       "fnet", "esm", "qwen3", "deepseek-v3", "mpt", "stablelm", "codegen", "hubert", "videomae", "timesformer", "vitdet",
-      "sam-vision", "upernet", "glpn", "informer")
+      "sam-vision", "upernet", "glpn", "informer", "gemma2", "qwen2-moe", "zamba2", "jamba", "recurrent-gemma", "lilt",
+      "pixtral-vision", "dpt", "cvt", "bit", "mobilevitv2", "clap-audio")
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:

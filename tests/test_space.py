@@ -16,6 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import osf
+from osf.space.subnet import subnet_ir
 from models import ALL, _first, supernet
 from toys import RoutedExperts
 
@@ -496,6 +497,58 @@ def test_a_tensor_read_in_every_block_is_a_side_input_not_a_shared_weight():
     with torch.no_grad():
         torch.testing.assert_close(sub(x), model(x, skip=(1,)), atol=1e-5, rtol=1e-4)
     _min_and_sample_agree(sn, (x,))
+
+
+class _MaskedLayer(nn.Module):
+    def __init__(self, c=16):
+        super().__init__()
+        self.norm, self.mix = nn.LayerNorm(c), nn.Linear(c, c)
+        self.mlp = nn.Sequential(nn.Linear(c, 32), nn.GELU(), nn.Linear(32, c))
+
+    def forward(self, x, mask, skip_mix=False):
+        if not skip_mix:
+            x = x + self.mix(self.norm(x)) * mask.unsqueeze(-1)
+        return x + self.mlp(x)
+
+
+class _PerLayerMasks(nn.Module):
+    """Gemma-2 / ModernBERT-style: the model makes a different mask for each layer before the layers run,
+    so each mask feeds one layer's mixing branch only."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.embed, self.head = nn.Linear(8, c), nn.Linear(c, 3)
+        self.layers = nn.ModuleList(_MaskedLayer(c) for _ in range(2))
+
+    def forward(self, x, valid, skip_mix=()):
+        base = valid.cumsum(-1)
+        masks = [torch.sigmoid(base - 2), torch.tanh(base)]  # e.g. a sliding-window and a global mask
+        x = self.embed(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, masks[i], i in skip_mix)
+        return self.head(x)
+
+
+def test_a_mask_made_at_the_root_for_one_layer_does_not_stop_its_branch_from_being_a_unit():
+    """Side inputs made outside a layer for that layer alone (the mask ops) die with its branch but are not
+    among the branch's own ops, so the branch nests in its layer (it was rejected as overlapping the layer
+    list). A subnet without layer 1's mixing branch computes the model that skips it."""
+    torch.manual_seed(0)
+    model, x, valid = _PerLayerMasks().eval(), torch.randn(2, 5, 8), torch.ones(2, 5)
+    sn = osf.Supernet(model, (x, valid), sort=False)
+    units = {u.key: u for u in sn.space.units}
+    for i in (0, 1):
+        branch = units[f"layers.{i}/residual:norm+mix+(own ops)"]
+        assert branch.parent == f"layers.{i}" and branch.side  # the mask ops ride along, off the path
+    arch = osf.Arch(sn.space.max().width, {**sn.space.max().depth, "layers.1/residual:norm+mix+(own ops)": False})
+    sub = sn.extract(arch).eval()
+    assert sn.cost(arch)["params"] == sum(t.numel() for t in sub.parameters()) < sum(
+        t.numel() for t in model.parameters())
+    targets = {op.target for op in subnet_ir(sn.space, arch, with_tensors=False).graph.ops}
+    assert "aten.tanh.default" not in targets and "aten.sigmoid.default" in targets  # layer 1's mask died
+    with torch.no_grad():
+        torch.testing.assert_close(sub(x, valid), model(x, valid, skip_mix=(1,)), atol=1e-5, rtol=1e-4)
+    _min_and_sample_agree(sn, (x, valid))
 
 
 class _ConvOverFeatures(nn.Module):  # CoaT-like head: features stacked, then a conv1d whose length is the width

@@ -32,6 +32,7 @@ class Unit:
     params: list[str]  # canonical tensors read only inside the unit
     order: int  # position of its first op in the graph
     parent: str | None = None
+    side: frozenset[str] = frozenset()  # ops making side inputs for this branch alone (dropped with it)
     signature: str = ""
     children: list[str] = field(default_factory=list)
 
@@ -44,7 +45,7 @@ class UnitReport:
 
 class _Graph:
     def __init__(self, ir: IR, graph: Graph):
-        self.graph = graph
+        self.ir, self.graph = ir, graph
         self.produced = graph.producers()
         self.index = {op.name: i for i, op in enumerate(graph.ops)}
         self.consumers: dict[str, list[OpNode]] = {}
@@ -86,15 +87,17 @@ def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitRe
     units: list[Unit] = []
     by_ops: dict[frozenset, Unit] = {}
     for u in sorted(branches + modules, key=lambda u: (u.kind != "module", u.order)):
-        if u.ops in by_ops:
-            rejected[u.key] = f"same ops as unit '{by_ops[u.ops].key}'"
+        same = by_ops.get(u.ops) or by_ops.get(u.ops | u.side)
+        if same is not None:
+            rejected[u.key] = f"same ops as unit '{same.key}'"
             continue
         by_ops[u.ops] = u
         units.append(u)
     # modules strictly inside a residual branch: dropping the branch is the meaningful choice
     kept = []
     for u in units:
-        holder = next((b for b in units if b.kind == "residual" and u.kind == "module" and u.ops < b.ops), None)
+        holder = next((b for b in units if b.kind == "residual" and u.kind == "module" and u.ops < b.ops | b.side),
+                      None)
         if holder is not None:
             rejected[u.key] = f"inside residual branch '{holder.key}' (drop the branch instead)"
             continue
@@ -174,6 +177,18 @@ def _closure(ops: set[str], g: _Graph, sink: str) -> set[str]:
     return ops
 
 
+def _side_ops(g: _Graph, ops: set[str], skip: str, add: OpNode) -> set[str]:
+    """The ops of branch ``ops`` that only prepare side inputs for it: not reading the skipped value and
+    run outside the module that holds the ops which do (and the ``add``), e.g. an attention mask the model
+    builds at its root for one layer (Gemma-2's sliding-window layers). They die with the branch."""
+    reads_skip = {skip}
+    for n in sorted(ops, key=g.index.get):
+        if any(ref in reads_skip for ref in g.op(n).inputs):
+            reads_skip.add(n)
+    home = _common_prefix([g.op(n).owner or "" for n in ops if n in reads_skip] + [add.owner or ""])
+    return {n for n in ops if n not in reads_skip and not g.ir.contains(home, g.op(n).owner or "")}
+
+
 def _unit_params(g: _Graph, ops: set[str]) -> list[str] | None:
     """Canonical tensors read only inside the unit (what dropping it frees). A tensor that ops outside read
     too is a side input where the unit reads it as an argument (timm EVA's rotary table, read by every
@@ -224,23 +239,26 @@ def _residual_branches(g: _Graph, vals: dict, an: DimAnalysis, rejected: dict[st
             continue
         candidates = []
         for branch, skip in ((b, a), (a, b)):
-            ops = _closure({n for n in ancestors(branch) - ancestors(skip) if not is_symint(g.op(n))}, g, op.name)
-            if branch not in ops:
+            feeding = _closure({n for n in ancestors(branch) - ancestors(skip) if not is_symint(g.op(n))}, g, op.name)
+            if branch not in feeding:
                 continue
-            params = _unit_params(g, ops)
-            if params is None or not any(g.flops.get(n) for n in ops):
+            params = _unit_params(g, feeding)
+            if params is None or not any(g.flops.get(n) for n in feeding):
                 continue
-            size = sum(1 for n in ops if g.flops.get(n))
-            candidates.append((size, branch, skip, ops, params))
+            side = _side_ops(g, feeding, skip, op)
+            if branch in side:  # the whole branch comes from outside (x + f(y))
+                side = set()
+            size = sum(1 for n in feeding if g.flops.get(n))
+            candidates.append((size, branch, skip, feeding - side, side, params))
         if not candidates:
             continue
-        _, branch, skip, ops, params = max(candidates, key=lambda c: c[0])
+        _, branch, skip, ops, side, params = max(candidates, key=lambda c: c[0])
         owners = [g.op(n).owner for n in sorted(ops, key=g.index.get)]
         lca = _common_prefix(owners + [op.owner])
         key = f"{lca or '<root>'}/residual:{_common_children(lca, owners)}"
         ops.add(op.name)
         units.append(Unit(key, "residual", frozenset(ops), skip, op.name, params,
-                          min(g.index[n] for n in ops)))
+                          min(g.index[n] for n in ops), side=frozenset(side)))
     return units
 
 
@@ -312,11 +330,12 @@ def _module_problem(g: _Graph, vals: dict, an: DimAnalysis, ops: set[str]):
 def _signature(g: _Graph, u: Unit) -> str:
     """Isomorphism-invariant hash of the unit's op subgraph (op types, shapes, weight shapes)."""
     h = nx.DiGraph()
-    for n in u.ops:
+    ops = u.ops | u.side
+    for n in ops:
         op = g.op(n)
         h.add_node(n, label=f"{op.target}:{_shape(op.meta)}")
         for pos, ref in enumerate(op.inputs):
-            if ref in u.ops:
+            if ref in ops:
                 h.add_edge(ref, n, pos=str(pos))
             elif ref in g.tensor_of:
                 pname = f"{n}#{pos}"
@@ -345,7 +364,7 @@ def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]) -> dic
         if u.kind == "residual":
             b = branches.get(tuple(u.params))
             if b is not None:
-                out[u.key] = (set(b.ops), b.input, b.output)
+                out[u.key] = (set(b.ops | b.side), b.input, b.output)
             continue
         ops = _module_ops(ir, graph, u.key)
         found = _module_problem(g, vals, an, ops) if ops else "no ops"
