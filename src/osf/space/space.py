@@ -41,8 +41,7 @@ class SearchSpace:
         self._unit = {u.key: u for u in self.units}
         self._owner = self._group_owners()
         self._configs = {u.key: self._kept_count(u.key, motifs=False) for u in self.units}  # inside, when kept
-        self._located: dict[str, dict] = {"train": {u.key: (set(u.ops | u.side), u.input, u.output)
-                                                       for u in self.units}}
+        self._located: dict[str, dict] = {"train": {u.key: (set(u.dropped), u.input, u.output) for u in self.units}}
         self._min: Arch | None = None
         self._reach: list[frozenset[str]] | None = None  # per output, the inputs it depends on (full model)
 

@@ -36,6 +36,11 @@ class Unit:
     signature: str = ""
     children: list[str] = field(default_factory=list)
 
+    @property
+    def dropped(self) -> frozenset[str]:
+        """Every op removed with the unit: its own and the side inputs made for it alone."""
+        return self.ops | self.side
+
 
 @dataclass
 class UnitReport:
@@ -87,7 +92,7 @@ def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitRe
     units: list[Unit] = []
     by_ops: dict[frozenset, Unit] = {}
     for u in sorted(branches + modules, key=lambda u: (u.kind != "module", u.order)):
-        same = by_ops.get(u.ops) or by_ops.get(u.ops | u.side)
+        same = by_ops.get(u.ops) or by_ops.get(u.dropped)
         if same is not None:
             rejected[u.key] = f"same ops as unit '{same.key}'"
             continue
@@ -96,8 +101,7 @@ def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitRe
     # modules strictly inside a residual branch: dropping the branch is the meaningful choice
     kept = []
     for u in units:
-        holder = next((b for b in units if b.kind == "residual" and u.kind == "module" and u.ops < b.ops | b.side),
-                      None)
+        holder = next((b for b in units if b.kind == "residual" and u.kind == "module" and u.ops < b.dropped), None)
         if holder is not None:
             rejected[u.key] = f"inside residual branch '{holder.key}' (drop the branch instead)"
             continue
@@ -185,8 +189,8 @@ def _side_ops(g: _Graph, ops: set[str], skip: str, add: OpNode) -> set[str]:
     for n in sorted(ops, key=g.index.get):
         if any(ref in reads_skip for ref in g.op(n).inputs):
             reads_skip.add(n)
-    home = _common_prefix([g.op(n).owner or "" for n in ops if n in reads_skip] + [add.owner or ""])
-    return {n for n in ops if n not in reads_skip and not g.ir.contains(home, g.op(n).owner or "")}
+    home = _common_prefix([g.op(n).owner for n in ops if n in reads_skip] + [add.owner])
+    return {n for n in ops if n not in reads_skip and not g.ir.contains(home, g.op(n).owner)}
 
 
 def _unit_params(g: _Graph, ops: set[str]) -> list[str] | None:
@@ -203,7 +207,7 @@ def _unit_params(g: _Graph, ops: set[str]) -> list[str] | None:
             if not any(c.name not in ops and not is_symint(c) for c in g.consumers.get(ref, [])):
                 own.add(g.tensor_of[ref])
                 continue
-            home, owner = g.tensor_of[ref].rpartition(".")[0], op.owner or ""
+            home, owner = g.tensor_of[ref].rpartition(".")[0], op.owner
             if owner == home or home and owner.startswith(home + "."):
                 return None
             shared = True
@@ -330,7 +334,7 @@ def _module_problem(g: _Graph, vals: dict, an: DimAnalysis, ops: set[str]):
 def _signature(g: _Graph, u: Unit) -> str:
     """Isomorphism-invariant hash of the unit's op subgraph (op types, shapes, weight shapes)."""
     h = nx.DiGraph()
-    ops = u.ops | u.side
+    ops = u.dropped
     for n in ops:
         op = g.op(n)
         h.add_node(n, label=f"{op.target}:{_shape(op.meta)}")
@@ -364,7 +368,7 @@ def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]) -> dic
         if u.kind == "residual":
             b = branches.get(tuple(u.params))
             if b is not None:
-                out[u.key] = (set(b.ops | b.side), b.input, b.output)
+                out[u.key] = (set(b.dropped), b.input, b.output)
             continue
         ops = _module_ops(ir, graph, u.key)
         found = _module_problem(g, vals, an, ops) if ops else "no ops"
