@@ -10,8 +10,8 @@ from torch import nn
 
 import osf
 from roundtrip import assert_same, loss_of, round_trip
-from toys import (CondInForward, DataDependent, ForwardBlocks, Gate, LayerDropWhenTraining, MultiIO,
-                  NeedsTargetsWhenTraining, SharedInChild, TiedLM)
+from toys import (ClassTokenEncoder, CondInForward, DataDependent, ForwardBlocks, Gate, LayerDropWhenTraining,
+                  MultiIO, NeedsTargetsWhenTraining, SharedInChild, TiedLM)
 
 
 def multi_io_inputs(batch=3):
@@ -122,6 +122,49 @@ def test_dynamic_batch_and_static_fallback():
     assert ir.build()(torch.randn(7, 4)).shape == (7, 3)
     static = osf.trace(model, (torch.randn(2, 4),), dynamic_batch=False)
     assert static.info["dynamic"] == []
+
+
+def test_an_example_batch_of_one_keeps_the_batch_dynamic(tmp_path):
+    """torch.export fixes a dim whose example size is 1: the usual ``torch.randn(1, ...)`` example gave a
+    graph whose class-token ``expand`` failed at any other batch. osf exports it doubled and reports the
+    sizes (and so FLOPs) at the user's batch of 1; a pt2 export keeps the batch dynamic."""
+    from torch.utils.flop_counter import FlopCounterMode
+    torch.manual_seed(0)
+    model, one = ClassTokenEncoder().eval(), torch.randn(1, 5, 8)
+    ir = osf.trace(model, (one,))
+    assert ir.info["dynamic"] == ["B"] and ir.info["capture"] == "torch.export"
+    assert [p.meta["shape"] for p in ir.graph.placeholders if p.kind == "input"] == [[1, 5, 8]]
+    rebuilt = ir.build().eval()
+    for batch in (1, 4):
+        x = torch.randn(batch, 5, 8)
+        assert_same(rebuilt(x), model(x), f"rebuilt at batch {batch}")
+    supernet = osf.Supernet(model, (one,))
+    arch = supernet.space.min()
+    small = supernet.extract(arch).eval()
+    with FlopCounterMode(display=False) as counter:
+        small(one)
+    assert supernet.cost(arch)["flops"] == counter.get_total_flops()
+    x = torch.randn(4, 5, 8)
+    with torch.no_grad(), supernet.set_arch(arch):
+        assert_same(supernet(x), small(x), "set_arch at batch 4")
+    supernet.export(arch, tmp_path / "out", formats=("pt2",))
+    exported = torch.export.load(str(tmp_path / "out" / "model.pt2")).module()
+    assert_same(exported(x), small(x), "pt2 at batch 4")
+
+
+def test_a_model_that_runs_only_at_batch_one_is_traced_static():
+    class OnlyOne(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x.view(1, -1))
+
+    model, one = OnlyOne(), torch.randn(1, 4)
+    ir = osf.trace(model, (one,))
+    assert ir.info["dynamic"] == []
+    assert_same(ir.build()(one), model(one), "rebuilt")
 
 
 def test_untraceable_model_names_module_and_line():

@@ -42,7 +42,9 @@ def example_inputs(ir: IR, example: Any = None) -> tuple[tuple, dict]:
                     raise ValueError(f"example input '{meta['name']}' has size {leaf.shape[i]} in dynamic dim {sym}: "
                                      "torch.export would fix it to that size; use an example with >= 2")
         return args, kwargs
-    return synthetic_inputs(ir)
+    # torch.export fixes a dynamic dim whose example size is 1: make up a batch of 2 (traced at batch 1)
+    small = any(s and n < 2 for m in _leaf_inputs(ir) if m for n, s in zip(m["shape"], m.get("sym") or []))
+    return synthetic_inputs(ir, batch_size=2 if small else None)
 
 
 def input_names(ir: IR) -> list[str]:

@@ -21,6 +21,7 @@ import traceback
 import warnings
 from typing import Any, Callable
 
+import sympy
 import torch
 import torch.fx
 import torch.utils._pytree as pytree
@@ -40,9 +41,9 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
           dynamic_seq: bool = False, verify_init: bool = True) -> IR:
     """Capture ``model`` called as ``model(*args, **kwargs)`` into an IR.
 
-    ``dynamic_batch`` keeps dim 0 of every tensor input symbolic (an example batch of 1 cannot be
-    generalised: use >= 2); ``dynamic_seq`` also keeps dim 1 of every input with >= 2 dims symbolic
-    (token ids, masks, embeddings). ``verify_init=False`` skips constructor-argument verification.
+    ``dynamic_batch`` keeps dim 0 of every tensor input symbolic (an example batch of 1 is exported
+    doubled, as torch.export would fix it to 1; sizes are still reported at batch 1); ``dynamic_seq`` also
+    keeps dim 1 of every input with >= 2 dims symbolic (token ids, masks, embeddings). ``verify_init=False`` skips constructor-argument verification.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"osf.trace expects an nn.Module, got {type(model).__name__}")
@@ -217,8 +218,54 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
 
 def _export_both_modes(model, args, kwargs, batch, seq):
     """Export in train and eval mode. If only training mode fails (e.g. a detector that needs targets
-    when training), the eval graph is kept and the failure recorded as a TraceError."""
+    when training), the eval graph is kept and the failure recorded as a TraceError.
+
+    torch.export fixes a dim whose example size is 1, so an example batch of 1 (``torch.randn(1, 3, 224,
+    224)``) would give a graph for batch 1 only (a ViT's class-token ``expand`` fails at any other). Such
+    an example is exported doubled, and the graph kept when its batch stays symbolic and it gives the
+    model's outputs on the user's example; the IR reports sizes at batch 1 (``example_batch``)."""
     dynamic = _dynamic_shapes(model, args, kwargs, batch, seq)
+    leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor) and x.dim() > 0]
+    if dynamic is not None and batch and leaves and all(x.shape[0] == 1 for x in leaves):
+        with torch.no_grad():
+            twice = pytree.tree_map(lambda x: torch.cat([x, x]) if isinstance(x, torch.Tensor) and x.dim() > 0
+                                    else x, (args, kwargs))
+        try:
+            programs, method = _export_modes(model, *twice, dynamic)
+        except TraceError:
+            programs, method = {}, "failed"
+        if method == "torch.export" and "train_error" not in programs and _batch_symbolic(programs["eval"]) \
+                and _same_outputs(model, programs["eval"], args, kwargs):
+            return {**programs, "example_batch": 1}, method
+    return _export_modes(model, args, kwargs, dynamic)
+
+
+def _batch_symbolic(ep) -> bool:
+    """Is dim 0 of every tensor input of the program symbolic?"""
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"
+            and n.name in ep.graph_signature.user_inputs]
+    return all(isinstance(v.shape[0], torch.SymInt) for v in vals if isinstance(v, torch.Tensor) and v.dim() > 0)
+
+
+def _same_outputs(model: nn.Module, ep, args: tuple, kwargs: dict) -> bool:
+    """Does the exported eval program give the model's own outputs on these inputs (same random draws)?"""
+    model.eval()
+    outputs = []
+    for fn in (model, ep.module()):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            try:
+                outputs.append(pytree.tree_leaves(fn(*args, **kwargs)))
+            except Exception:  # noqa: BLE001 - a program that cannot run these inputs is not kept
+                return False
+    expected, got = outputs
+    return len(expected) == len(got) and all(
+        a.shape == b.shape and a.dtype == b.dtype and torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else type(a) is type(b) and a == b
+        for a, b in zip(expected, got))
+
+
+def _export_modes(model, args, kwargs, dynamic):
     programs: dict[str, Any] = {}
     method = "torch.export"
     failures: dict[str, TraceError] = {}
@@ -344,8 +391,17 @@ def _tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, torch.T
     return aliases, tensors, persistent
 
 
-def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor]) -> tuple[Graph, list]:
+def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor],
+           example_batch: int | None = None) -> tuple[Graph, list]:
+    """The program as an IR graph; ``example_batch``: the size its inputs' batch symbols are reported at
+    (when it was exported from an example of another batch)."""
     from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
+    sizes = None
+    if example_batch is not None:
+        user = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"
+                and n.name in ep.graph_signature.user_inputs]
+        sizes = {v.shape[0].node.expr: sympy.Integer(example_batch) for v in user if isinstance(v, torch.Tensor)
+                 and v.dim() > 0 and isinstance(v.shape[0], torch.SymInt) and v.shape[0].node.expr.is_Symbol}
     kind_of = {InputKind.PARAMETER: PARAM, InputKind.BUFFER: BUFFER, InputKind.CONSTANT_TENSOR: CONST,
                InputKind.USER_INPUT: INPUT}
     placeholders: list[Placeholder] = []
@@ -369,7 +425,7 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
         else:
             target = aliases.get(spec.target, spec.target)
         node = by_name.get(arg.name)
-        meta = serial.encode_value_meta(node.meta.get("val")) if node is not None else None
+        meta = serial.encode_value_meta(node.meta.get("val"), sizes) if node is not None else None
         placeholders.append(Placeholder(arg.name, kind, target, meta))
     ops: list[OpNode] = []
     _inline_blocks(ep.graph_module)
@@ -388,11 +444,12 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
         if _foldable(node):
             key = f"_osf_const_{len(consts)}"
             consts[key] = node.target(*node.args, **node.kwargs)
-            placeholders.append(Placeholder(node.name, CONST, key, serial.encode_value_meta(node.meta.get("val"))))
+            placeholders.append(Placeholder(node.name, CONST, key,
+                                            serial.encode_value_meta(node.meta.get("val"), sizes)))
             continue
         ops.append(OpNode(node.name, target, serial.encode_arg(list(node.args)),
                           {k: serial.encode_arg(v) for k, v in node.kwargs.items()},
-                          _owner(node, paths), serial.encode_value_meta(node.meta.get("val")),
+                          _owner(node, paths), serial.encode_value_meta(node.meta.get("val"), sizes),
                           context=serial.encode_arg(node.meta[_CONTEXT]) if _CONTEXT in node.meta else None))
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     outputs = [serial.encode_arg(a) for a, spec in zip(out_node.args[0], ep.graph_signature.output_specs)
@@ -508,8 +565,9 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
     train_error = programs.get("train_error")
     if train_error:  # eval-only capture: the one graph serves eval, training mode raises
         programs["train"] = programs["eval"]
-    train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts)
-    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts)
+    batch = programs.get("example_batch")
+    train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch)
+    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch)
     _gate_mode_only_ops(train_graph, eval_graph)
     keep_eval = _signature(train_graph) != _signature(eval_graph)
     for g in (train_graph, eval_graph):

@@ -150,14 +150,15 @@ def dtype_from_name(name: str) -> torch.dtype:
         raise FormatError(f"unknown dtype '{name}' in the IR") from None
 
 
-def encode_value_meta(val: Any) -> Any:
+def encode_value_meta(val: Any, sizes: dict | None = None) -> Any:
     """Shape/dtype of a node's value: tensors give {"shape", "dtype"[, "sym"]}; symbolic ints give
-    {"symint": expr, "hint": int}; containers recurse."""
+    {"symint": expr, "hint": int}; containers recurse. ``sizes`` (shape symbol -> int) overrides the example
+    values the export saw (a batch traced doubled is reported at the user's size)."""
     if isinstance(val, torch.Tensor):
         shape, sym, dynamic = [], [], False
         for d in val.shape:
             if isinstance(d, torch.SymInt):
-                shape.append(_hint(d))
+                shape.append(_hint(d, sizes))
                 sym.append(str(d))
                 dynamic = True
             else:
@@ -168,20 +169,26 @@ def encode_value_meta(val: Any) -> Any:
             meta["sym"] = sym
         return meta
     if isinstance(val, torch.SymInt):
-        return {"symint": str(val), "hint": _hint(val)}
+        return {"symint": str(val), "hint": _hint(val, sizes)}
     if isinstance(val, (torch.SymFloat, torch.SymBool)):
         return {"sym": str(val)}
     if isinstance(val, (list, tuple)):
-        return {"list": [encode_value_meta(v) for v in val]}
+        return {"list": [encode_value_meta(v, sizes) for v in val]}
     if isinstance(val, (bool, int, float)) or val is None:
         return {"const": val if not isinstance(val, float) or math.isfinite(val) else None}
     return None
 
 
-def _hint(sym: torch.SymInt) -> int:
-    """An example value of ``sym``; for a data-dependent size (``nonzero``, ``torch.where(mask)``: no
-    example value) torch's optimisation hint, 1 where it has none (FLOP counts take that size)."""
+def _hint(sym: torch.SymInt, sizes: dict | None = None) -> int:
+    """An example value of ``sym`` (with ``sizes`` substituted); for a data-dependent size (``nonzero``,
+    ``torch.where(mask)``: no example value) torch's optimisation hint, 1 where it has none (FLOP counts take
+    that size)."""
     node = sym.node
+    if sizes:
+        env = node.shape_env
+        value = node.expr.xreplace(sizes).xreplace(getattr(env, "backed_var_to_val", None) or env.var_to_val)
+        if value.is_number:
+            return int(value)
     hint = getattr(node, "hint", None)
     if hint is None:
         hint = node.shape_env.optimization_hint(node.expr, fallback=1)
