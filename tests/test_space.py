@@ -529,6 +529,51 @@ class _PerLayerMasks(nn.Module):
         return self.head(x)
 
 
+class _CrossAttendedLatents(nn.Module):
+    """Perceiver-style: learned latents cross-attend to the input (the only op that reads it), then a block."""
+
+    def __init__(self, d: int = 16):
+        super().__init__()
+        self.embed, self.latents, self.head = nn.Linear(6, d), nn.Parameter(torch.randn(4, d)), nn.Linear(d, 3)
+        self.cross = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.block = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+
+    def forward(self, x):
+        kv = self.embed(x)
+        q = self.latents.unsqueeze(0).expand(x.shape[0], -1, -1)
+        q = q + self.cross(q, kv, kv, need_weights=False)[0]
+        return self.head((q + self.block(q)).mean(1))
+
+
+class _PatchesPlusPositions(nn.Module):
+    """Patch embedding added to a projected position table of the same shape at batch 1."""
+
+    def __init__(self, d: int = 16):
+        super().__init__()
+        self.patch = nn.Sequential(nn.Linear(12, d), nn.GELU(), nn.Linear(d, d))
+        self.pos, self.pos_proj = nn.Parameter(torch.randn(1, 5, 8)), nn.Linear(8, d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.patch(x) + self.pos_proj(self.pos))
+
+
+def test_a_unit_whose_removal_leaves_the_output_ignoring_every_input_is_rejected():
+    """Dropping the cross-attention (or, traced with a static batch of 1, the patch embedding added to the
+    positions) would give a subnet whose output ignores the input: not a unit, with the reason."""
+    torch.manual_seed(0)
+    space = osf.Supernet(_CrossAttendedLatents(), (torch.randn(2, 7, 6),)).space
+    keys = [u.key for u in space.units]
+    assert "<root>/residual:block" in keys and not any("cross" in k for k in keys)
+    assert "output would depend on no graph input (x cut off)" in space.rejected_units["<root>/residual:embed+cross"]
+    static = osf.Supernet(_PatchesPlusPositions(), (torch.randn(1, 5, 12),), trace_options={"dynamic_batch": False})
+    [unit] = static.space.units
+    assert unit.params == ["pos", "pos_proj.bias", "pos_proj.weight"]
+    arch = osf.Arch(static.space.max().width, {unit.key: False})
+    x = torch.randn(1, 5, 12)
+    assert not torch.allclose(static.extract(arch)(x), static.extract(arch)(torch.randn(1, 5, 12)))
+
+
 def test_a_mask_made_at_the_root_for_one_layer_does_not_stop_its_branch_from_being_a_unit():
     """Side inputs made outside a layer for that layer alone (the mask ops) die with its branch but are not
     among the branch's own ops, so the branch nests in its layer (it was rejected as overlapping the layer

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from ..ir.flops import graph_flops
-from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode, is_symint
+from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, OpNode, is_symint
 from ..ir.serial import node_refs
 from .analysis import DimAnalysis, value_sizes
 
@@ -61,6 +61,46 @@ class _Graph:
         self.tensor_of = {p.name: ir.aliases.get(p.target, p.target) for p in graph.placeholders
                           if p.kind in (PARAM, BUFFER, CONST)}
         self.flops = graph_flops(graph)
+        self.inputs = [p.name for p in graph.placeholders if p.kind == INPUT]
+        self._reach: dict[str, set[str]] = {}
+
+    def reach(self, ref: str) -> set[str]:
+        """The ops that read ``ref``'s data, directly or through other ops (size reads do not count)."""
+        if ref not in self._reach:
+            seen, stack = set(), [ref]
+            while stack:
+                for c in self.consumers.get(stack.pop(), []):
+                    if c.name not in seen and not is_symint(c):
+                        seen.add(c.name)
+                        stack.append(c.name)
+            self._reach[ref] = seen
+        return self._reach[ref]
+
+    def inputs_cut_off(self, dropped: set[str], carrier: str) -> list[str]:
+        """The graph inputs, if removing ``dropped`` and reading ``carrier`` for its output would leave no
+        graph input reaching an output (the subnet would ignore its inputs: e.g. the image, where the patch
+        embedding is a branch added to a position table of the same shape); [] when one still does."""
+        lost = []
+        for name in self.inputs:
+            reached = self.reach(name)
+            if name not in self.outputs and not reached & self.outputs:
+                continue  # reaches no output even now
+            if not reached & dropped or carrier == name or carrier in reached or self._reaches_output(name, dropped):
+                return []
+            lost.append(name)
+        return lost
+
+    def _reaches_output(self, ref: str, dropped: set[str]) -> bool:
+        seen, stack = set(), [ref]
+        while stack:
+            ref = stack.pop()
+            if ref in self.outputs:
+                return True
+            for c in self.consumers.get(ref, []):
+                if c.name not in seen and c.name not in dropped and not is_symint(c):
+                    seen.add(c.name)
+                    stack.append(c.name)
+        return False
 
     def used_outside(self, ref: str, ops: set[str], sink: str | None = None) -> bool:
         """Is value ``ref`` read by anything outside ``ops`` (besides ``sink``)? Size reads (symbolic
@@ -241,7 +281,7 @@ def _residual_branches(g: _Graph, vals: dict, an: DimAnalysis, rejected: dict[st
         a, b = a["node"], b["node"]
         if not (g.is_data(a) and g.is_data(b)) or value_sizes(g.produced[a].meta) != value_sizes(g.produced[b].meta):
             continue
-        candidates = []
+        candidates, cut = [], None
         for branch, skip in ((b, a), (a, b)):
             feeding = _closure({n for n in ancestors(branch) - ancestors(skip) if not is_symint(g.op(n))}, g, op.name)
             if branch not in feeding:
@@ -249,21 +289,36 @@ def _residual_branches(g: _Graph, vals: dict, an: DimAnalysis, rejected: dict[st
             params = _unit_params(g, feeding)
             if params is None or not any(g.flops.get(n) for n in feeding):
                 continue
+            lost = g.inputs_cut_off(feeding | {op.name}, skip)
+            if lost:
+                cut = (feeding, lost)
+                continue
             side = _side_ops(g, feeding, skip, op)
             if branch in side:  # the whole branch comes from outside (x + f(y))
                 side = set()
             size = sum(1 for n in feeding if g.flops.get(n))
             candidates.append((size, branch, skip, feeding - side, side, params))
         if not candidates:
+            if cut is not None:
+                rejected[_branch_key(g, cut[0], op)] = _ignores_inputs(cut[1])
             continue
         _, branch, skip, ops, side, params = max(candidates, key=lambda c: c[0])
-        owners = [g.op(n).owner for n in sorted(ops, key=g.index.get)]
-        lca = _common_prefix(owners + [op.owner])
-        key = f"{lca or '<root>'}/residual:{_common_children(lca, owners)}"
+        key = _branch_key(g, ops, op)
         ops.add(op.name)
         units.append(Unit(key, "residual", frozenset(ops), skip, op.name, params,
                           min(g.index[n] for n in ops), side=frozenset(side)))
     return units
+
+
+def _ignores_inputs(inputs: list[str]) -> str:
+    return f"without it the output would depend on no graph input ({', '.join(inputs)} cut off)"
+
+
+def _branch_key(g: _Graph, ops: set[str], add: OpNode) -> str:
+    """``<module holding the branch and its add>/residual:<its children the branch runs>``."""
+    owners = [g.op(n).owner for n in sorted(ops, key=g.index.get)]
+    lca = _common_prefix(owners + [add.owner])
+    return f"{lca or '<root>'}/residual:{_common_children(lca, owners)}"
 
 
 def _common_prefix(owners: list[str]) -> str:
@@ -328,6 +383,9 @@ def _module_problem(g: _Graph, vals: dict, an: DimAnalysis, ops: set[str]):
     params = _unit_params(g, ops)
     if params is None:
         return "its weights are also used outside it (shared)"
+    lost = g.inputs_cut_off(ops, carrier)
+    if lost:
+        return _ignores_inputs(lost)
     return carrier, outputs[0], params
 
 
