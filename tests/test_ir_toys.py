@@ -150,9 +150,12 @@ def test_an_example_batch_of_one_keeps_the_batch_dynamic(tmp_path):
     supernet.export(arch, tmp_path / "out", formats=("pt2",))
     exported = torch.export.load(str(tmp_path / "out" / "model.pt2")).module()
     assert_same(exported(x), small(x), "pt2 at batch 4")
+    # training mode that cannot be captured at any batch (wav2vec2's layer drop) keeps the doubled eval graph
+    eval_only = osf.trace(LayerDropWhenTraining(), (torch.randn(1, 4),))
+    assert eval_only.info["dynamic"] == ["B"] and eval_only.info["train_error"]
 
 
-def test_a_model_that_runs_only_at_batch_one_is_traced_static():
+def test_a_model_that_runs_only_at_batch_one_is_traced_static_and_refuses_other_batches():
     class OnlyOne(nn.Module):
         def __init__(self):
             super().__init__()
@@ -163,8 +166,12 @@ def test_a_model_that_runs_only_at_batch_one_is_traced_static():
 
     model, one = OnlyOne(), torch.randn(1, 4)
     ir = osf.trace(model, (one,))
-    assert ir.info["dynamic"] == []
-    assert_same(ir.build()(one), model(one), "rebuilt")
+    assert ir.info["dynamic"] == [] and ir.info["fixed_batch"] == {"x": 1}
+    rebuilt = ir.build()
+    assert_same(rebuilt(one), model(one), "rebuilt")
+    with pytest.raises(osf.InputError, match="input 'x' has batch 2, but the model was traced with a fixed batch of 1"):
+        rebuilt(torch.randn(2, 4))
+    assert osf.trace(model, (one,), dynamic_batch=False).info.get("fixed_batch") is None
 
 
 def test_untraceable_model_names_module_and_line():

@@ -57,6 +57,10 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     finally:
         model.train(was_training)
     ir = _to_ir(model, programs, method, verify_init)
+    if dynamic_batch:  # inputs whose batch the export could not keep dynamic: other batches are refused
+        ir.info["fixed_batch"] = {p.name: p.meta["shape"][0] for p in ir.graph.placeholders
+                                  if p.kind == INPUT and isinstance(p.meta, dict) and p.meta.get("shape")
+                                  and not (p.meta.get("sym") or [None])[0]}
     ir.info["capture_seconds"] = round(time.perf_counter() - started, 3)
     return ir
 
@@ -234,9 +238,12 @@ def _export_both_modes(model, args, kwargs, batch, seq):
             programs, method = _export_modes(model, *twice, dynamic)
         except TraceError:
             programs, method = {}, "failed"
-        if method == "torch.export" and "train_error" not in programs and _batch_symbolic(programs["eval"]) \
+        if method == "torch.export" and _batch_symbolic(programs["eval"]) \
                 and _same_outputs(model, programs["eval"], args, kwargs):
-            return {**programs, "example_batch": 1}, method
+            if "train_error" not in programs:
+                return {**programs, "example_batch": 1}, method
+            plain = _export_modes(model, args, kwargs, dynamic)  # training mode may fail only when doubled
+            return plain if "train_error" not in plain[0] else ({**programs, "example_batch": 1}, method)
     return _export_modes(model, args, kwargs, dynamic)
 
 

@@ -73,6 +73,12 @@ class RebuiltModel(IRContainer):
                     raise InputError(f"non-tensor input {leaf!r} differs from the traced value {expected!r}; "
                                      "osf.trace again with the value you need")
             else:
+                fixed = self._osf_fixed_batch.get(want["placeholder"])
+                if fixed is not None and isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] != fixed:
+                    raise InputError(f"input '{want['placeholder']}' has batch {leaf.shape[0]}, but the model was "
+                                     f"traced with a fixed batch of {fixed}: torch.export could not keep it dynamic "
+                                     "(the forward ties it to that size), so the graph holds only for it; call it "
+                                     f"with batch {fixed}, or trace with the batch you will run")
                 values.append(leaf)
         return values
 
@@ -215,6 +221,7 @@ class Blueprint:
             "_osf_in_spec": load_spec(ir.info["in_spec"]), "_osf_out_spec": load_spec(ir.info["out_spec"]),
             "_osf_eval_out_spec": load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None,
             "_osf_user_leaves": ir.info["user_leaves"], "_osf_train_error": ir.info.get("train_error"),
+            "_osf_fixed_batch": ir.info.get("fixed_batch") or {},
             "_osf_signature": ir.info.get("signature"), "_osf_train_fn": compile_graph(ir, ir.graph),
             "_osf_eval_fn": compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None}
 
