@@ -42,8 +42,10 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     """Capture ``model`` called as ``model(*args, **kwargs)`` into an IR.
 
     ``dynamic_batch`` keeps dim 0 of every tensor input symbolic (an example batch of 1 is exported
-    doubled, as torch.export would fix it to 1; sizes are still reported at batch 1); ``dynamic_seq`` also
-    keeps dim 1 of every input with >= 2 dims symbolic (token ids, masks, embeddings). ``verify_init=False`` skips constructor-argument verification.
+    doubled, as torch.export would fix it to 1; sizes are still reported at batch 1; inputs whose batch
+    stays fixed are listed in ``ir.info["fixed_batch"]`` and refused at another batch); ``dynamic_seq``
+    also keeps dim 1 of every input with >= 2 dims symbolic (token ids, masks, embeddings).
+    ``verify_init=False`` skips constructor-argument verification.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"osf.trace expects an nn.Module, got {type(model).__name__}")
