@@ -57,6 +57,9 @@ TIMM_MODELS = (
     "mobilevitv2_050", "tiny_vit_5m_224", "efficientformer_l1", "efficientformerv2_s0", "edgenext_xx_small",
     "visformer_tiny", "pit_ti_224", "coatnet_0_rw_224", "maxvit_tiny_tf_224", "nest_tiny", "davit_tiny",
     "gcvit_xxtiny", "focalnet_tiny_srf", "efficientvit_b0", "efficientvit_m0", "fastvit_t8", "shvit_s1",
+    "hiera_tiny_224", "mvitv2_tiny", "nextvit_small", "swinv2_cr_tiny_224", "vitamin_small_224",
+    "vit_relpos_small_patch16_224", "vit_small_r26_s32_224", "iformer_t", "swiftformer_xs", "efficientvim_m1",
+    "lowformer_b0",
     # MLP, pooling, recurrent and other token mixers
     "mixer_s16_224", "resmlp_12_224", "gmlp_ti16_224", "poolformer_s12", "poolformerv2_s12",
     "sequencer2d_s", "mambaout_femto", "inception_next_tiny", "rdnet_tiny",
@@ -70,7 +73,8 @@ TIMM_MODELS = (
     "fbnetc_100", "lcnet_050", "hardcorenas_a", "ghostnet_100", "ghostnetv2_100", "rexnet_100",
     "repvit_m1", "mobileone_s0", "hgnet_tiny", "hgnetv2_b0", "starnet_s1", "fasternet_t0",
     "inception_v3", "inception_v4", "xception41", "nasnetalarge", "nfnet_l0", "nf_resnet26",
-    "halonet26t", "botnet26t_256", "lambda_resnet26t",
+    "halonet26t", "botnet26t_256", "lambda_resnet26t", "cspnext_tiny", "lcnetv2_small", "repghostnet_050",
+    "resnest14d", "legacy_seresnet18", "cpubone_b0_bfrobust", "legacy_xception",
 )
 
 QUICK = {(CLS, "resnet18"), (CLS, "mobilenet_v3_small"), (SEG, "lraspp_mobilenet_v3_large"),
