@@ -249,11 +249,15 @@ def _export_both_modes(model, args, kwargs, batch, seq):
     return _export_modes(model, args, kwargs, dynamic)
 
 
+def _batched_inputs(ep) -> list:
+    """The (fake) values of the program's tensor inputs that have a dim 0."""
+    return [v for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs
+            for v in [n.meta.get("val")] if isinstance(v, torch.Tensor) and v.dim() > 0]
+
+
 def _batch_symbolic(ep) -> bool:
     """Is dim 0 of every tensor input of the program symbolic?"""
-    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"
-            and n.name in ep.graph_signature.user_inputs]
-    return all(isinstance(v.shape[0], torch.SymInt) for v in vals if isinstance(v, torch.Tensor) and v.dim() > 0)
+    return all(isinstance(v.shape[0], torch.SymInt) for v in _batched_inputs(ep))
 
 
 def _same_outputs(model: nn.Module, ep, args: tuple, kwargs: dict) -> bool:
@@ -407,10 +411,8 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
     from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
     sizes = None
     if example_batch is not None:
-        user = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"
-                and n.name in ep.graph_signature.user_inputs]
-        sizes = {v.shape[0].node.expr: sympy.Integer(example_batch) for v in user if isinstance(v, torch.Tensor)
-                 and v.dim() > 0 and isinstance(v.shape[0], torch.SymInt) and v.shape[0].node.expr.is_Symbol}
+        sizes = {v.shape[0].node.expr: sympy.Integer(example_batch) for v in _batched_inputs(ep)
+                 if isinstance(v.shape[0], torch.SymInt) and v.shape[0].node.expr.is_Symbol}
     kind_of = {InputKind.PARAMETER: PARAM, InputKind.BUFFER: BUFFER, InputKind.CONSTANT_TENSOR: CONST,
                InputKind.USER_INPUT: INPUT}
     placeholders: list[Placeholder] = []

@@ -64,17 +64,20 @@ class _Graph:
         self.inputs = [p.name for p in graph.placeholders if p.kind == INPUT]
         self._reach: dict[str, set[str]] = {}
 
-    def reach(self, ref: str) -> set[str]:
-        """The ops that read ``ref``'s data, directly or through other ops (size reads do not count)."""
-        if ref not in self._reach:
-            seen, stack = set(), [ref]
-            while stack:
-                for c in self.consumers.get(stack.pop(), []):
-                    if c.name not in seen and not is_symint(c):
-                        seen.add(c.name)
-                        stack.append(c.name)
+    def readers(self, ref: str, avoid: frozenset[str] | set[str] = frozenset()) -> set[str]:
+        """The ops that read ``ref``'s data, directly or through other ops, not passing through ``avoid``
+        (size reads do not count); cached without ``avoid``."""
+        if not avoid and ref in self._reach:
+            return self._reach[ref]
+        seen, stack = set(), [ref]
+        while stack:
+            for c in self.consumers.get(stack.pop(), []):
+                if c.name not in seen and c.name not in avoid and not is_symint(c):
+                    seen.add(c.name)
+                    stack.append(c.name)
+        if not avoid:
             self._reach[ref] = seen
-        return self._reach[ref]
+        return seen
 
     def inputs_cut_off(self, dropped: set[str], carrier: str) -> list[str]:
         """The graph inputs, if removing ``dropped`` and reading ``carrier`` for its output would leave no
@@ -82,25 +85,14 @@ class _Graph:
         embedding is a branch added to a position table of the same shape); [] when one still does."""
         lost = []
         for name in self.inputs:
-            reached = self.reach(name)
+            reached = self.readers(name)
             if name not in self.outputs and not reached & self.outputs:
                 continue  # reaches no output even now
-            if not reached & dropped or carrier == name or carrier in reached or self._reaches_output(name, dropped):
+            if not reached & dropped or carrier == name or carrier in reached \
+                    or self.readers(name, dropped) & self.outputs:
                 return []
             lost.append(name)
         return lost
-
-    def _reaches_output(self, ref: str, dropped: set[str]) -> bool:
-        seen, stack = set(), [ref]
-        while stack:
-            ref = stack.pop()
-            if ref in self.outputs:
-                return True
-            for c in self.consumers.get(ref, []):
-                if c.name not in seen and c.name not in dropped and not is_symint(c):
-                    seen.add(c.name)
-                    stack.append(c.name)
-        return False
 
     def used_outside(self, ref: str, ops: set[str], sink: str | None = None) -> bool:
         """Is value ``ref`` read by anything outside ``ops`` (besides ``sink``)? Size reads (symbolic
