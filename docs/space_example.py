@@ -41,3 +41,4 @@ vit_space = osf.SearchSpace(osf.trace(vit, (torch.randn(2, 3, 32, 32),)))
 everything_dropped = osf.Arch(vit_space.min().width, {u.key: False for u in vit_space.units})
 print(vit_space.cut_outputs(everything_dropped), vit_space.cut_outputs(vit_space.min()))   # [0] []
 assert vit_space.cut_outputs(vit_space.min()) == []
+assert not any(vit_space.cut_outputs(vit_space.sample(seed)) for seed in range(20))   # drawn again when cut

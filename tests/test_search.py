@@ -386,3 +386,27 @@ def test_search_with_latency(digits_setup):
     assert "latency" in front.table()
     with pytest.raises(ValueError, match="latency="):
         _search(digits_setup, objectives=("accuracy", "latency"))
+
+
+def test_subnets_whose_outputs_ignore_the_inputs_are_never_scored():
+    """A ViT without blocks classifies its class token alone. NSGA-II's first generation used to hold the
+    all-dropped encoding (and offspring drop everything often): such a subnet, at chance accuracy and the
+    lowest cost, became the front's cheapest point. Now it is rejected before evaluation."""
+    torch.manual_seed(0)
+    x, y = digits()[2:]
+    supernet = osf.Supernet(TinyViT(1, 10), (x[:2],))
+    space = supernet.space
+    assert space.cut_outputs(osf.Arch(space.min().width, {u.key: False for u in space.units})) == [0]
+    scored = []
+
+    def evaluate(model) -> float:
+        scored.append(model.arch)
+        with torch.no_grad():
+            return float((model(x[:64]).argmax(-1) == y[:64]).float().mean())
+
+    for algorithm in ("nsga2", "random"):
+        front = osf.search(supernet, evaluate, budget=40, algorithm=algorithm, population=8, progress=False)
+        assert len(front.points) == 40 and not any(space.cut_outputs(p.arch) for p in front.points)
+        # offspring that drop the encoder are counted; uniform samples are drawn again instead
+        assert (front.info["ignores_inputs"] > 0) == (algorithm == "nsga2"), front.info
+    assert scored and not any(space.cut_outputs(a) for a in scored)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import random
 import subprocess
 import sys
 
@@ -656,6 +657,34 @@ def test_min_keeps_what_the_outputs_need_to_see_the_inputs():
         with torch.no_grad():
             assert not torch.allclose(sub(x1), sub(x2))  # the smallest subnet still looks at its input
         assert sn.cost(smallest)["params"] < sn.cost(space.max())["params"]
+
+
+def test_sample_never_returns_an_arch_whose_outputs_ignore_the_inputs(monkeypatch):
+    """About one uniform draw in 18 of this space drops every block (the head would read the class token
+    alone): ``sample`` draws again, and after ``_DRAWS`` such draws in a row keeps units back instead.
+    ``cut_outputs`` (the training graph read with the units contracted in place) agrees with the reach of
+    the rewritten subnet graph."""
+    from osf.space import space as space_module
+    from osf.space.reach import output_inputs
+    from osf.space.subnet import subnet_structure
+    sn = osf.Supernet(_TokenNet("token").eval(), (torch.randn(2, 6, 8),))
+    space = sn.space
+    full = output_inputs(space.ir.graph)
+    coin = random.Random(0)
+    archs = [osf.Arch({g.key: coin.choice(g.choices) for g in space.groups},
+                      {u.key: coin.random() < 0.3 for u in space.units}) for _ in range(30)]
+    assert any(space.cut_outputs(a) for a in archs)
+    for arch in archs:
+        sub = output_inputs(subnet_structure(space, arch).graph)
+        assert space.cut_outputs(arch) == [i for i, (f, s) in enumerate(zip(full, sub)) if f and not s]
+    drawn = [space.sample(seed) for seed in range(200)]
+    assert not any(space.cut_outputs(a) for a in drawn)
+    assert len({a.key() for a in drawn}) > 150
+    monkeypatch.setattr(space_module, "_DRAWS", 1)
+    coarse = osf.Supernet(_TokenNet("token").eval(), (torch.randn(2, 6, 8),), width_ratios=(1.0,)).space
+    repaired = [coarse.sample(seed) for seed in range(60)]  # one draw in five would cut: repaired
+    assert not any(coarse.cut_outputs(a) for a in repaired)
+    assert any(not a.depth["blocks.0"] for a in repaired)
 
 
 class _ShapeFollowers(nn.Module):

@@ -87,7 +87,7 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
             stopped = _nsga2(run, budget, seed, population or min(50, max(8, budget // 5)))
     info = {"algorithm": algorithm, "seed": seed, "budget": budget, "evaluated": len(run.points),
             "new_evaluations": run.new_evaluations, "cache_hits": run.cache_hits, "rejected": run.rejected,
-            "stopped": stopped, "seconds": round(time.perf_counter() - started, 3),
+            "ignores_inputs": run.ignores_inputs, "stopped": stopped, "seconds": round(time.perf_counter() - started, 3),
             "model": supernet.ir.modules[""].class_path}
     return Front(list(run.points.values()), objectives, constraints, run.limits, run.reference, info)
 
@@ -122,7 +122,7 @@ class _Run:
         self.points: dict[str, Point] = {}
         self.known: dict[str, float] = {}
         self.reps: dict[str, Arch] = {}
-        self.new_evaluations = self.cache_hits = self.rejected = 0
+        self.new_evaluations = self.cache_hits = self.rejected = self.ignores_inputs = 0
         self.log: EvaluationLog | None = None
         self.bar = None
         self.reference = {k: float(v) for k, v in self.costs(self.space.max()).items()}
@@ -166,6 +166,9 @@ class _Run:
         if rep is None:
             rep = self.reps[key] = representative(self.space, arch, self.tensors)
         rep_key = rep.key()
+        if self.space.cut_outputs(rep):  # an output ignores the inputs: not a model worth scoring
+            self.ignores_inputs += 1
+            return "rejected", [_BAD] * len(self.objectives), self._g(violations)
         point = self.points.get(rep_key)
         status = "seen"
         if point is None:
@@ -305,7 +308,7 @@ def _nsga2(run: _Run, budget: int, seed: int, population: int) -> str:
     # variable would drop the unit holding all blocks half of the time)
     rng = np.random.default_rng(seed)
     sampler = random.Random(seed)
-    first = [upper, np.zeros_like(upper)] + [encode(canonical(space, space.sample(sampler)))
+    first = [upper, encode(canonical(space, space.min()))] + [encode(canonical(space, space.sample(sampler)))
                                              for _ in range(max(0, population - 2))]
     problem = Problem(n_var=len(upper), n_obj=len(run.objectives), n_ieq_constr=len(run.limits), xl=0, xu=upper,
                       vtype=int)

@@ -19,11 +19,23 @@ Where = tuple[int, int, int] | None  # (dim, start, stop): an input's values rea
 Deps = dict[str, Where]  # model input (placeholder name) -> where its values lie in a tensor
 
 
-def output_inputs(graph: Graph) -> list[frozenset[str]]:
-    """For each output leaf of ``graph`` (in ``node_refs`` order), the model inputs it depends on."""
+def output_inputs(graph: Graph, skipped: frozenset[str] | set[str] = frozenset(),
+                  contracted: dict[str, str] | None = None) -> list[frozenset[str]]:
+    """For each output leaf of ``graph`` (in ``node_refs`` order), the model inputs it depends on.
+
+    ``skipped`` ops are left out, and each ``contracted`` value (an output of skipped ops) stands for the
+    value it maps to: the graph with units contracted, read without rewriting it (widths do not matter
+    here, since every group keeps a channel and the kept channels' slices follow)."""
+    contracted = contracted or {}
     deps: dict[str, Deps] = {p.name: ({p.name: None} if p.kind == INPUT else {}) for p in graph.placeholders}
     shapes: dict[str, list[int] | None] = {p.name: _shape(p.meta) for p in graph.placeholders}
     for op in graph.ops:
+        if op.name in contracted:  # its readers come later and read what it maps to, already known
+            source = contracted[op.name]
+            deps[op.name], shapes[op.name] = deps.get(source, {}), shapes.get(source)
+            continue
+        if op.name in skipped:
+            continue
         shapes[op.name] = _shape(op.meta)
         if isinstance(op.meta, dict) and "symint" in op.meta:  # a size: it carries no input values
             deps[op.name] = {}

@@ -13,8 +13,11 @@ from .analysis import analyse
 from .arch import Arch
 from .groups import WidthGroup, find_groups, salience
 from .reach import output_inputs
-from .subnet import subnet_structure
 from .units import Unit, find_units, locate_in
+
+
+_DRAWS = 100  # draws of sample() before an arch whose outputs ignore the inputs is repaired instead
+_CUTS_KEPT = 4096  # cut_outputs results remembered (per set of contracted units) before starting afresh
 
 
 class SearchSpace:
@@ -44,6 +47,7 @@ class SearchSpace:
         self._located: dict[str, dict] = {"train": {u.key: (set(u.dropped), u.input, u.output) for u in self.units}}
         self._min: Arch | None = None
         self._reach: list[frozenset[str]] | None = None  # per output, the inputs it depends on (full model)
+        self._cuts: dict[frozenset[str], list[int]] = {}  # cut_outputs per set of contracted units
 
     def located_units(self, graph_key: str) -> dict[str, tuple[set, str, str]]:
         """Units as (ops, input, output) in the training graph or in the eval graph."""
@@ -59,14 +63,14 @@ class SearchSpace:
         """The smallest subnet: every group at its smallest width, every unit dropped, except the few
         units that must stay for each output to still depend on the model's inputs (``cut_outputs``)."""
         if self._min is None:
-            self._min = self._reaching_min()
+            self._min = self._reconnect(Arch({g.key: g.choices[0] for g in self.groups},
+                                             {u.key: False for u in self.units}))
         return Arch(dict(self._min.width), dict(self._min.depth))
 
-    def _reaching_min(self) -> Arch:
-        """Keep units back, smallest first, until no output is cut off from the inputs: a unit that alone
-        fixes it wins; else the smallest unit holding other units is kept and its inside searched (a ViT:
-        its encoder, then one block)."""
-        arch = Arch({g.key: g.choices[0] for g in self.groups}, {u.key: False for u in self.units})
+    def _reconnect(self, arch: Arch) -> Arch:
+        """Keep units of ``arch`` back, smallest first, until no output is cut off from the inputs: a unit
+        that alone fixes it wins; else the smallest unit holding other units is kept and its inside searched
+        (a ViT: its encoder, then one block)."""
         while self.cut_outputs(arch):
             candidates = sorted(self.dropped_units(arch), key=lambda k: len(self._unit[k].ops))
             for key in candidates:
@@ -83,20 +87,44 @@ class SearchSpace:
         """Positions of the outputs that depend on a model input in the full model but on none in
         ``arch``'s subnet: the graph stays connected, yet such an output ignores the inputs (a ViT without
         blocks classifies its class token alone). See ``osf.space.reach``."""
-        if self._reach is None:
-            self._reach = output_inputs(self.ir.graph)
-        full = self._reach
-        sub = output_inputs(subnet_structure(self, arch).graph)
-        return [i for i, (f, s) in enumerate(zip(full, sub)) if f and not s]
+        self.validate(arch)
+        dropped = frozenset(self.dropped_units(arch))
+        cut = self._cuts.get(dropped)
+        if cut is None:
+            if self._reach is None:
+                self._reach = output_inputs(self.ir.graph)
+            located = self.located_units("train")
+            skipped = {op for key in dropped for op in located[key][0]}
+            contracted = {located[key][2]: located[key][1] for key in dropped}
+            sub = output_inputs(self.ir.graph, skipped, contracted)
+            cut = [i for i, (f, s) in enumerate(zip(self._reach, sub)) if f and not s]
+            if len(self._cuts) >= _CUTS_KEPT:
+                self._cuts.clear()
+            self._cuts[dropped] = cut
+        return list(cut)
 
     def sample(self, seed: int | random.Random | torch.Generator | None = None, *,
                widths: dict[str, list[int]] | None = None, depth: bool = True) -> Arch:
-        """A uniformly random subnet: every distinct subnet counted by ``size()`` is equally likely. (Flipping
-        a coin per unit would drop a unit holding all blocks half of the time.) Inside a dropped unit,
-        widths and units are normalised to the maximum. ``widths`` narrows some groups' choices (by group
+        """A uniformly random subnet: every distinct subnet counted by ``size()`` is equally likely, except
+        those with an output that ignores the inputs (``cut_outputs``), which are drawn again (after
+        ``_DRAWS`` such draws in a row, the last one keeps units back as ``min()`` does). (Flipping a coin per
+        unit would drop a unit holding all blocks half of the time.) Inside a dropped unit, widths and units
+        are normalised to the maximum. ``widths`` narrows some groups' choices (by group
         key; units are still weighted by the full space's counts, so such a draw is only roughly uniform);
         ``depth=False`` keeps every unit."""
         widths = widths or {}
+        self._check_widths(widths)
+        if isinstance(seed, torch.Generator):
+            seed = int(torch.randint(0, 2**62, (1,), generator=seed))
+        rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        arch = self._draw(rng, widths, depth)
+        for _ in range(_DRAWS - 1):
+            if not self.cut_outputs(arch):
+                return arch
+            arch = self._draw(rng, widths, depth)
+        return self._reconnect(arch)
+
+    def _check_widths(self, widths: dict[str, list[int]]) -> None:
         for key, allowed in widths.items():
             g = self._group.get(key)
             if g is None:
@@ -104,9 +132,9 @@ class SearchSpace:
             bad = [w for w in allowed if w not in g.choices]
             if bad or not allowed:
                 raise ValueError(f"widths['{key}'] is {list(allowed)}; give a non-empty subset of {g.choices}")
-        if isinstance(seed, torch.Generator):
-            seed = int(torch.randint(0, 2**62, (1,), generator=seed))
-        rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+
+    def _draw(self, rng: random.Random, widths: dict[str, list[int]], depth: bool) -> Arch:
+        """One subnet drawn uniformly from all that ``size()`` counts."""
         configs = self._configs
         arch = self.max()
 
