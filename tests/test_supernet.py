@@ -331,3 +331,58 @@ def test_no_grad_and_autocast_blocks_of_forward_on_shared_weights():
         buffers = subnet_ir(sn.space, arch, tensors=sn.tensors()).tensors
         for qual, b in sub.named_buffers():
             torch.testing.assert_close(buffers[aliases[qual]], b, msg=lambda m, q=qual: f"buffer {q}: {m}")
+
+
+def test_extracted_models_and_supernets_pickle_and_load_back(tmp_path):
+    """``torch.save(model)`` pickles the whole module; osf's classes are generated, so a rebuilt or
+    extracted model is pickled as its IR's structure, its tensors and each module's attributes, and a
+    supernet as its IR, shared tensors, space options and arch. Loaded in a fresh process, they compute
+    what they computed, keep tied weights tied, and a model changed after osf built it is refused."""
+    import io
+    import pickle
+    import subprocess
+    import sys
+    from toys import SharedInChild, TiedLM
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 5))
+    lm = osf.Supernet(TiedLM(), (ids,))
+    sub = lm.extract(lm.space.sample(1))
+    sub.train()
+    sub.norm.eval()
+    sub.note = "kept"
+    loaded = pickle.loads(pickle.dumps(sub))
+    assert type(loaded).__name__ == "TiedLM" and loaded.note == "kept"
+    assert loaded.training and not loaded.norm.training and loaded.emb.weight is loaded.out.weight
+    assert loaded.state_dict().keys() == sub.state_dict().keys()
+    torch.testing.assert_close(loaded(ids), sub(ids), rtol=0, atol=0)
+    loaded(ids).square().mean().backward()  # it trains: the tied weight gets the gradient of both uses
+    assert loaded.emb.weight.grad is not None and loaded.emb.weight.grad.abs().sum() > 0
+
+    x = torch.randn(2, 8, 6, 6)
+    shared = osf.trace(SharedInChild().eval(), (x,)).build()  # one module at several paths stays one
+    again = pickle.loads(pickle.dumps(shared))
+    assert getattr(again.blocks, "0").cpe is again.cpe is getattr(again.blocks, "1").cpe
+    torch.testing.assert_close(again(x), shared(x), rtol=0, atol=0)
+
+    sn, _, args, kwargs = supernet("resnet18")
+    arch = sn.space.sample(2)
+    sn.set_arch(arch)
+    sn.eval()
+    with torch.no_grad():
+        expected = sn(*args, **kwargs)
+    path = tmp_path / "supernet.pt"
+    torch.save({"supernet": sn, "args": args, "expected": expected, "extracted": sn.extract(arch).eval()}, path)
+    script = (f"import torch\nd = torch.load({str(path)!r}, weights_only=False)\nsn = d['supernet']\n"
+              "assert not sn.training and sn.arch.key() == osf_key\n"
+              "with torch.no_grad():\n"
+              "    torch.testing.assert_close(sn(*d['args']), d['expected'], rtol=0, atol=0)\n"
+              "    torch.testing.assert_close(d['extracted'](*d['args']), d['expected'], rtol=1e-4, atol=1e-5)\n"
+              "    torch.testing.assert_close(sn.extract(sn.arch).eval()(*d['args']), d['expected'], rtol=1e-4, "
+              "atol=1e-5)\nprint('ok')\n")
+    run = subprocess.run([sys.executable, "-c", f"osf_key = {arch.key()!r}\n" + script], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+    sub.norm = torch.nn.LayerNorm(sub.norm.weight.shape[0])
+    with pytest.raises(pickle.PicklingError, match="module 'norm' is a torch.nn.modules.normalization.LayerNorm"):
+        torch.save(sub, io.BytesIO())

@@ -8,8 +8,10 @@ training flags read the owner module's ``.training`` live, and device constants 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import keyword
+import pickle
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -57,6 +59,24 @@ class RebuiltModel(IRContainer):
         outs = fn(self, _device(values, self), *values)
         return pytree.tree_unflatten(list(outs), spec)
 
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Pickled (``torch.save(model)``, multiprocessing) as the IR's structure (JSON), the tensors and
+        each module's attributes: its classes are generated, so unpickling regenerates them with osf."""
+        return _unpickle, _pickled_state(self)
+
+    def __deepcopy__(self, memo: dict) -> "RebuiltModel":
+        """A copy as of any module (its generated code and blueprint shared, not regenerated)."""
+        memo[id(self._osf_blueprint)] = self._osf_blueprint
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__dict__, memo))
+        return new
+
+    def __copy__(self) -> "RebuiltModel":
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def _osf_bind(self, args: tuple, kwargs: dict) -> list:
         leaves, spec = pytree.tree_flatten((args, kwargs))
         if spec != self._osf_in_spec:
@@ -81,6 +101,50 @@ class RebuiltModel(IRContainer):
                                      f"with batch {fixed}, or trace with the batch you will run")
                 values.append(leaf)
         return values
+
+
+_MODULE_STATE = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")  # remade on unpickling
+
+
+def _pickled_state(root: RebuiltModel) -> tuple[dict, dict, dict]:
+    """(IR structure, tensors by canonical name, each module's own attributes by path) of ``root``, after
+    checking that it still is the model osf built: another module or tensor put in since would be lost."""
+    blueprint = root._osf_blueprint
+    aliases = blueprint.structure_json()["aliases"]
+    modules = dict(root.named_modules(remove_duplicate=False))
+    for path, m in modules.items():
+        if not isinstance(m, IRContainer):
+            raise pickle.PicklingError(
+                f"cannot pickle this model rebuilt by osf: module '{path}' is a {type(m).__module__}."
+                f"{type(m).__qualname__} put in after osf built it, which its generated forward never calls; "
+                "save its state_dict(), or change the original model and trace it again")
+    tensors: dict[str, torch.Tensor] = {}
+    held = {**{n: t for n, t in root.named_parameters(remove_duplicate=False)},
+            **{n: t for n, t in root.named_buffers(remove_duplicate=False)}}
+    extra = sorted(n for n in held if n not in aliases and not n.startswith("_osf_const_"))
+    missing = sorted(n for n in aliases if n not in held)
+    if extra or missing:
+        raise pickle.PicklingError(
+            f"cannot pickle this model rebuilt by osf: its tensors changed after osf built it (added: "
+            f"{extra[:5]}, removed: {missing[:5]}); save its state_dict() instead")
+    for qual, canon in aliases.items():
+        if tensors.setdefault(canon, held[qual]) is not held[qual]:
+            raise pickle.PicklingError(
+                f"cannot pickle this model rebuilt by osf: '{qual}' no longer shares its tensor with the "
+                f"others tied to '{canon}'; save its state_dict() instead")
+    tensors.update({n: t for n, t in held.items() if n.startswith("_osf_const_")})
+    states = {path: {k: v for k, v in vars(m).items() if k not in _MODULE_STATE and not k.startswith("_osf_")}
+              for path, m in modules.items()}
+    return blueprint.structure_json(), tensors, states
+
+
+def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], states: dict[str, dict]) -> RebuiltModel:
+    """The model ``_pickled_state`` describes, its forward generated again."""
+    from .io import ir_from_json
+    root = Blueprint(ir_from_json(structure, "a pickled model")).instantiate(tensors, adopt=True)
+    for path, state in states.items():
+        vars(root.get_submodule(path) if path else root).update(state)
+    return root
 
 
 def traced_signature(ir: IR) -> inspect.Signature | None:
@@ -185,7 +249,11 @@ class Blueprint:
     ``instantiate`` then only creates containers and attaches tensors (a subnet extracted again)."""
 
     def __init__(self, ir: IR) -> None:
-        self.ir = ir
+        self.module_aliases = ir.info.get("module_aliases", {})
+        # what pickling a model needs (``RebuiltModel.__reduce_ex__``): the IR itself when it holds no
+        # tensors (a subnet's structure), else its JSON now, so that the model does not keep them alive
+        self._structure: IR | None = None if ir.tensors else ir
+        self._json: dict | None = ir.to_json() if ir.tensors else None
         classes: dict[str, type] = {}
         self.root_class = _container_class(ir.modules[""].meta["class"], classes, RebuiltModel)
         signature = traced_signature(ir)
@@ -222,7 +290,8 @@ class Blueprint:
             "_osf_eval_out_spec": load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None,
             "_osf_user_leaves": ir.info["user_leaves"], "_osf_train_error": ir.info.get("train_error"),
             "_osf_fixed_batch": ir.info.get("fixed_batch") or {},
-            "_osf_signature": ir.info.get("signature"), "_osf_train_fn": compile_graph(ir, ir.graph),
+            "_osf_signature": ir.info.get("signature"), "_osf_blueprint": self,
+            "_osf_train_fn": compile_graph(ir, ir.graph),
             "_osf_eval_fn": compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None}
 
     def instantiate(self, tensors: dict[str, torch.Tensor], *, share_weights: bool = False,
@@ -230,16 +299,14 @@ class Blueprint:
         """A model over ``tensors`` (by canonical IR name), copied unless ``share_weights``; ``adopt``: the
         tensors are fresh copies made for this model, inserted as they are (parameters stay the same
         objects). Names come from a verified IR, so children and tensors are inserted directly."""
-        ir = self.ir
         root = self._make_root()
         containers = [root]
         for parent, local, make in self.containers:
             m = make()
             containers[parent]._modules[local] = m
             containers.append(m)
-        module_aliases = ir.info.get("module_aliases", {})
-        if module_aliases:
-            _attach_aliases(root, dict(zip(self.container_paths, containers)), module_aliases)
+        if self.module_aliases:
+            _attach_aliases(root, dict(zip(self.container_paths, containers)), self.module_aliases)
         made: dict[str, torch.Tensor] = {}
         for position, mod_name, local, canon, is_param, persistent in self.slots:
             owner = containers[position] if position is not None else root.get_submodule(mod_name)
@@ -262,6 +329,13 @@ class Blueprint:
                 root.register_buffer(name, t if share_weights or adopt else t.clone(), persistent=False)
         vars(root).update(self._root_attributes)
         return root
+
+
+    def structure_json(self) -> dict:
+        """``IR.to_json()`` of the IR this blueprint was made from (no tensors)."""
+        if self._json is None:
+            self._json = self._structure.to_json()
+        return self._json
 
 
 def build(ir: IR, *, share_weights: bool = False) -> RebuiltModel:

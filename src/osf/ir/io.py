@@ -84,29 +84,34 @@ def load_ir(path: str | os.PathLike) -> IR:
         raise FormatError(f"'{graph_file}' is corrupt or truncated: {e}") from None
     if not isinstance(data, dict) or data.get("format") != "osf-ir":
         raise FormatError(f"'{graph_file}' is not an osf IR file")
-    if data.get("version") != 1:
-        raise FormatError(f"'{graph_file}' has IR version {data.get('version')}; this osf reads version 1")
     try:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as e:
         raise FormatError(f"'{weights_file}' is corrupt or truncated: {e}") from None
+    ir = ir_from_json(data, f"'{graph_file}'")
+    missing = sorted({c for c in ir.aliases.values() if c not in tensors})
+    if missing:
+        raise FormatError(f"'{weights_file}' lacks tensors the graph needs: {missing[:5]}")
+    _check_shapes(tensors, ir.aliases, ir.modules)
+    for k in set(ir.aliases.values()):
+        spec = _param_spec(k, ir.modules)
+        if spec is not None:
+            tensors[k] = torch.nn.Parameter(tensors[k], requires_grad=spec.get("requires_grad", True))
+    ir.tensors = tensors
+    return ir
+
+
+def ir_from_json(data: dict, source: str) -> IR:
+    """The tensor-less IR of ``IR.to_json()``'s ``data``; ``source`` names it in a ``FormatError``."""
+    if data.get("version") != 1:
+        raise FormatError(f"{source} has IR version {data.get('version')}; this osf reads version 1")
     try:
         modules = {n: ModuleNode(n, m["meta"], m["children"]) for n, m in data["modules"].items()}
         graph = Graph.from_dict(data["graph"])
         eval_graph = Graph.from_dict(data["eval_graph"]) if data.get("eval_graph") else None
-        aliases = data["aliases"]
-        info = data["info"]
+        return IR(graph, modules, {}, data["aliases"], data["info"], eval_graph)
     except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"'{graph_file}' is missing or has malformed field {e}") from None
-    missing = sorted({c for c in aliases.values() if c not in tensors})
-    if missing:
-        raise FormatError(f"'{weights_file}' lacks tensors the graph needs: {missing[:5]}")
-    _check_shapes(data, tensors, aliases, modules)
-    for k in set(aliases.values()):
-        spec = _param_spec(k, modules)
-        if spec is not None:
-            tensors[k] = torch.nn.Parameter(tensors[k], requires_grad=spec.get("requires_grad", True))
-    return IR(graph, modules, tensors, aliases, info, eval_graph)
+        raise FormatError(f"{source} is missing or has malformed field {e}") from None
 
 
 def _param_spec(qual: str, modules: dict[str, ModuleNode]) -> dict | None:
@@ -115,7 +120,7 @@ def _param_spec(qual: str, modules: dict[str, ModuleNode]) -> dict | None:
     return None if node is None else node.meta.get("params", {}).get(local)
 
 
-def _check_shapes(data: dict, tensors: dict, aliases: dict, modules: dict[str, ModuleNode]) -> None:
+def _check_shapes(tensors: dict, aliases: dict, modules: dict[str, ModuleNode]) -> None:
     for qual, canon in aliases.items():
         mod, _, local = qual.rpartition(".")
         node = modules.get(mod)

@@ -17,6 +17,7 @@ from ..ir.capture import trace
 from ..ir.codegen import Blueprint, build
 from ..ir.flops import graph_flops
 from ..ir.graph import IR, PARAM
+from ..ir.io import ir_from_json
 from ..space.arch import Arch
 from ..space.groups import ranking
 from ..space.space import SearchSpace
@@ -162,6 +163,15 @@ class Supernet(nn.Module):
         new._active = new.program(new._arch) if new._arch is not None else None
         return new
 
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Pickled (``torch.save(supernet)``, multiprocessing) as its IR (JSON), the shared tensors, the
+        space options, the active arch and each module's training flag; unpickling derives the space and
+        generates the code again (as ``Supernet(None, ir=...)`` does), without the gradient buffers."""
+        flags = {name: m.training for name, m in self.named_modules()}
+        arch = self._arch.to_json() if self._arch is not None else None
+        return _unpickle, (self.ir.to_json(), self.tensors(), dict(self.space.options), self._cache_size, arch,
+                           flags)
+
     def release_grad_buffers(self) -> None:
         """Free the full-size gradient buffers kept between steps for prefix-cut weights (e.g. before
         inference or export); training allocates them again when needed."""
@@ -301,6 +311,18 @@ class Supernet(nn.Module):
 
 
 _GENERATED = ("_compiled", "_template", "_template_error", "_max_program", "_active", "_grads")  # not copied
+
+
+def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], options: dict[str, Any], cache_size: int,
+              arch: dict | None, flags: dict[str, bool]) -> Supernet:
+    ir = ir_from_json(structure, "a pickled supernet")
+    ir.tensors = tensors
+    supernet = Supernet(None, ir=ir, sort=False, cache_size=cache_size, **options)
+    for name, m in supernet.named_modules():
+        m.training = flags.get(name, m.training)
+    if arch is not None:
+        supernet.set_arch(Arch.from_json(arch))
+    return supernet
 
 
 def _tensor_at(module: nn.Module, local: str) -> torch.Tensor:
