@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import pytest
 import torch
@@ -399,3 +400,28 @@ def test_module_conversion_that_changes_nothing_inside_forward(tmp_path):
     ir = round_trip(_ConvertsItsLayerInForward(), (torch.randn(3, 8),), tmp_path=tmp_path)
     assert ir.info["capture"] == "torch.export" and ir.info["dynamic"] == ["B"]
     assert nn.Module._apply is apply
+
+
+def test_a_hook_on_an_inner_module_of_a_rebuilt_model_warns_that_it_never_runs():
+    """Only the root's generated forward runs: a forward hook on an inner container (to grab features)
+    would silently never fire, so registering one warns; hooks on the root run and do not warn."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    rebuilt = osf.trace(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval(), (x,)).build()
+    seen = []
+    with pytest.warns(UserWarning, match=r"forward hook on Linear \(osf: torch.nn.modules.linear.Linear\) "
+                                         "will never be called"):
+        getattr(rebuilt, "0").register_forward_hook(lambda m, i, o: seen.append("inner"))
+    with pytest.warns(UserWarning, match="backward pre-hook on ReLU"):
+        getattr(rebuilt, "1").register_full_backward_pre_hook(lambda m, g: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rebuilt.register_forward_hook(lambda m, i, o: seen.append("root"))
+    rebuilt(x)
+    assert seen == ["root"]
+    supernet = osf.Supernet(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval(), (x,))
+    with pytest.warns(UserWarning, match="Hook the root model \\(a supernet: the Supernet itself\\)"):
+        supernet.net.register_forward_hook(lambda m, i, o: seen.append("net"))
+    supernet.register_forward_hook(lambda m, i, o: seen.append("supernet"))
+    supernet(x)
+    assert seen == ["root", "supernet"]

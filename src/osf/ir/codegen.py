@@ -12,6 +12,7 @@ import copy
 import inspect
 import keyword
 import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -37,6 +38,32 @@ class IRContainer(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"{type(self).__name__} is part of a model rebuilt from an osf IR; call the root "
                            "model, whose generated forward runs every module")
+
+    def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> Any:
+        self._osf_warn_hook("forward pre-hook")
+        return super().register_forward_pre_hook(*args, **kwargs)
+
+    def register_forward_hook(self, *args: Any, **kwargs: Any) -> Any:
+        self._osf_warn_hook("forward hook")
+        return super().register_forward_hook(*args, **kwargs)
+
+    def register_full_backward_pre_hook(self, *args: Any, **kwargs: Any) -> Any:
+        self._osf_warn_hook("backward pre-hook")
+        return super().register_full_backward_pre_hook(*args, **kwargs)
+
+    def register_full_backward_hook(self, *args: Any, **kwargs: Any) -> Any:
+        self._osf_warn_hook("backward hook")
+        return super().register_full_backward_hook(*args, **kwargs)
+
+    def _osf_warn_hook(self, kind: str) -> None:
+        """Only the root's forward runs (a supernet runs its rebuilt model's code itself, ``_osf_inner``): a
+        hook on any other module would silently never be called."""
+        if not isinstance(self, RebuiltModel) or vars(self).get("_osf_inner"):
+            warnings.warn(f"a {kind} on {type(self).__name__} (osf: {self.osf_class}) will never be called: in a "
+                          "model rebuilt by osf only the root's generated forward runs, calling the ops of "
+                          "every module itself. Hook the root model (a supernet: the Supernet itself), or make "
+                          "the original model return the values you need and trace it again", UserWarning,
+                          stacklevel=3)
 
 
 class RebuiltModel(IRContainer):

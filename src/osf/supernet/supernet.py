@@ -51,6 +51,7 @@ class Supernet(nn.Module):
         self.ir = ir
         self.space = SearchSpace(ir, **space_options)
         self.net = build(ir, share_weights=True)
+        self.net._osf_inner = True  # forward runs its programs, never self.net's forward (hooks on it warn)
         if model is not None:
             self.train(model.training)
         self._arch: Arch | None = None
