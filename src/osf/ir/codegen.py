@@ -39,22 +39,6 @@ class IRContainer(nn.Module):
         raise RuntimeError(f"{type(self).__name__} is part of a model rebuilt from an osf IR; call the root "
                            "model, whose generated forward runs every module")
 
-    def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> Any:
-        self._osf_warn_hook("forward pre-hook")
-        return super().register_forward_pre_hook(*args, **kwargs)
-
-    def register_forward_hook(self, *args: Any, **kwargs: Any) -> Any:
-        self._osf_warn_hook("forward hook")
-        return super().register_forward_hook(*args, **kwargs)
-
-    def register_full_backward_pre_hook(self, *args: Any, **kwargs: Any) -> Any:
-        self._osf_warn_hook("backward pre-hook")
-        return super().register_full_backward_pre_hook(*args, **kwargs)
-
-    def register_full_backward_hook(self, *args: Any, **kwargs: Any) -> Any:
-        self._osf_warn_hook("backward hook")
-        return super().register_full_backward_hook(*args, **kwargs)
-
     def _osf_warn_hook(self, kind: str) -> None:
         """Only the root's forward runs (a supernet runs its rebuilt model's code itself, ``_osf_inner``): a
         hook on any other module would silently never be called."""
@@ -64,6 +48,24 @@ class IRContainer(nn.Module):
                           "every module itself. Hook the root model (a supernet: the Supernet itself), or make "
                           "the original model return the values you need and trace it again", UserWarning,
                           stacklevel=3)
+
+
+def _warning_hook_registration(name: str, kind: str) -> Callable:
+    """``nn.Module``'s hook registration ``name`` that warns first when the hook could never run."""
+    register = getattr(nn.Module, name)
+
+    def method(self: IRContainer, *args: Any, **kwargs: Any) -> Any:
+        self._osf_warn_hook(kind)
+        return register(self, *args, **kwargs)
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+for _name, _kind in (("register_forward_pre_hook", "forward pre-hook"), ("register_forward_hook", "forward hook"),
+                     ("register_full_backward_pre_hook", "backward pre-hook"),
+                     ("register_full_backward_hook", "backward hook")):
+    setattr(IRContainer, _name, _warning_hook_registration(_name, _kind))
+del _name, _kind
 
 
 class RebuiltModel(IRContainer):
