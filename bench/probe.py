@@ -1122,7 +1122,7 @@ def measure(name: str) -> dict:
         model, args, kwargs = build(name)
         model.eval()
         with torch.no_grad():
-            expected = model(*args, **kwargs)  # before the supernet sorts the shared weights
+            expected = model(*args, **kwargs)
         supernet = osf.Supernet(model, args, kwargs)
         space = supernet.space
         row.update(groups=len(space.groups), heads=sum(g.kind == "heads" for g in space.groups), units=len(space.units),

@@ -138,7 +138,9 @@ def test_min_max_and_random_archs_extract_and_run(name):
     with torch.no_grad():
         ref = _first(model(*args, **kwargs))
         full = sn.extract(sn.space.max()).eval()
-        torch.testing.assert_close(_first(full(*args, **kwargs)), ref, rtol=1e-4, atol=1e-5)
+        # the supernet's weights are sorted by salience (the model's are not): permuted channels sum in
+        # another order, ~3e-5 apart on ResNet-50's logits
+        torch.testing.assert_close(_first(full(*args, **kwargs)), ref, rtol=1e-3, atol=1e-4)
         n_full = sum(p.numel() for p in full.parameters())
         small = sn.extract(sn.space.min()).eval()
         assert _first(small(*args, **kwargs)).shape == ref.shape

@@ -386,3 +386,25 @@ def test_extracted_models_and_supernets_pickle_and_load_back(tmp_path):
     sub.norm = torch.nn.LayerNorm(sub.norm.weight.shape[0])
     with pytest.raises(pickle.PicklingError, match="module 'norm' is a torch.nn.modules.normalization.LayerNorm"):
         torch.save(sub, io.BytesIO())
+
+
+def test_the_model_and_the_ir_passed_in_are_never_modified():
+    """A traced IR holds the model's own tensors. The supernet sorted them by salience in place at
+    construction and every optimizer step trained them: the user's model changed under them. The
+    supernet's weights are its own copy, whether it traced the model or was given an IR."""
+    import torchvision
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(2, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ir = osf.trace(model, (x,))
+    ir_before = {k: t.clone() for k, t in ir.tensors.items()}
+    for sn in (osf.Supernet(model, (x,)), osf.Supernet(None, ir=ir)):
+        sn.train()
+        optimizer = torch.optim.SGD(sn.parameters(), lr=0.1)
+        with sn.set_arch(sn.space.sample(0)):
+            sn(x).square().mean().backward()
+        optimizer.step()
+        assert any(not torch.equal(t, ir_before[k]) for k, t in sn.tensors().items())  # it did train
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(t, ir_before[k]) for k, t in ir.tensors.items())
+    assert all(m._ir is ir for m in ir.modules.values())

@@ -16,7 +16,7 @@ from torch import nn
 from ..ir.capture import trace
 from ..ir.codegen import Blueprint, build
 from ..ir.flops import graph_flops
-from ..ir.graph import IR, PARAM
+from ..ir.graph import IR, PARAM, ModuleNode
 from ..ir.io import ir_from_json
 from ..space.arch import Arch
 from ..space.groups import ranking
@@ -48,7 +48,8 @@ class Supernet(nn.Module):
             if model is None:
                 raise ValueError("Supernet needs a model (with example args) or a traced ir=")
             ir = trace(model, args, kwargs or {}, **(trace_options or {}))
-        self.ir = ir
+        self.ir = ir = _own_copy(ir)  # a traced IR holds the model's own tensors: sorting and training
+        # write into the shared weights in place, which must never be the model's (or a given IR's)
         self.space = SearchSpace(ir, **space_options)
         self.net = build(ir, share_weights=True)
         self.net._osf_inner = True  # forward runs its programs, never self.net's forward (hooks on it warn)
@@ -312,6 +313,14 @@ class Supernet(nn.Module):
 
 
 _GENERATED = ("_compiled", "_template", "_template_error", "_max_program", "_active", "_grads")  # not copied
+
+
+def _own_copy(ir: IR) -> IR:
+    """``ir`` over copies of its tensors (graphs and metadata shared, module nodes new: an IR claims its own)."""
+    tensors = {k: nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad) if isinstance(t, nn.Parameter)
+               else t.detach().clone() for k, t in ir.tensors.items()}
+    modules = {n: ModuleNode(n, m.meta, m.children) for n, m in ir.modules.items()}
+    return IR(ir.graph, modules, tensors, ir.aliases, ir.info, ir.eval_graph)
 
 
 def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], options: dict[str, Any], cache_size: int,
