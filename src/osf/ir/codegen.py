@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import itertools
 import keyword
 import pickle
 import warnings
@@ -148,8 +149,8 @@ def _pickled_state(root: RebuiltModel) -> tuple[dict, dict, dict]:
                 f"{type(m).__qualname__} put in after osf built it, which its generated forward never calls; "
                 "save its state_dict(), or change the original model and trace it again")
     tensors: dict[str, torch.Tensor] = {}
-    held = {**{n: t for n, t in root.named_parameters(remove_duplicate=False)},
-            **{n: t for n, t in root.named_buffers(remove_duplicate=False)}}
+    held = dict(itertools.chain(root.named_parameters(remove_duplicate=False),
+                                root.named_buffers(remove_duplicate=False)))
     extra = sorted(n for n in held if n not in aliases and not n.startswith("_osf_const_"))
     missing = sorted(n for n in aliases if n not in held)
     if extra or missing:
@@ -358,7 +359,6 @@ class Blueprint:
                 root.register_buffer(name, t if share_weights or adopt else t.clone(), persistent=False)
         vars(root).update(self._root_attributes)
         return root
-
 
     def structure_json(self) -> dict:
         """``IR.to_json()`` of the IR this blueprint was made from (no tensors)."""

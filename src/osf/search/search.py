@@ -87,8 +87,8 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
             stopped = _nsga2(run, budget, seed, population or min(50, max(8, budget // 5)))
     info = {"algorithm": algorithm, "seed": seed, "budget": budget, "evaluated": len(run.points),
             "new_evaluations": run.new_evaluations, "cache_hits": run.cache_hits, "rejected": run.rejected,
-            "ignores_inputs": run.ignores_inputs, "stopped": stopped, "seconds": round(time.perf_counter() - started, 3),
-            "model": supernet.ir.modules[""].class_path}
+            "ignores_inputs": run.ignores_inputs, "stopped": stopped,
+            "seconds": round(time.perf_counter() - started, 3), "model": supernet.ir.modules[""].class_path}
     return Front(list(run.points.values()), objectives, constraints, run.limits, run.reference, info)
 
 

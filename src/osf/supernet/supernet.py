@@ -48,8 +48,9 @@ class Supernet(nn.Module):
             if model is None:
                 raise ValueError("Supernet needs a model (with example args) or a traced ir=")
             ir = trace(model, args, kwargs or {}, **(trace_options or {}))
-        self.ir = ir = _own_copy(ir)  # a traced IR holds the model's own tensors: sorting and training
-        # write into the shared weights in place, which must never be the model's (or a given IR's)
+        # a traced IR holds the model's own tensors, and sorting and training write into the shared
+        # weights in place: they must never be the model's (or a given IR's)
+        self.ir = ir = _own_copy(ir)
         self.space = SearchSpace(ir, **space_options)
         self.net = build(ir, share_weights=True)
         self.net._osf_inner = True  # forward runs its programs, never self.net's forward (hooks on it warn)
