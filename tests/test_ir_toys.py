@@ -1,6 +1,7 @@
 """IR behaviour on hand-written models: round trips, hierarchy, metadata, sharing, errors."""
 from __future__ import annotations
 
+import copy
 import json
 import random
 import warnings
@@ -11,8 +12,8 @@ from torch import nn
 
 import osf
 from roundtrip import assert_same, loss_of, round_trip
-from toys import (ClassTokenEncoder, CondInForward, DataDependent, ForwardBlocks, Gate, LayerDropWhenTraining,
-                  MultiIO, NeedsTargetsWhenTraining, SharedInChild, TiedLM)
+from toys import (ClassTokenEncoder, CondInForward, DataDependent, DomainAdversarial, ForwardBlocks, Gate,
+                  LayerDropWhenTraining, MultiIO, NeedsTargetsWhenTraining, SharedInChild, TiedLM)
 
 
 def multi_io_inputs(batch=3):
@@ -425,3 +426,24 @@ def test_a_hook_on_an_inner_module_of_a_rebuilt_model_warns_that_it_never_runs()
     supernet.register_forward_hook(lambda m, i, o: seen.append("supernet"))
     supernet(x)
     assert seen == ["root", "supernet"]
+
+
+def test_custom_autograd_functions_keep_their_gradients_or_are_refused(tmp_path):
+    """torch.export records only a custom Function's forward ops. A Function whose backward is their
+    derivative (a memory-saving swish) and torch's reentrant checkpoint give the model's gradients;
+    gradient reversal is a TraceError naming it and asking for a custom op, which then keeps its backward
+    and fixes the dims it touches."""
+    x = torch.randn(6, 10)
+    model = DomainAdversarial()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(osf.TraceError, match=r"toys\.GradReverse .*torch\.library\.custom_op"):
+        osf.trace(model, (x,))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters()) and model.training
+
+    ir = round_trip(DomainAdversarial(as_custom_op=True), (x,), tmp_path=tmp_path)
+    assert ir.info["inlined_functions"] == ["toys.SwishFn"]
+    assert not any(op.context for op in ir.graph.ops), "the checkpoint left a no-grad region"
+    assert "osf_tests.reverse_gradient.default" in [op.target for op in ir.graph.ops]
+    text = osf.SearchSpace(ir).describe()
+    assert "domain.0.weight[1]  (32): unsupported op osf_tests.reverse_gradient.default" in text

@@ -6,6 +6,7 @@ import random
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -209,3 +210,63 @@ class ClassTokenEncoder(nn.Module):
         t = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.proj(x)], 1)
         t = t + self.mix(t).relu()
         return self.head(t[:, 0])
+
+
+class SwishFn(torch.autograd.Function):
+    """A memory-saving swish: its backward is the derivative of its forward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return grad * s * (1 + x * (1 - s))
+
+
+class GradReverse(torch.autograd.Function):
+    """Gradient reversal (domain-adversarial training): identity forward, negated scaled backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+swish = SwishFn.apply  # kept bound at import, as models usually do
+reverse_gradient = GradReverse.apply
+
+
+@torch.library.custom_op("osf_tests::reverse_gradient", mutates_args=())
+def reverse_gradient_op(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Gradient reversal as a custom op: what osf's error asks for."""
+    return x.clone()
+
+
+reverse_gradient_op.register_fake(lambda x, scale: torch.empty_like(x))
+reverse_gradient_op.register_autograd(lambda ctx, grad: (-ctx.scale * grad, None),
+                                      setup_context=lambda ctx, inputs, output: setattr(ctx, "scale", inputs[1]))
+
+
+class DomainAdversarial(nn.Module):
+    """A feature extractor with a label head and a domain head behind a gradient reversal, swish
+    activations from a custom Function and a block under a reentrant checkpoint."""
+
+    def __init__(self, as_custom_op: bool = False):
+        super().__init__()
+        self.as_custom_op = as_custom_op
+        self.stem, self.block, self.head = nn.Linear(10, 32), nn.Linear(32, 32), nn.Linear(32, 3)
+        self.domain = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, x):
+        h = swish(self.stem(x))
+        h = h + torch.utils.checkpoint.checkpoint(self.block, h, use_reentrant=True)
+        reverse = reverse_gradient_op if self.as_custom_op else reverse_gradient
+        return self.head(h), self.domain(reverse(h, 0.5))

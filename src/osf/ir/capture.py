@@ -8,6 +8,7 @@ that run only in training), both are kept and the rebuilt model dispatches on ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import itertools
@@ -24,6 +25,7 @@ from typing import Any, Callable
 import sympy
 import torch
 import torch.fx
+import torch.utils.checkpoint
 import torch.utils._pytree as pytree
 from torch import nn
 from torch.export import Dim
@@ -54,11 +56,16 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     _refuse_packed_state(model)
     was_training = model.training
     started = time.perf_counter()
+    functions: dict[str, type] = {}
     try:
-        programs, method = _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq)
+        with _functions_recorded(functions):
+            programs, method = _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq)
     finally:
         model.train(was_training)
     ir = _to_ir(model, programs, method, verify_init)
+    if functions:
+        _check_inlined_functions(model, ir, args, kwargs, functions)
+        ir.info["inlined_functions"] = sorted(functions)
     if dynamic_batch:  # inputs whose batch the export could not keep dynamic: other batches are refused
         ir.info["fixed_batch"] = {p.name: p.meta["shape"][0] for p in ir.graph.placeholders
                                   if p.kind == INPUT and isinstance(p.meta, dict) and p.meta.get("shape")
@@ -204,6 +211,123 @@ def _identity_conversions_skipped() -> Any:
         yield
     finally:
         nn.Module._apply = apply
+
+
+@contextlib.contextmanager
+def _functions_recorded(seen: dict[str, type]) -> Any:
+    """While tracing, record in ``seen`` every ``torch.autograd.Function`` subclass defined outside torch
+    and osf (whose Functions compute their forward's derivative) whose ``forward`` runs. ``torch.export``
+    records only such a Function's forward ops: the captured graph differentiates them, not the Function's
+    own ``backward`` (``_check_inlined_functions``). Each class's ``forward`` is wrapped, not ``apply``,
+    which models often keep bound (``swish = SwishFn.apply``).
+
+    torch's reentrant checkpoint (``checkpoint(..., use_reentrant=True)``, HF gradient checkpointing) runs
+    its function straight: its ``torch.no_grad()`` inside the Function, where grad is already off, is
+    recorded as a no-grad region that never ends, and every later op of the graph lost its gradient. Its
+    backward recomputes the same ops, so their plain gradient is the checkpoint's."""
+    wrapped = [cls for cls in _subclasses(torch.autograd.Function)
+               if cls.__module__.partition(".")[0] not in ("torch", "osf") and "forward" in vars(cls)]
+    originals = {cls: vars(cls)["forward"] for cls in wrapped}
+
+    def recording(cls: type, forward: Callable) -> staticmethod:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            seen.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+            return forward(*args, **kwargs)
+        return staticmethod(functools.wraps(forward)(run))
+
+    def checkpointed(ctx: Any, run_function: Callable, preserve_rng_state: bool, *args: Any) -> Any:
+        return run_function(*args)
+
+    for cls, original in originals.items():
+        cls.forward = recording(cls, original.__get__(None, cls))
+    reentrant = torch.utils.checkpoint.CheckpointFunction
+    originals[reentrant] = vars(reentrant)["forward"]
+    reentrant.forward = staticmethod(checkpointed)
+    try:
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.forward = original
+
+
+def _subclasses(cls: type) -> list[type]:
+    found, todo = [], [cls]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.append(sub)
+                todo.append(sub)
+    return found
+
+
+def _check_inlined_functions(model: nn.Module, ir: IR, args: tuple, kwargs: dict,
+                             functions: dict[str, type]) -> None:
+    """Raise a TraceError if the IR's gradients differ from the model's on the example inputs: a custom
+    ``torch.autograd.Function`` whose ``backward`` is not the derivative of its ``forward`` (gradient
+    reversal, straight-through estimators) would silently train every rebuilt model and subnet with other
+    gradients. Functions that only save memory or time (their backward is the derivative) pass. Compared
+    in eval mode, and in training mode too when the two modes have different graphs."""
+    from .codegen import build
+
+    rebuilt = build(ir, share_weights=True)
+    modes = [False] + ([True] if ir.eval_graph is not None and not ir.info.get("train_error") else [])
+    was_training = model.training
+    buffers = {k: v.clone() for k, v in model.named_buffers()}  # training mode updates running statistics
+    try:
+        for training in modes:
+            model.train(training)
+            rebuilt.train(training)
+            expected, got = (_gradients(fn, args, kwargs) for fn in (model, rebuilt))
+            for name in dict.fromkeys([*expected, *got]):
+                a, b = expected.get(name), got.get(name)
+                if a is None and b is None:
+                    continue
+                a = torch.zeros_like(b) if a is None else a
+                b = torch.zeros_like(a) if b is None else b
+                if (a - b).norm() > 1e-3 * (a.norm() + b.norm()) + 1e-8:
+                    listed = ", ".join(f"{n} ({inspect.getsourcefile(c) or '?'})" for n, c in functions.items())
+                    raise TraceError(
+                        f"the captured graph computes other gradients than the model (those of {name} "
+                        f"differ in {'training' if training else 'eval'} mode): forward applies the custom "
+                        f"torch.autograd.Function {listed}; torch.export records its forward as plain ops "
+                        "and loses its own backward",
+                        suggestion="register the function as a custom op (torch.library.custom_op with "
+                        "register_autograd): osf keeps a custom op as one op, with its backward, and keeps "
+                        "the dims it touches at full size")
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                if k in buffers and v.shape == buffers[k].shape:
+                    v.copy_(buffers[k])
+
+
+def _gradients(fn: nn.Module, args: tuple, kwargs: dict) -> dict[str, torch.Tensor | None]:
+    """Gradients of a fixed random projection of ``fn``'s floating outputs w.r.t. its parameters and
+    floating inputs, with the random draws of forward seeded. ``backward`` (reentrant checkpoints refuse
+    ``autograd.grad``); the parameters' own ``.grad`` are put back."""
+    inputs = pytree.tree_map(lambda x: x.detach().clone().requires_grad_() if isinstance(x, torch.Tensor)
+                             and x.is_floating_point() else x, (args, kwargs))
+    wrt = {f"input {i}": x for i, x in enumerate(pytree.tree_leaves(inputs))
+           if isinstance(x, torch.Tensor) and x.requires_grad}
+    params = {n: p for n, p in fn.named_parameters() if p.requires_grad}
+    kept = {n: p.grad for n, p in params.items()}
+    try:
+        for p in params.values():
+            p.grad = None
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.manual_seed(0)
+            outputs = [y for y in pytree.tree_leaves(fn(*inputs[0], **inputs[1]))
+                       if isinstance(y, torch.Tensor) and y.requires_grad and y.is_floating_point()]
+            if not outputs:
+                return {}
+            directions = torch.Generator().manual_seed(0)
+            sum((y * torch.randn(y.shape, generator=directions, dtype=y.dtype).to(y.device)).sum()
+                for y in outputs).backward()
+        return {n: t.grad for n, t in (wrt | params).items()}
+    finally:
+        for n, p in params.items():
+            p.grad = kept[n]
 
 
 def _numpy_state_changed(now: tuple, before: tuple) -> bool:
