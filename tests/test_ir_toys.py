@@ -12,8 +12,8 @@ from torch import nn
 
 import osf
 from roundtrip import assert_same, loss_of, round_trip
-from toys import (ClassTokenEncoder, CondInForward, DataDependent, DomainAdversarial, ForwardBlocks, Gate,
-                  LayerDropWhenTraining, MultiIO, NeedsTargetsWhenTraining, SharedInChild, TiedLM)
+from toys import (ClassTokenEncoder, CondInForward, DataDependent, DomainAdversarial, ForcesFromEnergy, ForwardBlocks,
+                  Gate, GradientHooks, LayerDropWhenTraining, MultiIO, NeedsTargetsWhenTraining, SharedInChild, TiedLM)
 
 
 def multi_io_inputs(batch=3):
@@ -447,3 +447,27 @@ def test_custom_autograd_functions_keep_their_gradients_or_are_refused(tmp_path)
     assert "osf_tests.reverse_gradient.default" in [op.target for op in ir.graph.ops]
     text = osf.SearchSpace(ir).describe()
     assert "domain.0.weight[1]  (32): unsupported op osf_tests.reverse_gradient.default" in text
+
+
+def test_gradient_hooks_and_autograd_grad_in_forward():
+    """torch.export drops gradient hooks registered in forward, and no graph holds a module's backward
+    hooks: one that changes the gradient is a TraceError naming its line or module, one that only keeps
+    the gradient warns that it will not run. torch.autograd.grad in forward cannot be captured: the error
+    names it. Hooks on the model's parameters do not follow them into the IR: a warning."""
+    x = torch.randn(4, 8)
+    with pytest.raises(osf.TraceError, match=r"registers gradient hooks on tensors \(at .*toys\.py:\d+\)"):
+        osf.trace(GradientHooks(scale=0.1), (x,))
+    with pytest.warns(UserWarning, match="never call these hooks"):
+        ir = osf.trace(GradientHooks(scale=None), (x,))
+    assert "inlined_functions" not in ir.info
+    with pytest.raises(osf.TraceError, match=r"calls torch\.autograd\.grad \(at .*toys\.py:\d+\)"):
+        osf.trace(ForcesFromEnergy(), (torch.randn(5, 3),))
+
+    model = GradientHooks(scale=None)
+    model.a.register_full_backward_hook(lambda module, grad_in, grad_out: (grad_in[0] * 0.1,))
+    with pytest.raises(osf.TraceError, match=r"modules 'a' have backward hooks"):
+        osf.trace(model, (x,))
+    model = GradientHooks(scale=None)
+    model.b.weight.register_hook(torch.neg)
+    with pytest.warns(UserWarning, match=r"parameters b\.weight of GradientHooks have gradient hooks"):
+        osf.trace(model, (x,))

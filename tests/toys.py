@@ -270,3 +270,34 @@ class DomainAdversarial(nn.Module):
         h = h + torch.utils.checkpoint.checkpoint(self.block, h, use_reentrant=True)
         reverse = reverse_gradient_op if self.as_custom_op else reverse_gradient
         return self.head(h), self.domain(reverse(h, 0.5))
+
+
+class GradientHooks(nn.Module):
+    """Registers a gradient hook on an activation in forward: one that scales the gradient, or one that
+    keeps it (as Grad-CAM does)."""
+
+    def __init__(self, scale: float | None):
+        super().__init__()
+        self.scale, self.kept = scale, []
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if h.requires_grad:
+            h.register_hook(self.kept.append if self.scale is None else lambda grad: grad * self.scale)
+        return self.b(h)
+
+
+class ForcesFromEnergy(nn.Module):
+    """Calls torch.autograd.grad in forward (an interatomic potential's forces)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 32), nn.Linear(32, 1)
+
+    def forward(self, positions):
+        positions = positions if positions.requires_grad else positions.requires_grad_()
+        with torch.enable_grad():
+            energy = self.b(torch.tanh(self.a(positions))).sum()
+            forces = -torch.autograd.grad(energy, positions, create_graph=True)[0]
+        return energy, forces

@@ -56,16 +56,26 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     _refuse_packed_state(model)
     was_training = model.training
     started = time.perf_counter()
-    functions: dict[str, type] = {}
+    unrecorded = _Unrecorded(model)
     try:
-        with _functions_recorded(functions):
+        with unrecorded.watching():
             programs, method = _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq)
+    except TraceError as e:
+        if unrecorded.grad_calls:
+            raise TraceError(f"could not capture {type(model).__name__}: forward calls torch.autograd.grad (at "
+                             f"{', '.join(unrecorded.grad_calls)}), which torch.export cannot capture",
+                             suggestion="compute gradients of the model's outputs outside the model (e.g. forces "
+                             "as -grad(energy) in the loss function), with the model returning what they "
+                             "need") from e
+        raise
     finally:
         model.train(was_training)
     ir = _to_ir(model, programs, method, verify_init)
-    if functions:
-        _check_inlined_functions(model, ir, args, kwargs, functions)
-        ir.info["inlined_functions"] = sorted(functions)
+    if unrecorded.hooked:
+        _check_gradients(model, ir, args, kwargs, unrecorded)
+    _warn_parameter_hooks(model)
+    if unrecorded.functions:
+        ir.info["inlined_functions"] = sorted(unrecorded.functions)
     if dynamic_batch:  # inputs whose batch the export could not keep dynamic: other batches are refused
         ir.info["fixed_batch"] = {p.name: p.meta["shape"][0] for p in ir.graph.placeholders
                                   if p.kind == INPUT and isinstance(p.meta, dict) and p.meta.get("shape")
@@ -213,41 +223,90 @@ def _identity_conversions_skipped() -> Any:
         nn.Module._apply = apply
 
 
-@contextlib.contextmanager
-def _functions_recorded(seen: dict[str, type]) -> Any:
-    """While tracing, record in ``seen`` every ``torch.autograd.Function`` subclass defined outside torch
-    and osf (whose Functions compute their forward's derivative) whose ``forward`` runs. ``torch.export``
-    records only such a Function's forward ops: the captured graph differentiates them, not the Function's
-    own ``backward`` (``_check_inlined_functions``). Each class's ``forward`` is wrapped, not ``apply``,
-    which models often keep bound (``swish = SwishFn.apply``).
+class _Unrecorded:
+    """What ``torch.export`` does not record of a forward it traces, watched for while tracing: a custom
+    ``torch.autograd.Function``'s ``backward`` (only its forward ops are recorded: the graph differentiates
+    those), gradient hooks registered on tensors (dropped), and ``torch.autograd.grad`` calls (not
+    capturable; named when the capture fails); and the modules' backward hooks, which no graph holds."""
 
-    torch's reentrant checkpoint (``checkpoint(..., use_reentrant=True)``, HF gradient checkpointing) runs
-    its function straight: its ``torch.no_grad()`` inside the Function, where grad is already off, is
-    recorded as a no-grad region that never ends, and every later op of the graph lost its gradient. Its
-    backward recomputes the same ops, so their plain gradient is the checkpoint's."""
-    wrapped = [cls for cls in _subclasses(torch.autograd.Function)
-               if cls.__module__.partition(".")[0] not in ("torch", "osf") and "forward" in vars(cls)]
-    originals = {cls: vars(cls)["forward"] for cls in wrapped}
+    def __init__(self, model: nn.Module) -> None:
+        self.functions: dict[str, type] = {}  # every Function subclass outside torch and osf that ran
+        self.hooks: dict[str, None] = {}  # where forward called Tensor.register_hook (file:line)
+        self.grad_calls: dict[str, None] = {}  # where forward called torch.autograd.grad
+        self.module_hooks = [name or "<root>" for name, m in model.named_modules()
+                             if m._backward_hooks or m._backward_pre_hooks]  # the IR carries none
 
-    def recording(cls: type, forward: Callable) -> staticmethod:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            seen.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
-            return forward(*args, **kwargs)
-        return staticmethod(functools.wraps(forward)(run))
+    @contextlib.contextmanager
+    def watching(self) -> Any:
+        """Each Function class's ``forward`` is wrapped, not ``apply``, which models often keep bound
+        (``swish = SwishFn.apply``); osf's own Functions compute their forward's derivative.
 
-    def checkpointed(ctx: Any, run_function: Callable, preserve_rng_state: bool, *args: Any) -> Any:
-        return run_function(*args)
+        torch's reentrant checkpoint (``checkpoint(..., use_reentrant=True)``) runs its function straight:
+        its ``torch.no_grad()`` inside the Function, where grad is already off, is recorded as a no-grad
+        region that never ends, and every later op of the graph lost its gradient. Its backward recomputes
+        the same ops, so their plain gradient is the checkpoint's."""
+        functions = [cls for cls in _subclasses(torch.autograd.Function)
+                     if cls.__module__.partition(".")[0] not in ("torch", "osf") and "forward" in vars(cls)]
+        reentrant = torch.utils.checkpoint.CheckpointFunction
+        originals = {(cls, "forward"): vars(cls)["forward"] for cls in functions + [reentrant]}
+        originals |= {(torch.Tensor, "register_hook"): torch.Tensor.register_hook,
+                      (torch.autograd, "grad"): torch.autograd.grad}
 
-    for cls, original in originals.items():
-        cls.forward = recording(cls, original.__get__(None, cls))
-    reentrant = torch.utils.checkpoint.CheckpointFunction
-    originals[reentrant] = vars(reentrant)["forward"]
-    reentrant.forward = staticmethod(checkpointed)
+        def recording(cls: type, forward: Callable) -> staticmethod:
+            def run(*args: Any, **kwargs: Any) -> Any:
+                self.functions.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+                return forward(*args, **kwargs)
+            return staticmethod(functools.wraps(forward)(run))
+
+        def noted(where: dict[str, None], fn: Callable) -> Callable:
+            @functools.wraps(fn)
+            def run(*args: Any, **kwargs: Any) -> Any:
+                where[_user_line()] = None
+                return fn(*args, **kwargs)
+            return run
+
+        def checkpointed(ctx: Any, run_function: Callable, preserve_rng_state: bool, *args: Any) -> Any:
+            return run_function(*args)
+
+        for cls in functions:
+            cls.forward = recording(cls, vars(cls)["forward"].__get__(None, cls))
+        reentrant.forward = staticmethod(checkpointed)
+        torch.Tensor.register_hook = noted(self.hooks, torch.Tensor.register_hook)
+        torch.autograd.grad = noted(self.grad_calls, torch.autograd.grad)
+        try:
+            yield
+        finally:
+            for (owner, name), original in originals.items():
+                setattr(owner, name, original)
+
+    @property
+    def hooked(self) -> bool:
+        return bool(self.functions or self.hooks or self.module_hooks)
+
+    def describe(self) -> str:
+        parts = [f"forward applies the custom torch.autograd.Function {name} ({_source_file(cls)}), whose "
+                 "forward torch.export records as plain ops while its own backward is lost"
+                 for name, cls in self.functions.items()]
+        if self.hooks:
+            parts.append(f"forward registers gradient hooks on tensors (at {', '.join(self.hooks)}), which "
+                         "torch.export drops")
+        if self.module_hooks:
+            parts.append(f"modules {', '.join(repr(m) for m in self.module_hooks)} have backward hooks, which "
+                         "the captured graph does not hold")
+        return "; ".join(parts)
+
+
+def _source_file(cls: type) -> str:
     try:
-        yield
-    finally:
-        for cls, original in originals.items():
-            cls.forward = original
+        return inspect.getsourcefile(cls) or "?"
+    except (TypeError, OSError):  # defined in an interactive session
+        return "?"
+
+
+def _user_line() -> str:
+    """``file:line`` of the innermost caller outside torch and osf."""
+    frames = [f for f in traceback.extract_stack() if "/torch/" not in f.filename and "/osf/" not in f.filename]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -260,19 +319,20 @@ def _subclasses(cls: type) -> list[type]:
     return found
 
 
-def _check_inlined_functions(model: nn.Module, ir: IR, args: tuple, kwargs: dict,
-                             functions: dict[str, type]) -> None:
+def _check_gradients(model: nn.Module, ir: IR, args: tuple, kwargs: dict, unrecorded: _Unrecorded) -> None:
     """Raise a TraceError if the IR's gradients differ from the model's on the example inputs: a custom
     ``torch.autograd.Function`` whose ``backward`` is not the derivative of its ``forward`` (gradient
-    reversal, straight-through estimators) would silently train every rebuilt model and subnet with other
-    gradients. Functions that only save memory or time (their backward is the derivative) pass. Compared
-    in eval mode, and in training mode too when the two modes have different graphs."""
+    reversal, straight-through estimators) or a gradient hook that scales would silently train every
+    rebuilt model and subnet with other gradients. Functions that only save memory or time pass; hooks
+    that pass change no gradient, and a warning says they will not run. Compared in eval mode, and in
+    training mode too when the two modes have different graphs."""
     from .codegen import build
 
     rebuilt = build(ir, share_weights=True)
     modes = [False] + ([True] if ir.eval_graph is not None and not ir.info.get("train_error") else [])
     was_training = model.training
     buffers = {k: v.clone() for k, v in model.named_buffers()}  # training mode updates running statistics
+    own_hooks = set(_hooked_parameters(model))  # change only their own gradient; warned of
     try:
         for training in modes:
             model.train(training)
@@ -280,26 +340,45 @@ def _check_inlined_functions(model: nn.Module, ir: IR, args: tuple, kwargs: dict
             expected, got = (_gradients(fn, args, kwargs) for fn in (model, rebuilt))
             for name in dict.fromkeys([*expected, *got]):
                 a, b = expected.get(name), got.get(name)
-                if a is None and b is None:
+                if (a is None and b is None) or name in own_hooks:
                     continue
                 a = torch.zeros_like(b) if a is None else a
                 b = torch.zeros_like(a) if b is None else b
                 if (a - b).norm() > 1e-3 * (a.norm() + b.norm()) + 1e-8:
-                    listed = ", ".join(f"{n} ({inspect.getsourcefile(c) or '?'})" for n, c in functions.items())
                     raise TraceError(
                         f"the captured graph computes other gradients than the model (those of {name} "
-                        f"differ in {'training' if training else 'eval'} mode): forward applies the custom "
-                        f"torch.autograd.Function {listed}; torch.export records its forward as plain ops "
-                        "and loses its own backward",
-                        suggestion="register the function as a custom op (torch.library.custom_op with "
-                        "register_autograd): osf keeps a custom op as one op, with its backward, and keeps "
-                        "the dims it touches at full size")
+                        f"differ in {'training' if training else 'eval'} mode): {unrecorded.describe()}",
+                        suggestion="express the gradient change with ops in forward (a gradient scale s: "
+                        "x.detach() + (x - x.detach()) * s) or as a custom op (torch.library.custom_op with "
+                        "register_autograd), which osf keeps as one op with its backward (the dims it touches "
+                        "stay at full size)")
     finally:
         model.train(was_training)
         with torch.no_grad():
             for k, v in model.named_buffers():
                 if k in buffers and v.shape == buffers[k].shape:
                     v.copy_(buffers[k])
+    if unrecorded.hooks or unrecorded.module_hooks:
+        warnings.warn(f"{unrecorded.describe()}: rebuilt models, supernets and subnets never call these hooks. "
+                      "They change no gradient on the example inputs; what else they do (e.g. keep the gradient) "
+                      "will not happen", UserWarning, stacklevel=3)
+
+
+def _warn_parameter_hooks(model: nn.Module) -> None:
+    """Hooks on the model's own parameters do not follow them into a supernet or rebuilt model (their
+    tensors are copies, or new parameters on shared storage)."""
+    hooked = _hooked_parameters(model)
+    if hooked:
+        warnings.warn(f"parameters {', '.join(hooked[:5])}{' ...' if len(hooked) > 5 else ''} of "
+                      f"{type(model).__name__} have gradient hooks (Tensor.register_hook / "
+                      "register_post_accumulate_grad_hook), which a supernet's or rebuilt model's parameters do "
+                      "not have: register them on those", UserWarning, stacklevel=3)
+
+
+def _hooked_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters with gradient hooks of their own (``register_hook``, post-accumulate)."""
+    return [n for n, p in model.named_parameters()
+            if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None)]
 
 
 def _gradients(fn: nn.Module, args: tuple, kwargs: dict) -> dict[str, torch.Tensor | None]:
