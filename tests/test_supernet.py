@@ -408,3 +408,6 @@ def test_the_model_and_the_ir_passed_in_are_never_modified():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(torch.equal(t, ir_before[k]) for k, t in ir.tensors.items())
     assert all(m._ir is ir for m in ir.modules.values())
+    claimed = osf.Supernet(None, ir=ir, copy_ir=False)  # saves the copy: sorts and trains the IR's tensors
+    assert all(claimed.tensors()[k].data_ptr() == t.data_ptr() for k, t in ir.tensors.items())
+    assert any(not torch.equal(t, ir_before[k]) for k, t in ir.tensors.items())  # sorted in place

@@ -38,9 +38,9 @@ def new_supernet(model: str, space: SpaceSettings, image_size: int | None = None
     """Trace the model spec (or load a saved IR) into a supernet over ``space``."""
     options = to_json(space)
     if is_saved_ir(model):
-        return Supernet(None, ir=load_ir(model), **options)
-    m = resolve(model, image_size=image_size)
-    return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, **options)
+        return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
+    m = resolve(model, image_size=image_size)  # built here for the supernet alone: no copy of its weights
+    return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
 
 
 # ----- train -----

@@ -38,19 +38,23 @@ class Supernet(nn.Module):
     keep a reference, across steps.
 
     A width choice keeps a prefix of each group's channels; ``sort=True`` (default) first permutes the
-    weights so that prefix holds the most salient channels (``sort_by_salience``)."""
+    weights so that prefix holds the most salient channels (``sort_by_salience``).
+
+    ``copy_ir=False`` saves that copy (one model's worth of memory): the supernet then sorts and trains the
+    tensors of ``ir`` (of ``model``, when it traces it) in place, so use it only for what nothing else
+    needs, such as an IR just loaded with ``osf.load_ir``."""
 
     def __init__(self, model: nn.Module | None, args: tuple = (), kwargs: dict[str, Any] | None = None, *,
                  ir: IR | None = None, trace_options: dict[str, Any] | None = None, sort: bool = True,
-                 cache_size: int = 64, **space_options: Any):
+                 cache_size: int = 64, copy_ir: bool = True, **space_options: Any):
         super().__init__()
         if ir is None:
             if model is None:
                 raise ValueError("Supernet needs a model (with example args) or a traced ir=")
             ir = trace(model, args, kwargs or {}, **(trace_options or {}))
         # a traced IR holds the model's own tensors, and sorting and training write into the shared
-        # weights in place: they must never be the model's (or a given IR's)
-        self.ir = ir = _own_copy(ir)
+        # weights in place: they must never be the model's (or a given IR's) unless asked
+        self.ir = ir = _own_copy(ir) if copy_ir else ir
         self.space = SearchSpace(ir, **space_options)
         self.net = build(ir, share_weights=True)
         self.net._osf_inner = True  # forward runs its programs, never self.net's forward (hooks on it warn)
@@ -328,7 +332,7 @@ def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], options: dict[s
               arch: dict | None, flags: dict[str, bool]) -> Supernet:
     ir = ir_from_json(structure, "a pickled supernet")
     ir.tensors = tensors
-    supernet = Supernet(None, ir=ir, sort=False, cache_size=cache_size, **options)
+    supernet = Supernet(None, ir=ir, sort=False, cache_size=cache_size, copy_ir=False, **options)
     for name, m in supernet.named_modules():
         m.training = flags.get(name, m.training)
     if arch is not None:
