@@ -1108,6 +1108,19 @@ def _spatial_rule(nspatial: int):
     return fn
 
 
+def _unpool_rule(nspatial: int):
+    """``max_unpool{2,3}d(input, indices, output_size, ...)``: the indices (from ``max_pool*_with_indices``)
+    point into each (batch, channel) plane of the output, so their leading dims are the input's."""
+    def fn(p: _Pass, op: OpNode):
+        x, indices = p.tensor(op.args[0]), p.tensor(op.args[1])
+        for a, b in zip(x, indices):
+            p.unify(a, b, op)
+        return _spatial_rule(nspatial)(p, op)
+    return fn
+
+
+RULES["aten.max_unpool2d.default"], RULES["aten.max_unpool3d.default"] = _unpool_rule(2), _unpool_rule(3)
+
 for _n in (1, 2, 3):
     for _name in (f"max_pool{_n}d", f"avg_pool{_n}d", f"adaptive_avg_pool{_n}d", f"adaptive_max_pool{_n}d",
                   f"max_pool{_n}d_with_indices", f"lp_pool{_n}d", f"upsample_nearest{_n}d",
