@@ -12,8 +12,9 @@ from torch import nn
 
 import osf
 from roundtrip import assert_same, loss_of, round_trip
-from toys import (ClassTokenEncoder, CondInForward, DataDependent, DomainAdversarial, ForcesFromEnergy, ForwardBlocks,
-                  Gate, GradientHooks, LayerDropWhenTraining, MultiIO, NeedsTargetsWhenTraining, SharedInChild, TiedLM)
+from toys import (CausalSeq2Seq, ClassTokenEncoder, CondInForward, DataDependent, DomainAdversarial, ForcesFromEnergy,
+                  ForwardBlocks, Gate, GradientHooks, LayerDropWhenTraining, MultiIO, NeedsTargetsWhenTraining,
+                  SharedInChild, TiedLM)
 
 
 def multi_io_inputs(batch=3):
@@ -471,3 +472,12 @@ def test_gradient_hooks_and_autograd_grad_in_forward():
     model.b.weight.register_hook(torch.neg)
     with pytest.warns(UserWarning, match=r"parameters b\.weight of GradientHooks have gradient hooks"):
         osf.trace(model, (x,))
+
+
+def test_transformer_with_a_causal_mask_and_no_hint(tmp_path):
+    """nn.Transformer{Encoder,Decoder} compare a mask given without ``is_causal`` against a causal one to
+    pick a kernel; traced, that comparison was a TraceError. The mask is applied as given: same outputs,
+    gradients and state, and the heads of all six attentions are found."""
+    source, target = torch.randint(0, 40, (3, 7)), torch.randint(0, 40, (3, 5))
+    ir = round_trip(CausalSeq2Seq(), (source, target), tmp_path=tmp_path)
+    assert sum(g.kind == "heads" for g in osf.SearchSpace(ir).groups) == 6

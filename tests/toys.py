@@ -301,3 +301,17 @@ class ForcesFromEnergy(nn.Module):
             energy = self.b(torch.tanh(self.a(positions))).sum()
             forces = -torch.autograd.grad(energy, positions, create_graph=True)[0]
         return energy, forces
+
+
+class CausalSeq2Seq(nn.Module):
+    """nn.Transformer with a causal target mask and no ``tgt_is_causal`` hint (PyTorch's tutorial usage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.source, self.target = nn.Embedding(40, 32), nn.Embedding(40, 32)
+        self.transformer = nn.Transformer(32, 4, 2, 2, 64, batch_first=True)
+        self.out = nn.Linear(32, 40)
+
+    def forward(self, source, target):
+        mask = nn.Transformer.generate_square_subsequent_mask(target.shape[1])
+        return self.out(self.transformer(self.source(source), self.target(target), tgt_mask=mask))

@@ -409,6 +409,20 @@ def _gradients(fn: nn.Module, args: tuple, kwargs: dict) -> dict[str, torch.Tens
             p.grad = kept[n]
 
 
+@contextlib.contextmanager
+def _causal_masks_applied_as_given() -> Any:
+    """While tracing, ``nn.TransformerEncoder`` / ``Decoder`` (and ``nn.Transformer``) given a mask but no
+    ``is_causal`` hint no longer compare the mask's values with a causal one: that comparison only picks
+    a faster kernel, and on traced values it cannot be decided (a TraceError for every such model). The
+    mask is applied as given either way, so the outputs are the same."""
+    detect = torch.nn.modules.transformer._detect_is_causal_mask
+    torch.nn.modules.transformer._detect_is_causal_mask = lambda mask, is_causal=None, size=None: is_causal is True
+    try:
+        yield
+    finally:
+        torch.nn.modules.transformer._detect_is_causal_mask = detect
+
+
 def _numpy_state_changed(now: tuple, before: tuple) -> bool:
     return any((a != b) if not hasattr(a, "shape") else not (a == b).all() for a, b in zip(now, before))
 
@@ -416,7 +430,7 @@ def _numpy_state_changed(now: tuple, before: tuple) -> bool:
 def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
     recorder = _StackRecorder(model)
     try:
-        with _quiet(), _no_random_draws(), _identity_conversions_skipped():
+        with _quiet(), _no_random_draws(), _identity_conversions_skipped(), _causal_masks_applied_as_given():
             return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic), None
     except Exception as e:  # noqa: BLE001 - reported below with the module that raised it
         where = (recorder.failed_at or recorder.stack or [""])[-1]
@@ -510,7 +524,7 @@ def _export_via_fx(model, args, kwargs, dynamic):
     try:
         concrete = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
         tensor_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-        with _quiet(), _no_random_draws(), _identity_conversions_skipped():
+        with _quiet(), _no_random_draws(), _identity_conversions_skipped(), _causal_masks_applied_as_given():
             gm = torch.fx.symbolic_trace(model, concrete_args=concrete or None)
             gm.train(model.training)
             return torch.export.export(gm, args, tensor_kwargs, strict=False)
