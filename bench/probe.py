@@ -6,14 +6,14 @@ projections and GLU, spectral norm and torch.no_grad() in forward, a float32 aut
 einsum attention on a raw parameter, a CIFAR ResNet with option-A shortcuts, and more: DLRM's
 gather (tril_indices), a hyper-network, unequal splits, straight-through estimators, a style-transfer net, a
 non-local block, deformable convs, a weight-shared (universal) transformer, a dense mixture of experts, NeRF,
-CBAM, MixNet's mixed kernels, SKNet, LoRA adapters, DINO-style interpolated positions, a Perceiver).
+CBAM, MixNet's mixed kernels, SKNet, LoRA adapters, DINO-style interpolated positions, a Perceiver,
+SegNet's unpooling, nn.Transformer with a causal mask, a VQ-VAE with an EMA codebook).
 
-Per model: the supernet builds; its maximal subnet equals the original (eval mode, computed before the
-supernet sorted the shared weights by salience); for the minimal and two sampled subnets, running the
+Per model: the supernet builds; its maximal subnet equals the original (eval mode); for the minimal and two sampled subnets, running the
 supernet at the arch (``set_arch``) equals the extracted model, and ``cost()`` gives its exact parameter
 count.
 
-    python bench/probe.py            # every model (about 5 minutes)
+    python bench/probe.py            # every model (about 8 minutes)
     python bench/probe.py --quick    # 5 models
 
 Writes bench/results/probe[-quick].json and the ``probe`` section of docs/benchmarks.md (--quick:
@@ -835,6 +835,64 @@ class Perceiver(nn.Module):
         return self.head(self.block(q + self.cross(q, kv, kv, need_weights=False)[0]).mean(1))
 
 
+class SegNet(nn.Module):
+    """SegNet: the decoder unpools (MaxUnpool2d) at the indices of the encoder's max pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.e1 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.e2 = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+        self.d2 = nn.Sequential(nn.Conv2d(32, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.d1 = nn.Conv2d(16, 5, 3, padding=1)
+
+    def forward(self, x):
+        h1, i1 = self.pool(self.e1(x))
+        h2, i2 = self.pool(self.e2(h1))
+        return self.d1(self.unpool(self.d2(self.unpool(h2, i2)), i1))
+
+
+class CausalSeq2Seq(nn.Module):
+    """nn.Transformer with a causal target mask and no ``tgt_is_causal`` hint (PyTorch's tutorial usage)."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.source, self.target, self.out = nn.Embedding(40, d), nn.Embedding(40, d), nn.Linear(d, 40)
+        self.transformer = nn.Transformer(d, 4, 2, 2, 64, dropout=0.0, batch_first=True)
+
+    def forward(self, source, target):
+        mask = nn.Transformer.generate_square_subsequent_mask(target.shape[1])
+        return self.out(self.transformer(self.source(source), self.target(target), tgt_mask=mask))
+
+
+class VectorQuantizedVAE(nn.Module):
+    """VQ-VAE: nearest-codebook quantisation with a straight-through gradient and an EMA codebook updated
+    in place in training."""
+
+    def __init__(self, codes: int = 32, d: int = 16, decay: float = 0.9):
+        super().__init__()
+        self.decay = decay
+        self.enc = nn.Sequential(nn.Conv2d(3, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, d, 3, padding=1))
+        self.dec = nn.Sequential(nn.ConvTranspose2d(d, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 3, 3, padding=1))
+        self.register_buffer("codebook", torch.randn(codes, d))
+        self.register_buffer("counts", torch.ones(codes))
+        self.register_buffer("sums", self.codebook.clone())
+
+    def forward(self, x):
+        z = self.enc(x)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t() + self.codebook.pow(2).sum(1)
+        codes = distances.argmin(1)
+        q = F.embedding(codes, self.codebook).view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
+        if self.training:
+            with torch.no_grad():
+                onehot = F.one_hot(codes, self.codebook.shape[0]).type(flat.dtype)
+                self.counts.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+                self.sums.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+                self.codebook.copy_(self.sums / (self.counts.unsqueeze(1) + 1e-5))
+        return self.dec(z + (q - z).detach()), (q.detach() - z).pow(2).mean()
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -889,6 +947,9 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "lora_mlp": lambda: (LoRAMLP(), (torch.randn(2, 5, 16),)),
     "interpolated_positions": lambda: (InterpolatedPositions(), (_image(20),)),
     "perceiver": lambda: (Perceiver(), (torch.randn(2, 30, 6),)),
+    "segnet_unpool": lambda: (SegNet(), (_image(16),)),
+    "causal_seq2seq": lambda: (CausalSeq2Seq(), (torch.randint(0, 40, (2, 7)), torch.randint(0, 40, (2, 5)))),
+    "vq_vae_ema": lambda: (VectorQuantizedVAE(), (_image(16),)),
 }
 
 
@@ -1088,6 +1149,51 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
         "clap-audio": lambda: (T.ClapAudioModel(T.ClapAudioConfig(
             spec_size=64, patch_size=4, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 4],
             window_size=4, num_mel_bins=16, hidden_size=32, enable_fusion=False)), (torch.randn(2, 1, 64, 16),), {}),
+        "distilbert": lambda: (T.DistilBertModel(T.DistilBertConfig(vocab_size=1000, dim=64, n_layers=2, n_heads=4,
+                                                                    hidden_dim=128)), (), text),
+        "roformer": lambda: (T.RoFormerModel(T.RoFormerConfig(vocab_size=1000, embedding_size=64, **small)), (), text),
+        "mpnet": lambda: (T.MPNetModel(T.MPNetConfig(vocab_size=1000, **small)), (), text),
+        "big-bird": lambda: (T.BigBirdModel(T.BigBirdConfig(vocab_size=1000, attention_type="original_full", **small)),
+                             (), text),
+        "llama": lambda: (T.LlamaModel(T.LlamaConfig(vocab_size=1000, num_key_value_heads=2, **small)), (), causal),
+        "olmo2": lambda: (T.Olmo2Model(T.Olmo2Config(vocab_size=1000, num_key_value_heads=2, **small)), (), causal),
+        "cohere": lambda: (T.CohereModel(T.CohereConfig(vocab_size=1000, num_key_value_heads=2, **small)), (), causal),
+        "starcoder2": lambda: (T.Starcoder2Model(T.Starcoder2Config(vocab_size=1000, num_key_value_heads=2, **small)), (),
+                               causal),
+        "gpt-neo": lambda: (T.GPTNeoModel(T.GPTNeoConfig(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4,
+                                                         attention_types=[[["global", "local"], 1]], window_size=8)),
+                            (), causal),
+        "biogpt": lambda: (T.BioGptModel(T.BioGptConfig(vocab_size=1000, **small)), (), causal),
+        "granite": lambda: (T.GraniteModel(T.GraniteConfig(vocab_size=1000, num_key_value_heads=2, **small)), (), causal),
+        "persimmon": lambda: (T.PersimmonModel(T.PersimmonConfig(vocab_size=1000, **small)), (), causal),
+        "ast": lambda: (T.ASTModel(T.ASTConfig(num_mel_bins=16, max_length=32, frequency_stride=4, time_stride=4,
+                                               **small)), (torch.randn(2, 32, 16),), {}),
+        "poolformer": lambda: (T.PoolFormerModel(T.PoolFormerConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])),
+                               (_image(64),), {}),
+        "regnet": lambda: (T.RegNetModel(T.RegNetConfig(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16,
+                                                        groups_width=8)), (_image(32),), {}),
+        "efficientnet": lambda: (T.EfficientNetModel(T.EfficientNetConfig(image_size=32, depth_coefficient=0.3)),
+                                 (_image(32),), {}),
+        "focalnet": lambda: (T.FocalNetModel(T.FocalNetConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                                                              focal_levels=[2, 2], focal_windows=[3, 3])),
+                             (_image(32),), {}),
+        "pvt-v2": lambda: (T.PvtV2Model(T.PvtV2Config(
+            image_size=64, hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[1, 2], sr_ratios=[2, 1],
+            num_encoder_blocks=2, patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[4, 4])), (_image(64),), {}),
+        "swiftformer": lambda: (T.SwiftFormerModel(T.SwiftFormerConfig(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1])),
+                                (_image(64),), {}),
+        "yolos": lambda: (T.YolosModel(T.YolosConfig(image_size=[32, 32], patch_size=8, num_detection_tokens=4,
+                                                     **small)), (_image(32),), {}),
+        "sew": lambda: (T.SEWModel(T.SEWConfig(conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                                               squeeze_factor=2, **small)), (torch.randn(2, 800),), {}),
+        "rembert": lambda: (T.RemBertModel(T.RemBertConfig(vocab_size=1000, input_embedding_size=32,
+                                                           output_embedding_size=32, **small)), (), text),
+        "layoutlm": lambda: (T.LayoutLMModel(T.LayoutLMConfig(vocab_size=1000, **small)), (),
+                             {**text, "bbox": torch.randint(0, 100, (2, 16, 4)).sort(-1).values}),
+        "siglip-vision": lambda: (T.SiglipVisionModel(T.SiglipVisionConfig(**vision)), (_image(32),), {}),
+        "owlvit-vision": lambda: (T.OwlViTVisionModel(T.OwlViTVisionConfig(**vision)), (_image(32),), {}),
+        "megatron-bert": lambda: (T.MegatronBertModel(T.MegatronBertConfig(vocab_size=1000, **small)), (), text),
     }
     return built[name]()
 
@@ -1099,7 +1205,10 @@ HF = ("albert", "electra", "deberta-v2", "deberta-v3", "mobilebert", "xlm-robert
       "hiera", "groupvit-vision", "canine", "patchtst", "mamba2", "rwkv", "detr", "depth-anything", "swin2sr", "hifigan",
       "fnet", "esm", "qwen3", "deepseek-v3", "mpt", "stablelm", "codegen", "hubert", "videomae", "timesformer", "vitdet",
       "sam-vision", "upernet", "glpn", "informer", "gemma2", "qwen2-moe", "zamba2", "jamba", "recurrent-gemma", "lilt",
-      "pixtral-vision", "dpt", "cvt", "bit", "mobilevitv2", "clap-audio")
+      "pixtral-vision", "dpt", "cvt", "bit", "mobilevitv2", "clap-audio", "distilbert", "roformer", "mpnet", "big-bird",
+      "llama", "olmo2", "cohere", "starcoder2", "gpt-neo", "biogpt", "granite", "persimmon", "ast", "poolformer", "regnet",
+      "efficientnet", "focalnet", "pvt-v2", "swiftformer", "yolos", "sew", "rembert", "layoutlm", "siglip-vision",
+      "owlvit-vision", "megatron-bert")
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:
@@ -1163,10 +1272,9 @@ def section(env: dict, rows: list[dict]) -> str:
              f"- Versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, osf {env['osf']}",
              f"- Seed {SEED}; random weights; Hugging Face: small configs (width 64, 2 layers, 4 heads where the "
              "architecture has them), batch 2; hand-written models: `bench/probe.py`",
-             "- *OK*: the supernet builds; `extract(max())` equals the original (eval mode, `allclose` atol 1e-4, rtol 1e-3, "
-             "the original run before the supernet sorted its weights); for `min()` and two sampled archs, the supernet at "
-             "the arch (`set_arch`) equals the extracted model (atol 1e-5, rtol 1e-4) and `cost()` gives its exact "
-             "parameter count. *Unsupported*: ops without a dimension rule (their dims stay fixed)", "",
+             "- *OK*: the supernet builds; `extract(max())` equals the original (eval mode, `allclose` atol 1e-4, "
+             "rtol 1e-3); for `min()` and two sampled archs, the supernet at the arch (`set_arch`) equals the "
+             "extracted model (atol 1e-5, rtol 1e-4) and `cost()` gives its exact parameter count. *Unsupported*: ops without a dimension rule (their dims stay fixed)", "",
              f"{ok} of {len(rows)} models OK.", "",
              "| model | OK | groups (heads) | units | log10 size | min params / params | unsupported ops | problems |",
              "|---|---|---:|---:|---:|---:|---|---|"]
