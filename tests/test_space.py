@@ -1472,3 +1472,24 @@ def test_a_unit_with_two_fitting_inputs_is_contracted_to_the_same_one_in_every_p
                              check=True)
         chosen.add(run.stdout.split()[-1])
     assert chosen == {"relu"}  # the sigmoid's conv, which reads y, runs before the product reads x
+
+
+@pytest.mark.parametrize("concat", [torch.cat, torch.concat, torch.concatenate])
+def test_every_spelling_of_cat_concatenates(concat):
+    """``torch.concatenate`` (Zamba2) and ``torch.concat`` record their own ATen ops: both are ``cat``,
+    so each branch keeps its own width group (``concatenate`` blocked both)."""
+
+    class TwoBranches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(8, 16), nn.Linear(8, 24), nn.Linear(40, 3)
+
+        def forward(self, x):
+            return self.head(concat([torch.relu(self.a(x)), torch.relu(self.b(x))], -1))
+
+    torch.manual_seed(0)
+    args = (torch.randn(4, 8),)
+    sn = osf.Supernet(TwoBranches().eval(), args, multiple_of=4)
+    assert sn.space.analysis.unsupported == []
+    assert sorted(g.size for g in sn.space.groups) == [16, 24], sn.space.describe()
+    _min_and_sample_agree(sn, args)

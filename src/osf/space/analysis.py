@@ -1015,7 +1015,7 @@ def _index_select(p: _Pass, op: OpNode):
     return x
 
 
-@rule("aten.cat.default", "aten.concat.default")
+@rule("aten.cat.default", "aten.concat.default", "aten.concatenate.default")
 def _cat(p: _Pass, op: OpNode):
     ts = [t for t in (p.tensor(a) for a in op.args[0]) if t is not None]
     out_sizes = p.out_sizes(op)
