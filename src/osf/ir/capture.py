@@ -261,7 +261,9 @@ class _Unrecorded:
         def noted(where: dict[str, None], fn: Callable) -> Callable:
             @functools.wraps(fn)
             def run(*args: Any, **kwargs: Any) -> Any:
-                where[_user_line()] = None
+                caller = sys._getframe(1)  # torch's own calls (e.g. for module hooks) are not the model's
+                if "/torch/" not in caller.f_code.co_filename:
+                    where[f"{caller.f_code.co_filename}:{caller.f_lineno}"] = None
                 return fn(*args, **kwargs)
             return run
 
@@ -301,12 +303,6 @@ def _source_file(cls: type) -> str:
         return inspect.getsourcefile(cls) or "?"
     except (TypeError, OSError):  # defined in an interactive session
         return "?"
-
-
-def _user_line() -> str:
-    """``file:line`` of the innermost caller outside torch and osf."""
-    frames = [f for f in traceback.extract_stack() if "/torch/" not in f.filename and "/osf/" not in f.filename]
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 def _subclasses(cls: type) -> list[type]:
