@@ -938,6 +938,8 @@ class _WidthThrough(nn.Module):
             self.b = nn.utils.parametrizations.weight_norm(nn.Linear(32, 4))
         elif mode == "embedding_bag":
             self.a, self.b = nn.EmbeddingBag(100, 32), nn.Linear(32, 4)
+        elif mode == "diff":  # frame differences of per-frame features
+            self.a, self.b = nn.Linear(10, 32), nn.Linear(32, 4)
         elif mode == "max_unpool":  # SegNet: the decoder unpools at the encoder's pooling indices
             self.a, self.b = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 4, 3, padding=1)
         else:
@@ -946,7 +948,8 @@ class _WidthThrough(nn.Module):
     def example(self) -> tuple:
         return {"grid_sample": (torch.randn(2, 3, 8, 8),), "cdist": (torch.randn(4, 16),),
                 "weight_norm": (torch.randn(4, 16),), "embedding_bag": (torch.randint(0, 100, (10,)), torch.tensor([0, 4])),
-                "one_hot": (torch.randint(0, 10, (4,)),), "max_unpool": (torch.randn(2, 3, 8, 8),)}[self.mode]
+                "one_hot": (torch.randint(0, 10, (4,)),), "max_unpool": (torch.randn(2, 3, 8, 8),),
+                "diff": (torch.randn(2, 6, 10),)}[self.mode]
 
     def forward(self, x, offsets=None):
         if self.mode == "grid_sample":
@@ -958,6 +961,9 @@ class _WidthThrough(nn.Module):
             return -torch.cdist(self.a(x), self.protos)
         if self.mode == "embedding_bag":
             return self.b(self.a(x, offsets))
+        if self.mode == "diff":
+            h = torch.relu(self.a(x))
+            return self.b(torch.diff(h, dim=1, prepend=h[:, :1]))
         if self.mode == "max_unpool":
             h, indices = nn.functional.max_pool2d(torch.relu(self.a(x)), 2, return_indices=True)
             return self.b(nn.functional.max_unpool2d(h * 2, indices, 2))
@@ -977,7 +983,8 @@ def _min_and_sample_agree(sn: osf.Supernet, args: tuple) -> None:
             torch.testing.assert_close(sn(*args), sub(*args), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["grid_sample", "cdist", "weight_norm", "embedding_bag", "one_hot", "max_unpool"])
+@pytest.mark.parametrize("mode", ["grid_sample", "cdist", "weight_norm", "embedding_bag", "one_hot", "max_unpool",
+                                  "diff"])
 def test_widths_through_sampling_distances_and_parametrisations(mode):
     """These ops have dimension rules (they blocked every dim they touched): the hidden width is one
     prunable group, the maximal subnet is the original, and a subnet on the shared weights equals the

@@ -1262,6 +1262,24 @@ def _view_as_real(p: _Pass, op: OpNode):
     return list(p.tensor(op.args[0])) + [p.fresh((2, ()), f"real and imaginary parts ({op.name})")]
 
 
+@rule("aten.diff.default")
+def _diff(p: _Pass, op: OpNode):
+    """``diff(x, n, dim, prepend, append)``: differences along ``dim`` (blocked; its size changes), other
+    dims pass through and are shared with ``prepend`` / ``append``."""
+    x = list(p.tensor(op.args[0]))
+    d = _norm_dim(p.arg(op, 2, "dim", -1), len(x))
+    why = f"positions matter along this dim ({op.name})"
+    for extra in (p.tensor(p.arg(op, 3, "prepend")), p.tensor(p.arg(op, 4, "append"))):
+        for i, e in enumerate(extra or []):
+            if i == d:
+                p.block(e, why)
+            else:
+                p.unify(x[i], e, op)
+    p.block(x[d], why)
+    x[d] = p.fresh(p.out_sizes(op)[d], why)
+    return x
+
+
 RULES["aten.roll.default"] = _dims_blocked((2,))
 RULES["aten.flip.default"] = _dims_blocked((1,))
 RULES["aten.cumsum.default"] = _dims_blocked((1,))
