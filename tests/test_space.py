@@ -1146,6 +1146,45 @@ def test_recurrent_hidden_sizes_are_pruned(recurrent, bidirectional):
                 torch.testing.assert_close(sn(x), sub(x), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_projection_is_a_second_group(bidirectional):
+    """``nn.LSTM(proj_size=...)``: the hidden units (gate rows, ``w_hr``'s columns, the cell state) and the
+    projected state (``w_hr``'s rows, ``w_hh``'s columns, the output) are two groups. A subnet is the
+    original with the dropped units' gate rows and the dropped projections' ``w_hr`` rows zeroed."""
+    torch.manual_seed(0)
+
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 32)
+            self.lstm = nn.LSTM(32, 24, num_layers=2, batch_first=True, bidirectional=bidirectional, proj_size=12)
+            self.b = nn.Linear(24 if bidirectional else 12, 4)
+
+        def forward(self, x):
+            return self.b(self.lstm(self.a(x))[0])
+
+    model, x = Projected().eval(), torch.randn(2, 6, 8)
+    sn = osf.Supernet(model, (x,), sort=False, multiple_of=4)
+    assert sn.space.analysis.unsupported == []
+    keys = {g.size: g.key for g in sn.space.groups}
+    assert {24, 12} <= set(keys), sn.space.describe()
+    arch = osf.Arch({**sn.space.max().width, keys[24]: 8, keys[12]: 4}, sn.space.max().depth)
+    sub = sn.extract(arch).eval()
+    assert sub.lstm.weight_hh_l1.shape == (32, 4) and sub.lstm.weight_hr_l1.shape == (4, 8)
+    assert sub.lstm.weight_ih_l1.shape == (32, 8 if bidirectional else 4)
+    masked = Projected().eval()
+    masked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for name, t in masked.lstm.named_parameters():
+            if name.startswith("weight_hr"):
+                t[4:] = 0
+            else:
+                t.view(4, 24, *t.shape[1:])[:, 8:] = 0
+        torch.testing.assert_close(sub(x), masked(x), atol=1e-5, rtol=1e-4)
+        with sn.set_arch(arch):
+            torch.testing.assert_close(sn.eval()(x), sub(x), atol=1e-5, rtol=1e-4)
+
+
 def test_data_dependent_sizes_are_captured_and_experts_pruned(tmp_path):
     """``torch.where(mask)`` gives sizes no example fixes: the IR keeps them symbolic (it crashed asking
     torch for an example value), saves and loads, its run-time size checks are no ops to the analysis,

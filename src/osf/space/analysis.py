@@ -497,8 +497,9 @@ def _rnn(p: _Pass, op: OpNode):
     """``nn.LSTM``/``GRU``/``RNN``: one hidden size for every layer and direction; each weight's rows are
     the gates' blocks of hidden units, concatenated (a subnet keeps the same units of every gate); a
     layer's input is the previous layer's output (the directions concatenated). A unit whose gate rows
-    are zero stays zero, so a subnet is the original with those units' weights zeroed. Projections
-    (``proj_size``) are refused."""
+    are zero stays zero, so a subnet is the original with those units' weights zeroed. An LSTM with
+    ``proj_size`` has a second group, the projected state (``w_hr``'s rows, ``w_hh``'s columns, the
+    output and ``h``): a dropped one is the original with its ``w_hr`` row zeroed."""
     gates = _RNN_GATES[op.target]
     x = p.tensor(op.args[0])
     states = [p.tensor(h) for h in (op.args[1] if isinstance(op.args[1], list) else [op.args[1]])]
@@ -506,21 +507,28 @@ def _rnn(p: _Pass, op: OpNode):
     has_biases, layers, bidirectional, batch_first = op.args[3], op.args[4], op.args[7], op.args[8]
     directions = 2 if bidirectional else 1
     per = 4 if has_biases else 2
+    projected = op.target == "aten.lstm.input" and len(params) == layers * directions * (per + 1)
+    per += projected
     if len(params) != layers * directions * per or any(w is None for w in params):
-        raise _Unsupported("recurrent weights other than (w_ih, w_hh[, b_ih, b_hh]) per layer and direction")
-    hidden = params[1][1]  # w_hh: [gates × hidden, hidden]
+        raise _Unsupported("recurrent weights other than (w_ih, w_hh[, b_ih, b_hh][, w_hr]) per layer and direction")
+    hidden = params[per - 1][1] if projected else params[1][1]  # w_hr: [proj, hidden]; w_hh: [gates × hidden, hidden]
+    state = params[per - 1][0] if projected else hidden  # what h and the output hold
     why = f"layers × directions of {op.name}"
     layer_in = x[-1]
     for layer in range(layers):
         for direction in range(directions):
-            w_ih, w_hh, *biases = params[(layer * directions + direction) * per:][:per]
+            w_ih, w_hh, *rest = params[(layer * directions + direction) * per:][:per]
+            biases, w_hr = (rest[:-1], rest[-1]) if projected else (rest, None)
             _gate_rows(p, op, [w_ih, w_hh, *biases], hidden, gates)
-            p.unify(w_hh[1], hidden, op)
+            if w_hr is not None:
+                p.unify(w_hr[0], state, op)
+                p.unify(w_hr[1], hidden, op)
+            p.unify(w_hh[1], state, op)
             p.unify(w_ih[1], layer_in, op)
-        layer_in = Cat((hidden,) * directions) if directions > 1 else hidden
-    for h in states:
+        layer_in = Cat((state,) * directions) if directions > 1 else state
+    for i, h in enumerate(states):  # LSTM: (h, c); c holds the hidden units
         p.block(h[0], why)
-        p.unify(h[-1], hidden, op)
+        p.unify(h[-1], hidden if i == 1 else state, op)
         p.unify(h[1], x[0 if batch_first else 1], op)
     out = list(x[:-1]) + [layer_in]
     return {"list": [out] + [list(h) for h in states]}
