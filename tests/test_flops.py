@@ -40,3 +40,27 @@ def test_bert_flops_include_attention():
     ids = torch.randint(0, 100, (2, 16))
     kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     assert module_flops(osf.trace(model, (), kwargs))[""] == counted(model, (), kwargs)
+
+
+class _Recurrent(torch.nn.Module):
+    """LSTMs (projected, bidirectional), a GRU and an RNN over a sequence, and cells stepped in a loop."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.lstm = nn.LSTM(8, 24, num_layers=2, batch_first=True, bidirectional=True, proj_size=12)
+        self.gru, self.rnn = nn.GRU(24, 16), nn.RNN(16, 8, nonlinearity="relu")
+        self.cell, self.gru_cell = nn.LSTMCell(8, 8), nn.GRUCell(8, 8)
+
+    def forward(self, x):
+        h = self.rnn(self.gru(self.lstm(x)[0].transpose(0, 1))[0])[0]
+        state, g = (h.new_zeros(h.shape[1], 8),) * 2, h.new_zeros(h.shape[1], 8)
+        for t in range(h.shape[0]):
+            state, g = self.cell(h[t], state), self.gru_cell(h[t], g)
+        return state[0] + g
+
+
+def test_recurrent_flops_equal_flop_counter():
+    """The recurrent ops count every step's products with each layer's and direction's weights."""
+    model, args = _Recurrent().eval(), (torch.randn(2, 5, 8),)
+    assert module_flops(osf.trace(model, args))[""] == counted(model, args) > 0

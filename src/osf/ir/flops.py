@@ -75,6 +75,8 @@ def op_flops(op: OpNode, shapes: dict[str, list[int] | None]) -> int:
     rule = RULES.get(op.target)
     if op.target == "aten.einsum.default":
         return _einsum(op, shapes)
+    if op.target in _RECURRENT:
+        return _recurrent(op, shapes)
     if op.target == "aten.convolution.default":
         transposed = op.args[6] if len(op.args) > 6 else False
         rule = _conv_transpose if transposed else _conv
@@ -108,6 +110,24 @@ def _einsum(op: OpNode, shapes: dict) -> int:
     if len(operands) < 2:
         return 0
     return 2 * _prod(sizes.values())
+
+
+# recurrent op -> index of its argument listing the weights (the sequence ops) or None (cells: w_ih, w_hh at 2, 3)
+_RECURRENT = {"aten.lstm.input": 2, "aten.gru.input": 2, "aten.rnn_tanh.input": 2, "aten.rnn_relu.input": 2,
+              "aten.lstm_cell.default": None, "aten.gru_cell.default": None, "aten.rnn_tanh_cell.default": None,
+              "aten.rnn_relu_cell.default": None}
+
+
+def _recurrent(op: OpNode, shapes: dict) -> int:
+    """``nn.LSTM``/``GRU``/``RNN`` and their cells: every time step of every sample multiplies its input,
+    its state (and an LSTM's projection) by each 2-D weight of each layer and direction."""
+    listed = _RECURRENT[op.target]
+    weights = op.args[listed] if listed is not None else op.args[2:4]
+    x = shapes.get(op.args[0]["node"]) if isinstance(op.args[0], dict) else None
+    matrices = [shapes.get(w["node"]) for w in weights if isinstance(w, dict) and "node" in w]
+    if x is None or any(m is None for m in matrices):
+        return 0
+    return 2 * _prod(x[:-1]) * sum(_prod(m) for m in matrices if len(m) == 2)
 
 
 def graph_flops(graph: Graph) -> dict[str, int]:
