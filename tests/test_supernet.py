@@ -302,6 +302,37 @@ def test_a_contracted_unit_whose_output_nobody_reads_leaves_no_assignment():
         assert {k for k, g in g1.items() if g is None} == {k for k, g in g2.items() if g is None}
 
 
+def _matmul_kernels(fn) -> list[str]:
+    from torch.profiler import profile
+    with profile() as prof:
+        fn()
+    return sorted(e.key for e in prof.events() if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
+
+
+@pytest.mark.parametrize("path", ["template", "per arch"])
+def test_without_grad_the_shared_weights_run_the_extracted_subnets_kernels(path, monkeypatch):
+    """Under ``no_grad`` (evaluation, search) the q/k/v projection of a ViT with pruned heads reads a
+    gathered copy of its fused weight; ``matmul`` folds the projection's non-contiguous 3-D input into one
+    ``mm`` only for a weight that requires grad, as the extracted subnet's does. The copy must say so, or
+    the shared weights run a ``bmm`` there (2.2x slower on ViT-B/16)."""
+    if path == "per arch":
+        import osf.supernet.supernet as supernet_module
+        from osf.supernet.template import TemplateUnsupported
+
+        def unsupported(*_args, **_kwargs):
+            raise TemplateUnsupported("compile each arch")
+        monkeypatch.setattr(supernet_module, "ProgramTemplate", unsupported)
+    shared, _, args, _ = supernet("vit_b_16")
+    sn = osf.Supernet(None, ir=shared.ir, sort=False).eval()
+    arch = sn.space.min()
+    heads = [g.key for g in sn.space.groups if g.key.endswith(".heads")]
+    assert heads and all(arch.width[k] < sn.space.max().width[k] for k in heads)
+    sub = sn.extract(arch).eval()
+    with sn.set_arch(arch), torch.no_grad():
+        assert _matmul_kernels(lambda: sn(*args)) == _matmul_kernels(lambda: sub(*args))
+        assert "aten::mm" in _matmul_kernels(lambda: sn(*args))
+
+
 def test_no_grad_and_autocast_blocks_of_forward_on_shared_weights():
     """Training mode on ``toys.ForwardBlocks``: the spectral-normed layer's width is prunable (its power
     iteration's ``mv``/``vdot`` follow the cut), and the supernet at an arch gives the extracted subnet's

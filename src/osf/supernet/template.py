@@ -32,7 +32,7 @@ from ..space.liveness import Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
 from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, resized_op, size_hints,
                             split_pieces)
-from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _Indices, _node, _row_index, _spec,
+from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _flagged, _Indices, _node, _row_index, _spec,
                       view_groups)
 
 _LINEAR = "aten.linear.default"
@@ -309,7 +309,7 @@ class _Reader:
             t = out[j]
             for d, n, k in steps:
                 t = t.narrow(d, 0, n) if k is None else t.index_select(d, self.indices(k, device))
-            out[j] = t
+            out[j] = _flagged(out[j], t)
         return out
 
 
