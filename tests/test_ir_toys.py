@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import osf
@@ -175,6 +176,70 @@ def test_a_model_that_runs_only_at_batch_one_is_traced_static_and_refuses_other_
     with pytest.raises(osf.InputError, match="input 'x' has batch 2, but the model was traced with a fixed batch of 1"):
         rebuilt(torch.randn(2, 4))
     assert osf.trace(model, (one,), dynamic_batch=False).info.get("fixed_batch") is None
+
+
+class UpsampleToInput(nn.Module):
+    """A segmentation head that upsamples back to the input's size (torchvision FCN / DeepLab do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        return F.interpolate(self.head(F.relu(self.down(x))), size=x.shape[-2:], mode="bilinear")
+
+
+def test_a_size_the_graph_fixed_is_refused_and_dynamic_spatial_follows_other_sizes():
+    """torch.export bakes sizes computed from a static dim into the graph: traced at 32x32, the rebuilt
+    model would return 32x32 masks for a 48x48 image. Another size is refused, naming the dim and the
+    option; with ``dynamic_spatial`` the graph follows any size, through the supernet and its subnets."""
+    torch.manual_seed(0)
+    model, x, big = UpsampleToInput().eval(), torch.randn(2, 3, 32, 32), torch.randn(3, 3, 48, 40)
+    rebuilt = osf.trace(model, (x,)).build().eval()
+    assert_same(rebuilt(x), model(x), "at the traced size")
+    with pytest.raises(osf.InputError, match=r"input 'x' has size 48 in dim 2, but the model was traced at 32"
+                                             r"(.|\n)*dynamic_spatial=True"):
+        rebuilt(big)
+    with pytest.raises(osf.InputError, match="input 'x' has 3 dims"):
+        rebuilt(x[0])
+    with pytest.raises(osf.InputError, match="has size 2 in dim 0, .*dynamic_batch=True"):
+        osf.trace(model, (x[:1],), dynamic_batch=False).build()(x)
+
+    sn = osf.Supernet(model, (x,), trace_options={"dynamic_spatial": True}).eval()
+    assert sn.ir.info["dynamic"] == ["B", "S", "S1"]
+    assert_same(sn.net(big), model(big), "rebuilt at another size")
+    for arch in (sn.space.min(), sn.space.sample(1)):
+        small = sn.extract(arch).eval()
+        with torch.no_grad(), sn.set_arch(arch):
+            out = sn(big)
+        assert out.shape == (3, 5, 48, 40)
+        assert_same(small(big), out, "subnet at another size")
+
+
+class BranchOnHeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if x.shape[2] >= 48 else y
+
+
+def test_a_symbolic_dim_is_refused_outside_the_bounds_export_put_on_it():
+    """Traced at height 32, a branch on the height keeps the graph to heights below 48: at 64 the graph
+    would silently skip the branch the model takes, so it is refused; within the bounds it follows."""
+    torch.manual_seed(0)
+    model = BranchOnHeight()
+    ir = osf.trace(model, (torch.randn(2, 3, 32, 32),), dynamic_spatial=True)
+    assert ir.info["input_ranges"] == {"x": {"2": [None, 47]}}
+    rebuilt = ir.build()
+    x = torch.randn(3, 3, 40, 24)
+    assert_same(rebuilt(x), model(x), "within the bounds")
+    with pytest.raises(osf.InputError, match="has size 64 in dim 2, but the captured graph holds only for sizes "
+                                             "at most 47"):
+        rebuilt(torch.randn(2, 3, 64, 32))
 
 
 def test_untraceable_model_names_module_and_line():

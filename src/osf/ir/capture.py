@@ -40,13 +40,17 @@ _IGNORED_TARGETS = {"aten._assert_tensor_metadata.default"}
 
 
 def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynamic_batch: bool = True,
-          dynamic_seq: bool = False, verify_init: bool = True) -> IR:
+          dynamic_seq: bool = False, dynamic_spatial: bool = False, verify_init: bool = True) -> IR:
     """Capture ``model`` called as ``model(*args, **kwargs)`` into an IR.
 
     ``dynamic_batch`` keeps dim 0 of every tensor input symbolic (an example batch of 1 is exported
     doubled, as torch.export would fix it to 1; sizes are still reported at batch 1; inputs whose batch
     stays fixed are listed in ``ir.info["fixed_batch"]`` and refused at another batch); ``dynamic_seq``
-    also keeps dim 1 of every input with >= 2 dims symbolic (token ids, masks, embeddings).
+    also keeps dim 1 of every input with >= 2 dims symbolic (token ids, masks, embeddings);
+    ``dynamic_spatial`` dims 2 and up of every floating-point input with >= 3 dims (an image's height and
+    width, a video's frames). Each is kept symbolic where the model allows it (``Dim.AUTO``). Every dim
+    left static is a constant of the graph (sizes computed from it, such as an upsampling back to the
+    input's size, are baked in), so the rebuilt model refuses inputs of another size there.
     ``verify_init=False`` skips constructor-argument verification.
     """
     if not isinstance(model, nn.Module):
@@ -59,7 +63,8 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     unrecorded = _Unrecorded(model)
     try:
         with unrecorded.watching():
-            programs, method = _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq)
+            programs, method = _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq,
+                                                  dynamic_spatial)
     except TraceError as e:
         if unrecorded.grad_calls:
             raise TraceError(f"could not capture {type(model).__name__}: forward calls torch.autograd.grad (at "
@@ -103,8 +108,9 @@ def _refuse_packed_state(model: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------
 # export
 
-def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict, batch: bool, seq: bool) -> Any:
-    if not (batch or seq):
+def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict, batch: bool, seq: bool,
+                    spatial: bool) -> Any:
+    if not (batch or seq or spatial):
         return None
     try:
         bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
@@ -120,6 +126,8 @@ def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict, batch: bool, se
             dims[0] = Dim.AUTO
         if seq and x.dim() >= 2:
             dims[1] = Dim.AUTO
+        if spatial and x.dim() >= 3 and x.is_floating_point():
+            dims.update(dict.fromkeys(range(2, x.dim()), Dim.AUTO))
         return dims
 
     return {k: pytree.tree_map(spec, v) if _has_tensor(v) else None for k, v in bound.items()}
@@ -435,7 +443,7 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
         recorder.close()
 
 
-def _export_both_modes(model, args, kwargs, batch, seq):
+def _export_both_modes(model, args, kwargs, batch, seq, spatial):
     """Export in train and eval mode. If only training mode fails (e.g. a detector that needs targets
     when training), the eval graph is kept and the failure recorded as a TraceError.
 
@@ -443,7 +451,7 @@ def _export_both_modes(model, args, kwargs, batch, seq):
     224)``) would give a graph for batch 1 only (a ViT's class-token ``expand`` fails at any other). Such
     an example is exported doubled, and the graph kept when its batch stays symbolic and it gives the
     model's outputs on the user's example; the IR reports sizes at batch 1 (``example_batch``)."""
-    dynamic = _dynamic_shapes(model, args, kwargs, batch, seq)
+    dynamic = _dynamic_shapes(model, args, kwargs, batch, seq, spatial)
     leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor) and x.dim() > 0]
     if dynamic is not None and batch and leaves and all(x.shape[0] == 1 for x in leaves):
         with torch.no_grad():
@@ -816,11 +824,41 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
         "module_aliases": _module_aliases(model, paths),
         "dynamic": sorted({s for p in train_graph.placeholders if p.kind == INPUT and isinstance(p.meta, dict)
                            for s in (p.meta.get("sym") or []) if s}),
+        "input_ranges": _input_ranges(programs["train"], programs["eval"]),
     }
     modules = _module_nodes(model, ids, aliases, verify)
     ir = IR(train_graph, modules, tensors, aliases, info, eval_graph if keep_eval else None)
     annotate_io(ir)
     return ir
+
+
+def _input_ranges(*programs: Any) -> dict[str, dict[str, list]]:
+    """Bounds torch.export put on the inputs' symbolic dims (a branch on a size keeps the graph to one side
+    of it): ``{input: {dim: [lowest or None, highest or None]}}``, the tightest over ``programs``. Lower
+    bounds up to 2 are left out: export starts every symbol at 2, yet the graph serves sizes 0 and 1 too
+    (its 0/1 specialisation is avoided by exporting a batch of 1 doubled)."""
+    from torch.export.graph_signature import InputKind
+    out: dict[str, dict[str, list]] = {}
+    for ep in programs:
+        ranges = getattr(ep, "range_constraints", None)
+        if not ranges:
+            continue
+        by_name = {n.name: n for n in ep.graph.nodes}
+        for spec in ep.graph_signature.input_specs:
+            node = by_name.get(getattr(spec.arg, "name", None))
+            val = node.meta.get("val") if spec.kind == InputKind.USER_INPUT and node is not None else None
+            for d, size in enumerate(val.shape if isinstance(val, torch.Tensor) else ()):
+                vr = ranges.get(size.node.expr) if isinstance(size, torch.SymInt) else None
+                if vr is None:
+                    continue
+                low = int(vr.lower) if isinstance(vr.lower, sympy.Integer) and vr.lower > 2 else None
+                high = int(vr.upper) if isinstance(vr.upper, sympy.Integer) else None
+                if low is None and high is None:
+                    continue
+                old = out.setdefault(spec.arg.name, {}).get(str(d), [None, None])
+                out[spec.arg.name][str(d)] = [max((v for v in (old[0], low) if v is not None), default=None),
+                                              min((v for v in (old[1], high) if v is not None), default=None)]
+    return out
 
 
 def _out_spec(model: nn.Module, ep) -> Any:

@@ -157,7 +157,7 @@ def encode_value_meta(val: Any, sizes: dict | None = None) -> Any:
     if isinstance(val, torch.Tensor):
         shape, sym, dynamic = [], [], False
         for d in val.shape:
-            if isinstance(d, torch.SymInt):
+            if isinstance(d, torch.SymInt) and not d.node.expr.is_number:  # a SymInt specialised to a number is static
                 shape.append(_hint(d, sizes))
                 sym.append(str(d))
                 dynamic = True
