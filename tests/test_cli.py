@@ -123,6 +123,19 @@ def test_space_text_and_json(capsys):
     assert "[module" not in out  # --no-depth: no units
 
 
+def test_train_traces_a_torchvision_model_at_the_datas_image_size(tmp_path):
+    """Without --image-size, torchvision:resnet18 would be traced at 224 and refuse the data's 16x16
+    images (its graph holds for the traced size only): it is traced at the data's size."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.standard_normal((8, 3, 16, 16)).astype(np.float32),
+             y_train=np.arange(8) % 2, x_val=rng.standard_normal((4, 3, 16, 16)).astype(np.float32),
+             y_val=np.arange(4) % 2)
+    run = tmp_path / "run"
+    assert main(["train", "torchvision:resnet18", "--data", f"npz:{tmp_path / 'd.npz'}", "--out", str(run),
+                 "--steps", "1", "--batch-size", "4", "--quiet"]) == 0
+    assert json.loads((run / "run.json").read_text())["image_size"] == 16
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "run"

@@ -52,6 +52,8 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     out = Path(out)
     model, data = _absolute(model), _absolute(data)
     splits = load_data(data)  # bad data fails before any tracing
+    if image_size is None and model.partition(":")[0] in ("torchvision", "timm"):
+        image_size = _square_side(splits[0])  # traced at the data's size: other sizes are refused
     if settings.steps is None and settings.epochs is None:
         settings = replace(settings, epochs=DEFAULT_EPOCHS)
     requested = Run(model, data, to_json(space), to_json(settings), image_size)
@@ -87,6 +89,11 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         run.result = {"step": result.step, "val_accuracy": accuracy}
         write_run(out, run)
     return run
+
+
+def _square_side(x: torch.Tensor) -> int | None:
+    """The side of square images ``(N, C, S, S)``, else None (the model's default example size)."""
+    return int(x.shape[-1]) if x.dim() == 4 and x.shape[-1] == x.shape[-2] else None
 
 
 def _absolute(spec: str) -> str:
