@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/minilm.py
 	$(PY) bench/coverage.py --resume
 	$(PY) bench/probe.py
+	$(PY) bench/dynamic_spatial.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/zoo.py --quick
@@ -49,6 +50,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/minilm.py --quick
 	$(PY) bench/coverage.py --quick
 	$(PY) bench/probe.py --quick
+	$(PY) bench/dynamic_spatial.py --quick
 
 lock:
 	$(PYTHON) -m venv /tmp/osf-lock-venv && /tmp/osf-lock-venv/bin/pip install -q -r requirements/dev.in

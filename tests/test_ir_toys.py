@@ -242,6 +242,24 @@ def test_a_symbolic_dim_is_refused_outside_the_bounds_export_put_on_it():
         rebuilt(torch.randn(2, 3, 64, 32))
 
 
+class BranchOnSquare(BranchOnHeight):
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if x.shape[2] == x.shape[3] else y
+
+
+def test_dims_export_tied_to_one_size_are_refused_when_they_differ():
+    """A branch on a square image makes export give height and width one symbol: a graph traced on a square
+    image holds only for square ones (another image would silently take the square branch)."""
+    torch.manual_seed(0)
+    model = BranchOnSquare()
+    rebuilt = osf.trace(model, (torch.randn(2, 3, 32, 32),), dynamic_spatial=True).build()
+    x = torch.randn(3, 3, 40, 40)
+    assert_same(rebuilt(x), model(x), "another square size")
+    with pytest.raises(osf.InputError, match=r"input sizes 'x' dim 2: 32, 'x' dim 3: 48 differ"):
+        rebuilt(torch.randn(2, 3, 32, 48))
+
+
 def test_untraceable_model_names_module_and_line():
     with pytest.raises(osf.TraceError) as err:
         osf.trace(DataDependent(), (torch.randn(2, 4),))

@@ -131,7 +131,34 @@ class RebuiltModel(IRContainer):
                     raise InputError(_size_error(want["placeholder"], leaf, *fixed,
                                                  want["placeholder"] in self._osf_fixed_batch))
                 values.append(leaf)
+        if self._osf_equal_sizes:
+            _check_equal_sizes(self._osf_equal_sizes, leaves, self._osf_user_leaves)
         return values
+
+
+def _equal_sizes(ir: IR) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
+    """The symbols torch.export gave to several input dims, each with those ``(input, dim)``: export
+    unified them because the forward relies on their sizes being equal (a branch on a square image, a
+    mask as long as the tokens), so the graph holds only while they are."""
+    uses: dict[str, list[tuple[str, int]]] = {}
+    for p in ir.graph.placeholders:
+        if p.kind == INPUT and isinstance(p.meta, dict):
+            for d, sym in enumerate(p.meta.get("sym") or []):
+                if sym:
+                    uses.setdefault(sym, []).append((p.name, d))
+    return tuple((sym, tuple(dims)) for sym, dims in uses.items() if len(dims) > 1)
+
+
+def _check_equal_sizes(groups: tuple, leaves: list, wants: list) -> None:
+    by_name = {want["placeholder"]: leaf for leaf, want in zip(leaves, wants) if "placeholder" in want}
+    for sym, dims in groups:
+        sizes = {(name, d): by_name[name].shape[d] for name, d in dims if isinstance(by_name.get(name), torch.Tensor)}
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"'{name}' dim {d}: {n}" for (name, d), n in sizes.items())
+            raise InputError(f"input sizes {listed} differ, but the captured graph holds only while they are equal "
+                             f"(torch.export gave them one size, {sym}: the forward relies on it, e.g. a branch on "
+                             "a square image); call it with equal sizes there, or trace with an example in which "
+                             "they differ")
 
 
 def _fixed_sizes(ir: IR) -> dict[str, tuple]:
@@ -363,6 +390,7 @@ class Blueprint:
             "_osf_eval_out_spec": load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None,
             "_osf_user_leaves": ir.info["user_leaves"], "_osf_train_error": ir.info.get("train_error"),
             "_osf_fixed_batch": ir.info.get("fixed_batch") or {}, "_osf_fixed_sizes": _fixed_sizes(ir),
+            "_osf_equal_sizes": _equal_sizes(ir),
             "_osf_signature": ir.info.get("signature"), "_osf_blueprint": self,
             "_osf_train_fn": compile_graph(ir, ir.graph),
             "_osf_eval_fn": compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None}
