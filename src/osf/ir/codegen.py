@@ -131,7 +131,7 @@ class RebuiltModel(IRContainer):
                     raise InputError(_size_error(want["placeholder"], leaf, *fixed,
                                                  want["placeholder"] in self._osf_fixed_batch))
                 values.append(leaf)
-        if self._osf_equal_sizes:
+        if self._osf_equal_sizes and not torch.compiler.is_exporting():  # export derives its own equalities
             _check_equal_sizes(self._osf_equal_sizes, leaves, self._osf_user_leaves)
         return values
 
@@ -152,9 +152,9 @@ def _equal_sizes(ir: IR) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
 def _check_equal_sizes(groups: tuple, leaves: list, wants: list) -> None:
     by_name = {want["placeholder"]: leaf for leaf, want in zip(leaves, wants) if "placeholder" in want}
     for sym, dims in groups:
-        sizes = {(name, d): by_name[name].shape[d] for name, d in dims if isinstance(by_name.get(name), torch.Tensor)}
-        if len(set(sizes.values())) > 1:
-            listed = ", ".join(f"'{name}' dim {d}: {n}" for (name, d), n in sizes.items())
+        sizes = [(name, d, by_name[name].shape[d]) for name, d in dims if isinstance(by_name.get(name), torch.Tensor)]
+        if any(n != sizes[0][2] for *_, n in sizes[1:]):
+            listed = ", ".join(f"'{name}' dim {d}: {n}" for name, d, n in sizes)
             raise InputError(f"input sizes {listed} differ, but the captured graph holds only while they are equal "
                              f"(torch.export gave them one size, {sym}: the forward relies on it, e.g. a branch on "
                              "a square image); call it with equal sizes there, or trace with an example in which "
