@@ -217,6 +217,22 @@ def test_a_size_the_graph_fixed_is_refused_and_dynamic_spatial_follows_other_siz
         assert_same(small(big), out, "subnet at another size")
 
 
+def test_size_checks_under_torch_compile_and_jit_trace():
+    """``torch.compile`` keeps the check (a guard of its graph); ``jit.trace`` records sizes as tensors,
+    so the checks step aside instead of warning that the trace might not generalise."""
+    torch.manual_seed(0)
+    model, x = UpsampleToInput().eval(), torch.randn(2, 3, 16, 16)
+    rebuilt = osf.trace(model, (x,)).build().eval()
+    compiled = torch.compile(rebuilt, backend="eager")
+    assert_same(compiled(x), model(x), "compiled")
+    with pytest.raises(osf.InputError, match="has size 20 in dim 2"):
+        compiled(torch.randn(2, 3, 20, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(rebuilt, (x,))
+    assert_same(traced(x), model(x), "jit.trace")
+
+
 class BranchOnHeight(nn.Module):
     def __init__(self):
         super().__init__()

@@ -117,6 +117,8 @@ class RebuiltModel(IRContainer):
                 raise InputError(f"inputs do not match the traced structure: expected {self._osf_in_spec}, "
                                  f"got {spec}; call the model as it was traced")
         values = []
+        checking = not torch.jit.is_tracing()  # under jit.trace sizes are tensors: comparing them warns
+        sizes = self._osf_fixed_sizes if checking else {}
         for leaf, want in zip(leaves, self._osf_user_leaves):
             if "const" in want:
                 expected = serial.decode_arg(want["const"], {})
@@ -124,14 +126,14 @@ class RebuiltModel(IRContainer):
                     raise InputError(f"non-tensor input {leaf!r} differs from the traced value {expected!r}; "
                                      "osf.trace again with the value you need")
             else:
-                fixed = self._osf_fixed_sizes.get(want["placeholder"])
+                fixed = sizes.get(want["placeholder"])
                 if fixed is not None and isinstance(leaf, torch.Tensor) and (
                         leaf.dim() != fixed[0] or tuple([leaf.shape[d] for d in fixed[1]]) != fixed[2]
                         or any(not lo <= leaf.shape[d] <= hi for d, lo, hi in fixed[3])):
                     raise InputError(_size_error(want["placeholder"], leaf, *fixed,
                                                  want["placeholder"] in self._osf_fixed_batch))
                 values.append(leaf)
-        if self._osf_equal_sizes and not torch.compiler.is_exporting():  # export derives its own equalities
+        if checking and self._osf_equal_sizes and not torch.compiler.is_exporting():  # export checks its own
             _check_equal_sizes(self._osf_equal_sizes, leaves, self._osf_user_leaves)
         return values
 
