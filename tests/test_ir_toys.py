@@ -203,6 +203,8 @@ def test_a_size_the_graph_fixed_is_refused_and_dynamic_spatial_follows_other_siz
         rebuilt(big)
     with pytest.raises(osf.InputError, match="input 'x' has 3 dims"):
         rebuilt(x[0])
+    with pytest.raises(osf.InputError, match="has size 4 in dim 1, .*a size the weights fix"):
+        rebuilt(torch.randn(2, 4, 32, 32))  # channels: the error says no option can change them
     with pytest.raises(osf.InputError, match="has size 2 in dim 0, .*dynamic_batch=True"):
         osf.trace(model, (x[:1],), dynamic_batch=False).build()(x)
 

@@ -870,7 +870,8 @@ def _out_spec(model: nn.Module, ep) -> Any:
 
 
 def _symbol_names(graph: Graph) -> dict[str, str]:
-    """Readable names for the export's shape symbols: batch dims B (B1, …), sequence dims S (S1, …)."""
+    """Readable names for the export's shape symbols: batch dims B (B1, …), the others (sequence,
+    height, width) S (S1, …)."""
     names: dict[str, str] = {}
     counts = {"B": 0, "S": 0}
     for p in graph.placeholders:

@@ -16,7 +16,7 @@ import math
 import pickle
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.utils._pytree as pytree
@@ -126,11 +126,11 @@ class RebuiltModel(IRContainer):
                     raise InputError(f"non-tensor input {leaf!r} differs from the traced value {expected!r}; "
                                      "osf.trace again with the value you need")
             else:
-                fixed = sizes.get(want["placeholder"])
-                if fixed is not None and isinstance(leaf, torch.Tensor) and (
-                        leaf.dim() != fixed[0] or tuple([leaf.shape[d] for d in fixed[1]]) != fixed[2]
-                        or any(not lo <= leaf.shape[d] <= hi for d, lo, hi in fixed[3])):
-                    raise InputError(_size_error(want["placeholder"], leaf, *fixed,
+                shape = sizes.get(want["placeholder"])
+                if shape is not None and isinstance(leaf, torch.Tensor) and (
+                        leaf.dim() != shape.rank or tuple([leaf.shape[d] for d in shape.dims]) != shape.sizes
+                        or any(not lo <= leaf.shape[d] <= hi for d, lo, hi in shape.bounds)):
+                    raise InputError(_size_error(want["placeholder"], leaf, shape,
                                                  want["placeholder"] in self._osf_fixed_batch))
                 values.append(leaf)
         if checking and self._osf_equal_sizes and not torch.compiler.is_exporting():  # export checks its own
@@ -163,9 +163,16 @@ def _check_equal_sizes(groups: tuple, leaves: list, wants: list) -> None:
                              "they differ")
 
 
-def _fixed_sizes(ir: IR) -> dict[str, tuple]:
-    """Per tensor input: its rank, the dims torch.export left static, their traced sizes, and the bounds
-    ``(dim, lowest, highest)`` it put on symbolic dims (``ir.info["input_ranges"]``)."""
+class _InputShape(NamedTuple):
+    """What a tensor input's shape must satisfy for the captured graph to hold."""
+    rank: int
+    dims: tuple[int, ...]  # the dims torch.export left static
+    sizes: tuple[int, ...]  # their traced sizes
+    bounds: tuple[tuple[int, int, float], ...]  # (dim, lowest, highest) export put on symbolic dims
+
+
+def _fixed_sizes(ir: IR) -> dict[str, _InputShape]:
+    """Per tensor input, what its shape must satisfy (bounds from ``ir.info["input_ranges"]``)."""
     ranges = ir.info.get("input_ranges") or {}
     out = {}
     for p in ir.graph.placeholders:
@@ -174,35 +181,38 @@ def _fixed_sizes(ir: IR) -> dict[str, tuple]:
             dims = tuple(d for d, s in enumerate(p.meta.get("sym") or [None] * len(shape)) if not s)
             bounds = tuple((int(d), 0 if lo is None else lo, math.inf if hi is None else hi)
                            for d, (lo, hi) in ranges.get(p.name, {}).items())
-            out[p.name] = (len(shape), dims, tuple(shape[d] for d in dims), bounds)
+            out[p.name] = _InputShape(len(shape), dims, tuple(shape[d] for d in dims), bounds)
     return out
 
 
-def _size_error(name: str, leaf: torch.Tensor, rank: int, dims: tuple[int, ...], sizes: tuple[int, ...],
-                bounds: tuple[tuple[int, int, float], ...], batch_requested: bool) -> str:
+def _size_error(name: str, leaf: torch.Tensor, shape: _InputShape, batch_requested: bool) -> str:
     """Why input ``name`` cannot run: another rank, another size in a dim the graph fixed, or a size out of
     the bounds export put on a symbolic dim."""
-    if leaf.dim() != rank:
-        return (f"input '{name}' has {leaf.dim()} dims {tuple(leaf.shape)}, but the model was traced with {rank}; "
-                "call it with inputs shaped as traced")
-    for d, lo, hi in bounds:
+    if leaf.dim() != shape.rank:
+        return (f"input '{name}' has {leaf.dim()} dims {tuple(leaf.shape)}, but the model was traced with "
+                f"{shape.rank}; call it with inputs shaped as traced")
+    for d, lo, hi in shape.bounds:
         if not lo <= leaf.shape[d] <= hi:
             span = f"at least {lo}" if hi == math.inf else f"at most {hi}" if lo == 0 else f"{lo} to {hi}"
             return (f"input '{name}' has size {leaf.shape[d]} in dim {d}, but the captured graph holds only for "
                     f"sizes {span} there: torch.export kept the dim symbolic within those bounds (the forward "
                     f"branches on it, for instance), so another size could give a silently wrong output; call it "
                     f"within them, or trace with an example of the size you will run")
-    d, traced = next((d, n) for d, n in zip(dims, sizes) if leaf.shape[d] != n)
+    d, traced = next((d, n) for d, n in zip(shape.dims, shape.sizes) if leaf.shape[d] != n)
     if d == 0 and batch_requested:
         return (f"input '{name}' has batch {leaf.shape[0]}, but the model was traced with a fixed batch of "
                 f"{traced}: torch.export could not keep it dynamic (the forward ties it to that size), so the "
                 f"graph holds only for it; call it with batch {traced}, or trace with the batch you will run")
-    option = "dynamic_batch" if d == 0 else "dynamic_seq" if d == 1 else "dynamic_spatial"
+    option = ("dynamic_batch" if d == 0 else "dynamic_seq" if d == 1
+              else "dynamic_spatial" if leaf.is_floating_point() and shape.rank >= 3 else None)
+    remedy = (f"trace with {option}=True (through osf.Supernet: trace_options={{'{option}': True}}), which keeps "
+              "the dim symbolic where the model allows" if option else "trace with an example of the size you "
+              "will run")
     return (f"input '{name}' has size {leaf.shape[d]} in dim {d}, but the model was traced at {traced} and "
             f"that dim is a constant of the captured graph: sizes the forward computed from it (an upsampling "
             f"back to the input's size, a reshape, position ids) are baked in, so another size could give a "
-            f"silently wrong output. Call it with size {traced} there, or trace with {option}=True (through "
-            f"osf.Supernet: trace_options={{'{option}': True}}) to keep the dim symbolic where the model allows")
+            f"silently wrong output. Call it with size {traced} there, or {remedy}; a size the weights fix "
+            f"(image channels, features) cannot change")
 
 
 _MODULE_STATE = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")  # remade on unpickling
