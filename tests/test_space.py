@@ -983,6 +983,45 @@ def _min_and_sample_agree(sn: osf.Supernet, args: tuple) -> None:
             torch.testing.assert_close(sn(*args), sub(*args), atol=1e-5, rtol=1e-4)
 
 
+class _RowsOfAStridedMap(nn.Module):
+    """A strided conv's channels folded into the rows of a reshape: under ``dynamic_spatial`` the rows
+    number ``B * 32 * ((H - 1)//2 + 1)``, a product with a factor that is no monomial of H."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(3, 32, 3, stride=2, padding=1)
+        self.up = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        y = self.down(x)
+        return self.up(y.reshape(-1, y.shape[-1]).softmax(-1).reshape(y.shape))
+
+
+def test_channels_factor_out_of_a_size_with_an_expression_of_the_height():
+    """Export writes the rows as ``B*(32*((S - 1)//2) + 32)``: the size algebra saw one opaque symbol and
+    blocked the channels (no width group with ``dynamic_spatial``, one without). Written with the channels
+    taken out of the sum, and other expressions counted as symbols, the group is found, and subnets
+    follow an odd size the trace never saw."""
+    from osf.space.dims import size_of
+    assert size_of(896, "64*B*CeilToInt(IntTrueDiv((((S - 1)//8)) + 1, 2))") == (
+        64, ("(CeilToInt(IntTrueDiv((((S-1)//8))+1,2)))", "B"))
+    assert size_of(12, "((B*S))") == size_of(12, "S * B") == (1, ("B", "S"))
+    assert size_of(50, "2*(S+1)**2") == (2, ("(S+1)", "(S+1)"))
+    assert size_of(5, "S + 1") == (1, ("(S+1)",))  # a sum whole
+    torch.manual_seed(0)
+    model, x, odd = _RowsOfAStridedMap().eval(), torch.randn(2, 3, 32, 32), torch.randn(3, 3, 45, 38)
+    static = osf.Supernet(model, (x,))
+    sn = osf.Supernet(model, (x,), trace_options={"dynamic_spatial": True})
+    assert [g.key for g in sn.space.groups] == [g.key for g in static.space.groups] == ["down.weight[0]"]
+    with torch.no_grad():
+        torch.testing.assert_close(sn.extract(sn.space.max()).eval()(odd), model(odd), atol=1e-5, rtol=1e-4)
+    _min_and_sample_agree(sn, (odd,))
+    arch = sn.space.min()
+    with FlopCounterMode(display=False) as counter:
+        sn.extract(arch)(x)
+    assert sn.cost(arch)["flops"] == pytest.approx(counter.get_total_flops(), rel=0.01)
+
+
 @pytest.mark.parametrize("mode", ["grid_sample", "cdist", "weight_norm", "embedding_bag", "one_hot", "max_unpool",
                                   "diff"])
 def test_widths_through_sampling_distances_and_parametrisations(mode):

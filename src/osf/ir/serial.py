@@ -11,6 +11,7 @@ import math
 import operator
 from typing import Any
 
+import sympy
 import torch
 import torch.fx
 
@@ -159,7 +160,7 @@ def encode_value_meta(val: Any, sizes: dict | None = None) -> Any:
         for d in val.shape:
             if isinstance(d, torch.SymInt) and not d.node.expr.is_number:  # a SymInt specialised to a number is static
                 shape.append(_hint(d, sizes))
-                sym.append(str(d))
+                sym.append(_size_text(d))
                 dynamic = True
             else:
                 shape.append(int(d))
@@ -177,6 +178,14 @@ def encode_value_meta(val: Any, sizes: dict | None = None) -> Any:
     if isinstance(val, (bool, int, float)) or val is None:
         return {"const": val if not isinstance(val, float) or math.isfinite(val) else None}
     return None
+
+
+def _size_text(size: torch.SymInt) -> str:
+    """A symbolic size as text, with the common integer factor of a sum taken out: export writes a conv's
+    8 output channels at height ``(S - 1)//2 + 1`` folded into the batch as ``B*(8*((S - 1)//2) + 8)``;
+    as ``8*B*(((S - 1)//2) + 1)`` the channels are a factor the dimension analysis can split off."""
+    expr = size.node.expr
+    return str(expr) if expr.is_Symbol else str(sympy.factor_terms(expr))
 
 
 def _hint(sym: torch.SymInt, sizes: dict | None = None) -> int:

@@ -10,7 +10,8 @@ Every tensor dimension of the graph is an expression over *atoms* (union-find sy
 Unifying two expressions says "these two dims index the same channels in the same order". Atoms merge;
 an atom unified with a composite is *bound* to it; two composites are refined to a common factorisation
 (the same algorithm serves ``view``) or, when no common one exists, blocked. Sizes are monomials
-(an int times symbols such as ``B``), so dynamic batch and sequence dims factorise like static ones.
+(an int times symbols such as ``B``; any other expression export writes, e.g. a height after a strided
+conv, is one symbol), so dynamic batch, sequence and spatial dims factorise like static ones.
 """
 from __future__ import annotations
 
@@ -30,18 +31,67 @@ ONE: Size = (1, ())
 
 
 def size_of(value: int, sym: str | None) -> Size:
-    """A dim's size from the IR's value metadata (``shape[i]`` and ``sym[i]``)."""
+    """A dim's size from the IR's value metadata (``shape[i]`` and ``sym[i]``). The symbolic text is
+    split into its top-level product factors: numbers, symbols (``B``, ``S``), powers of them, and any
+    other expression (``((S - 1)//8) + 1``, ``CeilToInt(…)``), which counts as one symbol of its own
+    (parenthesised, spaces removed), so ``64*B*CeilToInt(…)`` still factors as 64 channels times the
+    rest. Expressions equal in value but written differently stay distinct: dims they relate are
+    blocked, never wrongly matched."""
     if not sym:
         return (int(value), ())
     coef, syms = 1, []
-    for part in sym.replace(" ", "").split("*"):
-        if part.isdigit():
+    pending = [sym.replace(" ", "")]
+    while pending:
+        part = _unwrapped(pending.pop())
+        factors = _top_level_factors(part)
+        power = re.fullmatch(r"(\w+|\(.*\))\*\*(\d+)", part) if len(factors) == 1 else None
+        if len(factors) > 1:
+            pending.extend(factors)
+        elif part.isdigit():
             coef *= int(part)
         elif re.fullmatch(r"[A-Za-z_]\w*", part):
             syms.append(part)
-        else:  # not a monomial (e.g. "S + 1"): one opaque symbol
-            return (1, (sym,))
+        elif power and (not power.group(1).startswith("(") or _closes_at_end(power.group(1))):
+            pending.extend([power.group(1)] * int(power.group(2)))
+        else:
+            syms.append(f"({part})")
     return (coef, tuple(sorted(syms)))
+
+
+def _top_level_factors(text: str) -> list[str]:
+    """``text`` split at its ``*`` outside parentheses (not at ``**``, a power)."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        c = text[i]
+        if c == "*" and text.startswith("**", i):
+            i += 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "*" and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    return parts + [text[start:]]
+
+
+def _unwrapped(text: str) -> str:
+    """``text`` without parentheses around the whole of it."""
+    while text.startswith("(") and _closes_at_end(text):
+        text = text[1:-1]
+    return text
+
+
+def _closes_at_end(text: str) -> bool:
+    """Whether the parenthesis opening ``text`` closes at its last character."""
+    depth = 0
+    for i, c in enumerate(text):
+        depth += (c == "(") - (c == ")")
+        if depth == 0:
+            return i == len(text) - 1
+    return False
 
 
 def size_mul(a: Size, b: Size) -> Size:
