@@ -197,7 +197,8 @@ def test_metrics_that_are_not_json_fail_before_any_work(exported, tmp_path):
 
 def test_pt2_with_a_dynamic_keyword_input_runs_at_other_lengths(tmp_path):
     """torch.export's input guards name the forward's parameters: with ``forward(*args, **kwargs)`` a guard
-    on a keyword input (here the sequence length) broke ``ExportedProgram.module()``."""
+    on a keyword input (here the sequence length) broke ``ExportedProgram.module()``. The card gives the bound
+    export put on the length (the position table), where it used to say any size works."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -208,6 +209,9 @@ def test_pt2_with_a_dynamic_keyword_input_runs_at_other_lengths(tmp_path):
     arch = sn.space.sample(0)
     assert list(inspect.signature(sn.extract(arch).forward).parameters)[:2] == ["input_ids", "attention_mask"]
     sn.export(arch, tmp_path / "out", formats=("pt2",))
+    bounds = {m["name"]: m["bounds"] for m in json.loads((tmp_path / "out" / "card.json").read_text())["inputs"]}
+    assert bounds["input_ids"] == {"1": [None, 64]}  # the position table: the card must not say "any size"
+    assert "`input_ids` dim 1 (S): at most 64" in (tmp_path / "out" / "model_card.md").read_text()
     model = torch.export.load(str(tmp_path / "out" / "model.pt2")).module()
     other = {"input_ids": torch.randint(0, 100, (BATCH, 9)), "attention_mask": torch.ones(BATCH, 9, dtype=torch.long)}
     with torch.no_grad():

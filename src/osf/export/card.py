@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..ir.codegen import size_span
 from ..ir.flops import human
 from ..space.arch import Arch
 from ..supernet.supernet import Supernet
@@ -108,8 +109,12 @@ def markdown(card: dict[str, Any]) -> str:
         shape = ", ".join(str(d) for d in m["shape"])
         lines.append(f"- `{m['name']}`: {m['dtype']} [{shape}]")
     dyn = sorted({d for m in card["inputs"] for d in m["shape"] if isinstance(d, str)})
+    bounded = [f"`{m['name']}` dim {d} ({m['shape'][int(d)]}): {size_span(lo, hi)}"
+               for m in card["inputs"] for d, (lo, hi) in m.get("bounds", {}).items()]
     if dyn:
-        lines += ["", f"Named dims ({', '.join(dyn)}) are dynamic: any size works."]
+        lines += ["", f"Named dims ({', '.join(dyn)}) are dynamic: "
+                  + (f"any size within the bounds the traced graph holds for ({'; '.join(bounded)})."
+                     if bounded else "any size works.")]
     call = ", ".join(f"{m['name']}={m['name']}" if m["keyword"] else m["name"] for m in card["inputs"])
     lines += ["", "## Load it with plain PyTorch", "", "```python", "import torch"]
     lines += [f"import {p}  # defines the output type" for p in card["import_before_loading"]]

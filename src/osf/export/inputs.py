@@ -53,15 +53,18 @@ def input_names(ir: IR) -> list[str]:
 
 
 def input_signature(ir: IR) -> list[dict]:
-    """Name, dtype, shape (symbolic dims by name, e.g. ``B``) and whether it is passed by keyword, of every
-    tensor input."""
+    """Name, dtype, shape (symbolic dims by name, e.g. ``B``), whether it is passed by keyword, and the
+    bounds the traced graph holds for on its symbolic dims (``{dim: [lowest or None, highest or None]}``,
+    from ``ir.info["input_ranges"]``), of every tensor input."""
     positional = spec_children(load_spec(ir.info["in_spec"]))[0].num_leaves
+    ranges = ir.info.get("input_ranges") or {}
     out = []
     for i, m in enumerate(_leaf_inputs(ir)):
         if m is not None:
             sym = m.get("sym") or [None] * len(m["shape"])
             out.append({"name": m["name"], "dtype": m["dtype"], "keyword": i >= positional,
-                        "shape": [s if s else d for s, d in zip(sym, m["shape"])]})
+                        "shape": [s if s else d for s, d in zip(sym, m["shape"])],
+                        "bounds": dict(ranges.get(m["name"], {}))})
     return out
 
 

@@ -185,6 +185,13 @@ def _fixed_sizes(ir: IR) -> dict[str, _InputShape]:
     return out
 
 
+def size_span(lowest: int | None, highest: int | None) -> str:
+    """Bounds on a dim's size as words: ``at least 33``, ``at most 512``, ``33 to 512``."""
+    if highest is None:
+        return f"at least {lowest}"
+    return f"at most {highest}" if not lowest else f"{lowest} to {highest}"
+
+
 def _size_error(name: str, leaf: torch.Tensor, shape: _InputShape, batch_requested: bool) -> str:
     """Why input ``name`` cannot run: another rank, another size in a dim the graph fixed, or a size out of
     the bounds export put on a symbolic dim."""
@@ -193,7 +200,7 @@ def _size_error(name: str, leaf: torch.Tensor, shape: _InputShape, batch_request
                 f"{shape.rank}; call it with inputs shaped as traced")
     for d, lo, hi in shape.bounds:
         if not lo <= leaf.shape[d] <= hi:
-            span = f"at least {lo}" if hi == math.inf else f"at most {hi}" if lo == 0 else f"{lo} to {hi}"
+            span = size_span(lo, None if hi == math.inf else hi)
             return (f"input '{name}' has size {leaf.shape[d]} in dim {d}, but the captured graph holds only for "
                     f"sizes {span} there: torch.export kept the dim symbolic within those bounds (the forward "
                     f"branches on it, for instance), so another size could give a silently wrong output; call it "
