@@ -110,7 +110,7 @@ def markdown(card: dict[str, Any]) -> str:
         lines.append(f"- `{m['name']}`: {m['dtype']} [{shape}]")
     dyn = sorted({d for m in card["inputs"] for d in m["shape"] if isinstance(d, str)})
     bounded = [f"`{m['name']}` dim {d} ({m['shape'][int(d)]}): {size_span(lo, hi)}"
-               for m in card["inputs"] for d, (lo, hi) in m.get("bounds", {}).items()]
+               for m in card["inputs"] for d, (lo, hi) in m["bounds"].items()]
     if dyn:
         lines += ["", f"Named dims ({', '.join(dyn)}) are dynamic: "
                   + (f"any size within the bounds the traced graph holds for ({'; '.join(bounded)})."

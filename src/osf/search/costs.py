@@ -23,7 +23,7 @@ from ..ir.graph import PARAM, OpNode
 from ..space.arch import Arch
 from ..space.liveness import Liveness, WidthTable, check_units_keep_dims, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
-from ..space.subnet import resized_meta, resized_op, size_hints
+from ..space.subnet import resized_meta, resized_op
 from ..supernet.supernet import Supernet
 
 _FLOP_TARGETS = set(FLOP_RULES) | {"aten.einsum.default", "aten.convolution.default"}
@@ -40,7 +40,7 @@ class CostModel:
         ir, an = space.ir, space.analysis
         self._groups = [(g.key, g.size) for g in space.groups]
         group_of = {g.atom: i for i, g in enumerate(space.groups)}
-        hints = size_hints(ir.graph)
+        hints = an.hints
         self._graphs = {"train": Liveness(ir.graph, space.located_units("train"))}
         if ir.eval_graph is not None:
             self._graphs["eval"] = Liveness(ir.eval_graph, space.located_units("eval"))

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode, Placeholder
+from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, OpNode, Placeholder
 from ..ir.ops import is_scalar_check
 from ..ir.serial import resolve_target
 from .dims import Cat, Dims, Measured, Prod, Size, is_static, size_div, size_of, slice_bounds, value_dims
@@ -41,6 +41,8 @@ class DimAnalysis:
     # symbolic dims of created or expanded tensors (copies, free to shrink), per graph key: (op name, output
     # dim); a subnet reads their new size at run time from an earlier value with that dim (``dim_source``)
     sized_at_run_time: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    # traced value of each size symbol and of each expression ``size_of`` counts as one (``size_hints``)
+    hints: dict[str, int] = field(default_factory=dict)
 
 
 def analyse(ir: IR) -> DimAnalysis:
@@ -51,6 +53,7 @@ def analyse(ir: IR) -> DimAnalysis:
         graphs["eval"] = ir.eval_graph
     for key, graph in graphs.items():
         _Pass(ir, graph, result).run(key)
+    result.hints = size_hints(*graphs.values())
     for key, graph in graphs.items():  # once unification is complete
         vals, at = result.values[key], {op.name: i for i, op in enumerate(graph.ops)}
         for name, d in result.sized_at_run_time.get(key, ()):
@@ -58,6 +61,43 @@ def analyse(ir: IR) -> DimAnalysis:
                 dims.block(vals[name][d], f"a size of {name} ({graph.ops[at[name]].target}) read from no "
                                           "earlier value")
     return result
+
+
+def size_hints(*graphs: Graph) -> dict[str, int]:
+    """Example value of each size symbol: of ``B`` (-> 2) from the input placeholders, and of each
+    expression ``dims.size_of`` counts as one symbol (``(((S-1)//8))+1`` -> 28) from the traced size of
+    a dim where it is the one factor not yet known."""
+    hints: dict[str, int] = {}
+    for graph in graphs:
+        for p in graph.placeholders:
+            if p.kind == INPUT and isinstance(p.meta, dict) and p.meta.get("sym"):
+                for v, s in zip(p.meta["shape"], p.meta["sym"]):
+                    if s and s.isidentifier():
+                        hints[s] = int(v)
+    pending = list(dict.fromkeys((int(v), size_of(v, s)) for graph in graphs for meta in _value_metas(graph)
+                                 for v, s in zip(meta["shape"], meta.get("sym") or ()) if s and not s.isidentifier()))
+    while pending:  # in graph order, so the hints never depend on hashing
+        left = []
+        for value, (coef, syms) in pending:
+            unknown = [f for f in syms if f not in hints]
+            known = coef * math.prod(hints[f] for f in syms if f in hints)
+            if len(unknown) == 1 and known and value % known == 0:
+                hints[unknown[0]] = value // known
+            elif len(unknown) > 1:
+                left.append((value, (coef, syms)))
+        if len(left) == len(pending):
+            break
+        pending = left
+    return hints
+
+
+def _value_metas(graph: Graph):
+    """The tensor metadata (``shape``, ``sym``) of every placeholder and op output of ``graph``."""
+    for node in (*graph.placeholders, *graph.ops):
+        meta = node.meta
+        for m in meta["list"] if isinstance(meta, dict) and "list" in meta else [meta]:
+            if isinstance(m, dict) and "shape" in m:
+                yield m
 
 
 def dim_source(ops: list[OpNode], vals: dict, dims: Dims, dim: Any) -> tuple[str, int] | None:

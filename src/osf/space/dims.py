@@ -44,14 +44,14 @@ def size_of(value: int, sym: str | None) -> Size:
     while pending:
         part = _unwrapped(pending.pop())
         factors = _top_level_factors(part)
-        power = re.fullmatch(r"(\w+|\(.*\))\*\*(\d+)", part) if len(factors) == 1 else None
         if len(factors) > 1:
             pending.extend(factors)
         elif part.isdigit():
             coef *= int(part)
         elif re.fullmatch(r"[A-Za-z_]\w*", part):
             syms.append(part)
-        elif power and (not power.group(1).startswith("(") or _closes_at_end(power.group(1))):
+        elif (power := re.fullmatch(r"(\w+|\(.*\))\*\*(\d+)", part)) and (
+                not power.group(1).startswith("(") or _closes_at_end(power.group(1))):
             pending.extend([power.group(1)] * int(power.group(2)))
         else:
             syms.append(f"({part})")

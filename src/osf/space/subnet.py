@@ -20,7 +20,7 @@ from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNod
 from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
 from .analysis import FILLED, dim_source, measured_dim
-from .dims import Cat, Prod, Size, atoms_in, is_static, new_size, size_of, size_text, slice_bounds
+from .dims import Cat, Prod, Size, atoms_in, is_static, new_size, size_text, slice_bounds
 from .units import graph_hash
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def subnet_structure(space: "SearchSpace", arch: "Arch") -> IR:
     graphs = {"train": ir.graph}
     if ir.eval_graph is not None:
         graphs["eval"] = ir.eval_graph
-    hints = size_hints(ir.graph)
+    hints = an.hints
     new_graphs = {}
     for key, graph in graphs.items():
         located = space.located_units(key)
@@ -166,42 +166,6 @@ def cut_tensors(plan: dict[str, TensorCut], tensors: dict[str, torch.Tensor]) ->
 def _kept_tensor_names(aliases: dict[str, str], graphs) -> set[str]:
     return {aliases.get(p.target, p.target) for g in graphs for p in g.placeholders
             if p.kind in (PARAM, BUFFER, CONST)}
-
-
-def size_hints(graph: Graph) -> dict[str, int]:
-    """Example value of each size symbol: of ``B`` (-> 2) from the input placeholders, and of each
-    expression ``dims.size_of`` counts as one symbol (``(((S-1)//8))+1`` -> 28) from the traced size of
-    a dim where it is the one factor not yet known."""
-    hints: dict[str, int] = {}
-    for p in graph.placeholders:
-        if p.kind == INPUT and isinstance(p.meta, dict) and p.meta.get("sym"):
-            for v, s in zip(p.meta["shape"], p.meta["sym"]):
-                if s and s.isidentifier():
-                    hints[s] = int(v)
-    pending = {(int(v), size_of(v, s)) for meta in _value_metas(graph)
-               for v, s in zip(meta["shape"], meta.get("sym") or ()) if s and not s.isidentifier()}
-    while pending:
-        solved = set()
-        for value, (coef, syms) in pending:
-            unknown = [f for f in syms if f not in hints]
-            known = coef * math.prod(hints[f] for f in syms if f in hints)
-            if len(unknown) == 1 and known and value % known == 0:
-                hints[unknown[0]] = value // known
-            if len(unknown) <= 1:
-                solved.add((value, (coef, syms)))
-        if not solved:
-            break
-        pending -= solved
-    return hints
-
-
-def _value_metas(graph: Graph):
-    """The tensor metadata (``shape``, ``sym``) of every placeholder and op output of ``graph``."""
-    for node in (*graph.placeholders, *graph.ops):
-        meta = node.meta
-        for m in meta["list"] if isinstance(meta, dict) and "list" in meta else [meta]:
-            if isinstance(m, dict) and "shape" in m:
-                yield m
 
 
 class Cuts:

@@ -30,7 +30,7 @@ from ..space.arch import Arch
 from ..space.analysis import dim_source
 from ..space.liveness import Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
-from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, resized_op, size_hints,
+from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, resized_op,
                             split_pieces)
 from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _flagged, _Indices, _node, _row_index, _spec,
                       view_groups)
@@ -138,7 +138,7 @@ class _GraphTemplate:
         """Width-dependent constant arguments read ``_c[k]``, filled per arch from a table per op keyed by
         the widths of the groups it depends on (``self.dynamic``: (op index, table, slots))."""
         dims = self.owner.space.analysis.dims
-        hints = size_hints(graph)
+        hints = self.owner.space.analysis.hints
         self.dynamic: list[tuple[int, WidthTable, list[int]]] = []
         self.runtime_sizes: list[tuple[int, int, int]] = []  # (op index, slot, index of the op read from)
         self.n_consts = 0
