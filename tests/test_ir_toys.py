@@ -278,6 +278,63 @@ def test_dims_export_tied_to_one_size_are_refused_when_they_differ():
         rebuilt(torch.randn(2, 3, 32, 48))
 
 
+class ScaleEvenWidths(nn.Module):
+    """Doubles its features when the image width is even: export records the branch as a guard on the
+    width's parity, which no bound on a single dim expresses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if x.shape[3] % 2 == 0:
+            y = y * 2
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_size_breaking_a_condition_export_assumed_is_refused(tmp_path):
+    """Traced on an even width, the graph holds only for even widths: an odd one would silently skip the
+    doubling the model does. The rebuilt model, the supernet, its subnets and a reloaded IR refuse it,
+    naming the condition; sizes where a size of the graph is 0 or 1 (export never traces there, its
+    ``!= 1`` guards break) still run; exported files list the conditions they do not check."""
+    torch.manual_seed(0)
+    model = ScaleEvenWidths()
+    ir = osf.trace(model, (torch.randn(2, 3, 32, 32),), dynamic_spatial=True)
+    assert "S1 % 2 == 0" in ir.info["size_conditions"]
+    rebuilt = ir.build()
+    for shape in [(3, 3, 20, 18), (1, 3, 1, 2), (2, 3, 7, 40)]:
+        x = torch.randn(*shape)
+        assert_same(rebuilt(x), model(x), f"at {shape}")
+    odd = torch.randn(2, 3, 20, 17)
+    message = r"the input sizes \('x' dim 3 = 17 \(S1\)\) break a condition the captured graph relies on: S1 % 2 == 0"
+    with pytest.raises(osf.InputError, match=message):
+        rebuilt(odd)
+    with pytest.raises(osf.InputError, match=message):
+        osf.load_ir(ir.save(tmp_path / "ir")).build()(odd)
+    sn = osf.Supernet(model, (torch.randn(2, 3, 32, 32),), trace_options={"dynamic_spatial": True})
+    arch = sn.space.min()
+    small = sn.extract(arch)
+    x = torch.randn(2, 3, 12, 24)
+    with sn.set_arch(arch):
+        assert_same(sn(x), small(x), "set_arch at another even width")
+        with pytest.raises(osf.InputError, match=message):
+            sn(odd)
+    with pytest.raises(osf.InputError, match=message):
+        small(odd)
+    out = sn.export(arch, tmp_path / "out", formats=("pt2",))
+    card = json.loads((out / "card.json").read_text())
+    assert "S1 % 2 == 0" in card["size_conditions"]
+    assert "the `.pt2` and ONNX files do not check them" in (out / "model_card.md").read_text()
+    # a saved condition is parsed against the condition grammar, never run as Python
+    data = json.loads((tmp_path / "ir" / "ir.json").read_text())
+    data["info"]["size_conditions"] = ["__import__('os').getcwd() == 0"]
+    (tmp_path / "ir" / "ir.json").write_text(json.dumps(data))
+    with pytest.raises(osf.FormatError, match="condition language has no place for"):
+        osf.load_ir(tmp_path / "ir").build()(torch.randn(2, 3, 20, 18))
+
+
 def test_untraceable_model_names_module_and_line():
     with pytest.raises(osf.TraceError) as err:
         osf.trace(DataDependent(), (torch.randn(2, 4),))

@@ -45,6 +45,7 @@ def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict
         },
         "space_options": {k: list(v) if isinstance(v, tuple) else v for k, v in space.options.items()},
         "inputs": inputs,
+        "size_conditions": list(ir.info.get("size_conditions") or []),
         "import_before_loading": _output_packages(ir.info.get("eval_out_spec") or ir.info["out_spec"]),
         "files": files,
         "skipped": skipped,
@@ -115,6 +116,13 @@ def markdown(card: dict[str, Any]) -> str:
         lines += ["", f"Named dims ({', '.join(dyn)}) are dynamic: "
                   + (f"any size within the bounds the traced graph holds for ({'; '.join(bounded)})."
                      if bounded else "any size works.")]
+    conditions = card["size_conditions"]
+    if conditions:
+        shortest = sorted(conditions, key=len)[:3]
+        lines += ["", f"The traced graph also relies on {len(conditions)} condition(s) between input sizes "
+                  f"(all in `card.json` under `size_conditions`, `cdiv` being ceiling division; e.g. {', '.join(f'`{c}`' for c in shortest)}). "
+                  "osf's own models refuse sizes that break one; the `.pt2` and ONNX files do not check them, "
+                  "and such a size may give a wrong output there."]
     call = ", ".join(f"{m['name']}={m['name']}" if m["keyword"] else m["name"] for m in card["inputs"])
     lines += ["", "## Load it with plain PyTorch", "", "```python", "import torch"]
     lines += [f"import {p}  # defines the output type" for p in card["import_before_loading"]]

@@ -30,8 +30,8 @@ import torch.utils._pytree as pytree
 from torch import nn
 from torch.export import Dim
 
+from . import conditions, serial
 from . import ops as op_rules
-from . import serial
 from .construct import verify_all
 from .errors import TraceError
 from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder
@@ -810,6 +810,12 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
     for k, t in consts.items():
         if k in read:  # not those of an eval graph that is dropped as a copy of the training one
             tensors[k] = t.detach().clone()
+    size_conditions, unchecked = conditions.from_export((programs["train"], programs["eval"]),
+                                                        conditions.symbol_at(train_graph))
+    if unchecked:
+        warnings.warn(f"torch.export assumed {len(unchecked)} condition(s) on the input sizes that osf cannot "
+                      f"check (e.g. {unchecked[0]}): a call with sizes that break one may give a wrong output; "
+                      "call the model at the traced size, or trace without dynamic dims", stacklevel=3)
     info = {
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "capture": method,
@@ -825,6 +831,7 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
         "dynamic": sorted({s for p in train_graph.placeholders if p.kind == INPUT and isinstance(p.meta, dict)
                            for s in (p.meta.get("sym") or []) if s}),
         "input_ranges": _input_ranges(programs["train"], programs["eval"]),
+        "size_conditions": size_conditions,
     }
     modules = _module_nodes(model, ids, aliases, verify)
     ir = IR(train_graph, modules, tensors, aliases, info, eval_graph if keep_eval else None)

@@ -22,8 +22,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from . import conditions, serial
 from . import ops as op_rules
-from . import serial
 from .errors import FormatError, InputError
 from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph
 
@@ -135,6 +135,8 @@ class RebuiltModel(IRContainer):
                 values.append(leaf)
         if checking and self._osf_equal_sizes and not torch.compiler.is_exporting():  # export checks its own
             _check_equal_sizes(self._osf_equal_sizes, leaves, self._osf_user_leaves)
+        if checking and self._osf_size_conditions is not None and not torch.compiler.is_exporting():
+            self._osf_size_conditions.check(leaves)
         return values
 
 
@@ -409,7 +411,7 @@ class Blueprint:
             "_osf_eval_out_spec": load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None,
             "_osf_user_leaves": ir.info["user_leaves"], "_osf_train_error": ir.info.get("train_error"),
             "_osf_fixed_batch": ir.info.get("fixed_batch") or {}, "_osf_fixed_sizes": _fixed_sizes(ir),
-            "_osf_equal_sizes": _equal_sizes(ir),
+            "_osf_equal_sizes": _equal_sizes(ir), "_osf_size_conditions": conditions.of_ir(ir),
             "_osf_signature": ir.info.get("signature"), "_osf_blueprint": self,
             "_osf_train_fn": compile_graph(ir, ir.graph),
             "_osf_eval_fn": compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None}

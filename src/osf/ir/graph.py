@@ -8,7 +8,9 @@ with each op collapsed to the child of that module that contains it.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import networkx as nx
@@ -230,11 +232,11 @@ class IR:
         from .codegen import build
         return build(self)
 
-    def save(self, path: str, *, overwrite: bool = False) -> None:
-        """Write the IR to ``path`` (a directory: ``ir.json`` + ``weights.safetensors``), atomically.
-        An existing ``path`` raises ``FileExistsError`` unless ``overwrite=True``."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the IR to ``path`` (a directory: ``ir.json`` + ``weights.safetensors``), atomically, and
+        return it. An existing ``path`` raises ``FileExistsError`` unless ``overwrite=True``."""
         from .io import save_ir
-        save_ir(self, path, overwrite=overwrite)
+        return save_ir(self, path, overwrite=overwrite)
 
     def to_json(self) -> dict:
         return {"format": "osf-ir", "version": 1, "info": self.info, "aliases": self.aliases,
