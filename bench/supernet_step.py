@@ -1,9 +1,10 @@
 """Supernet train step vs the same subnet extracted standalone, side by side in one run.
 
 For each model and arch (max, min and random archs), a train step (zero grads, forward, loss, backward)
-runs alternately through ``supernet.set_arch(arch)`` (views of the shared weights) and through
-``supernet.extract(arch)`` (a physically smaller copy). Reported: the median step-time ratio
-(target: at most 1.05×) and the activation-memory ratio (target: at most 1.2×): the peak of what a step
+runs in rounds, in a random order, through ``supernet.set_arch(arch)`` (views of the shared weights),
+through ``supernet.extract(arch)`` (a physically smaller copy) and through a second copy of that extracted
+subnet, the A/A control that shows how far the machine's noise alone moves a ratio. Reported: the median
+step-time ratio (target: at most 1.05×) and the activation-memory ratio (target: at most 1.2×): the peak of what a step
 allocates besides gradient storage (activations, workspaces), read from the C allocator (glibc
 ``mallinfo2``) or, on CUDA, from ``torch.cuda.max_memory_allocated``. Reported beside it: the gradient
 storage (full-size in the supernet), the peak of a step that allocates its gradients anew, and the ratio
@@ -27,9 +28,11 @@ process, so the ratio stays like for like.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import os
+import random
 import statistics
 import sys
 import threading
@@ -146,13 +149,20 @@ def measure(name: str, model: torch.nn.Module, size: int, batch: int, archs: int
         t0 = time.perf_counter()
         supernet.set_arch(arch)
         cached_switch_s = time.perf_counter() - t0
+        twin = copy.deepcopy(sub)  # the A/A control: a second standalone copy, timed alike
         sup_params, sub_params = list(supernet.parameters()), list(sub.parameters())
-        step(supernet, sup_params, x, device), step(sub, sub_params, x, device)  # warm-up
-        sup_t, sub_t = [], []
-        started = time.perf_counter()
-        while len(sup_t) < repeats or (time.perf_counter() - started < budget_s and len(sup_t) < 200):
-            sup_t.append(timed(supernet, sup_params, x, device))  # alternate: machine drifts hit both alike
-            sub_t.append(timed(sub, sub_params, x, device))
+        runs = {"supernet": (supernet, sup_params), "standalone": (sub, sub_params),
+                "twin": (twin, list(twin.parameters()))}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for model_, params in runs.values():
+            step(model_, params, x, device)  # warm-up
+        order, started = random.Random(SEED), time.perf_counter()
+        while len(times["supernet"]) < repeats or (time.perf_counter() - started < budget_s
+                                                   and len(times["supernet"]) < 200):
+            for k in order.sample(list(runs), len(runs)):  # each round in a random order: drifts hit all alike
+                times[k].append(timed(*runs[k], x, device))
+        sup_t, sub_t = times["supernet"], times["standalone"]
+        del twin, runs
         sup_step = sub_step = sup_act = sub_act = 0
         for _ in range(max(3, min(20, int(0.5 / statistics.median(sup_t))))):  # a sampled peak: the max of a few
             supernet.release_grad_buffers()  # so the measured step allocates its gradient memory, as the subnet's does
@@ -167,7 +177,8 @@ def measure(name: str, model: torch.nn.Module, size: int, batch: int, archs: int
         sup_med, sub_med = statistics.median(sup_t), statistics.median(sub_t)
         rows.append({"model": name, "arch": role, "params": supernet.cost(arch)["params"],
                      "supernet_step_s": round(sup_med, 4), "standalone_step_s": round(sub_med, 4),
-                     "time_ratio": round(sup_med / sub_med, 3), "supernet_peak_mb": round(sup_mem / 2**20, 1),
+                     "time_ratio": round(sup_med / sub_med, 3), "steps": len(sup_t),
+                     "aa_ratio": round(statistics.median(times["twin"]) / sub_med, 3), "supernet_peak_mb": round(sup_mem / 2**20, 1),
                      "standalone_peak_mb": round(sub_mem / 2**20, 1), "memory_ratio": round(sup_mem / sub_mem, 3),
                      "step_memory_ratio": round(sup_step / max(sub_step, 1), 3),
                      "supernet_act_mb": round(sup_act / 2**20, 1), "standalone_act_mb": round(sub_act / 2**20, 1),
@@ -190,10 +201,13 @@ def markdown(env: dict, rows: list[dict]) -> str:
              f"device {env['device']}",
              f"- Versions: python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}, "
              f"osf {env['osf']}",
-             f"- Seed {env['seed']}; train mode; batch {env['batch']}; median of at least {env['repeats']} alternating "
-             "steps (more for fast steps, up to a time budget) after one warm-up each; step = zero grads + forward "
-             "+ loss + backward; the zero-grad loop runs over a parameter list made once per model, as an optimizer's "
-             "`zero_grad` does",
+             f"- Seed {env['seed']}; train mode; batch {env['batch']}; median of at least {env['repeats']} rounds "
+             "(more for fast steps, up to a time budget; *steps*: how many) after one warm-up each; a round steps the "
+             "supernet, the standalone subnet and a second copy of the standalone subnet once each, in a random "
+             "order; step = zero grads + forward + loss + backward; the zero-grad loop runs over a parameter list "
+             "made once per model, as an optimizer's `zero_grad` does",
+             "- *A/A*: the second standalone copy's median step ÷ the first's, the same model timed alike: how far "
+             "a time ratio can stray from 1 by this machine's noise alone",
              "- Memory (on CPU sampled every 0.2 ms, the max over 3–20 steps, so a step of a few ms reads roughly): "
              "*activation MB* is the peak a step allocates while the gradients of the previous step stay "
              "allocated and are zeroed in place (`zero_grad(set_to_none=False)`): activations and workspaces, what "
@@ -212,13 +226,14 @@ def markdown(env: dict, rows: list[dict]) -> str:
              "(generated once, at a model's first `set_arch`: the max rows include it); *cached switch*: the same "
              "arch again",
              "- Targets: time ratio ≤ 1.05, activation-memory ratio ≤ 1.2", "",
-             "| model | arch | params | supernet step s | standalone step s | time ratio | activation MB "
+             "| model | arch | params | supernet step s | standalone step s | time ratio | A/A | steps | activation MB "
              "(supernet / standalone) | activation ratio | gradient MB | step MB | step ratio | peak MB | total ratio | "
              "first switch ms | cached switch ms |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['arch']} | {r['params']:,} | {r['supernet_step_s']} | "
-                     f"{r['standalone_step_s']} | {r['time_ratio']} | {r['supernet_act_mb']} / "
+                     f"{r['standalone_step_s']} | {r['time_ratio']} | {r['aa_ratio']} | {r['steps']} | "
+                     f"{r['supernet_act_mb']} / "
                      f"{r['standalone_act_mb']} | {r['act_memory_ratio']} | {r['supernet_grad_mb']} / "
                      f"{r['standalone_grad_mb']} | {r['supernet_step_mb']} / {r['standalone_step_mb']} | "
                      f"{r['step_memory_ratio']} | {r['supernet_peak_mb']} / {r['standalone_peak_mb']} | "
