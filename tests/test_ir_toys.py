@@ -298,7 +298,7 @@ def test_a_size_breaking_a_condition_export_assumed_is_refused(tmp_path):
     """Traced on an even width, the graph holds only for even widths: an odd one would silently skip the
     doubling the model does. The rebuilt model, the supernet, its subnets and a reloaded IR refuse it,
     naming the condition; sizes where a size of the graph is 0 or 1 (export never traces there, its
-    ``!= 1`` guards break) still run; exported files list the conditions they do not check."""
+    ``!= 1`` guards break) still run; the exported ``.pt2`` holds them as guards of its program."""
     torch.manual_seed(0)
     model = ScaleEvenWidths()
     ir = osf.trace(model, (torch.randn(2, 3, 32, 32),), dynamic_spatial=True)
@@ -326,7 +326,11 @@ def test_a_size_breaking_a_condition_export_assumed_is_refused(tmp_path):
     out = sn.export(arch, tmp_path / "out", formats=("pt2",))
     card = json.loads((out / "card.json").read_text())
     assert "S1 % 2 == 0" in card["size_conditions"]
-    assert "the `.pt2` and ONNX files do not check them" in (out / "model_card.md").read_text()
+    assert "the ONNX file does not check them" in (out / "model_card.md").read_text()
+    program = torch.export.load(str(out / "model.pt2")).module()  # the conditions are its guards
+    assert_same(program(x), small(x), "pt2 at another even width")
+    with pytest.raises(AssertionError, match=r"x.size\(\)\[3\] % 2 == 0"):
+        program(odd)
     # a saved condition is parsed against the condition grammar, never run as Python
     data = json.loads((tmp_path / "ir" / "ir.json").read_text())
     data["info"]["size_conditions"] = ["__import__('os').getcwd() == 0"]

@@ -121,8 +121,9 @@ def markdown(card: dict[str, Any]) -> str:
         shortest = sorted(conditions, key=len)[:3]
         lines += ["", f"The traced graph also relies on {len(conditions)} condition(s) between input sizes "
                   f"(all in `card.json` under `size_conditions`, `cdiv` being ceiling division; e.g. {', '.join(f'`{c}`' for c in shortest)}). "
-                  "osf's own models refuse sizes that break one; the `.pt2` and ONNX files do not check them, "
-                  "and such a size may give a wrong output there."]
+                  "osf's models and the `.pt2` program refuse sizes that break one (the `.pt2` holds them as "
+                  "guards: an `AssertionError`); the ONNX file does not check them, and such a size may give a "
+                  "wrong output there."]
     call = ", ".join(f"{m['name']}={m['name']}" if m["keyword"] else m["name"] for m in card["inputs"])
     lines += ["", "## Load it with plain PyTorch", "", "```python", "import torch"]
     lines += [f"import {p}  # defines the output type" for p in card["import_before_loading"]]

@@ -135,8 +135,11 @@ class RebuiltModel(IRContainer):
                 values.append(leaf)
         if checking and self._osf_equal_sizes and not torch.compiler.is_exporting():  # export checks its own
             _check_equal_sizes(self._osf_equal_sizes, leaves, self._osf_user_leaves)
-        if checking and self._osf_size_conditions is not None and not torch.compiler.is_exporting():
-            self._osf_size_conditions.check(leaves)
+        if checking and self._osf_size_conditions is not None:
+            if torch.compiler.is_exporting():  # sizes are symbolic: the conditions become export's guards
+                self._osf_size_conditions.assert_symbolic(leaves)
+            else:
+                self._osf_size_conditions.check(leaves)
         return values
 
 

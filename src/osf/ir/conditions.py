@@ -1,11 +1,12 @@
 """Relations between input sizes that torch.export assumed while tracing and that no bound or equality of
 single dims expresses: a branch on a size's parity, a reshape of rows into pairs, windows that must tile
-the image. ``ExportedProgram.module()`` does not check them, so a size breaking one ran the graph of the
-other case (a silently wrong output) or failed deep inside a reshape. Capture keeps them in
-``ir.info["size_conditions"]`` as expressions of a small integer language over the input symbols (ints,
+the image. A rebuilt model runs straight-line code in which the branch is gone, so a size breaking one ran
+the graph of the other case (a silently wrong output) or failed deep inside a reshape. Capture keeps them
+in ``ir.info["size_conditions"]`` as expressions of a small integer language over the input symbols (ints,
 ``+ - * // % **``, ``cdiv`` (ceiling division), ``min``, ``max``, comparisons, ``and or not``), which a
-rebuilt model checks once per new combination of input sizes. Saved text is parsed against that grammar,
-never evaluated as arbitrary Python."""
+rebuilt model checks once per new combination of input sizes, and states as ``torch._check`` while
+torch.export traces it, so an exported ``.pt2`` keeps them as guards. Saved text is parsed against that
+grammar, never evaluated as arbitrary Python."""
 from __future__ import annotations
 
 import ast
@@ -222,15 +223,33 @@ class SizeConditions:
         self._checks: list[tuple[Any, list[Any], list[str]]] | None = None  # compiled at the first check
         self._seen: set[tuple[int, ...]] = set()
 
+    def _compile(self) -> list[tuple[Any, list[Any], list[str]]]:
+        if self._checks is None:
+            checks = [(t, _compiled(t)) for t in self.texts]
+            checks = [(t, c) for t, c in checks if set(c[2]) <= self.reads.keys()]
+            self.texts, self._checks = [t for t, _ in checks], [c for _, c in checks]
+        return self._checks
+
+    def assert_symbolic(self, leaves: list) -> None:
+        """While torch.export traces the model (``osf.export``), state each condition with
+        ``torch._check`` on the symbolic sizes (or any of its size terms 0 or 1), so the exported program
+        holds it as a guard and ``ExportedProgram.module()`` refuses sizes that break it."""
+        import torch
+        values = {s: leaves[i].shape[d] for s, (i, d) in self.reads.items()}
+        namespace = {"__builtins__": {}, "cdiv": _cdiv, "min": torch.sym_min, "max": torch.sym_max}
+        for text, (code, terms, _) in zip(self.texts, self._compile()):
+            holds = eval(code, namespace, values)  # noqa: S307 - grammar checked by _compiled
+            for term in terms:
+                size = eval(term, namespace, values)  # noqa: S307
+                holds = holds | (size == 0) | (size == 1)
+            torch._check(holds, lambda text=text: f"input sizes break the condition {text}")
+
     def check(self, leaves: list) -> None:
         """Raise ``InputError`` when the sizes of ``leaves`` break a condition."""
         sizes = tuple([leaves[i].shape[d] for i, d in self.reads.values()])
         if sizes in self._seen:
             return
-        if self._checks is None:
-            checks = [(t, _compiled(t)) for t in self.texts]
-            checks = [(t, c) for t, c in checks if set(c[2]) <= self.reads.keys()]
-            self.texts, self._checks = [t for t, _ in checks], [c for _, c in checks]
+        self._compile()
         values = dict(zip(self.reads, sizes))
         namespace = {"__builtins__": {}, **_FUNCTIONS}
         for text, (code, terms, used) in zip(self.texts, self._checks):
