@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import osf
+from osf.cli.main import main
 from roundtrip import assert_same, loss_of, round_trip
 from toys import (CausalSeq2Seq, ClassTokenEncoder, CondInForward, DataDependent, DomainAdversarial, ForcesFromEnergy,
                   ForwardBlocks, Gate, GradientHooks, LayerDropWhenTraining, MultiIO, NeedsTargetsWhenTraining,
@@ -294,7 +295,7 @@ class ScaleEvenWidths(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-def test_a_size_breaking_a_condition_export_assumed_is_refused(tmp_path):
+def test_a_size_breaking_a_condition_export_assumed_is_refused(tmp_path, capsys):
     """Traced on an even width, the graph holds only for even widths: an odd one would silently skip the
     doubling the model does. The rebuilt model, the supernet, its subnets and a reloaded IR refuse it,
     naming the condition; sizes where a size of the graph is 0 or 1 (export never traces there, its
@@ -313,6 +314,8 @@ def test_a_size_breaking_a_condition_export_assumed_is_refused(tmp_path):
         rebuilt(odd)
     with pytest.raises(osf.InputError, match=message):
         osf.load_ir(ir.save(tmp_path / "ir")).build()(odd)
+    assert main(["inspect", str(tmp_path / "ir")]) == 0
+    assert "size condition(s), e.g. S1 % 2 == 0" in capsys.readouterr().out
     sn = osf.Supernet(model, (torch.randn(2, 3, 32, 32),), trace_options={"dynamic_spatial": True})
     arch = sn.space.min()
     small = sn.extract(arch)

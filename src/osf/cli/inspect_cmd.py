@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 from ..ir import IR
+from ..ir.codegen import size_span
 from ..ir.flops import human, module_flops
 
 
@@ -48,7 +49,20 @@ def table(ir: IR, depth: int | None, root: str = "") -> str:
                  f"{', '.join(info.get('dynamic') or []) or 'none'}; constructor arguments verified for "
                  f"{verified}/{len(ir.modules)} modules"
                  + ("; eval mode runs a different graph than training" if ir.eval_graph is not None else ""))
+    limits = _size_limits(ir)
+    if limits:
+        lines.append(limits)
     return "\n".join(lines)
+
+
+def _size_limits(ir: IR) -> str:
+    """The bounds and conditions the traced graph holds for on its symbolic input sizes, in one line."""
+    bounds = [f"'{name}' dim {d}: {size_span(lo, hi)}" for name, dims in (ir.info.get("input_ranges") or {}).items()
+              for d, (lo, hi) in dims.items()]
+    conditions = sorted(ir.info.get("size_conditions") or [], key=len)
+    parts = ([f"bounds {'; '.join(bounds)}"] if bounds else []) + (
+        [f"{len(conditions)} size condition(s), e.g. {conditions[0]}"] if conditions else [])
+    return ("sizes the graph holds for (other sizes are refused): " + "; ".join(parts)) if parts else ""
 
 
 def _example_dims(ir: IR) -> str:
@@ -64,7 +78,8 @@ def _example_dims(ir: IR) -> str:
 
 def to_json(ir: IR, depth: int | None, root: str = "") -> str:
     return json.dumps({"model": ir.info["model_class"], "capture": ir.info["capture"],
-                       "dynamic": ir.info.get("dynamic"), "modules": rows(ir, depth, root),
+                       "dynamic": ir.info.get("dynamic"), "input_ranges": ir.info.get("input_ranges") or {},
+                       "size_conditions": ir.info.get("size_conditions") or [], "modules": rows(ir, depth, root),
                        "metadata": {n.name: n.meta for _, n in ir.walk(root)}}, indent=1)
 
 
