@@ -312,6 +312,11 @@ def test_a_size_breaking_a_condition_export_assumed_is_refused(tmp_path, capsys)
     message = r"the input sizes \('x' dim 3 = 17 \(S1\)\) break a condition the captured graph relies on: S1 % 2 == 0"
     with pytest.raises(osf.InputError, match=message):
         rebuilt(odd)
+    compiled = torch.compile(rebuilt, backend="eager", dynamic=True)  # symbolic sizes: the check stays
+    x = torch.randn(2, 3, 20, 18)
+    assert_same(compiled(x), model(x), "compiled with dynamic sizes")
+    with pytest.raises(osf.InputError, match=message):
+        compiled(odd)
     with pytest.raises(osf.InputError, match=message):
         osf.load_ir(ir.save(tmp_path / "ir")).build()(odd)
     assert main(["inspect", str(tmp_path / "ir")]) == 0
