@@ -74,13 +74,12 @@ def measure(name: str, build: Callable[[], torch.nn.Module]) -> dict:
     row["conditions"] = len(sn.ir.info["size_conditions"])
     with torch.no_grad():
         full = sn.extract(sn.space.max()).eval()
-        row["third_size"] = _outcome(model, full, torch.randn(THIRD))
-        try:
-            full(other)
-        except osf.InputError as e:  # a condition export assumed: no subnet runs there either
-            row["refused"] = str(e).partition(": ")[2].partition(". ")[0]
+        row["third_size"] = _outcome(model, full, torch.randn(THIRD))[0]
+        outcome, refusal = _outcome(model, full, other)
+        if refusal:  # a condition export assumed: no subnet runs there either
+            row["refused"] = refusal
             return row
-        row["max_equals_original"] = _outcome(model, full, other) == "same"
+        row["max_equals_original"] = outcome == "same"
         agree = []
         for arch in (sn.space.min(), sn.space.sample(SEED)):
             with sn.set_arch(arch):
@@ -90,15 +89,16 @@ def measure(name: str, build: Callable[[], torch.nn.Module]) -> dict:
     return row
 
 
-def _outcome(model: torch.nn.Module, full: torch.nn.Module, x: torch.Tensor) -> str:
+def _outcome(model: torch.nn.Module, full: torch.nn.Module, x: torch.Tensor) -> tuple[str, str | None]:
     """``same``: the extracted maximal subnet gives the original's outputs at ``x``'s size; ``refused``: it
-    raises ``osf.InputError`` there; ``WRONG``: a silent mismatch."""
+    raises ``osf.InputError`` there (with the condition it names); ``WRONG``: a silent mismatch."""
     try:
         got = _first(full(x))
-    except osf.InputError:
-        return "refused"
+    except osf.InputError as e:
+        return "refused", str(e).partition(": ")[2].partition(". ")[0]
     expected = _first(model(x))
-    return "same" if expected.shape == got.shape and torch.allclose(expected, got, atol=ATOL, rtol=RTOL) else "WRONG"
+    same = expected.shape == got.shape and torch.allclose(expected, got, atol=ATOL, rtol=RTOL)
+    return ("same" if same else "WRONG"), None
 
 
 def _bounds(row: dict) -> str:

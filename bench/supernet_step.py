@@ -4,8 +4,8 @@ For each model and arch (max, min and random archs), a train step (zero grads, f
 runs in rounds, in a random order, through ``supernet.set_arch(arch)`` (views of the shared weights),
 through ``supernet.extract(arch)`` (a physically smaller copy) and through a second copy of that extracted
 subnet, the A/A control that shows how far the machine's noise alone moves a ratio. Reported: the median
-step-time ratio (target: at most 1.05×) and the activation-memory ratio (target: at most 1.2×): the peak of what a step
-allocates besides gradient storage (activations, workspaces), read from the C allocator (glibc
+step-time ratio (target: at most 1.05×) and the activation-memory ratio (target: at most 1.2×): the peak
+of what a step allocates besides gradient storage (activations, workspaces), read from the C allocator (glibc
 ``mallinfo2``) or, on CUDA, from ``torch.cuda.max_memory_allocated``. Reported beside it: the gradient
 storage (full-size in the supernet), the peak of a step that allocates its gradients anew, and the ratio
 of total peaks, which add the model's own tensors (the supernet must hold all shared weights, the subnet
@@ -178,7 +178,8 @@ def measure(name: str, model: torch.nn.Module, size: int, batch: int, archs: int
         rows.append({"model": name, "arch": role, "params": supernet.cost(arch)["params"],
                      "supernet_step_s": round(sup_med, 4), "standalone_step_s": round(sub_med, 4),
                      "time_ratio": round(sup_med / sub_med, 3), "steps": len(sup_t),
-                     "aa_ratio": round(statistics.median(times["twin"]) / sub_med, 3), "supernet_peak_mb": round(sup_mem / 2**20, 1),
+                     "aa_ratio": round(statistics.median(times["twin"]) / sub_med, 3),
+                     "supernet_peak_mb": round(sup_mem / 2**20, 1),
                      "standalone_peak_mb": round(sub_mem / 2**20, 1), "memory_ratio": round(sup_mem / sub_mem, 3),
                      "step_memory_ratio": round(sup_step / max(sub_step, 1), 3),
                      "supernet_act_mb": round(sup_act / 2**20, 1), "standalone_act_mb": round(sub_act / 2**20, 1),

@@ -119,8 +119,9 @@ def markdown(card: dict[str, Any]) -> str:
     conditions = card["size_conditions"]
     if conditions:
         shortest = sorted(conditions, key=len)[:3]
+        examples = ", ".join(f"`{c}`" for c in shortest)
         lines += ["", f"The traced graph also relies on {len(conditions)} condition(s) between input sizes "
-                  f"(all in `card.json` under `size_conditions`, `cdiv` being ceiling division; e.g. {', '.join(f'`{c}`' for c in shortest)}). "
+                  f"(all in `card.json` under `size_conditions`, `cdiv` being ceiling division; e.g. {examples}). "
                   "osf's models and the `.pt2` program refuse sizes that break one (the `.pt2` holds them as "
                   "guards: an `AssertionError`); the ONNX file does not check them, and such a size may give a "
                   "wrong output there."]
