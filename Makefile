@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/forkjoin.py
 	$(PY) bench/motifs.py
 	$(PY) bench/extraction.py
+	$(PY) bench/call_overhead.py
 	$(PY) bench/quality.py
 	$(PY) bench/minilm.py
 	$(PY) bench/coverage.py --resume
@@ -46,6 +47,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/cost_speed.py --quick
 	$(PY) bench/forkjoin.py --quick
 	$(PY) bench/extraction.py --quick
+	$(PY) bench/call_overhead.py --quick
 	$(PY) bench/quality.py --quick
 	$(PY) bench/minilm.py --quick
 	$(PY) bench/coverage.py --quick

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import tempfile
@@ -53,6 +54,15 @@ def update_section(path: Path, name: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     write_atomic(path, text)
+
+
+def publish(name: str, section_name: str, quick: bool, env: dict, rows: list[dict], section: str,
+            docs: Path = DOCS) -> None:
+    """Write ``bench/results/<name>[-quick].json`` (environment and rows) and put ``section`` in ``docs``
+    (``--quick`` runs: in docs/benchmarks-quick.md, never over the full results)."""
+    out = ROOT / "bench" / "results" / (f"{name}-quick.json" if quick else f"{name}.json")
+    write_atomic(out, json.dumps({"environment": env, "rows": rows}, indent=1))
+    update_section(QUICK_DOCS if quick else docs, section_name, section)
 
 
 def extraction_vs_copy(supernet, arch, repeats: int = 5) -> dict:

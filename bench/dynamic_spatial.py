@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(names)}] {json.dumps(rows[-1])}", flush=True)
     env = common.environment(command="python bench/dynamic_spatial.py" + (" --quick" if opts.quick else ""),
                              seed=SEED)
-    out = common.ROOT / "bench" / "results" / ("dynamic_spatial-quick.json" if opts.quick else "dynamic_spatial.json")
-    common.write_atomic(out, json.dumps({"environment": env, "rows": rows}, indent=1))
-    common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, "dynamic-spatial", section(env, rows))
+    common.publish("dynamic_spatial", "dynamic-spatial", opts.quick, env, rows, section(env, rows))
     return 0 if all("error" not in r and r["third_size"] != "WRONG"
                     and ("refused" in r or (r["max_equals_original"] and r["subnets_agree"])) for r in rows) else 1
 

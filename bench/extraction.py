@@ -75,10 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(name, archs))
         print(json.dumps(rows[-1]), flush=True)
     env = common.environment(command="python bench/extraction.py" + (" --quick" if opts.quick else ""))
-    out = common.ROOT / "bench" / "results" / ("extraction-quick.json" if opts.quick else "extraction.json")
-    common.write_atomic(out, json.dumps({"environment": env, "rows": rows}, indent=1))
-    common.update_section(common.QUICK_DOCS if opts.quick else common.ROOT / "docs" / "space.md", "extraction",
-                          section(env, rows))
+    common.publish("extraction", "extraction", opts.quick, env, rows, section(env, rows),
+                   docs=common.ROOT / "docs" / "space.md")
     return 0
 
 

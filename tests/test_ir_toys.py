@@ -23,6 +23,27 @@ def multi_io_inputs(batch=3):
     return (torch.randn(batch, 6), torch.randn(batch, 3, 5)), {"scale": torch.tensor(2.0)}
 
 
+def test_positional_inputs_bind_as_traced_and_weights_are_read_at_every_call():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(4, 6)
+    rebuilt = osf.trace(model, (x,)).build().eval()
+    assert_same(model(x), rebuilt(x), "positional tensor")
+    assert_same(model(x), rebuilt(input=x), "the same input by keyword")
+    with pytest.raises(osf.InputError, match=r"forward takes 1 input\(s\) \(input\); got 2 positional"):
+        rebuilt(x, x)  # was dropped silently
+    with pytest.raises(osf.InputError, match="do not match the traced structure"):
+        rebuilt([x])
+    # the generated forward reads each tensor from its module at every call, as the modules' own forwards do
+    weight = nn.Parameter(torch.randn(8, 6))
+    model[0].weight = weight
+    getattr(rebuilt, "0").weight = nn.Parameter(weight.detach().clone())
+    head = nn.Linear(8, 3)
+    model[2] = head
+    setattr(rebuilt, "2", copy.deepcopy(head))  # a rebuilt container is not a Sequential: no indexing
+    assert_same(model(x), rebuilt(x), "a replaced parameter and a replaced module")
+
+
 def test_multi_input_keyword_and_dict_output(tmp_path):
     args, kwargs = multi_io_inputs()
     other = multi_io_inputs(5)

@@ -88,7 +88,7 @@ class RebuiltModel(IRContainer):
         else:
             fn, spec = eval_fn, self._osf_eval_out_spec
         outs = fn(self, _device(values, self), *values)
-        return pytree.tree_unflatten(list(outs), spec)
+        return outs[0] if spec.is_leaf() else pytree.tree_unflatten(list(outs), spec)
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
         """Pickled (``torch.save(model)``, multiprocessing) as the IR's structure (JSON), the tensors and
@@ -109,8 +109,12 @@ class RebuiltModel(IRContainer):
         return new
 
     def _osf_bind(self, args: tuple, kwargs: dict) -> list:
-        leaves, spec = pytree.tree_flatten((args, kwargs))
-        if spec != self._osf_in_spec:
+        if (not kwargs and len(args) == self._osf_positional
+                and all(isinstance(a, torch.Tensor) for a in args)):  # pytree's flatten, at a fraction of its cost
+            leaves: Any = args
+        else:
+            leaves, spec = pytree.tree_flatten((args, kwargs))
+        if leaves is not args and spec != self._osf_in_spec:
             args, kwargs = _rebind(args, kwargs, self._osf_in_spec, self._osf_signature)
             leaves, spec = pytree.tree_flatten((args, kwargs))
             if spec != self._osf_in_spec:
@@ -308,6 +312,9 @@ def _rebind(args: tuple, kwargs: dict, in_spec: pytree.TreeSpec, names: list[str
     given = dict(kwargs)
     args = list(args)
     if names is not None:
+        if len(args) > max(n_pos, len(names)):  # zip below would drop the surplus silently
+            raise InputError(f"the model's forward takes {len(names)} input(s) ({', '.join(names)}); got "
+                             f"{len(args)} positional")
         if len(args) > n_pos:
             for name, value in zip(names[n_pos:], args[n_pos:]):
                 if name in given:
@@ -322,6 +329,13 @@ def _rebind(args: tuple, kwargs: dict, in_spec: pytree.TreeSpec, names: list[str
         raise InputError(f"the model was traced with {n_pos} positional input(s) and keyword input(s) {keys}; "
                          f"got {len(args)} positional, missing {missing}, unexpected {extra}")
     return tuple(args), {k: given[k] for k in keys}
+
+
+def _positional_arity(spec: pytree.TreeSpec) -> int | None:
+    """``n`` when the traced inputs are ``n`` positional leaves and no keywords (then ``n`` tensors bind
+    without flattening), else None."""
+    n = spec.num_leaves
+    return n if pytree.tree_flatten(((0,) * n, {}))[1] == spec else None
 
 
 def load_spec(data: Any) -> pytree.TreeSpec:
@@ -411,6 +425,7 @@ class Blueprint:
         self._make_root = _container_maker(self.root_class)
         self._root_attributes = {  # plain values: what nn.Module.__setattr__ would store
             "_osf_in_spec": load_spec(ir.info["in_spec"]), "_osf_out_spec": load_spec(ir.info["out_spec"]),
+            "_osf_positional": _positional_arity(load_spec(ir.info["in_spec"])),
             "_osf_eval_out_spec": load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None,
             "_osf_user_leaves": ir.info["user_leaves"], "_osf_train_error": ir.info.get("train_error"),
             "_osf_fixed_batch": ir.info.get("fixed_batch") or {}, "_osf_fixed_sizes": _fixed_sizes(ir),
@@ -529,15 +544,23 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
     globals_: dict[str, Any] = {"torch": torch}
     names: dict[str, str] = {}
     prologue: list[str] = []
-    owners: dict[str, str] = {}
+    modules: dict[str, str] = {"": "self"}
+
+    def module_var(path: str) -> str:
+        """A variable holding the submodule at ``path``, each reached once per call from its parent (a
+        ``Module.__getattr__`` per step: walking every tensor's path from ``self`` cost a small model's
+        forward more than its ops)."""
+        if path not in modules:
+            parent, _, local = path.rpartition(".")
+            parent_var = module_var(parent)
+            modules[path] = f"_m{len(modules) - 1}"
+            prologue.append(f"    {modules[path]} = {attr_path(parent_var, local)}")
+        return modules[path]
 
     def owner_var(owner: str) -> str:
         if guards is not None and owner in guards.owners:
             return guards.owners[owner]
-        if owner not in owners:
-            owners[owner] = f"_m{len(owners)}"
-            prologue.append(f"    {owners[owner]} = {attr_path('self', owner)}")
-        return owners[owner]
+        return module_var(owner)
 
     user_inputs = []
     for p in graph.placeholders:
@@ -546,7 +569,11 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
         if p.kind == INPUT:
             user_inputs.append(var)
         elif p.kind in (PARAM, BUFFER):
-            prologue.append(f"    {var} = {views.get(p.target, '{}').replace('{}', attr_path('self', p.target))}")
+            read = views.get(p.target, "{}")
+            if "{}" in read:
+                parent, _, local = p.target.rpartition(".")
+                read = read.replace("{}", attr_path(module_var(parent), local))
+            prologue.append(f"    {var} = {read}")
         elif p.kind == CONST:
             prologue.append(f"    {var} = {views.get(p.target, '{}').replace('{}', 'self.' + p.target)}")
     body: list[str] = []
