@@ -71,9 +71,10 @@ def section(env: dict, rows: list[dict]) -> str:
              "median of rounds in a random order (at least 11, more within a time budget, *calls*); *A/A*: a "
              "deep copy of the original timed alike, how far a ratio strays by noise alone",
              "- *Overhead*: rebuilt minus original, per call. A negative one is the rebuilt model skipping "
-             "module calls (`nn.Module.__call__`, hooks) between its ops; a positive one on a transformer is "
-             "mostly the original's fused inference kernels (`nn.TransformerEncoderLayer`'s fast path, "
-             "`scaled_dot_product_attention` picked per call), which the traced training graph does not take", "",
+             "module calls (`nn.Module.__call__`, hooks) between its ops. A positive one can be a fused "
+             "inference kernel of the original that the traced graph splits into its ops: torchvision's ViT "
+             "runs `nn.MultiheadAttention`'s `_native_multi_head_attention` without gradients "
+             "(`nn.TransformerEncoderLayer` has such a fast path too)", "",
              "| model | original ms | rebuilt ms | ratio | A/A | overhead µs | calls |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

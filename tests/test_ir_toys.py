@@ -34,6 +34,9 @@ def test_positional_inputs_bind_as_traced_and_weights_are_read_at_every_call():
         rebuilt(x, x)  # was dropped silently
     with pytest.raises(osf.InputError, match="do not match the traced structure"):
         rebuilt([x])
+    for value in (1.0, None):  # were torch's own errors from inside the generated code
+        with pytest.raises(osf.InputError, match="input 'input' was traced as a tensor with 2 dims; got"):
+            rebuilt(value)
     # the generated forward reads each tensor from its module at every call, as the modules' own forwards do
     weight = nn.Parameter(torch.randn(8, 6))
     model[0].weight = weight

@@ -131,7 +131,10 @@ class RebuiltModel(IRContainer):
                                      "osf.trace again with the value you need")
             else:
                 shape = sizes.get(want["placeholder"])
-                if shape is not None and isinstance(leaf, torch.Tensor) and (
+                if shape is not None and not isinstance(leaf, torch.Tensor):
+                    raise InputError(f"input '{want['placeholder']}' was traced as a tensor with {shape.rank} "
+                                     f"dims; got {type(leaf).__name__} {str(leaf)[:40]}: pass a tensor")
+                if shape is not None and (
                         leaf.dim() != shape.rank or tuple([leaf.shape[d] for d in shape.dims]) != shape.sizes
                         or any(not lo <= leaf.shape[d] <= hi for d, lo, hi in shape.bounds)):
                     raise InputError(_size_error(want["placeholder"], leaf, shape,
