@@ -23,6 +23,11 @@ def multi_io_inputs(batch=3):
     return (torch.randn(batch, 6), torch.randn(batch, 3, 5)), {"scale": torch.tensor(2.0)}
 
 
+class _Scaled(nn.Module):
+    def forward(self, x, scale: float):
+        return x * scale
+
+
 def test_positional_inputs_bind_as_traced_and_weights_are_read_at_every_call():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
@@ -37,6 +42,13 @@ def test_positional_inputs_bind_as_traced_and_weights_are_read_at_every_call():
     for value in (1.0, None):  # were torch's own errors from inside the generated code
         with pytest.raises(osf.InputError, match="input 'input' was traced as a tensor with 2 dims; got"):
             rebuilt(value)
+    scaled = osf.trace(_Scaled().eval(), (x, 3.0)).build().eval()
+    assert_same(x * 3.0, scaled(x, 3.0), "a traced float")
+    with pytest.raises(osf.InputError, match="non-tensor input 4.0 differs from the traced value 3.0"):
+        scaled(x, 4.0)
+    for value in (torch.tensor(3.0), torch.full((2,), 3.0)):  # an ambiguous-truth error from torch before
+        with pytest.raises(osf.InputError, match="a tensor was given where the model was traced with the non-tensor"):
+            scaled(x, value)
     # the generated forward reads each tensor from its module at every call, as the modules' own forwards do
     weight = nn.Parameter(torch.randn(8, 6))
     model[0].weight = weight

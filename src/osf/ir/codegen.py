@@ -126,6 +126,10 @@ class RebuiltModel(IRContainer):
         for leaf, want in zip(leaves, self._osf_user_leaves):
             if "const" in want:
                 expected = serial.decode_arg(want["const"], {})
+                if isinstance(leaf, torch.Tensor):  # comparing it would be a tensor, or an ambiguous-truth error
+                    raise InputError(f"a tensor was given where the model was traced with the non-tensor value "
+                                     f"{expected!r}, which the graph holds as a constant; pass that value, or "
+                                     "osf.trace again with a tensor there")
                 if leaf != expected:
                     raise InputError(f"non-tensor input {leaf!r} differs from the traced value {expected!r}; "
                                      "osf.trace again with the value you need")
