@@ -109,17 +109,15 @@ class RebuiltModel(IRContainer):
         return new
 
     def _osf_bind(self, args: tuple, kwargs: dict) -> list:
-        if (not kwargs and len(args) == self._osf_positional
-                and all(isinstance(a, torch.Tensor) for a in args)):  # pytree's flatten, at a fraction of its cost
-            leaves: Any = args
-        else:
-            leaves, spec = pytree.tree_flatten((args, kwargs))
-        if leaves is not args and spec != self._osf_in_spec:
-            args, kwargs = _rebind(args, kwargs, self._osf_in_spec, self._osf_signature)
+        leaves: Any = args  # n positional tensors as traced: pytree would find this structure, at a higher cost
+        if kwargs or len(args) != self._osf_positional or not all(isinstance(a, torch.Tensor) for a in args):
             leaves, spec = pytree.tree_flatten((args, kwargs))
             if spec != self._osf_in_spec:
-                raise InputError(f"inputs do not match the traced structure: expected {self._osf_in_spec}, "
-                                 f"got {spec}; call the model as it was traced")
+                args, kwargs = _rebind(args, kwargs, self._osf_in_spec, self._osf_signature)
+                leaves, spec = pytree.tree_flatten((args, kwargs))
+                if spec != self._osf_in_spec:
+                    raise InputError(f"inputs do not match the traced structure: expected {self._osf_in_spec}, "
+                                     f"got {spec}; call the model as it was traced")
         values = []
         checking = not torch.jit.is_tracing()  # under jit.trace sizes are tensors: comparing them warns
         sizes = self._osf_fixed_sizes if checking else {}
@@ -135,14 +133,14 @@ class RebuiltModel(IRContainer):
                                      "osf.trace again with the value you need")
             else:
                 shape = sizes.get(want["placeholder"])
-                if shape is not None and not isinstance(leaf, torch.Tensor):
-                    raise InputError(f"input '{want['placeholder']}' was traced as a tensor with {shape.rank} "
-                                     f"dims; got {type(leaf).__name__} {str(leaf)[:40]}: pass a tensor")
-                if shape is not None and (
-                        leaf.dim() != shape.rank or tuple([leaf.shape[d] for d in shape.dims]) != shape.sizes
-                        or any(not lo <= leaf.shape[d] <= hi for d, lo, hi in shape.bounds)):
-                    raise InputError(_size_error(want["placeholder"], leaf, shape,
-                                                 want["placeholder"] in self._osf_fixed_batch))
+                if shape is not None:
+                    if not isinstance(leaf, torch.Tensor):
+                        raise InputError(f"input '{want['placeholder']}' was traced as a tensor with {shape.rank} "
+                                         f"dims; got {type(leaf).__name__} {str(leaf)[:40]}: pass a tensor")
+                    if (leaf.dim() != shape.rank or tuple([leaf.shape[d] for d in shape.dims]) != shape.sizes
+                            or any(not lo <= leaf.shape[d] <= hi for d, lo, hi in shape.bounds)):
+                        raise InputError(_size_error(want["placeholder"], leaf, shape,
+                                                     want["placeholder"] in self._osf_fixed_batch))
                 values.append(leaf)
         if checking and self._osf_equal_sizes and not torch.compiler.is_exporting():  # export checks its own
             _check_equal_sizes(self._osf_equal_sizes, leaves, self._osf_user_leaves)
@@ -430,9 +428,10 @@ class Blueprint:
             self.slots.append((position.get(mod_name), mod_name, local, canon,
                                local in node.meta["params"] if node is not None else None, qual in persistent))
         self._make_root = _container_maker(self.root_class)
+        in_spec = load_spec(ir.info["in_spec"])
         self._root_attributes = {  # plain values: what nn.Module.__setattr__ would store
-            "_osf_in_spec": load_spec(ir.info["in_spec"]), "_osf_out_spec": load_spec(ir.info["out_spec"]),
-            "_osf_positional": _positional_arity(load_spec(ir.info["in_spec"])),
+            "_osf_in_spec": in_spec, "_osf_out_spec": load_spec(ir.info["out_spec"]),
+            "_osf_positional": _positional_arity(in_spec),
             "_osf_eval_out_spec": load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None,
             "_osf_user_leaves": ir.info["user_leaves"], "_osf_train_error": ir.info.get("train_error"),
             "_osf_fixed_batch": ir.info.get("fixed_batch") or {}, "_osf_fixed_sizes": _fixed_sizes(ir),
