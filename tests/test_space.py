@@ -897,13 +897,15 @@ def test_head_dim_inside_a_concatenation_is_an_inner_factor(layout):
 
 
 class _SharedKV(nn.Module):
-    """Grouped-query attention with ``kv`` key/value heads, each copied to the ``4 // kv`` query heads of
-    its group by ``expand`` + ``reshape`` (Hugging Face's ``repeat_kv``); ``kv=1`` is multi-query attention
-    (Falcon, Gemma-2B)."""
+    """Grouped-query attention with ``kv`` key/value heads shared by the ``4 // kv`` query heads of their
+    group: copied by ``expand`` + ``reshape`` (Hugging Face's ``repeat_kv``), by ``repeat_interleave``
+    (Mamba-2's B and C, hand-written GQA), or not copied at all (``scaled_dot_product_attention``'s
+    ``enable_gqa``, what Hugging Face's SDPA attention passes when there is no mask); ``kv=1`` is
+    multi-query attention (Falcon, Gemma-2B)."""
 
-    def __init__(self, kv: int, interleave: bool = False):
+    def __init__(self, kv: int, share: str = "expand"):
         super().__init__()
-        self.kv, self.interleave = kv, interleave
+        self.kv, self.share = kv, share
         self.q, self.o = nn.Linear(32, 32), nn.Linear(32, 32)
         self.k, self.v = nn.Linear(32, 8 * kv), nn.Linear(32, 8 * kv)
 
@@ -913,11 +915,14 @@ class _SharedKV(nn.Module):
 
         def shared(u):
             u = u.view(b, t, self.kv, 8).transpose(1, 2)
-            if self.interleave:  # the same copies by repeat_interleave (Mamba-2's B and C, hand-written GQA)
+            if self.share == "repeat_interleave":
                 return u.repeat_interleave(rep, dim=1)
+            if self.share == "enable_gqa":
+                return u
             return u[:, :, None].expand(b, self.kv, rep, t, 8).reshape(b, 4, t, 8)
         q = self.q(x).view(b, t, 4, 8).transpose(1, 2)
-        a = nn.functional.scaled_dot_product_attention(q, shared(self.k(x)), shared(self.v(x)))
+        a = nn.functional.scaled_dot_product_attention(q, shared(self.k(x)), shared(self.v(x)),
+                                                       enable_gqa=self.share == "enable_gqa")
         return self.o(a.transpose(1, 2).reshape(b, t, 32))
 
 
@@ -1488,15 +1493,16 @@ def test_index_made_from_constants_in_forward_is_read_by_value():
     _min_and_sample_agree(sn, args)
 
 
-@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("share", ["expand", "repeat_interleave", "enable_gqa"])
 @pytest.mark.parametrize("kv", [1, 2])
-def test_query_heads_sharing_a_key_value_head_are_pruned(kv, interleave):
+def test_query_heads_sharing_a_key_value_head_are_pruned(kv, share):
     """The query heads of each key/value group are a heads group of their own (the copies made by
     ``expand`` or ``repeat_interleave`` shrink with them; they were a fixed dim, so multi-query attention
-    had no prunable heads), and the kv heads one more where there are several. A subnet computes the
+    had no prunable heads; ``enable_gqa`` made SDPA unsupported), and the kv heads one more where there
+    are several. A subnet computes the
     original with the dropped query heads' columns of the output projection zeroed."""
     torch.manual_seed(0)
-    model = _SharedKV(kv, interleave).eval()
+    model = _SharedKV(kv, share).eval()
     x = torch.randn(2, 5, 32)
     with torch.no_grad():
         expected = model(x)
@@ -1513,7 +1519,7 @@ def test_query_heads_sharing_a_key_value_head_are_pruned(kv, interleave):
         rows = model.q.weight
         kept = {int((rows == row).all(1).nonzero()[0]) // 8 for row in sub.q.weight}
         counts.append(len(kept))
-        masked = _SharedKV(kv, interleave).eval()
+        masked = _SharedKV(kv, share).eval()
         masked.load_state_dict(model.state_dict())
         with torch.no_grad():
             for h in set(range(4)) - kept:

@@ -686,10 +686,22 @@ def _addmm(p: _Pass, op: OpNode):
 
 @rule("aten.scaled_dot_product_attention.default")
 def _sdpa(p: _Pass, op: OpNode):
+    """With ``enable_gqa``, query heads come in groups, one per key/value head (head ``i`` reads key/value
+    head ``i // group``): the query head dim is (key/value heads, query heads per group), both prunable."""
     q, k, v = (p.tensor(x) for x in op.args[:3])
     out_sizes = p.out_sizes(op)
-    batch = p.broadcast(op, [q[:-2], k[:-2], v[:-2]], out_sizes[:-2])
-    p.batched(q[:-2], k[:-2])
+    if op.kwargs.get("enable_gqa") and len(q) >= 3 and p.size(q[-3]) != p.size(k[-3]):
+        per_group = size_div(p.size(q[-3]), p.size(k[-3]))
+        if per_group is None:
+            raise _Unsupported(f"{p.size(q[-3])} query heads are not a multiple of {p.size(k[-3])} key heads")
+        p.unify(k[-3], v[-3], op)
+        p.unify(q[-3], Prod((k[-3], p.d.atom(per_group, "derived"))), op)
+        batch = p.broadcast(op, [q[:-3], k[:-3], v[:-3]], out_sizes[:-3]) + [q[-3]]
+        p.batched(q[:-3], k[:-3])
+        p.r.batched.append(k[-3])
+    else:
+        batch = p.broadcast(op, [q[:-2], k[:-2], v[:-2]], out_sizes[:-2])
+        p.batched(q[:-2], k[:-2])
     p.unify(q[-1], k[-1], op)
     p.unify(k[-2], v[-2], op)
     mask = p.tensor(p.arg(op, 3, "attn_mask"))
