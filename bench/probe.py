@@ -7,7 +7,10 @@ einsum attention on a raw parameter, a CIFAR ResNet with option-A shortcuts, and
 gather (tril_indices), a hyper-network, unequal splits, straight-through estimators, a style-transfer net, a
 non-local block, deformable convs, a weight-shared (universal) transformer, a dense mixture of experts, NeRF,
 CBAM, MixNet's mixed kernels, SKNet, LoRA adapters, DINO-style interpolated positions, a Perceiver,
-SegNet's unpooling, nn.Transformer with a causal mask, a VQ-VAE with an EMA codebook).
+SegNet's unpooling, nn.Transformer with a causal mask, a VQ-VAE with an EMA codebook, grouped-query SDPA
+(``enable_gqa``), activation checkpointing, PReLU / InstanceNorm / LocalResponseNorm / RMSNorm, 3-D convs,
+an STFT front end, PixelUnshuffle with circular padding, tied conv-transpose weights, a cosine classifier,
+forward hooks, an embedding with ``max_norm``, a channels-last model and a bfloat16 one).
 
 Per model: the supernet builds; its maximal subnet equals the original (eval mode); for the minimal and two sampled subnets, running the
 supernet at the arch (``set_arch``) equals the extracted model, and ``cost()`` gives its exact parameter
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -893,6 +897,147 @@ class VectorQuantizedVAE(nn.Module):
         return self.dec(z + (q - z).detach()), (q.detach() - z).pow(2).mean()
 
 
+class GroupedQuerySDPA(nn.Module):
+    """Grouped-query attention through ``scaled_dot_product_attention(enable_gqa=True)``: 8 query heads
+    over 2 key/value heads, k and v never copied (torchtune / hand-written LLM style)."""
+
+    def __init__(self, d: int = 64, heads: int = 8, kv: int = 2):
+        super().__init__()
+        self.heads, self.kv, self.hd = heads, kv, d // heads
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, kv * self.hd), nn.Linear(d, kv * self.hd)
+        self.o, self.head = nn.Linear(d, d), nn.Linear(d, 4)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.heads, self.hd).transpose(1, 2)
+        k, v = (f(x).view(b, t, self.kv, self.hd).transpose(1, 2) for f in (self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.head(x + self.o(y.transpose(1, 2).reshape(b, t, -1)))
+
+
+class CheckpointedResNet(nn.Module):
+    """Residual blocks run through ``torch.utils.checkpoint`` (activation checkpointing to save memory)."""
+
+    def __init__(self, c: int = 32):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, c, 3, padding=1), nn.Linear(c, 10)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                                                  nn.Conv2d(c, c, 3, padding=1)) for _ in range(3))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return self.head(x.mean((2, 3)))
+
+
+class NormZoo(nn.Module):
+    """PReLU per channel, InstanceNorm with and without affine, LocalResponseNorm, RMSNorm and a
+    LayerNorm over the last two dims."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.a1, self.n1 = nn.Conv2d(3, 32, 3, padding=1), nn.PReLU(32), nn.InstanceNorm2d(32, affine=True)
+        self.c2, self.n2, self.lrn = nn.Conv2d(32, 16, 3, padding=1), nn.InstanceNorm2d(16), nn.LocalResponseNorm(5)
+        self.fc, self.rms, self.ln2 = nn.Linear(16, 24), nn.RMSNorm(24), nn.LayerNorm((4, 24))
+        self.out = nn.Linear(24, 3)
+
+    def forward(self, x):
+        h = self.lrn(self.n2(self.c2(self.n1(self.a1(self.c1(x))))))
+        tokens = self.rms(self.fc(F.adaptive_avg_pool2d(h, 2).flatten(2).transpose(1, 2)))
+        return self.out(self.ln2(tokens))
+
+
+class Video3D(nn.Module):
+    """3-D convs (dense, depthwise, pointwise) with BatchNorm3d over clips."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn = nn.Conv3d(3, 16, 3, padding=1), nn.BatchNorm3d(16)
+        self.dw, self.pw, self.fc = nn.Conv3d(16, 16, 3, padding=1, groups=16), nn.Conv3d(16, 24, 1), nn.Linear(24, 4)
+
+    def forward(self, x):
+        return self.fc(self.pw(self.dw(F.relu(self.bn(self.c(x))))).mean((2, 3, 4)))
+
+
+class SpectrogramCNN(nn.Module):
+    """An STFT front end (magnitude, log) feeding 1-D convs and a transposed conv (audio)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(64))
+        self.c, self.up, self.fc = nn.Conv1d(33, 32, 4, 2, 1), nn.ConvTranspose1d(32, 16, 4, 2, 1), nn.Linear(16, 5)
+
+    def forward(self, wav):
+        spec = torch.stft(wav, 64, 16, window=self.window, return_complex=True).abs()
+        return self.fc(F.gelu(self.up(F.gelu(self.c(torch.log1p(spec))))).mean(-1))
+
+
+class SpaceToDepth(nn.Module):
+    """PixelUnshuffle (channels × 4) with circular and reflect padding, ceil-mode pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 16, 3, padding=1, padding_mode="circular")
+        self.c2 = nn.Conv2d(64, 32, 3, padding=1, padding_mode="reflect")
+        self.unshuffle, self.fc = nn.PixelUnshuffle(2), nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.fc(F.avg_pool2d(self.c2(self.unshuffle(F.relu(self.c(x)))), 3, ceil_mode=True).mean((2, 3)))
+
+
+class TiedAutoencoder(nn.Module):
+    """The decoder's transposed conv reuses the encoder conv's weight (tied weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.mid = nn.Conv2d(3, 32, 4, stride=2, padding=1), nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        return F.conv_transpose2d(F.relu(self.mid(F.relu(self.enc(x)))), self.enc.weight, stride=2, padding=1)
+
+
+class CosineClassifier(nn.Module):
+    """Normalised features against normalised class weights with a learnt scale (few-shot / face
+    recognition heads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32))
+        self.classes, self.scale = nn.Parameter(torch.randn(10, 32)), nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x):
+        return self.scale * F.linear(F.normalize(self.f(x), dim=-1), F.normalize(self.classes, dim=-1))
+
+
+class HookedDictOutput(nn.Module):
+    """Forward hooks (one stores features, one rescales an output) and a dict output holding a tuple with
+    None and a list."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.main, self.aux, self.features = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 3), \
+            nn.Linear(32, 2), {}
+        self.b.register_forward_hook(lambda m, i, o: self.features.__setitem__("b", o))
+        self.a.register_forward_hook(lambda m, i, o: o * 2)
+
+    def forward(self, x):
+        h = F.relu(self.b(F.relu(self.a(x))))
+        return {"main": self.main(h), "aux": (self.aux(h), None), "pooled": [h.mean(-1)]}
+
+
+class EmbeddingMaxNorm(nn.Module):
+    """An embedding with ``max_norm`` (rows renormalised in place at lookup: the op blocks the embedding
+    width, reported) and ``padding_idx``."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(50, 32, padding_idx=0, max_norm=1.0), nn.Linear(32, 4)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids).mean(1))
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -950,6 +1095,19 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "segnet_unpool": lambda: (SegNet(), (_image(16),)),
     "causal_seq2seq": lambda: (CausalSeq2Seq(), (torch.randint(0, 40, (2, 7)), torch.randint(0, 40, (2, 5)))),
     "vq_vae_ema": lambda: (VectorQuantizedVAE(), (_image(16),)),
+    "grouped_query_sdpa": lambda: (GroupedQuerySDPA(), (torch.randn(2, 6, 64),)),
+    "checkpointed_resnet": lambda: (CheckpointedResNet(), (_image(16),)),
+    "norm_zoo": lambda: (NormZoo(), (_image(16),)),
+    "video_3d": lambda: (Video3D(), (torch.randn(2, 3, 4, 8, 8),)),
+    "spectrogram_cnn": lambda: (SpectrogramCNN(), (torch.randn(2, 512),)),
+    "space_to_depth": lambda: (SpaceToDepth(), (_image(16),)),
+    "tied_autoencoder": lambda: (TiedAutoencoder(), (_image(16),)),
+    "cosine_classifier": lambda: (CosineClassifier(), (torch.randn(4, 16),)),
+    "hooked_dict_output": lambda: (HookedDictOutput(), (torch.randn(4, 8),)),
+    "embedding_max_norm": lambda: (EmbeddingMaxNorm(), (torch.randint(0, 50, (2, 7)),)),
+    "channels_last": lambda: (SpaceToDepth().to(memory_format=torch.channels_last),
+                              (_image(16).to(memory_format=torch.channels_last),)),
+    "bfloat16_attention": lambda: (GroupedQuerySDPA().to(torch.bfloat16), (torch.randn(2, 6, 64, dtype=torch.bfloat16),)),
 }
 
 
