@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -1016,8 +1016,8 @@ class HookedDictOutput(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.a, self.b, self.main, self.aux, self.features = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 3), \
-            nn.Linear(32, 2), {}
+        self.a, self.b, self.main, self.aux = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 3), nn.Linear(32, 2)
+        self.features: dict[str, torch.Tensor] = {}
         self.b.register_forward_hook(lambda m, i, o: self.features.__setitem__("b", o))
         self.a.register_forward_hook(lambda m, i, o: o * 2)
 
