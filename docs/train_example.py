@@ -23,9 +23,10 @@ print("arch switching:", supernet.template_status)  # "template": a new arch bin
 
 run_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 optimizer = torch.optim.AdamW(supernet.parameters(), lr=3e-3)
+sampler = osf.WarmupSampler(osf.SandwichSampler(supernet.space, k=4),  # max, min and 2 random subnets per step,
+                            steps=len(train_data))                     # after one epoch of the max subnet alone
 result = osf.train(
-    supernet, train_data, optimizer=optimizer, loss_fn=F.cross_entropy, epochs=4,
-    sampler=osf.SandwichSampler(supernet.space, k=4),     # max, min and 2 random subnets per step
+    supernet, train_data, optimizer=optimizer, loss_fn=F.cross_entropy, epochs=4, sampler=sampler,
     distill=osf.Distill("inplace", weight=0.5),           # the max subnet teaches the others
     run_dir=run_dir, checkpoint_every=50, progress=False)  # metrics.jsonl + atomic checkpoints
 print("trained", result.step, "steps; last losses",
@@ -33,7 +34,7 @@ print("trained", result.step, "steps; last losses",
 
 # Running the same call again resumes from the newest checkpoint (here: it is already complete).
 again = osf.train(supernet, train_data, optimizer=optimizer, loss_fn=F.cross_entropy, epochs=4,
-                  sampler=osf.SandwichSampler(supernet.space, k=4), distill=osf.Distill("inplace", weight=0.5),
+                  sampler=sampler, distill=osf.Distill("inplace", weight=0.5),
                   run_dir=run_dir, progress=False)
 print("resumed from step", again.resumed_from)
 

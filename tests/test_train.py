@@ -3,6 +3,7 @@ and the errors a user meets."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -155,6 +156,31 @@ def test_samplers_are_deterministic_and_follow_their_rule():
     assert later[1][1] == space.min()
     mid = [a for _, a in ps.sample(60)]  # widths of at least half
     assert all(w >= g.size // 2 for a in mid for g in space.groups for w in [a.width[g.key]])
+
+
+def test_warmup_trains_the_max_subnet_alone_then_hands_over(tmp_path):
+    """``WarmupSampler``: the max subnet alone for its first steps, then the wrapped sampler's subnets;
+    over a sandwich sampler it picks what two-stage progressive shrinking picks; its length is part of
+    the run's identity, so resuming with another warm-up is refused."""
+    sn = make()
+    space = sn.space
+    total = 30
+    warm = osf.WarmupSampler(osf.SandwichSampler(space, k=4, seed=2), steps=math.ceil(0.25 * total))
+    staged = osf.ProgressiveShrinking(space, total, k=4, seed=2, stages=((0.0, 1.0, False), (0.25, 0.0, True)))
+    for step in range(total):
+        assert warm.sample(step) == staged.sample(step), step
+    assert warm.sample(7) == [("max", space.max())] and len(warm.sample(8)) == 4
+    motif = osf.WarmupSampler(osf.MotifSampler(sn, k=3, seed=0), steps=3)
+    opt, _ = opt_and_sched(sn)
+    result = osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=5, sampler=motif,
+                       distill=osf.Distill("inplace", weight=0.5), run_dir=tmp_path, progress=False)
+    assert [sorted(k for k in r if k.startswith("loss/")) for r in result.history] == \
+        [["loss/max"]] * 3 + [["loss/max", "loss/min", "loss/motif"]] * 2
+    with pytest.raises(CheckpointError, match="warmup_steps"):
+        osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=6, progress=False, run_dir=tmp_path,
+                  sampler=osf.WarmupSampler(osf.MotifSampler(sn, k=3, seed=0), steps=4))
+    with pytest.raises(ValueError, match="steps >= 0"):
+        osf.WarmupSampler(osf.SandwichSampler(space), steps=-1)
 
 
 def test_progressive_shrinking_never_trains_a_subnet_cut_off_from_its_input():

@@ -115,3 +115,23 @@ class ProgressiveShrinking(Sampler):
 
     def settings(self) -> dict:
         return {**super().settings(), "total_steps": self.total_steps, "stages": [list(s) for s in self.stages]}
+
+
+class WarmupSampler(Sampler):
+    """The max subnet alone for the first ``steps`` steps, then ``sampler``'s subnets: the shared weights
+    first learn the full model, as Once-for-All's first stage does, before smaller subnets pull on them.
+    Wraps any sampler (sandwich, motif, uniform, your own); ``ProgressiveShrinking`` with stages
+    ``((0.0, 1.0, False), (f, 0.0, True))`` gives the same subnets as a sandwich sampler warmed up for
+    the fraction ``f`` of the steps."""
+
+    def __init__(self, sampler: Sampler, steps: int):
+        if steps < 0:
+            raise ValueError(f"WarmupSampler needs steps >= 0, got {steps}")
+        super().__init__(sampler.space, sampler.k, sampler.seed)
+        self.sampler, self.steps = sampler, steps
+
+    def sample(self, step: int) -> list[tuple[str, Arch]]:
+        return [("max", self.space.max())] if step < self.steps else self.sampler.sample(step)
+
+    def settings(self) -> dict:
+        return {**super().settings(), "warmup_steps": self.steps, "then": self.sampler.settings()}
