@@ -2,8 +2,8 @@
 
 For the digits (scikit-learn) and MNIST-1D data sets and the built-in residual CNN and small ViT, one
 supernet is trained with the sandwich rule (max, min, 2 random subnets per step) and in-place
-distillation, after a warm-up that trains the max subnet alone for the first 10% of the steps
-(``ProgressiveShrinking`` with two stages). Then the max, the min and two middle subnets are evaluated on the test split with inherited
+distillation, after a warm-up that trains the max subnet alone for the first 25% of the steps
+(``WarmupSampler``). Then the max, the min and two middle subnets are evaluated on the test split with inherited
 weights (BatchNorm recalibrated on training batches), against the same architectures trained standalone
 from scratch for the same number of epochs with the same optimizer and schedule. Also reported: the
 step-time ratio of a subnet through the supernet against the extracted subnet (side by side).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -33,7 +34,7 @@ import osf
 from osf.cli.builtin import ResidualCNN, TinyViT, digits, mnist1d
 
 SEED, BATCH, LR = 0, 64, 3e-3
-WARMUP = ((0.0, 1.0, False), (0.1, 0.0, True))  # the max subnet alone for 10% of the steps, then the sandwich
+WARMUP = 0.25  # the fraction of the steps that trains the max subnet alone, before the sandwich rule
 
 
 def loaders(data, seed: int):
@@ -106,7 +107,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int) -> list[dict]:
     opt, sched = optimizer_for(supernet.parameters(), steps)
     t0 = time.perf_counter()
     osf.train(supernet, train, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=steps,
-              sampler=osf.ProgressiveShrinking(supernet.space, steps, 4, seed, stages=WARMUP),
+              sampler=osf.WarmupSampler(osf.SandwichSampler(supernet.space, 4, seed), math.ceil(WARMUP * steps)),
               distill=osf.Distill("inplace", weight=0.5),
               seed=seed, progress=False)
     train_s = time.perf_counter() - t0
@@ -152,7 +153,7 @@ def markdown(env: dict, rows: list[dict]) -> str:
              f"- Versions: python {env['python']}, torch {env['torch']}, osf {env['osf']}",
              f"- Seeds {env['seeds']} (each: initialisation, batch order, sampled subnets; the data split stays); "
              f"batch {BATCH}; AdamW (lr {LR}, one-cycle schedule); the same epochs for the "
-             "supernet (max subnet alone for the first 10% of the steps, then the sandwich rule; 4 subnets per step, "
+             f"supernet (max subnet alone for the first {WARMUP:.0%} of the steps, then the sandwich rule; 4 subnets per step, "
              "in-place distillation with weight 0.5) and for each "
              "standalone architecture (cross-entropy, fresh initialisation)",
              "- Inherited accuracy: the subnet on the supernet's weights, BatchNorm recalibrated on 20 training "
