@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from osf.cli.config import ConfigError, SpaceSettings, parse_config, read_config
+from osf.cli.config import ConfigError, SpaceSettings, TrainSettings, parse_config, read_config
 from osf.cli.data import load_data, loaders
 from osf.cli.main import main
 from osf.cli.models import SpecError
@@ -175,6 +176,20 @@ def test_train_resumes_to_the_same_weights(trained_run, tmp_path, capsys):
     assert weights and all(torch.equal(a[k], b[k]) for k in weights)
     assert main([*args, "--steps", "6", "--lr", "0.1"]) == 2  # another setting: refused, not mixed
     assert "--lr 0.003, not 0.1" in capsys.readouterr().err
+
+
+def test_train_warms_up_the_max_subnet_for_the_given_epochs(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "builtin:resnet", "--out", str(run), *TRAIN, "--steps", "4", "--warmup-epochs", "0.1"]
+    assert main(args) == 0
+    warm = math.ceil(0.1 * len(loaders(load_data("digits"), TrainSettings().batch_size)[0]))
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(k for k in r if k.startswith("loss/")) for r in log] == \
+        [["loss/max"]] * warm + [["loss/max", "loss/min", "loss/random"]] * (4 - warm)
+    assert main([*args[:-1], "0.2"]) == 2  # another warm-up: refused
+    assert "--warmup-epochs 0.1, not 0.2" in capsys.readouterr().err
+    assert main([*args[:-2], "--warmup-epochs", "-1"]) == 2
+    assert "train.warmup_epochs must be at least 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

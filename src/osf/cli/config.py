@@ -39,13 +39,15 @@ class TrainSettings:
     subnets: int = 4
     distill: str = "inplace"
     distill_weight: float = 0.5
+    warmup_epochs: float = 0.0
     seed: int = 0
     checkpoint_every: int = 100
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
     DISTILL: typing.ClassVar = ("inplace", "none")
     # settings a resumed run must share with the run it continues (steps / epochs may grow)
-    FIXED: typing.ClassVar = ("lr", "batch_size", "sampler", "subnets", "distill", "distill_weight", "seed")
+    FIXED: typing.ClassVar = ("lr", "batch_size", "sampler", "subnets", "distill", "distill_weight", "warmup_epochs",
+                              "seed")
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.epochs is not None:
@@ -56,6 +58,8 @@ class TrainSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {value}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"train.warmup_epochs must be at least 0, got {self.warmup_epochs}")
         if self.sampler != "uniform" and self.subnets < 2:
             raise ConfigError(f"the {self.sampler} sampler runs the max and min subnets: train.subnets must be >= 2")
 

@@ -204,6 +204,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"inplace: the max subnet teaches the others (default {d.distill})")
     g.add_argument("--distill-weight", type=float, metavar="W",
                    help=f"share of the distillation loss in a student's loss (default {d.distill_weight})")
+    g.add_argument("--warmup-epochs", type=float, metavar="E",
+                   help=f"train the max subnet alone for the first E epochs (fractions allowed), then the sampler's "
+                   f"subnets (default {d.warmup_epochs:g}; a quarter of the run helped the small ViT's max subnet)")
     g.add_argument("--seed", type=int, help=f"fixes initial weights, data order and sampling (default {d.seed})")
     g.add_argument("--checkpoint-every", type=int, metavar="N", help=f"steps between checkpoints "
                    f"(default {d.checkpoint_every}; one is always written at the end)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..search import Front, LatencyModel, search
 from ..space.arch import Arch
 from ..space.space import SearchSpace
 from ..supernet import Supernet
-from ..train import Distill, MotifSampler, SandwichSampler, UniformSampler, evaluate, train
+from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, WarmupSampler, evaluate, train
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import load_data, loaders
 from .models import SpecError, is_saved_ir, resolve
@@ -80,7 +81,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     train_loader, val_loader = loaders(splits, settings.batch_size)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
     result = train(supernet, train_loader, optimizer=optimizer, loss_fn=F.cross_entropy, steps=settings.steps,
-                   epochs=settings.epochs, sampler=_sampler(settings, supernet), seed=settings.seed,
+                   epochs=settings.epochs, sampler=_sampler(settings, supernet, len(train_loader)), seed=settings.seed,
                    distill=Distill("inplace", weight=settings.distill_weight) if settings.distill == "inplace" else None,
                    run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
     if main_rank:
@@ -104,16 +105,22 @@ def _absolute(spec: str) -> str:
     return str(Path(spec).resolve()) if is_saved_ir(spec) else spec
 
 
-def _sampler(settings: TrainSettings, supernet: Supernet):
+def _sampler(settings: TrainSettings, supernet: Supernet, steps_per_epoch: int) -> Sampler:
     if settings.sampler == "motif":
-        return MotifSampler(supernet, settings.subnets, settings.seed)
-    cls = SandwichSampler if settings.sampler == "sandwich" else UniformSampler
-    return cls(supernet.space, settings.subnets, settings.seed)
+        sampler: Sampler = MotifSampler(supernet, settings.subnets, settings.seed)
+    else:
+        cls = SandwichSampler if settings.sampler == "sandwich" else UniformSampler
+        sampler = cls(supernet.space, settings.subnets, settings.seed)
+    if settings.warmup_epochs:  # in epochs, not a fraction of the run: a resumed run may grow
+        return WarmupSampler(sampler, math.ceil(settings.warmup_epochs * steps_per_epoch))
+    return sampler
 
 
 def _identity(run: Run) -> dict[str, Any]:
     """What a resumed run must share with the run it continues."""
-    flags = {**run.space, **{k: run.train.get(k) for k in TrainSettings.FIXED}, "image_size": run.image_size}
+    defaults = TrainSettings()  # a run recorded before a setting existed had its default
+    flags = {**run.space, **{k: run.train.get(k, getattr(defaults, k)) for k in TrainSettings.FIXED},
+             "image_size": run.image_size}
     return {"model": run.model, "data": run.data, **{f"--{k.replace('_', '-')}": v for k, v in flags.items()}}
 
 
