@@ -59,6 +59,11 @@ def middle_archs(space: osf.SearchSpace) -> dict[str, osf.Arch]:
             "width 3/4, half depth": osf.Arch(width(0.75), {k: i % 2 == 0 for i, k in enumerate(top)})}
 
 
+def warmed_up(sampler: osf.Sampler, steps: int) -> osf.WarmupSampler:
+    """``sampler`` after the max subnet alone for the first ``WARMUP`` fraction of ``steps``."""
+    return osf.WarmupSampler(sampler, math.ceil(WARMUP * steps))
+
+
 def optimizer_for(params, steps: int):
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=1e-4)
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.1)
@@ -107,7 +112,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int) -> list[dict]:
     opt, sched = optimizer_for(supernet.parameters(), steps)
     t0 = time.perf_counter()
     osf.train(supernet, train, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=steps,
-              sampler=osf.WarmupSampler(osf.SandwichSampler(supernet.space, 4, seed), math.ceil(WARMUP * steps)),
+              sampler=warmed_up(osf.SandwichSampler(supernet.space, 4, seed), steps),
               distill=osf.Distill("inplace", weight=0.5),
               seed=seed, progress=False)
     train_s = time.perf_counter() - t0
