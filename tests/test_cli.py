@@ -165,17 +165,61 @@ def test_train_writes_a_run_that_reloads_without_the_model(trained_run):
 
 
 def test_train_resumes_to_the_same_weights(trained_run, tmp_path, capsys):
+    """A run cut short (its last checkpoint lost, as in a crash) continues to the weights of the uninterrupted
+    run, one-cycle schedule included; a schedule fixes the run's length, a constant learning rate lets a
+    resumed run grow."""
     run = tmp_path / "run"
     args = ["train", "builtin:resnet", "--out", str(run), *TRAIN]
-    assert main([*args, "--steps", "2"]) == 0
+    assert main([*args, "--steps", "4"]) == 0
+    ckpt.checkpoints(run / "checkpoints")[-1].unlink()  # only step 2's checkpoint is left
     assert main([*args, "--steps", "4"]) == 0
     assert "resuming the run" in capsys.readouterr().err
+    _assert_same_weights(run, trained_run)
+    assert main([*args, "--steps", "6"]) == 2  # one-cycle over 4 steps cannot grow to 6
+    assert "--steps 4, not 6; its --lr-schedule onecycle spans the whole run" in capsys.readouterr().err
+    assert main([*args, "--steps", "4", "--lr", "0.1"]) == 2  # another setting: refused, not mixed
+    assert "--lr 0.003, not 0.1" in capsys.readouterr().err
+
+    grown, whole = tmp_path / "grown", tmp_path / "whole"
+    constant = ["train", "builtin:resnet", *TRAIN, "--lr-schedule", "constant"]
+    assert main([*constant, "--out", str(whole), "--steps", "4"]) == 0
+    assert main([*constant, "--out", str(grown), "--steps", "2"]) == 0
+    recorded = json.loads((grown / "run.json").read_text())
+    del recorded["train"]["lr_schedule"]  # as written before the setting existed: those runs were constant
+    (grown / "run.json").write_text(json.dumps(recorded))
+    assert main(["train", "builtin:resnet", *TRAIN, "--out", str(grown), "--steps", "4"]) == 2
+    assert "--lr-schedule 'constant', not 'onecycle'" in capsys.readouterr().err
+    assert main([*constant, "--out", str(grown), "--steps", "4"]) == 0
+    _assert_same_weights(grown, whole)
+
+
+def _assert_same_weights(run: Path, other: Path) -> None:
     a = load_file(str(ckpt.checkpoints(run / "checkpoints")[-1]))
-    b = load_file(str(ckpt.checkpoints(trained_run / "checkpoints")[-1]))
+    b = load_file(str(ckpt.checkpoints(other / "checkpoints")[-1]))
     weights = [k for k in a if k.startswith("weights/")]
     assert weights and all(torch.equal(a[k], b[k]) for k in weights)
-    assert main([*args, "--steps", "6", "--lr", "0.1"]) == 2  # another setting: refused, not mixed
-    assert "--lr 0.003, not 0.1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
+def test_train_follows_the_lr_schedule(schedule, trained_run, tmp_path):
+    run = trained_run if schedule == "onecycle" else tmp_path / "run"  # the default
+    if schedule != "onecycle":
+        assert main(["train", "builtin:resnet", "--out", str(run), "--steps", "4", *TRAIN,
+                     "--lr-schedule", schedule]) == 0
+    logged = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    reference = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=3e-3)
+    scheduler = {"onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(reference, 3e-3, total_steps=4,
+                                                                          pct_start=0.1),
+                 "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=4),
+                 "constant": lambda: None}[schedule]()
+    expected = []
+    for _ in range(4):
+        reference.step()
+        if scheduler is not None:
+            scheduler.step()
+        expected.append(reference.param_groups[0]["lr"])
+    assert logged == pytest.approx(expected, rel=1e-12)
+    assert len(set(logged)) == (1 if schedule == "constant" else 4)
 
 
 def test_train_warms_up_the_max_subnet_for_the_given_epochs(tmp_path, capsys):
@@ -196,12 +240,14 @@ def test_train_warms_up_the_max_subnet_for_the_given_epochs(tmp_path, capsys):
 def test_train_on_two_processes_matches_one_and_resumes(tmp_path):
     """``--nproc 2``: a fork-join step under torchrun equals the step of one process (both on one thread per
     process), except where AdamW turns the rounding noise of a zero gradient into a full step (conv biases
-    before BatchNorm) and the BatchNorm running statistics (averaged over ranks); then the run resumes.
+    before BatchNorm) and the BatchNorm running statistics (averaged over ranks); then the run resumes and
+    grows (a constant learning rate: a schedule would fix the run's length).
     Only the first step is compared: the summed gradients differ in the order of their float additions,
     and from the second step on AdamW amplifies that noise (two threads instead of one differ as much)."""
     def osf_train(out, *extra):
         return subprocess.run([sys.executable, "-m", "osf.cli.main", "train", "builtin:resnet", "--out", str(out),
-                               *TRAIN[:-3], "--checkpoint-every", "1", "--quiet", *extra],
+                               *TRAIN[:-3], "--checkpoint-every", "1", "--lr-schedule", "constant", "--quiet",
+                               *extra],
                               capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     done = osf_train(tmp_path / "two", "--nproc", "2", "--steps", "1")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -34,6 +34,7 @@ class TrainSettings:
     steps: int | None = None
     epochs: int | None = None
     lr: float = 3e-3
+    lr_schedule: str = "onecycle"
     batch_size: int = 64
     sampler: str = "sandwich"
     subnets: int = 4
@@ -45,15 +46,20 @@ class TrainSettings:
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
     DISTILL: typing.ClassVar = ("inplace", "none")
-    # settings a resumed run must share with the run it continues (steps / epochs may grow)
-    FIXED: typing.ClassVar = ("lr", "batch_size", "sampler", "subnets", "distill", "distill_weight", "warmup_epochs",
-                              "seed")
+    SCHEDULES: typing.ClassVar = ("onecycle", "cosine", "constant")
+    # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
+    # rate is constant; a schedule spans the run's length, which is then fixed too)
+    FIXED: typing.ClassVar = ("lr", "lr_schedule", "batch_size", "sampler", "subnets", "distill", "distill_weight",
+                              "warmup_epochs", "seed")
+    # what a run recorded before a setting existed used, where that is not the setting's default now
+    BEFORE: typing.ClassVar = {"lr_schedule": "constant"}
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give train steps or epochs, not both")
         _choice("train.sampler", self.sampler, self.SAMPLERS)
         _choice("train.distill", self.distill, self.DISTILL)
+        _choice("train.lr_schedule", self.lr_schedule, self.SCHEDULES)
         for name in ("steps", "epochs", "batch_size", "subnets", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -194,6 +194,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     how_long.add_argument("--steps", type=int, help="optimizer steps (one batch each)")
     how_long.add_argument("--epochs", type=int, help=f"passes over the training data (default {pipeline.DEFAULT_EPOCHS})")
     g.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
+    g.add_argument("--lr-schedule", choices=TrainSettings.SCHEDULES,
+                   help=f"onecycle: warm up to --lr over the first 10%% of the steps, then anneal towards zero; cosine: "
+                   f"anneal from --lr to zero; constant: --lr throughout, the only one a resumed run may extend "
+                   f"(default {d.lr_schedule})")
     g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     g.add_argument("--sampler", choices=TrainSettings.SAMPLERS,
                    help=f"which subnets each step trains: sandwich = max, min and random ones; uniform = random "

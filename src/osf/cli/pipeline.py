@@ -80,8 +80,10 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             write_run(out, run)
     train_loader, val_loader = loaders(splits, settings.batch_size)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
-    result = train(supernet, train_loader, optimizer=optimizer, loss_fn=F.cross_entropy, steps=settings.steps,
-                   epochs=settings.epochs, sampler=_sampler(settings, supernet, len(train_loader)), seed=settings.seed,
+    steps = settings.steps if settings.steps is not None else settings.epochs * len(train_loader)
+    result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
+                   loss_fn=F.cross_entropy, steps=steps, sampler=_sampler(settings, supernet, len(train_loader)),
+                   seed=settings.seed,
                    distill=Distill("inplace", weight=settings.distill_weight) if settings.distill == "inplace" else None,
                    run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
     if main_rank:
@@ -116,20 +118,35 @@ def _sampler(settings: TrainSettings, supernet: Supernet, steps_per_epoch: int) 
     return sampler
 
 
+def _scheduler(settings: TrainSettings, optimizer: torch.optim.Optimizer,
+               steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule over the run's ``steps``: one-cycle (a warm-up over the first 10 % to
+    ``lr``, then annealed towards zero), cosine (from ``lr`` down to zero) or none (constant)."""
+    if settings.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps, pct_start=0.1)
+    if settings.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    return None
+
+
 def _identity(run: Run) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues."""
-    defaults = TrainSettings()  # a run recorded before a setting existed had its default
-    flags = {**run.space, **{k: run.train.get(k, getattr(defaults, k)) for k in TrainSettings.FIXED},
-             "image_size": run.image_size}
+    """What a resumed run must share with the run it continues: with a learning-rate schedule, which spans
+    the run, its length too."""
+    defaults = TrainSettings()  # a run recorded before a setting existed had its default then
+    train = {k: run.train.get(k, TrainSettings.BEFORE.get(k, getattr(defaults, k))) for k in TrainSettings.FIXED}
+    length = {k: run.train.get(k) for k in ("steps", "epochs")} if train["lr_schedule"] != "constant" else {}
+    flags = {**run.space, **train, "image_size": run.image_size, **length}
     return {"model": run.model, "data": run.data, **{f"--{k.replace('_', '-')}": v for k, v in flags.items()}}
 
 
 def _check_resumable(out: Path, run: Run, requested: Run) -> None:
     theirs = _identity(requested)
     for key, value in _identity(run).items():
-        if theirs[key] != value:
-            raise ConfigError(f"{out} holds a run with {key} {value!r}, not {theirs[key]!r}; resume with the same "
-                              "settings or train into another --out")
+        if theirs.get(key) != value:
+            why = (f"its --lr-schedule {run.train['lr_schedule']} spans the whole run: resume with the same "
+                   "length, or train a run that may grow with --lr-schedule constant into another --out"
+                   if key in ("--steps", "--epochs") else "resume with the same settings or train into another --out")
+            raise ConfigError(f"{out} holds a run with {key} {value!r}, not {theirs.get(key)!r}; {why}")
 
 
 # ----- search -----
