@@ -236,6 +236,41 @@ def test_train_warms_up_the_max_subnet_for_the_given_epochs(tmp_path, capsys):
     assert "train.warmup_epochs must be at least 0" in capsys.readouterr().err
 
 
+def test_train_clips_autocasts_and_takes_a_device(trained_run, tmp_path, capsys):
+    """--clip-grad-norm and --amp reach osf.train and belong to the run's identity; --device does not."""
+    clipped, amp = tmp_path / "clipped", tmp_path / "amp"
+    args = ["train", "builtin:resnet", *TRAIN, "--steps", "4"]
+    assert main([*args, "--out", str(clipped), "--clip-grad-norm", "1e-12"]) == 0
+    assert main([*args, "--out", str(amp), "--amp", "--device", "cpu"]) == 0
+
+    def moved(run: Path) -> float:  # the largest change of a trained parameter from its initial value
+        initial = build_supernet(run, read_run(run)).tensors()
+        trained = load_file(str(ckpt.checkpoints(run / "checkpoints")[-1]))
+        return max((trained[f"weights/{k}"] - t).abs().max().item() for k, t in initial.items()
+                   if "running_" not in k and t.is_floating_point())
+    assert moved(clipped) < 0.01 * moved(trained_run)  # a gradient norm of 1e-12 is lost in AdamW's eps
+
+    def first_loss(run: Path) -> float:
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss/max"]
+    assert first_loss(amp) != first_loss(trained_run)  # bfloat16 autocast rounds the forward
+    assert first_loss(amp) == pytest.approx(first_loss(trained_run), rel=0.05)
+
+    capsys.readouterr()
+    assert main([*args, "--out", str(amp)]) == 2
+    assert "--amp True, not False" in capsys.readouterr().err
+    assert main([*args, "--out", str(clipped)]) == 2
+    assert "--clip-grad-norm 1e-12, not None" in capsys.readouterr().err
+    assert main([*args, "--out", str(amp), "--amp", "--device", "auto"]) == 0  # another device: resumes
+    assert main([*args, "--out", str(tmp_path / "x"), "--clip-grad-norm", "0"]) == 2
+    assert "train.clip_grad_norm must be above 0" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x"), "--device", "gpu"]) == 2
+    assert "train.device is 'gpu'; use auto" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*args, "--out", str(tmp_path / "x"), "--device", "cuda"]) == 2
+        assert "CUDA is not available on this machine" in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
 @pytest.mark.slow
 def test_train_on_two_processes_matches_one_and_resumes(tmp_path):
     """``--nproc 2``: a fork-join step under torchrun equals the step of one process (both on one thread per

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .models import SpecError
 
 
@@ -41,8 +43,11 @@ class TrainSettings:
     distill: str = "inplace"
     distill_weight: float = 0.5
     warmup_epochs: float = 0.0
+    clip_grad_norm: float | None = None
+    amp: bool = False
     seed: int = 0
     checkpoint_every: int = 100
+    device: str = "auto"
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
     DISTILL: typing.ClassVar = ("inplace", "none")
@@ -50,7 +55,7 @@ class TrainSettings:
     # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
     # rate is constant; a schedule spans the run's length, which is then fixed too)
     FIXED: typing.ClassVar = ("lr", "lr_schedule", "batch_size", "sampler", "subnets", "distill", "distill_weight",
-                              "warmup_epochs", "seed")
+                              "warmup_epochs", "clip_grad_norm", "amp", "seed")
     # what a run recorded before a setting existed used, where that is not the setting's default now
     BEFORE: typing.ClassVar = {"lr_schedule": "constant"}
 
@@ -66,6 +71,9 @@ class TrainSettings:
                 raise ConfigError(f"train.{name} must be at least 1, got {value}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"train.warmup_epochs must be at least 0, got {self.warmup_epochs}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError(f"train.clip_grad_norm must be above 0, got {self.clip_grad_norm}")
+        _device("train.device", self.device)
         if self.sampler != "uniform" and self.subnets < 2:
             raise ConfigError(f"the {self.sampler} sampler runs the max and min subnets: train.subnets must be >= 2")
 
@@ -80,9 +88,11 @@ class SearchSettings:
     seed: int = 0
     calib_batches: int = 20
     out: str | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         _choice("search.algorithm", self.algorithm, ("nsga2", "random"))
+        _device("search.device", self.device)
         for name in ("budget", "calib_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"search.{name} must be at least 1, got {getattr(self, name)}")
@@ -127,6 +137,16 @@ REQUIRED = ("model", "data", "train")
 def _choice(key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"{key} is '{value}'; choose one of {', '.join(allowed)}")
+
+
+def _device(key: str, value: str) -> None:
+    if value == "auto":
+        return
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key} is '{value}'; use auto (CUDA when available, else the CPU), cpu, cuda or "
+                          "cuda:N") from None
 
 
 def _keys(cls: type) -> list[str]:

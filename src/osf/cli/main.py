@@ -80,8 +80,9 @@ def cmd_space(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     if a.nproc > 1 and "RANK" not in os.environ:
         return _launch_ranks(a)
-    if "RANK" in os.environ:  # one of the ranks torchrun started
-        init_process_group()
+    if "RANK" in os.environ:  # one of the ranks torchrun started: NCCL for GPUs, gloo for the CPU
+        device = TrainSettings(**_given(a, TrainSettings)).device
+        init_process_group("gloo" if pipeline.run_device(device, "train.device").type == "cpu" else "nccl")
     code = _train(a)  # on an error this rank exits at once and torchrun stops the others (no barrier to hang in)
     if dist.is_initialized():
         dist.barrier()
@@ -211,9 +212,15 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-epochs", type=float, metavar="E",
                    help=f"train the max subnet alone for the first E epochs (fractions allowed), then the sampler's "
                    f"subnets (default {d.warmup_epochs:g}; a quarter of the run helped the small ViT's max subnet)")
+    g.add_argument("--clip-grad-norm", type=float, metavar="N",
+                   help="clip the gradients' total norm to N before each step (default: no clipping)")
+    g.add_argument("--amp", action="store_const", const=True,
+                   help="mixed precision: autocast to bfloat16 on the CPU, float16 with loss scaling on CUDA")
     g.add_argument("--seed", type=int, help=f"fixes initial weights, data order and sampling (default {d.seed})")
     g.add_argument("--checkpoint-every", type=int, metavar="N", help=f"steps between checkpoints "
                    f"(default {d.checkpoint_every}; one is always written at the end)")
+    g.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (CUDA when available, else the CPU; under --nproc "
+                   f"each rank takes its own GPU); a resumed run may change it (default {d.device})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -288,6 +295,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--calib-batches", type=int, metavar="N", help=f"BatchNorm recalibration batches per subnet "
                    f"(default {d.calib_batches})")
     r.add_argument("--out", metavar="DIR", help="where front.json and front.png go (default RUN_DIR/search)")
+    r.add_argument("--device", help=f"where subnets are scored: cpu, cuda, cuda:N or auto (CUDA when available); "
+                   f"latency is always timed on the CPU (default {d.device})")
     r.set_defaults(func=cmd_search)
 
     e = sub.add_parser("export", parents=[common], formatter_class=fmt, help="export a subnet of a trained run as "

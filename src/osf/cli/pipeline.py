@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +36,19 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def run_device(setting: str, key: str) -> torch.device:
+    """The device a stage runs on: ``auto`` is CUDA when available, else the CPU; under torchrun a bare
+    ``cuda`` is this rank's GPU (``LOCAL_RANK``). ``key`` names the setting in errors."""
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key} is '{setting}' but CUDA is not available on this machine; use cpu or auto")
+    if device.type == "cuda" and device.index is None and dist.is_initialized():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
 def new_supernet(model: str, space: SpaceSettings, image_size: int | None = None) -> Supernet:
     """Trace the model spec (or load a saved IR) into a supernet over ``space``."""
     options = to_json(space)
@@ -53,6 +67,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     out = Path(out)
     model, data = _absolute(model), _absolute(data)
     splits = load_data(data)  # bad data fails before any tracing
+    device = run_device(settings.device, "train.device")
     if image_size is None and model.partition(":")[0] in ("torchvision", "timm"):
         image_size = _square_side(splits[0])  # traced at the data's size: other sizes are refused
     if settings.steps is None and settings.epochs is None:
@@ -79,11 +94,12 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             supernet.ir.save(str(out / IR_DIR), overwrite=True)  # a run cut short before its run.json is redone
             write_run(out, run)
     train_loader, val_loader = loaders(splits, settings.batch_size)
+    supernet.to(device)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
     steps = settings.steps if settings.steps is not None else settings.epochs * len(train_loader)
     result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
                    loss_fn=F.cross_entropy, steps=steps, sampler=_sampler(settings, supernet, len(train_loader)),
-                   seed=settings.seed,
+                   seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp,
                    distill=Distill("inplace", weight=settings.distill_weight) if settings.distill == "inplace" else None,
                    run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
     if main_rank:
@@ -157,6 +173,7 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     (default ``RUN_DIR/search``, replaced by each search). Evaluations are cached there per checkpoint, so a
     rerun with a larger budget only evaluates the new subnets."""
     trained = load_trained(run_dir)
+    trained.supernet.to(run_device(settings.device, "search.device"))
     out = Path(settings.out) if settings.out is not None else Path(run_dir) / SEARCH_DIR
     train_loader, val_loader = loaders(load_data(trained.run.data), trained.run.train["batch_size"])
     objectives, constraints = tuple(settings.objectives), dict(settings.constraints)
@@ -180,9 +197,10 @@ def _accuracy_on(loader: DataLoader):
     """``evaluate(model) -> top-1 accuracy`` over ``loader``, for ``osf.search``."""
     def evaluate(model: torch.nn.Module) -> float:
         correct = total = 0
+        device = next(model.parameters(), torch.empty(0)).device
         with torch.no_grad():
             for x, y in loader:
-                correct += int((model(x).argmax(-1) == y).sum())
+                correct += int((model(x.to(device)).argmax(-1).cpu() == y).sum())
                 total += len(y)
         return correct / total
     return evaluate
