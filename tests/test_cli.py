@@ -399,6 +399,9 @@ def test_bad_input_exits_nonzero_with_one_line_cause(trained_run, tmp_path, caps
         (["train", "builtin:nope", "--data", "digits", "--out", out], "unknown built-in model 'nope'"),
         (["train", "builtin:resnet", "--data", "npz:/no/such.npz", "--out", out], "'/no/such.npz' does not exist"),
         (["train", "builtin:resnet", "--data", "imagenet", "--out", out], "unknown data spec 'imagenet'"),
+        (["train", "builtin:resnet", "--data", "mnist1d", "--out", out], "builtin:resnet takes samples shaped "
+         "[1, 8, 8], but the data's are [1, 40]: choose a model for this data; builtin:resnet1d and builtin:vit1d "
+         "take these"),
         (["export", str(tmp_path / "nothing"), "--arch", "max", "--out", out], "is not an osf run directory"),
         (["export", str(trained_run), "--arch", '{"width": {"nope": 8}}', "--out", out], "unknown width group 'nope'"),
         (["export", str(broken), "--arch", "max", "--out", out], f"cannot read checkpoint {newest}"),

@@ -23,7 +23,7 @@ from ..supernet import Supernet
 from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, WarmupSampler, evaluate, train
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import load_data, loaders
-from .models import SpecError, is_saved_ir, resolve
+from .models import BUILTIN, SpecError, is_saved_ir, resolve
 from .run_dir import IR_DIR, Run, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -49,13 +49,32 @@ def run_device(setting: str, key: str) -> torch.device:
     return device
 
 
-def new_supernet(model: str, space: SpaceSettings, image_size: int | None = None) -> Supernet:
-    """Trace the model spec (or load a saved IR) into a supernet over ``space``."""
+def new_supernet(model: str, space: SpaceSettings, image_size: int | None = None,
+                 inputs: torch.Tensor | None = None) -> Supernet:
+    """Trace the model spec (or load a saved IR) into a supernet over ``space``. ``inputs``: a batch of the
+    data the supernet will train on, refused before tracing when the model's example input is shaped
+    otherwise."""
     options = to_json(space)
     if is_saved_ir(model):
         return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
     m = resolve(model, image_size=image_size)  # built here for the supernet alone: no copy of its weights
+    if inputs is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
+        _check_inputs(model, m.args[0], inputs, spatial=bool(m.trace_options.get("dynamic_spatial")))
     return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
+
+
+def _check_inputs(model: str, example: torch.Tensor, inputs: torch.Tensor, spatial: bool) -> None:
+    """Refuse data whose samples the model cannot take (another rank or channel count, or another size
+    unless traced with symbolic height and width)."""
+    want, got = tuple(example.shape[1:]), tuple(inputs.shape[1:])
+    if len(want) == len(got) and want[:1] == got[:1] and (spatial or want == got):
+        return
+    hint = ""
+    if model.startswith("builtin:"):
+        others = [f"builtin:{n}" for n in BUILTIN if tuple(resolve(f"builtin:{n}").args[0].shape[1:]) == got]
+        hint = f"; {' and '.join(others)} take{'s' * (len(others) == 1)} these" if others else ""
+    raise ConfigError(f"{model} takes samples shaped {list(want)}, but the data's are {list(got)}: choose a model "
+                      f"for this data{hint}")
 
 
 # ----- train -----
@@ -88,7 +107,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             say(f"resuming the run in {out}")
     else:
         torch.manual_seed(settings.seed)  # the model's initial weights
-        supernet = new_supernet(model, space, image_size)
+        supernet = new_supernet(model, space, image_size, inputs=splits[0][:2])
         run = requested
         if main_rank:
             supernet.ir.save(str(out / IR_DIR), overwrite=True)  # a run cut short before its run.json is redone
