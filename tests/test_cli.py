@@ -19,7 +19,7 @@ from osf.cli.config import ConfigError, SpaceSettings, TrainSettings, parse_conf
 from osf.cli.data import load_data, loaders
 from osf.cli.main import main
 from osf.cli.models import SpecError
-from osf.cli.pipeline import new_supernet
+from osf.cli.pipeline import new_supernet, run_device
 from osf.cli.run_dir import build_supernet, load_trained, read_run
 from osf.train import checkpoint as ckpt
 
@@ -269,6 +269,20 @@ def test_train_clips_autocasts_and_takes_a_device(trained_run, tmp_path, capsys)
         assert main([*args, "--out", str(tmp_path / "x"), "--device", "cuda"]) == 2
         assert "CUDA is not available on this machine" in capsys.readouterr().err
         assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_run_device_picks_the_ranks_gpu(monkeypatch):
+    """``auto`` and a bare ``cuda`` mean this rank's GPU under torchrun, the CPU without CUDA (a GPU is simulated:
+    only the choice is checked)."""
+    assert run_device("cpu", "train.device") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_device("auto", "train.device") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert run_device("auto", "train.device") == torch.device("cuda")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert run_device("auto", "train.device") == run_device("cuda", "x") == torch.device("cuda", 1)
+    assert run_device("cuda:0", "x") == torch.device("cuda", 0) and run_device("cpu", "x") == torch.device("cpu")
 
 
 @pytest.mark.slow
