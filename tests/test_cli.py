@@ -272,17 +272,22 @@ def test_train_clips_autocasts_and_takes_a_device(trained_run, tmp_path, capsys)
 
 
 def test_run_device_picks_the_ranks_gpu(monkeypatch):
-    """``auto`` and a bare ``cuda`` mean this rank's GPU under torchrun, the CPU without CUDA (a GPU is simulated:
-    only the choice is checked)."""
+    """``auto`` and a bare ``cuda`` mean this rank's GPU under torchrun, the CPU without CUDA; a GPU the machine
+    lacks is refused (two GPUs are simulated: only the choice is checked)."""
     assert run_device("cpu", "train.device") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert run_device("auto", "train.device") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("RANK", raising=False)
     assert run_device("auto", "train.device") == torch.device("cuda")
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert run_device("auto", "train.device") == run_device("cuda", "x") == torch.device("cuda", 1)
     assert run_device("cuda:0", "x") == torch.device("cuda", 0) and run_device("cpu", "x") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ConfigError, match="train.device: cuda:2 does not exist, this machine has 2 GPU"):
+        run_device("auto", "train.device")
 
 
 @pytest.mark.slow

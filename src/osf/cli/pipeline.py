@@ -37,15 +37,20 @@ def say(message: str) -> None:
 
 
 def run_device(setting: str, key: str) -> torch.device:
-    """The device a stage runs on: ``auto`` is CUDA when available, else the CPU; under torchrun a bare
-    ``cuda`` is this rank's GPU (``LOCAL_RANK``). ``key`` names the setting in errors."""
+    """The device a stage runs on: ``auto`` is CUDA when available, else the CPU; on a rank torchrun started
+    a bare ``cuda`` is that rank's GPU (``LOCAL_RANK``). ``key`` names the setting in errors."""
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(setting)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise ConfigError(f"{key} is '{setting}' but CUDA is not available on this machine; use cpu or auto")
-    if device.type == "cuda" and device.index is None and dist.is_initialized():
+    if device.index is None and "RANK" in os.environ:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}: {device} does not exist, this machine has {torch.cuda.device_count()} GPU(s); "
+                          "start at most one rank per GPU (--nproc) or use cpu")
     return device
 
 
@@ -82,7 +87,8 @@ def _check_inputs(model: str, example: torch.Tensor, inputs: torch.Tensor, spati
 def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, settings: TrainSettings, *,
               image_size: int | None = None, progress: bool = True) -> Run:
     """Train the supernet of ``model`` on ``data`` into the run directory ``out``, resuming what is there
-    (the same model, data, space and settings are required; steps / epochs may grow)."""
+    (the same model, data, space and settings are required; steps / epochs may grow at a constant learning
+    rate)."""
     out = Path(out)
     model, data = _absolute(model), _absolute(data)
     splits = load_data(data)  # bad data fails before any tracing
