@@ -10,7 +10,10 @@ CBAM, MixNet's mixed kernels, SKNet, LoRA adapters, DINO-style interpolated posi
 SegNet's unpooling, nn.Transformer with a causal mask, a VQ-VAE with an EMA codebook, grouped-query SDPA
 (``enable_gqa``), activation checkpointing, PReLU / InstanceNorm / LocalResponseNorm / RMSNorm, 3-D convs,
 an STFT front end, PixelUnshuffle with circular padding, tied conv-transpose weights, a cosine classifier,
-forward hooks, an embedding with ``max_norm``, a channels-last model and a bfloat16 one).
+forward hooks, an embedding with ``max_norm``, a channels-last model and a bfloat16 one, a dict input, a
+siamese encoder, EViT-style top-k token gathering, a KAN layer, ``padding="same"`` with ``nn.Unflatten`` and
+``nn.Bilinear``, an orthogonal parametrisation, LayerNorm over C×H×W, a ModuleDict router and
+``torch.where`` gating).
 
 Per model: the supernet builds; its maximal subnet equals the original (eval mode); for the minimal and two sampled subnets, running the
 supernet at the arch (``set_arch``) equals the extracted model, and ``cost()`` gives its exact parameter
@@ -1038,6 +1041,131 @@ class EmbeddingMaxNorm(nn.Module):
         return self.fc(self.emb(ids).mean(1))
 
 
+class DictInput(nn.Module):
+    """A two-modality model taking one dict (``model({"image": ..., "tokens": ...})``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.img, self.txt, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Embedding(50, 16), nn.Linear(32, 5)
+
+    def forward(self, batch):
+        return self.head(torch.cat([self.img(batch["image"]).mean((2, 3)), self.txt(batch["tokens"]).mean(1)], -1))
+
+
+class Siamese(nn.Module):
+    """One encoder applied to two inputs (shared weights), their distance scored."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, a, b):
+        return self.head((self.enc(a) - self.enc(b)).abs())
+
+
+class TokenTopK(nn.Module):
+    """EViT-style token pruning: the tokens the class token attends to most are gathered (``topk`` +
+    ``gather`` along the sequence), the rest dropped."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 10)
+
+    def forward(self, x):
+        y, w = self.attn(x, x, x, need_weights=True)
+        x = x + y
+        idx = w[:, 0, 1:].topk(4, dim=-1).indices + 1
+        x = torch.cat([x[:, :1], torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))], 1)
+        x = x + self.mlp(self.norm(x))
+        return self.head(x[:, 0])
+
+
+class KANLayer(nn.Module):
+    """A Kolmogorov-Arnold layer: B-spline bases of each input on a grid buffer (Cox-de Boor recursion),
+    contracted with coefficients ``[out, in, bases]`` by ``einsum``, plus a SiLU base branch."""
+
+    def __init__(self, inputs: int = 8, outputs: int = 16, grid: int = 5, order: int = 3):
+        super().__init__()
+        knots = torch.arange(-order, grid + order + 1) * (2 / grid) - 1
+        self.register_buffer("grid", knots.expand(inputs, -1).contiguous())
+        self.coef = nn.Parameter(torch.randn(outputs, inputs, grid + order) * 0.1)
+        self.base, self.out, self.order = nn.Linear(inputs, outputs), nn.Linear(outputs, 3), order
+
+    def forward(self, x):
+        g, u = self.grid, x.unsqueeze(-1)
+        b = ((u >= g[:, :-1]) & (u < g[:, 1:])).to(x.dtype)
+        for p in range(1, self.order + 1):
+            b = ((u - g[:, :-(p + 1)]) / (g[:, p:-1] - g[:, :-(p + 1)]) * b[..., :-1]
+                 + (g[:, p + 1:] - u) / (g[:, p + 1:] - g[:, 1:-p]) * b[..., 1:])
+        return self.out(self.base(F.silu(x)) + torch.einsum("bik,oik->bo", b, self.coef))
+
+
+class SameUnflattenBilinear(nn.Module):
+    """``padding="same"``, ``F.normalize`` and ``cumsum`` over channels, ``nn.Unflatten`` of pooled features
+    and ``nn.Bilinear`` of two views of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 5, padding="same"), nn.Conv2d(16, 16, 3, padding="same")
+        self.unflatten, self.bilinear, self.fc = nn.Unflatten(1, (4, 4)), nn.Bilinear(16, 16, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        v = self.c2(F.normalize(self.c1(x), dim=1)).cumsum(1).mean((2, 3))
+        return self.fc(self.bilinear(self.unflatten(v).softmax(-1).flatten(1), v))
+
+
+class OrthogonalLinear(nn.Module):
+    """A linear under ``parametrizations.orthogonal`` (its weight made by ``matrix_exp`` in forward: an op
+    without a rule, reported)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.utils.parametrizations.orthogonal(nn.Linear(16, 16))
+        self.b = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.b(F.relu(self.a(x)))
+
+
+class LayerNormCHW(nn.Module):
+    """LayerNorm over channels, height and width together (``nn.LayerNorm([C, H, W])``), then flattened."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.LayerNorm([8, 6, 6]), nn.Linear(8 * 36, 5)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.conv(x)).flatten(1))
+
+
+class ModuleDictRouter(nn.Module):
+    """Branches of an ``nn.ModuleDict`` picked by name, one shared head, a list of outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.branch = nn.ModuleDict({"x": nn.Linear(8, 16), "y": nn.Linear(8, 16)})
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return [self.head(F.relu(self.branch[k](x))) for k in ("x", "y")]
+
+
+class WhereMasked(nn.Module):
+    """Hidden units gated by ``torch.where`` on a second projection's sign, then ``clamp`` and ``nan_to_num``."""
+
+    def __init__(self):
+        super().__init__()
+        self.value, self.gate, self.out = nn.Linear(8, 32), nn.Linear(8, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.value(x)
+        return self.out(torch.where(self.gate(x) > 0, h, torch.zeros_like(h)).clamp(max=3).nan_to_num())
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -1108,6 +1236,15 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "channels_last": lambda: (SpaceToDepth().to(memory_format=torch.channels_last),
                               (_image(16).to(memory_format=torch.channels_last),)),
     "bfloat16_attention": lambda: (GroupedQuerySDPA().to(torch.bfloat16), (torch.randn(2, 6, 64, dtype=torch.bfloat16),)),
+    "dict_input": lambda: (DictInput(), ({"image": _image(), "tokens": torch.randint(0, 50, (2, 6))},)),
+    "siamese": lambda: (Siamese(), (_image(), _image())),
+    "token_topk": lambda: (TokenTopK(), (torch.randn(2, 9, 32),)),
+    "kan": lambda: (KANLayer(), (torch.rand(4, 8) * 2 - 1,)),
+    "same_unflatten_bilinear": lambda: (SameUnflattenBilinear(), (_image(),)),
+    "orthogonal_linear": lambda: (OrthogonalLinear(), (torch.randn(2, 16),)),
+    "layer_norm_chw": lambda: (LayerNormCHW(), (torch.randn(2, 3, 6, 6),)),
+    "module_dict_router": lambda: (ModuleDictRouter(), (torch.randn(2, 8),)),
+    "where_masked": lambda: (WhereMasked(), (torch.randn(2, 8),)),
 }
 
 
