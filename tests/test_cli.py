@@ -288,6 +288,9 @@ def test_run_device_picks_the_ranks_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(ConfigError, match="train.device: cuda:2 does not exist, this machine has 2 GPU"):
         run_device("auto", "train.device")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="under --nproc each rank takes its own GPU"):
+        run_device("cuda:0", "train.device")
 
 
 @pytest.mark.slow

@@ -46,8 +46,10 @@ def run_device(setting: str, key: str) -> torch.device:
         return device
     if not torch.cuda.is_available():
         raise ConfigError(f"{key} is '{setting}' but CUDA is not available on this machine; use cpu or auto")
-    if device.index is None and "RANK" in os.environ:
+    if "RANK" in os.environ and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    elif "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # NCCL binds rank r to cuda:r
+        raise ConfigError(f"{key} is '{setting}', but under --nproc each rank takes its own GPU; use cuda or auto")
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"{key}: {device} does not exist, this machine has {torch.cuda.device_count()} GPU(s); "
                           "start at most one rank per GPU (--nproc) or use cpu")
