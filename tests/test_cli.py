@@ -213,11 +213,11 @@ def test_train_follows_the_lr_schedule(schedule, trained_run, tmp_path):
                  "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=4),
                  "constant": lambda: None}[schedule]()
     expected = []
-    for _ in range(4):
+    for _ in range(4):  # each step logs the rate it trained at
+        expected.append(reference.param_groups[0]["lr"])
         reference.step()
         if scheduler is not None:
             scheduler.step()
-        expected.append(reference.param_groups[0]["lr"])
     assert logged == pytest.approx(expected, rel=1e-12)
     assert len(set(logged)) == (1 if schedule == "constant" else 4)
 

@@ -135,6 +135,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 fork.sync_buffers(supernet, counters)
             join_seconds = time.perf_counter() - t_join
             _check_finite(losses, picks, step)
+            lr = optimizer.param_groups[0]["lr"]  # the rate of this step (the scheduler sets the next one)
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if clip_grad_norm is not None:
@@ -152,7 +153,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             for (role, _), value in zip(picks, losses.tolist()):
                 by_role.setdefault(role, []).append(value)
             role_loss = {r: sum(v) / len(v) for r, v in by_role.items()}
-            record = {"step": step, "lr": optimizer.param_groups[0]["lr"],
+            record = {"step": step, "lr": lr,
                       **{f"loss/{r}": v for r, v in role_loss.items()},
                       "samples_per_s": round(rows * len(picks) / seconds, 2), "seconds": round(seconds, 4)}
             if fork is not None:
