@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/extraction.py
 	$(PY) bench/call_overhead.py
 	$(PY) bench/quality.py
+	$(PY) bench/search_algorithms.py
 	$(PY) bench/minilm.py
 	$(PY) bench/coverage.py --resume
 	$(PY) bench/probe.py
@@ -49,6 +50,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/extraction.py --quick
 	$(PY) bench/call_overhead.py --quick
 	$(PY) bench/quality.py --quick
+	$(PY) bench/search_algorithms.py --quick
 	$(PY) bench/minilm.py --quick
 	$(PY) bench/coverage.py --quick
 	$(PY) bench/probe.py --quick

@@ -6,7 +6,8 @@ data, batch, optimizer and schedule; imported, not copied), each method gets the
 
 - **osf**: one supernet trained with ``osf.train`` (train_evidence's recipe: the max subnet alone for the
   first 25% of the steps, then the sandwich rule, 4 subnets per step, in-place distillation), then
-  ``osf.search`` NSGA-II on a validation split (BatchNorm recalibrated per subnet); at 50% and 35% of the
+  ``osf.search`` (its default, surrogate-assisted evolution) on a validation split (BatchNorm recalibrated
+  per subnet); at 50% and 35% of the
   max model's FLOPs the best subnet of the front is scored on the test split with its inherited weights
   (no fine-tuning).
 - **(a) from scratch**: the architectures osf picked, freshly initialised, trained alone for the same epochs.
@@ -18,10 +19,10 @@ data, batch, optimizer and schedule; imported, not copied), each method gets the
   either budget for these models, measured and reported), trained with the plain loop (the converted model
   samples a random subnet on every training forward), ``mtn.search`` with ``{"flops": "50%"}`` / ``"35%"``
   and the same validation score, the searched model exported.
-- **(d) random search** on osf's supernet, the same number of evaluated subnets as NSGA-II.
+- **(d) random search** and **(f) NSGA-II** on osf's supernet, the same number of evaluated subnets.
 - **motif ablation** (part 5): a second supernet trained with ``MotifSampler`` (sandwich whose random
   subnets are replaced by their motif's most salient member) against the uniform sandwich above, same
-  epochs; searched with the same NSGA-II budget; space size in subnets and in motifs.
+  epochs; searched with the same budget; space size in subnets and in motifs.
 
 Every final model is a plain ``nn.Module`` whose FLOPs are counted by ``torch.utils.flop_counter`` at batch
 1 (the MHA fast path off and attention on SDPA's math backend, so attention is counted); BatchNorm
@@ -305,7 +306,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
             {str(b): (round(r["acc"], 4), round(r["frac"], 3)) if "acc" in r else r.get("error", "")
              for b, r in rows.items()}))
 
-    # osf: supernet (uniform sandwich), NSGA-II and random search on the same weights
+    # osf: supernet (uniform sandwich); surrogate, random and NSGA-II search on the same weights
     supernet, train_s = train_supernet(kind, dataset, x2, train, epochs, seed, motif=False)
     space = supernet.space
     res["space"] = {"log10_subnets": round(space.log10_size(), 3),
@@ -313,14 +314,14 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
                     "groups": len(space.groups), "units": len(space.units)}
     ref = supernet.cost(space.max())["flops"]
     fronts = {}
-    for tag, algorithm in (("osf", "nsga2"), ("osf-random", "random")):
+    for tag, algorithm in (("osf", "surrogate"), ("osf-random", "random"), ("osf-nsga2", "nsga2")):
         front, secs = osf_search(supernet, val, train, search_budget, algorithm, seed)
         fronts[tag] = front
         done(tag, osf_rows(tag, supernet, front, train, test, x1, max_flops, train_s + secs))
         res["fronts"][tag] = {"hypervolume_val": round(hypervolume(front_points(front, ref)), 4),
                                         "evaluated": front.info["evaluated"], "search_s": round(secs, 1),
                                         "train_s": round(train_s, 1)}
-    # the osf NSGA-II front on the test split (for the plot)
+    # osf's front on the test split (for the plot)
     res["front_test"] = []
     for p in fronts["osf"].pareto:
         acc = osf.evaluate(supernet, p.arch, test, calib_loader=train, calib_batches=CALIB)
@@ -408,9 +409,9 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     if kind == "cnn":
         res["modelopt_default_fractions"] = default_fractions(kind, dataset, x1)
 
-    # motif ablation: the same training with the motif sampler, the same NSGA-II search
+    # motif ablation: the same training with the motif sampler, the same search
     motif_net, motif_s = train_supernet(kind, dataset, x2, train, epochs, seed, motif=True)
-    front, secs = osf_search(motif_net, val, train, search_budget, "nsga2", seed)
+    front, secs = osf_search(motif_net, val, train, search_budget, "surrogate", seed)
     done("osf-motif", osf_rows("osf-motif", motif_net, front, train, test, x1, max_flops, motif_s + secs))
     res["fronts"]["osf-motif"] = {"hypervolume_val": round(hypervolume(front_points(front, ref)), 4),
                                             "evaluated": front.info["evaluated"], "search_s": round(secs, 1),
@@ -420,17 +421,18 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
         return res
     # (e) osf at equal total training: the supernet gets the epochs (a) spends on all budgets together
     total_net, total_s = train_supernet(kind, dataset, x2, train, epochs * len(BUDGETS), seed, motif=False)
-    front, secs = osf_search(total_net, val, train, search_budget, "nsga2", seed)
+    front, secs = osf_search(total_net, val, train, search_budget, "surrogate", seed)
     done("osf-total", osf_rows("osf-total", total_net, front, train, test, x1, max_flops, total_s + secs))
     return res
 
 
 # ---------------------------------------------------------------- report
 
-METHODS = [("osf", "osf (NSGA-II, inherited)"), ("osf-random", "(d) osf random search"),
+METHODS = [("osf", "osf (surrogate search, inherited)"), ("osf-random", "(d) osf random search"),
            ("scratch", "(a) osf archs from scratch"), ("torch-pruning", "(b) Torch-Pruning + fine-tune"),
            ("modelopt", "(c) ModelOpt AutoNAS"),
-           ("osf-total", f"(e) osf, supernet trained {len(BUDGETS)}× the epochs (NSGA-II, inherited)")]
+           ("osf-total", f"(e) osf, supernet trained {len(BUDGETS)}× the epochs (surrogate search, inherited)"),
+           ("osf-nsga2", "(f) osf NSGA-II search")]
 
 
 def mean_std(values: list[float]) -> str:
@@ -447,7 +449,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
         group = [r for r in runs if (r["dataset"], r["model"]) == (ds, kind)]
         for b in BUDGETS:
             osf_accs = [r["methods"]["osf"][b]["acc"] for r in group]
-            for name, label in METHODS + [("osf-motif", "osf motif sampler (NSGA-II)")]:
+            for name, label in METHODS + [("osf-motif", "osf motif sampler (surrogate search)")]:
                 if any(name not in r["methods"] for r in group):  # (e) is skipped in quick mode
                     continue
                 cells = [r["methods"][name][b] for r in group]
@@ -474,7 +476,9 @@ def verdict(row: dict) -> str:
     if abs(d) < 0.5:
         return "tie"
     if row["method"] == "osf-random":
-        return "**NSGA-II loses to random**" if d > 0 else "NSGA-II ahead"
+        return "**surrogate search loses to random**" if d > 0 else "surrogate search ahead"
+    if row["method"] == "osf-nsga2":
+        return "**surrogate search loses to NSGA-II**" if d > 0 else "surrogate search ahead"
     if row["method"] == "osf-total":
         return "longer supernet training helps" if d > 0 else "longer training does not help"
     return "**osf loses**" if d > 0 else "osf wins"
@@ -504,7 +508,8 @@ def quality_section(env: dict, runs: list[dict], rows: list[dict], plot: str | N
              "ModelOpt 1. No method fine-tunes after search. "
              f"(e) is osf at equal *total* training: one supernet trained {len(BUDGETS)}×E epochs, the epochs (a) "
              f"spends on its {len(BUDGETS)} budgets together, searched the same way. "
-             f"osf's NSGA-II and random searches evaluate {budget} distinct subnets each, one search for the whole "
+             f"osf's searches (surrogate-assisted evolution, osf's default; random; NSGA-II) evaluate {budget} "
+             "distinct subnets each, one search for the whole "
              "front (both budgets are read off it); ModelOpt searches once per budget with "
              f"{3 * budget} iterations (its evolutionary searcher, population by osf's rule; candidates outside its "
              "window of 0.85–1.0 × the limit are profiled but not scored: the number scored is in the JSON). "
@@ -543,10 +548,12 @@ def quality_section(env: dict, runs: list[dict], rows: list[dict], plot: str | N
     hv = []
     for d, m in ref:
         group = [x for x in runs if (x["dataset"], x["model"]) == (d, m)]
-        hv.append(f"{d}/{m}: NSGA-II {mean_std([x['fronts']['osf']['hypervolume_val'] for x in group])}, "
-                  f"random {mean_std([x['fronts']['osf-random']['hypervolume_val'] for x in group])}")
+        fronts = [f"{label} {mean_std([x['fronts'][tag]['hypervolume_val'] for x in group])}"
+                  for tag, label in (("osf", "surrogate"), ("osf-nsga2", "NSGA-II"), ("osf-random", "random"))
+                  if all(tag in x["fronts"] for x in group)]
+        hv.append(f"{d}/{m}: " + ", ".join(fronts))
     lines += ["Hypervolume of the validation front (FLOPs fraction × accuracy, reference (1, 0); higher is "
-              "better), NSGA-II vs random search on the same supernet: " + "; ".join(hv) + "."]
+              "better), osf's searches on the same supernet: " + "; ".join(hv) + "."]
     lines += ["", "Notes:", ""]
     mo = [x for x in runs if isinstance(x.get("modelopt_default_fractions"), list)]
     if mo:
@@ -579,7 +586,7 @@ def quality_section(env: dict, runs: list[dict], rows: list[dict], plot: str | N
                  "point there are within a couple of images.")
     if plot:
         lines += ["", f"![osf front vs peers]({plot})", "",
-                  "Line: osf's NSGA-II front (first seed) on the test split; markers: the methods at the 50% "
+                  "Line: osf's front (surrogate search, first seed) on the test split; markers: the methods at the 50% "
                   "and 35% budgets (first seed)."]
     return "\n".join(lines + ["<!-- quality:end -->"])
 
@@ -592,7 +599,7 @@ def motif_section(env: dict, runs: list[dict], rows: list[dict]) -> str:
              "(osf's default sampler, the supernet of the quality table). Both supernets train the max subnet "
              f"alone for the first {WARMUP:.0%} of the steps. *Motif*: `MotifSampler(supernet, 4)` — the same "
              "draws, each random subnet replaced by its motif's most salient member (`space.salient`). Same "
-             "epochs, optimizer, schedule, in-place distillation; each supernet searched with NSGA-II "
+             "epochs, optimizer, schedule, in-place distillation; each supernet searched with osf's default surrogate search "
              f"({runs[0]['search_budget']} subnets).",
              "- *Space*: log10 of the number of distinct subnets (`space.size()`) and of motifs "
              "(`space.num_motifs()`): the motif sampler trains representatives of the smaller set.",
@@ -634,7 +641,7 @@ def plot(runs: list[dict], path) -> bool:
     rows_ = math.ceil(len(cases) / cols)
     fig = Figure(figsize=(5.2 * cols, 3.8 * rows_))
     marks = {"osf": ("o", "C0"), "osf-random": ("v", "C1"), "scratch": ("s", "C2"), "torch-pruning": ("D", "C3"),
-             "modelopt": ("^", "C4"), "osf-motif": ("P", "C5"), "osf-total": ("X", "C6")}
+             "modelopt": ("^", "C4"), "osf-motif": ("P", "C5"), "osf-total": ("X", "C6"), "osf-nsga2": ("*", "C7")}
     for i, (d, m) in enumerate(cases):
         ax = fig.add_subplot(rows_, cols, i + 1)
         r = min((x for x in runs if (x["dataset"], x["model"]) == (d, m)), key=lambda x: x["seed"])
@@ -642,7 +649,7 @@ def plot(runs: list[dict], path) -> bool:
         ax.step([100 * p[0] for p in pts], [p[1] for p in pts], where="post", color="C0", alpha=0.5,
                 label="osf front (test)")
         for name, (mk, col) in marks.items():
-            cells = [r["methods"][name][b] for b in BUDGETS if "acc" in r["methods"][name][b]]
+            cells = [r["methods"][name][b] for b in BUDGETS if "acc" in r["methods"].get(name, {}).get(b, {})]
             if cells:
                 ax.scatter([100 * c["frac"] for c in cells], [c["acc"] for c in cells], marker=mk, color=col,
                            label=name, zorder=3)

@@ -447,7 +447,7 @@ def test_config_validation(tmp_path):
         ({"train": {"out": "x", "steps": "ten"}}, "train.steps must be int, got 'ten'"),
         ({"train": {"steps": 3}}, "train.out must name the run directory"),
         ({"train": {"out": "x", "sampler": "best"}}, "train.sampler is 'best'; choose one of sandwich, uniform, motif"),
-        ({"search": {"algorithm": "grid"}}, "search.algorithm is 'grid'; choose one of nsga2, random"),
+        ({"search": {"algorithm": "grid"}}, "search.algorithm is 'grid'; choose one of surrogate, nsga2, random"),
         ({"search": {"calib_batches": 0}}, "search.calib_batches must be at least 1, got 0"),
         ({"search": {"budget": -3}}, "search.budget must be at least 1, got -3"),
         ({"export": {"out": "e", "arch": "max", "pick": {"flops": "50%"}}}, "export.arch or export.pick, not both"),

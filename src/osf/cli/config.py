@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..search.search import ALGORITHMS
 from .models import SpecError
 
 
@@ -84,14 +85,14 @@ class SearchSettings:
     objectives: tuple[str, ...] = ("accuracy", "flops")
     constraints: dict[str, Any] = field(default_factory=dict)
     budget: int = 100
-    algorithm: str = "nsga2"
+    algorithm: str = "surrogate"
     seed: int = 0
     calib_batches: int = 20
     out: str | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        _choice("search.algorithm", self.algorithm, ("nsga2", "random"))
+        _choice("search.algorithm", self.algorithm, ALGORITHMS)
         _device("search.device", self.device)
         for name in ("budget", "calib_batches"):
             if getattr(self, name) < 1:

@@ -72,7 +72,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, force: bo
                             SpaceSettings(multiple_of=4),
                             TrainSettings(epochs=settings.epochs, seed=settings.seed, checkpoint_every=10_000),
                             progress=progress)
-        say(f"[2/4] searching the accuracy / FLOPs front ({settings.budget} subnets, NSGA-II)")
+        say(f"[2/4] searching the accuracy / FLOPs front ({settings.budget} subnets, surrogate-assisted evolution)")
         front = search_run(run_dir, SearchSettings(budget=settings.budget, seed=settings.seed,
                                                    out=str(tmp / "search")), progress=progress)
         say(f"[3/4] exporting the best subnets at about {', '.join(f'{b}%' for b in BUDGETS)} of the FLOPs")

@@ -14,6 +14,7 @@ from typing import Any
 import torch.distributed as dist
 
 from ..ir import IR, OsfError, load_ir, trace
+from ..search.search import ALGORITHMS
 from ..space.space import SearchSpace
 from ..train import init_process_group
 from . import demo, inspect_cmd, pipeline, space_cmd
@@ -290,7 +291,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--constraint", action="append", metavar="M=V", help="hard limit, e.g. flops=50%% (of the full "
                    "model) or params=2e6 (repeatable)")
     r.add_argument("--budget", type=int, help=f"subnets to evaluate (default {d.budget})")
-    r.add_argument("--algorithm", choices=("nsga2", "random"), help=f"default {d.algorithm}")
+    r.add_argument("--algorithm", choices=ALGORITHMS, help=f"surrogate: evolution guided by a regression of the "
+                   f"evaluated subnets' accuracy; nsga2: plain NSGA-II; random: uniform samples (default {d.algorithm})")
     r.add_argument("--seed", type=int, help=f"default {d.seed}")
     r.add_argument("--calib-batches", type=int, metavar="N", help=f"BatchNorm recalibration batches per subnet "
                    f"(default {d.calib_batches})")

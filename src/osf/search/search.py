@@ -1,9 +1,11 @@
-"""``osf.search``: multi-objective search of a trained supernet under hard budgets (NSGA-II through pymoo,
-or random search as the baseline), evaluating only motif representatives, with BatchNorm recalibration,
-an evaluation cache that makes a search resumable, and a ``Front`` as the result."""
+"""``osf.search``: multi-objective search of a trained supernet under hard budgets (surrogate-assisted
+evolution, NSGA-II through pymoo, or random search as the baseline), evaluating only motif
+representatives, with BatchNorm recalibration, an evaluation cache that makes a search resumable, and a
+``Front`` as the result."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -23,15 +25,16 @@ from .costs import CostModel
 from .files import EvaluationLog
 from .front import COSTS, METRICS, Front, InfeasibleBudget, Point, format_metric, resolve_budget
 from .latency import graph_fingerprint
+from .surrogate import breed, features, fit_ridge, pick
 
-ALGORITHMS = ("nsga2", "random")
+ALGORITHMS = ("surrogate", "nsga2", "random")
 _RETRIES = 16  # further mutations of an offspring that repeats an evaluated subnet
 _BAD = 1e30  # objective value pymoo sees for a candidate rejected by a constraint (never evaluated)
 
 
 def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
            objectives: Iterable[str] = ("accuracy", "flops"), constraints: dict[str, float | str] | None = None,
-           budget: int = 100, algorithm: str = "nsga2", seed: int = 0, calib_loader: Iterable | None = None,
+           budget: int = 100, algorithm: str = "surrogate", seed: int = 0, calib_loader: Iterable | None = None,
            calib_batches: int = 20, batch_fn: BatchFn | None = None, cache: str | os.PathLike | None = None,
            latency: Callable[[Arch], float] | None = None, population: int | None = None,
            progress: bool = True) -> Front:
@@ -48,9 +51,12 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
       A limit below the smallest subnet's cost raises ``InfeasibleBudget`` before anything is evaluated.
     - ``budget``: number of distinct subnets evaluated. Candidates are mapped to their motif's most salient
       member first, so equivalent subnets are evaluated once.
-    - ``algorithm``: ``"nsga2"`` (pymoo; ``population`` per generation, default ``budget // 5`` within
-      8..50; the first generation holds the full and the smallest subnet) or ``"random"`` (uniform samples
-      of the space, rejected on cost before evaluation). ``seed`` makes either reproducible.
+    - ``algorithm``: ``"surrogate"`` (default: NSGA-II's first generation, then rounds of ``population``
+      subnets bred from the front and picked by the hypervolume their accuracy, predicted by a ridge
+      regression on the evaluated subnets, would add), ``"nsga2"`` (pymoo; ``population`` per generation,
+      default ``budget // 5`` within 8..50; the first generation holds the full and the smallest subnet) or
+      ``"random"`` (uniform samples of the space, rejected on cost before evaluation). ``seed`` makes each
+      reproducible.
     - ``cache``: a JSON-lines file; every evaluation is appended as it finishes, and a rerun (after a crash,
       or with a larger budget) reuses them instead of calling ``evaluate`` again. The file is tied to the
       supernet's weights and ``calib_batches``; use a new path when you change ``evaluate`` or its data.
@@ -81,10 +87,13 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
         run.open_cache(cache)
     with tqdm(total=budget, desc=f"search ({algorithm})", unit="subnet", disable=not progress) as bar:
         run.bar = bar
+        population = population or min(50, max(8, budget // 5))
         if algorithm == "random":
             stopped = _random_search(run, budget, seed)
+        elif algorithm == "nsga2":
+            stopped = _nsga2(run, budget, seed, population)
         else:
-            stopped = _nsga2(run, budget, seed, population or min(50, max(8, budget // 5)))
+            stopped = _surrogate_search(run, budget, seed, population)
     info = {"algorithm": algorithm, "seed": seed, "budget": budget, "evaluated": len(run.points),
             "new_evaluations": run.new_evaluations, "cache_hits": run.cache_hits, "rejected": run.rejected,
             "ignores_inputs": run.ignores_inputs, "stopped": stopped,
@@ -274,6 +283,78 @@ def _random_search(run: _Run, budget: int, seed: int) -> str:
         if misses >= patience:
             return f"no new feasible subnet in {patience} consecutive samples"
     return "budget reached"
+
+
+def _surrogate_search(run: _Run, budget: int, seed: int, population: int) -> str:
+    """A first generation like NSGA-II's (the full and the smallest subnet, then uniform samples), then
+    rounds of ``population`` subnets bred from the front and picked by the hypervolume their predicted
+    metrics add (``surrogate.py``)."""
+    if importlib.util.find_spec("pymoo") is None:  # its hypervolume and non-dominated sorting
+        raise ImportError("algorithm='surrogate' needs pymoo: pip install pymoo (or use algorithm='random')")
+    space = run.space
+    rng = random.Random(seed)
+    first = [space.max(), space.min()] + [space.sample(rng) for _ in range(max(0, population - 2))]
+    for arch in first:
+        if len(run.points) >= budget:
+            return "budget reached"
+        run.visit(canonical(space, arch))
+    tried: set[str] = set()  # canonical keys visited by the rounds (seen, rejected or evaluated)
+    stale, patience = 0, 20
+    while len(run.points) < budget:
+        before = len(run.points)
+        for arch in _surrogate_round(run, rng, min(population, budget - len(run.points)), tried):
+            if len(run.points) >= budget:
+                break
+            tried.add(arch.key())
+            run.visit(arch)
+        stale = 0 if len(run.points) > before else stale + 1
+        if stale >= patience:
+            return f"no new feasible subnet in {patience} rounds"
+    return "budget reached"
+
+
+def _surrogate_round(run: _Run, rng: random.Random, k: int, tried: set[str]) -> list[Arch]:
+    """The next ``k`` subnets to evaluate, none of them ``tried`` before: accuracy (and latency, where it is used but only measured) is
+    predicted by ridge regressions fitted on the evaluated subnets; params and FLOPs are exact."""
+    import numpy as np
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    space, points = run.space, list(run.points.values())
+    if not points:  # every subnet so far was rejected: keep sampling
+        return [canonical(space, space.sample(rng)) for _ in range(k)]
+    predicted_latency = run.latency is not None and ("latency" in run.objectives or "latency" in run.limits)
+    x = np.array([features(space, p.arch, {"params": p.params, "flops": p.flops}, run.reference) for p in points])
+    accuracy = fit_ridge(x, np.array([p.accuracy for p in points]))
+    latency = fit_ridge(x, np.log([max(p.latency, 1e-12) for p in points])) if predicted_latency else None
+    low, high = min(p.accuracy for p in points), max(p.accuracy for p in points)
+    span = 1.1 * ((high - low) or 1.0)
+
+    def objectives(metrics: dict[str, float]) -> list[float]:  # minimised; the reference point is all ones
+        return [(high - metrics["accuracy"]) / span if o == "accuracy" else metrics[o] / (1.1 * run.reference[o])
+                for o in run.objectives]
+
+    evaluated = np.array([objectives({"accuracy": p.accuracy, **{m: getattr(p, m) for m in COSTS}}) for p in points])
+    best = NonDominatedSorting().do(evaluated, only_non_dominated_front=True)
+    front, parents = evaluated[best], [points[i].arch for i in best]
+    pool: dict[str, tuple[Arch, list[float]]] = {}
+    for child in breed(space, rng, parents, [p.arch for p in points]):
+        arch = canonical(space, child)
+        key = arch.key()
+        rep = run.reps.get(key)
+        if key in pool or key in tried or key in run.points or (rep is not None and rep.key() in run.points):
+            continue
+        metrics: dict[str, float] = dict(run.costs(arch))
+        row = np.array([features(space, arch, metrics, run.reference)])
+        metrics["accuracy"] = float(accuracy(row)[0])
+        if latency is not None:
+            metrics["latency"] = math.exp(float(latency(row)[0]))
+        if any(v > 0 for v in run._violations(metrics).values()):
+            continue
+        pool[key] = (arch, objectives(metrics))
+    if not pool:
+        return []
+    archs = [a for a, _ in pool.values()]
+    return [archs[i] for i in pick(front, np.array([f for _, f in pool.values()]), k, rng)]
 
 
 def _nsga2(run: _Run, budget: int, seed: int, population: int) -> str:
