@@ -1,6 +1,7 @@
 """Search stage: exact cost model, latency, NSGA-II / random search under constraints, the Pareto front."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -318,6 +319,35 @@ def test_surrogate_search_beats_random_search_where_its_regression_fits(digits_s
                                 calib_loader=digits_setup[1], calib_batches=1, progress=False)
                   for a in ("surrogate", "random")}
         assert volume(fronts["surrogate"]) > volume(fronts["random"]), seed
+
+
+def test_calibration_batches_do_not_depend_on_the_loaders_own_generator(digits_setup, monkeypatch):
+    """A DataLoader with its own generator shuffles with it, not with torch's global state: every subnet
+    must still be recalibrated on the same batches, whatever the generator's state before the search (a
+    resumed search skips the cached evaluations, and with them the draws they made), and the user's
+    generator is left as it was."""
+    supernet, _, data = digits_setup
+    x, y = data
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(7))
+    seen = []
+    recalibrate = supernet.recalibrate
+
+    def spy(arch, loader, batches=50, batch_fn=None):
+        taken = list(itertools.islice(loader, batches))
+        seen.append(tuple(float(b[0].sum()) for b in taken))
+        return recalibrate(arch, taken, batches, batch_fn)
+
+    monkeypatch.setattr(supernet, "recalibrate", spy)
+    fronts = []
+    for skip in (0, 3):  # the generator advanced by a few passes before the second search
+        for _ in range(skip):
+            list(loader)
+        state = loader.generator.get_state()
+        fronts.append(osf.search(supernet, Counter(supernet, data), budget=6, algorithm="random", seed=2,
+                                 calib_loader=loader, calib_batches=2, progress=False))
+        assert torch.equal(loader.generator.get_state(), state)
+    assert len(seen) == 12 and len(set(seen)) == 1
+    assert [p.to_json() for p in fronts[0].points] == [p.to_json() for p in fronts[1].points]
 
 
 def test_same_seed_same_front(digits_setup):

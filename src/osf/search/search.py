@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..space.arch import Arch
-from ..supernet.batches import BatchFn
+from ..supernet.batches import BatchFn, seeded
 from ..supernet.supernet import Supernet
 from .archs import canonical, representative, summary
 from .costs import CostModel
@@ -215,17 +215,17 @@ class _Run:
         return [violations.get(k, 0.0) for k in self.limits]
 
     def _evaluate(self, arch: Arch) -> float:
-        """``evaluate`` on ``arch`` in eval mode, after BatchNorm recalibration; torch's random state is
-        forked and seeded with the search seed, so a shuffled calibration loader yields the same batches for
-        every arch and in every run (and the caller's random state is left alone)."""
+        """``evaluate`` on ``arch`` in eval mode, after BatchNorm recalibration; torch's random state and the
+        calibration loader's own generator are seeded with the search seed (``seeded``), so a shuffled
+        calibration loader yields the same batches for every arch, in every run and after a resume from the
+        cache (and the caller's random state and loader are left as they were)."""
         supernet = self.supernet
         was_training = supernet.training
         device = supernet.device()
         devices = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.seed)
+            with seeded(self.calib_loader, self.seed, devices):
                 value = self._run_evaluate(arch)
         finally:
             supernet.train(was_training)

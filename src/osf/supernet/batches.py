@@ -1,7 +1,8 @@
 """Turning a data loader's batch into model inputs and a target, and moving it to a device."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable
 
 import torch
@@ -39,3 +40,21 @@ def batch_size(args: tuple, kwargs: dict) -> int:
         if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
             return int(leaf.shape[0])
     return 1
+
+
+@contextlib.contextmanager
+def seeded(loader: Iterable | None, seed: int, devices: list[int] | tuple = ()) -> Iterator[None]:
+    """Inside the block, torch's random state and the loader's own generator (``loader.generator``, which a
+    ``DataLoader`` shuffles with instead of the global state) are seeded with ``seed``, so each pass over
+    ``loader`` started there yields the same batches; both are restored afterwards."""
+    generator = getattr(loader, "generator", None)
+    saved = generator.get_state() if isinstance(generator, torch.Generator) else None
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if saved is not None:
+            generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            if saved is not None:
+                generator.set_state(saved)
