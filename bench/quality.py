@@ -138,6 +138,12 @@ def hypervolume(points: list[tuple[float, float]]) -> float:
     return hv
 
 
+def rewind(loader, seed: int) -> None:
+    """Reseed the training loader's own generator: each method's shuffles and BatchNorm recalibration
+    batches then do not depend on what ran before it in this process."""
+    loader.generator.manual_seed(seed)
+
+
 def timed(fn, *args, **kwargs):
     t = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -317,12 +323,14 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     for tag, algorithm in (("osf", "surrogate"), ("osf-random", "random"), ("osf-nsga2", "nsga2")):
         front, secs = osf_search(supernet, val, train, search_budget, algorithm, seed)
         fronts[tag] = front
+        rewind(train, seed)
         done(tag, osf_rows(tag, supernet, front, train, test, x1, max_flops, train_s + secs))
         res["fronts"][tag] = {"hypervolume_val": round(hypervolume(front_points(front, ref)), 4),
                                         "evaluated": front.info["evaluated"], "search_s": round(secs, 1),
                                         "train_s": round(train_s, 1)}
     # osf's front on the test split (for the plot)
     res["front_test"] = []
+    rewind(train, seed)
     for p in fronts["osf"].pareto:
         acc = osf.evaluate(supernet, p.arch, test, calib_loader=train, calib_batches=CALIB)
         res["front_test"].append([round(p.flops / ref, 4), round(acc, 4)])
@@ -332,6 +340,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     for b in BUDGETS:
         arch = fronts["osf"].best(flops=f"{round(100 * b)}%").arch
         torch.manual_seed(seed + 1)
+        rewind(train, seed)
         fresh = osf.Supernet(model_for(kind, dataset).train(), (x2,), multiple_of=4, sort=False).extract(arch)
         _, secs = timed(standalone, fresh, train, test, epochs)
         recalibrate(fresh, train)
@@ -342,6 +351,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
 
     # reference: the max model trained alone for the same epochs
     torch.manual_seed(seed + 1)
+    rewind(train, seed)
     full = model_for(kind, dataset).train()
     standalone(full, train, test, epochs)
     recalibrate(full, train)
@@ -352,6 +362,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     try:
         pre_epochs = epochs // 2
         torch.manual_seed(seed + 2)
+        rewind(train, seed)
         base = model_for(kind, dataset).train()
         floor, shrunk = tp_floor(base, x1)  # structural: the same before and after training
         res["tp_floor"] = {"ops_frac": round(floor, 4), "shrunk": shrunk}
@@ -382,6 +393,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     try:
         import modelopt.torch.nas as mtn
         torch.manual_seed(seed + 3)
+        rewind(train, seed)
         model = model_for(kind, dataset).train()
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -412,6 +424,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     # motif ablation: the same training with the motif sampler, the same search
     motif_net, motif_s = train_supernet(kind, dataset, x2, train, epochs, seed, motif=True)
     front, secs = osf_search(motif_net, val, train, search_budget, "surrogate", seed)
+    rewind(train, seed)
     done("osf-motif", osf_rows("osf-motif", motif_net, front, train, test, x1, max_flops, motif_s + secs))
     res["fronts"]["osf-motif"] = {"hypervolume_val": round(hypervolume(front_points(front, ref)), 4),
                                             "evaluated": front.info["evaluated"], "search_s": round(secs, 1),
@@ -422,6 +435,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     # (e) osf at equal total training: the supernet gets the epochs (a) spends on all budgets together
     total_net, total_s = train_supernet(kind, dataset, x2, train, epochs * len(BUDGETS), seed, motif=False)
     front, secs = osf_search(total_net, val, train, search_budget, "surrogate", seed)
+    rewind(train, seed)
     done("osf-total", osf_rows("osf-total", total_net, front, train, test, x1, max_flops, total_s + secs))
     return res
 
@@ -727,8 +741,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("PYTHONPATH"):
         env["command"] = f"PYTHONPATH={os.environ['PYTHONPATH']} {env['command']}"
     env["osf_source"] = str(Path(osf.__file__).resolve().parent)
-    env["git_head"] = subprocess.run(["git", "-C", str(common.ROOT), "rev-parse", "--short", "HEAD"],
-                                     capture_output=True, text=True).stdout.strip()
+    git = ["git", "-C", str(common.ROOT)]
+    env["git_head"] = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if subprocess.run(git + ["status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout.strip():
+        env["git_head"] += " with uncommitted changes in src/"
     common.write_atomic(out, json.dumps({"complete": True, "environment": env, "summary": rows,
                                          "runs": [jsonable(r) for r in runs]}, indent=1, default=str))
     picture = None
