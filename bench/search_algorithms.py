@@ -49,8 +49,8 @@ def measure(dataset: str, kind: str, epochs: int, runs: list[tuple[int, int]], l
                                    budget=budget, algorithm=algorithm, seed=seed, calib_loader=train,
                                    calib_batches=quality.CALIB, progress=False)
                 volumes.append(quality.hypervolume(quality.front_points(front, full)))
-                at50.append(max((p.accuracy for p in front.points if p.flops <= 0.5 * full), default=0.0))
-                at35.append(max((p.accuracy for p in front.points if p.flops <= 0.35 * full), default=0.0))
+                at50.append(front.best(flops="50%").accuracy)
+                at35.append(front.best(flops="35%").accuracy)
             rows.append({"dataset": dataset, "model": kind, "epochs": epochs, "budget": budget, "seeds": seeds,
                          "algorithm": algorithm, "hypervolume": volumes, "best_50": at50, "best_35": at35,
                          "search_s": round((time.perf_counter() - started) / seeds, 2), "train_s": round(train_s, 1)})

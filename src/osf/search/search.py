@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..space.arch import Arch
+from ..space.space import SearchSpace
 from ..supernet.batches import BatchFn, seeded
 from ..supernet.supernet import Supernet
 from .archs import canonical, representative, summary
@@ -285,19 +286,25 @@ def _random_search(run: _Run, budget: int, seed: int) -> str:
     return "budget reached"
 
 
+def _first_generation(space: SearchSpace, population: int, rng: random.Random) -> list[Arch]:
+    """The first ``population`` subnets of NSGA-II and the surrogate search, canonical: the full and the
+    smallest subnet, then uniform samples of the space (a coin per variable would drop the unit holding all
+    blocks half of the time)."""
+    return [canonical(space, a) for a in [space.max(), space.min()]
+            + [space.sample(rng) for _ in range(max(0, population - 2))]]
+
+
 def _surrogate_search(run: _Run, budget: int, seed: int, population: int) -> str:
     """A first generation like NSGA-II's (the full and the smallest subnet, then uniform samples), then
     rounds of ``population`` subnets bred from the front and picked by the hypervolume their predicted
     metrics add (``surrogate.py``)."""
     if importlib.util.find_spec("pymoo") is None:  # its hypervolume and non-dominated sorting
         raise ImportError("algorithm='surrogate' needs pymoo: pip install pymoo (or use algorithm='random')")
-    space = run.space
     rng = random.Random(seed)
-    first = [space.max(), space.min()] + [space.sample(rng) for _ in range(max(0, population - 2))]
-    for arch in first:
+    for arch in _first_generation(run.space, population, rng):
         if len(run.points) >= budget:
             return "budget reached"
-        run.visit(canonical(space, arch))
+        run.visit(arch)
     tried: set[str] = set()  # canonical keys visited by the rounds (seen, rejected or evaluated)
     stale, patience = 0, 20
     while len(run.points) < budget:
@@ -314,8 +321,9 @@ def _surrogate_search(run: _Run, budget: int, seed: int, population: int) -> str
 
 
 def _surrogate_round(run: _Run, rng: random.Random, k: int, tried: set[str]) -> list[Arch]:
-    """The next ``k`` subnets to evaluate, none of them ``tried`` before: accuracy (and latency, where it is used but only measured) is
-    predicted by ridge regressions fitted on the evaluated subnets; params and FLOPs are exact."""
+    """The next ``k`` subnets to evaluate, none of them ``tried`` before: accuracy (and latency, where it is
+    used, being measured only) is predicted by ridge regressions fitted on the evaluated subnets; params and
+    FLOPs are exact."""
     import numpy as np
     from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
@@ -385,12 +393,8 @@ def _nsga2(run: _Run, budget: int, seed: int, population: int) -> str:
     def encode(arch: Arch) -> list[int]:
         return ([g.choices.index(arch.width[g.key]) for g in groups] + [int(arch.depth[u.key]) for u in units])
 
-    # first generation: the full and the smallest subnet, then uniform samples of the space (a coin per
-    # variable would drop the unit holding all blocks half of the time)
     rng = np.random.default_rng(seed)
-    sampler = random.Random(seed)
-    first = [upper, encode(canonical(space, space.min()))] + [encode(canonical(space, space.sample(sampler)))
-                                             for _ in range(max(0, population - 2))]
+    first = [encode(arch) for arch in _first_generation(space, population, random.Random(seed))]
     problem = Problem(n_var=len(upper), n_obj=len(run.objectives), n_ieq_constr=len(run.limits), xl=0, xu=upper,
                       vtype=int)
     algorithm = NSGA2(pop_size=population, sampling=np.array(first[:population], dtype=float),
