@@ -330,9 +330,9 @@ def test_export_from_run_dir_loads_with_plain_torch(trained_run, tmp_path, capsy
     card = json.loads((out / "card.json").read_text())
     assert card["model"]["source"].startswith("builtin:resnet, trained 4 steps on digits")
     assert 0 <= card["metrics"]["accuracy"] <= 1 and not (out / "model.onnx").exists()
-    # export re-estimated the BatchNorm statistics for this subnet on the training split; so do we
+    # export re-estimated the BatchNorm statistics for this subnet on the training split (seed 0); so do we
     train_loader, _ = loaders(load_data("digits"), 64)
-    trained.supernet.recalibrate(arch, train_loader, 20)
+    trained.supernet.recalibrate(arch, train_loader, 20, seed=0)
     x = load_data("digits")[2][:7]
     with torch.no_grad(), trained.supernet.set_arch(arch):
         expected = trained.supernet.eval()(x)
@@ -353,6 +353,11 @@ def test_search_then_export_the_pick_and_run_a_config(trained_run, tmp_path, cap
                  "--quiet"]) == 0
     small = json.loads((tmp_path / "small" / "card.json").read_text())
     assert small["flops"] <= 0.6 * small["full_model"]["flops"]
+    # its BatchNorm statistics are those the search measured: it scores the front's accuracy
+    _, _, x_val, y_val = load_data("digits")
+    with torch.no_grad():
+        predicted = torch.export.load(str(tmp_path / "small" / "model.pt2")).module()(x_val).argmax(-1)
+    assert round(float((predicted == y_val).float().mean()), 4) == small["metrics"]["accuracy"]
     config = tmp_path / "osf.toml"
     config.write_text(f"""
 model = "builtin:resnet"

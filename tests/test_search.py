@@ -350,6 +350,38 @@ def test_calibration_batches_do_not_depend_on_the_loaders_own_generator(digits_s
     assert [p.to_json() for p in fronts[0].points] == [p.to_json() for p in fronts[1].points]
 
 
+def test_recalibrating_with_the_search_seed_reproduces_the_fronts_accuracy(digits_setup):
+    """An exported BatchNorm subnet must score what the front says: recalibrated with the search's seed and
+    calibration batches (``front.info``), the extracted subnet's accuracy equals the point's, whatever the
+    loader's generator did in between; the same call always gives the same statistics."""
+    supernet, _, data = digits_setup
+    x, y = data
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(7))
+    saved = {k: v.detach().clone() for k, v in supernet.tensors().items()}
+    try:
+        front = osf.search(supernet, Counter(supernet, data), budget=6, algorithm="random", seed=4,
+                           calib_loader=loader, calib_batches=2, progress=False)
+        assert (front.info["seed"], front.info["calib_batches"]) == (4, 2)
+        mean_name = supernet.batch_norms()[0][0]
+        for point in front.pareto:
+            list(loader)  # the generator moves on, as a user's training would move it
+            state = loader.generator.get_state()
+            supernet.recalibrate(point.arch, loader, front.info["calib_batches"], seed=front.info["seed"])
+            assert torch.equal(loader.generator.get_state(), state)
+            model = supernet.extract(point.arch).eval()
+            with torch.no_grad():
+                assert float((model(x).argmax(-1) == y).float().mean()) == pytest.approx(point.accuracy, abs=1e-9)
+        statistics = supernet.tensors()[mean_name].clone()
+        supernet.recalibrate(point.arch, loader, 2, seed=5)  # other batches: other statistics
+        assert not torch.equal(supernet.tensors()[mean_name], statistics)
+        supernet.recalibrate(point.arch, loader, 2, seed=4)
+        assert torch.equal(supernet.tensors()[mean_name], statistics)
+    finally:
+        with torch.no_grad():
+            for k, v in supernet.tensors().items():
+                v.copy_(saved[k])
+
+
 def test_same_seed_same_front(digits_setup):
     for algorithm in ("surrogate", "nsga2", "random"):
         a, _ = _search(digits_setup, algorithm=algorithm, seed=5)

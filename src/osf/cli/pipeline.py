@@ -259,13 +259,15 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
                source: str | None = None, progress: bool = True) -> Path:
     """Export one subnet of the trained supernet in ``run_dir`` to ``settings.out``: ``settings.arch``, or
     the front's (``front``, else ``RUN_DIR/search/front.json``) best point within ``settings.pick``.
-    BatchNorm statistics are first re-estimated for that subnet on the training split; with
+    BatchNorm statistics are first re-estimated for that subnet on the training split, for a front's point
+    with the search's seed and calibration batches (so the exported model scores the front's accuracy); with
     ``settings.evaluate``, an arch not taken from a front is scored on the validation split. ``source``: where the model card says the run lives (default: ``run_dir``)."""
     out = Path(settings.out)
     if out.exists() and not settings.force:  # before any work; osf.export checks again
         raise FileExistsError(f"'{out}' already exists; pass --force (export.force: true) to replace it")
     trained = load_trained(run_dir)
     metrics: dict[str, Any] = {}
+    calib_batches, seed = CALIB_BATCHES, 0
     if settings.arch is not None:
         arch = parse_arch(settings.arch, trained.supernet.space)
     else:
@@ -275,12 +277,14 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
         metrics["accuracy"] = round(point.accuracy, 4)
         if point.latency is not None:
             metrics["latency_ms"] = round(point.latency * 1e3, 4)
+        # the statistics the search measured this accuracy with (fronts saved before osf recorded them: default)
+        calib_batches, seed = front.info.get("calib_batches") or CALIB_BATCHES, front.info.get("seed", seed)
     train_loader, val_loader = loaders(load_data(trained.run.data), trained.run.train["batch_size"])
     if settings.evaluate and "accuracy" not in metrics:  # recalibrates BatchNorm statistics for arch first
         metrics["accuracy"] = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
-                                             calib_batches=CALIB_BATCHES), 4)
+                                             calib_batches=calib_batches, seed=seed), 4)
     elif trained.supernet.batch_norms(arch):  # the exported subnet keeps statistics that fit it
-        trained.supernet.recalibrate(arch, train_loader, CALIB_BATCHES)
+        trained.supernet.recalibrate(arch, train_loader, calib_batches, seed=seed)
     source = f"{trained.run.model}, trained {trained.step} steps on {trained.run.data} " + (
         source or f"(osf run directory {run_dir})")
     return export(trained.supernet, arch, out, formats=tuple(settings.formats), metrics=metrics,

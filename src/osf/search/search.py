@@ -95,7 +95,8 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
             stopped = _nsga2(run, budget, seed, population)
         else:
             stopped = _surrogate_search(run, budget, seed, population)
-    info = {"algorithm": algorithm, "seed": seed, "budget": budget, "evaluated": len(run.points),
+    info = {"algorithm": algorithm, "seed": seed, "budget": budget,
+            "calib_batches": calib_batches if calib_loader is not None else None, "evaluated": len(run.points),
             "new_evaluations": run.new_evaluations, "cache_hits": run.cache_hits, "rejected": run.rejected,
             "ignores_inputs": run.ignores_inputs, "stopped": stopped,
             "seconds": round(time.perf_counter() - started, 3), "model": supernet.ir.modules[""].class_path}
@@ -222,11 +223,8 @@ class _Run:
         cache (and the caller's random state and loader are left as they were)."""
         supernet = self.supernet
         was_training = supernet.training
-        device = supernet.device()
-        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else []
         try:
-            with seeded(self.calib_loader, self.seed, devices):
+            with seeded(self.calib_loader, self.seed, supernet.device()):
                 value = self._run_evaluate(arch)
         finally:
             supernet.train(was_training)

@@ -43,12 +43,16 @@ def batch_size(args: tuple, kwargs: dict) -> int:
 
 
 @contextlib.contextmanager
-def seeded(loader: Iterable | None, seed: int, devices: list[int] | tuple = ()) -> Iterator[None]:
-    """Inside the block, torch's random state and the loader's own generator (``loader.generator``, which a
-    ``DataLoader`` shuffles with instead of the global state) are seeded with ``seed``, so each pass over
-    ``loader`` started there yields the same batches; both are restored afterwards."""
+def seeded(loader: Iterable | None, seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Inside the block, torch's random state (CPU, and ``device``'s when it is a GPU) and the loader's own
+    generator (``loader.generator``, which a ``DataLoader`` shuffles with instead of the global state) are
+    seeded with ``seed``, so each pass over ``loader`` started there yields the same batches; both are
+    restored afterwards."""
     generator = getattr(loader, "generator", None)
     saved = generator.get_state() if isinstance(generator, torch.Generator) else None
+    devices = []
+    if device is not None and device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         if saved is not None:

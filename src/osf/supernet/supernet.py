@@ -22,7 +22,7 @@ from ..space.arch import Arch
 from ..space.groups import ranking
 from ..space.space import SearchSpace
 from ..space.subnet import Cuts, cut, cut_plan, cut_tensors, subnet_ir, subnet_structure
-from .batches import BatchFn, split_batch, to_device
+from .batches import BatchFn, seeded, split_batch, to_device
 from .program import SharedGrads, SubnetProgram, compile_program
 from .template import ProgramTemplate, TemplateUnsupported
 
@@ -222,10 +222,13 @@ class Supernet(nn.Module):
         return out
 
     def recalibrate(self, arch: Arch, loader: Iterable, batches: int = 50,
-                    batch_fn: BatchFn | None = None) -> int:
+                    batch_fn: BatchFn | None = None, *, seed: int | None = None) -> int:
         """Re-estimate the BatchNorm running statistics of ``arch`` as the plain average over ``batches``
         batches of ``loader`` (train-mode forwards without gradients). Statistics are shared: every subnet
-        needs its own recalibration before it is evaluated. Returns the number of batches used."""
+        needs its own recalibration before it is evaluated. ``seed``: draw the batches under torch's random
+        state and the loader's own generator seeded with it (``batches.seeded``; yours are restored after),
+        so a shuffled loader gives the same statistics on every call, as ``osf.search`` does with its seed.
+        Returns the number of batches used."""
         norms = self.batch_norms(arch)
         if not norms:
             return 0
@@ -234,7 +237,8 @@ class Supernet(nn.Module):
         device = self.device()
         was_training = self.training
         used = 0
-        with torch.no_grad(), self.set_arch(arch):
+        draws = seeded(loader, seed, device) if seed is not None else contextlib.nullcontext()
+        with draws, torch.no_grad(), self.set_arch(arch):
             for mean, var, _ in norms:
                 tensors[mean].zero_()
                 tensors[var].fill_(1.0)

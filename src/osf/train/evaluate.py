@@ -18,15 +18,17 @@ def accuracy(output: Any, target: torch.Tensor) -> float:
 
 def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callable[[Any, Any], float] = accuracy,
              calib_loader: Iterable | None = None, calib_batches: int = 20,
-             batch_fn: BatchFn | None = None) -> float:
+             batch_fn: BatchFn | None = None, seed: int | None = 0) -> float:
     """Mean of ``metric(output, target)`` over ``loader`` (weighted by batch size) for ``arch`` on the
     shared weights, in eval mode. A subnet with BatchNorm is first recalibrated on ``calib_batches`` batches
-    of ``calib_loader`` (training data): shared running statistics fit no single subnet."""
+    of ``calib_loader`` (training data): shared running statistics fit no single subnet. Those batches are
+    drawn with ``seed`` (``Supernet.recalibrate``), so the same call gives the same number every time; None
+    draws them from the loader's current state."""
     if supernet.batch_norms(arch):
         if calib_loader is None:
             raise ValueError("this supernet has BatchNorm layers whose statistics must be re-estimated per subnet: "
                              "pass calib_loader= (a loader of training data)")
-        supernet.recalibrate(arch, calib_loader, calib_batches, batch_fn)
+        supernet.recalibrate(arch, calib_loader, calib_batches, batch_fn, seed=seed)
     was_training = supernet.training
     supernet.eval()
     total, count = 0.0, 0
