@@ -206,6 +206,17 @@ def test_cache_of_other_weights_is_refused(digits_setup, tmp_path):
                    progress=False)
 
 
+def test_cache_of_another_calibration_seed_is_refused(digits_setup, tmp_path):
+    """The seed picks the calibration batches of a BatchNorm model: accuracies cached with another seed
+    would not be what this search measures (nor what an export recalibrated with its seed scores)."""
+    cache = tmp_path / "evals.jsonl"
+    _search(digits_setup, budget=3, cache=cache, seed=0)
+    with pytest.raises(ValueError, match=r"differs in: calib_seed"):
+        _search(digits_setup, budget=3, cache=cache, seed=1)
+    header = json.loads(cache.read_text().splitlines()[0])
+    assert header["calib_seed"] == 0 and header["calib_batches"] == 2
+
+
 def test_a_file_that_is_not_a_cache_is_refused_untouched(digits_setup, tmp_path):
     """Passing some other file as ``cache=`` must not truncate it (the partial-line repair is for caches)."""
     for name, data in (("notes.json", b'{"mine": 1}'), ("photo.png", b"\x89PNG\r\n\x1a\n\xff\xfe"),

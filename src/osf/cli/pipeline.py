@@ -209,7 +209,7 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     front = search(trained.supernet, _accuracy_on(val_loader), objectives=objectives, constraints=constraints,
                    budget=settings.budget, algorithm=settings.algorithm, seed=settings.seed, latency=latency,
                    calib_loader=train_loader, calib_batches=settings.calib_batches, progress=progress,
-                   cache=out / f"evaluations-step{trained.step}-calib{settings.calib_batches}.jsonl")
+                   cache=out / f"evaluations-step{trained.step}-calib{settings.calib_batches}-seed{settings.seed}.jsonl")
     front.info["step"] = trained.step  # the checkpoint searched: export refuses a front of older weights
     front.save(out / "front.json", overwrite=True)
     costs = [o for o in front.objectives if o != "accuracy"]

@@ -60,7 +60,8 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
       reproducible.
     - ``cache``: a JSON-lines file; every evaluation is appended as it finishes, and a rerun (after a crash,
       or with a larger budget) reuses them instead of calling ``evaluate`` again. The file is tied to the
-      supernet's weights and ``calib_batches``; use a new path when you change ``evaluate`` or its data.
+      supernet's weights, ``calib_batches`` and (with ``calib_loader``) ``seed``, which picks the
+      calibration batches; use a new path when you change ``evaluate`` or its data.
     - ``latency``: a ``LatencyModel`` or ``LatencyTable`` (any ``arch -> seconds``); needed for a latency
       objective or constraint, and recorded for every point when given.
     """
@@ -158,8 +159,9 @@ class _Run:
 
     def open_cache(self, path: str | os.PathLike) -> None:
         """Read (or start) the evaluation log at ``path``; its evaluations are not repeated."""
-        calib = self.calib_batches if self.calib_loader is not None else None
-        self.log = EvaluationLog(path, _cache_header(self.supernet, calib))
+        calibrated = self.calib_loader is not None  # the seed picks the calibration batches
+        self.log = EvaluationLog(path, _cache_header(self.supernet, self.calib_batches if calibrated else None,
+                                                     self.seed if calibrated else None))
         self.known = {r["key"]: float(r["accuracy"]) for r in self.log.records}
 
     # ----- one candidate -----
@@ -256,7 +258,7 @@ def _exact(metric: str, value: float) -> str:
     return f"{value:,.0f}" + (f" ({short})" if short != f"{value:.3g}" else "")
 
 
-def _cache_header(supernet: Supernet, calib_batches: int | None) -> dict:
+def _cache_header(supernet: Supernet, calib_batches: int | None, calib_seed: int | None) -> dict:
     space = supernet.space
     layout = {"groups": [(g.key, g.choices) for g in space.groups], "units": [u.key for u in space.units]}
     weights = hashlib.blake2b(digest_size=16)
@@ -266,7 +268,7 @@ def _cache_header(supernet: Supernet, calib_batches: int | None) -> dict:
             weights.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"format": "osf-search-cache", "version": 1, "graph": graph_fingerprint(supernet.ir),
             "space": hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16], "weights": weights.hexdigest(),
-            "calib_batches": calib_batches}
+            "calib_batches": calib_batches, **({"calib_seed": calib_seed} if calib_seed is not None else {})}
 
 
 # ----- algorithms -----
