@@ -194,20 +194,30 @@ def time_forward(model: torch.nn.Module, args: tuple, kwargs: dict, *, warmup: i
                  device: torch.device = torch.device("cpu")) -> float:
     """Median seconds of ``runs`` forwards of ``model`` without gradients, after ``warmup`` untimed ones
     (CUDA is synchronised around each run)."""
+    return time_forwards([model], args, kwargs, warmup=warmup, runs=runs, device=device)[0]
+
+
+def time_forwards(models: list[torch.nn.Module], args: tuple, kwargs: dict, *, warmup: int = 3, runs: int = 10,
+                  device: torch.device = torch.device("cpu")) -> list[float]:
+    """``time_forward`` of several models on the same inputs, their runs interleaved (one forward of each
+    per round): a slower or faster spell of the machine then touches every model alike, so their ratios
+    (speed-ups) hold even when the absolute times drift."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+    times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for _ in range(warmup):
-            model(*args, **kwargs)
-        times = []
+            for model in models:
+                model(*args, **kwargs)
         for _ in range(runs):
-            sync()
-            start = time.perf_counter()
-            model(*args, **kwargs)
-            sync()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for model, seconds in zip(models, times):
+                sync()
+                start = time.perf_counter()
+                model(*args, **kwargs)
+                sync()
+                seconds.append(time.perf_counter() - start)
+    return [statistics.median(seconds) for seconds in times]
 
 
 def _bind_inputs(sub: IR, graph: Graph, args: tuple, kwargs: dict, device: torch.device) -> dict[str, Any]:
