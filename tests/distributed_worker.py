@@ -71,6 +71,32 @@ def run(case: str, *, parallel, steps: int = STEPS, run_dir=None, checkpoint_eve
     return supernet, result
 
 
+class Enclosing(nn.Module):
+    """A model running the supernet inside it (``osf.train(model=...)``): its own head and BatchNorm, and a
+    forward that takes the target and returns the loss."""
+
+    def __init__(self, supernet: nn.Module):
+        super().__init__()
+        self.backbone, self.norm, self.head = supernet, nn.BatchNorm1d(10), nn.Linear(10, 10)
+
+    def forward(self, x, target):
+        return F.cross_entropy(self.head(self.norm(self.backbone(x))), target)
+
+
+def run_enclosing(*, parallel, k: int = 4, steps: int = STEPS) -> nn.Module:
+    """The CNN supernet trained as the backbone of ``Enclosing`` (``model=``), in float64 (its BatchNorm
+    after the backbone turns float32 summation order into 1e-5 differences); returns the model."""
+    torch.manual_seed(0)
+    x, y, _, _ = digits()
+    supernet = osf.Supernet(ResidualCNN(width=16, blocks=2).double(), (x[:2].double(),))
+    loader = DataLoader(TensorDataset(x[:512].double(), y[:512]), batch_size=32, shuffle=True)
+    model = Enclosing(supernet).double()
+    osf.train(supernet, loader, optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+              loss_fn=lambda loss, _: loss, steps=steps, sampler=osf.SandwichSampler(supernet.space, k, seed=1),
+              seed=3, progress=False, parallel=parallel, model=model, batch_fn=lambda b: ((b[0], b[1]), {}, None))
+    return model
+
+
 def naive(case: str, how: str, steps: int = STEPS) -> dict[str, torch.Tensor]:
     """The hazard: each rank steps its own copy with the gradients of its own subnets (same batches, same
     subnets as ``run``: the loader does not shuffle), then the copies are reconciled by the last writer
@@ -125,6 +151,15 @@ def main(scenario: str, out: Path) -> None:
                           loss_fn=dying_loss)
         if rank == 0:
             save_file(weights(supernet), str(out / f"final-attempt{attempt}.safetensors"))
+    elif scenario == "enclosing":
+        model = run_enclosing(parallel=None)
+        if rank == 0:
+            save_file(weights(model), str(out / "enclosing.safetensors"))
+        try:  # 3 subnets cannot be dealt out over 2 ranks as whole batches
+            run_enclosing(parallel=None, k=3)
+        except ValueError as e:
+            if rank == 0:
+                (out / "enclosing-k3.txt").write_text(str(e))
     elif scenario == "mismatch":
         run("cnn-sandwich-k4", parallel=None, lr=0.05 if rank == 0 else 0.1)
     else:

@@ -102,6 +102,19 @@ def test_two_nodes_through_rendezvous_equal_sequential(tmp_path):
 
 
 @pytest.mark.slow
+def test_fork_join_trains_a_model_around_the_supernet_as_one_process_does(tmp_path):
+    """``model=``: the enclosing model's own weights are broadcast, their gradients summed and their
+    counters joined like the supernet's, so two ranks end where one process does."""
+    done = torchrun("enclosing", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    parallel = load_file(str(tmp_path / "enclosing.safetensors"))
+    reference = worker.weights(worker.run_enclosing(parallel=False))
+    assert {k for k in reference if k.startswith("head.")} == {"head.weight", "head.bias"}
+    assert relative_difference(parallel, reference) <= 1e-10  # float64: only the summation order differs
+    assert "3 subnets per step cannot be dealt out over 2 ranks" in (tmp_path / "enclosing-k3.txt").read_text()
+
+
+@pytest.mark.slow
 def test_elastic_restart_after_a_killed_rank_loses_and_repeats_no_step(tmp_path):
     done = torchrun("elastic", tmp_path, "--max-restarts", "1")
     assert done.returncode == 0, done.stderr[-3000:]

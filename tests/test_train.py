@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +95,75 @@ def test_resume_after_a_crash_gives_bit_identical_weights(tmp_path):
     assert [json.loads(line)["step"] for line in log] == list(range(1, 14))
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert ckpts == ["step-000000008.safetensors", "step-000000012.safetensors", "step-000000013.safetensors"]
+
+
+class Detector(nn.Module):
+    """A model that runs the supernet inside it, with parts osf does not trace: a head with its own
+    BatchNorm, and a forward that takes the targets and returns its losses (as torchvision detectors do)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone, self.norm, self.head = backbone, nn.BatchNorm1d(5), nn.Linear(5, 5)
+
+    def forward(self, x, target):
+        logits = self.head(self.norm(self.backbone(x)))
+        return {"loss_classifier": F.cross_entropy(logits, target), "loss_scale": logits.pow(2).mean() * 1e-3}
+
+
+def _train_inside(sn, run_dir, loss_fn=None, **kw):
+    detector = Detector(sn)
+    opt = torch.optim.SGD(detector.parameters(), lr=0.05, momentum=0.9)
+    result = osf.train(sn, data(), optimizer=opt, model=detector, steps=9, run_dir=run_dir, checkpoint_every=3,
+                       batch_fn=lambda b: ((b[0], b[1]), {}, None), progress=False,
+                       loss_fn=loss_fn or (lambda losses, _: sum(losses.values())), **kw)
+    return detector, result
+
+
+def test_a_supernet_inside_a_larger_model_trains_with_its_losses_and_resumes(tmp_path):
+    """model=: each subnet's loss comes from the enclosing model's forward; the model's own weights train
+    along, and a checkpoint holds them, so a resumed run ends bit-identical to an uninterrupted one."""
+    torch.manual_seed(3)
+    head_before = Detector(make()).head.weight.detach().clone()
+    torch.manual_seed(3)
+    whole, result = _train_inside(make(), tmp_path / "a")
+    assert not torch.equal(whole.head.weight, head_before) and whole.norm.num_batches_tracked > 0
+    assert set(result.history[0]) >= {"loss/max", "loss/min", "loss/random"}
+    calls = {"n": 0}
+
+    def crashing(losses, _):
+        calls["n"] += 1
+        if calls["n"] > 4 * 5:  # dies during step 6, after the checkpoint of step 3
+            raise KeyboardInterrupt
+        return sum(losses.values())
+
+    torch.manual_seed(3)
+    with pytest.raises(KeyboardInterrupt):
+        _train_inside(make(), tmp_path / "b", loss_fn=crashing)
+    torch.manual_seed(4)  # another process: other initial weights, head included; the checkpoint replaces them
+    resumed, result = _train_inside(make(seed=5), tmp_path / "b")
+    assert result.resumed_from == 3
+    want, got = whole.state_dict(), resumed.state_dict()
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    with pytest.raises(CheckpointError, match=r"holds the weights of an enclosing Detector model.*no model="):
+        osf.train(make(), data(), optimizer=torch.optim.SGD(make().parameters(), lr=0.1), loss_fn=F.cross_entropy,
+                  steps=9, run_dir=tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="must hold the supernet as a submodule"):
+        osf.train(make(), data(), optimizer=torch.optim.SGD(make().parameters(), lr=0.1), loss_fn=F.cross_entropy,
+                  steps=1, model=Detector(make()), progress=False)
+
+
+@pytest.mark.slow
+def test_detection_docs_example_runs():
+    """docs/detection_example.py: a torchvision detector's backbone trained as a supernet with ``model=``."""
+    example = Path(__file__).parents[1] / "docs" / "detection_example.py"
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=True).stdout
+    losses = json.loads(out.split("losses of the last step: ")[1].splitlines()[0].replace("'", '"'))
+    assert set(losses) == {"loss/max", "loss/min", "loss/random"} and all(math.isfinite(v) for v in losses.values())
+    assert "same detections as on the shared weights: True" in out
+    kept, total = (int(n.replace(",", "")) for n in re.findall(r"([\d,]+) of ([\d,]+) parameters", out)[0])
+    assert kept < total
 
 
 def test_checkpoint_errors(tmp_path):

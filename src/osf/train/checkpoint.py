@@ -93,16 +93,29 @@ def set_rng_state(state: dict) -> None:
 
 # ----- files -----
 
-def save(path: Path, supernet, state: dict[str, Any]) -> Path:
-    """Write ``supernet``'s weights and ``state`` (optimizer/scheduler state dicts, RNG, step, ...)
-    atomically to ``path``. An existing file is never replaced."""
+def outer_tensors(model: torch.nn.Module | None, supernet) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of ``model`` (a module that runs ``supernet`` inside it, e.g. a detector
+    whose backbone it is) that are not the supernet's, by their ``state_dict`` names; empty without one."""
+    if model is None:
+        return {}
+    own = {id(t) for t in supernet.state_dict(keep_vars=True).values()}
+    return {k: t for k, t in model.state_dict(keep_vars=True).items() if id(t) not in own}
+
+
+def save(path: Path, supernet, state: dict[str, Any], model: torch.nn.Module | None = None) -> Path:
+    """Write ``supernet``'s weights, those of the enclosing ``model`` outside it (``outer_tensors``) and
+    ``state`` (optimizer/scheduler state dicts, RNG, step, ...) atomically to ``path``. An existing file
+    is never replaced."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"checkpoint {path} already exists; osf never overwrites a checkpoint")
     tensors: dict[str, torch.Tensor] = {}
     for name, t in supernet.tensors().items():
         tensors[f"weights/{name}"] = t.detach().cpu().contiguous().clone()
+    for name, t in outer_tensors(model, supernet).items():
+        tensors[f"outer/{name}"] = t.detach().cpu().contiguous().clone()
     meta = {"format": FORMAT, "fingerprint": fingerprint(supernet), "model": supernet.ir.modules[""].class_path,
+            "outer": type(model).__qualname__ if model is not None else None,
             "state": _encode(state, tensors, "state")}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -118,8 +131,9 @@ def save(path: Path, supernet, state: dict[str, Any]) -> Path:
     return path
 
 
-def load(path: Path, supernet) -> dict[str, Any]:
-    """Load the weights of checkpoint ``path`` into ``supernet`` and return its saved state."""
+def load(path: Path, supernet, model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Load the weights of checkpoint ``path`` into ``supernet`` (and into the enclosing ``model``'s own
+    tensors, which the checkpoint must hold exactly) and return its saved state."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -135,9 +149,21 @@ def load(path: Path, supernet) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} was written for another supernet ({meta['model']}, fingerprint "
                               f"{meta['fingerprint']}); this one is {supernet.ir.modules[''].class_path} with "
                               f"fingerprint {fingerprint(supernet)} (same model and space options needed)")
+    outer = outer_tensors(model, supernet)
+    saved = {k[len("outer/"):]: t for k, t in tensors.items() if k.startswith("outer/")}
+    shapes = ({k: tuple(t.shape) for k, t in outer.items()}, {k: tuple(t.shape) for k, t in saved.items()})
+    if shapes[0] != shapes[1]:
+        what = (f"the weights of an enclosing {meta.get('outer')} model" if saved else "no enclosing model's weights")
+        here = f"this run's model= ({type(model).__qualname__})" if model is not None else "this run (no model=)"
+        differ = sorted(set(shapes[0].items()) ^ set(shapes[1].items()))[:3]
+        raise CheckpointError(f"checkpoint {path} holds {what}, which do not match {here}"
+                              + (f" (first differences: {differ})" if saved and outer else "")
+                              + "; resume with the same model=, or use another run_dir")
     with torch.no_grad():
         for name, t in supernet.tensors().items():
             t.copy_(tensors[f"weights/{name}"])
+        for name, t in outer.items():
+            t.copy_(saved[name])
     return _decode(meta["state"], tensors)
 
 

@@ -44,7 +44,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
           scheduler: Any = None, clip_grad_norm: float | None = None, amp: bool | torch.dtype = False,
           seed: int = 0, batch_fn: BatchFn | None = None, run_dir: str | Path | None = None,
           checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume: bool = True,
-          progress: bool = True, parallel: ForkJoin | bool | None = None) -> TrainResult:
+          progress: bool = True, parallel: ForkJoin | bool | None = None,
+          model: torch.nn.Module | None = None) -> TrainResult:
     """Train ``supernet`` on ``loader``.
 
     Each step takes one batch, runs every subnet of ``sampler.sample(step)`` (default: the sandwich rule
@@ -64,8 +65,18 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     off, or pass a ``ForkJoin``) the step is forked: each rank runs its share of the sampled subnets on
     the same batch (every rank must load the same data) and the gradients are summed over ranks before
     the one optimizer step every rank takes (see ``osf.train.forkjoin``). Rank 0 writes the run
-    directory, which must be on a filesystem every rank reads."""
+    directory, which must be on a filesystem every rank reads.
+
+    ``model``: a larger module that runs ``supernet`` inside it (a detector whose backbone it is, with
+    post-processing osf cannot trace). Each subnet's loss is then ``loss_fn(model(*args, **kwargs),
+    target)``, the supernet set to that subnet; ``model``'s other parameters train along (give the
+    optimizer ``model.parameters()``), and checkpoints, resume and fork-join cover them too. Under several
+    ranks each rank then runs whole batches: the subnets per step must be a multiple of the ranks."""
     sampler = sampler if sampler is not None else SandwichSampler(supernet.space, 4, seed)
+    if model is not None and not any(m is supernet for m in model.modules()):
+        raise ValueError(f"model= must hold the supernet as a submodule (e.g. detector.backbone = supernet); this "
+                         f"{type(model).__name__} does not")
+    net = model if model is not None else supernet  # what each subnet's forward calls
     if sampler.space is not supernet.space:
         raise ValueError("the sampler was built for another search space; build it from supernet.space")
     if loss_fn is None and not (distill is not None and distill.mode == "teacher" and distill.weight == 1.0):
@@ -82,9 +93,9 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     fork = _fork_join(parallel)
     rank, world = (fork.rank, fork.world) if fork is not None else (0, 1)
     device = supernet.device()
-    params = [p for p in supernet.parameters() if p.requires_grad]
+    params = [p for p in net.parameters() if p.requires_grad]
     if fork is not None:
-        fork.broadcast_state(supernet)
+        fork.broadcast_state(net)
     run = _Run(Path(run_dir) if run_dir is not None else None, keep_checkpoints, write=rank == 0)
     start, position = 0, (0, 0)
     if run.dir is not None:
@@ -93,7 +104,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             raise FileExistsError(f"{run.ckpt_dir} already holds checkpoints; pass resume=True to continue that "
                                   "run, or choose another run_dir")
         if existing:
-            state = ckpt.load(existing[-1], supernet)
+            state = ckpt.load(existing[-1], supernet, model)
             _check_same_run(state, sampler, seed, existing[-1])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler") is not None:
@@ -112,7 +123,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         torch.manual_seed(seed)
     step = start
     last_ckpt = None
-    supernet.train()
+    net.train()
     try:
         while step < steps:
             t0 = time.perf_counter()
@@ -120,19 +131,22 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             args, kwargs, target = split_batch(batch, batch_fn)
             args, kwargs, target = to_device(args, device), to_device(kwargs, device), to_device(target, device)
             if fork is not None and step == start:
-                fork.agree(_settings(supernet, sampler, optimizer, scheduler, loss_fn, distill, seed, steps, start,
-                                     clip_grad_norm, amp, checkpoint_every, world, (args, kwargs, target)))
+                fork.agree(_settings(supernet, model, sampler, optimizer, scheduler, loss_fn, distill, seed, steps,
+                                     start, clip_grad_norm, amp, checkpoint_every, world, (args, kwargs, target)))
             optimizer.zero_grad(set_to_none=True)
             picks = sampler.sample(step)
             rows = batch_size(args, kwargs)
             items = plan(picks, rows, rank, world)
-            counters = fork.counters(supernet) if fork is not None else []
-            losses = _train_step(supernet, picks, items, rows, args, kwargs, target, loss_fn, distill, scaler,
+            if model is not None and any(item.weight != 1.0 for item in items):
+                raise ValueError(f"with model=, every rank runs whole batches: {len(picks)} subnets per step cannot "
+                                 f"be dealt out over {world} ranks; sample a multiple of {world} subnets per step")
+            counters = fork.counters(net) if fork is not None else []
+            losses = _train_step(supernet, net, picks, items, rows, args, kwargs, target, loss_fn, distill, scaler,
                                  autocast, seed, step)
             t_join = time.perf_counter()
             if fork is not None:
                 losses = fork.join(params, losses)
-                fork.sync_buffers(supernet, counters)
+                fork.sync_buffers(net, counters)
             join_seconds = time.perf_counter() - t_join
             _check_finite(losses, picks, step)
             lr = optimizer.param_groups[0]["lr"]  # the rate of this step (the scheduler sets the next one)
@@ -166,7 +180,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             bar.set_postfix({r: f"{v:.4f}" for r, v in role_loss.items()}
                             | {"samples/s": f"{record['samples_per_s']:.0f}"})
             if run.dir is not None and (step == steps or checkpoint_every and step % checkpoint_every == 0):
-                last_ckpt = run.save(supernet, {
+                last_ckpt = run.save(supernet, model, {
                     "step": step, "position": list(batches.position()), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed})
@@ -190,13 +204,14 @@ def _fork_join(parallel: ForkJoin | bool | None) -> ForkJoin | None:
     return ForkJoin() if several_ranks or parallel is True else None
 
 
-def _settings(supernet: Supernet, sampler: Sampler, optimizer: torch.optim.Optimizer, scheduler: Any,
+def _settings(supernet: Supernet, model: torch.nn.Module | None, sampler: Sampler, optimizer: torch.optim.Optimizer, scheduler: Any,
               loss_fn: LossFn | None, distill: Distill | None, seed: int, steps: int, start: int,
               clip_grad_norm: float | None, amp: Any, checkpoint_every: int | None, world: int,
               first_batch: Any) -> dict[str, Any]:
     """What every rank of a distributed run must agree on."""
     return {
         "osf": _version(), "torch": torch.__version__, "world_size": world, "model": ckpt.fingerprint(supernet),
+        "outer": {k: list(t.shape) for k, t in ckpt.outer_tensors(model, supernet).items()},
         "sampler": sampler.settings(), "seed": seed, "steps": steps, "resumed_from_step": start,
         "optimizer": [type(optimizer).__name__] + [{k: v for k, v in g.items() if k != "params"}
                                                    | {"n_params": len(g["params"])} for g in optimizer.param_groups],
@@ -221,11 +236,11 @@ def _item_seed(seed: int, step: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"osf-step:{seed}:{step}:{index}".encode()).digest()[:8], "little") >> 1
 
 
-def _train_step(supernet: Supernet, picks: list[tuple[str, Arch]], items: list[WorkItem], rows: int, args: tuple,
-                kwargs: dict, target: Any, loss_fn: LossFn | None, distill: Distill | None, scaler, autocast,
-                seed: int, step: int) -> torch.Tensor:
-    """Forward and backward of this rank's work items; returns each sampled subnet's loss share (float64,
-    zero for subnets other ranks run)."""
+def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str, Arch]], items: list[WorkItem],
+                rows: int, args: tuple, kwargs: dict, target: Any, loss_fn: LossFn | None, distill: Distill | None,
+                scaler, autocast, seed: int, step: int) -> torch.Tensor:
+    """Forward (of ``net``: the supernet, or the model around it) and backward of this rank's work items;
+    returns each sampled subnet's loss share (float64, zero for subnets other ranks run)."""
     device = supernet.device()
     losses = torch.zeros(len(picks), dtype=torch.float64, device=device)
     soft = None
@@ -240,11 +255,11 @@ def _train_step(supernet: Supernet, picks: list[tuple[str, Arch]], items: list[W
         if item.start == item.stop:
             continue
         if inplace and item.index > 0 and soft is None:  # the max subnet ran elsewhere: its outputs, again
-            soft = _soft_targets(supernet, picks[0][1], args, kwargs, distill, autocast, seed, step)
+            soft = _soft_targets(supernet, net, picks[0][1], args, kwargs, distill, autocast, seed, step)
         part = functools.partial(take_rows, start=item.start, stop=item.stop, rows=rows)
         torch.manual_seed(_item_seed(seed, step, item.index))
         with supernet.set_arch(item.arch), autocast():
-            out = supernet(*part(args), **part(kwargs))
+            out = net(*part(args), **part(kwargs))
             if distill is None or soft is None:
                 loss = loss_fn(out, part(target))
             elif distill.weight == 1.0 or loss_fn is None:
@@ -260,16 +275,17 @@ def _train_step(supernet: Supernet, picks: list[tuple[str, Arch]], items: list[W
     return losses
 
 
-def _soft_targets(supernet: Supernet, max_arch: Arch, args: tuple, kwargs: dict, distill: Distill, autocast,
-                  seed: int, step: int) -> Any:
-    """The max subnet's outputs on the whole batch, as its own run computes them (same dropout seed);
-    running statistics are left untouched, since that subnet's update is another rank's."""
-    buffers = [b.clone() for b in supernet.buffers()]
+def _soft_targets(supernet: Supernet, net: torch.nn.Module, max_arch: Arch, args: tuple, kwargs: dict,
+                  distill: Distill, autocast, seed: int, step: int) -> Any:
+    """The max subnet's outputs on the whole batch (``net``'s: the supernet or the model around it), as its
+    own run computes them (same dropout seed); running statistics are left untouched, since that subnet's
+    update is another rank's."""
+    buffers = [b.clone() for b in net.buffers()]
     torch.manual_seed(_item_seed(seed, step, 0))
     with torch.no_grad(), supernet.set_arch(max_arch), autocast():
-        soft = select_output(supernet(*args, **kwargs), distill.field).detach()
+        soft = select_output(net(*args, **kwargs), distill.field).detach()
     with torch.no_grad():
-        for b, saved in zip(supernet.buffers(), buffers):
+        for b, saved in zip(net.buffers(), buffers):
             b.copy_(saved)
     return soft
 
@@ -385,10 +401,10 @@ class _Run:
             lines = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= step]
             path.write_text("".join(ln + "\n" for ln in lines))
 
-    def save(self, supernet: Supernet, state: dict) -> Path:
+    def save(self, supernet: Supernet, model: torch.nn.Module | None, state: dict) -> Path:
         if not self.write:  # another rank (0) writes it
             return self.ckpt_dir / ckpt.name_for(state["step"])
-        path = ckpt.save(self.ckpt_dir / ckpt.name_for(state["step"]), supernet, state)
+        path = ckpt.save(self.ckpt_dir / ckpt.name_for(state["step"]), supernet, state, model)
         for old in ckpt.checkpoints(self.ckpt_dir)[:-self.keep]:
             old.unlink()
         return path
