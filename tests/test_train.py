@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import osf
 from osf.cli.builtin import TinyViT
 from osf.train import CheckpointError
+from osf.train.loop import _rows
 
 
 class Net(nn.Module):
@@ -149,6 +150,8 @@ def test_a_supernet_inside_a_larger_model_trains_with_its_losses_and_resumes(tmp
     with pytest.raises(CheckpointError, match=r"holds the weights of an enclosing Detector model.*no model="):
         osf.train(make(), data(), optimizer=torch.optim.SGD(make().parameters(), lr=0.1), loss_fn=F.cross_entropy,
                   steps=9, run_dir=tmp_path / "b", progress=False)
+    images = [torch.randn(3, 20, 30), torch.randn(3, 24, 16)]  # a detector's batch: a list of images
+    assert _rows((images, [{}, {}]), {}, resumed) == 2 and _rows((torch.randn(5, 3),), {}, resumed) == 5
     with pytest.raises(ValueError, match="must hold the supernet as a submodule"):
         osf.train(make(), data(), optimizer=torch.optim.SGD(make().parameters(), lr=0.1), loss_fn=F.cross_entropy,
                   steps=1, model=Detector(make()), progress=False)

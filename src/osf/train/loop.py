@@ -135,7 +135,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                                      start, clip_grad_norm, amp, checkpoint_every, world, (args, kwargs, target)))
             optimizer.zero_grad(set_to_none=True)
             picks = sampler.sample(step)
-            rows = batch_size(args, kwargs)
+            rows = _rows(args, kwargs, model)
             items = plan(picks, rows, rank, world)
             if model is not None and any(item.weight != 1.0 for item in items):
                 raise ValueError(f"with model=, every rank runs whole batches: {len(picks)} subnets per step cannot "
@@ -288,6 +288,15 @@ def _soft_targets(supernet: Supernet, net: torch.nn.Module, max_arch: Arch, args
         for b, saved in zip(net.buffers(), buffers):
             b.copy_(saved)
     return soft
+
+
+def _rows(args: tuple, kwargs: dict, model: torch.nn.Module | None) -> int:
+    """The batch size: the first input tensor's first dim; for a ``model=`` called with a list first (a
+    detector's list of images), that list's length. With ``model=`` it only counts samples per second:
+    each rank runs whole batches."""
+    if model is not None and args and isinstance(args[0], (list, tuple)):
+        return len(args[0])
+    return batch_size(args, kwargs)
 
 
 def _check_finite(losses: torch.Tensor, picks: list[tuple[str, Arch]], step: int) -> None:
