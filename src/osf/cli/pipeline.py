@@ -209,7 +209,8 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     front = search(trained.supernet, _accuracy_on(val_loader), objectives=objectives, constraints=constraints,
                    budget=settings.budget, algorithm=settings.algorithm, seed=settings.seed, latency=latency,
                    calib_loader=train_loader, calib_batches=settings.calib_batches, progress=progress,
-                   cache=out / f"evaluations-step{trained.step}-calib{settings.calib_batches}-seed{settings.seed}.jsonl")
+                   cache=out / (f"evaluations-step{trained.step}-calib{settings.calib_batches}"
+                                f"-seed{settings.seed}.jsonl"))
     front.info["step"] = trained.step  # the checkpoint searched: export refuses a front of older weights
     front.save(out / "front.json", overwrite=True)
     costs = [o for o in front.objectives if o != "accuracy"]
@@ -261,7 +262,8 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
     the front's (``front``, else ``RUN_DIR/search/front.json``) best point within ``settings.pick``.
     BatchNorm statistics are first re-estimated for that subnet on the training split, for a front's point
     with the search's seed and calibration batches (so the exported model scores the front's accuracy); with
-    ``settings.evaluate``, an arch not taken from a front is scored on the validation split. ``source``: where the model card says the run lives (default: ``run_dir``)."""
+    ``settings.evaluate``, an arch not taken from a front is scored on the validation split. ``source``:
+    where the model card says the run lives (default: ``run_dir``)."""
     out = Path(settings.out)
     if out.exists() and not settings.force:  # before any work; osf.export checks again
         raise FileExistsError(f"'{out}' already exists; pass --force (export.force: true) to replace it")

@@ -204,10 +204,10 @@ def _fork_join(parallel: ForkJoin | bool | None) -> ForkJoin | None:
     return ForkJoin() if several_ranks or parallel is True else None
 
 
-def _settings(supernet: Supernet, model: torch.nn.Module | None, sampler: Sampler, optimizer: torch.optim.Optimizer, scheduler: Any,
-              loss_fn: LossFn | None, distill: Distill | None, seed: int, steps: int, start: int,
-              clip_grad_norm: float | None, amp: Any, checkpoint_every: int | None, world: int,
-              first_batch: Any) -> dict[str, Any]:
+def _settings(supernet: Supernet, model: torch.nn.Module | None, sampler: Sampler,
+              optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: LossFn | None, distill: Distill | None,
+              seed: int, steps: int, start: int, clip_grad_norm: float | None, amp: Any,
+              checkpoint_every: int | None, world: int, first_batch: Any) -> dict[str, Any]:
     """What every rank of a distributed run must agree on."""
     return {
         "osf": _version(), "torch": torch.__version__, "world_size": world, "model": ckpt.fingerprint(supernet),
