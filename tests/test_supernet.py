@@ -282,6 +282,25 @@ def test_a_deep_copy_runs_on_its_own_weights():
         torch.testing.assert_close(twin(*args), twin.extract(arch).eval()(*args), rtol=1e-4, atol=1e-5)
 
 
+def test_torch_compile_of_a_supernet_follows_every_arch_and_extracted_subnets_compile():
+    """``torch.compile(supernet)`` runs the supernet eagerly (each arch would be a graph of its own): the
+    second arch used to fail inside Dynamo (``NameError: __resume_at_...``), as every arch's program shares
+    one code object. An extracted subnet is plain code that Dynamo traces whole."""
+    from osf.cli.builtin import TinyViT
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 8, 8)
+    sn = osf.Supernet(TinyViT(dim=32, depth=2, mlp=64), (x,))
+    compiled = torch.compile(sn, backend="eager")
+    for seed in (1, 2, 3):
+        arch = sn.space.sample(seed)
+        sn.set_arch(arch)
+        sub = sn.extract(arch)
+        out = compiled(x)
+        out.square().mean().backward()
+        torch.testing.assert_close(out, sub(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.compile(sub, backend="eager", fullgraph=True)(x), sub(x))
+
+
 def test_a_contracted_unit_whose_output_nobody_reads_leaves_no_assignment():
     """HRNet's multi-resolution fuse: with the fuse residuals dropped, a contracted branch's output is dead
     and so is the value that was its input; the template must not assign from it (the rewrite removes

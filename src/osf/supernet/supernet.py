@@ -184,6 +184,7 @@ class Supernet(nn.Module):
         inference or export); training allocates them again when needed."""
         self._grads.release()
 
+    @torch.compiler.disable  # one graph per arch would recompile at every new arch; see docs/train.md
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         prog = self._active
         if prog is None:  # the maximal subnet; kept here so the cache can never evict it mid-run
