@@ -97,6 +97,25 @@ def run_enclosing(*, parallel, k: int = 4, steps: int = STEPS) -> nn.Module:
     return model
 
 
+def run_ddp(*, parallel: bool, world: int = 2) -> dict[str, torch.Tensor]:
+    """The supernet under plain ``DistributedDataParallel`` (``find_unused_parameters=True``), each rank
+    training another subnet on its half of the batch; with ``parallel=False`` the same update in one
+    process (each rank's subnet on its rows, the losses averaged as DDP averages gradients)."""
+    supernet, loader, _, _, _ = setup("cnn-sandwich-k2")
+    optimizer = torch.optim.SGD(supernet.parameters(), lr=0.05, momentum=0.9)
+    ddp = (torch.nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True,
+                                                     broadcast_buffers=False) if parallel else None)
+    ranks = [dist.get_rank()] if parallel else list(range(world))
+    for step, (xb, yb) in zip(range(STEPS), loader):
+        optimizer.zero_grad()
+        for rank in ranks:
+            supernet.set_arch(supernet.space.sample(step * world + rank))
+            loss = F.cross_entropy((ddp or supernet)(xb[rank::world]), yb[rank::world])
+            (loss if parallel else loss / world).backward()
+        optimizer.step()
+    return {n: p.detach().clone() for n, p in supernet.named_parameters()}
+
+
 def naive(case: str, how: str, steps: int = STEPS) -> dict[str, torch.Tensor]:
     """The hazard: each rank steps its own copy with the gradients of its own subnets (same batches, same
     subnets as ``run``: the loader does not shuffle), then the copies are reconciled by the last writer
@@ -160,6 +179,10 @@ def main(scenario: str, out: Path) -> None:
         except ValueError as e:
             if rank == 0:
                 (out / "enclosing-k3.txt").write_text(str(e))
+    elif scenario == "ddp":
+        w = run_ddp(parallel=True)
+        if rank == 0:
+            save_file(w, str(out / "ddp.safetensors"))
     elif scenario == "mismatch":
         run("cnn-sandwich-k4", parallel=None, lr=0.05 if rank == 0 else 0.1)
     else:

@@ -115,6 +115,16 @@ def test_fork_join_trains_a_model_around_the_supernet_as_one_process_does(tmp_pa
 
 
 @pytest.mark.slow
+def test_plain_ddp_with_unused_parameter_detection_trains_different_subnets_per_rank(tmp_path):
+    """Users who wrap the supernet in DistributedDataParallel themselves: gradients of cut weights are
+    written into ``.grad`` outside autograd's accumulation, and DDP (``find_unused_parameters=True``)
+    still averages them, so each rank may train its own subnet and the ranks stay one model."""
+    done = torchrun("ddp", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert relative_difference(load_file(str(tmp_path / "ddp.safetensors")), worker.run_ddp(parallel=False)) <= 1e-6
+
+
+@pytest.mark.slow
 def test_elastic_restart_after_a_killed_rank_loses_and_repeats_no_step(tmp_path):
     done = torchrun("elastic", tmp_path, "--max-restarts", "1")
     assert done.returncode == 0, done.stderr[-3000:]
