@@ -152,6 +152,11 @@ def test_a_supernet_inside_a_larger_model_trains_with_its_losses_and_resumes(tmp
                   steps=9, run_dir=tmp_path / "b", progress=False)
     images = [torch.randn(3, 20, 30), torch.randn(3, 24, 16)]  # a detector's batch: a list of images
     assert _rows((images, [{}, {}]), {}, resumed) == 2 and _rows((torch.randn(5, 3),), {}, resumed) == 5
+    lonely = make()
+    with pytest.warns(UserWarning, match=r"parameters of the model around the supernet are not in the optimizer"):
+        osf.train(lonely, data(), optimizer=torch.optim.SGD(lonely.parameters(), lr=0.1), model=Detector(lonely),
+                  batch_fn=lambda b: ((b[0], b[1]), {}, None), loss_fn=lambda losses, _: sum(losses.values()),
+                  steps=1, progress=False)
     with pytest.raises(ValueError, match="must hold the supernet as a submodule"):
         osf.train(make(), data(), optimizer=torch.optim.SGD(make().parameters(), lr=0.1), loss_fn=F.cross_entropy,
                   steps=1, model=Detector(make()), progress=False)

@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -77,6 +78,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         raise ValueError(f"model= must hold the supernet as a submodule (e.g. detector.backbone = supernet); this "
                          f"{type(model).__name__} does not")
     net = model if model is not None else supernet  # what each subnet's forward calls
+    if model is not None:
+        _warn_unoptimized(model, supernet, optimizer)
     if sampler.space is not supernet.space:
         raise ValueError("the sampler was built for another search space; build it from supernet.space")
     if loss_fn is None and not (distill is not None and distill.mode == "teacher" and distill.weight == 1.0):
@@ -288,6 +291,19 @@ def _soft_targets(supernet: Supernet, net: torch.nn.Module, max_arch: Arch, args
         for b, saved in zip(net.buffers(), buffers):
             b.copy_(saved)
     return soft
+
+
+def _warn_unoptimized(model: torch.nn.Module, supernet: Supernet, optimizer: torch.optim.Optimizer) -> None:
+    """Warn when trainable parameters of ``model`` outside the supernet are not in ``optimizer``: they get
+    gradients every step but never change (``torch.optim.SGD(supernet.parameters())`` instead of the
+    model's)."""
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    shared = {id(p) for p in supernet.parameters()}
+    missed = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in shared | optimized]
+    if missed:
+        warnings.warn(f"{len(missed)} trainable parameters of the model around the supernet are not in the optimizer "
+                      f"(e.g. {missed[0]!r}), so they will not train; build it from model.parameters(), or set "
+                      "requires_grad=False on those you mean to freeze", stacklevel=3)
 
 
 def _rows(args: tuple, kwargs: dict, model: torch.nn.Module | None) -> int:
