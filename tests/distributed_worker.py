@@ -40,13 +40,15 @@ class DropoutMLP(nn.Module):
         return self.head(self.body(x))
 
 
-def setup(case: str, lr: float = 0.05):
-    """A fresh supernet (same weights in every process), its loader, sampler, distillation, optimizer."""
+def setup(case: str, lr: float = 0.05, dtype: torch.dtype = torch.float32):
+    """A fresh supernet (same weights in every process, in ``dtype``), its loader, sampler, distillation,
+    optimizer."""
     kind, sampler_name, k, distill, shuffle = CASES[case]
     torch.manual_seed(0)
     model = {"cnn": lambda: ResidualCNN(width=16, blocks=2), "vit": lambda: TinyViT(dim=32, depth=2, mlp=64),
-             "mlp": DropoutMLP}[kind]()
+             "mlp": DropoutMLP}[kind]().to(dtype)
     x, y, _, _ = digits()
+    x = x.to(dtype)
     supernet = osf.Supernet(model, (x[:2],))
     loader = DataLoader(TensorDataset(x[:512], y[:512]), batch_size=32, shuffle=shuffle)
     sampler_cls = osf.SandwichSampler if sampler_name == "sandwich" else osf.UniformSampler
@@ -84,12 +86,9 @@ class Enclosing(nn.Module):
 
 
 def run_enclosing(*, parallel, k: int = 4, steps: int = STEPS) -> nn.Module:
-    """The CNN supernet trained as the backbone of ``Enclosing`` (``model=``), in float64 (its BatchNorm
+    """``cnn-sandwich-k4``'s supernet trained as the backbone of ``Enclosing`` (``model=``), in float64 (its BatchNorm
     after the backbone turns float32 summation order into 1e-5 differences); returns the model."""
-    torch.manual_seed(0)
-    x, y, _, _ = digits()
-    supernet = osf.Supernet(ResidualCNN(width=16, blocks=2).double(), (x[:2].double(),))
-    loader = DataLoader(TensorDataset(x[:512].double(), y[:512]), batch_size=32, shuffle=True)
+    supernet, loader, _, _, _ = setup("cnn-sandwich-k4", dtype=torch.float64)
     model = Enclosing(supernet).double()
     osf.train(supernet, loader, optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
               loss_fn=lambda loss, _: loss, steps=steps, sampler=osf.SandwichSampler(supernet.space, k, seed=1),

@@ -160,9 +160,9 @@ def markdown(summary: dict[str, Any]) -> str:
              "recalibrated); *test acc*: the exported `model.pt2`, loaded with plain `torch.export.load`, on "
              f"held-out digits ({summary['data']}).",
              f"- *1 image* / *{BATCH} images*: CPU latency of the exported program, median of "
-             f"{summary['settings']['latency_runs']} forwards ({summary['machine']}), the three models in interleaved "
-             "rounds; *speed-up*: "
-             f"batch-{BATCH} latency against the largest export's. At batch 1 these tiny models are dominated by fixed per-op overhead.",
+             f"{summary['settings']['latency_runs']} forwards ({summary['machine']}), the three models in "
+             f"interleaved rounds; *speed-up*: batch-{BATCH} latency against the largest export's. At batch 1 "
+             "these tiny models are dominated by fixed per-op overhead.",
              "", "![accuracy against FLOPs](front.png)", "",
              f"Model cards: {', '.join(links)}. Total time {summary['seconds']} s.", ""]
     return "\n".join(lines)

@@ -297,9 +297,9 @@ def _warn_unoptimized(model: torch.nn.Module, supernet: Supernet, optimizer: tor
     """Warn when trainable parameters of ``model`` outside the supernet are not in ``optimizer``: they get
     gradients every step but never change (``torch.optim.SGD(supernet.parameters())`` instead of the
     model's)."""
-    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    shared = {id(p) for p in supernet.parameters()}
-    missed = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in shared | optimized]
+    covered = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    covered |= {id(p) for p in supernet.parameters()}
+    missed = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
     if missed:
         warnings.warn(f"{len(missed)} trainable parameters of the model around the supernet are not in the optimizer "
                       f"(e.g. {missed[0]!r}), so they will not train; build it from model.parameters(), or set "
