@@ -4,7 +4,7 @@ torchvision's detectors cannot be traced whole (their box post-processing branch
 the supernet is made of the backbone + FPN, put back into the detector, and trained with ``model=``: each
 sampled subnet's loss is the detector's own loss sum, and the heads train along. A chosen subnet is then
 extracted and put into a copy of the detector, which gives the same detections. Synthetic data (coloured
-boxes on noise), random weights, CPU, about 30 s:
+boxes on noise), random weights, CPU, about 20 s:
 
     python docs/detection_example.py
 """
