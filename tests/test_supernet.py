@@ -1,6 +1,9 @@
 """Running subnets on the shared weights: outputs and gradients equal the extracted standalone subnet."""
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import pytest
 import torch
 
@@ -263,9 +266,71 @@ def test_a_model_the_template_cannot_express_compiles_each_arch(monkeypatch):
         torch.testing.assert_close(sn(*args), sn.extract(arch).eval()(*args), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "googlenet", "densenet121", "vit_b_16", "bert",
+                                  "sam"])
+def test_extraction_through_the_template_builds_what_the_archs_rewritten_ir_builds(name):
+    """``extract`` binds one generated template per supernet (no code per arch): the model it gives must be
+    the one built from the arch's own rewritten IR — the same modules, ``state_dict`` (names, shapes,
+    values), outputs in training and eval mode, and IR structure (what pickling writes); extracting
+    further archs compiles nothing, and the model holds no reference to the supernet's weights."""
+    import gc
+    import weakref
+    from osf.ir.codegen import Blueprint
+    from osf.space.subnet import subnet_ir
+    sn, _, args, kwargs = supernet(name)
+    sn = copy.deepcopy(sn)  # its own generated code: the cached supernet may have extracted before
+    sn.extract(sn.space.max())
+    assert sn._get_extraction_template() is not None
+    for arch in [sn.space.min(), *(sn.space.sample(80 + i) for i in range(3))]:
+        with _no_compile():
+            got = sn.extract(arch)
+        assert sn._compiled[sn._key(arch)].blueprint.parts is not None  # bound from the template
+        ir = subnet_ir(sn.space, arch, tensors=sn.tensors())
+        want = Blueprint(ir).instantiate(ir.tensors)
+        assert [n for n, _ in got.named_modules()] == [n for n, _ in want.named_modules()]
+        state, expected = got.state_dict(), want.state_dict()
+        assert list(state) == list(expected)
+        for k, t in expected.items():
+            assert torch.equal(state[k], t), k
+        for mode in ("train", "eval"):
+            outs = []
+            for model in (got, want):
+                getattr(model, mode)()
+                torch.manual_seed(0)  # the same dropout masks
+                with torch.no_grad():
+                    outs.append(model(*args, **kwargs))
+            torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+        assert got._osf_blueprint.structure_json() == ir.to_json()
+    gc.disable()
+    try:
+        probe = weakref.ref(sn.extract(arch))
+        assert probe() is None  # freed at once, holding no reference cycle (its weights with it)
+    finally:
+        gc.enable()
+    weights = [weakref.ref(t) for t in sn.tensors().values()]
+    del sn
+    gc.collect()
+    assert all(w() is None for w in weights)  # the extracted models did not keep them alive
+    got.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(got)(*args, **kwargs), got(*args, **kwargs), rtol=0, atol=0)
+
+
+@contextlib.contextmanager
+def _no_compile():
+    import osf.ir.codegen as codegen
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("code was compiled for an extraction")
+    codegen.compile = refuse
+    try:
+        yield
+    finally:
+        del codegen.compile
+
+
 def test_a_deep_copy_runs_on_its_own_weights():
     """Bound programs read the modules of their supernet: a copy (e.g. an EMA model) must bind its own."""
-    import copy
     shared, _, args, _ = supernet("resnet18")
     sn = osf.Supernet(None, ir=shared.ir, sort=False).eval()
     sn.load_state_dict(shared.state_dict())

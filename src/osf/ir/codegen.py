@@ -14,6 +14,7 @@ import itertools
 import keyword
 import math
 import pickle
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -386,31 +387,59 @@ def _container_maker(cls: type) -> Callable[[], nn.Module]:
     return namespace["make"]
 
 
+@dataclass
+class SubnetParts:
+    """What a subnet of a full IR keeps, for a ``Blueprint`` made without the subnet's own IR: its modules
+    (an ancestor-closed set of paths), tensor and module aliases and persistent buffers, its compiled
+    forwards (reading the model's tensors through ``reads``, canonical names, from ``root._osf_homes``, and the
+    owners of its ops, module paths, from ``root._osf_owners``) and a maker of its tensor-less IR (for
+    pickling)."""
+    modules: set[str]
+    aliases: dict[str, str]
+    module_aliases: dict[str, list]
+    persistent: list[str]
+    train_fn: Callable
+    eval_fn: Callable | None
+    reads: list[str]
+    owners: list[str]
+    structure: Callable[[], IR]
+
+
+_NO_TENSOR = (types.SimpleNamespace(none=None), "none")  # a ``root._osf_homes`` entry of a tensor it does not keep
+
+
 class Blueprint:
     """Everything of a rebuilt model that does not depend on tensor values: container classes, parsed
     input/output structures and the compiled forward functions. Compiled once per IR structure;
-    ``instantiate`` then only creates containers and attaches tensors (a subnet extracted again)."""
+    ``instantiate`` then only creates containers and attaches tensors (a subnet extracted again).
 
-    def __init__(self, ir: IR) -> None:
-        self.module_aliases = ir.info.get("module_aliases", {})
+    With ``parts``, ``ir`` is the full IR of which ``parts`` describes a subnet (its forwards already
+    compiled); ``cache`` then keeps what every subnet of ``ir`` shares (container classes, input/output
+    structures) across the blueprints of one supernet."""
+
+    def __init__(self, ir: IR, parts: SubnetParts | None = None, cache: dict | None = None) -> None:
+        self.parts = parts
+        self.module_aliases = parts.module_aliases if parts is not None else ir.info.get("module_aliases", {})
         # what pickling a model needs (``RebuiltModel.__reduce_ex__``): the IR itself when it holds no
         # tensors (a subnet's structure), else its JSON now, so that the model does not keep them alive
-        self._structure: IR | None = None if ir.tensors else ir
-        self._json: dict | None = ir.to_json() if ir.tensors else None
-        classes: dict[str, type] = {}
-        self.root_class = _container_class(ir.modules[""].meta["class"], classes, RebuiltModel)
-        signature = traced_signature(ir)
-        if signature is not None:  # a class of this blueprint's own: give its forward the traced names
-            def forward(self, *args: Any, **kwargs: Any) -> Any:
-                return self.run_generated(self._osf_train_fn, self._osf_eval_fn, args, kwargs)
-            forward.__signature__ = signature
-            self.root_class.forward = forward
+        self._structure: IR | None = None if ir.tensors or parts is not None else ir
+        self._json: dict | None = ir.to_json() if ir.tensors and parts is None else None
+        cache = {} if cache is None else cache
+        classes: dict[str, type] = cache.setdefault("classes", {})
+        makers: dict[type, Callable[[], nn.Module]] = cache.setdefault("makers", {})
+        if "root" not in cache:
+            cache["root"] = self._root_parts(ir, classes)
+        self.root_class, self._make_root, shared_attributes = cache["root"]
+        alive = parts.modules if parts is not None else None
         # containers in creation order as (parent position, local name, maker); position 0 is the root
-        makers: dict[type, Callable[[], nn.Module]] = {}
         position = {"": 0}
         self.containers: list[tuple[int, str, Callable[[], nn.Module]]] = []
         for _, node in ir.walk(""):
+            if alive is not None and node.name not in alive:
+                continue
             for child in node.children:
+                if alive is not None and child not in alive:
+                    continue
                 cls = _container_class(ir.modules[child].meta["class"], classes)
                 if cls not in makers:
                     makers[cls] = _container_maker(cls)
@@ -420,25 +449,49 @@ class Blueprint:
         self.container_paths = list(position)  # by position
         # tensor slots: (container position, or None on an alias path of a shared module, module path,
         # attribute, canonical tensor, is parameter (None: ask the tensor), persistent)
-        persistent = set(ir.info.get("persistent", []))
+        aliases = parts.aliases if parts is not None else ir.aliases
+        persistent = set(parts.persistent if parts is not None else ir.info.get("persistent", []))
         self.slots = []
-        for qual, canon in ir.aliases.items():
+        for qual, canon in aliases.items():
             mod_name, _, local = qual.rpartition(".")
-            node = ir.modules.get(mod_name)
+            node = ir.modules.get(mod_name) if alive is None or mod_name in alive else None
             self.slots.append((position.get(mod_name), mod_name, local, canon,
                                local in node.meta["params"] if node is not None else None, qual in persistent))
-        self._make_root = _container_maker(self.root_class)
+        if parts is not None:  # where an instance's forwards read its tensors and owner modules
+            read_index = {canon: j for j, canon in enumerate(parts.reads)}
+            first = {}
+            for at, mod_name, local, canon, _, _ in self.slots:
+                first.setdefault(canon, (read_index[canon], at, mod_name, local))
+            self._home_slots = list(first.values())
+            self._const_reads = [(read_index[c], c) for c in read_index if c.startswith("_osf_const_")]
+            self._owner_positions = [position.get(path) for path in parts.owners]
+        self._root_attributes = {
+            **shared_attributes, "_osf_blueprint": self,
+            "_osf_train_fn": compile_graph(ir, ir.graph) if parts is None else parts.train_fn,
+            "_osf_eval_fn": (parts.eval_fn if parts is not None
+                             else compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None)}
+
+    @staticmethod
+    def _root_parts(ir: IR, classes: dict[str, type]) -> tuple[type, Callable[[], nn.Module], dict]:
+        """The root's class, its maker and the root attributes that depend only on the IR's inputs and
+        outputs (equal in all its subnets)."""
+        root_class = _container_class(ir.modules[""].meta["class"], classes, RebuiltModel)
+        signature = traced_signature(ir)
+        if signature is not None:  # a class of this blueprint's own: give its forward the traced names
+            def forward(self, *args: Any, **kwargs: Any) -> Any:
+                return self.run_generated(self._osf_train_fn, self._osf_eval_fn, args, kwargs)
+            forward.__signature__ = signature
+            root_class.forward = forward
         in_spec = load_spec(ir.info["in_spec"])
-        self._root_attributes = {  # plain values: what nn.Module.__setattr__ would store
+        attributes = {  # plain values: what nn.Module.__setattr__ would store
             "_osf_in_spec": in_spec, "_osf_out_spec": load_spec(ir.info["out_spec"]),
             "_osf_positional": _positional_arity(in_spec),
             "_osf_eval_out_spec": load_spec(ir.info["eval_out_spec"]) if ir.eval_graph is not None else None,
             "_osf_user_leaves": ir.info["user_leaves"], "_osf_train_error": ir.info.get("train_error"),
             "_osf_fixed_batch": ir.info.get("fixed_batch") or {}, "_osf_fixed_sizes": _fixed_sizes(ir),
             "_osf_equal_sizes": _equal_sizes(ir), "_osf_size_conditions": conditions.of_ir(ir),
-            "_osf_signature": ir.info.get("signature"), "_osf_blueprint": self,
-            "_osf_train_fn": compile_graph(ir, ir.graph),
-            "_osf_eval_fn": compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None}
+            "_osf_signature": ir.info.get("signature")}
+        return root_class, _container_maker(root_class), attributes
 
     def instantiate(self, tensors: dict[str, torch.Tensor], *, share_weights: bool = False,
                     adopt: bool = False) -> RebuiltModel:
@@ -474,11 +527,26 @@ class Blueprint:
             if name.startswith("_osf_const_"):
                 root.register_buffer(name, t if share_weights or adopt else t.clone(), persistent=False)
         vars(root).update(self._root_attributes)
+        if self.parts is not None:
+            # (module, attribute) read at every call, as the generated code of a subnet's own IR reads
+            # them (tools such as torch.export swap a module's tensors, even its dicts, for a while); the
+            # root as None (the forward reads it as ``self``: holding itself, it would form a cycle)
+            homes = [_NO_TENSOR] * len(self.parts.reads)
+            for j, position, mod_name, local in self._home_slots:
+                owner = containers[position] if position is not None else root.get_submodule(mod_name)
+                homes[j] = (None if owner is root else owner, local)
+            for j, canon in self._const_reads:
+                if canon in root._buffers:
+                    homes[j] = (None, canon)
+            root._osf_homes = homes
+            root._osf_owners = [None if p is None else containers[p] for p in self._owner_positions]
         return root
 
     def structure_json(self) -> dict:
         """``IR.to_json()`` of the IR this blueprint was made from (no tensors)."""
         if self._json is None:
+            if self._structure is None:
+                self._structure = self.parts.structure()
             self._json = self._structure.to_json()
         return self._json
 

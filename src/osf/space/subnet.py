@@ -9,7 +9,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Container, Iterable
 
 import networkx as nx
 import torch
@@ -58,17 +58,16 @@ def subnet_structure(space: "SearchSpace", arch: "Arch") -> IR:
     used |= {ref for g in new_graphs.values() for ref in node_refs(g.outputs)}
     for g in new_graphs.values():
         g.placeholders = [p for p in g.placeholders if p.kind == INPUT or p.name in used]
-    kept_tensors = _kept_tensor_names(ir.aliases, new_graphs.values())
+    kept_tensors = kept_tensor_names(ir.aliases, new_graphs.values())
     shapes = {name: [new_size(an.dims, an.dims.resolve(e), kept)[0] for e in an.tensors[name]]
               for name in kept_tensors}
-    modules = _prune_modules(ir, new_graphs["train"], new_graphs.get("eval"), kept_tensors, shapes)
-    module_aliases = {a: v for a, v in ir.info.get("module_aliases", {}).items()
-                      if v[0] in modules and a.rpartition(".")[0] in modules}
-    aliases = {q: c for q, c in ir.aliases.items()
-               if c in kept_tensors and _module_path_kept(q.rpartition(".")[0], modules, module_aliases)}
+    alive = kept_modules(ir, (op.owner for g in new_graphs.values() for op in g.ops if not is_symint(op)), kept_tensors,
+                         ran_modules(ir))
+    modules = _pruned_module_nodes(ir, alive, kept_tensors, shapes)
+    module_aliases, aliases, persistent = kept_aliases(ir, modules, kept_tensors)
     _retarget_to_kept_paths(new_graphs.values(), ir.aliases, aliases)
     info = copy_tree(ir.info)
-    info["persistent"] = [q for q in info.get("persistent", []) if q in aliases]
+    info["persistent"] = persistent
     info["module_aliases"] = module_aliases
     info["subnet"] = arch.to_json()
     out = IR(new_graphs["train"], modules, {}, aliases, info, new_graphs.get("eval"))
@@ -80,7 +79,8 @@ def subnet_tensors(space: "SearchSpace", arch: "Arch", structure: IR,
                    tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Own copies of the tensors ``structure`` (``subnet_structure(space, arch)``) reads, cut to ``arch``
     from ``tensors`` (default: the space's IR's)."""
-    return cut_tensors(cut_plan(space, arch, structure), tensors if tensors is not None else space.ir.tensors)
+    return cut_tensors(cut_plan(space, arch, kept_tensor_names(space.ir.aliases, structure.graphs)),
+                       tensors if tensors is not None else space.ir.tensors)
 
 
 @dataclass(frozen=True)
@@ -117,25 +117,26 @@ def index_runs(index: torch.Tensor, limit: int) -> tuple[tuple[int, int], ...] |
     return tuple((a, n) for a, n in runs)
 
 
-def cut_plan(space: "SearchSpace", arch: "Arch", structure: IR) -> dict[str, TensorCut]:
-    """Canonical name -> ``TensorCut`` of every tensor that ``structure`` reads."""
+def cut_plan(space: "SearchSpace", arch: "Arch", names: Iterable[str]) -> dict[str, TensorCut]:
+    """Canonical name -> ``TensorCut`` of each tensor in ``names`` (those the subnet reads:
+    ``kept_tensor_names``)."""
     an = space.analysis
     cuts = Cuts(an.dims, space.kept_indices(arch))
-    plan = {}
-    for name in _kept_tensor_names(space.ir.aliases, structure.graphs):
-        slices = cuts.of(an.tensors[name])
-        full = space.ir.tensors[name].shape
-        sizes = list(full)
-        for d, n, index in slices:
-            if index is None:
-                sizes[d] = n
-        prefix = [d for d, n in enumerate(sizes) if n != full[d]]
-        selects = tuple((d, index, _runs(d, index)) for d, _, index in slices if index is not None)
-        if len(prefix) == 1 and not selects and math.prod(sizes) <= _NARROW_COPY_MAX:
-            plan[name] = TensorCut(None, (), (prefix[0], sizes[prefix[0]]))
-        else:
-            plan[name] = TensorCut(tuple(sizes) if prefix else None, selects)
-    return plan
+    return {name: tensor_cut(cuts, an.tensors[name], space.ir.tensors[name].shape) for name in names}
+
+
+def tensor_cut(cuts: "Cuts", exprs: list, full: torch.Size) -> TensorCut:
+    """How ``cuts`` cut a tensor with dims ``exprs`` and shape ``full``."""
+    slices = cuts.of(exprs)
+    sizes = list(full)
+    for d, n, index in slices:
+        if index is None:
+            sizes[d] = n
+    prefix = [d for d, n in enumerate(sizes) if n != full[d]]
+    selects = tuple((d, index, _runs(d, index)) for d, _, index in slices if index is not None)
+    if len(prefix) == 1 and not selects and math.prod(sizes) <= _NARROW_COPY_MAX:
+        return TensorCut(None, (), (prefix[0], sizes[prefix[0]]))
+    return TensorCut(tuple(sizes) if prefix else None, selects)
 
 
 def cut_tensors(plan: dict[str, TensorCut], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -163,7 +164,8 @@ def cut_tensors(plan: dict[str, TensorCut], tensors: dict[str, torch.Tensor]) ->
     return out
 
 
-def _kept_tensor_names(aliases: dict[str, str], graphs) -> set[str]:
+def kept_tensor_names(aliases: dict[str, str], graphs: Iterable[Graph]) -> set[str]:
+    """Canonical names of the tensors that ``graphs`` (a subnet's) read."""
     return {aliases.get(p.target, p.target) for g in graphs for p in g.placeholders
             if p.kind in (PARAM, BUFFER, CONST)}
 
@@ -608,7 +610,7 @@ _ARG_REWRITES = {
 
 # ----- modules -----
 
-def _module_path_kept(path: str, modules: dict, module_aliases: dict[str, list]) -> bool:
+def _module_path_kept(path: str, modules: Container[str], module_aliases: dict[str, list]) -> bool:
     """Whether module ``path`` exists in the subnet, directly or as (a child of) a kept module alias."""
     if path in modules:
         return True
@@ -628,22 +630,45 @@ def _retarget_to_kept_paths(graphs, all_aliases: dict[str, str], kept_aliases: d
                 p.target = next((q for q, c in kept_aliases.items() if c == canon), p.target)
 
 
-def _prune_modules(ir: IR, train: Graph, eval_graph: Graph | None, kept_tensors: set[str],
-                   shapes: dict[str, list[int]]) -> dict[str, ModuleNode]:
-    alive = {""}
-    for g in [train] + ([eval_graph] if eval_graph is not None else []):
-        for op in g.ops:
-            alive.update(module_ancestors(op.owner))
-    ran = {""}  # modules that ran ops in the original; the others only hold tensors (e.g. a tied embedding)
+def ran_modules(ir: IR) -> set[str]:
+    """Modules that run ops in ``ir`` (and their ancestors); the others only hold tensors (a tied embedding)."""
+    ran = {""}
     for g in ir.graphs:
         for op in g.ops:
             ran.update(module_ancestors(op.owner))
+    return ran
+
+
+def kept_modules(ir: IR, owners: Iterable[str], kept_tensors: set[str], ran: set[str]) -> set[str]:
+    """The modules a subnet keeps: those that run its ops (``owners``, of the ops that are no size arithmetic:
+    where a size is read differs between a subnet's own rewrite and the supernet's templates) and their
+    ancestors, and the holders of its tensors (``kept_tensors``) unless the tensor is tied to a kept module
+    that ran ops in ``ir``."""
+    alive = {""}  # closed under ancestors: a module in it has its ancestors in it
+    for owner in owners:
+        if owner not in alive:
+            alive.update(module_ancestors(owner))
     for q, c in ir.aliases.items():
         if c in kept_tensors:
             mod = q.rpartition(".")[0]
-            if mod in alive or mod not in ran or not any(
-                    ir.aliases.get(q2) == c and q2.rpartition(".")[0] in alive for q2 in ir.aliases):
+            if mod not in alive and (mod not in ran or not any(
+                    ir.aliases.get(q2) == c and q2.rpartition(".")[0] in alive for q2 in ir.aliases)):
                 alive.update(module_ancestors(mod))
+    return alive
+
+
+def kept_aliases(ir: IR, modules: Container[str], kept_tensors: set[str]) -> tuple[dict, dict, list[str]]:
+    """(module aliases, tensor aliases, persistent buffers) of ``ir`` that a subnet keeping ``modules`` and
+    ``kept_tensors`` still has."""
+    module_aliases = {a: v for a, v in ir.info.get("module_aliases", {}).items()
+                      if v[0] in modules and a.rpartition(".")[0] in modules}
+    aliases = {q: c for q, c in ir.aliases.items()
+               if c in kept_tensors and _module_path_kept(q.rpartition(".")[0], modules, module_aliases)}
+    return module_aliases, aliases, [q for q in ir.info.get("persistent", []) if q in aliases]
+
+
+def _pruned_module_nodes(ir: IR, alive: set[str], kept_tensors: set[str],
+                         shapes: dict[str, list[int]]) -> dict[str, ModuleNode]:
     modules: dict[str, ModuleNode] = {}
     for name, node in ir.modules.items():
         if name not in alive:

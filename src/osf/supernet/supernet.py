@@ -21,10 +21,10 @@ from ..ir.io import ir_from_json
 from ..space.arch import Arch
 from ..space.groups import ranking
 from ..space.space import SearchSpace
-from ..space.subnet import Cuts, cut, cut_plan, cut_tensors, subnet_ir, subnet_structure
+from ..space.subnet import Cuts, cut, cut_plan, cut_tensors, kept_tensor_names, subnet_ir, subnet_structure
 from .batches import BatchFn, seeded, split_batch, to_device
 from .program import SharedGrads, SubnetProgram, compile_program
-from .template import ProgramTemplate, TemplateUnsupported
+from .template import ExtractionTemplate, ProgramTemplate, TemplateUnsupported
 
 
 class Supernet(nn.Module):
@@ -68,6 +68,7 @@ class Supernet(nn.Module):
         self._cache_size = cache_size
         self._template: ProgramTemplate | None = None
         self._template_error: str | None = None
+        self._extraction: ExtractionTemplate | str | None = None  # made at the first extract (str: why not)
         # where each shared tensor lives: the containers never change, their tensors may (e.g. ``.to()``)
         self._homes = {canon: (self.net.get_submodule(mod), local)
                        for canon, (mod, local) in self._tensor_homes().items()}
@@ -137,6 +138,14 @@ class Supernet(nn.Module):
                 self._template_error = str(e)
         return self._template
 
+    def _get_extraction_template(self) -> ExtractionTemplate | None:
+        if self._extraction is None:
+            try:
+                self._extraction = ExtractionTemplate(self.space)
+            except TemplateUnsupported as e:
+                self._extraction = str(e)  # extract each arch from its own rewritten IR
+        return self._extraction if isinstance(self._extraction, ExtractionTemplate) else None
+
     def _entry(self, arch: Arch) -> "_Compiled":
         """The cache entry of ``arch`` (LRU of ``cache_size`` archs): its program over views and, once
         needed, its tensor-less IR and standalone blueprint."""
@@ -166,6 +175,7 @@ class Supernet(nn.Module):
             if key not in _GENERATED:
                 new.__dict__[key] = copy.deepcopy(value, memo)
         new._compiled, new._template, new._template_error, new._max_program = OrderedDict(), None, None, None
+        new._extraction = None
         new._grads = SharedGrads()
         new._active = new.program(new._arch) if new._arch is not None else None
         return new
@@ -270,9 +280,17 @@ class Supernet(nn.Module):
         The generated code is cached per arch, so extracting an arch again only copies its weights."""
         entry = self._entry(arch)
         if entry.blueprint is None:
-            structure = self._structure(entry)
-            entry.blueprint = Blueprint(structure)
-            entry.cuts = cut_plan(self.space, arch, structure)
+            template = self._get_extraction_template()
+            if template is not None:
+                try:
+                    parts, entry.cuts = template.parts(arch)
+                    entry.blueprint = Blueprint(self.ir, parts, template.blueprints)
+                except TemplateUnsupported:
+                    pass
+            if entry.blueprint is None:
+                structure = self._structure(entry)
+                entry.blueprint = Blueprint(structure)
+                entry.cuts = cut_plan(self.space, arch, kept_tensor_names(self.ir.aliases, structure.graphs))
         homes = self._homes
         tensors = cut_tensors(entry.cuts, {name: _tensor_at(*homes[name]) for name in entry.cuts})
         return entry.blueprint.instantiate(tensors, adopt=True)  # already our own copies
@@ -322,7 +340,7 @@ class Supernet(nn.Module):
         return f"Supernet({self.ir.modules[''].class_path}, {self.space!r})"
 
 
-_GENERATED = ("_compiled", "_template", "_template_error", "_max_program", "_active", "_grads")  # not copied
+_GENERATED = ("_compiled", "_template", "_template_error", "_extraction", "_max_program", "_active", "_grads")  # not copied
 
 
 def _own_copy(ir: IR) -> IR:

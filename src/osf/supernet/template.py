@@ -22,16 +22,18 @@ from typing import Any, Callable
 
 import torch
 
-from ..ir.codegen import Guards, compile_graph, safe_name
-from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, OpNode
+from ..ir.codegen import Guards, SubnetParts, compile_graph, safe_name
+from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, ModuleNode, OpNode, is_symint
 from ..ir.ops import functional_form, is_inplace
 from ..ir.serial import decode_arg, node_refs, resolve_target
 from ..space.arch import Arch
 from ..space.analysis import dim_source
+from ..space.dims import atoms_in
 from ..space.liveness import Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
-from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, resized_op,
-                            split_pieces)
+from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, kept_aliases,
+                            kept_modules, ran_modules, resized_op, split_pieces, subnet_structure, TensorCut,
+                            tensor_cut)
 from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _flagged, _Indices, _node, _row_index, _spec,
                       view_groups)
 
@@ -46,6 +48,8 @@ class ProgramTemplate:
     """Generated forwards (training and eval graph) of every arch of ``space`` over the tensors of ``net``
     (the supernet's shared weights, read at every call from their ``homes``: canonical name -> (module,
     attribute)); ``bind(arch)`` gives the arch's ``SubnetProgram`` in well under a millisecond."""
+
+    own = False  # the ops read the shared weights (cut per arch), not an extracted model's own
 
     def __init__(self, space: SearchSpace, net: torch.nn.Module, homes: dict[str, tuple[torch.nn.Module, str]],
                  grads: SharedGrads) -> None:
@@ -63,6 +67,115 @@ class ProgramTemplate:
         dropped = self.space.dropped_units(arch)
         train = self.graphs["train"].bind(widths, dropped)
         return SubnetProgram(train, self.graphs["eval"].bind(widths, dropped) if "eval" in self.graphs else None)
+
+
+class ExtractionTemplate:
+    """Generated forwards of every arch's standalone model (``Supernet.extract``): the guarded code of a
+    ``ProgramTemplate``, reading the extracted model's own (already cut) tensors and modules from
+    ``root._osf_homes`` / ``root._osf_owners``. ``parts(arch)`` fills the arch's tables and lists the
+    modules and tensors its model keeps (as ``space.subnet`` prunes them), so extracting a new arch
+    generates and compiles no code."""
+
+    own = True
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        ir = space.ir
+        self.reads: dict[str, int] = {}  # canonical tensor -> index into root._osf_homes
+        self.owners: dict[str, int] = {}  # module path -> index into root._osf_owners
+        self.graphs = {"train": _GraphTemplate(self, ir, ir.graph, "train")}
+        if ir.eval_graph is not None:
+            self.graphs["eval"] = _GraphTemplate(self, ir, ir.eval_graph, "eval")
+        self.ran = ran_modules(ir)
+        self.cuts = _CutTables(space)
+        self.blueprints: dict = {}  # what the blueprints of every arch share (``Blueprint``'s cache)
+        # the space over a tensor-less IR: what a model extracted here keeps alive to pickle its own IR
+        lean = copy.copy(space)
+        lean.ir = IR(ir.graph, {n: ModuleNode(n, m.meta, m.children) for n, m in ir.modules.items()}, {},
+                     ir.aliases, ir.info, ir.eval_graph)
+        self.lean = lean
+
+    def read_slot(self, canonical: str) -> int:
+        return self.reads.setdefault(canonical, len(self.reads))
+
+    def owner_slot(self, path: str) -> int:
+        return self.owners.setdefault(path, len(self.owners))
+
+    def parts(self, arch: Arch) -> tuple[SubnetParts, dict[str, TensorCut]]:
+        """(``arch``'s ``SubnetParts``, how to cut each tensor its model keeps: ``space.subnet.cut_plan``);
+        ``arch`` is validated by the caller. ``TemplateUnsupported`` when it needs a form of an op the
+        template lacks."""
+        ir = self.space.ir
+        widths = [arch.width.get(g.key, g.size) for g in self.space.groups]
+        dropped = self.space.dropped_units(arch)
+        fns, owners, kept_tensors = {}, set(), set()
+        for key, graph in self.graphs.items():
+            fn, live, kept = graph.bind_own(widths, dropped)
+            fns[key] = fn
+            owners.update([graph.owner_of[i] for i in kept if not graph.symint[i]])
+            kept_tensors.update(c for name, c in graph.canonical.items() if name in live)
+        modules = kept_modules(ir, owners, kept_tensors, self.ran)
+        module_aliases, aliases, persistent = kept_aliases(ir, modules, kept_tensors)
+        lean = self.lean
+        parts = SubnetParts(modules, aliases, module_aliases, persistent, fns["train"], fns.get("eval"),
+                            list(self.reads), list(self.owners), lambda: subnet_structure(lean, arch))
+        return parts, self.cuts.plan(arch, widths, kept_tensors)
+
+
+class _CutTables:
+    """``space.subnet.cut_plan`` memoised across archs: per tensor, and per dim expression, at the widths
+    of the groups in it."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        an = space.analysis
+        group_of = {g.atom: i for i, g in enumerate(space.groups)}
+        self.groups: dict[Any, tuple[int, ...]] = {}  # dim expression -> indices of the groups in it
+        for exprs in an.tensors.values():
+            for e in exprs:
+                if e not in self.groups:
+                    self.groups[e] = tuple(sorted({group_of[a] for a in atoms_in(an.dims.resolve(e))
+                                                   if a in group_of}))
+        self.tensor_groups = {name: tuple(sorted({i for e in exprs for i in self.groups[e]}))
+                              for name, exprs in an.tensors.items()}
+        self.shapes = {name: t.shape for name, t in space.ir.tensors.items()}
+        self.tensors: dict[tuple, TensorCut] = {}
+        self.dims: dict[tuple, Any] = {}
+
+    def plan(self, arch: Arch, widths: list[int], names: set[str]) -> dict[str, TensorCut]:
+        an, plan, cuts = self.space.analysis, {}, None
+        for name in names:
+            key = (name, *[widths[i] for i in self.tensor_groups[name]])
+            c = self.tensors.get(key)
+            if c is None:
+                if cuts is None:
+                    cuts = _MemoCuts(self, self.space.kept_indices(arch), widths)
+                c = self.tensors[key] = tensor_cut(cuts, an.tensors[name], self.shapes[name])
+            plan[name] = c
+        return plan
+
+
+class _MemoCuts(Cuts):
+    """The ``Cuts`` of one arch whose per-dim results are shared by every arch with the same widths in
+    that dim (``_CutTables.dims``)."""
+
+    def __init__(self, tables: _CutTables, select: dict[int, torch.Tensor], widths: list[int]) -> None:
+        super().__init__(tables.space.analysis.dims, select)
+        self.tables, self.widths = tables, widths
+
+    def of(self, exprs: list) -> list[tuple[int, int, torch.Tensor | None]]:
+        out, memo, groups, widths = [], self.tables.dims, self.tables.groups, self.widths
+        for d, e in enumerate(exprs):
+            key = (e, *[widths[i] for i in groups[e]])
+            cut_ = memo.get(key, _MISSING)
+            if cut_ is _MISSING:
+                cut_ = memo[key] = self._dim_cut(e)
+            if cut_ is not None:
+                out.append((d, *cut_))
+        return out
+
+
+_MISSING = object()
 
 
 class _GraphTemplate:
@@ -86,15 +199,27 @@ class _GraphTemplate:
         self._inplace_calls(ops, instead)
         self._dynamic_arguments(graph, ops)
         tensor_ps = [p for p in graph.placeholders if p.kind in (PARAM, BUFFER, CONST)]
-        self._linears(graph, ops, tensor_ps)
-        self._tensor_reads(ir, graph, tensor_ps)
         owners = list(dict.fromkeys(op.owner for op in ops))
-        self.extra["_M"] = [owner.net.get_submodule(m) for m in owners]
-        guards = Guards({op.name: f"_on[{i}]" for i, op in enumerate(ops)}, instead, self.hold,
-                        {m: f"_M[{k}]" for k, m in enumerate(owners)})
-        fn = compile_graph(ir, Graph(graph.placeholders, ops, graph.outputs),
-                           {p.target: f"_W[{j}]" for j, p in enumerate(tensor_ps)}, self.extra,
-                           ["_W = _read(_dev)"] if tensor_ps else [], self.calls, guards)
+        if owner.own:  # the extracted model's own tensors and modules, by the owner's numbering
+            self.canonical = {p.name: ir.aliases.get(p.target, p.target) for p in tensor_ps}
+            self.owner_of = [op.owner for op in graph.ops]
+            self.symint = [is_symint(op) for op in graph.ops]
+            reads = {p.target: f"_W[{owner.read_slot(self.canonical[p.name])}]" for p in tensor_ps}
+            # the root is ``self``: a root holding itself in ``_osf_owners`` would be freed by the cycle
+            # collector only, late (each extracted model's weights held meanwhile)
+            owner_reads = {m: "self" if m == "" else f"_M[{owner.owner_slot(m)}]" for m in owners}
+            preamble = ["_W = [getattr(self if m is None else m, k) for m, k in self._osf_homes]",
+                        "_M = self._osf_owners"]
+        else:
+            self._linears(graph, ops, tensor_ps)
+            self._tensor_reads(ir, graph, tensor_ps)
+            self.extra["_M"] = [owner.net.get_submodule(m) for m in owners]
+            reads = {p.target: f"_W[{j}]" for j, p in enumerate(tensor_ps)}
+            owner_reads = {m: f"_M[{k}]" for k, m in enumerate(owners)}
+            preamble = ["_W = _read(_dev)"] if tensor_ps else []
+        guards = Guards({op.name: f"_on[{i}]" for i, op in enumerate(ops)}, instead, self.hold, owner_reads)
+        fn = compile_graph(ir, Graph(graph.placeholders, ops, graph.outputs), reads, self.extra, preamble,
+                           self.calls, guards)
         self.code, self.globals, self.source = fn.__code__, fn.__globals__, fn.__osf_source__
 
     def _keep(self, ref: str, until: str) -> None:
@@ -228,7 +353,9 @@ class _GraphTemplate:
             self.homes.append((module._parameters if local in module._parameters else module._buffers, local))
         self.n_tensors = len(tensor_ps)
 
-    def bind(self, widths: list[int], dropped: list[str]) -> Callable:
+    def _tables(self, widths: list[int], dropped: list[str]) -> tuple[set[str], set[int], list, list, list]:
+        """(live values, surviving op indices, ``_on``, ``_x``, ``_c``) of the arch with these group
+        ``widths`` and ``dropped`` units."""
         live, kept = self.liveness.live(dropped)
         on = [False] * self.n_ops
         for i in kept:
@@ -250,6 +377,20 @@ class _GraphTemplate:
         for i, k, source in self.runtime_sizes:
             if on[i] and consts[k] is True and not on[source]:
                 raise TemplateUnsupported(f"the value a size of op {i} is read from does not run in this arch")
+        return live, kept, on, x, consts
+
+    def bind_own(self, widths: list[int], dropped: list[str]) -> tuple[Callable, set[str], set[int]]:
+        """(the forward of the arch's standalone model, the values it reads, the indices of the ops it
+        runs)."""
+        live, kept, on, x, consts = self._tables(widths, dropped)
+        fn = types.FunctionType(self.code, {**self.globals, "_on": on, "_x": x, "_c": consts}, "forward")
+        fn.__osf_source__ = self.source
+        return fn, live, kept
+
+    def bind(self, widths: list[int], dropped: list[str]) -> Callable:
+        """The forward of the arch with these group ``widths`` and ``dropped`` units, on views of the
+        shared weights."""
+        live, _, on, x, consts = self._tables(widths, dropped)
         # weight reads, as compile_program makes them
         grads, indices = self.owner.grads, self.owner.indices
         read: dict[int, tuple[str, Any, int, int | None]] = {}  # slot -> (canonical, grad cut, kept elements, rows)
