@@ -413,6 +413,34 @@ def tiny() -> osf.Supernet:
     return osf.Supernet(Tiny().eval(), (torch.randn(2, 3, 8, 8),), multiple_of=4)
 
 
+@pytest.mark.parametrize("name", ["densenet121", "shufflenet_v2_x1_0", "vit_b_16", "sam"])
+def test_prefix_cuts_as_runs_keep_the_positions_an_index_keeps(name):
+    """Extraction works out kept positions as runs from the dim expressions (concatenations, products such
+    as heads × head_dim, channel shuffles) instead of index tensors per atom: on every dim of the model's
+    tensors, for several archs, the runs must give exactly the positions, lengths and run lists of the
+    general index path."""
+    from osf.space.subnet import Cuts, _runs
+    from models import supernet
+    sn = supernet(name)[0]
+    space, an = sn.space, sn.space.analysis
+    exprs = {e for dims in an.tensors.values() for e in dims}
+    shrunk = 0
+    for arch in [space.min(), space.max(), *(space.sample(60 + i) for i in range(4))]:
+        select = space.kept_indices(arch)
+        fast, general = Cuts(an.dims, select, prefix=True), Cuts(an.dims, select)
+        for e in exprs:
+            got, want = fast._dim_cut(e), general._dim_cut(e)
+            assert (got is None) == (want is None), e
+            if got is None:
+                continue
+            shrunk += 1
+            assert got[0] == want[0] and (got[1] is None) == (want[1] is None), e
+            if got[1] is not None:
+                assert torch.equal(got[1].to("cpu"), want[1]), e
+                assert fast.runs(1, got[1]) == _runs(1, want[1]) and fast.runs(0, got[1]) is None
+    assert shrunk > 0
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**31 - 1))
 def test_property_random_archs_extract_consistently(seed):

@@ -95,6 +95,7 @@ class TensorCut:
 
 
 _MAX_RUNS = 16  # above this many ranges, one index_select is as fast as concatenating them
+_MAX_KEPT_RUNS = 256  # above this many, ``Cuts`` gathers kept positions as an index tensor at once
 # kept elements up to which one narrow_copy beats a view + clone (one call less); above, its copy is slower
 # (CPU, torch 2.14: 2^17 elements 13 vs 11 us, 768x384 of 768x768 131 vs 31 us)
 _NARROW_COPY_MAX = 1 << 15
@@ -121,7 +122,7 @@ def cut_plan(space: "SearchSpace", arch: "Arch", names: Iterable[str]) -> dict[s
     """Canonical name -> ``TensorCut`` of each tensor in ``names`` (those the subnet reads:
     ``kept_tensor_names``)."""
     an = space.analysis
-    cuts = Cuts(an.dims, space.kept_indices(arch))
+    cuts = Cuts(an.dims, space.kept_indices(arch), prefix=True)
     return {name: tensor_cut(cuts, an.tensors[name], space.ir.tensors[name].shape) for name in names}
 
 
@@ -133,7 +134,7 @@ def tensor_cut(cuts: "Cuts", exprs: list, full: torch.Size) -> TensorCut:
         if index is None:
             sizes[d] = n
     prefix = [d for d, n in enumerate(sizes) if n != full[d]]
-    selects = tuple((d, index, _runs(d, index)) for d, _, index in slices if index is not None)
+    selects = tuple((d, index, cuts.runs(d, index)) for d, _, index in slices if index is not None)
     if len(prefix) == 1 and not selects and math.prod(sizes) <= _NARROW_COPY_MAX:
         return TensorCut(None, (), (prefix[0], sizes[prefix[0]]))
     return TensorCut(tuple(sizes) if prefix else None, selects)
@@ -170,15 +171,48 @@ def kept_tensor_names(aliases: dict[str, str], graphs: Iterable[Graph]) -> set[s
             if p.kind in (PARAM, BUFFER, CONST)}
 
 
+class RunIndex:
+    """Kept positions as ``(start, length)`` runs (what ``Cuts(prefix=True)`` gives instead of an index
+    tensor, for ``tensor_cut``): the tensor is made only where a gather needs it (``to``)."""
+
+    __slots__ = ("runs", "_n", "_index")
+
+    def __init__(self, runs: tuple[tuple[int, int], ...]) -> None:
+        self.runs, self._n, self._index = runs, sum(n for _, n in runs), None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def to(self, device: torch.device) -> torch.Tensor:
+        if self._index is None:
+            starts, lengths = torch.tensor(self.runs).unbind(1)
+            shifts = starts - (torch.cumsum(lengths, 0) - lengths)  # each run's start minus its new start
+            self._index = torch.arange(self._n) + torch.repeat_interleave(shifts, lengths, output_size=self._n)
+        return self._index.to(device)
+
+
 class Cuts:
     """How tensors are cut down when each atom in ``select`` keeps the listed indices. ``of(exprs)``
     gives ``(dim, kept length, indices)`` per changed dim of a tensor with dims ``exprs``, with
     ``indices`` None when the kept positions are a prefix (a ``narrow``, so a view). Each distinct dim
-    expression is analysed once per instance (a model reuses few)."""
+    expression is analysed once per instance (a model reuses few). ``prefix=True`` promises that every
+    selection is a prefix (``space.kept_indices``): kept positions are then worked out as runs of
+    consecutive positions, without an index tensor per atom (a DenseNet concatenation has dozens), and
+    given as ``RunIndex`` (for ``tensor_cut``) instead of index tensors."""
 
-    def __init__(self, dims, select: dict[int, torch.Tensor]) -> None:
+    def __init__(self, dims, select: dict[int, torch.Tensor], *, prefix: bool = False) -> None:
         self.dims, self.select = dims, select
         self._memo: dict[Any, tuple[int, torch.Tensor | None] | None] = {}
+        self._counts = {a: len(index) for a, index in select.items()} if prefix else None
+        self._sizes: dict[Any, int] = {}
+        self._known: dict[Any, tuple[Any, Size, frozenset]] = {}
+
+    @staticmethod
+    def runs(dim: int, index: "torch.Tensor | RunIndex") -> tuple[tuple[int, int], ...] | None:
+        """``_runs(dim, index)``, read off a ``RunIndex`` without making its tensor."""
+        if not isinstance(index, RunIndex):
+            return _runs(dim, index)
+        return None if dim == 0 or len(index.runs) > _MAX_RUNS else index.runs
 
     def of(self, exprs: list) -> list[tuple[int, int, torch.Tensor | None]]:
         out = []
@@ -190,17 +224,72 @@ class Cuts:
                 out.append((d, *cut_))
         return out
 
+    def _facts(self, e) -> tuple[Any, Size, frozenset]:
+        """(resolved ``e``, its size, its atoms)."""
+        facts = self._known.get(e)
+        if facts is None:
+            r = self.dims.resolve(e)
+            facts = self._known[e] = (r, self.dims.size(r), frozenset(atoms_in(r)))
+        return facts
+
     def _dim_cut(self, e) -> tuple[int, torch.Tensor | None] | None:
         dims, select = self.dims, self.select
-        r = dims.resolve(e)
-        full = dims.size(r)
-        if not is_static(full) or not any(a in select for a in atoms_in(r)):
+        r, full, atoms = self._facts(e)
+        if not is_static(full) or not any(a in select for a in atoms):
             return None
+        if self._counts is not None:
+            runs = self._kept_runs(r)
+            if runs is not None:
+                if len(runs) == 1 and runs[0][0] == 0:
+                    return None if runs[0][1] == full[0] else (runs[0][1], None)
+                index = RunIndex(tuple(runs))
+                return len(index), index
         pos = dims.positions(r, select)
         prefix = torch.equal(pos, torch.arange(len(pos)))
         if prefix and len(pos) == full[0]:
             return None
         return len(pos), None if prefix else pos
+
+    def _size(self, e) -> int:
+        if e not in self._sizes:
+            self._sizes[e] = self.dims.size(e)[0]
+        return self._sizes[e]
+
+    def _kept_runs(self, e) -> list[tuple[int, int]] | None:
+        """The positions of (resolved, static) ``e`` kept by prefix selections, in their new order, as
+        ``(start, length)`` runs (adjacent ones merged); None past ``_MAX_KEPT_RUNS`` runs."""
+        if isinstance(e, int):
+            size = self._size(e)
+            return [(0, self._counts.get(e, size))]
+        if isinstance(e, Prod):  # outer factor first: each kept outer position repeats the inner runs
+            runs = [(0, 1)]
+            for f in e.factors:
+                inner, size = self._kept_runs(f), self._size(f)
+                if inner is None:
+                    return None
+                if inner == [(0, size)]:
+                    runs = [(a * size, n * size) for a, n in runs]
+                else:
+                    runs = [(i * size + b, m) for a, n in runs for i in range(a, a + n) for b, m in inner]
+                if len(runs) > _MAX_KEPT_RUNS:
+                    return None
+        else:
+            runs, offset = [], 0
+            for part in e.parts:
+                inner = self._kept_runs(part)
+                if inner is None:
+                    return None
+                runs += [(offset + a, n) for a, n in inner]
+                offset += self._size(part)
+        merged: list[tuple[int, int]] = []
+        for a, n in runs:
+            if not n:
+                continue
+            if merged and merged[-1][0] + merged[-1][1] == a:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((a, n))
+        return merged if len(merged) <= _MAX_KEPT_RUNS else None
 
 
 def cut(t: torch.Tensor, slices: list[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:

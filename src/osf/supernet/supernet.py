@@ -275,9 +275,12 @@ class Supernet(nn.Module):
 
     def extract(self, arch: Arch) -> nn.Module:
         """``arch`` as a standalone, physically smaller ``nn.Module`` (its own copy of the kept weights;
-        its forward regenerated from the IR), in training mode: call ``.eval()`` for inference. It computes
-        what the supernet computes at ``arch``; ``extract(space.max())`` is the original function.
-        The generated code is cached per arch, so extracting an arch again only copies its weights."""
+        its forward generated from the IR, with the shape arguments of ``arch``), in training mode: call
+        ``.eval()`` for inference. It computes what the supernet computes at ``arch``;
+        ``extract(space.max())`` is the original function. The forward is the supernet's extraction
+        template (generated at its first extraction) bound to ``arch``, or, for a model the template cannot
+        express, code generated from the arch's rewritten IR; either is cached per arch, so extracting an
+        arch again only copies its weights."""
         entry = self._entry(arch)
         if entry.blueprint is None:
             template = self._get_extraction_template()

@@ -141,6 +141,8 @@ class _CutTables:
         self.shapes = {name: t.shape for name, t in space.ir.tensors.items()}
         self.tensors: dict[tuple, TensorCut] = {}
         self.dims: dict[tuple, Any] = {}
+        self.sizes: dict[Any, int] = {}
+        self.known: dict[Any, tuple] = {}
 
     def plan(self, arch: Arch, widths: list[int], names: set[str]) -> dict[str, TensorCut]:
         an, plan, cuts = self.space.analysis, {}, None
@@ -160,8 +162,9 @@ class _MemoCuts(Cuts):
     that dim (``_CutTables.dims``)."""
 
     def __init__(self, tables: _CutTables, select: dict[int, torch.Tensor], widths: list[int]) -> None:
-        super().__init__(tables.space.analysis.dims, select)
+        super().__init__(tables.space.analysis.dims, select, prefix=True)
         self.tables, self.widths = tables, widths
+        self._sizes, self._known = tables.sizes, tables.known  # shared by every arch
 
     def of(self, exprs: list) -> list[tuple[int, int, torch.Tensor | None]]:
         out, memo, groups, widths = [], self.tables.dims, self.tables.groups, self.widths
