@@ -403,6 +403,18 @@ class SubnetParts:
     reads: list[str]
     owners: list[str]
     structure: Callable[[], IR]
+    layout: Any = None  # equal for subnets that keep the same modules and tensors (their layout is shared)
+
+
+_REMEMBERED = 256  # entries of a per-supernet memo keyed by the dropped units (``remember``)
+
+
+def remember(memo: dict, key: Any, value: Any) -> None:
+    """``memo[key] = value``, dropping the oldest entry beyond ``_REMEMBERED`` (archs sampled at random
+    rarely share their dropped units, and each entry holds per-model lists)."""
+    memo[key] = value
+    if len(memo) > _REMEMBERED:
+        del memo[next(iter(memo))]
 
 
 _NO_TENSOR = (types.SimpleNamespace(none=None), "none")  # a ``root._osf_homes`` entry of a tensor it does not keep
@@ -415,7 +427,7 @@ class Blueprint:
 
     With ``parts``, ``ir`` is the full IR of which ``parts`` describes a subnet (its forwards already
     compiled); ``cache`` then keeps what every subnet of ``ir`` shares (container classes, input/output
-    structures) across the blueprints of one supernet."""
+    structures) across the blueprints of one supernet, and the layout of each ``parts.layout``."""
 
     def __init__(self, ir: IR, parts: SubnetParts | None = None, cache: dict | None = None) -> None:
         self.parts = parts
@@ -430,10 +442,28 @@ class Blueprint:
         if "root" not in cache:
             cache["root"] = self._root_parts(ir, classes)
         self.root_class, self._make_root, shared_attributes = cache["root"]
+        layouts = cache.setdefault("layouts", {})
+        layout = layouts.get(parts.layout) if parts is not None and parts.layout is not None else None
+        if layout is None:
+            layout = self._layout(ir, parts, classes, makers)
+            if parts is not None and parts.layout is not None:
+                remember(layouts, parts.layout, layout)
+        (self.containers, self.container_paths, self.slots, self._home_slots, self._const_reads,
+         self._owner_positions) = layout
+        self._root_attributes = {
+            **shared_attributes, "_osf_blueprint": self,
+            "_osf_train_fn": compile_graph(ir, ir.graph) if parts is None else parts.train_fn,
+            "_osf_eval_fn": (parts.eval_fn if parts is not None
+                             else compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None)}
+
+    @staticmethod
+    def _layout(ir: IR, parts: SubnetParts | None, classes: dict[str, type], makers: dict) -> tuple:
+        """(containers, their paths, tensor slots, and with ``parts`` where an instance's forwards read its
+        tensors, constants and owner modules)."""
         alive = parts.modules if parts is not None else None
         # containers in creation order as (parent position, local name, maker); position 0 is the root
         position = {"": 0}
-        self.containers: list[tuple[int, str, Callable[[], nn.Module]]] = []
+        containers: list[tuple[int, str, Callable[[], nn.Module]]] = []
         for _, node in ir.walk(""):
             if alive is not None and node.name not in alive:
                 continue
@@ -443,33 +473,28 @@ class Blueprint:
                 cls = _container_class(ir.modules[child].meta["class"], classes)
                 if cls not in makers:
                     makers[cls] = _container_maker(cls)
-                self.containers.append((position[node.name], child[len(node.name) + 1:] if node.name else child,
-                                        makers[cls]))
+                containers.append((position[node.name], child[len(node.name) + 1:] if node.name else child,
+                                   makers[cls]))
                 position[child] = len(position)
-        self.container_paths = list(position)  # by position
         # tensor slots: (container position, or None on an alias path of a shared module, module path,
         # attribute, canonical tensor, is parameter (None: ask the tensor), persistent)
         aliases = parts.aliases if parts is not None else ir.aliases
         persistent = set(parts.persistent if parts is not None else ir.info.get("persistent", []))
-        self.slots = []
+        slots = []
         for qual, canon in aliases.items():
             mod_name, _, local = qual.rpartition(".")
             node = ir.modules.get(mod_name) if alive is None or mod_name in alive else None
-            self.slots.append((position.get(mod_name), mod_name, local, canon,
-                               local in node.meta["params"] if node is not None else None, qual in persistent))
-        if parts is not None:  # where an instance's forwards read its tensors and owner modules
-            read_index = {canon: j for j, canon in enumerate(parts.reads)}
-            first = {}
-            for at, mod_name, local, canon, _, _ in self.slots:
-                first.setdefault(canon, (read_index[canon], at, mod_name, local))
-            self._home_slots = list(first.values())
-            self._const_reads = [(read_index[c], c) for c in read_index if c.startswith("_osf_const_")]
-            self._owner_positions = [position.get(path) for path in parts.owners]
-        self._root_attributes = {
-            **shared_attributes, "_osf_blueprint": self,
-            "_osf_train_fn": compile_graph(ir, ir.graph) if parts is None else parts.train_fn,
-            "_osf_eval_fn": (parts.eval_fn if parts is not None
-                             else compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None)}
+            slots.append((position.get(mod_name), mod_name, local, canon,
+                          local in node.meta["params"] if node is not None else None, qual in persistent))
+        if parts is None:
+            return containers, list(position), slots, None, None, None
+        read_index = {canon: j for j, canon in enumerate(parts.reads)}
+        first = {}
+        for at, mod_name, local, canon, _, _ in slots:
+            first.setdefault(canon, (read_index[canon], at, mod_name, local))
+        const_reads = [(read_index[c], c) for c in read_index if c.startswith("_osf_const_")]
+        return (containers, list(position), slots, list(first.values()), const_reads,
+                [position.get(path) for path in parts.owners])
 
     @staticmethod
     def _root_parts(ir: IR, classes: dict[str, type]) -> tuple[type, Callable[[], nn.Module], dict]:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..ir.codegen import Guards, SubnetParts, compile_graph, safe_name
+from ..ir.codegen import Guards, SubnetParts, compile_graph, remember, safe_name
 from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, ModuleNode, OpNode, is_symint
 from ..ir.ops import functional_form, is_inplace
 from ..ir.serial import decode_arg, node_refs, resolve_target
@@ -88,6 +88,7 @@ class ExtractionTemplate:
             self.graphs["eval"] = _GraphTemplate(self, ir, ir.eval_graph, "eval")
         self.ran = ran_modules(ir)
         self.cuts = _CutTables(space)
+        self.kept: dict[tuple, tuple] = {}  # per set of dropped units: what the model keeps (``remember``)
         self.blueprints: dict = {}  # what the blueprints of every arch share (``Blueprint``'s cache)
         # the space over a tensor-less IR: what a model extracted here keeps alive to pickle its own IR
         lean = copy.copy(space)
@@ -108,17 +109,21 @@ class ExtractionTemplate:
         ir = self.space.ir
         widths = [arch.width.get(g.key, g.size) for g in self.space.groups]
         dropped = self.space.dropped_units(arch)
+        depth = tuple(dropped)
         fns, owners, kept_tensors = {}, set(), set()
         for key, graph in self.graphs.items():
             fn, live, kept = graph.bind_own(widths, dropped)
             fns[key] = fn
-            owners.update([graph.owner_of[i] for i in kept if not graph.symint[i]])
-            kept_tensors.update(c for name, c in graph.canonical.items() if name in live)
-        modules = kept_modules(ir, owners, kept_tensors, self.ran)
-        module_aliases, aliases, persistent = kept_aliases(ir, modules, kept_tensors)
+            if depth not in self.kept:
+                owners.update([graph.owner_of[i] for i in kept if not graph.symint[i]])
+                kept_tensors.update(c for name, c in graph.canonical.items() if name in live)
+        if depth not in self.kept:  # what a model keeps depends on the dropped units alone
+            modules = kept_modules(ir, owners, kept_tensors, self.ran)
+            remember(self.kept, depth, (modules, kept_tensors, *kept_aliases(ir, modules, kept_tensors)))
+        modules, kept_tensors, module_aliases, aliases, persistent = self.kept[depth]
         lean = self.lean
         parts = SubnetParts(modules, aliases, module_aliases, persistent, fns["train"], fns.get("eval"),
-                            list(self.reads), list(self.owners), lambda: subnet_structure(lean, arch))
+                            list(self.reads), list(self.owners), lambda: subnet_structure(lean, arch), depth)
         return parts, self.cuts.plan(arch, widths, kept_tensors)
 
 
@@ -192,6 +197,7 @@ class _GraphTemplate:
         self.n_ops = len(graph.ops)
         located = space.located_units(key)
         self.liveness = Liveness(graph, located)
+        self.lives: dict[tuple, tuple[set[str], set[int]]] = {}  # per set of dropped units (``remember``)
         # a copy whose arguments the template rewrites into table reads
         ops = [dataclasses.replace(op, args=copy.deepcopy(op.args), kwargs=copy.deepcopy(op.kwargs))
                for op in graph.ops]
@@ -359,7 +365,10 @@ class _GraphTemplate:
     def _tables(self, widths: list[int], dropped: list[str]) -> tuple[set[str], set[int], list, list, list]:
         """(live values, surviving op indices, ``_on``, ``_x``, ``_c``) of the arch with these group
         ``widths`` and ``dropped`` units."""
-        live, kept = self.liveness.live(dropped)
+        depth = tuple(dropped)
+        if depth not in self.lives:
+            remember(self.lives, depth, self.liveness.live(dropped))
+        live, kept = self.lives[depth]
         on = [False] * self.n_ops
         for i in kept:
             on[i] = True
