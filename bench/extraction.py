@@ -66,8 +66,8 @@ def section(env: dict, rows: list[dict]) -> str:
              "tensor and the shape arguments of each op, per combination of the widths they depend on): a "
              "model whose tensors each depend on many groups (DenseNet's concatenations) meets few combinations "
              "twice.", "",
-             "| model | shared params | template | supernet's first extract ms (÷ copy) | first extract ms | again ms | "
-             "`state_dict` copy ms | bare clone ms | first ÷ copy | again ÷ copy | again ÷ clone |",
+             "| model | shared params | template | supernet's first extract ms (÷ copy) | first extract ms | "
+             "again ms | `state_dict` copy ms | bare clone ms | first ÷ copy | again ÷ copy | again ÷ clone |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params']:,} | {'yes' if r['template'] else 'no'} | "

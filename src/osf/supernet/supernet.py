@@ -343,7 +343,8 @@ class Supernet(nn.Module):
         return f"Supernet({self.ir.modules[''].class_path}, {self.space!r})"
 
 
-_GENERATED = ("_compiled", "_template", "_template_error", "_extraction", "_max_program", "_active", "_grads")  # not copied
+_GENERATED = ("_compiled", "_template", "_template_error", "_extraction", "_max_program", "_active",
+              "_grads")  # not copied
 
 
 def _own_copy(ir: IR) -> IR:

@@ -28,7 +28,6 @@ from ..ir.ops import functional_form, is_inplace
 from ..ir.serial import decode_arg, node_refs, resolve_target
 from ..space.arch import Arch
 from ..space.analysis import dim_source
-from ..space.dims import atoms_in
 from ..space.liveness import Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
 from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, kept_aliases,
@@ -86,6 +85,7 @@ class ExtractionTemplate:
         self.graphs = {"train": _GraphTemplate(self, ir, ir.graph, "train")}
         if ir.eval_graph is not None:
             self.graphs["eval"] = _GraphTemplate(self, ir, ir.eval_graph, "eval")
+        self.read_names, self.owner_paths = list(self.reads), list(self.owners)  # complete now
         self.ran = ran_modules(ir)
         self.cuts = _CutTables(space)
         self.kept: dict[tuple, tuple] = {}  # per set of dropped units: what the model keeps (``remember``)
@@ -123,7 +123,7 @@ class ExtractionTemplate:
         modules, kept_tensors, module_aliases, aliases, persistent = self.kept[depth]
         lean = self.lean
         parts = SubnetParts(modules, aliases, module_aliases, persistent, fns["train"], fns.get("eval"),
-                            list(self.reads), list(self.owners), lambda: subnet_structure(lean, arch), depth)
+                            self.read_names, self.owner_paths, lambda: subnet_structure(lean, arch), depth)
         return parts, self.cuts.plan(arch, widths, kept_tensors)
 
 
@@ -139,8 +139,7 @@ class _CutTables:
         for exprs in an.tensors.values():
             for e in exprs:
                 if e not in self.groups:
-                    self.groups[e] = tuple(sorted({group_of[a] for a in atoms_in(an.dims.resolve(e))
-                                                   if a in group_of}))
+                    self.groups[e] = groups_in([[e]], an.dims, group_of)
         self.tensor_groups = {name: tuple(sorted({i for e in exprs for i in self.groups[e]}))
                               for name, exprs in an.tensors.items()}
         self.shapes = {name: t.shape for name, t in space.ir.tensors.items()}
