@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/forkjoin.py
 	$(PY) bench/motifs.py
 	$(PY) bench/extraction.py
+	$(PY) bench/arch_switch.py
 	$(PY) bench/call_overhead.py
 	$(PY) bench/quality.py
 	$(PY) bench/search_algorithms.py
@@ -48,6 +49,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/cost_speed.py --quick
 	$(PY) bench/forkjoin.py --quick
 	$(PY) bench/extraction.py --quick
+	$(PY) bench/arch_switch.py --quick
 	$(PY) bench/call_overhead.py --quick
 	$(PY) bench/quality.py --quick
 	$(PY) bench/search_algorithms.py --quick

@@ -15,9 +15,7 @@ Writes bench/results/call-overhead[-quick].json and the ``call-overhead`` sectio
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import random
 import statistics
 import sys
@@ -84,19 +82,9 @@ def section(env: dict, rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{len(QUICK)} models, a shorter time budget")
-    opts = parser.parse_args(argv)
-    torch.set_num_threads(2)
-    names, budget = (QUICK, 2.0) if opts.quick else (models.ALL, 8.0)
-    rows = []
-    for name in names:
-        rows.append(measure(name, budget))
-        print(json.dumps(rows[-1]), flush=True)
-    env = common.environment(command="python bench/call_overhead.py" + (" --quick" if opts.quick else ""),
-                             threads=torch.get_num_threads())
-    common.publish("call-overhead", "call-overhead", opts.quick, env, rows, section(env, rows))
-    return 0
+    return common.per_model_main(argv, doc=__doc__, script="call_overhead.py", result="call-overhead",
+                                 section_name="call-overhead", quick=(QUICK, 2.0), full=(models.ALL, 8.0),
+                                 measure=measure, section=section)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,29 @@ def publish(name: str, section_name: str, quick: bool, env: dict, rows: list[dic
     update_section(QUICK_DOCS if quick else docs, section_name, section)
 
 
+def per_model_main(argv: list[str] | None, *, doc: str, script: str, result: str, section_name: str,
+                   quick: tuple, full: tuple, measure, section, docs: Path = DOCS) -> int:
+    """The ``main`` of a benchmark that measures each model of a list on 2 threads: ``measure(name,
+    setting)`` gives a model's row, over ``full`` = (names, setting), or ``quick`` with ``--quick``; the
+    rows go to bench/results/<result>[-quick].json and ``section(env, rows)`` to ``docs`` (``publish``)."""
+    import argparse
+
+    import torch
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{len(quick[0])} models, a shorter run")
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    names, setting = quick if opts.quick else full
+    rows = []
+    for name in names:
+        rows.append(measure(name, setting))
+        print(json.dumps(rows[-1]), flush=True)
+    env = environment(command=f"python bench/{script}" + (" --quick" if opts.quick else ""),
+                      threads=torch.get_num_threads())
+    publish(result, section_name, opts.quick, env, rows, section(env, rows), docs=docs)
+    return 0
+
+
 def extraction_vs_copy(supernet, arch, repeats: int = 5) -> dict:
     """Seconds to ``supernet.extract(arch)`` the first time (code generated) and again (code cached),
     against two plain copies of the extracted model's weights: a ``state_dict`` copy

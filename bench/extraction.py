@@ -11,13 +11,9 @@ docs/benchmarks-quick.md).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -33,7 +29,7 @@ def measure(name: str, archs: int) -> dict:
     # the supernet's first extraction also generates its extraction template (once per supernet)
     first = common.extraction_vs_copy(supernet, supernet.space.sample(SEED + archs))
     rows = [common.extraction_vs_copy(supernet, supernet.space.sample(SEED + i)) for i in range(archs)]
-    template = supernet._get_extraction_template() is not None
+    template = supernet.extraction_status == "template"
     return {"model": name, "archs": archs, "template": template,
             "params": sum(t.numel() for t in supernet.tensors().values()),
             "supernet_first_s": first["extract_first_s"], "supernet_first_vs_copy": first["first_vs_copy"],
@@ -79,19 +75,9 @@ def section(env: dict, rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 models, 2 archs each")
-    opts = parser.parse_args(argv)
-    torch.set_num_threads(2)
-    names, archs = (QUICK, 2) if opts.quick else (models.ALL, 5)
-    rows = []
-    for name in names:
-        rows.append(measure(name, archs))
-        print(json.dumps(rows[-1]), flush=True)
-    env = common.environment(command="python bench/extraction.py" + (" --quick" if opts.quick else ""))
-    common.publish("extraction", "extraction", opts.quick, env, rows, section(env, rows),
-                   docs=common.ROOT / "docs" / "space.md")
-    return 0
+    return common.per_model_main(argv, doc=__doc__, script="extraction.py", result="extraction",
+                                 section_name="extraction", quick=(QUICK, 2), full=(models.ALL, 5),
+                                 measure=measure, section=section, docs=common.ROOT / "docs" / "space.md")
 
 
 if __name__ == "__main__":

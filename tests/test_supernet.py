@@ -258,12 +258,66 @@ def test_a_model_the_template_cannot_express_compiles_each_arch(monkeypatch):
     def unsupported(*_args, **_kwargs):
         raise TemplateUnsupported("an op it has no form for")
     monkeypatch.setattr(supernet_module, "ProgramTemplate", unsupported)
+    monkeypatch.setattr(supernet_module, "ExtractionTemplate", unsupported)
     sn = osf.Supernet(None, ir=shared.ir, sort=False).eval()
     sn.load_state_dict(shared.state_dict())
     assert sn.template_status == "per arch: an op it has no form for"
+    assert sn.extraction_status == "per arch: an op it has no form for"
     arch = sn.space.sample(5)
     with sn.set_arch(arch), torch.no_grad():
         torch.testing.assert_close(sn(*args), sn.extract(arch).eval()(*args), rtol=1e-4, atol=1e-5)
+
+
+class _DenseToy(torch.nn.Module):
+    """DenseNet's pattern: each layer's input concatenates the stem and every earlier layer's output, so
+    the last layers' batch norms and convolutions depend on the widths of many groups."""
+
+    def __init__(self, layers: int = 5, growth: int = 16) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, growth, 3, padding=1)
+        self.layers = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.BatchNorm2d(growth * (i + 1)), torch.nn.ReLU(),
+                                torch.nn.Conv2d(growth * (i + 1), growth, 3, padding=1)) for i in range(layers))
+        self.head = torch.nn.Linear(growth * (layers + 1), 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], 1)
+        return self.head(x.mean((2, 3)))
+
+
+def test_width_tables_forget_their_oldest_combinations_so_memory_stays_bounded(monkeypatch):
+    """The templates remember what each op and tensor needs per combination of the widths it depends on,
+    the last ``WIDTHS_KEPT`` combinations only: behind DenseNet's concatenations nearly every sampled arch
+    is a new combination, and unbounded tables grew by ~2 MB per arch on DenseNet-121 (index tensors
+    included), without end in a training run. With a limit of 4, tables stay at 4 over 40 archs, and archs
+    whose entries were dropped still compute what their extracted models compute."""
+    import osf.space.liveness as liveness
+    import osf.supernet.template as template
+    monkeypatch.setattr(liveness, "WIDTHS_KEPT", 4)
+    monkeypatch.setattr(template, "WIDTHS_KEPT", 4)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    sn = osf.Supernet(_DenseToy(), (x,), multiple_of=4).eval()
+    assert len(sn.space.groups) == 6 and sn.template_status == "template"
+    archs = [sn.space.sample(i) for i in range(40)]
+    with torch.no_grad():
+        for arch in archs:
+            with sn.set_arch(arch):
+                sn(x)
+            sn.extract(arch)
+    bound, extraction = sn._get_template(), sn._get_extraction_template()
+    tables = [t for g in bound.graphs.values() for _, t, _ in g.dynamic] + list(bound.tensor_tables.values())
+    memos = ([t.values for t in tables] + list(bound.dim_cuts.memo.values())
+             + list(extraction.cuts.tensors.values()) + list(extraction.cuts.dims.memo.values()))
+    assert max(len(m) for m in memos) == 4
+    sn._compiled.clear()  # bind the first archs again, from tables that dropped them
+    with torch.no_grad():
+        for arch in archs[:4]:
+            with sn.set_arch(arch):
+                y = sn(x)
+            torch.testing.assert_close(y, sn.extract(arch).eval()(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "googlenet", "densenet121", "vit_b_16", "bert",
@@ -280,7 +334,7 @@ def test_extraction_through_the_template_builds_what_the_archs_rewritten_ir_buil
     sn, _, args, kwargs = supernet(name)
     sn = copy.deepcopy(sn)  # its own generated code: the cached supernet may have extracted before
     sn.extract(sn.space.max())
-    assert sn._get_extraction_template() is not None
+    assert sn.extraction_status == "template"
     for arch in [sn.space.min(), *(sn.space.sample(80 + i) for i in range(3))]:
         with _no_compile():
             got = sn.extract(arch)

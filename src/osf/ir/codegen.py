@@ -409,12 +409,13 @@ class SubnetParts:
 _REMEMBERED = 256  # entries of a per-supernet memo keyed by the dropped units (``remember``)
 
 
-def remember(memo: dict, key: Any, value: Any) -> None:
-    """``memo[key] = value``, dropping the oldest entry beyond ``_REMEMBERED`` (archs sampled at random
-    rarely share their dropped units, and each entry holds per-model lists)."""
+def remember(memo: dict, key: Any, value: Any, limit: int = _REMEMBERED) -> Any:
+    """``memo[key] = value``, dropping the oldest entry beyond ``limit`` (archs sampled at random rarely
+    share their dropped units, and each entry holds per-model lists); gives ``value``."""
     memo[key] = value
-    if len(memo) > _REMEMBERED:
+    if len(memo) > limit:
         del memo[next(iter(memo))]
+    return value
 
 
 _NO_TENSOR = (types.SimpleNamespace(none=None), "none")  # a ``root._osf_homes`` entry of a tensor it does not keep
@@ -445,7 +446,9 @@ class Blueprint:
         layouts = cache.setdefault("layouts", {})
         layout = layouts.get(parts.layout) if parts is not None and parts.layout is not None else None
         if layout is None:
-            layout = self._layout(ir, parts, classes, makers)
+            if "tree" not in cache:
+                cache["tree"] = self._tree(ir, classes, makers)
+            layout = self._layout(ir, parts, cache["tree"])
             if parts is not None and parts.layout is not None:
                 remember(layouts, parts.layout, layout)
         (self.containers, self.container_paths, self.slots, self._home_slots, self._const_reads,
@@ -457,24 +460,29 @@ class Blueprint:
                              else compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None)}
 
     @staticmethod
-    def _layout(ir: IR, parts: SubnetParts | None, classes: dict[str, type], makers: dict) -> tuple:
+    def _tree(ir: IR, classes: dict[str, type], makers: dict) -> list[tuple[str, str, str, Callable[[], nn.Module]]]:
+        """Every container but the root in creation order (parents first): (parent path, path, local name,
+        maker)."""
+        tree = []
+        for _, node in ir.walk(""):
+            for child in node.children:
+                cls = _container_class(ir.modules[child].meta["class"], classes)
+                if cls not in makers:
+                    makers[cls] = _container_maker(cls)
+                tree.append((node.name, child, child[len(node.name) + 1:] if node.name else child, makers[cls]))
+        return tree
+
+    @staticmethod
+    def _layout(ir: IR, parts: SubnetParts | None, tree: list) -> tuple:
         """(containers, their paths, tensor slots, and with ``parts`` where an instance's forwards read its
         tensors, constants and owner modules)."""
         alive = parts.modules if parts is not None else None
         # containers in creation order as (parent position, local name, maker); position 0 is the root
         position = {"": 0}
         containers: list[tuple[int, str, Callable[[], nn.Module]]] = []
-        for _, node in ir.walk(""):
-            if alive is not None and node.name not in alive:
-                continue
-            for child in node.children:
-                if alive is not None and child not in alive:
-                    continue
-                cls = _container_class(ir.modules[child].meta["class"], classes)
-                if cls not in makers:
-                    makers[cls] = _container_maker(cls)
-                containers.append((position[node.name], child[len(node.name) + 1:] if node.name else child,
-                                   makers[cls]))
+        for parent, child, local, make in tree:
+            if alive is None or child in alive:  # ``alive`` holds every ancestor of its modules
+                containers.append((position[parent], local, make))
                 position[child] = len(position)
         # tensor slots: (container position, or None on an alias path of a shared module, module path,
         # attribute, canonical tensor, is parameter (None: ask the tensor), persistent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..ir.codegen import remember
 from ..ir.graph import Graph, OpNode, is_symint
 from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import node_refs, resolve_target
@@ -14,9 +15,14 @@ if TYPE_CHECKING:
     from .space import SearchSpace
 
 
+# combinations of widths one table remembers (the oldest dropped first): a few groups give few, but an op
+# behind a concatenation of dozens of groups (DenseNet) meets new ones at nearly every arch sampled
+WIDTHS_KEPT = 256
+
+
 class WidthTable:
     """A value that depends on the widths of a few groups (indices into ``space.groups``): computed by
-    ``compute({group: width})`` once per combination of them."""
+    ``compute({group: width})`` once per combination of them (the last ``WIDTHS_KEPT`` remembered)."""
 
     def __init__(self, groups: tuple[int, ...], compute: Callable[[dict[int, int]], Any]):
         self.groups, self.compute, self.values = groups, compute, {}
@@ -25,7 +31,7 @@ class WidthTable:
         key = tuple([widths[i] for i in self.groups])
         value = self.values.get(key, _MISSING)
         if value is _MISSING:
-            value = self.values[key] = self.compute(dict(zip(self.groups, key)))
+            value = remember(self.values, key, self.compute(dict(zip(self.groups, key))), WIDTHS_KEPT)
         return value
 
 

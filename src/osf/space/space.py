@@ -239,8 +239,11 @@ class SearchSpace:
     def kept_indices(self, arch: Arch) -> dict[int, torch.Tensor]:
         """Atom -> channels kept by ``arch`` for the shrunk groups: a prefix of each group's channel order
         (``Supernet.sort_by_salience`` puts the most salient channels first)."""
-        return {g.atom: torch.arange(arch.width[g.key]) for g in self.groups
-                if arch.width.get(g.key, g.size) != g.size}
+        return {a: torch.arange(n) for a, n in self.kept_counts(arch).items()}
+
+    def kept_counts(self, arch: Arch) -> dict[int, int]:
+        """Atom -> number of channels ``arch`` keeps (a prefix: ``kept_indices``), for the shrunk groups."""
+        return {g.atom: arch.width[g.key] for g in self.groups if arch.width.get(g.key, g.size) != g.size}
 
     def unit_salience(self, tensors: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         tensors = tensors if tensors is not None else self.ir.tensors

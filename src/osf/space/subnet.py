@@ -105,8 +105,10 @@ def _runs(dim: int, index: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
     return None if dim == 0 else index_runs(index, _MAX_RUNS)
 
 
-def index_runs(index: torch.Tensor, limit: int) -> tuple[tuple[int, int], ...] | None:
+def index_runs(index: "torch.Tensor | RunIndex", limit: int) -> tuple[tuple[int, int], ...] | None:
     """Ascending ``index`` as ``(start, length)`` ranges of consecutive positions; None beyond ``limit``."""
+    if isinstance(index, RunIndex):
+        return index.runs if len(index.runs) <= limit else None
     runs: list[list[int]] = []
     for v in index.tolist():
         if runs and runs[-1][0] + runs[-1][1] == v:
@@ -122,7 +124,7 @@ def cut_plan(space: "SearchSpace", arch: "Arch", names: Iterable[str]) -> dict[s
     """Canonical name -> ``TensorCut`` of each tensor in ``names`` (those the subnet reads:
     ``kept_tensor_names``)."""
     an = space.analysis
-    cuts = Cuts(an.dims, space.kept_indices(arch), prefix=True)
+    cuts = Cuts(an.dims, space.kept_counts(arch), prefix=True)
     return {name: tensor_cut(cuts, an.tensors[name], space.ir.tensors[name].shape) for name in names}
 
 
@@ -198,14 +200,21 @@ class Cuts:
     expression is analysed once per instance (a model reuses few). ``prefix=True`` promises that every
     selection is a prefix (``space.kept_indices``): kept positions are then worked out as runs of
     consecutive positions, without an index tensor per atom (a DenseNet concatenation has dozens), and
-    given as ``RunIndex`` (for ``tensor_cut``) instead of index tensors."""
+    given as ``RunIndex`` (for ``tensor_cut``) instead of index tensors; ``select`` may then give each
+    atom's kept count instead of its indices. ``facts``: a ``Cuts.facts()`` memo of what each dim
+    expression resolves to, shared by instances over the same ``dims``."""
 
-    def __init__(self, dims, select: dict[int, torch.Tensor], *, prefix: bool = False) -> None:
+    def __init__(self, dims, select: dict[int, torch.Tensor | int], *, prefix: bool = False,
+                 facts: tuple[dict, dict] | None = None) -> None:
         self.dims, self.select = dims, select
         self._memo: dict[Any, tuple[int, torch.Tensor | None] | None] = {}
-        self._counts = {a: len(index) for a, index in select.items()} if prefix else None
-        self._sizes: dict[Any, int] = {}
-        self._known: dict[Any, tuple[Any, Size, frozenset]] = {}
+        self._counts = {a: v if isinstance(v, int) else len(v) for a, v in select.items()} if prefix else None
+        self._sizes, self._known = facts if facts is not None else self.facts()
+
+    @staticmethod
+    def facts() -> tuple[dict[Any, int], dict[Any, tuple[Any, Size, frozenset]]]:
+        """An empty memo of dim facts (sizes, resolutions) to share between ``Cuts`` over one ``dims``."""
+        return {}, {}
 
     @staticmethod
     def runs(dim: int, index: "torch.Tensor | RunIndex") -> tuple[tuple[int, int], ...] | None:
@@ -223,6 +232,10 @@ class Cuts:
             if cut_ is not None:
                 out.append((d, *cut_))
         return out
+
+    def size_of(self, e) -> int:
+        """The full length of dim expression ``e``."""
+        return self._facts(e)[1][0]
 
     def _facts(self, e) -> tuple[Any, Size, frozenset]:
         """(resolved ``e``, its size, its atoms)."""
@@ -244,7 +257,7 @@ class Cuts:
                     return None if runs[0][1] == full[0] else (runs[0][1], None)
                 index = RunIndex(tuple(runs))
                 return len(index), index
-        pos = dims.positions(r, select)
+        pos = dims.positions(r, {a: torch.arange(v) if isinstance(v, int) else v for a, v in select.items()})
         prefix = torch.equal(pos, torch.arange(len(pos)))
         if prefix and len(pos) == full[0]:
             return None

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from ..ir.codegen import attr_path, compile_graph
 from ..ir.graph import BUFFER, CONST, IR, PARAM, Graph, Placeholder
-from ..space.subnet import Cuts, index_runs
+from ..space.subnet import Cuts, RunIndex, index_runs
 
 
 @dataclass
@@ -35,22 +35,21 @@ class SubnetProgram:
     eval_fn: Callable | None
 
 
-class _Indices:
-    """Index tensors of the non-prefix cuts, moved to each device once."""
+class _Index:
+    """The kept positions of a non-prefix cut (a tensor, or a ``RunIndex`` that makes it when first
+    needed), moved to each device once; freed with what holds it (a program, or a memoised table entry
+    of the template)."""
 
-    def __init__(self) -> None:
-        self.cpu: list[torch.Tensor] = []
-        self.on: dict[tuple[int, torch.device], torch.Tensor] = {}
+    __slots__ = ("source", "on")
 
-    def add(self, index: torch.Tensor) -> int:
-        self.cpu.append(index)
-        return len(self.cpu) - 1
+    def __init__(self, index: "torch.Tensor | RunIndex") -> None:
+        self.source, self.on = index, {}
 
-    def __call__(self, i: int, device: torch.device) -> torch.Tensor:
-        key = (i, device)
-        if key not in self.on:
-            self.on[key] = self.cpu[i].to(device)
-        return self.on[key]
+    def __call__(self, device: torch.device) -> torch.Tensor:
+        t = self.on.get(device)
+        if t is None:
+            t = self.on[device] = self.source.to(device)
+        return t
 
 
 Runs = tuple[tuple[int, int], ...]  # kept (start, length) ranges of one dim, ascending
@@ -281,13 +280,12 @@ class _ViewGroup:
     and min every step) costs no per-step Python here. ``versions`` (the parameters' version counters at
     the last hand-out) let the backward pass refuse weights changed in place since, as autograd does for
     the tensors it saves. Cuts with several runs are copies, made again at every call; ``rows`` holds
-    each member's dim-0 gather index in ``indices`` (``_row_index``)."""
+    each member's dim-0 gather index (``_row_index``)."""
 
-    __slots__ = ("names", "cuts", "rows", "indices", "versions", "views", "_weights", "_storage", "_out")
+    __slots__ = ("names", "cuts", "rows", "versions", "views", "_weights", "_storage", "_out")
 
-    def __init__(self, names: tuple[str, ...], cuts: tuple[Cut, ...], rows: tuple[int | None, ...],
-                 indices: _Indices) -> None:
-        self.names, self.cuts, self.rows, self.indices = names, cuts, rows, indices
+    def __init__(self, names: tuple[str, ...], cuts: tuple[Cut, ...], rows: tuple[_Index | None, ...]) -> None:
+        self.names, self.cuts, self.rows = names, cuts, rows
         self.versions: list[int] = []
         self.views = all(_is_view(spec) for _, spec in cuts)
         self._weights: tuple[torch.Tensor, ...] = ()
@@ -295,14 +293,15 @@ class _ViewGroup:
         self._out: tuple[torch.Tensor, ...] = ()
 
     def rows_on(self, i: int, device: torch.device) -> torch.Tensor | None:
-        return None if self.rows[i] is None else self.indices(self.rows[i], device)
+        rows = self.rows[i]
+        return None if rows is None else rows(device)
 
     def __call__(self, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not torch.is_grad_enabled() or not any(w.requires_grad for w in weights):
             return tuple(_flagged(w, _take(w, spec, self.rows_on(i, w.device)))
                          for i, (w, (_, spec)) in enumerate(zip(weights, self.cuts)))
         if not all(w.requires_grad for w in weights):  # one node per trainable weight; frozen ones plain
-            return tuple(_ViewGroup((name,), (cut,), (self.rows[i],), self.indices)(w)[0] if w.requires_grad
+            return tuple(_ViewGroup((name,), (cut,), (self.rows[i],))(w)[0] if w.requires_grad
                          else _take(w, cut[1], self.rows_on(i, w.device))
                          for i, (name, w, cut) in enumerate(zip(self.names, weights, self.cuts)))
         self.versions = [w._version for w in weights]
@@ -322,16 +321,15 @@ class _CutLinear:
     into a new tensor that is then copied there, transposed when the input dim is cut. Frozen weights,
     ``no_grad`` and autocast take the plain ``linear`` on the cut tensors."""
 
-    __slots__ = ("weight_cut", "bias_cut", "rows", "indices")
+    __slots__ = ("weight_cut", "bias_cut", "rows")
 
-    def __init__(self, weight_cut: Cut, bias_cut: Cut | None, rows: tuple[int | None, int | None],
-                 indices: _Indices) -> None:
-        self.weight_cut, self.bias_cut, self.rows, self.indices = weight_cut, bias_cut, rows, indices
+    def __init__(self, weight_cut: Cut, bias_cut: Cut | None, rows: tuple[_Index | None, _Index | None]) -> None:
+        self.weight_cut, self.bias_cut, self.rows = weight_cut, bias_cut, rows
 
     def take(self, i: int, t: torch.Tensor) -> torch.Tensor:
         """The weight (``i`` 0) or bias (1) cut from the full tensor ``t``."""
         cut, rows = self.weight_cut if i == 0 else self.bias_cut, self.rows[i]
-        return t if cut is None else _take(t, cut[1], None if rows is None else self.indices(rows, t.device))
+        return t if cut is None else _take(t, cut[1], None if rows is None else rows(t.device))
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if (torch.is_grad_enabled() and weight.requires_grad and not torch.is_autocast_enabled(x.device.type)
@@ -394,7 +392,7 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
     ``select`` (atom -> kept indices). ``exprs_of`` gives each canonical tensor's dim expressions;
     parameters cut to a few kept ranges per dim send their gradients through ``grads`` when given: large
     linear weights through a ``_CutLinear``, the others a few per autograd node (``_groups_of``)."""
-    indices = _Indices()
+    indices: list[_Index] = []  # of the gathers in the generated code (``_ix[k](_dev)``)
     cuts = Cuts(dims, select)
     groups: list[_ViewGroup] = []
     names: dict[str, Any] = {"_ix": indices, "_groups": groups, "_flagged": _flagged}
@@ -412,19 +410,22 @@ def compile_program(sub: IR, exprs_of: dict[str, list], dims, select: dict[int, 
                 continue
             expr = "{}"
             for d, n, index in slices:
-                expr += (f".narrow({d}, 0, {n})" if index is None
-                         else f".index_select({d}, _ix({indices.add(index)}, _dev))")
+                if index is None:
+                    expr += f".narrow({d}, 0, {n})"
+                else:
+                    indices.append(_Index(index))
+                    expr += f".index_select({d}, _ix[{len(indices) - 1}](_dev))"
             exprs[p.target] = expr if all(index is None for *_, index in slices) else f"_flagged({{}}, {expr})"
         calls = {}
         for op, weight, bias in _cut_linears(graph, read):  # these read their weight and bias whole
             cuts_ = (read.pop(weight)[1], read.pop(bias)[1] if bias in read else None)
             calls[op.name] = f"_lin{next(linear_ids)}"
             names[calls[op.name]] = _CutLinear(
-                *cuts_, tuple(None if c is None else _row_index(c[1], indices) for c in cuts_), indices)
+                *cuts_, tuple(None if c is None else _row_index(c[1]) for c in cuts_))
         preamble = []
-        members = [(target, sub.aliases.get(target, target), cut, n, _row_index(cut[1], indices))
+        members = [(target, sub.aliases.get(target, target), cut, n, _row_index(cut[1]))
                    for target, cut, n in read.values()]
-        for group, targets in view_groups(members, indices):
+        for group, targets in view_groups(members):
             groups.append(group)
             var = f"_v{len(groups) - 1}"
             preamble.append(f"{var} = _groups[{len(groups) - 1}]("
@@ -463,11 +464,11 @@ def _cut_linears(graph: Graph, read: dict[str, tuple[str, Cut, int]]) -> list[tu
     return out
 
 
-def _row_index(spec: Spec, indices: _Indices) -> int | None:
-    """Where ``indices`` holds the kept positions of dim 0 when ``spec`` keeps several runs there (the
-    gather of ``_take``)."""
+def _row_index(spec: Spec) -> _Index | None:
+    """The kept positions of dim 0 when ``spec`` keeps several runs there (the gather of ``_take``; made
+    when first used)."""
     runs = dict(spec).get(0, ())
-    return indices.add(torch.cat([torch.arange(a, a + n) for a, n in runs])) if len(runs) > 1 else None
+    return _Index(RunIndex(runs)) if len(runs) > 1 else None
 
 
 def _node(arg: Any) -> str | None:
@@ -491,14 +492,14 @@ def _spec(slices: list[tuple[int, int, torch.Tensor | None]]) -> Spec | None:
 _HELD = 1 << 20  # elements of gradient one autograd node may hold back (4 MB in float32)
 
 
-Read = tuple[Any, str, Cut, int, "int | None"]  # (key, canonical name, cut, kept elements, dim-0 gather index id)
+Read = tuple[Any, str, Cut, int, "_Index | None"]  # (key, canonical name, cut, kept elements, dim-0 gather index)
 
 
-def view_groups(members: list[Read], indices: _Indices) -> list[tuple[_ViewGroup, tuple]]:
+def view_groups(members: list[Read]) -> list[tuple[_ViewGroup, tuple]]:
     """Cut parameters (in order of first use) read through ``_ViewGroup`` nodes, with their members'
     keys: the views first, then the copies (``_groups_of``)."""
-    return [(_ViewGroup(tuple(m[1] for m in group), tuple(m[2] for m in group), tuple(m[4] for m in group),
-                        indices), tuple(m[0] for m in group))
+    return [(_ViewGroup(tuple(m[1] for m in group), tuple(m[2] for m in group), tuple(m[4] for m in group)),
+             tuple(m[0] for m in group))
             for group in _groups_of([m for m in members if _is_view(m[2][1])])
             + _groups_of([m for m in members if not _is_view(m[2][1])])]
 

@@ -130,6 +130,14 @@ class Supernet(nn.Module):
         self._get_template()
         return "template" if self._template is not None else f"per arch: {self._template_error}"
 
+    @property
+    def extraction_status(self) -> str:
+        """Whether ``extract`` of a new arch binds the shared extraction template ("template") or, when
+        the template cannot express this model, rewrites the arch's IR and generates its code ("per arch:
+        <reason>")."""
+        self._get_extraction_template()
+        return f"per arch: {self._extraction}" if isinstance(self._extraction, str) else "template"
+
     def _get_template(self) -> ProgramTemplate | None:
         if self._template is None and self._template_error is None:
             try:
@@ -144,7 +152,7 @@ class Supernet(nn.Module):
                 self._extraction = ExtractionTemplate(self.space)
             except TemplateUnsupported as e:
                 self._extraction = str(e)  # extract each arch from its own rewritten IR
-        return self._extraction if isinstance(self._extraction, ExtractionTemplate) else None
+        return None if isinstance(self._extraction, str) else self._extraction
 
     def _entry(self, arch: Arch) -> "_Compiled":
         """The cache entry of ``arch`` (LRU of ``cache_size`` archs): its program over views and, once

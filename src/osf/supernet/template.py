@@ -28,12 +28,12 @@ from ..ir.ops import functional_form, is_inplace
 from ..ir.serial import decode_arg, node_refs, resolve_target
 from ..space.arch import Arch
 from ..space.analysis import dim_source
-from ..space.liveness import Liveness, WidthTable, groups_in, shrunk_atoms
+from ..space.liveness import WIDTHS_KEPT, Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
 from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, kept_aliases,
                             kept_modules, ran_modules, resized_op, split_pieces, subnet_structure, TensorCut,
                             tensor_cut)
-from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _flagged, _Indices, _node, _row_index, _spec,
+from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _flagged, _Index, _node, _row_index, _spec,
                       view_groups)
 
 _LINEAR = "aten.linear.default"
@@ -53,7 +53,8 @@ class ProgramTemplate:
     def __init__(self, space: SearchSpace, net: torch.nn.Module, homes: dict[str, tuple[torch.nn.Module, str]],
                  grads: SharedGrads) -> None:
         self.space, self.net, self.homes, self.grads = space, net, homes, grads
-        self.indices = _Indices()  # shared by every bound arch: index tensors of the non-prefix cuts
+        self.dim_cuts = _DimCuts(space)
+        self.tensor_tables: dict[str, WidthTable] = {}  # canonical name -> its cut table (shared by both graphs)
         ir = space.ir
         self.graphs = {"train": _GraphTemplate(self, ir, ir.graph, "train")}
         if ir.eval_graph is not None:
@@ -127,59 +128,77 @@ class ExtractionTemplate:
         return parts, self.cuts.plan(arch, widths, kept_tensors)
 
 
-class _CutTables:
-    """``space.subnet.cut_plan`` memoised across archs: per tensor, and per dim expression, at the widths
-    of the groups in it."""
+class _DimCuts:
+    """The cut of each (resolved) dim expression at the widths of the groups in it, shared by every arch
+    of a template (the last ``WIDTHS_KEPT`` combinations of each): the tensors of one dim share its cut
+    and its index."""
 
     def __init__(self, space: SearchSpace) -> None:
-        self.space = space
         an = space.analysis
+        self.space, self.dims = space, an.dims
         group_of = {g.atom: i for i, g in enumerate(space.groups)}
         self.groups: dict[Any, tuple[int, ...]] = {}  # dim expression -> indices of the groups in it
         for exprs in an.tensors.values():
             for e in exprs:
                 if e not in self.groups:
                     self.groups[e] = groups_in([[e]], an.dims, group_of)
-        self.tensor_groups = {name: tuple(sorted({i for e in exprs for i in self.groups[e]}))
-                              for name, exprs in an.tensors.items()}
-        self.shapes = {name: t.shape for name, t in space.ir.tensors.items()}
-        self.tensors: dict[tuple, TensorCut] = {}
-        self.dims: dict[tuple, Any] = {}
-        self.sizes: dict[Any, int] = {}
-        self.known: dict[Any, tuple] = {}
+        self.memo: dict[Any, dict[tuple, Any]] = {}
+        self.facts = Cuts.facts()
 
-    def plan(self, arch: Arch, widths: list[int], names: set[str]) -> dict[str, TensorCut]:
-        an, plan, cuts = self.space.analysis, {}, None
-        for name in names:
-            key = (name, *[widths[i] for i in self.tensor_groups[name]])
-            c = self.tensors.get(key)
-            if c is None:
-                if cuts is None:
-                    cuts = _MemoCuts(self, self.space.kept_indices(arch), widths)
-                c = self.tensors[key] = tensor_cut(cuts, an.tensors[name], self.shapes[name])
-            plan[name] = c
-        return plan
+    def cuts(self, kept: dict[int, int], widths: list[int] | dict[int, int]) -> _MemoCuts:
+        """The ``Cuts`` of an arch whose atoms keep ``kept`` channels (a prefix each), with these group
+        ``widths`` (indexable by every group of the dims it is asked about)."""
+        return _MemoCuts(self, kept, widths)
 
 
 class _MemoCuts(Cuts):
     """The ``Cuts`` of one arch whose per-dim results are shared by every arch with the same widths in
-    that dim (``_CutTables.dims``)."""
+    that dim (``_DimCuts``)."""
 
-    def __init__(self, tables: _CutTables, select: dict[int, torch.Tensor], widths: list[int]) -> None:
-        super().__init__(tables.space.analysis.dims, select, prefix=True)
-        self.tables, self.widths = tables, widths
-        self._sizes, self._known = tables.sizes, tables.known  # shared by every arch
+    def __init__(self, shared: _DimCuts, kept: dict[int, int], widths: list[int] | dict[int, int]) -> None:
+        super().__init__(shared.dims, kept, prefix=True, facts=shared.facts)
+        self.shared, self.widths = shared, widths
 
     def of(self, exprs: list) -> list[tuple[int, int, torch.Tensor | None]]:
-        out, memo, groups, widths = [], self.tables.dims, self.tables.groups, self.widths
+        out, memos, groups, widths = [], self.shared.memo, self.shared.groups, self.widths
         for d, e in enumerate(exprs):
-            key = (e, *[widths[i] for i in groups[e]])
+            r = self._facts(e)[0]
+            memo = memos.get(r)
+            if memo is None:
+                memo = memos[r] = {}
+            key = tuple([widths[i] for i in groups[e]])
             cut_ = memo.get(key, _MISSING)
             if cut_ is _MISSING:
-                cut_ = memo[key] = self._dim_cut(e)
+                cut_ = remember(memo, key, self._dim_cut(e), WIDTHS_KEPT)
             if cut_ is not None:
                 out.append((d, *cut_))
         return out
+
+
+class _CutTables:
+    """``space.subnet.cut_plan`` memoised across archs: per tensor at the widths of its groups (the last
+    ``WIDTHS_KEPT`` combinations), and per dim (``_DimCuts``)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space, self.dims = space, _DimCuts(space)
+        an = space.analysis
+        self.tensor_groups = {name: tuple(sorted({i for e in exprs for i in self.dims.groups[e]}))
+                              for name, exprs in an.tensors.items()}
+        self.shapes = {name: t.shape for name, t in space.ir.tensors.items()}
+        self.tensors: dict[str, dict[tuple, TensorCut]] = {name: {} for name in an.tensors}
+
+    def plan(self, arch: Arch, widths: list[int], names: set[str]) -> dict[str, TensorCut]:
+        an, plan, cuts = self.space.analysis, {}, None
+        for name in names:
+            memo = self.tensors[name]
+            key = tuple([widths[i] for i in self.tensor_groups[name]])
+            c = memo.get(key)
+            if c is None:
+                if cuts is None:
+                    cuts = self.dims.cuts(self.space.kept_counts(arch), widths)
+                c = remember(memo, key, tensor_cut(cuts, an.tensors[name], self.shapes[name]), WIDTHS_KEPT)
+            plan[name] = c
+        return plan
 
 
 _MISSING = object()
@@ -353,8 +372,11 @@ class _GraphTemplate:
         for p in tensor_ps:
             canon = ir.aliases.get(p.target, p.target)
             exprs = an.tensors[canon]
-            self.tensors.append((p.name, canon, p.kind == PARAM,
-                                 WidthTable(groups_in([exprs], an.dims, self.group_of), _TensorCut(self.owner, exprs))))
+            table = self.owner.tensor_tables.get(canon)
+            if table is None:
+                table = self.owner.tensor_tables[canon] = WidthTable(groups_in([exprs], an.dims, self.group_of),
+                                                                     _TensorCut(self.owner, exprs))
+            self.tensors.append((p.name, canon, p.kind == PARAM, table))
         self.homes = []  # per slot: the dict of its module that holds it (parameters or buffers), and its key
         for _, canon, _, _ in self.tensors:
             module, local = self.owner.homes[canon]
@@ -403,7 +425,7 @@ class _GraphTemplate:
         shared weights."""
         live, _, on, x, consts = self._tables(widths, dropped)
         # weight reads, as compile_program makes them
-        grads, indices = self.owner.grads, self.owner.indices
+        grads = self.owner.grads
         read: dict[int, tuple[str, Any, int, int | None]] = {}  # slot -> (canonical, grad cut, kept elements, rows)
         plain: list[tuple[int, tuple]] = []
         for j in self.first_use:
@@ -423,13 +445,13 @@ class _GraphTemplate:
             if on[i] and w in read and read[w][2] >= _LINEAR_MIN:
                 weight, bias = read.pop(w), read.pop(b) if b in read else None
                 fns.append(_CutLinear(weight[1], None if bias is None else bias[1],
-                                      (weight[3], None if bias is None else bias[3]), indices))
+                                      (weight[3], None if bias is None else bias[3])))
             else:
                 fns.append(_ATEN_LINEAR)
-        groups = view_groups([(j, *member) for j, member in read.items()], indices)
+        groups = view_groups([(j, *member) for j, member in read.items()])
         homes = self.homes
         reader = _Reader(self.n_tensors, tuple((j, *homes[j]) for j in self.first_use if self.tensors[j][0] in live),
-                         tuple(groups), tuple(plain), indices)
+                         tuple(groups), tuple(plain))
         fn = types.FunctionType(self.code, {**self.globals, "_on": on, "_x": x, "_c": consts, "_F": fns,
                                             "_read": reader}, "forward")
         fn.__osf_source__ = self.source
@@ -445,10 +467,10 @@ class _Reader:
     through their gradient slots, other cut tensors as views or gathers; None for the tensors it does
     not use."""
 
-    __slots__ = ("n", "fetch", "groups", "plain", "indices")
+    __slots__ = ("n", "fetch", "groups", "plain")
 
-    def __init__(self, n: int, fetch: tuple, groups: tuple, plain: tuple, indices: _Indices) -> None:
-        self.n, self.fetch, self.groups, self.plain, self.indices = n, fetch, groups, plain, indices
+    def __init__(self, n: int, fetch: tuple, groups: tuple, plain: tuple) -> None:
+        self.n, self.fetch, self.groups, self.plain = n, fetch, groups, plain
 
     def __call__(self, device: torch.device) -> list:
         out: list = [None] * self.n
@@ -459,8 +481,8 @@ class _Reader:
                 out[j] = view
         for j, steps in self.plain:
             t = out[j]
-            for d, n, k in steps:
-                t = t.narrow(d, 0, n) if k is None else t.index_select(d, self.indices(k, device))
+            for d, n, index in steps:
+                t = t.narrow(d, 0, n) if index is None else t.index_select(d, index(device))
             out[j] = _flagged(out[j], t)
         return out
 
@@ -468,7 +490,7 @@ class _Reader:
 class _TensorCut:
     """How an arch cuts one shared tensor, at the widths of its groups: None (whole) or ``(steps, spec,
     kept elements, rows)``: ``steps`` the narrows / index selections of a plain read (``(dim, length,
-    index id or None)``), ``spec`` the runs of a gradient-slot read (None: too many runs), ``rows`` the
+    kept positions or None)``), ``spec`` the runs of a gradient-slot read (None: too many runs), ``rows`` the
     dim-0 gather index of the slot read."""
 
     def __init__(self, owner: ProgramTemplate, exprs: list) -> None:
@@ -479,15 +501,16 @@ class _TensorCut:
         kept = shrunk_atoms(owner.space, widths)
         if not kept:
             return None
-        slices = Cuts(owner.space.analysis.dims, {a: torch.arange(n) for a, n in kept.items()}).of(self.exprs)
+        cuts = owner.dim_cuts.cuts(kept, widths)
+        slices = cuts.of(self.exprs)
         if not slices:
             return None
-        steps = tuple((d, n, None if index is None else owner.indices.add(index)) for d, n, index in slices)
+        steps = tuple((d, n, None if index is None else _Index(index)) for d, n, index in slices)
         spec = _spec(slices)
-        shape = [owner.space.analysis.dims.size(owner.space.analysis.dims.resolve(e))[0] for e in self.exprs]
+        shape = [cuts.size_of(e) for e in self.exprs]
         for d, n, _ in slices:
             shape[d] = n
-        rows = None if spec is None else _row_index(spec, owner.indices)
+        rows = None if spec is None else _row_index(spec)
         return steps, spec, math.prod(shape), rows
 
 
