@@ -25,6 +25,7 @@ import torchvision
 import common
 import osf
 from osf.cli.builtin import ResidualCNN, TinyViT
+from osf.space.subnet import structure_cost, subnet_structure
 
 SEED = 0
 
@@ -45,7 +46,7 @@ def cost_speed(name: str, model: torch.nn.Module, size: int, archs: int, referen
         costs(a)
     warm_s = time.perf_counter() - started
     started = time.perf_counter()
-    slow = [supernet.cost(a) for a in picks[:reference_archs]]
+    slow = [structure_cost(subnet_structure(space, a)) for a in picks[:reference_archs]]
     reference_s = time.perf_counter() - started
     mismatches = sum(f != s for f, s in zip(fast, slow))
     return {"model": name, "input": f"2×3×{size}×{size}", "groups": len(space.groups), "units": len(space.units),
@@ -85,7 +86,8 @@ def markdown(env: dict, speed: list[dict], errors: list[dict]) -> str:
              f"- Versions: python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}, osf {env['osf']}",
              f"- Seed {env['seed']}; archs are `space.sample(seed + i)`; the cost model is pure Python (one thread)",
              "- *cold*: tables filled on first use (includes the per-op shape rewrites); *warm*: the same archs again; "
-             "*reference*: `Supernet.cost` (builds the subnet IR per arch); *mismatches*: archs where params or FLOPs "
+             "*reference*: `structure_cost(subnet_structure(space, arch))` (builds the subnet IR per arch; "
+             "what `Supernet.cost` did before it used the cost model); *mismatches*: archs where params or FLOPs "
              "differ from the reference (must be 0)", "",
              "| model | input | groups | units | archs | setup s | cold archs/s | warm archs/s | reference archs/s | "
              "warm speedup | mismatches |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

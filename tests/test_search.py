@@ -28,22 +28,45 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-# ----- the cost model against the reference (Supernet.cost builds the subnet IR) -----
+# ----- the cost model against the reference (the cost of the arch's rewritten IR) -----
 
 COST_MODELS = ["resnet18", "googlenet", "timm:vit_tiny_patch16_224", "bert"]  # BN + residuals, eval graph, ViT, HF
+
+
+def _reference_cost(supernet: osf.Supernet, arch: osf.Arch) -> dict[str, int]:
+    from osf.space.subnet import structure_cost, subnet_structure
+    return structure_cost(subnet_structure(supernet.space, arch))
 
 
 def _assert_costs_match(supernet: osf.Supernet, archs: int) -> None:
     model = osf.CostModel(supernet)
     space = supernet.space
     for arch in [space.max(), space.min()] + [space.sample(seed) for seed in range(archs)]:
-        assert model(arch) == supernet.cost(arch), arch.to_json()
+        assert model(arch) == _reference_cost(supernet, arch) == supernet.cost(arch), arch.to_json()
 
 
 @pytest.mark.parametrize("name", COST_MODELS)
 def test_cost_model_equals_reference(name):
     from models import supernet
     _assert_costs_match(supernet(name)[0], archs=8)
+
+
+def test_supernet_cost_rewrites_each_arch_where_the_cost_model_refuses_the_model(monkeypatch):
+    """``Supernet.cost`` works per op through a ``CostModel``; a model that the cost model refuses (a unit
+    that changes dims) is costed from each arch's rewritten IR, with the same results."""
+    import osf.supernet.supernet as supernet_module
+
+    def refuse(_space):
+        raise NotImplementedError("unit 'x' changes dims")
+    torch.manual_seed(0)
+    per_op = osf.Supernet(ResidualCNN(1, 10, width=16, blocks=3), (torch.randn(2, 1, 8, 8),))
+    per_op.cost(per_op.space.max())  # makes its cost model
+    monkeypatch.setattr(supernet_module, "CostModel", refuse)
+    rewritten = osf.Supernet(None, ir=per_op.ir)
+    space = per_op.space
+    for arch in [space.max(), space.min(), *(space.sample(i) for i in range(5))]:
+        assert rewritten.cost(arch) == per_op.cost(arch) == _reference_cost(per_op, arch)
+    assert isinstance(rewritten._costs, str) and not isinstance(per_op._costs, str)
 
 
 @pytest.mark.parametrize("make", [lambda: ResidualCNN(1, 10, width=16, blocks=3), lambda: TinyViT(1, 10, depth=3)])
@@ -55,7 +78,7 @@ def test_cost_model_equals_reference_builtin(make):
     model = osf.CostModel(supernet)
     key = supernet.space.groups[0].key
     partial = osf.Arch({key: supernet.space.groups[0].choices[0]}, {})
-    assert model(partial) == supernet.cost(partial)
+    assert model(partial) == _reference_cost(supernet, partial)
     with pytest.raises(ValueError, match="unknown width group"):
         model(osf.Arch({"nope": 3}, {}))
 

@@ -22,7 +22,7 @@ from ..space.space import SearchSpace
 from ..supernet.batches import BatchFn, seeded
 from ..supernet.supernet import Supernet
 from .archs import canonical, representative, summary
-from .costs import CostModel
+from ..space.costs import CostModel
 from .files import EvaluationLog
 from .front import COSTS, METRICS, Front, InfeasibleBudget, Point, format_metric, resolve_budget
 from .latency import graph_fingerprint

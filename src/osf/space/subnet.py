@@ -16,6 +16,7 @@ import torch
 from torch.nn import Parameter
 
 from ..ir.capture import annotate_io, module_ancestors
+from ..ir.flops import graph_flops
 from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
 from ..ir.ops import functional_form, has_side_effect, is_inplace
 from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
@@ -118,6 +119,19 @@ def index_runs(index: "torch.Tensor | RunIndex", limit: int) -> tuple[tuple[int,
                 return None
             runs.append([v, 1])
     return tuple((a, n) for a, n in runs)
+
+
+def structure_cost(sub: IR) -> dict[str, int]:
+    """``params`` (each tied tensor once) and ``flops`` (of the inference graph) of a subnet's rewritten IR
+    (``subnet_structure``): the reference of ``CostModel``, which works them out per op."""
+    graph = sub.eval_graph if sub.eval_graph is not None else sub.graph
+    seen, params = set(), 0
+    for p in sub.graph.placeholders:
+        canon = sub.aliases.get(p.target, p.target)
+        if p.kind == PARAM and canon not in seen:
+            seen.add(canon)
+            params += math.prod(p.meta["shape"])
+    return {"params": params, "flops": sum(graph_flops(graph).values())}
 
 
 def cut_plan(space: "SearchSpace", arch: "Arch", names: Iterable[str]) -> dict[str, TensorCut]:

@@ -15,13 +15,14 @@ from torch import nn
 
 from ..ir.capture import trace
 from ..ir.codegen import Blueprint, build
-from ..ir.flops import graph_flops
-from ..ir.graph import IR, PARAM, ModuleNode
+from ..ir.graph import IR, ModuleNode
 from ..ir.io import ir_from_json
 from ..space.arch import Arch
+from ..space.costs import CostModel
 from ..space.groups import ranking
 from ..space.space import SearchSpace
-from ..space.subnet import Cuts, cut, cut_plan, cut_tensors, kept_tensor_names, subnet_ir, subnet_structure
+from ..space.subnet import (Cuts, cut, cut_plan, cut_tensors, kept_tensor_names, structure_cost, subnet_ir,
+                            subnet_structure)
 from .batches import BatchFn, seeded, split_batch, to_device
 from .program import SharedGrads, SubnetProgram, compile_program
 from .template import ExtractionTemplate, ProgramTemplate, TemplateUnsupported
@@ -69,6 +70,7 @@ class Supernet(nn.Module):
         self._template: ProgramTemplate | None = None
         self._template_error: str | None = None
         self._extraction: ExtractionTemplate | str | None = None  # made at the first extract (str: why not)
+        self._costs: CostModel | str | None = None  # made at the first cost (str: why each arch is rewritten)
         # where each shared tensor lives: the containers never change, their tensors may (e.g. ``.to()``)
         self._homes = {canon: (self.net.get_submodule(mod), local)
                        for canon, (mod, local) in self._tensor_homes().items()}
@@ -183,7 +185,7 @@ class Supernet(nn.Module):
             if key not in _GENERATED:
                 new.__dict__[key] = copy.deepcopy(value, memo)
         new._compiled, new._template, new._template_error, new._max_program = OrderedDict(), None, None, None
-        new._extraction = None
+        new._extraction = new._costs = None
         new._grads = SharedGrads()
         new._active = new.program(new._arch) if new._arch is not None else None
         return new
@@ -313,24 +315,19 @@ class Supernet(nn.Module):
         return export(self, arch, path, **options)
 
     def cost(self, arch: Arch) -> dict[str, int]:
-        """``params`` (exact) and ``flops`` (FlopCounterMode convention) of ``arch``, from the IR alone."""
+        """``params`` (exact) and ``flops`` (FlopCounterMode convention) of ``arch``, from the IR alone:
+        per-op tables at the widths each op depends on (``CostModel``, microseconds per arch), or the
+        arch's rewritten IR for a model whose removable units change dims."""
+        if self._costs is None:
+            try:
+                self._costs = CostModel(self.space)
+            except NotImplementedError as e:
+                self._costs = str(e)
+        if not isinstance(self._costs, str):
+            return self._costs(arch)
         self.space.validate(arch)
-        key = self._key(arch)
-        entry = self._compiled.get(key)
-        sub = self._structure(entry) if entry is not None else subnet_structure(self.space, arch)
-        graph = sub.eval_graph if sub.eval_graph is not None else sub.graph  # inference cost
-        seen, params = set(), 0
-        for p in sub.graph.placeholders:
-            if p.kind != PARAM:
-                continue
-            canon = sub.aliases.get(p.target, p.target)
-            if canon not in seen:
-                seen.add(canon)
-                n = 1
-                for s in p.meta["shape"]:
-                    n *= s
-                params += n
-        return {"params": params, "flops": sum(graph_flops(graph).values())}
+        entry = self._compiled.get(self._key(arch))
+        return structure_cost(self._structure(entry) if entry is not None else subnet_structure(self.space, arch))
 
     def sort_by_salience(self) -> None:
         """Permute the shared weights so every group's most salient channels (heads) come first. The
@@ -351,7 +348,7 @@ class Supernet(nn.Module):
         return f"Supernet({self.ir.modules[''].class_path}, {self.space!r})"
 
 
-_GENERATED = ("_compiled", "_template", "_template_error", "_extraction", "_max_program", "_active",
+_GENERATED = ("_compiled", "_template", "_template_error", "_extraction", "_costs", "_max_program", "_active",
               "_grads")  # not copied
 
 

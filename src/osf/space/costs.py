@@ -1,7 +1,8 @@
 """``CostModel``: exact params and FLOPs of any arch in microseconds, without building a subnet IR.
 
-``Supernet.cost(arch)`` (the reference) rewrites the whole IR for every arch. Here the rewrite is split
-into what depends on depth and what depends on width, both precomputed once:
+The reference, ``space.subnet.structure_cost(subnet_structure(space, arch))``, rewrites the whole IR for
+every arch. Here the rewrite is split into what depends on depth and what depends on width, both
+precomputed once (``Supernet.cost`` uses this, and the reference only for a model it cannot cost):
 
 - **Depth** decides which ops survive: the ops of contracted units go, their output is replaced by their
   input, and dead code is removed — the same three steps as ``space.subnet._rewrite``, run as one reverse
@@ -15,27 +16,28 @@ into what depends on depth and what depends on width, both precomputed once:
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Any
 
 from ..ir.flops import RULES as FLOP_RULES
 from ..ir.flops import op_flops
 from ..ir.graph import PARAM, OpNode
-from ..space.arch import Arch
-from ..space.liveness import Liveness, WidthTable, check_units_keep_dims, groups_in, shrunk_atoms
-from ..space.space import SearchSpace
-from ..space.subnet import resized_meta, resized_op
-from ..supernet.supernet import Supernet
+from .arch import Arch
+from .liveness import Liveness, WidthTable, check_units_keep_dims, groups_in, shrunk_atoms
+from .space import SearchSpace
+from .subnet import resized_meta, resized_op
 
 _FLOP_TARGETS = set(FLOP_RULES) | {"aten.einsum.default", "aten.convolution.default"}
 
 
 class CostModel:
-    """``cost(arch) -> {"params": int, "flops": int}``, equal to ``Supernet.cost(arch)``: params exact
+    """``cost(arch) -> {"params": int, "flops": int}`` of a supernet (or its ``SearchSpace``): params exact
     (tied tensors once; tensors of dropped units and unused tensors excluded), FLOPs of the inference
-    graph at the traced example shapes (1 multiply-add = 2 FLOPs, as ``torch.utils.flop_counter``)."""
+    graph at the traced example shapes (1 multiply-add = 2 FLOPs, as ``torch.utils.flop_counter``), equal
+    to those of the arch's rewritten IR (``structure_cost``). ``NotImplementedError`` for a model with a
+    removable unit whose input and output dims differ (``Supernet.cost`` then rewrites each arch)."""
 
-    def __init__(self, supernet: Union[Supernet, SearchSpace]):
-        space = supernet.space if isinstance(supernet, Supernet) else supernet
+    def __init__(self, supernet: Any):
+        space = supernet if isinstance(supernet, SearchSpace) else supernet.space
         self.space = space
         ir, an = space.ir, space.analysis
         self._groups = [(g.key, g.size) for g in space.groups]
