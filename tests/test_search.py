@@ -51,6 +51,16 @@ def test_cost_model_equals_reference(name):
     _assert_costs_match(supernet(name)[0], archs=8)
 
 
+def test_cost_model_counts_recurrent_layers_as_the_reference_does():
+    """LSTM, GRU and RNN layers and cells have FLOPs (``osf.ir.flops``); the cost model used to skip them
+    (timm's Sequencer2D: 19.7 of its 33.3 GFLOPs), so FLOP budgets let recurrent subnets through too cheap."""
+    from test_flops import _Recurrent
+    torch.manual_seed(0)
+    supernet = osf.Supernet(_Recurrent().eval(), (torch.randn(2, 5, 8),))
+    assert len(supernet.space.groups) >= 3  # the recurrent hidden sizes
+    _assert_costs_match(supernet, archs=10)
+
+
 def test_supernet_cost_rewrites_each_arch_where_the_cost_model_refuses_the_model(monkeypatch):
     """``Supernet.cost`` works per op through a ``CostModel``; a model that the cost model refuses (a unit
     that changes dims) is costed from each arch's rewritten IR, with the same results."""

@@ -130,6 +130,10 @@ def _recurrent(op: OpNode, shapes: dict) -> int:
     return 2 * _prod(x[:-1]) * sum(_prod(m) for m in matrices if len(m) == 2)
 
 
+# every op that ``op_flops`` may count (all others are 0)
+COUNTED = frozenset(RULES) | frozenset(_RECURRENT) | {"aten.einsum.default", "aten.convolution.default"}
+
+
 def graph_flops(graph: Graph) -> dict[str, int]:
     """FLOPs per op name."""
     shapes = {p.name: _shape(p.meta) for p in graph.placeholders}

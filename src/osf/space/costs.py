@@ -18,15 +18,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..ir.flops import RULES as FLOP_RULES
-from ..ir.flops import op_flops
+from ..ir.flops import COUNTED, op_flops
 from ..ir.graph import PARAM, OpNode
 from .arch import Arch
 from .liveness import Liveness, WidthTable, check_units_keep_dims, groups_in, shrunk_atoms
 from .space import SearchSpace
 from .subnet import resized_meta, resized_op
-
-_FLOP_TARGETS = set(FLOP_RULES) | {"aten.einsum.default", "aten.convolution.default"}
 
 
 class CostModel:
@@ -54,7 +51,7 @@ class CostModel:
         producers = flop_graph.producers()
         self._flop_ops: list[tuple[int, WidthTable]] = []
         for i, op in enumerate(flop_graph.ops):
-            if op.target not in _FLOP_TARGETS:
+            if op.target not in COUNTED:
                 continue
             refs = [op.name] + op.inputs
             groups = groups_in([vals.get(r) for r in refs], an.dims, group_of)
