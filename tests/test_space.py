@@ -437,7 +437,7 @@ def test_prefix_cuts_as_runs_keep_the_positions_an_index_keeps(name):
             assert got[0] == want[0] and (got[1] is None) == (want[1] is None), e
             if got[1] is not None:
                 assert torch.equal(got[1].to("cpu"), want[1]), e
-                assert fast.runs(1, got[1]) == _runs(1, want[1]) and fast.runs(0, got[1]) is None
+                assert _runs(1, got[1]) == _runs(1, want[1]) and _runs(0, got[1]) is None
     assert shrunk > 0
 
 

@@ -141,4 +141,5 @@ def check_units_keep_dims(space: "SearchSpace", key: str, graph: Graph) -> None:
         if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
                 and all(dims.resolve(x) == dims.resolve(y) for x, y in zip(a, b))):
             raise NotImplementedError(f"unit '{k}' ({key} graph): its input {inp} and output {out} have different "
-                                      "dims, so CostModel cannot cost it per op (Supernet.cost rewrites each arch instead)")
+                                      "dims, so CostModel cannot cost it per op (Supernet.cost rewrites each "
+                                      "arch instead)")

@@ -102,7 +102,7 @@ _MAX_KEPT_RUNS = 256  # above this many, ``Cuts`` gathers kept positions as an i
 _NARROW_COPY_MAX = 1 << 15
 
 
-def _runs(dim: int, index: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
+def _runs(dim: int, index: "torch.Tensor | RunIndex") -> tuple[tuple[int, int], ...] | None:
     return None if dim == 0 else index_runs(index, _MAX_RUNS)
 
 
@@ -150,7 +150,7 @@ def tensor_cut(cuts: "Cuts", exprs: list, full: torch.Size) -> TensorCut:
         if index is None:
             sizes[d] = n
     prefix = [d for d, n in enumerate(sizes) if n != full[d]]
-    selects = tuple((d, index, cuts.runs(d, index)) for d, _, index in slices if index is not None)
+    selects = tuple((d, index, _runs(d, index)) for d, _, index in slices if index is not None)
     if len(prefix) == 1 and not selects and math.prod(sizes) <= _NARROW_COPY_MAX:
         return TensorCut(None, (), (prefix[0], sizes[prefix[0]]))
     return TensorCut(tuple(sizes) if prefix else None, selects)
@@ -229,13 +229,6 @@ class Cuts:
     def facts() -> tuple[dict[Any, int], dict[Any, tuple[Any, Size, frozenset]]]:
         """An empty memo of dim facts (sizes, resolutions) to share between ``Cuts`` over one ``dims``."""
         return {}, {}
-
-    @staticmethod
-    def runs(dim: int, index: "torch.Tensor | RunIndex") -> tuple[tuple[int, int], ...] | None:
-        """``_runs(dim, index)``, read off a ``RunIndex`` without making its tensor."""
-        if not isinstance(index, RunIndex):
-            return _runs(dim, index)
-        return None if dim == 0 or len(index.runs) > _MAX_RUNS else index.runs
 
     def of(self, exprs: list) -> list[tuple[int, int, torch.Tensor | None]]:
         out = []

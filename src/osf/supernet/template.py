@@ -426,7 +426,7 @@ class _GraphTemplate:
         live, _, on, x, consts = self._tables(widths, dropped)
         # weight reads, as compile_program makes them
         grads = self.owner.grads
-        read: dict[int, tuple[str, Any, int, int | None]] = {}  # slot -> (canonical, grad cut, kept elements, rows)
+        read: dict[int, tuple[str, Any, int, _Index | None]] = {}  # slot -> (canonical, grad cut, kept elements, rows)
         plain: list[tuple[int, tuple]] = []
         for j in self.first_use:
             name, canon, is_param, table = self.tensors[j]
