@@ -15,9 +15,11 @@ siamese encoder, EViT-style top-k token gathering, a KAN layer, ``padding="same"
 ``nn.Bilinear``, an orthogonal parametrisation, LayerNorm over C×H×W, a ModuleDict router and
 ``torch.where`` gating).
 
-Per model: the supernet builds; its maximal subnet equals the original (eval mode); for the minimal and two sampled subnets, running the
-supernet at the arch (``set_arch``) equals the extracted model, and ``cost()`` gives its exact parameter
-count.
+Per model: the supernet builds; its maximal subnet equals the original (eval mode); for the minimal and two
+sampled subnets, running the supernet at the arch (``set_arch``) gives the extracted model's outputs and
+gradients, the extracted model gives the outputs of the model built from the arch's rewritten IR, and
+``cost()`` gives its exact parameter count; its FLOPs are compared with ``FlopCounterMode`` on the extracted
+model.
 
     python bench/probe.py            # every model (about 8 minutes)
     python bench/probe.py --quick    # 5 models
@@ -41,12 +43,16 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import osf  # noqa: E402
 from osf.cli.models import HF_ARCHS, resolve  # noqa: E402
+from osf.space.subnet import subnet_ir  # noqa: E402
 
 SEED = 0
 QUICK = ("hf:gpt2", "fused_qkv_split_per_head", "group_norm_fpn", "pixel_shuffle_sr", "temporal_shift")
@@ -1518,6 +1524,37 @@ def build(name: str) -> tuple[nn.Module, tuple, dict]:
 
 # ----------------------------------------------------------------------------------------------
 
+def _loss(y: Any) -> torch.Tensor | None:
+    """Mean square of the floating-point outputs that carry a gradient (None when none does)."""
+    leaves = [v for v in tree_leaves(y) if isinstance(v, torch.Tensor) and v.is_floating_point() and v.requires_grad]
+    return sum(v.float().square().mean() for v in leaves) if leaves else None
+
+
+def _gradient_problem(supernet: osf.Supernet, arch: osf.Arch, small: nn.Module) -> str | None:
+    """Where the gradients the supernet left at ``arch`` (cut to its kept positions) differ from the
+    extracted model's (rtol 1e-4, atol 1e-5 times the gradient's largest magnitude; low-precision dtypes
+    torch.testing's tolerances), or None."""
+    grads = {k: t.grad if t.grad is not None else torch.zeros_like(t) for k, t in supernet.tensors().items()}
+    cut, aliases = subnet_ir(supernet.space, arch, tensors=grads).tensors, supernet.subnet_ir(arch).aliases
+    for qual, p in small.named_parameters():
+        if p.grad is None:
+            continue
+        want = cut[aliases[qual]]
+        low = p.grad.dtype in (torch.float16, torch.bfloat16)
+        scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+        if not torch.allclose(want, p.grad, rtol=1.6e-2 if low else 1e-4, atol=(1e-3 if low else 1e-5) * scale,
+                              equal_nan=True):
+            return f"gradient of {qual} differs by {(want - p.grad).abs().max().item():.3g}"
+    return None
+
+
+def _flops(model: nn.Module, args: tuple, kwargs: dict) -> int:
+    """``FlopCounterMode``'s count of one forward (math attention kernel: the fused ones are not counted)."""
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        model(*args, **kwargs)
+    return counter.get_total_flops()
+
+
 def measure(name: str) -> dict:
     torch.manual_seed(SEED)
     started = time.perf_counter()
@@ -1539,19 +1576,41 @@ def measure(name: str) -> dict:
         if why:
             problems.append(f"max() differs from the original: {why}")
         supernet.eval()
+        flops_error, gradients = 0.0, 0
         for role, arch in [("min", space.min()), ("sample 1", space.sample(SEED + 1)), ("sample 2", space.sample(SEED + 2))]:
             small = supernet.extract(arch).eval()
             n_params = sum(p.numel() for p in small.parameters())
             if role == "min":
                 row["min_params"] = n_params
-            predicted = supernet.cost(arch)["params"]
-            if predicted != n_params:
-                problems.append(f"{role}: cost() params {predicted} != extracted {n_params}")
-            with torch.no_grad(), supernet.set_arch(arch):
-                why = common.compare_outputs(small(*args, **kwargs), supernet(*args, **kwargs))[0]
+            cost = supernet.cost(arch)
+            if cost["params"] != n_params:
+                problems.append(f"{role}: cost() params {cost['params']} != extracted {n_params}")
+            supernet.zero_grad(set_to_none=True)
+            with supernet.set_arch(arch):
+                shared = supernet(*args, **kwargs)
+                shared_loss = _loss(shared)
+                if shared_loss is not None:
+                    shared_loss.backward()
+            own = small(*args, **kwargs)
+            own_loss = _loss(own)
+            why = common.compare_outputs(own, shared)[0]
             if why:
                 problems.append(f"{role}: set_arch differs from extract: {why}")
-        row.update(template=supernet.template_status == "template", problems=problems, ok=not problems)
+            if own_loss is not None and shared_loss is not None:
+                own_loss.backward()
+                gradients += 1
+                why = _gradient_problem(supernet, arch, small)
+                if why:
+                    problems.append(f"{role}: set_arch {why} from extract's")
+            with torch.no_grad():  # the reference both templates must match: the model built from the rewritten IR
+                why = common.compare_outputs(supernet.subnet_ir(arch).build().eval()(*args, **kwargs),
+                                             small(*args, **kwargs))[0]
+            if why:
+                problems.append(f"{role}: extract differs from the rewritten IR's model: {why}")
+            counted = _flops(small, args, kwargs)
+            flops_error = max(flops_error, abs(cost["flops"] - counted) / max(counted, 1))
+        row.update(template=supernet.template_status == "template", problems=problems, ok=not problems,
+                   gradients_checked=gradients, flops_error=round(flops_error, 5))
     except Exception as e:  # noqa: BLE001 - a failing model is a result
         row.update(ok=False, problems=[f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"],
                    traceback=traceback.format_exc()[-2000:])
@@ -1568,16 +1627,27 @@ def section(env: dict, rows: list[dict]) -> str:
              f"- Seed {SEED}; random weights; Hugging Face: small configs (width 64, 2 layers, 4 heads where the "
              "architecture has them), batch 2; hand-written models: `bench/probe.py`",
              "- *OK*: the supernet builds; `extract(max())` equals the original (eval mode, `allclose` atol 1e-4, "
-             "rtol 1e-3); for `min()` and two sampled archs, the supernet at the arch (`set_arch`) equals the "
-             "extracted model (atol 1e-5, rtol 1e-4) and `cost()` gives its exact parameter count. *Unsupported*: ops without a dimension rule (their dims stay fixed)", "",
-             f"{ok} of {len(rows)} models OK.", "",
-             "| model | OK | groups (heads) | units | log10 size | min params / params | unsupported ops | problems |",
-             "|---|---|---:|---:|---:|---:|---|---|"]
+             "rtol 1e-3); for `min()` and two sampled archs, the supernet at the arch (`set_arch`) gives the extracted "
+             "model's outputs (atol 1e-5, rtol 1e-4) and the same gradients on every kept weight (loss: mean square "
+             "of the outputs; rtol 1e-4, atol 1e-5 × the gradient's largest magnitude, torch.testing's tolerances "
+             "for bfloat16), the extracted model gives the outputs of the model built from the arch's rewritten IR "
+             "(`supernet.subnet_ir(arch).build()`, the reference both templates must match), and `cost()` gives its "
+             "exact parameter count. *FLOPs Δ*: the largest relative difference of `cost()` against "
+             "`FlopCounterMode` on the extracted model (math attention kernel; target 1 %). *Unsupported*: ops "
+             "without a dimension rule (their dims stay fixed)", "",
+             f"{ok} of {len(rows)} models OK; gradients compared on {sum(r.get('gradients_checked', 0) > 0 for r in rows)}"
+             f" (the others have no output with a gradient); `cost()` FLOPs within 1 % of `FlopCounterMode` on "
+             f"{sum(r.get('flops_error', 1) <= 0.01 for r in rows)} (beyond: "
+             + (", ".join(f"{r['model']} {r['flops_error']:.1%}" for r in rows if r.get("flops_error", 0) > 0.01)
+                or "none") + ").", "",
+             "| model | OK | groups (heads) | units | log10 size | min params / params | FLOPs Δ | unsupported ops | problems |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         size = f"{r['min_params']:,} / {r['params']:,}" if "min_params" in r else ""
+        flops = f"{r['flops_error']:.2%}" if "flops_error" in r else ""
         lines.append(f"| {r['model']} | {'yes' if r['ok'] else 'NO'} | "
                      + (f"{r['groups']} ({r['heads']}) | {r['units']} | {r['log10_size']} | " if "groups" in r else "| | | ")
-                     + f"{size} | {', '.join(u.replace('aten.', '') for u in r.get('unsupported', []))} | "
+                     + f"{size} | {flops} | {', '.join(u.replace('aten.', '') for u in r.get('unsupported', []))} | "
                      + "; ".join(r["problems"]).replace("|", "\\|") + " |")
     return "\n".join(lines + ["<!-- probe:end -->"])
 
