@@ -552,9 +552,41 @@ def test_extracted_models_and_supernets_pickle_and_load_back(tmp_path):
                          text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
-    sub.norm = torch.nn.LayerNorm(sub.norm.weight.shape[0])
+    object.__setattr__(sub, "_modules", {**sub._modules, "norm": torch.nn.LayerNorm(sub.norm.weight.shape[0])})
     with pytest.raises(pickle.PicklingError, match="module 'norm' is a torch.nn.modules.normalization.LayerNorm"):
-        torch.save(sub, io.BytesIO())
+        torch.save(sub, io.BytesIO())  # a module swapped in behind osf's back (assignment refuses it: see below)
+
+
+def test_replacing_or_removing_a_submodule_of_an_extracted_model_is_refused_not_ignored():
+    """The generated forward never calls a module: a new head put in would silently leave the outputs as
+    they were (1000 logits after `model.fc = nn.Linear(..., 7)`). Tensors and new attributes stay free."""
+    import torchvision
+    sn, _, args, _ = supernet("resnet18")
+    sub = sn.extract(sn.space.sample(0)).eval()
+    expected = sub(*args)
+    features = sub.fc.weight.shape[1]
+    pinned = r"submodule 'fc' \(osf: torch.nn.modules.linear.Linear\) of this model rebuilt by osf cannot be replaced: "
+    for target in (sub, sn.net, copy.deepcopy(sn).net):  # both read the modules they were built with
+        with pytest.raises(osf.ModuleReplacedError, match=pinned):
+            target.fc = torch.nn.Linear(features, 7)
+    with pytest.raises(osf.ModuleReplacedError, match="'conv1'.*cannot be removed"):
+        del sub.conv1
+    with pytest.raises(osf.ModuleReplacedError, match="'relu'"):
+        sub.add_module("relu", torch.nn.GELU())
+    with pytest.raises(osf.ModuleReplacedError, match="'fc'.*cannot be removed"):
+        sub.fc = None
+    sub.fc = sub.fc  # the same module again changes nothing
+    sub.extra_head = torch.nn.Linear(features, 7)  # a new child: the user calls it
+    with torch.no_grad():
+        torch.testing.assert_close(sub(*args), expected, rtol=0, atol=0)
+        sub.fc.weight = torch.nn.Parameter(torch.zeros_like(sub.fc.weight))  # a new tensor is read by forward
+        torch.testing.assert_close(sub(*args), sub.fc.bias.expand_as(expected), rtol=0, atol=0)
+    # a plain rebuild walks its modules at every call: a module of the original class may take a place
+    rebuilt = osf.trace(torchvision.models.resnet18(num_classes=10).eval(), args).build()
+    rebuilt.fc = torch.nn.Linear(512, 3)
+    assert rebuilt(*args).shape == (args[0].shape[0], 3)
+    with pytest.raises(osf.ModuleReplacedError, match="'fc'.*cannot be replaced by a torch.nn.modules.linear.Identity"):
+        rebuilt.fc = torch.nn.Identity()
 
 
 def test_the_model_and_the_ir_passed_in_are_never_modified():

@@ -9,7 +9,7 @@ subnet with inherited weights; ``osf.export`` writes a subnet as ``.pt2`` / ONNX
 model card, loadable with plain PyTorch; ``osf.search`` finds the Pareto front of accuracy against params,
 FLOPs (``osf.CostModel``) and latency (``osf.LatencyModel``) under hard budgets (``osf.Front``).
 """
-from .ir import IR, FormatError, InputError, OsfError, TraceError, load_ir, trace
+from .ir import IR, FormatError, InputError, ModuleReplacedError, OsfError, TraceError, load_ir, trace
 from .space import Arch, SearchSpace
 from .supernet import Supernet
 from .export import ExportError, export
@@ -19,5 +19,5 @@ from .train import (Distill, MotifSampler, ProgressiveShrinking, Sampler, Sandwi
 
 __version__ = "0.1.0"
 __all__ = ["trace", "IR", "load_ir", "Arch", "SearchSpace", "Supernet", "train", "evaluate", "Distill", "Sampler", "SandwichSampler",
-           "UniformSampler", "MotifSampler", "ProgressiveShrinking", "WarmupSampler", "export", "ExportError", "TraceError", "FormatError", "InputError", "OsfError", "__version__",
+           "UniformSampler", "MotifSampler", "ProgressiveShrinking", "WarmupSampler", "export", "ExportError", "TraceError", "FormatError", "InputError", "ModuleReplacedError", "OsfError", "__version__",
            "search", "Front", "CostModel", "LatencyModel", "LatencyTable", "InfeasibleBudget"]

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import conditions, serial
 from . import ops as op_rules
-from .errors import FormatError, InputError
+from .errors import FormatError, InputError, ModuleReplacedError
 from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph
 
 
@@ -42,6 +42,46 @@ class IRContainer(nn.Module):
         raise RuntimeError(f"{type(self).__name__} is part of a model rebuilt from an osf IR; call the root "
                            "model, whose generated forward runs every module")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        children = self.__dict__.get("_modules")
+        if children is not None and name in children and children[name] is not value:
+            self._osf_check_replacement(name, value)
+        nn.Module.__setattr__(self, name, value)  # not super(): a train() sets an attribute on every module
+
+    def __delattr__(self, name: str) -> None:
+        if name in self.__dict__.get("_modules", ()):
+            self._osf_check_replacement(name, None)
+        super().__delattr__(name)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        children = self.__dict__.get("_modules")
+        if children is not None and name in children and children[name] is not module:
+            self._osf_check_replacement(name, module)
+        super().add_module(name, module)
+
+    def _osf_check_replacement(self, name: str, value: Any) -> None:
+        """A child may give way only to a module of its original class in a model whose forward walks the
+        modules (``build``): the generated forward reads the new module's tensors by attribute and runs
+        the ops that class runs. Anything else would be silently ignored, or half followed."""
+        child = self._modules[name]
+        original = getattr(child, "osf_class", None) or _class_path(type(child))
+        if isinstance(value, nn.Module) and _class_path(type(value)) == original and not vars(self).get("_osf_pinned"):
+            return
+        if value is None:
+            why = "removed"
+        elif vars(self).get("_osf_pinned"):
+            why = ("replaced: this model (an extracted subnet, or a supernet's) reads its tensors from the "
+                   "modules it was built with")
+        else:
+            why = (f"replaced by a {_class_path(type(value))}: only a module of its own class, whose tensors the "
+                   "forward reads, can take its place")
+        raise ModuleReplacedError(
+            f"submodule '{name}' (osf: {original}) of this model rebuilt by osf cannot be {why}. Its forward is "
+            "generated from the IR and runs the ops of every module itself, never calling a module, so the model "
+            "would go on computing what it did. To change a part of the model (a new head, nn.Identity to get "
+            "features), change the original model and trace it again (osf.Supernet(model, ...)), or wrap this one "
+            "(nn.Sequential(model, head)). Its parameters, buffers and attributes can be set and trained as usual")
+
     def _osf_warn_hook(self, kind: str) -> None:
         """Only the root's forward runs (a supernet runs its rebuilt model's code itself, ``_osf_inner``): a
         hook on any other module would silently never be called."""
@@ -51,6 +91,18 @@ class IRContainer(nn.Module):
                           "every module itself. Hook the root model (a supernet: the Supernet itself), or make "
                           "the original model return the values you need and trace it again", UserWarning,
                           stacklevel=3)
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def pin_modules(root: nn.Module) -> None:
+    """Mark ``root``'s containers as read through the modules it was built with (an extracted subnet's
+    or a supernet's forward holds them): replacing any of them is refused, even by its own class."""
+    for module in root.modules():
+        if isinstance(module, IRContainer):
+            module.__dict__["_osf_pinned"] = True
 
 
 def _warning_hook_registration(name: str, kind: str) -> Callable:
@@ -573,6 +625,8 @@ class Blueprint:
                     homes[j] = (None, canon)
             root._osf_homes = homes
             root._osf_owners = [None if p is None else containers[p] for p in self._owner_positions]
+            for m in containers:
+                m.__dict__["_osf_pinned"] = True  # as pin_modules(root), without its walk
         return root
 
     def structure_json(self) -> dict:

@@ -29,3 +29,8 @@ class FormatError(OsfError):
 
 class InputError(OsfError, TypeError):
     """A rebuilt model was called with inputs that differ from the traced ones."""
+
+
+class ModuleReplacedError(OsfError, TypeError):
+    """A submodule of a model rebuilt by osf was replaced or removed: its generated forward calls the ops
+    of every module itself, so it would go on computing what it did."""

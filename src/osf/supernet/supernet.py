@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..ir.capture import trace
-from ..ir.codegen import Blueprint, build
+from ..ir.codegen import Blueprint, build, pin_modules
 from ..ir.graph import IR, ModuleNode
 from ..ir.io import ir_from_json
 from ..space.arch import Arch
@@ -59,6 +59,7 @@ class Supernet(nn.Module):
         self.space = SearchSpace(ir, **space_options)
         self.net = build(ir, share_weights=True)
         self.net._osf_inner = True  # forward runs its programs, never self.net's forward (hooks on it warn)
+        pin_modules(self.net)  # the programs read the containers built here
         if model is not None:
             self.train(model.training)
         self._arch: Arch | None = None
@@ -187,6 +188,7 @@ class Supernet(nn.Module):
         new._compiled, new._template, new._template_error, new._max_program = OrderedDict(), None, None, None
         new._extraction = new._costs = None
         new._grads = SharedGrads()
+        pin_modules(new.net)
         new._active = new.program(new._arch) if new._arch is not None else None
         return new
 
