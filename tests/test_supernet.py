@@ -589,6 +589,29 @@ def test_replacing_or_removing_a_submodule_of_an_extracted_model_is_refused_not_
         rebuilt.fc = torch.nn.Identity()
 
 
+def test_containers_of_an_extracted_model_index_iterate_and_count_their_submodules_by_original_name():
+    """`features[3]`, `for block in layer1`, `len(blocks)` as on the original's Sequential / ModuleList; a subnet
+    keeps the original names, so a dropped block is an error naming the ones kept (plain iteration over
+    __getitem__ would have stopped silently at the first gap)."""
+    sn, model, args, _ = supernet("mobilenet_v3_small")
+    full = sn.extract(sn.space.max())
+    assert [type(m).__name__ for m in full.features] == [type(m).__name__ for m in model.features]
+    assert len(full.features) == len(model.features) and full.features[-1] is list(full.features)[-1]
+    assert full.features[1].block[0][0].weight.shape == model.features[1].block[0][0].weight.shape
+    arch = next(a for a in (sn.space.sample(i) for i in range(50)) if len(sn.extract(a).features) < len(model.features))
+    sub = sn.extract(arch)
+    names = list(sub.features._modules)
+    gap = next(i for i in range(len(model.features)) if str(i) not in names)
+    assert list(sub.features) == [sub.features[int(n)] for n in names] and len(sub.features) == len(names)
+    with pytest.raises(IndexError, match=rf"has no submodule {gap}; its submodules, by their original names: '0'"):
+        sub.features[gap]
+    with pytest.raises(KeyError, match="no submodule 'nope'"):
+        sub.features["nope"]
+    with pytest.raises(TypeError, match="not subscriptable: it has no submodules"):
+        sub.classifier[0][0]
+    assert bool(sub.classifier[0]) and len(sub.classifier[0]) == 0
+
+
 def test_the_model_and_the_ir_passed_in_are_never_modified():
     """A traced IR holds the model's own tensors. The supernet sorted them by salience in place at
     construction and every optimizer step trained them: the user's model changed under them. The

@@ -17,7 +17,7 @@ import pickle
 import types
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.utils._pytree as pytree
@@ -41,6 +41,34 @@ class IRContainer(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"{type(self).__name__} is part of a model rebuilt from an osf IR; call the root "
                            "model, whose generated forward runs every module")
+
+    def __getitem__(self, key: int | str) -> nn.Module:
+        """A child by its original name, as the original ``nn.Sequential`` / ``nn.ModuleList`` /
+        ``nn.ModuleDict`` indexed it (``features[3]``, ``blocks["attn"]``); negative ints count from the
+        end. A subnet keeps the names of the original, without the children its arch dropped."""
+        children = self._modules
+        if not children:
+            raise TypeError(f"'{type(self).__name__}' (osf: {self.osf_class}) object is not subscriptable: it has no "
+                            "submodules")
+        if isinstance(key, int) and key < 0 and -key <= len(children):
+            return list(children.values())[key]
+        name = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
+        if isinstance(name, str) and name in children:
+            return children[name]
+        shown = ", ".join(repr(n) for n in list(children)[:12]) + (", ..." if len(children) > 12 else "")
+        error = IndexError if isinstance(key, int) else KeyError  # as nn.ModuleList / nn.ModuleDict raise
+        raise error(f"{type(self).__name__} (osf: {self.osf_class}) has no submodule {key!r}; its submodules, by "
+                    f"their original names: {shown} (a subnet lacks the ones its arch dropped)")
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        """The submodules, in order (as iterating an ``nn.Sequential`` / ``nn.ModuleList`` gives them)."""
+        return iter(self._modules.values())
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __bool__(self) -> bool:  # a module is true even without submodules (``__len__`` would make it false)
+        return True
 
     def __setattr__(self, name: str, value: Any) -> None:
         children = self.__dict__.get("_modules")
