@@ -581,6 +581,12 @@ def test_replacing_or_removing_a_submodule_of_an_extracted_model_is_refused_not_
         torch.testing.assert_close(sub(*args), expected, rtol=0, atol=0)
         sub.fc.weight = torch.nn.Parameter(torch.zeros_like(sub.fc.weight))  # a new tensor is read by forward
         torch.testing.assert_close(sub(*args), sub.fc.bias.expand_as(expected), rtol=0, atol=0)
+    sub.fc.weight = torch.nn.Parameter(torch.randn(7, features))  # a head of another size: new tensors
+    sub.fc.bias = torch.nn.Parameter(torch.zeros(7))
+    out = sub(*args)
+    assert out.shape == (args[0].shape[0], 7)
+    out.square().mean().backward()
+    assert sub.fc.weight.grad.shape == (7, features)
     # a plain rebuild walks its modules at every call: a module of the original class may take a place
     rebuilt = osf.trace(torchvision.models.resnet18(num_classes=10).eval(), args).build()
     rebuilt.fc = torch.nn.Linear(512, 3)

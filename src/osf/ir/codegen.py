@@ -106,9 +106,10 @@ class IRContainer(nn.Module):
         raise ModuleReplacedError(
             f"submodule '{name}' (osf: {original}) of this model rebuilt by osf cannot be {why}. Its forward is "
             "generated from the IR and runs the ops of every module itself, never calling a module, so the model "
-            "would go on computing what it did. To change a part of the model (a new head, nn.Identity to get "
-            "features), change the original model and trace it again (osf.Supernet(model, ...)), or wrap this one "
-            "(nn.Sequential(model, head)). Its parameters, buffers and attributes can be set and trained as usual")
+            "would go on computing what it did. Its tensors are read by attribute at every call: for a head of "
+            f"another size, give '{name}' new ones (model.{name}.weight = nn.Parameter(...), and its bias). To change "
+            "what a part computes (nn.Identity to get features), change the original model and trace it again "
+            "(osf.Supernet(model, ...)), or wrap this one (nn.Sequential(model, head))")
 
     def _osf_warn_hook(self, kind: str) -> None:
         """Only the root's forward runs (a supernet runs its rebuilt model's code itself, ``_osf_inner``): a
