@@ -21,7 +21,7 @@ gradients, the extracted model gives the outputs of the model built from the arc
 ``cost()`` gives its exact parameter count; its FLOPs are compared with ``FlopCounterMode`` on the extracted
 model.
 
-    python bench/probe.py            # every model (about 8 minutes)
+    python bench/probe.py            # every model (about 5 minutes)
     python bench/probe.py --quick    # 5 models
 
 Writes bench/results/probe[-quick].json and the ``probe`` section of docs/benchmarks.md (--quick:

@@ -107,7 +107,7 @@ class IRContainer(nn.Module):
             f"submodule '{name}' (osf: {original}) of this model rebuilt by osf cannot be {why}. Its forward is "
             "generated from the IR and runs the ops of every module itself, never calling a module, so the model "
             "would go on computing what it did. Its tensors are read by attribute at every call: for a head of "
-            f"another size, give '{name}' new ones (model.{name}.weight = nn.Parameter(...), and its bias). To change "
+            f"another size, give '{name}' new ones (its .weight = nn.Parameter(...), and its .bias). To change "
             "what a part computes (nn.Identity to get features), change the original model and trace it again "
             "(osf.Supernet(model, ...)), or wrap this one (nn.Sequential(model, head))")
 

@@ -71,8 +71,9 @@ def find_groups(ir: IR, an: DimAnalysis, *, ratios: tuple[float, ...], multiple_
             key += "'"
         seen_keys.add(key)
         if role.get(a) == "inner" and not prune_head_dim:
-            reasons.append("inner factor of a factorised dim (e.g. head_dim): prune whole heads instead "
-                           "(SearchSpace(prune_head_dim=True) allows it)")
+            reasons.append("inner factor of a factorised dim (head_dim, or a grouped conv's / GroupNorm's channels "
+                           "per group): prune whole heads or groups instead (SearchSpace(prune_head_dim=True) "
+                           "allows it)")
         mods = [t.rpartition(".")[0] for t, _ in mem]
         if include and not any(fnmatch(m, pat) for m in mods for pat in include):
             reasons.append("not matched by include")
