@@ -1535,11 +1535,11 @@ def _gradient_problem(supernet: osf.Supernet, arch: osf.Arch, small: nn.Module) 
     extracted model's (rtol 1e-4, atol 1e-5 times the gradient's largest magnitude; low-precision dtypes
     torch.testing's tolerances), or None."""
     grads = {k: t.grad if t.grad is not None else torch.zeros_like(t) for k, t in supernet.tensors().items()}
-    cut, aliases = subnet_ir(supernet.space, arch, tensors=grads).tensors, supernet.subnet_ir(arch).aliases
+    cut = subnet_ir(supernet.space, arch, tensors=grads)  # the arch's IR over the gradients: cut as the weights
     for qual, p in small.named_parameters():
         if p.grad is None:
             continue
-        want = cut[aliases[qual]]
+        want = cut.tensors[cut.aliases[qual]]
         low = p.grad.dtype in (torch.float16, torch.bfloat16)
         scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
         if not torch.allclose(want, p.grad, rtol=1.6e-2 if low else 1e-4, atol=(1e-3 if low else 1e-5) * scale,

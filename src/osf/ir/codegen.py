@@ -25,6 +25,7 @@ from torch import nn
 
 from . import conditions, serial
 from . import ops as op_rules
+from .construct import qualname
 from .errors import FormatError, InputError, ModuleReplacedError
 from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph
 
@@ -92,16 +93,17 @@ class IRContainer(nn.Module):
         modules (``build``): the generated forward reads the new module's tensors by attribute and runs
         the ops that class runs. Anything else would be silently ignored, or half followed."""
         child = self._modules[name]
-        original = getattr(child, "osf_class", None) or _class_path(type(child))
-        if isinstance(value, nn.Module) and _class_path(type(value)) == original and not vars(self).get("_osf_pinned"):
+        original = getattr(child, "osf_class", None) or qualname(type(child))
+        pinned = vars(self).get("_osf_pinned", False)
+        if isinstance(value, nn.Module) and qualname(type(value)) == original and not pinned:
             return
         if value is None:
             why = "removed"
-        elif vars(self).get("_osf_pinned"):
+        elif pinned:
             why = ("replaced: this model (an extracted subnet, or a supernet's) reads its tensors from the "
                    "modules it was built with")
         else:
-            why = (f"replaced by a {_class_path(type(value))}: only a module of its own class, whose tensors the "
+            why = (f"replaced by a {qualname(type(value))}: only a module of its own class, whose tensors the "
                    "forward reads, can take its place")
         raise ModuleReplacedError(
             f"submodule '{name}' (osf: {original}) of this model rebuilt by osf cannot be {why}. Its forward is "
@@ -120,10 +122,6 @@ class IRContainer(nn.Module):
                           "every module itself. Hook the root model (a supernet: the Supernet itself), or make "
                           "the original model return the values you need and trace it again", UserWarning,
                           stacklevel=3)
-
-
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def pin_modules(root: nn.Module) -> None:

@@ -24,7 +24,8 @@ class _Unencodable(Exception):
     pass
 
 
-def _qualname(obj: Any) -> str:
+def qualname(obj: Any) -> str:
+    """``module.QualName`` of a class or function."""
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
@@ -48,7 +49,7 @@ def encode_init_value(value: Any, child_names: dict[int, str]) -> Any:
             return {"module": child_names[id(value)]}
         raise _Unencodable(f"a module instance ({type(value).__name__}) that is not a child")
     if isinstance(value, type) and "<locals>" not in value.__qualname__:
-        return {"class": _qualname(value)}
+        return {"class": qualname(value)}
     if isinstance(value, functools.partial):
         return {"partial": encode_init_value(value.func, child_names),
                 "args": [encode_init_value(a, child_names) for a in value.args],
@@ -56,13 +57,13 @@ def encode_init_value(value: Any, child_names: dict[int, str]) -> Any:
     if inspect.isfunction(value) or inspect.isbuiltin(value):
         if "<lambda>" in value.__qualname__ or "<locals>" in value.__qualname__:
             raise _Unencodable("a lambda or local function")
-        return {"function": _qualname(value)}
+        return {"function": qualname(value)}
     to_dict = getattr(value, "to_dict", None)
     from_dict = getattr(type(value), "from_dict", None)
     if callable(to_dict) and callable(from_dict):  # configuration objects (e.g. HF PretrainedConfig)
         d = to_dict()
         json.dumps(d)
-        return {"config": _qualname(type(value)), "dict": d}
+        return {"config": qualname(type(value)), "dict": d}
     raise _Unencodable(f"a value of type {type(value).__name__}")
 
 
@@ -197,7 +198,7 @@ def verify_all(model: nn.Module, names: dict[int, str]) -> dict[str, dict]:
 
     for qual, mod in reversed(modules):
         rec = recover_init(mod, names)
-        rec["class"] = _qualname(type(mod))
+        rec["class"] = qualname(type(mod))
         if "status" in rec:
             results[qual] = rec
             continue
