@@ -23,6 +23,13 @@ assert supernet.cost(arch)["params"] == sum(p.numel() for p in small.parameters(
 with FlopCounterMode(display=False) as counter:
     small(x)
 assert supernet.cost(arch)["flops"] == counter.get_total_flops()
+print(small.fc)                                  # Linear(osf: torch.nn.modules.linear.Linear, weight 1000x..., bias 1000)
+
+scratch = supernet.extract(arch)                 # the same subnet re-initialised: a from-scratch baseline
+for m in scratch.modules():                      # rebuilt torch.nn layers are instances of their class
+    if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+        m.reset_parameters()
+assert not torch.equal(scratch.fc.weight, small.fc.weight)
 
 full = supernet.extract(space.max()).eval()      # the maximal subnet is the original function
 torch.testing.assert_close(full(x), model(x))

@@ -618,6 +618,73 @@ def test_containers_of_an_extracted_model_index_iterate_and_count_their_submodul
     assert bool(sub.classifier[0]) and len(sub.classifier[0]) == 0
 
 
+def test_an_extracted_module_shows_its_cut_sizes_and_says_where_a_constructor_attribute_went():
+    """A rebuilt module holds tensors, not constructor arguments (``in_features`` would be stale once widths
+    shrink): its repr shows its own tensors' shapes, and a missing attribute names them instead of
+    nn.Module's bare "has no attribute"."""
+    sn, model, _, _ = supernet("mobilenet_v3_small")
+    sub = sn.extract(sn.space.min())
+    head = sub.classifier[-1]
+    out_features, in_features = head.weight.shape
+    assert in_features < model.classifier[-1].in_features
+    assert f"weight {out_features}x{in_features}, bias {out_features}" in repr(head)
+    assert f"weight {out_features}x{in_features}" in repr(sub)  # printed within the whole model
+    with pytest.raises(AttributeError, match=rf"'Linear' object has no attribute 'in_features': .*"
+                                             rf"torch.nn.modules.linear.Linear.*\(weight {out_features}x{in_features}"):
+        head.in_features
+    with pytest.raises(AttributeError, match="tensors of its submodules"):
+        sub.classifier.num_classes
+    assert not hasattr(head, "_private") and head.weight is head._parameters["weight"]
+    assert sub.features[0][1].running_mean is sub.features[0][1]._buffers["running_mean"]
+
+
+def test_rebuilt_torch_layers_are_instances_of_their_class_so_isinstance_loops_reach_them():
+    """``for m in model.modules(): if isinstance(m, nn.Conv2d): ...`` (re-initialising a subnet to train it
+    from scratch, freezing BatchNorm) silently skipped every layer of an extracted model: its modules were
+    only named after the torch.nn classes. They now derive from them (containers and classes outside
+    torch.nn do not), keep parameters registered as None (``Conv2d(bias=False).bias``), and behave as any
+    rebuilt module otherwise (state_dict metadata, ``.to``, copies)."""
+    from torch import nn
+    torch.manual_seed(0)
+    sn, model, args, _ = supernet("resnet18")
+    sub = sn.extract(sn.space.sample(1))
+    originals = dict(model.named_modules())
+    for name, module in sub.named_modules():
+        original = originals[name]
+        torch_layer = type(original).__module__.startswith("torch.nn.") and not isinstance(
+            original, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+        assert isinstance(module, type(original)) == torch_layer, name
+    assert not isinstance(sub, type(model)) and not isinstance(sub.layer4, nn.Sequential)
+    convs = [m for m in sub.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.bias is None for m in convs)  # registered as None, as in the original
+    # re-initialise, as one would to train the subnet from scratch
+    before = {k: v.clone() for k, v in sub.state_dict().items()}
+    for m in sub.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.reset_parameters()
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    changed = {k for k, v in sub.state_dict().items() if not torch.equal(v, before[k])}
+    assert {f"{n}.weight" for n, m in sub.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))} <= changed
+    # freeze BatchNorm while training: its running statistics stay
+    sub.train()
+    for m in sub.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    stats = {k: v.clone() for k, v in sub.state_dict().items() if "running" in k}
+    sub(*args).sum().backward()
+    assert stats and all(torch.equal(v, sub.state_dict()[k]) for k, v in stats.items())
+    # nn.Module's behaviour, not the layer's: metadata version, moving, copying, loading
+    assert sub.state_dict()._metadata["bn1"]["version"] == 1
+    sub.eval()
+    y = sub(*args)
+    assert torch.equal(copy.deepcopy(sub)(*args), y)
+    sub.load_state_dict(sub.state_dict())
+    assert sub.double().fc.weight.dtype == torch.float64 and torch.allclose(sub(args[0].double()).float(), y, atol=1e-4)
+    with pytest.raises(AttributeError, match="no attribute 'track_running_stats'.*BatchNorm2d"):
+        sub.bn1.reset_parameters()  # a layer method reading a constructor attribute says so
+
+
 def test_the_model_and_the_ir_passed_in_are_never_modified():
     """A traced IR holds the model's own tensors. The supernet sorted them by salience in place at
     construction and every optimizer step trained them: the user's model changed under them. The

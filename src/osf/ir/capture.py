@@ -946,6 +946,10 @@ def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str]
             "num_params": sum(p.numel() for p in m.parameters()),
             "own_params": sum(p.numel() for p in m._parameters.values() if p is not None),
         }
+        unset = {kind: [k for k, t in table.items() if t is None]
+                 for kind, table in (("params", m._parameters), ("buffers", m._buffers))}
+        if any(unset.values()):  # registered as None (Conv2d(bias=False).bias): a rebuilt module has them too
+            meta["unset"] = {kind: names for kind, names in unset.items() if names}
         children = [ids[id(c)] for c in m.children() if ids.get(id(c), "").startswith(name)]
         nodes[name] = ModuleNode(name, meta, [c for c in children if c != name])
     json.dumps({n: v.meta for n, v in nodes.items()})  # fail early if anything is not JSON

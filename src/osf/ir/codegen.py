@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import inspect
 import itertools
 import keyword
@@ -37,7 +38,33 @@ class IRContainer(nn.Module):
     osf_class: str = ""
 
     def extra_repr(self) -> str:
-        return f"osf: {self.osf_class}"
+        sizes = self._osf_sizes()
+        return f"osf: {self.osf_class}" + (f", {sizes}" if sizes else "")
+
+    def _osf_sizes(self) -> str:
+        """The shapes of this module's own parameters and buffers (``weight 100x512, bias 100``): where a
+        rebuilt module shows its widths, having no constructor attributes such as ``in_features``."""
+        tensors = {**self._parameters, **self._buffers}
+        return ", ".join(f"{name} {'x'.join(map(str, t.shape))}" for name, t in tensors.items()
+                         if t is not None and t.dim() > 0)
+
+    def __getattr__(self, name: str) -> Any:
+        # nn.Module's lookup (same order), with an error that says what a rebuilt module holds
+        state = self.__dict__
+        for table in ("_parameters", "_buffers", "_modules"):
+            entries = state.get(table)
+            if entries is not None and name in entries:
+                return entries[name]
+        message = f"'{type(self).__name__}' object has no attribute '{name}'"
+        if name.startswith("_") or "_modules" not in state:
+            raise AttributeError(message)
+        sizes = self._osf_sizes()
+        raise AttributeError(
+            f"{message}: it stands for a {self.osf_class} in a model rebuilt by osf, which keeps the original "
+            "module's submodules, parameters and buffers but not its other attributes (constructor arguments "
+            "such as in_features or num_heads would be stale once a subnet's widths shrink); "
+            + (f"read sizes from its tensors ({sizes}), e.g. .weight.shape" if sizes
+               else "read sizes from the tensors of its submodules"))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"{type(self).__name__} is part of a model rebuilt from an osf IR; call the root "
@@ -80,13 +107,13 @@ class IRContainer(nn.Module):
     def __delattr__(self, name: str) -> None:
         if name in self.__dict__.get("_modules", ()):
             self._osf_check_replacement(name, None)
-        super().__delattr__(name)
+        nn.Module.__delattr__(self, name)
 
     def add_module(self, name: str, module: nn.Module | None) -> None:
         children = self.__dict__.get("_modules")
         if children is not None and name in children and children[name] is not module:
             self._osf_check_replacement(name, module)
-        super().add_module(name, module)
+        nn.Module.add_module(self, name, module)
 
     def _osf_check_replacement(self, name: str, value: Any) -> None:
         """A child may give way only to a module of its original class in a model whose forward walks the
@@ -444,8 +471,44 @@ def _container_class(class_path: str, cache: dict[str, type], base: type = IRCon
     key = f"{base.__name__}:{class_path}"
     if key not in cache:
         short = class_path.rpartition(".")[2] or "Module"
-        cache[key] = type(short if short.isidentifier() else "Module", (base,), {"osf_class": class_path})
+        namespace: dict[str, Any] = {"osf_class": class_path}
+        original = _torch_layer_class(class_path)
+        bases = (base,) if original is None else (base, original)
+        if original is not None:
+            namespace.update(_module_behaviour(base, original))
+        cache[key] = type(short if short.isidentifier() else "Module", bases, namespace)
     return cache[key]
+
+
+def _torch_layer_class(class_path: str) -> type | None:
+    """The ``torch.nn`` layer class a rebuilt module also derives from, so that ``isinstance(m, nn.Conv2d)``
+    (weight init, freezing BatchNorm, optimizer groups by layer type) finds it instead of silently skipping
+    it. Not for containers (``__getitem__``: Sequential, ModuleList, ModuleDict...), whose ``append`` /
+    ``insert`` would change children the generated forward never calls, nor for classes outside torch.nn
+    (importing user code, subclass hooks)."""
+    if not class_path.startswith("torch.nn."):
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or cls is nn.Module or hasattr(cls, "__getitem__"):
+        return None
+    return cls
+
+
+def _module_behaviour(base: type, original: type) -> dict[str, Any]:
+    """``nn.Module``'s own members that ``original`` overrides (``_apply``, ``__setstate__``,
+    ``_load_from_state_dict``, ``__init__``, ``_version``...) and ``base`` does not: pinned back on the
+    rebuilt class, so that a rebuilt module behaves as every other one (its state is its tensors, not the
+    original's attributes); the original's other methods stay, reading attributes it may lack (an
+    ``AttributeError`` that says so)."""
+    own = {name for klass in base.__mro__ if klass not in (nn.Module, object) for name in vars(klass)}
+    overridden = {name for klass in original.__mro__ if klass not in (nn.Module, object) for name in vars(klass)}
+    return {name: value for name, value in vars(nn.Module).items()
+            if name in overridden and name not in own
+            and (not name.startswith("__") or callable(value))}
 
 
 def _container_maker(cls: type) -> Callable[[], nn.Module]:
@@ -530,7 +593,7 @@ class Blueprint:
             layout = self._layout(ir, parts, cache["tree"])
             if parts is not None and parts.layout is not None:
                 remember(layouts, parts.layout, layout)
-        (self.containers, self.container_paths, self.slots, self._home_slots, self._const_reads,
+        (self.containers, self.container_paths, self.slots, self._unset, self._home_slots, self._const_reads,
          self._owner_positions) = layout
         self._root_attributes = {
             **shared_attributes, "_osf_blueprint": self,
@@ -553,8 +616,8 @@ class Blueprint:
 
     @staticmethod
     def _layout(ir: IR, parts: SubnetParts | None, tree: list) -> tuple:
-        """(containers, their paths, tensor slots, and with ``parts`` where an instance's forwards read its
-        tensors, constants and owner modules)."""
+        """(containers, their paths, tensor slots, tensors registered as None, and with ``parts`` where an
+        instance's forwards read its tensors, constants and owner modules)."""
         alive = parts.modules if parts is not None else None
         # containers in creation order as (parent position, local name, maker); position 0 is the root
         position = {"": 0}
@@ -573,14 +636,17 @@ class Blueprint:
             node = ir.modules.get(mod_name) if alive is None or mod_name in alive else None
             slots.append((position.get(mod_name), mod_name, local, canon,
                           local in node.meta["params"] if node is not None else None, qual in persistent))
+        tables = {"params": "_parameters", "buffers": "_buffers"}
+        unset = [(at, tables[table], name) for path, at in position.items()
+                 for table, names in ir.modules[path].meta.get("unset", {}).items() for name in names]
         if parts is None:
-            return containers, list(position), slots, None, None, None
+            return containers, list(position), slots, unset, None, None, None
         read_index = {canon: j for j, canon in enumerate(parts.reads)}
         first = {}
         for at, mod_name, local, canon, _, _ in slots:
             first.setdefault(canon, (read_index[canon], at, mod_name, local))
         const_reads = [(read_index[c], c) for c in read_index if c.startswith("_osf_const_")]
-        return (containers, list(position), slots, list(first.values()), const_reads,
+        return (containers, list(position), slots, unset, list(first.values()), const_reads,
                 [position.get(path) for path in parts.owners])
 
     @staticmethod
@@ -635,6 +701,8 @@ class Blueprint:
                 owner._buffers[local] = made[canon]
                 if not persistent:
                     owner._non_persistent_buffers_set.add(local)
+        for at, table, name in self._unset:
+            containers[at].__dict__[table][name] = None
         for name, t in tensors.items():
             if name.startswith("_osf_const_"):
                 root.register_buffer(name, t if share_weights or adopt else t.clone(), persistent=False)
