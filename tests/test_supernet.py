@@ -683,6 +683,23 @@ def test_rebuilt_torch_layers_are_instances_of_their_class_so_isinstance_loops_r
     assert sub.double().fc.weight.dtype == torch.float64 and torch.allclose(sub(args[0].double()).float(), y, atol=1e-4)
     with pytest.raises(AttributeError, match="no attribute 'track_running_stats'.*BatchNorm2d"):
         sub.bn1.reset_parameters()  # a layer method reading a constructor attribute says so
+    state = {k: v.clone() for k, v in sub.state_dict().items()}
+    with pytest.raises(AttributeError, match="track_running_stats"):  # it would set momentum=None, which the
+        torch.optim.swa_utils.update_bn([args[0]], sub)               # generated forward cannot follow
+    assert all(torch.equal(v, sub.state_dict()[k]) for k, v in state.items())  # stopped before changing anything
+
+
+def test_tracing_an_extracted_model_again_gives_its_function_without_hook_warnings():
+    """A second search on an extracted subnet: tracing it must not warn once per module about hooks
+    (osf's own diagnostics hooks, which know a rebuilt module is never called), and gives the same outputs."""
+    import warnings
+    sn, _, args, _ = supernet("resnet18")
+    sub = sn.extract(sn.space.sample(1)).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = osf.Supernet(sub, args)
+    assert not [w for w in caught if "will never be called" in str(w.message)]
+    torch.testing.assert_close(again.extract(again.space.max()).eval()(*args), sub(*args), rtol=1e-4, atol=1e-5)
 
 
 def test_the_model_and_the_ir_passed_in_are_never_modified():

@@ -144,9 +144,10 @@ class _StackRecorder:
         self.stack: list[str] = []
         self.failed_at: list[str] | None = None
         self.handles = []
-        for name, m in model.named_modules():
-            self.handles.append(m.register_forward_pre_hook(self._enter(name)))
-            self.handles.append(m.register_forward_hook(self._leave(name), always_call=True))
+        for name, m in model.named_modules():  # nn.Module's own registration: a rebuilt module warns that
+            # a hook on it never runs, which these diagnostics know (they name no module of a rebuilt model)
+            self.handles.append(nn.Module.register_forward_pre_hook(m, self._enter(name)))
+            self.handles.append(nn.Module.register_forward_hook(m, self._leave(name), always_call=True))
 
     def _enter(self, name: str):
         def hook(*_):
