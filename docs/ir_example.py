@@ -28,3 +28,7 @@ rebuilt = ir.build().eval()                    # generated forward, same state_d
 x = torch.randn(5, 32)
 torch.testing.assert_close(rebuilt(x), model.eval()(x))
 print(rebuilt._osf_train_fn.__osf_source__.splitlines()[0])   # the generated code is inspectable
+print(rebuilt[4])                              # Linear(osf: torch.nn.modules.linear.Linear, weight 10x32, bias 10)
+assert isinstance(rebuilt[4], nn.Linear)        # rebuilt torch.nn layers are instances of their class
+again = osf.trace(rebuilt, (torch.randn(2, 32),))   # a rebuilt model's own IR, over its tensors
+assert list(again.modules) == list(ir.modules)

@@ -689,17 +689,33 @@ def test_rebuilt_torch_layers_are_instances_of_their_class_so_isinstance_loops_r
     assert all(torch.equal(v, sub.state_dict()[k]) for k, v in state.items())  # stopped before changing anything
 
 
-def test_tracing_an_extracted_model_again_gives_its_function_without_hook_warnings():
-    """A second search on an extracted subnet: tracing it must not warn once per module about hooks
-    (osf's own diagnostics hooks, which know a rebuilt module is never called), and gives the same outputs."""
+def test_tracing_an_extracted_model_again_keeps_its_hierarchy_and_its_tensors():
+    """A second search within an extracted (e.g. fine-tuned) subnet: ``osf.trace`` returns the subnet's own
+    IR over the model's current tensors (a new trace of its generated forward, which never calls its
+    submodules, would put every op in the root: no module-wise units, no motifs, no class names), with no
+    warning per module; a model whose tensors changed shape since is traced again, and still computes the
+    same function."""
     import warnings
     sn, _, args, _ = supernet("resnet18")
-    sub = sn.extract(sn.space.sample(1)).eval()
+    arch = sn.space.sample(1)
+    sub = sn.extract(arch).eval()
+    with torch.no_grad():
+        sub.fc.weight.mul_(2)  # fine-tuned since
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         again = osf.Supernet(sub, args)
     assert not [w for w in caught if "will never be called" in str(w.message)]
+    reference = osf.SearchSpace(sn.subnet_ir(arch))
+    assert [u.key for u in again.space.units] == [u.key for u in reference.units] and again.space.units
+    assert len(again.space.groups) == len(reference.groups)
+    assert again.ir.modules["fc"].meta["class"] == "torch.nn.modules.linear.Linear"
     torch.testing.assert_close(again.extract(again.space.max()).eval()(*args), sub(*args), rtol=1e-4, atol=1e-5)
+    assert osf.trace(sub, args, dynamic_spatial=True).info["trace_options"]["dynamic_spatial"]  # other options: traced
+    sub.fc.weight = torch.nn.Parameter(torch.randn(7, sub.fc.weight.shape[1]))  # a 7-class head: traced again
+    sub.fc.bias = torch.nn.Parameter(torch.zeros(7))
+    retraced = osf.trace(sub, args)
+    assert retraced.modules[""].meta["num_params"] == sum(p.numel() for p in sub.parameters())
+    torch.testing.assert_close(retraced.build().eval()(*args), sub(*args))
 
 
 def test_the_model_and_the_ir_passed_in_are_never_modified():

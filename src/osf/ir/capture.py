@@ -52,11 +52,19 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     left static is a constant of the graph (sizes computed from it, such as an upsampling back to the
     input's size, are baked in), so the rebuilt model refuses inputs of another size there.
     ``verify_init=False`` skips constructor-argument verification.
+
+    A model osf rebuilt (an extracted subnet, ``ir.build()``) is not traced again: its own IR is returned,
+    holding its current tensors, when it was traced with the same options and its tensors kept their
+    shapes (its generated forward never calls its submodules, so a new trace would lose the hierarchy).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"osf.trace expects an nn.Module, got {type(model).__name__}")
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
     kwargs = dict(kwargs or {})
+    options = {"dynamic_batch": dynamic_batch, "dynamic_seq": dynamic_seq, "dynamic_spatial": dynamic_spatial}
+    own = _own_ir(model, args, kwargs, options)
+    if own is not None:
+        return own
     _refuse_packed_state(model)
     was_training = model.training
     started = time.perf_counter()
@@ -76,6 +84,7 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     finally:
         model.train(was_training)
     ir = _to_ir(model, programs, method, verify_init)
+    ir.info["trace_options"] = options
     if unrecorded.hooked:
         _check_gradients(model, ir, args, kwargs, unrecorded)
     _warn_parameter_hooks(model)
@@ -789,6 +798,25 @@ def _gate_mode_only_ops(train: Graph, eval_: Graph) -> None:
         if op_rules.is_inplace(op.target) and op.inputs[:1] and op.inputs[0] in buffers \
                 and target_of[op.inputs[0]] not in mutated_in_eval:
             op.mode_gated = True
+
+
+def _own_ir(model: nn.Module, args: tuple, kwargs: dict, options: dict[str, bool]) -> IR | None:
+    """The IR of a model osf rebuilt, over its current tensors (``codegen.own_ir``), after one call in eval
+    mode with ``args`` (the model refuses inputs its graph does not take); None for any other model, one
+    traced with other ``options``, or one whose tensors changed shape or dtype since."""
+    from .codegen import RebuiltModel, own_ir
+    if not isinstance(model, RebuiltModel):
+        return None
+    ir = own_ir(model)
+    if ir is None or ir.info.get("trace_options") != options:
+        return None
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(*args, **kwargs)
+    finally:
+        model.train(was_training)
+    return ir
 
 
 def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:

@@ -378,6 +378,28 @@ def _pickled_state(root: RebuiltModel) -> tuple[dict, dict, dict]:
     return blueprint.structure_json(), tensors, states
 
 
+def own_ir(root: RebuiltModel) -> IR | None:
+    """The IR ``root`` was built from (a subnet's own, for an extracted model), holding ``root``'s current
+    tensors; None when a tensor or module put in since, or a tensor of another shape or dtype, makes the
+    IR's record of it wrong."""
+    from .io import ir_from_json
+    try:
+        structure, tensors, _ = _pickled_state(root)
+    except pickle.PicklingError:
+        return None
+    ir = ir_from_json(structure, "a model rebuilt by osf")
+    for name, node in ir.modules.items():
+        prefix = f"{name}." if name else ""
+        for local, meta in itertools.chain(node.meta["params"].items(), node.meta["buffers"].items()):
+            tensor = tensors[ir.aliases[prefix + local]]
+            if list(tensor.shape) != meta["shape"] or str(tensor.dtype).removeprefix("torch.") != meta["dtype"]:
+                return None
+            if "requires_grad" in meta:
+                meta["requires_grad"] = tensor.requires_grad
+    ir.tensors = tensors
+    return ir
+
+
 def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], states: dict[str, dict]) -> RebuiltModel:
     """The model ``_pickled_state`` describes, its forward generated again."""
     from .io import ir_from_json
