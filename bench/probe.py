@@ -1602,11 +1602,13 @@ def measure(name: str) -> dict:
                 why = _gradient_problem(supernet, arch, small)
                 if why:
                     problems.append(f"{role}: set_arch {why} from extract's")
+            rewritten = supernet.subnet_ir(arch)
             with torch.no_grad():  # the reference both templates must match: the model built from the rewritten IR
-                why = common.compare_outputs(supernet.subnet_ir(arch).build().eval()(*args, **kwargs),
-                                             small(*args, **kwargs))[0]
+                why = common.compare_outputs(rewritten.build().eval()(*args, **kwargs), small(*args, **kwargs))[0]
             if why:
                 problems.append(f"{role}: extract differs from the rewritten IR's model: {why}")
+            if role == "sample 1" and list(osf.trace(small, args, kwargs).modules) != list(rewritten.modules):
+                problems.append(f"{role}: osf.trace of the extracted model is not its own IR (hierarchy lost)")
             counted = _flops(small, args, kwargs)
             flops_error = max(flops_error, abs(cost["flops"] - counted) / max(counted, 1))
         row.update(template=supernet.template_status == "template", problems=problems, ok=not problems,
@@ -1631,7 +1633,8 @@ def section(env: dict, rows: list[dict]) -> str:
              "model's outputs (atol 1e-5, rtol 1e-4) and the same gradients on every kept weight (loss: mean square "
              "of the outputs; rtol 1e-4, atol 1e-5 × the gradient's largest magnitude, torch.testing's tolerances "
              "for bfloat16), the extracted model gives the outputs of the model built from the arch's rewritten IR "
-             "(`supernet.subnet_ir(arch).build()`, the reference both templates must match), and `cost()` gives its "
+             "(`supernet.subnet_ir(arch).build()`, the reference both templates must match), `osf.trace` of the "
+             "first sampled one returns its own IR (the rewritten IR's modules), and `cost()` gives its "
              "exact parameter count. *FLOPs Δ*: the largest relative difference of `cost()` against "
              "`FlopCounterMode` on the extracted model (math attention kernel; target 1 %). *Unsupported*: ops "
              "without a dimension rule (their dims stay fixed)", "",
