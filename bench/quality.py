@@ -107,10 +107,17 @@ def accuracy(model: torch.nn.Module, loader) -> float:
 
 
 def recalibrate(model: torch.nn.Module, loader, batches: int | None = None) -> None:
-    """BatchNorm running statistics as the plain average over ``batches`` training batches (as osf does)."""
+    """BatchNorm running statistics as the plain average over ``batches`` training batches (as osf does).
+    A model osf extracted holds its BatchNorm momentum in its generated code, not in an attribute: osf
+    recalibrates it, as the one arch of its own supernet (``osf.trace`` of it gives its own IR)."""
     batches = batches or CALIB
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
+        return
+    if not all(hasattr(m, "momentum") for m in norms):
+        own = osf.Supernet(model, (next(iter(loader))[0],), sort=False)
+        own.recalibrate(own.space.max(), loader, batches)
+        model.load_state_dict(own.extract(own.space.max()).state_dict())
         return
     saved = [m.momentum for m in norms]
     for m in norms:
