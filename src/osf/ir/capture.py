@@ -32,7 +32,8 @@ from torch.export import Dim
 
 from . import conditions, serial
 from . import ops as op_rules
-from .construct import verify_all
+from .codegen import RebuiltModel, own_ir
+from .construct import qualname, verify_all
 from .errors import TraceError
 from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder
 
@@ -272,7 +273,7 @@ class _Unrecorded:
 
         def recording(cls: type, forward: Callable) -> staticmethod:
             def run(*args: Any, **kwargs: Any) -> Any:
-                self.functions.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+                self.functions.setdefault(qualname(cls), cls)
                 return forward(*args, **kwargs)
             return staticmethod(functools.wraps(forward)(run))
 
@@ -804,7 +805,6 @@ def _own_ir(model: nn.Module, args: tuple, kwargs: dict, options: dict[str, bool
     """The IR of a model osf rebuilt, over its current tensors (``codegen.own_ir``), after one call in eval
     mode with ``args`` (the model refuses inputs its graph does not take); None for any other model, one
     traced with other ``options``, or one whose tensors changed shape or dtype since."""
-    from .codegen import RebuiltModel, own_ir
     if not isinstance(model, RebuiltModel):
         return None
     ir = own_ir(model)
@@ -846,7 +846,7 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
                       f"check (e.g. {unchecked[0]}): a call with sizes that break one may give a wrong output; "
                       "call the model at the traced size, or trace without dynamic dims", stacklevel=3)
     info = {
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_class": qualname(type(model)),
         "capture": method,
         "torch": torch.__version__,
         "train_error": train_error,
@@ -968,7 +968,7 @@ def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str]
         init = {k: v for k, v in init.items() if k != "class"}
         meta = {
             "name": name,
-            "class": f"{type(m).__module__}.{type(m).__qualname__}",
+            "class": qualname(type(m)),
             "init": init,
             "params": params,
             "buffers": buffers,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import inspect
 import itertools
 import keyword
@@ -28,7 +27,7 @@ from . import conditions, serial
 from . import ops as op_rules
 from .construct import qualname
 from .errors import FormatError, InputError, ModuleReplacedError
-from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph
+from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, import_class
 
 
 class IRContainer(nn.Module):
@@ -510,9 +509,8 @@ def _torch_layer_class(class_path: str) -> type | None:
     (importing user code, subclass hooks)."""
     if not class_path.startswith("torch.nn."):
         return None
-    module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = import_class(class_path)
     except (ImportError, AttributeError):
         return None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or cls is nn.Module or hasattr(cls, "__getitem__"):
@@ -612,7 +610,10 @@ class Blueprint:
         if layout is None:
             if "tree" not in cache:
                 cache["tree"] = self._tree(ir, classes, makers)
-            layout = self._layout(ir, parts, cache["tree"])
+                cache["unset"] = [(path, {"params": "_parameters", "buffers": "_buffers"}[kind], name)
+                                  for path, node in ir.modules.items()
+                                  for kind, names in node.meta.get("unset", {}).items() for name in names]
+            layout = self._layout(ir, parts, cache["tree"], cache["unset"])
             if parts is not None and parts.layout is not None:
                 remember(layouts, parts.layout, layout)
         (self.containers, self.container_paths, self.slots, self._unset, self._home_slots, self._const_reads,
@@ -637,9 +638,10 @@ class Blueprint:
         return tree
 
     @staticmethod
-    def _layout(ir: IR, parts: SubnetParts | None, tree: list) -> tuple:
-        """(containers, their paths, tensor slots, tensors registered as None, and with ``parts`` where an
-        instance's forwards read its tensors, constants and owner modules)."""
+    def _layout(ir: IR, parts: SubnetParts | None, tree: list, unset: list[tuple[str, str, str]]) -> tuple:
+        """(containers, their paths, tensor slots, tensors registered as None (``unset``: (module path,
+        table, name) of the whole IR), and with ``parts`` where an instance's forwards read its tensors,
+        constants and owner modules)."""
         alive = parts.modules if parts is not None else None
         # containers in creation order as (parent position, local name, maker); position 0 is the root
         position = {"": 0}
@@ -658,9 +660,7 @@ class Blueprint:
             node = ir.modules.get(mod_name) if alive is None or mod_name in alive else None
             slots.append((position.get(mod_name), mod_name, local, canon,
                           local in node.meta["params"] if node is not None else None, qual in persistent))
-        tables = {"params": "_parameters", "buffers": "_buffers"}
-        unset = [(at, tables[table], name) for path, at in position.items()
-                 for table, names in ir.modules[path].meta.get("unset", {}).items() for name in names]
+        unset = [(position[path], table, name) for path, table, name in unset if path in position]
         if parts is None:
             return containers, list(position), slots, unset, None, None, None
         read_index = {canon: j for j, canon in enumerate(parts.reads)}
