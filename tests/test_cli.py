@@ -293,6 +293,25 @@ def test_run_device_picks_the_ranks_gpu(monkeypatch):
         run_device("cuda:0", "train.device")
 
 
+def test_more_ranks_than_gpus_is_refused_before_launching(tmp_path, monkeypatch, capsys):
+    """``--nproc 2`` on CUDA with one GPU (simulated) stops before torchrun starts any rank, naming the fix;
+    on the CPU the same count is fine (the launch itself is stubbed: only the check is under test)."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    launched = []
+    monkeypatch.setattr(subprocess, "run", lambda command: launched.append(command) or subprocess.CompletedProcess(command, 0))
+    args = ["train", "builtin:resnet", "--data", "digits", "--out", str(tmp_path / "run"), "--nproc", "2"]
+    for device in ("auto", "cuda"):
+        assert main([*args, "--device", device]) == 2
+        assert f"train.device is '{device}': --nproc 2 needs one GPU per rank and this machine has 1; use --nproc 1" \
+            in capsys.readouterr().err
+    assert main([*args, "--device", "cuda:0"]) == 2
+    assert "each rank takes its own GPU" in capsys.readouterr().err
+    assert not launched and not (tmp_path / "run").exists()
+    assert main([*args, "--device", "cpu"]) == 0 and len(launched) == 1
+
+
 @pytest.mark.slow
 def test_train_on_two_processes_matches_one_and_resumes(tmp_path):
     """``--nproc 2``: a fork-join step under torchrun equals the step of one process (both on one thread per

@@ -93,6 +93,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def _launch_ranks(a: argparse.Namespace) -> int:
     """``osf train --nproc N``: the same command on N local ranks through torchrun (fork-join training)."""
+    pipeline.check_rank_devices(TrainSettings(**_given(a, TrainSettings)).device, a.nproc, "train.device")
     argv, skip = [], False
     for token in a.argv:
         if skip:

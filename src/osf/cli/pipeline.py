@@ -49,11 +49,29 @@ def run_device(setting: str, key: str) -> torch.device:
     if "RANK" in os.environ and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     elif "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # NCCL binds rank r to cuda:r
-        raise ConfigError(f"{key} is '{setting}', but under --nproc each rank takes its own GPU; use cuda or auto")
+        raise ConfigError(_one_gpu_per_rank(key, setting))
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"{key}: {device} does not exist, this machine has {torch.cuda.device_count()} GPU(s); "
                           "start at most one rank per GPU (--nproc) or use cpu")
     return device
+
+
+def check_rank_devices(setting: str, nproc: int, key: str) -> None:
+    """Refuse ``nproc`` ranks on CUDA before torchrun starts them when the machine has fewer GPUs (each rank
+    takes its own: NCCL binds rank r to cuda:r), or when ``setting`` names one GPU for all of them."""
+    device = run_device(setting, key)
+    if device.type != "cuda":
+        return
+    if device.index is not None:
+        raise ConfigError(_one_gpu_per_rank(key, setting))
+    if nproc > torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        raise ConfigError(f"{key} is '{setting}': --nproc {nproc} needs one GPU per rank and this machine has {gpus}; "
+                          f"use --nproc {gpus} (or fewer) or --device cpu")
+
+
+def _one_gpu_per_rank(key: str, setting: str) -> str:
+    return f"{key} is '{setting}', but under --nproc each rank takes its own GPU; use cuda or auto"
 
 
 def new_supernet(model: str, space: SpaceSettings, image_size: int | None = None,
