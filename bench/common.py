@@ -145,6 +145,34 @@ def compare_outputs(expected, got, atol: float = 1e-5, rtol: float = 1e-4,
     return why, worst
 
 
+def output_loss(y):
+    """Mean square of the floating-point outputs that carry a gradient (None when none does)."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+    leaves = [v for v in tree_leaves(y) if isinstance(v, torch.Tensor) and v.is_floating_point() and v.requires_grad]
+    return sum(v.float().square().mean() for v in leaves) if leaves else None
+
+
+def gradient_problem(supernet, arch, small) -> str | None:
+    """Where the gradients the supernet left at ``arch`` (cut to its kept positions) differ from the
+    extracted model's (rtol 1e-4, atol 1e-5 times the gradient's largest magnitude; low-precision dtypes
+    torch.testing's tolerances), or None."""
+    import torch
+    from osf.space.subnet import subnet_ir
+    grads = {k: t.grad if t.grad is not None else torch.zeros_like(t) for k, t in supernet.tensors().items()}
+    cut = subnet_ir(supernet.space, arch, tensors=grads)  # the arch's IR over the gradients: cut as the weights
+    for qual, p in small.named_parameters():
+        if p.grad is None:
+            continue
+        want = cut.tensors[cut.aliases[qual]]
+        low = p.grad.dtype in (torch.float16, torch.bfloat16)
+        scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+        if not torch.allclose(want, p.grad, rtol=1.6e-2 if low else 1e-4, atol=(1e-3 if low else 1e-5) * scale,
+                              equal_nan=True):
+            return f"gradient of {qual} differs by {(want - p.grad).abs().max().item():.3g}"
+    return None
+
+
 def run_in_child(ctx, target, args: tuple, timeout: float) -> tuple[dict | None, str | None, float]:
     """Run ``target(*args, conn)`` in a child of multiprocessing context ``ctx``; it sends one dict back.
     Returns (that dict or None, why there is none: a timeout or a crash, seconds)."""

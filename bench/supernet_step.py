@@ -267,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, model, size, batch in models:
         rows += measure(name, model, size, batch, archs, repeats, device, budget_s)
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     env = common.environment(command="python bench/supernet_step.py " + " ".join(argv or sys.argv[1:]),
-                             seed=SEED, threads=opts.threads, device=str(device), repeats=repeats, malloc=opts.malloc,
+                             seed=SEED, threads=opts.threads, repeats=repeats, device=str(device) + gpu,
+                             malloc=opts.malloc,
                              batch=", ".join(f"{n} {b}×3×{s}×{s}" for n, _, s, b in models))
     variant = device.type + ("-keep" if opts.malloc == "keep" else "")
     name = "supernet_step-quick.json" if opts.quick else f"supernet_step-{variant}.json"
