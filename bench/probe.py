@@ -19,7 +19,8 @@ Per model: the supernet builds; its maximal subnet equals the original (eval mod
 sampled subnets, running the supernet at the arch (``set_arch``) gives the extracted model's outputs and
 gradients, the extracted model gives the outputs of the model built from the arch's rewritten IR, and
 ``cost()`` gives its exact parameter count; its FLOPs are compared with ``FlopCounterMode`` on the extracted
-model.
+model; cast to float64, the extracted maximal subnet gives the original's outputs and the minimal one its
+float32 outputs (where the original runs in float64).
 
     python bench/probe.py            # every model (about 5 minutes)
     python bench/probe.py --quick    # 5 models
@@ -30,6 +31,7 @@ docs/benchmarks-quick.md).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,7 +54,6 @@ import common  # noqa: E402
 
 import osf  # noqa: E402
 from osf.cli.models import HF_ARCHS, resolve  # noqa: E402
-from osf.space.subnet import subnet_ir  # noqa: E402
 
 SEED = 0
 QUICK = ("hf:gpt2", "fused_qkv_split_per_head", "group_norm_fpn", "pixel_shuffle_sr", "temporal_shift")
@@ -1524,35 +1525,47 @@ def build(name: str) -> tuple[nn.Module, tuple, dict]:
 
 # ----------------------------------------------------------------------------------------------
 
-def _loss(y: Any) -> torch.Tensor | None:
-    """Mean square of the floating-point outputs that carry a gradient (None when none does)."""
-    leaves = [v for v in tree_leaves(y) if isinstance(v, torch.Tensor) and v.is_floating_point() and v.requires_grad]
-    return sum(v.float().square().mean() for v in leaves) if leaves else None
-
-
-def _gradient_problem(supernet: osf.Supernet, arch: osf.Arch, small: nn.Module) -> str | None:
-    """Where the gradients the supernet left at ``arch`` (cut to its kept positions) differ from the
-    extracted model's (rtol 1e-4, atol 1e-5 times the gradient's largest magnitude; low-precision dtypes
-    torch.testing's tolerances), or None."""
-    grads = {k: t.grad if t.grad is not None else torch.zeros_like(t) for k, t in supernet.tensors().items()}
-    cut = subnet_ir(supernet.space, arch, tensors=grads)  # the arch's IR over the gradients: cut as the weights
-    for qual, p in small.named_parameters():
-        if p.grad is None:
-            continue
-        want = cut.tensors[cut.aliases[qual]]
-        low = p.grad.dtype in (torch.float16, torch.bfloat16)
-        scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
-        if not torch.allclose(want, p.grad, rtol=1.6e-2 if low else 1e-4, atol=(1e-3 if low else 1e-5) * scale,
-                              equal_nan=True):
-            return f"gradient of {qual} differs by {(want - p.grad).abs().max().item():.3g}"
-    return None
-
-
 def _flops(model: nn.Module, args: tuple, kwargs: dict) -> int:
     """``FlopCounterMode``'s count of one forward (math attention kernel: the fused ones are not counted)."""
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         model(*args, **kwargs)
     return counter.get_total_flops()
+
+
+def _float64_problem(model: nn.Module, supernet: osf.Supernet, args: tuple, kwargs: dict) -> str:
+    """"same" when, cast with ``.double()`` and run on inputs cast alike (random draws seeded alike), the
+    extracted ``max()`` gives the original's outputs (atol 1e-5, rtol 1e-4) and the extracted ``min()`` its
+    own float32 outputs in the dtypes the original gives (atol 1e-4, rtol 1e-3: float32 rounding); "n/a"
+    when the original is not float32 or does not run in float64; else what differs. Dtypes read in
+    ``forward`` must follow the cast."""
+    def cast(v: Any) -> Any:
+        return v.double() if isinstance(v, torch.Tensor) and v.dtype == torch.float32 else v
+
+    def run(m: nn.Module, a: tuple, k: dict) -> list:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            return [x for x in tree_leaves(m(*a, **k)) if isinstance(x, torch.Tensor)]
+
+    args64, kwargs64 = tree_map(cast, args), tree_map(cast, kwargs)
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return "n/a"
+    try:
+        reference = run(copy.deepcopy(model).double(), args64, kwargs64)
+    except Exception:  # noqa: BLE001 - the original itself does not run in float64
+        return "n/a"
+    try:
+        why = common.compare_outputs(reference, run(supernet.extract(supernet.space.max()).eval().double(),
+                                                    args64, kwargs64))[0]
+        if why:
+            return f"max(): {why}"
+        small = supernet.extract(supernet.space.min()).eval()
+        own = run(small, args, kwargs)
+        if len(own) == len(reference):
+            own = [x.to(r.dtype) if x.is_floating_point() else x for x, r in zip(own, reference)]
+        why = common.compare_outputs(own, run(small.double(), args64, kwargs64), atol=1e-4, rtol=1e-3)[0]
+        return f"min(): {why}" if why else "same"
+    except Exception as e:  # noqa: BLE001 - reported
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
 
 
 def measure(name: str) -> dict:
@@ -1575,6 +1588,9 @@ def measure(name: str) -> dict:
                                          atol=1e-4, rtol=1e-3)[0]
         if why:
             problems.append(f"max() differs from the original: {why}")
+        row["float64"] = _float64_problem(model, supernet, args, kwargs)
+        if row["float64"] not in ("same", "n/a"):
+            problems.append(f"cast to float64: {row['float64']}")
         supernet.eval()
         flops_error, gradients = 0.0, 0
         for role, arch in [("min", space.min()), ("sample 1", space.sample(SEED + 1)), ("sample 2", space.sample(SEED + 2))]:
@@ -1588,18 +1604,18 @@ def measure(name: str) -> dict:
             supernet.zero_grad(set_to_none=True)
             with supernet.set_arch(arch):
                 shared = supernet(*args, **kwargs)
-                shared_loss = _loss(shared)
+                shared_loss = common.output_loss(shared)
                 if shared_loss is not None:
                     shared_loss.backward()
             own = small(*args, **kwargs)
-            own_loss = _loss(own)
+            own_loss = common.output_loss(own)
             why = common.compare_outputs(own, shared)[0]
             if why:
                 problems.append(f"{role}: set_arch differs from extract: {why}")
             if own_loss is not None and shared_loss is not None:
                 own_loss.backward()
                 gradients += 1
-                why = _gradient_problem(supernet, arch, small)
+                why = common.gradient_problem(supernet, arch, small)
                 if why:
                     problems.append(f"{role}: set_arch {why} from extract's")
             rewritten = supernet.subnet_ir(arch)
@@ -1635,14 +1651,19 @@ def section(env: dict, rows: list[dict]) -> str:
              "for bfloat16), the extracted model gives the outputs of the model built from the arch's rewritten IR "
              "(`supernet.subnet_ir(arch).build()`, the reference both templates must match), `osf.trace` of the "
              "first sampled one returns its own IR (the rewritten IR's modules), and `cost()` gives its "
-             "exact parameter count. *FLOPs Δ*: the largest relative difference of `cost()` against "
+             "exact parameter count; cast with `.double()` (inputs cast alike), the extracted `max()` gives the "
+             "original's float64 outputs (atol 1e-5, rtol 1e-4) and the extracted `min()` its float32 outputs "
+             "in the original's output dtypes (atol 1e-4, rtol 1e-3), where the original runs in float64 "
+             "(dtypes read in `forward` follow the cast). *FLOPs Δ*: the largest relative difference of `cost()` against "
              "`FlopCounterMode` on the extracted model (math attention kernel; target 1 %). *Unsupported*: ops "
              "without a dimension rule (their dims stay fixed)", "",
              f"{ok} of {len(rows)} models OK; gradients compared on {sum(r.get('gradients_checked', 0) > 0 for r in rows)}"
              f" (the others have no output with a gradient); `cost()` FLOPs within 1 % of `FlopCounterMode` on "
              f"{sum(r.get('flops_error', 1) <= 0.01 for r in rows)} (beyond: "
              + (", ".join(f"{r['model']} {r['flops_error']:.1%}" for r in rows if r.get("flops_error", 0) > 0.01)
-                or "none") + ").", "",
+                or "none") + f"); cast to float64, {sum(r.get('float64') == 'same' for r in rows)} of "
+             f"{sum(r.get('float64') not in (None, 'n/a') for r in rows)} models whose original runs in float64 "
+             "match (the others are not float32, or fail in float64 in the original's own forward).", "",
              "| model | OK | groups (heads) | units | log10 size | min params / params | FLOPs Δ | unsupported ops | problems |",
              "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:

@@ -558,6 +558,57 @@ def test_positions_made_in_forward_survive_a_dtype_cast():
         torch.testing.assert_close(rebuilt(x.bfloat16()), model.to(torch.bfloat16).eval()(x.bfloat16()), atol=0, rtol=0)
 
 
+class _DtypeFollowing(nn.Module):
+    """Dtypes read in ``forward``: a cast to the weights' dtype, a state made in the input's dtype, an RMS
+    norm in float32 cast back with ``type_as(x)`` (in float32 ``x.float()`` is ``x`` itself, so the traced
+    graph's ``type_as`` reads the conversion), a mask filled with ``torch.finfo(dtype).min``, and a softmax
+    upcast to float32 whatever the model's dtype (which must stay float32), cast back to the input's."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.rnn = nn.Linear(8, 8), nn.Linear(8, 8), nn.GRU(8, 8, batch_first=True)
+
+    def forward(self, x, keep):
+        x = x.to(self.q.weight.dtype)
+        h0 = torch.zeros(1, x.shape[0], 8, dtype=x.dtype)
+        x = self.rnn(x, h0)[0]
+        x = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)).type_as(x)  # Gemma's norm
+        scores = self.q(x) @ self.k(x).transpose(1, 2)
+        scores = scores.masked_fill(~keep[:, None, :], torch.finfo(scores.dtype).min)
+        return scores.float().softmax(-1).to(x.dtype) @ x
+
+
+def test_dtypes_read_in_forward_follow_the_model_after_a_cast(tmp_path):
+    """A rebuilt (or extracted, or saved and loaded) model cast with ``.double()`` / ``.to(bfloat16)``
+    computes what the original computes cast the same way (0 tolerance): the dtypes and the
+    ``torch.finfo`` value that follow the model's dtype follow it (found by a float64 trace of a copy),
+    the float32 upcasts stay float32 and ``type_as(x)`` reads ``x``. Traced as they were, the GRU's state
+    and the mask mixed dtypes, and the norm's output stayed float32."""
+    torch.manual_seed(0)
+    model = _DtypeFollowing().eval()
+    x, keep = torch.randn(2, 5, 8), torch.rand(2, 5) > 0.3
+    ir = osf.trace(model, (x, keep))
+    ir.save(tmp_path / "ir")
+    marks = json.dumps([[op.args, op.kwargs] for op in ir.graph.ops])
+    assert '"model_dtype": "float32"' in marks and '"model_finfo": ["float32", "min"]' in marks
+    assert '{"dtype": "float32"}' in marks  # the upcast
+    for rebuilt in (ir.build(), osf.load_ir(tmp_path / "ir").build()):
+        for dtype in (torch.float64, torch.bfloat16):
+            original = copy.deepcopy(model).to(dtype)
+            with torch.no_grad():
+                want = original(x.to(dtype), keep)
+                got = rebuilt.to(dtype).eval()(x.to(dtype), keep)
+            assert got.dtype == dtype
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
+    sn = osf.Supernet(model, (x, keep))
+    small = sn.extract(sn.space.min()).eval()
+    with torch.no_grad():
+        expected = small(x, keep).double()
+        torch.testing.assert_close(small.double()(x.double(), keep), expected, atol=1e-5, rtol=1e-4)
+        with sn.set_arch(sn.space.min()):
+            torch.testing.assert_close(sn.double()(x.double(), keep), expected, atol=1e-5, rtol=1e-4)
+
+
 class _PackedLSTM(nn.Module):
     def __init__(self):
         super().__init__()

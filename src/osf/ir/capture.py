@@ -8,6 +8,7 @@ that run only in training), both are kept and the rebuilt model dispatches on ``
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import io
@@ -84,7 +85,7 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
         raise
     finally:
         model.train(was_training)
-    ir = _to_ir(model, programs, method, verify_init)
+    ir = _to_ir(model, programs, method, verify_init, (args, kwargs))
     ir.info["trace_options"] = options
     if unrecorded.hooked:
         _check_gradients(model, ir, args, kwargs, unrecorded)
@@ -637,9 +638,10 @@ def _tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, torch.T
 
 
 def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor],
-           example_batch: int | None = None) -> tuple[Graph, list]:
+           example_batch: int | None = None, follow: dict[str, tuple[list, dict]] | None = None) -> tuple[Graph, list]:
     """The program as an IR graph; ``example_batch``: the size its inputs' batch symbols are reported at
-    (when it was exported from an example of another batch)."""
+    (when it was exported from an example of another batch); ``follow``: the arguments of some ops with
+    the values that follow the model's dtype marked (``_dtype_following``)."""
     from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
     sizes = None
     if example_batch is not None:
@@ -690,8 +692,9 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
             placeholders.append(Placeholder(node.name, CONST, key,
                                             serial.encode_value_meta(node.meta.get("val"), sizes)))
             continue
-        ops.append(OpNode(node.name, target, serial.encode_arg(list(node.args)),
-                          {k: serial.encode_arg(v) for k, v in node.kwargs.items()},
+        node_args, node_kwargs = (follow or {}).get(node.name, (list(node.args), node.kwargs))
+        ops.append(OpNode(node.name, target, serial.encode_arg(node_args),
+                          {k: serial.encode_arg(v) for k, v in node_kwargs.items()},
                           _owner(node, paths), serial.encode_value_meta(node.meta.get("val"), sizes),
                           context=serial.encode_arg(node.meta[_CONTEXT]) if _CONTEXT in node.meta else None))
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
@@ -719,6 +722,140 @@ def _foldable(node: torch.fx.Node) -> bool:
     return (not any(isinstance(x, (torch.fx.Node, torch.SymInt, torch.SymFloat, torch.SymBool)) for x in leaves)
             and isinstance(val, torch.Tensor) and not val.dtype.is_floating_point and not val.dtype.is_complex
             and val.numel() <= _FOLD_MAX)
+
+
+def _dtype_following(model: nn.Module, programs: dict, paths: dict[str, str], example: tuple) -> dict[str, dict]:
+    """Per mode, the ops whose dtype arguments or ``torch.finfo`` values follow the model's floating-point
+    dtype (``x.to(self.dtype)``, a mask filled with ``torch.finfo(dtype).min``), by node name: (args,
+    kwargs) with those values marked (``serial.ModelDtype`` / ``ModelFinfo``), so the rebuilt model keeps
+    following it after ``.half()`` / ``.double()``. Found by exporting a float64 copy of the model (eval
+    mode, the example inputs of the model's dtype cast) and matching its ops to the traced ones by owner
+    module, target and order: a value that is the model's dtype there and float64 here follows it; one
+    that stays (``attn.float().softmax(-1)``) is a constant. Nothing is marked when the model's
+    floating-point tensors do not share one dtype, when no op has such a value (the copy is then never
+    made) or when the copy cannot be exported."""
+    dtypes = {t.dtype for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()}
+    if len(dtypes) != 1 or torch.float64 in dtypes:
+        return {}
+    dtype, = dtypes
+    finfo = {float(getattr(torch.finfo(dtype), a)): a for a in serial.FINFO_ATTRS}
+    modes = {mode: programs[mode] for mode in ("train", "eval") if programs.get(mode) is not None}
+    for ep in modes.values():
+        _inline_blocks(ep.graph_module)
+    wanted = {mode: [n for n in ep.graph.nodes if n.op == "call_function"
+                     and (_mentions_dtype([n.args, n.kwargs], dtype, finfo)
+                          or any(_is_identity_conversion(a) for a in n.all_input_nodes))]
+              for mode, ep in modes.items()}
+    if not any(wanted.values()):
+        return {}
+    ep64 = None
+    for device in ("meta", None):  # without the weights' memory first (a forward that makes CPU tensors fails)
+        try:
+            twin, args, kwargs = _float64_twin(model, example, dtype, device)
+        except Exception:  # noqa: BLE001 - a model that cannot be copied keeps its dtypes as traced
+            return {}
+        ep64, _ = _export(twin, args, kwargs, None)
+        if ep64 is not None:
+            break
+    if ep64 is None:
+        return {}
+    _inline_blocks(ep64.graph_module)
+    twin_keys = _op_keys(ep64.graph, paths)
+    twins = {key: node for node, key in twin_keys.items()}
+    follow: dict[str, dict] = {}
+    for mode, nodes in wanted.items():
+        keys = _op_keys(modes[mode].graph, paths)
+        by_key = {key: node for node, key in keys.items()}
+        match = {twin: by_key[key] for twin, key in twin_keys.items() if key in by_key}
+        for node in nodes:
+            twin_node = twins.get(keys[node])
+            if twin_node is None:
+                continue
+            changed: list[bool] = []
+            marked = _mark_following([list(node.args), dict(node.kwargs)],
+                                     [list(twin_node.args), dict(twin_node.kwargs)], dtype, finfo, match, changed)
+            if changed:
+                follow.setdefault(mode, {})[node.name] = tuple(marked)
+    return follow
+
+
+def _float64_twin(model: nn.Module, example: tuple, dtype: torch.dtype,
+                  device: str | None) -> tuple[nn.Module, tuple, dict]:
+    """A copy of ``model`` in eval mode and its example inputs, the tensors of ``dtype`` in float64, all on
+    ``device`` (None: where they are), its tensors made anew rather than copied first."""
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(t, dtype=torch.float64 if t.dtype == dtype else t.dtype, device=device) \
+            if device is not None else t.detach().to(torch.float64 if t.dtype == dtype else t.dtype)
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if id(t) not in memo:
+            memo[id(t)] = nn.Parameter(convert(t), t.requires_grad) if isinstance(t, nn.Parameter) else convert(t)
+    twin = copy.deepcopy(model, memo).eval()
+    args, kwargs = pytree.tree_map(lambda x: convert(x) if isinstance(x, torch.Tensor) else x, example)
+    return twin, args, kwargs
+
+
+def _mentions_dtype(value: Any, dtype: torch.dtype, finfo: dict[float, str]) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_mentions_dtype(v, dtype, finfo) for v in value)
+    if isinstance(value, dict):
+        return any(_mentions_dtype(v, dtype, finfo) for v in value.values())
+    return value == dtype if isinstance(value, torch.dtype) else isinstance(value, float) and value in finfo
+
+
+def _op_keys(graph: torch.fx.Graph, paths: dict[str, str]) -> dict[torch.fx.Node, tuple]:
+    """Each op's (owner module, target, how many such ops of that owner came before it)."""
+    seen: dict[tuple, int] = {}
+    keys = {}
+    for node in graph.nodes:
+        if node.op == "call_function":
+            base = (_owner(node, paths), str(node.target))
+            keys[node] = (*base, seen.get(base, 0))
+            seen[base] = seen.get(base, 0) + 1
+    return keys
+
+
+_CONVERSIONS = {torch.ops.aten.to.dtype, torch.ops.aten.to.dtype_layout, torch.ops.aten.to.device,
+                torch.ops.aten._to_copy.default, torch.ops.aten.type_as.default}
+
+
+def _is_identity_conversion(node: torch.fx.Node) -> bool:
+    """A conversion (``.float()``, ``.to(dtype)``, ``type_as``) that kept its input's dtype while tracing:
+    it returned its input itself, so the graph's later reads of that input read this node."""
+    if node.op != "call_function" or node.target not in _CONVERSIONS or not node.args \
+            or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    before, after = node.args[0].meta.get("val"), node.meta.get("val")
+    return isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) and before.dtype == after.dtype
+
+
+def _mark_following(value: Any, twin: Any, dtype: torch.dtype, finfo: dict[float, str],
+                    match: dict[torch.fx.Node, torch.fx.Node], changed: list) -> Any:
+    """``value`` with the dtypes / finfo values that are float64's where ``twin`` (the float64 copy's
+    argument) has them replaced by markers, and reads of a conversion that kept its input's dtype (the
+    input itself while tracing) put back to the input where the float64 copy reads the input (Gemma's
+    RMSNorm: ``x.float()`` ... ``.type_as(x)``); each change noted in ``changed``; anything else as it is."""
+    if isinstance(value, torch.fx.Node):
+        source = match.get(twin) if isinstance(twin, torch.fx.Node) else None
+        read = value
+        while source is not None and read is not source and _is_identity_conversion(read):
+            read = read.args[0]  # x.float().float(): each conversion read the one before
+        if read is source and value is not source:
+            changed.append(True)
+            return source
+        return value
+    if isinstance(value, torch.dtype) and value == dtype and twin == torch.float64:
+        changed.append(True)
+        return serial.ModelDtype(dtype)
+    if isinstance(value, float) and value in finfo and type(twin) is float \
+            and twin == float(getattr(torch.finfo(torch.float64), finfo[value])):
+        changed.append(True)
+        return serial.ModelFinfo(dtype, finfo[value])
+    if isinstance(value, (list, tuple)) and isinstance(twin, (list, tuple)) and len(value) == len(twin):
+        return type(value)(_mark_following(v, t, dtype, finfo, match, changed) for v, t in zip(value, twin))
+    if isinstance(value, dict) and isinstance(twin, dict) and value.keys() == twin.keys():
+        return {k: _mark_following(v, twin[k], dtype, finfo, match, changed) for k, v in value.items()}
+    return value
 
 
 _CONTEXT = "osf_context"  # fx node meta: the context managers of an op inlined from a block of forward
@@ -819,7 +956,7 @@ def _own_ir(model: nn.Module, args: tuple, kwargs: dict, options: dict[str, bool
     return ir
 
 
-def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
+def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example: tuple) -> IR:
     ids, paths = _canonical_names(model)
     aliases, tensors, persistent = _tensor_aliases(model)
     consts: dict[str, torch.Tensor] = {}
@@ -827,8 +964,9 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool) -> IR:
     if train_error:  # eval-only capture: the one graph serves eval, training mode raises
         programs["train"] = programs["eval"]
     batch = programs.get("example_batch")
-    train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch)
-    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch)
+    follow = _dtype_following(model, programs, paths, example)
+    train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch, follow.get("train"))
+    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"))
     _gate_mode_only_ops(train_graph, eval_graph)
     keep_eval = _signature(train_graph) != _signature(eval_graph)
     for g in (train_graph, eval_graph):

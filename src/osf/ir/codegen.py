@@ -855,6 +855,13 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
         elif p.kind == CONST:
             prologue.append(f"    {var} = {views.get(p.target, '{}').replace('{}', 'self.' + p.target)}")
     body: list[str] = []
+    followed = next((d for op in graph.ops for d in [serial.model_dtype_used([op.args, list(op.kwargs.values())])]
+                     if d), None)
+    if followed is not None:  # dtype arguments that follow the model's: the dtype of its first tensor of
+        # that dtype when traced that this graph holds (a subnet's template reads None for dropped ones)
+        sources = [names[p.name] for p in graph.placeholders if p.kind in (PARAM, BUFFER)
+                   and isinstance(p.meta, dict) and p.meta.get("dtype") == followed][:64]
+        body.append("    _dt = " + "".join(f"{v}.dtype if {v} is not None else " for v in sources) + f"torch.{followed}")
     last_use: dict[str, int] = {}
     for i, op in enumerate(graph.ops):
         for ref in op.inputs:
@@ -920,7 +927,7 @@ def _in_context(device: torch.device, context: list, fn: Callable, /, *args: Any
 
 def safe_name(name: str) -> str:
     """The Python variable generated code uses for IR value ``name``."""
-    return f"{name}_" if keyword.iskeyword(name) or name in ("self", "torch", "_dev") else name
+    return f"{name}_" if keyword.iskeyword(name) or name in ("self", "torch", "_dev", "_dt") else name
 
 
 def _render(value: Any, names: dict[str, str]) -> str:
@@ -941,6 +948,10 @@ def _render(value: Any, names: dict[str, str]) -> str:
         return f"torch.{payload}"
     if kind == "device":
         return "_dev"
+    if kind == "model_dtype":
+        return "_dt"
+    if kind == "model_finfo":
+        return f"torch.finfo(_dt).{serial.finfo_attr(payload[1])}"
     if kind == "dict":
         return "{" + ", ".join(f"{k!r}: {_render(v, names)}" for k, v in payload.items()) + "}"
     if kind == "slice":

@@ -61,10 +61,32 @@ def resolve_target(name: str) -> Any:
                       "library not loaded?)")
 
 
+class ModelDtype:
+    """A dtype argument that follows the model's floating-point dtype (traced as ``dtype``): encoded as
+    {"model_dtype": name}, generated code reads it from the model's tensors (``.half()`` changes it)."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+
+class ModelFinfo:
+    """A float argument that is ``torch.finfo(<the model's dtype>).<attr>`` (e.g. a mask's fill value)."""
+
+    def __init__(self, dtype: torch.dtype, attr: str):
+        self.dtype, self.attr = dtype, attr
+
+
+FINFO_ATTRS = ("min", "max", "eps", "tiny")
+
+
 def encode_arg(value: Any) -> Any:
     """Encode an fx argument as JSON. Nodes become {"node": name}."""
     if isinstance(value, torch.fx.Node):
         return {"node": value.name}
+    if isinstance(value, ModelDtype):
+        return {"model_dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, ModelFinfo):
+        return {"model_finfo": [str(value.dtype).removeprefix("torch."), value.attr]}
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
@@ -101,8 +123,10 @@ def decode_arg(value: Any, env: dict[str, Any]) -> Any:
         return tuple(decode_arg(v, env) for v in payload)
     if kind == "float":
         return float(payload)
-    if kind == "dtype":
-        return _DTYPES[payload]
+    if kind in ("dtype", "model_dtype"):  # model_dtype as traced: the model's dtype then
+        return dtype_from_name(payload)
+    if kind == "model_finfo":
+        return float(getattr(torch.finfo(dtype_from_name(payload[0])), finfo_attr(payload[1])))
     if kind == "device":
         return torch.device(payload)
     if kind == "layout":
@@ -131,6 +155,24 @@ def node_refs(value: Any) -> list[str]:
     return []
 
 
+def model_dtype_used(value: Any) -> str | None:
+    """The traced dtype name of the first argument in ``value`` (encoded) that follows the model's dtype
+    (``ModelDtype``, ``ModelFinfo``), or None."""
+    if isinstance(value, list):
+        return next((d for v in value for d in [model_dtype_used(v)] if d), None)
+    if isinstance(value, dict):
+        (kind, payload), = value.items()
+        if kind == "model_dtype":
+            return payload
+        if kind == "model_finfo":
+            return payload[0]
+        if kind in ("tuple", "slice"):
+            return model_dtype_used(payload)
+        if kind == "dict":
+            return model_dtype_used(list(payload.values()))
+    return None
+
+
 def copy_tree(value: Any) -> Any:
     """Copy of JSON-like metadata (dicts, lists, tuples of plain values): ``copy.deepcopy`` without its
     memo, several times faster on the IR's metadata. Dict and list subclasses become plain ones; other
@@ -142,6 +184,13 @@ def copy_tree(value: Any) -> Any:
     if type(value) is tuple:
         return tuple(copy_tree(v) for v in value)
     return value
+
+
+def finfo_attr(name: str) -> str:
+    """``name`` checked to be one of ``FINFO_ATTRS`` (the IR is read, never trusted)."""
+    if name not in FINFO_ATTRS:
+        raise FormatError(f"unknown torch.finfo attribute '{name}' in the IR (known: {', '.join(FINFO_ATTRS)})")
+    return name
 
 
 def dtype_from_name(name: str) -> torch.dtype:
