@@ -7,6 +7,10 @@
 #   3. bench/supernet_step.py --device cuda (supernet step against the standalone subnet's step).
 # Logs and results go to $OUT (default /tmp/osf-cuda); the exit status is 1 when any part failed.
 #   bash bench/cuda_checks.sh
+# A machine without pymoo (the device image of this workplace): download its wheels here (Python 3.12,
+# manylinux, --no-deps: pymoo moocore cffi pycparser platformdirs about-time alive-progress autograd cma
+# Deprecated graphemeu, the versions of requirements/dev.txt) into .whl/, then there:
+#   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site bash bench/cuda_checks.sh
 set -u
 OUT=${OUT:-/tmp/osf-cuda}
 mkdir -p "$OUT"

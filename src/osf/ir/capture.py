@@ -749,7 +749,10 @@ def _dtype_following(model: nn.Module, programs: dict, paths: dict[str, str], ex
     if not any(wanted.values()):
         return {}
     ep64 = None
-    for device in ("meta", None):  # without the weights' memory first (a forward that makes CPU tensors fails)
+    elements = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point())
+    # without the weights' memory first (a forward that makes CPU tensors fails); a float64 copy only of a
+    # model that it cannot make too large
+    for device in ("meta", None) if elements <= _TWIN_MAX_ELEMENTS else ("meta",):
         try:
             twin, args, kwargs = _float64_twin(model, example, dtype, device)
         except Exception:  # noqa: BLE001 - a model that cannot be copied keeps its dtypes as traced
@@ -777,6 +780,9 @@ def _dtype_following(model: nn.Module, programs: dict, paths: dict[str, str], ex
             if changed:
                 follow.setdefault(mode, {})[node.name] = tuple(marked)
     return follow
+
+
+_TWIN_MAX_ELEMENTS = 1 << 27  # a float64 copy of at most 1 GiB (a 134M-parameter model)
 
 
 def _float64_twin(model: nn.Module, example: tuple, dtype: torch.dtype,
