@@ -401,6 +401,31 @@ formats = ["pt2"]
     assert (tmp_path / "front" / "front.json").exists() and (tmp_path / "best" / "model.pt2").exists()
 
 
+def test_export_in_float16_writes_scores_and_runs_in_that_dtype(trained_run, tmp_path):
+    """``--dtype float16``: weights, .pt2 and ONNX take float16 (the card says so, inputs too), the card
+    gets the validation accuracy of the float16 model beside the float32 one, and both files give the
+    float32 subnet's outputs to float16 rounding (5e-3 of the largest magnitude)."""
+    out = tmp_path / "half"
+    assert main(["export", str(trained_run), "--arch", "max", "--dtype", "float16", "--out", str(out), "--quiet"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["dtype"] == "float16" and [m["dtype"] for m in card["inputs"]] == ["float16"]
+    assert abs(card["metrics"]["accuracy_float16"] - card["metrics"]["accuracy"]) <= 0.03
+    assert {t.dtype for t in load_file(out / "weights.safetensors").values() if t.is_floating_point()} == {torch.float16}
+    trained = load_trained(trained_run)
+    train_loader, _ = loaders(load_data("digits"), 64)
+    trained.supernet.recalibrate(trained.supernet.space.max(), train_loader, 20, seed=0)
+    x = load_data("digits")[2][:7]
+    with torch.no_grad(), trained.supernet.set_arch(trained.supernet.space.max()):
+        expected = trained.supernet.eval()(x)
+    got = torch.export.load(str(out / "model.pt2")).module()(x.half())
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), expected, atol=5e-3 * float(expected.abs().max()), rtol=0)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.half().numpy()})[0])
+    torch.testing.assert_close(onnx_out.float(), expected, atol=5e-3 * float(expected.abs().max()), rtol=0)
+
+
 def test_export_refuses_a_front_of_older_weights(trained_run, tmp_path, capsys):
     from osf.search import Front, Point
     run = tmp_path / "run"

@@ -218,3 +218,24 @@ def test_pt2_with_a_dynamic_keyword_input_runs_at_other_lengths(tmp_path):
         got = model(**other).last_hidden_state
     assert got.shape == (BATCH, 9, 32)
     torch.testing.assert_close(got, _reference(sn, arch, (), other)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_export_in_bfloat16_casts_weights_inputs_and_card(exported, tmp_path):
+    """``dtype=torch.bfloat16``: the .pt2 takes bfloat16 inputs and gives the supernet's outputs at that arch
+    to bfloat16 rounding (2e-2 of the largest magnitude: 8 bits of mantissa through a ResNet-18); the
+    weights are bfloat16 and the card says so; a dtype that is not floating point is refused first."""
+    sn, arch, _ = exported["resnet18"]
+    out = osf.export(sn, arch, tmp_path / "bf16", formats=("pt2",), dtype=torch.bfloat16)
+    card = json.loads((out / "card.json").read_text())
+    assert card["dtype"] == "bfloat16" and [m["dtype"] for m in card["inputs"]] == ["bfloat16"]
+    assert {t.dtype for t in load_file(str(out / "weights.safetensors")).values()} <= {torch.bfloat16, torch.int64}
+    args, kwargs = _inputs("resnet18")
+    expected = _reference(sn, arch, args, kwargs)[0]
+    with torch.no_grad():
+        got = torch.export.load(str(out / "model.pt2")).module()(args[0].bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=2e-2 * float(expected.abs().max()), rtol=0)
+    with pytest.raises(ValueError, match="floating-point torch.dtype"):
+        osf.export(sn, arch, tmp_path / "int", dtype=torch.int8)
+    assert not (tmp_path / "int").exists()
+

@@ -99,6 +99,9 @@ class SearchSettings:
                 raise ConfigError(f"search.{name} must be at least 1, got {getattr(self, name)}")
 
 
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+
+
 @dataclass
 class ExportSettings:
     """Which subnet to export and how: ``arch`` (Arch JSON, a JSON file, ``max`` or ``min``) or, after a
@@ -109,12 +112,14 @@ class ExportSettings:
     formats: tuple[str, ...] = ("pt2", "onnx")
     force: bool = False
     evaluate: bool = True
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.arch is not None and self.pick:
             raise ConfigError("give export.arch or export.pick, not both")
         for f in self.formats:
             _choice("export.formats", f, ("pt2", "onnx"))
+        _choice("export.dtype", self.dtype, EXPORT_DTYPES)
 
 
 @dataclass

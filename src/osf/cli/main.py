@@ -18,7 +18,7 @@ from ..search.search import ALGORITHMS
 from ..space.space import SearchSpace
 from ..train import init_process_group
 from . import demo, inspect_cmd, pipeline, space_cmd
-from .config import ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config, read_config, to_json
+from .config import EXPORT_DTYPES, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config, read_config, to_json
 from .data import BUILT_IN
 from .models import BUILTIN, SpecError, is_saved_ir, resolve
 
@@ -132,7 +132,8 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     settings = ExportSettings(out=a.out, arch=a.arch, pick=dict(_budget(p, "--pick") for p in a.pick or []), force=a.force,
-                              formats=tuple(a.format or ExportSettings.formats), evaluate=not a.no_eval)
+                              formats=tuple(a.format or ExportSettings.formats), evaluate=not a.no_eval,
+                              dtype=a.dtype or ExportSettings.dtype)
     path = pipeline.export_run(a.run_dir, settings, progress=not a.quiet)
     _print_export(path)
     return 0
@@ -310,6 +311,7 @@ def parser() -> argparse.ArgumentParser:
                        "atomically and never replaced without --force.",
                        "  osf export runs/digits --arch max --out exported/max",
                        "  osf export runs/digits --pick flops=25% --out exported/small",
+                       "  osf export runs/digits --pick flops=25% --dtype bfloat16 --out exported/small-bf16",
                        "  osf export runs/digits --arch exported/small/arch.json --out exported/again"))
     e.add_argument("run_dir", metavar="RUN_DIR")
     which = e.add_mutually_exclusive_group(required=True)
@@ -323,6 +325,8 @@ def parser() -> argparse.ArgumentParser:
                    "default both)")
     e.add_argument("--no-eval", action="store_true", help="do not score the subnet on the validation data for "
                    "the model card")
+    e.add_argument("--dtype", choices=EXPORT_DTYPES, help="write the subnet in this dtype; with evaluation the card "
+                   "also gets its validation accuracy in it, e.g. accuracy_float16 (default float32)")
     e.set_defaults(func=cmd_export)
 
     c = sub.add_parser("run", parents=[common], formatter_class=fmt, help="train, search and export as a config "

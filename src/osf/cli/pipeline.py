@@ -239,14 +239,15 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     return front
 
 
-def _accuracy_on(loader: DataLoader):
-    """``evaluate(model) -> top-1 accuracy`` over ``loader``, for ``osf.search``."""
+def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
+    """``evaluate(model) -> top-1 accuracy`` over ``loader`` (inputs cast to ``dtype`` when given), for
+    ``osf.search`` and reduced-precision exports."""
     def evaluate(model: torch.nn.Module) -> float:
         correct = total = 0
         device = next(model.parameters(), torch.empty(0)).device
         with torch.no_grad():
             for x, y in loader:
-                correct += int((model(x.to(device)).argmax(-1).cpu() == y).sum())
+                correct += int((model(x.to(device, dtype)).argmax(-1).cpu() == y).sum())
                 total += len(y)
         return correct / total
     return evaluate
@@ -305,10 +306,14 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
                                              calib_batches=calib_batches, seed=seed), 4)
     elif trained.supernet.batch_norms(arch):  # the exported subnet keeps statistics that fit it
         trained.supernet.recalibrate(arch, train_loader, calib_batches, seed=seed)
+    dtype = None if settings.dtype == "float32" else getattr(torch, settings.dtype)
+    if dtype is not None and settings.evaluate:  # what the written model scores, rounded to its dtype
+        cast = trained.supernet.extract(arch).eval().to(dtype)
+        metrics[f"accuracy_{settings.dtype}"] = round(_accuracy_on(val_loader, dtype)(cast), 4)
     source = f"{trained.run.model}, trained {trained.step} steps on {trained.run.data} " + (
         source or f"(osf run directory {run_dir})")
     return export(trained.supernet, arch, out, formats=tuple(settings.formats), metrics=metrics,
-                  overwrite=settings.force, source=source, progress=progress)
+                  overwrite=settings.force, source=source, dtype=dtype, progress=progress)
 
 
 def _saved_front(run_dir: str | Path, step: int) -> Front:

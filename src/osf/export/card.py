@@ -9,6 +9,7 @@ import torch
 
 from ..ir.codegen import size_span
 from ..ir.flops import human
+from ..ir.serial import dtype_from_name
 from ..space.arch import Arch
 from ..supernet.supernet import Supernet
 from .inputs import input_signature
@@ -17,13 +18,19 @@ FORMAT = "osf-export-1"
 
 
 def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict[str, str],
-              metrics: dict[str, Any] | None, source: str | None, osf_version: str) -> dict[str, Any]:
+              metrics: dict[str, Any] | None, source: str | None, osf_version: str,
+              dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Everything ``card.json`` holds: costs of the subnet and of the full model, the caller's metrics,
-    the arch in brief, the inputs, provenance, and what to import before loading the ``.pt2``."""
+    the arch in brief, the inputs, provenance, and what to import before loading the ``.pt2``. ``dtype``:
+    the one the subnet was cast to for export (its floating-point inputs take it too)."""
     space, ir = supernet.space, supernet.ir
     cost, full = supernet.cost(arch), supernet.cost(space.max())
     units_dropped = space.dropped_units(arch)
     inputs = input_signature(ir)
+    if dtype is not None:
+        name = str(dtype).removeprefix("torch.")
+        for m in inputs:
+            m["dtype"] = name if torch.empty(0, dtype=dtype_from_name(m["dtype"])).is_floating_point() else m["dtype"]
     example_dims = {s: d for m in inputs for s, d in zip(m["shape"], _traced_shape(ir, m["name"]))
                     if isinstance(s, str)}
     versions = {"osf": osf_version, "torch": torch.__version__, "python": platform.python_version()}
@@ -33,6 +40,7 @@ def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict
     return {
         "format": FORMAT,
         "model": {"class": ir.info.get("model_class", ir.modules[""].class_path), "source": source},
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else _weights_dtype(supernet),
         "params": cost["params"], "flops": cost["flops"],
         "full_model": {"params": full["params"], "flops": full["flops"]},
         "flops_at": example_dims,
@@ -52,6 +60,11 @@ def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict
         "versions": versions,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _weights_dtype(supernet: Supernet) -> str | None:
+    """The dtype of the supernet's floating-point parameters (the first one's)."""
+    return next((str(p.dtype).removeprefix("torch.") for p in supernet.parameters() if p.is_floating_point()), None)
 
 
 def _traced_shape(ir, name: str) -> list[int]:
@@ -90,7 +103,8 @@ def markdown(card: dict[str, Any]) -> str:
     full = card["full_model"]
     at = ", ".join(f"{k}={v}" for k, v in card["flops_at"].items())
     lines = [f"# {short} subnet", "",
-             f"A subnet of `{cls}` extracted from an osf supernet: a plain PyTorch model, no osf needed to run it.",
+             f"A subnet of `{cls}` extracted from an osf supernet: a plain PyTorch model, no osf needed to run it"
+             + (f"; weights in {card['dtype']}." if card.get("dtype") else "."),
              "", "| | this subnet | full model | ratio |", "|---|---:|---:|---:|",
              f"| params | {card['params']:,} ({human(card['params'])}) | {full['params']:,} | "
              f"{_percent(card['params'], full['params'])} |",

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import torch
 from safetensors.torch import save_file
+from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from ..ir.errors import OsfError
@@ -32,7 +33,7 @@ class ExportError(OsfError):
 
 def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: tuple[str, ...] = FORMATS,
            metrics: dict[str, Any] | None = None, overwrite: bool = False, example: Any = None,
-           source: str | None = None, progress: bool = False) -> Path:
+           source: str | None = None, dtype: torch.dtype | None = None, progress: bool = False) -> Path:
     """Write ``supernet.extract(arch).eval()`` to the directory ``path``:
 
     - ``model.pt2``: ``torch.export`` program (``torch.export.load(...).module()`` runs it without osf);
@@ -44,13 +45,17 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
       the model class and ``source`` (e.g. the model spec), the arch, versions and how to load it.
 
     ``example``: inputs to trace with (a tensor or tuple of positional inputs, or a dict of keyword
-    inputs); by default made up from the traced shapes. Everything is written to a temporary directory
+    inputs); by default made up from the traced shapes. ``dtype``: a floating-point dtype to write the
+    subnet in (``torch.float16``, ``torch.bfloat16``): its floating-point tensors are cast, and so are the
+    example's floating-point inputs (the programs then take inputs of that dtype; the card says so). Everything is written to a temporary directory
     beside ``path`` and renamed into place; an existing ``path`` raises ``FileExistsError`` unless
     ``overwrite=True``, which keeps the old one until the new one is complete. Returns ``path``."""
     formats = tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"export dtype must be a floating-point torch.dtype (e.g. torch.float16), got {dtype!r}")
     path = Path(path)
     _refuse_existing(path, overwrite)
     supernet.space.validate(arch)
@@ -65,6 +70,10 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
         bar.set_postfix_str("extract")
         model = supernet.extract(arch).eval()
         args, kwargs = to_device(example_inputs(supernet.ir, example), supernet.device())
+        if dtype is not None:
+            model = model.to(dtype)
+            args, kwargs = tree_map(lambda v: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point()
+                                    else v, (args, kwargs))
         bar.update()
         dynamic = dynamic_shapes(supernet.ir)
         for fmt in formats:
@@ -79,7 +88,7 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
         (tmp / "arch.json").write_text(json.dumps(arch.to_json(), indent=1) + "\n")
         files = sorted(p.name for p in tmp.iterdir()) + ["card.json", "model_card.md"]
         card = make_card(supernet, arch, files=files, skipped=skipped, metrics=metrics, source=source,
-                         osf_version=__version__)
+                         osf_version=__version__, dtype=dtype)
         (tmp / "card.json").write_text(json.dumps(card, indent=1) + "\n")
         (tmp / "model_card.md").write_text(markdown(card))
         bar.update()
