@@ -3,9 +3,10 @@
 For a CNN (torchvision ResNet-18), a ViT (torchvision vit_b_16) and a BERT encoder (Hugging Face, small
 config), traced with the model already on the GPU and, for the CNN, traced on the CPU and moved after:
 the maximal subnet against the eager model, ``set_arch`` against ``extract`` on the minimal and random
-subnets (outputs and every shared weight's gradient), and ``torch.compile`` of an extracted subnet
-against its eager run. TF32 is turned off for these comparisons (it is on for cuDNN convolutions by
-default and changes results in the 3rd digit), and stated tolerances are those of the CPU tests.
+subnets (outputs and every shared weight's gradient), ``torch.compile`` of an extracted subnet against
+its eager run, and the extracted maximal subnet cast with ``.half()`` against the original cast alike.
+TF32 is turned off for these comparisons (it is on for cuDNN convolutions by default and changes results
+in the 3rd digit); the tolerances are bench/probe.py's (float16: 1e-2 of the output's scale).
 Then: mixed-precision training (float16 with loss scaling, and bfloat16) of the built-in CNN on digits,
 a Faster R-CNN whose backbone supernet trains on the detector's losses on the GPU and gives the same
 detections once extracted, and GPU latency of the max and min subnets. Prints PASS / FAIL per check and
@@ -76,6 +77,14 @@ def equivalence(name: str, model: torch.nn.Module, args: tuple, device: torch.de
     with torch.no_grad():
         why, diff = common.compare_outputs(small(*args), torch.compile(small)(*args), atol=1e-4, rtol=1e-3)
     check(f"{name}: torch.compile(extracted subnet) = eager", why is None, max_abs_diff=diff, problem=why)
+    half = tuple(a.half() if a.is_floating_point() else a for a in args)
+    with torch.no_grad():
+        expected = copy.deepcopy(model).half()(*half)
+        got = supernet.extract(space.max()).eval().half()(*half)
+    scale = max(float(t.float().abs().max()) for t in torch.utils._pytree.tree_leaves(expected)
+                if isinstance(t, torch.Tensor) and t.is_floating_point())
+    why, diff = common.compare_outputs(expected, got, atol=1e-2 * max(scale, 1.0), rtol=1e-2)
+    check(f"{name}: extracted max subnet .half() = original .half()", why is None, max_abs_diff=diff, problem=why)
 
 
 def amp_training(device: torch.device, dtype: torch.dtype) -> None:
