@@ -240,14 +240,15 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
 
 
 def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
-    """``evaluate(model) -> top-1 accuracy`` over ``loader`` (inputs cast to ``dtype`` when given), for
-    ``osf.search`` and reduced-precision exports."""
+    """``evaluate(model) -> top-1 accuracy`` over ``loader`` (floating-point inputs cast to ``dtype`` when
+    given), for ``osf.search`` and reduced-precision exports."""
     def evaluate(model: torch.nn.Module) -> float:
         correct = total = 0
         device = next(model.parameters(), torch.empty(0)).device
         with torch.no_grad():
             for x, y in loader:
-                correct += int((model(x.to(device, dtype)).argmax(-1).cpu() == y).sum())
+                x = x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
+                correct += int((model(x).argmax(-1).cpu() == y).sum())
                 total += len(y)
         return correct / total
     return evaluate

@@ -9,7 +9,7 @@ import torch
 
 from ..ir.codegen import size_span
 from ..ir.flops import human
-from ..ir.serial import dtype_from_name
+from ..ir.serial import dtype_from_name, dtype_name
 from ..space.arch import Arch
 from ..supernet.supernet import Supernet
 from .inputs import input_signature
@@ -28,9 +28,9 @@ def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict
     units_dropped = space.dropped_units(arch)
     inputs = input_signature(ir)
     if dtype is not None:
-        name = str(dtype).removeprefix("torch.")
+        name = dtype_name(dtype)
         for m in inputs:
-            m["dtype"] = name if torch.empty(0, dtype=dtype_from_name(m["dtype"])).is_floating_point() else m["dtype"]
+            m["dtype"] = name if dtype_from_name(m["dtype"]).is_floating_point else m["dtype"]
     example_dims = {s: d for m in inputs for s, d in zip(m["shape"], _traced_shape(ir, m["name"]))
                     if isinstance(s, str)}
     versions = {"osf": osf_version, "torch": torch.__version__, "python": platform.python_version()}
@@ -40,7 +40,7 @@ def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict
     return {
         "format": FORMAT,
         "model": {"class": ir.info.get("model_class", ir.modules[""].class_path), "source": source},
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else _weights_dtype(supernet),
+        "dtype": dtype_name(dtype) if dtype is not None else _weights_dtype(supernet),
         "params": cost["params"], "flops": cost["flops"],
         "full_model": {"params": full["params"], "flops": full["flops"]},
         "flops_at": example_dims,
@@ -64,7 +64,7 @@ def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict
 
 def _weights_dtype(supernet: Supernet) -> str | None:
     """The dtype of the supernet's floating-point parameters (the first one's)."""
-    return next((str(p.dtype).removeprefix("torch.") for p in supernet.parameters() if p.is_floating_point()), None)
+    return next((dtype_name(p.dtype) for p in supernet.parameters() if p.is_floating_point()), None)
 
 
 def _traced_shape(ir, name: str) -> list[int]:

@@ -47,9 +47,10 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
     ``example``: inputs to trace with (a tensor or tuple of positional inputs, or a dict of keyword
     inputs); by default made up from the traced shapes. ``dtype``: a floating-point dtype to write the
     subnet in (``torch.float16``, ``torch.bfloat16``): its floating-point tensors are cast, and so are the
-    example's floating-point inputs (the programs then take inputs of that dtype; the card says so). Everything is written to a temporary directory
-    beside ``path`` and renamed into place; an existing ``path`` raises ``FileExistsError`` unless
-    ``overwrite=True``, which keeps the old one until the new one is complete. Returns ``path``."""
+    example's floating-point inputs (the programs then take inputs of that dtype; the card says so).
+    Everything is written to a temporary directory beside ``path`` and renamed into place; an existing
+    ``path`` raises ``FileExistsError`` unless ``overwrite=True``, which keeps the old one until the new one
+    is complete. Returns ``path``."""
     formats = tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:

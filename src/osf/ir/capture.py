@@ -734,7 +734,8 @@ def _dtype_following(model: nn.Module, programs: dict, paths: dict[str, str], ex
     that stays (``attn.float().softmax(-1)``) is a constant. Nothing is marked when the model's
     floating-point tensors do not share one dtype, when no op has such a value (the copy is then never
     made) or when the copy cannot be exported."""
-    dtypes = {t.dtype for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()}
+    floats = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()]
+    dtypes = {t.dtype for t in floats}
     if len(dtypes) != 1 or torch.float64 in dtypes:
         return {}
     dtype, = dtypes
@@ -749,7 +750,7 @@ def _dtype_following(model: nn.Module, programs: dict, paths: dict[str, str], ex
     if not any(wanted.values()):
         return {}
     ep64 = None
-    elements = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point())
+    elements = sum(t.numel() for t in floats)
     # without the weights' memory first (a forward that makes CPU tensors fails); a float64 copy only of a
     # model that it cannot make too large
     for device in ("meta", None) if elements <= _TWIN_MAX_ELEMENTS else ("meta",):
@@ -1102,10 +1103,10 @@ def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str]
     nodes: dict[str, ModuleNode] = {}
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
-        params = {k: {"shape": list(p.shape), "dtype": str(p.dtype).removeprefix("torch."),
+        params = {k: {"shape": list(p.shape), "dtype": serial.dtype_name(p.dtype),
                       "requires_grad": p.requires_grad, "tensor": aliases[prefix + k]}
                   for k, p in m._parameters.items() if p is not None}
-        buffers = {k: {"shape": list(b.shape), "dtype": str(b.dtype).removeprefix("torch."),
+        buffers = {k: {"shape": list(b.shape), "dtype": serial.dtype_name(b.dtype),
                        "persistent": k not in m._non_persistent_buffers_set}
                    for k, b in m._buffers.items() if b is not None}
         init = inits.get(name, {"status": "unrecovered", "reason": "verification skipped"})

@@ -391,7 +391,7 @@ def own_ir(root: RebuiltModel) -> IR | None:
         prefix = f"{name}." if name else ""
         for local, meta in itertools.chain(node.meta["params"].items(), node.meta["buffers"].items()):
             tensor = tensors[ir.aliases[prefix + local]]
-            if list(tensor.shape) != meta["shape"] or str(tensor.dtype).removeprefix("torch.") != meta["dtype"]:
+            if list(tensor.shape) != meta["shape"] or serial.dtype_name(tensor.dtype) != meta["dtype"]:
                 return None
             if "requires_grad" in meta:
                 meta["requires_grad"] = tensor.requires_grad

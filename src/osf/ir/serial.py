@@ -84,9 +84,9 @@ def encode_arg(value: Any) -> Any:
     if isinstance(value, torch.fx.Node):
         return {"node": value.name}
     if isinstance(value, ModelDtype):
-        return {"model_dtype": str(value.dtype).removeprefix("torch.")}
+        return {"model_dtype": dtype_name(value.dtype)}
     if isinstance(value, ModelFinfo):
-        return {"model_finfo": [str(value.dtype).removeprefix("torch."), value.attr]}
+        return {"model_finfo": [dtype_name(value.dtype), value.attr]}
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
@@ -96,7 +96,7 @@ def encode_arg(value: Any) -> Any:
     if isinstance(value, tuple):
         return {"tuple": [encode_arg(v) for v in value]}
     if isinstance(value, torch.dtype):
-        return {"dtype": str(value).removeprefix("torch.")}
+        return {"dtype": dtype_name(value)}
     if isinstance(value, torch.device):
         return {"device": str(value)}
     if isinstance(value, torch.layout):
@@ -193,6 +193,11 @@ def finfo_attr(name: str) -> str:
     return name
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"`` (what the IR stores; ``dtype_from_name`` reads it back)."""
+    return str(dtype).removeprefix("torch.")
+
+
 def dtype_from_name(name: str) -> torch.dtype:
     try:
         return _DTYPES[name]
@@ -214,7 +219,7 @@ def encode_value_meta(val: Any, sizes: dict | None = None) -> Any:
             else:
                 shape.append(int(d))
                 sym.append(None)
-        meta = {"shape": shape, "dtype": str(val.dtype).removeprefix("torch.")}
+        meta = {"shape": shape, "dtype": dtype_name(val.dtype)}
         if dynamic:
             meta["sym"] = sym
         return meta
