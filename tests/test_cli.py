@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from osf.cli.config import ConfigError, SpaceSettings, TrainSettings, parse_config, read_config
 from osf.cli.data import load_data, loaders
 from osf.cli.main import main
-from osf.cli.models import SpecError
+from osf.cli.models import SpecError, resolve
 from osf.cli.pipeline import new_supernet, run_device
 from osf.cli.run_dir import build_supernet, load_trained, read_run
 from osf.train import checkpoint as ckpt
@@ -56,6 +56,73 @@ def test_inspect_user_factory_and_saved_ir(tmp_path, capsys):
     assert "TiedLM" in first and "shared" in first
     assert main(["inspect", str(saved)]) == 0
     assert "TiedLM" in capsys.readouterr().out
+
+
+USER_MODEL = """
+import dataclasses
+import torch
+from torch import nn
+from helper import WIDTH  # a sibling module, found as `python file.py` would
+
+
+@dataclasses.dataclass
+class Config:  # dataclasses need their module registered in sys.modules
+    width: int = WIDTH
+
+
+class Net(nn.Module):
+    def __init__(self, config=Config()):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, config.width), nn.Linear(config.width, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def build():
+    return Net(), (torch.randn(2, 8),)
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(40, 8, generator=g), torch.arange(40) % 3, torch.randn(12, 8, generator=g), torch.arange(12) % 3
+"""
+
+
+def test_python_specs_load_a_file_or_a_module_of_the_working_directory(tmp_path, monkeypatch, capsys):
+    """``python:path/to/file.py:NAME`` runs that file (its folder first on the import path); ``python:module:NAME``
+    finds a module in the working directory, as ``python -m`` would; the run directory records a file spec
+    with its absolute path, so later commands work from anywhere; the import path is left as it was."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "user_net.py").write_text(USER_MODEL)
+    (code / "helper.py").write_text("WIDTH = 32\n")
+    path_before = list(sys.path)
+    monkeypatch.chdir(tmp_path)
+    spec = resolve("python:code/user_net.py:build")
+    assert type(spec.model).__name__ == "Net" and spec.model.a.out_features == 32
+    assert load_data("python:code/user_net.py:data")[0].shape == (40, 8)
+    assert sys.path == path_before
+    assert main(["train", "python:code/user_net.py:build", "--data", "python:code/user_net.py:data", "--out", "run",
+                 "--steps", "2", "--quiet"]) == 0
+    recorded = read_run(tmp_path / "run")
+    assert recorded.model == f"python:{code / 'user_net.py'}:build" and Path(recorded.data.split(":")[1]).is_absolute()
+    monkeypatch.chdir(code)
+    assert type(resolve("python:user_net:build").model).__name__ == "Net"
+    assert sys.path == path_before
+    assert main(["inspect", "python:nowhere/missing.py:build"]) == 2
+    assert "python spec file 'nowhere/missing.py' does not exist" in capsys.readouterr().err
+    assert main(["inspect", "python:user_net.py:nothing"]) == 2
+    assert "cannot load factory 'nothing' from file 'user_net.py'" in capsys.readouterr().err
+
+
+def test_the_docs_own_model_file_example_runs(tmp_path, capsys):
+    """docs/cli.md's ``my_model.py`` example builds its search space with ``osf space``."""
+    text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    code = text.split("```python\n# my_model.py")[1].split("```")[0]
+    (tmp_path / "my_model.py").write_text("# my_model.py" + code)
+    assert main(["space", f"python:{tmp_path / 'my_model.py'}:build"]) == 0
+    assert "distinct subnets" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("spec, message", [

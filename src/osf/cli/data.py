@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .models import SpecError, import_target
+from .models import SpecError, call_target
 
 Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 NAMES = ("x_train", "y_train", "x_val", "y_val")
@@ -55,7 +55,7 @@ def _npz(path: Path) -> Splits:
 
 
 def _python(target: str) -> Splits:
-    return _checked(import_target(target, "function returning the data")(), f"python:{target}")
+    return _checked(call_target(target, "function returning the data"), f"python:{target}")
 
 
 def _checked(out: Any, spec: str) -> Splits:

@@ -2,16 +2,22 @@
 
 ``torchvision:NAME``, ``timm:NAME``, ``hf:ARCH`` (small built-in config, random init), ``sam:vit_b`` /
 ``sam:tiny``, ``minilm`` (the real pretrained all-MiniLM-L6-v2), ``builtin:NAME`` (the demo's small models,
-see ``BUILTIN``), ``python:pkg.module:factory`` (a user's own factory returning a model, or
-``(model, args)`` / ``(model, args, kwargs)``), or the path of a saved IR. Nothing is downloaded.
+see ``BUILTIN``), ``python:pkg.module:factory`` or ``python:path/to/file.py:factory`` (a user's own factory
+returning a model, or ``(model, args)`` / ``(model, args, kwargs)``), or the path of a saved IR. Nothing is
+downloaded.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
+import itertools
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -137,20 +143,67 @@ def _builtin(name: str) -> ModelSpec:
     return ModelSpec(ResidualCNN(1, 10) if name == "resnet" else TinyViT(1, 10), (torch.randn(2, 1, 8, 8),))
 
 
-def import_target(target: str, what: str) -> Any:
-    """The object a ``python:pkg.module:name`` spec names (``target`` is the part after ``python:``);
-    ``what`` says what it should be (``factory``, ``data function``) in errors."""
-    module, _, attr = target.partition(":")
-    if not module or not attr:
-        raise SpecError(f"python spec must be 'python:pkg.module:{what.split()[0]}', got 'python:{target}'")
+def call_target(target: str, what: str) -> Any:
+    """Call the function that a ``python:`` spec names (``target`` is the part after ``python:``) and
+    return its result: ``pkg.module:name`` is imported with the working directory first on the import
+    path (as ``python -m`` does), ``path/to/file.py:name`` is run from that file with its folder first on
+    the path (as ``python path/to/file.py`` does). ``what`` says what it should be (``factory``, ``data
+    function``) in errors."""
+    source, _, attr = target.rpartition(":")
+    if not source or not attr:
+        raise SpecError(f"python spec must be 'python:pkg.module:{what.split()[0]}' or "
+                        f"'python:path/to/file.py:{what.split()[0]}', got 'python:{target}'")
+    folder = str(Path(source).resolve().parent) if source.endswith(".py") else os.getcwd()
+    with _first_on_path(folder):
+        try:
+            module = _from_file(Path(source)) if source.endswith(".py") else importlib.import_module(source)
+            function = getattr(module, attr)
+        except (ImportError, AttributeError) as e:
+            raise SpecError(f"cannot load {what} '{attr}' from {'file' if source.endswith('.py') else 'module'} "
+                            f"'{source}': {e}") from None
+        return function()
+
+
+@contextlib.contextmanager
+def _first_on_path(folder: str) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` while the block runs (removed after unless it was there)."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise SpecError(f"cannot load {what} '{attr}' from module '{module}': {e}") from None
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _from_file(path: Path) -> ModuleType:
+    """The module that ``path`` (a ``.py`` file) defines, named after the file (registered in
+    ``sys.modules`` so that its classes and dataclasses resolve), loaded once per file."""
+    if not path.is_file():
+        raise SpecError(f"python spec file '{path}' does not exist; use python:path/to/file.py:NAME or "
+                        "python:pkg.module:NAME")
+    path = path.resolve()
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
+        return loaded
+    if loaded is not None or not name.isidentifier():  # another module holds the name
+        stem = "".join(c if c.isalnum() else "_" for c in path.stem)
+        name = next(f"osf_spec_{stem}_{i}" for i in itertools.count() if f"osf_spec_{stem}_{i}" not in sys.modules)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def _python(target: str) -> ModelSpec:
-    out = import_target(target, "factory")()
+    out = call_target(target, "factory")
     if isinstance(out, nn.Module):
         example = getattr(out, "example_inputs", None)
         if example is None:
@@ -188,7 +241,8 @@ def resolve(spec: str, *, image_size: int | None = None) -> ModelSpec:
         return _python(rest)
     raise SpecError(f"unknown model spec '{spec}'; use torchvision:NAME, timm:NAME, hf:ARCH "
                     f"({'/'.join(sorted(HF_ARCHS))}), sam:vit_b, sam:tiny, minilm, builtin:NAME "
-                    f"({'/'.join(BUILTIN)}), python:pkg.module:factory, or the path of a saved IR")
+                    f"({'/'.join(BUILTIN)}), python:pkg.module:factory, python:path/to/file.py:factory, or the path of "
+                    "a saved IR")
 
 
 def is_saved_ir(spec: str) -> bool:

@@ -161,10 +161,13 @@ def _square_side(x: torch.Tensor) -> int | None:
 
 
 def _absolute(spec: str) -> str:
-    """Specs that name files (``npz:PATH``, a saved IR) with absolute paths, so a run directory works from
-    any working directory."""
+    """Specs that name files (``npz:PATH``, ``python:PATH.py:NAME``, a saved IR) with absolute paths, so a
+    run directory works from any working directory."""
     if spec.startswith("npz:"):
         return f"npz:{Path(spec[4:]).resolve()}"
+    source, _, attr = spec.removeprefix("python:").rpartition(":")
+    if spec.startswith("python:") and source.endswith(".py"):
+        return f"python:{Path(source).resolve()}:{attr}"
     return str(Path(spec).resolve()) if is_saved_ir(spec) else spec
 
 
