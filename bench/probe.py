@@ -12,8 +12,10 @@ SegNet's unpooling, nn.Transformer with a causal mask, a VQ-VAE with an EMA code
 an STFT front end, PixelUnshuffle with circular padding, tied conv-transpose weights, a cosine classifier,
 forward hooks, an embedding with ``max_norm``, a channels-last model and a bfloat16 one, a dict input, a
 siamese encoder, EViT-style top-k token gathering, a KAN layer, ``padding="same"`` with ``nn.Unflatten`` and
-``nn.Bilinear``, an orthogonal parametrisation, LayerNorm over C×H×W, a ModuleDict router and
-``torch.where`` gating).
+``nn.Bilinear``, an orthogonal parametrisation, LayerNorm over C×H×W, a ModuleDict router,
+``torch.where`` gating, ``nn.EmbeddingBag``, weight norm, a Conformer block, reflect padding, ConvMixer,
+multi-query attention, a highway network, FiLM, PointNet's predicted transform, CondConv's per-sample
+kernels, FLASH's gated attention unit and hand-written stochastic depth).
 
 Per model: the supernet builds; its maximal subnet equals the original (eval mode); for the minimal and two
 sampled subnets, running the supernet at the arch (``set_arch``) gives the extracted model's outputs and
@@ -1173,6 +1175,214 @@ class WhereMasked(nn.Module):
         return self.out(torch.where(self.gate(x) > 0, h, torch.zeros_like(h)).clamp(max=3).nan_to_num())
 
 
+class BagClassifier(nn.Module):
+    """A text classifier on ``nn.EmbeddingBag`` (mean of each row's token embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(100, 32, mode="mean")
+        self.fc1, self.fc2 = nn.Linear(32, 64), nn.Linear(64, 5)
+
+    def forward(self, ids):
+        return self.fc2(F.relu(self.fc1(self.bag(ids))))
+
+
+class WeightNormConvs(nn.Module):
+    """1-D convs under the ``weight_norm`` parametrisation (weight = g · v / ‖v‖), one residual."""
+
+    def __init__(self):
+        super().__init__()
+        norm = nn.utils.parametrizations.weight_norm
+        self.c1, self.c2 = norm(nn.Conv1d(4, 32, 3, padding=1)), norm(nn.Conv1d(32, 32, 3, padding=1))
+        self.c3 = norm(nn.Conv1d(32, 6, 1))
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        return self.c3(h + F.relu(self.c2(h)))
+
+
+class ConformerBlock(nn.Module):
+    """A Conformer block's half-step feed-forward and convolution module: pointwise conv, GLU over
+    channels, depthwise conv, BatchNorm1d, SiLU, pointwise conv, on a transposed [B, T, C] stream."""
+
+    def __init__(self, d=32):
+        super().__init__()
+        self.ff = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
+        self.norm = nn.LayerNorm(d)
+        self.pw1, self.pw2 = nn.Conv1d(d, 2 * d, 1), nn.Conv1d(d, d, 1)
+        self.dw = nn.Conv1d(d, d, 5, padding=2, groups=d)
+        self.bn = nn.BatchNorm1d(d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = x + 0.5 * self.ff(x)
+        h = F.glu(self.pw1(self.norm(x).transpose(1, 2)), dim=1)
+        x = x + self.pw2(F.silu(self.bn(self.dw(h)))).transpose(1, 2)
+        return self.head(x.mean(1))
+
+
+class ReflectPadNet(nn.Module):
+    """``nn.ReflectionPad2d`` and convs with ``padding_mode`` reflect and replicate."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(1)
+        self.c1 = nn.Conv2d(3, 16, 3)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect")
+        self.c3 = nn.Conv2d(16, 16, 3, padding=1, padding_mode="replicate")
+        self.out = nn.Conv2d(16, 3, 1)
+
+    def forward(self, x):
+        h = F.relu(self.c1(self.pad(x)))
+        return self.out(h + F.relu(self.c3(F.relu(self.c2(h)))))
+
+
+class ConvMixer(nn.Module):
+    """ConvMixer: a patch stem, then per block a residual depthwise conv and a pointwise conv (GELU and
+    BatchNorm after each), blocks held in a ``ModuleList`` of ``ModuleDict``s."""
+
+    def __init__(self, dim=32, depth=3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, 2, stride=2), nn.GELU(), nn.BatchNorm2d(dim))
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "dw": nn.Sequential(nn.Conv2d(dim, dim, 3, groups=dim, padding="same"), nn.GELU(), nn.BatchNorm2d(dim)),
+            "pw": nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GELU(), nn.BatchNorm2d(dim))}) for _ in range(depth))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block["pw"](x + block["dw"](x))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class MultiQueryAttention(nn.Module):
+    """Multi-query attention: per-head queries, one key/value head broadcast over them by ``@``."""
+
+    def __init__(self, d=48, heads=6):
+        super().__init__()
+        self.h, self.dh = heads, d // heads
+        self.q, self.kv, self.o = nn.Linear(d, d), nn.Linear(d, 2 * self.dh), nn.Linear(d, d)
+        self.head = nn.Linear(d, 4)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q = self.q(x).view(b, n, self.h, self.dh).transpose(1, 2)
+        k, v = self.kv(x).unsqueeze(1).split(self.dh, dim=-1)
+        a = (q @ k.transpose(-2, -1)) * self.dh ** -0.5
+        y = (a.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return self.head((x + self.o(y)).mean(1))
+
+
+class Highway(nn.Module):
+    """A highway network: each layer mixes its transform and its input by a learned sigmoid gate."""
+
+    def __init__(self, d=32, n=3):
+        super().__init__()
+        self.inp, self.out = nn.Linear(10, d), nn.Linear(d, 2)
+        self.h = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
+        self.t = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
+
+    def forward(self, x):
+        x = self.inp(x)
+        for h, t in zip(self.h, self.t):
+            g = torch.sigmoid(t(x))
+            x = g * F.relu(h(x)) + (1 - g) * x
+        return self.out(x)
+
+
+class FiLM(nn.Module):
+    """FiLM conditioning: a second input's MLP gives per-channel scale and shift (``chunk``) of a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.cond = nn.Sequential(nn.Linear(7, 32), nn.ReLU(), nn.Linear(32, 32))
+        self.out = nn.Linear(16, 5)
+
+    def forward(self, x, c):
+        gamma, beta = self.cond(c).chunk(2, -1)
+        h = F.relu(self.c1(x))
+        h = F.relu(self.c2(h) * gamma[:, :, None, None] + beta[:, :, None, None]) + h
+        return self.out(h.mean((2, 3)))
+
+
+class PointNet(nn.Module):
+    """PointNet: a T-Net predicts a 3×3 transform (``view`` + identity) applied with ``bmm``, then a shared
+    per-point MLP (1×1 Conv1d) and a max over points."""
+
+    def __init__(self):
+        super().__init__()
+        self.tnet = nn.Sequential(nn.Conv1d(3, 32, 1), nn.ReLU(), nn.Conv1d(32, 64, 1), nn.ReLU())
+        self.tfc = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 9))
+        self.mlp = nn.Sequential(nn.Conv1d(3, 32, 1), nn.BatchNorm1d(32), nn.ReLU(), nn.Conv1d(32, 64, 1))
+        self.cls = nn.Linear(64, 4)
+
+    def forward(self, points):
+        t = self.tfc(self.tnet(points).max(2).values).view(-1, 3, 3) + torch.eye(3)
+        return self.cls(self.mlp(torch.bmm(t, points)).max(2).values)
+
+
+class CondConv(nn.Module):
+    """CondConv: per-sample kernels mixed from an expert bank (``einsum``), run as one grouped conv with the
+    batch folded into the groups."""
+
+    def __init__(self, cin=8, cout=16, experts=4):
+        super().__init__()
+        self.cout = cout
+        self.stem = nn.Conv2d(3, cin, 3, padding=1)
+        self.bank = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.1)
+        self.route, self.head = nn.Linear(cin, experts), nn.Linear(cout, 3)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        b, c, h, w = x.shape
+        r = torch.sigmoid(self.route(x.mean((2, 3))))
+        kernels = torch.einsum("be,eoikl->boikl", r, self.bank).reshape(b * self.cout, c, 3, 3)
+        y = F.conv2d(x.reshape(1, b * c, h, w), kernels, padding=1, groups=b).view(b, self.cout, h, w)
+        return self.head(F.relu(y).mean((2, 3)))
+
+
+class GatedAttentionUnit(nn.Module):
+    """FLASH's gated attention unit: one projection split into u, v and a shared base z, per-role scale
+    and offset of z by ``einsum``, squared-ReLU attention, gated output."""
+
+    def __init__(self, d=32, e=64, s=16):
+        super().__init__()
+        self.e, self.s = e, s
+        self.norm = nn.LayerNorm(d)
+        self.uv = nn.Linear(d, 2 * e + s)
+        self.gamma = nn.Parameter(torch.randn(2, s) * 0.02 + 1)
+        self.beta = nn.Parameter(torch.zeros(2, s))
+        self.o, self.head = nn.Linear(e, d), nn.Linear(d, 3)
+
+    def forward(self, x):
+        u, v, z = F.silu(self.uv(self.norm(x))).split([self.e, self.e, self.s], -1)
+        q, k = (torch.einsum("bns,hs->bnhs", z, self.gamma) + self.beta).unbind(2)
+        a = F.relu(q @ k.transpose(1, 2) / math.sqrt(self.s)) ** 2
+        return self.head((x + self.o(u * (a @ v))).mean(1))
+
+
+class DropPathBlocks(nn.Module):
+    """Pre-norm MLP blocks with hand-written stochastic depth in training (``bernoulli_`` per sample)."""
+
+    def __init__(self, d=32, n=3, p=0.2):
+        super().__init__()
+        self.p = p
+        self.inp, self.out = nn.Linear(8, d), nn.Linear(d, 2)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+                                    for _ in range(n))
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            y = block(x)
+            if self.training:
+                y = y * x.new_empty(x.shape[0], 1, 1).bernoulli_(1 - self.p) / (1 - self.p)
+            x = x + y
+        return self.out(x.mean(1))
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -1252,6 +1462,18 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "layer_norm_chw": lambda: (LayerNormCHW(), (torch.randn(2, 3, 6, 6),)),
     "module_dict_router": lambda: (ModuleDictRouter(), (torch.randn(2, 8),)),
     "where_masked": lambda: (WhereMasked(), (torch.randn(2, 8),)),
+    "embedding_bag": lambda: (BagClassifier(), (torch.randint(0, 100, (3, 7)),)),
+    "weight_norm_convs": lambda: (WeightNormConvs(), (torch.randn(2, 4, 20),)),
+    "conformer_block": lambda: (ConformerBlock(), (torch.randn(2, 12, 32),)),
+    "reflect_pad": lambda: (ReflectPadNet(), (_image(12),)),
+    "conv_mixer": lambda: (ConvMixer(), (_image(16),)),
+    "multi_query_attention": lambda: (MultiQueryAttention(), (torch.randn(2, 9, 48),)),
+    "highway": lambda: (Highway(), (torch.randn(3, 10),)),
+    "film": lambda: (FiLM(), (_image(), torch.randn(2, 7))),
+    "pointnet": lambda: (PointNet(), (torch.randn(2, 3, 50),)),
+    "cond_conv": lambda: (CondConv(), (_image(),)),
+    "gated_attention_unit": lambda: (GatedAttentionUnit(), (torch.randn(2, 10, 32),)),
+    "drop_path_blocks": lambda: (DropPathBlocks(), (torch.randn(2, 5, 8),)),
 }
 
 

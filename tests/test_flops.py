@@ -64,3 +64,32 @@ def test_recurrent_flops_equal_flop_counter():
     """The recurrent ops count every step's products with each layer's and direction's weights."""
     model, args = _Recurrent().eval(), (torch.randn(2, 5, 8),)
     assert module_flops(osf.trace(model, args))[""] == counted(model, args) > 0
+
+
+class _PerSampleKernels(torch.nn.Module):
+    """CondConv-style: per-sample kernels run as one grouped conv with the batch folded into the groups, so
+    the conv's ``groups`` is the (symbolic) batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bank = torch.nn.Parameter(torch.randn(4, 16, 8, 3, 3))
+        self.route = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        kernels = torch.einsum("be,eoikl->boikl", self.route(x.mean((2, 3))), self.bank).reshape(b * 16, c, 3, 3)
+        return torch.conv2d(x.reshape(1, b * c, h, w), kernels, padding=1, groups=b).view(b, 16, h, w)
+
+
+def test_a_conv_whose_groups_is_a_symbolic_size_is_counted():
+    """A size read at run time among an op's arguments is no tensor operand: the grouped conv counts (it
+    used to count 0, and ``cost()`` missed 80 % of this model's FLOPs)."""
+    model, args = _PerSampleKernels().eval(), (torch.randn(2, 3, 8, 8),)
+    ir = osf.trace(model, args)
+    conv = next(op for op in ir.graph.ops if op.target == "aten.conv2d.default" and op.owner == "")
+    assert any(isinstance(a, dict) for a in conv.args[4:])  # groups: a node (the batch size), not a number
+    assert module_flops(ir)[""] == counted(model, args)
+    supernet = osf.Supernet(model, args)
+    assert supernet.cost(supernet.space.max())["flops"] == counted(model, args)

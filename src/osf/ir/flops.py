@@ -11,6 +11,11 @@ from typing import Any, Callable
 from .graph import Graph, OpNode
 
 
+def is_size(meta: Any) -> bool:
+    """Whether a node with this metadata is a symbolic size (an int read from a shape), not a tensor."""
+    return isinstance(meta, dict) and "symint" in meta
+
+
 def _shape(meta: Any) -> list[int] | None:
     return meta["shape"] if isinstance(meta, dict) and "shape" in meta else None
 
@@ -50,6 +55,8 @@ def _sdpa(out, ins) -> int:  # q[..., L, E], k[..., S, E], v[..., S, Ev]
     return 2 * batch * q[-2] * k[-2] * q[-1] + 2 * batch * q[-2] * k[-2] * v[-1]
 
 
+_OPERANDS = {_sdpa: 3}  # tensors a rule reads (the others: 2)
+
 RULES: dict[str, Callable[[list[int], list[list[int]]], int]] = {
     "aten.linear.default": _linear,
     "aten.mm.default": _mm,
@@ -71,7 +78,9 @@ RULES: dict[str, Callable[[list[int], list[list[int]]], int]] = {
 
 
 def op_flops(op: OpNode, shapes: dict[str, list[int] | None]) -> int:
-    """FLOPs of one op at the traced example shapes (0 for ops that are not products)."""
+    """FLOPs of one op at the traced example shapes (0 for ops that are not products). ``shapes`` holds the
+    shape (or None) of every tensor the op reads; symbolic sizes (``is_size``: a conv's ``groups`` read
+    from the batch size) are left out, they are no operands."""
     rule = RULES.get(op.target)
     if op.target == "aten.einsum.default":
         return _einsum(op, shapes)
@@ -83,8 +92,8 @@ def op_flops(op: OpNode, shapes: dict[str, list[int] | None]) -> int:
     out = _shape(op.meta)
     if rule is None or out is None:
         return 0
-    ins = [shapes.get(r) for r in _tensor_args(op)]
-    if any(s is None for s in ins):
+    ins = [shapes[r] for r in _tensor_args(op) if r in shapes]
+    if len(ins) < _OPERANDS.get(rule, 2) or any(s is None for s in ins):
         return 0
     return int(rule(out, ins))
 
@@ -136,8 +145,7 @@ COUNTED = frozenset(RULES) | frozenset(_RECURRENT) | {"aten.einsum.default", "at
 
 def graph_flops(graph: Graph) -> dict[str, int]:
     """FLOPs per op name."""
-    shapes = {p.name: _shape(p.meta) for p in graph.placeholders}
-    shapes.update({o.name: _shape(o.meta) for o in graph.ops})
+    shapes = {n.name: _shape(n.meta) for n in (*graph.placeholders, *graph.ops) if not is_size(n.meta)}
     return {op.name: op_flops(op, shapes) for op in graph.ops}
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..ir.flops import COUNTED, op_flops
+from ..ir.flops import COUNTED, is_size, op_flops
 from ..ir.graph import PARAM, OpNode
 from .arch import Arch
 from .liveness import Liveness, WidthTable, check_units_keep_dims, groups_in, shrunk_atoms
@@ -122,6 +122,8 @@ class _OpFlops:
         for ref in op.inputs:
             meta = self.producers[ref].meta
             v = self.vals.get(ref)
+            if is_size(meta):
+                continue
             if kept and isinstance(v, list) and isinstance(meta, dict) and "shape" in meta:
                 meta = resized_meta(meta, v, self.dims, kept, self.hints)
             shapes[ref] = meta["shape"] if isinstance(meta, dict) and "shape" in meta else None
