@@ -114,6 +114,8 @@ def test_python_specs_load_a_file_or_a_module_of_the_working_directory(tmp_path,
     assert "python spec file 'nowhere/missing.py' does not exist" in capsys.readouterr().err
     assert main(["inspect", "python:user_net.py:nothing"]) == 2
     assert "cannot load factory 'nothing' from file 'user_net.py'" in capsys.readouterr().err
+    assert main(["inspect", "python:user_net.py:WIDTH"]) == 2
+    assert "'WIDTH' in 'user_net.py' is not callable (int); name the factory" in capsys.readouterr().err
 
 
 def test_the_docs_own_model_file_example_runs(tmp_path, capsys):

@@ -161,12 +161,14 @@ def call_target(target: str, what: str) -> Any:
         except (ImportError, AttributeError) as e:
             raise SpecError(f"cannot load {what} '{attr}' from {'file' if source.endswith('.py') else 'module'} "
                             f"'{source}': {e}") from None
+        if not callable(function):
+            raise SpecError(f"'{attr}' in '{source}' is not callable ({type(function).__name__}); name the {what}")
         return function()
 
 
 @contextlib.contextmanager
 def _first_on_path(folder: str) -> Iterator[None]:
-    """``folder`` first on ``sys.path`` while the block runs (removed after unless it was there)."""
+    """``folder`` on ``sys.path`` while the block runs (first, and removed after, unless it was there)."""
     added = folder not in sys.path
     if added:
         sys.path.insert(0, folder)
