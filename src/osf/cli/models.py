@@ -143,24 +143,30 @@ def _builtin(name: str) -> ModelSpec:
     return ModelSpec(ResidualCNN(1, 10) if name == "resnet" else TinyViT(1, 10), (torch.randn(2, 1, 8, 8),))
 
 
+def python_target(target: str) -> tuple[str, str, bool]:
+    """``(source, name, is_file)`` of a ``python:`` spec's ``target`` (the part after ``python:``): split at
+    the last ``:`` (a Windows drive letter stays in the path); a source ending in ``.py`` is a file."""
+    source, _, name = target.rpartition(":")
+    return source, name, source.endswith(".py")
+
+
 def call_target(target: str, what: str) -> Any:
     """Call the function that a ``python:`` spec names (``target`` is the part after ``python:``) and
     return its result: ``pkg.module:name`` is imported with the working directory first on the import
     path (as ``python -m`` does), ``path/to/file.py:name`` is run from that file with its folder first on
     the path (as ``python path/to/file.py`` does). ``what`` says what it should be (``factory``, ``data
     function``) in errors."""
-    source, _, attr = target.rpartition(":")
+    source, attr, is_file = python_target(target)
     if not source or not attr:
         raise SpecError(f"python spec must be 'python:pkg.module:{what.split()[0]}' or "
                         f"'python:path/to/file.py:{what.split()[0]}', got 'python:{target}'")
-    folder = str(Path(source).resolve().parent) if source.endswith(".py") else os.getcwd()
-    with _first_on_path(folder):
+    with _first_on_path(str(Path(source).resolve().parent) if is_file else os.getcwd()):
         try:
-            module = _from_file(Path(source)) if source.endswith(".py") else importlib.import_module(source)
+            module = _from_file(Path(source)) if is_file else importlib.import_module(source)
             function = getattr(module, attr)
         except (ImportError, AttributeError) as e:
-            raise SpecError(f"cannot load {what} '{attr}' from {'file' if source.endswith('.py') else 'module'} "
-                            f"'{source}': {e}") from None
+            raise SpecError(f"cannot load {what} '{attr}' from {'file' if is_file else 'module'} '{source}': {e}") \
+                from None
         if not callable(function):
             raise SpecError(f"'{attr}' in '{source}' is not callable ({type(function).__name__}); name the {what}")
         return function()

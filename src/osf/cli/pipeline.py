@@ -23,7 +23,7 @@ from ..supernet import Supernet
 from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, WarmupSampler, evaluate, train
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import load_data, loaders
-from .models import BUILTIN, SpecError, is_saved_ir, resolve
+from .models import BUILTIN, SpecError, is_saved_ir, python_target, resolve
 from .run_dir import IR_DIR, Run, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -165,9 +165,9 @@ def _absolute(spec: str) -> str:
     run directory works from any working directory."""
     if spec.startswith("npz:"):
         return f"npz:{Path(spec[4:]).resolve()}"
-    source, _, attr = spec.removeprefix("python:").rpartition(":")
-    if spec.startswith("python:") and source.endswith(".py"):
-        return f"python:{Path(source).resolve()}:{attr}"
+    if spec.startswith("python:"):
+        source, name, is_file = python_target(spec.removeprefix("python:"))
+        return f"python:{Path(source).resolve()}:{name}" if is_file else spec
     return str(Path(spec).resolve()) if is_saved_ir(spec) else spec
 
 

@@ -639,9 +639,9 @@ def _tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, torch.T
 
 def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor],
            example_batch: int | None = None, follow: dict[str, tuple[list, dict]] | None = None) -> tuple[Graph, list]:
-    """The program as an IR graph; ``example_batch``: the size its inputs' batch symbols are reported at
-    (when it was exported from an example of another batch); ``follow``: the arguments of some ops with
-    the values that follow the model's dtype marked (``_dtype_following``)."""
+    """The program (its blocks of forward inlined) as an IR graph; ``example_batch``: the size its inputs'
+    batch symbols are reported at (when it was exported from an example of another batch); ``follow``: the
+    arguments of some ops with the values that follow the model's dtype marked (``_dtype_following``)."""
     from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
     sizes = None
     if example_batch is not None:
@@ -673,7 +673,6 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
         meta = serial.encode_value_meta(node.meta.get("val"), sizes) if node is not None else None
         placeholders.append(Placeholder(arg.name, kind, target, meta))
     ops: list[OpNode] = []
-    _inline_blocks(ep.graph_module)
     for node in ep.graph.nodes:
         if node.op != "call_function":
             continue
@@ -741,8 +740,6 @@ def _dtype_following(model: nn.Module, programs: dict, paths: dict[str, str], ex
     dtype, = dtypes
     finfo = {float(getattr(torch.finfo(dtype), a)): a for a in serial.FINFO_ATTRS}
     modes = {mode: programs[mode] for mode in ("train", "eval") if programs.get(mode) is not None}
-    for ep in modes.values():
-        _inline_blocks(ep.graph_module)
     wanted = {mode: [n for n in ep.graph.nodes if n.op == "call_function"
                      and (_mentions_dtype([n.args, n.kwargs], dtype, finfo)
                           or any(_is_identity_conversion(a) for a in n.all_input_nodes))]
@@ -971,6 +968,8 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example:
     if train_error:  # eval-only capture: the one graph serves eval, training mode raises
         programs["train"] = programs["eval"]
     batch = programs.get("example_batch")
+    for mode in ("train", "eval"):  # blocks of forward become plain ops, for the dtype matching and the IR
+        _inline_blocks(programs[mode].graph_module)
     follow = _dtype_following(model, programs, paths, example)
     train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch, follow.get("train"))
     eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"))
