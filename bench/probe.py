@@ -15,7 +15,11 @@ siamese encoder, EViT-style top-k token gathering, a KAN layer, ``padding="same"
 ``nn.Bilinear``, an orthogonal parametrisation, LayerNorm over C×H×W, a ModuleDict router,
 ``torch.where`` gating, ``nn.EmbeddingBag``, weight norm, a Conformer block, reflect padding, ConvMixer,
 multi-query attention, a highway network, FiLM, PointNet's predicted transform, CondConv's per-sample
-kernels, FLASH's gated attention unit and hand-written stochastic depth).
+kernels, FLASH's gated attention unit, hand-written stochastic depth, a GRU and a ConvLSTM stepped from
+``new_zeros`` states, a Mamba-style selective scan, RWKV's token shift, ALiBi biases, circular padding,
+a namedtuple output, in-place residuals, ``nn.MultiheadAttention`` with ``kdim``/``vdim``,
+``nn.ChannelShuffle``, CaiT-style class attention, BatchNorm1d over tokens, zero channels concatenated
+by hand and a 0-d learnt scale).
 
 Per model: the supernet builds; its maximal subnet equals the original (eval mode); for the minimal and two
 sampled subnets, running the supernet at the arch (``set_arch``) gives the extracted model's outputs and
@@ -33,6 +37,7 @@ docs/benchmarks-quick.md).
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import json
 import math
@@ -1383,6 +1388,206 @@ class DropPathBlocks(nn.Module):
         return self.out(x.mean(1))
 
 
+class ManualGRU(nn.Module):
+    """Hidden state created in forward with new_zeros(B, hidden); loop over time."""
+    def __init__(self, d=8, h=32):
+        super().__init__(); self.h = h
+        self.xz = nn.Linear(d, 3 * h); self.hz = nn.Linear(h, 3 * h); self.out = nn.Linear(h, 5)
+    def forward(self, x):
+        hid = x.new_zeros(x.size(0), self.h)
+        for t in range(x.size(1)):
+            a = self.xz(x[:, t]); b = self.hz(hid)
+            ar, az, an = a.chunk(3, -1); br, bz, bn = b.chunk(3, -1)
+            r = torch.sigmoid(ar + br); z = torch.sigmoid(az + bz); n = torch.tanh(an + r * bn)
+            hid = (1 - z) * n + z * hid
+        return self.out(hid)
+
+class MambaLite(nn.Module):
+    """Mamba-style block: in_proj split to x,z; causal depthwise conv1d; selective scan in a loop."""
+    def __init__(self, d=16, expand=2, state=4, layers=2):
+        super().__init__()
+        di = d * expand; self.state = state
+        self.emb = nn.Linear(3, d)
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            b = nn.Module()
+            b.norm = nn.LayerNorm(d); b.in_proj = nn.Linear(d, 2 * di)
+            b.conv = nn.Conv1d(di, di, 4, groups=di, padding=3)
+            b.x_proj = nn.Linear(di, 1 + 2 * state); b.dt_proj = nn.Linear(1, di)
+            b.A_log = nn.Parameter(torch.log(torch.arange(1, state + 1).float()).repeat(di, 1))
+            b.D = nn.Parameter(torch.ones(di)); b.out_proj = nn.Linear(di, d)
+            self.blocks.append(b)
+        self.head = nn.Linear(d, 4)
+    def forward(self, u):
+        h = self.emb(u)
+        for b in self.blocks:
+            x, z = b.in_proj(b.norm(h)).chunk(2, -1)
+            L = x.shape[1]
+            x = F.silu(b.conv(x.transpose(1, 2))[..., :L].transpose(1, 2))
+            dt, B, C = torch.split(b.x_proj(x), [1, self.state, self.state], -1)
+            dt = F.softplus(b.dt_proj(dt))
+            A = -torch.exp(b.A_log)
+            s = x.new_zeros(x.shape[0], x.shape[2], self.state)
+            ys = []
+            for t in range(L):
+                s = torch.exp(dt[:, t, :, None] * A) * s + dt[:, t, :, None] * B[:, t, None, :] * x[:, t, :, None]
+                ys.append((s * C[:, t, None, :]).sum(-1))
+            y = torch.stack(ys, 1) + x * b.D
+            h = h + b.out_proj(y * F.silu(z))
+        return self.head(h.mean(1))
+
+class RWKVTimeShift(nn.Module):
+    """RWKV-style token shift (ZeroPad2d) with learnt mixing vectors and a squared-ReLU channel mix."""
+    def __init__(self, d=32, layers=2):
+        super().__init__()
+        self.shift = nn.ZeroPad2d((0, 0, 1, -1))
+        self.mix = nn.ParameterList([nn.Parameter(torch.rand(1, 1, d)) for _ in range(layers)])
+        self.key = nn.ModuleList([nn.Linear(d, 4 * d, bias=False) for _ in range(layers)])
+        self.value = nn.ModuleList([nn.Linear(4 * d, d, bias=False) for _ in range(layers)])
+        self.ln = nn.ModuleList([nn.LayerNorm(d) for _ in range(layers)])
+        self.head = nn.Linear(d, 7)
+    def forward(self, x):
+        for mix, k, v, ln in zip(self.mix, self.key, self.value, self.ln):
+            y = ln(x)
+            y = y * mix + self.shift(y) * (1 - mix)
+            x = x + v(torch.square(torch.relu(k(y))))
+        return self.head(x)
+
+class ALiBiAttention(nn.Module):
+    """Attention with ALiBi biases: per-head slopes in a buffer times relative distances."""
+    def __init__(self, d=32, heads=4):
+        super().__init__(); self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d); self.proj = nn.Linear(d, d)
+        self.register_buffer("slopes", torch.tensor([2 ** (-8 * (i + 1) / heads) for i in range(heads)]).view(heads, 1, 1))
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        pos = torch.arange(T, device=x.device)
+        bias = -(pos[None, :] - pos[:, None]).abs().float() * self.slopes
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(C // self.heads) + bias
+        y = att.softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+class CircularConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1, padding_mode="circular"); self.b1 = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1, padding_mode="circular"); self.b2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 3)
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        x = x + F.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+MultiTaskOutput = collections.namedtuple("MultiTaskOutput", ["logits", "embedding"])
+
+class NamedTupleMultiTask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(10, 32), nn.GELU(), nn.Linear(32, 32), nn.GELU())
+        self.cls = nn.Linear(32, 4); self.emb = nn.Linear(32, 8)
+    def forward(self, x):
+        h = self.body(x)
+        return MultiTaskOutput(self.cls(h), F.normalize(self.emb(h), dim=-1))
+
+class InplaceResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.c1 = nn.Conv2d(16, 24, 1); self.c2 = nn.Conv2d(24, 16, 1)
+        self.fc = nn.Linear(16, 2)
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.c2(F.relu(self.c1(x), inplace=True))
+        y += x
+        x = F.relu(y)
+        return self.fc(x.flatten(2).mean(-1))
+
+class MHAKdimVdim(nn.Module):
+    """nn.MultiheadAttention with kdim/vdim != embed_dim, sequence-first."""
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(6, 32); self.kv = nn.Linear(5, 24)
+        self.mha = nn.MultiheadAttention(32, 4, kdim=24, vdim=24)
+        self.out = nn.Linear(32, 3)
+    def forward(self, x, ctx):
+        q = self.q(x).transpose(0, 1); kv = self.kv(ctx).transpose(0, 1)
+        y, _ = self.mha(q, kv, kv, need_weights=False)
+        return self.out(y.transpose(0, 1))
+
+class ConvLSTM(nn.Module):
+    def __init__(self, c=3, h=16):
+        super().__init__(); self.h = h
+        self.gates = nn.Conv2d(c + h, 4 * h, 3, padding=1); self.head = nn.Conv2d(h, 2, 1)
+    def forward(self, x):  # B, T, C, H, W
+        B, T, C, H, W = x.shape
+        hid = x.new_zeros(B, self.h, H, W); cell = x.new_zeros(B, self.h, H, W)
+        for t in range(T):
+            i, f, o, g = self.gates(torch.cat([x[:, t], hid], 1)).chunk(4, 1)
+            cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+            hid = torch.sigmoid(o) * torch.tanh(cell)
+        return self.head(hid)
+
+class ChannelShuffleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 1); self.g = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.sh = nn.ChannelShuffle(4); self.c2 = nn.Conv2d(16, 8, 1); self.fc = nn.Linear(8, 2)
+    def forward(self, x):
+        return self.fc(self.c2(self.sh(self.g(F.relu(self.c1(x))))).mean((2, 3)))
+
+class ClassAttentionPool(nn.Module):
+    """CaiT-style class attention: a learnt query token expanded over the batch attends to the tokens."""
+    def __init__(self, d=32, heads=4):
+        super().__init__(); self.heads = heads
+        self.embed = nn.Linear(6, d); self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.q = nn.Linear(d, d); self.k = nn.Linear(d, d); self.v = nn.Linear(d, d); self.proj = nn.Linear(d, d)
+        self.head = nn.Linear(d, 5)
+    def forward(self, x):
+        x = self.embed(x); B, N, C = x.shape
+        c = self.cls.expand(B, -1, -1)
+        u = torch.cat([c, x], 1)
+        q = self.q(c).reshape(B, 1, self.heads, -1).transpose(1, 2)
+        k = self.k(u).reshape(B, N + 1, self.heads, -1).transpose(1, 2)
+        v = self.v(u).reshape(B, N + 1, self.heads, -1).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)
+        return self.head(self.proj(y)[:, 0] + c[:, 0])
+
+class TokenBatchNorm(nn.Module):
+    """BatchNorm1d over tokens (B, C, L) via transposes, as in some audio/point transformers."""
+    def __init__(self, d=24):
+        super().__init__()
+        self.fc1 = nn.Linear(5, d); self.bn = nn.BatchNorm1d(d); self.fc2 = nn.Linear(d, d); self.out = nn.Linear(d, 2)
+    def forward(self, x):
+        h = self.fc1(x)
+        h = self.bn(h.transpose(1, 2)).transpose(1, 2)
+        h = h + F.gelu(self.fc2(h))
+        return self.out(h.amax(1))
+
+class ZerosCatHidden(nn.Module):
+    """torch.zeros with a literal channel count concatenated to features (padding channels by hand)."""
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1); self.c2 = nn.Conv2d(16, 16, 3, padding=1); self.fc = nn.Linear(16, 2)
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        pad = torch.zeros(y.shape[0], 8, y.shape[2], y.shape[3])
+        y = torch.cat([y, pad], 1)
+        return self.fc(F.relu(self.c2(y)).mean((2, 3)))
+
+class SEWithScalarGate(nn.Module):
+    """Squeeze-excitation scaled by a learnt 0-d parameter."""
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 32, 3, padding=1); self.se1 = nn.Linear(32, 8); self.se2 = nn.Linear(8, 32)
+        self.alpha = nn.Parameter(torch.tensor(0.5)); self.fc = nn.Linear(32, 3)
+    def forward(self, x):
+        x = F.relu(self.c(x))
+        s = torch.sigmoid(self.se2(F.relu(self.se1(x.mean((2, 3))))))[:, :, None, None]
+        x = x + self.alpha * x * s
+        return self.fc(x.mean((2, 3)))
+
+
 def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
@@ -1474,6 +1679,20 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "cond_conv": lambda: (CondConv(), (_image(),)),
     "gated_attention_unit": lambda: (GatedAttentionUnit(), (torch.randn(2, 10, 32),)),
     "drop_path_blocks": lambda: (DropPathBlocks(), (torch.randn(2, 5, 8),)),
+    "manual_gru": lambda: (ManualGRU(), (torch.randn(2, 5, 8),)),
+    "mamba_lite": lambda: (MambaLite(), (torch.randn(2, 6, 3),)),
+    "rwkv_time_shift": lambda: (RWKVTimeShift(), (torch.randn(2, 7, 32),)),
+    "alibi_attention": lambda: (ALiBiAttention(), (torch.randn(2, 7, 32),)),
+    "circular_conv": lambda: (CircularConvNet(), (_image(),)),
+    "namedtuple_multitask": lambda: (NamedTupleMultiTask(), (torch.randn(3, 10),)),
+    "inplace_residual": lambda: (InplaceResidual(), (_image(),)),
+    "mha_kdim_vdim": lambda: (MHAKdimVdim(), (torch.randn(2, 5, 6), torch.randn(2, 7, 5))),
+    "conv_lstm": lambda: (ConvLSTM(), (torch.randn(2, 3, 3, 8, 8),)),
+    "channel_shuffle_module": lambda: (ChannelShuffleNet(), (_image(),)),
+    "class_attention_pool": lambda: (ClassAttentionPool(), (torch.randn(2, 9, 6),)),
+    "token_batch_norm": lambda: (TokenBatchNorm(), (torch.randn(4, 6, 5),)),
+    "zeros_cat_hidden": lambda: (ZerosCatHidden(), (_image(),)),
+    "se_scalar_gate": lambda: (SEWithScalarGate(), (_image(),)),
 }
 
 

@@ -92,7 +92,8 @@ def data():
 def test_python_specs_load_a_file_or_a_module_of_the_working_directory(tmp_path, monkeypatch, capsys):
     """``python:path/to/file.py:NAME`` runs that file (its folder first on the import path); ``python:module:NAME``
     finds a module in the working directory, as ``python -m`` would; the run directory records a file spec
-    with its absolute path, so later commands work from anywhere; the import path is left as it was."""
+    with its absolute path and, for a module spec, the directory it was imported from, so later commands
+    work from anywhere; the import path is left as it was."""
     code = tmp_path / "code"
     code.mkdir()
     (code / "user_net.py").write_text(USER_MODEL)
@@ -110,6 +111,17 @@ def test_python_specs_load_a_file_or_a_module_of_the_working_directory(tmp_path,
     monkeypatch.chdir(code)
     assert type(resolve("python:user_net:build").model).__name__ == "Net"
     assert sys.path == path_before
+    # a module spec is imported again from the directory the run was trained in, wherever later commands run
+    assert main(["train", "python:user_net:build", "--data", "python:user_net:data", "--out", str(tmp_path / "run2"),
+                 "--steps", "2", "--quiet"]) == 0
+    assert read_run(tmp_path / "run2").import_root == str(code)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "python:user_net:build", "--data", "python:user_net:data", "--out", "run2", "--steps", "2",
+                 "--quiet"]) == 0  # resumed (nothing left to train)
+    assert "resuming the run" in capsys.readouterr().err
+    assert main(["search", "run2", "--budget", "3", "--quiet"]) == 0
+    assert sys.path == path_before
+    monkeypatch.chdir(code)
     assert main(["inspect", "python:nowhere/missing.py:build"]) == 2
     assert "python spec file 'nowhere/missing.py' does not exist" in capsys.readouterr().err
     assert main(["inspect", "python:user_net.py:nothing"]) == 2

@@ -722,7 +722,7 @@ class _ShapeFollowers(nn.Module):
     pruned channels are zeros once ``a``'s rows are, so the original with those rows zeroed is the subnet."""
 
     SPATIAL = ("unfold", "im2col", "im2col_col2im", "group_norm", "pixel_shuffle", "pixel_unshuffle", "grouped_convs",
-               "resample_aa")
+               "resample_aa", "channel_shuffle")
 
     def __init__(self, mode: str):
         super().__init__()
@@ -754,6 +754,8 @@ class _ShapeFollowers(nn.Module):
             return self.b(nn.functional.pixel_shuffle(h, 2))
         if self.mode == "pixel_unshuffle":  # 32 channels -> 128 at half the resolution
             return self.b(nn.functional.pixel_unshuffle(h, 2))
+        if self.mode == "channel_shuffle":  # nn.ChannelShuffle: 4 groups of 8 channels interleaved
+            return self.b(nn.functional.channel_shuffle(h, 4))
         if self.mode == "grouped_convs":  # the transposed conv's 4 groups split the depthwise conv's 16
             return self.b(torch.relu(self.up(torch.relu(self.dw(h)))))
         if self.mode == "group_norm":  # normalised per group of 8 channels
@@ -856,9 +858,9 @@ def test_ops_whose_output_follows_a_pruned_width(mode):
     with torch.no_grad():
         torch.testing.assert_close(sn.extract(sn.space.max()).eval()(x), expected, atol=1e-5, rtol=1e-4)
     widths = {g.key: g.size for g in sn.space.groups if ("a.weight", 0) in g.members}
-    # norm groups; output channels of 4 sub-pixels; (transposed-conv groups) × (depthwise groups in each);
+    # norm groups; shuffled groups × channels per group; output channels of 4 sub-pixels; (transposed-conv groups) × (depthwise groups in each);
     # glu: 16 pairs; slice_middle: the slice (8 channels each side of it: one choice at multiples of 8)
-    whole = {"group_norm": 4, "pixel_shuffle": 8, "grouped_convs": 4 + 4, "glu": 16, "slice_middle": 16}.get(mode, 32)
+    whole = {"group_norm": 4, "channel_shuffle": 4 + 8, "pixel_shuffle": 8, "grouped_convs": 4 + 4, "glu": 16, "slice_middle": 16}.get(mode, 32)
     assert sum(widths.values()) == whole, [g.members for g in sn.space.groups]
     full = sn.space.max().depth  # widths only: the masked original cannot drop a branch
     archs = [osf.Arch(a.width, full) for a in [sn.space.min()] + [sn.space.sample(s) for s in range(6)]]

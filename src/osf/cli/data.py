@@ -21,8 +21,9 @@ NAMES = ("x_train", "y_train", "x_val", "y_val")
 BUILT_IN = ("digits", "mnist1d")
 
 
-def load_data(spec: str) -> Splits:
-    """The four tensors named by ``spec`` (inputs as float32 unless integer, labels as int64)."""
+def load_data(spec: str, root: str | None = None) -> Splits:
+    """The four tensors named by ``spec`` (inputs as float32 unless integer, labels as int64); a
+    ``python:pkg.module:function`` spec is imported from ``root`` (default: the working directory)."""
     kind, _, rest = spec.partition(":")
     if spec in BUILT_IN:
         from . import builtin
@@ -30,7 +31,7 @@ def load_data(spec: str) -> Splits:
     if kind == "npz" and rest:
         return _npz(Path(rest))
     if kind == "python" and rest:
-        return _python(rest)
+        return _python(rest, root)
     raise SpecError(f"unknown data spec '{spec}'; use digits, mnist1d, npz:PATH (arrays {', '.join(NAMES)}) or "
                     "python:pkg.module:function (returning those four)")
 
@@ -54,8 +55,8 @@ def _npz(path: Path) -> Splits:
     return _checked([arrays[n] for n in NAMES], f"npz:{path}")
 
 
-def _python(target: str) -> Splits:
-    return _checked(call_target(target, "function returning the data"), f"python:{target}")
+def _python(target: str, root: str | None) -> Splits:
+    return _checked(call_target(target, "function returning the data", root), f"python:{target}")
 
 
 def _checked(out: Any, spec: str) -> Splits:

@@ -150,17 +150,22 @@ def python_target(target: str) -> tuple[str, str, bool]:
     return source, name, source.endswith(".py")
 
 
-def call_target(target: str, what: str) -> Any:
+def is_module_spec(spec: str) -> bool:
+    """Whether ``spec`` is ``python:pkg.module:NAME``, found from the working directory (not a file)."""
+    return spec.startswith("python:") and not python_target(spec.removeprefix("python:"))[2]
+
+
+def call_target(target: str, what: str, root: str | None = None) -> Any:
     """Call the function that a ``python:`` spec names (``target`` is the part after ``python:``) and
-    return its result: ``pkg.module:name`` is imported with the working directory first on the import
-    path (as ``python -m`` does), ``path/to/file.py:name`` is run from that file with its folder first on
-    the path (as ``python path/to/file.py`` does). ``what`` says what it should be (``factory``, ``data
-    function``) in errors."""
+    return its result: ``pkg.module:name`` is imported with ``root`` (default: the working directory) first
+    on the import path (as ``python -m`` does), ``path/to/file.py:name`` is run from that file with its
+    folder first on the path (as ``python path/to/file.py`` does). ``what`` says what it should be
+    (``factory``, ``data function``) in errors."""
     source, attr, is_file = python_target(target)
     if not source or not attr:
         raise SpecError(f"python spec must be 'python:pkg.module:{what.split()[0]}' or "
                         f"'python:path/to/file.py:{what.split()[0]}', got 'python:{target}'")
-    with _first_on_path(str(Path(source).resolve().parent) if is_file else os.getcwd()):
+    with _first_on_path(str(Path(source).resolve().parent) if is_file else root or os.getcwd()):
         try:
             module = _from_file(Path(source)) if is_file else importlib.import_module(source)
             function = getattr(module, attr)

@@ -23,8 +23,8 @@ from ..supernet import Supernet
 from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, WarmupSampler, evaluate, train
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import load_data, loaders
-from .models import BUILTIN, SpecError, is_saved_ir, python_target, resolve
-from .run_dir import IR_DIR, Run, build_supernet, is_run_dir, load_trained, read_run, write_run
+from .models import BUILTIN, SpecError, is_module_spec, is_saved_ir, python_target, resolve
+from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
 SEARCH_DIR = "search"
@@ -111,21 +111,23 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     rate)."""
     out = Path(out)
     model, data = _absolute(model), _absolute(data)
-    splits = load_data(data)  # bad data fails before any tracing
+    recorded = read_run(out) if is_run_dir(out) else None  # resumed
+    root = (recorded.import_root if recorded else None) or os.getcwd()  # module specs import from here
+    splits = load_data(data, root)  # bad data fails before any tracing
     device = run_device(settings.device, "train.device")
     if image_size is None and model.partition(":")[0] in ("torchvision", "timm"):
         image_size = _square_side(splits[0])  # traced at the data's size: other sizes are refused
     if settings.steps is None and settings.epochs is None:
         settings = replace(settings, epochs=DEFAULT_EPOCHS)
-    requested = Run(model, data, to_json(space), to_json(settings), image_size)
+    requested = Run(model, data, to_json(space), to_json(settings), image_size,
+                    import_root=root if is_module_spec(model) or is_module_spec(data) else None)
     if out.is_dir() and not is_run_dir(out) and {p.name for p in out.iterdir()} - {IR_DIR}:
         raise ConfigError(f"'{out}' exists and is not an osf run directory (no run.json); choose another --out")
     main_rank = not dist.is_initialized() or dist.get_rank() == 0  # under --nproc, rank 0 writes the run
-    resuming = is_run_dir(out)
     if dist.is_initialized():
         dist.barrier()  # every rank has looked before rank 0 writes
-    if resuming:
-        run = read_run(out)
+    if recorded is not None:
+        run = recorded
         _check_resumable(out, run, requested)
         run.train = requested.train
         supernet = build_supernet(out, run)
@@ -153,6 +155,11 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         run.result = {"step": result.step, "val_accuracy": accuracy}
         write_run(out, run)
     return run
+
+
+def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:
+    """The training and validation loaders of a trained run's data."""
+    return loaders(load_data(trained.run.data, trained.run.import_root), trained.run.train["batch_size"])
 
 
 def _square_side(x: torch.Tensor) -> int | None:
@@ -223,7 +230,7 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     trained = load_trained(run_dir)
     trained.supernet.to(run_device(settings.device, "search.device"))
     out = Path(settings.out) if settings.out is not None else Path(run_dir) / SEARCH_DIR
-    train_loader, val_loader = loaders(load_data(trained.run.data), trained.run.train["batch_size"])
+    train_loader, val_loader = _loaders_of(trained)
     objectives, constraints = tuple(settings.objectives), dict(settings.constraints)
     latency = (LatencyModel(trained.supernet, cache=out / "latency.json")
                if "latency" in objectives or "latency" in constraints else None)
@@ -304,7 +311,7 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
             metrics["latency_ms"] = round(point.latency * 1e3, 4)
         # the statistics the search measured this accuracy with (fronts saved before osf recorded them: default)
         calib_batches, seed = front.info.get("calib_batches") or CALIB_BATCHES, front.info.get("seed", seed)
-    train_loader, val_loader = loaders(load_data(trained.run.data), trained.run.train["batch_size"])
+    train_loader, val_loader = _loaders_of(trained)
     if settings.evaluate and "accuracy" not in metrics:  # recalibrates BatchNorm statistics for arch first
         metrics["accuracy"] = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
                                              calib_batches=calib_batches, seed=seed), 4)

@@ -28,13 +28,16 @@ FORMAT = "osf-run-1"
 @dataclass
 class Run:
     """What ``run.json`` records. ``space`` holds ``SearchSpace`` options, ``train`` the ``TrainSettings``,
-    ``result`` the outcome of the last ``osf train`` (step, validation accuracy of the max/min subnets)."""
+    ``result`` the outcome of the last ``osf train`` (step, validation accuracy of the max/min subnets),
+    ``import_root`` the working directory of the first ``osf train`` where a spec is ``python:pkg.module:NAME``
+    (later commands import it from there, wherever they run)."""
     model: str
     data: str
     space: dict[str, Any]
     train: dict[str, Any]
     image_size: int | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    import_root: str | None = None
 
 
 @dataclass

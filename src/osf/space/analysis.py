@@ -1422,6 +1422,23 @@ def _pixel_shuffle(p: _Pass, op: OpNode):
     return list(x[:-3]) + [channels] + [p.fresh(s, f"spatial size computed by {op.name}") for s in out_sizes[-2:]]
 
 
+@rule("aten.channel_shuffle.default", "aten.native_channel_shuffle.default")
+def _channel_shuffle(p: _Pass, op: OpNode):
+    """``nn.ChannelShuffle``: (N, groups × per group, …) -> (N, per group × groups, …), the hand-written
+    view / transpose / reshape in one op, factored alike: a subnet may keep fewer groups (``groups`` is
+    rewritten) or fewer channels per group."""
+    x = list(p.tensor(op.args[0]))
+    n_groups = p.arg(op, 1, "groups")
+    if len(x) < 2 or not isinstance(n_groups, int):
+        raise _Unsupported("channel_shuffle without a channel dim or with a symbolic number of groups")
+    groups = p.d.atom((n_groups, ()), "split")
+    per = p.d.atom(_div(p.size(x[1]), n_groups), "split")
+    p.unify(x[1], Prod((groups, per)), op)
+    x[1] = p.d.atom(p.out_sizes(op)[1], "split")
+    p.unify(x[1], Prod((per, groups)), op)
+    return x
+
+
 @rule("aten.tril.default", "aten.triu.default")
 def _triangular(p: _Pass, op: OpNode):
     x = p.tensor(op.args[0])

@@ -617,8 +617,9 @@ def _rw_groups(index: int):
     return fn
 
 
-def _rw_group_norm(op, ins, out, dims, kept):
-    """``groups`` counts the kept norm groups (the analysis factored the channels as groups × per group)."""
+def _rw_group_count(op, ins, out, dims, kept):
+    """``groups`` (GroupNorm, channel shuffle) counts the kept groups (the analysis factored the channels as
+    groups × per group)."""
     if op.args[1] != 1:
         op.args = [op.args[0], _leading_count(op, ins[0][1], op.args[1], dims, kept)] + op.args[2:]
 
@@ -712,7 +713,8 @@ _ARG_REWRITES = {
     "aten.conv_transpose3d.input": _rw_groups(6), "aten.convolution.default": _rw_groups(8),
     **dict.fromkeys(SPLIT_OPS, _rw_split),
     "aten.repeat_interleave.self_int": _rw_repeat_interleave,
-    "aten.group_norm.default": _rw_group_norm,
+    "aten.group_norm.default": _rw_group_count,
+    "aten.channel_shuffle.default": _rw_group_count, "aten.native_channel_shuffle.default": _rw_group_count,
     "aten.slice.Tensor": _rw_slice, "aten.narrow.default": _rw_slice,
 }
 
