@@ -698,7 +698,7 @@ class NonLocal(nn.Module):
 
 
 class DeformableConv(nn.Module):
-    """torchvision's ``DeformConv2d`` with offsets from a conv (an op without a rule: reported)."""
+    """torchvision's ``DeformConv2d`` with offsets from a conv."""
 
     def __init__(self):
         super().__init__()
@@ -1966,9 +1966,19 @@ def build(name: str) -> tuple[nn.Module, tuple, dict]:
 
 # ----------------------------------------------------------------------------------------------
 
+def _grouped_mm_flops(a: list, b: list, *args: Any, out_shape: list, **kwargs: Any) -> int:
+    """Mixture-of-experts matmuls, which ``FlopCounterMode`` does not count: 2 × output × contracted size."""
+    return 2 * math.prod(out_shape[1:] if len(a) == len(b) == 2 else out_shape) * a[-1]
+
+
 def _flops(model: nn.Module, args: tuple, kwargs: dict) -> int:
-    """``FlopCounterMode``'s count of one forward (math attention kernel: the fused ones are not counted)."""
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+    """``FlopCounterMode``'s count of one forward (math attention kernel: the fused ones are not counted),
+    grouped matmuls included."""
+    grouped = [torch.ops.aten._grouped_mm]  # FlopCounterMode looks formulas up by overload packet
+    if hasattr(torch.ops.transformers, "grouped_mm_fallback"):  # registered once transformers' MoE code ran
+        grouped.append(torch.ops.transformers.grouped_mm_fallback)
+    with FlopCounterMode(display=False, custom_mapping=dict.fromkeys(grouped, _grouped_mm_flops)) as counter, \
+            sdpa_kernel(SDPBackend.MATH):
         model(*args, **kwargs)
     return counter.get_total_flops()
 

@@ -1,6 +1,7 @@
 """Search space from the IR: width groups, removable units, salience, motifs, extraction and costs."""
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -19,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import osf
 from osf.space.subnet import subnet_ir
 from models import ALL, _first, supernet
-from toys import RoutedExperts
+from toys import GroupedMatmulExperts, RoutedExperts
 
 def groups_of(sn: osf.Supernet, kind: str | None = None):
     return [g for g in sn.space.groups if kind is None or g.kind == kind]
@@ -722,7 +723,7 @@ class _ShapeFollowers(nn.Module):
     pruned channels are zeros once ``a``'s rows are, so the original with those rows zeroed is the subnet."""
 
     SPATIAL = ("unfold", "im2col", "im2col_col2im", "group_norm", "pixel_shuffle", "pixel_unshuffle", "grouped_convs",
-               "resample_aa", "channel_shuffle")
+               "resample_aa", "channel_shuffle", "deform_conv")
 
     def __init__(self, mode: str):
         super().__init__()
@@ -732,6 +733,9 @@ class _ShapeFollowers(nn.Module):
             self.b = {"im2col": nn.Linear(128, 8), "pixel_shuffle": nn.Conv2d(8, 8, 1),
                       "pixel_unshuffle": nn.Conv2d(128, 8, 1)}.get(mode, nn.Conv2d(32, 8, 1))
             self.norm = nn.GroupNorm(4, 32)
+            if mode == "deform_conv":  # torchvision's deformable conv, its offsets predicted from the features
+                import torchvision
+                self.b, self.offsets = torchvision.ops.DeformConv2d(32, 8, 3, padding=1), nn.Conv2d(32, 18, 3, padding=1)
             if mode == "grouped_convs":  # 16 channels, depthwise ×2, then a transposed conv in 4 groups
                 self.a = nn.Conv2d(3, 16, 3, padding=1)
                 self.dw = nn.Conv2d(16, 32, 3, padding=1, groups=16, bias=False)
@@ -754,6 +758,8 @@ class _ShapeFollowers(nn.Module):
             return self.b(nn.functional.pixel_shuffle(h, 2))
         if self.mode == "pixel_unshuffle":  # 32 channels -> 128 at half the resolution
             return self.b(nn.functional.pixel_unshuffle(h, 2))
+        if self.mode == "deform_conv":
+            return self.b(h, self.offsets(h))
         if self.mode == "channel_shuffle":  # nn.ChannelShuffle: 4 groups of 8 channels interleaved
             return self.b(nn.functional.channel_shuffle(h, 4))
         if self.mode == "grouped_convs":  # the transposed conv's 4 groups split the depthwise conv's 16
@@ -1278,6 +1284,71 @@ def test_data_dependent_sizes_are_captured_and_experts_pruned(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(sn.extract(sn.space.max()).eval()(other), model(other), atol=1e-5, rtol=1e-4)
     _min_and_sample_agree(sn, (other,))
+
+
+def test_grouped_matmul_experts_prune_their_hidden_width_and_the_model_width():
+    """``torch._grouped_mm`` (tokens sorted by expert times stacked expert weights, Hugging Face's MoE
+    path) contracts K and passes N, one width for every expert; the experts stay (addressed by position).
+    Its subnets are the original with the dropped channels zeroed (routing included: the gate reads the
+    pruned width), and ``cost()`` counts its FLOPs (2 × output × K per grouped matmul)."""
+    torch.manual_seed(0)
+    model = GroupedMatmulExperts().eval()
+    x = torch.randn(24, 16)
+    sn = osf.Supernet(model, (x,), sort=False)  # kept channels are prefixes
+    assert sn.space.analysis.unsupported == []
+    widths = sorted(g.size for g in sn.space.groups)
+    assert widths == [32, 64], [g.members for g in sn.space.groups]
+    model_width = next(g.key for g in sn.space.groups if g.size == 32)
+    hidden = next(g.key for g in sn.space.groups if g.size == 64)
+    with torch.no_grad():
+        torch.testing.assert_close(sn.extract(sn.space.max()).eval()(x), model(x), atol=1e-5, rtol=1e-4)
+    for w, n in ((8, 16), (24, 64), (32, 48)):
+        arch = osf.Arch({model_width: w, hidden: n}, {})
+        sub = sn.extract(arch).eval()
+        masked = GroupedMatmulExperts().eval()
+        masked.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            masked.a.weight[w:] = 0
+            masked.a.bias[w:] = 0
+            masked.up[:, :, n:] = 0
+            masked.down[:, :, w:] = 0  # the experts' outputs join the residual stream of a's width
+            torch.testing.assert_close(sub(x), masked(x), atol=1e-2, rtol=1.6e-2)  # bfloat16 matmuls
+            with sn.set_arch(arch):
+                torch.testing.assert_close(sn.eval()(x), sub(x), atol=1e-5, rtol=1e-4)
+        with FlopCounterMode(display=False) as counter:
+            sub(x)
+        linears = counter.get_total_flops()  # FlopCounterMode has no formula for grouped matmuls
+        assert sn.cost(arch)["flops"] == linears + 2 * 24 * n * w * 2
+
+
+def test_hugging_face_experts_prune_their_hidden_size():
+    """Mixtral's experts (one ``transformers::grouped_mm_fallback`` per projection over the stacked expert
+    weights, gate and up fused) get one hidden-size group per layer, and the model width runs through them
+    (both were fixed); a subnet is the model with the dropped hidden units zeroed in every expert."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2)
+    model = transformers.MixtralForCausalLM(cfg).eval()
+    kwargs = {"input_ids": torch.randint(0, 100, (2, 8)), "use_cache": False}
+    sn = osf.Supernet(model, (), kwargs, sort=False)  # kept units are prefixes (of the gate's and the up's)
+    assert sn.space.analysis.unsupported == []
+    group = next(g for g in sn.space.groups if ("model.layers.0.mlp.experts.down_proj", 2) in g.members)
+    assert group.size == 64 and group.members.count(("model.layers.0.mlp.experts.gate_up_proj", 1)) == 2  # gate, up
+    width = next(g for g in sn.space.groups if ("model.embed_tokens.weight", 1) in g.members)  # the model width
+    assert ("model.layers.0.mlp.experts.down_proj", 1) in width.members
+    full = sn.space.max()
+    for n in (16, 48):
+        arch = osf.Arch({**full.width, group.key: n}, full.depth)
+        masked = copy.deepcopy(model)
+        experts = masked.model.layers[0].mlp.experts
+        with torch.no_grad():
+            experts.gate_up_proj[:, n:64] = 0  # gate rows (act(0) × up = 0 where the gate is silu)
+            experts.gate_up_proj[:, 64 + n:] = 0  # up rows
+            expected = masked(**kwargs).logits
+            torch.testing.assert_close(sn.extract(arch).eval()(**kwargs).logits, expected, atol=1e-5, rtol=1e-4)
+        assert sn.cost(arch)["flops"] < sn.cost(full)["flops"]
 
 
 class _HeadsApart(nn.Module):

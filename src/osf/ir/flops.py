@@ -33,6 +33,11 @@ def _mm(out, ins) -> int:  # mm(a[m,k], b[k,n]); addmm(c, a, b); bmm; baddbmm
     return 2 * _prod(out) * a[-1]
 
 
+def _grouped_mm(out, ins) -> int:  # a[S, K] × b[E, K, N] -> [S, N]; a[E, M, K] × b[E, K, N]; a[M, K] × b[K, N] -> [E, M, N]
+    a, b = ins[0], ins[1]
+    return 2 * _prod(out[1:] if len(a) == len(b) == 2 else out) * a[-1]
+
+
 def _matmul(out, ins) -> int:
     a, b = ins[0], ins[1]
     k = a[-1]
@@ -74,6 +79,8 @@ RULES: dict[str, Callable[[list[int], list[list[int]]], int]] = {
     "aten.conv_transpose2d.input": _conv_transpose,
     "aten.conv_transpose3d.input": _conv_transpose,
     "aten.scaled_dot_product_attention.default": _sdpa,
+    "aten._grouped_mm.default": _grouped_mm,
+    "transformers.grouped_mm_fallback.default": _grouped_mm,  # Hugging Face's mixture-of-experts fallback
 }
 
 

@@ -332,7 +332,7 @@ def _rule_for(target: str) -> Rule | None:
 _CANONICAL = {f"__{pre}{name}__": f"bitwise_{full}" for pre in ("", "i") for name, full in
            (("and", "and"), ("or", "or"), ("xor", "xor"), ("lshift", "left_shift"), ("rshift", "right_shift"))} | {
     "multiply": "mul", "multiply_": "mul_", "divide": "div", "divide_": "div_", "true_divide": "div",
-    "true_divide_": "div_", "subtract": "sub", "subtract_": "sub_", "negative": "neg", "negative_": "neg_",
+    "true_divide_": "div_", "floor_divide": "div", "floor_divide_": "div_", "subtract": "sub", "subtract_": "sub_", "negative": "neg", "negative_": "neg_",
     "absolute": "abs", "absolute_": "abs_", "greater": "gt", "greater_equal": "ge", "less": "lt",
     "less_equal": "le", "not_equal": "ne", "fix": "trunc", "fix_": "trunc_", "special_expit": "sigmoid",
     "arccos": "acos", "arcsin": "asin", "arctan": "atan", "arctan2": "atan2", "arccosh": "acosh",
@@ -472,6 +472,27 @@ def _conv_t(p: _Pass, op: OpNode):
 @rule("aten.convolution.default")
 def _convolution(p: _Pass, op: OpNode):
     return _conv(p, op, bool(p.arg(op, 6, "transposed")), _groups(p, op, 8))
+
+
+@rule("torchvision.deform_conv2d.default")
+def _deform_conv2d(p: _Pass, op: OpNode):
+    """torchvision's deformable conv (input, weight, offset, mask, bias, strides, paddings, dilations, groups,
+    offset groups, use_mask): a conv whose kernel samples at learnt offsets. With one group and one offset
+    group its channels are a conv's (the input's contracted with the weight's second dim, the output's the
+    weight's first and the bias's); the offsets' and mask's channels (offset groups × kernel positions)
+    and every spatial dim are fixed, the batch is shared."""
+    x, w, offset, mask, bias = (p.tensor(a) for a in op.args[:5])
+    if op.args[11:13] != [1, 1] or any(t is None for t in (x, w, offset, mask, bias)):
+        raise _Unsupported("deform_conv2d with groups or offset groups")
+    p.unify(x[1], w[1], op)
+    p.unify(bias[0], w[0], op)
+    for t in (offset, mask):
+        p.unify(t[0], x[0], op)
+        for e in t[1:]:
+            p.block(e, f"offsets and mask of {op.name}")
+    for e in list(w[2:]) + list(x[2:]):
+        p.block(e, f"kernel or spatial size of {op.name}")
+    return [x[0], w[0]] + [p.fresh(s, f"spatial size computed by {op.name}") for s in p.out_sizes(op)[2:]]
 
 
 @rule("aten.batch_norm.default", "aten.instance_norm.default")
@@ -672,6 +693,28 @@ def _matmul(p: _Pass, op: OpNode):
     batch = p.broadcast(op, [a[:-2], b[:-2]], out_sizes[:-2])
     p.batched(a[:-2], b[:-2])
     return batch + [a[-2], b[-1]]
+
+
+@rule("aten._grouped_mm.default", "transformers.grouped_mm_fallback.default")
+def _grouped_mm(p: _Pass, op: OpNode):
+    """Mixture-of-experts matmul (``torch._grouped_mm``; Hugging Face's fallback of it): rows of ``a`` (S, K),
+    sorted by expert, each times its expert's matrix of ``b`` (E, K, N) -> (S, N), ``offs`` ending each
+    expert's rows; or one matrix per batch entry, (E, M, K) × (E, K, N). K is contracted and N passes, one
+    width for every expert; the experts are addressed by position (fixed)."""
+    a, b = p.tensor(op.args[0]), p.tensor(p.arg(op, 1, "mat2"))
+    offs, bias = p.tensor(p.arg(op, 2, "offs")), p.tensor(p.arg(op, 3, "bias"))
+    if a is None or b is None or len(b) != 3 or len(a) not in (2, 3) or (len(a) == 2) != (offs is not None):
+        raise _Unsupported("grouped matmul other than (S, K) × (E, K, N) with offsets or (E, M, K) × (E, K, N)")
+    p.unify(a[-1], b[1], op)
+    p.block(b[0], f"experts addressed by position ({op.name})")
+    if offs is not None:
+        p.unify(offs[0], b[0], op)
+    else:
+        p.unify(a[0], b[0], op)
+    if bias is not None:
+        p.unify(bias[-1], b[2], op)
+        p.unify(bias[0], b[0], op)
+    return list(a[:-1]) + [b[2]]
 
 
 @rule("aten.addmm.default", "aten.baddbmm.default")
@@ -1437,6 +1480,12 @@ def _channel_shuffle(p: _Pass, op: OpNode):
     x[1] = p.d.atom(p.out_sizes(op)[1], "split")
     p.unify(x[1], Prod((per, groups)), op)
     return x
+
+
+@rule("aten.histc.default")
+def _histc(p: _Pass, op: OpNode):
+    """A histogram of every element: the input's dims are reduced away, the bins are new (fixed)."""
+    return p.fresh_out(op, f"bins of {op.name}")
 
 
 @rule("aten.tril.default", "aten.triu.default")
