@@ -139,6 +139,14 @@ def test_the_docs_own_model_file_example_runs(tmp_path, capsys):
     assert "distinct subnets" in capsys.readouterr().out
 
 
+def test_space_of_the_built_in_mixture_of_experts(capsys):
+    """``osf space hf:mixtral``: the experts' hidden sizes are groups (one per layer, every expert alike)."""
+    pytest.importorskip("transformers")
+    assert main(["space", "hf:mixtral", "--no-depth"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("mlp.experts.gate_up_proj[1]#0  channels    128") == 2, out
+
+
 @pytest.mark.parametrize("spec, message", [
     ("nosuch:thing", "unknown model spec"),
     ("torchvision:not_a_model", "unknown torchvision model"),

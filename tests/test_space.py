@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -1349,6 +1350,17 @@ def test_hugging_face_experts_prune_their_hidden_size():
             expected = masked(**kwargs).logits
             torch.testing.assert_close(sn.extract(arch).eval()(**kwargs).logits, expected, atol=1e-5, rtol=1e-4)
         assert sn.cost(arch)["flops"] < sn.cost(full)["flops"]
+
+
+def test_the_docs_mixture_of_experts_example_runs(capsys):
+    """docs/space.md's Mixtral example prints expert hidden-size groups and a smaller model."""
+    pytest.importorskip("transformers")
+    text = (Path(__file__).parents[1] / "docs" / "space.md").read_text()
+    exec(compile(text.split("```python\n# moe_example\n")[1].split("```")[0], "moe_example", "exec"), {})
+    out = capsys.readouterr().out
+    assert "mlp.experts.gate_up_proj[1]#0" in out and "choices [16, 32, 48, 64]" in out
+    small, full = (int(n.replace(",", "")) for n in out.split(" params")[0].split()[-3::2])
+    assert small < full
 
 
 class _HeadsApart(nn.Module):

@@ -1,6 +1,7 @@
 """Model specs understood by the ``osf`` command, each resolved to a model and example inputs.
 
-``torchvision:NAME``, ``timm:NAME``, ``hf:ARCH`` (small built-in config, random init), ``sam:vit_b`` /
+``torchvision:NAME``, ``timm:NAME``, ``hf:ARCH`` (small built-in config, random init: bert, roberta, distilbert,
+gpt2, llama, mixtral, vit), ``sam:vit_b`` /
 ``sam:tiny``, ``minilm`` (the real pretrained all-MiniLM-L6-v2), ``builtin:NAME`` (the demo's small models,
 see ``BUILTIN``), ``python:pkg.module:factory`` or ``python:path/to/file.py:factory`` (a user's own factory
 returning a model, or ``(model, args)`` / ``(model, args, kwargs)``), or the path of a saved IR. Nothing is
@@ -62,14 +63,14 @@ def _timm(name: str, image_size: int | None) -> ModelSpec:
     return ModelSpec(model.eval(), (_image(2, size),))
 
 
-def _hf_text(model_cls: str, config_cls: str, **config: Any) -> Callable[[], ModelSpec]:
+def _hf_text(model_cls: str, config_cls: str, causal: bool = False, **config: Any) -> Callable[[], ModelSpec]:
     def make() -> ModelSpec:
         import transformers
         cfg = getattr(transformers, config_cls)(**config)
         model = getattr(transformers, model_cls)(cfg).eval()
         ids = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if model_cls == "GPT2Model":
+        if causal:  # no key/value cache: a traced graph returns the outputs alone
             kwargs["use_cache"] = False
         return ModelSpec(model, (), kwargs, {"dynamic_seq": True})
     return make
@@ -83,7 +84,11 @@ HF_ARCHS: dict[str, Callable[[], ModelSpec]] = {
     "roberta": _hf_text("RobertaModel", "RobertaConfig", **{**_SMALL, "max_position_embeddings": 130}),
     "distilbert": _hf_text("DistilBertModel", "DistilBertConfig", dim=64, n_layers=2, n_heads=4, hidden_dim=128,
                            vocab_size=1000, max_position_embeddings=128),
-    "gpt2": _hf_text("GPT2Model", "GPT2Config", n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=128),
+    "gpt2": _hf_text("GPT2Model", "GPT2Config", causal=True, n_embd=64, n_layer=2, n_head=4, vocab_size=1000,
+                     n_positions=128),
+    "llama": _hf_text("LlamaModel", "LlamaConfig", causal=True, **_SMALL, num_key_value_heads=2),
+    "mixtral": _hf_text("MixtralModel", "MixtralConfig", causal=True, **_SMALL, num_key_value_heads=2,
+                        num_local_experts=4),
 }
 
 
