@@ -1458,7 +1458,8 @@ class ALiBiAttention(nn.Module):
     def __init__(self, d=32, heads=4):
         super().__init__(); self.heads = heads
         self.qkv = nn.Linear(d, 3 * d); self.proj = nn.Linear(d, d)
-        self.register_buffer("slopes", torch.tensor([2 ** (-8 * (i + 1) / heads) for i in range(heads)]).view(heads, 1, 1))
+        slopes = torch.tensor([2 ** (-8 * (i + 1) / heads) for i in range(heads)])
+        self.register_buffer("slopes", slopes.view(heads, 1, 1))
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)

@@ -736,7 +736,8 @@ class _ShapeFollowers(nn.Module):
             self.norm = nn.GroupNorm(4, 32)
             if mode == "deform_conv":  # torchvision's deformable conv, its offsets predicted from the features
                 import torchvision
-                self.b, self.offsets = torchvision.ops.DeformConv2d(32, 8, 3, padding=1), nn.Conv2d(32, 18, 3, padding=1)
+                self.b = torchvision.ops.DeformConv2d(32, 8, 3, padding=1)
+                self.offsets = nn.Conv2d(32, 18, 3, padding=1)
             if mode == "grouped_convs":  # 16 channels, depthwise ×2, then a transposed conv in 4 groups
                 self.a = nn.Conv2d(3, 16, 3, padding=1)
                 self.dw = nn.Conv2d(16, 32, 3, padding=1, groups=16, bias=False)
@@ -865,9 +866,11 @@ def test_ops_whose_output_follows_a_pruned_width(mode):
     with torch.no_grad():
         torch.testing.assert_close(sn.extract(sn.space.max()).eval()(x), expected, atol=1e-5, rtol=1e-4)
     widths = {g.key: g.size for g in sn.space.groups if ("a.weight", 0) in g.members}
-    # norm groups; shuffled groups × channels per group; output channels of 4 sub-pixels; (transposed-conv groups) × (depthwise groups in each);
+    # norm groups; shuffled groups × channels per group; output channels of 4 sub-pixels;
+    # (transposed-conv groups) × (depthwise groups in each);
     # glu: 16 pairs; slice_middle: the slice (8 channels each side of it: one choice at multiples of 8)
-    whole = {"group_norm": 4, "channel_shuffle": 4 + 8, "pixel_shuffle": 8, "grouped_convs": 4 + 4, "glu": 16, "slice_middle": 16}.get(mode, 32)
+    whole = {"group_norm": 4, "channel_shuffle": 4 + 8, "pixel_shuffle": 8, "grouped_convs": 4 + 4, "glu": 16,
+             "slice_middle": 16}.get(mode, 32)
     assert sum(widths.values()) == whole, [g.members for g in sn.space.groups]
     full = sn.space.max().depth  # widths only: the masked original cannot drop a branch
     archs = [osf.Arch(a.width, full) for a in [sn.space.min()] + [sn.space.sample(s) for s in range(6)]]

@@ -1,11 +1,10 @@
 """Model specs understood by the ``osf`` command, each resolved to a model and example inputs.
 
-``torchvision:NAME``, ``timm:NAME``, ``hf:ARCH`` (small built-in config, random init: bert, roberta, distilbert,
-gpt2, llama, mixtral, vit), ``sam:vit_b`` /
-``sam:tiny``, ``minilm`` (the real pretrained all-MiniLM-L6-v2), ``builtin:NAME`` (the demo's small models,
-see ``BUILTIN``), ``python:pkg.module:factory`` or ``python:path/to/file.py:factory`` (a user's own factory
-returning a model, or ``(model, args)`` / ``(model, args, kwargs)``), or the path of a saved IR. Nothing is
-downloaded.
+``torchvision:NAME``, ``timm:NAME``, ``hf:ARCH`` (small built-in config, random init: bert, roberta,
+distilbert, gpt2, llama, mixtral, vit), ``sam:vit_b`` / ``sam:tiny``, ``minilm`` (the real pretrained
+all-MiniLM-L6-v2), ``builtin:NAME`` (the demo's small models, see ``BUILTIN``), ``python:pkg.module:factory``
+or ``python:path/to/file.py:factory`` (a user's own factory returning a model, or ``(model, args)`` /
+``(model, args, kwargs)``), or the path of a saved IR. Nothing is downloaded.
 """
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ def _mm(out, ins) -> int:  # mm(a[m,k], b[k,n]); addmm(c, a, b); bmm; baddbmm
     return 2 * _prod(out) * a[-1]
 
 
-def _grouped_mm(out, ins) -> int:  # a[S, K] × b[E, K, N] -> [S, N]; a[E, M, K] × b[E, K, N]; a[M, K] × b[K, N] -> [E, M, N]
+def _grouped_mm(out, ins) -> int:  # a[S, K] × b[E, K, N] -> [S, N]; a[E, M, K] × b[E, K, N];
+    # a[M, K] × b[K, N] -> [E, M, N] (K split among the groups)
     a, b = ins[0], ins[1]
     return 2 * _prod(out[1:] if len(a) == len(b) == 2 else out) * a[-1]
 

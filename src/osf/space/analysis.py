@@ -332,7 +332,8 @@ def _rule_for(target: str) -> Rule | None:
 _CANONICAL = {f"__{pre}{name}__": f"bitwise_{full}" for pre in ("", "i") for name, full in
            (("and", "and"), ("or", "or"), ("xor", "xor"), ("lshift", "left_shift"), ("rshift", "right_shift"))} | {
     "multiply": "mul", "multiply_": "mul_", "divide": "div", "divide_": "div_", "true_divide": "div",
-    "true_divide_": "div_", "floor_divide": "div", "floor_divide_": "div_", "subtract": "sub", "subtract_": "sub_", "negative": "neg", "negative_": "neg_",
+    "true_divide_": "div_", "floor_divide": "div", "floor_divide_": "div_", "subtract": "sub", "subtract_": "sub_",
+    "negative": "neg", "negative_": "neg_",
     "absolute": "abs", "absolute_": "abs_", "greater": "gt", "greater_equal": "ge", "less": "lt",
     "less_equal": "le", "not_equal": "ne", "fix": "trunc", "fix_": "trunc_", "special_expit": "sigmoid",
     "arccos": "acos", "arcsin": "asin", "arctan": "atan", "arctan2": "atan2", "arccosh": "acosh",
