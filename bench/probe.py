@@ -2107,7 +2107,8 @@ def section(env: dict, rows: list[dict]) -> str:
              "original's float64 outputs (atol 1e-5, rtol 1e-4) and the extracted `min()` its float32 outputs "
              "in the original's output dtypes (atol 1e-4, rtol 1e-3), where the original runs in float64 "
              "(dtypes read in `forward` follow the cast). *FLOPs Δ*: the largest relative difference of `cost()` against "
-             "`FlopCounterMode` on the extracted model (math attention kernel; target 1 %). *Unsupported*: ops "
+             "`FlopCounterMode` on the extracted model (math attention kernel; given a formula for grouped "
+             "expert matmuls, which it does not count; target 1 %). *Unsupported*: ops "
              "without a dimension rule (their dims stay fixed)", "",
              f"{ok} of {len(rows)} models OK; gradients compared on {sum(r.get('gradients_checked', 0) > 0 for r in rows)}"
              f" (the others have no output with a gradient); `cost()` FLOPs within 1 % of `FlopCounterMode` on "
