@@ -2,16 +2,19 @@
 numbers, writes are atomic and never overwrite silently."""
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 import torch.utils._pytree as pytree
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 import osf
@@ -144,6 +147,43 @@ def test_onnx_runtime_int8_quantization_of_the_exported_file(exported, tmp_path)
     ref = _reference(sn, arch, args, kwargs)[0]
     assert out.shape == ref.shape
     assert float((out - ref).abs().max()) <= 0.05 * float(ref.max() - ref.min())
+
+
+def test_torchao_weight_quantization_works_on_extracted_models_as_on_the_original():
+    """torchao's ``quantize_`` swaps the weights of ``nn.Linear`` / ``nn.Embedding`` modules for tensor
+    subclasses that implement ``F.linear`` / ``F.embedding``. Generated code called the ATen overloads, which
+    reach such a subclass decomposed (``aten.t``: NotImplementedError); it now calls the functions eager code
+    calls. The quantized max subnet equals the quantized original; a quantized subnet stays near its float self."""
+    quantization = pytest.importorskip("torchao.quantization")
+    sn, model, args, kwargs = supernet("bert")
+    model.eval()
+    embeddings = lambda module, name: isinstance(module, nn.Embedding)  # noqa: E731
+    configs = [(quantization.Int8WeightOnlyConfig(), None),
+               (quantization.IntxWeightOnlyConfig(weight_dtype=torch.int8), embeddings)]
+    arch = sn.space.sample(3)
+    for config, filter_fn in configs:
+        original, extracted, sub = copy.deepcopy(model), sn.extract(sn.space.max()).eval(), sn.extract(arch).eval()
+        with torch.no_grad():
+            float_out, float_sub = original(*args, **kwargs).logits, sub(*args, **kwargs).logits
+        for m in (original, extracted, sub):
+            quantization.quantize_(m, config, filter_fn=filter_fn)
+        kinds = {type(m.weight).__name__ for m in sub.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+        assert kinds - {"Parameter"}, kinds  # the subnet's layers were found and quantized
+        with torch.no_grad():
+            quantized, quantized_sub = original(*args, **kwargs).logits, sub(*args, **kwargs).logits
+            assert not torch.equal(quantized, float_out)  # the weights did change
+            torch.testing.assert_close(extracted(*args, **kwargs).logits, quantized, atol=1e-6, rtol=1e-5)
+        assert float((quantized_sub - float_sub).abs().max()) <= 0.05 * float(float_sub.max() - float_sub.min())
+
+
+def test_the_docs_torchao_example_quantizes_an_extracted_subnet():
+    pytest.importorskip("torchao.quantization")
+    text = (Path(__file__).parents[1] / "docs" / "export.md").read_text()
+    namespace: dict = {}
+    exec(compile(text.split("```python\n# torchao_example\n")[1].split("```")[0], "torchao_example", "exec"), namespace)
+    layers = [m for m in namespace["small"].modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 2 and all(type(m.weight).__name__ == "Int8Tensor" for m in layers)
+    assert namespace["logits"].shape == (4, 10)
 
 
 def test_model_card_has_the_numbers(exported):

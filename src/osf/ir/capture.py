@@ -34,7 +34,7 @@ from torch.export import Dim
 from . import conditions, serial
 from . import ops as op_rules
 from .codegen import RebuiltModel, own_ir
-from .construct import qualname, verify_all
+from .construct import qualname, size_arguments, verify_all
 from .errors import TraceError
 from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder
 
@@ -71,8 +71,9 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     was_training = model.training
     started = time.perf_counter()
     unrecorded = _Unrecorded(model)
+    calls = _CallShapes(model)
     try:
-        with unrecorded.watching():
+        with unrecorded.watching(), calls.watching():
             programs, method = _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq,
                                                   dynamic_spatial)
     except TraceError as e:
@@ -85,7 +86,7 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
         raise
     finally:
         model.train(was_training)
-    ir = _to_ir(model, programs, method, verify_init, (args, kwargs))
+    ir = _to_ir(model, programs, method, verify_init, (args, kwargs), calls.shapes)
     ir.info["trace_options"] = options
     if unrecorded.hooked:
         _check_gradients(model, ir, args, kwargs, unrecorded)
@@ -316,6 +317,40 @@ class _Unrecorded:
             parts.append(f"modules {', '.join(repr(m) for m in self.module_hooks)} have backward hooks, which "
                          "the captured graph does not hold")
         return "; ".join(parts)
+
+
+class _CallShapes:
+    """How each module is called while the model is exported (hooks, removed after): ``shapes[id(module)]``
+    is "unary" when every call passed one tensor, positionally and alone, and returned one tensor, else
+    how a call differed. A module put in place of a unary one is called as ``module(x)``
+    (``codegen.module_calls``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.shapes: dict[int, str] = {}
+
+    @contextlib.contextmanager
+    def watching(self) -> Any:
+        def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+                keywords = f" and keyword(s) {', '.join(sorted(kwargs))}" if kwargs else ""
+                self.shapes[id(module)] = f"called with {len(args)} positional argument(s){keywords}"
+            else:
+                self.shapes.setdefault(id(module), "unary")
+
+        def after(module: nn.Module, args: tuple, output: Any) -> None:
+            if not isinstance(output, torch.Tensor) and self.shapes.get(id(module)) == "unary":
+                self.shapes[id(module)] = f"returns a {type(output).__name__}"
+
+        handles = []  # through nn.Module's methods: a rebuilt model's containers warn of hooks of users
+        for m in self.model.modules():
+            handles.append(nn.Module.register_forward_pre_hook(m, before, with_kwargs=True))
+            handles.append(nn.Module.register_forward_hook(m, after))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def _source_file(cls: type) -> str:
@@ -637,11 +672,24 @@ def _tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, torch.T
     return aliases, tensors, persistent
 
 
+def _scope(node: torch.fx.Node, paths: dict[str, str], scopes: dict[tuple, int]) -> int | None:
+    """The index in ``scopes`` of the module calls ``node`` runs in, outermost first: (canonical path, call
+    key) per module below the root, the key naming one call (torch.export counts a module's calls,
+    ``fc@1``, per path it was reached by)."""
+    frames = tuple((paths[p], key.removeprefix("L__self__")) for key, (path, _cls)
+                   in (node.meta.get("nn_module_stack") or {}).items()
+                   for p in [_normalize_path(path)] if p and p in paths)
+    return scopes.setdefault(frames, len(scopes)) if frames else None
+
+
 def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor],
-           example_batch: int | None = None, follow: dict[str, tuple[list, dict]] | None = None) -> tuple[Graph, list]:
+           example_batch: int | None = None, follow: dict[str, tuple[list, dict]] | None = None,
+           scopes: dict[tuple, int] | None = None) -> tuple[Graph, list]:
     """The program (its blocks of forward inlined) as an IR graph; ``example_batch``: the size its inputs'
     batch symbols are reported at (when it was exported from an example of another batch); ``follow``: the
-    arguments of some ops with the values that follow the model's dtype marked (``_dtype_following``)."""
+    arguments of some ops with the values that follow the model's dtype marked (``_dtype_following``);
+    ``scopes``: the table of module-call stacks its ops' ``scope`` index (extended)."""
+    scopes = {} if scopes is None else scopes
     from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
     sizes = None
     if example_batch is not None:
@@ -695,7 +743,8 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
         ops.append(OpNode(node.name, target, serial.encode_arg(node_args),
                           {k: serial.encode_arg(v) for k, v in node_kwargs.items()},
                           _owner(node, paths), serial.encode_value_meta(node.meta.get("val"), sizes),
-                          context=serial.encode_arg(node.meta[_CONTEXT]) if _CONTEXT in node.meta else None))
+                          context=serial.encode_arg(node.meta[_CONTEXT]) if _CONTEXT in node.meta else None,
+                          scope=_scope(node, paths, scopes)))
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     outputs = [serial.encode_arg(a) for a, spec in zip(out_node.args[0], ep.graph_signature.output_specs)
                if spec.kind == OutputKind.USER_OUTPUT]
@@ -960,7 +1009,8 @@ def _own_ir(model: nn.Module, args: tuple, kwargs: dict, options: dict[str, bool
     return ir
 
 
-def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example: tuple) -> IR:
+def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example: tuple,
+           call_shapes: dict[int, str]) -> IR:
     ids, paths = _canonical_names(model)
     aliases, tensors, persistent = _tensor_aliases(model)
     consts: dict[str, torch.Tensor] = {}
@@ -971,8 +1021,9 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example:
     for mode in ("train", "eval"):  # blocks of forward become plain ops, for the dtype matching and the IR
         _inline_blocks(programs[mode].graph_module)
     follow = _dtype_following(model, programs, paths, example)
-    train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch, follow.get("train"))
-    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"))
+    scopes: dict[tuple, int] = {}
+    train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch, follow.get("train"), scopes)
+    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"), scopes)
     _gate_mode_only_ops(train_graph, eval_graph)
     keep_eval = _signature(train_graph) != _signature(eval_graph)
     for g in (train_graph, eval_graph):
@@ -1005,8 +1056,9 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example:
                            for s in (p.meta.get("sym") or []) if s}),
         "input_ranges": _input_ranges(programs["train"], programs["eval"]),
         "size_conditions": size_conditions,
+        "scopes": [[list(frame) for frame in frames] for frames in scopes],
     }
-    modules = _module_nodes(model, ids, aliases, verify)
+    modules = _module_nodes(model, ids, aliases, verify, call_shapes)
     ir = IR(train_graph, modules, tensors, aliases, info, eval_graph if keep_eval else None)
     annotate_io(ir)
     return ir
@@ -1096,9 +1148,11 @@ def _param_names(model: nn.Module) -> list[str] | None:
 
 
 def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str],
-                  verify: bool) -> dict[str, ModuleNode]:
-    """Module nodes with metadata; each parameter names its stored tensor (shared ones name the same)."""
+                  verify: bool, call_shapes: dict[int, str]) -> dict[str, ModuleNode]:
+    """Module nodes with metadata; each parameter names its stored tensor (shared ones name the same);
+    ``call``: how the model calls it (``_CallShapes``), where it does."""
     inits = verify_all(model, ids) if verify else {}
+    sizes: dict[str, dict] = {}  # size_arguments by class and arguments
     nodes: dict[str, ModuleNode] = {}
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
@@ -1123,6 +1177,14 @@ def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str]
                  for kind, table in (("params", m._parameters), ("buffers", m._buffers))}
         if any(unset.values()):  # registered as None (Conv2d(bias=False).bias): a rebuilt module has them too
             meta["unset"] = {kind: names for kind, names in unset.items() if names}
+        if id(m) in call_shapes:
+            meta["call"] = call_shapes[id(m)]
+        if init.get("status") == "verified" and meta["class"].startswith("torch.nn."):  # rebuilt as instances
+            key = meta["class"] + json.dumps(init["args"], sort_keys=True)
+            if key not in sizes:
+                sizes[key] = size_arguments({"class": meta["class"], **init}, m)
+            if sizes[key]:
+                meta["sizes"] = sizes[key]
         children = [ids[id(c)] for c in m.children() if ids.get(id(c), "").startswith(name)]
         nodes[name] = ModuleNode(name, meta, [c for c in children if c != name])
     json.dumps({n: v.meta for n, v in nodes.items()})  # fail early if anything is not JSON

@@ -16,6 +16,8 @@ import math
 import pickle
 import types
 import warnings
+import weakref
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -27,7 +29,7 @@ from . import conditions, serial
 from . import ops as op_rules
 from .construct import qualname
 from .errors import FormatError, InputError, ModuleReplacedError
-from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, import_class
+from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, OpNode, import_class
 
 
 class IRContainer(nn.Module):
@@ -42,7 +44,7 @@ class IRContainer(nn.Module):
 
     def _osf_sizes(self) -> str:
         """The shapes of this module's own parameters and buffers (``weight 100x512, bias 100``): where a
-        rebuilt module shows its widths, having no constructor attributes such as ``in_features``."""
+        rebuilt module shows its widths, having no constructor attributes such as ``groups``."""
         tensors = {**self._parameters, **self._buffers}
         return ", ".join(f"{name} {'x'.join(map(str, t.shape))}" for name, t in tensors.items()
                          if t is not None and t.dim() > 0)
@@ -61,7 +63,8 @@ class IRContainer(nn.Module):
         raise AttributeError(
             f"{message}: it stands for a {self.osf_class} in a model rebuilt by osf, which keeps the original "
             "module's submodules, parameters and buffers but not its other attributes (constructor arguments "
-            "such as in_features or num_heads would be stale once a subnet's widths shrink); "
+            "such as groups or num_heads would be stale once a subnet's widths shrink; those that are a size of "
+            "one of its tensors, such as in_features, are read from it); "
             + (f"read sizes from its tensors ({sizes}), e.g. .weight.shape" if sizes
                else "read sizes from the tensors of its submodules"))
 
@@ -73,15 +76,22 @@ class IRContainer(nn.Module):
         """A child by its original name, as the original ``nn.Sequential`` / ``nn.ModuleList`` /
         ``nn.ModuleDict`` indexed it (``features[3]``, ``blocks["attn"]``); negative ints count from the
         end. A subnet keeps the names of the original, without the children its arch dropped."""
+        return self._modules[self._osf_child_name(key)]
+
+    def __setitem__(self, key: int | str, module: nn.Module) -> None:
+        """Put ``module`` in place of a child named as by ``__getitem__`` (``features[3] = nn.Identity()``)."""
+        setattr(self, self._osf_child_name(key), module)
+
+    def _osf_child_name(self, key: int | str) -> str:
         children = self._modules
         if not children:
             raise TypeError(f"'{type(self).__name__}' (osf: {self.osf_class}) object is not subscriptable: it has no "
                             "submodules")
         if isinstance(key, int) and key < 0 and -key <= len(children):
-            return list(children.values())[key]
+            return list(children)[key]
         name = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
         if isinstance(name, str) and name in children:
-            return children[name]
+            return name
         shown = ", ".join(repr(n) for n in list(children)[:12]) + (", ..." if len(children) > 12 else "")
         error = IndexError if isinstance(key, int) else KeyError  # as nn.ModuleList / nn.ModuleDict raise
         raise error(f"{type(self).__name__} (osf: {self.osf_class}) has no submodule {key!r}; its submodules, by "
@@ -115,29 +125,34 @@ class IRContainer(nn.Module):
         nn.Module.add_module(self, name, module)
 
     def _osf_check_replacement(self, name: str, value: Any) -> None:
-        """A child may give way only to a module of its original class in a model whose forward walks the
-        modules (``build``): the generated forward reads the new module's tensors by attribute and runs
-        the ops that class runs. Anything else would be silently ignored, or half followed."""
+        """A child may give way to any module called on one tensor and returning one: the root generates
+        its forward again at its next call, calling the new module where the old one's ops ran. Refused
+        (``ModuleReplacedError``) where that cannot hold, and in a supernet's rebuilt model."""
         child = self._modules[name]
         original = getattr(child, "osf_class", None) or qualname(type(child))
-        pinned = vars(self).get("_osf_pinned", False)
-        if isinstance(value, nn.Module) and qualname(type(value)) == original and not pinned:
-            return
+        state = vars(self)
+        link = state.get("_osf_link")
+        root = link.root() if link is not None and link.root is not None else None
         if value is None:
-            why = "removed"
-        elif pinned:
-            why = ("replaced: this model (an extracted subnet, or a supernet's) reads its tensors from the "
-                   "modules it was built with")
+            why = ("removed: the generated forward runs its ops (nn.Identity() in its place passes its input "
+                   "through)")
+        elif state.get("_osf_pinned", False):
+            why = ("replaced: a supernet runs its subnets' code on the modules it was built with; replace it in "
+                   "a subnet extracted from the supernet (supernet.extract(arch)), or in the original model "
+                   "before building the supernet")
+        elif not isinstance(value, nn.Module):
+            why = f"replaced by a {qualname(type(value))}: only a module can take its place"
+        elif root is None:
+            why = "replaced: the model it belongs to no longer exists"
         else:
-            why = (f"replaced by a {qualname(type(value))}: only a module of its own class, whose tensors the "
-                   "forward reads, can take its place")
-        raise ModuleReplacedError(
-            f"submodule '{name}' (osf: {original}) of this model rebuilt by osf cannot be {why}. Its forward is "
-            "generated from the IR and runs the ops of every module itself, never calling a module, so the model "
-            "would go on computing what it did. Its tensors are read by attribute at every call: for a head of "
-            f"another size, give '{name}' new ones (its .weight = nn.Parameter(...), and its .bias). To change "
-            "what a part computes (nn.Identity to get features), change the original model and trace it again "
-            "(osf.Supernet(model, ...)), or wrap this one (nn.Sequential(model, head))")
+            path = next((f"{p}.{name}" if p else name for p, m in root.named_modules(remove_duplicate=False)
+                         if m is self), name)
+            problem = root._osf_blueprint.replacement_problem(path, value)
+            if problem is None:
+                link.pending = True
+                return
+            why = f"replaced by a {qualname(type(value))}: {problem}"
+        raise ModuleReplacedError(f"submodule '{name}' (osf: {original}) of this model rebuilt by osf cannot be {why}")
 
     def _osf_warn_hook(self, kind: str) -> None:
         """Only the root's forward runs (a supernet runs its rebuilt model's code itself, ``_osf_inner``): a
@@ -188,6 +203,9 @@ class RebuiltModel(IRContainer):
         if self.training and self._osf_train_error:
             raise InputError(f"{self._osf_train_error}; call .eval() first, or trace with inputs that work "
                              "in training mode (e.g. targets)")
+        if self._osf_link.pending and train_fn is self._osf_train_fn:  # a submodule was replaced since
+            self._osf_follow_replacements()
+            train_fn, eval_fn = self._osf_train_fn, self._osf_eval_fn
         values = self._osf_bind(args, kwargs)
         if self.training or eval_fn is None:
             fn, spec = train_fn, self._osf_out_spec
@@ -195,6 +213,27 @@ class RebuiltModel(IRContainer):
             fn, spec = eval_fn, self._osf_eval_out_spec
         outs = fn(self, _device(values, self), *values)
         return outs[0] if spec.is_leaf() else pytree.tree_unflatten(list(outs), spec)
+
+    def _osf_follow_replacements(self) -> None:
+        """Generate the forward again over this model's own IR, calling each module put in place of one
+        of the IR's (``MODULE_CALL``) instead of running that module's ops; tensors are read by attribute."""
+        ir = self._osf_blueprint.parsed_structure()
+        replaced: list[str] = []
+        for path in ir.modules:
+            if not path or any(path.startswith(f"{r}.") for r in replaced):
+                continue
+            parent, _, local = path.rpartition(".")
+            module = self.get_submodule(parent)._modules.get(local) if parent else self._modules.get(local)
+            if module is not None and not isinstance(module, IRContainer):
+                replaced.append(path)
+        try:
+            fns = [None if graph is None else compile_graph(ir, with_module_calls(ir, graph, replaced))
+                   for graph in (ir.graph, ir.eval_graph)]
+        except Unreplaceable as e:  # each was checked alone when put in
+            raise ModuleReplacedError(f"the modules put in at {', '.join(replaced)} cannot all be called: "
+                                      f"{e}") from None
+        self.__dict__["_osf_train_fn"], self.__dict__["_osf_eval_fn"] = fns
+        self._osf_link.pending = False
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
         """Pickled (``torch.save(model)``, multiprocessing) as the IR's structure (JSON), the tensors and
@@ -207,6 +246,7 @@ class RebuiltModel(IRContainer):
         new = object.__new__(type(self))
         memo[id(self)] = new
         new.__setstate__(copy.deepcopy(self.__dict__, memo))
+        new._osf_link.root = weakref.ref(new)
         return new
 
     def __copy__(self) -> "RebuiltModel":
@@ -355,8 +395,8 @@ def _pickled_state(root: RebuiltModel) -> tuple[dict, dict, dict]:
         if not isinstance(m, IRContainer):
             raise pickle.PicklingError(
                 f"cannot pickle this model rebuilt by osf: module '{path}' is a {type(m).__module__}."
-                f"{type(m).__qualname__} put in after osf built it, which its generated forward never calls; "
-                "save its state_dict(), or change the original model and trace it again")
+                f"{type(m).__qualname__} put in after osf built it, which the IR osf pickles does not describe; "
+                "save its state_dict() (and rebuild it the same way), or torch.export it")
     tensors: dict[str, torch.Tensor] = {}
     held = dict(itertools.chain(root.named_parameters(remove_duplicate=False),
                                 root.named_buffers(remove_duplicate=False)))
@@ -488,8 +528,9 @@ def load_spec(data: Any) -> pytree.TreeSpec:
         raise FormatError(f"corrupt input/output structure in the IR: {e}") from None
 
 
-def _container_class(class_path: str, cache: dict[str, type], base: type = IRContainer) -> type:
-    key = f"{base.__name__}:{class_path}"
+def _container_class(class_path: str, cache: dict[str, type], base: type = IRContainer,
+                     sizes: dict[str, list] | None = None) -> type:
+    key = f"{base.__name__}:{class_path}" + (f":{sorted(sizes.items())}" if sizes else "")
     if key not in cache:
         short = class_path.rpartition(".")[2] or "Module"
         namespace: dict[str, Any] = {"osf_class": class_path}
@@ -497,8 +538,20 @@ def _container_class(class_path: str, cache: dict[str, type], base: type = IRCon
         bases = (base,) if original is None else (base, original)
         if original is not None:
             namespace.update(_module_behaviour(base, original))
+            if base is IRContainer:  # called on its own (wrapped by a module put in its place, e.g. LoRA's):
+                # the layer's forward on its tensors; one reading a constructor attribute says it has none
+                namespace["forward"] = original.forward
+            for name, (tensor, dim) in (sizes or {}).items():  # capture.size_arguments
+                namespace[name] = _size_property(name, tensor, dim)
         cache[key] = type(short if short.isidentifier() else "Module", bases, namespace)
     return cache[key]
+
+
+def _size_property(name: str, tensor: str, dim: int) -> property:
+    """A constructor argument that is a size of the module's tensor (``in_features``), read from it."""
+    def size(self: IRContainer) -> int:
+        return (self._parameters.get(tensor) if tensor in self._parameters else self._buffers[tensor]).shape[dim]
+    return property(size, doc=f"{name}: size {dim} of {tensor} (osf reads it from the tensor)")
 
 
 def _torch_layer_class(class_path: str) -> type | None:
@@ -599,6 +652,7 @@ class Blueprint:
         # tensors (a subnet's structure), else its JSON now, so that the model does not keep them alive
         self._structure: IR | None = None if ir.tensors or parts is not None else ir
         self._json: dict | None = ir.to_json() if ir.tensors and parts is None else None
+        self._parsed: IR | None = None
         cache = {} if cache is None else cache
         classes: dict[str, type] = cache.setdefault("classes", {})
         makers: dict[type, Callable[[], nn.Module]] = cache.setdefault("makers", {})
@@ -631,7 +685,8 @@ class Blueprint:
         tree = []
         for _, node in ir.walk(""):
             for child in node.children:
-                cls = _container_class(ir.modules[child].meta["class"], classes)
+                meta = ir.modules[child].meta
+                cls = _container_class(meta["class"], classes, sizes=meta.get("sizes"))
                 if cls not in makers:
                     makers[cls] = _container_maker(cls)
                 tree.append((node.name, child, child[len(node.name) + 1:] if node.name else child, makers[cls]))
@@ -729,6 +784,9 @@ class Blueprint:
             if name.startswith("_osf_const_"):
                 root.register_buffer(name, t if share_weights or adopt else t.clone(), persistent=False)
         vars(root).update(self._root_attributes)
+        link = _ModelLink(root)
+        for m in containers:
+            m.__dict__["_osf_link"] = link
         if self.parts is not None:
             # (module, attribute) read at every call, as the generated code of a subnet's own IR reads
             # them (tools such as torch.export swap a module's tensors, even its dicts, for a while); the
@@ -742,9 +800,33 @@ class Blueprint:
                     homes[j] = (None, canon)
             root._osf_homes = homes
             root._osf_owners = [None if p is None else containers[p] for p in self._owner_positions]
-            for m in containers:
-                m.__dict__["_osf_pinned"] = True  # as pin_modules(root), without its walk
         return root
+
+    def parsed_structure(self) -> IR:
+        """The IR this blueprint was made from, without tensors (parsed once; not to be modified)."""
+        if self._parsed is None:
+            from .io import ir_from_json
+            self._parsed = ir_from_json(self.structure_json(), "a model rebuilt by osf")
+        return self._parsed
+
+    def replacement_problem(self, path: str, module: nn.Module) -> str | None:
+        """Why ``module`` cannot take the place of the module at ``path`` of this blueprint's models (None
+        when it can: ``with_module_calls``)."""
+        ir = self.parsed_structure()
+        if isinstance(module, IRContainer):
+            if module.osf_class != ir.modules[path].meta["class"]:
+                return ("a module rebuilt by osf only runs inside its own model; put in a module of your own, or "
+                        f"one rebuilt from a {ir.modules[path].meta['class']}")
+            return None  # its ops are generated as the IR's, on its tensors
+        if path in self.module_aliases or path in {c for c, _ in self.module_aliases.values()}:
+            return "it is shared under several names in this model; replace it in the original model"
+        try:
+            for graph in (ir.graph, ir.eval_graph):
+                if graph is not None:
+                    module_calls(ir, graph, path)
+        except Unreplaceable as e:
+            return str(e)
+        return None
 
     def structure_json(self) -> dict:
         """``IR.to_json()`` of the IR this blueprint was made from (no tensors)."""
@@ -774,6 +856,153 @@ def _attach_aliases(root: nn.Module, containers: dict[str, nn.Module], aliases: 
         items.insert(position, (local, containers[canon]))
         parent._modules.clear()
         parent._modules.update(items)
+
+
+class _ModelLink:
+    """Shared by the containers of one rebuilt model: its root (weakly: the root holds them) and whether a
+    submodule was replaced since its forward was generated (the root generates it again at its next call)."""
+    __slots__ = ("root", "pending")
+
+    def __init__(self, root: RebuiltModel | None) -> None:
+        self.root = weakref.ref(root) if root is not None else None
+        self.pending = False
+
+    def __deepcopy__(self, memo: dict) -> "_ModelLink":  # the copied root points its copy here
+        new = _ModelLink(None)
+        new.pending = self.pending
+        return new
+
+
+MODULE_CALL = "osf.call_module"  # pseudo-op of ``with_module_calls``: calls the module at its owner path
+
+
+class Unreplaceable(Exception):
+    """Why a module of an IR cannot give way to another module (``module_calls``)."""
+
+
+@dataclass
+class ModuleCall:
+    """One call of a module in a graph: its ops (indices), the one value it takes, the one it returns, the
+    context managers it runs under and the sizes it computed for the rest of the model."""
+    ops: list[int]
+    input: str
+    output: str
+    context: list | None
+    sizes: list[OpNode]  # sizes it computed that the rest of the model reads, read from the model's inputs
+
+
+def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
+    """The calls of the module at ``path`` in ``graph`` (``OpNode.scope``); ``Unreplaceable`` unless each
+    takes one value of the rest of the model (its own tensors and constants aside) and gives one back,
+    and every op of the module runs in one of its calls."""
+    scopes = ir.info.get("scopes")
+    if scopes is None:
+        raise Unreplaceable("this model's IR does not record module calls (traced by an older osf); trace the "
+                            "original model again")
+    prefix = f"{path}."
+    groups: dict[str, list[int]] = {}
+    for i, op in enumerate(graph.ops):
+        key = next((k for p, k in scopes[op.scope] if p == path), None) if op.scope is not None else None
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+        elif op.owner == path or op.owner.startswith(prefix):
+            raise Unreplaceable(f"its submodule '{op.owner}' runs outside a call of it (the model calls its "
+                                "submodules itself, as a loop over an nn.ModuleList does): replace those instead")
+    if not groups:
+        mode = (" in eval mode (a dropout, or a part only training runs)" if graph is ir.eval_graph
+                else " (an nn.Identity, or a module it never calls)")
+        raise Unreplaceable(f"the forward runs no op of it{mode}, so nothing marks where a replacement would be "
+                            "called")
+    how = ir.modules[path].meta.get("call", "not seen by osf's hooks (captured through torch.fx)")
+    if how != "unary":
+        raise Unreplaceable(f"the model calls it other than on one tensor alone ({how}), while a module put in "
+                            "its place is called as module(x)")
+    own = {canon for qual, canon in ir.aliases.items() if qual.startswith(prefix)}
+    placeholders = {p.name: p for p in graph.placeholders}
+    in_calls = set().union(*groups.values())
+    for i, op in enumerate(graph.ops):
+        for ref in op.inputs if i not in in_calls else ():
+            p = placeholders.get(ref)
+            if p is not None and p.kind in (PARAM, BUFFER) and p.target in own:
+                _path_outside(ir, p.target, [path])
+    by_name = {op.name: op for op in graph.ops}
+    sizes = {op.name for op in graph.ops if isinstance(op.meta, dict) and "symint" in op.meta}
+    outputs = set(serial.node_refs(graph.outputs))
+    readers: dict[str, list[int]] = {}
+    for j, op in enumerate(graph.ops):
+        for ref in op.inputs:
+            readers.setdefault(ref, []).append(j)
+    calls = []
+    for idxs in groups.values():
+        inside = set(idxs)
+        produced = {graph.ops[i].name for i in idxs}
+        taken: list[str] = []
+        for i in idxs:
+            for ref in graph.ops[i].inputs:
+                p = placeholders.get(ref)
+                if ref in produced or ref in taken or ref in sizes or p is not None and (
+                        p.kind == CONST or p.kind in (PARAM, BUFFER) and p.target in own):
+                    continue  # a size read outside (export reads each once) is no input: the module reads its own
+                taken.append(ref)
+        given = [graph.ops[i].name for i in idxs if graph.ops[i].name in outputs
+                 or any(j not in inside for j in readers.get(graph.ops[i].name, ()))]
+        resized = [_size_from_inputs(graph, by_name[v]) for v in given if v in sizes]
+        given = [v for v in given if v not in sizes]
+        if len(taken) != 1 or len(given) != 1:
+            raise Unreplaceable(f"a call of it takes {len(taken)} value(s) from the rest of the model and gives "
+                                f"{len(given)} back; a module can take its place where it takes one tensor and "
+                                "returns one")
+        contexts = {repr(graph.ops[i].context) for i in idxs}
+        if len(contexts) != 1:
+            raise Unreplaceable("part of its ops run under a torch.no_grad() or autocast block of its own forward")
+        end = max(idxs)
+        if any(j < end and j not in inside for j in readers.get(given[0], ())):
+            raise Unreplaceable("the model reads its output before its call ends")
+        calls.append(ModuleCall(sorted(idxs), taken[0], given[0], graph.ops[idxs[0]].context, resized))
+    return calls
+
+
+def _path_outside(ir: IR, tensor: str, paths: list[str]) -> str:
+    """A name of ``tensor`` (canonical) outside the modules at ``paths`` (a tied tensor has several), by
+    which ops outside their calls go on reading it; ``Unreplaceable`` when it has none."""
+    for qual, canon in ir.aliases.items():
+        if canon == tensor and not any(qual.startswith(f"{path}.") for path in paths):
+            return qual
+    raise Unreplaceable(f"the model reads its tensor '{tensor}' outside its calls (a weight used by reference "
+                        "elsewhere), which would then be lost")
+
+
+def _size_from_inputs(graph: Graph, op: OpNode) -> OpNode:
+    """``op`` (a symbolic size computed in a module call, read again outside it: export reads each size
+    once) as a read of the same size of a model input."""
+    for p in graph.placeholders:
+        if p.kind == INPUT and isinstance(p.meta, dict):
+            for d, symbol in enumerate(p.meta.get("sym") or []):
+                if symbol and symbol == op.meta["symint"]:
+                    return OpNode(op.name, "aten.sym_size.int", [{"node": p.name}, d], {}, op.owner, op.meta)
+    raise Unreplaceable(f"the rest of the model reads a size computed in it ({op.meta['symint']}), which no "
+                        "input of the model has as a dim")
+
+
+def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
+    """``graph`` with the ops of every call of the modules at ``paths`` replaced by a call of the module
+    found there (a ``MODULE_CALL`` op, at the call's last op, named as the value it gave); tensors and
+    constants no op reads any more are dropped."""
+    dropped: set[int] = set()
+    calls: dict[int, list[OpNode]] = {}
+    for path in paths:
+        for call in module_calls(ir, graph, path):
+            dropped.update(call.ops)
+            producer = next(graph.ops[i] for i in call.ops if graph.ops[i].name == call.output)
+            calls[call.ops[-1]] = [*call.sizes, OpNode(call.output, MODULE_CALL, [{"node": call.input}], {}, path,
+                                                       producer.meta, context=call.context)]
+    ops = [new for i, op in enumerate(graph.ops) for new in calls.get(i, [] if i in dropped else [op])]
+    read = {ref for op in ops for ref in op.inputs} | set(serial.node_refs(graph.outputs))
+    kept = [p for p in graph.placeholders if p.kind == INPUT or p.name in read]
+    moved = [dataclasses.replace(p, target=_path_outside(ir, p.target, paths))  # read where it stays
+             if p.kind in (PARAM, BUFFER) and any(p.target.startswith(f"{path}.") for path in paths) else p
+             for p in kept]
+    return Graph(moved, ops, graph.outputs)
 
 
 def attr_path(base: str, qual: str) -> str:
@@ -878,9 +1107,9 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
     for i, op in enumerate(graph.ops):
         names[op.name] = safe_name(op.name)
     for i, op in enumerate(graph.ops):
-        if op.target not in targets:
+        if op.target not in targets and op.target != MODULE_CALL:
             targets[op.target] = f"_t{len(targets)}"
-            globals_[targets[op.target]] = serial.resolve_target(op.target)
+            globals_[targets[op.target]] = _EAGER_FUNCTIONS.get(op.target) or serial.resolve_target(op.target)
         args = list(op.args)
         kwargs = dict(op.kwargs)
         flag_at = op_rules.TRAINING_FLAG_ARG.get(op.target)
@@ -894,7 +1123,7 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
                 args[idx] = {"expr": f"({_render(args[idx], names)} if {owner_var(op.owner)}.training else 0.0)"}
             elif kwargs.get(kw):
                 kwargs[kw] = {"expr": f"({_render(kwargs[kw], names)} if {owner_var(op.owner)}.training else 0.0)"}
-        fn = calls.get(op.name, targets[op.target])
+        fn = module_var(op.owner) if op.target == MODULE_CALL else calls.get(op.name, targets[op.target])
         if op.context:  # from a torch.no_grad() / autocast block of the model's forward
             globals_["_in_context"] = _in_context
             args, fn = [{"device": None}, op.context, {"expr": fn}, *args], "_in_context"
@@ -914,6 +1143,29 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
     ret = "    return [" + ", ".join(_render(o, names) for o in graph.outputs) + "]"
     header = "def forward(self, _dev, " + ", ".join(user_inputs) + "):" if user_inputs else "def forward(self, _dev):"
     return "\n".join([header, *(f"    {line}" for line in preamble), *prologue, *body, ret]) + "\n", globals_
+
+
+def _embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx: int = -1,
+               scale_grad_by_freq: bool = False, sparse: bool = False) -> torch.Tensor:
+    """``aten.embedding`` as eager code calls it (``F.embedding``, arguments in its order)."""
+    return nn.functional.embedding(indices, weight, None if padding_idx == -1 else padding_idx,
+                                   scale_grad_by_freq=scale_grad_by_freq, sparse=sparse)
+
+
+# The public functions eager code calls for these ops (same arguments, same kernels): generated code calls
+# them rather than the ATen overload, so that tensor subclasses that stand in for weights and implement
+# these functions in ``__torch_function__`` (torchao's quantized weights) work on rebuilt models as on
+# the original; the overload would reach them decomposed (``aten.t`` + ``aten.addmm`` for ``linear``).
+_EAGER_FUNCTIONS: dict[str, Callable] = {
+    "aten.linear.default": nn.functional.linear,
+    "aten.conv1d.default": nn.functional.conv1d, "aten.conv1d.padding": nn.functional.conv1d,
+    "aten.conv2d.default": nn.functional.conv2d, "aten.conv2d.padding": nn.functional.conv2d,
+    "aten.conv3d.default": nn.functional.conv3d, "aten.conv3d.padding": nn.functional.conv3d,
+    "aten.conv_transpose1d.default": nn.functional.conv_transpose1d,
+    "aten.conv_transpose2d.input": nn.functional.conv_transpose2d,
+    "aten.conv_transpose3d.input": nn.functional.conv_transpose3d,
+    "aten.embedding.default": _embedding,
+}
 
 
 def _in_context(device: torch.device, context: list, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import json
 import warnings
 from typing import Any, Callable
@@ -211,6 +212,34 @@ def verify_all(model: nn.Module, names: dict[int, str]) -> dict[str, dict]:
             rec["reason"] = reason
         results[qual] = rec
     return results
+
+
+def size_arguments(rec: dict, module: nn.Module) -> dict[str, list]:
+    """The integer constructor arguments of a verified leaf ``module`` (``rec``: its ``recover_init``
+    record with "class") that are a size of its own tensors, stored under their own name: {argument:
+    [tensor, dim]}, where re-instantiating with the argument one larger (on the meta device) grows that
+    dim, and every dim it changes, by one and changes nothing else. ``Linear.in_features`` is, ``groups``
+    and ``num_heads`` are not; neither is a grouped conv's ``in_channels`` (one larger is refused)."""
+    def shapes(args: dict) -> dict[str, list[int]] | None:
+        try:
+            built = instantiate_from_args(rec["class"], args, None)
+        except Exception:  # noqa: BLE001 - a constructor refusing the value rules the argument out
+            return None
+        return {k: list(t.shape) for k, t in itertools.chain(built._parameters.items(), built._buffers.items())
+                if t is not None}
+
+    base = shapes(rec["args"]) if not module._modules else None
+    sizes: dict[str, list] = {}
+    for name, value in (rec["args"].items() if base else ()):
+        if type(value) is not int or module.__dict__.get(name) != value:
+            continue
+        grown = shapes({**rec["args"], name: value + 1})
+        if grown is None or grown.keys() != base.keys() or any(len(grown[k]) != len(base[k]) for k in base):
+            continue
+        changed = [(k, d, grown[k][d] - size) for k in base for d, size in enumerate(base[k]) if grown[k][d] != size]
+        if changed and all(step == 1 for _, _, step in changed):
+            sizes[name] = [changed[0][0], changed[0][1]]
+    return sizes
 
 
 def _verify(rec: dict, mod: nn.Module, resolve: Callable[[str], nn.Module]) -> tuple[bool, str]:

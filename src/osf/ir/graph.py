@@ -45,6 +45,7 @@ class OpNode:
     meta: Any = None
     mode_gated: bool = False  # only runs in training mode (e.g. BatchNorm's num_batches_tracked += 1)
     context: list | None = None  # context managers of forward it runs under, outermost first (``capture``)
+    scope: int | None = None  # the module calls it runs in: an index into ``IR.info["scopes"]`` (``capture``)
 
     @property
     def inputs(self) -> list[str]:
@@ -57,12 +58,14 @@ class OpNode:
             d["mode_gated"] = True
         if self.context:
             d["context"] = self.context
+        if self.scope is not None:
+            d["scope"] = self.scope
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "OpNode":
         return cls(d["name"], d["target"], d["args"], d["kwargs"], d["owner"], d.get("meta"),
-                   d.get("mode_gated", False), d.get("context"))
+                   d.get("mode_gated", False), d.get("context"), d.get("scope"))
 
 
 @dataclass

@@ -396,7 +396,7 @@ class _RuntimeSizes:
         self.names.add(name)
         new = new_size(self.dims, self.dims.resolve(dim), self.kept)
         ops.append(OpNode(name, "aten.sym_size.int", [{"node": source[0]}, source[1]], {}, op.owner,
-                          {"symint": size_text(new), "hint": _eval(new, self.hints)}))
+                          {"symint": size_text(new), "hint": _eval(new, self.hints)}, scope=op.scope))
         return {"node": name}
 
 
