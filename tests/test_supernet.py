@@ -507,7 +507,8 @@ def test_extracted_models_and_supernets_pickle_and_load_back(tmp_path):
     """``torch.save(model)`` pickles the whole module; osf's classes are generated, so a rebuilt or
     extracted model is pickled as its IR's structure, its tensors and each module's attributes, and a
     supernet as its IR, shared tensors, space options and arch. Loaded in a fresh process, they compute
-    what they computed, keep tied weights tied, and a model changed after osf built it is refused."""
+    what they computed, keep tied weights tied, and a model changed behind ``__setattr__`` is refused; modules
+    put in are pickled as they are."""
     import io
     import pickle
     import subprocess
@@ -553,9 +554,17 @@ def test_extracted_models_and_supernets_pickle_and_load_back(tmp_path):
                          text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
-    object.__setattr__(sub, "_modules", {**sub._modules, "norm": torch.nn.LayerNorm(sub.norm.weight.shape[0])})
+    swapped = copy.deepcopy(sub)
+    object.__setattr__(swapped, "_modules", {**swapped._modules, "norm": torch.nn.LayerNorm(sub.norm.weight.shape[0])})
     with pytest.raises(pickle.PicklingError, match="module 'norm' is a torch.nn.modules.normalization.LayerNorm"):
-        torch.save(sub, io.BytesIO())  # a module swapped in behind __setattr__
+        torch.save(swapped, io.BytesIO())  # a module swapped in behind __setattr__: the forward never calls it
+    sub.eval()
+    sub.out = torch.nn.Linear(sub.out.weight.shape[1], 7)  # put in: pickled as it is, put in again on loading
+    sub.norm = torch.nn.LayerNorm(sub.norm.weight.shape[0])
+    loaded = pickle.loads(pickle.dumps(sub))
+    assert loaded.state_dict().keys() == sub.state_dict().keys() and type(loaded.out) is torch.nn.Linear
+    torch.testing.assert_close(loaded(ids), sub(ids), rtol=0, atol=0)
+    assert loaded(ids).shape[-1] == 7
 
 
 def test_a_module_put_in_an_extracted_model_is_called_where_the_old_one_ran():

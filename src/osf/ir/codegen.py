@@ -150,6 +150,7 @@ class IRContainer(nn.Module):
             problem = root._osf_blueprint.replacement_problem(path, value)
             if problem is None:
                 link.pending = True
+                link.paths.add(path)
                 return
             why = f"replaced by a {qualname(type(value))}: {problem}"
         raise ModuleReplacedError(f"submodule '{name}' (osf: {original}) of this model rebuilt by osf cannot be {why}")
@@ -385,36 +386,48 @@ def _size_error(name: str, leaf: torch.Tensor, shape: _InputShape, batch_request
 _MODULE_STATE = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")  # remade on unpickling
 
 
-def _pickled_state(root: RebuiltModel) -> tuple[dict, dict, dict]:
-    """(IR structure, tensors by canonical name, each module's own attributes by path) of ``root``, after
-    checking that it still is the model osf built: another module or tensor put in since would be lost."""
+def _pickled_state(root: RebuiltModel) -> tuple[dict, dict, dict, dict]:
+    """(IR structure, tensors by canonical name, each module's own attributes by path, the modules put in
+    since osf built it by path: pickled as they are) of ``root``, after checking that it otherwise still is
+    the model osf built: another tensor put in since would be lost."""
     blueprint = root._osf_blueprint
     aliases = blueprint.structure_json()["aliases"]
     modules = dict(root.named_modules(remove_duplicate=False))
+    put_in: dict[str, nn.Module] = {}
     for path, m in modules.items():
-        if not isinstance(m, IRContainer):
+        inner = next((p for p in put_in if path.startswith(f"{p}.")), None)
+        if inner is not None and isinstance(m, IRContainer):
             raise pickle.PicklingError(
-                f"cannot pickle this model rebuilt by osf: module '{path}' is a {type(m).__module__}."
-                f"{type(m).__qualname__} put in after osf built it, which the IR osf pickles does not describe; "
-                "save its state_dict() (and rebuild it the same way), or torch.export it")
+                f"cannot pickle this model rebuilt by osf: the module put in at '{inner}' holds '{path}', a module "
+                "osf rebuilt, which cannot be pickled on its own; save its state_dict(), or torch.export it")
+        if inner is None and not isinstance(m, IRContainer):
+            if path not in root._osf_link.paths:
+                raise pickle.PicklingError(
+                    f"cannot pickle this model rebuilt by osf: module '{path}' is a {qualname(type(m))} put in "
+                    "behind __setattr__ (into _modules), which its generated forward does not call; put it in "
+                    "with setattr, or save the state_dict()")
+            put_in[path] = m
+
+    def outside(name: str) -> bool:  # not a tensor of a module put in (pickled with it)
+        return not any(name.startswith(f"{p}.") for p in put_in)
     tensors: dict[str, torch.Tensor] = {}
-    held = dict(itertools.chain(root.named_parameters(remove_duplicate=False),
-                                root.named_buffers(remove_duplicate=False)))
+    held = {n: t for n, t in itertools.chain(root.named_parameters(remove_duplicate=False),
+                                             root.named_buffers(remove_duplicate=False)) if outside(n)}
     extra = sorted(n for n in held if n not in aliases and not n.startswith("_osf_const_"))
-    missing = sorted(n for n in aliases if n not in held)
+    missing = sorted(n for n in aliases if n not in held and outside(n))
     if extra or missing:
         raise pickle.PicklingError(
             f"cannot pickle this model rebuilt by osf: its tensors changed after osf built it (added: "
             f"{extra[:5]}, removed: {missing[:5]}); save its state_dict() instead")
     for qual, canon in aliases.items():
-        if tensors.setdefault(canon, held[qual]) is not held[qual]:
+        if qual in held and tensors.setdefault(canon, held[qual]) is not held[qual]:
             raise pickle.PicklingError(
                 f"cannot pickle this model rebuilt by osf: '{qual}' no longer shares its tensor with the "
                 f"others tied to '{canon}'; save its state_dict() instead")
     tensors.update({n: t for n, t in held.items() if n.startswith("_osf_const_")})
     states = {path: {k: v for k, v in vars(m).items() if k not in _MODULE_STATE and not k.startswith("_osf_")}
-              for path, m in modules.items()}
-    return blueprint.structure_json(), tensors, states
+              for path, m in modules.items() if isinstance(m, IRContainer) and outside(path)}
+    return blueprint.structure_json(), tensors, states, put_in
 
 
 def own_ir(root: RebuiltModel) -> IR | None:
@@ -423,8 +436,10 @@ def own_ir(root: RebuiltModel) -> IR | None:
     IR's record of it wrong."""
     from .io import ir_from_json
     try:
-        structure, tensors, _ = _pickled_state(root)
+        structure, tensors, _, put_in = _pickled_state(root)
     except pickle.PicklingError:
+        return None
+    if put_in:
         return None
     ir = ir_from_json(structure, "a model rebuilt by osf")
     for name, node in ir.modules.items():
@@ -439,12 +454,24 @@ def own_ir(root: RebuiltModel) -> IR | None:
     return ir
 
 
-def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], states: dict[str, dict]) -> RebuiltModel:
-    """The model ``_pickled_state`` describes, its forward generated again."""
+def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], states: dict[str, dict],
+              put_in: dict[str, nn.Module] | None = None) -> RebuiltModel:
+    """The model ``_pickled_state`` describes, its forward generated again (the modules put in are put
+    in again; the tensors they replaced, which only they held, are stood in for by zeros until then)."""
     from .io import ir_from_json
-    root = Blueprint(ir_from_json(structure, "a pickled model")).instantiate(tensors, adopt=True)
+    ir = ir_from_json(structure, "a pickled model")
+    for qual, canon in ir.aliases.items():
+        if canon not in tensors:
+            owner, _, local = qual.rpartition(".")
+            meta = ir.modules[owner].meta
+            meta = meta["params"].get(local) or meta["buffers"][local]
+            tensors[canon] = torch.zeros(meta["shape"], dtype=serial.dtype_from_name(meta["dtype"]))
+    root = Blueprint(ir).instantiate(tensors, adopt=True)
     for path, state in states.items():
         vars(root.get_submodule(path) if path else root).update(state)
+    for path, module in (put_in or {}).items():
+        parent, _, local = path.rpartition(".")
+        setattr(root.get_submodule(parent), local, module)
     return root
 
 
@@ -861,15 +888,16 @@ def _attach_aliases(root: nn.Module, containers: dict[str, nn.Module], aliases: 
 class _ModelLink:
     """Shared by the containers of one rebuilt model: its root (weakly: the root holds them) and whether a
     submodule was replaced since its forward was generated (the root generates it again at its next call)."""
-    __slots__ = ("root", "pending")
+    __slots__ = ("root", "pending", "paths")
 
     def __init__(self, root: RebuiltModel | None) -> None:
         self.root = weakref.ref(root) if root is not None else None
         self.pending = False
+        self.paths: set[str] = set()  # where modules were put in through setattr
 
     def __deepcopy__(self, memo: dict) -> "_ModelLink":  # the copied root points its copy here
         new = _ModelLink(None)
-        new.pending = self.pending
+        new.pending, new.paths = self.pending, set(self.paths)
         return new
 
 

@@ -228,10 +228,12 @@ def size_arguments(rec: dict, module: nn.Module) -> dict[str, list]:
         return {k: list(t.shape) for k, t in itertools.chain(built._parameters.items(), built._buffers.items())
                 if t is not None}
 
-    base = shapes(rec["args"]) if not module._modules else None
+    base = {k: list(t.shape) for k, t in itertools.chain(module._parameters.items(), module._buffers.items())
+            if t is not None} if not module._modules else {}
     sizes: dict[str, list] = {}
-    for name, value in (rec["args"].items() if base else ()):
-        if type(value) is not int or module.__dict__.get(name) != value:
+    for name, value in rec["args"].items() if base else ():
+        if (type(value) is not int or module.__dict__.get(name) != value
+                or not any(value in shape for shape in base.values())):
             continue
         grown = shapes({**rec["args"], name: value + 1})
         if grown is None or grown.keys() != base.keys() or any(len(grown[k]) != len(base[k]) for k in base):
