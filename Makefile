@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/coverage.py --resume
 	$(PY) bench/probe.py
 	$(PY) bench/dynamic_spatial.py
+	$(PY) bench/module_swaps.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/zoo.py --quick
@@ -57,6 +58,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/coverage.py --quick
 	$(PY) bench/probe.py --quick
 	$(PY) bench/dynamic_spatial.py --quick
+	$(PY) bench/module_swaps.py --quick
 
 lock:
 	$(PYTHON) -m venv /tmp/osf-lock-venv && /tmp/osf-lock-venv/bin/pip install -q -r requirements/dev.in

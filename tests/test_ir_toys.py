@@ -665,29 +665,53 @@ def test_module_conversion_that_changes_nothing_inside_forward(tmp_path):
     assert nn.Module._apply is apply
 
 
-def test_a_hook_on_an_inner_module_of_a_rebuilt_model_warns_that_it_never_runs():
-    """Only the root's generated forward runs: a forward hook on an inner container (to grab features)
-    would silently never fire, so registering one warns; hooks on the root run and do not warn."""
+def test_hooks_on_inner_modules_of_a_rebuilt_model_run_or_warn_that_they_never_would():
+    """A hook on an inner module (to grab features) makes the rebuilt model call that module, which runs
+    the ops of its call on its own: forward and backward hooks fire with the values the original's hooks
+    see. A module not called on one tensor alone, and a supernet's modules (its programs run them), cannot
+    be called so: registering a hook there warns that it would never fire. Hooks on the root run."""
+    class Pair(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a * b
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+            self.pair = Pair()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.body(x)
+            return self.pair(y, y)
+
     torch.manual_seed(0)
     x = torch.randn(2, 4)
-    rebuilt = osf.trace(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval(), (x,)).build()
-    seen = []
-    with pytest.warns(UserWarning, match=r"forward hook on Linear \(osf: torch.nn.modules.linear.Linear\) "
-                                         "will never be called"):
-        getattr(rebuilt, "0").register_forward_hook(lambda m, i, o: seen.append("inner"))
-    with pytest.warns(UserWarning, match="backward pre-hook on ReLU"):
-        getattr(rebuilt, "1").register_full_backward_pre_hook(lambda m, g: None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        rebuilt.register_forward_hook(lambda m, i, o: seen.append("root"))
-    rebuilt(x)
-    assert seen == ["root"]
+    model = Net().eval()
+    rebuilt = osf.trace(model, (x,)).build()
+    seen: dict[str, list] = {"model": [], "rebuilt": []}
+    for key, m in (("model", model), ("rebuilt", rebuilt)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            m.body[0].register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("linear", o.clone())))
+            m.body.register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("body", o.clone())))
+            m.body[1].register_full_backward_pre_hook(lambda mod, g, key=key: seen[key].append(("relu", g[0].clone())))
+            m.register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("root", o.clone())))
+        m(x).sum().backward()
+    assert [k for k, _ in seen["rebuilt"]] == [k for k, _ in seen["model"]] == ["linear", "body", "root", "relu"]
+    for (_, got), (_, want) in zip(seen["rebuilt"], seen["model"]):
+        torch.testing.assert_close(got, want)
+    with pytest.warns(UserWarning, match=r"forward hook on Pair \(osf: .*Pair\) will never be called: .*called "
+                                         r"with 2 positional argument"):
+        rebuilt.pair.register_forward_hook(lambda mod, i, o: None)
     supernet = osf.Supernet(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval(), (x,))
     with pytest.warns(UserWarning, match="Hook the root model \\(a supernet: the Supernet itself\\)"):
-        supernet.net.register_forward_hook(lambda m, i, o: seen.append("net"))
-    supernet.register_forward_hook(lambda m, i, o: seen.append("supernet"))
+        supernet.net.register_forward_hook(lambda m, i, o: None)
+    with pytest.warns(UserWarning, match="a supernet runs its programs on its modules"):
+        getattr(supernet.net, "0").register_forward_hook(lambda m, i, o: None)
+    calls = []
+    supernet.register_forward_hook(lambda m, i, o: calls.append("supernet"))
     supernet(x)
-    assert seen == ["root", "supernet"]
+    assert calls == ["supernet"]
 
 
 def test_custom_autograd_functions_keep_their_gradients_or_are_refused(tmp_path):

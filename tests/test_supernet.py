@@ -614,8 +614,11 @@ def test_a_module_put_in_an_extracted_model_is_called_where_the_old_one_ran():
         parent, _, local = name.rpartition(".")
         setattr(vit.get_submodule(parent), local, LowRank(m))
     torch.testing.assert_close(vit(*vit_args), expected, rtol=1e-4, atol=1e-5)  # zero-initialised up
-    with pytest.raises(AttributeError, match="no attribute 'padding_mode'.*Conv2d"):
-        sub.conv1(args[0])  # a layer whose forward reads constructor attributes says it has none
+    # called on its own, a rebuilt module runs the ops of its call (Conv2d's forward would need padding_mode)
+    torch.testing.assert_close(sub.conv1(args[0]), torch.nn.functional.conv2d(args[0], sub.conv1.weight, None, 2, 3))
+    out_proj = vit.encoder.layers.encoder_layer_1.self_attention.out_proj  # read by the attention, never called:
+    tokens = torch.randn(3, out_proj.weight.shape[1])                      # its class's forward on its tensors
+    torch.testing.assert_close(out_proj(tokens), torch.nn.functional.linear(tokens, out_proj.weight, out_proj.bias))
     # refused: removal, a supernet's modules, and where a module cannot stand in for the old one's calls
     pinned = (r"submodule 'fc' \(osf: torch.nn.modules.linear.Linear\) of this model rebuilt by osf cannot be "
               r"replaced: a supernet")
@@ -658,6 +661,54 @@ def test_every_module_of_a_rebuilt_model_gives_way_to_the_original_module(name):
         for a, b in zip(got, expected):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=path)
     assert replaced >= len(list(model.modules())) // 2
+
+
+class CountCalls:
+    """A forward hook that pickles (a lambda does not)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self.calls += 1
+
+
+def test_hooks_and_wrappers_on_blocks_of_an_extracted_subnet_see_and_compute_what_the_subnet_does():
+    """A forward hook on a block gets the values the subnet computes there (the pooled features are what
+    its head reads); a block wrapped in activation checkpointing runs on its own, with the subnet's outputs
+    and gradients; a pickled model keeps its hooks firing."""
+    import pickle
+    from torch import nn
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self, block: nn.Module) -> None:
+            super().__init__()
+            self.block = block
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return checkpoint(self.block, x, use_reentrant=False)
+
+    sn, _, args, _ = supernet("resnet18")
+    arch = sn.space.sample(5)
+    sub, plain = sn.extract(arch).train(), sn.extract(arch).train()
+    pooled = []
+    sub.avgpool.register_forward_hook(lambda module, inputs, out: pooled.append(out))
+    out = sub(*args)
+    torch.testing.assert_close(out, torch.nn.functional.linear(pooled[0].flatten(1), sub.fc.weight, sub.fc.bias))
+    sub.layer2[0] = Checkpointed(sub.layer2[0])
+    sub.layer3 = Checkpointed(sub.layer3)
+    torch.testing.assert_close(sub(*args), plain(*args), rtol=1e-4, atol=1e-5)
+    sub(*args).square().mean().backward()
+    plain(*args).square().mean().backward()
+    for name, p in plain.named_parameters():
+        got = sub.get_parameter(name.replace("layer2.0.", "layer2.0.block.").replace("layer3.", "layer3.block."))
+        torch.testing.assert_close(got.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+    hooked = sn.extract(arch).eval()
+    hooked.layer1.register_forward_hook(CountCalls())
+    loaded = pickle.loads(pickle.dumps(hooked))
+    loaded(*args)
+    assert next(iter(loaded.layer1._forward_hooks.values())).calls == 1  # the loaded model's own copy
 
 
 def test_peft_lora_fine_tunes_an_extracted_subnet_and_merges_back():

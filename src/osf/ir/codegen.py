@@ -29,7 +29,7 @@ from . import conditions, serial
 from . import ops as op_rules
 from .construct import qualname
 from .errors import FormatError, InputError, ModuleReplacedError
-from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, OpNode, import_class
+from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, OpNode, Placeholder, import_class
 
 
 class IRContainer(nn.Module):
@@ -69,8 +69,34 @@ class IRContainer(nn.Module):
                else "read sizes from the tensors of its submodules"))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(f"{type(self).__name__} is part of a model rebuilt from an osf IR; call the root "
-                           "model, whose generated forward runs every module")
+        """The module called on its own (by a module of yours put in around it, or a hook's call site):
+        the ops of its first call in its model's IR, on one tensor (``Blueprint.standalone``); a torch.nn
+        layer that cannot run so runs its class's forward on its tensors."""
+        link = vars(self).get("_osf_link")
+        root = link.root() if link is not None and link.root is not None else None
+        fn: Any = Unreplaceable("it is no longer part of the model osf built it in")
+        if root is not None and root is not self:
+            try:
+                path = _path_in(root, self)
+                cache = root.__dict__.setdefault("_osf_standalone", {})  # emptied when a module is put in
+                if (path, self.training) not in cache:
+                    try:
+                        cache[path, self.training] = root._osf_blueprint.standalone(root, path, self.training)
+                    except Unreplaceable as e:
+                        cache[path, self.training] = e
+                fn = cache[path, self.training]
+            except Unreplaceable as e:
+                fn = e
+        if isinstance(fn, Unreplaceable):
+            original = _torch_layer_class(self.osf_class)
+            if original is not None:
+                return original.forward(self, *args, **kwargs)
+            raise RuntimeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf cannot run "
+                               f"on its own: {fn}; call the root model, whose generated forward runs every module")
+        if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+            raise TypeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
+                            "as its model called it: on one tensor")
+        return fn(self, args[0].device, args[0])[0]
 
     def __getitem__(self, key: int | str) -> nn.Module:
         """A child by its original name, as the original ``nn.Sequential`` / ``nn.ModuleList`` /
@@ -145,25 +171,47 @@ class IRContainer(nn.Module):
         elif root is None:
             why = "replaced: the model it belongs to no longer exists"
         else:
-            path = next((f"{p}.{name}" if p else name for p, m in root.named_modules(remove_duplicate=False)
-                         if m is self), name)
-            problem = root._osf_blueprint.replacement_problem(path, value)
+            try:
+                parent = _path_in(root, self) if self is not root else ""
+                path = f"{parent}.{name}" if parent else name
+                problem = root._osf_blueprint.replacement_problem(path, value)
+            except Unreplaceable as e:
+                problem = str(e)
             if problem is None:
-                link.pending = True
+                if isinstance(child, IRContainer):
+                    child.__dict__["_osf_path"] = path  # its place in the IR, wherever it goes now
                 link.paths.add(path)
+                link.changed(root)
                 return
             why = f"replaced by a {qualname(type(value))}: {problem}"
         raise ModuleReplacedError(f"submodule '{name}' (osf: {original}) of this model rebuilt by osf cannot be {why}")
 
-    def _osf_warn_hook(self, kind: str) -> None:
-        """Only the root's forward runs (a supernet runs its rebuilt model's code itself, ``_osf_inner``): a
-        hook on any other module would silently never be called."""
-        if not isinstance(self, RebuiltModel) or vars(self).get("_osf_inner"):
-            warnings.warn(f"a {kind} on {type(self).__name__} (osf: {self.osf_class}) will never be called: in a "
-                          "model rebuilt by osf only the root's generated forward runs, calling the ops of "
-                          "every module itself. Hook the root model (a supernet: the Supernet itself), or make "
-                          "the original model return the values you need and trace it again", UserWarning,
-                          stacklevel=3)
+    def _osf_hooked(self, kind: str) -> None:
+        """A hook was registered on this module. Where its model can call it on its own (one tensor in, one
+        out: ``Blueprint.standalone``), the root generates its forward again calling it, so its hooks run;
+        elsewhere (a supernet's modules, which its programs run; a module not called on one tensor) a
+        warning says the hook would never be called."""
+        state = vars(self)
+        link = state.get("_osf_link")
+        root = link.root() if link is not None and link.root is not None else None
+        if isinstance(self, RebuiltModel) and not state.get("_osf_inner"):
+            return  # the root's own forward: its hooks run
+        why = "a supernet runs its programs on its modules, never calling them"
+        if root is not None and not state.get("_osf_pinned") and not isinstance(self, RebuiltModel):
+            try:
+                path = _path_in(root, self)
+                root._osf_blueprint.standalone_graphs(root, path)
+            except Unreplaceable as e:
+                why = str(e)
+            else:
+                link.called.add(path)
+                link.changed(root)
+                return
+        warnings.warn(f"a {kind} on {type(self).__name__} (osf: {self.osf_class}) will never be called: in a "
+                      "model rebuilt by osf the root's generated forward runs the ops of its modules itself, and "
+                      f"this one cannot be called on its own ({why}). Hook the root model (a supernet: the "
+                      "Supernet itself), or make the original model return the values you need and trace it "
+                      "again", UserWarning, stacklevel=3)
 
 
 def pin_modules(root: nn.Module) -> None:
@@ -175,12 +223,14 @@ def pin_modules(root: nn.Module) -> None:
 
 
 def _warning_hook_registration(name: str, kind: str) -> Callable:
-    """``nn.Module``'s hook registration ``name`` that warns first when the hook could never run."""
+    """``nn.Module``'s hook registration ``name``, then ``_osf_hooked`` (the module is called, or a warning
+    says the hook could never run)."""
     register = getattr(nn.Module, name)
 
     def method(self: IRContainer, *args: Any, **kwargs: Any) -> Any:
-        self._osf_warn_hook(kind)
-        return register(self, *args, **kwargs)
+        handle = register(self, *args, **kwargs)
+        self._osf_hooked(kind)
+        return handle
     method.__name__ = method.__qualname__ = name
     return method
 
@@ -219,14 +269,7 @@ class RebuiltModel(IRContainer):
         """Generate the forward again over this model's own IR, calling each module put in place of one
         of the IR's (``MODULE_CALL``) instead of running that module's ops; tensors are read by attribute."""
         ir = self._osf_blueprint.parsed_structure()
-        replaced: list[str] = []
-        for path in ir.modules:
-            if not path or any(path.startswith(f"{r}.") for r in replaced):
-                continue
-            parent, _, local = path.rpartition(".")
-            module = self.get_submodule(parent)._modules.get(local) if parent else self._modules.get(local)
-            if module is not None and not isinstance(module, IRContainer):
-                replaced.append(path)
+        replaced = called_paths(self, ir)
         try:
             fns = [None if graph is None else compile_graph(ir, with_module_calls(ir, graph, replaced))
                    for graph in (ir.graph, ir.eval_graph)]
@@ -472,6 +515,11 @@ def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], states: dict[st
     for path, module in (put_in or {}).items():
         parent, _, local = path.rpartition(".")
         setattr(root.get_submodule(parent), local, module)
+    for module in root.modules():
+        if isinstance(module, IRContainer) and module is not root and (
+                module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks):
+            module._osf_hooked("hook")  # its hooks came back with its attributes: called again
     return root
 
 
@@ -565,9 +613,6 @@ def _container_class(class_path: str, cache: dict[str, type], base: type = IRCon
         bases = (base,) if original is None else (base, original)
         if original is not None:
             namespace.update(_module_behaviour(base, original))
-            if base is IRContainer:  # called on its own (wrapped by a module put in its place, e.g. LoRA's):
-                # the layer's forward on its tensors; one reading a constructor attribute says it has none
-                namespace["forward"] = original.forward
             for name, (tensor, dim) in (sizes or {}).items():  # capture.size_arguments
                 namespace[name] = _size_property(name, tensor, dim)
         cache[key] = type(short if short.isidentifier() else "Module", bases, namespace)
@@ -836,6 +881,21 @@ class Blueprint:
             self._parsed = ir_from_json(self.structure_json(), "a model rebuilt by osf")
         return self._parsed
 
+    def standalone_graphs(self, root: RebuiltModel, path: str) -> dict[bool, tuple[Graph, dict[str, str]]]:
+        """The graphs (by training mode) of the module at ``path`` of ``root`` run on its own
+        (``call_subgraph``), the modules called below it called; ``Unreplaceable`` where it cannot run so."""
+        ir = self.parsed_structure()
+        inner = called_paths(root, ir, path)
+        out = {}
+        for training, graph in ((True, ir.graph), (False, ir.eval_graph if ir.eval_graph is not None else ir.graph)):
+            out[training] = call_subgraph(ir, with_module_calls(ir, graph, inner) if inner else graph, path)
+        return out
+
+    def standalone(self, root: RebuiltModel, path: str, training: bool) -> Callable:
+        """The compiled forward of the module at ``path`` run on its own, in training mode or not."""
+        graph, views = self.standalone_graphs(root, path)[training]
+        return compile_graph(self.parsed_structure(), graph, views, preamble=["_root = self._osf_link.root()"])
+
     def replacement_problem(self, path: str, module: nn.Module) -> str | None:
         """Why ``module`` cannot take the place of the module at ``path`` of this blueprint's models (None
         when it can: ``with_module_calls``)."""
@@ -885,19 +945,57 @@ def _attach_aliases(root: nn.Module, containers: dict[str, nn.Module], aliases: 
         parent._modules.update(items)
 
 
+def _path_in(root: nn.Module, module: nn.Module) -> str:
+    """The path of rebuilt ``module`` in ``root``'s IR: where it was built, remembered on it when first
+    found there or when a module took its place (it may since sit inside that one, e.g. a wrapper's);
+    ``Unreplaceable`` when it is nowhere in ``root``."""
+    path = module.__dict__.get("_osf_path")
+    if path is not None:
+        return path
+    path = next((p for p, m in root.named_modules(remove_duplicate=False) if m is module), None)
+    if path is None:
+        raise Unreplaceable("it is no longer part of the model osf built it in")
+    module.__dict__["_osf_path"] = path
+    return path
+
+
+def called_paths(root: RebuiltModel, ir: IR, under: str = "") -> list[str]:
+    """The outermost modules below ``under`` that ``root``'s forward calls instead of running their ops:
+    modules put in, and rebuilt modules with hooks (``_ModelLink.called``)."""
+    called = root._osf_link.called
+    found: list[str] = []
+    for path in ir.modules:
+        if not path or not path.startswith(f"{under}.") and under or any(path.startswith(f"{r}.") for r in found):
+            continue
+        parent, _, local = path.rpartition(".")
+        try:
+            module = root.get_submodule(parent)._modules.get(local) if parent else root._modules.get(local)
+        except AttributeError:
+            continue
+        if module is not None and (not isinstance(module, IRContainer) or path in called):
+            found.append(path)
+    return found
+
+
 class _ModelLink:
     """Shared by the containers of one rebuilt model: its root (weakly: the root holds them) and whether a
     submodule was replaced since its forward was generated (the root generates it again at its next call)."""
-    __slots__ = ("root", "pending", "paths")
+    __slots__ = ("root", "pending", "paths", "called")
 
     def __init__(self, root: RebuiltModel | None) -> None:
         self.root = weakref.ref(root) if root is not None else None
         self.pending = False
         self.paths: set[str] = set()  # where modules were put in through setattr
+        self.called: set[str] = set()  # rebuilt modules to call as modules (hooked)
+
+    def changed(self, root: RebuiltModel) -> None:
+        """A module was put in or hooked: forwards are generated again at the next call."""
+        self.pending = True
+        root.__dict__.pop("_osf_standalone", None)
 
     def __deepcopy__(self, memo: dict) -> "_ModelLink":  # the copied root points its copy here
         new = _ModelLink(None)
-        new.pending, new.paths = self.pending, set(self.paths)
+        new.pending, new.paths, new.called = self.pending, set(self.paths), set(self.called)
         return new
 
 
@@ -941,7 +1039,8 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
                 else " (an nn.Identity, or a module it never calls)")
         raise Unreplaceable(f"the forward runs no op of it{mode}, so nothing marks where a replacement would be "
                             "called")
-    how = ir.modules[path].meta.get("call", "not seen by osf's hooks (captured through torch.fx)")
+    how = ir.modules[path].meta.get("call", "not through its __call__, which osf's hooks watch: .forward(), "
+                                            "or a capture through torch.fx")
     if how != "unary":
         raise Unreplaceable(f"the model calls it other than on one tensor alone ({how}), while a module put in "
                             "its place is called as module(x)")
@@ -1007,7 +1106,8 @@ def _size_from_inputs(graph: Graph, op: OpNode) -> OpNode:
         if p.kind == INPUT and isinstance(p.meta, dict):
             for d, symbol in enumerate(p.meta.get("sym") or []):
                 if symbol and symbol == op.meta["symint"]:
-                    return OpNode(op.name, "aten.sym_size.int", [{"node": p.name}, d], {}, op.owner, op.meta)
+                    return OpNode(op.name, "aten.sym_size.int", [{"node": p.name}, d], {}, op.owner, op.meta,
+                                  scope=op.scope)
     raise Unreplaceable(f"the rest of the model reads a size computed in it ({op.meta['symint']}), which no "
                         "input of the model has as a dim")
 
@@ -1023,7 +1123,7 @@ def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
             dropped.update(call.ops)
             producer = next(graph.ops[i] for i in call.ops if graph.ops[i].name == call.output)
             calls[call.ops[-1]] = [*call.sizes, OpNode(call.output, MODULE_CALL, [{"node": call.input}], {}, path,
-                                                       producer.meta, context=call.context)]
+                                                       producer.meta, context=call.context, scope=producer.scope)]
     ops = [new for i, op in enumerate(graph.ops) for new in calls.get(i, [] if i in dropped else [op])]
     read = {ref for op in ops for ref in op.inputs} | set(serial.node_refs(graph.outputs))
     kept = [p for p in graph.placeholders if p.kind == INPUT or p.name in read]
@@ -1031,6 +1131,43 @@ def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
              if p.kind in (PARAM, BUFFER) and any(p.target.startswith(f"{path}.") for path in paths) else p
              for p in kept]
     return Graph(moved, ops, graph.outputs)
+
+
+def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str]]:
+    """The ops of the first call of the module at ``path`` as a graph of their own, for the module run on
+    its own (``self`` is the module): the value the call took is its input, the module's tensors are read
+    by their path below it, the model's constants through ``_root``, sizes read before the call from its
+    input; with the ``views`` for ``compile_graph``."""
+    call = module_calls(ir, graph, path)[0]
+    prefix = f"{path}."
+    producers = graph.producers()
+    source = producers[call.input]
+    ops = [dataclasses.replace(graph.ops[i], owner=graph.ops[i].owner[len(prefix):]
+                               if graph.ops[i].owner.startswith(prefix) else "") for i in call.ops]
+    produced = {op.name for op in ops}
+    placeholders = [Placeholder(call.input, INPUT, None, source.meta)]
+    sizes: list[OpNode] = []
+    views: dict[str, str] = {}
+    seen = {call.input}
+    for ref in [ref for op in ops for ref in op.inputs]:
+        if ref in produced or ref in seen:
+            continue
+        seen.add(ref)
+        value = producers[ref]
+        if isinstance(value, Placeholder) and value.kind == CONST:
+            placeholders.append(value)
+            views[value.target] = f"_root.{value.target}"
+        elif isinstance(value, Placeholder) and value.kind in (PARAM, BUFFER):
+            own = next(q for q, c in ir.aliases.items() if c == value.target and q.startswith(prefix))
+            placeholders.append(dataclasses.replace(value, target=own[len(prefix):]))
+        else:  # a size read before the call (module_calls let no other value in)
+            symbol = value.meta["symint"]
+            dim = next((d for d, s in enumerate(source.meta.get("sym") or []) if s == symbol), None)
+            if dim is None:
+                raise Unreplaceable(f"it reads a size computed before its call ({symbol}) that its input does "
+                                    "not have as a dim")
+            sizes.append(OpNode(ref, "aten.sym_size.int", [{"node": call.input}, dim], {}, "", value.meta))
+    return Graph(placeholders, sizes + ops, [{"node": call.output}]), views
 
 
 def attr_path(base: str, qual: str) -> str:

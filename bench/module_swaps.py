@@ -1,0 +1,186 @@
+"""Modules put in and hooks on a rebuilt model, checked module by module against the eager original.
+
+Per model (eval mode, random weights, seed 0), for every module of the original:
+
+- *put in*: a copy of the rebuilt model gets a copy of the original's module at that path (``setattr``);
+  its outputs must equal the original's (atol 1e-4, rtol 1e-3), since the forward now calls that module
+  where the rebuilt one's ops ran. Counted: equal, different (a bug), refused (``ModuleReplacedError``,
+  with its reasons);
+- *hooked*: a forward hook on the module of a copy of the rebuilt model and on the original's; the values
+  the two hooks see and the outputs must be equal. Counted: equal, different (a bug), warned (the module
+  cannot be called on its own: the warning says the hook would never fire).
+
+    python bench/module_swaps.py            # 13 models (about 10 minutes)
+    python bench/module_swaps.py --quick    # 2 models
+
+Writes bench/results/module_swaps[-quick].json and the ``module-swaps`` section of docs/benchmarks.md
+(--quick: docs/benchmarks-quick.md).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import json
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import osf  # noqa: E402
+
+SEED = 0
+QUICK = ("resnet18", "hf:bert")
+FULL = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "densenet121", "convnext_tiny",
+        "regnet_y_400mf", "vit_b_16", "swin_t", "googlenet", "timm:vit_tiny_patch16_224", "hf:vit", "hf:bert")
+
+
+def build(name: str) -> tuple[nn.Module, tuple, dict]:
+    """The model (random weights) and its example inputs."""
+    image = (torch.randn(2, 3, 64, 64),)
+    if name.startswith("timm:"):
+        import timm
+        return timm.create_model(name[5:], img_size=64), image, {}
+    if name.startswith("hf:"):
+        import transformers
+        transformers.logging.set_verbosity_error()
+        if name == "hf:vit":
+            config = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                            intermediate_size=128, image_size=32, patch_size=8)
+            return transformers.ViTModel(config), (torch.randn(2, 3, 32, 32),), {}
+        config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=128, vocab_size=100, max_position_embeddings=64)
+        ids = torch.randint(0, 100, (2, 12))
+        return transformers.BertForSequenceClassification(config), (), {"input_ids": ids,
+                                                                        "attention_mask": torch.ones_like(ids)}
+    import torchvision.models as tvm
+    if name == "vit_b_16":
+        model = tvm.vit_b_16(image_size=32)
+        nn.init.normal_(model.heads.head.weight, std=0.02)  # zero-initialised: every output would be 0
+        return model, (torch.randn(2, 3, 32, 32),), {}
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    return getattr(tvm, name)(**kwargs), image, {}
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
+
+
+def _same(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
+    return len(got) == len(want) and all(a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-4,
+                                                                                 rtol=1e-3)
+                                         for a, b in zip(got, want))
+
+
+def _reason(message: str) -> str:
+    """The reason of a refusal or warning, without the module's name."""
+    why = re.split(r"cannot be replaced by a [\w.]+: |cannot be called on its own \(", message)[-1]
+    why = why.split("). Hook the root")[0].replace("the model calls it other than on one tensor alone (", "")
+    return re.sub(r"'[\w.]+'", "'…'", why.split(", while a module put in")[0])[:90]
+
+
+def measure(name: str) -> dict:
+    torch.manual_seed(SEED)
+    started = time.perf_counter()
+    model, args, kwargs = build(name)
+    model.eval()
+    rebuilt = osf.trace(model, args, kwargs).build().eval()
+    with torch.no_grad():
+        expected = _tensors(model(*args, **kwargs))
+    counts = collections.Counter()
+    reasons: dict[str, collections.Counter] = {"refused": collections.Counter(), "warned": collections.Counter()}
+    different: list[str] = []
+    for path, module in model.named_modules():
+        parent, _, local = path.rpartition(".")
+        if not path or local not in rebuilt.get_submodule(parent)._modules:
+            continue
+        counts["modules"] += 1
+        changed = copy.deepcopy(rebuilt)
+        try:
+            setattr(changed.get_submodule(parent), local, copy.deepcopy(module))
+        except osf.ModuleReplacedError as e:
+            counts["refused"] += 1
+            reasons["refused"][_reason(str(e))] += 1
+        else:
+            with torch.no_grad():
+                same = _same(_tensors(changed(*args, **kwargs)), expected)
+            counts["put_in_equal" if same else "put_in_different"] += 1
+            if not same:
+                different.append(f"put in {path}")
+        hooked, original, seen = copy.deepcopy(rebuilt), copy.deepcopy(model), {}
+
+        def note(key: str):
+            def hook(module: nn.Module, inputs: tuple, output) -> None:  # returns None: the output stays
+                seen.setdefault(key, _tensors(output))
+            return hook
+        original.get_submodule(path).register_forward_hook(note("original"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hooked.get_submodule(path).register_forward_hook(note("rebuilt"))
+        warned = [w for w in caught if "will never be called" in str(w.message)]
+        with torch.no_grad():
+            out, _ = _tensors(hooked(*args, **kwargs)), original(*args, **kwargs)
+        if warned:
+            counts["warned"] += 1
+            reasons["warned"][_reason(str(warned[0].message))] += 1
+            continue
+        same = "original" in seen and "rebuilt" in seen and _same(seen["rebuilt"], seen["original"]) and \
+            _same(out, expected)
+        counts["hooked_equal" if same else "hooked_different"] += 1
+        if not same:
+            different.append(f"hook on {path}")
+    return {"model": name, **{k: counts[k] for k in ("modules", "put_in_equal", "put_in_different", "refused",
+                                                     "hooked_equal", "hooked_different", "warned")},
+            "different": different[:10], "refused_because": dict(reasons["refused"].most_common(4)),
+            "warned_because": dict(reasons["warned"].most_common(3)),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def section(env: dict, rows: list[dict]) -> str:
+    lines = ["<!-- module-swaps:start -->", "## Modules put in and hooks, module by module", "",
+             f"Generated by `{env['command']}` on {env['date']}.", "",
+             f"- Machine: {env['platform']} ({env['machine']}), {env['cpus']} CPUs",
+             f"- Versions: python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}, "
+             f"timm {env['timm']}, osf {env['osf']}",
+             f"- Seed {SEED}; random weights; eval mode; a plain rebuild (`osf.trace(model).build()`) of each model",
+             "- *put in*: a copy of the original's module put in at its path; *equal*: the outputs equal the "
+             "original's (atol 1e-4, rtol 1e-3). *hooked*: a forward hook on the module; *equal*: the values the "
+             "hook sees and the outputs equal those of the same hook on the original. *Different* counts are "
+             "bugs; refusals and warnings say why (most common reasons shown)", "",
+             "| model | modules | put in: equal / different / refused | hooked: equal / different / warned | "
+             "refused because | seconds |", "|---|---:|---|---|---|---:|"]
+    for r in rows:
+        why = "; ".join(f"{n}× {k}" for k, n in r["refused_because"].items()).replace("|", "\\|")
+        lines.append(f"| {r['model']} | {r['modules']} | {r['put_in_equal']} / {r['put_in_different']} / "
+                     f"{r['refused']} | {r['hooked_equal']} / {r['hooked_different']} / {r['warned']} | {why} | "
+                     f"{r['seconds']} |")
+    bad = [d for r in rows for d in r["different"]]
+    lines += ["", "Different: " + (", ".join(bad) if bad else "none") + "."]
+    return "\n".join(lines + ["<!-- module-swaps:end -->"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    opts = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(2)
+    rows = []
+    for name in QUICK if opts.quick else FULL:
+        rows.append(measure(name))
+        print(json.dumps(rows[-1]), flush=True)
+    env = common.environment(command="python bench/module_swaps.py" + (" --quick" if opts.quick else ""))
+    common.publish("module_swaps", "module-swaps", opts.quick, env, rows, section(env, rows))
+    return int(any(r["put_in_different"] or r["hooked_different"] for r in rows))  # CI fails on a bug
+
+
+if __name__ == "__main__":
+    sys.exit(main())
