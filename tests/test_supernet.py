@@ -711,6 +711,24 @@ def test_hooks_and_wrappers_on_blocks_of_an_extracted_subnet_see_and_compute_wha
     assert next(iter(loaded.layer1._forward_hooks.values())).calls == 1  # the loaded model's own copy
 
 
+def test_a_block_that_reads_a_size_computed_in_another_is_called_with_it_computed_again():
+    """torch.export reads each symbolic size once: torchvision's ViT computes batch × heads (``12*B``) in its
+    first block and every later block reads that value. The first block gives way to a module (later blocks
+    then read ``12*B`` from the input's batch), and a hooked later block runs on its own (it computes
+    ``12*B`` from its input)."""
+    _, model, args, _ = supernet("vit_b_16")
+    model = copy.deepcopy(model).eval()
+    rebuilt = osf.trace(model, args).build().eval()
+    first, later = "encoder_layer_0", "encoder_layer_5"
+    rebuilt.encoder.layers.register_module(first, copy.deepcopy(getattr(model.encoder.layers, first)))
+    seen = {}
+    getattr(rebuilt.encoder.layers, later).register_forward_hook(lambda m, i, o: seen.setdefault("rebuilt", o))
+    getattr(model.encoder.layers, later).register_forward_hook(lambda m, i, o: seen.setdefault("model", o))
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(*args), model(*args), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(seen["rebuilt"], seen["model"], rtol=1e-4, atol=1e-5)
+
+
 def test_peft_lora_fine_tunes_an_extracted_subnet_and_merges_back():
     """PEFT finds the subnet's nn.Linear layers (``in_features`` / ``out_features`` read from their weights),
     puts its LoRA layers in their place (called where they ran, each calling the rebuilt layer it wraps),

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import itertools
 import keyword
 import math
 import pickle
+import re
 import types
 import warnings
 import weakref
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple
 
+import sympy
 import torch
 import torch.utils._pytree as pytree
+from sympy.parsing.sympy_parser import parse_expr
 from torch import nn
 
 from . import conditions, serial
@@ -1073,7 +1076,8 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
                 taken.append(ref)
         given = [graph.ops[i].name for i in idxs if graph.ops[i].name in outputs
                  or any(j not in inside for j in readers.get(graph.ops[i].name, ()))]
-        resized = [_size_from_inputs(graph, by_name[v]) for v in given if v in sizes]
+        inputs = [(p.name, p.meta) for p in graph.placeholders if p.kind == INPUT]
+        resized = [o for v in given if v in sizes for o in size_ops(by_name[v], inputs)]
         given = [v for v in given if v not in sizes]
         if len(taken) != 1 or len(given) != 1:
             raise Unreplaceable(f"a call of it takes {len(taken)} value(s) from the rest of the model and gives "
@@ -1099,17 +1103,44 @@ def _path_outside(ir: IR, tensor: str, paths: list[str]) -> str:
                         "elsewhere), which would then be lost")
 
 
-def _size_from_inputs(graph: Graph, op: OpNode) -> OpNode:
-    """``op`` (a symbolic size computed in a module call, read again outside it: export reads each size
-    once) as a read of the same size of a model input."""
-    for p in graph.placeholders:
-        if p.kind == INPUT and isinstance(p.meta, dict):
-            for d, symbol in enumerate(p.meta.get("sym") or []):
-                if symbol and symbol == op.meta["symint"]:
-                    return OpNode(op.name, "aten.sym_size.int", [{"node": p.name}, d], {}, op.owner, op.meta,
-                                  scope=op.scope)
-    raise Unreplaceable(f"the rest of the model reads a size computed in it ({op.meta['symint']}), which no "
-                        "input of the model has as a dim")
+def size_ops(op: OpNode, sources: list[tuple[str, Any]]) -> list[OpNode]:
+    """Ops computing the symbolic size ``op`` gives (``12*B``: export reads each size once, so a module's
+    call may read one computed elsewhere) from the dims of tensors ``sources`` (value name, meta with
+    ``sym``), the last named as ``op``; ``Unreplaceable`` when a symbol is no dim of theirs."""
+    text = op.meta["symint"]
+    try:
+        expr = parse_expr(
+            text, local_dict={n: sympy.Symbol(n, integer=True) for n in re.findall(r"[A-Za-z_]\w*", text)})
+    except (SyntaxError, TypeError, sympy.SympifyError):
+        raise Unreplaceable(f"it reads a size ({text}) osf cannot compute on its own") from None
+    ops: list[OpNode] = []
+
+    def emit(e: Any) -> Any:
+        if e.is_Integer:
+            return int(e)
+        if e.is_Symbol:
+            at = next(((name, d) for name, meta in sources if isinstance(meta, dict)
+                       for d, s in enumerate(meta.get("sym") or []) if s == str(e)), None)
+            if at is None:
+                raise Unreplaceable(f"it reads a size computed elsewhere ({text}) with {e} in it, which is no dim "
+                                    "of the tensors it can read")
+            ops.append(OpNode(f"{op.name}_{len(ops)}", "aten.sym_size.int", [{"node": at[0]}, at[1]], {}, op.owner,
+                              {"symint": str(e)}, scope=op.scope))
+            return {"node": ops[-1].name}
+        if e.is_Add or e.is_Mul:
+            total = emit(e.args[0])
+            for term in e.args[1:]:
+                ops.append(OpNode(f"{op.name}_{len(ops)}", "operator.add" if e.is_Add else "operator.mul",
+                                  [total, emit(term)], {}, op.owner, {"symint": str(e)}, scope=op.scope))
+                total = {"node": ops[-1].name}
+            return total
+        raise Unreplaceable(f"it reads a size computed elsewhere ({text}) osf cannot compute on its own")
+
+    last = emit(expr)
+    if not ops or last != {"node": ops[-1].name}:  # a constant
+        ops.append(OpNode(op.name, "operator.add", [last, 0], {}, op.owner, op.meta, scope=op.scope))
+    ops[-1] = dataclasses.replace(ops[-1], name=op.name, meta=op.meta)
+    return ops
 
 
 def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
@@ -1161,12 +1192,8 @@ def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str
             own = next(q for q, c in ir.aliases.items() if c == value.target and q.startswith(prefix))
             placeholders.append(dataclasses.replace(value, target=own[len(prefix):]))
         else:  # a size read before the call (module_calls let no other value in)
-            symbol = value.meta["symint"]
-            dim = next((d for d, s in enumerate(source.meta.get("sym") or []) if s == symbol), None)
-            if dim is None:
-                raise Unreplaceable(f"it reads a size computed before its call ({symbol}) that its input does "
-                                    "not have as a dim")
-            sizes.append(OpNode(ref, "aten.sym_size.int", [{"node": call.input}, dim], {}, "", value.meta))
+            sizes += [dataclasses.replace(o, owner="", scope=None)
+                      for o in size_ops(value, [(call.input, source.meta)])]
     return Graph(placeholders, sizes + ops, [{"node": call.output}]), views
 
 
