@@ -10,6 +10,13 @@ Per model (eval mode, random weights, seed 0), for every module of the original:
   the two hooks see and the outputs must be equal. Counted: equal, different (a bug), warned (the module
   cannot be called on its own: the warning says the hook would never fire).
 
+And all at once, as tools do (a model summary hooks every module, quantization swaps every layer):
+
+- *all hooked*: a forward hook on every module at once; each hook that fires sees the original's values, and
+  the outputs are equal; the handles removed, the model must call no module but itself again;
+- *all leaves put in*: a copy of the original's module put in at the path of every module without
+  submodules that can be replaced, at once; the outputs must equal the original's.
+
     python bench/module_swaps.py            # 13 models (about 10 minutes)
     python bench/module_swaps.py --quick    # 2 models
 
@@ -137,11 +144,69 @@ def measure(name: str) -> dict:
         counts["hooked_equal" if same else "hooked_different"] += 1
         if not same:
             different.append(f"hook on {path}")
+    at_once = all_at_once(model, rebuilt, args, kwargs, expected)
+    different += at_once.pop("different")
     return {"model": name, **{k: counts[k] for k in ("modules", "put_in_equal", "put_in_different", "refused",
                                                      "hooked_equal", "hooked_different", "warned")},
-            "different": different[:10], "refused_because": dict(reasons["refused"].most_common(4)),
+            **at_once, "different": different[:10], "refused_because": dict(reasons["refused"].most_common(4)),
             "warned_because": dict(reasons["warned"].most_common(3)),
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def all_at_once(model: nn.Module, rebuilt: nn.Module, args: tuple, kwargs: dict,
+                expected: list[torch.Tensor]) -> dict:
+    """Every module hooked at once (then every hook removed), and every replaceable leaf put in at once."""
+    different: list[str] = []
+    hooked, original, seen = copy.deepcopy(rebuilt), copy.deepcopy(model), {"rebuilt": {}, "original": {}}
+
+    def note(side: str, path: str):
+        def hook(module: nn.Module, inputs: tuple, output) -> None:
+            seen[side].setdefault(path, _tensors(output))
+        return hook
+    paths = [path for path, _ in original.named_modules() if path and path in dict(hooked.named_modules())]
+    for path in paths:
+        original.get_submodule(path).register_forward_hook(note("original", path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        handles = [hooked.get_submodule(path).register_forward_hook(note("rebuilt", path)) for path in paths]
+    with torch.no_grad():
+        original(*args, **kwargs)
+        try:
+            out = _tensors(hooked(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001 - any failure is the bug this counts
+            out = []
+            different.append(f"all hooked: {type(e).__name__}: {str(e)[:80]}")
+    fired = seen["rebuilt"]
+    wrong = [p for p in fired if p not in seen["original"] or not _same(fired[p], seen["original"][p])]
+    if out and not _same(out, expected):
+        different.append("all hooked: outputs")
+    different += [f"all hooked: hook on {p}" for p in wrong[:3]]
+    for handle in handles:
+        handle.remove()
+    calls = []
+    watch = nn.modules.module.register_module_forward_hook(lambda module, inputs, output: calls.append(module))
+    try:
+        with torch.no_grad():
+            out = _tensors(hooked(*args, **kwargs))
+    finally:
+        watch.remove()
+    if not _same(out, expected):
+        different.append("hooks removed: outputs")
+    swapped, put_in = copy.deepcopy(rebuilt), 0
+    for path, module in model.named_modules():
+        parent, _, local = path.rpartition(".")
+        if path and not module._modules and local in swapped.get_submodule(parent)._modules:
+            try:
+                setattr(swapped.get_submodule(parent), local, copy.deepcopy(module))
+                put_in += 1
+            except osf.ModuleReplacedError:
+                pass
+    with torch.no_grad():
+        if not _same(_tensors(swapped(*args, **kwargs)), expected):
+            different.append(f"all {put_in} leaves put in: outputs")
+    return {"all_hooked_fired": len(fired), "all_hooked_wrong": len(wrong),
+            "called_after_removal": sum(m is not hooked for m in calls), "leaves_put_in": put_in,
+            "different": different}
 
 
 def section(env: dict, rows: list[dict]) -> str:
@@ -154,14 +219,21 @@ def section(env: dict, rows: list[dict]) -> str:
              "- *put in*: a copy of the original's module put in at its path; *equal*: the outputs equal the "
              "original's (atol 1e-4, rtol 1e-3). *hooked*: a forward hook on the module; *equal*: the values the "
              "hook sees and the outputs equal those of the same hook on the original. *Different* counts are "
-             "bugs; refusals and warnings say why (most common reasons shown)", "",
+             "bugs; refusals and warnings say why (most common reasons shown)",
+             "- All at once: *all hooked*: a forward hook on every module at once, *fired* (those that can be called "
+             "on their own) / *wrong* (a value unlike the original's hook's); *after removal*: modules other than the "
+             "root called once every handle is removed (0: the model runs its ops itself again); *leaves put in*: "
+             "a copy of the original's module at every replaceable leaf at once, the outputs equal the original's "
+             "(a difference is listed below)", "",
              "| model | modules | put in: equal / different / refused | hooked: equal / different / warned | "
-             "refused because | seconds |", "|---|---:|---|---|---|---:|"]
+             "all hooked: fired / wrong | after removal | leaves put in | refused because | seconds |",
+             "|---|---:|---|---|---|---:|---:|---|---:|"]
     for r in rows:
         why = "; ".join(f"{n}× {k}" for k, n in r["refused_because"].items()).replace("|", "\\|")
         lines.append(f"| {r['model']} | {r['modules']} | {r['put_in_equal']} / {r['put_in_different']} / "
-                     f"{r['refused']} | {r['hooked_equal']} / {r['hooked_different']} / {r['warned']} | {why} | "
-                     f"{r['seconds']} |")
+                     f"{r['refused']} | {r['hooked_equal']} / {r['hooked_different']} / {r['warned']} | "
+                     f"{r['all_hooked_fired']} / {r['all_hooked_wrong']} | {r['called_after_removal']} | "
+                     f"{r['leaves_put_in']} | {why} | {r['seconds']} |")
     bad = [d for r in rows for d in r["different"]]
     lines += ["", "Different: " + (", ".join(bad) if bad else "none") + "."]
     return "\n".join(lines + ["<!-- module-swaps:end -->"])
@@ -179,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     env = common.environment(command="python bench/module_swaps.py" + (" --quick" if opts.quick else ""))
     common.publish("module_swaps", "module-swaps", opts.quick, env, rows, section(env, rows))
-    return int(any(r["put_in_different"] or r["hooked_different"] for r in rows))  # CI fails on a bug
+    return int(any(r["put_in_different"] or r["hooked_different"] or r["different"] or r["called_after_removal"]
+                   for r in rows))  # CI fails on a bug
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 
 import pytest
 import torch
@@ -634,6 +635,42 @@ def test_a_module_put_in_an_extracted_model_is_called_where_the_old_one_ran():
     assert rebuilt(*args).shape == (args[0].shape[0], 3)
 
 
+def test_a_module_that_returns_its_input_is_called_where_it_ran():
+    """A features model's ``head = nn.Identity()`` and its ``norm`` run no op: capture marks each call with an
+    alias of the value (assigned, not called, in generated code), so a subnet takes a new head there and a
+    hook on the Identity fires; the marks are no units, cost no FLOPs and leave the space as it was."""
+    from torch import nn
+
+    class Features(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.drop = nn.Linear(16, 32), nn.Dropout(0.5)
+            self.block = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32))
+            self.norm, self.head = nn.Identity(), nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.drop(self.stem(x))
+            return self.head(self.norm(h + self.block(h)))
+
+    torch.manual_seed(0)
+    model, x = Features().eval(), torch.randn(4, 16)
+    sn = osf.Supernet(model, (x,))
+    assert [u.key for u in sn.space.units] == ["<root>/residual:block"] and len(sn.space.groups) == 1
+    sub = sn.extract(sn.space.min()).eval()
+    marks = [line.split(" = ")[1] for line in sub._osf_train_fn.__osf_source__.splitlines()
+             if re.search(r"\balias(_\d+)? = (?!None)", line)]
+    assert len(marks) == 2 and all(re.fullmatch(r"\w+", value) for value in marks)  # `alias = add`: no call
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        model(x)
+    assert sn.cost(sn.space.max())["flops"] == counter.get_total_flops()
+    features = sub(x)
+    seen = []
+    sub.norm.register_forward_hook(lambda module, inputs, out: seen.append(out))
+    sub.head = nn.Linear(32, 3)
+    torch.testing.assert_close(sub(x), sub.head(features))
+    torch.testing.assert_close(seen[0], features)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "hf_vit"])
 def test_every_module_of_a_rebuilt_model_gives_way_to_the_original_module(name):
     """The graph surgery checked module by module: each module of a rebuilt model that may be replaced is
@@ -727,6 +764,44 @@ def test_a_block_that_reads_a_size_computed_in_another_is_called_with_it_compute
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(*args), model(*args), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(seen["rebuilt"], seen["model"], rtol=1e-4, atol=1e-5)
+
+
+def test_every_module_hooked_at_once_as_a_summary_tool_does_then_unhooked():
+    """A model summary hooks every module for one call: hooks on a Sequential and on the block inside it
+    that computes ``12*B`` for the others (the size computed again from that block's own input, not from the
+    model's, which the Sequential's call does not take) see the original's values; once every handle is
+    removed the model runs its ops itself again (no module but the root is called)."""
+    _, model, args, _ = supernet("vit_b_16")
+    model = copy.deepcopy(model).eval()
+    rebuilt = osf.trace(model, args).build().eval()
+    seen: dict[str, dict] = {"rebuilt": {}, "model": {}}
+
+    def note(side: str, path: str):
+        return lambda module, inputs, out: seen[side].setdefault(path, out)
+    paths = ["encoder.layers", "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_0.mlp", "encoder"]
+    handles = [rebuilt.get_submodule(p).register_forward_hook(note("rebuilt", p)) for p in paths]
+    for p in paths:
+        model.get_submodule(p).register_forward_hook(note("model", p))
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(*args), model(*args), rtol=1e-4, atol=1e-5)
+    for p in paths:
+        torch.testing.assert_close(seen["rebuilt"][p], seen["model"][p], rtol=1e-4, atol=1e-5, msg=p)
+    handles[0].remove()
+    with torch.no_grad():
+        expected = model(*args)
+    calls = []
+    watch = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(m))
+    try:
+        rebuilt(*args)
+        assert rebuilt.encoder.layers not in calls and rebuilt.encoder in calls  # the others keep their hooks
+        for handle in handles[1:]:
+            handle.remove()
+        calls.clear()
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt(*args), expected, rtol=1e-4, atol=1e-5)
+        assert calls == [rebuilt]
+    finally:
+        watch.remove()
 
 
 def test_peft_lora_fine_tunes_an_extracted_subnet_and_merges_back():
@@ -846,6 +921,35 @@ def test_containers_of_an_extracted_model_index_iterate_and_count_their_submodul
     with pytest.raises(TypeError, match="not subscriptable: it has no submodules"):
         sub.classifier[0][0]
     assert bool(sub.classifier[0]) and len(sub.classifier[0]) == 0
+
+
+def test_a_sequential_with_named_children_indexes_by_the_original_position():
+    """torchvision's ViT names its encoder layers (``nn.Sequential(OrderedDict(encoder_layer_0=...))``) and
+    users index them by position (``encoder.layers[0]``, for a hook or a freeze): an int is a position among
+    the original's children, so a subnet's layer 4 is the original's layer 4 even when layer 3 was dropped,
+    and a dropped one is an IndexError that names the kept ones."""
+    sn, model, args, _ = supernet("vit_b_16")
+    original = model.encoder.layers
+    rebuilt = osf.trace(model, args).build()  # unlike the supernet's, its channels are in the original order
+    for i in range(len(original)):
+        assert rebuilt.encoder.layers[i] is getattr(rebuilt.encoder.layers, f"encoder_layer_{i}")
+    x = torch.randn(2, 5, 768)  # the traced 32x32 image: 4 patches and the class token
+    torch.testing.assert_close(rebuilt.encoder.layers[5](x), original[5](x), atol=1e-5, rtol=1e-4)
+    arch = next(a for a in (sn.space.sample(i) for i in range(50))
+                if 0 < len(sn.extract(a).encoder.layers) < len(original))
+    sub = sn.extract(arch)
+    kept = list(sub.encoder.layers._modules)
+    gap = next(i for i in range(len(original)) if f"encoder_layer_{i}" not in kept)
+    after = next(i for i in range(gap + 1, len(original)) if f"encoder_layer_{i}" in kept)
+    assert sub.encoder.layers[after] is getattr(sub.encoder.layers, f"encoder_layer_{after}")
+    assert sub.encoder.layers[-1] is getattr(sub.encoder.layers, kept[-1])  # the last one it has
+    with pytest.raises(IndexError, match=rf"has no submodule {gap}; its submodules, by their original names: "
+                                         rf"'{kept[0]}'"):
+        sub.encoder.layers[gap]
+    with pytest.raises(IndexError, match=f"has no submodule {len(original)}"):
+        sub.encoder.layers[len(original)]
+    sub.encoder.layers[after] = copy.deepcopy(sub.encoder.layers[after])  # put in by position, as named
+    torch.testing.assert_close(sub(*args), sn.extract(arch)(*args))
 
 
 def test_an_extracted_module_shows_its_cut_sizes_and_says_where_a_constructor_attribute_went():

@@ -323,7 +323,9 @@ class _CallShapes:
     """How each module is called while the model is exported (hooks, removed after): ``shapes[id(module)]``
     is "unary" when every call passed one tensor, positionally and alone, and returned one tensor, else
     how a call differed. A module put in place of a unary one is called as ``module(x)``
-    (``codegen.module_calls``)."""
+    (``codegen.module_calls``). A call that returns its input itself (``nn.Identity``, a dropout in eval
+    mode) returns an ``aten.alias`` of it instead: an op in the module's scope marks where it was called
+    (generated code assigns it, ``codegen._ALIAS``)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -338,9 +340,12 @@ class _CallShapes:
             else:
                 self.shapes.setdefault(id(module), "unary")
 
-        def after(module: nn.Module, args: tuple, output: Any) -> None:
+        def after(module: nn.Module, args: tuple, output: Any) -> Any:
             if not isinstance(output, torch.Tensor) and self.shapes.get(id(module)) == "unary":
                 self.shapes[id(module)] = f"returns a {type(output).__name__}"
+            if isinstance(output, torch.Tensor) and len(args) == 1 and output is args[0]:
+                return torch.ops.aten.alias.default(output)
+            return None
 
         handles = []  # through nn.Module's methods: a rebuilt model's containers warn of hooks of users
         for m in self.model.modules():

@@ -27,6 +27,7 @@ import torch
 import torch.utils._pytree as pytree
 from sympy.parsing.sympy_parser import parse_expr
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from . import conditions, serial
 from . import ops as op_rules
@@ -102,9 +103,10 @@ class IRContainer(nn.Module):
         return fn(self, args[0].device, args[0])[0]
 
     def __getitem__(self, key: int | str) -> nn.Module:
-        """A child by its original name, as the original ``nn.Sequential`` / ``nn.ModuleList`` /
-        ``nn.ModuleDict`` indexed it (``features[3]``, ``blocks["attn"]``); negative ints count from the
-        end. A subnet keeps the names of the original, without the children its arch dropped."""
+        """A child as the original ``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict`` indexed it: by
+        name (``blocks["attn"]``) or by its position among the original's children (``features[3]``, also
+        where a Sequential's children have names); negative ints count from the end of the children it has.
+        A subnet keeps the original's names and positions, without the children its arch dropped."""
         return self._modules[self._osf_child_name(key)]
 
     def __setitem__(self, key: int | str, module: nn.Module) -> None:
@@ -118,13 +120,28 @@ class IRContainer(nn.Module):
                             "submodules")
         if isinstance(key, int) and key < 0 and -key <= len(children):
             return list(children)[key]
-        name = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
+        name = key
+        if isinstance(key, int) and not isinstance(key, bool):
+            original = self._osf_original_children()
+            name = original[key] if 0 <= key < len(original) else str(key)
         if isinstance(name, str) and name in children:
             return name
         shown = ", ".join(repr(n) for n in list(children)[:12]) + (", ..." if len(children) > 12 else "")
         error = IndexError if isinstance(key, int) else KeyError  # as nn.ModuleList / nn.ModuleDict raise
         raise error(f"{type(self).__name__} (osf: {self.osf_class}) has no submodule {key!r}; its submodules, by "
                     f"their original names: {shown} (a subnet lacks the ones its arch dropped)")
+
+    def _osf_original_children(self) -> list[str]:
+        """The names of the original module's children in order, from its model's IR (a subnet's dropped ones
+        included); an empty list once the module is no longer part of that model."""
+        link = vars(self).get("_osf_link")
+        root = link.root() if link is not None and link.root is not None else None
+        if root is None:
+            return []
+        try:
+            return root._osf_blueprint.child_names(_path_in(root, self) if root is not self else "")
+        except Unreplaceable:
+            return []
 
     def __iter__(self) -> Iterator[nn.Module]:
         """The submodules, in order (as iterating an ``nn.Sequential`` / ``nn.ModuleList`` gives them)."""
@@ -217,12 +234,37 @@ class IRContainer(nn.Module):
                       "again", UserWarning, stacklevel=3)
 
 
+    def _osf_unhooked(self) -> None:
+        """A hook of this module was removed: with none left, its model runs its ops again instead of calling
+        it (a summary tool that hooked every module for one call leaves no module-by-module forward)."""
+        if self._forward_pre_hooks or self._forward_hooks or self._backward_pre_hooks or self._backward_hooks:
+            return
+        state = vars(self)
+        link, path = state.get("_osf_link"), state.get("_osf_path")
+        root = link.root() if link is not None and link.root is not None else None
+        if root is not None and path in link.called:
+            link.called.discard(path)
+            link.changed(root)
+
+
 def pin_modules(root: nn.Module) -> None:
     """Mark ``root``'s containers as read through the modules it was built with (an extracted subnet's
     or a supernet's forward holds them): replacing any of them is refused, even by its own class."""
     for module in root.modules():
         if isinstance(module, IRContainer):
             module.__dict__["_osf_pinned"] = True
+
+
+class _UnhookingHandle(RemovableHandle):
+    """The handle of a hook on a rebuilt module: removing the module's last hook stops its model calling it
+    as a module (``IRContainer._osf_unhooked``)."""
+    _osf_module: weakref.ref
+
+    def remove(self) -> None:
+        super().remove()
+        module = self._osf_module()
+        if module is not None:
+            module._osf_unhooked()
 
 
 def _warning_hook_registration(name: str, kind: str) -> Callable:
@@ -233,6 +275,9 @@ def _warning_hook_registration(name: str, kind: str) -> Callable:
     def method(self: IRContainer, *args: Any, **kwargs: Any) -> Any:
         handle = register(self, *args, **kwargs)
         self._osf_hooked(kind)
+        if type(handle) is RemovableHandle:
+            handle.__class__ = _UnhookingHandle
+            handle._osf_module = weakref.ref(self)
         return handle
     method.__name__ = method.__qualname__ = name
     return method
@@ -738,7 +783,7 @@ class Blueprint:
         layout = layouts.get(parts.layout) if parts is not None and parts.layout is not None else None
         if layout is None:
             if "tree" not in cache:
-                cache["tree"] = self._tree(ir, classes, makers)
+                cache["tree"] = self._make_tree(ir, classes, makers)
                 cache["unset"] = [(path, {"params": "_parameters", "buffers": "_buffers"}[kind], name)
                                   for path, node in ir.modules.items()
                                   for kind, names in node.meta.get("unset", {}).items() for name in names]
@@ -747,14 +792,27 @@ class Blueprint:
                 remember(layouts, parts.layout, layout)
         (self.containers, self.container_paths, self.slots, self._unset, self._home_slots, self._const_reads,
          self._owner_positions) = layout
+        self._tree: list = cache["tree"]
+        self._child_names: dict[str, list[str]] | None = None
         self._root_attributes = {
             **shared_attributes, "_osf_blueprint": self,
             "_osf_train_fn": compile_graph(ir, ir.graph) if parts is None else parts.train_fn,
             "_osf_eval_fn": (parts.eval_fn if parts is not None
                              else compile_graph(ir, ir.eval_graph) if ir.eval_graph is not None else None)}
 
+    def child_names(self, path: str) -> list[str]:
+        """The local names of the children of the original module at ``path``, in the original's order
+        (those a subnet dropped included)."""
+        if self._child_names is None:
+            names: dict[str, list[str]] = {}
+            for parent, _, local, _ in self._tree:
+                names.setdefault(parent, []).append(local)
+            self._child_names = names
+        return self._child_names.get(path, [])
+
     @staticmethod
-    def _tree(ir: IR, classes: dict[str, type], makers: dict) -> list[tuple[str, str, str, Callable[[], nn.Module]]]:
+    def _make_tree(ir: IR, classes: dict[str, type],
+                   makers: dict) -> list[tuple[str, str, str, Callable[[], nn.Module]]]:
         """Every container but the root in creation order (parents first): (parent path, path, local name,
         maker)."""
         tree = []
@@ -1038,8 +1096,9 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
             raise Unreplaceable(f"its submodule '{op.owner}' runs outside a call of it (the model calls its "
                                 "submodules itself, as a loop over an nn.ModuleList does): replace those instead")
     if not groups:
-        mode = (" in eval mode (a dropout, or a part only training runs)" if graph is ir.eval_graph
-                else " (an nn.Identity, or a module it never calls)")
+        mode = (" in eval mode (a part only training runs)" if graph is ir.eval_graph
+                else " (a module it never calls; an nn.Identity in an IR traced before osf marked those: trace "
+                      "the model again)")
         raise Unreplaceable(f"the forward runs no op of it{mode}, so nothing marks where a replacement would be "
                             "called")
     how = ir.modules[path].meta.get("call", "not through its __call__, which osf's hooks watch: .forward(), "
@@ -1076,13 +1135,17 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
                 taken.append(ref)
         given = [graph.ops[i].name for i in idxs if graph.ops[i].name in outputs
                  or any(j not in inside for j in readers.get(graph.ops[i].name, ()))]
-        inputs = [(p.name, p.meta) for p in graph.placeholders if p.kind == INPUT]
-        resized = [o for v in given if v in sizes for o in size_ops(by_name[v], inputs)]
+        computed = [v for v in given if v in sizes]
         given = [v for v in given if v not in sizes]
         if len(taken) != 1 or len(given) != 1:
             raise Unreplaceable(f"a call of it takes {len(taken)} value(s) from the rest of the model and gives "
                                 f"{len(given)} back; a module can take its place where it takes one tensor and "
                                 "returns one")
+        # from the call's input first: read inside an enclosing module's call, the model's inputs would be a
+        # second value that call takes
+        source = placeholders[taken[0]] if taken[0] in placeholders else by_name[taken[0]]
+        inputs = [(taken[0], source.meta)] + [(p.name, p.meta) for p in graph.placeholders if p.kind == INPUT]
+        resized = [o for v in computed for o in size_ops(by_name[v], inputs)]
         contexts = {repr(graph.ops[i].context) for i in idxs}
         if len(contexts) != 1:
             raise Unreplaceable("part of its ops run under a torch.no_grad() or autocast block of its own forward")
@@ -1299,7 +1362,7 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
     for i, op in enumerate(graph.ops):
         names[op.name] = safe_name(op.name)
     for i, op in enumerate(graph.ops):
-        if op.target not in targets and op.target != MODULE_CALL:
+        if op.target not in targets and op.target not in (MODULE_CALL, _ALIAS):
             targets[op.target] = f"_t{len(targets)}"
             globals_[targets[op.target]] = _EAGER_FUNCTIONS.get(op.target) or serial.resolve_target(op.target)
         args = list(op.args)
@@ -1315,12 +1378,15 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
                 args[idx] = {"expr": f"({_render(args[idx], names)} if {owner_var(op.owner)}.training else 0.0)"}
             elif kwargs.get(kw):
                 kwargs[kw] = {"expr": f"({_render(kwargs[kw], names)} if {owner_var(op.owner)}.training else 0.0)"}
-        fn = module_var(op.owner) if op.target == MODULE_CALL else calls.get(op.name, targets[op.target])
-        if op.context:  # from a torch.no_grad() / autocast block of the model's forward
+        fn = module_var(op.owner) if op.target == MODULE_CALL else calls.get(op.name, targets.get(op.target))
+        if op.context and op.target != _ALIAS:  # from a torch.no_grad() / autocast block of the model's forward
             globals_["_in_context"] = _in_context
             args, fn = [{"device": None}, op.context, {"expr": fn}, *args], "_in_context"
-        call = f"{fn}(" + ", ".join(
-            [_render(a, names) for a in args] + [f"{k}={_render(v, names)}" for k, v in kwargs.items()]) + ")"
+        if op.target == _ALIAS:  # no op call
+            call = _render(args[0], names)
+        else:
+            call = f"{fn}(" + ", ".join(
+                [_render(a, names) for a in args] + [f"{k}={_render(v, names)}" for k, v in kwargs.items()]) + ")"
         line = f"{names[op.name]} = {call}"
         if op.mode_gated:
             line = f"{names[op.name]} = {call} if {owner_var(op.owner)}.training else None"
@@ -1335,6 +1401,12 @@ def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[
     ret = "    return [" + ", ".join(_render(o, names) for o in graph.outputs) + "]"
     header = "def forward(self, _dev, " + ", ".join(user_inputs) + "):" if user_inputs else "def forward(self, _dev):"
     return "\n".join([header, *(f"    {line}" for line in preamble), *prologue, *body, ret]) + "\n", globals_
+
+
+# Generated code assigns the value itself where the IR has an ``alias`` (a view of all of it, same storage and
+# shape): capture marks with one where a module returned its input (``capture._CallShapes``), and a call of
+# the op costs ~1 µs per module for nothing.
+_ALIAS = "aten.alias.default"
 
 
 def _embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx: int = -1,
