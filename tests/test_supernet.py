@@ -645,8 +645,8 @@ def test_a_module_that_returns_its_input_is_called_where_it_ran():
         def __init__(self) -> None:
             super().__init__()
             self.stem, self.drop = nn.Linear(16, 32), nn.Dropout(0.5)
-            self.block = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32))
-            self.norm, self.head = nn.Identity(), nn.Identity()
+            self.block = nn.Sequential(nn.Linear(32, 64), nn.ReLU(inplace=True), nn.Linear(64, 32))
+            self.norm, self.head = nn.Identity(), nn.Identity()  # the ReLU returns its input too, changed
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = self.drop(self.stem(x))
@@ -660,6 +660,7 @@ def test_a_module_that_returns_its_input_is_called_where_it_ran():
     marks = [line.split(" = ")[1] for line in sub._osf_train_fn.__osf_source__.splitlines()
              if re.search(r"\balias(_\d+)? = (?!None)", line)]
     assert len(marks) == 2 and all(re.fullmatch(r"\w+", value) for value in marks)  # `alias = add`: no call
+    assert [op.target for op in sn.ir.graph.ops].count("aten.alias.default") == 2  # none for the in-place ReLU
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
         model(x)
     assert sn.cost(sn.space.max())["flops"] == counter.get_total_flops()
@@ -935,6 +936,8 @@ def test_a_sequential_with_named_children_indexes_by_the_original_position():
         assert rebuilt.encoder.layers[i] is getattr(rebuilt.encoder.layers, f"encoder_layer_{i}")
     x = torch.randn(2, 5, 768)  # the traced 32x32 image: 4 patches and the class token
     torch.testing.assert_close(rebuilt.encoder.layers[5](x), original[5](x), atol=1e-5, rtol=1e-4)
+    with pytest.raises(osf.InputError, match=r"EncoderBlock .* shape \(any, 5, 768\) as traced; got \(2, 50, 768\)"):
+        rebuilt.encoder.layers[5](torch.randn(2, 50, 768))  # not a raw reshape error deep in its ops
     arch = next(a for a in (sn.space.sample(i) for i in range(50))
                 if 0 < len(sn.extract(a).encoder.layers) < len(original))
     sub = sn.extract(arch)

@@ -323,13 +323,14 @@ class _CallShapes:
     """How each module is called while the model is exported (hooks, removed after): ``shapes[id(module)]``
     is "unary" when every call passed one tensor, positionally and alone, and returned one tensor, else
     how a call differed. A module put in place of a unary one is called as ``module(x)``
-    (``codegen.module_calls``). A call that returns its input itself (``nn.Identity``, a dropout in eval
-    mode) returns an ``aten.alias`` of it instead: an op in the module's scope marks where it was called
-    (generated code assigns it, ``codegen._ALIAS``)."""
+    (``codegen.module_calls``). A call that returns its input itself unchanged (``nn.Identity``, a dropout
+    in eval mode; not an in-place ReLU, whose op marks it) returns an ``aten.alias`` of it instead: an op in
+    the module's scope marks where it was called (generated code assigns it, ``codegen._ALIAS``)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.shapes: dict[int, str] = {}
+        self.versions: dict[int, int] = {}  # the input's version counter when each module's call began
 
     @contextlib.contextmanager
     def watching(self) -> Any:
@@ -339,11 +340,13 @@ class _CallShapes:
                 self.shapes[id(module)] = f"called with {len(args)} positional argument(s){keywords}"
             else:
                 self.shapes.setdefault(id(module), "unary")
+                self.versions[id(module)] = args[0]._version
 
         def after(module: nn.Module, args: tuple, output: Any) -> Any:
             if not isinstance(output, torch.Tensor) and self.shapes.get(id(module)) == "unary":
                 self.shapes[id(module)] = f"returns a {type(output).__name__}"
-            if isinstance(output, torch.Tensor) and len(args) == 1 and output is args[0]:
+            if isinstance(output, torch.Tensor) and len(args) == 1 and output is args[0] \
+                    and self.versions.get(id(module)) == output._version:
                 return torch.ops.aten.alias.default(output)
             return None
 

@@ -100,7 +100,16 @@ class IRContainer(nn.Module):
         if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
             raise TypeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
                             "as its model called it: on one tensor")
-        return fn(self, args[0].device, args[0])[0]
+        x = args[0]
+        sizes = getattr(fn, "__osf_input__", None)
+        if sizes is not None and (x.dim() != len(sizes)
+                                  or any(s is not None and s != n for s, n in zip(sizes, x.shape))):
+            shown = "(" + ", ".join("any" if s is None else str(s) for s in sizes) + ")"
+            raise InputError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
+                             f"the ops its model's call ran, on a tensor of shape {shown} as traced; got "
+                             f"{tuple(x.shape)}. Call it on that shape, or trace the model at the sizes you need "
+                             "(or with dynamic_batch / dynamic_seq / dynamic_spatial)")
+        return fn(self, x.device, x)[0]
 
     def __getitem__(self, key: int | str) -> nn.Module:
         """A child as the original ``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict`` indexed it: by
@@ -953,9 +962,15 @@ class Blueprint:
         return out
 
     def standalone(self, root: RebuiltModel, path: str, training: bool) -> Callable:
-        """The compiled forward of the module at ``path`` run on its own, in training mode or not."""
+        """The compiled forward of the module at ``path`` run on its own, in training mode or not; its
+        ``__osf_input__`` is the shape of the value its call took, None for the dims traced symbolic."""
         graph, views = self.standalone_graphs(root, path)[training]
-        return compile_graph(self.parsed_structure(), graph, views, preamble=["_root = self._osf_link.root()"])
+        fn = compile_graph(self.parsed_structure(), graph, views, preamble=["_root = self._osf_link.root()"])
+        meta = graph.placeholders[0].meta if isinstance(graph.placeholders[0].meta, dict) else {}
+        if meta.get("shape") is not None:
+            symbols = meta.get("sym") or [None] * len(meta["shape"])
+            fn.__osf_input__ = [None if sym else size for size, sym in zip(meta["shape"], symbols)]
+        return fn
 
     def replacement_problem(self, path: str, module: nn.Module) -> str | None:
         """Why ``module`` cannot take the place of the module at ``path`` of this blueprint's models (None
