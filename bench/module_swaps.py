@@ -17,7 +17,7 @@ And all at once, as tools do (a model summary hooks every module, quantization s
 - *all leaves put in*: a copy of the original's module put in at the path of every module without
   submodules that can be replaced, at once; the outputs must equal the original's.
 
-    python bench/module_swaps.py            # 13 models (about 10 minutes)
+    python bench/module_swaps.py            # 14 models (about 12 minutes)
     python bench/module_swaps.py --quick    # 2 models
 
 Writes bench/results/module_swaps[-quick].json and the ``module-swaps`` section of docs/benchmarks.md
@@ -47,7 +47,8 @@ import osf  # noqa: E402
 SEED = 0
 QUICK = ("resnet18", "hf:bert")
 FULL = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "densenet121", "convnext_tiny",
-        "regnet_y_400mf", "vit_b_16", "swin_t", "googlenet", "timm:vit_tiny_patch16_224", "hf:vit", "hf:bert")
+        "regnet_y_400mf", "vit_b_16", "swin_t", "googlenet", "timm:vit_tiny_patch16_224", "timm:convnext_atto",
+        "hf:vit", "hf:bert")
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:
@@ -55,7 +56,8 @@ def build(name: str) -> tuple[nn.Module, tuple, dict]:
     image = (torch.randn(2, 3, 64, 64),)
     if name.startswith("timm:"):
         import timm
-        return timm.create_model(name[5:], img_size=64), image, {}
+        sized = {"img_size": 64} if "_patch" in name else {}  # transformers take the image size
+        return timm.create_model(name[5:], **sized), image, {}
     if name.startswith("hf:"):
         import transformers
         transformers.logging.set_verbosity_error()
@@ -90,7 +92,8 @@ def _same(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
 def _reason(message: str) -> str:
     """The reason of a refusal or warning, without the module's name."""
     why = re.split(r"cannot be replaced by a [\w.]+: |cannot be called on its own \(", message)[-1]
-    why = why.split("). Hook the root")[0].replace("the model calls it other than on one tensor alone (", "")
+    why = why.split("). Hook the root")[0].replace("the model calls it other than on one tensor and constant "
+                                                   "keywords (", "")
     return re.sub(r"'[\w.]+'", "'…'", why.split(", while a module put in")[0])[:90]
 
 

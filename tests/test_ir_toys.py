@@ -735,6 +735,86 @@ def test_custom_autograd_functions_keep_their_gradients_or_are_refused(tmp_path)
     assert "domain.0.weight[1]  (32): unsupported op osf_tests.reverse_gradient.default" in text
 
 
+def test_a_module_called_with_constant_keywords_is_called_with_them():
+    """timm's blocks call ``self.attn(x, attn_mask=None)``: keywords that are constants (None, bools, numbers,
+    strings), the same in every call, are recorded and passed again to a module put in (as the original
+    would pass them) and to the rebuilt module when a hook makes the model call it; called on its own
+    without them, it says which to pass. Tensor keywords, or keywords that differ between calls, refuse."""
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor, scale: float = 1.0, mode: str = "mul", mask=None) -> torch.Tensor:
+            y = self.fc(x)
+            return y * scale if mode == "mul" else y + scale
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = Scaled(), Scaled(), Scaled()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x, scale=2.0, mode="add", mask=None)
+            h = self.b(self.b(h, scale=3.0), scale=0.5)  # other keywords in its second call
+            return self.c(h, mask=x > 0)  # a tensor keyword
+
+    torch.manual_seed(0)
+    model, x = Net(), torch.randn(3, 4)
+    ir = osf.trace(model, (x,))
+    assert ir.modules["a"].meta["call"] == "unary" and ir.modules["a"].meta["kwargs"] == {
+        "scale": 2.0, "mode": "add", "mask": None}
+    rebuilt = ir.build()
+    seen = []
+    rebuilt.a.register_forward_hook(lambda m, args, kwargs, out: seen.append((kwargs, out)), with_kwargs=True)
+    torch.testing.assert_close(rebuilt(x), model(x))
+    assert seen[0][0] == {"scale": 2.0, "mode": "add", "mask": None}
+    torch.testing.assert_close(seen[0][1], model.a(x, scale=2.0, mode="add"))
+    with pytest.raises(TypeError, match="on one tensor with scale=2.0, mode='add', mask=None"):
+        rebuilt.a(x)
+    rebuilt.a = copy.deepcopy(model.a)  # put in: called with the keywords the model passed
+    model.a.fc.bias.data += 1
+    rebuilt.a.fc.bias.data += 1
+    torch.testing.assert_close(rebuilt(x), model(x))
+    for name, why in (("b", "other keywords in different calls"), ("c", "keyword\\(s\\) mask")):
+        with pytest.raises(osf.ModuleReplacedError, match=f"'{name}'.*{why}"):
+            setattr(rebuilt, name, Scaled())
+
+
+def test_a_module_called_on_several_shapes_runs_alone_only_where_its_calls_run_the_same_ops():
+    """A module called twice runs the ops of its first call when a hook makes the model call it: right for a
+    shared ReLU at any shape, wrong where its ops hold the traced shapes (a reshape to 4 then 2 groups), which
+    is refused with a warning instead; a module called once checks the static dims of what it is given."""
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.reshape(x.shape[0], x.shape[1] // 4, 4)).flatten(1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.grouped, self.act, self.once = Grouped(), nn.ReLU(), nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = self.act(self.grouped(x)), self.act(self.grouped(x[:, :8]))
+            return self.once(torch.cat([a, b], 1)[:, :16])
+
+    model, x = Net(), torch.randn(3, 16)
+    rebuilt = osf.trace(model, (x,)).build()
+    seen = []
+    with pytest.warns(UserWarning, match="Grouped.*calls it 2 times with different ops"):
+        rebuilt.grouped.register_forward_hook(lambda m, i, o: seen.append("grouped"))
+    rebuilt.act.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    rebuilt.once.register_forward_hook(lambda m, i, o: seen.append("once"))
+    torch.testing.assert_close(rebuilt(x), model(x))
+    assert seen == [16, 8, "once"]
+    with pytest.raises(osf.InputError, match=r"shape \(any, 16\) as traced; got \(3, 8\)"):
+        rebuilt.once(x[:, :8])
+
+
 def test_gradient_hooks_and_autograd_grad_in_forward():
     """torch.export drops gradient hooks registered in forward, and no graph holds a module's backward
     hooks: one that changes the gradient is a TraceError naming its line or module, one that only keeps

@@ -885,7 +885,7 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
     model = Net()
     ir = osf.trace(model, (x,))
     rebuilt = ir.build()
-    cases = {"mix": "calls it other than on one tensor alone \\(called with 2 positional argument\\(s\\)\\)",
+    cases = {"mix": "calls it other than on one tensor and constant keywords \\(called with 2 positional argument\\(s\\)\\)",
              "tied": "takes 2 value\\(s\\) from the rest of the model",
              "blocks": "'blocks.0' runs outside a call of it", "inp": "reads its tensor 'inp.weight' outside its calls"}
     for name, why in cases.items():

@@ -15,6 +15,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import sys
@@ -321,30 +322,33 @@ class _Unrecorded:
 
 class _CallShapes:
     """How each module is called while the model is exported (hooks, removed after): ``shapes[id(module)]``
-    is "unary" when every call passed one tensor, positionally and alone, and returned one tensor, else
-    how a call differed. A module put in place of a unary one is called as ``module(x)``
-    (``codegen.module_calls``). A call that returns its input itself unchanged (``nn.Identity``, a dropout
+    holds ``call``: "unary" when every call passed one tensor positionally, the same constant keywords if
+    any (``kwargs``: None, bools, numbers, strings; timm's ``attn(x, attn_mask=None)``), and returned one
+    tensor, else how a call differed. A module put in place of a unary one is called as ``module(x,
+    **kwargs)`` (``codegen.module_calls``). A call that returns its input itself unchanged (``nn.Identity``, a dropout
     in eval mode; not an in-place ReLU, whose op marks it) returns an ``aten.alias`` of it instead: an op in
     the module's scope marks where it was called (generated code assigns it, ``codegen._ALIAS``)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.shapes: dict[int, str] = {}
+        self.shapes: dict[int, dict[str, Any]] = {}
         self.versions: dict[int, int] = {}  # the input's version counter when each module's call began
 
     @contextlib.contextmanager
     def watching(self) -> Any:
         def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+            if len(args) != 1 or not isinstance(args[0], torch.Tensor) or not all(map(_constant, kwargs.values())):
                 keywords = f" and keyword(s) {', '.join(sorted(kwargs))}" if kwargs else ""
-                self.shapes[id(module)] = f"called with {len(args)} positional argument(s){keywords}"
-            else:
-                self.shapes.setdefault(id(module), "unary")
-                self.versions[id(module)] = args[0]._version
+                self.shapes[id(module)] = {"call": f"called with {len(args)} positional argument(s){keywords}"}
+                return
+            seen = self.shapes.setdefault(id(module), {"call": "unary", **({"kwargs": dict(kwargs)} if kwargs else {})})
+            if seen["call"] == "unary" and seen.get("kwargs", {}) != kwargs:
+                self.shapes[id(module)] = {"call": "called with other keywords in different calls"}
+            self.versions[id(module)] = args[0]._version
 
         def after(module: nn.Module, args: tuple, output: Any) -> Any:
-            if not isinstance(output, torch.Tensor) and self.shapes.get(id(module)) == "unary":
-                self.shapes[id(module)] = f"returns a {type(output).__name__}"
+            if not isinstance(output, torch.Tensor) and self.shapes.get(id(module), {}).get("call") == "unary":
+                self.shapes[id(module)] = {"call": f"returns a {type(output).__name__}"}
             if isinstance(output, torch.Tensor) and len(args) == 1 and output is args[0] \
                     and self.versions.get(id(module)) == output._version:
                 return torch.ops.aten.alias.default(output)
@@ -359,6 +363,11 @@ class _CallShapes:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _constant(value: Any) -> bool:
+    """A keyword argument a module put in can be passed again from the IR (JSON; repr in generated code)."""
+    return value is None or type(value) in (bool, int, str) or type(value) is float and math.isfinite(value)
 
 
 def _source_file(cls: type) -> str:
@@ -1018,7 +1027,7 @@ def _own_ir(model: nn.Module, args: tuple, kwargs: dict, options: dict[str, bool
 
 
 def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example: tuple,
-           call_shapes: dict[int, str]) -> IR:
+           call_shapes: dict[int, dict[str, Any]]) -> IR:
     ids, paths = _canonical_names(model)
     aliases, tensors, persistent = _tensor_aliases(model)
     consts: dict[str, torch.Tensor] = {}
@@ -1156,9 +1165,9 @@ def _param_names(model: nn.Module) -> list[str] | None:
 
 
 def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str],
-                  verify: bool, call_shapes: dict[int, str]) -> dict[str, ModuleNode]:
+                  verify: bool, call_shapes: dict[int, dict[str, Any]]) -> dict[str, ModuleNode]:
     """Module nodes with metadata; each parameter names its stored tensor (shared ones name the same);
-    ``call``: how the model calls it (``_CallShapes``), where it does."""
+    ``call`` (and ``kwargs``): how the model calls it (``_CallShapes``), where it does."""
     inits = verify_all(model, ids) if verify else {}
     sizes: dict[str, dict] = {}  # size_arguments by class and arguments
     nodes: dict[str, ModuleNode] = {}
@@ -1185,8 +1194,7 @@ def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str]
                  for kind, table in (("params", m._parameters), ("buffers", m._buffers))}
         if any(unset.values()):  # registered as None (Conv2d(bias=False).bias): a rebuilt module has them too
             meta["unset"] = {kind: names for kind, names in unset.items() if names}
-        if id(m) in call_shapes:
-            meta["call"] = call_shapes[id(m)]
+        meta.update(call_shapes.get(id(m), {}))
         if init.get("status") == "verified" and meta["class"].startswith("torch.nn."):  # rebuilt as instances
             key = meta["class"] + json.dumps(init["args"], sort_keys=True)
             if key not in sizes:

@@ -74,7 +74,8 @@ class IRContainer(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The module called on its own (by a module of yours put in around it, or a hook's call site):
-        the ops of its first call in its model's IR, on one tensor (``Blueprint.standalone``); a torch.nn
+        the ops of its first call in its model's IR, on one tensor and the constant keywords its model passed
+        (``Blueprint.standalone``); a torch.nn
         layer that cannot run so runs its class's forward on its tensors."""
         link = vars(self).get("_osf_link")
         root = link.root() if link is not None and link.root is not None else None
@@ -97,9 +98,10 @@ class IRContainer(nn.Module):
                 return original.forward(self, *args, **kwargs)
             raise RuntimeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf cannot run "
                                f"on its own: {fn}; call the root model, whose generated forward runs every module")
-        if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+        if len(args) != 1 or not isinstance(args[0], torch.Tensor) or kwargs != fn.__osf_kwargs__:
+            keywords = ", ".join(f"{k}={v!r}" for k, v in fn.__osf_kwargs__.items())
             raise TypeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
-                            "as its model called it: on one tensor")
+                            "as its model called it: on one tensor" + (f" with {keywords}" if keywords else ""))
         x = args[0]
         sizes = getattr(fn, "__osf_input__", None)
         if sizes is not None and (x.dim() != len(sizes)
@@ -180,9 +182,9 @@ class IRContainer(nn.Module):
         nn.Module.add_module(self, name, module)
 
     def _osf_check_replacement(self, name: str, value: Any) -> None:
-        """A child may give way to any module called on one tensor and returning one: the root generates
-        its forward again at its next call, calling the new module where the old one's ops ran. Refused
-        (``ModuleReplacedError``) where that cannot hold, and in a supernet's rebuilt model."""
+        """A child may give way to any module called on one tensor (and constant keywords) and returning one:
+        the root generates its forward again at its next call, calling the new module where the old one's
+        ops ran. Refused (``ModuleReplacedError``) where that cannot hold, and in a supernet's rebuilt model."""
         child = self._modules[name]
         original = getattr(child, "osf_class", None) or qualname(type(child))
         state = vars(self)
@@ -951,7 +953,7 @@ class Blueprint:
             self._parsed = ir_from_json(self.structure_json(), "a model rebuilt by osf")
         return self._parsed
 
-    def standalone_graphs(self, root: RebuiltModel, path: str) -> dict[bool, tuple[Graph, dict[str, str]]]:
+    def standalone_graphs(self, root: RebuiltModel, path: str) -> dict[bool, tuple[Graph, dict[str, str], bool]]:
         """The graphs (by training mode) of the module at ``path`` of ``root`` run on its own
         (``call_subgraph``), the modules called below it called; ``Unreplaceable`` where it cannot run so."""
         ir = self.parsed_structure()
@@ -963,11 +965,13 @@ class Blueprint:
 
     def standalone(self, root: RebuiltModel, path: str, training: bool) -> Callable:
         """The compiled forward of the module at ``path`` run on its own, in training mode or not; its
-        ``__osf_input__`` is the shape of the value its call took, None for the dims traced symbolic."""
-        graph, views = self.standalone_graphs(root, path)[training]
+        ``__osf_input__`` is the shape of the value its call took, None for the dims traced symbolic (where
+        the model calls it once: other calls may take other shapes, such as a bottleneck's shared ReLU)."""
+        graph, views, only_call = self.standalone_graphs(root, path)[training]
         fn = compile_graph(self.parsed_structure(), graph, views, preamble=["_root = self._osf_link.root()"])
+        fn.__osf_kwargs__ = self.parsed_structure().modules[path].meta.get("kwargs", {})
         meta = graph.placeholders[0].meta if isinstance(graph.placeholders[0].meta, dict) else {}
-        if meta.get("shape") is not None:
+        if meta.get("shape") is not None and only_call:
             symbols = meta.get("sym") or [None] * len(meta["shape"])
             fn.__osf_input__ = [None if sym else size for size, sym in zip(meta["shape"], symbols)]
         return fn
@@ -1085,12 +1089,14 @@ class Unreplaceable(Exception):
 @dataclass
 class ModuleCall:
     """One call of a module in a graph: its ops (indices), the one value it takes, the one it returns, the
-    context managers it runs under and the sizes it computed for the rest of the model."""
+    context managers it runs under, the sizes it computed for the rest of the model and the constant
+    keywords the model passed it."""
     ops: list[int]
     input: str
     output: str
     context: list | None
     sizes: list[OpNode]  # sizes it computed that the rest of the model reads, read from the model's inputs
+    kwargs: dict[str, Any]
 
 
 def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
@@ -1119,8 +1125,8 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
     how = ir.modules[path].meta.get("call", "not through its __call__, which osf's hooks watch: .forward(), "
                                             "or a capture through torch.fx")
     if how != "unary":
-        raise Unreplaceable(f"the model calls it other than on one tensor alone ({how}), while a module put in "
-                            "its place is called as module(x)")
+        raise Unreplaceable(f"the model calls it other than on one tensor and constant keywords ({how}), while a "
+                            "module put in its place is called as module(x, **those keywords)")
     own = {canon for qual, canon in ir.aliases.items() if qual.startswith(prefix)}
     placeholders = {p.name: p for p in graph.placeholders}
     in_calls = set().union(*groups.values())
@@ -1167,7 +1173,8 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
         end = max(idxs)
         if any(j < end and j not in inside for j in readers.get(given[0], ())):
             raise Unreplaceable("the model reads its output before its call ends")
-        calls.append(ModuleCall(sorted(idxs), taken[0], given[0], graph.ops[idxs[0]].context, resized))
+        calls.append(ModuleCall(sorted(idxs), taken[0], given[0], graph.ops[idxs[0]].context, resized,
+                                ir.modules[path].meta.get("kwargs", {})))
     return calls
 
 
@@ -1231,8 +1238,9 @@ def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
         for call in module_calls(ir, graph, path):
             dropped.update(call.ops)
             producer = next(graph.ops[i] for i in call.ops if graph.ops[i].name == call.output)
-            calls[call.ops[-1]] = [*call.sizes, OpNode(call.output, MODULE_CALL, [{"node": call.input}], {}, path,
-                                                       producer.meta, context=call.context, scope=producer.scope)]
+            calls[call.ops[-1]] = [*call.sizes, OpNode(call.output, MODULE_CALL, [{"node": call.input}], call.kwargs,
+                                                       path, producer.meta, context=call.context,
+                                                       scope=producer.scope)]
     ops = [new for i, op in enumerate(graph.ops) for new in calls.get(i, [] if i in dropped else [op])]
     read = {ref for op in ops for ref in op.inputs} | set(serial.node_refs(graph.outputs))
     kept = [p for p in graph.placeholders if p.kind == INPUT or p.name in read]
@@ -1242,14 +1250,20 @@ def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
     return Graph(moved, ops, graph.outputs)
 
 
-def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str]]:
+def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str], bool]:
     """The ops of the first call of the module at ``path`` as a graph of their own, for the module run on
     its own (``self`` is the module): the value the call took is its input, the module's tensors are read
     by their path below it, the model's constants through ``_root``, sizes read before the call from its
-    input; with the ``views`` for ``compile_graph``."""
-    call = module_calls(ir, graph, path)[0]
+    input; with the ``views`` for ``compile_graph`` and whether it is the module's only call. A module
+    whose calls run different ops (their arguments hold other shapes) is ``Unreplaceable``: the ops of
+    one call would not do at another's call site."""
+    calls = module_calls(ir, graph, path)
+    call = calls[0]
     prefix = f"{path}."
     producers = graph.producers()
+    if any(_call_ops(graph, other, producers) != _call_ops(graph, call, producers) for other in calls[1:]):
+        raise Unreplaceable(f"the model calls it {len(calls)} times with different ops (other shapes in their "
+                            "arguments), so the ops of one call cannot run it at every call site")
     source = producers[call.input]
     ops = [dataclasses.replace(graph.ops[i], owner=graph.ops[i].owner[len(prefix):]
                                if graph.ops[i].owner.startswith(prefix) else "") for i in call.ops]
@@ -1272,7 +1286,24 @@ def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str
         else:  # a size read before the call (module_calls let no other value in)
             sizes += [dataclasses.replace(o, owner="", scope=None)
                       for o in size_ops(value, [(call.input, source.meta)])]
-    return Graph(placeholders, sizes + ops, [{"node": call.output}]), views
+    return Graph(placeholders, sizes + ops, [{"node": call.output}]), views, len(calls) == 1
+
+
+def _call_ops(graph: Graph, call: ModuleCall, producers: dict) -> list:
+    """The ops of a module's call with their values renamed by position (the input ``#in``, the k-th op's
+    result ``#k``; tensors and constants by target): equal for two calls that run the same code."""
+    names = {call.input: "#in", **{graph.ops[i].name: f"#{k}" for k, i in enumerate(call.ops)}}
+
+    def renamed(value: Any) -> Any:
+        if isinstance(value, list):
+            return [renamed(v) for v in value]
+        if isinstance(value, dict):
+            if set(value) == {"node"}:
+                ref = value["node"]
+                return names.get(ref) or getattr(producers.get(ref), "target", None) or ref
+            return {k: renamed(v) for k, v in value.items()}
+        return value
+    return [(op.target, renamed(op.args), renamed(op.kwargs)) for op in (graph.ops[i] for i in call.ops)]
 
 
 def attr_path(base: str, qual: str) -> str:
