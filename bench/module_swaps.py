@@ -15,7 +15,9 @@ And all at once, as tools do (a model summary hooks every module, quantization s
 - *all hooked*: a forward hook on every module at once; each hook that fires sees the original's values, and
   the outputs are equal; the handles removed, the model must call no module but itself again;
 - *all leaves put in*: a copy of the original's module put in at the path of every module without
-  submodules that can be replaced, at once; the outputs must equal the original's.
+  submodules that can be replaced, at once; the outputs must equal the original's;
+- *fx*: ``torch.fx.symbolic_trace`` of the rebuilt model gives its outputs, and torchvision's
+  ``create_feature_extractor`` returns every module path among its node names.
 
     python bench/module_swaps.py            # 14 models (about 12 minutes)
     python bench/module_swaps.py --quick    # 2 models
@@ -163,8 +165,8 @@ def all_at_once(model: nn.Module, rebuilt: nn.Module, args: tuple, kwargs: dict,
     hooked, original, seen = copy.deepcopy(rebuilt), copy.deepcopy(model), {"rebuilt": {}, "original": {}}
 
     def note(side: str, path: str):
-        def hook(module: nn.Module, inputs: tuple, output) -> None:
-            seen[side].setdefault(path, _tensors(output))
+        def hook(module: nn.Module, inputs: tuple, output) -> None:  # values as they are then (in-place ops)
+            seen[side].setdefault(path, [t.clone() for t in _tensors(output)])
         return hook
     paths = [path for path, _ in original.named_modules() if path and path in dict(hooked.named_modules())]
     for path in paths:
@@ -207,9 +209,34 @@ def all_at_once(model: nn.Module, rebuilt: nn.Module, args: tuple, kwargs: dict,
     with torch.no_grad():
         if not _same(_tensors(swapped(*args, **kwargs)), expected):
             different.append(f"all {put_in} leaves put in: outputs")
+    fx = feature_extraction(rebuilt, args, kwargs, expected)
+    different += fx.pop("different")
     return {"all_hooked_fired": len(fired), "all_hooked_wrong": len(wrong),
-            "called_after_removal": sum(m is not hooked for m in calls), "leaves_put_in": put_in,
+            "called_after_removal": sum(m is not hooked for m in calls), "leaves_put_in": put_in, **fx,
             "different": different}
+
+
+def feature_extraction(rebuilt: nn.Module, args: tuple, kwargs: dict, expected: list[torch.Tensor]) -> dict:
+    """``torch.fx.symbolic_trace`` of the rebuilt model gives its outputs, and how many of its module paths
+    torchvision's ``create_feature_extractor`` can return (a module that runs no op leaves no node). Their
+    values are not compared with the original's extractor: FX traces the original's ``out += identity`` as
+    an out-of-place add, while the rebuilt graph keeps eager PyTorch's in-place ``add_``, so a feature taken
+    at a module whose output is later changed in place differs (eager hooks that keep the tensor see the
+    changed value too)."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    ours = copy.deepcopy(rebuilt)
+    try:
+        traced = torch.fx.symbolic_trace(ours)
+        with torch.no_grad():
+            same = _same(_tensors(traced(*args, **kwargs)), expected)
+        names = get_graph_node_names(ours)[1]  # a module path selects the last node named below it
+        paths = [p for p, _ in ours.named_modules() if p and any(n == p or n.startswith(f"{p}.") for n in names)]
+        with torch.no_grad():
+            create_feature_extractor(ours, return_nodes={p: p for p in paths})(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - reported per model
+        return {"fx": f"{type(e).__name__}: {str(e)[:70]}", "fx_nodes": 0, "different": []}
+    return {"fx": "equal" if same else "DIFFERENT", "fx_nodes": len(paths),
+            "different": [] if same else ["fx: outputs"]}
 
 
 def section(env: dict, rows: list[dict]) -> str:
@@ -227,16 +254,20 @@ def section(env: dict, rows: list[dict]) -> str:
              "on their own) / *wrong* (a value unlike the original's hook's); *after removal*: modules other than the "
              "root called once every handle is removed (0: the model runs its ops itself again); *leaves put in*: "
              "a copy of the original's module at every replaceable leaf at once, the outputs equal the original's "
-             "(a difference is listed below)", "",
+             "(a difference is listed below); *fx*: `torch.fx.symbolic_trace` of the rebuilt model gives its "
+             "outputs (or why it fails); *fx features*: among its "
+             "node names, the module paths torchvision's `create_feature_extractor` can return (all at once)", "",
              "| model | modules | put in: equal / different / refused | hooked: equal / different / warned | "
-             "all hooked: fired / wrong | after removal | leaves put in | refused because | seconds |",
-             "|---|---:|---|---|---|---:|---:|---|---:|"]
+             "all hooked: fired / wrong | after removal | leaves put in | fx | fx features | "
+             "refused because | seconds |",
+             "|---|---:|---|---|---|---:|---:|---|---|---|---:|"]
     for r in rows:
         why = "; ".join(f"{n}× {k}" for k, n in r["refused_because"].items()).replace("|", "\\|")
         lines.append(f"| {r['model']} | {r['modules']} | {r['put_in_equal']} / {r['put_in_different']} / "
                      f"{r['refused']} | {r['hooked_equal']} / {r['hooked_different']} / {r['warned']} | "
                      f"{r['all_hooked_fired']} / {r['all_hooked_wrong']} | {r['called_after_removal']} | "
-                     f"{r['leaves_put_in']} | {why} | {r['seconds']} |")
+                     f"{r['leaves_put_in']} | {r['fx']} | {r['fx_nodes']} | {why} | "
+                     f"{r['seconds']} |")
     bad = [d for r in rows for d in r["different"]]
     lines += ["", "Different: " + (", ".join(bad) if bad else "none") + "."]
     return "\n".join(lines + ["<!-- module-swaps:end -->"])

@@ -805,6 +805,36 @@ def test_every_module_hooked_at_once_as_a_summary_tool_does_then_unhooked():
         watch.remove()
 
 
+def test_fx_symbolic_trace_and_torchvision_feature_extraction_on_an_extracted_subnet():
+    """``torch.fx.symbolic_trace`` runs the generated forward on proxies (named parameters, no input checks),
+    calling every module that can run on its own, so torchvision's ``create_feature_extractor`` finds a
+    subnet's ``layer3`` by its module path and returns what a hook there sees; the model is left running
+    its ops inline."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+    sn, _, args, _ = supernet("resnet18")
+    arch = next(a for a in (sn.space.sample(i) for i in range(50)) if "layer3" in sn.extract(a)._modules)
+    sub = sn.extract(arch).eval()
+    seen = []
+    handle = sub.layer3.register_forward_hook(lambda m, i, out: seen.append(out))
+    with torch.no_grad():
+        expected = sub(*args)
+    handle.remove()
+    traced = torch.fx.symbolic_trace(sub)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(*args), expected)
+        features = create_feature_extractor(sub, return_nodes={"layer3": "mid", "fc": "out"})(*args)
+    torch.testing.assert_close(features["mid"], seen[0])
+    torch.testing.assert_close(features["out"], expected)
+    calls = []
+    watch = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(m))
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(sub(*args), expected)
+    finally:
+        watch.remove()
+    assert calls == [sub]
+
+
 def test_peft_lora_fine_tunes_an_extracted_subnet_and_merges_back():
     """PEFT finds the subnet's nn.Linear layers (``in_features`` / ``out_features`` read from their weights),
     puts its LoRA layers in their place (called where they ran, each calling the rebuilt layer it wraps),
@@ -840,6 +870,7 @@ def test_the_docs_example_of_a_new_head_and_features_runs():
     sub = namespace["sub"]
     assert namespace["logits"].shape == (2, 7)
     assert namespace["features"].shape == (2, sub.layer4[-1].bn2.weight.shape[0])
+    assert namespace["stages"]["layer3"].shape[:2] == (2, sub.layer3[-1].bn2.weight.shape[0])
 
 
 def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls():
@@ -885,7 +916,8 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
     model = Net()
     ir = osf.trace(model, (x,))
     rebuilt = ir.build()
-    cases = {"mix": "calls it other than on one tensor and constant keywords \\(called with 2 positional argument\\(s\\)\\)",
+    cases = {"mix": "calls it other than on one tensor and constant keywords "
+                    "\\(called with 2 positional argument\\(s\\)\\)",
              "tied": "takes 2 value\\(s\\) from the rest of the model",
              "blocks": "'blocks.0' runs outside a call of it", "inp": "reads its tensor 'inp.weight' outside its calls"}
     for name, why in cases.items():

@@ -27,6 +27,7 @@ import torch
 import torch.utils._pytree as pytree
 from sympy.parsing.sympy_parser import parse_expr
 from torch import nn
+from torch.fx import _symbolic_trace as _fx_trace
 from torch.utils.hooks import RemovableHandle
 
 from . import conditions, serial
@@ -98,11 +99,13 @@ class IRContainer(nn.Module):
                 return original.forward(self, *args, **kwargs)
             raise RuntimeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf cannot run "
                                f"on its own: {fn}; call the root model, whose generated forward runs every module")
-        if len(args) != 1 or not isinstance(args[0], torch.Tensor) or kwargs != fn.__osf_kwargs__:
+        if len(args) != 1 or not isinstance(args[0], (torch.Tensor, torch.fx.Proxy)) or kwargs != fn.__osf_kwargs__:
             keywords = ", ".join(f"{k}={v!r}" for k, v in fn.__osf_kwargs__.items())
             raise TypeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
                             "as its model called it: on one tensor" + (f" with {keywords}" if keywords else ""))
         x = args[0]
+        if not isinstance(x, torch.Tensor):  # torch.fx.symbolic_trace's proxy (``_osf_run_by_modules``)
+            return fn(self, _device([], root), x)[0]
         sizes = getattr(fn, "__osf_input__", None)
         if sizes is not None and (x.dim() != len(sizes)
                                   or any(s is not None and s != n for s, n in zip(sizes, x.shape))):
@@ -313,6 +316,8 @@ class RebuiltModel(IRContainer):
         if self.training and self._osf_train_error:
             raise InputError(f"{self._osf_train_error}; call .eval() first, or trace with inputs that work "
                              "in training mode (e.g. targets)")
+        if train_fn is self._osf_train_fn and _fx_symbolic_tracing() and "_osf_by_modules" not in self.__dict__:
+            return self._osf_run_by_modules(args, kwargs)
         if self._osf_link.pending and train_fn is self._osf_train_fn:  # a submodule was replaced since
             self._osf_follow_replacements()
             train_fn, eval_fn = self._osf_train_fn, self._osf_eval_fn
@@ -323,6 +328,30 @@ class RebuiltModel(IRContainer):
             fn, spec = eval_fn, self._osf_eval_out_spec
         outs = fn(self, _device(values, self), *values)
         return outs[0] if spec.is_leaf() else pytree.tree_unflatten(list(outs), spec)
+
+    def _osf_run_by_modules(self, args: tuple, kwargs: dict) -> Any:
+        """The forward under ``torch.fx.symbolic_trace``: every module that can run on its own is called, as
+        if each had a hook, so that FX-based tools see the module hierarchy (torchvision's
+        ``create_feature_extractor`` finds ``layer3`` by the module path of its nodes); the model then
+        runs its ops inline again."""
+        link, blueprint = self._osf_link, self._osf_blueprint
+        before = set(link.called)
+        for path in blueprint.parsed_structure().modules:
+            try:
+                if not path or vars(self.get_submodule(path)).get("_osf_pinned"):
+                    continue
+                blueprint.standalone_graphs(self, path)
+            except (Unreplaceable, AttributeError):
+                continue
+            link.called.add(path)
+        link.changed(self)
+        self.__dict__["_osf_by_modules"] = True
+        try:
+            return self.run_generated(self._osf_train_fn, self._osf_eval_fn, args, kwargs)
+        finally:
+            del self.__dict__["_osf_by_modules"]
+            link.called = before
+            link.changed(self)
 
     def _osf_follow_replacements(self) -> None:
         """Generate the forward again over this model's own IR, calling each module put in place of one
@@ -368,7 +397,8 @@ class RebuiltModel(IRContainer):
                     raise InputError(f"inputs do not match the traced structure: expected {self._osf_in_spec}, "
                                      f"got {spec}; call the model as it was traced")
         values = []
-        checking = not torch.jit.is_tracing()  # under jit.trace sizes are tensors: comparing them warns
+        # under jit.trace sizes are tensors (comparing them warns), under fx's symbolic trace proxies
+        checking = not torch.jit.is_tracing() and not _fx_symbolic_tracing()
         sizes = self._osf_fixed_sizes if checking else {}
         for leaf, want in zip(leaves, self._osf_user_leaves):
             if "const" in want:
@@ -601,6 +631,31 @@ def traced_signature(ir: IR) -> inspect.Signature | None:
                              + [kind(n, kind.POSITIONAL_OR_KEYWORD) for n in names[:n_pos]]
                              + [kind(n, kind.POSITIONAL_OR_KEYWORD, default=None) for n in names[n_pos:]]
                              + [kind(k, kind.KEYWORD_ONLY, default=None) for k in extra])
+
+
+# Whether ``torch.fx.symbolic_trace`` runs (inputs are proxies); torch.export's tracing is not this (recent
+# torch's ``is_fx_tracing`` is true under both)
+_fx_symbolic_tracing: Callable[[], bool] = getattr(
+    _fx_trace, "is_fx_symbolic_tracing", lambda: _fx_trace.is_fx_tracing() and not torch.compiler.is_exporting())
+
+
+def _named_forward(signature: inspect.Signature) -> Callable:
+    """The root's ``forward`` with the traced parameter names: spelt out in its code where every input is
+    a required positional one (``forward(self, x)``: ``torch.fx.symbolic_trace`` reads the code object and
+    makes ``*args`` a single proxy), else ``*args, **kwargs`` with that ``__signature__``."""
+    names = list(signature.parameters)[1:]
+    if all(p.kind == p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in signature.parameters.values()):
+        listed = ", ".join(names)
+        namespace: dict[str, Any] = {}
+        exec(f"def forward(self, {listed}):\n"
+             f"    return self.run_generated(self._osf_train_fn, self._osf_eval_fn, ({listed},), {{}})\n",
+             {}, namespace)
+        return namespace["forward"]
+
+    def forward(self: RebuiltModel, *args: Any, **kwargs: Any) -> Any:
+        return self.run_generated(self._osf_train_fn, self._osf_eval_fn, args, kwargs)
+    forward.__signature__ = signature
+    return forward
 
 
 def _device(values: list, model: nn.Module) -> torch.device:
@@ -877,10 +932,7 @@ class Blueprint:
         root_class = _container_class(ir.modules[""].meta["class"], classes, RebuiltModel)
         signature = traced_signature(ir)
         if signature is not None:  # a class of this blueprint's own: give its forward the traced names
-            def forward(self, *args: Any, **kwargs: Any) -> Any:
-                return self.run_generated(self._osf_train_fn, self._osf_eval_fn, args, kwargs)
-            forward.__signature__ = signature
-            root_class.forward = forward
+            root_class.forward = _named_forward(signature)
         in_spec = load_spec(ir.info["in_spec"])
         attributes = {  # plain values: what nn.Module.__setattr__ would store
             "_osf_in_spec": in_spec, "_osf_out_spec": load_spec(ir.info["out_spec"]),
