@@ -27,7 +27,6 @@ import torch
 import torch.utils._pytree as pytree
 from sympy.parsing.sympy_parser import parse_expr
 from torch import nn
-from torch.fx import _symbolic_trace as _fx_trace
 from torch.utils.hooks import RemovableHandle
 
 from . import conditions, serial
@@ -316,7 +315,8 @@ class RebuiltModel(IRContainer):
         if self.training and self._osf_train_error:
             raise InputError(f"{self._osf_train_error}; call .eval() first, or trace with inputs that work "
                              "in training mode (e.g. targets)")
-        if train_fn is self._osf_train_fn and _fx_symbolic_tracing() and "_osf_by_modules" not in self.__dict__:
+        if args and isinstance(args[0], torch.fx.Proxy) and train_fn is self._osf_train_fn \
+                and "_osf_by_modules" not in self.__dict__:  # torch.fx.symbolic_trace
             return self._osf_run_by_modules(args, kwargs)
         if self._osf_link.pending and train_fn is self._osf_train_fn:  # a submodule was replaced since
             self._osf_follow_replacements()
@@ -398,7 +398,7 @@ class RebuiltModel(IRContainer):
                                      f"got {spec}; call the model as it was traced")
         values = []
         # under jit.trace sizes are tensors (comparing them warns), under fx's symbolic trace proxies
-        checking = not torch.jit.is_tracing() and not _fx_symbolic_tracing()
+        checking = not torch.jit.is_tracing() and "_osf_by_modules" not in self.__dict__
         sizes = self._osf_fixed_sizes if checking else {}
         for leaf, want in zip(leaves, self._osf_user_leaves):
             if "const" in want:
@@ -631,12 +631,6 @@ def traced_signature(ir: IR) -> inspect.Signature | None:
                              + [kind(n, kind.POSITIONAL_OR_KEYWORD) for n in names[:n_pos]]
                              + [kind(n, kind.POSITIONAL_OR_KEYWORD, default=None) for n in names[n_pos:]]
                              + [kind(k, kind.KEYWORD_ONLY, default=None) for k in extra])
-
-
-# Whether ``torch.fx.symbolic_trace`` runs (inputs are proxies); torch.export's tracing is not this (recent
-# torch's ``is_fx_tracing`` is true under both)
-_fx_symbolic_tracing: Callable[[], bool] = getattr(
-    _fx_trace, "is_fx_symbolic_tracing", lambda: _fx_trace.is_fx_tracing() and not torch.compiler.is_exporting())
 
 
 def _named_forward(signature: inspect.Signature) -> Callable:
