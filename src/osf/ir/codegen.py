@@ -75,10 +75,9 @@ class IRContainer(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The module called on its own (by a module of yours put in around it, or a hook's call site):
         the ops of its first call in its model's IR, on one tensor and the constant keywords its model passed
-        (``Blueprint.standalone``); a torch.nn
-        layer that cannot run so runs its class's forward on its tensors."""
-        link = vars(self).get("_osf_link")
-        root = link.root() if link is not None and link.root is not None else None
+        (``Blueprint.standalone``); a torch.nn layer that cannot run so runs its class's forward on its
+        tensors."""
+        _, root = self._osf_model()
         fn: Any = Unreplaceable("it is no longer part of the model osf built it in")
         if root is not None and root is not self:
             try:
@@ -144,11 +143,16 @@ class IRContainer(nn.Module):
         raise error(f"{type(self).__name__} (osf: {self.osf_class}) has no submodule {key!r}; its submodules, by "
                     f"their original names: {shown} (a subnet lacks the ones its arch dropped)")
 
+    def _osf_model(self) -> tuple[_ModelLink | None, RebuiltModel | None]:
+        """The link this module shares with the other modules of its model, and that model's root (None
+        once it is gone)."""
+        link = vars(self).get("_osf_link")
+        return link, link.root() if link is not None and link.root is not None else None
+
     def _osf_original_children(self) -> list[str]:
         """The names of the original module's children in order, from its model's IR (a subnet's dropped ones
         included); an empty list once the module is no longer part of that model."""
-        link = vars(self).get("_osf_link")
-        root = link.root() if link is not None and link.root is not None else None
+        _, root = self._osf_model()
         if root is None:
             return []
         try:
@@ -190,8 +194,7 @@ class IRContainer(nn.Module):
         child = self._modules[name]
         original = getattr(child, "osf_class", None) or qualname(type(child))
         state = vars(self)
-        link = state.get("_osf_link")
-        root = link.root() if link is not None and link.root is not None else None
+        link, root = self._osf_model()
         if value is None:
             why = ("removed: the generated forward runs its ops (nn.Identity() in its place passes its input "
                    "through)")
@@ -225,8 +228,7 @@ class IRContainer(nn.Module):
         elsewhere (a supernet's modules, which its programs run; a module not called on one tensor) a
         warning says the hook would never be called."""
         state = vars(self)
-        link = state.get("_osf_link")
-        root = link.root() if link is not None and link.root is not None else None
+        link, root = self._osf_model()
         if isinstance(self, RebuiltModel) and not state.get("_osf_inner"):
             return  # the root's own forward: its hooks run
         why = "a supernet runs its programs on its modules, never calling them"
@@ -246,18 +248,22 @@ class IRContainer(nn.Module):
                       "Supernet itself), or make the original model return the values you need and trace it "
                       "again", UserWarning, stacklevel=3)
 
-
     def _osf_unhooked(self) -> None:
         """A hook of this module was removed: with none left, its model runs its ops again instead of calling
         it (a summary tool that hooked every module for one call leaves no module-by-module forward)."""
-        if self._forward_pre_hooks or self._forward_hooks or self._backward_pre_hooks or self._backward_hooks:
+        if _has_hooks(self):
             return
-        state = vars(self)
-        link, path = state.get("_osf_link"), state.get("_osf_path")
-        root = link.root() if link is not None and link.root is not None else None
+        link, root = self._osf_model()
+        path = vars(self).get("_osf_path")
         if root is not None and path in link.called:
             link.called.discard(path)
             link.changed(root)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or backward hooks of its own."""
+    return bool(module._forward_pre_hooks or module._forward_hooks or module._backward_pre_hooks
+                or module._backward_hooks)
 
 
 def pin_modules(root: nn.Module) -> None:
@@ -605,9 +611,7 @@ def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], states: dict[st
         parent, _, local = path.rpartition(".")
         setattr(root.get_submodule(parent), local, module)
     for module in root.modules():
-        if isinstance(module, IRContainer) and module is not root and (
-                module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks):
+        if isinstance(module, IRContainer) and module is not root and _has_hooks(module):
             module._osf_hooked("hook")  # its hooks came back with its attributes: called again
     return root
 
@@ -999,23 +1003,28 @@ class Blueprint:
             self._parsed = ir_from_json(self.structure_json(), "a model rebuilt by osf")
         return self._parsed
 
-    def standalone_graphs(self, root: RebuiltModel, path: str) -> dict[bool, tuple[Graph, dict[str, str], bool]]:
-        """The graphs (by training mode) of the module at ``path`` of ``root`` run on its own
+    def standalone_graphs(self, root: RebuiltModel, path: str, modes: tuple[bool, ...] = (True, False)
+                          ) -> dict[bool, tuple[Graph, dict[str, str], bool]]:
+        """The graphs (by training mode, for ``modes``) of the module at ``path`` of ``root`` run on its own
         (``call_subgraph``), the modules called below it called; ``Unreplaceable`` where it cannot run so."""
         ir = self.parsed_structure()
         inner = called_paths(root, ir, path)
-        out = {}
-        for training, graph in ((True, ir.graph), (False, ir.eval_graph if ir.eval_graph is not None else ir.graph)):
-            out[training] = call_subgraph(ir, with_module_calls(ir, graph, inner) if inner else graph, path)
-        return out
+        graphs = {True: ir.graph, False: ir.eval_graph if ir.eval_graph is not None else ir.graph}
+        made: dict[int, tuple[Graph, dict[str, str], bool]] = {}  # by graph: one for both modes if they share it
+        for training in modes:
+            graph = graphs[training]
+            if id(graph) not in made:
+                made[id(graph)] = call_subgraph(ir, with_module_calls(ir, graph, inner) if inner else graph, path)
+        return {training: made[id(graphs[training])] for training in modes}
 
     def standalone(self, root: RebuiltModel, path: str, training: bool) -> Callable:
         """The compiled forward of the module at ``path`` run on its own, in training mode or not; its
         ``__osf_input__`` is the shape of the value its call took, None for the dims traced symbolic (where
         the model calls it once: other calls may take other shapes, such as a bottleneck's shared ReLU)."""
-        graph, views, only_call = self.standalone_graphs(root, path)[training]
-        fn = compile_graph(self.parsed_structure(), graph, views, preamble=["_root = self._osf_link.root()"])
-        fn.__osf_kwargs__ = self.parsed_structure().modules[path].meta.get("kwargs", {})
+        graph, views, only_call = self.standalone_graphs(root, path, (training,))[training]
+        ir = self.parsed_structure()
+        fn = compile_graph(ir, graph, views, preamble=["_root = self._osf_link.root()"])
+        fn.__osf_kwargs__ = ir.modules[path].meta.get("kwargs", {})
         meta = graph.placeholders[0].meta if isinstance(graph.placeholders[0].meta, dict) else {}
         if meta.get("shape") is not None and only_call:
             symbols = meta.get("sym") or [None] * len(meta["shape"])
@@ -1307,7 +1316,8 @@ def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str
     call = calls[0]
     prefix = f"{path}."
     producers = graph.producers()
-    if any(_call_ops(graph, other, producers) != _call_ops(graph, call, producers) for other in calls[1:]):
+    first = _call_ops(graph, call, producers) if len(calls) > 1 else None
+    if any(_call_ops(graph, other, producers) != first for other in calls[1:]):
         raise Unreplaceable(f"the model calls it {len(calls)} times with different ops (other shapes in their "
                             "arguments), so the ops of one call cannot run it at every call site")
     source = producers[call.input]

@@ -220,16 +220,17 @@ def size_arguments(rec: dict, module: nn.Module) -> dict[str, list]:
     [tensor, dim]}, where re-instantiating with the argument one larger (on the meta device) grows that
     dim, and every dim it changes, by one and changes nothing else. ``Linear.in_features`` is, ``groups``
     and ``num_heads`` are not; neither is a grouped conv's ``in_channels`` (one larger is refused)."""
-    def shapes(args: dict) -> dict[str, list[int]] | None:
-        try:
-            built = instantiate_from_args(rec["class"], args, None)
-        except Exception:  # noqa: BLE001 - a constructor refusing the value rules the argument out
-            return None
-        return {k: list(t.shape) for k, t in itertools.chain(built._parameters.items(), built._buffers.items())
+    def own_shapes(m: nn.Module) -> dict[str, list[int]]:
+        return {k: list(t.shape) for k, t in itertools.chain(m._parameters.items(), m._buffers.items())
                 if t is not None}
 
-    base = {k: list(t.shape) for k, t in itertools.chain(module._parameters.items(), module._buffers.items())
-            if t is not None} if not module._modules else {}
+    def shapes(args: dict) -> dict[str, list[int]] | None:
+        try:
+            return own_shapes(instantiate_from_args(rec["class"], args, None))
+        except Exception:  # noqa: BLE001 - a constructor refusing the value rules the argument out
+            return None
+
+    base = own_shapes(module) if not module._modules else {}
     sizes: dict[str, list] = {}
     for name, value in rec["args"].items() if base else ():
         if (type(value) is not int or module.__dict__.get(name) != value
