@@ -49,3 +49,13 @@ everything_dropped = osf.Arch(vit_space.min().width, {u.key: False for u in vit_
 print(vit_space.cut_outputs(everything_dropped), vit_space.cut_outputs(vit_space.min()))   # [0] []
 assert vit_space.cut_outputs(vit_space.min()) == []
 assert not any(vit_space.cut_outputs(vit_space.sample(seed)) for seed in range(20))   # drawn again when cut
+
+# hooks (and modules of yours put in) work on extracted models, also where the model calls a module on several
+# tensors: torchvision's blocks call self_attention(x, x, x, need_weights=False), which returns (out, None)
+images = torch.randn(2, 3, 32, 32)
+vit_supernet = osf.Supernet(vit, (images,))
+narrow = vit_supernet.extract(osf.Arch(vit_supernet.space.min().width, vit_supernet.space.max().depth)).eval()
+grabbed = []
+narrow.encoder.layers[0].self_attention.register_forward_hook(lambda m, args, out: grabbed.append(out[0]))
+narrow(images)
+print("attention output", tuple(grabbed[0].shape))   # (2, 17, 16): 17 tokens, the narrowed width

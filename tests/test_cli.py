@@ -175,6 +175,7 @@ def test_space_docs_example_runs():
     example = Path(__file__).parents[1] / "docs" / "space_example.py"
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=True).stdout
     assert "SearchSpace(12 groups, 14 units" in out and "'params'" in out
+    assert "attention output (2, 17, 16)" in out  # a hook on a module called on three tensors fired
 
 
 def test_train_docs_example_runs(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from roundtrip import round_trip
+from roundtrip import round_trip, tensors
 
 torchvision = pytest.importorskip("torchvision")
 tvm = torchvision.models
@@ -103,3 +103,59 @@ def test_sam_image_encoder(tmp_path):
     from osf.cli.models import _sam
     spec = _sam("tiny")
     round_trip(spec.model, spec.args, tmp_path=tmp_path, other_batch=(image(1, 64), {}))
+
+
+def test_modules_called_on_several_tensors_are_hooked_and_replaced_as_the_model_called_them(tmp_path):
+    """A Hugging Face layer takes the hidden states and the padding mask, its attention returns
+    ``(out, None)``, torchvision's ViT calls ``self_attention(x, x, x, need_weights=False)``: hooks on them
+    fire on the rebuilt model (loaded from disk) with the original's arguments and outputs, also at another
+    sequence length; a copy of the original's attention put in gives the original's outputs; called on its
+    own with other tensors where the model passed one tensor three times, the attention says how to call it."""
+    import copy
+
+    import osf
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(**SMALL)).eval()
+    inputs = text_inputs(100)
+    osf.trace(model, (), inputs, dynamic_seq=True).save(tmp_path / "bert")
+    rebuilt = osf.load_ir(tmp_path / "bert").build().eval()
+    layer, attention = "encoder.layer.0", "encoder.layer.1.attention.self"
+    seen: dict[str, list] = {"model": [], "rebuilt": []}
+    for key, m in (("model", model), ("rebuilt", rebuilt)):
+        for path in (layer, attention):
+            m.get_submodule(path).register_forward_hook(
+                lambda mod, args, kwargs, out, key=key, path=path: seen[key].append((path, args, kwargs, out)),
+                with_kwargs=True)
+    for batch in (inputs, text_inputs(100, batch=3, seq=9)):
+        seen["model"].clear(), seen["rebuilt"].clear()
+        want, got = model(**batch), rebuilt(**batch)
+        torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-4)
+        assert [s[0] for s in seen["rebuilt"]] == [s[0] for s in seen["model"]] == [layer, attention]
+        for (path, args, kwargs, out), (_, want_args, want_kwargs, want_out) in zip(seen["rebuilt"], seen["model"]):
+            assert kwargs.keys() == want_kwargs.keys() and type(out) is type(want_out), path
+            assert [type(a) for a in args] == [type(a) for a in want_args], path
+            for a, b in zip(tensors((args, kwargs, out)), tensors((want_args, want_kwargs, want_out))):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert isinstance(seen["rebuilt"][0][1][1], torch.Tensor)  # the padding mask, passed as the model did
+        assert seen["rebuilt"][1][3][1] is None  # the attention's (out, None)
+    replaced = osf.trace(model, (), inputs).build().eval()
+    replaced.encoder.layer[1].attention = copy.deepcopy(model.encoder.layer[1].attention)
+    torch.testing.assert_close(replaced(**inputs).last_hidden_state, model(**inputs).last_hidden_state,
+                               atol=1e-5, rtol=1e-4)
+
+    vit = tvm.vit_b_16(image_size=32).eval()
+    x = image(2, 32)[0]
+    rebuilt_vit = osf.trace(vit, (x,)).build().eval()
+    outs = {}
+    for key, m in (("model", vit), ("rebuilt", rebuilt_vit)):
+        m.encoder.layers[0].self_attention.register_forward_hook(lambda mod, i, o, key=key: outs.update({key: o}))
+        m(x)
+    assert outs["rebuilt"][1] is None and outs["model"][1] is None
+    torch.testing.assert_close(outs["rebuilt"][0], outs["model"][0], atol=1e-5, rtol=1e-4)
+    tokens = torch.randn(2, 5, 768)
+    with pytest.raises(TypeError, match=r"as \(x0, x0, x0, need_weights=False\)"):
+        rebuilt_vit.encoder.layers[0].self_attention(tokens, tokens.clone(), tokens, need_weights=False)
+    alone = rebuilt_vit.encoder.layers[0].self_attention(tokens, tokens, tokens, need_weights=False)
+    torch.testing.assert_close(alone[0], vit.encoder.layers[0].self_attention(tokens, tokens, tokens,
+                                                                                need_weights=False)[0])

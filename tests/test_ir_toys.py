@@ -668,21 +668,27 @@ def test_module_conversion_that_changes_nothing_inside_forward(tmp_path):
 def test_hooks_on_inner_modules_of_a_rebuilt_model_run_or_warn_that_they_never_would():
     """A hook on an inner module (to grab features) makes the rebuilt model call that module, which runs
     the ops of its call on its own: forward and backward hooks fire with the values the original's hooks
-    see. A module not called on one tensor alone, and a supernet's modules (its programs run them), cannot
-    be called so: registering a hook there warns that it would never fire. Hooks on the root run."""
+    see (also on a module called on several tensors). A module that returns two tensors, and a supernet's
+    modules (its programs run them), cannot be called so: registering a hook there warns that it would
+    never fire. Hooks on the root run."""
     class Pair(nn.Module):
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return a * b
+
+    class Both(nn.Module):
+        def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return a + 1, a * 2
 
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-            self.pair = Pair()
+            self.pair, self.both = Pair(), Both()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.body(x)
-            return self.pair(y, y)
+            a, b = self.both(self.pair(y, y.flip(0)))
+            return a * b
 
     torch.manual_seed(0)
     x = torch.randn(2, 4)
@@ -695,14 +701,16 @@ def test_hooks_on_inner_modules_of_a_rebuilt_model_run_or_warn_that_they_never_w
             m.body[0].register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("linear", o.clone())))
             m.body.register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("body", o.clone())))
             m.body[1].register_full_backward_pre_hook(lambda mod, g, key=key: seen[key].append(("relu", g[0].clone())))
+            m.pair.register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("pair", torch.stack([*i, o]))))
             m.register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("root", o.clone())))
         m(x).sum().backward()
-    assert [k for k, _ in seen["rebuilt"]] == [k for k, _ in seen["model"]] == ["linear", "body", "root", "relu"]
+    assert [k for k, _ in seen["rebuilt"]] == [k for k, _ in seen["model"]] == [
+        "linear", "body", "pair", "root", "relu"]
     for (_, got), (_, want) in zip(seen["rebuilt"], seen["model"]):
         torch.testing.assert_close(got, want)
-    with pytest.warns(UserWarning, match=r"forward hook on Pair \(osf: .*Pair\) will never be called: .*called "
-                                         r"with 2 positional argument"):
-        rebuilt.pair.register_forward_hook(lambda mod, i, o: None)
+    with pytest.warns(UserWarning, match=r"forward hook on Both \(osf: .*Both\) will never be called: .*returns a "
+                                         r"tuple of 2 tensor"):
+        rebuilt.both.register_forward_hook(lambda mod, i, o: None)
     supernet = osf.Supernet(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval(), (x,))
     with pytest.warns(UserWarning, match="Hook the root model \\(a supernet: the Supernet itself\\)"):
         supernet.net.register_forward_hook(lambda m, i, o: None)
@@ -739,7 +747,8 @@ def test_a_module_called_with_constant_keywords_is_called_with_them():
     """timm's blocks call ``self.attn(x, attn_mask=None)``: keywords that are constants (None, bools, numbers,
     strings), the same in every call, are recorded and passed again to a module put in (as the original
     would pass them) and to the rebuilt module when a hook makes the model call it; called on its own
-    without them, it says which to pass. Tensor keywords, or keywords that differ between calls, refuse."""
+    without them, it says which to pass. Keywords that differ between calls refuse, and a tensor keyword the
+    module never reads (the rebuilt model does not compute it)."""
     class Scaled(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -776,7 +785,8 @@ def test_a_module_called_with_constant_keywords_is_called_with_them():
     model.a.fc.bias.data += 1
     rebuilt.a.fc.bias.data += 1
     torch.testing.assert_close(rebuilt(x), model(x))
-    for name, why in (("b", "other keywords in different calls"), ("c", "keyword\\(s\\) mask")):
+    for name, why in (("b", "other keywords in different calls"),
+                      ("c", "passes it x1 of \\(x0, mask=x1\\), which it never reads and nothing else computes")):
         with pytest.raises(osf.ModuleReplacedError, match=f"'{name}'.*{why}"):
             setattr(rebuilt, name, Scaled())
 

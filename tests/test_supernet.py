@@ -874,15 +874,19 @@ def test_the_docs_example_of_a_new_head_and_features_runs():
 
 
 def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls():
-    """Two arguments, a tensor read from elsewhere, a tensor read elsewhere, a container whose children the
+    """A dict argument, a tensor read from elsewhere, a tensor read elsewhere, a container whose children the
     model calls one by one, an IR without module-call records: each a ModuleReplacedError that says why. A
     module that changed its input in place may give way (export reads the changed value from the op's
-    output afterwards)."""
+    output afterwards), and one called on two tensors."""
     from torch import nn
 
     class Mix(nn.Module):
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return a * b
+
+    class Pick(nn.Module):
+        def forward(self, parts: dict) -> torch.Tensor:
+            return parts["a"] - parts["b"]
 
     class Bump(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -899,13 +903,13 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.inp, self.mix, self.bump = nn.Linear(8, 8), Mix(), Bump()
+            self.inp, self.mix, self.bump, self.pick = nn.Linear(8, 8), Mix(), Bump(), Pick()
             self.blocks = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
             self.tied = Tied(self.inp)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = self.inp(x)
-            y = self.mix(h, x)
+            y = self.pick({"a": self.mix(h, x), "b": x})
             for block in self.blocks:
                 y = block(y)
             z = self.tied(y) * 2
@@ -916,8 +920,8 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
     model = Net()
     ir = osf.trace(model, (x,))
     rebuilt = ir.build()
-    cases = {"mix": "calls it other than on one tensor and constant keywords "
-                    "\\(called with 2 positional argument\\(s\\)\\)",
+    cases = {"pick": "calls it other than on tensors and constants, returning one tensor "
+                     "\\(called with 1 positional argument\\(s\\), not all of them tensors or constants\\)",
              "tied": "takes 2 value\\(s\\) from the rest of the model",
              "blocks": "'blocks.0' runs outside a call of it", "inp": "reads its tensor 'inp.weight' outside its calls"}
     for name, why in cases.items():
@@ -925,6 +929,7 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
             setattr(rebuilt, name, nn.Identity())
     rebuilt.blocks[1] = nn.Linear(8, 8)  # one tensor in, one out
     rebuilt.bump = nn.Identity()
+    rebuilt.mix = Mix()  # two tensors in, one out: called as mix(h, x)
     model.blocks[1], model.bump = copy.deepcopy(rebuilt.blocks[1]), nn.Identity()
     torch.testing.assert_close(rebuilt(x), model(x))
     del ir.info["scopes"]  # as an IR saved by an osf that did not record module calls
@@ -1117,3 +1122,57 @@ def test_the_model_and_the_ir_passed_in_are_never_modified():
     claimed = osf.Supernet(None, ir=ir, copy_ir=False)  # saves the copy: sorts and trains the IR's tensors
     assert all(claimed.tensors()[k].data_ptr() == t.data_ptr() for k, t in ir.tensors.items())
     assert any(not torch.equal(t, ir_before[k]) for k, t in ir.tensors.items())  # sorted in place
+
+
+def test_extracted_subnets_call_modules_on_several_tensors_as_their_model_did():
+    """A subnet (layers and branches dropped, widths cut) keeps the marks of what each module was called on:
+    hooks on a Hugging Face layer given the padding mask and on its attention fire once per call, leave the
+    outputs as they were and see what the module gives when called on its own with the arguments the hook
+    saw; a wrapper of yours put around an attention calls it as the model did, with the same outputs."""
+    from torch import nn
+    transformers = pytest.importorskip("transformers")
+
+    class Wrapped(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                                  vocab_size=100, max_position_embeddings=64)
+    ids = torch.randint(0, 100, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[0, -4:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    sn = osf.Supernet(transformers.BertModel(cfg).eval(), (), inputs)
+    hooked_layers = 0
+    for arch in [sn.space.min(), *(sn.space.sample(seed) for seed in range(4))]:
+        plain = sn.extract(arch).eval()
+        want = plain(**inputs).last_hidden_state
+        sub = sn.extract(arch).eval()
+        names = dict(sub.named_modules())
+        paths = [p for p in names if re.fullmatch(r"encoder\.layer\.\d+(\.attention\.self)?", p)]
+        seen: dict[str, list] = {p: [] for p in paths}
+        for p in paths:
+            names[p].register_forward_hook(lambda m, a, k, o, p=p: seen[p].append((a, k, o)), with_kwargs=True)
+        torch.testing.assert_close(sub(**inputs).last_hidden_state, want)
+        assert all(len(seen[p]) == 1 for p in paths), (arch, seen)
+        calls = {p: seen[p][0] for p in paths}  # a layer called alone below calls its attention again
+        for p in paths:
+            args, kwargs, out = calls[p]
+            if not p.endswith("self"):
+                assert isinstance(args[1], torch.Tensor) and not args[1][0].all()  # the padding mask
+                hooked_layers += 1
+            alone = names[p](*args, **kwargs)
+            torch.testing.assert_close(alone[0] if isinstance(alone, tuple) else alone,
+                                       out[0] if isinstance(out, tuple) else out)
+        wrapped = sn.extract(arch).eval()
+        for p in paths:
+            if p.endswith("attention.self"):
+                parent, _, local = p.rpartition(".")
+                setattr(wrapped.get_submodule(parent), local, Wrapped(wrapped.get_submodule(p)))
+        torch.testing.assert_close(wrapped(**inputs).last_hidden_state, want)
+    assert hooked_layers >= 5

@@ -37,7 +37,7 @@ from . import ops as op_rules
 from .codegen import RebuiltModel, own_ir
 from .construct import qualname, size_arguments, verify_all
 from .errors import TraceError
-from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder
+from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, with_unread_marks
 
 _IGNORED_TARGETS = {"aten._assert_tensor_metadata.default"}
 
@@ -87,7 +87,7 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
         raise
     finally:
         model.train(was_training)
-    ir = _to_ir(model, programs, method, verify_init, (args, kwargs), calls.shapes)
+    ir = _to_ir(model, programs, method, verify_init, (args, kwargs), calls.shapes, calls.arguments)
     ir.info["trace_options"] = options
     if unrecorded.hooked:
         _check_gradients(model, ir, args, kwargs, unrecorded)
@@ -324,31 +324,94 @@ class _CallShapes:
     """How each module is called while the model is exported (hooks, removed after): ``shapes[id(module)]``
     holds ``call``: "unary" when every call passed one tensor positionally, the same constant keywords if
     any (``kwargs``: None, bools, numbers, strings; timm's ``attn(x, attn_mask=None)``), and returned one
-    tensor, else how a call differed. A module put in place of a unary one is called as ``module(x,
-    **kwargs)`` (``codegen.module_calls``). A call that returns its input itself unchanged (``nn.Identity``, a dropout
-    in eval mode; not an in-place ReLU, whose op marks it) returns an ``aten.alias`` of it instead: an op in
-    the module's scope marks where it was called (generated code assigns it, ``codegen._ALIAS``)."""
+    tensor (alone, or in a tuple / list of constants: ``returns`` as below); "tensors" when every call
+    passed tensors and constants only, positionally or by keyword, in the same places, and returned one
+    tensor alone or in a tuple / list of constants (``signature``: ``args`` and ``kwargs`` entries
+    ``{"input": k}`` for the k-th distinct tensor, ``{"const": v}``, or ``{"tuple": [...]}`` /
+    ``{"list": [...]}`` of entries, ``returns`` None or ``{"type", "items"}``: torchvision's
+    ``self_attention(x, x, x, need_weights=False)`` returning ``(out, None)``, Hugging Face layers given a
+    mask); else how a call differed. A module put in place of such a module is called as the model called
+    it (``codegen.module_calls``).
+
+    Two kinds of marks sit in the module's scope as ``aten.alias`` ops (generated code assigns them,
+    ``codegen._ALIAS``): a call that returns its input itself unchanged (``nn.Identity``, a dropout in eval
+    mode; not an in-place ReLU, whose op marks it) returns an alias of it, so its call is found; a
+    "tensors" call is given an alias of each distinct tensor it takes, in the order of ``input`` numbers,
+    so that which value fills which argument is known (a module's first ops; the same tensor passed twice
+    stays one object, as ``query is key`` tests expect). ``_mark_arguments`` then tags each of those aliases
+    with its number (``meta["argument"]``)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.shapes: dict[int, dict[str, Any]] = {}
         self.versions: dict[int, int] = {}  # the input's version counter when each module's call began
+        self.returned: dict[int, dict | None] = {}  # what a unary module's first call returned (``_returned``)
+        self.arguments: dict[int, int] = {}  # how many distinct tensors a "tensors" module's calls take
 
     @contextlib.contextmanager
     def watching(self) -> Any:
-        def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if len(args) != 1 or not isinstance(args[0], torch.Tensor) or not all(map(_constant, kwargs.values())):
+        def before(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+            if module is self.model:
+                return None
+            if len(args) == 1 and isinstance(args[0], torch.Tensor) and all(map(_constant, kwargs.values())):
+                seen = self.shapes.setdefault(id(module), {"call": "unary", **({"kwargs": dict(kwargs)} if kwargs
+                                                                                else {})})
+                if seen["call"] == "unary" and seen.get("kwargs", {}) != kwargs:
+                    self.shapes[id(module)] = {"call": "called with other keywords in different calls"}
+                elif seen["call"] == "tensors":
+                    self.shapes[id(module)] = {"call": "called with other arguments in different calls"}
+                self.versions[id(module)] = args[0]._version
+                return None
+            if not all(map(_passable, [*args, *kwargs.values()])):
                 keywords = f" and keyword(s) {', '.join(sorted(kwargs))}" if kwargs else ""
-                self.shapes[id(module)] = {"call": f"called with {len(args)} positional argument(s){keywords}"}
-                return
-            seen = self.shapes.setdefault(id(module), {"call": "unary", **({"kwargs": dict(kwargs)} if kwargs else {})})
-            if seen["call"] == "unary" and seen.get("kwargs", {}) != kwargs:
-                self.shapes[id(module)] = {"call": "called with other keywords in different calls"}
-            self.versions[id(module)] = args[0]._version
+                self.shapes[id(module)] = {"call": f"called with {len(args)} positional argument(s){keywords}, "
+                                                   "not all of them tensors or constants"}
+                return None
+            numbers: dict[int, int] = {}
+            aliases: list[torch.Tensor] = []
+
+            def slot(value: Any) -> dict:
+                if type(value) in (tuple, list):
+                    return {type(value).__name__: [slot(v) for v in value]}
+                if not isinstance(value, torch.Tensor):
+                    return {"const": value}
+                if id(value) not in numbers:
+                    numbers[id(value)] = len(aliases)
+                    aliases.append(torch.ops.aten.alias.default(value))
+                return {"input": numbers[id(value)]}
+            signature = {"args": [slot(a) for a in args], "kwargs": {k: slot(v) for k, v in kwargs.items()}}
+            seen = self.shapes.setdefault(id(module), {"call": "tensors", "signature": signature})
+            if seen["call"] != "tensors" or seen["signature"]["args"] != signature["args"] \
+                    or seen["signature"]["kwargs"] != signature["kwargs"]:
+                if seen["call"] in ("unary", "tensors"):
+                    self.shapes[id(module)] = {"call": "called with other arguments in different calls"}
+                return None
+
+            self.arguments[id(module)] = len(aliases)
+
+            def marked(value: Any) -> Any:
+                if type(value) in (tuple, list):
+                    return type(value)(map(marked, value))
+                return aliases[numbers[id(value)]] if isinstance(value, torch.Tensor) else value
+            return tuple(map(marked, args)), {k: marked(v) for k, v in kwargs.items()}
 
         def after(module: nn.Module, args: tuple, output: Any) -> Any:
-            if not isinstance(output, torch.Tensor) and self.shapes.get(id(module), {}).get("call") == "unary":
-                self.shapes[id(module)] = {"call": f"returns a {type(output).__name__}"}
+            seen = self.shapes.get(id(module), {})
+            if seen.get("call") == "tensors":
+                returns = _returned(output)
+                if isinstance(returns, str):
+                    self.shapes[id(module)] = {"call": returns}
+                elif seen["signature"].setdefault("returns", returns) != returns:
+                    self.shapes[id(module)] = {"call": "returns other structures in different calls"}
+                return None
+            if seen.get("call") == "unary":
+                returns = _returned(output)
+                if isinstance(returns, str):
+                    self.shapes[id(module)] = {"call": returns}
+                elif self.returned.setdefault(id(module), returns) != returns:
+                    self.shapes[id(module)] = {"call": "returns other structures in different calls"}
+                elif returns is not None:
+                    seen["returns"] = returns
             if isinstance(output, torch.Tensor) and len(args) == 1 and output is args[0] \
                     and self.versions.get(id(module)) == output._version:
                 return torch.ops.aten.alias.default(output)
@@ -363,6 +426,29 @@ class _CallShapes:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _returned(output: Any) -> dict | None | str:
+    """``signature["returns"]`` of a "tensors" call that returned ``output`` (``_CallShapes``): None for a
+    tensor, the items of a tuple or list holding one tensor and constants; else why a module put in
+    could not stand for it."""
+    if isinstance(output, torch.Tensor):
+        return None
+    if type(output) in (tuple, list):
+        tensors = sum(isinstance(v, torch.Tensor) for v in output)
+        if tensors == 1 and all(isinstance(v, torch.Tensor) or _constant(v) for v in output):
+            return {"type": type(output).__name__,
+                    "items": [{"output": True} if isinstance(v, torch.Tensor) else {"const": v} for v in output]}
+        return f"returns a {type(output).__name__} of {tensors} tensor(s) and other values"
+    return f"returns a {type(output).__name__}"
+
+
+def _passable(value: Any) -> bool:
+    """An argument a module put in can be given again from the IR: a tensor of the model, a constant, or a
+    tuple / list of them (Hugging Face's ``position_embeddings=(cos, sin)``)."""
+    if type(value) in (tuple, list):
+        return all(map(_passable, value))
+    return isinstance(value, torch.Tensor) or _constant(value)
 
 
 def _constant(value: Any) -> bool:
@@ -701,11 +787,12 @@ def _scope(node: torch.fx.Node, paths: dict[str, str], scopes: dict[tuple, int])
 
 def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor],
            example_batch: int | None = None, follow: dict[str, tuple[list, dict]] | None = None,
-           scopes: dict[tuple, int] | None = None) -> tuple[Graph, list]:
+           scopes: dict[tuple, int] | None = None, arguments: dict[str, int] | None = None) -> tuple[Graph, list]:
     """The program (its blocks of forward inlined) as an IR graph; ``example_batch``: the size its inputs'
     batch symbols are reported at (when it was exported from an example of another batch); ``follow``: the
     arguments of some ops with the values that follow the model's dtype marked (``_dtype_following``);
-    ``scopes``: the table of module-call stacks its ops' ``scope`` index (extended)."""
+    ``scopes``: the table of module-call stacks its ops' ``scope`` index (extended); ``arguments``: how many
+    tensors each module called on several takes (``_mark_arguments``)."""
     scopes = {} if scopes is None else scopes
     from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
     sizes = None
@@ -765,8 +852,31 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     outputs = [serial.encode_arg(a) for a, spec in zip(out_node.args[0], ep.graph_signature.output_specs)
                if spec.kind == OutputKind.USER_OUTPUT]
+    _mark_arguments(ops, arguments or {}, scopes)
     _drop_unused(ops, outputs)
     return Graph(placeholders, ops, outputs), user_leaves
+
+
+def _mark_arguments(ops: list[OpNode], arguments: dict[str, int], scopes: dict[tuple, int]) -> None:
+    """Tag the aliases that ``_CallShapes`` gave each call of a module called on several tensors (the first
+    ``arguments[path]`` ops of the module's own in that call) with the number of the tensor each stands for
+    (``meta["argument"]``): ``codegen.module_calls`` finds which value fills which argument by them, also
+    after dead ops are dropped. A call whose first ops are not those aliases (a pre-hook of the model's own
+    ran ops first) keeps no marks, and is refused there."""
+    frames = {index: stack for stack, index in scopes.items()}
+    marked: dict[tuple[str, str | None], int] = {}
+    for op in ops:
+        count = arguments.get(op.owner)
+        if count is None or op.scope is None:
+            continue
+        call = (op.owner, next((key for path, key in frames[op.scope] if path == op.owner), None))
+        done = marked.get(call, 0)
+        if done < count:
+            if op.target == "aten.alias.default" and isinstance(op.meta, dict):
+                op.meta = {**op.meta, "argument": done}
+                marked[call] = done + 1
+            else:
+                marked[call] = count
 
 
 _FOLDED = {torch.ops.aten.arange.default, torch.ops.aten.arange.start, torch.ops.aten.arange.start_step,
@@ -821,7 +931,8 @@ def _dtype_following(model: nn.Module, programs: dict, paths: dict[str, str], ex
             twin, args, kwargs = _float64_twin(model, example, dtype, device)
         except Exception:  # noqa: BLE001 - a model that cannot be copied keeps its dtypes as traced
             return {}
-        ep64, _ = _export(twin, args, kwargs, None)
+        with _CallShapes(twin).watching():  # the same marks as the traced graphs, so that ops match by order
+            ep64, _ = _export(twin, args, kwargs, None)
         if ep64 is not None:
             break
     if ep64 is None:
@@ -978,14 +1089,15 @@ def _inline_blocks(gm: torch.fx.GraphModule) -> None:
 
 def _drop_unused(ops: list[OpNode], outputs: list) -> None:
     """Remove ops whose results nobody uses and that have no side effect (dead code after dropping
-    assertions)."""
+    assertions). The marks of a module's arguments (``_mark_arguments``) stay where the value they mark is
+    computed anyway (an argument the module does not read: its call can still pass it)."""
     used = set(serial.node_refs(outputs))
     keep = []
     for op in reversed(ops):
         if op.name in used or op_rules.has_side_effect(op.target):
             keep.append(op)
             used.update(op.inputs)
-    ops[:] = reversed(keep)
+    ops[:] = with_unread_marks(ops, keep)
 
 
 def _signature(graph: Graph) -> list:
@@ -1027,7 +1139,7 @@ def _own_ir(model: nn.Module, args: tuple, kwargs: dict, options: dict[str, bool
 
 
 def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example: tuple,
-           call_shapes: dict[int, dict[str, Any]]) -> IR:
+           call_shapes: dict[int, dict[str, Any]], call_arguments: dict[int, int]) -> IR:
     ids, paths = _canonical_names(model)
     aliases, tensors, persistent = _tensor_aliases(model)
     consts: dict[str, torch.Tensor] = {}
@@ -1039,8 +1151,10 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example:
         _inline_blocks(programs[mode].graph_module)
     follow = _dtype_following(model, programs, paths, example)
     scopes: dict[tuple, int] = {}
-    train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch, follow.get("train"), scopes)
-    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"), scopes)
+    arguments = {ids[key]: count for key, count in call_arguments.items() if key in ids}
+    train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch, follow.get("train"), scopes,
+                                      arguments)
+    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"), scopes, arguments)
     _gate_mode_only_ops(train_graph, eval_graph)
     keep_eval = _signature(train_graph) != _signature(eval_graph)
     for g in (train_graph, eval_graph):

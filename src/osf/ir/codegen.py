@@ -74,9 +74,9 @@ class IRContainer(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The module called on its own (by a module of yours put in around it, or a hook's call site):
-        the ops of its first call in its model's IR, on one tensor and the constant keywords its model passed
-        (``Blueprint.standalone``); a torch.nn layer that cannot run so runs its class's forward on its
-        tensors."""
+        the ops of its first call in its model's IR, called as its model called it (tensors where it passed
+        tensors, the same constants: ``Blueprint.standalone``), returning what that call returned; a
+        torch.nn layer that cannot run so runs its class's forward on its tensors."""
         _, root = self._osf_model()
         fn: Any = Unreplaceable("it is no longer part of the model osf built it in")
         if root is not None and root is not self:
@@ -97,22 +97,28 @@ class IRContainer(nn.Module):
                 return original.forward(self, *args, **kwargs)
             raise RuntimeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf cannot run "
                                f"on its own: {fn}; call the root model, whose generated forward runs every module")
-        if len(args) != 1 or not isinstance(args[0], (torch.Tensor, torch.fx.Proxy)) or kwargs != fn.__osf_kwargs__:
-            keywords = ", ".join(f"{k}={v!r}" for k, v in fn.__osf_kwargs__.items())
+        signature = fn.__osf_signature__
+        inputs = bind_call(signature, args, kwargs)
+        if inputs is None:
+            if signature["args"] == [{"input": 0}] and all("const" in e for e in signature["kwargs"].values()):
+                keywords = ", ".join(f"{k}={e['const']!r}" for k, e in signature["kwargs"].items())
+                how = "on one tensor" + (f" with {keywords}" if keywords else "")
+            else:
+                how = (f"as {describe_call(signature)}, where x0, x1, ... are tensors (the same tensor where a "
+                       "name repeats)")
             raise TypeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
-                            "as its model called it: on one tensor" + (f" with {keywords}" if keywords else ""))
-        x = args[0]
-        if not isinstance(x, torch.Tensor):  # torch.fx.symbolic_trace's proxy (``_osf_run_by_modules``)
-            return fn(self, _device([], root), x)[0]
-        sizes = getattr(fn, "__osf_input__", None)
-        if sizes is not None and (x.dim() != len(sizes)
-                                  or any(s is not None and s != n for s, n in zip(sizes, x.shape))):
-            shown = "(" + ", ".join("any" if s is None else str(s) for s in sizes) + ")"
-            raise InputError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
-                             f"the ops its model's call ran, on a tensor of shape {shown} as traced; got "
-                             f"{tuple(x.shape)}. Call it on that shape, or trace the model at the sizes you need "
-                             "(or with dynamic_batch / dynamic_seq / dynamic_spatial)")
-        return fn(self, x.device, x)[0]
+                            f"as its model called it: {how}")
+        if not all(isinstance(x, torch.Tensor) for x in inputs):  # torch.fx.symbolic_trace's proxies
+            return pack_output(signature, fn(self, _device([], root), *inputs)[0])
+        for x, sizes in zip(inputs, fn.__osf_inputs__):
+            if sizes is not None and (x.dim() != len(sizes)
+                                      or any(s is not None and s != n for s, n in zip(sizes, x.shape))):
+                shown = "(" + ", ".join("any" if s is None else str(s) for s in sizes) + ")"
+                raise InputError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its "
+                                 f"own the ops its model's call ran, on a tensor of shape {shown} as traced; got "
+                                 f"{tuple(x.shape)}. Call it on that shape, or trace the model at the sizes you "
+                                 "need (or with dynamic_batch / dynamic_seq / dynamic_spatial)")
+        return pack_output(signature, fn(self, inputs[0].device, *inputs)[0])
 
     def __getitem__(self, key: int | str) -> nn.Module:
         """A child as the original ``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict`` indexed it: by
@@ -188,9 +194,10 @@ class IRContainer(nn.Module):
         nn.Module.add_module(self, name, module)
 
     def _osf_check_replacement(self, name: str, value: Any) -> None:
-        """A child may give way to any module called on one tensor (and constant keywords) and returning one:
-        the root generates its forward again at its next call, calling the new module where the old one's
-        ops ran. Refused (``ModuleReplacedError``) where that cannot hold, and in a supernet's rebuilt model."""
+        """A child may give way to any module where the old one was called on tensors and constants and
+        returned one tensor (alone or in a tuple of constants): the root generates its forward again at its
+        next call, calling the new module as the old one was called, where its ops ran. Refused
+        (``ModuleReplacedError``) where that cannot hold, and in a supernet's rebuilt model."""
         child = self._modules[name]
         original = getattr(child, "osf_class", None) or qualname(type(child))
         state = vars(self)
@@ -223,10 +230,10 @@ class IRContainer(nn.Module):
         raise ModuleReplacedError(f"submodule '{name}' (osf: {original}) of this model rebuilt by osf cannot be {why}")
 
     def _osf_hooked(self, kind: str) -> None:
-        """A hook was registered on this module. Where its model can call it on its own (one tensor in, one
-        out: ``Blueprint.standalone``), the root generates its forward again calling it, so its hooks run;
-        elsewhere (a supernet's modules, which its programs run; a module not called on one tensor) a
-        warning says the hook would never be called."""
+        """A hook was registered on this module. Where its model can call it on its own (tensors and
+        constants in, one tensor out: ``Blueprint.standalone``), the root generates its forward again
+        calling it, so its hooks run; elsewhere (a supernet's modules, which its programs run; a module
+        called on other objects) a warning says the hook would never be called."""
         state = vars(self)
         link, root = self._osf_model()
         if isinstance(self, RebuiltModel) and not state.get("_osf_inner"):
@@ -1019,16 +1026,22 @@ class Blueprint:
 
     def standalone(self, root: RebuiltModel, path: str, training: bool) -> Callable:
         """The compiled forward of the module at ``path`` run on its own, in training mode or not; its
-        ``__osf_input__`` is the shape of the value its call took, None for the dims traced symbolic (where
-        the model calls it once: other calls may take other shapes, such as a bottleneck's shared ReLU)."""
+        ``__osf_signature__`` is how its model called it (``call_signature``), its ``__osf_inputs__`` the
+        shapes of the values its call took, None for the dims traced symbolic, or for a value of unknown
+        shape (checked where the model calls it once: other calls may take other shapes, such as a
+        bottleneck's shared ReLU)."""
         graph, views, only_call = self.standalone_graphs(root, path, (training,))[training]
         ir = self.parsed_structure()
         fn = compile_graph(ir, graph, views, preamble=["_root = self._osf_link.root()"])
-        fn.__osf_kwargs__ = ir.modules[path].meta.get("kwargs", {})
-        meta = graph.placeholders[0].meta if isinstance(graph.placeholders[0].meta, dict) else {}
-        if meta.get("shape") is not None and only_call:
-            symbols = meta.get("sym") or [None] * len(meta["shape"])
-            fn.__osf_input__ = [None if sym else size for size, sym in zip(meta["shape"], symbols)]
+        fn.__osf_signature__ = call_signature(ir.modules[path].meta)
+        fn.__osf_inputs__ = []
+        for p in graph.placeholders if only_call else ():
+            meta = p.meta if p.kind == INPUT and isinstance(p.meta, dict) else {}
+            if meta.get("shape") is not None:
+                symbols = meta.get("sym") or [None] * len(meta["shape"])
+                fn.__osf_inputs__.append([None if sym else size for size, sym in zip(meta["shape"], symbols)])
+            elif p.kind == INPUT:
+                fn.__osf_inputs__.append(None)
         return fn
 
     def replacement_problem(self, path: str, module: nn.Module) -> str | None:
@@ -1143,15 +1156,103 @@ class Unreplaceable(Exception):
 
 @dataclass
 class ModuleCall:
-    """One call of a module in a graph: its ops (indices), the one value it takes, the one it returns, the
-    context managers it runs under, the sizes it computed for the rest of the model and the constant
-    keywords the model passed it."""
+    """One call of a module in a graph: its ops (indices), the values it takes (in the order of the
+    signature's ``input`` numbers), the one it returns, the context managers it runs under, the sizes it
+    computed for the rest of the model, how the model called it (``call_signature``) and the names of
+    the aliases that mark its arguments inside it (none for a module called on one tensor)."""
     ops: list[int]
-    input: str
+    inputs: list[str]
     output: str
     context: list | None
     sizes: list[OpNode]  # sizes it computed that the rest of the model reads, read from the model's inputs
-    kwargs: dict[str, Any]
+    signature: dict[str, Any]
+    markers: list[str]
+
+
+def call_signature(meta: dict) -> dict[str, Any] | None:
+    """How the model called a module (``capture._CallShapes``), as ``{"args": [...], "kwargs": {...},
+    "returns": ...}`` with entries ``{"input": k}`` (its k-th distinct tensor), ``{"const": v}``,
+    ``{"tuple": [...]}`` / ``{"list": [...]}``; ``returns`` None for a tensor, else the ``type`` and
+    ``items`` of the tuple or list it returned. None where it cannot be called as a module."""
+    how = meta.get("call")
+    if how == "unary":
+        return {"args": [{"input": 0}], "kwargs": {k: {"const": v} for k, v in meta.get("kwargs", {}).items()},
+                "returns": meta.get("returns")}
+    if how == "tensors":
+        return {"returns": None, **meta["signature"]}
+    return None
+
+
+def _signature_inputs(signature: dict[str, Any]) -> int:
+    """How many distinct tensors a call of ``signature`` takes."""
+    def count(entry: dict) -> int:
+        (kind, payload), = entry.items()
+        if kind in ("tuple", "list"):
+            return max((count(e) for e in payload), default=0)
+        return payload + 1 if kind == "input" else 0
+    return max((count(e) for e in [*signature["args"], *signature["kwargs"].values()]), default=0)
+
+
+def _signature_arguments(signature: dict[str, Any], inputs: list[str]) -> tuple[list, dict]:
+    """The arguments of a call of ``signature`` on the values ``inputs``, encoded as op arguments."""
+    def encoded(entry: dict) -> Any:
+        (kind, payload), = entry.items()
+        if kind == "input":
+            return {"node": inputs[payload]}
+        if kind == "tuple":
+            return {"tuple": [encoded(e) for e in payload]}
+        if kind == "list":
+            return [encoded(e) for e in payload]
+        return payload
+    return [encoded(e) for e in signature["args"]], {k: encoded(e) for k, e in signature["kwargs"].items()}
+
+
+def bind_call(signature: dict[str, Any], args: tuple, kwargs: dict) -> list | None:
+    """The distinct tensors of a call ``(*args, **kwargs)`` of a module that its model called as
+    ``signature``, in the order of their numbers; None unless the call passes tensors (or FX proxies) and
+    the same constants in the same places, and the same tensor wherever the model passed one tensor twice."""
+    values: list = [None] * _signature_inputs(signature)
+
+    def matches(entry: dict, value: Any) -> bool:
+        (kind, payload), = entry.items()
+        if kind == "input":
+            if not isinstance(value, (torch.Tensor, torch.fx.Proxy)):
+                return False
+            if values[payload] is None:
+                values[payload] = value
+            return values[payload] is value
+        if kind == "const":
+            return (value is None) == (payload is None) and value == payload
+        return type(value).__name__ == kind and len(value) == len(payload) and all(map(matches, payload, value))
+    if len(args) != len(signature["args"]) or set(kwargs) != set(signature["kwargs"]):
+        return None
+    if not all(map(matches, signature["args"], args)) or \
+            not all(matches(signature["kwargs"][k], v) for k, v in kwargs.items()):
+        return None
+    return values
+
+
+def describe_call(signature: dict[str, Any]) -> str:
+    """A call of ``signature`` as Python (``(x0, x0, x0, need_weights=False)``; ``x<k>`` its tensors)."""
+    def shown(entry: dict) -> str:
+        (kind, payload), = entry.items()
+        if kind == "input":
+            return f"x{payload}"
+        if kind == "const":
+            return repr(payload)
+        inner = ", ".join(map(shown, payload))
+        return f"[{inner}]" if kind == "list" else f"({inner}{',' if len(payload) == 1 else ''})"
+    return "(" + ", ".join([*map(shown, signature["args"]),
+                            *(f"{k}={shown(e)}" for k, e in signature["kwargs"].items())]) + ")"
+
+
+def pack_output(signature: dict[str, Any], value: Any) -> Any:
+    """What a module called as ``signature`` returns, given the one tensor it computed."""
+    returns = signature.get("returns")
+    if returns is None:
+        return value
+    items = [value if "output" in item else item["const"] for item in returns["items"]]
+    return items if returns["type"] == "list" else tuple(items)
 
 
 def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
@@ -1179,9 +1280,13 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
                             "called")
     how = ir.modules[path].meta.get("call", "not through its __call__, which osf's hooks watch: .forward(), "
                                             "or a capture through torch.fx")
-    if how != "unary":
-        raise Unreplaceable(f"the model calls it other than on one tensor and constant keywords ({how}), while a "
-                            "module put in its place is called as module(x, **those keywords)")
+    signature = call_signature(ir.modules[path].meta)
+    if signature is None:
+        raise Unreplaceable(f"the model calls it other than on tensors and constants, returning one tensor ({how}), "
+                            "while a module put in its place is called as the model called it")
+    count = _signature_inputs(signature) if how == "tensors" else 0
+    if how == "tensors" and not count:
+        raise Unreplaceable("the model calls it on constants alone, so nothing marks where it is called")
     own = {canon for qual, canon in ir.aliases.items() if qual.startswith(prefix)}
     placeholders = {p.name: p for p in graph.placeholders}
     in_calls = set().union(*groups.values())
@@ -1213,23 +1318,36 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
                  or any(j not in inside for j in readers.get(graph.ops[i].name, ()))]
         computed = [v for v in given if v in sizes]
         given = [v for v in given if v not in sizes]
-        if len(taken) != 1 or len(given) != 1:
-            raise Unreplaceable(f"a call of it takes {len(taken)} value(s) from the rest of the model and gives "
+        marks = {graph.ops[i].meta["argument"]: graph.ops[i] for i in idxs
+                 if graph.ops[i].owner == path and graph.ops[i].marks_argument}
+        markers = [marks[k] for k in range(count) if k in marks]
+        if len(markers) < count:
+            missing = [f"x{k}" for k in range(count) if k not in marks]
+            raise Unreplaceable(
+                f"its arguments are not all marked where it is called: the model passes it {', '.join(missing)} "
+                f"of {describe_call(signature)}, which it never reads and nothing else computes (or the IR was "
+                "traced by an older osf: trace the original model again)")
+        inputs = [op.inputs[0] for op in markers] if count else taken
+        if count and not set(taken) <= set(inputs):
+            raise Unreplaceable(f"a call of it reads {len(set(taken) - set(inputs))} value(s) of the rest of the "
+                                "model that the model does not pass it as arguments")
+        if len(inputs) != 1 and not count or len(given) != 1:
+            raise Unreplaceable(f"a call of it takes {len(inputs)} value(s) from the rest of the model and gives "
                                 f"{len(given)} back; a module can take its place where it takes one tensor and "
                                 "returns one")
-        # from the call's input first: read inside an enclosing module's call, the model's inputs would be a
-        # second value that call takes
-        source = placeholders[taken[0]] if taken[0] in placeholders else by_name[taken[0]]
-        inputs = [(taken[0], source.meta)] + [(p.name, p.meta) for p in graph.placeholders if p.kind == INPUT]
-        resized = [o for v in computed for o in size_ops(by_name[v], inputs)]
+        # from the call's inputs first: read inside an enclosing module's call, the model's inputs would be
+        # another value that call takes
+        sources = [(v, (placeholders[v] if v in placeholders else by_name[v]).meta) for v in dict.fromkeys(inputs)]
+        sources += [(p.name, p.meta) for p in graph.placeholders if p.kind == INPUT]
+        resized = [o for v in computed for o in size_ops(by_name[v], sources)]
         contexts = {repr(graph.ops[i].context) for i in idxs}
         if len(contexts) != 1:
             raise Unreplaceable("part of its ops run under a torch.no_grad() or autocast block of its own forward")
         end = max(idxs)
         if any(j < end and j not in inside for j in readers.get(given[0], ())):
             raise Unreplaceable("the model reads its output before its call ends")
-        calls.append(ModuleCall(sorted(idxs), taken[0], given[0], graph.ops[idxs[0]].context, resized,
-                                ir.modules[path].meta.get("kwargs", {})))
+        calls.append(ModuleCall(sorted(idxs), inputs, given[0], graph.ops[idxs[0]].context, resized, signature,
+                                [op.name for op in markers]))
     return calls
 
 
@@ -1285,7 +1403,8 @@ def size_ops(op: OpNode, sources: list[tuple[str, Any]]) -> list[OpNode]:
 
 def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
     """``graph`` with the ops of every call of the modules at ``paths`` replaced by a call of the module
-    found there (a ``MODULE_CALL`` op, at the call's last op, named as the value it gave); tensors and
+    found there as the model called it (a ``MODULE_CALL`` op, at the call's last op, named as the value it
+    gave, or followed by the ``getitem`` of that value from the tuple or list it returns); tensors and
     constants no op reads any more are dropped."""
     dropped: set[int] = set()
     calls: dict[int, list[OpNode]] = {}
@@ -1293,9 +1412,16 @@ def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
         for call in module_calls(ir, graph, path):
             dropped.update(call.ops)
             producer = next(graph.ops[i] for i in call.ops if graph.ops[i].name == call.output)
-            calls[call.ops[-1]] = [*call.sizes, OpNode(call.output, MODULE_CALL, [{"node": call.input}], call.kwargs,
-                                                       path, producer.meta, context=call.context,
-                                                       scope=producer.scope)]
+            args, kwargs = _signature_arguments(call.signature, call.inputs)
+            returns = call.signature["returns"]
+            name = call.output if returns is None else f"{call.output}_called"
+            new = [*call.sizes, OpNode(name, MODULE_CALL, args, kwargs, path, producer.meta, context=call.context,
+                                       scope=producer.scope)]
+            if returns is not None:
+                at = next(i for i, item in enumerate(returns["items"]) if "output" in item)
+                new.append(OpNode(call.output, "operator.getitem", [{"node": name}, at], {}, path, producer.meta,
+                                  scope=producer.scope))
+            calls[call.ops[-1]] = new
     ops = [new for i, op in enumerate(graph.ops) for new in calls.get(i, [] if i in dropped else [op])]
     read = {ref for op in ops for ref in op.inputs} | set(serial.node_refs(graph.outputs))
     kept = [p for p in graph.placeholders if p.kind == INPUT or p.name in read]
@@ -1307,9 +1433,10 @@ def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
 
 def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str], bool]:
     """The ops of the first call of the module at ``path`` as a graph of their own, for the module run on
-    its own (``self`` is the module): the value the call took is its input, the module's tensors are read
-    by their path below it, the model's constants through ``_root``, sizes read before the call from its
-    input; with the ``views`` for ``compile_graph`` and whether it is the module's only call. A module
+    its own (``self`` is the module): the values the call took are its inputs (the aliases that mark them,
+    for a call on several), the module's tensors are read by their path below it, the model's constants
+    through ``_root``, sizes read before the call from its inputs; with the ``views`` for
+    ``compile_graph`` and whether it is the module's only call. A module
     whose calls run different ops (their arguments hold other shapes) is ``Unreplaceable``: the ops of
     one call would not do at another's call site."""
     calls = module_calls(ir, graph, path)
@@ -1320,14 +1447,21 @@ def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str
     if any(_call_ops(graph, other, producers) != first for other in calls[1:]):
         raise Unreplaceable(f"the model calls it {len(calls)} times with different ops (other shapes in their "
                             "arguments), so the ops of one call cannot run it at every call site")
-    source = producers[call.input]
-    ops = [dataclasses.replace(graph.ops[i], owner=graph.ops[i].owner[len(prefix):]
-                               if graph.ops[i].owner.startswith(prefix) else "") for i in call.ops]
+    names = call.markers or call.inputs
+    sources = [(name, producers[name].meta) for name in names]
+    marked = dict(zip(call.inputs, call.markers))  # a subnet's op may read an input itself (a unit contracted)
+
+    def read(ref: str) -> str:
+        return marked.get(ref, ref)
+    ops = [dataclasses.replace(op, owner=op.owner[len(prefix):] if op.owner.startswith(prefix) else "",
+                               args=serial.substitute_refs(op.args, read),
+                               kwargs=serial.substitute_refs(op.kwargs, read))
+           for op in (graph.ops[i] for i in call.ops) if op.name not in call.markers]
     produced = {op.name for op in ops}
-    placeholders = [Placeholder(call.input, INPUT, None, source.meta)]
+    placeholders = [Placeholder(name, INPUT, None, meta) for name, meta in sources]
     sizes: list[OpNode] = []
     views: dict[str, str] = {}
-    seen = {call.input}
+    seen = set(names)
     for ref in [ref for op in ops for ref in op.inputs]:
         if ref in produced or ref in seen:
             continue
@@ -1340,15 +1474,15 @@ def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str
             own = next(q for q, c in ir.aliases.items() if c == value.target and q.startswith(prefix))
             placeholders.append(dataclasses.replace(value, target=own[len(prefix):]))
         else:  # a size read before the call (module_calls let no other value in)
-            sizes += [dataclasses.replace(o, owner="", scope=None)
-                      for o in size_ops(value, [(call.input, source.meta)])]
+            sizes += [dataclasses.replace(o, owner="", scope=None) for o in size_ops(value, sources)]
     return Graph(placeholders, sizes + ops, [{"node": call.output}]), views, len(calls) == 1
 
 
 def _call_ops(graph: Graph, call: ModuleCall, producers: dict) -> list:
-    """The ops of a module's call with their values renamed by position (the input ``#in``, the k-th op's
+    """The ops of a module's call with their values renamed by position (its inputs ``#in<k>``, the k-th op's
     result ``#k``; tensors and constants by target): equal for two calls that run the same code."""
-    names = {call.input: "#in", **{graph.ops[i].name: f"#{k}" for k, i in enumerate(call.ops)}}
+    names = {**{v: f"#in{k}" for k, v in enumerate(call.inputs)},
+             **{graph.ops[i].name: f"#{k}" for k, i in enumerate(call.ops)}}
 
     def renamed(value: Any) -> Any:
         if isinstance(value, list):

@@ -7,6 +7,7 @@ with each op collapsed to the child of that module that contains it.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -51,6 +52,12 @@ class OpNode:
     def inputs(self) -> list[str]:
         return serial.node_refs(self.args) + serial.node_refs(list(self.kwargs.values()))
 
+    @property
+    def marks_argument(self) -> bool:
+        """An alias capture put at the start of a module's call to mark one of the tensors it takes
+        (``meta["argument"]``: its number; ``capture._CallShapes``): an assignment, not a computation."""
+        return isinstance(self.meta, dict) and "argument" in self.meta
+
     def to_dict(self) -> dict:
         d = {"name": self.name, "target": self.target, "args": self.args, "kwargs": self.kwargs,
              "owner": self.owner, "meta": self.meta}
@@ -68,6 +75,16 @@ class OpNode:
                    d.get("mode_gated", False), d.get("context"), d.get("scope"))
 
 
+def with_unread_marks(ops: list[OpNode], kept: list[OpNode]) -> list[OpNode]:
+    """``kept`` (the ops of ``ops`` that dead-code removal keeps) and the marks of module arguments
+    (``OpNode.marks_argument``) whose value is still there: a module that does not read an argument can
+    still be given it, so a module put in its place or its hooks get what the model passed."""
+    names = {op.name for op in kept}
+    produced = {op.name for op in ops}
+    return [op for op in ops if op.name in names
+            or op.marks_argument and all(ref in names or ref not in produced for ref in op.inputs)]
+
+
 @dataclass
 class Graph:
     """The dataflow of one forward: placeholders, ops in topological order, outputs."""
@@ -83,6 +100,23 @@ class Graph:
     def from_dict(cls, d: dict) -> "Graph":
         return cls([Placeholder(**p) for p in d["placeholders"]], [OpNode.from_dict(o) for o in d["ops"]],
                    d["outputs"])
+
+    def without_marks(self) -> "Graph":
+        """This graph with the marks of module arguments (``OpNode.marks_argument``) contracted: each read
+        of one reads the value it marks. The search space analyses this view, where a mark would be the
+        same tensor under another name (a residual's skip read through a module's mark of it)."""
+        marks = {op.name: op.inputs[0] for op in self.ops if op.marks_argument}
+        if not marks:
+            return self
+
+        def origin(ref: str) -> str:
+            while ref in marks:
+                ref = marks[ref]
+            return ref
+        ops = [dataclasses.replace(op, args=serial.substitute_refs(op.args, origin),
+                                   kwargs=serial.substitute_refs(op.kwargs, origin))
+               for op in self.ops if op.name not in marks]
+        return Graph(self.placeholders, ops, serial.substitute_refs(self.outputs, origin))
 
     def producers(self) -> dict[str, Placeholder | OpNode]:
         table: dict[str, Placeholder | OpNode] = {p.name: p for p in self.placeholders}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 import math
 import operator
-from typing import Any
+from typing import Any, Callable
 
 import sympy
 import torch
@@ -138,6 +138,17 @@ def decode_arg(value: Any, env: dict[str, Any]) -> Any:
     if kind == "slice":
         return slice(*(decode_arg(v, env) for v in payload))
     raise FormatError(f"unknown argument encoding {kind!r} in the IR")
+
+
+def substitute_refs(value: Any, sub: Callable[[str], str]) -> Any:
+    """An encoded argument with each node reference ``r`` replaced by ``sub(r)``."""
+    if isinstance(value, dict):
+        if set(value) == {"node"}:
+            return {"node": sub(value["node"])}
+        return {k: substitute_refs(v, sub) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_refs(v, sub) for v in value]
+    return value
 
 
 def node_refs(value: Any) -> list[str]:

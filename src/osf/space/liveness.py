@@ -81,6 +81,9 @@ class Liveness:
         self.gated = {i: frozenset(owned[op.owner]) for i, op in enumerate(graph.ops)
                       if op.mode_gated and op.owner in owned}
         self.order = range(len(graph.ops) - 1, -1, -1)
+        self.produced = set(self.names)
+        # marks of module arguments, kept while their value is (``ir.graph.with_unread_marks``)
+        self.marks = [i for i, op in enumerate(graph.ops) if op.marks_argument]
 
     def live(self, dropped: list[str]) -> tuple[set[str], set[int]]:
         """(values read by surviving ops or returned, indices of surviving ops) when ``dropped`` units
@@ -119,6 +122,13 @@ class Liveness:
                     live.update(sub(r) for r in inputs[i])
                 else:
                     live.update(inputs[i])
+        if self.marks:
+            kept_names = {names[i] for i in kept}
+            for i in self.marks:
+                refs = [sub(r) for r in inputs[i]]
+                if i not in kept and i not in removed and all(r in kept_names or r not in self.produced for r in refs):
+                    kept.add(i)
+                    live.update(refs)
         return live, kept
 
 

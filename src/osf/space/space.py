@@ -195,9 +195,10 @@ class SearchSpace:
         expansion width read by a block's convolutions and by its squeeze-excitation unit.)"""
         params = {u.key: set(u.params) for u in self.units}
         owners: dict[str, str | None] = {}
+        marks = {op.name for op in self.ir.graph.ops if op.marks_argument}  # sizes as in the graph without them
         for g in self.groups:
             holders = [u for u in self.units if all(t in params[u.key] for t, _ in g.members)]
-            owners[g.key] = min(holders, key=lambda u: len(u.ops)).key if holders else None
+            owners[g.key] = min(holders, key=lambda u: len(u.ops - marks)).key if holders else None
         return owners
 
     def _kept_count(self, unit: str | None, motifs: bool) -> int:

@@ -17,9 +17,10 @@ from torch.nn import Parameter
 
 from ..ir.capture import annotate_io, module_ancestors
 from ..ir.flops import graph_flops
-from ..ir.graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint
+from ..ir.graph import (BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint,
+                        with_unread_marks)
 from ..ir.ops import functional_form, has_side_effect, is_inplace
-from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text
+from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text, substitute_refs
 from .analysis import FILLED, dim_source, measured_dim
 from .dims import Cat, Prod, Size, atoms_in, is_static, new_size, size_text, slice_bounds
 from .units import graph_hash
@@ -345,7 +346,7 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
     for op in graph.ops:
         if op.name in removed or op.mode_gated and op.owner in dead_owners:
             continue
-        new = dataclasses.replace(op, args=_subst(op.args, sub), kwargs=_subst(op.kwargs, sub),
+        new = dataclasses.replace(op, args=substitute_refs(op.args, sub), kwargs=substitute_refs(op.kwargs, sub),
                                   meta=copy_tree(op.meta))
         if new.args[:1] != op.args[:1] and is_inplace(op.target):
             new.target = _out_of_place(op)  # it would now write into a value others still read
@@ -354,7 +355,7 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
             if new.target in _SIZE_LISTS:
                 sizes.resolve(new, ops)
         ops.append(new)
-    outputs = _subst(graph.outputs, sub)
+    outputs = substitute_refs(graph.outputs, sub)
     placeholders = [Placeholder(p.name, p.kind, p.target, copy_tree(p.meta)) for p in graph.placeholders]
     if kept:
         for p in placeholders:
@@ -423,26 +424,17 @@ def _dead_owners(graph: Graph, removed: set[str]) -> set[str]:
     return had - alive
 
 
-def _subst(x: Any, sub) -> Any:
-    if isinstance(x, dict):
-        if set(x) == {"node"}:
-            return {"node": sub(x["node"])}
-        return {k: _subst(v, sub) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_subst(v, sub) for v in x]
-    return x
-
-
 def _dce(ops: list[OpNode], outputs: list) -> list[OpNode]:
     """Drop ops whose results nobody uses. Ops with side effects stay (an in-place write may go through
-    a view into a live tensor); those of removed units were dropped before."""
+    a view into a live tensor), and marks of module arguments whose value stays; those of removed units
+    were dropped before."""
     live = set(node_refs(outputs))
     keep = []
     for op in reversed(ops):
         if op.name in live or has_side_effect(op.target) and not is_symint(op):
             keep.append(op)
             live.update(op.inputs)
-    return list(reversed(keep))
+    return with_unread_marks(ops, keep)
 
 
 # ----- width: new shapes and shape arguments -----

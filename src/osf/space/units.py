@@ -116,7 +116,7 @@ class _Graph:
 
 def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitReport:
     from fnmatch import fnmatch
-    g = _Graph(ir, ir.graph)
+    g = _Graph(ir, ir.graph.without_marks())
     vals = an.values["train"]
     rejected: dict[str, str] = {}
     branches = _residual_branches(g, vals, an, rejected)
@@ -147,10 +147,46 @@ def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitRe
     for u in units:
         if u.parent not in keys:
             u.parent = None
+    marks = _Marks(ir, ir.graph)
     for u in units:
         u.children = [c.key for c in units if c.parent == u.key]
         u.signature = _signature(g, u)
+        u.ops = marks.dropped_with(u.ops, u.side, u.output)
     return UnitReport(sorted(units, key=lambda u: u.order), rejected)
+
+
+class _Marks:
+    """Which marks of module arguments (``OpNode.marks_argument``) go with a unit found in the graph
+    without them (``Graph.without_marks``): a mark of a value the unit computes for itself (not its
+    output, which a contracted unit's input replaces), and the marks of a module call whose ops all go.
+    The others stay: the skip of a residual read through a module's mark of it, a module's mark of the
+    unit's output, or of an argument the unit alone read (kept while its value is)."""
+
+    def __init__(self, ir: IR, graph: Graph):
+        scopes = ir.info.get("scopes") or []
+        self.calls: dict[tuple[str, str], set[str]] = {}  # (path, call key) -> the call's ops besides marks
+        self.marks: list[tuple[OpNode, tuple[str, str] | None]] = []
+        for op in graph.ops:
+            frames = scopes[op.scope] if op.scope is not None and op.scope < len(scopes) else []
+            if op.marks_argument:
+                key = next((k for path, k in frames if path == op.owner), None)
+                self.marks.append((op, None if key is None else (op.owner, key)))
+                continue
+            for path, key in frames:
+                self.calls.setdefault((path, key), set()).add(op.name)
+
+    def dropped_with(self, ops: frozenset[str], side: frozenset[str], output: str) -> frozenset[str]:
+        """``ops`` of a unit with the marks that go with it (``side``: its side-input ops)."""
+        if not self.marks:
+            return ops
+        gone = set(ops | side)
+        added = set()
+        for op, call in self.marks:
+            members = self.calls.get(call) if call is not None else None
+            if op.inputs[0] in gone and op.inputs[0] != output or members and members <= gone:
+                gone.add(op.name)
+                added.add(op.name)
+        return ops | added if added else ops
 
 
 def _unique_keys(units: list[Unit]) -> list[Unit]:
@@ -307,8 +343,10 @@ def _ignores_inputs(inputs: list[str]) -> str:
 
 
 def _branch_key(g: _Graph, ops: set[str], add: OpNode) -> str:
-    """``<module holding the branch and its add>/residual:<its children the branch runs>``."""
-    owners = [g.op(n).owner for n in sorted(ops, key=g.index.get)]
+    """``<module holding the branch and its add>/residual:<its children the branch runs>`` (the aliases that
+    mark a module's arguments aside: names stay those of models traced before they were marked)."""
+    ordered = [g.op(n) for n in sorted(ops, key=g.index.get)]
+    owners = [op.owner for op in ordered if not op.marks_argument] or [op.owner for op in ordered]
     lca = _common_prefix(owners + [add.owner])
     return f"{lca or '<root>'}/residual:{_common_children(lca, owners)}"
 
@@ -410,7 +448,8 @@ def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]) -> dic
     """The same units in another graph of the IR (eval mode): ``key -> (ops, input, output)``. Modules
     are found by owner, residual branches by the weights they read."""
     graph = ir.eval_graph if graph_key == "eval" else ir.graph
-    g = _Graph(ir, graph)
+    g = _Graph(ir, graph.without_marks())
+    marks = _Marks(ir, graph)
     vals = an.values[graph_key]
     branches = {tuple(b.params): b for b in _residual_branches(g, vals, an, {})}
     out = {}
@@ -418,10 +457,10 @@ def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]) -> dic
         if u.kind == "residual":
             b = branches.get(tuple(u.params))
             if b is not None:
-                out[u.key] = (set(b.dropped), b.input, b.output)
+                out[u.key] = (set(marks.dropped_with(b.ops, b.side, b.output) | b.side), b.input, b.output)
             continue
-        ops = _module_ops(ir, graph, u.key)
+        ops = _module_ops(ir, g.graph, u.key)
         found = _module_problem(g, vals, an, ops) if ops else "no ops"
         if not isinstance(found, str):
-            out[u.key] = (ops, found[0], found[1])
+            out[u.key] = (set(marks.dropped_with(frozenset(ops), frozenset(), found[1])), found[0], found[1])
     return out
