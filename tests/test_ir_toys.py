@@ -791,6 +791,46 @@ def test_a_module_called_with_constant_keywords_is_called_with_them():
             setattr(rebuilt, name, Scaled())
 
 
+def test_a_rebuilt_module_called_on_its_own_takes_its_arguments_as_the_original_forward_would():
+    """A rebuilt module called alone (a block run for analysis, a wrapper's inner module) runs the ops of its
+    model's call, and takes its arguments as the original's forward would: by name or by position, the
+    ones the model passed at their default left out, ones it left out passed at their default. A tensor
+    left out, or a constant away from what the model passed, is a TypeError that shows the call."""
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x, mask=None, scale=1.0, *, causal=False):
+            y = self.fc(x) * scale
+            return y if mask is None else y.masked_fill(mask, 0.0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = Block(), Block()
+
+        def forward(self, x):
+            h = self.a(x, None, causal=False)  # defaults passed
+            return self.b(h, x > 0, 1.0)  # a mask made for it alone; the default scale by position
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(3, 4)
+    rebuilt = osf.trace(model, (x,)).build().eval()
+    mask = x < 0
+    torch.testing.assert_close(rebuilt(x), model(x))
+    torch.testing.assert_close(rebuilt.a(x), model.a(x))
+    torch.testing.assert_close(rebuilt.a(x, mask=None, scale=1.0), model.a(x))
+    torch.testing.assert_close(rebuilt.b(x, mask=mask), model.b(x, mask))
+    torch.testing.assert_close(rebuilt.b(x, mask, 1.0, causal=False), model.b(x, mask))
+    with pytest.raises(TypeError, match=r"left out where it passed their default\): as \(x0, x1, 1.0\)"):
+        rebuilt.b(x)
+    with pytest.raises(TypeError, match=r"as \(x0, None, causal=False\)"):
+        rebuilt.a(x, scale=2.0)
+    with pytest.raises(TypeError, match=r"as \(x0, None, causal=False\)"):
+        rebuilt.a(x, bias=0.0)
+
+
 def test_a_module_called_on_several_shapes_runs_alone_only_where_its_calls_run_the_same_ops():
     """A module called twice runs the ops of its first call when a hook makes the model call it: right for a
     shared ReLU at any shape, wrong where its ops hold the traced shapes (a reshape to 4 then 2 groups), which

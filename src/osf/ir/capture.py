@@ -443,6 +443,19 @@ def _returned(output: Any) -> dict | None | str:
     return f"returns a {type(output).__name__}"
 
 
+def _forward_parameters(module: nn.Module) -> list | None:
+    """The parameters of ``module.forward`` as ``[name, kind, default]`` (``kind``: ``inspect.Parameter``'s,
+    as its name; ``default``: ``{"const": v}`` for a constant default, None for none or another object),
+    so that a rebuilt module called on its own accepts what the original's forward would (keywords left at
+    their defaults, positional arguments by name: ``codegen.bind_call``); None where Python cannot tell."""
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return None
+    return [[p.name, p.kind.name, {"const": p.default} if p.default is not p.empty and _constant(p.default) else None]
+            for p in signature.parameters.values()]
+
+
 def _passable(value: Any) -> bool:
     """An argument a module put in can be given again from the IR: a tensor of the model, a constant, or a
     tuple / list of them (Hugging Face's ``position_embeddings=(cos, sin)``)."""
@@ -1309,6 +1322,10 @@ def _module_nodes(model: nn.Module, ids: dict[int, str], aliases: dict[str, str]
         if any(unset.values()):  # registered as None (Conv2d(bias=False).bias): a rebuilt module has them too
             meta["unset"] = {kind: names for kind, names in unset.items() if names}
         meta.update(call_shapes.get(id(m), {}))
+        if meta.get("call") in ("unary", "tensors"):
+            parameters = _forward_parameters(m)
+            if parameters is not None:
+                meta["parameters"] = parameters
         if init.get("status") == "verified" and meta["class"].startswith("torch.nn."):  # rebuilt as instances
             key = meta["class"] + json.dumps(init["args"], sort_keys=True)
             if key not in sizes:

@@ -98,7 +98,7 @@ class IRContainer(nn.Module):
             raise RuntimeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf cannot run "
                                f"on its own: {fn}; call the root model, whose generated forward runs every module")
         signature = fn.__osf_signature__
-        inputs = bind_call(signature, args, kwargs)
+        inputs = bind_call(signature, args, kwargs, fn.__osf_parameters__)
         if inputs is None:
             if signature["args"] == [{"input": 0}] and all("const" in e for e in signature["kwargs"].values()):
                 keywords = ", ".join(f"{k}={e['const']!r}" for k, e in signature["kwargs"].items())
@@ -106,8 +106,10 @@ class IRContainer(nn.Module):
             else:
                 how = (f"as {describe_call(signature)}, where x0, x1, ... are tensors (the same tensor where a "
                        "name repeats)")
+            defaults = " (arguments may be given by name, and left out where it passed their default)" \
+                if fn.__osf_parameters__ else ""
             raise TypeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
-                            f"as its model called it: {how}")
+                            f"as its model called it{defaults}: {how}")
         if not all(isinstance(x, torch.Tensor) for x in inputs):  # torch.fx.symbolic_trace's proxies
             return pack_output(signature, fn(self, _device([], root), *inputs)[0])
         for x, sizes in zip(inputs, fn.__osf_inputs__):
@@ -1026,7 +1028,8 @@ class Blueprint:
 
     def standalone(self, root: RebuiltModel, path: str, training: bool) -> Callable:
         """The compiled forward of the module at ``path`` run on its own, in training mode or not; its
-        ``__osf_signature__`` is how its model called it (``call_signature``), its ``__osf_inputs__`` the
+        ``__osf_signature__`` is how its model called it (``call_signature``), its ``__osf_parameters__``
+        those of the original's forward (``bind_call``), its ``__osf_inputs__`` the
         shapes of the values its call took, None for the dims traced symbolic, or for a value of unknown
         shape (checked where the model calls it once: other calls may take other shapes, such as a
         bottleneck's shared ReLU)."""
@@ -1034,6 +1037,7 @@ class Blueprint:
         ir = self.parsed_structure()
         fn = compile_graph(ir, graph, views, preamble=["_root = self._osf_link.root()"])
         fn.__osf_signature__ = call_signature(ir.modules[path].meta)
+        fn.__osf_parameters__ = ir.modules[path].meta.get("parameters")
         fn.__osf_inputs__ = []
         for p in graph.placeholders if only_call else ():
             meta = p.meta if p.kind == INPUT and isinstance(p.meta, dict) else {}
@@ -1207,10 +1211,13 @@ def _signature_arguments(signature: dict[str, Any], inputs: list[str]) -> tuple[
     return [encoded(e) for e in signature["args"]], {k: encoded(e) for k, e in signature["kwargs"].items()}
 
 
-def bind_call(signature: dict[str, Any], args: tuple, kwargs: dict) -> list | None:
+def bind_call(signature: dict[str, Any], args: tuple, kwargs: dict, parameters: list | None = None) -> list | None:
     """The distinct tensors of a call ``(*args, **kwargs)`` of a module that its model called as
     ``signature``, in the order of their numbers; None unless the call passes tensors (or FX proxies) and
-    the same constants in the same places, and the same tensor wherever the model passed one tensor twice."""
+    the same constants in the same places, and the same tensor wherever the model passed one tensor twice.
+    With its forward's ``parameters`` (``capture._forward_parameters``) arguments may also be given by name
+    or by position as that forward takes them, and those the model passed at their default left out (or
+    those it left out passed at their default)."""
     values: list = [None] * _signature_inputs(signature)
 
     def matches(entry: dict, value: Any) -> bool:
@@ -1224,12 +1231,44 @@ def bind_call(signature: dict[str, Any], args: tuple, kwargs: dict) -> list | No
         if kind == "const":
             return (value is None) == (payload is None) and value == payload
         return type(value).__name__ == kind and len(value) == len(payload) and all(map(matches, payload, value))
-    if len(args) != len(signature["args"]) or set(kwargs) != set(signature["kwargs"]):
+    if len(args) == len(signature["args"]) and set(kwargs) == set(signature["kwargs"]) \
+            and all(map(matches, signature["args"], args)) \
+            and all(matches(signature["kwargs"][k], v) for k, v in kwargs.items()):
+        return values
+    recorded = _by_name(parameters, signature["args"], signature["kwargs"]) if parameters else None
+    given = _by_name(parameters, args, kwargs) if parameters else None
+    if recorded is None or given is None:
         return None
-    if not all(map(matches, signature["args"], args)) or \
-            not all(matches(signature["kwargs"][k], v) for k, v in kwargs.items()):
-        return None
+    values[:] = [None] * len(values)
+    for name, _, default in parameters:
+        entry, value = recorded.get(name, _ABSENT), given.get(name, _ABSENT)
+        if entry is _ABSENT and value is _ABSENT:
+            continue
+        if entry is _ABSENT:  # the model left it at its default: so may the call, explicitly
+            if default is None or not matches(default, value):
+                return None
+        elif value is _ABSENT:  # left at its default where the model passed that default
+            if entry != default:
+                return None
+        elif not matches(entry, value):
+            return None
     return values
+
+
+_ABSENT = object()
+
+
+def _by_name(parameters: list, args: Any, kwargs: dict) -> dict[str, Any] | None:
+    """``args`` and ``kwargs`` by the name of the forward parameter each fills; None where they do not fit
+    (too many positional arguments, an unknown or repeated name, ``*args`` / ``**kwargs`` in the way)."""
+    positional = [name for name, kind, _ in parameters if kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")]
+    named = {name for name, kind, _ in parameters if kind in ("POSITIONAL_OR_KEYWORD", "KEYWORD_ONLY")}
+    if len(args) > len(positional) or not set(kwargs) <= named:
+        return None
+    out = dict(zip(positional, args))
+    if set(out) & set(kwargs):
+        return None
+    return {**out, **kwargs}
 
 
 def describe_call(signature: dict[str, Any]) -> str:
