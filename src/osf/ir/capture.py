@@ -345,8 +345,10 @@ class _CallShapes:
         self.model = model
         self.shapes: dict[int, dict[str, Any]] = {}
         self.versions: dict[int, int] = {}  # the input's version counter when each module's call began
-        self.returned: dict[int, dict | None] = {}  # what a unary module's first call returned (``_returned``)
-        self.arguments: dict[int, int] = {}  # how many distinct tensors a "tensors" module's calls take
+        self.returned: dict[int, dict | None] = {}  # what a module's first call returned (``_returned``)
+        # how many tensors each module given aliases took: all its aliases are tagged (``_mark_arguments``),
+        # also where a later call refused it, so that the search space sees through every one
+        self.arguments: dict[int, int] = {}
 
     @contextlib.contextmanager
     def watching(self) -> Any:
@@ -397,21 +399,17 @@ class _CallShapes:
 
         def after(module: nn.Module, args: tuple, output: Any) -> Any:
             seen = self.shapes.get(id(module), {})
-            if seen.get("call") == "tensors":
-                returns = _returned(output)
-                if isinstance(returns, str):
-                    self.shapes[id(module)] = {"call": returns}
-                elif seen["signature"].setdefault("returns", returns) != returns:
-                    self.shapes[id(module)] = {"call": "returns other structures in different calls"}
-                return None
-            if seen.get("call") == "unary":
+            how = seen.get("call")
+            if how in ("unary", "tensors"):
                 returns = _returned(output)
                 if isinstance(returns, str):
                     self.shapes[id(module)] = {"call": returns}
                 elif self.returned.setdefault(id(module), returns) != returns:
                     self.shapes[id(module)] = {"call": "returns other structures in different calls"}
                 elif returns is not None:
-                    seen["returns"] = returns
+                    (seen["signature"] if how == "tensors" else seen)["returns"] = returns
+            if how == "tensors":
+                return None
             if isinstance(output, torch.Tensor) and len(args) == 1 and output is args[0] \
                     and self.versions.get(id(module)) == output._version:
                 return torch.ops.aten.alias.default(output)
@@ -429,9 +427,9 @@ class _CallShapes:
 
 
 def _returned(output: Any) -> dict | None | str:
-    """``signature["returns"]`` of a "tensors" call that returned ``output`` (``_CallShapes``): None for a
-    tensor, the items of a tuple or list holding one tensor and constants; else why a module put in
-    could not stand for it."""
+    """What a call that returned ``output`` returns (``_CallShapes``: a unary call's ``returns``, a "tensors"
+    call's ``signature["returns"]``): None for a tensor, the items of a tuple or list holding one tensor and
+    constants; else why a module put in could not stand for it."""
     if isinstance(output, torch.Tensor):
         return None
     if type(output) in (tuple, list):

@@ -343,10 +343,8 @@ def _ignores_inputs(inputs: list[str]) -> str:
 
 
 def _branch_key(g: _Graph, ops: set[str], add: OpNode) -> str:
-    """``<module holding the branch and its add>/residual:<its children the branch runs>`` (the aliases that
-    mark a module's arguments aside: names stay those of models traced before they were marked)."""
-    ordered = [g.op(n) for n in sorted(ops, key=g.index.get)]
-    owners = [op.owner for op in ordered if not op.marks_argument] or [op.owner for op in ordered]
+    """``<module holding the branch and its add>/residual:<its children the branch runs>``."""
+    owners = [g.op(n).owner for n in sorted(ops, key=g.index.get)]
     lca = _common_prefix(owners + [add.owner])
     return f"{lca or '<root>'}/residual:{_common_children(lca, owners)}"
 
