@@ -668,9 +668,10 @@ def test_module_conversion_that_changes_nothing_inside_forward(tmp_path):
 def test_hooks_on_inner_modules_of_a_rebuilt_model_run_or_warn_that_they_never_would():
     """A hook on an inner module (to grab features) makes the rebuilt model call that module, which runs
     the ops of its call on its own: forward and backward hooks fire with the values the original's hooks
-    see (also on a module called on several tensors). A module that returns two tensors, and a supernet's
-    modules (its programs run them), cannot be called so: registering a hook there warns that it would
-    never fire. Hooks on the root run."""
+    see (also on a module called on several tensors, and on one returning several). A module of whose
+    results the model leaves one unread (its ops are gone), and a supernet's modules (its programs run
+    them), cannot be called so: registering a hook there warns that it would never fire. Hooks on the root
+    run."""
     class Pair(nn.Module):
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return a * b
@@ -679,16 +680,21 @@ def test_hooks_on_inner_modules_of_a_rebuilt_model_run_or_warn_that_they_never_w
         def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return a + 1, a * 2
 
+    class Three(nn.Module):
+        def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return a.exp(), a, a.sin()
+
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-            self.pair, self.both = Pair(), Both()
+            self.pair, self.both, self.three = Pair(), Both(), Three()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.body(x)
             a, b = self.both(self.pair(y, y.flip(0)))
-            return a * b
+            c, d, _ = self.three(a)
+            return c * b + d
 
     torch.manual_seed(0)
     x = torch.randn(2, 4)
@@ -702,15 +708,16 @@ def test_hooks_on_inner_modules_of_a_rebuilt_model_run_or_warn_that_they_never_w
             m.body.register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("body", o.clone())))
             m.body[1].register_full_backward_pre_hook(lambda mod, g, key=key: seen[key].append(("relu", g[0].clone())))
             m.pair.register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("pair", torch.stack([*i, o]))))
+            m.both.register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("both", torch.stack(o))))
             m.register_forward_hook(lambda mod, i, o, key=key: seen[key].append(("root", o.clone())))
         m(x).sum().backward()
     assert [k for k, _ in seen["rebuilt"]] == [k for k, _ in seen["model"]] == [
-        "linear", "body", "pair", "root", "relu"]
+        "linear", "body", "pair", "both", "root", "relu"]
     for (_, got), (_, want) in zip(seen["rebuilt"], seen["model"]):
         torch.testing.assert_close(got, want)
-    with pytest.warns(UserWarning, match=r"forward hook on Both \(osf: .*Both\) will never be called: .*returns a "
-                                         r"tuple of 2 tensor"):
-        rebuilt.both.register_forward_hook(lambda mod, i, o: None)
+    with pytest.warns(UserWarning, match=r"forward hook on Three \(osf: .*Three\) will never be called: .*nothing "
+                                         r"reads item 2 of what it returns"):
+        rebuilt.three.register_forward_hook(lambda mod, i, o: None)
     supernet = osf.Supernet(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval(), (x,))
     with pytest.warns(UserWarning, match="Hook the root model \\(a supernet: the Supernet itself\\)"):
         supernet.net.register_forward_hook(lambda m, i, o: None)
@@ -789,6 +796,76 @@ def test_a_module_called_with_constant_keywords_is_called_with_them():
                       ("c", "passes it x1 of \\(x0, mask=x1\\), which it never reads and nothing else computes")):
         with pytest.raises(osf.ModuleReplacedError, match=f"'{name}'.*{why}"):
             setattr(rebuilt, name, Scaled())
+
+
+def test_modules_returning_several_tensors_are_hooked_and_replaced_as_the_model_called_them(tmp_path):
+    """A transformer written by hand: ``nn.MultiheadAttention`` at its defaults returns ``(out, weights)``,
+    each block returns ``(x, weights)`` and the model returns the last block's map. Rebuilt from disk, hooks
+    on the last block and its attention see the original's tuples; a hook on an earlier block, whose map
+    nobody reads (so its ops are gone), warns naming the item; copies of the original's blocks and
+    attentions put in give the original's outputs; a module returning one tensor twice and a constant gets
+    the same list back; an extracted subnet's last attention fires its hook as the supernet computes it."""
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm, self.fc = nn.LayerNorm(16), nn.Linear(16, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.norm(x)
+            out, weights = self.attn(h, h, h)
+            return x + self.fc(out).relu(), weights
+
+    class Twice(nn.Module):
+        def forward(self, x: torch.Tensor) -> list:
+            h = x.mean(1)
+            return [h, 2, h]
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks, self.pool, self.head = nn.ModuleList([Block(), Block()]), Twice(), nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            for block in self.blocks:
+                x, weights = block(x)
+            a, k, b = self.pool(x)
+            return self.head(a * k - b), weights
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 5, 16)
+    osf.trace(model, (x,)).save(tmp_path / "net")
+    rebuilt = osf.load_ir(tmp_path / "net").build().eval()
+    seen: dict[str, dict] = {"model": {}, "rebuilt": {}}
+    for key, m in (("model", model), ("rebuilt", rebuilt)):
+        for path in ("blocks.1", "blocks.1.attn", "pool"):
+            m.get_submodule(path).register_forward_hook(
+                lambda mod, i, o, key=key, path=path: seen[key].update({path: o}))
+        assert_same(model(x), m(x), key, atol=1e-6, rtol=1e-5)
+    for path, want in seen["model"].items():
+        got = seen["rebuilt"][path]
+        assert type(got) is type(want) and len(got) == len(want), path
+        assert [a for a in got if not isinstance(a, torch.Tensor)] == [b for b in want if not isinstance(b, torch.Tensor)]
+        assert_same(want, got, path, atol=1e-6, rtol=1e-5)
+    assert seen["rebuilt"]["pool"][0] is seen["rebuilt"]["pool"][2]
+    for path in ("blocks.0", "blocks.0.attn"):
+        with pytest.warns(UserWarning, match=r"will never be called: .*nothing reads item 1 of what it returns"):
+            rebuilt.get_submodule(path).register_forward_hook(lambda mod, i, o: None)
+    replaced = osf.load_ir(tmp_path / "net").build().eval()
+    replaced.blocks[0] = copy.deepcopy(model.blocks[0])
+    replaced.blocks[1].attn = copy.deepcopy(model.blocks[1].attn)
+    replaced.pool = Twice()
+    assert_same(model(x), replaced(x), "put in", atol=1e-6, rtol=1e-5)
+
+    supernet = osf.Supernet(model, (x,))
+    arch = supernet.space.sample(0)
+    small = supernet.extract(arch).eval()
+    supernet.set_arch(arch)
+    fired = []
+    small.blocks[1].attn.register_forward_hook(lambda mod, i, o: fired.append(o))
+    assert_same(supernet(x), small(x), "subnet", atol=1e-5, rtol=1e-4)
+    assert len(fired) == 1 and fired[0][1].shape == (2, 5, 5)
+    torch.testing.assert_close(fired[0][1].sum(-1), torch.ones(2, 5))  # the map's rows are distributions
 
 
 def test_a_rebuilt_module_called_on_its_own_takes_its_arguments_as_the_original_forward_would():

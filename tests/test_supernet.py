@@ -920,7 +920,7 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
     model = Net()
     ir = osf.trace(model, (x,))
     rebuilt = ir.build()
-    cases = {"pick": "calls it other than on tensors and constants, returning one tensor "
+    cases = {"pick": "calls it other than on tensors and constants, returning tensors "
                      "\\(called with 1 positional argument\\(s\\), not all of them tensors or constants\\)",
              "tied": "takes 2 value\\(s\\) from the rest of the model",
              "blocks": "'blocks.0' runs outside a call of it", "inp": "reads its tensor 'inp.weight' outside its calls"}

@@ -87,7 +87,7 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
         raise
     finally:
         model.train(was_training)
-    ir = _to_ir(model, programs, method, verify_init, (args, kwargs), calls.shapes, calls.arguments)
+    ir = _to_ir(model, programs, method, verify_init, (args, kwargs), calls)
     ir.info["trace_options"] = options
     if unrecorded.hooked:
         _check_gradients(model, ir, args, kwargs, unrecorded)
@@ -324,31 +324,35 @@ class _CallShapes:
     """How each module is called while the model is exported (hooks, removed after): ``shapes[id(module)]``
     holds ``call``: "unary" when every call passed one tensor positionally, the same constant keywords if
     any (``kwargs``: None, bools, numbers, strings; timm's ``attn(x, attn_mask=None)``), and returned one
-    tensor (alone, or in a tuple / list of constants: ``returns`` as below); "tensors" when every call
-    passed tensors and constants only, positionally or by keyword, in the same places, and returned one
-    tensor alone or in a tuple / list of constants (``signature``: ``args`` and ``kwargs`` entries
-    ``{"input": k}`` for the k-th distinct tensor, ``{"const": v}``, or ``{"tuple": [...]}`` /
-    ``{"list": [...]}`` of entries, ``returns`` None or ``{"type", "items"}``: torchvision's
-    ``self_attention(x, x, x, need_weights=False)`` returning ``(out, None)``, Hugging Face layers given a
-    mask); else how a call differed. A module put in place of such a module is called as the model called
-    it (``codegen.module_calls``).
+    tensor, or tensors in a tuple / list with constants (``returns`` as below); "tensors" when every call
+    passed tensors and constants only, positionally or by keyword, in the same places, and returned as a
+    unary call may (``signature``: ``args`` and ``kwargs`` entries ``{"input": k}`` for the k-th distinct
+    tensor, ``{"const": v}``, or ``{"tuple": [...]}`` / ``{"list": [...]}`` of entries, ``returns`` None
+    for a tensor or ``{"type", "items"}`` with items ``{"output": j}`` for its j-th distinct tensor and
+    ``{"const": v}``: torchvision's ``self_attention(x, x, x, need_weights=False)`` returning ``(out,
+    None)``, ``nn.MultiheadAttention`` at its default returning ``(out, weights)``, Hugging Face layers given
+    a mask); else how a call differed. A module put in place of such a module is called as the model
+    called it (``codegen.module_calls``).
 
-    Two kinds of marks sit in the module's scope as ``aten.alias`` ops (generated code assigns them,
+    Three kinds of marks sit in the module's scope as ``aten.alias`` ops (generated code assigns them,
     ``codegen._ALIAS``): a call that returns its input itself unchanged (``nn.Identity``, a dropout in eval
     mode; not an in-place ReLU, whose op marks it) returns an alias of it, so its call is found; a
     "tensors" call is given an alias of each distinct tensor it takes, in the order of ``input`` numbers,
     so that which value fills which argument is known (a module's first ops; the same tensor passed twice
-    stays one object, as ``query is key`` tests expect). ``_mark_arguments`` then tags each of those aliases
-    with its number (``meta["argument"]``)."""
+    stays one object, as ``query is key`` tests expect); a call returning several tensors returns an alias
+    of each, in the order of ``output`` numbers (its last ops), so that which value is which result is
+    known. ``_mark_calls`` then tags those aliases with their numbers (``meta["argument"]``,
+    ``meta["result"]``: ``OpNode.is_mark``, which the search space sees through)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.shapes: dict[int, dict[str, Any]] = {}
         self.versions: dict[int, int] = {}  # the input's version counter when each module's call began
         self.returned: dict[int, dict | None] = {}  # what a module's first call returned (``_returned``)
-        # how many tensors each module given aliases took: all its aliases are tagged (``_mark_arguments``),
+        # how many tensors each module given aliases took: all its aliases are tagged (``_mark_calls``),
         # also where a later call refused it, so that the search space sees through every one
         self.arguments: dict[int, int] = {}
+        self.results: dict[int, int] = {}  # how many distinct tensors each module returning several returned
 
     @contextlib.contextmanager
     def watching(self) -> Any:
@@ -408,6 +412,10 @@ class _CallShapes:
                     self.shapes[id(module)] = {"call": "returns other structures in different calls"}
                 elif returns is not None:
                     (seen["signature"] if how == "tensors" else seen)["returns"] = returns
+                    count = max(item.get("output", -1) for item in returns["items"]) + 1
+                    if count > 1:
+                        self.results[id(module)] = count
+                        return _aliased(output)
             if how == "tensors":
                 return None
             if isinstance(output, torch.Tensor) and len(args) == 1 and output is args[0] \
@@ -428,17 +436,30 @@ class _CallShapes:
 
 def _returned(output: Any) -> dict | None | str:
     """What a call that returned ``output`` returns (``_CallShapes``: a unary call's ``returns``, a "tensors"
-    call's ``signature["returns"]``): None for a tensor, the items of a tuple or list holding one tensor and
-    constants; else why a module put in could not stand for it."""
+    call's ``signature["returns"]``): None for a tensor, the items of a tuple or list of tensors (``{"output":
+    j}``, the j-th distinct one) and constants; else why a module put in could not stand for it."""
     if isinstance(output, torch.Tensor):
         return None
     if type(output) in (tuple, list):
-        tensors = sum(isinstance(v, torch.Tensor) for v in output)
-        if tensors == 1 and all(isinstance(v, torch.Tensor) or _constant(v) for v in output):
+        numbers: dict[int, int] = {}
+        if any(isinstance(v, torch.Tensor) for v in output) \
+                and all(isinstance(v, torch.Tensor) or _constant(v) for v in output):
             return {"type": type(output).__name__,
-                    "items": [{"output": True} if isinstance(v, torch.Tensor) else {"const": v} for v in output]}
+                    "items": [{"output": numbers.setdefault(id(v), len(numbers))} if isinstance(v, torch.Tensor)
+                              else {"const": v} for v in output]}
+        tensors = sum(isinstance(v, torch.Tensor) for v in output)
         return f"returns a {type(output).__name__} of {tensors} tensor(s) and other values"
     return f"returns a {type(output).__name__}"
+
+
+def _aliased(output: tuple | list) -> tuple | list:
+    """``output`` (a tuple or list of tensors and constants) with an alias of each distinct tensor, made in
+    the order they first appear (``_CallShapes``: the marks of a call's results)."""
+    aliases: dict[int, torch.Tensor] = {}
+    for v in output:
+        if isinstance(v, torch.Tensor) and id(v) not in aliases:
+            aliases[id(v)] = torch.ops.aten.alias.default(v)
+    return type(output)(aliases[id(v)] if isinstance(v, torch.Tensor) else v for v in output)
 
 
 def _forward_parameters(module: nn.Module) -> list | None:
@@ -798,12 +819,14 @@ def _scope(node: torch.fx.Node, paths: dict[str, str], scopes: dict[tuple, int])
 
 def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor],
            example_batch: int | None = None, follow: dict[str, tuple[list, dict]] | None = None,
-           scopes: dict[tuple, int] | None = None, arguments: dict[str, int] | None = None) -> tuple[Graph, list]:
+           scopes: dict[tuple, int] | None = None, marks: dict[str, dict[str, int]] | None = None
+           ) -> tuple[Graph, list]:
     """The program (its blocks of forward inlined) as an IR graph; ``example_batch``: the size its inputs'
     batch symbols are reported at (when it was exported from an example of another batch); ``follow``: the
     arguments of some ops with the values that follow the model's dtype marked (``_dtype_following``);
-    ``scopes``: the table of module-call stacks its ops' ``scope`` index (extended); ``arguments``: how many
-    tensors each module called on several takes (``_mark_arguments``)."""
+    ``scopes``: the table of module-call stacks its ops' ``scope`` index (extended); ``marks``: per kind
+    ("argument", "result"), how many tensors each module called on several takes or returning several
+    returns (``_mark_calls``)."""
     scopes = {} if scopes is None else scopes
     from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
     sizes = None
@@ -863,31 +886,32 @@ def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str,
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     outputs = [serial.encode_arg(a) for a, spec in zip(out_node.args[0], ep.graph_signature.output_specs)
                if spec.kind == OutputKind.USER_OUTPUT]
-    _mark_arguments(ops, arguments or {}, scopes)
+    _mark_calls(ops, marks or {}, scopes)
     _drop_unused(ops, outputs)
     return Graph(placeholders, ops, outputs), user_leaves
 
 
-def _mark_arguments(ops: list[OpNode], arguments: dict[str, int], scopes: dict[tuple, int]) -> None:
+def _mark_calls(ops: list[OpNode], marks: dict[str, dict[str, int]], scopes: dict[tuple, int]) -> None:
     """Tag the aliases that ``_CallShapes`` gave each call of a module called on several tensors (the first
-    ``arguments[path]`` ops of the module's own in that call) with the number of the tensor each stands for
-    (``meta["argument"]``): ``codegen.module_calls`` finds which value fills which argument by them, also
-    after dead ops are dropped. A call whose first ops are not those aliases (a pre-hook of the model's own
-    ran ops first) keeps no marks, and is refused there."""
+    ``marks["argument"][path]`` ops of the module's own in that call) with the number of the tensor each
+    stands for (``meta["argument"]``), and those it made of the tensors a module returning several returned
+    (its last ``marks["result"][path]`` ops) with theirs (``meta["result"]``): ``codegen.module_calls`` finds
+    which value fills which argument and which is which result by them, also after dead ops are dropped. A
+    call whose first or last ops are not those aliases (a hook of the model's own ran ops) keeps no marks of
+    that kind, and is refused there."""
     frames = {index: stack for stack, index in scopes.items()}
-    marked: dict[tuple[str, str | None], int] = {}
+    own: dict[tuple[str, str | None], list[OpNode]] = {}  # each module call's ops of the module's own
     for op in ops:
-        count = arguments.get(op.owner)
-        if count is None or op.scope is None:
-            continue
-        call = (op.owner, next((key for path, key in frames[op.scope] if path == op.owner), None))
-        done = marked.get(call, 0)
-        if done < count:
-            if op.target == "aten.alias.default" and isinstance(op.meta, dict):
-                op.meta = {**op.meta, "argument": done}
-                marked[call] = done + 1
-            else:
-                marked[call] = count
+        if op.scope is not None and (op.owner in marks.get("argument", {}) or op.owner in marks.get("result", {})):
+            own.setdefault((op.owner, next((key for path, key in frames[op.scope] if path == op.owner), None)),
+                           []).append(op)
+    for (path, _), members in own.items():
+        results = marks.get("result", {}).get(path, 0)
+        for kind, tagged in (("argument", members[:marks.get("argument", {}).get(path, 0)]),
+                             ("result", members[len(members) - results:] if len(members) >= results else [])):
+            if all(op.target == "aten.alias.default" and isinstance(op.meta, dict) for op in tagged):
+                for number, op in enumerate(tagged):
+                    op.meta = {**op.meta, kind: number}
 
 
 _FOLDED = {torch.ops.aten.arange.default, torch.ops.aten.arange.start, torch.ops.aten.arange.start_step,
@@ -1100,8 +1124,9 @@ def _inline_blocks(gm: torch.fx.GraphModule) -> None:
 
 def _drop_unused(ops: list[OpNode], outputs: list) -> None:
     """Remove ops whose results nobody uses and that have no side effect (dead code after dropping
-    assertions). The marks of a module's arguments (``_mark_arguments``) stay where the value they mark is
-    computed anyway (an argument the module does not read: its call can still pass it)."""
+    assertions). The marks of module calls (``_mark_calls``) stay where the value they mark is computed
+    anyway (an argument the module does not read: its call can still pass it; a result nobody reads: a
+    hook still sees it)."""
     used = set(serial.node_refs(outputs))
     keep = []
     for op in reversed(ops):
@@ -1150,7 +1175,7 @@ def _own_ir(model: nn.Module, args: tuple, kwargs: dict, options: dict[str, bool
 
 
 def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example: tuple,
-           call_shapes: dict[int, dict[str, Any]], call_arguments: dict[int, int]) -> IR:
+           calls: _CallShapes) -> IR:
     ids, paths = _canonical_names(model)
     aliases, tensors, persistent = _tensor_aliases(model)
     consts: dict[str, torch.Tensor] = {}
@@ -1162,10 +1187,11 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example:
         _inline_blocks(programs[mode].graph_module)
     follow = _dtype_following(model, programs, paths, example)
     scopes: dict[tuple, int] = {}
-    arguments = {ids[key]: count for key, count in call_arguments.items() if key in ids}
+    marks = {kind: {ids[key]: count for key, count in counts.items() if key in ids}
+             for kind, counts in (("argument", calls.arguments), ("result", calls.results))}
     train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch, follow.get("train"), scopes,
-                                      arguments)
-    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"), scopes, arguments)
+                                      marks)
+    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"), scopes, marks)
     _gate_mode_only_ops(train_graph, eval_graph)
     keep_eval = _signature(train_graph) != _signature(eval_graph)
     for g in (train_graph, eval_graph):
@@ -1200,7 +1226,7 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example:
         "size_conditions": size_conditions,
         "scopes": [[list(frame) for frame in frames] for frames in scopes],
     }
-    modules = _module_nodes(model, ids, aliases, verify, call_shapes)
+    modules = _module_nodes(model, ids, aliases, verify, calls.shapes)
     ir = IR(train_graph, modules, tensors, aliases, info, eval_graph if keep_eval else None)
     annotate_io(ir)
     return ir

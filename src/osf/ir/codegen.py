@@ -111,7 +111,7 @@ class IRContainer(nn.Module):
             raise TypeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
                             f"as its model called it{defaults}: {how}")
         if not all(isinstance(x, torch.Tensor) for x in inputs):  # torch.fx.symbolic_trace's proxies
-            return pack_output(signature, fn(self, _device([], root), *inputs)[0])
+            return pack_output(signature, fn(self, _device([], root), *inputs))
         for x, sizes in zip(inputs, fn.__osf_inputs__):
             if sizes is not None and (x.dim() != len(sizes)
                                       or any(s is not None and s != n for s, n in zip(sizes, x.shape))):
@@ -120,7 +120,7 @@ class IRContainer(nn.Module):
                                  f"own the ops its model's call ran, on a tensor of shape {shown} as traced; got "
                                  f"{tuple(x.shape)}. Call it on that shape, or trace the model at the sizes you "
                                  "need (or with dynamic_batch / dynamic_seq / dynamic_spatial)")
-        return pack_output(signature, fn(self, inputs[0].device, *inputs)[0])
+        return pack_output(signature, fn(self, inputs[0].device, *inputs))
 
     def __getitem__(self, key: int | str) -> nn.Module:
         """A child as the original ``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict`` indexed it: by
@@ -1161,12 +1161,13 @@ class Unreplaceable(Exception):
 @dataclass
 class ModuleCall:
     """One call of a module in a graph: its ops (indices), the values it takes (in the order of the
-    signature's ``input`` numbers), the one it returns, the context managers it runs under, the sizes it
-    computed for the rest of the model, how the model called it (``call_signature``) and the names of
+    signature's ``input`` numbers), those it returns (in the order of the signature's ``output`` numbers;
+    None for one nobody reads whose ops are gone), the context managers it runs under, the sizes
+    it computed for the rest of the model, how the model called it (``call_signature``) and the names of
     the aliases that mark its arguments inside it (none for a module called on one tensor)."""
     ops: list[int]
     inputs: list[str]
-    output: str
+    outputs: list[str | None]
     context: list | None
     sizes: list[OpNode]  # sizes it computed that the rest of the model reads, read from the model's inputs
     signature: dict[str, Any]
@@ -1185,6 +1186,18 @@ def call_signature(meta: dict) -> dict[str, Any] | None:
     if how == "tensors":
         return {"returns": None, **meta["signature"]}
     return None
+
+
+def result_number(item: dict[str, Any]) -> int:
+    """The number of the tensor an ``{"output": j}`` item of a call's ``returns`` is (IRs of an osf that
+    allowed one tensor stored ``True``)."""
+    return 0 if item["output"] is True else item["output"]
+
+
+def _signature_outputs(signature: dict[str, Any]) -> int:
+    """How many distinct tensors a call of ``signature`` returns."""
+    returns = signature.get("returns")
+    return 1 if returns is None else max(result_number(item) for item in returns["items"] if "output" in item) + 1
 
 
 def _signature_inputs(signature: dict[str, Any]) -> int:
@@ -1285,19 +1298,19 @@ def describe_call(signature: dict[str, Any]) -> str:
                             *(f"{k}={shown(e)}" for k, e in signature["kwargs"].items())]) + ")"
 
 
-def pack_output(signature: dict[str, Any], value: Any) -> Any:
-    """What a module called as ``signature`` returns, given the one tensor it computed."""
+def pack_output(signature: dict[str, Any], values: list) -> Any:
+    """What a module called as ``signature`` returns, given the tensors it computed (by result number)."""
     returns = signature.get("returns")
     if returns is None:
-        return value
-    items = [value if "output" in item else item["const"] for item in returns["items"]]
+        return values[0]
+    items = [values[result_number(item)] if "output" in item else item["const"] for item in returns["items"]]
     return items if returns["type"] == "list" else tuple(items)
 
 
 def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
     """The calls of the module at ``path`` in ``graph`` (``OpNode.scope``); ``Unreplaceable`` unless each
-    takes one value of the rest of the model (its own tensors and constants aside) and gives one back,
-    and every op of the module runs in one of its calls."""
+    takes the values of the rest of the model its model passed (its own tensors and constants aside) and
+    gives back those it returned, and every op of the module runs in one of its calls."""
     scopes = ir.info.get("scopes")
     if scopes is None:
         raise Unreplaceable("this model's IR does not record module calls (traced by an older osf); trace the "
@@ -1321,7 +1334,7 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
                                             "or a capture through torch.fx")
     signature = call_signature(ir.modules[path].meta)
     if signature is None:
-        raise Unreplaceable(f"the model calls it other than on tensors and constants, returning one tensor ({how}), "
+        raise Unreplaceable(f"the model calls it other than on tensors and constants, returning tensors ({how}), "
                             "while a module put in its place is called as the model called it")
     count = _signature_inputs(signature) if how == "tensors" else 0
     if how == "tensors" and not count:
@@ -1370,10 +1383,10 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
         if count and not set(taken) <= set(inputs):
             raise Unreplaceable(f"a call of it reads {len(set(taken) - set(inputs))} value(s) of the rest of the "
                                 "model that the model does not pass it as arguments")
-        if len(inputs) != 1 and not count or len(given) != 1:
-            raise Unreplaceable(f"a call of it takes {len(inputs)} value(s) from the rest of the model and gives "
-                                f"{len(given)} back; a module can take its place where it takes one tensor and "
-                                "returns one")
+        if len(inputs) != 1 and not count:
+            raise Unreplaceable(f"a call of it takes {len(inputs)} value(s) from the rest of the model; a module "
+                                "can take its place where the model passes it what it takes")
+        outputs = _call_outputs(graph, idxs, path, given, _signature_outputs(signature))
         # from the call's inputs first: read inside an enclosing module's call, the model's inputs would be
         # another value that call takes
         sources = [(v, (placeholders[v] if v in placeholders else by_name[v]).meta) for v in dict.fromkeys(inputs)]
@@ -1383,11 +1396,40 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
         if len(contexts) != 1:
             raise Unreplaceable("part of its ops run under a torch.no_grad() or autocast block of its own forward")
         end = max(idxs)
-        if any(j < end and j not in inside for j in readers.get(given[0], ())):
+        if any(j < end and j not in inside for v in given for j in readers.get(v, ())):
             raise Unreplaceable("the model reads its output before its call ends")
-        calls.append(ModuleCall(sorted(idxs), inputs, given[0], graph.ops[idxs[0]].context, resized, signature,
+        calls.append(ModuleCall(sorted(idxs), inputs, outputs, graph.ops[idxs[0]].context, resized, signature,
                                 [op.name for op in markers]))
     return calls
+
+
+def _call_outputs(graph: Graph, idxs: list[int], path: str, given: list[str], count: int) -> list[str | None]:
+    """The values a call (ops ``idxs``) of the module at ``path`` returns, by result number: the one it
+    gives back to the rest of the model (``given``: the values read outside it), or for a module returning
+    ``count`` > 1 tensors the aliases that mark them (``meta["result"]``, each value read outside one of
+    them; None for a result nobody reads whose value is not computed either)."""
+    if count == 1:
+        if len(given) != 1:
+            raise Unreplaceable(f"a call of it gives {len(given)} values back to the rest of the model; a module "
+                                "can take its place where the model reads what it returns and nothing else")
+        return given
+    marks = {graph.ops[i].name: graph.ops[i].meta["result"] for i in idxs
+             if graph.ops[i].owner == path and isinstance(graph.ops[i].meta, dict) and "result" in graph.ops[i].meta}
+    if not given:
+        raise Unreplaceable("the model reads nothing it returns (its calls only change tensors in place)")
+    if not marks:
+        raise Unreplaceable(f"the IR does not mark the {count} tensors it returns (traced by an older osf, or a "
+                            "hook of the model's own ran ops after it): trace the original model again")
+    unmarked = [i for i in idxs if graph.ops[i].name in given and graph.ops[i].name not in marks]
+    if unmarked:
+        raise Unreplaceable(f"the model reads {len(unmarked)} value(s) made in a call of it other than the {count} "
+                            f"tensors it returns (one by '{graph.ops[unmarked[0]].owner}', taken by a hook of the "
+                            "model's own, such as Hugging Face's output recorders), which a module put in would "
+                            "not give")
+    outputs: list[str | None] = [None] * count
+    for v, number in marks.items():
+        outputs[number] = v
+    return outputs
 
 
 def _path_outside(ir: IR, tensor: str, paths: list[str]) -> str:
@@ -1443,23 +1485,26 @@ def size_ops(op: OpNode, sources: list[tuple[str, Any]]) -> list[OpNode]:
 def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
     """``graph`` with the ops of every call of the modules at ``paths`` replaced by a call of the module
     found there as the model called it (a ``MODULE_CALL`` op, at the call's last op, named as the value it
-    gave, or followed by the ``getitem`` of that value from the tuple or list it returns); tensors and
-    constants no op reads any more are dropped."""
+    gave, or followed by a ``getitem`` from the tuple or list it returns per value of it the graph has);
+    tensors and constants no op reads any more are dropped."""
     dropped: set[int] = set()
     calls: dict[int, list[OpNode]] = {}
     for path in paths:
         for call in module_calls(ir, graph, path):
             dropped.update(call.ops)
-            producer = next(graph.ops[i] for i in call.ops if graph.ops[i].name == call.output)
+            producers = {graph.ops[i].name: graph.ops[i] for i in call.ops}
+            first = next(v for v in call.outputs if v is not None)
             args, kwargs = _signature_arguments(call.signature, call.inputs)
             returns = call.signature["returns"]
-            name = call.output if returns is None else f"{call.output}_called"
-            new = [*call.sizes, OpNode(name, MODULE_CALL, args, kwargs, path, producer.meta, context=call.context,
-                                       scope=producer.scope)]
-            if returns is not None:
-                at = next(i for i, item in enumerate(returns["items"]) if "output" in item)
-                new.append(OpNode(call.output, "operator.getitem", [{"node": name}, at], {}, path, producer.meta,
-                                  scope=producer.scope))
+            name = first if returns is None else f"{first}_called"
+            new = [*call.sizes, OpNode(name, MODULE_CALL, args, kwargs, path, producers[first].meta,
+                                       context=call.context, scope=producers[first].scope)]
+            for number, value in enumerate(call.outputs if returns is not None else ()):
+                if value is not None:
+                    at = next(i for i, item in enumerate(returns["items"])
+                              if "output" in item and result_number(item) == number)
+                    new.append(OpNode(value, "operator.getitem", [{"node": name}, at], {}, path,
+                                      producers[value].meta, scope=producers[value].scope))
             calls[call.ops[-1]] = new
     ops = [new for i, op in enumerate(graph.ops) for new in calls.get(i, [] if i in dropped else [op])]
     read = {ref for op in ops for ref in op.inputs} | set(serial.node_refs(graph.outputs))
@@ -1514,7 +1559,14 @@ def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str
             placeholders.append(dataclasses.replace(value, target=own[len(prefix):]))
         else:  # a size read before the call (module_calls let no other value in)
             sizes += [dataclasses.replace(o, owner="", scope=None) for o in size_ops(value, sources)]
-    return Graph(placeholders, sizes + ops, [{"node": call.output}]), views, len(calls) == 1
+    unread = [str(at) for at, item in enumerate((call.signature["returns"] or {}).get("items", ()))
+              if "output" in item and call.outputs[result_number(item)] is None]
+    if unread:
+        raise Unreplaceable(f"nothing reads item {' and '.join(unread)} of what it returns (such as the attention "
+                            "weights nn.MultiheadAttention returns unless need_weights=False, or a value only a "
+                            "part a subnet dropped read), so osf kept no op computing it: a module put in its "
+                            "place works, a hook or a call of it on its own would need that value")
+    return Graph(placeholders, sizes + ops, [{"node": v} for v in call.outputs]), views, len(calls) == 1
 
 
 def _call_ops(graph: Graph, call: ModuleCall, producers: dict) -> list:

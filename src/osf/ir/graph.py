@@ -58,6 +58,13 @@ class OpNode:
         (``meta["argument"]``: its number; ``capture._CallShapes``): an assignment, not a computation."""
         return isinstance(self.meta, dict) and "argument" in self.meta
 
+    @property
+    def is_mark(self) -> bool:
+        """A mark of a module's argument (``marks_argument``) or of one of the tensors a module returning
+        several returned (``meta["result"]``: its number; capture put it as the call's last ops): an
+        alias of the value, not a computation."""
+        return isinstance(self.meta, dict) and ("argument" in self.meta or "result" in self.meta)
+
     def to_dict(self) -> dict:
         d = {"name": self.name, "target": self.target, "args": self.args, "kwargs": self.kwargs,
              "owner": self.owner, "meta": self.meta}
@@ -76,13 +83,14 @@ class OpNode:
 
 
 def with_unread_marks(ops: list[OpNode], kept: list[OpNode]) -> list[OpNode]:
-    """``kept`` (the ops of ``ops`` that dead-code removal keeps) and the marks of module arguments
-    (``OpNode.marks_argument``) whose value is still there: a module that does not read an argument can
-    still be given it, so a module put in its place or its hooks get what the model passed."""
+    """``kept`` (the ops of ``ops`` that dead-code removal keeps) and the marks of module calls
+    (``OpNode.is_mark``) whose value is still there: a module that does not read an argument can still be
+    given it, and one whose result nobody reads still return it, so a module put in its place or its hooks
+    get what the model passed and a hook what the module returned."""
     names = {op.name for op in kept}
     produced = {op.name for op in ops}
     return [op for op in ops if op.name in names
-            or op.marks_argument and all(ref in names or ref not in produced for ref in op.inputs)]
+            or op.is_mark and all(ref in names or ref not in produced for ref in op.inputs)]
 
 
 @dataclass
@@ -102,10 +110,11 @@ class Graph:
                    d["outputs"])
 
     def without_marks(self) -> "Graph":
-        """This graph with the marks of module arguments (``OpNode.marks_argument``) contracted: each read
-        of one reads the value it marks. The search space analyses this view, where a mark would be the
-        same tensor under another name (a residual's skip read through a module's mark of it)."""
-        marks = {op.name: op.inputs[0] for op in self.ops if op.marks_argument}
+        """This graph with the marks of module calls (``OpNode.is_mark``) contracted: each read of one
+        reads the value it marks. The search space analyses this view, where a mark would be the same
+        tensor under another name (a residual's skip read through a module's mark of it) or one more op
+        in a module (two units differing only by the marks of what they return)."""
+        marks = {op.name: op.inputs[0] for op in self.ops if op.is_mark}
         if not marks:
             return self
 

@@ -59,14 +59,14 @@ def shrunk_atoms(space: "SearchSpace", widths: dict[int, int]) -> dict[int, int]
 class Liveness:
     """Which ops of one graph survive a set of contracted units (``space.subnet._rewrite`` + ``_dce``)."""
 
-    def __init__(self, graph: Graph, located: dict[str, tuple[set, str, str]]):
+    def __init__(self, graph: Graph, located: dict[str, tuple[set, str, str, dict[str, str]]]):
         self.graph = graph
         index = {op.name: i for i, op in enumerate(graph.ops)}
         self.names = [op.name for op in graph.ops]
         self.inputs = [tuple(op.inputs) for op in graph.ops]
         self.outputs = node_refs(graph.outputs)
-        self.units = {k: (frozenset(index[n] for n in ops if n in index), inp, out)
-                      for k, (ops, inp, out) in located.items()}
+        self.units = {k: (frozenset(index[n] for n in ops if n in index), inp, out, forwards)
+                      for k, (ops, inp, out, forwards) in located.items()}
         self.root = [has_side_effect(op.target) and not is_symint(op) for op in graph.ops]
         # an in-place op whose first argument a contraction replaced becomes out of place (no side effect)
         self.inplace: dict[int, tuple[tuple[str, ...], bool | str]] = {}
@@ -82,8 +82,8 @@ class Liveness:
                       if op.mode_gated and op.owner in owned}
         self.order = range(len(graph.ops) - 1, -1, -1)
         self.produced = set(self.names)
-        # marks of module arguments, kept while their value is (``ir.graph.with_unread_marks``)
-        self.marks = [i for i, op in enumerate(graph.ops) if op.marks_argument]
+        # marks of module calls, kept while their value is (``ir.graph.with_unread_marks``)
+        self.marks = [i for i, op in enumerate(graph.ops) if op.is_mark]
 
     def live(self, dropped: list[str]) -> tuple[set[str], set[int]]:
         """(values read by surviving ops or returned, indices of surviving ops) when ``dropped`` units
@@ -94,6 +94,7 @@ class Liveness:
             located = self.units.get(k)
             if located is not None:
                 removed |= located[0]
+                replace.update(located[3])
                 replace[located[2]] = located[1]
 
         def sub(ref: str) -> str:
@@ -146,7 +147,7 @@ def functional_root(op: OpNode) -> bool | str:
 def check_units_keep_dims(space: "SearchSpace", key: str, graph: Graph) -> None:
     """The precondition of per-op width tables: a contracted unit's input has its output's dims."""
     vals, dims = space.analysis.values[key], space.analysis.dims
-    for k, (_, inp, out) in space.located_units(key).items():
+    for k, (_, inp, out, _) in space.located_units(key).items():
         a, b = vals.get(inp), vals.get(out)
         if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
                 and all(dims.resolve(x) == dims.resolve(y) for x, y in zip(a, b))):

@@ -44,13 +44,15 @@ class SearchSpace:
         self._unit = {u.key: u for u in self.units}
         self._owner = self._group_owners()
         self._configs = {u.key: self._kept_count(u.key, motifs=False) for u in self.units}  # inside, when kept
-        self._located: dict[str, dict] = {"train": {u.key: (set(u.dropped), u.input, u.output) for u in self.units}}
+        self._located: dict[str, dict] = {"train": {u.key: (set(u.dropped), u.input, u.output, u.forwards)
+                                                    for u in self.units}}
         self._min: Arch | None = None
         self._reach: list[frozenset[str]] | None = None  # per output, the inputs it depends on (full model)
         self._cuts: dict[frozenset[str], list[int]] = {}  # cut_outputs per set of contracted units
 
-    def located_units(self, graph_key: str) -> dict[str, tuple[set, str, str]]:
-        """Units as (ops, input, output) in the training graph or in the eval graph."""
+    def located_units(self, graph_key: str) -> dict[str, tuple[set, str, str, dict[str, str]]]:
+        """Units as (ops, input, output, forwards) in the training graph or in the eval graph: contracted,
+        readers of ``output`` read ``input``, and those of each mark among its ops the value it marked."""
         if graph_key not in self._located:
             self._located[graph_key] = locate_in(self.ir, self.analysis, graph_key, self.units)
         return self._located[graph_key]
@@ -95,7 +97,10 @@ class SearchSpace:
                 self._reach = output_inputs(self.ir.graph)
             located = self.located_units("train")
             skipped = {op for key in dropped for op in located[key][0]}
-            contracted = {located[key][2]: located[key][1] for key in dropped}
+            contracted = {}
+            for key in dropped:
+                contracted.update(located[key][3])
+                contracted[located[key][2]] = located[key][1]
             sub = output_inputs(self.ir.graph, skipped, contracted)
             cut = [i for i, (f, s) in enumerate(zip(self._reach, sub)) if f and not s]
             if len(self._cuts) >= _CUTS_KEPT:
@@ -195,7 +200,7 @@ class SearchSpace:
         expansion width read by a block's convolutions and by its squeeze-excitation unit.)"""
         params = {u.key: set(u.params) for u in self.units}
         owners: dict[str, str | None] = {}
-        marks = {op.name for op in self.ir.graph.ops if op.marks_argument}  # sizes as in the graph without them
+        marks = {op.name for op in self.ir.graph.ops if op.is_mark}  # sizes as in the graph without them
         for g in self.groups:
             holders = [u for u in self.units if all(t in params[u.key] for t, _ in g.members)]
             owners[g.key] = min(holders, key=lambda u: len(u.ops - marks)).key if holders else None

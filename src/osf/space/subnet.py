@@ -331,8 +331,9 @@ def cut(t: torch.Tensor, slices: list[tuple[int, int, torch.Tensor | None]]) -> 
 def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, hints: dict[str, int]) -> Graph:
     removed: set[str] = set()
     replace: dict[str, str] = {}
-    for ops, inp, out in units:
+    for ops, inp, out, forwards in units:
         removed |= set(ops)
+        replace.update(forwards)
         replace[out] = inp
     dead_owners = _dead_owners(graph, removed)
 

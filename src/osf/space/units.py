@@ -33,6 +33,7 @@ class Unit:
     order: int  # position of its first op in the graph
     parent: str | None = None
     side: frozenset[str] = frozenset()  # ops making side inputs for this branch alone (dropped with it)
+    forwards: dict[str, str] = field(default_factory=dict)  # marks among its ops -> what they mark (``_Marks``)
     signature: str = ""
     children: list[str] = field(default_factory=list)
 
@@ -152,15 +153,18 @@ def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitRe
         u.children = [c.key for c in units if c.parent == u.key]
         u.signature = _signature(g, u)
         u.ops = marks.dropped_with(u.ops, u.side, u.output)
+        u.forwards = marks.forwards(u.ops)
     return UnitReport(sorted(units, key=lambda u: u.order), rejected)
 
 
 class _Marks:
-    """Which marks of module arguments (``OpNode.marks_argument``) go with a unit found in the graph
-    without them (``Graph.without_marks``): a mark of a value the unit computes for itself (not its
-    output, which a contracted unit's input replaces), and the marks of a module call whose ops all go.
-    The others stay: the skip of a residual read through a module's mark of it, a module's mark of the
-    unit's output, or of an argument the unit alone read (kept while its value is)."""
+    """Which marks of module calls (``OpNode.is_mark``) go with a unit found in the graph without them
+    (``Graph.without_marks``): a mark of a value the unit computes for itself (not its output, which a
+    contracted unit's input replaces), and the marks of a module call whose ops all go (its arguments'
+    and what it returns, also its output). The others stay: the skip of a residual read through a
+    module's mark of it, a module's mark of the unit's output, or of an argument the unit alone read
+    (kept while its value is). A mark that goes forwards its readers to the value it marked
+    (``forwards``): a block's mark of what it returns is read outside it."""
 
     def __init__(self, ir: IR, graph: Graph):
         scopes = ir.info.get("scopes") or []
@@ -168,7 +172,7 @@ class _Marks:
         self.marks: list[tuple[OpNode, tuple[str, str] | None]] = []
         for op in graph.ops:
             frames = scopes[op.scope] if op.scope is not None and op.scope < len(scopes) else []
-            if op.marks_argument:
+            if op.is_mark:
                 key = next((k for path, k in frames if path == op.owner), None)
                 self.marks.append((op, None if key is None else (op.owner, key)))
                 continue
@@ -187,6 +191,11 @@ class _Marks:
                 gone.add(op.name)
                 added.add(op.name)
         return ops | added if added else ops
+
+    def forwards(self, ops: frozenset[str] | set[str]) -> dict[str, str]:
+        """The marks among a unit's ``ops`` (``dropped_with``), each to the value it marks: where the unit
+        is contracted, its readers read that value (and so, for its output, the unit's input)."""
+        return {op.name: op.inputs[0] for op, _ in self.marks if op.name in ops}
 
 
 def _unique_keys(units: list[Unit]) -> list[Unit]:
@@ -442,9 +451,10 @@ def graph_hash(g: nx.DiGraph, iterations: int) -> str:
         return nx.weisfeiler_lehman_graph_hash(g, node_attr="label", edge_attr="pos", iterations=iterations)
 
 
-def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]) -> dict[str, tuple[set, str, str]]:
-    """The same units in another graph of the IR (eval mode): ``key -> (ops, input, output)``. Modules
-    are found by owner, residual branches by the weights they read."""
+def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]
+              ) -> dict[str, tuple[set, str, str, dict[str, str]]]:
+    """The same units in another graph of the IR (eval mode): ``key -> (ops, input, output, forwards)``
+    (``Unit``). Modules are found by owner, residual branches by the weights they read."""
     graph = ir.eval_graph if graph_key == "eval" else ir.graph
     g = _Graph(ir, graph.without_marks())
     marks = _Marks(ir, graph)
@@ -455,10 +465,12 @@ def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]) -> dic
         if u.kind == "residual":
             b = branches.get(tuple(u.params))
             if b is not None:
-                out[u.key] = (set(marks.dropped_with(b.ops, b.side, b.output) | b.side), b.input, b.output)
+                ops = marks.dropped_with(b.ops, b.side, b.output)
+                out[u.key] = (set(ops | b.side), b.input, b.output, marks.forwards(ops))
             continue
         ops = _module_ops(ir, g.graph, u.key)
         found = _module_problem(g, vals, an, ops) if ops else "no ops"
         if not isinstance(found, str):
-            out[u.key] = (set(marks.dropped_with(frozenset(ops), frozenset(), found[1])), found[0], found[1])
+            dropped = marks.dropped_with(frozenset(ops), frozenset(), found[1])
+            out[u.key] = (set(dropped), found[0], found[1], marks.forwards(dropped))
     return out

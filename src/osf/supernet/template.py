@@ -255,17 +255,19 @@ class _GraphTemplate:
 
     def _contractions(self, located: dict) -> dict[str, list[tuple[str, str]]]:
         """Per unit output, the ``elif`` branches that give it the unit's input when that unit is the
-        contracted one (innermost unit first); ``self.alternative``: unit -> (op index, branch, output,
-        input)."""
+        contracted one (innermost unit first), and per mark among a unit's ops the branch that gives it the
+        value it marks (``Liveness``: its readers read that value); ``self.alternative``: unit -> [(op
+        index, branch, value, what it becomes)]."""
         instead: dict[str, list[tuple[str, str]]] = {}
-        self.alternative: dict[str, tuple[int, int, str, str]] = {}
-        for unit, (_, inp, out) in sorted(located.items(), key=lambda kv: len(kv[1][0])):
+        self.alternative: dict[str, list[tuple[int, int, str, str]]] = {}
+        for unit, (_, inp, out, forwards) in sorted(located.items(), key=lambda kv: len(kv[1][0])):
             if out not in self.index:
                 raise TemplateUnsupported(f"unit '{unit}' ends in {out}, which is not an op of the {self.key} graph")
-            branches = instead.setdefault(out, [])
-            branches.append((f"_x[{self.index[out]}] == {len(branches) + 1}", inp))
-            self.alternative[unit] = (self.index[out], len(branches), out, inp)
-            self._keep(inp, out)
+            for value, source in [(out, inp), *forwards.items()]:
+                branches = instead.setdefault(value, [])
+                branches.append((f"_x[{self.index[value]}] == {len(branches) + 1}", source))
+                self.alternative.setdefault(unit, []).append((self.index[value], len(branches), value, source))
+                self._keep(source, value)
         return instead
 
     def _inplace_calls(self, ops: list[OpNode], instead: dict) -> None:
@@ -394,13 +396,12 @@ class _GraphTemplate:
         for i in kept:
             on[i] = True
         x = [0] * self.n_ops
-        replace = {self.alternative[u][2]: self.alternative[u][3] for u in dropped if u in self.alternative}
+        replace = {value: source for u in dropped for _, _, value, source in self.alternative.get(u, ())}
         for unit in dropped:
-            if unit in self.alternative:
-                i, branch, out, _ = self.alternative[unit]
-                while out in replace:
-                    out = replace[out]
-                if out in live:  # else nothing reads the unit's output (and its input may not exist)
+            for i, branch, value, _ in self.alternative.get(unit, ()):
+                while value in replace:
+                    value = replace[value]
+                if value in live:  # else nothing reads the unit's output (and its input may not exist)
                     x[i] = branch
         consts: list[Any] = [None] * self.n_consts
         for i, table, slots in self.dynamic:
