@@ -110,7 +110,8 @@ def test_modules_called_on_several_tensors_are_hooked_and_replaced_as_the_model_
     ``(out, None)``, torchvision's ViT calls ``self_attention(x, x, x, need_weights=False)``: hooks on them
     fire on the rebuilt model (loaded from disk) with the original's arguments and outputs, also at another
     sequence length; a copy of the original's attention put in gives the original's outputs; called on its
-    own with other tensors where the model passed one tensor three times, the attention says how to call it."""
+    own with other tensors where the model passed one tensor three times, the attention says how to call it.
+    The encoder returns a model output class: its hook sees the original's, a copy of it put in works."""
     import copy
 
     import osf
@@ -141,6 +142,18 @@ def test_modules_called_on_several_tensors_are_hooked_and_replaced_as_the_model_
         assert seen["rebuilt"][1][3][1] is None  # the attention's (out, None)
     replaced = osf.trace(model, (), inputs).build().eval()
     replaced.encoder.layer[1].attention = copy.deepcopy(model.encoder.layer[1].attention)
+    torch.testing.assert_close(replaced(**inputs).last_hidden_state, model(**inputs).last_hidden_state,
+                               atol=1e-5, rtol=1e-4)
+    # the encoder returns a model output class: hooked, it gives the original's; a copy of it put in works
+    outputs = {}
+    for key, m in (("model", model), ("rebuilt", rebuilt)):
+        m.encoder.register_forward_hook(lambda mod, i, o, key=key: outputs.update({key: o}))
+        m(**inputs)
+    assert type(outputs["rebuilt"]) is type(outputs["model"])
+    assert outputs["rebuilt"].keys() == outputs["model"].keys()
+    torch.testing.assert_close(outputs["rebuilt"].last_hidden_state, outputs["model"].last_hidden_state,
+                               atol=1e-5, rtol=1e-4)
+    replaced.encoder = copy.deepcopy(model.encoder)
     torch.testing.assert_close(replaced(**inputs).last_hidden_state, model(**inputs).last_hidden_state,
                                atol=1e-5, rtol=1e-4)
 

@@ -803,8 +803,9 @@ def test_modules_returning_several_tensors_are_hooked_and_replaced_as_the_model_
     each block returns ``(x, weights)`` and the model returns the last block's map. Rebuilt from disk, hooks
     on the last block and its attention see the original's tuples; a hook on an earlier block, whose map
     nobody reads (so its ops are gone), warns naming the item; copies of the original's blocks and
-    attentions put in give the original's outputs; a module returning one tensor twice and a constant gets
-    the same list back; an extracted subnet's last attention fires its hook as the supernet computes it."""
+    attentions put in give the original's outputs; a module returning a dict with one tensor twice and a
+    constant in a list gets the same structure back; an extracted subnet's last attention fires its hook as
+    the supernet computes it."""
     class Block(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -816,10 +817,10 @@ def test_modules_returning_several_tensors_are_hooked_and_replaced_as_the_model_
             out, weights = self.attn(h, h, h)
             return x + self.fc(out).relu(), weights
 
-    class Twice(nn.Module):
-        def forward(self, x: torch.Tensor) -> list:
+    class Twice(nn.Module):  # returns one tensor twice, and a dict of a list
+        def forward(self, x: torch.Tensor) -> dict:
             h = x.mean(1)
-            return [h, 2, h]
+            return {"pooled": [h, 2], "again": h}
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -829,8 +830,9 @@ def test_modules_returning_several_tensors_are_hooked_and_replaced_as_the_model_
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             for block in self.blocks:
                 x, weights = block(x)
-            a, k, b = self.pool(x)
-            return self.head(a * k - b), weights
+            pooled = self.pool(x)
+            a, k = pooled["pooled"]
+            return self.head(a * k - pooled["again"]), weights
 
     torch.manual_seed(0)
     model, x = Net().eval(), torch.randn(2, 5, 16)
@@ -845,9 +847,10 @@ def test_modules_returning_several_tensors_are_hooked_and_replaced_as_the_model_
     for path, want in seen["model"].items():
         got = seen["rebuilt"][path]
         assert type(got) is type(want) and len(got) == len(want), path
-        assert [a for a in got if not isinstance(a, torch.Tensor)] == [b for b in want if not isinstance(b, torch.Tensor)]
+        assert torch.utils._pytree.tree_structure(got) == torch.utils._pytree.tree_structure(want), path
         assert_same(want, got, path, atol=1e-6, rtol=1e-5)
-    assert seen["rebuilt"]["pool"][0] is seen["rebuilt"]["pool"][2]
+    assert seen["rebuilt"]["pool"]["pooled"][0] is seen["rebuilt"]["pool"]["again"]
+    assert seen["rebuilt"]["pool"]["pooled"][1] == 2
     for path in ("blocks.0", "blocks.0.attn"):
         with pytest.warns(UserWarning, match=r"will never be called: .*nothing reads item 1 of what it returns"):
             rebuilt.get_submodule(path).register_forward_hook(lambda mod, i, o: None)

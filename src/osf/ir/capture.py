@@ -37,7 +37,8 @@ from . import ops as op_rules
 from .codegen import RebuiltModel, own_ir
 from .construct import qualname, size_arguments, verify_all
 from .errors import TraceError
-from .graph import BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, with_unread_marks
+from .graph import (BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, import_class,
+                    with_unread_marks)
 
 _IGNORED_TARGETS = {"aten._assert_tensor_metadata.default"}
 
@@ -329,7 +330,8 @@ class _CallShapes:
     unary call may (``signature``: ``args`` and ``kwargs`` entries ``{"input": k}`` for the k-th distinct
     tensor, ``{"const": v}``, or ``{"tuple": [...]}`` / ``{"list": [...]}`` of entries, ``returns`` None
     for a tensor or ``{"type", "items"}`` with items ``{"output": j}`` for its j-th distinct tensor and
-    ``{"const": v}``: torchvision's ``self_attention(x, x, x, need_weights=False)`` returning ``(out,
+    ``{"const": v}``, with ``spec`` and ``paths`` for structures other than a tuple or list (``_returned``):
+    torchvision's ``self_attention(x, x, x, need_weights=False)`` returning ``(out,
     None)``, ``nn.MultiheadAttention`` at its default returning ``(out, weights)``, Hugging Face layers given
     a mask); else how a call differed. A module put in place of such a module is called as the model
     called it (``codegen.module_calls``).
@@ -436,30 +438,50 @@ class _CallShapes:
 
 def _returned(output: Any) -> dict | None | str:
     """What a call that returned ``output`` returns (``_CallShapes``: a unary call's ``returns``, a "tensors"
-    call's ``signature["returns"]``): None for a tensor, the items of a tuple or list of tensors (``{"output":
-    j}``, the j-th distinct one) and constants; else why a module put in could not stand for it."""
+    call's ``signature["returns"]``): None for a tensor; the ``type`` and ``items`` of a tuple or list of
+    tensors (``{"output": j}``, the j-th distinct one) and constants; for other structures of them that
+    ``torch.utils._pytree`` flattens (a model output class, a dict, a namedtuple, nested tuples) their
+    leaves as ``items``, the pytree ``spec`` (``serial.spec_to_json``) and each leaf's ``paths`` from the
+    structure (``["index", i]``, ``["key", k]``, ``["attr", name]`` steps); else why a module put in could
+    not stand for it."""
     if isinstance(output, torch.Tensor):
         return None
-    if type(output) in (tuple, list):
-        numbers: dict[int, int] = {}
-        if any(isinstance(v, torch.Tensor) for v in output) \
-                and all(isinstance(v, torch.Tensor) or _constant(v) for v in output):
-            return {"type": type(output).__name__,
-                    "items": [{"output": numbers.setdefault(id(v), len(numbers))} if isinstance(v, torch.Tensor)
-                              else {"const": v} for v in output]}
-        tensors = sum(isinstance(v, torch.Tensor) for v in output)
-        return f"returns a {type(output).__name__} of {tensors} tensor(s) and other values"
-    return f"returns a {type(output).__name__}"
+    numbers: dict[int, int] = {}
+
+    def item(v: Any) -> dict:
+        return {"output": numbers.setdefault(id(v), len(numbers))} if isinstance(v, torch.Tensor) else {"const": v}
+    if type(output) in (tuple, list) and all(isinstance(v, torch.Tensor) or _constant(v) for v in output):
+        if any(isinstance(v, torch.Tensor) for v in output):
+            return {"type": type(output).__name__, "items": [item(v) for v in output]}
+        return f"returns a {type(output).__name__} without tensors"
+    try:
+        leaves, spec = pytree.tree_flatten_with_path(output)
+        stored = serial.spec_to_json(spec)
+        serial.spec_from_json(stored, import_class)
+    except Exception:  # noqa: BLE001 - any structure osf cannot store or import again is refused, named
+        return f"returns a {type(output).__name__}"
+    values = [v for _, v in leaves]
+    if not any(isinstance(v, torch.Tensor) for v in values) \
+            or not all(isinstance(v, torch.Tensor) or _constant(v) for v in values):
+        return f"returns a {type(output).__name__} of {sum(isinstance(v, torch.Tensor) for v in values)} tensor(s) " \
+               "and other values"
+    steps = {pytree.SequenceKey: ("index", "idx"), pytree.MappingKey: ("key", "key"),
+             pytree.GetAttrKey: ("attr", "name")}
+    paths = [[[steps[type(k)][0], getattr(k, steps[type(k)][1])] for k in path] for path, _ in leaves]
+    if not all(isinstance(key, (int, str)) for path in paths for _, key in path):
+        return f"returns a {type(output).__name__} with keys other than names and positions"
+    return {"type": type(output).__name__, "spec": stored, "items": [item(v) for v in values], "paths": paths}
 
 
-def _aliased(output: tuple | list) -> tuple | list:
-    """``output`` (a tuple or list of tensors and constants) with an alias of each distinct tensor, made in
-    the order they first appear (``_CallShapes``: the marks of a call's results)."""
+def _aliased(output: Any) -> Any:
+    """``output`` (a structure of tensors and constants, ``_returned``) with an alias of each distinct
+    tensor, made in the order they first appear (``_CallShapes``: the marks of a call's results)."""
+    leaves, spec = pytree.tree_flatten(output)
     aliases: dict[int, torch.Tensor] = {}
-    for v in output:
+    for v in leaves:
         if isinstance(v, torch.Tensor) and id(v) not in aliases:
             aliases[id(v)] = torch.ops.aten.alias.default(v)
-    return type(output)(aliases[id(v)] if isinstance(v, torch.Tensor) else v for v in output)
+    return pytree.tree_unflatten([aliases[id(v)] if isinstance(v, torch.Tensor) else v for v in leaves], spec)
 
 
 def _forward_parameters(module: nn.Module) -> list | None:

@@ -111,7 +111,7 @@ class IRContainer(nn.Module):
             raise TypeError(f"{type(self).__name__} (osf: {self.osf_class}) of a model rebuilt by osf runs on its own "
                             f"as its model called it{defaults}: {how}")
         if not all(isinstance(x, torch.Tensor) for x in inputs):  # torch.fx.symbolic_trace's proxies
-            return pack_output(signature, fn(self, _device([], root), *inputs))
+            return pack_output(signature, fn(self, _device([], root), *inputs), fn.__osf_returns__)
         for x, sizes in zip(inputs, fn.__osf_inputs__):
             if sizes is not None and (x.dim() != len(sizes)
                                       or any(s is not None and s != n for s, n in zip(sizes, x.shape))):
@@ -120,7 +120,7 @@ class IRContainer(nn.Module):
                                  f"own the ops its model's call ran, on a tensor of shape {shown} as traced; got "
                                  f"{tuple(x.shape)}. Call it on that shape, or trace the model at the sizes you "
                                  "need (or with dynamic_batch / dynamic_seq / dynamic_spatial)")
-        return pack_output(signature, fn(self, inputs[0].device, *inputs))
+        return pack_output(signature, fn(self, inputs[0].device, *inputs), fn.__osf_returns__)
 
     def __getitem__(self, key: int | str) -> nn.Module:
         """A child as the original ``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict`` indexed it: by
@@ -1037,6 +1037,8 @@ class Blueprint:
         ir = self.parsed_structure()
         fn = compile_graph(ir, graph, views, preamble=["_root = self._osf_link.root()"])
         fn.__osf_signature__ = call_signature(ir.modules[path].meta)
+        returns = fn.__osf_signature__["returns"]
+        fn.__osf_returns__ = load_spec(returns["spec"]) if returns is not None and "spec" in returns else None
         fn.__osf_parameters__ = ir.modules[path].meta.get("parameters")
         fn.__osf_inputs__ = []
         for p in graph.placeholders if only_call else ():
@@ -1298,12 +1300,15 @@ def describe_call(signature: dict[str, Any]) -> str:
                             *(f"{k}={shown(e)}" for k, e in signature["kwargs"].items())]) + ")"
 
 
-def pack_output(signature: dict[str, Any], values: list) -> Any:
-    """What a module called as ``signature`` returns, given the tensors it computed (by result number)."""
+def pack_output(signature: dict[str, Any], values: list, spec: pytree.TreeSpec | None = None) -> Any:
+    """What a module called as ``signature`` returns, given the tensors it computed (by result number);
+    ``spec``: the loaded ``returns["spec"]`` of a structure other than a tuple or list (``load_spec``)."""
     returns = signature.get("returns")
     if returns is None:
         return values[0]
     items = [values[result_number(item)] if "output" in item else item["const"] for item in returns["items"]]
+    if spec is not None:
+        return pytree.tree_unflatten(items, spec)
     return items if returns["type"] == "list" else tuple(items)
 
 
@@ -1503,8 +1508,15 @@ def with_module_calls(ir: IR, graph: Graph, paths: list[str]) -> Graph:
                 if value is not None:
                     at = next(i for i, item in enumerate(returns["items"])
                               if "output" in item and result_number(item) == number)
-                    new.append(OpNode(value, "operator.getitem", [{"node": name}, at], {}, path,
-                                      producers[value].meta, scope=producers[value].scope))
+                    steps = returns["paths"][at] if "paths" in returns else [["index", at]]
+                    read = {"node": name}
+                    for k, (kind, key) in enumerate(steps):  # from the structure: items, keys, attributes
+                        last = k == len(steps) - 1
+                        new.append(OpNode(value if last else f"{value}_{k}",
+                                          "builtins.getattr" if kind == "attr" else "operator.getitem", [read, key],
+                                          {}, path, producers[value].meta if last else None,
+                                          scope=producers[value].scope))
+                        read = {"node": new[-1].name}
             calls[call.ops[-1]] = new
     ops = [new for i, op in enumerate(graph.ops) for new in calls.get(i, [] if i in dropped else [op])]
     read = {ref for op in ops for ref in op.inputs} | set(serial.node_refs(graph.outputs))
@@ -1559,10 +1571,13 @@ def call_subgraph(ir: IR, graph: Graph, path: str) -> tuple[Graph, dict[str, str
             placeholders.append(dataclasses.replace(value, target=own[len(prefix):]))
         else:  # a size read before the call (module_calls let no other value in)
             sizes += [dataclasses.replace(o, owner="", scope=None) for o in size_ops(value, sources)]
-    unread = [str(at) for at, item in enumerate((call.signature["returns"] or {}).get("items", ()))
+    returns = call.signature["returns"] or {}
+    unread = [f"item {at}" if "paths" not in returns else
+              "".join(f".{key}" if kind == "attr" else f"[{key!r}]" for kind, key in returns["paths"][at])
+              for at, item in enumerate(returns.get("items", ()))
               if "output" in item and call.outputs[result_number(item)] is None]
     if unread:
-        raise Unreplaceable(f"nothing reads item {' and '.join(unread)} of what it returns (such as the attention "
+        raise Unreplaceable(f"nothing reads {' and '.join(unread)} of what it returns (such as the attention "
                             "weights nn.MultiheadAttention returns unless need_weights=False, or a value only a "
                             "part a subnet dropped read), so osf kept no op computing it: a module put in its "
                             "place works, a hook or a call of it on its own would need that value")
