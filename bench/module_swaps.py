@@ -19,7 +19,7 @@ And all at once, as tools do (a model summary hooks every module, quantization s
 - *fx*: ``torch.fx.symbolic_trace`` of the rebuilt model gives its outputs, and torchvision's
   ``create_feature_extractor`` returns every module path among its node names.
 
-    python bench/module_swaps.py            # 14 models (about 12 minutes)
+    python bench/module_swaps.py            # 15 models (about 13 minutes)
     python bench/module_swaps.py --quick    # 2 models
 
 Writes bench/results/module_swaps[-quick].json and the ``module-swaps`` section of docs/benchmarks.md
@@ -50,7 +50,41 @@ SEED = 0
 QUICK = ("resnet18", "hf:bert")
 FULL = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "densenet121", "convnext_tiny",
         "regnet_y_400mf", "vit_b_16", "swin_t", "googlenet", "timm:vit_tiny_patch16_224", "timm:convnext_atto",
-        "hf:vit", "hf:bert")
+        "hf:vit", "hf:bert", "hand:attention_maps")
+
+
+class _Block(nn.Module):
+    """A pre-norm transformer block written by hand, returning its attention map too: ``nn.MultiheadAttention``
+    at its defaults returns ``(out, weights)``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.norm1(x)
+        out, weights = self.attn(h, h, h)
+        x = x + out
+        return x + self.mlp(self.norm2(x)), weights
+
+
+class _AttentionMaps(nn.Module):
+    """A small ViT written by hand that returns its logits and the last block's attention map (the earlier
+    blocks' maps unread, as in ``x, _ = block(x)``)."""
+
+    def __init__(self, dim: int = 32, depth: int = 3, heads: int = 4) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 8, stride=8)
+        self.blocks = nn.ModuleList(_Block(dim, heads) for _ in range(depth))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.patch(image).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            x, weights = block(x)
+        return self.head(x.mean(1)), weights
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:
@@ -60,6 +94,8 @@ def build(name: str) -> tuple[nn.Module, tuple, dict]:
         import timm
         sized = {"img_size": 64} if "_patch" in name else {}  # transformers take the image size
         return timm.create_model(name[5:], **sized), image, {}
+    if name == "hand:attention_maps":
+        return _AttentionMaps(), (torch.randn(2, 3, 32, 32),), {}
     if name.startswith("hf:"):
         import transformers
         transformers.logging.set_verbosity_error()
