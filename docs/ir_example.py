@@ -32,3 +32,33 @@ print(rebuilt[4])                              # Linear(osf: torch.nn.modules.li
 assert isinstance(rebuilt[4], nn.Linear)        # rebuilt torch.nn layers are instances of their class
 again = osf.trace(rebuilt, (torch.randn(2, 32),))   # a rebuilt model's own IR, over its tensors
 assert list(again.modules) == list(ir.modules)
+
+
+class Mixer(nn.Module):  # returns two tensors: nn.MultiheadAttention at its defaults returns (out, weights)
+    def __init__(self, dim: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+
+    def forward(self, x):
+        out, weights = self.attn(x, x, x)
+        return x + out, weights
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.mix, self.head = nn.Linear(8, 32), Mixer(32), nn.Linear(32, 10)
+
+    def forward(self, tokens):
+        h, weights = self.mix(self.embed(tokens))
+        return self.head(h.mean(1)), weights
+
+
+net, tokens = Net().eval(), torch.randn(2, 6, 8)
+rebuilt_net = osf.trace(net, (tokens,)).build().eval()
+maps = []
+rebuilt_net.mix.attn.register_forward_hook(lambda module, args, out: maps.append(out[1]))  # hooks on inner modules fire
+rebuilt_net(tokens)
+print("attention map", tuple(maps[0].shape))   # (2, 6, 6): what a hook on the original sees
+rebuilt_net.mix = Mixer(32)                     # a module put in is called as the model called the old one
+print(rebuilt_net(tokens)[0].shape)             # torch.Size([2, 10])

@@ -168,7 +168,7 @@ def test_console_script_runs():
 def test_docs_example_runs():
     example = Path(__file__).parents[1] / "docs" / "ir_example.py"
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=True).stdout
-    assert "'status': 'verified'" in out and "('4', 'output')" in out
+    assert "'status': 'verified'" in out and "('4', 'output')" in out and "attention map (2, 6, 6)" in out
 
 
 def test_space_docs_example_runs():
