@@ -875,7 +875,8 @@ def test_the_docs_example_of_a_new_head_and_features_runs():
 
 def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls():
     """A dict argument, a tensor read from elsewhere, a tensor read elsewhere, a container whose children the
-    model calls one by one, an IR without module-call records: each a ModuleReplacedError that says why. A
+    model calls one by one, an object returned that pytree does not open, an IR without module-call records:
+    each a ModuleReplacedError that says why. A
     module that changed its input in place may give way (export reads the changed value from the op's
     output afterwards), and one called on two tensors."""
     from torch import nn
@@ -892,6 +893,14 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.add_(1.0)
 
+    class Boxed:  # an object torch's pytree does not open
+        def __init__(self, value: torch.Tensor) -> None:
+            self.value = value
+
+    class Box(nn.Module):
+        def forward(self, x: torch.Tensor) -> Boxed:
+            return Boxed(x * 3)
+
     class Tied(nn.Module):  # reads the weight of a module it does not hold as a child
         def __init__(self, source: nn.Linear) -> None:
             super().__init__()
@@ -903,7 +912,7 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.inp, self.mix, self.bump, self.pick = nn.Linear(8, 8), Mix(), Bump(), Pick()
+            self.inp, self.mix, self.bump, self.pick, self.box = nn.Linear(8, 8), Mix(), Bump(), Pick(), Box()
             self.blocks = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
             self.tied = Tied(self.inp)
 
@@ -914,7 +923,7 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
                 y = block(y)
             z = self.tied(y) * 2
             self.bump(z)
-            return z + y
+            return z + y + self.box(x).value
 
     x = torch.randn(2, 8)
     model = Net()
@@ -923,7 +932,8 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
     cases = {"pick": "calls it other than on tensors and constants, returning tensors "
                      "\\(called with 1 positional argument\\(s\\), not all of them tensors or constants\\)",
              "tied": "takes 2 value\\(s\\) from the rest of the model",
-             "blocks": "'blocks.0' runs outside a call of it", "inp": "reads its tensor 'inp.weight' outside its calls"}
+             "blocks": "'blocks.0' runs outside a call of it", "inp": "reads its tensor 'inp.weight' outside its calls",
+             "box": "returning tensors \\(returns a Boxed\\)"}
     for name, why in cases.items():
         with pytest.raises(osf.ModuleReplacedError, match=f"'{name}'.*cannot be replaced by a torch.nn.*{why}"):
             setattr(rebuilt, name, nn.Identity())

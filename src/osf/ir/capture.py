@@ -460,6 +460,8 @@ def _returned(output: Any) -> dict | None | str:
         serial.spec_from_json(stored, import_class)
     except Exception:  # noqa: BLE001 - any structure osf cannot store or import again is refused, named
         return f"returns a {type(output).__name__}"
+    if stored is None:  # an object pytree does not open
+        return f"returns a {type(output).__name__}"
     values = [v for _, v in leaves]
     if not any(isinstance(v, torch.Tensor) for v in values) \
             or not all(isinstance(v, torch.Tensor) or _constant(v) for v in values):
