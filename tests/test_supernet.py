@@ -1134,6 +1134,62 @@ def test_the_model_and_the_ir_passed_in_are_never_modified():
     assert any(not torch.equal(t, ir_before[k]) for k, t in ir.tensors.items())  # sorted in place
 
 
+def test_subnets_keep_the_hooks_of_blocks_returning_their_inner_modules_tuples():
+    """Each block returns its inner module's ``(x, gate)`` as it is (a mark of a mark), and the gate, which
+    nobody reads, is computed anyway: in the rebuilt model and in every subnet (blocks and layers dropped)
+    a hook on each kept block and inner module fires with a tuple, and the outputs are the supernet's. A
+    layer contracted next to a block reads the block's result through its mark, so the block's call still
+    gives back only what it returns."""
+    import warnings
+
+    from torch import nn
+
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.g = nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            gate = self.g(x).sigmoid()
+            return x + self.a(x) * gate, gate
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.inner(x)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks, self.head = nn.ModuleList([Block() for _ in range(3)]), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x, _ = block(x)
+            return self.head(x)
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 16)
+    supernet = osf.Supernet(model, (x,))
+    archs = [supernet.space.max(), supernet.space.min(), *(supernet.space.sample(i) for i in range(1, 5))]
+    assert any(not keep for a in archs for keep in a.depth.values())
+    for arch in archs:
+        small = supernet.extract(arch).eval()
+        supernet.set_arch(arch)
+        fired, hooked = [], []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for name, module in small.named_modules():
+                if name.count(".") == 1 or name.endswith(".inner"):
+                    hooked.append(name)
+                    module.register_forward_hook(lambda m, i, o, name=name: fired.append((name, type(o))))
+        torch.testing.assert_close(small(x), supernet(x), atol=1e-5, rtol=1e-4)
+        assert sorted(fired) == sorted((name, tuple) for name in hooked), arch
+
+
 def test_extracted_subnets_call_modules_on_several_tensors_as_their_model_did():
     """A subnet (layers and branches dropped, widths cut) keeps the marks of what each module was called on:
     hooks on a Hugging Face layer given the padding mask and on its attention fire once per call, leave the

@@ -89,8 +89,12 @@ def with_unread_marks(ops: list[OpNode], kept: list[OpNode]) -> list[OpNode]:
     get what the model passed and a hook what the module returned."""
     names = {op.name for op in kept}
     produced = {op.name for op in ops}
-    return [op for op in ops if op.name in names
-            or op.is_mark and all(ref in names or ref not in produced for ref in op.inputs)]
+    out = []
+    for op in ops:  # in order: a module's mark of a value its submodule's mark marks follows that mark
+        if op.name in names or op.is_mark and all(ref in names or ref not in produced for ref in op.inputs):
+            names.add(op.name)
+            out.append(op)
+    return out
 
 
 @dataclass

@@ -125,10 +125,11 @@ class Liveness:
                     live.update(inputs[i])
         if self.marks:
             kept_names = {names[i] for i in kept}
-            for i in self.marks:
+            for i in self.marks:  # in order: a mark of a mark follows it
                 refs = [sub(r) for r in inputs[i]]
                 if i not in kept and i not in removed and all(r in kept_names or r not in self.produced for r in refs):
                     kept.add(i)
+                    kept_names.add(names[i])
                     live.update(refs)
         return live, kept
 

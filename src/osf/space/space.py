@@ -44,7 +44,7 @@ class SearchSpace:
         self._unit = {u.key: u for u in self.units}
         self._owner = self._group_owners()
         self._configs = {u.key: self._kept_count(u.key, motifs=False) for u in self.units}  # inside, when kept
-        self._located: dict[str, dict] = {"train": {u.key: (set(u.dropped), u.input, u.output, u.forwards)
+        self._located: dict[str, dict] = {"train": {u.key: (set(u.dropped), u.read_as, u.output, u.forwards)
                                                     for u in self.units}}
         self._min: Arch | None = None
         self._reach: list[frozenset[str]] | None = None  # per output, the inputs it depends on (full model)
@@ -52,7 +52,8 @@ class SearchSpace:
 
     def located_units(self, graph_key: str) -> dict[str, tuple[set, str, str, dict[str, str]]]:
         """Units as (ops, input, output, forwards) in the training graph or in the eval graph: contracted,
-        readers of ``output`` read ``input``, and those of each mark among its ops the value it marked."""
+        readers of ``output`` read ``input`` (by the name the unit's ops read it: ``Unit.read_as``), and
+        those of each mark among its ops the value it marked."""
         if graph_key not in self._located:
             self._located[graph_key] = locate_in(self.ir, self.analysis, graph_key, self.units)
         return self._located[graph_key]

@@ -34,6 +34,7 @@ class Unit:
     parent: str | None = None
     side: frozenset[str] = frozenset()  # ops making side inputs for this branch alone (dropped with it)
     forwards: dict[str, str] = field(default_factory=dict)  # marks among its ops -> what they mark (``_Marks``)
+    read_as: str = ""  # the name its ops read ``input`` by in the graph with marks (``_Marks.read_as``)
     signature: str = ""
     children: list[str] = field(default_factory=list)
 
@@ -154,6 +155,7 @@ def find_units(ir: IR, an: DimAnalysis, *, include=None, exclude=None) -> UnitRe
         u.signature = _signature(g, u)
         u.ops = marks.dropped_with(u.ops, u.side, u.output)
         u.forwards = marks.forwards(u.ops)
+        u.read_as = marks.read_as(u.ops | u.side, u.input)
     return UnitReport(sorted(units, key=lambda u: u.order), rejected)
 
 
@@ -164,12 +166,16 @@ class _Marks:
     and what it returns, also its output). The others stay: the skip of a residual read through a
     module's mark of it, a module's mark of the unit's output, or of an argument the unit alone read
     (kept while its value is). A mark that goes forwards its readers to the value it marked
-    (``forwards``): a block's mark of what it returns is read outside it."""
+    (``forwards``): a block's mark of what it returns is read outside it. A contracted unit's readers read
+    its input by the name its own ops read it (``read_as``): a block's mark of what it returns, not the value
+    inside the block, which would then seem to leave the block's call by another way."""
 
     def __init__(self, ir: IR, graph: Graph):
         scopes = ir.info.get("scopes") or []
         self.calls: dict[tuple[str, str], set[str]] = {}  # (path, call key) -> the call's ops besides marks
         self.marks: list[tuple[OpNode, tuple[str, str] | None]] = []
+        self.inputs = {op.name: op.inputs for op in graph.ops}
+        self.order = {op.name: i for i, op in enumerate(graph.ops)}
         for op in graph.ops:
             frames = scopes[op.scope] if op.scope is not None and op.scope < len(scopes) else []
             if op.is_mark:
@@ -191,6 +197,21 @@ class _Marks:
                 gone.add(op.name)
                 added.add(op.name)
         return ops | added if added else ops
+
+    def read_as(self, ops: frozenset[str] | set[str], value: str) -> str:
+        """The name by which a unit's ``ops`` (``dropped_with``) read its input ``value`` (found in the graph
+        without marks): the outermost of the marks of it they read from outside, else ``value``."""
+        if not self.marks:
+            return value
+        source = {op.name: op.inputs[0] for op, _ in self.marks}
+
+        def origin(ref: str) -> str:
+            while ref in source:
+                ref = source[ref]
+            return ref
+        found = [ref for name in ops for ref in self.inputs.get(name, ())
+                 if ref in source and ref not in ops and origin(ref) == value]
+        return max(found, key=self.order.__getitem__) if found else value
 
     def forwards(self, ops: frozenset[str] | set[str]) -> dict[str, str]:
         """The marks among a unit's ``ops`` (``dropped_with``), each to the value it marks: where the unit
@@ -466,11 +487,11 @@ def locate_in(ir: IR, an: DimAnalysis, graph_key: str, units: list[Unit]
             b = branches.get(tuple(u.params))
             if b is not None:
                 ops = marks.dropped_with(b.ops, b.side, b.output)
-                out[u.key] = (set(ops | b.side), b.input, b.output, marks.forwards(ops))
+                out[u.key] = (set(ops | b.side), marks.read_as(ops | b.side, b.input), b.output, marks.forwards(ops))
             continue
         ops = _module_ops(ir, g.graph, u.key)
         found = _module_problem(g, vals, an, ops) if ops else "no ops"
         if not isinstance(found, str):
             dropped = marks.dropped_with(frozenset(ops), frozenset(), found[1])
-            out[u.key] = (set(dropped), found[0], found[1], marks.forwards(dropped))
+            out[u.key] = (set(dropped), marks.read_as(dropped, found[0]), found[1], marks.forwards(dropped))
     return out
