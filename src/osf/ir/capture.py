@@ -34,7 +34,7 @@ from torch.export import Dim
 
 from . import conditions, serial
 from . import ops as op_rules
-from .codegen import RebuiltModel, own_ir
+from .codegen import RebuiltModel, own_ir, result_count
 from .construct import qualname, size_arguments, verify_all
 from .errors import TraceError
 from .graph import (BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, import_class,
@@ -414,7 +414,7 @@ class _CallShapes:
                     self.shapes[id(module)] = {"call": "returns other structures in different calls"}
                 elif returns is not None:
                     (seen["signature"] if how == "tensors" else seen)["returns"] = returns
-                    count = max(item.get("output", -1) for item in returns["items"]) + 1
+                    count = result_count(returns)
                     if count > 1:
                         self.results[id(module)] = count
                         return _aliased(output)
@@ -446,33 +446,31 @@ def _returned(output: Any) -> dict | None | str:
     not stand for it."""
     if isinstance(output, torch.Tensor):
         return None
-    numbers: dict[int, int] = {}
-
-    def item(v: Any) -> dict:
-        return {"output": numbers.setdefault(id(v), len(numbers))} if isinstance(v, torch.Tensor) else {"const": v}
-    if type(output) in (tuple, list) and all(isinstance(v, torch.Tensor) or _constant(v) for v in output):
-        if any(isinstance(v, torch.Tensor) for v in output):
-            return {"type": type(output).__name__, "items": [item(v) for v in output]}
-        return f"returns a {type(output).__name__} without tensors"
+    kind = type(output).__name__
     try:
         leaves, spec = pytree.tree_flatten_with_path(output)
         stored = serial.spec_to_json(spec)
         serial.spec_from_json(stored, import_class)
     except Exception:  # noqa: BLE001 - any structure osf cannot store or import again is refused, named
-        return f"returns a {type(output).__name__}"
+        return f"returns a {kind}"
     if stored is None:  # an object pytree does not open
-        return f"returns a {type(output).__name__}"
+        return f"returns a {kind}"
     values = [v for _, v in leaves]
-    if not any(isinstance(v, torch.Tensor) for v in values) \
-            or not all(isinstance(v, torch.Tensor) or _constant(v) for v in values):
-        return f"returns a {type(output).__name__} of {sum(isinstance(v, torch.Tensor) for v in values)} tensor(s) " \
-               "and other values"
+    tensors = sum(isinstance(v, torch.Tensor) for v in values)
+    if not tensors or not all(isinstance(v, torch.Tensor) or _constant(v) for v in values):
+        return f"returns a {kind} of {tensors} tensor(s) and other values"
+    numbers: dict[int, int] = {}
+    items = [{"output": numbers.setdefault(id(v), len(numbers))} if isinstance(v, torch.Tensor) else {"const": v}
+             for v in values]
+    if type(output) in (tuple, list) and len(leaves) == len(output) and all(len(p) == 1 for p, _ in leaves):
+        # flat: its items are the leaves
+        return {"type": kind, "items": items}
     steps = {pytree.SequenceKey: ("index", "idx"), pytree.MappingKey: ("key", "key"),
              pytree.GetAttrKey: ("attr", "name")}
     paths = [[[steps[type(k)][0], getattr(k, steps[type(k)][1])] for k in path] for path, _ in leaves]
     if not all(isinstance(key, (int, str)) for path in paths for _, key in path):
-        return f"returns a {type(output).__name__} with keys other than names and positions"
-    return {"type": type(output).__name__, "spec": stored, "items": [item(v) for v in values], "paths": paths}
+        return f"returns a {kind} with keys other than names and positions"
+    return {"type": kind, "spec": stored, "items": items, "paths": paths}
 
 
 def _aliased(output: Any) -> Any:
@@ -924,15 +922,16 @@ def _mark_calls(ops: list[OpNode], marks: dict[str, dict[str, int]], scopes: dic
     call whose first or last ops are not those aliases (a hook of the model's own ran ops) keeps no marks of
     that kind, and is refused there."""
     frames = {index: stack for stack, index in scopes.items()}
+    arguments, results = marks.get("argument", {}), marks.get("result", {})
     own: dict[tuple[str, str | None], list[OpNode]] = {}  # each module call's ops of the module's own
     for op in ops:
-        if op.scope is not None and (op.owner in marks.get("argument", {}) or op.owner in marks.get("result", {})):
+        if op.scope is not None and (op.owner in arguments or op.owner in results):
             own.setdefault((op.owner, next((key for path, key in frames[op.scope] if path == op.owner), None)),
                            []).append(op)
     for (path, _), members in own.items():
-        results = marks.get("result", {}).get(path, 0)
-        for kind, tagged in (("argument", members[:marks.get("argument", {}).get(path, 0)]),
-                             ("result", members[len(members) - results:] if len(members) >= results else [])):
+        first, last = arguments.get(path, 0), results.get(path, 0)
+        for kind, tagged in (("argument", members[:first]),
+                             ("result", members[len(members) - last:] if len(members) >= last else [])):
             if all(op.target == "aten.alias.default" and isinstance(op.meta, dict) for op in tagged):
                 for number, op in enumerate(tagged):
                     op.meta = {**op.meta, kind: number}

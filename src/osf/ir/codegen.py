@@ -1180,7 +1180,8 @@ def call_signature(meta: dict) -> dict[str, Any] | None:
     """How the model called a module (``capture._CallShapes``), as ``{"args": [...], "kwargs": {...},
     "returns": ...}`` with entries ``{"input": k}`` (its k-th distinct tensor), ``{"const": v}``,
     ``{"tuple": [...]}`` / ``{"list": [...]}``; ``returns`` None for a tensor, else the ``type`` and
-    ``items`` of the tuple or list it returned. None where it cannot be called as a module."""
+    ``items`` of the tuple, list or other structure it returned (``capture._returned``). None where it
+    cannot be called as a module."""
     how = meta.get("call")
     if how == "unary":
         return {"args": [{"input": 0}], "kwargs": {k: {"const": v} for k, v in meta.get("kwargs", {}).items()},
@@ -1196,9 +1197,8 @@ def result_number(item: dict[str, Any]) -> int:
     return 0 if item["output"] is True else item["output"]
 
 
-def _signature_outputs(signature: dict[str, Any]) -> int:
-    """How many distinct tensors a call of ``signature`` returns."""
-    returns = signature.get("returns")
+def result_count(returns: dict[str, Any] | None) -> int:
+    """How many distinct tensors a call returns, given its ``returns`` (None: one tensor)."""
     return 1 if returns is None else max(result_number(item) for item in returns["items"] if "output" in item) + 1
 
 
@@ -1391,7 +1391,7 @@ def module_calls(ir: IR, graph: Graph, path: str) -> list[ModuleCall]:
         if len(inputs) != 1 and not count:
             raise Unreplaceable(f"a call of it takes {len(inputs)} value(s) from the rest of the model; a module "
                                 "can take its place where the model passes it what it takes")
-        outputs = _call_outputs(graph, idxs, path, given, _signature_outputs(signature))
+        outputs = _call_outputs(graph, idxs, path, given, result_count(signature["returns"]))
         # from the call's inputs first: read inside an enclosing module's call, the model's inputs would be
         # another value that call takes
         sources = [(v, (placeholders[v] if v in placeholders else by_name[v]).meta) for v in dict.fromkeys(inputs)]

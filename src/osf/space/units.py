@@ -176,6 +176,7 @@ class _Marks:
         self.marks: list[tuple[OpNode, tuple[str, str] | None]] = []
         self.inputs = {op.name: op.inputs for op in graph.ops}
         self.order = {op.name: i for i, op in enumerate(graph.ops)}
+        self.source = {op.name: op.inputs[0] for op in graph.ops if op.is_mark}  # mark -> the value it marks
         for op in graph.ops:
             frames = scopes[op.scope] if op.scope is not None and op.scope < len(scopes) else []
             if op.is_mark:
@@ -201,9 +202,7 @@ class _Marks:
     def read_as(self, ops: frozenset[str] | set[str], value: str) -> str:
         """The name by which a unit's ``ops`` (``dropped_with``) read its input ``value`` (found in the graph
         without marks): the outermost of the marks of it they read from outside, else ``value``."""
-        if not self.marks:
-            return value
-        source = {op.name: op.inputs[0] for op, _ in self.marks}
+        source = self.source
 
         def origin(ref: str) -> str:
             while ref in source:
@@ -216,7 +215,7 @@ class _Marks:
     def forwards(self, ops: frozenset[str] | set[str]) -> dict[str, str]:
         """The marks among a unit's ``ops`` (``dropped_with``), each to the value it marks: where the unit
         is contracted, its readers read that value (and so, for its output, the unit's input)."""
-        return {op.name: op.inputs[0] for op, _ in self.marks if op.name in ops}
+        return {name: value for name, value in self.source.items() if name in ops}
 
 
 def _unique_keys(units: list[Unit]) -> list[Unit]:
