@@ -1028,6 +1028,50 @@ def _min_and_sample_agree(sn: osf.Supernet, args: tuple) -> None:
             torch.testing.assert_close(sn(*args), sub(*args), atol=1e-5, rtol=1e-4)
 
 
+class _PairEncoder(nn.Module):
+    """RAFT-like: two images share one encoder pass, concatenated along the batch and chunked back, so
+    the pieces' length is ``(B + B1 + 1) // 2`` of the two inputs' own batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.head = nn.Conv2d(32, 2, 1)
+
+    def forward(self, a, b):
+        fa, fb = self.encode(torch.cat([a, b], 0)).chunk(2, 0)
+        return self.head(torch.cat([fa, fb], 1))
+
+
+class _BatchFolded(nn.Module):
+    """Time folded into the batch and unfolded by the traced batch size, then each sample repeated."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        batch, steps, _ = x.shape
+        h = self.a(x.flatten(0, 1)).relu().unflatten(0, (batch, steps))
+        return self.b(h.repeat_interleave(2, dim=0, output_size=2 * batch))
+
+
+@pytest.mark.parametrize("model, args", [(_PairEncoder, (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))),
+                                         (_BatchFolded, (torch.randn(2, 5, 8),))], ids=["chunk", "unflatten"])
+def test_ops_sized_by_a_symbolic_batch_stay_as_traced_in_every_subnet(model, args):
+    """Only sizes that change are rewritten: the chunk of a batch-concatenated pair (RAFT) and an unflatten
+    and ``repeat_interleave`` of the batch keep their symbolic sizes (the arch's IR, motif signatures and
+    latency tables rewrote them, and raised)."""
+    torch.manual_seed(0)
+    model = model().eval()
+    sn = osf.Supernet(model, args)
+    arch = sn.space.min()
+    assert arch.width != sn.space.max().width
+    with torch.no_grad():
+        torch.testing.assert_close(subnet_ir(sn.space, arch).build().eval()(*args), sn.extract(arch).eval()(*args))
+    assert sn.space.signature(arch) != sn.space.signature(sn.space.max())
+    _min_and_sample_agree(sn, args)
+
+
 class _RowsOfAStridedMap(nn.Module):
     """A strided conv's channels folded into the rows of a reshape: under ``dynamic_spatial`` the rows
     number ``B * 32 * ((H - 1)//2 + 1)``, a product with a factor that is no monomial of H."""

@@ -535,8 +535,11 @@ def _rw_view(op, ins, out, dims, kept):
 def _rw_unflatten(op, ins, out, dims, kept):
     d = op.args[1] if op.args[1] >= 0 else op.args[1] + len(ins[0])
     n = len(op.args[2])
-    sizes = _sizes(out[d:d + n], dims, kept)
-    op.args = op.args[:2] + [[a if a == -1 else _static_or_fail(s, op) for a, s in zip(op.args[2], sizes)]]
+    if not _changed(out[d:d + n], dims, kept):
+        return
+    sizes, old = _sizes(out[d:d + n], dims, kept), [dims.size(dims.resolve(e)) for e in out[d:d + n]]
+    op.args = op.args[:2] + [[a if a == -1 or s == o else _static_or_fail(s, op)
+                              for a, s, o in zip(op.args[2], sizes, old)]]
 
 
 def _rw_size_list(at: int):
@@ -622,7 +625,12 @@ SPLIT_OPS = ("aten.split.Tensor", "aten.split.sizes", "aten.chunk.default", "ate
 
 
 def _rw_split(op, ins, out, dims, kept):
-    pieces = [_static_or_fail(new_size(dims, dims.resolve(e[_dim(op, ins[0])]), kept), op) for e in out["list"]]
+    """Pieces whose length changes give new static sizes; a split none of whose pieces change (one along
+    a dim no group shrinks, such as a symbolic batch) is left as traced."""
+    exprs = [e[_dim(op, ins[0])] for e in out["list"]]
+    if not _changed(exprs, dims, kept):
+        return
+    pieces = [_static_or_fail(new_size(dims, dims.resolve(e), kept), op) for e in exprs]
     if pieces != split_pieces(op, ins, out, dims):
         as_split_with_sizes(op, pieces)
 
@@ -676,6 +684,8 @@ def _rw_slice(op, ins, out, dims, kept):
 def _rw_repeat_interleave(op, ins, out, dims, kept):
     """``repeats`` follows the copies' new number, ``output_size`` (when given) the shrunk dim."""
     d = _dim(op, ins[0])
+    if not _changed([out[d]], dims, kept):
+        return
     total, base = new_size(dims, dims.resolve(out[d]), kept), new_size(dims, dims.resolve(ins[0][d]), kept)
     if total[1] != base[1] or not base[0] or total[0] % base[0]:
         raise NotImplementedError(f"cannot rewrite the repeats of {op.name} ({op.target}) from "
