@@ -746,7 +746,7 @@ class _ShapeFollowers(nn.Module):
             self.a = nn.Linear(16, 32)
             whole = mode.endswith(("_as", "_")) or mode in ("tile", "batch_view", "slice_add", "gather", "expand",
                                                               "transposes", "zeros_state", "aliases", "expand_batch",
-                                                              "einsum_ellipsis")
+                                                              "einsum_ellipsis", "broadcast_to", "linalg_norm")
             self.b = nn.Linear(64 if mode.startswith("repeat") else 48 if mode == "pad" else 32 if whole else 16, 8)
             self.s = nn.Linear(16, 16)  # slice_add's shortcut
         self.c = nn.Linear(16, 8)
@@ -800,6 +800,10 @@ class _ShapeFollowers(nn.Module):
             return self.b(torch.gather(h, 1, order.unsqueeze(-1).repeat(1, 1, 32)))
         if self.mode == "expand":  # a per-token gate copied along the channels
             return self.b(h * torch.sigmoid(x[..., :1]).expand(-1, -1, 32))
+        if self.mode == "broadcast_to":  # the same gate by torch.broadcast_to (OWLv2's box heads)
+            return self.b(h * torch.broadcast_to(torch.sigmoid(x[..., :1]), h.shape))
+        if self.mode == "linalg_norm":  # normalised by torch.linalg.norm over the channels (OWLv2's embeddings)
+            return self.b(h / (torch.linalg.norm(h, dim=-1, keepdim=True) + 1e-6))
         if self.mode == "transposes":  # .mT, and .T of a matrix (Falcon's x @ weight.T)
             return self.b((h.mT * 2).mT + (h.flatten(0, 1).T * 3).T.reshape(h.shape))
         if self.mode == "type_as":  # the second tensor only gives the dtype
@@ -845,7 +849,7 @@ class _ShapeFollowers(nn.Module):
                                   "tensor_split_sections", "tensor_split_indices", "slices", "narrow", "slice_middle",
                                   "glu", "batch_view", "slice_add", "pad", "gather", "expand", "transposes", "type_as",
                                   "masked_fill_", "zeros_state", "index_add_", "index_put_", "scatter_add_", "aliases", "expand_batch",
-                                  "einsum_ellipsis",
+                                  "einsum_ellipsis", "broadcast_to", "linalg_norm",
                                   *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets

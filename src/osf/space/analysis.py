@@ -886,7 +886,7 @@ def _squeeze(p: _Pass, op: OpNode):
     return [e for i, e in enumerate(x) if not (i in ds and p.size(e) == (1, ()))]
 
 
-@rule("aten.expand.default")
+@rule("aten.expand.default", "aten.broadcast_to.default")
 def _expand(p: _Pass, op: OpNode):
     x = p.tensor(op.args[0])
     out_sizes = p.out_sizes(op)
@@ -1240,8 +1240,8 @@ for _n in (1, 2, 3):
 @rule("aten.mean.dim", "aten.sum.dim_IntList", "aten.amax.default", "aten.amin.default", "aten.var.correction",
       "aten.std.correction", "aten.var.dim", "aten.std.dim", "aten.logsumexp.default", "aten.mean.default",
       "aten.sum.default", "aten.max.dim", "aten.min.dim", "aten.var_mean.correction", "aten.norm.ScalarOpt_dim",
-      "aten.linalg_vector_norm.default", "aten.argmax.default", "aten.argmin.default", "aten.prod.dim_int",
-      "aten.all.dim", "aten.any.dim", "aten.max.default", "aten.min.default")
+      "aten.linalg_vector_norm.default", "aten.linalg_norm.default", "aten.argmax.default", "aten.argmin.default",
+      "aten.prod.dim_int", "aten.all.dim", "aten.any.dim", "aten.max.default", "aten.min.default")
 def _reduce(p: _Pass, op: OpNode):
     x = p.tensor(op.args[0])
     multi = isinstance(op.meta, dict) and "list" in op.meta
@@ -1249,7 +1249,7 @@ def _reduce(p: _Pass, op: OpNode):
     packet, overload = op.target.split(".")[1:3]
     if packet in ("mean", "sum", "max", "min") and overload == "default":
         dims = None
-    elif packet in ("linalg_vector_norm", "norm"):
+    elif packet in ("linalg_vector_norm", "linalg_norm", "norm"):
         dims = p.arg(op, 2, "dim")
     else:
         dims = p.arg(op, 1, "dim")

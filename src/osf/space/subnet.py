@@ -366,7 +366,7 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
 
 
 RUNTIME_SIZE = "size_of"  # marks a symbolic size argument that the rewrite reads from a tensor at run time
-_SIZE_LISTS = {"aten.expand.default": 1, **FILLED}  # ops whose size list (at that argument) may hold such marks
+_SIZE_LISTS = {"aten.expand.default": 1, "aten.broadcast_to.default": 1, **FILLED}  # ops whose size list (at that argument) may hold such marks
 
 
 class _RuntimeSizes:
