@@ -19,7 +19,7 @@ And all at once, as tools do (a model summary hooks every module, quantization s
 - *fx*: ``torch.fx.symbolic_trace`` of the rebuilt model gives its outputs, and torchvision's
   ``create_feature_extractor`` returns every module path among its node names.
 
-    python bench/module_swaps.py            # 15 models (about 13 minutes)
+    python bench/module_swaps.py            # 16 models (about 14 minutes)
     python bench/module_swaps.py --quick    # 2 models
 
 Writes bench/results/module_swaps[-quick].json and the ``module-swaps`` section of docs/benchmarks.md
@@ -50,7 +50,7 @@ SEED = 0
 QUICK = ("resnet18", "hf:bert")
 FULL = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "densenet121", "convnext_tiny",
         "regnet_y_400mf", "vit_b_16", "swin_t", "googlenet", "timm:vit_tiny_patch16_224", "timm:convnext_atto",
-        "hf:vit", "hf:bert", "hand:attention_maps")
+        "hf:vit", "hf:bert", "hand:attention_maps", "resnet18_fpn")
 
 
 class _Block(nn.Module):
@@ -109,6 +109,9 @@ def build(name: str) -> tuple[nn.Module, tuple, dict]:
         return transformers.BertForSequenceClassification(config), (), {"input_ids": ids,
                                                                         "attention_mask": torch.ones_like(ids)}
     import torchvision.models as tvm
+    if name == "resnet18_fpn":  # a detector's backbone: its FPN takes the backbone's features as an OrderedDict
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+        return resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), image, {}
     if name == "vit_b_16":
         model = tvm.vit_b_16(image_size=32)
         nn.init.normal_(model.heads.head.weight, std=0.02)  # zero-initialised: every output would be 0

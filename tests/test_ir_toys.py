@@ -1,6 +1,7 @@
 """IR behaviour on hand-written models: round trips, hierarchy, metadata, sharing, errors."""
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import random
@@ -750,6 +751,7 @@ def test_custom_autograd_functions_keep_their_gradients_or_are_refused(tmp_path)
     assert "domain.0.weight[1]  (32): unsupported op osf_tests.reverse_gradient.default" in text
 
 
+
 def test_a_module_called_with_constant_keywords_is_called_with_them():
     """timm's blocks call ``self.attn(x, attn_mask=None)``: keywords that are constants (None, bools, numbers,
     strings), the same in every call, are recorded and passed again to a module put in (as the original
@@ -869,6 +871,82 @@ def test_modules_returning_several_tensors_are_hooked_and_replaced_as_the_model_
     assert_same(supernet(x), small(x), "subnet", atol=1e-5, rtol=1e-4)
     assert len(fired) == 1 and fired[0][1].shape == (2, 5, 5)
     torch.testing.assert_close(fired[0][1].sum(-1), torch.ones(2, 5))  # the map's rows are distributions
+
+
+def test_modules_called_with_a_dict_are_hooked_and_replaced_as_the_model_called_them(tmp_path):
+    """A neck called on its backbone's features as an ``OrderedDict`` (torchvision's FPN) and a fusion called
+    with a dict under int and string keys, one tensor under two: rebuilt from disk, their hooks see the
+    original's mapping types, keys and values (the same tensor object twice), copies of the originals put
+    in give the original's outputs, and a subnet's neck (narrower, every branch kept) fires its hook. A
+    mapping under a key that is no constant is refused, naming the call."""
+    class Neck(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lateral = nn.ModuleDict({"c3": nn.Conv2d(8, 8, 1), "c4": nn.Conv2d(16, 8, 1)})
+
+        def forward(self, features: "collections.OrderedDict[str, torch.Tensor]") -> torch.Tensor:
+            return sum(self.lateral[k](v).mean((2, 3)) for k, v in features.items())
+
+    class Fuse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, parts: dict, scale: float = 1.0) -> torch.Tensor:
+            return self.fc(parts[0] * scale + parts["skip"] - parts["again"])
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c3, self.c4 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1)
+            self.neck, self.fuse, self.head = Neck(), Fuse(), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            c3 = self.c3(x).relu()
+            features = collections.OrderedDict([("c3", c3), ("c4", self.c4(c3).relu())])
+            h = self.neck(features)
+            skip = h.tanh()
+            return self.head(self.fuse({0: h, "skip": skip, "again": skip}, scale=2.0))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 8, 8)
+    osf.trace(model, (x,)).save(tmp_path / "net")
+    rebuilt = osf.load_ir(tmp_path / "net").build().eval()
+    seen: dict[str, dict] = {"model": {}, "rebuilt": {}}
+    for key, m in (("model", model), ("rebuilt", rebuilt)):
+        for path in ("neck", "fuse"):
+            m.get_submodule(path).register_forward_pre_hook(
+                lambda mod, args, key=key, path=path: seen[key].update({path: args[0]}))
+        assert_same(model(x), m(x), key, atol=1e-6, rtol=1e-5)
+    for path, want in seen["model"].items():
+        got = seen["rebuilt"][path]
+        assert type(got) is type(want) and list(got) == list(want), path
+        assert_same(list(want.values()), list(got.values()), path, atol=1e-6, rtol=1e-5)
+    assert seen["rebuilt"]["fuse"]["skip"] is seen["rebuilt"]["fuse"]["again"]
+    replaced = osf.load_ir(tmp_path / "net").build().eval()
+    replaced.neck, replaced.fuse = copy.deepcopy(model.neck), copy.deepcopy(model.fuse)
+    assert_same(model(x), replaced(x), "put in", atol=1e-6, rtol=1e-5)
+
+    supernet = osf.Supernet(model, (x,))
+    arch = osf.Arch(supernet.space.min().width, supernet.space.max().depth)  # every lateral branch kept
+    small = supernet.extract(arch).eval()
+    fired = []
+    small.neck.register_forward_pre_hook(lambda mod, args: fired.append(args[0]))
+    supernet.set_arch(arch)
+    assert_same(supernet(x), small(x), "subnet", atol=1e-5, rtol=1e-4)
+    assert len(fired) == 1 and type(fired[0]) is collections.OrderedDict and list(fired[0]) == ["c3", "c4"]
+
+    class KeyedByPair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fuse = Fuse()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fuse({0: x, "skip": x, "again": x, (1, 2): x})
+
+    keyed = osf.trace(KeyedByPair().eval(), (torch.randn(2, 8),)).build()
+    with pytest.raises(osf.ModuleReplacedError, match="not all of them tensors or constants"):
+        keyed.fuse = Fuse()
 
 
 def test_a_rebuilt_module_called_on_its_own_takes_its_arguments_as_the_original_forward_would():

@@ -7,6 +7,7 @@ that run only in training), both are kept and the rebuilt model dispatches on ``
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
@@ -328,7 +329,8 @@ class _CallShapes:
     tensor, or tensors in a tuple / list with constants (``returns`` as below); "tensors" when every call
     passed tensors and constants only, positionally or by keyword, in the same places, and returned as a
     unary call may (``signature``: ``args`` and ``kwargs`` entries ``{"input": k}`` for the k-th distinct
-    tensor, ``{"const": v}``, or ``{"tuple": [...]}`` / ``{"list": [...]}`` of entries, ``returns`` None
+    tensor, ``{"const": v}``, ``{"tuple": [...]}`` / ``{"list": [...]}`` of entries, or ``{"dict": [[key,
+    entry], ...]}`` / ``{"OrderedDict": ...}`` of entries under constant keys, ``returns`` None
     for a tensor or ``{"type", "items"}`` with items ``{"output": j}`` for its j-th distinct tensor and
     ``{"const": v}``, with ``spec`` and ``paths`` for structures other than a tuple or list (``_returned``):
     torchvision's ``self_attention(x, x, x, need_weights=False)`` returning ``(out,
@@ -381,6 +383,8 @@ class _CallShapes:
             def slot(value: Any) -> dict:
                 if type(value) in (tuple, list):
                     return {type(value).__name__: [slot(v) for v in value]}
+                if type(value) in (dict, collections.OrderedDict):
+                    return {type(value).__name__: [[k, slot(v)] for k, v in value.items()]}
                 if not isinstance(value, torch.Tensor):
                     return {"const": value}
                 if id(value) not in numbers:
@@ -400,6 +404,8 @@ class _CallShapes:
             def marked(value: Any) -> Any:
                 if type(value) in (tuple, list):
                     return type(value)(map(marked, value))
+                if type(value) in (dict, collections.OrderedDict):
+                    return type(value)((k, marked(v)) for k, v in value.items())
                 return aliases[numbers[id(value)]] if isinstance(value, torch.Tensor) else value
             return tuple(map(marked, args)), {k: marked(v) for k, v in kwargs.items()}
 
@@ -499,9 +505,12 @@ def _forward_parameters(module: nn.Module) -> list | None:
 
 def _passable(value: Any) -> bool:
     """An argument a module put in can be given again from the IR: a tensor of the model, a constant, or a
-    tuple / list of them (Hugging Face's ``position_embeddings=(cos, sin)``)."""
+    tuple / list of them (Hugging Face's ``position_embeddings=(cos, sin)``), or a dict / ``OrderedDict`` of
+    them under constant keys (torchvision's ``FeaturePyramidNetwork`` takes its backbone's features so)."""
     if type(value) in (tuple, list):
         return all(map(_passable, value))
+    if type(value) in (dict, collections.OrderedDict):
+        return all(map(_constant, value)) and all(map(_passable, value.values()))
     return isinstance(value, torch.Tensor) or _constant(value)
 
 

@@ -7,6 +7,7 @@ training flags read the owner module's ``.training`` live, and device constants 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -1176,10 +1177,14 @@ class ModuleCall:
     markers: list[str]
 
 
+MAPPINGS = ("dict", "OrderedDict")  # the mappings a module may be called with (``call_signature`` entries)
+
+
 def call_signature(meta: dict) -> dict[str, Any] | None:
     """How the model called a module (``capture._CallShapes``), as ``{"args": [...], "kwargs": {...},
     "returns": ...}`` with entries ``{"input": k}`` (its k-th distinct tensor), ``{"const": v}``,
-    ``{"tuple": [...]}`` / ``{"list": [...]}``; ``returns`` None for a tensor, else the ``type`` and
+    ``{"tuple": [...]}`` / ``{"list": [...]}``, ``{"dict": [[key, entry], ...]}`` / ``{"OrderedDict": ...}``
+    (``MAPPINGS``); ``returns`` None for a tensor, else the ``type`` and
     ``items`` of the tuple, list or other structure it returned (``capture._returned``). None where it
     cannot be called as a module."""
     how = meta.get("call")
@@ -1206,6 +1211,8 @@ def _signature_inputs(signature: dict[str, Any]) -> int:
     """How many distinct tensors a call of ``signature`` takes."""
     def count(entry: dict) -> int:
         (kind, payload), = entry.items()
+        if kind in MAPPINGS:
+            return max((count(e) for _, e in payload), default=0)
         if kind in ("tuple", "list"):
             return max((count(e) for e in payload), default=0)
         return payload + 1 if kind == "input" else 0
@@ -1222,6 +1229,8 @@ def _signature_arguments(signature: dict[str, Any], inputs: list[str]) -> tuple[
             return {"tuple": [encoded(e) for e in payload]}
         if kind == "list":
             return [encoded(e) for e in payload]
+        if kind in MAPPINGS:
+            return {"mapping": [kind, [k for k, _ in payload], [encoded(e) for _, e in payload]]}
         return payload
     return [encoded(e) for e in signature["args"]], {k: encoded(e) for k, e in signature["kwargs"].items()}
 
@@ -1245,6 +1254,9 @@ def bind_call(signature: dict[str, Any], args: tuple, kwargs: dict, parameters: 
             return values[payload] is value
         if kind == "const":
             return (value is None) == (payload is None) and value == payload
+        if kind in MAPPINGS:
+            return (type(value).__name__ == kind and list(value) == [k for k, _ in payload]
+                    and all(matches(e, value[k]) for k, e in payload))
         return type(value).__name__ == kind and len(value) == len(payload) and all(map(matches, payload, value))
     if len(args) == len(signature["args"]) and set(kwargs) == set(signature["kwargs"]) \
             and all(map(matches, signature["args"], args)) \
@@ -1294,6 +1306,9 @@ def describe_call(signature: dict[str, Any]) -> str:
             return f"x{payload}"
         if kind == "const":
             return repr(payload)
+        if kind in MAPPINGS:
+            inner = ", ".join(f"{k!r}: {shown(e)}" for k, e in payload)
+            return f"{{{inner}}}" if kind == "dict" else f"OrderedDict({{{inner}}})"
         inner = ", ".join(map(shown, payload))
         return f"[{inner}]" if kind == "list" else f"({inner}{',' if len(payload) == 1 else ''})"
     return "(" + ", ".join([*map(shown, signature["args"]),
@@ -1645,7 +1660,7 @@ class Guards:
 def generate_source(ir: IR, graph: Graph, views: dict[str, str], preamble: list[str],
                     calls: dict[str, str], guards: Guards | None = None) -> tuple[str, dict]:
     targets: dict[str, str] = {}
-    globals_: dict[str, Any] = {"torch": torch}
+    globals_: dict[str, Any] = {"torch": torch, "_OrderedDict": collections.OrderedDict}
     names: dict[str, str] = {}
     prologue: list[str] = []
     modules: dict[str, str] = {"": "self"}
@@ -1812,6 +1827,10 @@ def _render(value: Any, names: dict[str, str]) -> str:
         return f"torch.finfo(_dt).{serial.finfo_attr(payload[1])}"
     if kind == "dict":
         return "{" + ", ".join(f"{k!r}: {_render(v, names)}" for k, v in payload.items()) + "}"
+    if kind == "mapping":
+        mapping_type, keys, values = payload
+        items = ", ".join(f"{k!r}: {_render(v, names)}" for k, v in zip(keys, values))
+        return f"{{{items}}}" if mapping_type == "dict" else f"_OrderedDict({{{items}}})"
     if kind == "slice":
         return "slice(" + ", ".join(_render(v, names) for v in payload) + ")"
     raise FormatError(f"unknown argument encoding {kind!r} in the IR")

@@ -7,6 +7,7 @@ never imports or runs anything a file names.
 from __future__ import annotations
 
 import builtins
+import collections
 import math
 import operator
 from typing import Any, Callable
@@ -135,6 +136,9 @@ def decode_arg(value: Any, env: dict[str, Any]) -> Any:
         return _MEMORY_FORMATS[payload]
     if kind == "dict":
         return {k: decode_arg(v, env) for k, v in payload.items()}
+    if kind == "mapping":  # a dict or OrderedDict argument of a module call, its keys as they were
+        items = [(k, decode_arg(v, env)) for k, v in zip(payload[1], payload[2])]
+        return dict(items) if payload[0] == "dict" else collections.OrderedDict(items)
     if kind == "slice":
         return slice(*(decode_arg(v, env) for v in payload))
     raise FormatError(f"unknown argument encoding {kind!r} in the IR")
@@ -163,6 +167,8 @@ def node_refs(value: Any) -> list[str]:
             return [r for v in payload for r in node_refs(v)]
         if kind == "dict":
             return [r for v in payload.values() for r in node_refs(v)]
+        if kind == "mapping":
+            return node_refs(payload[2])
     return []
 
 
@@ -181,6 +187,8 @@ def model_dtype_used(value: Any) -> str | None:
             return model_dtype_used(payload)
         if kind == "dict":
             return model_dtype_used(list(payload.values()))
+        if kind == "mapping":
+            return model_dtype_used(payload[2])
     return None
 
 
@@ -317,8 +325,6 @@ def spec_to_json(spec: Any) -> Any:
 
 def spec_from_json(data: Any, import_class: Any) -> Any:
     """Inverse of :func:`spec_to_json`; ``import_class`` resolves class paths."""
-    import collections
-
     import torch.utils._pytree as pytree
     if data is None:
         return pytree.treespec_leaf() if hasattr(pytree, "treespec_leaf") else pytree.LeafSpec()
