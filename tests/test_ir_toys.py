@@ -167,6 +167,27 @@ def test_dynamic_batch_and_static_fallback():
     assert static.info["dynamic"] == []
 
 
+def test_constant_keywords_gathered_by_kwargs_keep_the_batch_dynamic():
+    """A forward taking ``**kwargs`` called with ``use_cache=False`` (Hugging Face models without that
+    parameter): the dynamic export was refused (``**kwargs`` given no shapes of its own), so every input's
+    size was fixed to the example's and other batches were refused as if the forward tied them."""
+    class Gathering(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor, *extra: torch.Tensor, **kwargs) -> torch.Tensor:
+            y = self.fc(x + sum(extra)) if extra else self.fc(x)
+            return y if kwargs.get("use_cache", True) else y.relu()
+
+    model = Gathering().eval()
+    for args in ((torch.randn(2, 4),), (torch.randn(2, 4), torch.randn(2, 4))):
+        ir = osf.trace(model, args, {"use_cache": False})
+        assert ir.info["dynamic"] == ["B"] and not ir.info.get("fixed_batch")
+        wider = tuple(torch.randn(5, 4) for _ in args)
+        assert_same(ir.build().eval()(*wider, use_cache=False), model(*wider, use_cache=False), "batch 5")
+
+
 def test_an_example_batch_of_one_keeps_the_batch_dynamic(tmp_path):
     """torch.export fixes a dim whose example size is 1: the usual ``torch.randn(1, ...)`` example gave a
     graph whose class-token ``expand`` failed at any other batch. osf exports it doubled and reports the
@@ -734,7 +755,8 @@ def test_custom_autograd_functions_keep_their_gradients_or_are_refused(tmp_path)
     """torch.export records only a custom Function's forward ops. A Function whose backward is their
     derivative (a memory-saving swish) and torch's reentrant checkpoint give the model's gradients;
     gradient reversal is a TraceError naming it and asking for a custom op, which then keeps its backward
-    and fixes the dims it touches."""
+    and fixes the dims it touches. A Function whose forward works in place on a tensor its ops save, whose
+    captured ops cannot backpropagate, is a TraceError too (a RuntimeError of autograd before)."""
     x = torch.randn(6, 10)
     model = DomainAdversarial()
     before = copy.deepcopy(model.state_dict())
@@ -750,6 +772,30 @@ def test_custom_autograd_functions_keep_their_gradients_or_are_refused(tmp_path)
     text = osf.SearchSpace(ir).describe()
     assert "domain.0.weight[1]  (32): unsupported op osf_tests.reverse_gradient.default" in text
 
+    class MaskedSoftmax(torch.autograd.Function):  # SEW-D's XSoftmax: in place on the output it saves
+        @staticmethod
+        def forward(ctx, scores, mask):
+            out = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), -1)
+            out.masked_fill_(~mask, 0)
+            ctx.save_for_backward(out)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            (out,) = ctx.saved_tensors
+            return torch._softmax_backward_data(grad, out, -1, out.dtype), None
+
+    class Attend(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(10, 6)
+
+        def forward(self, x, mask):
+            return MaskedSoftmax.apply(self.fc(x), mask)
+
+    with pytest.raises(osf.TraceError, match=r"cannot compute the model's gradients .*modified by an inplace "
+                                             r"operation.*MaskedSoftmax.*out\.masked_fill\(mask, 0\)"):
+        osf.trace(Attend(), (x, torch.rand(6, 6) > 0.3))
 
 
 def test_a_module_called_with_constant_keywords_is_called_with_them():

@@ -128,7 +128,8 @@ def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict, batch: bool, se
     if not (batch or seq or spatial):
         return None
     try:
-        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+        signature = inspect.signature(model.forward)
+        bound = signature.bind(*args, **kwargs).arguments
     except TypeError as e:
         raise TraceError(f"the example inputs do not match {type(model).__name__}.forward: {e}",
                          module="", suggestion="pass args/kwargs exactly as you call the model") from None
@@ -145,7 +146,11 @@ def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict, batch: bool, se
             dims.update(dict.fromkeys(range(2, x.dim()), Dim.AUTO))
         return dims
 
-    return {k: pytree.tree_map(spec, v) if _has_tensor(v) else None for k, v in bound.items()}
+    # ``*args`` / ``**kwargs`` take a spec of their own structure even without tensors (``use_cache=False``
+    # landing in ``**kwargs``): export refuses None there, which would have fixed every input's sizes
+    gathered = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {k: pytree.tree_map(spec, v) if _has_tensor(v) or signature.parameters[k].kind in gathered else None
+            for k, v in bound.items()}
 
 
 def _has_tensor(v: Any) -> bool:
@@ -554,7 +559,17 @@ def _check_gradients(model: nn.Module, ir: IR, args: tuple, kwargs: dict, unreco
         for training in modes:
             model.train(training)
             rebuilt.train(training)
-            expected, got = (_gradients(fn, args, kwargs) for fn in (model, rebuilt))
+            expected = _gradients(model, args, kwargs)
+            try:
+                got = _gradients(rebuilt, args, kwargs)
+            except RuntimeError as e:  # SEW-D's XSoftmax: an in-place op on an output its softmax saved
+                raise TraceError(
+                    f"the captured graph cannot compute the model's gradients in {'training' if training else 'eval'} "
+                    f"mode ({str(e).splitlines()[0].split('. Hint:')[0][:300]}): {unrecorded.describe()}",
+                    suggestion="keep the Function's forward free of in-place ops on tensors its ops save (out = "
+                    "out.masked_fill(mask, 0) instead of out.masked_fill_(mask, 0)), or make it a custom op "
+                    "(torch.library.custom_op with register_autograd), which osf keeps as one op with its "
+                    "backward") from None
             for name in dict.fromkeys([*expected, *got]):
                 a, b = expected.get(name), got.get(name)
                 if (a is None and b is None) or name in own_hooks:
