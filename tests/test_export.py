@@ -2,6 +2,7 @@
 numbers, writes are atomic and never overwrite silently."""
 from __future__ import annotations
 
+import collections
 import copy
 import inspect
 import json
@@ -302,3 +303,109 @@ def test_export_in_bfloat16_casts_weights_inputs_and_card(exported, tmp_path):
         osf.export(sn, arch, tmp_path / "int", dtype=torch.int8)
     assert not (tmp_path / "int").exists()
 
+
+
+_Pair = collections.namedtuple("_Pair", ["left", "right"])  # torch.export.save knows no name for it
+
+
+class _Clips(nn.Module):
+    """Frames folded into the batch and viewed as clips of 4, shifted back in time (a temporal shift): the
+    batch sizes it holds for include ``B//(B//4) != 1``, which a term of 1 makes true at every size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames, _, h, w = x.shape
+        clips = self.a(x).view(frames // 4, 4, -1, h, w)
+        shifted = torch.zeros_like(clips)
+        shifted[:, :-1] = clips[:, 1:]
+        return self.b(shifted.view(frames, -1, h, w))
+
+
+class _StopGradient(nn.Module):
+    """A target computed under ``torch.no_grad()`` inside forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.b(torch.relu(self.a(x)))
+        return self.b(torch.relu(self.a(x))) - target
+
+
+class _DictInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(4, 16)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.a(batch["x"]) + self.b(batch["y"])
+
+
+class _Residual(nn.Module):  # min() drops its only block: the subnet returns its input
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x)
+
+
+@pytest.mark.parametrize("model, args", [
+    (_Clips, (torch.randn(8, 3, 8, 8),)), (_StopGradient, (torch.randn(2, 16),)),
+    (_DictInput, ({"x": torch.randn(2, 8), "y": torch.randn(2, 4)},)), (_Residual, (torch.randn(2, 16),))],
+    ids=["size_condition_always_true", "no_grad_in_forward", "dict_input", "returns_its_input"])
+def test_exported_files_load_and_match_the_extracted_subnet(model, args, tmp_path):
+    """Each failed, or wrote a file that did not load, before: a size condition true at every size made
+    torch.export assert; a ``no_grad`` block gave a ``.pt2`` that ``torch.export.load`` refused; a dict
+    given positionally was taken for keyword arguments by the ONNX exporter; a subnet returning its input
+    unchanged gave an ONNX graph defining that name twice, which ONNX Runtime refused."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    sn = osf.Supernet(model().eval(), args)
+    for arch in (sn.space.min(), sn.space.max()):
+        small = sn.extract(arch).eval()
+        with torch.no_grad():
+            want = small(*args)
+        out = sn.export(arch, tmp_path / str(len(list(tmp_path.iterdir()))), formats=("pt2", "onnx"))
+        with torch.no_grad():
+            torch.testing.assert_close(torch.export.load(str(out / "model.pt2")).module()(*args), want)
+        session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+        leaves = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
+        got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), leaves)})[0]
+        torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-5, rtol=1e-4)
+
+
+def test_exporter_failures_name_their_cause(tmp_path):
+    """An op ONNX has no function for is named (torch.onnx's own first line is a generic header), and a
+    ``.pt2`` that torch.export cannot write is an ``ExportError`` naming the format too."""
+    class Distances(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.prototypes = nn.Linear(8, 16), nn.Parameter(torch.randn(5, 16))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -torch.cdist(self.embed(x), self.prototypes)
+
+    sn = osf.Supernet(Distances().eval(), (torch.randn(2, 8),))
+    with pytest.raises(osf.ExportError, match=r"ONNX exporter failed on this subnet \(.*aten\._cdist_forward"):
+        sn.export(sn.space.max(), tmp_path / "onnx", formats=("onnx",))
+    assert not (tmp_path / "onnx").exists()
+    sn.export(sn.space.max(), tmp_path / "pt2", formats=("pt2",))  # the pt2 is fine
+
+    class Split(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> _Pair:
+            y = self.fc(x)
+            return _Pair(y[:, :4], y[:, 4:])
+
+    sn = osf.Supernet(Split().eval(), (torch.randn(2, 8),))
+    with pytest.raises(osf.ExportError, match=r"torch\.export failed on this subnet \(.*namedtuple"):
+        sn.export(sn.space.max(), tmp_path / "named", formats=("pt2",))

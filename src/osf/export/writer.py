@@ -3,16 +3,18 @@ arch, model card), atomically."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from safetensors.torch import save_file
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 from tqdm.auto import tqdm
 
 from ..ir.errors import OsfError
@@ -117,9 +119,15 @@ def _quiet() -> Iterator[None]:
 
 
 def _write_pt2(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict | None, file: Path) -> None:
-    with _quiet():
-        program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
-    torch.export.save(program, file)
+    """Export, save and load back (a program torch.export.load refuses is no file to hand anyone)."""
+    try:
+        with _quiet():
+            program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
+            torch.export.save(program, file)
+            torch.export.load(file)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which format failed
+        raise ExportError(f"torch.export failed on this subnet ({_reason(e)}); export without it: "
+                          "formats=('onnx',) (osf export --format onnx)") from e
 
 
 def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict | None, names: list[str],
@@ -131,15 +139,54 @@ def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict
         skipped["onnx"] = f"{e.name} is not installed: pip install 'osf[onnx]'"
         log.warning("osf.export: ONNX skipped (%s)", skipped["onnx"])
         return
+    if _returns_an_input(model, args, kwargs):  # an output named as an input: an invalid graph
+        model = _own_outputs(model)
+    if args and isinstance(args[-1], dict):  # torch.onnx takes a trailing dict of args for keywords
+        args = (*args, {})
     try:
         with _quiet():
             program = torch.onnx.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic, input_names=names,
                                         dynamo=True, verbose=False)
         program.save(str(file))
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which format failed
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"the ONNX exporter failed on this subnet ({type(e).__name__}: {first}); export "
-                          "without it: formats=('pt2',) (osf export --format pt2)") from e
+        raise ExportError(f"the ONNX exporter failed on this subnet ({_reason(e)}); export without it: "
+                          "formats=('pt2',) (osf export --format pt2)") from e
+
+
+def _reason(error: BaseException) -> str:
+    """What made an exporter fail: its summary line, or the innermost cause's first line (torch.onnx's own
+    first line is a generic header in terminal colours)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    if "## Exception summary" in text:
+        summary = [line.strip() for line in text.split("## Exception summary", 1)[1].splitlines() if line.strip()]
+        if summary:
+            return summary[0][:300]
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+
+
+def _returns_an_input(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
+    given = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+    with torch.no_grad():
+        return any(id(t) in given for t in tree_leaves(model(*args, **kwargs)) if isinstance(t, torch.Tensor))
+
+
+def _own_outputs(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` whose outputs that are inputs given back unchanged (a subnet with every block dropped) are
+    copies: torch.onnx names such an output as its input, a duplicate definition ONNX Runtime refuses. Its
+    forward has ``model``'s signature (``functools.wraps``), which the exporter's ``dynamic_shapes`` name."""
+    wrapper = torch.nn.Module()
+    wrapper.model = model
+
+    @functools.wraps(model.forward)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        given = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and id(t) in given else t,
+                        model(*args, **kwargs))
+    wrapper.forward = forward
+    return wrapper
 
 
 def _write_weights(model: torch.nn.Module, file: Path) -> None:

@@ -1790,10 +1790,12 @@ _EAGER_FUNCTIONS: dict[str, Callable] = {
 
 
 def _in_context(device: torch.device, context: list, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` under ``context`` (``OpNode.context``); autocast on the model's device type."""
+    """``fn(*args, **kwargs)`` under ``context`` (``OpNode.context``); autocast on the model's device type.
+    Grad mode through ``no_grad`` / ``enable_grad``: ``set_grad_enabled`` sets the mode when constructed
+    too, which torch.export records as a second, empty region that ``torch.export.load`` refuses."""
     with contextlib.ExitStack() as stack:
         for kind, *values in context:
-            stack.enter_context(torch.set_grad_enabled(*values) if kind == "grad"
+            stack.enter_context((torch.enable_grad() if values[0] else torch.no_grad()) if kind == "grad"
                                 else torch.autocast(device.type, *values))
         return fn(*args, **kwargs)
 
