@@ -167,6 +167,47 @@ def test_dynamic_batch_and_static_fallback():
     assert static.info["dynamic"] == []
 
 
+def test_a_forward_that_takes_another_path_once_it_set_an_attribute_is_warned_of():
+    """RWKV divides its weights in place in its first eval call and sets ``layers_are_rescaled``; torch.export
+    puts the flag back, so the graph holds the division, which a rebuilt model repeated at every call. A
+    forward setting an attribute that leaves its path as it was (Swin's ``shift_size`` from the input size)
+    is not warned of. The user's model keeps its state either way."""
+    class RescaledOnce(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.rescaled = nn.Linear(4, 4), False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training and not self.rescaled:
+                with torch.no_grad():
+                    self.fc.weight.div_(2.0)
+                self.rescaled = True
+            return self.fc(x)
+
+    class SizedShift(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.shift = nn.Linear(4, 4), 3
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.shift = min(self.shift, x.shape[-1] - 2)  # as Swin's set_shift_and_window_size
+            return self.fc(torch.roll(x, self.shift, -1))
+
+    x = torch.randn(2, 4)
+    model = RescaledOnce().eval()
+    weight = model.fc.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"sets module attributes while it runs, and takes another path once they "
+                                         r"are set: rescaled \(False → True\)"):
+        osf.trace(model, (x,))
+    assert model.rescaled is False and torch.equal(model.fc.weight, weight)
+    shifted = SizedShift().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ir = osf.trace(shifted, (x,))
+    assert shifted.shift == 3
+    assert_same(ir.build().eval()(x), shifted(x), "rebuilt")
+
+
 def test_constant_keywords_gathered_by_kwargs_keep_the_batch_dynamic():
     """A forward taking ``**kwargs`` called with ``use_cache=False`` (Hugging Face models without that
     parameter): the dynamic export was refused (``**kwargs`` given no shapes of its own), so every input's

@@ -75,8 +75,9 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     started = time.perf_counter()
     unrecorded = _Unrecorded(model)
     calls = _CallShapes(model)
+    state = _StateChanges(model)
     try:
-        with unrecorded.watching(), calls.watching():
+        with unrecorded.watching(), calls.watching(), state.watching():
             programs, method = _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq,
                                                   dynamic_spatial)
     except TraceError as e:
@@ -89,6 +90,10 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
         raise
     finally:
         model.train(was_training)
+    if state.changed and state.path_depends_on_it(
+            programs, lambda: _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq, dynamic_spatial)[0]):
+        state.warn()
+    model.train(was_training)
     ir = _to_ir(model, programs, method, verify_init, (args, kwargs), calls)
     ir.info["trace_options"] = options
     if unrecorded.hooked:
@@ -325,6 +330,81 @@ class _Unrecorded:
             parts.append(f"modules {', '.join(repr(m) for m in self.module_hooks)} have backward hooks, which "
                          "the captured graph does not hold")
         return "; ".join(parts)
+
+
+class _StateChanges:
+    """Plain attributes (flags, counters, strings) of the model's modules that its forward sets while torch.export
+    traces it. Export puts them back afterwards, so the captured graph follows the path of a call that found
+    them as they were, and every call of a rebuilt model, supernet or subnet takes that path, while the
+    original may take another on later calls: Hugging Face's RWKV divides its weights in place once in eval
+    mode and then sets ``layers_are_rescaled``, so a rebuilt RWKV divided them again at every call. Swin's
+    ``shift_size`` set from the input size takes the same path again: no warning."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.changed: dict[tuple[str, str], tuple[Any, Any]] = {}  # (path, attribute) -> (before, after)
+
+    def _plain(self) -> dict[tuple[str, str], Any]:
+        return {(path, k): v for path, m in self.model.named_modules() for k, v in vars(m).items()
+                if k != "training" and (v is None or type(v) in (bool, int, float, str))}
+
+    @contextlib.contextmanager
+    def watching(self) -> Any:
+        before: dict[tuple[str, str], Any] = {}
+
+        def started(module: nn.Module, args: tuple) -> None:
+            before.clear()
+            before.update(self._plain())
+
+        def finished(module: nn.Module, args: tuple, output: Any) -> None:
+            for key, v in self._plain().items():
+                old = before.get(key, _UNSET)
+                if old is _UNSET or type(old) is not type(v) or old != v:
+                    self.changed[key] = (self.changed.get(key, (old,))[0], v)
+        handles = [nn.Module.register_forward_pre_hook(self.model, started),
+                   nn.Module.register_forward_hook(self.model, finished)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def path_depends_on_it(self, programs: dict[str, Any], export_again: Callable[[], dict[str, Any]]) -> bool:
+        """Whether exporting again with the attributes as the traced call left them records other ops."""
+        modules = dict(self.model.named_modules())
+        saved = {key: vars(modules[key[0]]).get(key[1], _UNSET) for key in self.changed}
+        try:
+            for (path, k), (_, after) in self.changed.items():
+                vars(modules[path])[k] = after
+            again = export_again()
+        except Exception:  # noqa: BLE001 - cannot tell: say so
+            return True
+        finally:
+            for (path, k), value in saved.items():
+                if value is _UNSET:
+                    vars(modules[path]).pop(k, None)
+                else:
+                    vars(modules[path])[k] = value
+
+        def ops(ep: Any) -> list[str] | None:  # without the marks of module calls (exported again unwatched)
+            return None if ep is None else [str(n.target) for n in ep.graph.nodes
+                                            if n.op == "call_function" and str(n.target) != "aten.alias.default"]
+        return any(ops(programs.get(mode)) != ops(again.get(mode)) for mode in ("train", "eval"))
+
+    def warn(self) -> None:
+        listed = ", ".join(f"{f'{path}.' if path else ''}{k} ({'unset' if old is _UNSET else repr(old)} → {new!r})"
+                           for (path, k), (old, new) in list(self.changed.items())[:5])
+        warnings.warn(f"the forward of {type(self.model).__name__} sets module attributes while it runs, and "
+                      f"takes another path once they are set: {listed}. torch.export puts them back after "
+                      "tracing, so the captured graph follows the path of a call that found them as they were, "
+                      "and rebuilt models, supernets and subnets take that path at every call, while the "
+                      "original takes the other one on later calls (RWKV divides its weights in place once, then "
+                      "sets layers_are_rescaled: rebuilt, it divided them at every call). Make the forward not "
+                      "depend on such state, or trace a model whose state is what its later calls find",
+                      UserWarning, stacklevel=3)
+
+
+_UNSET = object()
 
 
 class _CallShapes:
