@@ -874,7 +874,7 @@ def test_the_docs_example_of_a_new_head_and_features_runs():
 
 
 def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls():
-    """A dict argument, a tensor read from elsewhere, a tensor read elsewhere, a container whose children the
+    """A dict under a tuple key, a tensor read from elsewhere, a tensor read elsewhere, a container whose children the
     model calls one by one, an object returned that pytree does not open, an IR without module-call records:
     each a ModuleReplacedError that says why. A
     module that changed its input in place may give way (export reads the changed value from the op's
@@ -887,7 +887,7 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
 
     class Pick(nn.Module):
         def forward(self, parts: dict) -> torch.Tensor:
-            return parts["a"] - parts["b"]
+            return parts[("a", 0)] - parts["b"]
 
     class Bump(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -918,7 +918,7 @@ def test_a_module_is_refused_where_it_could_not_stand_in_for_the_old_ones_calls(
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = self.inp(x)
-            y = self.pick({"a": self.mix(h, x), "b": x})
+            y = self.pick({("a", 0): self.mix(h, x), "b": x})  # plain keys alone are passed
             for block in self.blocks:
                 y = block(y)
             z = self.tied(y) * 2

@@ -153,24 +153,30 @@ def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict
                           "formats=('pt2',) (osf export --format pt2)") from e
 
 
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch.onnx's messages
+
+
 def _reason(error: BaseException) -> str:
     """What made an exporter fail: its summary line, or the innermost cause's first line (torch.onnx's own
     first line is a generic header in terminal colours)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    if "## Exception summary" in text:
-        summary = [line.strip() for line in text.split("## Exception summary", 1)[1].splitlines() if line.strip()]
-        if summary:
-            return summary[0][:300]
+    def lines(e: BaseException) -> list[str]:
+        return [line.strip() for line in _COLOURS.sub("", str(e)).splitlines() if line.strip()]
+    text = lines(error)
+    if "## Exception summary" in text and text.index("## Exception summary") + 1 < len(text):
+        return text[text.index("## Exception summary") + 1][:300]
     while error.__cause__ is not None:
         error = error.__cause__
-    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+    first = lines(error)
+    return f"{type(error).__name__}: {first[0][:300]}" if first else type(error).__name__
+
+
+def _tensor_ids(value: Any) -> set[int]:
+    return {id(t) for t in tree_leaves(value) if isinstance(t, torch.Tensor)}
 
 
 def _returns_an_input(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
-    given = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
     with torch.no_grad():
-        return any(id(t) in given for t in tree_leaves(model(*args, **kwargs)) if isinstance(t, torch.Tensor))
+        return bool(_tensor_ids(model(*args, **kwargs)) & _tensor_ids((args, kwargs)))
 
 
 def _own_outputs(model: torch.nn.Module) -> torch.nn.Module:
@@ -182,7 +188,7 @@ def _own_outputs(model: torch.nn.Module) -> torch.nn.Module:
 
     @functools.wraps(model.forward)
     def forward(*args: Any, **kwargs: Any) -> Any:
-        given = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        given = _tensor_ids((args, kwargs))
         return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and id(t) in given else t,
                         model(*args, **kwargs))
     wrapper.forward = forward
