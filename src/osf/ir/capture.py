@@ -93,7 +93,6 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     if state.changed and state.path_depends_on_it(
             programs, lambda: _export_both_modes(model, args, kwargs, dynamic_batch, dynamic_seq, dynamic_spatial)[0]):
         state.warn()
-    model.train(was_training)
     ir = _to_ir(model, programs, method, verify_init, (args, kwargs), calls)
     ir.info["trace_options"] = options
     if unrecorded.hooked:
@@ -370,8 +369,9 @@ class _StateChanges:
                 h.remove()
 
     def path_depends_on_it(self, programs: dict[str, Any], export_again: Callable[[], dict[str, Any]]) -> bool:
-        """Whether exporting again with the attributes as the traced call left them records other ops."""
-        modules = dict(self.model.named_modules())
+        """Whether exporting again with the attributes as the traced call left them records other ops
+        (the attributes and the model's mode are put back after)."""
+        modules, training = dict(self.model.named_modules()), self.model.training
         saved = {key: vars(modules[key[0]]).get(key[1], _UNSET) for key in self.changed}
         try:
             for (path, k), (_, after) in self.changed.items():
@@ -380,6 +380,7 @@ class _StateChanges:
         except Exception:  # noqa: BLE001 - cannot tell: say so
             return True
         finally:
+            self.model.train(training)
             for (path, k), value in saved.items():
                 if value is _UNSET:
                     vars(modules[path]).pop(k, None)

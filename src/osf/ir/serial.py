@@ -136,9 +136,6 @@ def decode_arg(value: Any, env: dict[str, Any]) -> Any:
         return _MEMORY_FORMATS[payload]
     if kind == "dict":
         return {k: decode_arg(v, env) for k, v in payload.items()}
-    if kind == "mapping":  # a dict or OrderedDict argument of a module call, its keys as they were
-        items = [(k, decode_arg(v, env)) for k, v in zip(payload[1], payload[2])]
-        return dict(items) if payload[0] == "dict" else collections.OrderedDict(items)
     if kind == "slice":
         return slice(*(decode_arg(v, env) for v in payload))
     raise FormatError(f"unknown argument encoding {kind!r} in the IR")

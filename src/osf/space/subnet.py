@@ -366,7 +366,8 @@ def _rewrite(graph: Graph, vals: dict, dims, kept: dict[int, int], units: list, 
 
 
 RUNTIME_SIZE = "size_of"  # marks a symbolic size argument that the rewrite reads from a tensor at run time
-_SIZE_LISTS = {"aten.expand.default": 1, "aten.broadcast_to.default": 1, **FILLED}  # ops whose size list (at that argument) may hold such marks
+# ops whose size list (at that argument) may hold such marks
+_SIZE_LISTS = {"aten.expand.default": 1, "aten.broadcast_to.default": 1, **FILLED}
 
 
 class _RuntimeSizes:
@@ -469,6 +470,11 @@ def _sizes(exprs: list, dims, kept) -> list[Size]:
     return [new_size(dims, dims.resolve(e), kept) for e in exprs]
 
 
+def _resized(exprs: list, dims, kept) -> tuple[list[Size], list[Size]]:
+    """The sizes of dims ``exprs`` at the widths ``kept``, and as traced."""
+    return _sizes(exprs, dims, kept), [dims.size(dims.resolve(e)) for e in exprs]
+
+
 def _changed(exprs: list, dims, kept) -> bool:
     return any(dims.size(dims.resolve(e)) != new_size(dims, dims.resolve(e), kept) for e in exprs)
 
@@ -513,11 +519,10 @@ def _size_or_runtime(s: Size, e: Any) -> Any:
 
 
 def _rw_view(op, ins, out, dims, kept):
-    if not _changed(out, dims, kept):
+    new_sizes, old_sizes = _resized(out, dims, kept)
+    if new_sizes == old_sizes:
         return
     old = op.args[1]
-    new_sizes = _sizes(out, dims, kept)
-    old_sizes = [dims.size(dims.resolve(e)) for e in out]
     args, dynamic_changed = [], []
     for i, (a, s, o) in enumerate(zip(old, new_sizes, old_sizes)):
         if is_static(s):
@@ -534,10 +539,9 @@ def _rw_view(op, ins, out, dims, kept):
 
 def _rw_unflatten(op, ins, out, dims, kept):
     d = op.args[1] if op.args[1] >= 0 else op.args[1] + len(ins[0])
-    n = len(op.args[2])
-    if not _changed(out[d:d + n], dims, kept):
+    sizes, old = _resized(out[d:d + len(op.args[2])], dims, kept)
+    if sizes == old:
         return
-    sizes, old = _sizes(out[d:d + n], dims, kept), [dims.size(dims.resolve(e)) for e in out[d:d + n]]
     op.args = op.args[:2] + [[a if a == -1 or s == o else _static_or_fail(s, op)
                               for a, s, o in zip(op.args[2], sizes, old)]]
 
@@ -547,12 +551,12 @@ def _rw_size_list(at: int):
     that shrank (``expand``'s -1, keep the input's size, stays; so does a size read from the very dim it
     sizes, which shrinks with it)."""
     def fn(op, ins, out, dims, kept):
-        if not _changed(out, dims, kept):
+        new_sizes, old_sizes = _resized(out, dims, kept)
+        if new_sizes == old_sizes:
             return
-        old_sizes = [dims.size(dims.resolve(e)) for e in out]
         sizes = [a if s == o or a == -1 or m is not None and dims.resolve(m) == dims.resolve(e)
                  else _size_or_runtime(s, e)
-                 for a, s, o, m, e in zip(op.args[at], _sizes(out, dims, kept), old_sizes, ins[at], out)]
+                 for a, s, o, m, e in zip(op.args[at], new_sizes, old_sizes, ins[at], out)]
         op.args = op.args[:at] + [sizes] + op.args[at + 1:]
     return fn
 
@@ -627,12 +631,9 @@ SPLIT_OPS = ("aten.split.Tensor", "aten.split.sizes", "aten.chunk.default", "ate
 def _rw_split(op, ins, out, dims, kept):
     """Pieces whose length changes give new static sizes; a split none of whose pieces change (one along
     a dim no group shrinks, such as a symbolic batch) is left as traced."""
-    exprs = [e[_dim(op, ins[0])] for e in out["list"]]
-    if not _changed(exprs, dims, kept):
-        return
-    pieces = [_static_or_fail(new_size(dims, dims.resolve(e), kept), op) for e in exprs]
-    if pieces != split_pieces(op, ins, out, dims):
-        as_split_with_sizes(op, pieces)
+    pieces, old = _resized([e[_dim(op, ins[0])] for e in out["list"]], dims, kept)
+    if pieces != old:
+        as_split_with_sizes(op, [_static_or_fail(s, op) for s in pieces])
 
 
 def as_split_with_sizes(op: OpNode, pieces: list[int]) -> None:
