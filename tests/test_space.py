@@ -746,7 +746,8 @@ class _ShapeFollowers(nn.Module):
             self.a = nn.Linear(16, 32)
             whole = mode.endswith(("_as", "_")) or mode in ("tile", "batch_view", "slice_add", "gather", "expand",
                                                               "transposes", "zeros_state", "aliases", "expand_batch",
-                                                              "einsum_ellipsis", "broadcast_to", "linalg_norm")
+                                                              "einsum_ellipsis", "broadcast_to", "linalg_norm",
+                                                              "masked_scatter", "all_any")
             self.b = nn.Linear(64 if mode.startswith("repeat") else 48 if mode == "pad" else 32 if whole else 16, 8)
             self.s = nn.Linear(16, 16)  # slice_add's shortcut
         self.c = nn.Linear(16, 8)
@@ -802,6 +803,12 @@ class _ShapeFollowers(nn.Module):
             return self.b(h * torch.sigmoid(x[..., :1]).expand(-1, -1, 32))
         if self.mode == "broadcast_to":  # the same gate by torch.broadcast_to (OWLv2's box heads)
             return self.b(h * torch.broadcast_to(torch.sigmoid(x[..., :1]), h.shape))
+        if self.mode == "all_any":  # whole-tensor all / any, and the check transformers makes of a mask (LLaVA)
+            torch._check_tensor_all(h >= 0)
+            return self.b(h * (h >= 0).all() + h * (h > 100).any())
+        if self.mode == "masked_scatter":  # rows of features put at flagged tokens (BLIP-2's image tokens)
+            rows = (x[..., 0] > 0).unsqueeze(-1).expand_as(h)
+            return self.b(h.masked_scatter(rows, h.flip(1) * 2))
         if self.mode == "linalg_norm":  # normalised by torch.linalg.norm over the channels (OWLv2's embeddings)
             return self.b(h / (torch.linalg.norm(h, dim=-1, keepdim=True) + 1e-6))
         if self.mode == "transposes":  # .mT, and .T of a matrix (Falcon's x @ weight.T)
@@ -849,8 +856,8 @@ class _ShapeFollowers(nn.Module):
                                   "tensor_split_sections", "tensor_split_indices", "slices", "narrow", "slice_middle",
                                   "glu", "batch_view", "slice_add", "pad", "gather", "expand", "transposes", "type_as",
                                   "masked_fill_", "zeros_state", "index_add_", "index_put_", "scatter_add_", "aliases", "expand_batch",
-                                  "einsum_ellipsis", "broadcast_to", "linalg_norm",
-                                  *_ShapeFollowers.SPATIAL])
+                                  "einsum_ellipsis", "broadcast_to", "linalg_norm", "masked_scatter",
+                                  "all_any", *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets
     compute what the original computes with the pruned channels zeroed, at unequal widths of the pieces
@@ -1021,6 +1028,23 @@ class _WidthThrough(nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
+def test_masked_scatter_whose_mask_varies_along_the_channels_is_refused():
+    """Elements scattered where ``h > 0`` land across rows: pruning the channels would move them, so the
+    op is reported and its dims stay fixed (the features' width is no group)."""
+    class Scattered(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 8)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h.masked_scatter(h > 0, h.flip(1)))
+
+    sn = osf.Supernet(Scattered().eval(), (torch.randn(2, 5, 16),))
+    assert [u.target for u in sn.space.analysis.unsupported] == ["aten.masked_scatter.default"]
+    assert not sn.space.groups
+
+
 def _min_and_sample_agree(sn: osf.Supernet, args: tuple) -> None:
     """In eval mode, ``min()`` and a sampled arch run on the shared weights give the extracted model's
     outputs, and ``cost()`` its exact parameter count."""
@@ -1034,7 +1058,8 @@ def _min_and_sample_agree(sn: osf.Supernet, args: tuple) -> None:
 
 class _PairEncoder(nn.Module):
     """RAFT-like: two images share one encoder pass, concatenated along the batch and chunked back, so
-    the pieces' length is ``(B + B1 + 1) // 2`` of the two inputs' own batch sizes."""
+    the pieces' length is ``(B + B1 + 1) // 2`` of the two inputs' own batch sizes; their correlation
+    (``matmul`` contracting the channels) broadcasts ``(B + B1 + 1) // 2`` with ``B + B1 - (B + B1 + 1) // 2``."""
 
     def __init__(self):
         super().__init__()
@@ -1043,7 +1068,7 @@ class _PairEncoder(nn.Module):
 
     def forward(self, a, b):
         fa, fb = self.encode(torch.cat([a, b], 0)).chunk(2, 0)
-        return self.head(torch.cat([fa, fb], 1))
+        return self.head(torch.cat([fa, fb], 1)), fa.flatten(2).transpose(1, 2) @ fb.flatten(2)
 
 
 class _BatchFolded(nn.Module):
@@ -1059,15 +1084,19 @@ class _BatchFolded(nn.Module):
         return self.b(h.repeat_interleave(2, dim=0, output_size=2 * batch))
 
 
-@pytest.mark.parametrize("model, args", [(_PairEncoder, (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))),
-                                         (_BatchFolded, (torch.randn(2, 5, 8),))], ids=["chunk", "unflatten"])
-def test_ops_sized_by_a_symbolic_batch_stay_as_traced_in_every_subnet(model, args):
+@pytest.mark.parametrize("model, args, groups", [
+    (_PairEncoder, (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)), 2), (_BatchFolded, (torch.randn(2, 5, 8),), 1)],
+    ids=["chunk", "unflatten"])
+def test_ops_sized_by_a_symbolic_batch_stay_as_traced_in_every_subnet(model, args, groups):
     """Only sizes that change are rewritten: the chunk of a batch-concatenated pair (RAFT) and an unflatten
     and ``repeat_interleave`` of the batch keep their symbolic sizes (the arch's IR, motif signatures and
-    latency tables rewrote them, and raised)."""
+    latency tables rewrote them, and raised). The chunk along the batch and the matmul of its pieces have
+    rules: they were unsupported, and blocked the encoder's output channels."""
     torch.manual_seed(0)
     model = model().eval()
     sn = osf.Supernet(model, args)
+    assert not sn.space.analysis.unsupported
+    assert len(sn.space.groups) == groups
     arch = sn.space.min()
     assert arch.width != sn.space.max().width
     with torch.no_grad():

@@ -133,6 +133,7 @@ class _Pass:
         self.producers = graph.producers()
         self.vals: dict[str, Any] = {}
         self.metas: dict[str, Any] = {}
+        self.copies_along: dict[str, set[int]] = {}  # value -> dims it repeats one slice along (expanded)
 
     # ----- driver -----
     def run(self, key: str) -> None:
@@ -248,6 +249,11 @@ class _Pass:
                         chosen = x[j]
                     else:
                         self.unify(chosen, x[j], op)
+                elif not is_static(self.size(x[j])) and not is_static(s):
+                    # two symbolic sizes the size algebra cannot equate (``(B+1)//2`` and ``B-(B+1)//2``
+                    # of a chunked batch) that the traced op broadcast: equal whenever it runs. No width
+                    # group holds a symbolic dim: it stays fixed
+                    self.block(x[j], f"symbolic size broadcast by {op.name}")
                 elif self.size(x[j]) != (1, ()):
                     raise _Unsupported(f"cannot broadcast size {self.size(x[j])} to {s}")
             out.append(chosen if chosen is not None else self.fresh(s, f"broadcast in {op.name}"))
@@ -886,10 +892,19 @@ def _squeeze(p: _Pass, op: OpNode):
     return [e for i, e in enumerate(x) if not (i in ds and p.size(e) == (1, ()))]
 
 
+def _note_copies(p: _Pass, op: OpNode, x: list, out_sizes: list[Size]) -> None:
+    """Record the dims along which ``op`` (an expand of ``x``) repeats one slice: those ``x`` lacks or
+    has size 1 in (``_Pass.copies_along``)."""
+    lead = len(out_sizes) - len(x)
+    p.copies_along[op.name] = {i for i, s in enumerate(out_sizes)
+                               if s != (1, ()) and (i < lead or p.size(x[i - lead]) == (1, ()))}
+
+
 @rule("aten.expand.default", "aten.broadcast_to.default")
 def _expand(p: _Pass, op: OpNode):
     x = p.tensor(op.args[0])
     out_sizes = p.out_sizes(op)
+    _note_copies(p, op, x, out_sizes)
     n = len(out_sizes)
     out = []
     for i, s in enumerate(out_sizes):
@@ -910,6 +925,7 @@ def _expand(p: _Pass, op: OpNode):
 @rule("aten.expand_as.default")
 def _expand_as(p: _Pass, op: OpNode):
     x, other = p.tensor(op.args[0]), p.tensor(op.args[1])
+    _note_copies(p, op, x, p.out_sizes(op))
     return p.broadcast(op, [x, other], p.out_sizes(op))
 
 
@@ -1102,6 +1118,25 @@ def _index_put(p: _Pass, op: OpNode):
     return x
 
 
+@rule("aten.masked_scatter.default", "aten.masked_scatter_.default")
+def _masked_scatter(p: _Pass, op: OpNode):
+    """``x.masked_scatter(mask, source)``: ``source``'s elements fill, in row-major order, the positions
+    where ``mask`` is true (a vision-language model puts its image features at the image tokens' rows).
+    A mask with one flag per row of the last dim (size 1 there, or copies of one: ``m.unsqueeze(-1)
+    .expand_as(x)``) fills whole rows, so ``source``'s last dim is ``x``'s and both shrink alike (its
+    other dims count the rows the mask picks: fixed); any other mask is unsupported."""
+    x, mask, source = p.tensor(op.args[0]), p.tensor(op.args[1]), p.tensor(op.args[2])
+    per_row = bool(mask) and (p.size(mask[-1]) == (1, ())
+                              or len(mask) - 1 in p.copies_along.get(op.args[1]["node"], ()))
+    if not x or not source or not per_row or p.size(source[-1]) != p.size(x[-1]):
+        raise _Unsupported("masked_scatter whose mask may differ along the last dim")
+    out = p.broadcast(op, [x, mask], p.out_sizes(op))
+    p.unify(source[-1], out[-1], op)
+    for e in source[:-1]:
+        p.block(e, f"rows picked by the mask of {op.name}")
+    return out
+
+
 @rule("aten.nonzero.default", "aten.where.default", "aten.argwhere.default", "aten.nonzero_static.default")
 def _nonzero(p: _Pass, op: OpNode):
     """Positions of the nonzero elements (``torch.where(mask)``): the mask's dims are addressed by them."""
@@ -1170,8 +1205,10 @@ def _split(p: _Pass, op: OpNode):
     dim_arg = p.arg(op, 2, "dim", 0)
     d = _norm_dim(dim_arg, len(x))
     pieces = [value_sizes(m)[d] for m in metas]
-    if not all(is_static(s) for s in pieces) or not is_static(p.size(x[d])):
-        raise _Unsupported("split along a dynamic dim")
+    if not all(is_static(s) for s in pieces) or not is_static(p.size(x[d])):  # a batch, a sequence: fixed
+        p.block(x[d], f"split along a dynamic dim by {op.name}")
+        return {"list": [[p.fresh(s, f"piece of a dynamic dim split by {op.name}") if i == d else e
+                          for i, e in enumerate(x)] for s in pieces]}
     if any(s[0] == 0 for s in pieces):
         raise _Unsupported("split into an empty piece")
     segs = [p.d.atom(s, "split") for s in pieces]
@@ -1241,14 +1278,15 @@ for _n in (1, 2, 3):
       "aten.std.correction", "aten.var.dim", "aten.std.dim", "aten.logsumexp.default", "aten.mean.default",
       "aten.sum.default", "aten.max.dim", "aten.min.dim", "aten.var_mean.correction", "aten.norm.ScalarOpt_dim",
       "aten.linalg_vector_norm.default", "aten.linalg_norm.default", "aten.argmax.default", "aten.argmin.default",
-      "aten.prod.dim_int", "aten.all.dim", "aten.any.dim", "aten.max.default", "aten.min.default")
+      "aten.prod.dim_int", "aten.all.dim", "aten.any.dim", "aten.max.default", "aten.min.default",
+      "aten.all.default", "aten.any.default", "aten._is_all_true.default", "aten._is_any_true.default")
 def _reduce(p: _Pass, op: OpNode):
     x = p.tensor(op.args[0])
     multi = isinstance(op.meta, dict) and "list" in op.meta
     out_sizes = p.out_sizes(op, 0) if multi else p.out_sizes(op)
     packet, overload = op.target.split(".")[1:3]
-    if packet in ("mean", "sum", "max", "min") and overload == "default":
-        dims = None
+    if packet in ("mean", "sum", "max", "min", "all", "any", "_is_all_true", "_is_any_true") and overload == "default":
+        dims = None  # over every dim (``_is_all_true``: what ``torch._check_tensor_all(mask)`` records)
     elif packet in ("linalg_vector_norm", "linalg_norm", "norm"):
         dims = p.arg(op, 2, "dim")
     else:

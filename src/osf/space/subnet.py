@@ -631,7 +631,7 @@ SPLIT_OPS = ("aten.split.Tensor", "aten.split.sizes", "aten.chunk.default", "ate
 def _rw_split(op, ins, out, dims, kept):
     """Pieces whose length changes give new static sizes; a split none of whose pieces change (one along
     a dim no group shrinks, such as a symbolic batch) is left as traced."""
-    pieces, old = _resized([e[_dim(op, ins[0])] for e in out["list"]], dims, kept)
+    pieces, old = _resized([e[arg_dim(op, ins[0])] for e in out["list"]], dims, kept)
     if pieces != old:
         as_split_with_sizes(op, [_static_or_fail(s, op) for s in pieces])
 
@@ -646,10 +646,12 @@ def as_split_with_sizes(op: OpNode, pieces: list[int]) -> None:
 
 def split_pieces(op: OpNode, ins: list, out: dict, dims) -> list[int]:
     """The traced sizes of the pieces of split-like ``op`` (``ins``/``out``: its dim expressions)."""
-    return [_static_or_fail(dims.size(dims.resolve(e[_dim(op, ins[0])])), op) for e in out["list"]]
+    return [_static_or_fail(dims.size(dims.resolve(e[arg_dim(op, ins[0])])), op) for e in out["list"]]
 
 
-def _dim(op, x) -> int:
+def arg_dim(op: OpNode, x: list) -> int:
+    """``op``'s ``dim`` argument (third, or by keyword: splits, ``repeat_interleave``) as an index into
+    ``x``, its input's dim expressions."""
     d = op.args[2] if len(op.args) > 2 else op.kwargs.get("dim", 0)
     return d + len(x) if d < 0 else d
 
@@ -684,7 +686,7 @@ def _rw_slice(op, ins, out, dims, kept):
 
 def _rw_repeat_interleave(op, ins, out, dims, kept):
     """``repeats`` follows the copies' new number, ``output_size`` (when given) the shrunk dim."""
-    d = _dim(op, ins[0])
+    d = arg_dim(op, ins[0])
     if not _changed([out[d]], dims, kept):
         return
     total, base = new_size(dims, dims.resolve(out[d]), kept), new_size(dims, dims.resolve(ins[0][d]), kept)

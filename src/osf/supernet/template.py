@@ -31,8 +31,8 @@ from ..space.analysis import dim_source
 from ..space.liveness import WIDTHS_KEPT, Liveness, WidthTable, groups_in, shrunk_atoms
 from ..space.space import SearchSpace
 from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_split_with_sizes, kept_aliases,
-                            kept_modules, ran_modules, resized_op, split_pieces, subnet_structure, TensorCut,
-                            tensor_cut)
+                            kept_modules, ran_modules, resized_op, arg_dim, split_pieces, subnet_structure,
+                            TensorCut, tensor_cut)
 from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _flagged, _Index, _node, _row_index, _spec,
                       view_groups)
 
@@ -299,8 +299,7 @@ class _GraphTemplate:
         for i, op in enumerate(ops):
             if op.target not in _ARG_REWRITES or _never_rewritten(op):
                 continue
-            groups = groups_in([self.vals.get(op.name)] + [self.vals.get(r) for r in op.inputs], dims,
-                               self.group_of)
+            groups = groups_in(_argument_dims(op, self.vals), dims, self.group_of)
             if not groups:
                 continue
             _normal_form(op, self.vals, dims)
@@ -559,6 +558,18 @@ def _never_rewritten(op: OpNode) -> bool:
         return False
     at = 8 if op.target == "aten.convolution.default" else 6
     return (op.args[at] if len(op.args) > at else op.kwargs.get("groups", 1)) == 1
+
+
+def _argument_dims(op: OpNode, vals: dict) -> list:
+    """The dim expressions that ``op``'s rewritable arguments depend on: a split's along its dim (its
+    pieces; the other dims pass through: a chunked symbolic batch of channels that shrink keeps its
+    traced pieces), else every dim of its output and inputs."""
+    out = vals.get(op.name)
+    x = vals.get(op.args[0]["node"]) if op.args and isinstance(op.args[0], dict) and "node" in op.args[0] else None
+    if op.target in SPLIT_OPS and isinstance(out, dict) and isinstance(x, list):
+        d = arg_dim(op, x)
+        return [[x[d]]] + [[e[d]] for e in out["list"] if e is not None]
+    return [out] + [vals.get(r) for r in op.inputs]
 
 
 def _normal_form(op: OpNode, vals: dict, dims) -> None:
