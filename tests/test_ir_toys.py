@@ -456,6 +456,46 @@ def test_untraceable_model_names_module_and_line():
     assert "What to do" in text
 
 
+def test_a_model_failing_with_dynamic_and_static_shapes_names_both_failures():
+    """osf retries a failed export with static shapes; where that fails too, for another reason (here: the
+    reshape's sizes), the error names it as well (it named the dynamic attempt's failure alone)."""
+    class ShapeChecked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            if torch.compiler.is_exporting() or isinstance(x, torch.fx.Proxy):  # what it hits only in a graph
+                kind = "symbolic" if isinstance(x.shape[0], torch.SymInt) else "concrete"
+                raise RuntimeError(f"cannot view a {kind} batch")
+            return self.fc(x)
+
+    with pytest.raises(osf.TraceError, match=r"cannot view a symbolic batch; with static shapes: RuntimeError: "
+                                             r"cannot view a concrete batch"):
+        osf.trace(ShapeChecked(), (torch.randn(2, 4),))
+
+
+def test_a_model_that_cannot_take_a_symbolic_batch_is_captured_with_static_shapes():
+    """osf retries a failed export with static shapes on copies of the inputs: exported again, the
+    tensors a failed dynamic export was given kept symbolic sizes (torch 2.14), so the retry failed the
+    same way (or kept a symbolic batch without its bounds)."""
+    class StaticOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            if isinstance(x.shape[0], torch.SymInt) or isinstance(x, torch.fx.Proxy):
+                raise RuntimeError("this model needs a concrete batch")
+            return self.fc(x)
+
+    model, x = StaticOnly().eval(), torch.randn(2, 4)
+    ir = osf.trace(model, (x,))
+    assert ir.info["fixed_batch"] == {"x": 2}
+    with torch.no_grad():
+        torch.testing.assert_close(ir.build().eval()(x), model(x))
+
+
 def test_wrong_inputs_to_rebuilt_model_are_clear_errors():
     args, kwargs = multi_io_inputs()
     rebuilt = osf.trace(MultiIO(), args, kwargs).build().eval()

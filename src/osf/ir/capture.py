@@ -815,20 +815,37 @@ def _export_modes(model, args, kwargs, dynamic):
     for mode in ("train", "eval"):
         model.train(mode == "train")
         ep, failure = _export(model, args, kwargs, dynamic)
+        static_failure = None
         if ep is None and dynamic is not None:  # a dynamic dim the model cannot support: go static
-            ep, _ = _export(model, args, kwargs, None)
+            ep, static_failure = _export(model, *_fresh_copies(args, kwargs), None)
             method = "torch.export (static shapes)" if ep is not None else method
         if ep is None:
             ep = _export_via_fx(model, args, kwargs, dynamic)
             method = "torch.fx + torch.export" if ep is not None else method
         if ep is None:
-            failures[mode] = _trace_error(model, *failure)
+            failures[mode] = _trace_error(model, *failure, static=static_failure)
         programs[mode] = ep
     if programs["eval"] is None:
         raise failures["eval"]
     if programs["train"] is None:
         programs["train_error"] = f"training mode could not be captured with these inputs: {failures['train']}"
     return programs, method
+
+
+def _fresh_copies(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Copies of the tensors among ``args`` and ``kwargs`` (one per tensor, so inputs given twice stay
+    one). A tensor that a failed export with dynamic shapes was given still has symbolic sizes when
+    exported again with static ones (torch 2.14): the static retry would hit the same failure, or keep
+    a symbolic batch without its bounds."""
+    copies: dict[int, torch.Tensor] = {}
+
+    def fresh(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return v
+        if id(v) not in copies:
+            copies[id(v)] = v.detach().clone().requires_grad_(v.requires_grad)
+        return copies[id(v)]
+    return pytree.tree_map(fresh, (args, kwargs))
 
 
 def _export_via_fx(model, args, kwargs, dynamic):
@@ -845,13 +862,22 @@ def _export_via_fx(model, args, kwargs, dynamic):
         return None
 
 
-def _trace_error(model: nn.Module, exc: BaseException, module: str) -> TraceError:
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def _trace_error(model: nn.Module, exc: BaseException, module: str,
+                 static: tuple[BaseException, str] | None = None) -> TraceError:
+    """The TraceError of a failed export (``exc`` raised in ``module``); ``static``: how the retry with
+    static shapes failed, named too where it failed otherwise (its sizes concrete, or another cause)."""
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if "/torch/" not in f.filename and "/osf/" not in f.filename]
     frame = user[-1] if user else (frames[-1] if frames else None)
     located = frame is not None and not isinstance(exc, RandomDrawWhileTracing)  # a draw has no failing line
     op = f"{frame.filename}:{frame.lineno}: {frame.line}" if located else None
-    msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    msg = _first_line(exc)
+    if static is not None and _first_line(static[0]) != msg:
+        msg += f"; with static shapes: {type(static[0]).__name__}: {_first_line(static[0])}"
     text = str(exc).lower()
     cls = type(model.get_submodule(module)).__name__ if module else type(model).__name__
     if isinstance(exc, RandomDrawWhileTracing):
