@@ -18,8 +18,11 @@ from torch.utils._pytree import tree_leaves, tree_map
 from tqdm.auto import tqdm
 
 from ..ir.errors import OsfError
+from ..ir.graph import INPUT, IR
 from ..ir.io import staged_directory
+from ..ir.serial import node_refs
 from ..space.arch import Arch
+from ..space.subnet import subnet_structure
 from ..supernet.batches import to_device
 from ..supernet.supernet import Supernet
 from .card import make_card, markdown
@@ -84,7 +87,8 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
             if fmt == "pt2":
                 _write_pt2(model, args, kwargs, dynamic, tmp / "model.pt2")
             else:
-                _write_onnx(model, args, kwargs, dynamic, input_names(supernet.ir), tmp / "model.onnx", skipped)
+                _write_onnx(model, args, kwargs, dynamic, input_names(supernet.ir), tmp / "model.onnx", skipped,
+                            _returns_an_input(subnet_structure(supernet.space, arch)))
             bar.update()
         bar.set_postfix_str("weights, card")
         _write_weights(model, tmp / "weights.safetensors")
@@ -131,7 +135,7 @@ def _write_pt2(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict 
 
 
 def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict | None, names: list[str],
-                file: Path, skipped: dict[str, str]) -> None:
+                file: Path, skipped: dict[str, str], gives_back_input: bool) -> None:
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -139,21 +143,42 @@ def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict
         skipped["onnx"] = f"{e.name} is not installed: pip install 'osf[onnx]'"
         log.warning("osf.export: ONNX skipped (%s)", skipped["onnx"])
         return
-    if _returns_an_input(model, args, kwargs):  # an output named as an input: an invalid graph
+    if gives_back_input:  # an output named as an input: an invalid graph
         model = _own_outputs(model)
     if args and isinstance(args[-1], dict):  # torch.onnx takes a trailing dict of args for keywords
         args = (*args, {})
-    try:
+    def write(optimize: bool) -> None:
         with _quiet():
             program = torch.onnx.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic, input_names=names,
-                                        dynamo=True, verbose=False)
+                                        dynamo=True, verbose=False, optimize=optimize)
         program.save(str(file))
+    try:
+        try:
+            write(optimize=True)
+        except Exception as e:  # noqa: BLE001 - only an optimizer failure is retried
+            if not _optimizer_failed(e):
+                raise
+            # onnxscript's graph optimizer fails on some symbolic sizes (RAFT's (B+B1+1)//2, the original too)
+            why = f"onnxscript's optimizer failed ({_reason(e)}); model.onnx is unoptimised"
+            skipped["ONNX graph optimisation"] = why
+            log.warning("osf.export: %s", why)
+            write(optimize=False)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which format failed
         raise ExportError(f"the ONNX exporter failed on this subnet ({_reason(e)}); export without it: "
                           "formats=('pt2',) (osf export --format pt2)") from e
 
 
+def _optimizer_failed(error: BaseException) -> bool:
+    """Whether ``error`` came from a pass of the ONNX graph optimizer (``onnx_ir.passes.PassError``)."""
+    while error is not None:
+        if type(error).__name__ == "PassError" and type(error).__module__.startswith("onnx_ir"):
+            return True
+        error = error.__cause__
+    return False
+
+
 _COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch.onnx's messages
+_CLASS = re.compile(r"<class '(?:\w+\.)*(\w+)'>")  # how torch.onnx's summary names an exception type
 
 
 def _reason(error: BaseException) -> str:
@@ -163,7 +188,7 @@ def _reason(error: BaseException) -> str:
         return [line.strip() for line in _COLOURS.sub("", str(e)).splitlines() if line.strip()]
     text = lines(error)
     if "## Exception summary" in text and text.index("## Exception summary") + 1 < len(text):
-        return text[text.index("## Exception summary") + 1][:300]
+        return _CLASS.sub(r"\1", text[text.index("## Exception summary") + 1])[:300]
     while error.__cause__ is not None:
         error = error.__cause__
     first = lines(error)
@@ -174,9 +199,12 @@ def _tensor_ids(value: Any) -> set[int]:
     return {id(t) for t in tree_leaves(value) if isinstance(t, torch.Tensor)}
 
 
-def _returns_an_input(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
-    with torch.no_grad():
-        return bool(_tensor_ids(model(*args, **kwargs)) & _tensor_ids((args, kwargs)))
+def _returns_an_input(structure: IR) -> bool:
+    """Whether the subnet of this (tensor-less) IR gives one of its inputs back unchanged in eval mode: read
+    from the graph, since made-up inputs may fail a model's checks on values (LLaVA's image tokens)."""
+    graph = structure.eval_graph if structure.eval_graph is not None else structure.graph
+    inputs = {p.name for p in graph.placeholders if p.kind == INPUT}
+    return any(ref in inputs for ref in node_refs(graph.outputs))
 
 
 def _own_outputs(model: torch.nn.Module) -> torch.nn.Module:
