@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/minilm.py
 	$(PY) bench/coverage.py --resume
 	$(PY) bench/probe.py
+	$(PY) bench/exports.py
 	$(PY) bench/dynamic_spatial.py
 	$(PY) bench/module_swaps.py
 
@@ -57,6 +58,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/minilm.py --quick
 	$(PY) bench/coverage.py --quick
 	$(PY) bench/probe.py --quick
+	$(PY) bench/exports.py --quick
 	$(PY) bench/dynamic_spatial.py --quick
 	$(PY) bench/module_swaps.py --quick
 

@@ -19,7 +19,8 @@ kernels, FLASH's gated attention unit, hand-written stochastic depth, a GRU and 
 ``new_zeros`` states, a Mamba-style selective scan, RWKV's token shift, ALiBi biases, circular padding,
 a namedtuple output, in-place residuals, ``nn.MultiheadAttention`` with ``kdim``/``vdim``,
 ``nn.ChannelShuffle``, CaiT-style class attention, BatchNorm1d over tokens, zero channels concatenated
-by hand and a 0-d learnt scale).
+by hand, a 0-d learnt scale, torchvision's RAFT-small optical flow with an int argument and its ResNet-18
+FPN backbone).
 
 Per model: the supernet builds; its maximal subnet equals the original (eval mode); for the minimal and two
 sampled subnets, running the supernet at the arch (``set_arch``) gives the extracted model's outputs and
@@ -28,7 +29,7 @@ gradients, the extracted model gives the outputs of the model built from the arc
 model; cast to float64, the extracted maximal subnet gives the original's outputs and the minimal one its
 float32 outputs (where the original runs in float64).
 
-    python bench/probe.py            # every model (about 5 minutes)
+    python bench/probe.py            # every model (about 7 minutes)
     python bench/probe.py --quick    # 5 models
 
 Writes bench/results/probe[-quick].json and the ``probe`` section of docs/benchmarks.md (--quick:
@@ -1593,6 +1594,12 @@ def _image(size: int = 8, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
 
+def _torchvision() -> Any:
+    import torchvision.models.detection.backbone_utils
+    import torchvision.models.optical_flow
+    return torchvision
+
+
 HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "fused_qkv_split_per_head": lambda: (FusedQKVSplitPerHead(), (torch.randn(2, 5, 64),)),
     "causal_self_attention": lambda: (CausalSelfAttention(), (torch.randn(2, 10, 48),)),
@@ -1694,6 +1701,10 @@ HAND: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "token_batch_norm": lambda: (TokenBatchNorm(), (torch.randn(4, 6, 5),)),
     "zeros_cat_hidden": lambda: (ZerosCatHidden(), (_image(),)),
     "se_scalar_gate": lambda: (SEWithScalarGate(), (_image(),)),
+    "tv_raft_small": lambda: (_torchvision().models.optical_flow.raft_small(weights=None),
+                              (_image(128), _image(128), 2)),  # num_flow_updates=2, positionally; 128: its minimum
+    "tv_resnet18_fpn": lambda: (_torchvision().models.detection.backbone_utils.resnet_fpn_backbone(
+        backbone_name="resnet18", weights=None, trainable_layers=5), (_image(64),)),
 }
 
 
@@ -1710,6 +1721,15 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
     causal = {**text, "use_cache": False}
     small = _SMALL
     vision = dict(image_size=32, patch_size=8, **small)
+    s2s = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+               encoder_ffn_dim=128, decoder_ffn_dim=128)
+    seq2seq = {**text, "decoder_input_ids": ids[:, :8], "use_cache": False}
+    speech = dict(conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                  num_conv_pos_embedding_groups=4, **small)
+    pair = {**text, "pixel_values": _image(32)}
+    series = {"past_values": torch.randn(2, 10), "past_time_features": torch.randn(2, 10, 1),
+              "past_observed_mask": torch.ones(2, 10), "future_values": torch.randn(2, 4),
+              "future_time_features": torch.randn(2, 4, 1), "use_cache": False}
     built: dict[str, Callable[[], tuple]] = {
         "albert": lambda: (T.AlbertModel(T.AlbertConfig(embedding_size=32, vocab_size=1000, **small)), (), text),
         "electra": lambda: (T.ElectraModel(T.ElectraConfig(embedding_size=32, vocab_size=1000, **small)), (), text),
@@ -1938,6 +1958,109 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
         "siglip-vision": lambda: (T.SiglipVisionModel(T.SiglipVisionConfig(**vision)), (_image(32),), {}),
         "owlvit-vision": lambda: (T.OwlViTVisionModel(T.OwlViTVisionConfig(**vision)), (_image(32),), {}),
         "megatron-bert": lambda: (T.MegatronBertModel(T.MegatronBertConfig(vocab_size=1000, **small)), (), text),
+        "clip": lambda: (T.CLIPModel(T.CLIPConfig(
+            text_config=dict(vocab_size=1000, max_position_embeddings=32, **small), vision_config=vision,
+            projection_dim=32)), (), pair),
+        "siglip": lambda: (T.SiglipModel(T.SiglipConfig(text_config=dict(vocab_size=1000, **small),
+                                                        vision_config=vision)), (), pair),
+        "bart": lambda: (T.BartModel(T.BartConfig(vocab_size=1000, **s2s)), (), seq2seq),
+        "whisper": lambda: (T.WhisperModel(T.WhisperConfig(
+            num_mel_bins=16, max_source_positions=16, vocab_size=1000, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            decoder_start_token_id=1, **s2s)), (),
+            {"input_features": torch.randn(2, 16, 32), "decoder_input_ids": ids[:, :8], "use_cache": False}),
+        "llama-causal-lm": lambda: (T.LlamaForCausalLM(T.LlamaConfig(vocab_size=1000, num_key_value_heads=2,
+                                                                     tie_word_embeddings=True, **small)), (), causal),
+        "roberta-mlm": lambda: (T.RobertaForMaskedLM(T.RobertaConfig(vocab_size=1000, max_position_embeddings=130,
+                                                                     **small)), (), text),
+        "wav2vec2-ctc": lambda: (T.Wav2Vec2ForCTC(T.Wav2Vec2Config(vocab_size=32, **speech)),
+                                 (torch.randn(2, 800),), {}),
+        "vitmae-pretraining": lambda: (T.ViTMAEForPreTraining(T.ViTMAEConfig(
+            mask_ratio=0.5, decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=4,
+            decoder_intermediate_size=64, **vision)), (_image(32),), {"noise": torch.rand(2, 16)}),
+        "detr-detection": lambda: (T.DetrForObjectDetection(T.DetrConfig(
+            use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=T.ResNetConfig(
+                hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], embedding_size=16, out_features=["stage4"]),
+            d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, num_labels=5)), (_image(64),), {}),
+        "swinv2": lambda: (T.Swinv2Model(T.Swinv2Config(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2],
+                                                        num_heads=[2, 4], window_size=4)), (_image(32),), {}),
+        "pvt": lambda: (T.PvtModel(T.PvtConfig(
+            image_size=64, num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1], hidden_sizes=[16, 32],
+            patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[4, 4])), (_image(64),), {}),
+        "owlv2": lambda: (T.Owlv2ForObjectDetection(T.Owlv2Config(
+            text_config=dict(vocab_size=1000, max_position_embeddings=16, **small), vision_config=vision,
+            projection_dim=64)), (), pair),  # the class head compares text embeddings with text-width image ones
+        "blip-2": lambda: (T.Blip2Model(T.Blip2Config(
+            vision_config=dict(image_size=32, patch_size=8, **small),
+            qformer_config=dict(vocab_size=1000, encoder_hidden_size=64, **small),
+            text_config=dict(model_type="opt", vocab_size=1000, hidden_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, ffn_dim=128, word_embed_proj_dim=64),
+            num_query_tokens=4, image_token_index=999)), (),  # the 4 query outputs replace the 4 image tokens
+            {**pair, "input_ids": torch.cat([torch.full((2, 4), 999), ids[:, 4:] % 999], 1), "use_cache": False}),
+        "llava": lambda: (T.LlavaModel(T.LlavaConfig(
+            vision_config=dict(model_type="clip_vision_model", image_size=32, patch_size=8, **small),
+            text_config=dict(model_type="llama", vocab_size=1000, num_key_value_heads=2, **small),
+            image_token_index=999, image_seq_length=16)), (),  # 16 patch features replace the 16 image tokens
+            {**pair, "input_ids": torch.cat([torch.full((2, 16), 999), ids[:, :8] % 999], 1),
+             "attention_mask": torch.ones(2, 24, dtype=torch.long), "use_cache": False}),
+        "sew-d": lambda: (T.SEWDModel(T.SEWDConfig(squeeze_factor=2, position_buckets=8, **speech)),
+                          (torch.randn(2, 800),), {}),
+        "switch-transformers": lambda: (T.SwitchTransformersModel(T.SwitchTransformersConfig(
+            vocab_size=1000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+            num_experts=4, num_sparse_encoder_layers=1, num_sparse_decoder_layers=1, expert_capacity=32)), (), seq2seq),
+        "trocr": lambda: (T.VisionEncoderDecoderModel(
+            encoder=T.ViTModel(T.ViTConfig(**vision)), decoder=T.TrOCRForCausalLM(T.TrOCRConfig(
+                vocab_size=1000, d_model=64, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=128,
+                max_position_embeddings=64))),
+            (_image(32),), {"decoder_input_ids": ids[:, :8], "use_cache": False}),
+        "luke": lambda: (T.LukeModel(T.LukeConfig(vocab_size=1000, entity_vocab_size=100, entity_emb_size=32, **small)),
+                         (), {**text, "entity_ids": torch.tensor([[3, 7], [5, 9]]),
+                              "entity_attention_mask": torch.ones(2, 2, dtype=torch.long),
+                              "entity_position_ids": torch.tensor([[[1, 2, -1], [4, -1, -1]],
+                                                                   [[3, 4, 5], [8, 9, -1]]])}),
+        "ernie": lambda: (T.ErnieModel(T.ErnieConfig(vocab_size=1000, **small)), (), text),
+        "speech2text": lambda: (T.Speech2TextModel(T.Speech2TextConfig(
+            vocab_size=1000, num_conv_layers=2, conv_kernel_sizes=[5, 5], conv_channels=32, input_feat_per_channel=16,
+            max_source_positions=64, max_target_positions=64, **s2s)), (),
+            {"input_features": torch.randn(2, 32, 16), "decoder_input_ids": ids[:, :8], "use_cache": False}),
+        "pegasus": lambda: (T.PegasusModel(T.PegasusConfig(vocab_size=1000, max_position_embeddings=64, **s2s)), (),
+                            seq2seq),
+        "marian": lambda: (T.MarianModel(T.MarianConfig(vocab_size=1000, pad_token_id=0, decoder_start_token_id=0,
+                                                        max_position_embeddings=64, **s2s)), (), seq2seq),
+        "m2m100": lambda: (T.M2M100Model(T.M2M100Config(vocab_size=1000, max_position_embeddings=64, **s2s)), (),
+                           seq2seq),
+        "gpt-oss": lambda: (T.GptOssModel(T.GptOssConfig(vocab_size=1000, num_key_value_heads=2, head_dim=16,
+                                                         num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+                                                         **small)), (), causal),
+        "olmoe": lambda: (T.OlmoeModel(T.OlmoeConfig(vocab_size=1000, num_key_value_heads=2, num_experts=4,
+                                                     num_experts_per_tok=2, **small)), (), causal),
+        "git": lambda: (T.GitModel(T.GitConfig(vision_config=dict(image_size=32, patch_size=8, **small),
+                                               vocab_size=1000, max_position_embeddings=64, **small)), (),
+                        {**causal, **pair}),
+        "imagegpt": lambda: (T.ImageGPTModel(T.ImageGPTConfig(vocab_size=513, n_positions=64, n_embd=64, n_layer=2,
+                                                              n_head=4)), (), {**causal, "input_ids": ids % 512}),
+        "ctrl": lambda: (T.CTRLModel(T.CTRLConfig(vocab_size=1000, n_positions=64, n_embd=64, dff=128, n_layer=2,
+                                                  n_head=4)), (), causal),
+        "xlm": lambda: (T.XLMModel(T.XLMConfig(vocab_size=1000, emb_dim=64, n_layers=2, n_heads=4,
+                                               max_position_embeddings=64)), (), text),
+        "squeezebert": lambda: (T.SqueezeBertModel(T.SqueezeBertConfig(vocab_size=1000, embedding_size=64,
+                                                                       **small)), (), text),
+        "wavlm": lambda: (T.WavLMModel(T.WavLMConfig(**speech)), (torch.randn(2, 800),), {}),
+        "unispeech": lambda: (T.UniSpeechModel(T.UniSpeechConfig(**speech)), (torch.randn(2, 800),), {}),
+        "patchtsmixer": lambda: (T.PatchTSMixerModel(T.PatchTSMixerConfig(
+            context_length=32, patch_length=8, patch_stride=8, num_input_channels=3, d_model=16, num_layers=2,
+            self_attn=True, self_attn_heads=2)), (), {"past_values": torch.randn(2, 32, 3)}),
+        "autoformer": lambda: (T.AutoformerModel(T.AutoformerConfig(
+            prediction_length=4, context_length=8, lags_sequence=[1, 2], d_model=32, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+            num_time_features=1, moving_average=3, label_length=4)), (), series),
+        "nystromformer": lambda: (T.NystromformerModel(T.NystromformerConfig(
+            vocab_size=1000, num_landmarks=4, segment_means_seq_len=16, conv_kernel_size=3, **small)), (), text),
+        "longformer": lambda: (T.LongformerModel(T.LongformerConfig(vocab_size=1000, attention_window=4,
+                                                                    max_position_embeddings=130, **small)), (), text),
+        "encodec": lambda: (T.EncodecModel(T.EncodecConfig(
+            target_bandwidths=[2.0], sampling_rate=800, hidden_size=32, num_filters=8, num_residual_layers=1,
+            upsampling_ratios=[4, 2], codebook_size=64, num_lstm_layers=1)), (torch.randn(2, 1, 800),), {}),
     }
     return built[name]()
 
@@ -1952,7 +2075,16 @@ HF = ("albert", "electra", "deberta-v2", "deberta-v3", "mobilebert", "xlm-robert
       "pixtral-vision", "dpt", "cvt", "bit", "mobilevitv2", "clap-audio", "distilbert", "roformer", "mpnet", "big-bird",
       "llama", "olmo2", "cohere", "starcoder2", "gpt-neo", "biogpt", "granite", "persimmon", "ast", "poolformer", "regnet",
       "efficientnet", "focalnet", "pvt-v2", "swiftformer", "yolos", "sew", "rembert", "layoutlm", "siglip-vision",
-      "owlvit-vision", "megatron-bert")
+      "owlvit-vision", "megatron-bert", "clip", "siglip", "bart", "whisper", "llama-causal-lm", "roberta-mlm",
+      "wav2vec2-ctc", "vitmae-pretraining", "detr-detection", "swinv2", "pvt", "owlv2", "blip-2", "llava", "sew-d",
+      "switch-transformers", "trocr", "luke", "ernie", "speech2text", "pegasus", "marian", "m2m100", "gpt-oss", "olmoe",
+      "git", "imagegpt", "ctrl", "xlm", "squeezebert", "wavlm", "unispeech", "patchtsmixer", "autoformer",
+      "nystromformer", "longformer", "encodec")
+
+
+def names() -> list[str]:
+    """Every model of the full probe, in its order: the Hugging Face ones (``hf:``), then the hand-written."""
+    return [f"hf:{n}" for n in HF] + list(HAND)
 
 
 def build(name: str) -> tuple[nn.Module, tuple, dict]:
@@ -2083,7 +2215,7 @@ def measure(name: str) -> dict:
                    gradients_checked=gradients, flops_error=round(flops_error, 5))
     except Exception as e:  # noqa: BLE001 - a failing model is a result
         row.update(ok=False, problems=[f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"],
-                   traceback=traceback.format_exc()[-2000:])
+                   refused=isinstance(e, osf.TraceError), traceback=traceback.format_exc()[-2000:])
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
 
@@ -2110,7 +2242,10 @@ def section(env: dict, rows: list[dict]) -> str:
              "`FlopCounterMode` on the extracted model (math attention kernel; given a formula for grouped "
              "expert matmuls, which it does not count; target 1 %). *Unsupported*: ops "
              "without a dimension rule (their dims stay fixed)", "",
-             f"{ok} of {len(rows)} models OK; gradients compared on {sum(r.get('gradients_checked', 0) > 0 for r in rows)}"
+             f"{ok} of {len(rows)} models OK; {sum(r.get('refused', False) for r in rows)} refused at capture with a "
+             "`TraceError` naming the cause (*refused*: see the rows; value-dependent branches and shapes that "
+             "`torch.export` itself cannot capture, or a custom autograd Function whose backward a graph loses); "
+             f"gradients compared on {sum(r.get('gradients_checked', 0) > 0 for r in rows)}"
              f" (the others have no output with a gradient); `cost()` FLOPs within 1 % of `FlopCounterMode` on "
              f"{sum(r.get('flops_error', 1) <= 0.01 for r in rows)} (beyond: "
              + (", ".join(f"{r['model']} {r['flops_error']:.1%}" for r in rows if r.get("flops_error", 0) > 0.01)
@@ -2122,7 +2257,7 @@ def section(env: dict, rows: list[dict]) -> str:
     for r in rows:
         size = f"{r['min_params']:,} / {r['params']:,}" if "min_params" in r else ""
         flops = f"{r['flops_error']:.2%}" if "flops_error" in r else ""
-        lines.append(f"| {r['model']} | {'yes' if r['ok'] else 'NO'} | "
+        lines.append(f"| {r['model']} | {'yes' if r['ok'] else 'refused' if r.get('refused') else 'NO'} | "
                      + (f"{r['groups']} ({r['heads']}) | {r['units']} | {r['log10_size']} | " if "groups" in r else "| | | ")
                      + f"{size} | {flops} | {', '.join(u.replace('aten.', '') for u in r.get('unsupported', []))} | "
                      + "; ".join(r["problems"]).replace("|", "\\|") + " |")
@@ -2137,9 +2272,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(2)
-    names = list(QUICK) if opts.quick else [f"hf:{n}" for n in HF] + list(HAND)
     rows = []
-    for name in names:
+    for name in (list(QUICK) if opts.quick else names()):
         rows.append(measure(name))
         r = rows[-1]
         print(f"{name:28} {'OK' if r['ok'] else 'FAILED':6} {r['seconds']:5.1f}s {'; '.join(r['problems'])[:200]}", flush=True)
