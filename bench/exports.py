@@ -10,7 +10,7 @@ are written as ``.pt2`` and ONNX, and each file is loaded back without osf and r
 A model whose eval-mode forward draws random numbers (a VAE's sample) is exported but not compared. Each
 model runs in a spawned process with a timeout (an exporter may crash or hang).
 
-    python bench/exports.py                  # every probe model (about 30 minutes)
+    python bench/exports.py                  # every probe model (about 40 minutes)
     python bench/exports.py --quick          # 3 models
     python bench/exports.py --only 'hf:(bert|gpt2)$'   # a few, merged into the last full results
 

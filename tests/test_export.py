@@ -355,10 +355,21 @@ class _Residual(nn.Module):  # min() drops its only block: the subnet returns it
         return x + self.mlp(x)
 
 
+class _Checked(nn.Module):  # transformers' torch_compilable_check when traced (LLaVA's image tokens)
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._check_tensor_all(x.abs() < 1e6)  # recorded as aten._is_all_true: no ONNX function in torch.onnx
+        return self.fc(x)
+
+
 @pytest.mark.parametrize("model, args", [
     (_Clips, (torch.randn(8, 3, 8, 8),)), (_StopGradient, (torch.randn(2, 16),)),
-    (_DictInput, ({"x": torch.randn(2, 8), "y": torch.randn(2, 4)},)), (_Residual, (torch.randn(2, 16),))],
-    ids=["size_condition_always_true", "no_grad_in_forward", "dict_input", "returns_its_input"])
+    (_DictInput, ({"x": torch.randn(2, 8), "y": torch.randn(2, 4)},)), (_Residual, (torch.randn(2, 16),)),
+    (_Checked, (torch.randn(2, 16),))],
+    ids=["size_condition_always_true", "no_grad_in_forward", "dict_input", "returns_its_input", "tensor_check"])
 def test_exported_files_load_and_match_the_extracted_subnet(model, args, tmp_path):
     """Each failed, or wrote a file that did not load, before: a size condition true at every size made
     torch.export assert; a ``no_grad`` block gave a ``.pt2`` that ``torch.export.load`` refused; a dict
