@@ -924,9 +924,9 @@ def _expand(p: _Pass, op: OpNode):
 
 @rule("aten.expand_as.default")
 def _expand_as(p: _Pass, op: OpNode):
-    x, other = p.tensor(op.args[0]), p.tensor(op.args[1])
-    _note_copies(p, op, x, p.out_sizes(op))
-    return p.broadcast(op, [x, other], p.out_sizes(op))
+    x, other, out_sizes = p.tensor(op.args[0]), p.tensor(op.args[1]), p.out_sizes(op)
+    _note_copies(p, op, x, out_sizes)
+    return p.broadcast(op, [x, other], out_sizes)
 
 
 @rule("aten.repeat.default", "aten.tile.default")
