@@ -365,16 +365,46 @@ class _Checked(nn.Module):  # transformers' torch_compilable_check when traced (
         return self.fc(x)
 
 
+class _Distances(nn.Module):  # prototype / metric-learning heads: torch.onnx has no function for aten._cdist_forward
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.prototypes = nn.Linear(16, 32), nn.Parameter(torch.randn(5, 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return torch.stack([torch.cdist(h, self.prototypes, p=p) for p in (0.0, 1.0, 2.0, 3.0, float("inf"))], -1)
+
+
+class _Experts(nn.Module):
+    """A mixture of experts as transformers computes it on CPU: the tokens sorted by expert, one matmul per
+    expert's rows through its custom op ``transformers::grouped_mm_fallback`` (no function in torch.onnx)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        pytest.importorskip("transformers.integrations.moe")  # defines the op
+        self.router, self.out = nn.Linear(16, 4), nn.Linear(32, 16)
+        self.experts = nn.Parameter(torch.randn(4, 16, 32) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expert = self.router(x).argmax(-1)
+        order = expert.argsort()
+        ends = nn.functional.one_hot(expert, 4).sum(0).cumsum(0).to(torch.int32)
+        hidden = torch.ops.transformers.grouped_mm_fallback(x[order], self.experts, ends)
+        return self.out(torch.relu(hidden))[order.argsort()]
+
+
 @pytest.mark.parametrize("model, args", [
     (_Clips, (torch.randn(8, 3, 8, 8),)), (_StopGradient, (torch.randn(2, 16),)),
     (_DictInput, ({"x": torch.randn(2, 8), "y": torch.randn(2, 4)},)), (_Residual, (torch.randn(2, 16),)),
-    (_Checked, (torch.randn(2, 16),))],
-    ids=["size_condition_always_true", "no_grad_in_forward", "dict_input", "returns_its_input", "tensor_check"])
+    (_Checked, (torch.randn(2, 16),)), (_Distances, (torch.randn(2, 7, 16),)), (_Experts, (torch.randn(10, 16),))],
+    ids=["size_condition_always_true", "no_grad_in_forward", "dict_input", "returns_its_input", "tensor_check",
+         "cdist", "grouped_matmul"])
 def test_exported_files_load_and_match_the_extracted_subnet(model, args, tmp_path):
     """Each failed, or wrote a file that did not load, before: a size condition true at every size made
     torch.export assert; a ``no_grad`` block gave a ``.pt2`` that ``torch.export.load`` refused; a dict
     given positionally was taken for keyword arguments by the ONNX exporter; a subnet returning its input
-    unchanged gave an ONNX graph defining that name twice, which ONNX Runtime refused."""
+    unchanged gave an ONNX graph defining that name twice, which ONNX Runtime refused; ``torch._check_tensor_all``,
+    ``torch.cdist`` and transformers' grouped matmul of experts have no function in torch.onnx (osf's own now)."""
     onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     sn = osf.Supernet(model().eval(), args)
@@ -422,17 +452,17 @@ def test_an_onnx_graph_the_optimizer_fails_on_is_written_unoptimised(tmp_path):
 def test_exporter_failures_name_their_cause(tmp_path):
     """An op ONNX has no function for is named (torch.onnx's own first line is a generic header), and a
     ``.pt2`` that torch.export cannot write is an ``ExportError`` naming the format too."""
-    class Distances(nn.Module):
+    class Rotation(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.embed, self.prototypes = nn.Linear(8, 16), nn.Parameter(torch.randn(5, 16))
+            self.embed, self.skew = nn.Linear(8, 16), nn.Parameter(torch.randn(16, 16) * 0.1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return -torch.cdist(self.embed(x), self.prototypes)
+            return self.embed(x) @ torch.linalg.matrix_exp(self.skew - self.skew.T)
 
-    sn = osf.Supernet(Distances().eval(), (torch.randn(2, 8),))
+    sn = osf.Supernet(Rotation().eval(), (torch.randn(2, 8),))
     with pytest.raises(osf.ExportError,
-                       match=r"ONNX exporter failed on this subnet \(DispatchError: .*aten\._cdist_forward"):
+                       match=r"ONNX exporter failed on this subnet \(DispatchError: .*aten\.linalg_matrix_exp"):
         sn.export(sn.space.max(), tmp_path / "onnx", formats=("onnx",))
     assert not (tmp_path / "onnx").exists()
     sn.export(sn.space.max(), tmp_path / "pt2", formats=("pt2",))  # the pt2 is fine

@@ -27,6 +27,7 @@ from ..supernet.batches import to_device
 from ..supernet.supernet import Supernet
 from .card import make_card, markdown
 from .inputs import dynamic_shapes, example_inputs, input_names
+from .onnx_functions import onnx_functions
 
 FORMATS = ("pt2", "onnx")
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict
         with _quiet():
             program = torch.onnx.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic, input_names=names,
                                         dynamo=True, verbose=False, optimize=optimize,
-                                        custom_translation_table=_onnx_functions())
+                                        custom_translation_table=onnx_functions())
         program.save(str(file))
     try:
         try:
@@ -167,17 +168,6 @@ def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which format failed
         raise ExportError(f"the ONNX exporter failed on this subnet ({_reason(e)}); export without it: "
                           "formats=('pt2',) (osf export --format pt2)") from e
-
-
-def _onnx_functions() -> dict:
-    """ONNX functions for ops torch.onnx has none for: ``aten._is_all_true`` (what ``torch._check_tensor_all``
-    records; transformers' checks when traced, such as LLaVA's on its image tokens)."""
-    import onnx
-    from onnxscript import opset18 as op
-
-    def is_all_true(x):  # the least of the flags as integers (an empty tensor: the reduction's identity, true)
-        return op.Cast(op.ReduceMin(op.Cast(x, to=onnx.TensorProto.INT64), keepdims=0), to=onnx.TensorProto.BOOL)
-    return {torch.ops.aten._is_all_true.default: is_all_true}
 
 
 def _optimizer_failed(error: BaseException) -> bool:
