@@ -93,3 +93,21 @@ def test_a_conv_whose_groups_is_a_symbolic_size_is_counted():
     assert module_flops(ir)[""] == counted(model, args)
     supernet = osf.Supernet(model, args)
     assert supernet.cost(supernet.space.max())["flops"] == counted(model, args)
+
+
+class _VectorWeights(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.v = torch.nn.Linear(8, 16), torch.nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        return torch.nn.functional.linear(self.fc(x), self.v)
+
+
+def test_a_linear_with_a_one_dimensional_weight_counts_its_products():
+    """``F.linear(x, w)`` with ``w`` 1-D (D-FINE's integral over its bins) crashed the counter. It runs as a
+    matrix-vector product, which FlopCounterMode does not count (0): osf counts its 2·K per output, as it
+    does for ``matmul`` with a vector."""
+    model, args = _VectorWeights().eval(), (torch.randn(2, 5, 8),)
+    ir = osf.trace(model, args)
+    assert module_flops(ir)[""] == counted(model.fc, args) + 2 * 2 * 5 * 16

@@ -7,6 +7,7 @@ import json
 import random
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -599,6 +600,39 @@ def test_no_grad_spectral_norm_and_autocast_blocks_in_forward(tmp_path):
     assert rebuilt.target.weight.grad is None and rebuilt.low.weight.grad is not None
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert_same(model.eval()(x), rebuilt.eval()(x), "under an outer autocast")
+
+
+class _DrawsEveryLayer(nn.Module):
+    """MusicGen / VITS layer drop: a draw at every layer in both modes (Python's ``random`` or NumPy's),
+    read only in training; or a draw used as a value (a jittered scale)."""
+
+    def __init__(self, layerdrop: float = 0.0, jitter: bool = False):
+        super().__init__()
+        self.layers, self.layerdrop, self.jitter = nn.ModuleList(nn.Linear(4, 4) for _ in range(2)), layerdrop, jitter
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            p = random.uniform(0, 1) if i == 0 else np.random.uniform(0, 1)
+            if self.training and p < self.layerdrop:
+                continue
+            x = torch.relu(layer(x)) * (random.uniform(0.9, 1.1) if self.jitter else 1.0)
+        return x
+
+
+def test_random_draws_that_forward_never_uses_are_captured_and_used_ones_refused():
+    """A draw is unused when the program is the same with every draw at its least and at its greatest value:
+    MusicGen's layer drop at ``layerdrop=0`` (it refused MusicGen and VITS). A draw that decides a branch
+    in training (``layerdrop>0``) leaves only the eval graph; one used as a value is refused in both modes."""
+    x = torch.randn(3, 4)
+    model = _DrawsEveryLayer()
+    ir = osf.trace(model, (x,))
+    assert ir.info["train_error"] is None
+    for mode in (True, False):
+        assert_same(model.train(mode)(x), ir.build().train(mode)(x), f"training={mode}")
+    ir = osf.trace(_DrawsEveryLayer(layerdrop=0.3), (x,))
+    assert "random" in ir.info["train_error"].lower()
+    with pytest.raises(osf.TraceError, match="draws random numbers in Python"):
+        osf.trace(_DrawsEveryLayer(jitter=True), (x,))
 
 
 @pytest.mark.parametrize("draw", ["torch", "python"])

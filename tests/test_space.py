@@ -747,10 +747,13 @@ class _ShapeFollowers(nn.Module):
             whole = mode.endswith(("_as", "_")) or mode in ("tile", "batch_view", "slice_add", "gather", "expand",
                                                               "transposes", "zeros_state", "aliases", "expand_batch",
                                                               "einsum_ellipsis", "broadcast_to", "linalg_norm",
-                                                              "masked_scatter", "all_any")
+                                                              "masked_scatter", "all_any", "linear_vector", "outer",
+                                                              "broadcast_tensors", "losses")
             self.b = nn.Linear(64 if mode.startswith("repeat") else 48 if mode == "pad" else 32 if whole else 16, 8)
             self.s = nn.Linear(16, 16)  # slice_add's shortcut
         self.c = nn.Linear(16, 8)
+        if mode == "linear_vector":
+            self.v = nn.Parameter(torch.randn(32))
 
     def example(self) -> torch.Tensor:
         return torch.randn(2, 3, 8, 8) if self.mode in self.SPATIAL else torch.randn(4 if self.mode == "batch_view" else 2, 5, 16)
@@ -809,6 +812,16 @@ class _ShapeFollowers(nn.Module):
         if self.mode == "masked_scatter":  # rows of features put at flagged tokens (BLIP-2's image tokens)
             rows = (x[..., 0] > 0).unsqueeze(-1).expand_as(h)
             return self.b(h.masked_scatter(rows, h.flip(1) * 2))
+        if self.mode == "outer":  # an outer product with the channels (sine-cosine tables, rotary frequencies)
+            return self.b(h * torch.outer(x[0, :, 0], h[0, 0]))
+        if self.mode == "broadcast_tensors":  # a per-token gate broadcast against the features (DAC)
+            u, v = torch.broadcast_tensors(h, torch.sigmoid(x[..., :1]))
+            return self.b(u * v)
+        if self.mode == "losses":  # losses computed in forward (a VQ commitment loss), unreduced and summed
+            return (self.b(nn.functional.l1_loss(h, h.flip(1), reduction="none"))
+                    + nn.functional.mse_loss(h, h.flip(1) * 0.5, reduction="sum"))
+        if self.mode == "linear_vector":  # a 1-D linear weight contracts the channels (D-FINE's F.linear(p, project))
+            return self.b(h * nn.functional.linear(h, self.v).unsqueeze(-1))
         if self.mode == "linalg_norm":  # normalised by torch.linalg.norm over the channels (OWLv2's embeddings)
             return self.b(h / (torch.linalg.norm(h, dim=-1, keepdim=True) + 1e-6))
         if self.mode == "transposes":  # .mT, and .T of a matrix (Falcon's x @ weight.T)
@@ -857,7 +870,8 @@ class _ShapeFollowers(nn.Module):
                                   "glu", "batch_view", "slice_add", "pad", "gather", "expand", "transposes", "type_as",
                                   "masked_fill_", "zeros_state", "index_add_", "index_put_", "scatter_add_", "aliases", "expand_batch",
                                   "einsum_ellipsis", "broadcast_to", "linalg_norm", "masked_scatter",
-                                  "all_any", *_ShapeFollowers.SPATIAL])
+                                  "all_any", "linear_vector", "outer", "broadcast_tensors", "losses",
+                                  *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets
     compute what the original computes with the pruned channels zeroed, at unequal widths of the pieces

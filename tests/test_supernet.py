@@ -17,10 +17,48 @@ def _loss(y) -> torch.Tensor:
     return _first(y).float().square().mean()
 
 
+def _steps(sn: osf.Supernet, sub: torch.nn.Module, arch: osf.Arch, *args) -> tuple:
+    """A loss and its backward through the supernet at ``arch`` and through its extracted ``sub``: both outputs."""
+    sn.zero_grad(set_to_none=True)
+    with sn.set_arch(arch):
+        y = sn(*args)
+    _loss(y).backward()
+    y_sub = sub(*args)
+    _loss(y_sub).backward()
+    return y, y_sub
+
+
 def _cut_grads(sn: osf.Supernet, arch: osf.Arch) -> dict[str, torch.Tensor]:
     """The shared gradients cut down to ``arch`` (canonical name -> gradient of the kept weights)."""
     grads = {k: (t.grad if t.grad is not None else torch.zeros_like(t)) for k, t in sn.tensors().items()}
     return subnet_ir(sn.space, arch, tensors=grads).tensors
+
+
+class _VectorReadout(torch.nn.Module):
+    """D-FINE-like: features contracted by ``F.linear`` with a 1-D weight, wide enough (2^19) that a cut
+    2-D weight of its size would run through a ``_CutLinear`` (which takes matrices only)."""
+
+    def __init__(self, width: int = 1 << 19) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, width)
+        self.v = torch.nn.Parameter(torch.randn(width) / width ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(torch.relu(self.a(x)), self.v)
+
+
+def test_a_wide_one_dimensional_linear_weight_on_shared_weights_equals_the_extracted_subnet():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    sn = osf.Supernet(_VectorReadout(), (x,))
+    (group,) = sn.space.groups
+    arch = osf.Arch({group.key: 3 << 17}, sn.space.max().depth)  # 3/4 of the width: 2^18.6 kept elements
+    sub = sn.extract(arch)
+    y, y_sub = _steps(sn, sub, arch, x)
+    torch.testing.assert_close(y, y_sub, rtol=1e-4, atol=1e-5)
+    cut, aliases = _cut_grads(sn, arch), sn.subnet_ir(arch).aliases
+    for qual, p in sub.named_parameters():
+        torch.testing.assert_close(cut[aliases[qual]], p.grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -485,12 +523,7 @@ def test_no_grad_and_autocast_blocks_of_forward_on_shared_weights():
     sn.train()
     for arch in [sn.space.min(), sn.space.sample(1)]:
         sub = sn.extract(arch).train()
-        sn.zero_grad(set_to_none=True)
-        with sn.set_arch(arch):
-            y = sn(x)
-        _loss(y).backward()
-        y_sub = sub(x)
-        _loss(y_sub).backward()
+        y, y_sub = _steps(sn, sub, arch, x)
         torch.testing.assert_close(y, y_sub, rtol=1e-4, atol=1e-5)
         cut = _cut_grads(sn, arch)
         aliases = sn.subnet_ir(arch).aliases

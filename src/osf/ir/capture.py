@@ -743,13 +743,79 @@ def _numpy_state_changed(now: tuple, before: tuple) -> bool:
 def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
     recorder = _StackRecorder(model)
     try:
-        with _quiet(), _no_random_draws(), _identity_conversions_skipped(), _causal_masks_applied_as_given():
-            return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic), None
+        try:
+            return _export_drawing(model, args, kwargs, dynamic, None), None
+        except RandomDrawWhileTracing:
+            program = _export_if_draws_unused(model, args, kwargs, dynamic)
+            if program is None:
+                raise
+            return program, None
     except Exception as e:  # noqa: BLE001 - reported below with the module that raised it
         where = (recorder.failed_at or recorder.stack or [""])[-1]
         return None, (e, where)
     finally:
         recorder.close()
+
+
+def _export_drawing(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any, at: float | None):
+    """``torch.export.export`` refusing random draws in Python (``at`` None) or with Python's and NumPy's
+    common draws forced to the point ``at`` of their range (0: the least value, 1: the greatest)."""
+    draws = _no_random_draws() if at is None else _forced_draws(at)
+    with _quiet(), draws, _identity_conversions_skipped(), _causal_masks_applied_as_given():
+        return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic)
+
+
+def _export_if_draws_unused(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
+    """The program of a ``forward`` that draws in Python without using the draw (MusicGen's layer drop:
+    ``p = random.uniform(0, 1)`` drawn at every layer, read only when training; with ``layerdrop=0`` never
+    true), or None. Exported with every draw at the least, the middle and the greatest value of its range:
+    the draws are unused when all three programs are the same code with the same constants (a draw compared
+    with a threshold, or used as a value, changes the code or a constant between them)."""
+    try:
+        programs = [_export_drawing(model, args, kwargs, dynamic, at) for at in (0.0, 0.5, 1.0)]
+    except Exception:  # noqa: BLE001 - the draws were not all forced (or the forced values fail): refused
+        return None
+    first = programs[0]
+    same = all(p.graph_module.code == first.graph_module.code and p.constants.keys() == first.constants.keys()
+               and all(_same_constant(p.constants[k], first.constants[k]) for k in first.constants)
+               for p in programs[1:])
+    return first if same else None
+
+
+def _same_constant(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    return type(a) is type(b)
+
+
+@contextlib.contextmanager
+def _forced_draws(at: float) -> Any:
+    """Python's ``random.random/uniform/randint/choice`` and NumPy's ``random.random/rand/uniform`` return
+    the point ``at`` (0 to 1) of their range; any other draw still raises ``RandomDrawWhileTracing``
+    (``_no_random_draws``)."""
+    numpy = sys.modules.get("numpy")
+    unit = min(at, math.nextafter(1.0, 0.0))  # random() draws from [0, 1)
+
+    def numpy_value(value: float, size: Any) -> Any:
+        return value if size is None or size == () else numpy.full(size, value)
+
+    patches = [(random, "random", lambda: unit), (random, "uniform", lambda a, b: a + (b - a) * at),
+               (random, "randint", lambda a, b: a + round((b - a) * at)),
+               (random, "choice", lambda seq: seq[round((len(seq) - 1) * at)])]
+    if numpy is not None:
+        patches += [(numpy.random, "random", lambda size=None: numpy_value(unit, size)),
+                    (numpy.random, "rand", lambda *size: numpy_value(unit, size)),
+                    (numpy.random, "uniform",
+                     lambda low=0.0, high=1.0, size=None: numpy_value(low + (high - low) * at, size))]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, fn in patches:
+            setattr(owner, name, fn)
+        with _no_random_draws():
+            yield
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
 
 
 def _export_both_modes(model, args, kwargs, batch, seq, spatial):
@@ -881,8 +947,9 @@ def _trace_error(model: nn.Module, exc: BaseException, module: str,
     text = str(exc).lower()
     cls = type(model.get_submodule(module)).__name__ if module else type(model).__name__
     if isinstance(exc, RandomDrawWhileTracing):
-        hint = (f"{cls}.forward draws random numbers in Python (e.g. layer drop as `if random.random() < p`), "
-                "which a graph would replay as one fixed draw; keep the randomness in tensor ops (a mask from "
+        hint = (f"{cls}.forward draws random numbers in Python and uses them (e.g. layer drop as `if "
+                "random.random() < p` with p > 0, or a random scale), which a graph would replay as one fixed draw "
+                "(a draw forward never uses is fine); keep the randomness in tensor ops (a mask from "
                 "torch.rand multiplied in) or only outside forward")
     elif module and isinstance(model.get_submodule(module), nn.RNNBase) and "faketensor" in text:
         hint = (f"a packed sequence (nn.utils.rnn.pack_padded_sequence) reaching {cls} has per-step batch sizes "

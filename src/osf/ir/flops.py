@@ -24,8 +24,8 @@ def _prod(xs) -> int:
     return math.prod(int(x) for x in xs)
 
 
-def _linear(out, ins) -> int:  # linear(x, W[out, in], b)
-    return 2 * _prod(out) * ins[1][1]
+def _linear(out, ins) -> int:  # linear(x, W[out, in], b); a 1-D W[in] gives one output per row
+    return 2 * _prod(out) * ins[1][-1]
 
 
 def _mm(out, ins) -> int:  # mm(a[m,k], b[k,n]); addmm(c, a, b); bmm; baddbmm

@@ -385,8 +385,11 @@ def _pointwise(p: _Pass, op: OpNode):
 
 @rule("aten.linear.default")
 def _linear(p: _Pass, op: OpNode):
+    """``x @ W.T + b``; a 1-D ``W`` (D-FINE's ``F.linear(probs, project)``) contracts the last dim away."""
     x, w, b = p.tensor(op.args[0]), p.tensor(op.args[1]), p.tensor(p.arg(op, 2, "bias"))
-    p.unify(x[-1], w[1], op)
+    p.unify(x[-1], w[-1], op)
+    if len(w) == 1:
+        return list(x[:-1])
     if b is not None:
         p.unify(b[0], w[0], op)
     return list(x[:-1]) + [w[0]]
@@ -1183,6 +1186,50 @@ def _stack(p: _Pass, op: OpNode):
         for a, b in zip(ts[0], t):
             p.unify(a, b, op)
     return list(ts[0][:d]) + [p.fresh((len(ts), ()), f"stacked by {op.name}")] + list(ts[0][d:])
+
+
+@rule("aten.outer.default")
+def _outer(p: _Pass, op: OpNode):
+    """``a[i] * b[j]`` of two vectors (sine-cosine position tables, rotary frequencies)."""
+    a, b = p.tensor(op.args[0]), p.tensor(op.args[1])
+    return [a[0], b[0]]
+
+
+@rule("aten.broadcast_tensors.default")
+def _broadcast_tensors(p: _Pass, op: OpNode):
+    """Every output has the inputs' broadcast shape: equal-sized dims unify, size-1 dims are copied."""
+    ts = [p.tensor(a) for a in op.args[0]]
+    out = p.broadcast(op, [t for t in ts if t is not None], p.out_sizes(op, 0))
+    return {"list": [list(out) for _ in ts]}
+
+
+_REDUCTION_AT = {"aten.mse_loss.default": 2, "aten.l1_loss.default": 2, "aten.smooth_l1_loss.default": 2,
+                 "aten.huber_loss.default": 2, "aten.binary_cross_entropy.default": 3,
+                 "aten.binary_cross_entropy_with_logits.default": 4}
+
+
+@rule(*_REDUCTION_AT)
+def _elementwise_loss(p: _Pass, op: OpNode):
+    """Losses of input against target element by element (a VQ commitment loss computed in forward), with
+    their weights broadcast: the operands' dims unify; reduced to a scalar unless ``reduction`` is none."""
+    inputs, unreduced = _tensor_inputs(p, op), _reduction(op) == 0
+    out = p.broadcast(op, inputs, p.out_sizes(op) if unreduced else _broadcast_sizes(p, inputs))
+    return out if unreduced else []
+
+
+def _reduction(op: OpNode) -> int:
+    at = _REDUCTION_AT[op.target]
+    return op.kwargs.get("reduction", op.args[at] if len(op.args) > at else 1)
+
+
+def _broadcast_sizes(p: _Pass, inputs: list[list]) -> list[Size]:
+    """The broadcast shape of ``inputs`` (right-aligned, size 1 giving way)."""
+    n = max(len(x) for x in inputs)
+    sizes: list[Size] = []
+    for i in range(n):
+        at = [p.size(x[i - (n - len(x))]) for x in inputs if i - (n - len(x)) >= 0]
+        sizes.append(next((s for s in at if s != (1, ())), at[0]))
+    return sizes
 
 
 @rule("aten.meshgrid.default", "aten.meshgrid.indexing")

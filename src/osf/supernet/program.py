@@ -482,9 +482,10 @@ def _cut_linears(graph: Graph, read: dict[str, tuple[str, Cut, int]]) -> list[tu
     for op in graph.ops:
         for ref in set(op.inputs):
             readers[ref] = readers.get(ref, 0) + 1
+    matrices = matrix_placeholders(graph)
     out = []
     for op in graph.ops:
-        if op.target != "aten.linear.default" or op.kwargs or len(op.args) < 2:
+        if op.target != "aten.linear.default" or op.kwargs or len(op.args) < 2 or _node(op.args[1]) not in matrices:
             continue
         weight = _node(op.args[1])
         bias = _node(op.args[2]) if len(op.args) > 2 and op.args[2] is not None else None
@@ -493,6 +494,13 @@ def _cut_linears(graph: Graph, read: dict[str, tuple[str, Cut, int]]) -> list[tu
                      or (bias is not None and readers[bias] == 1 and bias != weight))):
             out.append((op, weight, bias))
     return out
+
+
+def matrix_placeholders(graph: Graph) -> set[str]:
+    """The placeholders holding 2-D tensors: the weights a ``_CutLinear`` can run (a 1-D ``linear`` weight,
+    D-FINE's ``F.linear(probs, project)``, contracts the input's last dim away)."""
+    return {p.name for p in graph.placeholders
+            if isinstance(p.meta, dict) and len(p.meta.get("shape") or ()) == 2}
 
 
 def _row_index(spec: Spec) -> _Index | None:

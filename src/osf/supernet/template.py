@@ -34,7 +34,7 @@ from ..space.subnet import (_ARG_REWRITES, RUNTIME_SIZE, SPLIT_OPS, Cuts, as_spl
                             kept_modules, ran_modules, resized_op, arg_dim, split_pieces, subnet_structure,
                             TensorCut, tensor_cut)
 from .program import (_LINEAR_MIN, SharedGrads, SubnetProgram, _CutLinear, _flagged, _Index, _node, _row_index, _spec,
-                      view_groups)
+                      matrix_placeholders, view_groups)
 
 _LINEAR = "aten.linear.default"
 
@@ -345,6 +345,7 @@ class _GraphTemplate:
         """``linear`` ops on a parameter that no other op reads call ``_F[k]``: a ``_CutLinear`` where the
         arch cuts a large weight, else the plain op (``self.linears``: (op index, weight slot, bias slot))."""
         kinds = {p.name: p.kind for p in graph.placeholders}
+        matrices = matrix_placeholders(graph)
         slot_of = {p.name: j for j, p in enumerate(tensor_ps)}
         readers: dict[str, int] = {}
         for op in ops:
@@ -356,7 +357,7 @@ class _GraphTemplate:
                 continue
             weight = _node(op.args[1])
             bias = _node(op.args[2]) if len(op.args) > 2 and op.args[2] is not None else None
-            if (kinds.get(weight) == PARAM and readers[weight] == 1
+            if (kinds.get(weight) == PARAM and weight in matrices and readers[weight] == 1
                     and (len(op.args) < 3 or op.args[2] is None
                          or (bias in slot_of and readers[bias] == 1 and bias != weight))):
                 self.calls[op.name] = f"_F[{len(self.linears)}]"
