@@ -111,3 +111,16 @@ def test_a_linear_with_a_one_dimensional_weight_counts_its_products():
     model, args = _VectorWeights().eval(), (torch.randn(2, 5, 8),)
     ir = osf.trace(model, args)
     assert module_flops(ir)[""] == counted(model.fc, args) + 2 * 2 * 5 * 16
+
+
+def test_data_dependent_sizes_count_the_examples_sizes():
+    """Sizes no example fixes (``torch.where(mask)`` routing tokens to experts) are counted at the sizes
+    the example gives, seen by running the eval program once: ``cost()`` counted torch's hint (1 token per
+    expert, a fifth of this model's FLOPs) before."""
+    from toys import RoutedExperts
+    torch.manual_seed(0)
+    model, args = RoutedExperts().eval(), (torch.randn(2, 5, 32),)
+    sn = osf.Supernet(model, args, trace_options={"dynamic_seq": True})
+    assert sn.cost(sn.space.max())["flops"] == counted(model, args)
+    for arch in (sn.space.min(), sn.space.sample(1)):
+        assert sn.cost(arch)["flops"] == counted(sn.extract(arch).eval(), args)

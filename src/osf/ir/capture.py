@@ -1039,20 +1039,20 @@ def _scope(node: torch.fx.Node, paths: dict[str, str], scopes: dict[tuple, int])
 
 def _graph(ep, paths: dict[str, str], aliases: dict[str, str], consts: dict[str, torch.Tensor],
            example_batch: int | None = None, follow: dict[str, tuple[list, dict]] | None = None,
-           scopes: dict[tuple, int] | None = None, marks: dict[str, dict[str, int]] | None = None
-           ) -> tuple[Graph, list]:
+           scopes: dict[tuple, int] | None = None, marks: dict[str, dict[str, int]] | None = None,
+           observed: dict | None = None) -> tuple[Graph, list]:
     """The program (its blocks of forward inlined) as an IR graph; ``example_batch``: the size its inputs'
     batch symbols are reported at (when it was exported from an example of another batch); ``follow``: the
     arguments of some ops with the values that follow the model's dtype marked (``_dtype_following``);
     ``scopes``: the table of module-call stacks its ops' ``scope`` index (extended); ``marks``: per kind
     ("argument", "result"), how many tensors each module called on several takes or returning several
-    returns (``_mark_calls``)."""
+    returns (``_mark_calls``); ``observed``: example values of its data-dependent sizes (``_observed_sizes``)."""
     scopes = {} if scopes is None else scopes
     from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
-    sizes = None
+    sizes = dict(observed or {})
     if example_batch is not None:
-        sizes = {v.shape[0].node.expr: sympy.Integer(example_batch) for v in _batched_inputs(ep)
-                 if isinstance(v.shape[0], torch.SymInt) and v.shape[0].node.expr.is_Symbol}
+        sizes.update({v.shape[0].node.expr: sympy.Integer(example_batch) for v in _batched_inputs(ep)
+                      if isinstance(v.shape[0], torch.SymInt) and v.shape[0].node.expr.is_Symbol})
     kind_of = {InputKind.PARAMETER: PARAM, InputKind.BUFFER: BUFFER, InputKind.CONSTANT_TENSOR: CONST,
                InputKind.USER_INPUT: INPUT}
     placeholders: list[Placeholder] = []
@@ -1395,6 +1395,48 @@ def _own_ir(model: nn.Module, args: tuple, kwargs: dict, options: dict[str, bool
     return ir
 
 
+def _observed_sizes(ep, example: tuple) -> dict[tuple[str, str, str], int]:
+    """The values the program's data-dependent sizes (``nonzero``, ``torch.where(mask)``, ``.item()``:
+    unbacked symbols, with no example value in the graph) take on the example, by (node name, target, path in
+    its output), from one run of the program (the eval program). Empty where the program has none, updates a
+    buffer (the run would change the model's) or does not run."""
+    bindings = {n.name: n.meta["unbacked_bindings"] for n in ep.graph.nodes if n.meta.get("unbacked_bindings")}
+    if not bindings or ep.graph_signature.buffers_to_mutate:
+        return {}
+    seen: dict[tuple[str, str, str], int] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            out = super().run_node(n)
+            for path in (bindings.get(n.name) or {}).values():
+                value = pytree.key_get(out, path)
+                if isinstance(value, int) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+                    seen[n.name, str(n.target), pytree.keystr(path)] = int(value)
+            return out
+
+    args, kwargs = example
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            Recorder(ep.module()).run(*pytree.tree_leaves((args, kwargs)))
+    except Exception:  # noqa: BLE001 - sizes stay at torch's hint
+        return {}
+    return seen
+
+
+def _observed_symbols(ep, observed: dict[tuple[str, str, str], int]) -> dict:
+    """``observed`` (``_observed_sizes`` of the eval program) as values of ``ep``'s own unbacked symbols, for
+    its nodes of the same name and target: FLOP counts of those parts then count the example's sizes, not
+    torch's hint (1)."""
+    out = {}
+    for n in ep.graph.nodes:
+        for symbol, path in (n.meta.get("unbacked_bindings") or {}).items():
+            key = (n.name, str(n.target), pytree.keystr(path))
+            if key in observed:
+                out[symbol] = sympy.Integer(observed[key])
+    return out
+
+
 def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example: tuple,
            calls: _CallShapes) -> IR:
     ids, paths = _canonical_names(model)
@@ -1410,9 +1452,12 @@ def _to_ir(model: nn.Module, programs: dict, method: str, verify: bool, example:
     scopes: dict[tuple, int] = {}
     marks = {kind: {ids[key]: count for key, count in counts.items() if key in ids}
              for kind, counts in (("argument", calls.arguments), ("result", calls.results))}
+    # not for an example traced doubled: the program's batch starts at 2
+    observed = _observed_sizes(programs["eval"], example) if programs.get("example_batch") is None else {}
     train_graph, user_leaves = _graph(programs["train"], paths, aliases, consts, batch, follow.get("train"), scopes,
-                                      marks)
-    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"), scopes, marks)
+                                      marks, _observed_symbols(programs["train"], observed))
+    eval_graph, _ = _graph(programs["eval"], paths, aliases, consts, batch, follow.get("eval"), scopes, marks,
+                           _observed_symbols(programs["eval"], observed))
     _gate_mode_only_ops(train_graph, eval_graph)
     keep_eval = _signature(train_graph) != _signature(eval_graph)
     for g in (train_graph, eval_graph):
