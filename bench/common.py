@@ -65,6 +65,14 @@ def publish(name: str, section_name: str, quick: bool, env: dict, rows: list[dic
     update_section(QUICK_DOCS if quick else docs, section_name, section)
 
 
+def rows_kept(result: Path, names: list[str]) -> list[dict]:
+    """The rows of the last results in ``result`` for models other than ``names`` (an ``--only`` run merges
+    its new rows into them)."""
+    if not result.exists():
+        return []
+    return [r for r in json.loads(result.read_text())["rows"] if r["model"] not in names]
+
+
 def per_model_main(argv: list[str] | None, *, doc: str, script: str, result: str, section_name: str,
                    quick: tuple, full: tuple, measure, section, docs: Path = DOCS) -> int:
     """The ``main`` of a benchmark that measures each model of a list on 2 threads: ``measure(name,

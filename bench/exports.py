@@ -190,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.only:
         names = [n for n in names if re.search(opts.only, n)]
     result = common.ROOT / "bench" / "results" / ("exports-quick.json" if opts.quick else "exports.json")
-    kept = []
-    if opts.only and result.exists():
-        kept = [r for r in json.loads(result.read_text())["rows"] if r["model"] not in names]
+    kept = common.rows_kept(result, names) if opts.only else []
     ctx, rows = mp.get_context("spawn"), []
     for name in names:
         row, failure, seconds = common.run_in_child(ctx, child, (name,), TIMEOUT)

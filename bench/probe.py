@@ -31,6 +31,7 @@ float32 outputs (where the original runs in float64).
 
     python bench/probe.py            # every model (about 15 minutes)
     python bench/probe.py --quick    # 5 models
+    python bench/probe.py --only 'encodec|mimi'   # those models, merged into the last full results
 
 Writes bench/results/probe[-quick].json and the ``probe`` section of docs/benchmarks.md (--quick:
 docs/benchmarks-quick.md).
@@ -40,8 +41,8 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import json
 import math
+import re
 import sys
 import time
 import traceback
@@ -2291,14 +2292,28 @@ def _grouped_mm_flops(a: list, b: list, *args: Any, out_shape: list, **kwargs: A
     return 2 * math.prod(out_shape[1:] if len(a) == len(b) == 2 else out_shape) * a[-1]
 
 
+def _recurrent_flops(x: list, hx: Any, weights: list, *args: Any, out_shape: Any, **kwargs: Any) -> int:
+    """``aten.lstm`` / ``gru`` / ``rnn_*`` over a whole sequence, which ``FlopCounterMode`` does not count:
+    every step of every sample multiplies by each 2-D weight of each layer and direction, 2 × steps × batch
+    × its size."""
+    return 2 * math.prod(x[:-1]) * sum(math.prod(w) for w in weights if len(w) == 2)
+
+
+def _mkldnn_rnn_layer_flops(x: list, w_ih: list, w_hh: list, *args: Any, out_shape: Any, **kwargs: Any) -> int:
+    """One layer and direction of ``nn.LSTM`` / ``nn.GRU`` as the CPU runs it (oneDNN), uncounted too."""
+    return 2 * math.prod(x[:-1]) * (math.prod(w_ih) + math.prod(w_hh))
+
+
 def _flops(model: nn.Module, args: tuple, kwargs: dict) -> int:
     """``FlopCounterMode``'s count of one forward (math attention kernel: the fused ones are not counted),
-    grouped matmuls included."""
+    grouped matmuls and recurrent layers included."""
     grouped = [torch.ops.aten._grouped_mm]  # FlopCounterMode looks formulas up by overload packet
     if hasattr(torch.ops.transformers, "grouped_mm_fallback"):  # registered once transformers' MoE code ran
         grouped.append(torch.ops.transformers.grouped_mm_fallback)
-    with FlopCounterMode(display=False, custom_mapping=dict.fromkeys(grouped, _grouped_mm_flops)) as counter, \
-            sdpa_kernel(SDPBackend.MATH):
+    recurrent = [torch.ops.aten.lstm, torch.ops.aten.gru, torch.ops.aten.rnn_tanh, torch.ops.aten.rnn_relu]
+    formulas = {**dict.fromkeys(grouped, _grouped_mm_flops), **dict.fromkeys(recurrent, _recurrent_flops),
+                torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops}
+    with FlopCounterMode(display=False, custom_mapping=formulas) as counter, sdpa_kernel(SDPBackend.MATH):
         model(*args, **kwargs)
     return counter.get_total_flops()
 
@@ -2462,8 +2477,8 @@ def section(env: dict, rows: list[dict]) -> str:
              "original's float64 outputs (atol 1e-5, rtol 1e-4) and the extracted `min()` its float32 outputs "
              "in the original's output dtypes (atol 1e-4, rtol 1e-3), where the original runs in float64 "
              "(dtypes read in `forward` follow the cast). *FLOPs Δ*: the largest relative difference of `cost()` against "
-             "`FlopCounterMode` on the extracted model (math attention kernel; given a formula for grouped "
-             "expert matmuls, which it does not count; target 1 %). *Unsupported*: ops "
+             "`FlopCounterMode` on the extracted model (math attention kernel; given formulas for grouped "
+             "expert matmuls and whole-sequence LSTM / GRU / RNN layers, which it does not count; target 1 %). *Unsupported*: ops "
              "without a dimension rule (their dims stay fixed)", "",
              f"{ok} of {len(rows)} models OK; {sum(r.get('refused', False) for r in rows)} refused at capture with a "
              "`TraceError` naming the cause (*refused*: see the rows; value-dependent branches and shapes that "
@@ -2494,22 +2509,29 @@ def section(env: dict, rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument("--only", metavar="REGEX", help="only models whose name matches REGEX (re.search); "
+                                                        "merged into the last full results")
     opts = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     import transformers
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(2)
+    chosen = list(QUICK) if opts.quick else names()
+    if opts.only:
+        chosen = [n for n in chosen if re.search(opts.only, n)]
+    result = common.ROOT / "bench" / "results" / ("probe-quick.json" if opts.quick else "probe.json")
+    kept = common.rows_kept(result, chosen) if opts.only else []
     rows = []
-    for name in (list(QUICK) if opts.quick else names()):
+    for name in chosen:
         rows.append(measure(name))
         r = rows[-1]
         print(f"{name:28} {'OK' if r['ok'] else 'FAILED':6} {r['seconds']:5.1f}s {'; '.join(r['problems'])[:200]}", flush=True)
-    env = common.environment(command="python bench/probe.py" + (" --quick" if opts.quick else ""),
+    order = {n: i for i, n in enumerate(names())}
+    rows = sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
+    env = common.environment(command="python bench/probe.py" + (" --quick" if opts.quick else "")
+                             + (f" --only '{opts.only}'" if opts.only else ""),
                              transformers=common.version("transformers"))
-    suffix = "-quick" if opts.quick else ""
-    common.write_atomic(common.ROOT / "bench" / "results" / f"probe{suffix}.json",
-                        json.dumps({"environment": env, "rows": rows}, indent=1))
-    common.update_section(common.QUICK_DOCS if opts.quick else common.DOCS, "probe", section(env, rows))
+    common.publish("probe", "probe", opts.quick, env, rows, section(env, rows))
     return 1 if opts.quick and not all(r["ok"] for r in rows) else 0  # the CI smoke test fails on a failed model
 
 

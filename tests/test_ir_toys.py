@@ -635,6 +635,53 @@ def test_random_draws_that_forward_never_uses_are_captured_and_used_ones_refused
         osf.trace(_DrawsEveryLayer(jitter=True), (x,))
 
 
+class _PadsFromScalarBuffers(nn.Module):
+    """EnCodec's padded convolution: kernel size and stride kept as 0-d integer buffers, the padding computed
+    from them and the input's length, then used as Python ints. ``counted``: a non-persistent counter that
+    forward reads as a value and increments ("direct"), or increments through a view of it ("view")."""
+
+    def __init__(self, persistent: bool = False, counted: str | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 16, 5, stride=2)
+        self.out = nn.Conv1d(16, 4, 3)
+        self.register_buffer("kernel", torch.tensor(5), persistent=persistent)
+        self.register_buffer("stride", torch.tensor(2), persistent=persistent)
+        self.counted = counted
+        self.register_buffer("calls", torch.tensor(0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[-1]
+        frames = torch.ceil((length - self.kernel + (self.kernel - self.stride)) / self.stride + 1).long() - 1
+        extra = frames * self.stride + self.stride - length
+        x = F.pad(x, (int(self.kernel - self.stride), int(extra)))
+        if self.counted:
+            x = x * (int(self.calls) + 1)
+            (self.calls if self.counted == "direct" else self.calls.view(1)[0:1]).add_(1)
+        return self.out(torch.relu(self.conv(x)))
+
+
+def test_sizes_computed_from_scalar_constant_buffers_are_captured():
+    """Paddings computed from non-persistent 0-d buffers (EnCodec's and Mimi's convolutions, refused before)
+    are baked into the graph with their values: rebuilt model and subnets run at other batches. A persistent
+    buffer (a checkpoint may change it) and one that forward writes to stay refused, as their values may
+    differ at the next call."""
+    x = torch.randn(2, 3, 33)
+    model = _PadsFromScalarBuffers()
+    ir = osf.trace(model, (x,))
+    assert ir.info["train_error"] is None
+    for mode in (True, False):
+        for batch in (x, torch.randn(5, 3, 33)):
+            assert_same(model.train(mode)(batch), ir.build().train(mode)(batch), f"training={mode}")
+    supernet = osf.Supernet(model, (x,))
+    small = supernet.extract(supernet.space.min()).eval()
+    assert small(x).shape == model(x).shape
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    for refused in (_PadsFromScalarBuffers(persistent=True), _PadsFromScalarBuffers(counted="direct"),
+                    _PadsFromScalarBuffers(counted="view")):
+        with pytest.raises(osf.TraceError, match="branches on tensor values"):
+            osf.trace(refused, (x,))
+
+
 @pytest.mark.parametrize("draw", ["torch", "python"])
 def test_random_branch_in_training_keeps_the_eval_graph_quietly(draw, capsys):
     """Layer drop decided by a random draw in training cannot be one graph: the training capture fails with

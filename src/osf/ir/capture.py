@@ -752,9 +752,105 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
             return program, None
     except Exception as e:  # noqa: BLE001 - reported below with the module that raised it
         where = (recorder.failed_at or recorder.stack or [""])[-1]
+        if _data_dependent(e):
+            program = _export_with_constant_buffers(model, args, kwargs, dynamic)
+            if program is not None:
+                return program, None
         return None, (e, where)
     finally:
         recorder.close()
+
+
+def _data_dependent(exc: BaseException) -> bool:
+    """Did the export stop at a branch or a size on a tensor's value (``int(t)``, ``if t.any():``)?"""
+    return "data-dependent" in str(exc).lower()
+
+
+def _export_with_constant_buffers(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
+    """The program of a ``forward`` whose branches and sizes on tensor values read the model's scalar
+    constants, or None. EnCodec and Mimi keep kernel sizes and strides as non-persistent 0-d buffers and
+    compute their paddings from them (``int(kernel - stride)``); torch.export sees every buffer as an
+    input whose value is unknown while it traces. Exported again with the model's non-persistent buffers of
+    at most one element known by value (as torch knows a scalar tensor made inside ``forward``), the values
+    computed from them alone are concrete and baked into the graph. Those buffers are no state (not saved,
+    set up by the constructor); one the program writes to is exported again as an input, so a value read
+    before a write is never baked. Values that depend on an input or a parameter stay unknown: refused as
+    before."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.numel() <= 1 and name in module._non_persistent_buffers_set:
+                names.add(f"{module_name}.{name}" if module_name else name)
+    for _ in range(2):
+        if not names:
+            return None
+        try:
+            with _buffers_known_by_value(names):
+                program = _export_drawing(model, *_fresh_copies(args, kwargs), dynamic, None)
+        except Exception:  # noqa: BLE001 - the first failure is the one reported
+            return None
+        written = names & (set(program.graph_signature.buffers_to_mutate.values()) | _buffers_written(program))
+        if not written:
+            return program
+        names -= written
+    return None
+
+
+def _buffers_written(program: Any) -> set[str]:
+    """The buffers that ops of ``program`` write in place, directly or through a view (a buffer known by
+    value is not functionalised: its writes stay in-place ops on it, missing from ``buffers_to_mutate``)."""
+    from torch.export.graph_signature import InputKind
+    buffer_of = {spec.arg.name: spec.target for spec in program.graph_signature.input_specs
+                 if spec.kind == InputKind.BUFFER}
+    written = set()
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        for i, argument in enumerate(schema.arguments if schema is not None else ()):
+            if argument.alias_info is None or not argument.alias_info.is_write:
+                continue
+            base = node.args[i] if i < len(node.args) else node.kwargs.get(argument.name)
+            while isinstance(base, torch.fx.Node) and base.op == "call_function" and base.args \
+                    and _is_view_op(base.target):
+                base = base.args[0]
+            if isinstance(base, torch.fx.Node) and base.name in buffer_of:
+                written.add(buffer_of[base.name])
+    return written
+
+
+def _is_view_op(target: Any) -> bool:
+    """Does ``target`` return a view of its first argument (``select``, ``view``, ``slice``, ...)?"""
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.arguments:
+        return False
+    alias = schema.arguments[0].alias_info
+    return alias is not None and not alias.is_write
+
+
+@contextlib.contextmanager
+def _buffers_known_by_value(names: set[str]) -> Any:
+    """torch.export's fake copies of the model's buffers ``names`` carry their real values (fake tensor
+    constants: ops on them alone compute real results, and ``item()`` gives a number). Without the hook
+    this relies on (torch's private ``_fakify_params_buffers``), nothing changes."""
+    import torch.export._trace as export_trace
+    original = getattr(export_trace, "_fakify_params_buffers", None)
+    if original is None:
+        yield
+        return
+
+    def fakify(fake_mode: Any, module: nn.Module) -> dict:
+        faked = original(fake_mode, module)
+        real = dict(module.named_buffers(remove_duplicate=False))
+        for name in names:
+            fake = faked.get(name)
+            if fake is not None and hasattr(fake, "constant") and fake.constant is None:
+                fake.constant = real[name].detach().clone()
+                fake_mode.fake_tensor_converter.add_constant_storage_mapping(fake)
+        return faked
+    export_trace._fakify_params_buffers = fakify
+    try:
+        yield
+    finally:
+        export_trace._fakify_params_buffers = original
 
 
 def _export_drawing(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any, at: float | None):
