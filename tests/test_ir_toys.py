@@ -17,9 +17,9 @@ import osf
 from osf.cli.main import main
 from osf.ir import capture
 from roundtrip import assert_same, loss_of, round_trip
-from toys import (CausalSeq2Seq, ClassTokenEncoder, CondInForward, DataDependent, DomainAdversarial, ForcesFromEnergy,
-                  ForwardBlocks, Gate, GradientHooks, LayerDropWhenTraining, MultiIO, NeedsTargetsWhenTraining,
-                  SharedInChild, TiedLM)
+from toys import (Branchy, CausalSeq2Seq, ClassTokenEncoder, CondInForward, DataDependent, DomainAdversarial,
+                  ForcesFromEnergy, ForwardBlocks, Gate, GradientHooks, LayerDropWhenTraining, MultiIO,
+                  NeedsTargetsWhenTraining, SharedInChild, TiedLM)
 
 
 def multi_io_inputs(batch=3):
@@ -455,6 +455,30 @@ def test_untraceable_model_names_module_and_line():
     assert err.value.module == "inner"
     assert "Branchy" in text and "toys.py" in text and "y.sum() > 0" in text
     assert "What to do" in text
+
+
+def test_a_branch_on_values_after_a_traceable_part_names_that_part():
+    """A detector's post-processing branches on values after its backbone ran: the error names the largest
+    child with weights that returned before the failing one (not the weightless one, not the failing one),
+    the part to make a supernet of and train inside the model; a failure in the root's own code names none."""
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.normalise = nn.Identity()
+            self.stem = nn.Linear(4, 4)
+            self.backbone = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 4))
+            self.inner = Branchy()
+
+        def forward(self, x):
+            return self.inner(self.backbone(self.stem(self.normalise(x))))
+
+    with pytest.raises(osf.TraceError) as err:
+        osf.trace(Detector(), (torch.randn(2, 4),))
+    assert err.value.module == "inner"
+    assert "osf.Supernet(model.backbone" in str(err.value) and "model=model" in str(err.value)
+    with pytest.raises(osf.TraceError) as err:
+        osf.trace(DataDependent(), (torch.randn(2, 4),))
+    assert "osf.Supernet(model." not in str(err.value)
 
 
 def test_a_model_failing_with_dynamic_and_static_shapes_names_both_failures():

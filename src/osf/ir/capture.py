@@ -167,6 +167,7 @@ class _StackRecorder:
     def __init__(self, model: nn.Module):
         self.stack: list[str] = []
         self.failed_at: list[str] | None = None
+        self.finished: list[str] = []  # children of the root that returned before the failure, in order
         self.handles = []
         for name, m in model.named_modules():  # nn.Module's own registration: a rebuilt module warns that
             # a hook on it never runs, which these diagnostics know (they name no module of a rebuilt model)
@@ -182,6 +183,8 @@ class _StackRecorder:
         def hook(*_):
             if self.failed_at is None and sys.exc_info()[0] is not None:
                 self.failed_at = list(self.stack)
+            elif self.failed_at is None and name and "." not in name and name not in self.finished:
+                self.finished.append(name)
             if self.stack and self.stack[-1] == name:
                 self.stack.pop()
         return hook
@@ -752,11 +755,12 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any):
             return program, None
     except Exception as e:  # noqa: BLE001 - reported below with the module that raised it
         where = (recorder.failed_at or recorder.stack or [""])[-1]
+        before = [name for name in recorder.finished if where != name and not where.startswith(name + ".")]
         if _data_dependent(e):
             program = _export_with_constant_buffers(model, args, kwargs, dynamic)
             if program is not None:
                 return program, None
-        return None, (e, where)
+        return None, (e, where, before)
     finally:
         recorder.close()
 
@@ -1028,10 +1032,25 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
-def _trace_error(model: nn.Module, exc: BaseException, module: str,
-                 static: tuple[BaseException, str] | None = None) -> TraceError:
-    """The TraceError of a failed export (``exc`` raised in ``module``); ``static``: how the retry with
-    static shapes failed, named too where it failed otherwise (its sizes concrete, or another cause)."""
+def _traceable_part(model: nn.Module, module: str, before: list[str]) -> str:
+    """For a failure inside a child of the root (a detector's box post-processing), the largest child with
+    weights that had returned before it, the part to make a supernet of and train inside the model."""
+    if not module:
+        return ""
+    sizes = {name: sum(p.numel() for p in model.get_submodule(name).parameters()) for name in before}
+    if not sizes or max(sizes.values()) == 0:
+        return ""
+    name = max(sizes, key=sizes.get)
+    return (f"; or make the supernet of the part that ran before it, osf.Supernet(model.{name}, <its inputs>), "
+            f"put it back (model.{name} = supernet) and train it inside the whole model with "
+            "osf.train(supernet, ..., model=model) (docs/train.md, 'A supernet inside a larger model')")
+
+
+def _trace_error(model: nn.Module, exc: BaseException, module: str, before: list[str] | None = None,
+                 static: tuple | None = None) -> TraceError:
+    """The TraceError of a failed export (``exc`` raised in ``module``, after the root's children
+    ``before`` had returned); ``static``: how the retry with static shapes failed, named too where it
+    failed otherwise (its sizes concrete, or another cause)."""
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if "/torch/" not in f.filename and "/osf/" not in f.filename]
     frame = user[-1] if user else (frames[-1] if frames else None)
@@ -1056,6 +1075,7 @@ def _trace_error(model: nn.Module, exc: BaseException, module: str,
     elif "data-dependent" in text or "guard" in text or "unbacked" in text:
         hint = (f"the forward of {cls} branches on tensor values; make the branch static (compute it from "
                 "shapes or config) or express it with torch.cond, or pass inputs that avoid it")
+        hint += _traceable_part(model, module, before or [])
     else:
         hint = (f"check that {cls}.forward runs on the example inputs in plain PyTorch; if it uses Python "
                 "objects torch.export cannot see through, move them out of forward")
