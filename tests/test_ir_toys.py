@@ -686,7 +686,8 @@ class _PadsFromScalarBuffers(nn.Module):
 
 def test_sizes_computed_from_scalar_constant_buffers_are_captured():
     """Paddings computed from non-persistent 0-d buffers (EnCodec's and Mimi's convolutions, refused before)
-    are baked into the graph with their values: rebuilt model and subnets run at other batches. A persistent
+    are baked into the graph with their values: rebuilt model and subnets run at other batches, also when a
+    dynamic length was asked for (it cannot be: the batch alone stays dynamic). A persistent
     buffer (a checkpoint may change it) and one that forward writes to stay refused, as their values may
     differ at the next call."""
     x = torch.randn(2, 3, 33)
@@ -700,6 +701,11 @@ def test_sizes_computed_from_scalar_constant_buffers_are_captured():
     small = supernet.extract(supernet.space.min()).eval()
     assert small(x).shape == model(x).shape
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    spatial = osf.trace(model, (x,), dynamic_spatial=True).build().eval()  # the length stays fixed, not the batch
+    wide = torch.randn(5, 3, 33)
+    assert_same(model.eval()(wide), spatial(wide), "dynamic_spatial asked: batch 5")
+    with pytest.raises(osf.InputError, match="constant of the captured graph"):
+        spatial(torch.randn(2, 3, 40))
     for refused in (_PadsFromScalarBuffers(persistent=True), _PadsFromScalarBuffers(counted="direct"),
                     _PadsFromScalarBuffers(counted="view")):
         with pytest.raises(osf.TraceError, match="branches on tensor values"):

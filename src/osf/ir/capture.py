@@ -927,22 +927,25 @@ def _export_both_modes(model, args, kwargs, batch, seq, spatial):
     an example is exported doubled, and the graph kept when its batch stays symbolic and it gives the
     model's outputs on the user's example; the IR reports sizes at batch 1 (``example_batch``)."""
     dynamic = _dynamic_shapes(model, args, kwargs, batch, seq, spatial)
+    # where the model cannot keep every asked-for dim symbolic: the batch alone, then static shapes
+    fallbacks = ([(_dynamic_shapes(model, args, kwargs, True, False, False), "torch.export (dynamic batch only)")]
+                 if batch and (seq or spatial) else []) + [(None, "torch.export (static shapes)")]
     leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor) and x.dim() > 0]
     if dynamic is not None and batch and leaves and all(x.shape[0] == 1 for x in leaves):
         with torch.no_grad():
             twice = pytree.tree_map(lambda x: torch.cat([x, x]) if isinstance(x, torch.Tensor) and x.dim() > 0
                                     else x, (args, kwargs))
         try:
-            programs, method = _export_modes(model, *twice, dynamic)
+            programs, method = _export_modes(model, *twice, dynamic, fallbacks)
         except TraceError:
             programs, method = {}, "failed"
         if method == "torch.export" and _batch_symbolic(programs["eval"]) \
                 and _same_outputs(model, programs["eval"], args, kwargs):
             if "train_error" not in programs:
                 return {**programs, "example_batch": 1}, method
-            plain = _export_modes(model, args, kwargs, dynamic)  # training mode may fail only when doubled
+            plain = _export_modes(model, args, kwargs, dynamic, fallbacks)  # training may fail only doubled
             return plain if "train_error" not in plain[0] else ({**programs, "example_batch": 1}, method)
-    return _export_modes(model, args, kwargs, dynamic)
+    return _export_modes(model, args, kwargs, dynamic, fallbacks)
 
 
 def _batched_inputs(ep) -> list:
@@ -974,7 +977,9 @@ def _same_outputs(model: nn.Module, ep, args: tuple, kwargs: dict) -> bool:
         for a, b in zip(expected, got))
 
 
-def _export_modes(model, args, kwargs, dynamic):
+def _export_modes(model, args, kwargs, dynamic, fallbacks: list[tuple[Any, str]]):
+    """Both modes exported with the ``dynamic`` dims, else with each of ``fallbacks`` (their dims, how the
+    method is then named) in turn, else through torch.fx."""
     programs: dict[str, Any] = {}
     method = "torch.export"
     failures: dict[str, TraceError] = {}
@@ -982,9 +987,11 @@ def _export_modes(model, args, kwargs, dynamic):
         model.train(mode == "train")
         ep, failure = _export(model, args, kwargs, dynamic)
         static_failure = None
-        if ep is None and dynamic is not None:  # a dynamic dim the model cannot support: go static
-            ep, static_failure = _export(model, *_fresh_copies(args, kwargs), None)
-            method = "torch.export (static shapes)" if ep is not None else method
+        for fewer, named in fallbacks if dynamic is not None else ():  # dims the model cannot keep symbolic
+            if ep is not None:
+                break
+            ep, static_failure = _export(model, *_fresh_copies(args, kwargs), fewer)
+            method = named if ep is not None else method
         if ep is None:
             ep = _export_via_fx(model, args, kwargs, dynamic)
             method = "torch.fx + torch.export" if ep is not None else method
