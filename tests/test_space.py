@@ -748,7 +748,8 @@ class _ShapeFollowers(nn.Module):
                                                               "transposes", "zeros_state", "aliases", "expand_batch",
                                                               "einsum_ellipsis", "broadcast_to", "linalg_norm",
                                                               "masked_scatter", "all_any", "linear_vector", "outer",
-                                                              "broadcast_tensors", "losses")
+                                                              "broadcast_tensors", "losses", "bucketize",
+                                                              "random_fill")
             self.b = nn.Linear(64 if mode.startswith("repeat") else 48 if mode == "pad" else 32 if whole else 16, 8)
             self.s = nn.Linear(16, 16)  # slice_add's shortcut
         self.c = nn.Linear(16, 8)
@@ -814,6 +815,10 @@ class _ShapeFollowers(nn.Module):
             return self.b(h.masked_scatter(rows, h.flip(1) * 2))
         if self.mode == "outer":  # an outer product with the channels (sine-cosine tables, rotary frequencies)
             return self.b(h * torch.outer(x[0, :, 0], h[0, 0]))
+        if self.mode == "bucketize":  # bins of the values, as many bins as channels (SmolVLM's patch positions)
+            return self.b(h * torch.bucketize(h, torch.linspace(-1, 1, 32)).float())
+        if self.mode == "random_fill":  # an in-place random fill shaped like the features (DINOv3's RoPE jitter)
+            return self.b(h + torch.empty_like(h).uniform_(0.0, 0.0) + torch.empty_like(h).normal_(0.0, 0.0))
         if self.mode == "broadcast_tensors":  # a per-token gate broadcast against the features (DAC)
             u, v = torch.broadcast_tensors(h, torch.sigmoid(x[..., :1]))
             return self.b(u * v)
@@ -870,7 +875,8 @@ class _ShapeFollowers(nn.Module):
                                   "glu", "batch_view", "slice_add", "pad", "gather", "expand", "transposes", "type_as",
                                   "masked_fill_", "zeros_state", "index_add_", "index_put_", "scatter_add_", "aliases", "expand_batch",
                                   "einsum_ellipsis", "broadcast_to", "linalg_norm", "masked_scatter",
-                                  "all_any", "linear_vector", "outer", "broadcast_tensors", "losses",
+                                  "all_any", "linear_vector", "outer", "broadcast_tensors", "losses", "bucketize",
+                                  "random_fill",
                                   *_ShapeFollowers.SPATIAL])
 def test_ops_whose_output_follows_a_pruned_width(mode):
     """Each op has a dimension rule (nothing reported unsupported, ``a``'s width prunable) and its subnets

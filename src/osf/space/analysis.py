@@ -310,6 +310,7 @@ _SAME_AS_INPUT = {
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "copy_", "copy",
     "requires_grad_", "dequantize", "native_dropout", "_assert_tensor_metadata", "real", "imag", "complex",
     "polar", "conj", "conj_physical", "_conj", "resolve_conj", "resolve_neg",
+    "uniform_", "normal_", "exponential_", "cauchy_", "log_normal_", "geometric_", "random_",  # random fills
 }
 
 
@@ -658,6 +659,15 @@ def _weight_norm(p: _Pass, op: OpNode):
     v, g = list(p.tensor(op.args[0])), p.tensor(op.args[1])
     p.broadcast(op, [v, g], [p.size(e) for e in v])
     return v
+
+
+@rule("aten.bucketize.Tensor")
+def _bucketize(p: _Pass, op: OpNode):
+    """The bin of each value among 1-D ``boundaries``: element-wise in the values; the boundaries are
+    searched, not broadcast, so their dim stays whole."""
+    x, boundaries = p.tensor(op.args[0]), p.tensor(op.args[1])
+    p.block(boundaries[0], f"bin boundaries searched by {op.name}")
+    return list(x)
 
 
 @rule("aten.cdist.default", "aten._cdist_forward.default")
