@@ -1125,6 +1125,39 @@ def test_ops_sized_by_a_symbolic_batch_stay_as_traced_in_every_subnet(model, arg
     _min_and_sample_agree(sn, args)
 
 
+class _MaskedRowsPlusTable(nn.Module):
+    """Rows picked by a boolean mask over the first two dims (``h[keep]``: a data-dependent number of rows,
+    the channels kept), added to a table of as many rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.register_buffer("table", torch.randn(10, 32))
+        self.b = nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = self.a(x)
+        keep = x[..., 0] == x[..., 0]
+        return self.b(torch.relu(h[keep] + self.table))
+
+
+def test_a_boolean_mask_addresses_as_many_dims_as_it_has():
+    """``h[keep]`` with ``keep`` over ``h``'s first two dims addresses both (the index rule took one dim
+    per index, so the picked rows passed for the second dim, and the add with the table was unsupported):
+    the channels stay prunable, the table shrinks with them, and subnets agree on the shared weights."""
+    torch.manual_seed(0)
+    model, x = _MaskedRowsPlusTable().eval(), torch.randn(2, 5, 16)
+    sn = osf.Supernet(model, (x,))
+    assert not sn.space.analysis.unsupported
+    assert [g.size for g in sn.space.groups] == [32]
+    arch = sn.space.min()
+    with torch.no_grad():
+        torch.testing.assert_close(subnet_ir(sn.space, arch).build().eval()(x), sn.extract(arch).eval()(x))
+        torch.testing.assert_close(sn.extract(sn.space.max()).eval()(x), model(x), atol=1e-5, rtol=1e-4)
+    assert sn.extract(arch).table.shape == (10, arch.width[sn.space.groups[0].key])
+    _min_and_sample_agree(sn, (x,))
+
+
 class _RowsOfAStridedMap(nn.Module):
     """A strided conv's channels folded into the rows of a reshape: under ``dynamic_spatial`` the rows
     number ``B * 32 * ((H - 1)//2 + 1)``, a product with a factor that is no monomial of H."""

@@ -8,6 +8,7 @@ only prunable atoms are those that reach a parameter, buffer or constant tensor.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -1002,26 +1003,39 @@ def _slice(p: _Pass, op: OpNode):
 
 @rule("aten.index.Tensor")
 def _index(p: _Pass, op: OpNode):
+    """``x[i0, i1, ...]``: an integer index addresses one dim, a boolean mask as many as it has (``h[keep]``
+    with ``keep`` of ``h``'s first two dims gives ``(picked rows, channels)``); the addressed dims are
+    fixed, the others pass through, and the indices' result dims are new."""
     x = p.tensor(op.args[0])
     indices = op.args[1]
     out_sizes = p.out_sizes(op)
+    first = list(itertools.accumulate((_addressed(p, t) for t in indices), initial=0))  # dims before entry i
     pos = [i for i, t in enumerate(indices) if t is not None]
     why = f"indexed by values ({op.name})"
-    if len(pos) == 1 and (run := _constant_run(p, indices[pos[0]], p.size(x[pos[0]]))) is not None:
-        return _index_run(p, op, list(x), pos[0], *run)
-    for i in pos:
-        p.block(x[i], why)
-    rest_after = list(x[len(indices):])
-    kept = [e for i, e in enumerate(x[:len(indices)]) if i not in pos] + rest_after
+    if len(pos) == 1 and _addressed(p, indices[pos[0]]) == 1 and \
+            (run := _constant_run(p, indices[pos[0]], p.size(x[first[pos[0]]]))) is not None:
+        return _index_run(p, op, list(x), first[pos[0]], *run)
+    addressed = {d for i in pos for d in range(first[i], first[i + 1])}
+    for d in addressed:
+        p.block(x[d], why)
+    kept = [e for d, e in enumerate(x) if d not in addressed]
     n_new = len(out_sizes) - len(kept)
-    adjacent = pos == list(range(pos[0], pos[-1] + 1))
-    if adjacent:
-        before = list(x[:pos[0]])
-        after = [e for i, e in enumerate(x) if i > pos[-1]]
-        new = [p.fresh(s, why) for s in out_sizes[len(before):len(before) + n_new]]
-        return before + new + after
-    new = [p.fresh(s, why) for s in out_sizes[:n_new]]
-    return new + kept
+    if pos == list(range(pos[0], pos[-1] + 1)):  # adjacent indices: their result stands where they were
+        before = list(x[:first[pos[0]]])
+        after = list(x[first[pos[-1] + 1]:])
+        return before + [p.fresh(s, why) for s in out_sizes[len(before):len(before) + n_new]] + after
+    return [p.fresh(s, why) for s in out_sizes[:n_new]] + kept
+
+
+def _addressed(p: _Pass, index: Any) -> int:
+    """How many dims of the indexed tensor an index entry addresses: a boolean mask its own number of dims,
+    an integer index (or None, a full slice) one."""
+    node = p.producers.get(index.get("node")) if isinstance(index, dict) else None
+    meta = getattr(node, "meta", None)
+    dims = p.tensor(index)
+    if isinstance(meta, dict) and meta.get("dtype") in ("bool", "uint8") and dims:
+        return len(dims)
+    return 1
 
 
 _CONSTANT_PASSING = ("aten.lift_fresh_copy.default", "aten.clone.default", "aten.detach.default", "aten.alias.default")
@@ -1035,7 +1049,8 @@ def _constant_run(p: _Pass, index: Any, size: Size) -> tuple[int, int, bool] | N
     while isinstance(node, OpNode) and node.target in _CONSTANT_PASSING:
         node = p.producers.get(next(iter(_refs(node.args[:1])), None))
     values = p.ir.tensors.get(node.target) if isinstance(node, Placeholder) and node.kind == CONST else None
-    if values is None or values.dim() != 1 or not len(values) or values.is_floating_point() or not is_static(size):
+    if values is None or values.dim() != 1 or not len(values) or values.is_floating_point() \
+            or values.dtype == torch.bool or not is_static(size):
         return None
     v = values.tolist()
     if v != list(range(v[0], v[0] + len(v))) or not (v[0] >= 0 or v[-1] < 0) or not -size[0] <= v[0] < size[0]:
@@ -1119,10 +1134,12 @@ def _index_put(p: _Pass, op: OpNode):
     x = list(p.tensor(op.args[0]))
     indices, values = op.args[1], p.tensor(op.args[2])
     why = f"addressed by index values ({op.name})"
+    first = list(itertools.accumulate((_addressed(p, t) for t in indices), initial=0))
     pos = [i for i, t in enumerate(indices) if t is not None]
     for i in pos:
-        p.block(x[i], why)
-    rest = x[len(indices):] if pos == list(range(len(pos))) else []
+        for d in range(first[i], first[i + 1]):
+            p.block(x[d], why)
+    rest = x[first[-1]:] if pos == list(range(len(pos))) else []
     for j, v in enumerate(reversed(values or [])):
         if j < len(rest) and p.size(v) == p.size(rest[-1 - j]):
             p.unify(v, rest[-1 - j], op)
