@@ -689,10 +689,11 @@ def test_sizes_computed_from_scalar_constant_buffers_are_captured():
     are baked into the graph with their values: rebuilt model and subnets run at other batches, also when a
     dynamic length was asked for (it cannot be: the batch alone stays dynamic). A persistent
     buffer (a checkpoint may change it) and one that forward writes to stay refused, as their values may
-    differ at the next call."""
+    differ at the next call. The capture warns which buffers it fixed."""
     x = torch.randn(2, 3, 33)
     model = _PadsFromScalarBuffers()
-    ir = osf.trace(model, (x,))
+    with pytest.warns(UserWarning, match=r"scalar buffers into Python values \(kernel, stride\)"):
+        ir = osf.trace(model, (x,))
     assert ir.info["train_error"] is None
     for mode in (True, False):
         for batch in (x, torch.randn(5, 3, 33)):

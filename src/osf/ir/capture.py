@@ -795,9 +795,23 @@ def _export_with_constant_buffers(model: nn.Module, args: tuple, kwargs: dict, d
             return None
         written = names & (set(program.graph_signature.buffers_to_mutate.values()) | _buffers_written(program))
         if not written:
+            _warn_fixed_buffers(model, program, names)
             return program
         names -= written
     return None
+
+
+def _warn_fixed_buffers(model: nn.Module, program: Any, names: set[str]) -> None:
+    """Say which buffers known by value the program reads: what forward computed from them is fixed."""
+    from torch.export.graph_signature import InputKind
+    read = sorted(spec.target for spec in program.graph_signature.input_specs
+                  if spec.kind == InputKind.BUFFER and spec.target in names
+                  for node in program.graph.find_nodes(op="placeholder", target=spec.arg.name) if node.users)
+    if read:
+        warnings.warn(f"{type(model).__name__}.forward turns non-persistent scalar buffers into Python values "
+                      f"({', '.join(read[:3])}{f' and {len(read) - 3} more' if len(read) > 3 else ''}): what it "
+                      "computes from them is fixed in the captured graph at their current values; trace again "
+                      "after changing them", UserWarning, stacklevel=2)
 
 
 def _buffers_written(program: Any) -> set[str]:
