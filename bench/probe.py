@@ -1738,11 +1738,12 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
     speech = dict(conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
                   num_conv_pos_embedding_groups=4, **small)
     pair = {**text, "pixel_values": _image(32)}
-    def resnet_detr() -> dict:  # DETR-style: a small ResNet's last stage, one encoder and decoder layer
+    def resnet_detr(width: str = "d_model") -> dict:
+        """DETR-style: a small ResNet's last stage, one encoder and decoder layer of 32 (named ``width``)."""
         return dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=T.ResNetConfig(
             hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], embedding_size=16, out_features=["stage4"]),
-            d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-            encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10)
+            encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, **{width: 32})
 
     detr3 = dict(encoder_in_channels=[32, 48, 64], encoder_hidden_dim=32, encoder_ffn_dim=64, encoder_attention_heads=2,
                  d_model=32, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=64, decoder_attention_heads=2,
@@ -2123,11 +2124,7 @@ def _hf(name: str) -> tuple[nn.Module, tuple, dict]:
             stage_kernel_size=[3, 5], stage_numb_of_layers=[2, 2], num_labels=5)), (_image(32),), {}),
         "conditional-detr": lambda: (T.ConditionalDetrModel(T.ConditionalDetrConfig(
             **resnet_detr())), (_image(64),), {}),
-        "dab-detr": lambda: (T.DabDetrModel(T.DabDetrConfig(
-            backbone_config=T.ResNetConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], embedding_size=16,
-                                           out_features=["stage4"]),
-            hidden_size=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-            encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10)), (_image(64),), {}),
+        "dab-detr": lambda: (T.DabDetrModel(T.DabDetrConfig(**resnet_detr("hidden_size"))), (_image(64),), {}),
         "rt-detr": lambda: (_torch_init(T.RTDetrForObjectDetection(T.RTDetrConfig(
             backbone_config=T.RTDetrResNetConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], embedding_size=16,
                                                  layer_type="basic", out_features=["stage2", "stage3", "stage4"]),
@@ -2301,7 +2298,7 @@ def _recurrent_flops(x: list, hx: Any, weights: list, *args: Any, out_shape: Any
 
 def _mkldnn_rnn_layer_flops(x: list, w_ih: list, w_hh: list, *args: Any, out_shape: Any, **kwargs: Any) -> int:
     """One layer and direction of ``nn.LSTM`` / ``nn.GRU`` as the CPU runs it (oneDNN), uncounted too."""
-    return 2 * math.prod(x[:-1]) * (math.prod(w_ih) + math.prod(w_hh))
+    return _recurrent_flops(x, None, [w_ih, w_hh], out_shape=out_shape)
 
 
 def _flops(model: nn.Module, args: tuple, kwargs: dict) -> int:
