@@ -780,11 +780,9 @@ def _export_with_constant_buffers(model: nn.Module, args: tuple, kwargs: dict, d
     set up by the constructor); one the program writes to is exported again as an input, so a value read
     before a write is never baked. Values that depend on an input or a parameter stay unknown: refused as
     before."""
-    names = set()
-    for module_name, module in model.named_modules():
-        for name, buffer in module._buffers.items():
-            if buffer is not None and buffer.numel() <= 1 and name in module._non_persistent_buffers_set:
-                names.add(f"{module_name}.{name}" if module_name else name)
+    aliases, tensors, persistent = _tensor_aliases(model)  # by every path, as torch.export names them
+    names = {path for path, canonical in aliases.items()
+             if path not in persistent and tensors[canonical].numel() <= 1}
     for _ in range(2):
         if not names:
             return None

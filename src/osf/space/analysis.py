@@ -1009,10 +1009,10 @@ def _index(p: _Pass, op: OpNode):
     x = p.tensor(op.args[0])
     indices = op.args[1]
     out_sizes = p.out_sizes(op)
-    first = list(itertools.accumulate((_addressed(p, t) for t in indices), initial=0))  # dims before entry i
+    first = _index_offsets(p, indices)
     pos = [i for i, t in enumerate(indices) if t is not None]
     why = f"indexed by values ({op.name})"
-    if len(pos) == 1 and _addressed(p, indices[pos[0]]) == 1 and \
+    if len(pos) == 1 and first[pos[0] + 1] - first[pos[0]] == 1 and \
             (run := _constant_run(p, indices[pos[0]], p.size(x[first[pos[0]]]))) is not None:
         return _index_run(p, op, list(x), first[pos[0]], *run)
     addressed = {d for i in pos for d in range(first[i], first[i + 1])}
@@ -1027,15 +1027,16 @@ def _index(p: _Pass, op: OpNode):
     return [p.fresh(s, why) for s in out_sizes[:n_new]] + kept
 
 
-def _addressed(p: _Pass, index: Any) -> int:
-    """How many dims of the indexed tensor an index entry addresses: a boolean mask its own number of dims,
-    an integer index (or None, a full slice) one."""
-    node = p.producers.get(index.get("node")) if isinstance(index, dict) else None
-    meta = getattr(node, "meta", None)
-    dims = p.tensor(index)
-    if isinstance(meta, dict) and meta.get("dtype") in ("bool", "uint8") and dims:
-        return len(dims)
-    return 1
+def _index_offsets(p: _Pass, indices: list) -> list[int]:
+    """The first dim of the indexed tensor that each entry of ``indices`` addresses, and after them the dim
+    past the last: a boolean mask addresses as many dims as it has, an integer index (or None, a full
+    slice) one."""
+    def addressed(index: Any) -> int:
+        node = p.producers.get(index.get("node")) if isinstance(index, dict) else None
+        meta = getattr(node, "meta", None)
+        dims = p.tensor(index)
+        return len(dims) if isinstance(meta, dict) and meta.get("dtype") in ("bool", "uint8") and dims else 1
+    return list(itertools.accumulate((addressed(t) for t in indices), initial=0))
 
 
 _CONSTANT_PASSING = ("aten.lift_fresh_copy.default", "aten.clone.default", "aten.detach.default", "aten.alias.default")
@@ -1134,7 +1135,7 @@ def _index_put(p: _Pass, op: OpNode):
     x = list(p.tensor(op.args[0]))
     indices, values = op.args[1], p.tensor(op.args[2])
     why = f"addressed by index values ({op.name})"
-    first = list(itertools.accumulate((_addressed(p, t) for t in indices), initial=0))
+    first = _index_offsets(p, indices)
     pos = [i for i, t in enumerate(indices) if t is not None]
     for i in pos:
         for d in range(first[i], first[i + 1]):
