@@ -948,8 +948,9 @@ def test_custom_autograd_functions_keep_their_gradients_or_are_refused(tmp_path)
     """torch.export records only a custom Function's forward ops. A Function whose backward is their
     derivative (a memory-saving swish) and torch's reentrant checkpoint give the model's gradients;
     gradient reversal is a TraceError naming it and asking for a custom op, which then keeps its backward
-    and fixes the dims it touches. A Function whose forward works in place on a tensor its ops save, whose
-    captured ops cannot backpropagate, is a TraceError too (a RuntimeError of autograd before)."""
+    and fixes the dims it touches. A Function whose forward works in place on a tensor its ops save (SEW-D's
+    XSoftmax) has captured ops that cannot backpropagate: the in-place op is made out of place where nothing
+    else sees that tensor, else it is a TraceError too (a RuntimeError of autograd before)."""
     x = torch.randn(6, 10)
     model = DomainAdversarial()
     before = copy.deepcopy(model.state_dict())
@@ -981,14 +982,39 @@ def test_custom_autograd_functions_keep_their_gradients_or_are_refused(tmp_path)
     class Attend(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.fc = nn.Linear(10, 6)
+            self.fc = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 6))
 
         def forward(self, x, mask):
             return MaskedSoftmax.apply(self.fc(x), mask)
 
+    mask = torch.rand(6, 6) > 0.3
+    ir = round_trip(Attend(), (x, mask), tmp_path=tmp_path / "attend")  # outputs and gradients as the model's
+    inplace = [op.name for op in ir.graph.ops if op.target == "aten.masked_fill_.Scalar"]
+    assert not inplace and any(name.startswith("masked_fill_") for name in ir.info["out_of_place"])
+    supernet = osf.Supernet(Attend(), (x, mask))
+    arch = supernet.space.min()
+    sub = supernet.extract(arch)
+    assert sum(p.numel() for p in sub.parameters()) < sum(p.numel() for p in Attend().parameters())
+    sub(x, mask).sum().backward()  # the subnet trains
+    with supernet.set_arch(arch), torch.no_grad():
+        torch.testing.assert_close(supernet(x, mask), sub(x, mask), atol=1e-6, rtol=1e-5)
+
+    class MaskedSoftmaxViewed(MaskedSoftmax):  # returns a view made before the in-place op: it sees the fill
+        @staticmethod
+        def forward(ctx, scores, mask):
+            out = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), -1)
+            rows = out.view(out.shape)
+            out.masked_fill_(~mask, 0)
+            ctx.save_for_backward(out)
+            return rows
+
+    class AttendViewed(Attend):
+        def forward(self, x, mask):
+            return MaskedSoftmaxViewed.apply(self.fc(x), mask)
+
     with pytest.raises(osf.TraceError, match=r"cannot compute the model's gradients .*modified by an inplace "
-                                             r"operation.*MaskedSoftmax.*out\.masked_fill\(mask, 0\)"):
-        osf.trace(Attend(), (x, torch.rand(6, 6) > 0.3))
+                                             r"operation.*MaskedSoftmaxViewed.*out\.masked_fill\(mask, 0\)"):
+        osf.trace(AttendViewed(), (x, mask))
 
 
 def test_a_module_called_with_constant_keywords_is_called_with_them():

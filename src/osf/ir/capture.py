@@ -37,7 +37,7 @@ from . import conditions, serial
 from . import ops as op_rules
 from .codegen import RebuiltModel, own_ir, result_count
 from .construct import qualname, size_arguments, verify_all
-from .errors import TraceError
+from .errors import FormatError, TraceError
 from .graph import (BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, import_class,
                     with_unread_marks)
 
@@ -631,29 +631,43 @@ def _check_gradients(model: nn.Module, ir: IR, args: tuple, kwargs: dict, unreco
     reversal, straight-through estimators) or a gradient hook that scales would silently train every
     rebuilt model and subnet with other gradients. Functions that only save memory or time pass; hooks
     that pass change no gradient, and a warning says they will not run. Compared in eval mode, and in
-    training mode too when the two modes have different graphs."""
+    training mode too when the two modes have different graphs.
+
+    A Function's forward may change in place a tensor its own ops saved (SEW-D's ``XSoftmax``:
+    ``softmax(x).masked_fill_(mask, 0)``): inlined, autograd refuses that backward. The IR's in-place
+    ops on tensors nothing else aliases or reads afterwards are then made out of place
+    (``_out_of_place``; ``ir.info["out_of_place"]`` names them) and the gradients compared again."""
     from .codegen import build
 
-    rebuilt = build(ir, share_weights=True)
     modes = [False] + ([True] if ir.eval_graph is not None and not ir.info.get("train_error") else [])
     was_training = model.training
     buffers = {k: v.clone() for k, v in model.named_buffers()}  # training mode updates running statistics
     own_hooks = set(_hooked_parameters(model))  # change only their own gradient; warned of
+    rebuilt = build(ir, share_weights=True)
     try:
-        for training in modes:
+        todo = list(modes)
+        while todo:
+            training = todo.pop(0)
             model.train(training)
             rebuilt.train(training)
             expected = _gradients(model, args, kwargs)
             try:
                 got = _gradients(rebuilt, args, kwargs)
-            except RuntimeError as e:  # SEW-D's XSoftmax: an in-place op on an output its softmax saved
-                raise TraceError(
-                    f"the captured graph cannot compute the model's gradients in {'training' if training else 'eval'} "
-                    f"mode ({str(e).splitlines()[0].split('. Hint:')[0][:300]}): {unrecorded.describe()}",
-                    suggestion="keep the Function's forward free of in-place ops on tensors its ops save (out = "
-                    "out.masked_fill(mask, 0) instead of out.masked_fill_(mask, 0)), or make it a custom op "
-                    "(torch.library.custom_op with register_autograd), which osf keeps as one op with its "
-                    "backward") from None
+            except RuntimeError as e:
+                changed = [] if "out_of_place" in ir.info else _out_of_place(ir)
+                if not changed:
+                    raise TraceError(
+                        f"the captured graph cannot compute the model's gradients in "
+                        f"{'training' if training else 'eval'} mode ({str(e).splitlines()[0].split('. Hint:')[0][:300]})"
+                        f": {unrecorded.describe()}",
+                        suggestion="keep the Function's forward free of in-place ops on tensors its ops save (out = "
+                        "out.masked_fill(mask, 0) instead of out.masked_fill_(mask, 0)), or make it a custom op "
+                        "(torch.library.custom_op with register_autograd), which osf keeps as one op with its "
+                        "backward") from None
+                ir.info["out_of_place"] = changed
+                rebuilt = build(ir, share_weights=True)
+                todo = list(modes)  # every mode compared again on the changed graphs
+                continue
             for name in dict.fromkeys([*expected, *got]):
                 a, b = expected.get(name), got.get(name)
                 if (a is None and b is None) or name in own_hooks:
@@ -678,6 +692,54 @@ def _check_gradients(model: nn.Module, ir: IR, args: tuple, kwargs: dict, unreco
         warnings.warn(f"{unrecorded.describe()}: rebuilt models, supernets and subnets never call these hooks. "
                       "They change no gradient on the example inputs; what else they do (e.g. keep the gradient) "
                       "will not happen", UserWarning, stacklevel=3)
+
+
+def _out_of_place(ir: IR) -> list[str]:
+    """Make out of place each in-place op of ``ir``'s graphs whose tensor is made by an op that returns
+    new memory, is no graph output, and is read by no other op after it nor by any op that returns an
+    alias of it: then nothing can see the difference, except autograd, which refuses a backward through
+    a tensor changed after an op saved it. Returns the names of the ops changed (none if none qualify)."""
+    changed = []
+    for graph in ir.graphs:
+        producers = graph.producers()
+        readers: dict[str, list[int]] = collections.defaultdict(list)
+        for i, op in enumerate(graph.ops):
+            for ref in dict.fromkeys(op.inputs):
+                readers[ref].append(i)
+        outputs = set(serial.node_refs(graph.outputs))
+        for i, op in enumerate(graph.ops):
+            functional = _functional_twin(op.target)
+            refs = serial.node_refs(op.args[:1])
+            if functional is None or not refs or refs[0] in outputs:
+                continue
+            source = producers.get(refs[0])
+            if (isinstance(source, OpNode) and not source.is_mark and _returns_new_memory(source.target)
+                    and all(j < i and _returns_new_memory(graph.ops[j].target) for j in readers[refs[0]] if j != i)):
+                op.target = functional
+                changed.append(op.name)
+    return changed
+
+
+def _functional_twin(target: str) -> str | None:
+    """The out-of-place op of in-place ``target`` when it takes the same arguments, else None."""
+    if not op_rules.is_inplace(target) or target.startswith("aten.copy_."):
+        return None
+    functional = op_rules.functional_form(target)
+    try:
+        inplace, pure = serial.resolve_target(target), serial.resolve_target(functional)
+    except FormatError:
+        return None
+    same = [a.name for a in inplace._schema.arguments] == [a.name for a in pure._schema.arguments]
+    return functional if same else None
+
+
+def _returns_new_memory(target: str) -> bool:
+    """Does op ``target`` return only tensors of its own (no alias of an argument, by its schema)?"""
+    try:
+        schema = getattr(serial.resolve_target(target), "_schema", None)
+    except FormatError:
+        return False
+    return schema is not None and all(r.alias_info is None for r in schema.returns)
 
 
 def _warn_parameter_hooks(model: nn.Module) -> None:
