@@ -449,6 +449,45 @@ def test_an_onnx_graph_the_optimizer_fails_on_is_written_unoptimised(tmp_path):
         torch.testing.assert_close(torch.from_numpy(got), sn.extract(arch).eval()(*batch), atol=1e-5, rtol=1e-4)
 
 
+class _PerSampleKernels(nn.Module):
+    """CondConv-like: each sample is convolved with its own mixture of expert kernels, all in one grouped
+    conv whose groups are the batch size; ONNX's ``Conv`` takes ``group`` as a fixed attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.route, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 4), nn.Linear(8, 5)
+        self.experts = nn.Parameter(torch.randn(4, 8, 16, 3, 3) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x).relu()
+        b = h.shape[0]
+        mix = self.route(h.mean((2, 3))).softmax(-1)
+        kernels = torch.einsum("be,eoikl->boikl", mix, self.experts).reshape(b * 8, 16, 3, 3)
+        y = nn.functional.conv2d(h.reshape(1, b * 16, *h.shape[2:]), kernels, padding=1, groups=b)
+        return self.head(y.reshape(b, 8, *h.shape[2:]).mean((2, 3)))
+
+
+def test_an_onnx_graph_that_cannot_keep_a_dim_dynamic_is_written_at_the_example_sizes(tmp_path):
+    """The ONNX exporter failed at a dynamic batch (a conv's groups = batch); the file is now written at
+    the example's sizes, the card says so, and the ``.pt2`` program keeps the batch dynamic."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    args = (torch.randn(2, 3, 8, 8),)
+    sn = osf.Supernet(_PerSampleKernels().eval(), args)
+    arch = sn.space.min()
+    small = sn.extract(arch).eval()
+    out = sn.export(arch, tmp_path / "cond", formats=("pt2", "onnx"))
+    card = json.loads((out / "card.json").read_text())
+    assert "model.onnx takes the example's sizes only (x [2, 3, 8, 8])" in card["skipped"]["ONNX dynamic shapes"]
+    assert "model.onnx takes the example's sizes only" in (out / "model_card.md").read_text()
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    assert session.get_inputs()[0].shape == [2, 3, 8, 8]
+    with torch.no_grad():
+        got = session.run(None, {session.get_inputs()[0].name: args[0].numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(got), small(*args), atol=1e-5, rtol=1e-4)
+        other = torch.randn(3, 3, 8, 8)
+        torch.testing.assert_close(torch.export.load(str(out / "model.pt2")).module()(other), small(other))
+
+
 def test_exporter_failures_name_their_cause(tmp_path):
     """An op ONNX has no function for is named (torch.onnx's own first line is a generic header), and a
     ``.pt2`` that torch.export cannot write is an ``ExportError`` naming the format too."""

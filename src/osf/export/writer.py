@@ -148,15 +148,16 @@ def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict
         model = _own_outputs(model)
     if args and isinstance(args[-1], dict):  # torch.onnx takes a trailing dict of args for keywords
         args = (*args, {})
-    def write(optimize: bool) -> None:
+    def write(optimize: bool, shapes: dict | None) -> None:
         with _quiet():
-            program = torch.onnx.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic, input_names=names,
+            program = torch.onnx.export(model, args, kwargs=kwargs, dynamic_shapes=shapes, input_names=names,
                                         dynamo=True, verbose=False, optimize=optimize,
                                         custom_translation_table=onnx_functions())
         program.save(str(file))
-    try:
+
+    def attempt(shapes: dict | None) -> None:
         try:
-            write(optimize=True)
+            write(True, shapes)
         except Exception as e:  # noqa: BLE001 - only an optimizer failure is retried
             if not _optimizer_failed(e):
                 raise
@@ -164,10 +165,29 @@ def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict
             why = f"onnxscript's optimizer failed ({_reason(e)}); model.onnx is unoptimised"
             skipped["ONNX graph optimisation"] = why
             log.warning("osf.export: %s", why)
-            write(optimize=False)
+            write(False, shapes)
+    try:
+        try:
+            attempt(dynamic)
+        except Exception as e:  # noqa: BLE001 - retried at the example's sizes, else reported below
+            if dynamic is None:
+                raise
+            try:  # ONNX cannot express some dynamic sizes (a conv's groups = batch, CondConv); fixed ones work
+                attempt(None)
+            except Exception:  # noqa: BLE001 - the failure with dynamic dims is the one reported
+                raise e from None
+            sizes = "; ".join(f"{name} {list(t.shape)}" for name, t in zip(names, _tensor_leaves(args, kwargs)))
+            why = (f"the ONNX exporter failed with dynamic dims ({_reason(e)}); model.onnx takes the example's "
+                   f"sizes only ({sizes}), the .pt2 program any")
+            skipped["ONNX dynamic shapes"] = why
+            log.warning("osf.export: %s", why)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which format failed
         raise ExportError(f"the ONNX exporter failed on this subnet ({_reason(e)}); export without it: "
                           "formats=('pt2',) (osf export --format pt2)") from e
+
+
+def _tensor_leaves(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    return [v for v in tree_leaves((args, kwargs)) if isinstance(v, torch.Tensor)]
 
 
 def _optimizer_failed(error: BaseException) -> bool:
