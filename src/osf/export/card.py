@@ -19,10 +19,11 @@ FORMAT = "osf-export-1"
 
 def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict[str, str],
               metrics: dict[str, Any] | None, source: str | None, osf_version: str,
-              dtype: torch.dtype | None = None) -> dict[str, Any]:
+              dtype: torch.dtype | None = None, pt2_tuples: list[str] | None = None) -> dict[str, Any]:
     """Everything ``card.json`` holds: costs of the subnet and of the full model, the caller's metrics,
     the arch in brief, the inputs, provenance, and what to import before loading the ``.pt2``. ``dtype``:
-    the one the subnet was cast to for export (its floating-point inputs take it too)."""
+    the one the subnet was cast to for export (its floating-point inputs take it too); ``pt2_tuples``: the
+    namedtuple classes the ``.pt2`` returns as plain tuples."""
     space, ir = supernet.space, supernet.ir
     cost, full = supernet.cost(arch), supernet.cost(space.max())
     units_dropped = space.dropped_units(arch)
@@ -54,7 +55,9 @@ def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict
         "space_options": {k: list(v) if isinstance(v, tuple) else v for k, v in space.options.items()},
         "inputs": inputs,
         "size_conditions": list(ir.info.get("size_conditions") or []),
-        "import_before_loading": _output_packages(ir.info.get("eval_out_spec") or ir.info["out_spec"]),
+        "import_before_loading": _output_packages(ir.info.get("eval_out_spec") or ir.info["out_spec"],
+                                                  set(pt2_tuples or ())),
+        "pt2_tuples": list(pt2_tuples or ()),
         "files": files,
         "skipped": skipped,
         "versions": versions,
@@ -71,19 +74,28 @@ def _traced_shape(ir, name: str) -> list[int]:
     return next(p.meta["shape"] for p in ir.graph.placeholders if p.name == name)
 
 
-def _output_packages(spec: Any) -> list[str]:
+def _output_packages(spec: Any, as_tuples: set[str]) -> list[str]:
     """Modules defining the output containers (e.g. ``transformers.modeling_outputs``): ``torch.export.load``
-    needs them imported (their classes register with pytree) to rebuild the output structure."""
+    needs them imported (their classes register with pytree) to rebuild the output structure; not those of
+    the classes ``as_tuples`` the ``.pt2`` returns as plain tuples."""
     found: set[str] = set()
 
     def visit(s: Any) -> None:
         if isinstance(s, dict):
-            if "class" in s:
+            if "class" in s and s["class"] not in as_tuples:
                 found.add(s["class"].rpartition(".")[0])
             for c in s.get("children", []):
                 visit(c)
     visit(spec)
     return sorted(found)
+
+
+def _tuples_note(card: dict[str, Any]) -> str:
+    classes = card.get("pt2_tuples") or []
+    if not classes:
+        return ""
+    return (f"; {', '.join(c.rpartition('.')[2] for c in classes)} returned as plain tuples, its fields in "
+            "order (a .pt2 file cannot name a namedtuple class defined outside torch)")
 
 
 def _value(v: Any) -> str:
@@ -144,7 +156,8 @@ def markdown(card: dict[str, Any]) -> str:
     lines += [f"import {p}  # defines the output type" for p in card["import_before_loading"]]
     lines += [
               'model = torch.export.load("model.pt2").module()   # inference (eval) mode',
-              f"out = model({call})  # called like the original model", "", "# the weights alone (safetensors, the "
+              f"out = model({call})  # called like the original model" + _tuples_note(card), "",
+              "# the weights alone (safetensors, the "
               "subnet's state_dict; same names as the original model, smaller shapes):",
               "from safetensors.torch import load_file", 'model.load_state_dict(load_file("weights.safetensors"))',
               "```"]

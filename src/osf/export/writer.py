@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from typing import Any, Iterator
 
 import torch
 from safetensors.torch import save_file
+import torch.utils._pytree as pytree
 from torch.utils._pytree import tree_leaves, tree_map
 from tqdm.auto import tqdm
 
@@ -72,6 +74,7 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
         raise ValueError(f"export metrics must be JSON numbers or strings (use float(x) for tensors): {e}") from None
     from .. import __version__  # the package is fully imported by the time export runs
     skipped: dict[str, str] = {}
+    as_tuples: list[str] = []
     with staged_directory(path, overwrite) as tmp, tqdm(total=len(formats) + 2, desc="export", unit="step",
                                                  disable=not progress, dynamic_ncols=True) as bar:
         bar.set_postfix_str("extract")
@@ -86,7 +89,7 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
         for fmt in formats:
             bar.set_postfix_str(fmt)
             if fmt == "pt2":
-                _write_pt2(model, args, kwargs, dynamic, tmp / "model.pt2")
+                as_tuples = _write_pt2(model, args, kwargs, dynamic, tmp / "model.pt2")
             else:
                 _write_onnx(model, args, kwargs, dynamic, input_names(supernet.ir), tmp / "model.onnx", skipped,
                             _returns_an_input(subnet_structure(supernet.space, arch)))
@@ -96,7 +99,7 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
         (tmp / "arch.json").write_text(json.dumps(arch.to_json(), indent=1) + "\n")
         files = sorted(p.name for p in tmp.iterdir()) + ["card.json", "model_card.md"]
         card = make_card(supernet, arch, files=files, skipped=skipped, metrics=metrics, source=source,
-                         osf_version=__version__, dtype=dtype)
+                         osf_version=__version__, dtype=dtype, pt2_tuples=as_tuples)
         (tmp / "card.json").write_text(json.dumps(card, indent=1) + "\n")
         (tmp / "model_card.md").write_text(markdown(card))
         bar.update()
@@ -123,16 +126,64 @@ def _quiet() -> Iterator[None]:
         onnxscript_log.setLevel(level)
 
 
-def _write_pt2(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict | None, file: Path) -> None:
-    """Export, save and load back (a program torch.export.load refuses is no file to hand anyone)."""
+def _write_pt2(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict | None, file: Path) -> list[str]:
+    """Export, save and load back (a program torch.export.load refuses is no file to hand anyone). Returns
+    the namedtuple classes whose outputs the program returns as plain tuples (``_namedtuples_as_tuples``)."""
+    converted: set[str] = set()
     try:
-        with _quiet():
+        with _quiet(), _namedtuples_as_tuples(model, converted):
             program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
             torch.export.save(program, file)
             torch.export.load(file)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which format failed
         raise ExportError(f"torch.export failed on this subnet ({_reason(e)}); export without it: "
                           "formats=('onnx',) (osf export --format onnx)") from e
+    return sorted(converted)
+
+
+@contextlib.contextmanager
+def _namedtuples_as_tuples(model: torch.nn.Module, converted: set[str]) -> Iterator[None]:
+    """``model`` returning plain tuples in place of the namedtuples a ``.pt2`` file cannot name (a class
+    torch's pytree has no serialized name for: ``torch.return_types``, and any defined outside torch unless
+    registered in the process that loads the file too); their class paths are added to ``converted``. The forward is replaced on the
+    instance, so the program's parameter names stay the model's own."""
+    forward = model.forward
+
+    @_wrapping(forward)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        return _plain_tuples(forward(*args, **kwargs), converted)
+    model.forward = plain
+    try:
+        yield
+    finally:
+        del model.forward
+
+
+def _wrapping(forward: Any) -> Any:
+    """``functools.wraps(forward)`` with ``forward``'s own signature: a generated forward carries a
+    ``__signature__`` with ``self``, which ``wraps`` copies from the function behind the bound method."""
+    def decorate(fn: Any) -> Any:
+        fn = functools.wraps(forward)(fn)
+        fn.__signature__ = inspect.signature(forward)
+        return fn
+    return decorate
+
+
+def _plain_tuples(value: Any, converted: set[str]) -> Any:
+    """``value`` with each namedtuple (or ``torch.return_types`` struct) of a class without a serialized
+    name made a tuple (inside plain tuples, lists and dicts)."""
+    if isinstance(value, tuple) and type(value) is not tuple:
+        items = tuple(_plain_tuples(v, converted) for v in value)
+        node = pytree.SUPPORTED_SERIALIZED_TYPES.get(type(value))
+        if node is not None and node.serialized_type_name != pytree.NO_SERIALIZED_TYPE_NAME_FOUND:
+            return type(value)(*items)
+        converted.add(f"{type(value).__module__}.{type(value).__qualname__}")
+        return items
+    if type(value) in (tuple, list):
+        return type(value)(_plain_tuples(v, converted) for v in value)
+    if type(value) is dict:
+        return {k: _plain_tuples(v, converted) for k, v in value.items()}
+    return value
 
 
 def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict | None, names: list[str],
@@ -236,7 +287,7 @@ def _own_outputs(model: torch.nn.Module) -> torch.nn.Module:
     wrapper = torch.nn.Module()
     wrapper.model = model
 
-    @functools.wraps(model.forward)
+    @_wrapping(model.forward)
     def forward(*args: Any, **kwargs: Any) -> Any:
         given = _tensor_ids((args, kwargs))
         return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and id(t) in given else t,

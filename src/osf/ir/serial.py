@@ -316,6 +316,8 @@ def spec_to_json(spec: Any) -> Any:
     path = f"{t.__module__}.{t.__qualname__}"
     if isinstance(ctx, (list, tuple)) and all(isinstance(k, str) for k in ctx):
         return {"type": "class", "class": path, "context": list(ctx), "children": children}
+    if ctx is None:  # a registered type whose fields are fixed by the class (torch.return_types.max)
+        return {"type": "class", "class": path, "context": None, "children": children}
     raise ValueError(f"output container {path} cannot be stored in the IR (its pytree context is "
                      f"{type(ctx).__name__})")
 
@@ -336,4 +338,5 @@ def spec_from_json(data: Any, import_class: Any) -> Any:
     cls = import_class(data["class"])
     if kind == "namedtuple":
         return pytree.TreeSpec(collections.namedtuple, cls, children)
-    return pytree.TreeSpec(cls, list(data["context"]), children)
+    context = data["context"]
+    return pytree.TreeSpec(cls, None if context is None else list(context), children)
