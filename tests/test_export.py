@@ -522,20 +522,40 @@ def test_a_namedtuple_output_is_a_plain_tuple_in_the_pt2(tmp_path):
     assert sn.extract(arch).forward.__func__ is type(sn.extract(arch)).forward  # the model keeps its forward
 
 
-def test_exporter_failures_name_their_cause(tmp_path):
-    """An op ONNX has no function for is named (torch.onnx's own first line is a generic header)."""
+def test_ops_on_weights_alone_are_folded_for_onnx_and_other_failures_name_their_cause(tmp_path):
+    """An op ONNX has no function for (``matrix_exp``) on the weights alone, an orthogonal rotation's: the
+    ONNX file holds its result as a constant, and the card says so (the export failed before). On the
+    input, it is an ``ExportError`` naming the op (torch.onnx's own first line is a generic header)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+
     class Rotation(nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, of_input: bool = False) -> None:
             super().__init__()
             self.embed, self.skew = nn.Linear(8, 16), nn.Parameter(torch.randn(16, 16) * 0.1)
+            self.of_input = of_input
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.embed(x) @ torch.linalg.matrix_exp(self.skew - self.skew.T)
+            h = self.embed(x)
+            if self.of_input:
+                return torch.linalg.matrix_exp(h.view(-1, 4, 4) * 0.1).flatten(1) @ self.skew
+            return h @ torch.linalg.matrix_exp(self.skew - self.skew.T)
 
-    sn = osf.Supernet(Rotation().eval(), (torch.randn(2, 8),))
+    x = torch.randn(2, 8)
+    sn = osf.Supernet(Rotation().eval(), (x,))
+    arch = sn.space.max()
+    out = sn.export(arch, tmp_path / "onnx", formats=("onnx",))
+    assert "holds what forward computes from the weights alone as constants" in \
+        json.loads((out / "card.json").read_text())["skipped"]["ONNX weight computations"]
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    other = torch.randn(5, 8)  # the batch stays dynamic
+    got = session.run(None, {session.get_inputs()[0].name: other.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), sn.extract(arch).eval()(other), atol=1e-5, rtol=1e-4)
+
+    sn = osf.Supernet(Rotation(of_input=True).eval(), (x,))
     with pytest.raises(osf.ExportError,
                        match=r"ONNX exporter failed on this subnet \(DispatchError: .*aten\.linalg_matrix_exp"):
-        sn.export(sn.space.max(), tmp_path / "onnx", formats=("onnx",))
-    assert not (tmp_path / "onnx").exists()
+        sn.export(sn.space.max(), tmp_path / "input", formats=("onnx",))
+    assert not (tmp_path / "input").exists()
     sn.export(sn.space.max(), tmp_path / "pt2", formats=("pt2",))  # the pt2 is fine
 

@@ -7,6 +7,7 @@ import functools
 import inspect
 import json
 import logging
+import operator
 import os
 import re
 import warnings
@@ -199,42 +200,95 @@ def _write_onnx(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict
         model = _own_outputs(model)
     if args and isinstance(args[-1], dict):  # torch.onnx takes a trailing dict of args for keywords
         args = (*args, {})
-    def write(optimize: bool, shapes: dict | None) -> None:
+    def write(source: torch.nn.Module, optimize: bool, shapes: dict | None) -> None:
         with _quiet():
-            program = torch.onnx.export(model, args, kwargs=kwargs, dynamic_shapes=shapes, input_names=names,
+            program = torch.onnx.export(source, args, kwargs=kwargs, dynamic_shapes=shapes, input_names=names,
                                         dynamo=True, verbose=False, optimize=optimize,
                                         custom_translation_table=onnx_functions())
         program.save(str(file))
 
-    def attempt(shapes: dict | None) -> None:
+    def attempt(source: torch.nn.Module, shapes: dict | None) -> None:
         try:
-            write(True, shapes)
+            write(source, True, shapes)
         except Exception as e:  # noqa: BLE001 - only an optimizer failure is retried
             if not _optimizer_failed(e):
                 raise
             # onnxscript's graph optimizer fails on some symbolic sizes (RAFT's (B+B1+1)//2, the original too)
+            write(source, False, shapes)
             why = f"onnxscript's optimizer failed ({_reason(e)}); model.onnx is unoptimised"
             skipped["ONNX graph optimisation"] = why
             log.warning("osf.export: %s", why)
-            write(False, shapes)
-    try:
+
+    # the model as it is; with the values it computes from its weights alone folded into constants (ops
+    # ONNX has no function for: an orthogonal parametrisation's matrix_exp); at the example's sizes (ONNX
+    # cannot express some dynamic sizes: a conv's groups = batch, CondConv)
+    plans = [(False, dynamic), (True, dynamic)] + ([(False, None), (True, None)] if dynamic is not None else [])
+    folded: torch.nn.Module | None | bool = False  # made when first needed; None: nothing to fold
+    failure: Exception | None = None
+    for fold, shapes in plans:
+        if fold and folded is False:
+            folded = _weights_folded(model, args, kwargs, dynamic)
+        if fold and folded is None:
+            continue
         try:
-            attempt(dynamic)
-        except Exception as e:  # noqa: BLE001 - retried at the example's sizes, else reported below
-            if dynamic is None:
-                raise
-            try:  # ONNX cannot express some dynamic sizes (a conv's groups = batch, CondConv); fixed ones work
-                attempt(None)
-            except Exception:  # noqa: BLE001 - the failure with dynamic dims is the one reported
-                raise e from None
+            attempt(folded if fold else model, shapes)
+        except Exception as e:  # noqa: BLE001 - the first failure is the one reported
+            failure = failure or e
+            continue
+        if fold:
+            skipped["ONNX weight computations"] = (
+                f"the ONNX exporter failed on the model as it is ({_reason(failure)}); model.onnx holds what "
+                "forward computes from the weights alone as constants")
+            log.warning("osf.export: %s", skipped["ONNX weight computations"])
+        if shapes is None and dynamic is not None:
             sizes = "; ".join(f"{name} {list(t.shape)}" for name, t in zip(names, _tensor_leaves(args, kwargs)))
-            why = (f"the ONNX exporter failed with dynamic dims ({_reason(e)}); model.onnx takes the example's "
-                   f"sizes only ({sizes}), the .pt2 program any")
-            skipped["ONNX dynamic shapes"] = why
-            log.warning("osf.export: %s", why)
-    except Exception as e:  # noqa: BLE001 - the exporter raises many types; say which format failed
-        raise ExportError(f"the ONNX exporter failed on this subnet ({_reason(e)}); export without it: "
-                          "formats=('pt2',) (osf export --format pt2)") from e
+            skipped["ONNX dynamic shapes"] = (
+                f"the ONNX exporter failed with dynamic dims ({_reason(failure)}); model.onnx takes the example's "
+                f"sizes only ({sizes}), the .pt2 program any")
+            log.warning("osf.export: %s", skipped["ONNX dynamic shapes"])
+        return
+    raise ExportError(f"the ONNX exporter failed on this subnet ({_reason(failure)}); export without it: "
+                      "formats=('pt2',) (osf export --format pt2)") from failure
+
+
+def _weights_folded(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict | None) -> Any:
+    """``model``'s exported graph with each value its forward computes from weights, buffers and constants
+    alone (no input; no random or in-place op) computed once and held as a buffer, or None when there is
+    none or the model cannot be exported."""
+    try:
+        with _quiet():
+            module = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False).module()
+    except Exception:  # noqa: BLE001 - nothing to fold then; the ONNX exporter's failure is reported
+        return None
+    graph, values = module.graph, {}
+    for node in graph.nodes:
+        if node.op == "get_attr":
+            values[node] = functools.reduce(getattr, node.target.split("."), module)
+            continue
+        inputs = node.all_input_nodes
+        if node.op == "call_function" and inputs and all(n in values for n in inputs) and _pure(node.target):
+            call_args, call_kwargs = torch.fx.node.map_arg((node.args, node.kwargs), values.__getitem__)
+            with torch.no_grad():
+                values[node] = node.target(*call_args, **call_kwargs)
+    frontier = [n for n in values if n.op == "call_function" and isinstance(values[n], torch.Tensor)
+                and any(user not in values for user in n.users)]
+    for i, node in enumerate(frontier):
+        module.register_buffer(f"_osf_folded_{i}", values[node].detach().clone())
+        with graph.inserting_before(node):
+            node.replace_all_uses_with(graph.get_attr(f"_osf_folded_{i}"))
+    if not frontier:
+        return None
+    graph.eliminate_dead_code()
+    module.recompile()
+    return module
+
+
+def _pure(target: Any) -> bool:
+    """An ATen op that writes no argument and draws no random number, or taking an item of a result."""
+    if target is operator.getitem:
+        return True
+    return (isinstance(target, torch._ops.OpOverload) and not target._schema.is_mutable
+            and torch.Tag.nondeterministic_seeded not in target.tags)
 
 
 def _tensor_leaves(args: tuple, kwargs: dict) -> list[torch.Tensor]:
