@@ -23,7 +23,7 @@ def make_card(supernet: Supernet, arch: Arch, *, files: list[str], skipped: dict
     """Everything ``card.json`` holds: costs of the subnet and of the full model, the caller's metrics,
     the arch in brief, the inputs, provenance, and what to import before loading the ``.pt2``. ``dtype``:
     the one the subnet was cast to for export (its floating-point inputs take it too); ``pt2_tuples``: the
-    namedtuple classes the ``.pt2`` returns as plain tuples."""
+    namedtuple (and ``torch.return_types``) classes the ``.pt2`` returns as plain tuples."""
     space, ir = supernet.space, supernet.ir
     cost, full = supernet.cost(arch), supernet.cost(space.max())
     units_dropped = space.dropped_units(arch)
@@ -95,7 +95,7 @@ def _tuples_note(card: dict[str, Any]) -> str:
     if not classes:
         return ""
     return (f"; {', '.join(c.rpartition('.')[2] for c in classes)} returned as plain tuples, its fields in "
-            "order (a .pt2 file cannot name a namedtuple class defined outside torch)")
+            "order (a .pt2 file cannot name their classes)")
 
 
 def _value(v: Any) -> str:

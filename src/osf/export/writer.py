@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors.torch import save_file
 import torch.utils._pytree as pytree
+from safetensors.torch import save_file
 from torch.utils._pytree import tree_leaves, tree_map
 from tqdm.auto import tqdm
 
@@ -146,8 +146,8 @@ def _write_pt2(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: dict 
 def _namedtuples_as_tuples(model: torch.nn.Module, converted: set[str]) -> Iterator[None]:
     """``model`` returning plain tuples in place of the namedtuples a ``.pt2`` file cannot name (a class
     torch's pytree has no serialized name for: ``torch.return_types``, and any defined outside torch unless
-    registered in the process that loads the file too); their class paths are added to ``converted``. The forward is replaced on the
-    instance, so the program's parameter names stay the model's own."""
+    registered in the process that loads the file too); their class paths are added to ``converted``. The
+    forward is replaced on the instance, so the program's parameter names stay the model's own."""
     forward = model.forward
 
     @_wrapping(forward)

@@ -656,10 +656,10 @@ def _check_gradients(model: nn.Module, ir: IR, args: tuple, kwargs: dict, unreco
             except RuntimeError as e:
                 changed = [] if "out_of_place" in ir.info else _out_of_place(ir)
                 if not changed:
+                    why = str(e).splitlines()[0].split(". Hint:")[0][:300]
                     raise TraceError(
                         f"the captured graph cannot compute the model's gradients in "
-                        f"{'training' if training else 'eval'} mode ({str(e).splitlines()[0].split('. Hint:')[0][:300]})"
-                        f": {unrecorded.describe()}",
+                        f"{'training' if training else 'eval'} mode ({why}): {unrecorded.describe()}",
                         suggestion="keep the Function's forward free of in-place ops on tensors its ops save (out = "
                         "out.masked_fill(mask, 0) instead of out.masked_fill_(mask, 0)), or make it a custom op "
                         "(torch.library.custom_op with register_autograd), which osf keeps as one op with its "
@@ -708,7 +708,7 @@ def _out_of_place(ir: IR) -> list[str]:
                 readers[ref].append(i)
         outputs = set(serial.node_refs(graph.outputs))
         for i, op in enumerate(graph.ops):
-            functional = _functional_twin(op.target)
+            functional = op_rules.functional_form(op.target) if op_rules.is_inplace(op.target) else None
             refs = serial.node_refs(op.args[:1])
             if functional is None or not refs or refs[0] in outputs:
                 continue
@@ -718,19 +718,6 @@ def _out_of_place(ir: IR) -> list[str]:
                 op.target = functional
                 changed.append(op.name)
     return changed
-
-
-def _functional_twin(target: str) -> str | None:
-    """The out-of-place op of in-place ``target`` when it takes the same arguments, else None."""
-    if not op_rules.is_inplace(target) or target.startswith("aten.copy_."):
-        return None
-    functional = op_rules.functional_form(target)
-    try:
-        inplace, pure = serial.resolve_target(target), serial.resolve_target(functional)
-    except FormatError:
-        return None
-    same = [a.name for a in inplace._schema.arguments] == [a.name for a in pure._schema.arguments]
-    return functional if same else None
 
 
 def _returns_new_memory(target: str) -> bool:

@@ -2,6 +2,9 @@
 training flag that must follow the owner module's ``.training``, and which have side effects."""
 from __future__ import annotations
 
+from .errors import FormatError
+from .serial import resolve_target
+
 # op target -> index of the argument that is the training flag
 TRAINING_FLAG_ARG = {
     "aten.dropout.default": 2,
@@ -37,11 +40,18 @@ def is_scalar_check(target: str) -> bool:
     return target.startswith(_SCALAR_CHECKS)
 
 
-def functional_form(target: str) -> str:
-    """The out-of-place op of in-place ``target`` (``aten.relu_.default`` -> ``aten.relu.default``); it may
-    not exist (``resolve_target`` tells)."""
+def functional_form(target: str) -> str | None:
+    """The out-of-place op of in-place ``target`` (``aten.relu_.default`` -> ``aten.relu.default``), called
+    with the same arguments in its place; None where torch has no such op."""
     _, packet, overload = target.split(".")
-    return f"aten.{packet.rstrip('_')}.{overload}"
+    functional = f"aten.{packet.rstrip('_')}.{overload}"
+    try:
+        inplace, pure = resolve_target(target)._schema.arguments, resolve_target(functional)._schema.arguments
+    except FormatError:
+        return None
+    same = len(inplace) == len(pure) and [a.name for a in inplace if a.kwarg_only] == \
+        [a.name for a in pure if a.kwarg_only]
+    return functional if same else None
 
 
 def is_inplace(target: str) -> bool:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..ir.codegen import remember
 from ..ir.graph import Graph, OpNode, is_symint
 from ..ir.ops import functional_form, has_side_effect, is_inplace
-from ..ir.serial import node_refs, resolve_target
+from ..ir.serial import node_refs
 from .dims import atoms_in, value_dims
 
 if TYPE_CHECKING:
@@ -137,9 +137,7 @@ class Liveness:
 def functional_root(op: OpNode) -> bool | str:
     """Whether the out-of-place form of in-place ``op`` has a side effect (or why it has no such form)."""
     functional = functional_form(op.target)
-    try:
-        resolve_target(functional)
-    except Exception:
+    if functional is None:
         return (f"{op.name} ({op.target} in '{op.owner}') writes in place into a value that a removed unit "
                 "used to produce, and has no out-of-place form")
     return has_side_effect(functional) and not is_symint(op)

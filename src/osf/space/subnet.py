@@ -20,7 +20,7 @@ from ..ir.flops import graph_flops
 from ..ir.graph import (BUFFER, CONST, INPUT, IR, PARAM, Graph, ModuleNode, OpNode, Placeholder, is_symint,
                         with_unread_marks)
 from ..ir.ops import functional_form, has_side_effect, is_inplace
-from ..ir.serial import copy_tree, node_refs, resolve_target, shape_text, substitute_refs
+from ..ir.serial import copy_tree, node_refs, shape_text, substitute_refs
 from .analysis import FILLED, dim_source, measured_dim
 from .dims import Cat, Prod, Size, atoms_in, is_static, new_size, size_text, slice_bounds
 from .units import graph_hash
@@ -405,11 +405,9 @@ class _RuntimeSizes:
 
 def _out_of_place(op: OpNode) -> str:
     functional = functional_form(op.target)
-    try:
-        resolve_target(functional)
-    except Exception:
+    if functional is None:
         raise NotImplementedError(f"{op.name} ({op.target} in '{op.owner}') writes in place into a value "
-                                  "that a removed unit used to produce, and has no out-of-place form") from None
+                                  "that a removed unit used to produce, and has no out-of-place form")
     return functional
 
 

@@ -279,12 +279,11 @@ class _GraphTemplate:
             firsts = [r for r in node_refs(op.args[:1]) if r in instead]
             if not firsts:
                 continue
-            try:
-                functional = resolve_target(functional_form(op.target))
-            except Exception:
+            functional = functional_form(op.target)
+            if functional is None:
                 continue  # Liveness refuses the archs that would need it
             name = f"_fn{len(self.extra)}"
-            self.extra[name], self.extra[name + "i"] = functional, resolve_target(op.target)
+            self.extra[name], self.extra[name + "i"] = resolve_target(functional), resolve_target(op.target)
             ran = " and ".join(f"_on[{self.index[r]}]" for r in firsts)
             self.calls[op.name] = f"({name}i if {ran} else {name})"
 
