@@ -21,8 +21,10 @@ $(STAMP): requirements/dev.txt requirements/bench.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/osf demo --out reports/demo --force
 
+# two pytest-xdist workers (one torch thread each on two cores): much of a test is torch.export's Python
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 bench: $(STAMP)
 	$(PY) bench/zoo.py
