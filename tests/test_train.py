@@ -65,6 +65,19 @@ def test_training_reduces_the_loss_of_every_role():
     assert result.step == 40 and len(result.history) == 40
 
 
+def test_the_progress_bar_is_redrawn_now_and_then_in_a_log_not_at_every_step(capsys):
+    """Where stderr is no terminal (a log file, CI, nohup), the bar is redrawn every 10 s at most, and the
+    postfix (loss per role, throughput) rides on those redraws: it used to draw twice a step."""
+    sn = make()
+    opt, _ = opt_and_sched(sn)
+    steps = 60
+    osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=steps)
+    err = capsys.readouterr().err
+    last = err.split("\r")[-1]
+    assert f"{steps}/{steps}" in last and "max=" in last and "samples/s=" in last, last  # the final state, whole
+    assert err.count("\r") < steps // 4, err.count("\r")
+
+
 def test_resume_after_a_crash_gives_bit_identical_weights(tmp_path):
     loader = data()
     sn = make()

@@ -18,12 +18,12 @@ import torch
 import torch.utils._pytree as pytree
 from safetensors.torch import save_file
 from torch.utils._pytree import tree_leaves, tree_map
-from tqdm.auto import tqdm
 
 from ..ir.errors import OsfError
 from ..ir.graph import INPUT, IR
 from ..ir.io import staged_directory
 from ..ir.serial import node_refs
+from ..progress import progress_bar
 from ..space.arch import Arch
 from ..space.subnet import subnet_structure
 from ..supernet.batches import to_device
@@ -76,8 +76,8 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
     from .. import __version__  # the package is fully imported by the time export runs
     skipped: dict[str, str] = {}
     as_tuples: list[str] = []
-    with staged_directory(path, overwrite) as tmp, tqdm(total=len(formats) + 2, desc="export", unit="step",
-                                                 disable=not progress, dynamic_ncols=True) as bar:
+    with staged_directory(path, overwrite) as tmp, progress_bar(total=len(formats) + 2, desc="export", unit="step",
+                                                         disable=not progress) as bar:
         bar.set_postfix_str("extract")
         model = supernet.extract(arch).eval()
         args, kwargs = to_device(example_inputs(supernet.ir, example), supernet.device())

@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from ..space.arch import Arch
 from ..space.space import SearchSpace
 from ..supernet.batches import BatchFn, seeded
@@ -87,7 +87,7 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
     run.set_limits(constraints)  # an infeasible budget fails here, before anything is written or evaluated
     if cache is not None:
         run.open_cache(cache)
-    with tqdm(total=budget, desc=f"search ({algorithm})", unit="subnet", disable=not progress) as bar:
+    with progress_bar(total=budget, desc=f"search ({algorithm})", unit="subnet", disable=not progress) as bar:
         run.bar = bar
         population = population or min(50, max(8, budget // 5))
         if algorithm == "random":
@@ -206,7 +206,7 @@ class _Run:
             status = "new"
             if self.bar is not None:
                 self.bar.update(1)
-                self.bar.set_postfix(best=f"{max(p.accuracy for p in self.points.values()):.4f}")
+                self.bar.set_postfix(best=f"{max(p.accuracy for p in self.points.values()):.4f}", refresh=False)
         values = [-point.accuracy if o == "accuracy" else float(point.value(o)) for o in self.objectives]
         return status, values, self._g(self._violations({m: getattr(point, m) for m in COSTS}))
 

@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from ..space.arch import Arch
 from ..supernet.batches import BatchFn, batch_size, split_batch, to_device
 from ..supernet.supernet import Supernet
@@ -118,8 +118,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     scaler, autocast = _mixed_precision(amp, device)
     batches = _Batches(loader, seed, *position)
     history: list[dict] = []
-    bar = tqdm(total=steps, initial=start, disable=not progress or rank != 0, desc="train supernet",
-               unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=steps, initial=start, disable=not progress or rank != 0, desc="train supernet",
+                       unit="step")
     if run.restore_rng is not None:
         ckpt.set_rng_state(run.restore_rng)
     else:
@@ -181,7 +181,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             run.log(record)
             bar.update(1)
             bar.set_postfix({r: f"{v:.4f}" for r, v in role_loss.items()}
-                            | {"samples/s": f"{record['samples_per_s']:.0f}"})
+                            | {"samples/s": f"{record['samples_per_s']:.0f}"}, refresh=False)
             if run.dir is not None and (step == steps or checkpoint_every and step % checkpoint_every == 0):
                 last_ckpt = run.save(supernet, model, {
                     "step": step, "position": list(batches.position()), "optimizer": optimizer.state_dict(),
