@@ -21,6 +21,7 @@ from osf.cli.main import main
 from osf.cli.models import SpecError, resolve
 from osf.cli.pipeline import new_supernet, run_device
 from osf.cli.run_dir import build_supernet, load_trained, read_run
+from osf.export.inputs import input_names
 from osf.train import checkpoint as ckpt
 
 
@@ -176,6 +177,39 @@ def test_a_local_hugging_face_checkpoint_loads_with_its_class_weights_and_inputs
     assert data["model"].endswith("ViTForImageClassification") and any(g["kind"] == "heads" for g in data["groups"])
     with pytest.raises(SpecError, match="no config.json"):
         resolve(f"hf:{tmp_path}")
+
+
+def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsys):
+    """The data give one array per sample (token ids): the model is traced with that input alone where its
+    forward has defaults for the example's others (the attention mask), and the loss and the accuracy read
+    the logits of the Hugging Face output. An input without a default is refused, named."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=50,
+        max_position_embeddings=64, num_labels=3)).save_pretrained(tmp_path / "bert")
+    x = np.random.default_rng(0).integers(1, 50, (96, 12))
+    np.savez(tmp_path / "text.npz", x_train=x[:64], y_train=x[:64, 0] % 3, x_val=x[64:], y_val=x[64:, 0] % 3)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "hf:./bert", "--data", "npz:text.npz", "--out", "run", "--steps", "4", "--quiet"]) == 0
+    assert 0 <= json.loads((tmp_path / "run" / "run.json").read_text())["result"]["val_accuracy"]["max"] <= 1
+    assert input_names(load_trained(tmp_path / "run").supernet.ir) == ["input_ids"]
+    (tmp_path / "two.py").write_text(
+        "import torch\n"
+        "class Two(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a = torch.nn.Linear(4, 3)\n"
+        "    def forward(self, x, scale):\n"
+        "        return self.a(x) * scale\n"
+        "def build():\n"
+        "    return Two(), (torch.randn(2, 4), torch.ones(2, 1))\n")
+    f = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    np.savez(tmp_path / "f.npz", x_train=f, y_train=np.arange(8) % 3, x_val=f, y_val=np.arange(8) % 3)
+    capsys.readouterr()
+    assert main(["train", "python:two.py:build", "--data", "npz:f.npz", "--out", "run2", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "['scale'] has no default" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("spec, message", [

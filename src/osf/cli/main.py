@@ -23,7 +23,8 @@ from .data import BUILT_IN
 from .models import BUILTIN, SpecError, is_saved_ir, resolve
 
 MODEL_HELP = ("MODEL is torchvision:NAME, timm:NAME, hf:ARCH (bert, roberta, distilbert, gpt2, llama, mixtral, vit), "
-              f"sam:vit_b, sam:tiny, minilm, builtin:NAME ({', '.join(BUILTIN)}), python:pkg.module:factory, "
+              "hf:PATH (a local save_pretrained folder, e.g. hf:./my-bert), sam:vit_b, sam:tiny, minilm, "
+              f"builtin:NAME ({', '.join(BUILTIN)}), python:pkg.module:factory, "
               "python:path/to/file.py:factory, or a directory written by --save / ir.save.")
 DATA_HELP = (f"data: {', '.join(BUILT_IN)} (built in), npz:PATH (arrays x_train, y_train, x_val, y_val) or "
              "python:pkg.module:function / python:path/to/file.py:function (returning those four)")

@@ -1,6 +1,7 @@
 """The stages behind ``osf train`` / ``search`` / ``export`` / ``run``, on a run directory (see ``run_dir``)."""
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -21,9 +22,10 @@ from ..space.arch import Arch
 from ..space.space import SearchSpace
 from ..supernet import Supernet
 from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, WarmupSampler, evaluate, train
+from ..train.distill import select_output
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import load_data, loaders
-from .models import BUILTIN, SpecError, is_module_spec, is_saved_ir, python_target, resolve
+from .models import BUILTIN, ModelSpec, SpecError, is_module_spec, is_saved_ir, python_target, resolve
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -83,9 +85,33 @@ def new_supernet(model: str, space: SpaceSettings, image_size: int | None = None
     if is_saved_ir(model):
         return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
     m = resolve(model, image_size=image_size)  # built here for the supernet alone: no copy of its weights
+    if inputs is not None:
+        m = _fed_one_array(model, m)
     if inputs is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
         _check_inputs(model, m.args[0], inputs, spatial=bool(m.trace_options.get("dynamic_spatial")))
     return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
+
+
+def _fed_one_array(model: str, m: ModelSpec) -> ModelSpec:
+    """The spec traced as the data will call it: one array per batch, the model's first input. Its other
+    example tensors (a text model's ``attention_mask``) are left out where ``forward`` has a default for
+    them, and refused otherwise; inputs that are not tensors (``use_cache=False``) stay."""
+    tensors = [(i, v) for i, v in enumerate(m.args) if isinstance(v, torch.Tensor)]
+    tensors += [(k, v) for k, v in m.kwargs.items() if isinstance(v, torch.Tensor)]
+    if len(tensors) <= 1:
+        return m
+    params = list(inspect.signature(m.model.forward).parameters.values())
+    by_name = {p.name: p for p in params}
+    extra = [key for key, _ in tensors[1:]]
+    names = [params[k].name if isinstance(k, int) and k < len(params) else str(k) for k in extra]
+    required = [n for n in names if n not in by_name or by_name[n].default is inspect.Parameter.empty]
+    if required:
+        raise ConfigError(f"{model} takes {len(tensors)} input tensors, but the data give one array per sample and "
+                          f"{required} has no default; use a python: factory whose model takes one input, or "
+                          "osf.train with a batch_fn (docs/train.md)")
+    args = tuple(v for i, v in enumerate(m.args) if i not in extra)
+    kwargs = {k: v for k, v in m.kwargs.items() if k not in extra}
+    return replace(m, args=args, kwargs=kwargs)
 
 
 def _check_inputs(model: str, example: torch.Tensor, inputs: torch.Tensor, spatial: bool) -> None:
@@ -145,7 +171,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
     steps = settings.steps if settings.steps is not None else settings.epochs * len(train_loader)
     result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
-                   loss_fn=F.cross_entropy, steps=steps, sampler=_sampler(settings, supernet, len(train_loader)),
+                   loss_fn=_cross_entropy, steps=steps, sampler=_sampler(settings, supernet, len(train_loader)),
                    seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp,
                    distill=Distill("inplace", weight=settings.distill_weight) if settings.distill == "inplace" else None,
                    run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
@@ -249,6 +275,11 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     return front
 
 
+def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the model's logits: the output itself, or its ``logits`` (Hugging Face) or first entry."""
+    return F.cross_entropy(select_output(output), target)
+
+
 def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
     """``evaluate(model) -> top-1 accuracy`` over ``loader`` (floating-point inputs cast to ``dtype`` when
     given), for ``osf.search`` and reduced-precision exports."""
@@ -258,7 +289,7 @@ def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
         with torch.no_grad():
             for x, y in loader:
                 x = x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
-                correct += int((model(x).argmax(-1).cpu() == y).sum())
+                correct += int((select_output(model(x)).argmax(-1).cpu() == y).sum())
                 total += len(y)
         return correct / total
     return evaluate
