@@ -191,7 +191,8 @@ def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsy
     x = np.random.default_rng(0).integers(1, 50, (96, 12))
     np.savez(tmp_path / "text.npz", x_train=x[:64], y_train=x[:64, 0] % 3, x_val=x[64:], y_val=x[64:, 0] % 3)
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "hf:./bert", "--data", "npz:text.npz", "--out", "run", "--steps", "4", "--quiet"]) == 0
+    with pytest.warns(UserWarning, match=r"\['attention_mask'\] left at the defaults"):
+        assert main(["train", "hf:./bert", "--data", "npz:text.npz", "--out", "run", "--steps", "4", "--quiet"]) == 0
     assert 0 <= json.loads((tmp_path / "run" / "run.json").read_text())["result"]["val_accuracy"]["max"] <= 1
     assert input_names(load_trained(tmp_path / "run").supernet.ir) == ["input_ids"]
     (tmp_path / "two.py").write_text(

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ def _fed_one_array(model: str, m: ModelSpec) -> ModelSpec:
         raise ConfigError(f"{model} takes {len(tensors)} input tensors, but the data give one array per sample and "
                           f"{required} has no default; use a python: factory whose model takes one input, or "
                           "osf.train with a batch_fn (docs/train.md)")
+    warnings.warn(f"{model} is traced with its first input alone (the data give one array per sample): "
+                  f"{names} left at the defaults of its forward", stacklevel=2)
     args = tuple(v for i, v in enumerate(m.args) if i not in extra)
     kwargs = {k: v for k, v in m.kwargs.items() if k not in extra}
     return replace(m, args=args, kwargs=kwargs)
