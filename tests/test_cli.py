@@ -177,6 +177,10 @@ def test_a_local_hugging_face_checkpoint_loads_with_its_class_weights_and_inputs
     assert data["model"].endswith("ViTForImageClassification") and any(g["kind"] == "heads" for g in data["groups"])
     with pytest.raises(SpecError, match="no config.json"):
         resolve(f"hf:{tmp_path}")
+    transformers.T5ForConditionalGeneration(transformers.T5Config(
+        d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=90)).save_pretrained(tmp_path / "t5")
+    with pytest.raises(SpecError, match=r"fails on \['input_ids', 'attention_mask'\] alone .*python: factory"):
+        resolve(f"hf:{tmp_path / 't5'}")  # a decoder's inputs too
 
 
 def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsys):

@@ -15,6 +15,7 @@ import importlib.util
 import itertools
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -149,25 +150,34 @@ def _hf_checkpoint(folder: str) -> ModelSpec:
     model_cls = next((c for c in named if c is not None), transformers.AutoModel)
     model = model_cls.from_pretrained(folder, local_files_only=True).eval()
     inputs = model.main_input_name
+    factory = "write a python: factory that returns the model and its example inputs"
     if inputs == "input_ids":
+        vocab = getattr(config, "vocab_size", None)
         ids, mask = _tokenized(transformers, folder)
-        if ids is None or ids.size(1) < 2 or int(ids.max()) >= config.vocab_size:  # no (fitting) tokenizer
-            ids = torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+        if ids is None or ids.size(1) < 2 or vocab is None or int(ids.max()) >= vocab:  # no (fitting) tokenizer
+            if vocab is None:
+                raise SpecError(f"'hf:{folder}' ({type(model).__name__}): no tokenizer in the folder and no "
+                                f"vocab_size in its config to draw token ids from; {factory}")
+            ids = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0))
             mask = torch.ones_like(ids)
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-        with torch.no_grad():
-            out = model(**kwargs)
-        if {"cache", "past_key_values"} & set(out.keys()):  # a traced graph should return the outputs alone
-            kwargs["use_cache"] = False
-        return ModelSpec(model, (), kwargs, {"dynamic_seq": True})
-    if inputs == "pixel_values":
+        args, kwargs, options = (), {"input_ids": ids, "attention_mask": mask}, {"dynamic_seq": True}
+    elif inputs == "pixel_values":
         size = getattr(config, "image_size", 224)
         height, width = (size, size) if isinstance(size, int) else tuple(size)[-2:]
-        image = torch.randn(2, getattr(config, "num_channels", 3), height, width,
-                            generator=torch.Generator().manual_seed(0))
-        return ModelSpec(model, (image,))
-    raise SpecError(f"'hf:{folder}' ({type(model).__name__}) takes '{inputs}', for which osf has no example "
-                    "inputs; write a python: factory that returns the model and its example inputs")
+        args, kwargs, options = (torch.randn(2, getattr(config, "num_channels", 3), height, width,
+                                             generator=torch.Generator().manual_seed(0)),), {}, {}
+    else:
+        raise SpecError(f"'hf:{folder}' ({type(model).__name__}) takes '{inputs}', for which osf has no example "
+                        f"inputs; {factory}")
+    try:
+        with torch.no_grad():
+            out = model(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - the model needs other inputs (a decoder's, a second modality's)
+        raise SpecError(f"'hf:{folder}' ({type(model).__name__}) fails on {[*kwargs] or [inputs]} alone "
+                        f"({type(e).__name__}: {e}); {factory}") from None
+    if isinstance(out, Mapping) and {"cache", "past_key_values"} & set(out.keys()):
+        kwargs["use_cache"] = False  # no key/value cache: a traced graph returns the outputs alone
+    return ModelSpec(model, args, kwargs, options)
 
 
 def minilm() -> ModelSpec:
