@@ -150,8 +150,9 @@ def test_space_of_the_built_in_mixture_of_experts(capsys):
 
 def test_a_local_hugging_face_checkpoint_loads_with_its_class_weights_and_inputs(tmp_path, monkeypatch, capsys):
     """``hf:PATH``: a folder written by ``save_pretrained`` loads offline as the class its config names (a
-    fine-tuned head kept), with its weights; inputs from the config (image size) or the folder's tokenizer,
-    random token ids where it has none, and no key/value cache for a decoder."""
+    fine-tuned head kept), with its weights; inputs from the config (image size), the folder's tokenizer
+    (random token ids where it has none) or feature extractor (sampling rate), and no key/value cache for a
+    decoder; a model that needs more inputs is refused."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     vit = transformers.ViTForImageClassification(transformers.ViTConfig(
@@ -177,6 +178,13 @@ def test_a_local_hugging_face_checkpoint_loads_with_its_class_weights_and_inputs
     assert data["model"].endswith("ViTForImageClassification") and any(g["kind"] == "heads" for g in data["groups"])
     with pytest.raises(SpecError, match="no config.json"):
         resolve(f"hf:{tmp_path}")
+    transformers.Wav2Vec2ForSequenceClassification(transformers.Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2)).save_pretrained(tmp_path / "audio")
+    assert resolve(f"hf:{tmp_path / 'audio'}").args[0].shape == (2, 16000)  # one second at 16 kHz
+    transformers.Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(tmp_path / "audio")
+    assert resolve(f"hf:{tmp_path / 'audio'}").args[0].shape == (2, 8000)  # ... at its feature extractor's rate
     transformers.T5ForConditionalGeneration(transformers.T5Config(
         d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=90)).save_pretrained(tmp_path / "t5")
     with pytest.raises(SpecError, match=r"fails on \['input_ids', 'attention_mask'\] alone .*python: factory"):

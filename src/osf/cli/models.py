@@ -139,7 +139,7 @@ def _hf_checkpoint(folder: str) -> ModelSpec:
     """The Hugging Face checkpoint in ``folder`` (its ``config.json`` and weights), loaded offline as the class
     its config names (``architectures``: a fine-tuned classifier keeps its head) or ``AutoModel``. Example
     inputs: two sentences through the folder's tokenizer (random token ids where it has none) for a text
-    model, two images of the config's size for a vision model."""
+    model, two images of the config's size for a vision model, two seconds-long waveforms for an audio one."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
     if not (Path(folder) / "config.json").is_file():
@@ -166,6 +166,13 @@ def _hf_checkpoint(folder: str) -> ModelSpec:
         height, width = (size, size) if isinstance(size, int) else tuple(size)[-2:]
         args, kwargs, options = (torch.randn(2, getattr(config, "num_channels", 3), height, width,
                                              generator=torch.Generator().manual_seed(0)),), {}, {}
+    elif inputs == "input_values":  # a waveform: one second at the feature extractor's sampling rate
+        try:
+            rate = transformers.AutoFeatureExtractor.from_pretrained(folder, local_files_only=True).sampling_rate
+        except (OSError, ValueError, AttributeError):  # no preprocessor_config.json in the folder
+            rate = 16000
+        args, kwargs, options = (torch.randn(2, rate, generator=torch.Generator().manual_seed(0)),), {}, \
+            {"dynamic_seq": True}
     else:
         raise SpecError(f"'hf:{folder}' ({type(model).__name__}) takes '{inputs}', for which osf has no example "
                         f"inputs; {factory}")
