@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import osf
 from osf.cli.config import ConfigError, SpaceSettings, TrainSettings, parse_config, read_config
 from osf.cli.data import load_data, loaders
 from osf.cli.main import main
@@ -184,7 +185,11 @@ def test_a_local_hugging_face_checkpoint_loads_with_its_class_weights_and_inputs
         num_conv_pos_embedding_groups=2)).save_pretrained(tmp_path / "audio")
     assert resolve(f"hf:{tmp_path / 'audio'}").args[0].shape == (2, 16000)  # one second at 16 kHz
     transformers.Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(tmp_path / "audio")
-    assert resolve(f"hf:{tmp_path / 'audio'}").args[0].shape == (2, 8000)  # ... at its feature extractor's rate
+    spec = resolve(f"hf:{tmp_path / 'audio'}")
+    assert spec.args[0].shape == (2, 8000)  # ... at its feature extractor's rate
+    rebuilt = osf.trace(spec.model, spec.args, **spec.trace_options).build()  # SpecAugment in NumPy
+    with pytest.raises(osf.InputError, match="hands tensors to NumPy.*SpecAugment: switch it off"):
+        rebuilt.train()(*spec.args)
     transformers.T5ForConditionalGeneration(transformers.T5Config(
         d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=90)).save_pretrained(tmp_path / "t5")
     with pytest.raises(SpecError, match=r"fails on \['input_ids', 'attention_mask'\] alone .*python: factory"):

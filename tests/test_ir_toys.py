@@ -713,6 +713,31 @@ def test_sizes_computed_from_scalar_constant_buffers_are_captured():
             osf.trace(refused, (x,))
 
 
+class _NumpyInTraining(nn.Module):
+    """A mask computed by NumPy in training only (as SpecAugment is in wav2vec2; that one fails inside
+    NumPy, tested on the real model in test_cli)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.training:
+            keep = torch.from_numpy((np.asarray(x.abs().sum(-1).detach()) > 0).astype(np.float32))
+            h = h * keep[..., None]
+        return self.b(h)
+
+
+def test_numpy_in_training_keeps_the_eval_graph_and_says_why_training_fails():
+    x = torch.randn(2, 5, 8)
+    model = _NumpyInTraining().eval()
+    rebuilt = osf.trace(model, (x,)).build()
+    assert_same(model(x), rebuilt.eval()(x), "eval")
+    with pytest.raises(osf.InputError, match="hands tensors to NumPy, which torch.export cannot trace"):
+        rebuilt.train()(x)
+
+
 @pytest.mark.parametrize("draw", ["torch", "python"])
 def test_random_branch_in_training_keeps_the_eval_graph_quietly(draw, capsys):
     """Layer drop decided by a random draw in training cannot be one graph: the training capture fails with

@@ -1138,6 +1138,10 @@ def _trace_error(model: nn.Module, exc: BaseException, module: str, before: list
         hint = (f"a packed sequence (nn.utils.rnn.pack_padded_sequence) reaching {cls} has per-step batch sizes "
                 "that depend on the lengths' values, which a graph cannot capture; run it on the padded batch "
                 "and take each sequence's last valid step by index (or mask the padding)")
+    elif any("/numpy/" in f.filename for f in frames) or ".numpy()" in text:
+        hint = (f"{cls}.forward hands tensors to NumPy, which torch.export cannot trace (the tensors are symbolic "
+                "there); write that part with torch ops, or keep it out of forward (NumPy-drawn masking in "
+                "training, such as SpecAugment: switch it off, or apply it in the data pipeline)")
     elif "cache" in text or "past_key_values" in text:
         hint = "pass use_cache=False (and return_dict=True) in kwargs"
     elif "data-dependent" in text or "guard" in text or "unbacked" in text:
