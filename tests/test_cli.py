@@ -199,7 +199,8 @@ def test_a_local_hugging_face_checkpoint_loads_with_its_class_weights_and_inputs
 def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsys):
     """The data give one array per sample (token ids): the model is traced with that input alone where its
     forward has defaults for the example's others (the attention mask), and the loss and the accuracy read
-    the logits of the Hugging Face output. An input without a default is refused, named."""
+    the logits of the Hugging Face output. An input without a default is refused, named, and outputs that are
+    no class scores for the data's labels with one line."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     transformers.BertForSequenceClassification(transformers.BertConfig(
@@ -212,6 +213,15 @@ def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsy
         assert main(["train", "hf:./bert", "--data", "npz:text.npz", "--out", "run", "--steps", "4", "--quiet"]) == 0
     assert 0 <= json.loads((tmp_path / "run" / "run.json").read_text())["result"]["val_accuracy"]["max"] <= 1
     assert input_names(load_trained(tmp_path / "run").supernet.ir) == ["input_ids"]
+    np.savez(tmp_path / "six.npz", x_train=x[:64], y_train=x[:64, 0] % 6, x_val=x[64:], y_val=x[64:, 0] % 6)
+    capsys.readouterr()
+    assert main(["train", "hf:./bert", "--data", "npz:six.npz", "--out", "six", "--steps", "1", "--quiet"]) == 2
+    assert "labels up to 5 but the model scores 3 classes" in capsys.readouterr().err
+    transformers.BertModel(transformers.BertConfig(  # no head: hidden states, not class scores
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=50,
+        max_position_embeddings=64)).save_pretrained(tmp_path / "encoder")
+    assert main(["train", "hf:./encoder", "--data", "npz:text.npz", "--out", "enc", "--steps", "1", "--quiet"]) == 2
+    assert "needs class scores shaped [batch, classes]" in capsys.readouterr().err
     (tmp_path / "two.py").write_text(
         "import torch\n"
         "class Two(torch.nn.Module):\n"

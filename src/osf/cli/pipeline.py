@@ -279,8 +279,17 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
 
 
 def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the model's logits: the output itself, or its ``logits`` (Hugging Face) or first entry."""
-    return F.cross_entropy(select_output(output), target)
+    """Cross-entropy of the model's logits: the output itself, or its ``logits`` (Hugging Face) or first entry;
+    refused, saying why, where they are not one row of class scores per sample covering every label."""
+    logits = select_output(output)
+    if logits.dim() != 2 or logits.size(0) != target.size(0):
+        raise ConfigError(f"the model returns {list(logits.shape)} where osf train needs class scores shaped "
+                          f"[batch, classes] for {target.size(0)} samples; use a model with a classification head "
+                          "(e.g. a Hugging Face ...ForSequenceClassification checkpoint)")
+    if int(target.max()) >= logits.size(1):
+        raise ConfigError(f"the data have labels up to {int(target.max())} but the model scores "
+                          f"{logits.size(1)} classes; give it a head with at least {int(target.max()) + 1}")
+    return F.cross_entropy(logits, target)
 
 
 def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
