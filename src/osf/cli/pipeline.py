@@ -173,10 +173,10 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     supernet.to(device)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
     steps = settings.steps if settings.steps is not None else settings.epochs * len(train_loader)
+    distill = Distill("inplace", weight=settings.distill_weight) if settings.distill == "inplace" else None
     result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
                    loss_fn=_cross_entropy, steps=steps, sampler=_sampler(settings, supernet, len(train_loader)),
-                   seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp,
-                   distill=Distill("inplace", weight=settings.distill_weight) if settings.distill == "inplace" else None,
+                   seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp, distill=distill,
                    run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
     if main_rank:
         accuracy = {name: round(evaluate(supernet, arch, val_loader, calib_loader=train_loader), 4)
