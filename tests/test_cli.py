@@ -217,6 +217,7 @@ def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsy
     capsys.readouterr()
     assert main(["train", "hf:./bert", "--data", "npz:six.npz", "--out", "six", "--steps", "1", "--quiet"]) == 2
     assert "labels up to 5 but the model scores 3 classes" in capsys.readouterr().err
+    assert not (tmp_path / "six").exists()  # refused before the run directory is written
     transformers.BertModel(transformers.BertConfig(  # no head: hidden states, not class scores
         hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=50,
         max_position_embeddings=64)).save_pretrained(tmp_path / "encoder")

@@ -165,6 +165,9 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     else:
         torch.manual_seed(settings.seed)  # the model's initial weights
         supernet = new_supernet(model, space, image_size, inputs=splits[0][:2])
+        with torch.no_grad():  # outputs that are no class scores for these labels: refused before anything is written
+            _class_scores(supernet.eval()(splits[0][:2]), splits[1][:2], int(max(splits[1].max(), splits[3].max())))
+        supernet.train()
         run = requested
         if main_rank:
             supernet.ir.save(str(out / IR_DIR), overwrite=True)  # a run cut short before its run.json is redone
@@ -278,18 +281,25 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     return front
 
 
-def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the model's logits: the output itself, or its ``logits`` (Hugging Face) or first entry;
-    refused, saying why, where they are not one row of class scores per sample covering every label."""
+def _class_scores(output: Any, target: torch.Tensor, top_label: int | None = None) -> torch.Tensor:
+    """The model's logits (the output itself, or its ``logits`` (Hugging Face) or first entry), refused,
+    saying why, where they are not one row of class scores per sample covering every label (the largest
+    ``top_label``, by default the target's)."""
     logits = select_output(output)
     if logits.dim() != 2 or logits.size(0) != target.size(0):
         raise ConfigError(f"the model returns {list(logits.shape)} where osf train needs class scores shaped "
                           f"[batch, classes] for {target.size(0)} samples; use a model with a classification head "
                           "(e.g. a Hugging Face ...ForSequenceClassification checkpoint)")
-    if int(target.max()) >= logits.size(1):
-        raise ConfigError(f"the data have labels up to {int(target.max())} but the model scores "
-                          f"{logits.size(1)} classes; give it a head with at least {int(target.max()) + 1}")
-    return F.cross_entropy(logits, target)
+    top = int(target.max()) if top_label is None else top_label
+    if top >= logits.size(1):
+        raise ConfigError(f"the data have labels up to {top} but the model scores {logits.size(1)} classes; "
+                          f"give it a head with at least {top + 1}")
+    return logits
+
+
+def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the model's class scores (``_class_scores``)."""
+    return F.cross_entropy(_class_scores(output, target), target)
 
 
 def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
