@@ -164,9 +164,10 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             say(f"resuming the run in {out}")
     else:
         torch.manual_seed(settings.seed)  # the model's initial weights
-        supernet = new_supernet(model, space, image_size, inputs=splits[0][:2])
+        sample = splits[0][:2]
+        supernet = new_supernet(model, space, image_size, inputs=sample)
         with torch.no_grad():  # outputs that are no class scores for these labels: refused before anything is written
-            _class_scores(supernet.eval()(splits[0][:2]), splits[1][:2], int(max(splits[1].max(), splits[3].max())))
+            _check_class_scores(supernet.eval()(sample), len(sample), int(max(splits[1].max(), splits[3].max())))
         supernet.train()
         run = requested
         if main_rank:
@@ -281,25 +282,22 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     return front
 
 
-def _class_scores(output: Any, target: torch.Tensor, top_label: int | None = None) -> torch.Tensor:
-    """The model's logits (the output itself, or its ``logits`` (Hugging Face) or first entry), refused,
-    saying why, where they are not one row of class scores per sample covering every label (the largest
-    ``top_label``, by default the target's)."""
+def _check_class_scores(output: Any, samples: int, top_label: int) -> None:
+    """Refuse, saying why, a model output whose logits (the output itself, or its ``logits`` (Hugging Face) or
+    first entry) are not one row of class scores for each of ``samples`` covering labels up to ``top_label``."""
     logits = select_output(output)
-    if logits.dim() != 2 or logits.size(0) != target.size(0):
+    if logits.dim() != 2 or logits.size(0) != samples:
         raise ConfigError(f"the model returns {list(logits.shape)} where osf train needs class scores shaped "
-                          f"[batch, classes] for {target.size(0)} samples; use a model with a classification head "
+                          f"[batch, classes] for {samples} samples; use a model with a classification head "
                           "(e.g. a Hugging Face ...ForSequenceClassification checkpoint)")
-    top = int(target.max()) if top_label is None else top_label
-    if top >= logits.size(1):
-        raise ConfigError(f"the data have labels up to {top} but the model scores {logits.size(1)} classes; "
-                          f"give it a head with at least {top + 1}")
-    return logits
+    if top_label >= logits.size(1):
+        raise ConfigError(f"the data have labels up to {top_label} but the model scores {logits.size(1)} classes; "
+                          f"give it a head with at least {top_label + 1}")
 
 
 def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the model's class scores (``_class_scores``)."""
-    return F.cross_entropy(_class_scores(output, target), target)
+    """Cross-entropy of the model's logits (checked once, before training, by ``_check_class_scores``)."""
+    return F.cross_entropy(select_output(output), target)
 
 
 def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
