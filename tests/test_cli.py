@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,25 @@ def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsy
         assert main(["train", "hf:./bert", "--data", "npz:text.npz", "--out", "run", "--steps", "4", "--quiet"]) == 0
     assert 0 <= json.loads((tmp_path / "run" / "run.json").read_text())["result"]["val_accuracy"]["max"] <= 1
     assert input_names(load_trained(tmp_path / "run").supernet.ir) == ["input_ids"]
+    lengths = np.random.default_rng(1).integers(3, 13, 96)  # padded token ids, with their attention masks
+    mask = (np.arange(12) < lengths[:, None]).astype(np.int64)
+    np.savez(tmp_path / "padded.npz", x_train=x[:64] * mask[:64], y_train=x[:64, 0] % 3, x_val=x[64:] * mask[64:],
+             y_val=x[64:, 0] % 3, attention_mask_train=mask[:64], attention_mask_val=mask[64:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "hf:./bert", "--data", "npz:padded.npz", "--out", "masked", "--steps", "4",
+                     "--quiet"]) == 0
+    assert not [w for w in caught if "left at the defaults" in str(w.message)]
+    trained = load_trained(tmp_path / "masked")
+    assert input_names(trained.supernet.ir) == ["input_ids", "attention_mask"]
+    best = trained.supernet.extract(trained.supernet.space.max()).eval()
+    ids, masks = torch.as_tensor(x[64:] * mask[64:]), torch.as_tensor(mask[64:])
+    with torch.no_grad():  # the recorded accuracy is the one with the masks
+        hits = best(input_ids=ids, attention_mask=masks).logits.argmax(-1) == torch.as_tensor(x[64:, 0] % 3)
+        unmasked = best(input_ids=ids, attention_mask=torch.ones_like(masks)).logits
+        assert not torch.allclose(unmasked, best(input_ids=ids, attention_mask=masks).logits)
+    assert json.loads((tmp_path / "masked" / "run.json").read_text())["result"]["val_accuracy"]["max"] == \
+        round(hits.float().mean().item(), 4)
     np.savez(tmp_path / "six.npz", x_train=x[:64], y_train=x[:64, 0] % 6, x_val=x[64:], y_val=x[64:, 0] % 6)
     capsys.readouterr()
     assert main(["train", "hf:./bert", "--data", "npz:six.npz", "--out", "six", "--steps", "1", "--quiet"]) == 2
@@ -239,6 +259,51 @@ def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsy
     assert main(["train", "python:two.py:build", "--data", "npz:f.npz", "--out", "run2", "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "['scale'] has no default" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_further_model_inputs_come_from_the_data_by_name(tmp_path, monkeypatch, capsys):
+    """Arrays NAME_train / NAME_val are the model's input NAME (here a mask its example leaves out): it is
+    traced with them, trained, searched and exported on them; a name its forward lacks is refused."""
+    (tmp_path / "pool.py").write_text(
+        "import numpy as np, torch\n"
+        "class Pool(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b = torch.nn.Linear(4, 16), torch.nn.Linear(16, 3)\n"
+        "    def forward(self, x, mask=None):\n"
+        "        h = self.a(x).relu()\n"
+        "        return self.b((h * mask[..., None] if mask is not None else h).sum(1))\n"
+        "def build():\n"
+        "    return Pool(), (torch.randn(2, 5, 4),)\n"
+        "def data(extra='mask'):\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    mask = (np.arange(5) < rng.integers(1, 6, (48, 1))).astype(np.float32)\n"
+        "    x = np.where(mask[..., None] > 0, rng.normal(size=(48, 5, 4)), 1e3).astype(np.float32)\n"
+        "    y = np.arange(48) % 3\n"
+        "    return {'x_train': x[:32], 'y_train': y[:32], 'x_val': x[32:], 'y_val': y[32:],\n"
+        "            extra + '_train': mask[:32], extra + '_val': mask[32:]}\n"
+        "def wrong():\n"
+        "    return data('nope')\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "python:pool.py:build", "--data", "python:pool.py:data", "--out", "run", "--steps", "3",
+                 "--quiet"]) == 0
+    trained = load_trained(tmp_path / "run")
+    assert input_names(trained.supernet.ir) == ["x", "mask"]
+    data = load_data("python:pool.py:data")
+    best = trained.supernet.extract(trained.supernet.space.max()).eval()
+    with torch.no_grad():  # padding is 1e3: scores without the mask would be far off
+        hits = best(data.x_val, mask=data.inputs_val["mask"]).argmax(-1) == data.y_val
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["result"]["val_accuracy"]["max"] == \
+        round(hits.float().mean().item(), 4)
+    assert main(["search", "run", "--budget", "4", "--quiet"]) == 0
+    assert main(["export", "run", "--pick", "flops=100%", "--out", "best", "--format", "pt2", "--quiet"]) == 0
+    card = json.loads((tmp_path / "best" / "card.json").read_text())
+    assert [i["name"] for i in card["inputs"]] == ["x", "mask"] and card["metrics"]["accuracy"] >= 0
+    capsys.readouterr()
+    assert main(["train", "python:pool.py:build", "--data", "python:pool.py:wrong", "--out", "w", "--steps", "1",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "nope_train / nope_val, but 'nope' is no parameter of its forward ('x', 'mask')" in err, err
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -557,7 +622,7 @@ def test_search_then_export_the_pick_and_run_a_config(trained_run, tmp_path, cap
     small = json.loads((tmp_path / "small" / "card.json").read_text())
     assert small["flops"] <= 0.6 * small["full_model"]["flops"]
     # its BatchNorm statistics are those the search measured: it scores the front's accuracy
-    _, _, x_val, y_val = load_data("digits")
+    _, _, x_val, y_val = load_data("digits")[:4]
     with torch.no_grad():
         predicted = torch.export.load(str(tmp_path / "small" / "model.pt2")).module()(x_val).argmax(-1)
     assert round(float((predicted == y_val).float().mean()), 4) == small["metrics"]["accuracy"]
@@ -703,11 +768,23 @@ def tiny_data():
 
 
 def test_data_specs(tmp_path):
-    x, y, xv, yv = load_data("python:test_cli:tiny_data")
-    assert x.dtype == torch.float32 and y.dtype == torch.long and tuple(xv.shape) == (2, 1, 8, 8)
+    x, y, xv, yv, more, _ = load_data("python:test_cli:tiny_data")
+    assert x.dtype == torch.float32 and y.dtype == torch.long and tuple(xv.shape) == (2, 1, 8, 8) and more == {}
     np.savez(tmp_path / "d.npz", x_train=np.ones((4, 3)), y_train=np.arange(4), x_val=np.ones((2, 3)),
              y_val=np.arange(2))
-    assert [tuple(t.shape) for t in load_data(f"npz:{tmp_path / 'd.npz'}")] == [(4, 3), (4,), (2, 3), (2,)]
+    assert [tuple(t.shape) for t in load_data(f"npz:{tmp_path / 'd.npz'}")[:4]] == [(4, 3), (4,), (2, 3), (2,)]
+    arrays = dict(x_train=np.ones((4, 3)), y_train=np.arange(4), x_val=np.ones((2, 3)), y_val=np.arange(2))
+    np.savez(tmp_path / "m.npz", **arrays, mask_train=np.ones((4, 3), np.int64), mask_val=np.zeros((2, 3), bool))
+    data = load_data(f"npz:{tmp_path / 'm.npz'}")  # further inputs by name, dtypes kept
+    assert data.inputs_train["mask"].dtype == torch.int64 and data.inputs_val["mask"].dtype == torch.bool
+    batch = next(iter(loaders(data, 2, "x")[1]))
+    assert sorted(batch) == ["labels", "mask", "x"] and batch["mask"].shape == (2, 3)
+    for extra, message in [(dict(mask_train=np.ones((4, 3))), r"lacks mask_val"),
+                           (dict(mask_train=np.ones((3, 3)), mask_val=np.ones((2, 3))), "mask_train has 3 rows"),
+                           (dict(labels_train=np.ones(4), labels_val=np.ones(2)), "'labels' cannot name")]:
+        np.savez(tmp_path / "bad.npz", **arrays, **extra)
+        with pytest.raises(SpecError, match=message):
+            load_data(f"npz:{tmp_path / 'bad.npz'}")
     np.savez(tmp_path / "e.npz", x_train=np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"lacks array\(s\) \['y_train', 'x_val', 'y_val'\]"):
         load_data(f"npz:{tmp_path / 'e.npz'}")

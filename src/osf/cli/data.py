@@ -1,28 +1,43 @@
-"""Data specs understood by the ``osf`` command, each resolved to ``(x_train, y_train, x_val, y_val)``
-tensors of a classification task.
+"""Data specs understood by the ``osf`` command, each resolved to the ``x_train, y_train, x_val, y_val``
+tensors of a classification task, plus any further model inputs by name.
 
 ``digits`` (scikit-learn's 8x8 digits), ``mnist1d`` (MNIST-1D, generated locally), ``npz:PATH`` (a NumPy
 archive with arrays ``x_train``, ``y_train``, ``x_val``, ``y_val``; read without unpickling) or
-``python:pkg.module:function`` (a function returning those four as tensors or arrays)."""
+``python:pkg.module:function`` (a function returning those four as tensors or arrays, or a dict of arrays
+named as in the archive). ``x`` is the model's first input; arrays ``NAME_train`` and ``NAME_val`` (a text
+model's ``attention_mask_train`` / ``attention_mask_val``) are its input ``NAME``, one row per sample."""
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .models import SpecError, call_target
 
-Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 NAMES = ("x_train", "y_train", "x_val", "y_val")
 BUILT_IN = ("digits", "mnist1d")
+SPLITS = ("_train", "_val")
+LABELS = "labels"  # the target's key in a batch of named inputs (``osf.supernet.batches.split_batch``)
+
+
+class Splits(NamedTuple):
+    """A classification task: inputs and labels of both splits, and the model's further inputs by name
+    (each a tensor with one row per sample of its split)."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    inputs_train: dict[str, torch.Tensor] = {}
+    inputs_val: dict[str, torch.Tensor] = {}
 
 
 def load_data(spec: str, root: str | None = None) -> Splits:
-    """The four tensors named by ``spec`` (inputs as float32 unless integer, labels as int64); a
+    """The splits named by ``spec`` (inputs as float32 unless integer, labels as int64); a
     ``python:pkg.module:function`` spec is imported from ``root`` (default: the working directory)."""
     kind, _, rest = spec.partition(":")
     if spec in BUILT_IN:
@@ -46,13 +61,13 @@ def _npz(path: Path) -> Splits:
             raise ValueError("it holds a single array")
         with archive:
             files = archive.files
-            arrays = {n: archive[n] for n in NAMES if n in files}
+            arrays = {n: archive[n] for n in files if n in NAMES or n.endswith(SPLITS)}
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise SpecError(f"cannot read data file '{path}' as a NumPy .npz archive without pickling: {e}") from None
     missing = [n for n in NAMES if n not in arrays]
     if missing:
         raise SpecError(f"data file '{path}' lacks array(s) {missing}; it has {files}, needs {', '.join(NAMES)}")
-    return _checked([arrays[n] for n in NAMES], f"npz:{path}")
+    return _checked(arrays, f"npz:{path}")
 
 
 def _python(target: str, root: str | None) -> Splits:
@@ -60,29 +75,82 @@ def _python(target: str, root: str | None) -> Splits:
 
 
 def _checked(out: Any, spec: str) -> Splits:
-    if not (isinstance(out, (tuple, list)) and len(out) == 4):
-        raise SpecError(f"data '{spec}' must give four arrays ({', '.join(NAMES)}), got {type(out).__name__}")
+    if isinstance(out, Mapping):
+        missing = [n for n in NAMES if n not in out]
+        if missing:
+            raise SpecError(f"data '{spec}' lacks {missing}; it has {sorted(out)}, needs {', '.join(NAMES)}")
+        inputs = _named_inputs(out, spec)
+        out = [out[n] for n in NAMES]
+    elif isinstance(out, (tuple, list)) and len(out) == 4:
+        inputs = ({}, {})
+    else:
+        raise SpecError(f"data '{spec}' must give four arrays ({', '.join(NAMES)}) or a dict of them, got "
+                        f"{type(out).__name__}")
     tensors = []
     for name, a in zip(NAMES, out):
-        t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
         if name.startswith("x"):
-            t = t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
-        elif t.is_floating_point() or t.dim() != 1:
-            raise SpecError(f"data '{spec}': {name} must be a 1-D array of integer class labels, got "
-                            f"{t.dtype} {tuple(t.shape)}")
+            t = _input(a)
         else:
+            t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+            if t.is_floating_point() or t.dim() != 1:
+                raise SpecError(f"data '{spec}': {name} must be a 1-D array of integer class labels, got "
+                                f"{t.dtype} {tuple(t.shape)}")
             t = t.long()
         tensors.append(t)
-    for x, y in ((tensors[0], tensors[1]), (tensors[2], tensors[3])):
+    for i, split in enumerate(SPLITS):
+        x, y = tensors[2 * i], tensors[2 * i + 1]
         if len(x) != len(y) or len(x) == 0:
             raise SpecError(f"data '{spec}': inputs and labels differ in length or are empty "
                             f"({len(x)} vs {len(y)})")
-    return tensors[0], tensors[1], tensors[2], tensors[3]
+        for name, t in inputs[i].items():
+            if t.dim() == 0 or len(t) != len(x):
+                raise SpecError(f"data '{spec}': {name}{split} has {len(t) if t.dim() else 0} rows, x{split} "
+                                f"{len(x)}; give one row per sample")
+    return Splits(*tensors, *inputs)
 
 
-def loaders(data: Splits, batch_size: int) -> tuple[DataLoader, DataLoader]:
+def _input(a: Any) -> torch.Tensor:
+    """A model input as a tensor: floating point as float32, integers and booleans as they are."""
+    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+    return t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
+
+
+def _named_inputs(arrays: Mapping[str, Any], spec: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The further model inputs of a dict of arrays: ``NAME_train`` with ``NAME_val``, ``NAME`` neither x nor y
+    nor the batches' label key."""
+    names = {k.removesuffix(split) for k in arrays for split in SPLITS if k.endswith(split) and k not in NAMES}
+    for name in sorted(names):
+        unpaired = [name + split for split in SPLITS if name + split not in arrays]
+        if unpaired or not name.isidentifier() or name == LABELS:
+            why = (f"lacks {unpaired[0]}: a further model input needs both {name}_train and {name}_val"
+                   if unpaired else f"'{name}' cannot name a model input (a Python identifier other than {LABELS!r})")
+            raise SpecError(f"data '{spec}' {why}")
+    return tuple({n: _input(arrays[n + split]) for n in sorted(names)} for split in SPLITS)
+
+
+class _Named(Dataset):
+    """Samples as dicts: the model's inputs by name and the label under ``LABELS``."""
+
+    def __init__(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**{k: v[i] for k, v in self.inputs.items()}, LABELS: self.labels[i]}
+
+
+def loaders(data: Splits, batch_size: int, x_name: str | None = None) -> tuple[DataLoader, DataLoader]:
     """A shuffling training loader (its own generator, which ``osf.train`` reseeds every epoch) and a
-    validation loader."""
-    x, y, xv, yv = data
-    train = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=torch.Generator())
-    return train, DataLoader(TensorDataset(xv, yv), batch_size=max(batch_size, 256))
+    validation loader: ``(x, y)`` batches, or with further inputs dicts of the inputs by name (``x`` as
+    ``x_name``, the model's name for its first input) and the labels under ``LABELS``."""
+    def dataset(x: torch.Tensor, y: torch.Tensor, inputs: dict[str, torch.Tensor]) -> Dataset:
+        if not inputs:
+            return TensorDataset(x, y)
+        if x_name is None:
+            raise ValueError("data with further model inputs need x_name, the model's name for its first input")
+        return _Named({x_name: x, **inputs}, y)
+    train = DataLoader(dataset(data.x_train, data.y_train, data.inputs_train), batch_size=batch_size, shuffle=True,
+                       generator=torch.Generator())
+    return train, DataLoader(dataset(data.x_val, data.y_val, data.inputs_val), batch_size=max(batch_size, 256))

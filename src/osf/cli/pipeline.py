@@ -14,18 +14,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch.utils.data import DataLoader
 
 from ..export import export
 from ..ir import load_ir
+from ..ir.codegen import load_spec, traced_signature
+from ..ir.serial import spec_children
 from ..search import Front, LatencyModel, search
 from ..space.arch import Arch
 from ..space.space import SearchSpace
 from ..supernet import Supernet
+from ..supernet.batches import split_batch
 from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, WarmupSampler, evaluate, train
 from ..train.distill import select_output
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
-from .data import load_data, loaders
+from .data import Splits, load_data, loaders
 from .models import BUILTIN, ModelSpec, SpecError, is_module_spec, is_saved_ir, python_target, resolve
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
@@ -78,43 +82,93 @@ def _one_gpu_per_rank(key: str, setting: str) -> str:
 
 
 def new_supernet(model: str, space: SpaceSettings, image_size: int | None = None,
-                 inputs: torch.Tensor | None = None) -> Supernet:
-    """Trace the model spec (or load a saved IR) into a supernet over ``space``. ``inputs``: a batch of the
-    data the supernet will train on, refused before tracing when the model's example input is shaped
-    otherwise."""
+                 data: Splits | None = None) -> Supernet:
+    """Trace the model spec (or load a saved IR) into a supernet over ``space``. ``data``: what the supernet
+    will train on; the model is traced as the data will call it, and refused before tracing when its example
+    input is shaped otherwise than the data's samples."""
     options = to_json(space)
     if is_saved_ir(model):
         return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
     m = resolve(model, image_size=image_size)  # built here for the supernet alone: no copy of its weights
-    if inputs is not None:
-        m = _fed_one_array(model, m)
-    if inputs is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
-        _check_inputs(model, m.args[0], inputs, spatial=bool(m.trace_options.get("dynamic_spatial")))
+    if data is not None:
+        m = _fed_by(data, model, m)
+    if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
+        _check_inputs(model, m.args[0], data.x_train[:2], spatial=bool(m.trace_options.get("dynamic_spatial")))
     return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
 
 
-def _fed_one_array(model: str, m: ModelSpec) -> ModelSpec:
-    """The spec traced as the data will call it: one array per batch, the model's first input. Its other
-    example tensors (a text model's ``attention_mask``) are left out where ``forward`` has a default for
-    them, and refused otherwise; inputs that are not tensors (``use_cache=False``) stay."""
+def _fed_by(data: Splits, model: str, m: ModelSpec) -> ModelSpec:
+    """The spec traced as the data will call it: the data's ``x`` as its first input and their further inputs
+    (``NAME_train`` / ``NAME_val`` arrays) by name, then from the data's first two samples. Its other example
+    tensors (a text model's ``attention_mask`` when the data give token ids alone) are left out where
+    ``forward`` has a default for them, and refused otherwise; inputs that are not tensors (``use_cache=False``)
+    stay."""
     tensors = [(i, v) for i, v in enumerate(m.args) if isinstance(v, torch.Tensor)]
     tensors += [(k, v) for k, v in m.kwargs.items() if isinstance(v, torch.Tensor)]
-    if len(tensors) <= 1:
+    given = data.inputs_train
+    if len(tensors) <= 1 and not given:
         return m
     params = list(inspect.signature(m.model.forward).parameters.values())
     by_name = {p.name: p for p in params}
-    extra = [key for key, _ in tensors[1:]]
-    names = [params[k].name if isinstance(k, int) and k < len(params) else str(k) for k in extra]
-    required = [n for n in names if n not in by_name or by_name[n].default is inspect.Parameter.empty]
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.POSITIONAL_ONLY)]
+
+    def name_of(key: int | str) -> str:
+        return named[key].name if isinstance(key, int) and key < len(named) else str(key)
+    first = name_of(tensors[0][0]) if tensors else None
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
+    unknown = [n for n in given if n == first or not (n in by_name or takes_any)]
+    if unknown:
+        why = "is its first input, which x_train / x_val feed" if unknown[0] == first else \
+            f"is no parameter of its forward {tuple(by_name)}"
+        raise ConfigError(f"the data give {unknown[0]}_train / {unknown[0]}_val, but '{unknown[0]}' {why}; "
+                          "rename or drop those arrays")
+    left = [(k, name_of(k)) for k, _ in tensors[1:] if name_of(k) not in given]
+    required = [n for _, n in left if n not in by_name or by_name[n].default is inspect.Parameter.empty]
     if required:
-        raise ConfigError(f"{model} takes {len(tensors)} input tensors, but the data give one array per sample and "
-                          f"{required} has no default; use a python: factory whose model takes one input, or "
-                          "osf.train with a batch_fn (docs/train.md)")
-    warnings.warn(f"{model} is traced with its first input alone (the data give one array per sample): "
-                  f"{names} left at the defaults of its forward", stacklevel=2)
-    args = tuple(v for i, v in enumerate(m.args) if i not in extra)
-    kwargs = {k: v for k, v in m.kwargs.items() if k not in extra}
-    return replace(m, args=args, kwargs=kwargs)
+        raise ConfigError(f"{model} takes the input tensors {[name_of(k) for k, _ in tensors]}, but the data give "
+                          f"{['x', *given]} and {required} has no default: give it as arrays "
+                          f"{required[0]}_train and {required[0]}_val in the data, or use a python: factory whose "
+                          "model takes the data's inputs (or osf.train with a batch_fn, docs/train.md)")
+    if left:
+        warnings.warn(f"{model} is traced with the data's inputs {[first, *given]}: {[n for _, n in left]} left at "
+                      "the defaults of its forward (give them as NAME_train / NAME_val arrays in the data)",
+                      stacklevel=2)
+    dropped = {k for k, _ in left}
+    cut = min([k for k in dropped if isinstance(k, int)], default=len(m.args))
+    args = list(m.args[:cut])  # positional inputs after a dropped one are passed by name
+    kwargs = {**{name_of(i): v for i, v in enumerate(m.args) if i >= cut and i not in dropped},
+              **{k: v for k, v in m.kwargs.items() if k not in dropped}}
+    if given:  # traced on the data themselves, so that every input has the data's sizes
+        for key, value in ((tensors[0][0], data.x_train), *((n, data.inputs_train[n]) for n in given)):
+            if isinstance(key, int) and key < len(args):
+                args[key] = value[:2]
+            else:
+                kwargs[name_of(key)] = value[:2]
+    return replace(m, args=tuple(args), kwargs=kwargs)
+
+
+def _first_input(supernet: Supernet) -> str:
+    """The name by which the traced model takes its first input tensor (the data's ``x``), for batches of
+    named inputs."""
+    positional, named = spec_children(load_spec(supernet.ir.info["in_spec"]))
+    leaf = next(i for i, entry in enumerate(supernet.ir.info["user_leaves"]) if "placeholder" in entry)
+    for key, child in zip([*range(positional.num_children), *(named.context or [])],
+                          [*spec_children(positional), *spec_children(named)]):
+        if leaf < child.num_leaves:
+            break
+        leaf -= child.num_leaves
+    if isinstance(key, str):
+        return key
+    signature = traced_signature(supernet.ir)
+    if signature is None:
+        raise ConfigError("the data give further inputs by name, but the model's forward takes *args: give it "
+                          "named parameters, or use osf.train with a batch_fn (docs/train.md)")
+    return list(signature.parameters)[1 + key]
+
+
+def _inputs(x: torch.Tensor, inputs: dict[str, torch.Tensor], x_name: str | None) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of a call on the data's ``x`` and further inputs."""
+    return ((), {x_name: x, **inputs}) if inputs else ((x,), {})
 
 
 def _check_inputs(model: str, example: torch.Tensor, inputs: torch.Tensor, spatial: bool) -> None:
@@ -145,7 +199,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     splits = load_data(data, root)  # bad data fails before any tracing
     device = run_device(settings.device, "train.device")
     if image_size is None and model.partition(":")[0] in ("torchvision", "timm"):
-        image_size = _square_side(splits[0])  # traced at the data's size: other sizes are refused
+        image_size = _square_side(splits.x_train)  # traced at the data's size: other sizes are refused
     if settings.steps is None and settings.epochs is None:
         settings = replace(settings, epochs=DEFAULT_EPOCHS)
     requested = Run(model, data, to_json(space), to_json(settings), image_size,
@@ -164,16 +218,18 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             say(f"resuming the run in {out}")
     else:
         torch.manual_seed(settings.seed)  # the model's initial weights
-        sample = splits[0][:2]
-        supernet = new_supernet(model, space, image_size, inputs=sample)
+        supernet = new_supernet(model, space, image_size, data=splits)
+        x_name = _first_input(supernet) if splits.inputs_train else None
+        args, kwargs = _inputs(splits.x_train[:2], {k: v[:2] for k, v in splits.inputs_train.items()}, x_name)
         with torch.no_grad():  # outputs that are no class scores for these labels: refused before anything is written
-            _check_class_scores(supernet.eval()(sample), len(sample), int(max(splits[1].max(), splits[3].max())))
+            _check_class_scores(supernet.eval()(*args, **kwargs), 2, int(max(splits.y_train.max(), splits.y_val.max())))
         supernet.train()
         run = requested
         if main_rank:
             supernet.ir.save(str(out / IR_DIR), overwrite=True)  # a run cut short before its run.json is redone
             write_run(out, run)
-    train_loader, val_loader = loaders(splits, settings.batch_size)
+    train_loader, val_loader = loaders(splits, settings.batch_size,
+                                       _first_input(supernet) if splits.inputs_train else None)
     supernet.to(device)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
     steps = settings.steps if settings.steps is not None else settings.epochs * len(train_loader)
@@ -192,7 +248,8 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
 
 def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:
     """The training and validation loaders of a trained run's data."""
-    return loaders(load_data(trained.run.data, trained.run.import_root), trained.run.train["batch_size"])
+    data = load_data(trained.run.data, trained.run.import_root)
+    return loaders(data, trained.run.train["batch_size"], _first_input(trained.supernet) if data.inputs_train else None)
 
 
 def _square_side(x: torch.Tensor) -> int | None:
@@ -307,9 +364,12 @@ def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
         correct = total = 0
         device = next(model.parameters(), torch.empty(0)).device
         with torch.no_grad():
-            for x, y in loader:
-                x = x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
-                correct += int((select_output(model(x)).argmax(-1).cpu() == y).sum())
+            for batch in loader:
+                args, kwargs, y = split_batch(batch)
+                args, kwargs = pytree.tree_map(
+                    lambda t: t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device),
+                    (args, kwargs))
+                correct += int((select_output(model(*args, **kwargs)).argmax(-1).cpu() == y).sum())
                 total += len(y)
         return correct / total
     return evaluate
