@@ -2,6 +2,7 @@
 (run directories, reload, resume), `search`, `export`, `run` (configs); bad input exits with one line."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -19,11 +20,11 @@ from safetensors.torch import load_file
 import osf
 from osf.cli.config import ConfigError, SpaceSettings, TrainSettings, parse_config, read_config
 from osf.cli.data import load_data, loaders
-from osf.cli.main import main
+from osf.cli.main import image_size_arg, main
 from osf.cli.models import SpecError, resolve
 from osf.cli.pipeline import new_supernet, run_device
 from osf.cli.run_dir import build_supernet, load_trained, read_run
-from osf.export.inputs import input_names
+from osf.export.inputs import input_names, input_signature
 from osf.train import checkpoint as ckpt
 
 
@@ -373,17 +374,35 @@ def test_space_text_and_json(capsys):
     assert "[module" not in out  # --no-depth: no units
 
 
-def test_train_traces_a_torchvision_model_at_the_datas_image_size(tmp_path):
-    """Without --image-size, torchvision:resnet18 would be traced at 224 and refuse the data's 16x16
-    images (its graph holds for the traced size only): it is traced at the data's size."""
+@pytest.mark.parametrize("model, size", [("torchvision:resnet18", [16, 16]), ("timm:vit_tiny_patch16_224", [32, 48])])
+def test_train_traces_a_vision_model_at_the_datas_image_size(tmp_path, model, size):
+    """Without --image-size, a torchvision: or timm: model would be traced at 224 and refuse the data's
+    images (its graph holds for the traced size only): it is traced at the data's size, both sides of
+    non-square images, and a vision transformer is built for it (its patch grid and position table; timm's
+    asserts the size); the run resumes at that size."""
+    pytest.importorskip(model.partition(":")[0])
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x_train=rng.standard_normal((8, 3, 16, 16)).astype(np.float32),
-             y_train=np.arange(8) % 2, x_val=rng.standard_normal((4, 3, 16, 16)).astype(np.float32),
+    np.savez(tmp_path / "d.npz", x_train=rng.standard_normal((8, 3, *size)).astype(np.float32),
+             y_train=np.arange(8) % 2, x_val=rng.standard_normal((4, 3, *size)).astype(np.float32),
              y_val=np.arange(4) % 2)
     run = tmp_path / "run"
-    assert main(["train", "torchvision:resnet18", "--data", f"npz:{tmp_path / 'd.npz'}", "--out", str(run),
-                 "--steps", "1", "--batch-size", "4", "--quiet"]) == 0
-    assert json.loads((run / "run.json").read_text())["image_size"] == 16
+    args = ["train", model, "--data", f"npz:{tmp_path / 'd.npz'}", "--out", str(run), "--batch-size", "4", "--quiet"]
+    assert main([*args, "--steps", "1", "--lr-schedule", "constant"]) == 0
+    assert json.loads((run / "run.json").read_text())["image_size"] == (size[0] if size[0] == size[1] else size)
+    assert main([*args, "--steps", "2", "--lr-schedule", "constant"]) == 0
+    trained = load_trained(run)
+    assert trained.step == 2 and input_signature(trained.supernet.ir)[0]["shape"][2:] == size
+
+
+def test_image_size_flag():
+    assert image_size_arg("32") == 32 and image_size_arg("32x48") == [32, 48] and image_size_arg("32X48") == [32, 48]
+    for text in ("32x", "0", "axb", "1x2x3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="no image size"):
+            image_size_arg(text)
+    assert parse_config({"model": {"spec": "timm:vit_tiny_patch16_224", "image_size": [32, 48]}, "data": {"spec": "digits"},
+                         "train": {"out": "r"}}).image_size == [32, 48]
+    with pytest.raises(ConfigError, match=r"model.image_size must be a positive int or \[height, width\]"):
+        parse_config({"model": {"spec": "timm:x", "image_size": [32]}, "data": {"spec": "digits"}, "train": {"out": "r"}})
 
 
 @pytest.fixture(scope="module")

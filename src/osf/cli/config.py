@@ -132,7 +132,7 @@ class Config:
     train: TrainSettings
     search: SearchSettings | None
     export: ExportSettings | None
-    image_size: int | None = None
+    image_size: int | list[int] | None = None  # a square's side or [height, width]
 
 
 SECTIONS = {"model": ("spec", "image_size"), "data": ("spec",), "space": SpaceSettings, "train": TrainSettings,
@@ -265,14 +265,19 @@ def parse_config(data: dict[str, Any]) -> Config:
     if not isinstance(out, str):
         raise ConfigError("train.out must name the run directory (a string)")
     image_size = specs["model"].get("image_size")
-    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool)):
-        raise ConfigError(f"model.image_size must be int, got {image_size!r}")
+    if image_size is not None and not _is_image_size(image_size):
+        raise ConfigError(f"model.image_size must be a positive int or [height, width], got {image_size!r}")
     return Config(
         model=specs["model"]["spec"], data=specs["data"]["spec"], out=out, image_size=image_size,
         space=settings(SpaceSettings, "space", data.get("space") or {}),
         train=train,
         search=settings(SearchSettings, "search", data["search"] or {}) if "search" in data else None,
         export=settings(ExportSettings, "export", data["export"] or {}) if "export" in data else None)
+
+
+def _is_image_size(value: Any) -> bool:
+    sides = value if isinstance(value, list) and len(value) == 2 else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides)
 
 
 def to_json(obj: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from ..train import init_process_group
 from . import demo, inspect_cmd, pipeline, space_cmd
 from .config import EXPORT_DTYPES, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config, read_config, to_json
 from .data import BUILT_IN
-from .models import BUILTIN, SpecError, is_saved_ir, resolve
+from .models import BUILTIN, ImageSize, SpecError, is_saved_ir, resolve
 
 MODEL_HELP = ("MODEL is torchvision:NAME, timm:NAME, hf:ARCH (bert, roberta, distilbert, gpt2, llama, mixtral, vit), "
               "hf:PATH (a local save_pretrained folder, e.g. hf:./my-bert), sam:vit_b, sam:tiny, minilm, "
@@ -31,7 +31,7 @@ DATA_HELP = (f"data: {', '.join(BUILT_IN)} (built in), npz:PATH (arrays x_train,
              "python:path/to/file.py:function (returning those four, or a dict of arrays named as in the archive)")
 
 
-def load_model_ir(spec: str, image_size: int | None = None) -> IR:
+def load_model_ir(spec: str, image_size: ImageSize | None = None) -> IR:
     """An IR for a model spec (tracing it) or a saved IR directory."""
     if is_saved_ir(spec):
         if image_size is not None:
@@ -40,6 +40,17 @@ def load_model_ir(spec: str, image_size: int | None = None) -> IR:
         return load_ir(spec)
     m = resolve(spec, image_size=image_size)
     return trace(m.model, m.args, m.kwargs, **m.trace_options)
+
+
+def image_size_arg(text: str) -> ImageSize:
+    """``--image-size``: ``32`` (square) or ``32x48`` (height x width)."""
+    try:
+        sides = [int(t) for t in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is no image size: give a side (32) or height x width (32x48)")
+    return sides[0] if len(sides) == 1 else sides
 
 
 def _given(a: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -190,7 +201,8 @@ def _space_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--include", action="append", metavar="GLOB", help="only modules matching GLOB (repeatable)")
     g.add_argument("--exclude", action="append", metavar="GLOB", help="never modules matching GLOB (repeatable)")
     g.add_argument("--prune-head-dim", action="store_const", const=True, help="also shrink head_dim")
-    g.add_argument("--image-size", type=int, default=None, help="example image size of a torchvision: or timm: model")
+    g.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
+                   help="example image size of a torchvision: or timm: model (a side, or height x width)")
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -247,7 +259,8 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--dot", metavar="FILE", help="write a Graphviz drawing of one level's dataflow")
     i.add_argument("--level", default=None, help="module whose children --dot draws (default: --module or root)")
-    i.add_argument("--image-size", type=int, default=None, help="example image size of a torchvision: or timm: model")
+    i.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
+                   help="example image size of a torchvision: or timm: model (a side, or height x width)")
     i.add_argument("--save", metavar="DIR", help="also save the IR (graph JSON + safetensors) to DIR")
     i.set_defaults(func=cmd_inspect)
 

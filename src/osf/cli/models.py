@@ -37,14 +37,32 @@ class ModelSpec:
     trace_options: dict = field(default_factory=dict)
 
 
-def _image(batch: int, size: int) -> torch.Tensor:
-    return torch.randn(batch, 3, size, size)
+ImageSize = int | list[int]  # a square's side, or [height, width]
 
 
-def _torchvision(name: str, image_size: int | None) -> ModelSpec:
-    import torchvision
+def _image(batch: int, size: ImageSize) -> torch.Tensor:
+    height, width = (size, size) if isinstance(size, int) else size
+    return torch.randn(batch, 3, height, width)
+
+
+def _built_at(build: Callable[..., nn.Module], keyword: str, size: ImageSize | None) -> nn.Module:
+    """``build(keyword=size)`` where the model's constructor takes its image size (vision transformers, whose
+    patch grid and position table follow it), else ``build()`` (convolutional networks take any size)."""
+    if size is None:
+        return build()
     try:
-        model = torchvision.models.get_model(name, weights=None)
+        return build(**{keyword: size})
+    except TypeError as e:
+        if f"unexpected keyword argument '{keyword}'" not in str(e):
+            raise
+        return build()
+
+
+def _torchvision(name: str, image_size: ImageSize | None) -> ModelSpec:
+    import torchvision
+    try:  # torchvision's vision transformers take a square's side
+        model = _built_at(lambda **size: torchvision.models.get_model(name, weights=None, **size), "image_size",
+                          image_size if isinstance(image_size, int) else None)
     except ValueError:
         raise SpecError(f"unknown torchvision model '{name}'; see torchvision.models.list_models()") from None
     detection = name in torchvision.models.list_models(module=torchvision.models.detection)
@@ -54,13 +72,13 @@ def _torchvision(name: str, image_size: int | None) -> ModelSpec:
     return ModelSpec(model, (_image(2, image_size or 224),))
 
 
-def _timm(name: str, image_size: int | None) -> ModelSpec:
+def _timm(name: str, image_size: ImageSize | None) -> ModelSpec:
     import timm
     try:
-        model = timm.create_model(name, pretrained=False)
+        model = _built_at(lambda **size: timm.create_model(name, pretrained=False, **size), "img_size", image_size)
     except RuntimeError as e:
         raise SpecError(f"unknown timm model '{name}' ({e}); see timm.list_models()") from None
-    size = image_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    size = image_size or list(model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:])
     return ModelSpec(model.eval(), (_image(2, size),))
 
 
@@ -293,8 +311,9 @@ def _python(target: str) -> ModelSpec:
     return ModelSpec(out[0], args, out[2] if len(out) == 3 else {})
 
 
-def resolve(spec: str, *, image_size: int | None = None) -> ModelSpec:
-    """Build the model and example inputs named by ``spec``."""
+def resolve(spec: str, *, image_size: ImageSize | None = None) -> ModelSpec:
+    """Build the model and example inputs named by ``spec``; ``image_size``: the example images' side or
+    ``[height, width]`` (a vision transformer is built for that size)."""
     kind, _, rest = spec.partition(":")
     if image_size is not None and kind not in ("torchvision", "timm"):
         raise SpecError(f"an image size (--image-size, model.image_size) applies to torchvision: and timm: models, "

@@ -30,7 +30,7 @@ from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSamp
 from ..train.distill import select_output
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
-from .models import BUILTIN, ModelSpec, SpecError, is_module_spec, is_saved_ir, python_target, resolve
+from .models import BUILTIN, ImageSize, ModelSpec, SpecError, is_module_spec, is_saved_ir, python_target, resolve
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -81,7 +81,7 @@ def _one_gpu_per_rank(key: str, setting: str) -> str:
     return f"{key} is '{setting}', but under --nproc each rank takes its own GPU; use cuda or auto"
 
 
-def new_supernet(model: str, space: SpaceSettings, image_size: int | None = None,
+def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None = None,
                  data: Splits | None = None) -> Supernet:
     """Trace the model spec (or load a saved IR) into a supernet over ``space``. ``data``: what the supernet
     will train on; the model is traced as the data will call it, and refused before tracing when its example
@@ -188,7 +188,7 @@ def _check_inputs(model: str, example: torch.Tensor, inputs: torch.Tensor, spati
 # ----- train -----
 
 def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, settings: TrainSettings, *,
-              image_size: int | None = None, progress: bool = True) -> Run:
+              image_size: ImageSize | None = None, progress: bool = True) -> Run:
     """Train the supernet of ``model`` on ``data`` into the run directory ``out``, resuming what is there
     (the same model, data, space and settings are required; steps / epochs may grow at a constant learning
     rate)."""
@@ -199,7 +199,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     splits = load_data(data, root)  # bad data fails before any tracing
     device = run_device(settings.device, "train.device")
     if image_size is None and model.partition(":")[0] in ("torchvision", "timm"):
-        image_size = _square_side(splits.x_train)  # traced at the data's size: other sizes are refused
+        image_size = _image_size(splits.x_train)  # traced at the data's size: other sizes are refused
     if settings.steps is None and settings.epochs is None:
         settings = replace(settings, epochs=DEFAULT_EPOCHS)
     requested = Run(model, data, to_json(space), to_json(settings), image_size,
@@ -252,9 +252,12 @@ def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:
     return loaders(data, trained.run.train["batch_size"], _first_input(trained.supernet) if data.inputs_train else None)
 
 
-def _square_side(x: torch.Tensor) -> int | None:
-    """The side of square images ``(N, C, S, S)``, else None (the model's default example size)."""
-    return int(x.shape[-1]) if x.dim() == 4 and x.shape[-1] == x.shape[-2] else None
+def _image_size(x: torch.Tensor) -> ImageSize | None:
+    """The size of images ``(N, C, H, W)``: the side of square ones, else ``[H, W]``; None for other data (the
+    model's default example size)."""
+    if x.dim() != 4:
+        return None
+    return int(x.shape[-1]) if x.shape[-1] == x.shape[-2] else [int(x.shape[-2]), int(x.shape[-1])]
 
 
 def _absolute(spec: str) -> str:

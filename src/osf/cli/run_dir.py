@@ -35,7 +35,7 @@ class Run:
     data: str
     space: dict[str, Any]
     train: dict[str, Any]
-    image_size: int | None = None
+    image_size: int | list[int] | None = None  # a square's side or [height, width]
     result: dict[str, Any] = field(default_factory=dict)
     import_root: str | None = None
 
