@@ -394,6 +394,16 @@ def test_train_traces_a_vision_model_at_the_datas_image_size(tmp_path, model, si
     assert trained.step == 2 and input_signature(trained.supernet.ir)[0]["shape"][2:] == size
 
 
+def test_integer_images_for_a_floating_point_model_are_refused_before_tracing(tmp_path, capsys):
+    x = np.random.default_rng(0).integers(0, 256, (12, 1, 8, 8)).astype(np.uint8)
+    np.savez(tmp_path / "u8.npz", x_train=x[:8], y_train=np.arange(8) % 2, x_val=x[8:], y_val=np.arange(4) % 2)
+    assert main(["train", "builtin:resnet", "--data", f"npz:{tmp_path / 'u8.npz'}", "--out", str(tmp_path / "r"),
+                 "--steps", "1", "--quiet"]) == 2
+    assert "takes torch.float32 inputs, but the data's x_train is torch.uint8: give it floating-point inputs" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_image_size_flag():
     assert image_size_arg("32") == 32 and image_size_arg("32x48") == [32, 48] and image_size_arg("32X48") == [32, 48]
     for text in ("32x", "0", "axb", "1x2x3"):

@@ -91,6 +91,7 @@ def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None 
         return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
     m = resolve(model, image_size=image_size)  # built here for the supernet alone: no copy of its weights
     if data is not None:
+        _check_kind(model, m, data)
         m = _fed_by(data, model, m)
     if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
         _check_inputs(model, m.args[0], data.x_train[:2], spatial=bool(m.trace_options.get("dynamic_spatial")))
@@ -169,6 +170,19 @@ def _first_input(supernet: Supernet) -> str:
 def _inputs(x: torch.Tensor, inputs: dict[str, torch.Tensor], x_name: str | None) -> tuple[tuple, dict]:
     """``(args, kwargs)`` of a call on the data's ``x`` and further inputs."""
     return ((), {x_name: x, **inputs}) if inputs else ((x,), {})
+
+
+def _check_kind(model: str, m: ModelSpec, data: Splits) -> None:
+    """Refuse integer data (images as uint8) for a model whose example input is floating point, and the
+    converse (token ids stored as floats), before tracing: the model would fail on them inside its forward."""
+    example = next((v for v in [*m.args, *m.kwargs.values()] if isinstance(v, torch.Tensor)), None)
+    x = data.x_train
+    if example is None or example.is_floating_point() == x.is_floating_point():
+        return
+    want = ("floating-point inputs (images scaled to [0, 1]: x / 255)" if example.is_floating_point()
+            else f"{example.dtype} inputs (token ids as integers)")
+    raise ConfigError(f"{model} takes {example.dtype} inputs, but the data's x_train is {x.dtype}: give it "
+                      f"{want} in x_train and x_val")
 
 
 def _check_inputs(model: str, example: torch.Tensor, inputs: torch.Tensor, spatial: bool) -> None:
