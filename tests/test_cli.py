@@ -284,7 +284,14 @@ def test_further_model_inputs_come_from_the_data_by_name(tmp_path, monkeypatch, 
         "    return {'x_train': x[:32], 'y_train': y[:32], 'x_val': x[32:], 'y_val': y[32:],\n"
         "            extra + '_train': mask[:32], extra + '_val': mask[32:]}\n"
         "def wrong():\n"
-        "    return data('nope')\n")
+        "    return data('nope')\n"
+        "def build_both():\n"
+        "    return Pool(), (torch.randn(2, 5, 4), torch.ones(2, 5))\n"
+        "class Batch(Pool):\n"
+        "    def forward(self, batch):\n"
+        "        return super().forward(batch['x'])\n"
+        "def build_dict():\n"
+        "    return Batch(), ({'x': torch.randn(2, 5, 4)},)\n")
     monkeypatch.chdir(tmp_path)
     assert main(["train", "python:pool.py:build", "--data", "python:pool.py:data", "--out", "run", "--steps", "3",
                  "--quiet"]) == 0
@@ -305,6 +312,14 @@ def test_further_model_inputs_come_from_the_data_by_name(tmp_path, monkeypatch, 
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "nope_train / nope_val, but 'nope' is no parameter of its forward ('x', 'mask')" in err, err
+    assert main(["train", "python:pool.py:build_both", "--data", "python:pool.py:data", "--out", "both", "--steps", "1",
+                 "--quiet"]) == 0  # an example that passes the mask by position: the data's mask takes its place
+    assert input_names(load_trained(tmp_path / "both").supernet.ir) == ["x", "mask"]
+    capsys.readouterr()
+    assert main(["train", "python:pool.py:build_dict", "--data", "python:pool.py:data", "--out", "dict", "--steps", "1",
+                 "--quiet"]) == 2
+    assert "takes a dict of tensors as its first input, but the data give it one array per sample" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec, message", [

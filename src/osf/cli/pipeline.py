@@ -104,6 +104,12 @@ def _fed_by(data: Splits, model: str, m: ModelSpec) -> ModelSpec:
     tensors (a text model's ``attention_mask`` when the data give token ids alone) are left out where
     ``forward`` has a default for them, and refused otherwise; inputs that are not tensors (``use_cache=False``)
     stay."""
+    first_input = m.args[0] if m.args else next(iter(m.kwargs.values()), None)
+    if not isinstance(first_input, torch.Tensor) and any(isinstance(t, torch.Tensor)
+                                                         for t in pytree.tree_leaves(first_input)):
+        raise ConfigError(f"{model} takes a {type(first_input).__name__} of tensors as its first input, but the data "
+                          "give it one array per sample: use a python: factory whose model takes tensors (a wrapper "
+                          "whose forward builds that structure from them), or osf.train with a batch_fn (docs/train.md)")
     tensors = [(i, v) for i, v in enumerate(m.args) if isinstance(v, torch.Tensor)]
     tensors += [(k, v) for k, v in m.kwargs.items() if isinstance(v, torch.Tensor)]
     given = data.inputs_train
@@ -140,7 +146,8 @@ def _fed_by(data: Splits, model: str, m: ModelSpec) -> ModelSpec:
     kwargs = {**{name_of(i): v for i, v in enumerate(m.args) if i >= cut and i not in dropped},
               **{k: v for k, v in m.kwargs.items() if k not in dropped}}
     if given:  # traced on the data themselves, so that every input has the data's sizes
-        for key, value in ((tensors[0][0], data.x_train), *((n, data.inputs_train[n]) for n in given)):
+        slot = {name_of(k): k for k, _ in tensors}  # where the example passed an input the data give
+        for key, value in ((tensors[0][0], data.x_train), *((slot.get(n, n), data.inputs_train[n]) for n in given)):
             if isinstance(key, int) and key < len(args):
                 args[key] = value[:2]
             else:
