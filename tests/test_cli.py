@@ -670,6 +670,21 @@ def test_search_then_export_the_pick_and_run_a_config(trained_run, tmp_path, cap
     with torch.no_grad():
         predicted = torch.export.load(str(tmp_path / "small" / "model.pt2")).module()(x_val).argmax(-1)
     assert round(float((predicted == y_val).float().mean()), 4) == small["metrics"]["accuracy"]
+    capsys.readouterr()  # one subnet per budget, the shared --pick applying to each, and an index
+    assert main(["export", str(run), "--budgets", "flops=30%,60%", "--pick", "params=90%", "--out", str(tmp_path / "all"),
+                 "--format", "pt2", "--quiet"]) == 0
+    index = json.loads((tmp_path / "all" / "exports.json").read_text())
+    assert [r["dir"] for r in index["exports"]] == ["flops-30pct", "flops-60pct"] and index["pick"] == {"params": "90%"}
+    for row, share in zip(index["exports"], (0.3, 0.6)):
+        card = json.loads((tmp_path / "all" / row["dir"] / "card.json").read_text())
+        assert card["flops"] == row["flops"] <= share * card["full_model"]["flops"]
+        assert card["params"] <= 0.9 * card["full_model"]["params"] and card["metrics"]["accuracy"] == row["accuracy"]
+    assert index["exports"][0]["accuracy"] <= index["exports"][1]["accuracy"]  # the larger budget has more to pick from
+    assert json.loads((tmp_path / "all" / "flops-60pct" / "card.json").read_text())["arch"] == small["arch"]
+    assert "flops-60pct" in (tmp_path / "all" / "exports.md").read_text()
+    assert "exported 2 subnets to" in capsys.readouterr().out
+    assert main(["export", str(run), "--budgets", "flops=60%,0.001%", "--out", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "no evaluated subnet meets flops" in capsys.readouterr().err and not (tmp_path / "none").exists()
     config = tmp_path / "osf.toml"
     config.write_text(f"""
 model = "builtin:resnet"
@@ -687,11 +702,25 @@ out = "{tmp_path / 'front'}"
 [export]
 out = "{tmp_path / 'best'}"
 formats = ["pt2"]
+budgets = {{flops = ["99%", "100%"]}}
 """)
     assert main(["run", str(config), "--quiet"]) == 0  # training is complete: resumes at step 4, then the rest
     out = capsys.readouterr().out
-    assert "trained 4 steps" in out and "Pareto front" in out and "exported to" in out
-    assert (tmp_path / "front" / "front.json").exists() and (tmp_path / "best" / "model.pt2").exists()
+    assert "trained 4 steps" in out and "Pareto front" in out and "exported 2 subnets to" in out
+    assert (tmp_path / "front" / "front.json").exists() and (tmp_path / "best" / "flops-99pct" / "model.pt2").exists()
+
+
+def test_export_budgets_settings_are_checked():
+    from osf.cli.config import ExportSettings
+    for values, message in [({"flops": "25%"}, "one metric and a list"), ({"flops": ["25%"], "params": ["1e6"]},
+                            "one metric and a list"), ({"flops": []}, "one metric and a list")]:
+        with pytest.raises(ConfigError, match=message):
+            ExportSettings(out="x", budgets=values)
+    with pytest.raises(ConfigError, match="give export.arch or export.budgets, not both"):
+        ExportSettings(out="x", arch="max", budgets={"flops": ["25%"]})
+    with pytest.raises(ConfigError, match="export.pick and export.budgets both limit flops"):
+        ExportSettings(out="x", pick={"flops": "50%"}, budgets={"flops": ["25%"]})
+    assert main(["export", "r", "--arch", "max", "--budgets", "flops=25%", "--out", "x"]) == 2
 
 
 def test_export_in_float16_writes_scores_and_runs_in_that_dtype(trained_run, tmp_path):

@@ -104,19 +104,28 @@ EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 
 @dataclass
 class ExportSettings:
-    """Which subnet to export and how: ``arch`` (Arch JSON, a JSON file, ``max`` or ``min``) or, after a
-    search, ``pick`` (budgets for ``Front.best``, e.g. ``{flops: 50%}``; default: the most accurate)."""
+    """Which subnets to export and how: ``arch`` (Arch JSON, a JSON file, ``max`` or ``min``) or, after a
+    search, ``pick`` (budgets for ``Front.best``, e.g. ``{flops: 50%}``; default: the most accurate), and
+    ``budgets``: one metric and several values, a subnet for each (``{flops: [25%, 50%, 100%]}``)."""
     out: str
     arch: str | None = None
     pick: dict[str, Any] = field(default_factory=dict)
+    budgets: dict[str, Any] = field(default_factory=dict)
     formats: tuple[str, ...] = ("pt2", "onnx")
     force: bool = False
     evaluate: bool = True
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.arch is not None and self.pick:
-            raise ConfigError("give export.arch or export.pick, not both")
+        if self.arch is not None and (self.pick or self.budgets):
+            raise ConfigError(f"give export.arch or export.{'pick' if self.pick else 'budgets'}, not both")
+        if self.budgets:
+            values = next(iter(self.budgets.values()))
+            if len(self.budgets) != 1 or not isinstance(values, list) or not values:
+                raise ConfigError("export.budgets takes one metric and a list of its values, e.g. "
+                                  f"{{flops: [25%, 50%, 100%]}}; got {self.budgets!r}")
+            if set(self.budgets) & set(self.pick):
+                raise ConfigError(f"export.pick and export.budgets both limit {next(iter(self.budgets))}")
         for f in self.formats:
             _choice("export.formats", f, ("pt2", "onnx"))
         _choice("export.dtype", self.dtype, EXPORT_DTYPES)

@@ -18,7 +18,8 @@ from ..search.search import ALGORITHMS
 from ..space.space import SearchSpace
 from ..train import init_process_group
 from . import demo, inspect_cmd, pipeline, space_cmd
-from .config import EXPORT_DTYPES, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config, read_config, to_json
+from .config import (EXPORT_DTYPES, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config,
+                     read_config, to_json)
 from .data import BUILT_IN
 from .models import BUILTIN, ImageSize, SpecError, is_saved_ir, resolve
 
@@ -144,15 +145,35 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    settings = ExportSettings(out=a.out, arch=a.arch, pick=dict(_budget(p, "--pick") for p in a.pick or []), force=a.force,
-                              formats=tuple(a.format or ExportSettings.formats), evaluate=not a.no_eval,
-                              dtype=a.dtype or ExportSettings.dtype)
+    if a.arch is None and not a.pick and not a.budgets:
+        raise ConfigError("say which subnet: --arch, --pick METRIC=VALUE or --budgets METRIC=V1,V2,...")
+    if a.arch is not None and (a.pick or a.budgets):
+        raise ConfigError(f"give --arch or {'--pick' if a.pick else '--budgets'}, not both")
+    budgets = dict([_budgets(a.budgets)]) if a.budgets else {}
+    settings = ExportSettings(out=a.out, arch=a.arch, pick=dict(_budget(p, "--pick") for p in a.pick or []),
+                              budgets=budgets, force=a.force, formats=tuple(a.format or ExportSettings.formats),
+                              evaluate=not a.no_eval, dtype=a.dtype or ExportSettings.dtype)
     path = pipeline.export_run(a.run_dir, settings, progress=not a.quiet)
     _print_export(path)
     return 0
 
 
+def _budgets(item: str) -> tuple[str, list[float | str]]:
+    """``flops=25%,50%`` -> ``("flops", ["25%", "50%"])``."""
+    key, _, values = item.partition("=")
+    return key, [_budget(f"{key}={v}", "--budgets")[1] for v in values.split(",")]
+
+
 def _print_export(path: Path) -> None:
+    if (path / pipeline.EXPORTS_INDEX).is_file():  # one subnet per budget
+        index = json.loads((path / pipeline.EXPORTS_INDEX).read_text())
+        for row in index["exports"]:
+            extra = "".join(f", {k} {v}" for k, v in row.items()
+                            if k not in ("budget", "dir", "params", "flops", "flops_share"))
+            print(f"{row['dir']}: {row['params']:,} params, {row['flops']:,} FLOPs "
+                  f"({100 * row['flops_share']:.1f}% of the full model's){extra}")
+        print(f"exported {len(index['exports'])} subnets to {path} (index: exports.md)")
+        return
     card = json.loads((path / "card.json").read_text())
     extra = "".join(f", {k} {v}" for k, v in card["metrics"].items())
     print(f"exported to {path}: {', '.join(card['files'])}; {card['params']:,} params, {card['flops']:,} FLOPs{extra}")
@@ -327,12 +348,14 @@ def parser() -> argparse.ArgumentParser:
                        "  osf export runs/digits --arch max --out exported/max",
                        "  osf export runs/digits --pick flops=25% --out exported/small",
                        "  osf export runs/digits --pick flops=25% --dtype bfloat16 --out exported/small-bf16",
+                       "  osf export runs/digits --budgets flops=25%,50%,100% --out exported/all",
                        "  osf export runs/digits --arch exported/small/arch.json --out exported/again"))
     e.add_argument("run_dir", metavar="RUN_DIR")
-    which = e.add_mutually_exclusive_group(required=True)
-    which.add_argument("--arch", metavar="ARCH", help="max, min, an Arch as JSON, or a JSON file holding one")
-    which.add_argument("--pick", action="append", metavar="M=V", help="the most accurate subnet of osf search's front "
-                       "within this budget, e.g. flops=50%% (repeatable)")
+    e.add_argument("--arch", metavar="ARCH", help="max, min, an Arch as JSON, or a JSON file holding one")
+    e.add_argument("--pick", action="append", metavar="M=V", help="the most accurate subnet of osf search's front "
+                   "within this budget, e.g. flops=50%% (repeatable)")
+    e.add_argument("--budgets", metavar="M=V1,V2,...", help="one subnet per budget, each the most accurate within "
+                   "it (and --pick), written to DIR/M-V with an index DIR/exports.md, e.g. flops=25%%,50%%,100%%")
     e.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
     e.add_argument("--force", action="store_true", help="replace DIR if it exists (the old one stays until the new "
                    "one is complete)")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..export import export
 from ..ir import load_ir
+from ..ir.io import staged_directory
 from ..ir.codegen import load_spec, traced_signature
 from ..ir.serial import spec_children
 from ..search import Front, LatencyModel, search
@@ -35,6 +36,7 @@ from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trai
 
 DEFAULT_EPOCHS = 5
 SEARCH_DIR = "search"
+EXPORTS_INDEX = "exports.json"  # what osf export --budgets writes beside its subnets
 CALIB_BATCHES = 20  # BatchNorm recalibration batches before evaluating or exporting a subnet
 
 
@@ -423,9 +425,11 @@ def parse_arch(text: str, space: SearchSpace) -> Arch:
 
 def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | None = None,
                source: str | None = None, progress: bool = True) -> Path:
-    """Export one subnet of the trained supernet in ``run_dir`` to ``settings.out``: ``settings.arch``, or
-    the front's (``front``, else ``RUN_DIR/search/front.json``) best point within ``settings.pick``.
-    BatchNorm statistics are first re-estimated for that subnet on the training split, for a front's point
+    """Export subnets of the trained supernet in ``run_dir`` to ``settings.out``: ``settings.arch``, or
+    the front's (``front``, else ``RUN_DIR/search/front.json``) best point within ``settings.pick``, or with
+    ``settings.budgets`` the best point within each of its values (and ``pick``), each in a directory of
+    its own under ``out`` beside an index (``exports.json``, ``exports.md``), all written atomically.
+    BatchNorm statistics are first re-estimated for each subnet on the training split, for a front's point
     with the search's seed and calibration batches (so the exported model scores the front's accuracy); with
     ``settings.evaluate``, an arch not taken from a front is scored on the validation split. ``source``:
     where the model card says the run lives (default: ``run_dir``)."""
@@ -433,20 +437,71 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
     if out.exists() and not settings.force:  # before any work; osf.export checks again
         raise FileExistsError(f"'{out}' already exists; pass --force (export.force: true) to replace it")
     trained = load_trained(run_dir)
-    metrics: dict[str, Any] = {}
-    calib_batches, seed = CALIB_BATCHES, 0
+    source = f"{trained.run.model}, trained {trained.step} steps on {trained.run.data} " + (
+        source or f"(osf run directory {run_dir})")
     if settings.arch is not None:
         arch = parse_arch(settings.arch, trained.supernet.space)
-    else:
-        front = front if front is not None else _saved_front(run_dir, trained.step)
+        return _export_arch(trained, _loaders_of(trained), arch, {}, out, settings, source, progress)
+    front = front if front is not None else _saved_front(run_dir, trained.step)
+    if not settings.budgets:
         point = front.best(**settings.pick)
-        arch = point.arch
-        metrics["accuracy"] = round(point.accuracy, 4)
-        if point.latency is not None:
-            metrics["latency_ms"] = round(point.latency * 1e3, 4)
-        # the statistics the search measured this accuracy with (fronts saved before osf recorded them: default)
-        calib_batches, seed = front.info.get("calib_batches") or CALIB_BATCHES, front.info.get("seed", seed)
-    train_loader, val_loader = _loaders_of(trained)
+        return _export_arch(trained, _loaders_of(trained), point.arch, _front_metrics(point), out, settings, source,
+                            progress, front)
+    (metric, values), = settings.budgets.items()
+    picks = {budget_dir(metric, v): (v, front.best(**settings.pick, **{metric: v})) for v in values}  # all fit
+    rows, loaders_ = [], _loaders_of(trained)
+    with staged_directory(out, settings.force) as tmp:
+        for name, (value, point) in picks.items():
+            _export_arch(trained, loaders_, point.arch, _front_metrics(point), tmp / name,
+                         replace(settings, force=False), source, progress, front)
+            card = json.loads((tmp / name / "card.json").read_text())
+            rows.append({"budget": {metric: value}, "dir": name, "params": card["params"], "flops": card["flops"],
+                         "flops_share": round(card["flops"] / card["full_model"]["flops"], 4), **card["metrics"]})
+        index = {"format": "osf-exports", "version": 1, "source": source, "pick": settings.pick, "exports": rows}
+        (tmp / EXPORTS_INDEX).write_text(json.dumps(index, indent=1) + "\n")
+        (tmp / "exports.md").write_text(exports_markdown(index))
+    return out
+
+
+def budget_dir(metric: str, value: float | str) -> str:
+    """The directory of a budget's export: ``flops-25pct``, ``params-2e+06``."""
+    text = value if isinstance(value, str) else f"{value:g}"
+    return f"{metric}-{text.replace('%', 'pct')}"
+
+
+def exports_markdown(index: dict[str, Any]) -> str:
+    """``exports.md``: one row per budget (its directory, size and the scores its model card holds)."""
+    rows = index["exports"]
+    scores = [k for k in rows[0] if k not in ("budget", "dir", "params", "flops", "flops_share")] if rows else []
+    lines = [f"# Subnets of {index['source']}", "",
+             "One subnet per budget, each the most accurate point of the search's front within it"
+             + (f" and within {index['pick']}" if index["pick"] else "") + "; each directory holds `model.pt2`, "
+             "`model.onnx`, `weights.safetensors` and a `model_card.md` that says how to load it.", "",
+             "| budget | directory | params | FLOPs | % of the full model's FLOPs | " + " | ".join(scores) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(scores)]
+    for r in rows:
+        budget = ", ".join(f"{k} <= {v}" for k, v in r["budget"].items())
+        lines.append(f"| {budget} | [{r['dir']}]({r['dir']}/model_card.md) | {r['params']:,} | {r['flops']:,} | "
+                     f"{100 * r['flops_share']:.1f} | " + " | ".join(str(r.get(k, "")) for k in scores) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _front_metrics(point: Any) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"accuracy": round(point.accuracy, 4)}
+    if point.latency is not None:
+        metrics["latency_ms"] = round(point.latency * 1e3, 4)
+    return metrics
+
+
+def _export_arch(trained: Trained, loaders_: tuple[DataLoader, DataLoader], arch: Arch, metrics: dict[str, Any],
+                 out: Path, settings: ExportSettings, source: str, progress: bool, front: Front | None = None) -> Path:
+    """Export ``arch`` (a point of ``front`` when given, whose ``metrics`` it carries) to ``out``; ``loaders_``:
+    the run's training and validation loaders."""
+    metrics = dict(metrics)
+    # the statistics the search measured its accuracy with (fronts saved before osf recorded them: default)
+    calib_batches = (front.info.get("calib_batches") if front is not None else None) or CALIB_BATCHES
+    seed = front.info.get("seed", 0) if front is not None else 0
+    train_loader, val_loader = loaders_
     if settings.evaluate and "accuracy" not in metrics:  # recalibrates BatchNorm statistics for arch first
         metrics["accuracy"] = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
                                              calib_batches=calib_batches, seed=seed), 4)
@@ -456,8 +511,6 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
     if dtype is not None and settings.evaluate:  # what the written model scores, rounded to its dtype
         cast = trained.supernet.extract(arch).eval().to(dtype)
         metrics[f"accuracy_{settings.dtype}"] = round(_accuracy_on(val_loader, dtype)(cast), 4)
-    source = f"{trained.run.model}, trained {trained.step} steps on {trained.run.data} " + (
-        source or f"(osf run directory {run_dir})")
     return export(trained.supernet, arch, out, formats=tuple(settings.formats), metrics=metrics,
                   overwrite=settings.force, source=source, dtype=dtype, progress=progress)
 
