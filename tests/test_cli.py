@@ -430,6 +430,34 @@ def test_image_size_flag():
         parse_config({"model": {"spec": "timm:x", "image_size": [32]}, "data": {"spec": "digits"}, "train": {"out": "r"}})
 
 
+def test_teacher_distillation_learns_from_the_model_as_given(tmp_path, monkeypatch, capsys):
+    """``--distill teacher``: every subnet learns from the model as its spec built it (before training), so
+    at the first step the max subnet, which is that model, has zero distillation loss and the min subnet
+    not; a spec osf builds with random weights cannot teach and is refused before anything is written."""
+    (tmp_path / "mlp.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(1)\n"
+        "    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(),\n"
+        "                              torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))\n"
+        "    return net, (torch.randn(2, 1, 8, 8),)\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "python:mlp.py:build", "--data", "digits", "--distill", "teacher", "--distill-weight", "1",
+            "--lr-schedule", "constant", "--multiple-of", "4", "--quiet"]
+    assert main([*args, "--out", "run", "--steps", "3"]) == 0
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss/max"] < 1e-6 < first["loss/min"]
+    assert main([*args, "--out", "cut", "--steps", "2"]) == 0
+    assert main([*args, "--out", "cut", "--steps", "3"]) == 0  # resumed: the teacher is still the model as given
+    whole, resumed = load_trained(tmp_path / "run"), load_trained(tmp_path / "cut")
+    assert resumed.step == 3 and all(torch.equal(a, b) for a, b in zip(whole.supernet.parameters(),
+                                                                       resumed.supernet.parameters()))
+    capsys.readouterr()
+    assert main(["train", "builtin:resnet", "--data", "digits", "--out", "b", "--steps", "1", "--distill", "teacher",
+                 "--quiet"]) == 2
+    assert "builtin:resnet is built with random weights here" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "run"

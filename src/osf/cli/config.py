@@ -51,7 +51,7 @@ class TrainSettings:
     device: str = "auto"
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
-    DISTILL: typing.ClassVar = ("inplace", "none")
+    DISTILL: typing.ClassVar = ("inplace", "teacher", "none")
     SCHEDULES: typing.ClassVar = ("onecycle", "cosine", "constant")
     # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
     # rate is constant; a schedule spans the run's length, which is then fixed too)

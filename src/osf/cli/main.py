@@ -244,7 +244,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    f"(default {d.sampler})")
     g.add_argument("--subnets", type=int, metavar="K", help=f"subnets per step (default {d.subnets})")
     g.add_argument("--distill", choices=TrainSettings.DISTILL,
-                   help=f"inplace: the max subnet teaches the others (default {d.distill})")
+                   help=f"inplace: the max subnet teaches the others; teacher: the model as given (trained weights: "
+                   f"hf:PATH, your python: factory) teaches every subnet (default {d.distill})")
     g.add_argument("--distill-weight", type=float, metavar="W",
                    help=f"share of the distillation loss in a student's loss (default {d.distill_weight})")
     g.add_argument("--warmup-epochs", type=float, metavar="E",

@@ -232,6 +232,13 @@ def python_target(target: str) -> tuple[str, str, bool]:
     return source, name, source.endswith(".py")
 
 
+def has_random_weights(spec: str) -> bool:
+    """Whether osf builds the model of ``spec`` with random weights (it downloads none): torchvision:, timm:,
+    sam:, builtin: and the hf: architectures it knows by name."""
+    kind, _, rest = spec.partition(":")
+    return kind in ("torchvision", "timm", "sam", "builtin") or (kind == "hf" and rest in HF_ARCHS)
+
+
 def is_module_spec(spec: str) -> bool:
     """Whether ``spec`` is ``python:pkg.module:NAME``, found from the working directory (not a file)."""
     return spec.startswith("python:") and not python_target(spec.removeprefix("python:"))[2]

@@ -31,7 +31,8 @@ from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSamp
 from ..train.distill import select_output
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
-from .models import BUILTIN, ImageSize, ModelSpec, SpecError, is_module_spec, is_saved_ir, python_target, resolve
+from .models import (BUILTIN, ImageSize, ModelSpec, SpecError, has_random_weights, is_module_spec, is_saved_ir,
+                     python_target, resolve)
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -225,6 +226,10 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         image_size = _image_size(splits.x_train)  # traced at the data's size: other sizes are refused
     if settings.steps is None and settings.epochs is None:
         settings = replace(settings, epochs=DEFAULT_EPOCHS)
+    if settings.distill == "teacher" and has_random_weights(model):
+        raise ConfigError(f"train.distill teacher: {model} is built with random weights here (osf downloads none), "
+                          "so it has nothing to teach; give a trained model (hf:PATH, a python: factory that loads "
+                          "your weights, a saved IR) or use --distill inplace")
     requested = Run(model, data, to_json(space), to_json(settings), image_size,
                     import_root=root if is_module_spec(model) or is_module_spec(data) else None)
     if out.is_dir() and not is_run_dir(out) and {p.name for p in out.iterdir()} - {IR_DIR}:
@@ -256,7 +261,12 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     supernet.to(device)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
     steps = settings.steps if settings.steps is not None else settings.epochs * len(train_loader)
-    distill = Distill("inplace", weight=settings.distill_weight) if settings.distill == "inplace" else None
+    distill = None
+    if settings.distill == "inplace":
+        distill = Distill("inplace", weight=settings.distill_weight)
+    elif settings.distill == "teacher":  # the model as given, before training (the run's IR holds its weights)
+        teacher = supernet.ir.build().eval().requires_grad_(False).to(device)  # (training restores later)
+        distill = Distill("teacher", teacher=teacher, weight=settings.distill_weight)
     result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
                    loss_fn=_cross_entropy, steps=steps, sampler=_sampler(settings, supernet, len(train_loader)),
                    seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp, distill=distill,
