@@ -738,6 +738,18 @@ def test_numpy_in_training_keeps_the_eval_graph_and_says_why_training_fails():
         rebuilt.train()(x)
 
 
+def test_a_model_that_fails_on_its_example_in_plain_pytorch_is_told_so():
+    """Not a capture problem: the model raises on the example in eager mode too (a vision model built for
+    larger images); the error says so, with the example's shapes, instead of the capture's hint."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3))
+    x = torch.randn(2, 3, 5, 5)
+    generator_state = torch.get_rng_state()
+    with pytest.raises(osf.TraceError, match=r"fails on the example inputs \(tensors shaped \[\[2, 3, 5, 5\]\]\) in "
+                                             r"plain PyTorch, before any capture \(RuntimeError") as caught:
+        osf.trace(model, (x,))
+    assert "inputs it accepts" in str(caught.value) and torch.equal(torch.get_rng_state(), generator_state)
+
+
 @pytest.mark.parametrize("draw", ["torch", "python"])
 def test_random_branch_in_training_keeps_the_eval_graph_quietly(draw, capsys):
     """Layer drop decided by a random draw in training cannot be one graph: the training capture fails with

@@ -53,7 +53,7 @@ def _built_at(build: Callable[..., nn.Module], keyword: str, size: ImageSize | N
     try:
         return build(**{keyword: size})
     except TypeError as e:
-        if f"unexpected keyword argument '{keyword}'" not in str(e):
+        if "unexpected keyword argument" not in str(e) or keyword not in str(e):  # timm: "...(s): ['img_size']"
             raise
         return build()
 

@@ -1060,10 +1060,28 @@ def _export_modes(model, args, kwargs, dynamic, fallbacks: list[tuple[Any, str]]
             failures[mode] = _trace_error(model, *failure, static=static_failure)
         programs[mode] = ep
     if programs["eval"] is None:
+        _refuse_failing_example(model, args, kwargs)
         raise failures["eval"]
     if programs["train"] is None:
         programs["train_error"] = f"training mode could not be captured with these inputs: {failures['train']}"
     return programs, method
+
+
+def _refuse_failing_example(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    """After a failed capture, a ``TraceError`` saying so where the model itself fails on the example in plain
+    PyTorch (eval mode, no gradients, random state kept): nothing is wrong with capturing it then, its inputs
+    are (a vision model built for larger images)."""
+    model.eval()
+    try:
+        fresh_args, fresh_kwargs = _fresh_copies(args, kwargs)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model(*fresh_args, **fresh_kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure of the model itself is reported as such
+        shapes = [list(t.shape) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        raise TraceError(f"{type(model).__name__} fails on the example inputs (tensors shaped {shapes}) in plain "
+                         f"PyTorch, before any capture ({type(e).__name__}: {_first_line(e)})",
+                         suggestion="trace it with inputs it accepts (e.g. images of a size the model supports)") \
+            from e
 
 
 def _fresh_copies(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
