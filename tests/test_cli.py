@@ -420,6 +420,9 @@ def test_integer_images_for_a_floating_point_model_are_refused_before_tracing(tm
 
 
 def test_image_size_flag():
+    with pytest.raises(SpecError, match=r"torchvision:maxvit_t cannot be built for 112x112 images: Input size .* "
+                                        "is not divisible by partition size 7"):  # one line, not 'unknown model'
+        resolve("torchvision:maxvit_t", image_size=112)
     assert image_size_arg("32") == 32 and image_size_arg("32x48") == [32, 48] and image_size_arg("32X48") == [32, 48]
     for text in ("32x", "0", "axb", "1x2x3"):
         with pytest.raises(argparse.ArgumentTypeError, match="no image size"):

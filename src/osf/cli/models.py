@@ -45,26 +45,32 @@ def _image(batch: int, size: ImageSize) -> torch.Tensor:
     return torch.randn(batch, 3, height, width)
 
 
-def _built_at(build: Callable[..., nn.Module], keyword: str, size: ImageSize | None) -> nn.Module:
-    """``build(keyword=size)`` where the model's constructor takes its image size (vision transformers, whose
-    patch grid and position table follow it), else ``build()`` (convolutional networks take any size)."""
-    if size is None:
-        return build()
-    try:
-        return build(**{keyword: size})
-    except TypeError as e:
-        if "unexpected keyword argument" not in str(e) or keyword not in str(e):  # timm: "...(s): ['img_size']"
-            raise
-        return build()
+def _built_at(build: Callable[..., nn.Module], sizes: list[tuple[str, Any]]) -> nn.Module:
+    """``build(keyword=size)`` with the first ``(keyword, size)`` of ``sizes`` the model's constructor takes
+    (vision transformers, whose patch grid and position table follow the image size), else ``build()``
+    (convolutional networks take any size)."""
+    for keyword, size in sizes:
+        try:
+            return build(**{keyword: size})
+        except TypeError as e:
+            if "unexpected keyword argument" not in str(e) or keyword not in str(e):  # timm: "...(s): ['img_size']"
+                raise
+    return build()
 
 
 def _torchvision(name: str, image_size: ImageSize | None) -> ModelSpec:
     import torchvision
-    try:  # torchvision's vision transformers take a square's side
-        model = _built_at(lambda **size: torchvision.models.get_model(name, weights=None, **size), "image_size",
-                          image_size if isinstance(image_size, int) else None)
-    except ValueError:
-        raise SpecError(f"unknown torchvision model '{name}'; see torchvision.models.list_models()") from None
+    sizes = []  # torchvision's ViT takes a square's side, its MaxViT (height, width)
+    if image_size is not None:
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        sizes = [("image_size", height)] * (height == width) + [("input_size", (height, width))]
+    if name not in torchvision.models.list_models():
+        raise SpecError(f"unknown torchvision model '{name}'; see torchvision.models.list_models()")
+    try:
+        model = _built_at(lambda **size: torchvision.models.get_model(name, weights=None, **size), sizes)
+    except ValueError as e:  # e.g. a MaxViT partition that does not divide the image
+        size = "x".join(map(str, [image_size] * 2 if isinstance(image_size, int) else image_size or []))
+        raise SpecError(f"torchvision:{name} cannot be built for {size} images: {str(e).splitlines()[0]}") from None
     detection = name in torchvision.models.list_models(module=torchvision.models.detection)
     model.eval()
     if detection:
@@ -75,7 +81,8 @@ def _torchvision(name: str, image_size: ImageSize | None) -> ModelSpec:
 def _timm(name: str, image_size: ImageSize | None) -> ModelSpec:
     import timm
     try:
-        model = _built_at(lambda **size: timm.create_model(name, pretrained=False, **size), "img_size", image_size)
+        model = _built_at(lambda **size: timm.create_model(name, pretrained=False, **size),
+                          [("img_size", image_size)] if image_size is not None else [])
     except RuntimeError as e:
         raise SpecError(f"unknown timm model '{name}' ({e}); see timm.list_models()") from None
     size = image_size or list(model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:])
