@@ -234,6 +234,11 @@ def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsy
         assert not torch.allclose(unmasked, best(input_ids=ids, attention_mask=masks).logits)
     assert json.loads((tmp_path / "masked" / "run.json").read_text())["result"]["val_accuracy"]["max"] == \
         round(hits.float().mean().item(), 4)
+    transformers.GPT2ForSequenceClassification(transformers.GPT2Config(  # traced with use_cache=False: every
+        n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=64, num_labels=3, pad_token_id=0,  # call passes it
+        bos_token_id=1, eos_token_id=1)).save_pretrained(tmp_path / "gpt2")
+    assert main(["train", "hf:./gpt2", "--data", "npz:padded.npz", "--out", "gpt2-run", "--steps", "2", "--quiet"]) == 0
+    assert main(["search", "gpt2-run", "--budget", "3", "--quiet"]) == 0
     np.savez(tmp_path / "six.npz", x_train=x[:64], y_train=x[:64, 0] % 6, x_val=x[64:], y_val=x[64:, 0] % 6)
     capsys.readouterr()
     assert main(["train", "hf:./bert", "--data", "npz:six.npz", "--out", "six", "--steps", "1", "--quiet"]) == 2

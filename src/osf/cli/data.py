@@ -8,6 +8,7 @@ named as in the archive). ``x`` is the model's first input; arrays ``NAME_train`
 model's ``attention_mask_train`` / ``attention_mask_val``) are its input ``NAME``, one row per sample."""
 from __future__ import annotations
 
+import functools
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from .models import SpecError, call_target
 
@@ -141,16 +142,24 @@ class _Named(Dataset):
         return {**{k: v[i] for k, v in self.inputs.items()}, LABELS: self.labels[i]}
 
 
-def loaders(data: Splits, batch_size: int, x_name: str | None = None) -> tuple[DataLoader, DataLoader]:
+def loaders(data: Splits, batch_size: int, x_name: str | None = None,
+            constants: dict[str, Any] | None = None) -> tuple[DataLoader, DataLoader]:
     """A shuffling training loader (its own generator, which ``osf.train`` reseeds every epoch) and a
-    validation loader: ``(x, y)`` batches, or with further inputs dicts of the inputs by name (``x`` as
-    ``x_name``, the model's name for its first input) and the labels under ``LABELS``."""
-    def dataset(x: torch.Tensor, y: torch.Tensor, inputs: dict[str, torch.Tensor]) -> Dataset:
-        if not inputs:
-            return TensorDataset(x, y)
+    validation loader: ``(x, y)`` batches, or with ``x_name`` (the model's name for its first input) dicts
+    of the inputs by name, the further inputs and ``constants`` (keyword values the model was traced with,
+    such as ``use_cache=False``) beside them, and the labels under ``LABELS``."""
+    def loader(x: torch.Tensor, y: torch.Tensor, inputs: dict[str, torch.Tensor], size: int, **options: Any
+               ) -> DataLoader:
         if x_name is None:
-            raise ValueError("data with further model inputs need x_name, the model's name for its first input")
-        return _Named({x_name: x, **inputs}, y)
-    train = DataLoader(dataset(data.x_train, data.y_train, data.inputs_train), batch_size=batch_size, shuffle=True,
-                       generator=torch.Generator())
-    return train, DataLoader(dataset(data.x_val, data.y_val, data.inputs_val), batch_size=max(batch_size, 256))
+            if inputs:
+                raise ValueError("data with further model inputs need x_name, the model's name for its first input")
+            return DataLoader(TensorDataset(x, y), batch_size=size, **options)
+        collate = functools.partial(_with_constants, constants=dict(constants or {}))
+        return DataLoader(_Named({x_name: x, **inputs}, y), batch_size=size, collate_fn=collate, **options)
+    train = loader(data.x_train, data.y_train, data.inputs_train, batch_size, shuffle=True,
+                   generator=torch.Generator())
+    return train, loader(data.x_val, data.y_val, data.inputs_val, max(batch_size, 256))
+
+
+def _with_constants(samples: list[dict[str, torch.Tensor]], constants: dict[str, Any]) -> dict[str, Any]:
+    return {**default_collate(samples), **constants}

@@ -158,28 +158,36 @@ def _fed_by(data: Splits, model: str, m: ModelSpec) -> ModelSpec:
     return replace(m, args=tuple(args), kwargs=kwargs)
 
 
-def _first_input(supernet: Supernet) -> str:
-    """The name by which the traced model takes its first input tensor (the data's ``x``), for batches of
-    named inputs."""
+def _batch_layout(supernet: Supernet, data: Splits) -> tuple[str | None, dict[str, Any]]:
+    """How batches call the traced model: the name of its first input tensor (the data's ``x``), or None
+    when plain ``(x, y)`` batches do; and the constants it was traced with by keyword (``use_cache=False``),
+    which every call must pass again."""
     positional, named = spec_children(load_spec(supernet.ir.info["in_spec"]))
-    leaf = next(i for i, entry in enumerate(supernet.ir.info["user_leaves"]) if "placeholder" in entry)
-    for key, child in zip([*range(positional.num_children), *(named.context or [])],
-                          [*spec_children(positional), *spec_children(named)]):
-        if leaf < child.num_leaves:
-            break
-        leaf -= child.num_leaves
-    if isinstance(key, str):
-        return key
+    keys = [*range(positional.num_children), *(named.context or [])]
+    leaves, first, constants = iter(supernet.ir.info["user_leaves"]), None, {}
+    for key, child in zip(keys, [*spec_children(positional), *spec_children(named)]):
+        entries = [next(leaves) for _ in range(child.num_leaves)]
+        if first is None and any("placeholder" in e for e in entries):
+            first = key
+        if isinstance(key, str) and child.num_leaves == 1 and "const" in entries[0]:
+            constants[key] = entries[0]["const"]
+    if not data.inputs_train and not constants:
+        return None, {}
+    if isinstance(first, str):
+        return first, constants
     signature = traced_signature(supernet.ir)
     if signature is None:
-        raise ConfigError("the data give further inputs by name, but the model's forward takes *args: give it "
-                          "named parameters, or use osf.train with a batch_fn (docs/train.md)")
-    return list(signature.parameters)[1 + key]
+        raise ConfigError("the model's forward takes *args, so osf train cannot pass its first input by name beside "
+                          f"{[*data.inputs_train, *constants]}: give it named parameters, or use osf.train with a "
+                          "batch_fn (docs/train.md)")
+    return list(signature.parameters)[1 + first], constants
 
 
-def _inputs(x: torch.Tensor, inputs: dict[str, torch.Tensor], x_name: str | None) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` of a call on the data's ``x`` and further inputs."""
-    return ((), {x_name: x, **inputs}) if inputs else ((x,), {})
+def _inputs(x: torch.Tensor, inputs: dict[str, torch.Tensor], layout: tuple[str | None, dict[str, Any]]
+            ) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of a call on the data's ``x`` and further inputs, laid out by ``_batch_layout``."""
+    x_name, constants = layout
+    return ((), {x_name: x, **inputs, **constants}) if x_name is not None else ((x,), {})
 
 
 def _check_kind(model: str, m: ModelSpec, data: Splits) -> None:
@@ -247,8 +255,8 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     else:
         torch.manual_seed(settings.seed)  # the model's initial weights
         supernet = new_supernet(model, space, image_size, data=splits)
-        x_name = _first_input(supernet) if splits.inputs_train else None
-        args, kwargs = _inputs(splits.x_train[:2], {k: v[:2] for k, v in splits.inputs_train.items()}, x_name)
+        args, kwargs = _inputs(splits.x_train[:2], {k: v[:2] for k, v in splits.inputs_train.items()},
+                               _batch_layout(supernet, splits))
         with torch.no_grad():  # outputs that are no class scores for these labels: refused before anything is written
             _check_class_scores(supernet.eval()(*args, **kwargs), 2, int(max(splits.y_train.max(), splits.y_val.max())))
         supernet.train()
@@ -256,8 +264,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         if main_rank:
             supernet.ir.save(str(out / IR_DIR), overwrite=True)  # a run cut short before its run.json is redone
             write_run(out, run)
-    train_loader, val_loader = loaders(splits, settings.batch_size,
-                                       _first_input(supernet) if splits.inputs_train else None)
+    train_loader, val_loader = loaders(splits, settings.batch_size, *_batch_layout(supernet, splits))
     supernet.to(device)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
     steps = settings.steps if settings.steps is not None else settings.epochs * len(train_loader)
@@ -282,7 +289,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
 def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:
     """The training and validation loaders of a trained run's data."""
     data = load_data(trained.run.data, trained.run.import_root)
-    return loaders(data, trained.run.train["batch_size"], _first_input(trained.supernet) if data.inputs_train else None)
+    return loaders(data, trained.run.train["batch_size"], *_batch_layout(trained.supernet, data))
 
 
 def _image_size(x: torch.Tensor) -> ImageSize | None:
@@ -402,9 +409,9 @@ def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
         with torch.no_grad():
             for batch in loader:
                 args, kwargs, y = split_batch(batch)
-                args, kwargs = pytree.tree_map(
-                    lambda t: t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device),
-                    (args, kwargs))
+                args, kwargs = pytree.tree_map_only(
+                    torch.Tensor, lambda t: t.to(device, dtype) if dtype is not None and t.is_floating_point()
+                    else t.to(device), (args, kwargs))
                 correct += int((select_output(model(*args, **kwargs)).argmax(-1).cpu() == y).sum())
                 total += len(y)
         return correct / total
