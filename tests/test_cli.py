@@ -239,6 +239,12 @@ def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsy
         bos_token_id=1, eos_token_id=1)).save_pretrained(tmp_path / "gpt2")
     assert main(["train", "hf:./gpt2", "--data", "npz:padded.npz", "--out", "gpt2-run", "--steps", "2", "--quiet"]) == 0
     assert main(["search", "gpt2-run", "--budget", "3", "--quiet"]) == 0
+    big = np.random.default_rng(2).integers(0, 100, (8, 12))  # ids beyond the vocabulary of 50: one line
+    np.savez(tmp_path / "big.npz", x_train=big, y_train=big[:, 0] % 3, x_val=big, y_val=big[:, 0] % 3)
+    capsys.readouterr()
+    assert main(["train", "hf:./bert", "--data", "npz:big.npz", "--out", "big", "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "hf:./bert fails on the data's first two samples (IndexError" in err and "Traceback" not in err
     np.savez(tmp_path / "six.npz", x_train=x[:64], y_train=x[:64, 0] % 6, x_val=x[64:], y_val=x[64:, 0] % 6)
     capsys.readouterr()
     assert main(["train", "hf:./bert", "--data", "npz:six.npz", "--out", "six", "--steps", "1", "--quiet"]) == 2
@@ -422,6 +428,22 @@ def test_integer_images_for_a_floating_point_model_are_refused_before_tracing(tm
     assert "takes torch.float32 inputs, but the data's x_train is torch.uint8: give it floating-point inputs" in \
         capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_hugging_face_vision_checkpoint_is_traced_at_the_datas_image_size(tmp_path, monkeypatch):
+    """An hf: folder's images take the data's size (non-square here): a CNN, whose config names no size, takes
+    any, and the run records it; --image-size applies to such folders too."""
+    transformers = pytest.importorskip("transformers")
+    transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8, num_labels=3)).save_pretrained(tmp_path / "resnet")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.standard_normal((8, 3, 20, 28)).astype(np.float32),
+             y_train=np.arange(8) % 3, x_val=rng.standard_normal((4, 3, 20, 28)).astype(np.float32),
+             y_val=np.arange(4) % 3)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "hf:./resnet", "--data", "npz:d.npz", "--out", "run", "--steps", "1", "--quiet"]) == 0
+    assert read_run(tmp_path / "run").image_size == [20, 28]
+    assert tuple(resolve("hf:./resnet", image_size=24).args[0].shape) == (2, 3, 24, 24)
 
 
 def test_image_size_flag():

@@ -223,7 +223,7 @@ def _space_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exclude", action="append", metavar="GLOB", help="never modules matching GLOB (repeatable)")
     g.add_argument("--prune-head-dim", action="store_const", const=True, help="also shrink head_dim")
     g.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
-                   help="example image size of a torchvision: or timm: model (a side, or height x width)")
+                   help="example image size of a torchvision:, timm: or hf:PATH vision model (a side, or height x width)")
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -282,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--dot", metavar="FILE", help="write a Graphviz drawing of one level's dataflow")
     i.add_argument("--level", default=None, help="module whose children --dot draws (default: --module or root)")
     i.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
-                   help="example image size of a torchvision: or timm: model (a side, or height x width)")
+                   help="example image size of a torchvision:, timm: or hf:PATH vision model (a side, or height x width)")
     i.add_argument("--save", metavar="DIR", help="also save the IR (graph JSON + safetensors) to DIR")
     i.set_defaults(func=cmd_inspect)
 

@@ -160,11 +160,12 @@ def _tokenized(transformers: ModuleType, folder: str) -> tuple[torch.Tensor | No
     return batch["input_ids"], batch["attention_mask"]
 
 
-def _hf_checkpoint(folder: str) -> ModelSpec:
+def _hf_checkpoint(folder: str, image_size: ImageSize | None = None) -> ModelSpec:
     """The Hugging Face checkpoint in ``folder`` (its ``config.json`` and weights), loaded offline as the class
     its config names (``architectures``: a fine-tuned classifier keeps its head) or ``AutoModel``. Example
     inputs: two sentences through the folder's tokenizer (random token ids where it has none) for a text
-    model, two images of the config's size for a vision model, two seconds-long waveforms for an audio one."""
+    model, two images of ``image_size`` (default: the config's) for a vision model, two seconds-long waveforms
+    for an audio one."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
     if not (Path(folder) / "config.json").is_file():
@@ -187,7 +188,7 @@ def _hf_checkpoint(folder: str) -> ModelSpec:
             mask = torch.ones_like(ids)
         args, kwargs, options = (), {"input_ids": ids, "attention_mask": mask}, {"dynamic_seq": True}
     elif inputs == "pixel_values":
-        size = getattr(config, "image_size", 224)
+        size = image_size or getattr(config, "image_size", 224)  # a CNN takes any; a ViT says which it takes
         height, width = (size, size) if isinstance(size, int) else tuple(size)[-2:]
         args, kwargs, options = (torch.randn(2, getattr(config, "num_channels", 3), height, width,
                                              generator=torch.Generator().manual_seed(0)),), {}, {}
@@ -325,14 +326,21 @@ def _python(target: str) -> ModelSpec:
     return ModelSpec(out[0], args, out[2] if len(out) == 3 else {})
 
 
+def takes_image_size(spec: str) -> bool:
+    """Whether ``spec`` builds its example images at a size it is given: torchvision:, timm: and hf: checkpoint
+    folders (a vision checkpoint; a text one ignores it)."""
+    kind, _, rest = spec.partition(":")
+    return kind in ("torchvision", "timm") or (kind == "hf" and rest not in HF_ARCHS)
+
+
 def resolve(spec: str, *, image_size: ImageSize | None = None) -> ModelSpec:
     """Build the model and example inputs named by ``spec``; ``image_size``: the example images' side or
     ``[height, width]`` (a vision transformer is built for that size)."""
     kind, _, rest = spec.partition(":")
-    if image_size is not None and kind not in ("torchvision", "timm"):
-        raise SpecError(f"an image size (--image-size, model.image_size) applies to torchvision: and timm: models, "
-                        f"not '{spec}'" + (": a python: factory returns its own example inputs" if kind == "python"
-                                           else ""))
+    if image_size is not None and not takes_image_size(spec):
+        raise SpecError(f"an image size (--image-size, model.image_size) applies to torchvision: and timm: models and "
+                        f"hf:PATH checkpoints, not '{spec}'" + (": a python: factory returns its own example inputs"
+                                                                  if kind == "python" else ""))
     if kind == "torchvision" and rest:
         return _torchvision(rest, image_size)
     if kind == "timm" and rest:
@@ -341,7 +349,7 @@ def resolve(spec: str, *, image_size: ImageSize | None = None) -> ModelSpec:
         if rest in HF_ARCHS:
             return HF_ARCHS[rest]()
         if Path(rest).is_dir():
-            return _hf_checkpoint(rest)
+            return _hf_checkpoint(rest, image_size)
         raise SpecError(f"unknown hf architecture '{rest}' and no such folder; built in: {sorted(HF_ARCHS)}, "
                         "or the folder of a checkpoint (hf:./my-model)")
     if kind == "sam" and rest:

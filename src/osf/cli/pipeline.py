@@ -32,7 +32,7 @@ from ..train.distill import select_output
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
 from .models import (BUILTIN, ImageSize, ModelSpec, SpecError, has_random_weights, is_module_spec, is_saved_ir,
-                     python_target, resolve)
+                     python_target, resolve, takes_image_size)
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -230,7 +230,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     root = (recorded.import_root if recorded else None) or os.getcwd()  # module specs import from here
     splits = load_data(data, root)  # bad data fails before any tracing
     device = run_device(settings.device, "train.device")
-    if image_size is None and model.partition(":")[0] in ("torchvision", "timm"):
+    if image_size is None and takes_image_size(model):
         image_size = _image_size(splits.x_train)  # traced at the data's size: other sizes are refused
     if settings.steps is None and settings.epochs is None:
         settings = replace(settings, epochs=DEFAULT_EPOCHS)
@@ -258,7 +258,14 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         args, kwargs = _inputs(splits.x_train[:2], {k: v[:2] for k, v in splits.inputs_train.items()},
                                _batch_layout(supernet, splits))
         with torch.no_grad():  # outputs that are no class scores for these labels: refused before anything is written
-            _check_class_scores(supernet.eval()(*args, **kwargs), 2, int(max(splits.y_train.max(), splits.y_val.max())))
+            try:
+                output = supernet.eval()(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - whatever the model raises on the data, said in one line
+                raise ConfigError(f"{model} fails on the data's first two samples ({type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); check that the data "
+                                  "suit the model (token ids within its vocabulary, the special tokens it expects, "
+                                  "the inputs it needs)") from e
+            _check_class_scores(output, 2, int(max(splits.y_train.max(), splits.y_val.max())))
         supernet.train()
         run = requested
         if main_rank:
