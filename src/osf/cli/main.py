@@ -407,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv
+    if getattr(args, "quiet", False):  # Hugging Face's own bars (loading weights) too, if it is imported later
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.func(args)
     except ERRORS as e:
