@@ -196,6 +196,12 @@ def test_a_local_hugging_face_checkpoint_loads_with_its_class_weights_and_inputs
         d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=90)).save_pretrained(tmp_path / "t5")
     with pytest.raises(SpecError, match=r"fails on \['input_ids', 'attention_mask'\] alone .*python: factory"):
         resolve(f"hf:{tmp_path / 't5'}")  # a decoder's inputs too
+    transformers.BartForSequenceClassification(transformers.BartConfig(  # reads each sentence at its one eos
+        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=40, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        num_labels=3)).save_pretrained(tmp_path / "bart")
+    ids = resolve(f"hf:{tmp_path / 'bart'}").kwargs["input_ids"]  # no tokenizer: ids drawn like a tokenizer's
+    assert (ids[:, 0] == 1).all() and (ids[:, -1] == 2).all() and not torch.isin(ids[:, 1:-1], torch.tensor([0, 1, 2])).any()
 
 
 def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsys):

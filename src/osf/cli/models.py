@@ -160,6 +160,19 @@ def _tokenized(transformers: ModuleType, folder: str) -> tuple[torch.Tensor | No
     return batch["input_ids"], batch["attention_mask"]
 
 
+def _random_ids(config: Any, vocab: int) -> torch.Tensor:
+    """Two rows of 16 token ids as a tokenizer would give them: ordinary tokens (none of the config's special
+    ones) between its ``bos`` and ``eos`` tokens where it has them (BART reads its sentence at its one eos)."""
+    special = {getattr(config, f"{name}_token_id", None) for name in ("pad", "bos", "eos", "unk", "sep", "cls", "mask")}
+    ordinary = torch.tensor([i for i in range(vocab) if i not in special] or list(range(vocab)))
+    ids = ordinary[torch.randint(0, len(ordinary), (2, 16), generator=torch.Generator().manual_seed(0))]
+    for column, name in ((0, "bos"), (-1, "eos")):
+        token = getattr(config, f"{name}_token_id", None)
+        if isinstance(token, int) and 0 <= token < vocab:
+            ids[:, column] = token
+    return ids
+
+
 def _hf_checkpoint(folder: str, image_size: ImageSize | None = None) -> ModelSpec:
     """The Hugging Face checkpoint in ``folder`` (its ``config.json`` and weights), loaded offline as the class
     its config names (``architectures``: a fine-tuned classifier keeps its head) or ``AutoModel``. Example
@@ -180,11 +193,11 @@ def _hf_checkpoint(folder: str, image_size: ImageSize | None = None) -> ModelSpe
     if inputs == "input_ids":
         vocab = getattr(config, "vocab_size", None)
         ids, mask = _tokenized(transformers, folder)
-        if ids is None or ids.size(1) < 2 or vocab is None or int(ids.max()) >= vocab:  # no (fitting) tokenizer
+        if ids is None or ids.size(1) < 4 or vocab is None or int(ids.max()) >= vocab:  # no (fitting) tokenizer
             if vocab is None:
                 raise SpecError(f"'hf:{folder}' ({type(model).__name__}): no tokenizer in the folder and no "
                                 f"vocab_size in its config to draw token ids from; {factory}")
-            ids = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+            ids = _random_ids(config, vocab)
             mask = torch.ones_like(ids)
         args, kwargs, options = (), {"input_ids": ids, "attention_mask": mask}, {"dynamic_seq": True}
     elif inputs == "pixel_values":
