@@ -118,7 +118,8 @@ class ExportSettings:
 
     def __post_init__(self) -> None:
         if self.arch is not None and (self.pick or self.budgets):
-            raise ConfigError(f"give export.arch or export.{'pick' if self.pick else 'budgets'}, not both")
+            other = "pick" if self.pick else "budgets"
+            raise ConfigError(f"give export.arch or export.{other}, not both (osf export: --arch or --{other})")
         if self.budgets:
             values = next(iter(self.budgets.values()))
             if len(self.budgets) != 1 or not isinstance(values, list) or not values:

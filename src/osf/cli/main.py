@@ -54,6 +54,11 @@ def image_size_arg(text: str) -> ImageSize:
     return sides[0] if len(sides) == 1 else sides
 
 
+def _image_size_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
+                   help="example image size of a torchvision:, timm: or hf:PATH vision model (a side, or height x width)")
+
+
 def _given(a: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The flags of ``a`` that name fields of ``cls`` and were given (the dataclass has the defaults)."""
     return {k: v for k, v in vars(a).items() if k in cls.__dataclass_fields__ and v is not None}
@@ -147,8 +152,6 @@ def cmd_search(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     if a.arch is None and not a.pick and not a.budgets:
         raise ConfigError("say which subnet: --arch, --pick METRIC=VALUE or --budgets METRIC=V1,V2,...")
-    if a.arch is not None and (a.pick or a.budgets):
-        raise ConfigError(f"give --arch or {'--pick' if a.pick else '--budgets'}, not both")
     budgets = dict([_budgets(a.budgets)]) if a.budgets else {}
     settings = ExportSettings(out=a.out, arch=a.arch, pick=dict(_budget(p, "--pick") for p in a.pick or []),
                               budgets=budgets, force=a.force, formats=tuple(a.format or ExportSettings.formats),
@@ -168,8 +171,7 @@ def _print_export(path: Path) -> None:
     if (path / pipeline.EXPORTS_INDEX).is_file():  # one subnet per budget
         index = json.loads((path / pipeline.EXPORTS_INDEX).read_text())
         for row in index["exports"]:
-            extra = "".join(f", {k} {v}" for k, v in row.items()
-                            if k not in ("budget", "dir", "params", "flops", "flops_share"))
+            extra = "".join(f", {k} {v}" for k, v in row.items() if k not in pipeline.INDEX_FIELDS)
             print(f"{row['dir']}: {row['params']:,} params, {row['flops']:,} FLOPs "
                   f"({100 * row['flops_share']:.1f}% of the full model's){extra}")
         print(f"exported {len(index['exports'])} subnets to {path} (index: exports.md)")
@@ -222,8 +224,7 @@ def _space_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--include", action="append", metavar="GLOB", help="only modules matching GLOB (repeatable)")
     g.add_argument("--exclude", action="append", metavar="GLOB", help="never modules matching GLOB (repeatable)")
     g.add_argument("--prune-head-dim", action="store_const", const=True, help="also shrink head_dim")
-    g.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
-                   help="example image size of a torchvision:, timm: or hf:PATH vision model (a side, or height x width)")
+    _image_size_flag(g)
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -281,8 +282,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--dot", metavar="FILE", help="write a Graphviz drawing of one level's dataflow")
     i.add_argument("--level", default=None, help="module whose children --dot draws (default: --module or root)")
-    i.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
-                   help="example image size of a torchvision:, timm: or hf:PATH vision model (a side, or height x width)")
+    _image_size_flag(i)
     i.add_argument("--save", metavar="DIR", help="also save the IR (graph JSON + safetensors) to DIR")
     i.set_defaults(func=cmd_inspect)
 

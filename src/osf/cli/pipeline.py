@@ -38,6 +38,7 @@ from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trai
 DEFAULT_EPOCHS = 5
 SEARCH_DIR = "search"
 EXPORTS_INDEX = "exports.json"  # what osf export --budgets writes beside its subnets
+INDEX_FIELDS = ("budget", "dir", "params", "flops", "flops_share")  # an index row's own fields; the rest: scores
 CALIB_BATCHES = 20  # BatchNorm recalibration batches before evaluating or exporting a subnet
 
 
@@ -94,7 +95,6 @@ def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None 
         return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
     m = resolve(model, image_size=image_size)  # built here for the supernet alone: no copy of its weights
     if data is not None:
-        _check_kind(model, m, data)
         m = _fed_by(data, model, m)
     if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
         _check_inputs(model, m.args[0], data.x_train[:2], spatial=bool(m.trace_options.get("dynamic_spatial")))
@@ -115,6 +115,8 @@ def _fed_by(data: Splits, model: str, m: ModelSpec) -> ModelSpec:
                           "whose forward builds that structure from them), or osf.train with a batch_fn (docs/train.md)")
     tensors = [(i, v) for i, v in enumerate(m.args) if isinstance(v, torch.Tensor)]
     tensors += [(k, v) for k, v in m.kwargs.items() if isinstance(v, torch.Tensor)]
+    if tensors:
+        _check_kind(model, tensors[0][1], data.x_train)
     given = data.inputs_train
     if len(tensors) <= 1 and not given:
         return m
@@ -190,12 +192,10 @@ def _inputs(x: torch.Tensor, inputs: dict[str, torch.Tensor], layout: tuple[str 
     return ((), {x_name: x, **inputs, **constants}) if x_name is not None else ((x,), {})
 
 
-def _check_kind(model: str, m: ModelSpec, data: Splits) -> None:
-    """Refuse integer data (images as uint8) for a model whose example input is floating point, and the
+def _check_kind(model: str, example: torch.Tensor, x: torch.Tensor) -> None:
+    """Refuse integer data ``x`` (images as uint8) for a model whose ``example`` input is floating point, and the
     converse (token ids stored as floats), before tracing: the model would fail on them inside its forward."""
-    example = next((v for v in [*m.args, *m.kwargs.values()] if isinstance(v, torch.Tensor)), None)
-    x = data.x_train
-    if example is None or example.is_floating_point() == x.is_floating_point():
+    if example.is_floating_point() == x.is_floating_point():
         return
     want = ("floating-point inputs (images scaled to [0, 1]: x / 255)" if example.is_floating_point()
             else f"{example.dtype} inputs (token ids as integers)")
@@ -496,7 +496,7 @@ def budget_dir(metric: str, value: float | str) -> str:
 def exports_markdown(index: dict[str, Any]) -> str:
     """``exports.md``: one row per budget (its directory, size and the scores its model card holds)."""
     rows = index["exports"]
-    scores = [k for k in rows[0] if k not in ("budget", "dir", "params", "flops", "flops_share")] if rows else []
+    scores = [k for k in rows[0] if k not in INDEX_FIELDS] if rows else []
     lines = [f"# Subnets of {index['source']}", "",
              "One subnet per budget, each the most accurate point of the search's front within it"
              + (f" and within {index['pick']}" if index["pick"] else "") + "; each directory holds `model.pt2`, "
