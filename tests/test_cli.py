@@ -6,9 +6,12 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -694,6 +697,34 @@ def test_train_on_two_processes_matches_one_and_resumes(tmp_path):
     assert done.stdout.count("trained 3 steps") == 1 and "resuming the run" in done.stderr
     steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_ctrl_c_during_osf_train_saves_the_step_and_says_how_to_resume(tmp_path, capsys):
+    """Ctrl-C (SIGINT) on ``osf train``: exit status 130 and one line naming the checkpoint of the last whole
+    step instead of a traceback; the same command (here grown by one step) resumes from it."""
+    out = tmp_path / "run"
+    command = ["train", "builtin:resnet", "--out", str(out), *TRAIN[:-3], "--checkpoint-every", "1000",
+               "--lr-schedule", "constant", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "osf.cli.main", *command, "--steps", "5000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text().count("\n") >= 2) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no training step within 120 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    said = re.search(r"osf train: interrupted after training step (\d+) of 5000, saved in (\S+); run the same "
+                     r"command again to resume from it", stderr)
+    assert said, stderr[-2000:]
+    step = int(said.group(1))
+    assert Path(said.group(2)) == out / "checkpoints" / f"step-{step:09d}.safetensors" and Path(said.group(2)).is_file()
+    assert main([*command, "--steps", str(step + 1)]) == 0
+    assert f"trained {step + 1} steps" in capsys.readouterr().out
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, step + 2))
 
 
 def test_export_from_run_dir_loads_with_plain_torch(trained_run, tmp_path, capsys):

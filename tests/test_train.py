@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,18 @@ def test_the_progress_bar_is_redrawn_now_and_then_in_a_log_not_at_every_step(cap
     assert err.count("\r") < steps // 4, err.count("\r")
 
 
+def _resume_equals(reference: osf.Supernet, loader: DataLoader, run_dir: Path, checkpoint_every: int,
+                   resumed_from: int) -> None:
+    """Training 13 steps in ``run_dir`` resumes at ``resumed_from`` and ends with ``reference``'s weights."""
+    resumed = make(seed=5)  # a fresh process would start from other weights: the checkpoint replaces them
+    opt, sched = opt_and_sched(resumed)
+    result = osf.train(resumed, loader, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=13,
+                       run_dir=run_dir, checkpoint_every=checkpoint_every, progress=False)
+    assert result.resumed_from == resumed_from
+    for k, t in reference.tensors().items():
+        assert torch.equal(t, resumed.tensors()[k]), k
+
+
 def test_resume_after_a_crash_gives_bit_identical_weights(tmp_path):
     loader = data()
     sn = make()
@@ -98,17 +111,60 @@ def test_resume_after_a_crash_gives_bit_identical_weights(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         osf.train(crashed, loader, optimizer=opt, scheduler=sched, loss_fn=crashing_loss, steps=13,
                   run_dir=tmp_path / "b", checkpoint_every=4, progress=False)
-    resumed = make(seed=5)  # a fresh process would start from other weights: the checkpoint replaces them
-    opt, sched = opt_and_sched(resumed)
-    result = osf.train(resumed, loader, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=13,
-                       run_dir=tmp_path / "b", checkpoint_every=4, progress=False)
-    assert result.resumed_from == 4
-    for k, t in sn.tensors().items():
-        assert torch.equal(t, resumed.tensors()[k]), k
+    _resume_equals(sn, loader, tmp_path / "b", checkpoint_every=4, resumed_from=4)
     log = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == list(range(1, 14))
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert ckpts == ["step-000000008.safetensors", "step-000000012.safetensors", "step-000000013.safetensors"]
+
+
+def _interrupting_loss(*calls: int):
+    """Cross-entropy that sends this process a SIGINT (Ctrl-C) at the given calls (4 per step)."""
+    count = {"n": 0}
+
+    def loss(out, target):
+        count["n"] += 1
+        if count["n"] in calls:
+            signal.raise_signal(signal.SIGINT)
+        return F.cross_entropy(out, target)
+    return loss
+
+
+def test_ctrl_c_finishes_the_step_saves_it_and_the_rerun_resumes_bit_identically(tmp_path):
+    """The first Ctrl-C lets the step under way finish, checkpoints it (between the periodic ones) and raises
+    ``osf.TrainingInterrupted``; training again resumes there and ends as an uninterrupted run. A second
+    Ctrl-C stops at once (a plain ``KeyboardInterrupt``, nothing saved); Python's handler is back after."""
+    loader = data()
+    sn = make()
+    opt, sched = opt_and_sched(sn)
+    osf.train(sn, loader, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=13,
+              run_dir=tmp_path / "a", checkpoint_every=10, progress=False)
+
+    stopped = make()
+    opt, sched = opt_and_sched(stopped)
+    with pytest.raises(osf.TrainingInterrupted) as info:  # during step 7's second subnet
+        osf.train(stopped, loader, optimizer=opt, scheduler=sched, loss_fn=_interrupting_loss(4 * 6 + 2), steps=13,
+                  run_dir=tmp_path / "b", checkpoint_every=10, progress=False)
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert (info.value.step, info.value.steps) == (7, 13)
+    assert info.value.checkpoint == tmp_path / "b" / "checkpoints" / "step-000000007.safetensors"
+    assert info.value.checkpoint.is_file() and "train again with the same run_dir" in str(info.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _resume_equals(sn, loader, tmp_path / "b", checkpoint_every=10, resumed_from=7)
+
+    twice = make()
+    opt, sched = opt_and_sched(twice)
+    with pytest.raises(KeyboardInterrupt) as info:
+        osf.train(twice, loader, optimizer=opt, scheduler=sched, loss_fn=_interrupting_loss(5, 6), steps=13,
+                  run_dir=tmp_path / "c", checkpoint_every=10, progress=False)
+    assert not isinstance(info.value, osf.TrainingInterrupted)
+    assert not list((tmp_path / "c" / "checkpoints").glob("*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    with pytest.raises(osf.TrainingInterrupted) as info:  # no run directory: stopped, nothing saved
+        osf.train(make(), loader, optimizer=opt_and_sched(sn)[0], loss_fn=_interrupting_loss(3), steps=13,
+                  progress=False)
+    assert (info.value.step, info.value.checkpoint) == (1, None)
 
 
 class Detector(nn.Module):

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ..ir import IR, OsfError, load_ir, trace
 from ..search.search import ALGORITHMS
 from ..space.space import SearchSpace
-from ..train import init_process_group
+from ..train import TrainingInterrupted, init_process_group
 from . import demo, inspect_cmd, pipeline, space_cmd
 from .config import (EXPORT_DTYPES, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config,
                      read_config, to_json)
@@ -417,6 +417,31 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"osf {args.command}: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"osf {args.command}: {_interrupted(args.command, e)}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
+
+
+def _interrupted(command: str, e: KeyboardInterrupt) -> str:
+    """What a Ctrl-C left behind and how to go on."""
+    if command == "demo":
+        return "interrupted; nothing was written (the report is staged and appears only when complete)"
+    if isinstance(e, TrainingInterrupted):
+        if e.checkpoint is None:
+            return f"interrupted after training step {e.step} of {e.steps}"
+        return (f"interrupted after training step {e.step} of {e.steps}, saved in {e.checkpoint}; run the same "
+                "command again to resume from it")
+    if command == "train":
+        return "interrupted; run the same command again to resume from the last checkpoint"
+    if command == "search":
+        return ("interrupted; the subnets evaluated so far are cached in the search directory: run the same "
+                "command again to go on from them")
+    if command == "run":
+        return ("interrupted; training resumes from its last checkpoint and the search from the subnets it "
+                "evaluated: run the same command again to go on")
+    return "interrupted"
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ from .checkpoint import CheckpointError
 from .distill import Distill, select_output
 from .evaluate import accuracy, evaluate
 from .forkjoin import ConfigMismatch, ForkJoin, init_process_group
-from .loop import TrainResult, train
+from .loop import TrainingInterrupted, TrainResult, train
 from .samplers import MotifSampler, ProgressiveShrinking, Sampler, SandwichSampler, UniformSampler, WarmupSampler
 
 __all__ = ["CheckpointError", "ConfigMismatch", "ForkJoin", "init_process_group", "Distill", "MotifSampler", "ProgressiveShrinking", "Sampler", "SandwichSampler",
-           "TrainResult", "UniformSampler", "WarmupSampler", "accuracy", "evaluate", "select_output", "train"]
+           "TrainingInterrupted", "TrainResult", "UniformSampler", "WarmupSampler", "accuracy", "evaluate", "select_output", "train"]

@@ -8,6 +8,9 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +42,17 @@ class TrainResult:
     resumed_from: int = 0
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``osf.train`` once the step under way had finished: ``step`` steps of ``steps`` are
+    done and, with a run directory, ``checkpoint`` holds them (training again resumes there)."""
+
+    def __init__(self, step: int, steps: int, checkpoint: Path | None) -> None:
+        saved = (f"; checkpoint {checkpoint}: train again with the same run_dir to resume"
+                 if checkpoint is not None else " (no run_dir: nothing was saved)")
+        super().__init__(f"training interrupted after step {step} of {steps}{saved}")
+        self.step, self.steps, self.checkpoint = step, steps, checkpoint
+
+
 def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimizer,
           loss_fn: LossFn | None = None, steps: int | None = None, epochs: int | None = None,
           sampler: Sampler | None = None, distill: Distill | None = None,
@@ -67,6 +81,10 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     the same batch (every rank must load the same data) and the gradients are summed over ranks before
     the one optimizer step every rank takes (see ``osf.train.forkjoin``). Rank 0 writes the run
     directory, which must be on a filesystem every rank reads.
+
+    Ctrl-C (in the main thread, without several ranks) lets the step under way finish, writes a
+    checkpoint (with ``run_dir``) and raises ``TrainingInterrupted``, a ``KeyboardInterrupt``: the
+    weights and optimizer are those of a whole number of steps. A second Ctrl-C stops at once.
 
     ``model``: a larger module that runs ``supernet`` inside it (a detector whose backbone it is, with
     post-processing osf cannot trace). Each subnet's loss is then ``loss_fn(model(*args, **kwargs),
@@ -126,11 +144,33 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         torch.manual_seed(seed)
     step = start
     last_ckpt = None
+
+    def save_checkpoint() -> Path:
+        return run.save(supernet, model, {
+            "step": step, "position": list(batches.position()), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed})
+
+    def interrupted() -> TrainingInterrupted:
+        saved = last_ckpt if last_ckpt is not None and last_ckpt.name == ckpt.name_for(step) else None
+        if run.dir is not None and saved is None:
+            saved = save_checkpoint()
+        return TrainingInterrupted(step, steps, saved)
+
     net.train()
+    stop = _StopRequest(enabled=fork is None, saves=run.dir is not None)
     try:
+        stop.listen()
         while step < steps:
+            if stop.requested:
+                raise interrupted()
             t0 = time.perf_counter()
-            batch = batches.next()
+            try:
+                batch = batches.next()
+            except Exception:
+                if stop.requested:  # Ctrl-C also stopped the loader's worker processes
+                    raise interrupted() from None
+                raise
             args, kwargs, target = split_batch(batch, batch_fn)
             args, kwargs, target = to_device(args, device), to_device(kwargs, device), to_device(target, device)
             if fork is not None and step == start:
@@ -183,13 +223,11 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             bar.set_postfix({r: f"{v:.4f}" for r, v in role_loss.items()}
                             | {"samples/s": f"{record['samples_per_s']:.0f}"}, refresh=False)
             if run.dir is not None and (step == steps or checkpoint_every and step % checkpoint_every == 0):
-                last_ckpt = run.save(supernet, model, {
-                    "step": step, "position": list(batches.position()), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed})
+                last_ckpt = save_checkpoint()
         if fork is not None:
             fork.barrier()  # rank 0's last checkpoint exists before any rank returns
     finally:
+        stop.close()
         bar.close()
         run.close()
     return TrainResult(step, history, last_ckpt, start)
@@ -344,6 +382,38 @@ def _mixed_precision(amp: bool | torch.dtype, device: torch.device):
     dtype = amp if isinstance(amp, torch.dtype) else (torch.float16 if device.type == "cuda" else torch.bfloat16)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return scaler, lambda: torch.autocast(device.type, dtype=dtype)
+
+
+class _StopRequest:
+    """Once ``listen`` was called (in the main thread, where SIGINT still has Python's default handler, and
+    ``enabled``), the first Ctrl-C only sets ``requested`` and says so; a second one raises
+    ``KeyboardInterrupt`` at once; data-loader workers forked meanwhile ignore it. ``close`` puts the default
+    handler back."""
+
+    def __init__(self, enabled: bool, saves: bool) -> None:
+        self.enabled, self.requested, self.previous, self.pid = enabled, False, None, 0
+        self.message = (f"\nCtrl-C: stopping after the step under way{' and saving a checkpoint' if saves else ''} "
+                        "(Ctrl-C again stops at once, losing the steps since the last checkpoint)\n").encode()
+
+    def listen(self) -> None:
+        if (self.enabled and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.pid, self.previous = os.getpid(), signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid:  # a data loader's worker, forked with this handler: the main process stops
+            return
+        if self.requested:
+            self.close()
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not print: the handler may run while the progress bar is halfway through writing to stderr
+        os.write(2, self.message)
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 class _Batches:
