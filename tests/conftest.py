@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,3 +17,13 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def ctrl_c():
+    """Python's own Ctrl-C handler for the test, whatever this process inherited: a command started in the
+    background by a non-interactive shell (``make test &``, some CI runners) ignores SIGINT from the start."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+

@@ -706,14 +706,18 @@ def test_ctrl_c_during_osf_train_saves_the_step_and_says_how_to_resume(tmp_path,
     command = ["train", "builtin:resnet", "--out", str(out), *TRAIN[:-3], "--checkpoint-every", "1000",
                "--lr-schedule", "constant", "--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "osf.cli.main", *command, "--steps", "5000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see ctrl_c
     log = out / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (log.is_file() and log.read_text().count("\n") >= 2) and proc.poll() is None:
-        assert time.monotonic() < deadline, "no training step within 120 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and log.read_text().count("\n") >= 2) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no training step within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     said = re.search(r"osf train: interrupted after training step (\d+) of 5000, saved in (\S+); run the same "

@@ -130,7 +130,7 @@ def _interrupting_loss(*calls: int):
     return loss
 
 
-def test_ctrl_c_finishes_the_step_saves_it_and_the_rerun_resumes_bit_identically(tmp_path):
+def test_ctrl_c_finishes_the_step_saves_it_and_the_rerun_resumes_bit_identically(tmp_path, ctrl_c):
     """The first Ctrl-C lets the step under way finish, checkpoints it (between the periodic ones) and raises
     ``osf.TrainingInterrupted``; training again resumes there and ends as an uninterrupted run. A second
     Ctrl-C stops at once (a plain ``KeyboardInterrupt``, nothing saved); Python's handler is back after."""
