@@ -531,6 +531,7 @@ def test_train_resumes_to_the_same_weights(trained_run, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "builtin:resnet", "--out", str(run), *TRAIN]
     assert main([*args, "--steps", "4"]) == 0
+    assert "tracing" not in capsys.readouterr().err  # --quiet
     ckpt.checkpoints(run / "checkpoints")[-1].unlink()  # only step 2's checkpoint is left
     assert main([*args, "--steps", "4"]) == 0
     assert "resuming the run" in capsys.readouterr().err
@@ -701,10 +702,11 @@ def test_train_on_two_processes_matches_one_and_resumes(tmp_path):
 
 def test_ctrl_c_during_osf_train_saves_the_step_and_says_how_to_resume(tmp_path, capsys):
     """Ctrl-C (SIGINT) on ``osf train``: exit status 130 and one line naming the checkpoint of the last whole
-    step instead of a traceback; the same command (here grown by one step) resumes from it."""
+    step instead of a traceback; the same command (here grown by one step) resumes from it. Before training,
+    a fresh run says what it traces and the search space it found (not with ``--quiet``)."""
     out = tmp_path / "run"
     command = ["train", "builtin:resnet", "--out", str(out), *TRAIN[:-3], "--checkpoint-every", "1000",
-               "--lr-schedule", "constant", "--quiet"]
+               "--lr-schedule", "constant"]
     proc = subprocess.Popen([sys.executable, "-m", "osf.cli.main", *command, "--steps", "5000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see ctrl_c
@@ -720,6 +722,9 @@ def test_ctrl_c_during_osf_train_saves_the_step_and_says_how_to_resume(tmp_path,
         proc.kill()
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
+    assert re.search(r"tracing builtin:resnet and deriving its search space\nsearch space of osf\.cli\.builtin\."
+                     r"ResidualCNN: \d+ width groups, \d+ removable units, 10\^[\d.]+ subnets, 10\^[\d.]+ motifs "
+                     r"\(\d+\.\d s\)\n", stderr), stderr[:2000]
     said = re.search(r"osf train: interrupted after training step (\d+) of 5000, saved in (\S+); run the same "
                      r"command again to resume from it", stderr)
     assert said, stderr[-2000:]

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -254,7 +255,12 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             say(f"resuming the run in {out}")
     else:
         torch.manual_seed(settings.seed)  # the model's initial weights
+        if progress and main_rank:
+            say(f"tracing {model} and deriving its search space")
+        began = time.perf_counter()
         supernet = new_supernet(model, space, image_size, data=splits)
+        if progress and main_rank:
+            say(f"{supernet.space.summary()} ({time.perf_counter() - began:.1f} s)")
         args, kwargs = _inputs(splits.x_train[:2], {k: v[:2] for k, v in splits.inputs_train.items()},
                                _batch_layout(supernet, splits))
         with torch.no_grad():  # outputs that are no class scores for these labels: refused before anything is written

@@ -313,11 +313,15 @@ class SearchSpace:
             arch.depth[u] = keep
 
     # ----- reporting -----
+    def summary(self) -> str:
+        """One line: the model's class, how many width groups and removable units, subnets and motifs."""
+        return (f"search space of {self.ir.modules[''].class_path}: {len(self.groups)} width groups, "
+                f"{len(self.units)} removable units, 10^{self.log10_size():.1f} subnets, "
+                f"10^{math.log10(self.num_motifs()):.1f} motifs")
+
     def describe(self) -> str:
         """A readable table of the width groups and removable units (and what was blocked, and why)."""
-        lines = [f"search space of {self.ir.modules[''].class_path}: {len(self.groups)} width groups, "
-                 f"{len(self.units)} removable units, 10^{self.log10_size():.1f} subnets, "
-                 f"10^{math.log10(self.num_motifs()):.1f} motifs", "", "width groups:"]
+        lines = [self.summary(), "", "width groups:"]
         w = max([len(g.key) for g in self.groups] + [10])
         for g in self.groups:
             lines.append(f"  {g.key:<{w}}  {g.kind:<8} {g.size:>6}  choices {g.choices}  "
