@@ -278,8 +278,8 @@ def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsy
     np.savez(tmp_path / "f.npz", x_train=f, y_train=np.arange(8) % 3, x_val=f, y_val=np.arange(8) % 3)
     capsys.readouterr()
     assert main(["train", "python:two.py:build", "--data", "npz:f.npz", "--out", "run2", "--steps", "1"]) == 2
-    err = capsys.readouterr().err
-    assert "['scale'] has no default" in err and len(err.strip().splitlines()) == 1, err
+    err = capsys.readouterr().err.strip().splitlines()  # the stage it failed in, then the error
+    assert err[0].startswith("tracing python:") and len(err) == 2 and "['scale'] has no default" in err[1], err
 
 
 def test_further_model_inputs_come_from_the_data_by_name(tmp_path, monkeypatch, capsys):
@@ -910,6 +910,28 @@ def test_bad_input_exits_nonzero_with_one_line_cause(trained_run, tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (argv, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_images_stored_in_another_layout_are_refused_saying_how_to_store_them(tmp_path, capsys):
+    """Channels-last images (as NumPy / PIL keep them), grey images without their channel dim and one channel
+    for a model taking three are refused before tracing, each with the array expression that fixes it."""
+    rng = np.random.default_rng(0)
+    cases = [("torchvision:resnet18", (32, 32, 3), "[3, 32, 32], but the data's are [32, 32, 3]: these look "
+              "channels-last, and PyTorch models take channels first; store x.transpose(0, 3, 1, 2) as x_train and x_val"),
+             ("torchvision:resnet18", (28, 28), "[3, 28, 28], but the data's are [28, 28]: the samples lack the "
+              "channel dim the model takes first; store np.repeat(x[:, None], 3, axis=1) as x_train and x_val"),
+             ("torchvision:resnet18", (1, 32, 48), "[3, 32, 48], but the data's are [1, 32, 48]: the model takes 3 "
+              "channels, the data have 1; store np.repeat(x, 3, axis=1) as x_train and x_val"),
+             ("builtin:resnet", (8, 8), "store x[:, None] as x_train and x_val"),
+             ("builtin:resnet1d", (40, 1), "store x.transpose(0, 2, 1) as x_train and x_val")]
+    for i, (model, shape, message) in enumerate(cases):
+        np.savez(tmp_path / f"{i}.npz", x_train=rng.random((8, *shape), dtype=np.float32), y_train=np.arange(8) % 2,
+                 x_val=rng.random((4, *shape), dtype=np.float32), y_val=np.arange(4) % 2)
+        assert main(["train", model, "--data", f"npz:{tmp_path / f'{i}.npz'}", "--out", str(tmp_path / "run"),
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (model, shape, err)
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_validation(tmp_path):

@@ -210,12 +210,30 @@ def _check_inputs(model: str, example: torch.Tensor, inputs: torch.Tensor, spati
     want, got = tuple(example.shape[1:]), tuple(inputs.shape[1:])
     if len(want) == len(got) and want[:1] == got[:1] and (spatial or want == got):
         return
-    hint = ""
+    hint = _layout_hint(want, got) or ": choose a model for this data"
     if model.startswith("builtin:"):
         others = [f"builtin:{n}" for n in BUILTIN if tuple(resolve(f"builtin:{n}").args[0].shape[1:]) == got]
-        hint = f"; {' and '.join(others)} take{'s' * (len(others) == 1)} these" if others else ""
-    raise ConfigError(f"{model} takes samples shaped {list(want)}, but the data's are {list(got)}: choose a model "
-                      f"for this data{hint}")
+        hint += f"; {' and '.join(others)} take{'s' * (len(others) == 1)} these" if others else ""
+    raise ConfigError(f"{model} takes samples shaped {list(want)}, but the data's are {list(got)}{hint}")
+
+
+def _layout_hint(want: tuple[int, ...], got: tuple[int, ...]) -> str:
+    """How data samples shaped ``got`` may be stored for a model taking ``want`` (channels first): channels
+    last, a missing channel dim, one channel for several; empty when none of these fits."""
+    if len(want) < 2:
+        return ""
+    channels = want[0]
+    if len(got) == len(want) and got[-1] == channels and got[0] != channels:
+        axes = ", ".join(map(str, (0, len(got), *range(1, len(got)))))
+        return (f": these look channels-last, and PyTorch models take channels first; store x.transpose({axes}) as "
+                "x_train and x_val")
+    if got == want[1:]:
+        fix = f"np.repeat(x[:, None], {channels}, axis=1)" if channels > 1 else "x[:, None]"
+        return f": the samples lack the channel dim the model takes first; store {fix} as x_train and x_val"
+    if len(got) == len(want) and got[0] == 1 and channels > 1:
+        return (f": the model takes {channels} channels, the data have 1; store np.repeat(x, {channels}, axis=1) as "
+                "x_train and x_val")
+    return ""
 
 
 # ----- train -----
@@ -305,12 +323,19 @@ def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:
     return loaders(data, trained.run.train["batch_size"], *_batch_layout(trained.supernet, data))
 
 
+CHANNELS = (1, 3, 4)  # of images: grey, RGB, RGBA
+
+
 def _image_size(x: torch.Tensor) -> ImageSize | None:
-    """The size of images ``(N, C, H, W)``: the side of square ones, else ``[H, W]``; None for other data (the
-    model's default example size)."""
+    """The size of images ``(N, C, H, W)`` (or ``(N, H, W, C)`` or ``(N, H, W)``, which the model then refuses,
+    saying why): the side of square ones, else ``[H, W]``; None for other data (the model's default example
+    size)."""
+    if x.dim() == 3 and min(x.shape[1:]) > max(CHANNELS):  # grey images without their channel dim
+        return _image_size(x[:, None])
     if x.dim() != 4:
         return None
-    return int(x.shape[-1]) if x.shape[-1] == x.shape[-2] else [int(x.shape[-2]), int(x.shape[-1])]
+    h, w = x.shape[-2:] if x.shape[-1] not in CHANNELS or x.shape[1] in CHANNELS else x.shape[1:3]  # channels last
+    return int(h) if h == w else [int(h), int(w)]
 
 
 def _absolute(spec: str) -> str:
