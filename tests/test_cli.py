@@ -966,6 +966,12 @@ def tiny_data():
     return x, np.arange(6) % 2, x[:2], np.array([0, 1])
 
 
+def object_labels():
+    """A data factory whose labels are Python objects."""
+    x, _, xv, yv = tiny_data()
+    return x, np.array([None, "a", 1, 2.0, None, "b"], dtype=object), xv, yv
+
+
 def test_data_specs(tmp_path):
     x, y, xv, yv, more, _ = load_data("python:test_cli:tiny_data")
     assert x.dtype == torch.float32 and y.dtype == torch.long and tuple(xv.shape) == (2, 1, 8, 8) and more == {}
@@ -980,10 +986,21 @@ def test_data_specs(tmp_path):
     assert sorted(batch) == ["labels", "mask", "x"] and batch["mask"].shape == (2, 3)
     for extra, message in [(dict(mask_train=np.ones((4, 3))), r"lacks mask_val"),
                            (dict(mask_train=np.ones((3, 3)), mask_val=np.ones((2, 3))), "mask_train has 3 rows"),
-                           (dict(labels_train=np.ones(4), labels_val=np.ones(2)), "'labels' cannot name")]:
-        np.savez(tmp_path / "bad.npz", **arrays, **extra)
+                           (dict(labels_train=np.ones(4), labels_val=np.ones(2)), "'labels' cannot name"),
+                           # labels and inputs stored otherwise than osf takes them: the fix is named
+                           (dict(y_train=np.array(["cat", "dog", "cat", "eel"])), r"y_train holds strings \(<U3\); "
+                            r"store class indices, the same in both splits: classes = np.unique\(y_train\)"),
+                           (dict(y_train=np.array([0, 1, -1, 2])), "y_train holds the label -1; class labels run from 0"),
+                           (dict(y_train=np.eye(3, dtype=np.int64)[[0, 1, 2, 1]]),
+                            r"got torch.int64 \(4, 3\); these look one-hot: store y.argmax\(1\)"),
+                           (dict(y_val=np.array([[0], [1]])), r"y_val must be .* \(2, 1\); store y.ravel\(\)"),
+                           (dict(y_train=np.array([0.0, 1.0, 2.0, 1.0])), r"float64 \(4,\); store y.astype\(np.int64\)"),
+                           (dict(x_val=np.array(["some text", "more"])), "x_val holds strings .*token ids")]:
+        np.savez(tmp_path / "bad.npz", **{**arrays, **extra})
         with pytest.raises(SpecError, match=message):
             load_data(f"npz:{tmp_path / 'bad.npz'}")
+    with pytest.raises(SpecError, match=r"y_train holds Python objects \(object\); store class indices"):
+        load_data("python:test_cli:object_labels")  # (an archive refuses object arrays itself: no unpickling)
     np.savez(tmp_path / "e.npz", x_train=np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"lacks array\(s\) \['y_train', 'x_val', 'y_val'\]"):
         load_data(f"npz:{tmp_path / 'e.npz'}")

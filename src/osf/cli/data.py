@@ -90,12 +90,15 @@ def _checked(out: Any, spec: str) -> Splits:
     tensors = []
     for name, a in zip(NAMES, out):
         if name.startswith("x"):
-            t = _input(a)
+            t = _input(a, name, spec)
         else:
-            t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+            t = _tensor(a, name, spec)
             if t.is_floating_point() or t.dim() != 1:
                 raise SpecError(f"data '{spec}': {name} must be a 1-D array of integer class labels, got "
-                                f"{t.dtype} {tuple(t.shape)}")
+                                f"{t.dtype} {tuple(t.shape)}{_label_hint(t)}")
+            if len(t) and int(t.min()) < 0:
+                raise SpecError(f"data '{spec}': {name} holds the label {int(t.min())}; class labels run from 0 to "
+                                "the number of classes - 1 (drop the samples to ignore)")
             t = t.long()
         tensors.append(t)
     for i, split in enumerate(SPLITS):
@@ -110,9 +113,35 @@ def _checked(out: Any, spec: str) -> Splits:
     return Splits(*tensors, *inputs)
 
 
-def _input(a: Any) -> torch.Tensor:
+def _tensor(a: Any, name: str, spec: str) -> torch.Tensor:
+    """Array ``name`` of the data as a tensor; strings and objects refused, saying what to store instead."""
+    if isinstance(a, torch.Tensor):
+        return a
+    array = np.asarray(a)
+    if array.dtype.kind in "USO":  # str, bytes, Python objects
+        fix = ("store class indices, the same in both splits: classes = np.unique(y_train); y = "
+               "np.searchsorted(classes, y)" if name.startswith("y") else
+               "store numbers: text as token ids from a tokenizer (padded to one length, with attention_mask_train "
+               "and attention_mask_val)")
+        raise SpecError(f"data '{spec}': {name} holds {'strings' if array.dtype.kind in 'US' else 'Python objects'} "
+                        f"({array.dtype}); {fix}")
+    return torch.as_tensor(array)
+
+
+def _label_hint(t: torch.Tensor) -> str:
+    """How labels shaped or typed otherwise than class indices may be stored as such."""
+    if t.dim() == 2 and t.size(1) == 1:
+        return "; store y.ravel()"
+    if t.dim() == 2 and bool(((t == 0) | (t == 1)).all()) and bool((t.sum(1) == 1).all()):
+        return "; these look one-hot: store y.argmax(1)"
+    if t.dim() == 1 and t.is_floating_point() and bool((t == t.round()).all()):
+        return "; store y.astype(np.int64)"
+    return ""
+
+
+def _input(a: Any, name: str, spec: str) -> torch.Tensor:
     """A model input as a tensor: floating point as float32, integers and booleans as they are."""
-    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+    t = _tensor(a, name, spec)
     return t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
 
 
@@ -126,7 +155,7 @@ def _named_inputs(arrays: Mapping[str, Any], spec: str) -> tuple[dict[str, torch
             why = (f"lacks {unpaired[0]}: a further model input needs both {name}_train and {name}_val"
                    if unpaired else f"'{name}' cannot name a model input (a Python identifier other than {LABELS!r})")
             raise SpecError(f"data '{spec}' {why}")
-    return tuple({n: _input(arrays[n + split]) for n in sorted(names)} for split in SPLITS)
+    return tuple({n: _input(arrays[n + split], n + split, spec) for n in sorted(names)} for split in SPLITS)
 
 
 class _Named(Dataset):
