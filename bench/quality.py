@@ -133,18 +133,6 @@ def recalibrate(model: torch.nn.Module, loader, batches: int | None = None) -> N
         m.momentum = mom
 
 
-def hypervolume(points: list[tuple[float, float]]) -> float:
-    """Area dominated by (FLOPs fraction, accuracy) points against the reference (1, 0): FLOPs minimised,
-    accuracy maximised."""
-    best, hv = [], 0.0
-    for f, a in sorted(points):
-        if f <= 1 and (not best or a > best[-1][1]):
-            best.append((f, a))
-    for (f, a), nxt in zip(best, [p[0] for p in best[1:]] + [1.0]):
-        hv += (nxt - f) * a
-    return hv
-
-
 def rewind(loader, seed: int) -> None:
     """Reseed the training loader's own generator: each method's shuffles and BatchNorm recalibration
     batches then do not depend on what ran before it in this process."""
@@ -190,10 +178,6 @@ def osf_rows(tag, supernet, front, train, test, x1, max_flops, secs):
                   "params": p.params, "arch": p.arch.to_json(),
                   "seconds": round(secs, 1)}
     return out
-
-
-def front_points(front, max_ref):
-    return [(p.flops / max_ref, p.accuracy) for p in front.pareto]
 
 
 TP_MAX_RATIO = 0.9  # above ~0.95 MetaPruner skips layers that would lose every channel: not monotonic
@@ -332,7 +316,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
         fronts[tag] = front
         rewind(train, seed)
         done(tag, osf_rows(tag, supernet, front, train, test, x1, max_flops, train_s + secs))
-        res["fronts"][tag] = {"hypervolume_val": round(hypervolume(front_points(front, ref)), 4),
+        res["fronts"][tag] = {"hypervolume_val": round(front.hypervolume("flops"), 4),
                                         "evaluated": front.info["evaluated"], "search_s": round(secs, 1),
                                         "train_s": round(train_s, 1)}
     # osf's front on the test split (for the plot)
@@ -433,7 +417,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     front, secs = osf_search(motif_net, val, train, search_budget, "surrogate", seed)
     rewind(train, seed)
     done("osf-motif", osf_rows("osf-motif", motif_net, front, train, test, x1, max_flops, motif_s + secs))
-    res["fronts"]["osf-motif"] = {"hypervolume_val": round(hypervolume(front_points(front, ref)), 4),
+    res["fronts"]["osf-motif"] = {"hypervolume_val": round(front.hypervolume("flops"), 4),
                                             "evaluated": front.info["evaluated"], "search_s": round(secs, 1),
                                             "train_s": round(motif_s, 1)}
 

@@ -39,7 +39,6 @@ def measure(dataset: str, kind: str, epochs: int, runs: list[tuple[int, int]], l
     (x, y), (xv, yv), _ = quality.split(dataset)
     train, val = quality.loaders((x, y, xv, yv), SEED)
     supernet, train_s = quality.train_supernet(kind, dataset, x[:2], train, epochs, SEED, motif=False)
-    full = supernet.cost(supernet.space.max())["flops"]
     rows = []
     for budget, seeds in runs:
         for algorithm in ALGORITHMS:
@@ -48,7 +47,7 @@ def measure(dataset: str, kind: str, epochs: int, runs: list[tuple[int, int]], l
                 front = osf.search(supernet, lambda model: quality.accuracy(model, val), objectives=("accuracy", "flops"),
                                    budget=budget, algorithm=algorithm, seed=seed, calib_loader=train,
                                    calib_batches=quality.CALIB, progress=False)
-                volumes.append(quality.hypervolume(quality.front_points(front, full)))
+                volumes.append(front.hypervolume("flops"))
                 at50.append(front.best(flops="50%").accuracy)
                 at35.append(front.best(flops="35%").accuracy)
             rows.append({"dataset": dataset, "model": kind, "epochs": epochs, "budget": budget, "seeds": seeds,

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import osf
 from osf.cli.builtin import ResidualCNN, TinyViT, digits
 from osf.search.archs import canonical, representative
-from osf.search.front import dominates
+from osf.search.front import Point, dominates
 from osf.search.surrogate import fit_ridge, pick
 
 
@@ -168,6 +168,22 @@ def test_front_is_pareto_optimal_and_complete(digits_setup, algorithm):
     flops = [p.flops for p in pareto]
     assert flops == sorted(flops)
     assert front.best().accuracy == max(p.accuracy for p in front.points)
+
+
+def test_hypervolume_is_the_area_under_the_fronts_staircase(digits_setup):
+    """``Front.hypervolume``: the area (cost as a fraction of the full model's, accuracy) that the evaluated
+    points dominate against (1, 0); dominated points and those costlier than the full model add nothing."""
+    arch = osf.Arch({}, {})
+    points = [Point(arch, acc, params, flops) for acc, params, flops in
+              [(0.5, 40, 25), (0.8, 10, 50), (0.7, 30, 60), (0.9, 100, 100), (1.0, 5, 150)]]
+    front = osf.Front(points, reference={"flops": 100.0, "params": 100.0})
+    assert front.hypervolume() == pytest.approx(0.25 * 0.5 + 0.5 * 0.8)  # steps at 25 %, 50 %, up to 100 %
+    assert front.hypervolume("params") == pytest.approx(0.95 * 1.0)  # the cheapest is also the best
+    with pytest.raises(ValueError, match="no full-model latency to scale by"):
+        front.hypervolume("latency")
+    searched = _search(digits_setup, objectives=("accuracy", "flops"), budget=8, algorithm="random")[0]
+    more = _search(digits_setup, objectives=("accuracy", "flops"), budget=16, algorithm="random")[0]
+    assert 0 < searched.hypervolume() <= more.hypervolume() <= 1  # a superset of the evaluated subnets
 
 
 @pytest.mark.parametrize("algorithm", ["surrogate", "nsga2", "random"])

@@ -97,6 +97,25 @@ class Front:
                                    "with it as a constraint")
         return max(fits, key=lambda p: (p.accuracy, -p.flops, -p.params))
 
+    def hypervolume(self, cost: str | None = None) -> float:
+        """The area this front dominates in the plane of ``cost`` (default: the first cost objective) as a
+        fraction of the full model's, minimised, against accuracy, maximised, from the reference point
+        (1, 0): between 0 and 1 (a free subnet of accuracy 1), a single number to compare search runs or
+        supernets by. Every evaluated point counts; those costlier than the full model add nothing."""
+        costs = [o for o in self.objectives if o != "accuracy"]
+        cost = cost if cost is not None else (costs[0] if costs else "flops")
+        if not self.reference.get(cost):
+            raise ValueError(f"this front holds no full-model {cost} to scale by (reference: {sorted(self.reference)}); "
+                             f"pick one of those")
+        points = [(p.value(cost) / self.reference[cost], p.accuracy) for p in self.points
+                  if getattr(p, cost) is not None]
+        staircase: list[tuple[float, float]] = []  # the points no cheaper one beats, by increasing cost
+        for c, a in sorted(points, key=lambda ca: (ca[0], -ca[1])):
+            if c <= 1 and (not staircase or a > staircase[-1][1]):
+                staircase.append((c, a))
+        ends = [c for c, _ in staircase[1:]] + [1.0]
+        return sum((end - c) * max(a, 0.0) for (c, a), end in zip(staircase, ends))
+
     # ----- files -----
     def to_json(self) -> dict:
         return {"format": "osf-front", "version": 1, "objectives": list(self.objectives),
