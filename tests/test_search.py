@@ -469,6 +469,7 @@ def test_front_save_load_table_and_plot(digits_setup, tmp_path):
     text = front.table()
     lines = text.splitlines()
     assert "accuracy" in lines[1] and "FLOPs" in lines[1] and len(lines) == 2 + len(front.pareto)
+    assert lines[0].endswith(f"; hypervolume {front.hypervolume('flops'):.4f} (flops)")
     assert len(front.table(all_points=True).splitlines()) == 2 + len(front.points)
     assert str(front) == text
 

@@ -167,6 +167,9 @@ class Front:
                  f"{', '.join(self.objectives)}")
         if self.limits:
             title += "; constraints " + ", ".join(f"{k} <= {format_metric(k, v)}" for k, v in self.limits.items())
+        cost = next((o for o in self.objectives if o != "accuracy"), None)
+        if cost is not None and self.reference.get(cost):
+            title += f"; hypervolume {self.hypervolume(cost):.4f} ({cost})"
         return "\n".join([title] + lines)
 
     def __str__(self) -> str:
