@@ -254,6 +254,13 @@ def test_train_a_local_text_classifier_on_token_ids(tmp_path, monkeypatch, capsy
     assert main(["train", "hf:./bert", "--data", "npz:big.npz", "--out", "big", "--steps", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "hf:./bert fails on the data's first two samples (IndexError" in err and "Traceback" not in err
+    later = np.concatenate([big[:2] % 50, big[2:]])  # only the first two samples (checked up front) fit the vocabulary
+    np.savez(tmp_path / "later.npz", x_train=later, y_train=later[:, 0] % 3, x_val=later % 50, y_val=later[:, 0] % 3)
+    assert main(["train", "hf:./bert", "--data", "npz:later.npz", "--out", "later", "--steps", "3", "--batch-size", "4",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after Hugging Face's loading bar, in this process)
+    assert re.match(r"osf train: error: training failed in step \d, running the (max|min|random) subnet: IndexError: "
+                    r"index out of range in self; the data's first samples passed, so look at the batch", err), err
     np.savez(tmp_path / "six.npz", x_train=x[:64], y_train=x[:64, 0] % 6, x_val=x[64:], y_val=x[64:, 0] % 6)
     capsys.readouterr()
     assert main(["train", "hf:./bert", "--data", "npz:six.npz", "--out", "six", "--steps", "1", "--quiet"]) == 2

@@ -266,9 +266,19 @@ def test_checkpoint_errors(tmp_path):
 def test_bad_input_errors():
     sn = make()
     opt, _ = opt_and_sched(sn)
-    with pytest.raises(FloatingPointError, match=r"step 0 for the max subnet; arch: \{"):
+    with pytest.raises(FloatingPointError, match=r"step 1 for the max subnet; arch: \{"):
         osf.train(sn, data(), optimizer=opt, loss_fn=lambda out, y: out.sum() * float("nan"), steps=2,
                   progress=False)
+    calls = []
+
+    def fails_in_step_3(out, y):  # the third step's second subnet, the min one of the sandwich
+        calls.append(1)
+        if len(calls) == 10:
+            raise IndexError("index 50 is out of bounds")
+        return F.cross_entropy(out, y)
+    with pytest.raises(IndexError, match="index 50") as info:
+        osf.train(sn, data(), optimizer=opt, loss_fn=fails_in_step_3, steps=4, progress=False)
+    assert info.value.__notes__ == [f"osf.train: in step 3, running the min subnet; its arch: {sn.space.min().key()}"]
     with pytest.raises(ValueError, match="yielded no batch"):
         osf.train(sn, [], optimizer=opt, loss_fn=F.cross_entropy, steps=2, progress=False)
     with pytest.raises(ValueError, match="exactly one of steps= or epochs="):

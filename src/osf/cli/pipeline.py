@@ -30,6 +30,7 @@ from ..supernet import Supernet
 from ..supernet.batches import split_batch
 from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, WarmupSampler, evaluate, train
 from ..train.distill import select_output
+from ..train.loop import ARCH_NOTE, STEP_NOTE
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
 from .models import (BUILTIN, ImageSize, ModelSpec, SpecError, has_random_weights, is_module_spec, is_saved_ir,
@@ -305,16 +306,35 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     elif settings.distill == "teacher":  # the model as given, before training (the run's IR holds its weights)
         teacher = supernet.ir.build().eval().requires_grad_(False).to(device)  # (training restores later)
         distill = Distill("teacher", teacher=teacher, weight=settings.distill_weight)
-    result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
-                   loss_fn=_cross_entropy, steps=steps, sampler=_sampler(settings, supernet, len(train_loader)),
-                   seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp, distill=distill,
-                   run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
+    try:
+        result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
+                       loss_fn=_cross_entropy, steps=steps, sampler=_sampler(settings, supernet, len(train_loader)),
+                       seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp, distill=distill,
+                       run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
+    except Exception as e:  # noqa: BLE001 - a subnet's failure on a batch, said in one line with its step
+        failure = _step_failure(e, settings)
+        if failure is None:
+            raise
+        raise failure from e
     if main_rank:
         accuracy = {name: round(evaluate(supernet, arch, val_loader, calib_loader=train_loader), 4)
                     for name, arch in (("max", supernet.space.max()), ("min", supernet.space.min()))}
         run.result = {"step": result.step, "val_accuracy": accuracy}
         write_run(out, run)
     return run
+
+
+def _step_failure(e: Exception, settings: TrainSettings) -> ConfigError | None:
+    """``e`` said in one line naming the training step and subnet it came from (the note ``osf.train``
+    adds); None when it came from elsewhere."""
+    note = next((n for n in getattr(e, "__notes__", ()) if n.startswith(STEP_NOTE)), None)
+    if note is None:
+        return None
+    where = note.removeprefix("osf.train: ").split(ARCH_NOTE)[0]
+    lines = str(e).strip().splitlines()
+    hint = (f"; lower --batch-size (now {settings.batch_size})" if isinstance(e, torch.cuda.OutOfMemoryError)
+            else "; the data's first samples passed, so look at the batch (--debug shows the traceback)")
+    return ConfigError(f"training failed {where}: {type(e).__name__}: {lines[0] if lines else ''}{hint}")
 
 
 def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:

@@ -30,6 +30,8 @@ from .forkjoin import ForkJoin, WorkItem, digest, plan, take_rows
 from .samplers import Sampler, SandwichSampler
 
 LossFn = Callable[[Any, Any], torch.Tensor]
+# the note an exception raised while a subnet trains gets: "osf.train: in step 3, running the min subnet; its arch: {...}"
+STEP_NOTE, ARCH_NOTE = "osf.train: in step", "; its arch: "
 
 
 @dataclass
@@ -191,7 +193,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 losses = fork.join(params, losses)
                 fork.sync_buffers(net, counters)
             join_seconds = time.perf_counter() - t_join
-            _check_finite(losses, picks, step)
+            _check_finite(losses, picks, step + 1)  # counted from 1, as the log and the progress bar
             lr = optimizer.param_groups[0]["lr"]  # the rate of this step (the scheduler sets the next one)
             if scaler is not None:
                 scaler.unscale_(optimizer)
@@ -299,17 +301,21 @@ def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str,
             soft = _soft_targets(supernet, net, picks[0][1], args, kwargs, distill, autocast, seed, step)
         part = functools.partial(take_rows, start=item.start, stop=item.stop, rows=rows)
         torch.manual_seed(_item_seed(seed, step, item.index))
-        with supernet.set_arch(item.arch), autocast():
-            out = net(*part(args), **part(kwargs))
-            if distill is None or soft is None:
-                loss = loss_fn(out, part(target))
-            elif distill.weight == 1.0 or loss_fn is None:
-                loss = distill(out, part(soft))
-            else:
-                loss = distill.weight * distill(out, part(soft)) + (1 - distill.weight) * loss_fn(out, part(target))
-            if item.weight != 1.0:
-                loss = loss * item.weight
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        try:
+            with supernet.set_arch(item.arch), autocast():
+                out = net(*part(args), **part(kwargs))
+                if distill is None or soft is None:
+                    loss = loss_fn(out, part(target))
+                elif distill.weight == 1.0 or loss_fn is None:
+                    loss = distill(out, part(soft))
+                else:
+                    loss = distill.weight * distill(out, part(soft)) + (1 - distill.weight) * loss_fn(out, part(target))
+                if item.weight != 1.0:
+                    loss = loss * item.weight
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        except Exception as e:
+            e.add_note(f"{STEP_NOTE} {step + 1}, running the {picks[item.index][0]} subnet{ARCH_NOTE}{item.arch.key()}")
+            raise
         if inplace and item.index == 0 and item.start == 0 and item.stop == rows:
             soft = select_output(out, distill.field).detach()
         losses[item.index] += loss.detach().to(torch.float64)
