@@ -25,7 +25,7 @@ from osf.cli.config import ConfigError, SpaceSettings, TrainSettings, parse_conf
 from osf.cli.data import load_data, loaders
 from osf.cli.main import image_size_arg, main
 from osf.cli.models import SpecError, resolve
-from osf.cli.pipeline import new_supernet, run_device
+from osf.cli.pipeline import _scheduler, new_supernet, run_device
 from osf.cli.run_dir import build_supernet, load_trained, read_run
 from osf.export.inputs import input_names, input_signature
 from osf.train import checkpoint as ckpt
@@ -590,6 +590,22 @@ def test_train_follows_the_lr_schedule(schedule, trained_run, tmp_path):
     assert len(set(logged)) == (1 if schedule == "constant" else 4)
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_every_lr_schedule_steps_through_runs_of_any_length(schedule):
+    """torch's OneCycleLR divides by zero for exactly 10 steps at a 10 % warm-up (a two-epoch run on 5 batches
+    failed with 'float division by zero'): osf's schedule steps through every length, warming up then
+    annealing (a rate never above ``--lr``)."""
+    for steps in range(1, 41):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        scheduler = _scheduler(TrainSettings(lr=0.1, lr_schedule=schedule), optimizer, steps)
+        rates = []
+        for _ in range(steps):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert max(rates) <= 0.1 + 1e-12 and (steps < 3 or rates[-1] < max(rates)), (steps, rates)
+
+
 def test_train_warms_up_the_max_subnet_for_the_given_epochs(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "builtin:resnet", "--out", str(run), *TRAIN, "--steps", "4", "--warmup-epochs", "0.1"]
@@ -917,6 +933,97 @@ def test_bad_input_exits_nonzero_with_one_line_cause(trained_run, tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (argv, err)
     assert not (tmp_path / "out").exists()
+
+
+SETS = """
+import torch
+from torch.utils.data import Dataset
+
+
+class Pairs(Dataset):
+    def __init__(self, x, y, kind="tensor"):
+        self.x, self.targets, self.kind = x, y, kind
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i] if self.kind == "tensor" else self.x[i].tolist()
+        return (x, self.targets[i]) if self.kind != "triple" else (x, x, self.targets[i])
+
+
+def _arrays():
+    import numpy as np
+    d = np.load("d.npz")
+    return [torch.as_tensor(d[k]) for k in ("x_train", "y_train", "x_val", "y_val")]
+
+
+def data():
+    x, y, xv, yv = _arrays()
+    return Pairs(x, y.tolist()), Pairs(xv, yv.tolist())
+
+
+def lists():
+    x, y, xv, yv = _arrays()
+    return Pairs(x, y, "list"), Pairs(xv, yv)
+
+
+def triples():
+    x, y, xv, yv = _arrays()
+    return Pairs(x, y, "triple"), Pairs(xv, yv)
+
+
+def empty():
+    x, y, xv, yv = _arrays()
+    return Pairs(x[:0], y[:0]), Pairs(xv, yv)
+
+
+class Flagged(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x, double=False):
+        y = self.head(self.conv(x).relu().mean((2, 3)))
+        return 2 * y if double else y
+
+
+def build():
+    return Flagged(), (torch.rand(2, 1, 8, 8),), {"double": False}
+"""
+
+
+def test_train_reads_datasets_batch_by_batch(tmp_path, monkeypatch, capsys):
+    """A ``python:`` data function may return two datasets of ``(x, y)`` samples, read batch by batch: training
+    on them gives the weights the same samples give as arrays; the checks before tracing read their first
+    samples, and a dataset's ``targets`` give the largest label; a model traced with a keyword constant gets it
+    in every batch; a non-tensor input, a sample that is no pair and an empty dataset are one line each."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sets.py").write_text(SETS)
+    x, y, xv, yv = load_data("digits")[:4]
+    np.savez(tmp_path / "d.npz", x_train=x[:80].numpy(), y_train=y[:80].numpy(), x_val=xv[:30].numpy(),
+             y_val=yv[:30].numpy())
+    common = ["--steps", "3", "--batch-size", "16", "--quiet"]
+    assert main(["train", "builtin:resnet", "--data", "python:sets.py:data", "--out", "sets", *common]) == 0
+    assert main(["train", "builtin:resnet", "--data", "npz:d.npz", "--out", "arrays", *common]) == 0
+    a, b = (load_file(str(ckpt.checkpoints(tmp_path / run / "checkpoints")[-1])) for run in ("sets", "arrays"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_run(tmp_path / "sets").result == read_run(tmp_path / "arrays").result
+    assert main(["search", "sets", "--budget", "3", "--quiet"]) == 0
+    assert main(["export", "sets", "--arch", "min", "--out", "small", "--format", "pt2", "--quiet"]) == 0
+    assert main(["train", "python:sets.py:build", "--data", "python:sets.py:data", "--out", "flagged", *common]) == 0
+    capsys.readouterr()
+    assert main(["train", "builtin:resnet1d", "--data", "python:sets.py:data", "--out", "v", *common]) == 2
+    assert "takes samples shaped [1, 40], but the data's are [1, 8, 8]" in capsys.readouterr().err
+    for function, message in [("lists", "a train sample's input is a list, not a tensor; give the dataset a "
+                               "transform that makes one"),
+                              ("triples", "a train sample must be a pair (input, label), got tuple of 3"),
+                              ("empty", "the train dataset is empty")]:
+        assert main(["train", "builtin:resnet", "--data", f"python:sets.py:{function}", "--out", "bad", *common]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_images_stored_in_another_layout_are_refused_saying_how_to_store_them(tmp_path, capsys):

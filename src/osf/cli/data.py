@@ -4,8 +4,10 @@ tensors of a classification task, plus any further model inputs by name.
 ``digits`` (scikit-learn's 8x8 digits), ``mnist1d`` (MNIST-1D, generated locally), ``npz:PATH`` (a NumPy
 archive with arrays ``x_train``, ``y_train``, ``x_val``, ``y_val``; read without unpickling) or
 ``python:pkg.module:function`` (a function returning those four as tensors or arrays, or a dict of arrays
-named as in the archive). ``x`` is the model's first input; arrays ``NAME_train`` and ``NAME_val`` (a text
-model's ``attention_mask_train`` / ``attention_mask_val``) are its input ``NAME``, one row per sample."""
+named as in the archive, or two ``torch.utils.data.Dataset``s of ``(x, y)`` samples, read batch by batch: data
+that do not fit in memory, an image folder with its transforms). ``x`` is the model's first input; arrays
+``NAME_train`` and ``NAME_val`` (a text model's ``attention_mask_train`` / ``attention_mask_val``) are its
+input ``NAME``, one row per sample."""
 from __future__ import annotations
 
 import functools
@@ -28,13 +30,23 @@ LABELS = "labels"  # the target's key in a batch of named inputs (``osf.supernet
 
 class Splits(NamedTuple):
     """A classification task: inputs and labels of both splits, and the model's further inputs by name
-    (each a tensor with one row per sample of its split)."""
+    (each a tensor with one row per sample of its split). Data given as datasets (``sets``: train and
+    validation) are read from them; ``x_*`` and ``y_*`` then hold the first two samples of each split (what
+    tracing and the checks before it read) and ``top_label`` the largest label, where a dataset's
+    ``targets`` tell it."""
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
     inputs_train: dict[str, torch.Tensor] = {}
     inputs_val: dict[str, torch.Tensor] = {}
+    sets: tuple[Dataset, Dataset] | None = None
+    top_label: int | None = None
+
+    def largest_label(self) -> int:
+        """The largest class label of either split (of the samples at hand where datasets do not say)."""
+        seen = int(max(self.y_train.max(), self.y_val.max()))
+        return seen if self.top_label is None else max(seen, self.top_label)
 
 
 def load_data(spec: str, root: str | None = None) -> Splits:
@@ -76,6 +88,8 @@ def _python(target: str, root: str | None) -> Splits:
 
 
 def _checked(out: Any, spec: str) -> Splits:
+    if isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(d, Dataset) for d in out):
+        return _datasets(out[0], out[1], spec)
     if isinstance(out, Mapping):
         missing = [n for n in NAMES if n not in out]
         if missing:
@@ -85,8 +99,8 @@ def _checked(out: Any, spec: str) -> Splits:
     elif isinstance(out, (tuple, list)) and len(out) == 4:
         inputs = ({}, {})
     else:
-        raise SpecError(f"data '{spec}' must give four arrays ({', '.join(NAMES)}) or a dict of them, got "
-                        f"{type(out).__name__}")
+        raise SpecError(f"data '{spec}' must give four arrays ({', '.join(NAMES)}), a dict of them or two "
+                        f"datasets (train, validation), got {type(out).__name__}")
     tensors = []
     for name, a in zip(NAMES, out):
         if name.startswith("x"):
@@ -111,6 +125,34 @@ def _checked(out: Any, spec: str) -> Splits:
                 raise SpecError(f"data '{spec}': {name}{split} has {len(t) if t.dim() else 0} rows, x{split} "
                                 f"{len(x)}; give one row per sample")
     return Splits(*tensors, *inputs)
+
+
+def _datasets(train: Dataset, val: Dataset, spec: str) -> Splits:
+    """Splits read from two datasets of ``(x, y)`` samples: their first two samples checked and kept as
+    arrays, the datasets read by the loaders."""
+    probes = []
+    for name, ds in (("train", train), ("validation", val)):
+        try:
+            size = len(ds)  # type: ignore[arg-type]
+        except TypeError:
+            raise SpecError(f"data '{spec}': the {name} dataset has no length; give a map-style dataset "
+                            "(__getitem__ and __len__)") from None
+        if size == 0:
+            raise SpecError(f"data '{spec}': the {name} dataset is empty")
+        first = [ds[i] for i in range(min(2, size))]
+        if not all(isinstance(s, (tuple, list)) and len(s) == 2 for s in first):
+            raise SpecError(f"data '{spec}': a {name} sample must be a pair (input, label), got "
+                            f"{type(first[0]).__name__}{f' of {len(first[0])}' if isinstance(first[0], (tuple, list)) else ''}")
+        if not isinstance(first[0][0], (torch.Tensor, np.ndarray)):
+            raise SpecError(f"data '{spec}': a {name} sample's input is a {type(first[0][0]).__name__}, not a tensor; "
+                            "give the dataset a transform that makes one (torchvision.transforms.ToTensor() for images)")
+        x, y = default_collate(first * (3 - len(first)) if len(first) == 1 else first)
+        probes += [x, y]
+    tensors = _checked(probes, spec)
+    targets = [getattr(ds, "targets", None) for ds in (train, val)]
+    top = (max(int(torch.as_tensor(t).max()) for t in targets)
+           if all(t is not None and len(t) for t in targets) else None)
+    return tensors._replace(sets=(train, val), top_label=top)
 
 
 def _tensor(a: Any, name: str, spec: str) -> torch.Tensor:
@@ -185,9 +227,28 @@ def loaders(data: Splits, batch_size: int, x_name: str | None = None,
             return DataLoader(TensorDataset(x, y), batch_size=size, **options)
         collate = functools.partial(_with_constants, constants=dict(constants or {}))
         return DataLoader(_Named({x_name: x, **inputs}, y), batch_size=size, collate_fn=collate, **options)
+    if data.sets is not None:
+        sets = [ds if x_name is None else _NamedPairs(ds, x_name) for ds in data.sets]
+        collate = (None if x_name is None else functools.partial(_with_constants, constants=dict(constants or {})))
+        return (DataLoader(sets[0], batch_size=batch_size, shuffle=True, generator=torch.Generator(), collate_fn=collate),
+                DataLoader(sets[1], batch_size=max(batch_size, 256), collate_fn=collate))
     train = loader(data.x_train, data.y_train, data.inputs_train, batch_size, shuffle=True,
                    generator=torch.Generator())
     return train, loader(data.x_val, data.y_val, data.inputs_val, max(batch_size, 256))
+
+
+class _NamedPairs(Dataset):
+    """A dataset's ``(x, y)`` samples as dicts: ``x`` under the model's name for it, ``y`` under ``LABELS``."""
+
+    def __init__(self, pairs: Dataset, x_name: str) -> None:
+        self.pairs, self.x_name = pairs, x_name
+
+    def __len__(self) -> int:
+        return len(self.pairs)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        x, y = self.pairs[i]
+        return {self.x_name: x, LABELS: y}
 
 
 def _with_constants(samples: list[dict[str, torch.Tensor]], constants: dict[str, Any]) -> dict[str, Any]:

@@ -290,7 +290,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); check that the data "
                                   "suit the model (token ids within its vocabulary, the special tokens it expects, "
                                   "the inputs it needs)") from e
-            _check_class_scores(output, 2, int(max(splits.y_train.max(), splits.y_val.max())))
+            _check_class_scores(output, 2, splits.largest_label())
         supernet.train()
         run = requested
         if main_rank:
@@ -385,7 +385,8 @@ def _scheduler(settings: TrainSettings, optimizer: torch.optim.Optimizer,
     """The learning-rate schedule over the run's ``steps``: one-cycle (a warm-up over the first 10 % to
     ``lr``, then annealed towards zero), cosine (from ``lr`` down to zero) or none (constant)."""
     if settings.lr_schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps, pct_start=0.1)
+        warm_up = 0.1 if 0.1 * steps != 1 else 0.15  # a warm-up of exactly one step: OneCycleLR divides by zero
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps, pct_start=warm_up)
     if settings.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     return None
