@@ -1010,6 +1010,10 @@ def test_train_reads_datasets_batch_by_batch(tmp_path, monkeypatch, capsys):
     a, b = (load_file(str(ckpt.checkpoints(tmp_path / run / "checkpoints")[-1])) for run in ("sets", "arrays"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_run(tmp_path / "sets").result == read_run(tmp_path / "arrays").result
+    assert main(["train", "builtin:resnet", "--data", "python:sets.py:data", "--out", "workers", "--workers", "2",
+                 *common]) == 0  # two processes read the batches: the same batches, the same weights
+    c = load_file(str(ckpt.checkpoints(tmp_path / "workers" / "checkpoints")[-1]))
+    assert all(torch.equal(a[k], c[k]) for k in a if k.startswith("weights/"))
     assert main(["search", "sets", "--budget", "3", "--quiet"]) == 0
     assert main(["export", "sets", "--arch", "min", "--out", "small", "--format", "pt2", "--quiet"]) == 0
     assert main(["train", "python:sets.py:build", "--data", "python:sets.py:data", "--out", "flagged", *common]) == 0
@@ -1060,6 +1064,7 @@ def test_config_validation(tmp_path):
         ({"train": {"out": "x", "sampler": "best"}}, "train.sampler is 'best'; choose one of sandwich, uniform, motif"),
         ({"search": {"algorithm": "grid"}}, "search.algorithm is 'grid'; choose one of surrogate, nsga2, random"),
         ({"search": {"calib_batches": 0}}, "search.calib_batches must be at least 1, got 0"),
+        ({"train": {"out": "x", "workers": -1}}, "train.workers must be at least 0, got -1"),
         ({"search": {"budget": -3}}, "search.budget must be at least 1, got -3"),
         ({"export": {"out": "e", "arch": "max", "pick": {"flops": "50%"}}}, "export.arch or export.pick, not both"),
         ({"export": {"arch": "max"}}, "section 'export' needs key(s) out"),

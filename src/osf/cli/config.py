@@ -49,6 +49,7 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 100
     device: str = "auto"
+    workers: int = 0
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
     DISTILL: typing.ClassVar = ("inplace", "teacher", "none")
@@ -72,6 +73,8 @@ class TrainSettings:
                 raise ConfigError(f"train.{name} must be at least 1, got {value}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"train.warmup_epochs must be at least 0, got {self.warmup_epochs}")
+        if self.workers < 0:
+            raise ConfigError(f"train.workers must be at least 0, got {self.workers}")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"train.clip_grad_norm must be above 0, got {self.clip_grad_norm}")
         _device("train.device", self.device)

@@ -214,11 +214,12 @@ class _Named(Dataset):
 
 
 def loaders(data: Splits, batch_size: int, x_name: str | None = None,
-            constants: dict[str, Any] | None = None) -> tuple[DataLoader, DataLoader]:
+            constants: dict[str, Any] | None = None, workers: int = 0) -> tuple[DataLoader, DataLoader]:
     """A shuffling training loader (its own generator, which ``osf.train`` reseeds every epoch) and a
     validation loader: ``(x, y)`` batches, or with ``x_name`` (the model's name for its first input) dicts
     of the inputs by name, the further inputs and ``constants`` (keyword values the model was traced with,
-    such as ``use_cache=False``) beside them, and the labels under ``LABELS``."""
+    such as ``use_cache=False``) beside them, and the labels under ``LABELS``. Datasets are read by
+    ``workers`` processes (0: in this one); arrays always in this one."""
     def loader(x: torch.Tensor, y: torch.Tensor, inputs: dict[str, torch.Tensor], size: int, **options: Any
                ) -> DataLoader:
         if x_name is None:
@@ -230,8 +231,9 @@ def loaders(data: Splits, batch_size: int, x_name: str | None = None,
     if data.sets is not None:
         sets = [ds if x_name is None else _NamedPairs(ds, x_name) for ds in data.sets]
         collate = (None if x_name is None else functools.partial(_with_constants, constants=dict(constants or {})))
-        return (DataLoader(sets[0], batch_size=batch_size, shuffle=True, generator=torch.Generator(), collate_fn=collate),
-                DataLoader(sets[1], batch_size=max(batch_size, 256), collate_fn=collate))
+        return (DataLoader(sets[0], batch_size=batch_size, shuffle=True, generator=torch.Generator(), collate_fn=collate,
+                           num_workers=workers),
+                DataLoader(sets[1], batch_size=max(batch_size, 256), collate_fn=collate, num_workers=workers))
     train = loader(data.x_train, data.y_train, data.inputs_train, batch_size, shuffle=True,
                    generator=torch.Generator())
     return train, loader(data.x_val, data.y_val, data.inputs_val, max(batch_size, 256))

@@ -261,6 +261,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    f"(default {d.checkpoint_every}; one is always written at the end)")
     g.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (CUDA when available, else the CPU; under --nproc "
                    f"each rank takes its own GPU); a resumed run may change it (default {d.device})")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help=f"processes reading the batches of data given as datasets (python: data returning two), e.g. "
+                   f"to decode and transform images while the model trains; in-memory arrays need none. A resumed run "
+                   f"may change it, though random transforms then draw otherwise (default {d.workers})")
 
 
 def parser() -> argparse.ArgumentParser:

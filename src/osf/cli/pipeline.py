@@ -296,7 +296,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         if main_rank:
             supernet.ir.save(str(out / IR_DIR), overwrite=True)  # a run cut short before its run.json is redone
             write_run(out, run)
-    train_loader, val_loader = loaders(splits, settings.batch_size, *_batch_layout(supernet, splits))
+    train_loader, val_loader = loaders(splits, settings.batch_size, *_batch_layout(supernet, splits), settings.workers)
     supernet.to(device)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
     steps = settings.steps if settings.steps is not None else settings.epochs * len(train_loader)
@@ -340,7 +340,8 @@ def _step_failure(e: Exception, settings: TrainSettings) -> ConfigError | None:
 def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:
     """The training and validation loaders of a trained run's data."""
     data = load_data(trained.run.data, trained.run.import_root)
-    return loaders(data, trained.run.train["batch_size"], *_batch_layout(trained.supernet, data))
+    return loaders(data, trained.run.train["batch_size"], *_batch_layout(trained.supernet, data),
+                   trained.run.train.get("workers", 0))
 
 
 CHANNELS = (1, 3, 4)  # of images: grey, RGB, RGBA
