@@ -1092,7 +1092,8 @@ def object_labels():
 
 
 def test_data_specs(tmp_path):
-    x, y, xv, yv, more, _ = load_data("python:test_cli:tiny_data")
+    x, y, xv, yv, more, _, sets, _ = load_data("python:test_cli:tiny_data")
+    assert sets is None  # arrays, not datasets
     assert x.dtype == torch.float32 and y.dtype == torch.long and tuple(xv.shape) == (2, 1, 8, 8) and more == {}
     np.savez(tmp_path / "d.npz", x_train=np.ones((4, 3)), y_train=np.arange(4), x_val=np.ones((2, 3)),
              y_val=np.arange(2))
