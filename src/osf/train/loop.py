@@ -154,9 +154,11 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed})
 
     def interrupted() -> TrainingInterrupted:
-        saved = last_ckpt if last_ckpt is not None and last_ckpt.name == ckpt.name_for(step) else None
-        if run.dir is not None and saved is None:
-            saved = save_checkpoint()
+        saved = None
+        if run.dir is not None:  # this step's periodic checkpoint, or the one the run resumed from, may be there
+            saved = run.ckpt_dir / ckpt.name_for(step)
+            if not saved.exists():
+                saved = save_checkpoint()
         return TrainingInterrupted(step, steps, saved)
 
     net.train()
