@@ -978,6 +978,11 @@ def empty():
     return Pairs(x[:0], y[:0]), Pairs(xv, yv)
 
 
+def many_classes():  # the last sample's label is beyond the 10 classes the built-in models score
+    x, y, xv, yv = _arrays()
+    return Pairs(x, y.tolist()[:-1] + [12]), Pairs(xv, yv.tolist())
+
+
 class Flagged(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -1020,6 +1025,8 @@ def test_train_reads_datasets_batch_by_batch(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["train", "builtin:resnet1d", "--data", "python:sets.py:data", "--out", "v", *common]) == 2
     assert "takes samples shaped [1, 40], but the data's are [1, 8, 8]" in capsys.readouterr().err
+    assert main(["train", "builtin:resnet", "--data", "python:sets.py:many_classes", "--out", "v", *common]) == 2
+    assert "labels up to 12 but the model scores 10 classes" in capsys.readouterr().err  # from the targets
     for function, message in [("lists", "a train sample's input is a list, not a tensor; give the dataset a "
                                "transform that makes one"),
                               ("triples", "a train sample must be a pair (input, label), got tuple of 3"),

@@ -149,10 +149,17 @@ def _datasets(train: Dataset, val: Dataset, spec: str) -> Splits:
         x, y = default_collate(first * (3 - len(first)) if len(first) == 1 else first)
         probes += [x, y]
     tensors = _checked(probes, spec)
-    targets = [getattr(ds, "targets", None) for ds in (train, val)]
-    top = (max(int(torch.as_tensor(t).max()) for t in targets)
-           if all(t is not None and len(t) for t in targets) else None)
-    return tensors._replace(sets=(train, val), top_label=top)
+    tops = [t for t in map(_top_target, (train, val)) if t is not None]
+    return tensors._replace(sets=(train, val), top_label=max(tops) if tops else None)
+
+
+def _top_target(dataset: Dataset) -> int | None:
+    """The largest of a dataset's ``targets`` (torchvision's datasets list their labels), if numbers."""
+    targets = getattr(dataset, "targets", None)
+    try:
+        return int(torch.as_tensor(targets).max()) if targets is not None and len(targets) else None
+    except (TypeError, ValueError, RuntimeError):  # not numbers: only the samples read are checked
+        return None
 
 
 def _tensor(a: Any, name: str, spec: str) -> torch.Tensor:
