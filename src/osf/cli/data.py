@@ -141,8 +141,9 @@ def _datasets(train: Dataset, val: Dataset, spec: str) -> Splits:
             raise SpecError(f"data '{spec}': the {name} dataset is empty")
         first = [ds[i] for i in range(min(2, size))]
         if not all(isinstance(s, (tuple, list)) and len(s) == 2 for s in first):
+            size = f" of {len(first[0])}" if isinstance(first[0], (tuple, list)) else ""
             raise SpecError(f"data '{spec}': a {name} sample must be a pair (input, label), got "
-                            f"{type(first[0]).__name__}{f' of {len(first[0])}' if isinstance(first[0], (tuple, list)) else ''}")
+                            f"{type(first[0]).__name__}{size}")
         if not isinstance(first[0][0], (torch.Tensor, np.ndarray)):
             raise SpecError(f"data '{spec}': a {name} sample's input is a {type(first[0][0]).__name__}, not a tensor; "
                             "give the dataset a transform that makes one (torchvision.transforms.ToTensor() for images)")

@@ -30,7 +30,8 @@ from .forkjoin import ForkJoin, WorkItem, digest, plan, take_rows
 from .samplers import Sampler, SandwichSampler
 
 LossFn = Callable[[Any, Any], torch.Tensor]
-# the note an exception raised while a subnet trains gets: "osf.train: in step 3, running the min subnet; its arch: {...}"
+# the note an exception raised while a subnet trains gets:
+# "osf.train: in step 3, running the min subnet; its arch: {...}"
 STEP_NOTE, ARCH_NOTE = "osf.train: in step", "; its arch: "
 
 
