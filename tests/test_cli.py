@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import osf
+from osf.cli import demo, pipeline
 from osf.cli.config import ConfigError, SpaceSettings, TrainSettings, parse_config, read_config
 from osf.cli.data import load_data, loaders
 from osf.cli.main import image_size_arg, main
@@ -757,6 +758,27 @@ def test_ctrl_c_during_osf_train_saves_the_step_and_says_how_to_resume(tmp_path,
     assert f"trained {step + 1} steps" in capsys.readouterr().out
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == list(range(1, step + 2))
+
+
+def test_ctrl_c_outside_the_training_steps_says_what_is_kept(trained_run, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while tracing, evaluating, searching or making the demo: status 130 and one line on what is
+    kept and how to go on (a run's newest checkpoint, a search's cached evaluations, no partial report)."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    for stage in ("train_run", "search_run"):
+        monkeypatch.setattr(pipeline, stage, interrupt)
+    monkeypatch.setattr(demo, "run_demo", interrupt)
+    newest = ckpt.checkpoints(trained_run / "checkpoints")[-1]
+    cases = [(["train", "builtin:resnet", "--data", "digits", "--out", str(tmp_path / "new")],
+              "osf train: interrupted before the first checkpoint; the same command starts the run again"),
+             (["train", "builtin:resnet", "--data", "digits", "--out", str(trained_run)],
+              f"osf train: interrupted; run the same command again to resume from {newest}"),
+             (["search", str(trained_run)], "osf search: interrupted; the subnets evaluated so far are cached"),
+             (["demo", "--out", str(tmp_path / "demo")], "osf demo: interrupted; nothing was written")]
+    for argv, message in cases:
+        assert main([*argv, "--quiet"]) == 130, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(message) and len(err.splitlines()) == 1, err
 
 
 def test_export_from_run_dir_loads_with_plain_torch(trained_run, tmp_path, capsys):

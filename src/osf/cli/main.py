@@ -17,6 +17,7 @@ from ..ir import IR, OsfError, load_ir, trace
 from ..search.search import ALGORITHMS
 from ..space.space import SearchSpace
 from ..train import TrainingInterrupted, init_process_group
+from ..train.checkpoint import checkpoints
 from . import demo, inspect_cmd, pipeline, space_cmd
 from .config import (EXPORT_DTYPES, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config,
                      read_config, to_json)
@@ -424,12 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         if args.debug:
             traceback.print_exc()
-        print(f"osf {args.command}: {_interrupted(args.command, e)}", file=sys.stderr)
+        print(f"osf {args.command}: {_interrupted(args, e)}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
 
 
-def _interrupted(command: str, e: KeyboardInterrupt) -> str:
+def _interrupted(a: argparse.Namespace, e: KeyboardInterrupt) -> str:
     """What a Ctrl-C left behind and how to go on."""
+    command = a.command
     if command == "demo":
         return "interrupted; nothing was written (the report is staged and appears only when complete)"
     if isinstance(e, TrainingInterrupted):
@@ -438,7 +440,10 @@ def _interrupted(command: str, e: KeyboardInterrupt) -> str:
         return (f"interrupted after training step {e.step} of {e.steps}, saved in {e.checkpoint}; run the same "
                 "command again to resume from it")
     if command == "train":
-        return "interrupted; run the same command again to resume from the last checkpoint"
+        saved = checkpoints(Path(a.out) / "checkpoints")
+        if not saved:
+            return "interrupted before the first checkpoint; the same command starts the run again"
+        return f"interrupted; run the same command again to resume from {saved[-1]}"
     if command == "search":
         return ("interrupted; the subnets evaluated so far are cached in the search directory: run the same "
                 "command again to go on from them")
