@@ -228,23 +228,21 @@ def loaders(data: Splits, batch_size: int, x_name: str | None = None,
     of the inputs by name, the further inputs and ``constants`` (keyword values the model was traced with,
     such as ``use_cache=False``) beside them, and the labels under ``LABELS``. Datasets are read by
     ``workers`` processes (0: in this one); arrays always in this one."""
-    def loader(x: torch.Tensor, y: torch.Tensor, inputs: dict[str, torch.Tensor], size: int, **options: Any
-               ) -> DataLoader:
+    def samples(x: torch.Tensor, y: torch.Tensor, inputs: dict[str, torch.Tensor], pairs: Dataset | None) -> Dataset:
+        if pairs is not None:
+            return pairs if x_name is None else _NamedPairs(pairs, x_name)
         if x_name is None:
             if inputs:
                 raise ValueError("data with further model inputs need x_name, the model's name for its first input")
-            return DataLoader(TensorDataset(x, y), batch_size=size, **options)
-        collate = functools.partial(_with_constants, constants=dict(constants or {}))
-        return DataLoader(_Named({x_name: x, **inputs}, y), batch_size=size, collate_fn=collate, **options)
-    if data.sets is not None:
-        sets = [ds if x_name is None else _NamedPairs(ds, x_name) for ds in data.sets]
-        collate = (None if x_name is None else functools.partial(_with_constants, constants=dict(constants or {})))
-        return (DataLoader(sets[0], batch_size=batch_size, shuffle=True, generator=torch.Generator(), collate_fn=collate,
-                           num_workers=workers),
-                DataLoader(sets[1], batch_size=max(batch_size, 256), collate_fn=collate, num_workers=workers))
-    train = loader(data.x_train, data.y_train, data.inputs_train, batch_size, shuffle=True,
-                   generator=torch.Generator())
-    return train, loader(data.x_val, data.y_val, data.inputs_val, max(batch_size, 256))
+            return TensorDataset(x, y)
+        return _Named({x_name: x, **inputs}, y)
+    collate = None if x_name is None else functools.partial(_with_constants, constants=dict(constants or {}))
+    sets = data.sets or (None, None)
+    workers = workers if data.sets is not None else 0
+    return (DataLoader(samples(data.x_train, data.y_train, data.inputs_train, sets[0]), batch_size=batch_size,
+                       shuffle=True, generator=torch.Generator(), collate_fn=collate, num_workers=workers),
+            DataLoader(samples(data.x_val, data.y_val, data.inputs_val, sets[1]), batch_size=max(batch_size, 256),
+                       collate_fn=collate, num_workers=workers))
 
 
 class _NamedPairs(Dataset):

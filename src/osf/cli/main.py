@@ -434,9 +434,7 @@ def _interrupted(a: argparse.Namespace, e: KeyboardInterrupt) -> str:
     command = a.command
     if command == "demo":
         return "interrupted; nothing was written (the report is staged and appears only when complete)"
-    if isinstance(e, TrainingInterrupted):
-        if e.checkpoint is None:
-            return f"interrupted after training step {e.step} of {e.steps}"
+    if isinstance(e, TrainingInterrupted):  # the command trains into a run directory: a checkpoint was written
         return (f"interrupted after training step {e.step} of {e.steps}, saved in {e.checkpoint}; run the same "
                 "command again to resume from it")
     if command == "train":

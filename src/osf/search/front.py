@@ -69,12 +69,16 @@ class Front:
                 raise ValueError(f"unknown objective '{o}'; objectives: {METRICS}")
         mark_pareto(self.points, self.objectives)
 
+    def _first_cost(self) -> str | None:
+        """The first objective other than accuracy (what the front is ordered and plotted by), if any."""
+        return next((o for o in self.objectives if o != "accuracy"), None)
+
     @property
     def pareto(self) -> list[Point]:
         """The Pareto-optimal points, by increasing cost (the first cost objective; accuracy decreasing on
         ties or when accuracy is the only objective)."""
-        costs = [o for o in self.objectives if o != "accuracy"]
-        key = (lambda p: (p.value(costs[0]), -p.accuracy)) if costs else (lambda p: -p.accuracy)
+        cost = self._first_cost()
+        key = (lambda p: (p.value(cost), -p.accuracy)) if cost is not None else (lambda p: -p.accuracy)
         return sorted((p for p in self.points if p.pareto), key=key)
 
     def best(self, **budgets: float | str) -> Point:
@@ -102,8 +106,7 @@ class Front:
         fraction of the full model's, minimised, against accuracy, maximised, from the reference point
         (1, 0): between 0 and 1 (a free subnet of accuracy 1), a single number to compare search runs or
         supernets by. Every evaluated point counts; those costlier than the full model add nothing."""
-        costs = [o for o in self.objectives if o != "accuracy"]
-        cost = cost if cost is not None else (costs[0] if costs else "flops")
+        cost = cost or self._first_cost() or "flops"
         if not self.reference.get(cost):
             raise ValueError(f"this front holds no full-model {cost} to scale by (reference: {sorted(self.reference)}); "
                              f"pick one of those")
@@ -167,7 +170,7 @@ class Front:
                  f"{', '.join(self.objectives)}")
         if self.limits:
             title += "; constraints " + ", ".join(f"{k} <= {format_metric(k, v)}" for k, v in self.limits.items())
-        cost = next((o for o in self.objectives if o != "accuracy"), None)
+        cost = self._first_cost()
         if cost is not None and self.reference.get(cost):
             title += f"; hypervolume {self.hypervolume(cost):.4f} ({cost})"
         return "\n".join([title] + lines)
