@@ -1144,6 +1144,12 @@ def test_data_specs(tmp_path):
                             r"got torch.int64 \(4, 3\); these look one-hot: store y.argmax\(1\)"),
                            (dict(y_val=np.array([[0], [1]])), r"y_val must be .* \(2, 1\); store y.ravel\(\)"),
                            (dict(y_train=np.array([0.0, 1.0, 2.0, 1.0])), r"float64 \(4,\); store y.astype\(np.int64\)"),
+                           # other tasks than classification: the Python API, with its own loss and score
+                           (dict(y_train=np.array([0.5, 1.2, -2.0, 1.0])), r"\(4,\); these look like regression "
+                            r"targets, and osf train trains classifiers .*osf.train and your own loss_fn"),
+                           (dict(y_train=np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])),
+                            r"\(4, 3\); these look like several labels per sample \(multi-label\)"),
+                           (dict(y_train=np.full((4, 5, 5), 2)), r"these look like labels per position \(segmentation"),
                            (dict(x_val=np.array(["some text", "more"])), "x_val holds strings .*token ids")]:
         np.savez(tmp_path / "bad.npz", **{**arrays, **extra})
         with pytest.raises(SpecError, match=message):

@@ -248,6 +248,23 @@ def test_arch_json_round_trip_and_space_report():
     assert osf.Arch.from_json(json.dumps(arch.to_json())) == arch
     text = sn.space.describe()
     assert "width groups" in text and "layer1.0" in text and "removable units" in text
+
+
+def test_archs_of_numpy_scalars_are_archs_of_python_values_and_a_dict_is_refused_with_the_fix():
+    import numpy as np
+    sn, _, args, _ = supernet("resnet18")
+    arch = sn.space.sample(3)
+    from_arrays = osf.Arch({k: np.int64(v) for k, v in arch.width.items()},
+                           {k: np.bool_(v) for k, v in arch.depth.items()})
+    assert from_arrays == arch and from_arrays.key() == arch.key()  # the key was json.dumps' TypeError
+    assert all(type(v) is int for v in from_arrays.width.values())
+    assert all(type(v) is bool for v in from_arrays.depth.values())
+    assert osf.Arch({k: torch.tensor(v) for k, v in arch.width.items()}, arch.depth) == arch
+    assert sn.cost(from_arrays) == sn.cost(arch)
+    data = arch.to_json()
+    for call in (sn.extract, sn.cost, sn.set_arch, sn.space.validate, lambda a: sn.recalibrate(a, [args])):
+        with pytest.raises(TypeError, match=r"expected an osf.Arch, got dict.*osf.Arch.from_json\(data\)"):
+            call(data)  # was AttributeError: 'dict' object has no attribute 'width'
     assert sn.space.size() > 10 ** 8 and 8 < sn.space.log10_size() < 9
 
 

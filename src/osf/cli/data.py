@@ -186,7 +186,15 @@ def _label_hint(t: torch.Tensor) -> str:
         return "; these look one-hot: store y.argmax(1)"
     if t.dim() == 1 and t.is_floating_point() and bool((t == t.round()).all()):
         return "; store y.astype(np.int64)"
-    return ""
+    if t.dim() == 1:
+        kind = "regression targets"
+    elif t.dim() == 2 and bool(((t == 0) | (t == 1)).all()):
+        kind = "several labels per sample (multi-label)"
+    else:
+        kind = "labels per position (segmentation, tagging)" if not t.is_floating_point() else "regression targets"
+    return (f"; these look like {kind}, and osf train trains classifiers (cross-entropy, top-1 accuracy): train "
+            "this supernet in Python with osf.train and your own loss_fn (docs/train.md), then osf.search it with "
+            "your own score (docs/search.md)")
 
 
 def _input(a: Any, name: str, spec: str) -> torch.Tensor:

@@ -11,6 +11,12 @@ class Arch:
     width: dict[str, int] = field(default_factory=dict)
     depth: dict[str, bool] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # NumPy / 0-d tensor scalars (an arch built from a search library's arrays) as Python ints and
+        # bools, so the arch's key and JSON stay those of the same choices given as Python values
+        self.width = {k: _plain(v) for k, v in self.width.items()}
+        self.depth = {k: _plain(v) for k, v in self.depth.items()}
+
     def to_json(self) -> dict:
         return {"width": dict(self.width), "depth": dict(self.depth)}
 
@@ -30,3 +36,14 @@ class Arch:
 
     def __hash__(self) -> int:
         return hash(self.key())
+
+
+def _plain(value: object) -> object:
+    """A NumPy or 0-d tensor scalar as its Python value, an integral float as an int; anything else as
+    it is (``SearchSpace.validate`` names what is not a choice)."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        value = item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -158,7 +158,12 @@ class SearchSpace:
         return arch
 
     def validate(self, arch: Arch) -> None:
-        """Raise ``ValueError`` naming the offending key and its allowed values."""
+        """Raise ``ValueError`` naming the offending key and its allowed values (``TypeError`` for what
+        is no ``Arch``)."""
+        if not isinstance(arch, Arch):
+            hint = (": a dict of 'width' and 'depth' read from JSON (arch.json, a saved front) becomes one with "
+                    "osf.Arch.from_json(data)") if isinstance(arch, (dict, str)) else ""
+            raise TypeError(f"expected an osf.Arch, got {type(arch).__name__}{hint}")
         for k, v in arch.width.items():
             g = self._group.get(k)
             if g is None:
