@@ -892,6 +892,18 @@ def test_quantized_and_scripted_modules_are_refused_naming_the_module():
     assert err.value.module == "0"
 
 
+def test_a_lazy_module_not_yet_called_is_refused_and_traces_once_called():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(osf.TraceError, match="LazyConv2d's 'weight' is not initialised yet") as err:
+        osf.trace(model, (x,))  # was torch's ValueError from inside the capture
+    assert err.value.module == "0" and "call the model once on an example batch" in str(err.value)
+    expected = model(x)  # what the error says to do
+    rebuilt = osf.trace(model, (x,)).build()
+    torch.testing.assert_close(rebuilt(x), expected)
+
+
 
 class _ConvertsItsLayerInForward(nn.Module):
     """Keeps a layer in float32 by converting it in ``forward`` (Switch Transformers' router)."""

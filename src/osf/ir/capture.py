@@ -32,6 +32,7 @@ import torch.utils.checkpoint
 import torch.utils._pytree as pytree
 from torch import nn
 from torch.export import Dim
+from torch.nn.parameter import is_lazy
 
 from . import conditions, serial
 from . import ops as op_rules
@@ -70,7 +71,7 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     own = _own_ir(model, args, kwargs, options)
     if own is not None:
         return own
-    _refuse_packed_state(model)
+    _refuse_uncapturable_state(model)
     was_training = model.training
     started = time.perf_counter()
     unrecorded = _Unrecorded(model)
@@ -108,13 +109,20 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     return ir
 
 
-def _refuse_packed_state(model: nn.Module) -> None:
-    """A module whose state is a TorchScript object (the packed weights of ``torch.ao`` quantized layers,
+def _refuse_uncapturable_state(model: nn.Module) -> None:
+    """A lazy module not yet called has no shapes to capture. A module whose state is a TorchScript object (the packed weights of ``torch.ao`` quantized layers,
     a scripted submodule's attributes) or a quantized tensor has no float weights the IR could cut."""
     for name, module in model.named_modules():
         state = [(k, v) for k, v in vars(module).items() if isinstance(v, torch.ScriptObject)]
         state += [(k, t) for k, t in itertools.chain(module.named_parameters(recurse=False),
                                                      module.named_buffers(recurse=False)) if t.is_quantized]
+        lazy = [k for k, t in itertools.chain(module.named_parameters(recurse=False),
+                                              module.named_buffers(recurse=False)) if is_lazy(t)]
+        if lazy:
+            raise TraceError(f"{type(module).__name__}'s {lazy[0]!r} is not initialised yet (a lazy module infers "
+                             "its shapes on its first call)", module=name,
+                             suggestion="call the model once on an example batch before tracing it, e.g. "
+                             "model(*args), as torch's lazy modules require before any use of their weights")
         if isinstance(module, torch.jit.ScriptModule) or state:
             what = ("is a TorchScript module" if isinstance(module, torch.jit.ScriptModule)
                     else f"holds attribute {state[0][0]!r} ({type(state[0][1]).__name__})")
