@@ -904,6 +904,22 @@ def test_a_lazy_module_not_yet_called_is_refused_and_traces_once_called():
     torch.testing.assert_close(rebuilt(x), expected)
 
 
+def test_data_parallel_wrappers_are_refused_naming_the_wrapped_model():
+    import torch.distributed as dist
+    model, x = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), torch.randn(2, 6)
+    with pytest.raises(osf.TraceError, match="DataParallel is a wrapper") as err:
+        osf.trace(nn.DataParallel(model), (x,))  # traced before, with every name prefixed by 'module.'
+    assert "trace the model it wraps (its .module)" in str(err.value)
+    if not dist.is_available() or not dist.is_gloo_available():
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(osf.TraceError, match="DistributedDataParallel is a wrapper"):
+            osf.trace(nn.parallel.DistributedDataParallel(model), (x,))  # was a misleading capture failure
+    finally:
+        dist.destroy_process_group()
+
+
 
 class _ConvertsItsLayerInForward(nn.Module):
     """Keeps a layer in float32 by converting it in ``forward`` (Switch Transformers' router)."""

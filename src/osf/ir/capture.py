@@ -109,10 +109,25 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     return ir
 
 
+def _parallel_wrappers() -> tuple[type, ...]:
+    """torch's data-parallel wrappers: their forward scatters inputs or synchronises processes."""
+    wrappers: tuple[type, ...] = (nn.DataParallel,)
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+        wrappers += (nn.parallel.DistributedDataParallel, FullyShardedDataParallel, FSDPModule)
+    return wrappers
+
+
 def _refuse_uncapturable_state(model: nn.Module) -> None:
-    """A lazy module not yet called has no shapes to capture. A module whose state is a TorchScript object (the packed weights of ``torch.ao`` quantized layers,
-    a scripted submodule's attributes) or a quantized tensor has no float weights the IR could cut."""
+    """A data-parallel wrapper runs its model elsewhere; a lazy module not yet called has no shapes to
+    capture; a module whose state is a TorchScript object (the packed weights of ``torch.ao`` quantized
+    layers, a scripted submodule's attributes) or a quantized tensor has no float weights the IR could cut."""
     for name, module in model.named_modules():
+        if isinstance(module, _parallel_wrappers()):
+            raise TraceError(f"{type(module).__name__} is a wrapper that runs the model it holds on several devices "
+                             "or processes", module=name,
+                             suggestion="trace the model it wraps (its .module); osf.train spreads a supernet's "
+                             "subnets over processes itself (docs/distributed.md)")
         state = [(k, v) for k, v in vars(module).items() if isinstance(v, torch.ScriptObject)]
         state += [(k, t) for k, t in itertools.chain(module.named_parameters(recurse=False),
                                                      module.named_buffers(recurse=False)) if t.is_quantized]
