@@ -229,8 +229,9 @@ def test_a_supernet_inside_a_larger_model_trains_with_its_losses_and_resumes(tmp
     assert want.keys() == got.keys()
     for k in want:
         assert torch.equal(want[k], got[k]), k
+    alone = make()
     with pytest.raises(CheckpointError, match=r"holds the weights of an enclosing Detector model.*no model="):
-        osf.train(make(), data(), optimizer=torch.optim.SGD(make().parameters(), lr=0.1), loss_fn=F.cross_entropy,
+        osf.train(alone, data(), optimizer=torch.optim.SGD(alone.parameters(), lr=0.1), loss_fn=F.cross_entropy,
                   steps=9, run_dir=tmp_path / "b", progress=False)
     images = [torch.randn(3, 20, 30), torch.randn(3, 24, 16)]  # a detector's batch: a list of images
     assert _rows((images, [{}, {}]), {}, resumed) == 2 and _rows((torch.randn(5, 3),), {}, resumed) == 5
@@ -304,6 +305,16 @@ def test_bad_input_errors():
     with pytest.raises(TypeError, match="batch_fn"):
         osf.train(sn, [(torch.randn(2, 3, 8, 8),) * 3], optimizer=opt, loss_fn=F.cross_entropy, steps=1,
                   progress=False)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    early = torch.optim.SGD(model.parameters(), lr=0.1)  # made before the supernet copied the weights
+    copied = osf.Supernet(model, (torch.randn(2, 6),))
+    rows = DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=4)
+    with pytest.raises(ValueError, match=r"holds none of the supernet's parameters, so training would change "
+                                         r"nothing .*build it from supernet.parameters\(\)"):
+        osf.train(copied, rows, optimizer=early, loss_fn=F.cross_entropy, steps=1, progress=False)  # was silent
+    first_layer = torch.optim.SGD(list(copied.parameters())[:2], lr=0.1)
+    with pytest.warns(UserWarning, match=r"2 trainable parameters of the supernet are not in the optimizer"):
+        osf.train(copied, rows, optimizer=first_layer, loss_fn=F.cross_entropy, steps=1, progress=False)
 
 
 def test_samplers_are_deterministic_and_follow_their_rule():

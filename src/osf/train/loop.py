@@ -99,8 +99,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         raise ValueError(f"model= must hold the supernet as a submodule (e.g. detector.backbone = supernet); this "
                          f"{type(model).__name__} does not")
     net = model if model is not None else supernet  # what each subnet's forward calls
-    if model is not None:
-        _warn_unoptimized(model, supernet, optimizer)
+    _check_optimizer(optimizer, supernet, model)
     if sampler.space is not supernet.space:
         raise ValueError("the sampler was built for another search space; build it from supernet.space")
     if loss_fn is None and not (distill is not None and distill.mode == "teacher" and distill.weight == 1.0):
@@ -340,17 +339,29 @@ def _soft_targets(supernet: Supernet, net: torch.nn.Module, max_arch: Arch, args
     return soft
 
 
-def _warn_unoptimized(model: torch.nn.Module, supernet: Supernet, optimizer: torch.optim.Optimizer) -> None:
-    """Warn when trainable parameters of ``model`` outside the supernet are not in ``optimizer``: they get
-    gradients every step but never change (``torch.optim.SGD(supernet.parameters())`` instead of the
-    model's)."""
-    covered = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    covered |= {id(p) for p in supernet.parameters()}
-    missed = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+def _check_optimizer(optimizer: torch.optim.Optimizer, supernet: Supernet, model: torch.nn.Module | None) -> None:
+    """Refuse an optimizer that holds none of the supernet's trainable parameters (built on the original
+    model's: the supernet has its own copy, so training would silently change nothing); warn about trainable
+    parameters it leaves out, of the supernet or of ``model`` around it: they get gradients every step but
+    never change."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    own = [(n, p) for n, p in supernet.named_parameters() if p.requires_grad]
+    missed = [n for n, p in own if id(p) not in held]
+    if own and len(missed) == len(own):
+        raise ValueError("the optimizer holds none of the supernet's parameters, so training would change nothing "
+                         "(osf.Supernet trains its own copy of the model's weights, not the model's); build it from "
+                         f"supernet.parameters(){' (or model.parameters())' if model is not None else ''} after "
+                         "creating the supernet")
+    owner = "the supernet"
+    if not missed and model is not None:
+        covered = held | {id(p) for _, p in own}
+        missed = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+        owner = "the model around the supernet"
     if missed:
-        warnings.warn(f"{len(missed)} trainable parameters of the model around the supernet are not in the optimizer "
-                      f"(e.g. {missed[0]!r}), so they will not train; build it from model.parameters(), or set "
-                      "requires_grad=False on those you mean to freeze", stacklevel=3)
+        source = "model" if owner != "the supernet" else "supernet"
+        warnings.warn(f"{len(missed)} trainable parameters of {owner} are not in the optimizer (e.g. {missed[0]!r}), "
+                      f"so they will not train; build it from {source}.parameters(), or set requires_grad=False on "
+                      "those you mean to freeze", stacklevel=3)
 
 
 def _rows(args: tuple, kwargs: dict, model: torch.nn.Module | None) -> int:
