@@ -151,6 +151,23 @@ def _vector(p, objectives):
     return tuple(-p.accuracy if o == "accuracy" else getattr(p, o) for o in objectives)
 
 
+def test_an_evaluate_that_never_runs_the_model_it_is_given_is_warned_about_once(digits_setup):
+    supernet, _, (x, y) = digits_setup
+    original = supernet.extract(supernet.space.max()).eval()  # a user's evaluate closing over the wrong model
+
+    def scores_the_original(model):
+        with torch.no_grad():
+            return float((original(x).argmax(-1) == y).float().mean())
+    with pytest.warns(UserWarning, match=r"returned without calling the model it was given") as caught:
+        front, _ = _search(digits_setup, counter=scores_the_original, budget=4)
+    assert len(caught) == 1 and caught[0].filename == __file__  # once, at the user's call
+    assert len({p.accuracy for p in front.points}) == 1  # what the warning is about: one score for all
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an evaluate that runs the model: no warning
+        _search(digits_setup, budget=4)
+
+
 @pytest.mark.parametrize("algorithm", ["surrogate", "nsga2", "random"])
 def test_front_is_pareto_optimal_and_complete(digits_setup, algorithm):
     objectives = ("accuracy", "flops", "params")

@@ -10,7 +10,9 @@ import json
 import math
 import os
 import random
+import sys
 import time
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -135,6 +137,7 @@ class _Run:
         self.known: dict[str, float] = {}
         self.reps: dict[str, Arch] = {}
         self.new_evaluations = self.cache_hits = self.rejected = self.ignores_inputs = 0
+        self.warned_uncalled = False  # evaluate ran without calling the supernet (said once)
         self.log: EvaluationLog | None = None
         self.bar = None
         self.reference = {k: float(v) for k, v in self.costs(self.space.max()).items()}
@@ -246,8 +249,28 @@ class _Run:
         if self.calib_loader is not None:
             supernet.recalibrate(arch, self.calib_loader, batches=self.calib_batches, batch_fn=self.batch_fn)
         supernet.eval()
-        with supernet.set_arch(arch):
-            return self.evaluate(supernet)
+        calls = []
+        hook = supernet.register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            with supernet.set_arch(arch):
+                value = self.evaluate(supernet)
+        finally:
+            hook.remove()
+        if not calls and not self.warned_uncalled:
+            self.warned_uncalled = True
+            warnings.warn("evaluate(model) returned without calling the model it was given (the supernet set to "
+                          f"arch {arch.key()}): if it scores another model, such as the original one, every subnet "
+                          "gets that model's score; run the model it is given", stacklevel=_outside_osf())
+        return value
+
+
+def _outside_osf() -> int:
+    """The ``stacklevel`` of the first caller outside osf, whose line a warning should show."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _exact(metric: str, value: float) -> str:
