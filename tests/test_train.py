@@ -422,6 +422,9 @@ def test_distillation(mode, loss, field):
 def test_distill_errors():
     with pytest.raises(ValueError, match="needs teacher="):
         osf.Distill(mode="teacher")
+    for temperature in (0, -1.0, float("nan")):  # 0 made every distilled loss NaN
+        with pytest.raises(ValueError, match="Distill.temperature must be > 0"):
+            osf.Distill(temperature=temperature)
     d = osf.Distill(field="nope")
     with pytest.raises(ValueError, match="'nope' is not in the model's output"):
         d({"logits": torch.zeros(2, 3)}, torch.zeros(2, 3))

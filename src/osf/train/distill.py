@@ -60,6 +60,8 @@ class Distill:
             raise ValueError("Distill(mode='teacher') needs teacher=<model>; in-place distillation takes none")
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"Distill.weight must lie in [0, 1], got {self.weight}")
+        if not self.temperature > 0:  # also NaN; a KL at temperature 0 divided by zero in every step
+            raise ValueError(f"Distill.temperature must be > 0, got {self.temperature}")
 
     def __call__(self, student: Any, target: torch.Tensor) -> torch.Tensor:
         s = select_output(student, self.field).float()
