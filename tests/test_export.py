@@ -260,6 +260,41 @@ def test_metrics_that_are_not_json_fail_before_any_work(exported, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_batch_norm_statistics_are_fitted_to_the_exported_subnet_or_warned_about(tmp_path):
+    import warnings
+    from torch.utils.data import DataLoader, TensorDataset
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    sn = osf.Supernet(model, (torch.randn(2, 3, 8, 8),))
+    loader = DataLoader(TensorDataset(torch.randn(64, 3, 8, 8) * 3 + 1, torch.zeros(64)), batch_size=8, shuffle=True)
+    arch = sn.space.min()
+    before = {k: v.clone() for k, v in sn.state_dict().items()}
+    with pytest.warns(UserWarning, match=r"keeps the supernet's current BatchNorm statistics.*calib_loader=") as w:
+        osf.export(sn, arch, tmp_path / "shared", formats=("pt2",))
+    assert w[0].filename == __file__
+    osf.export(sn, arch, tmp_path / "fitted", formats=("pt2",), calib_loader=loader)
+    after = sn.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the supernet's statistics restored
+    twin = copy.deepcopy(sn)
+    twin.recalibrate(arch, loader, 20, seed=0)  # what export did, on a copy
+    expected = twin.extract(arch).state_dict()
+    written = load_file(str(tmp_path / "fitted" / "weights.safetensors"))
+    assert written.keys() == expected.keys()
+    for k in written:
+        torch.testing.assert_close(written[k], expected[k], msg=k)
+    assert not torch.allclose(written["1.running_mean"], before["net.1.running_mean"][:8])  # really refitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # recalibrated just before: nothing to warn about
+        assert twin.calibrated(arch) and not twin.calibrated(twin.space.max())
+        osf.export(twin, arch, tmp_path / "recalibrated", formats=("pt2",))
+    twin.train()
+    with torch.no_grad(), twin.set_arch(arch):
+        twin(torch.randn(4, 3, 8, 8))  # a train-mode forward moves the statistics again
+    assert not twin.calibrated(arch)
+
+
 def test_pt2_with_a_dynamic_keyword_input_runs_at_other_lengths(tmp_path):
     """torch.export's input guards name the forward's parameters: with ``forward(*args, **kwargs)`` a guard
     on a keyword input (here the sequence length) broke ``ExportedProgram.module()``. The card gives the bound

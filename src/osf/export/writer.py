@@ -12,14 +12,14 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.utils._pytree as pytree
 from safetensors.torch import save_file
 from torch.utils._pytree import tree_leaves, tree_map
 
-from ..ir.errors import OsfError
+from ..ir.errors import OsfError, user_stacklevel
 from ..ir.graph import INPUT, IR
 from ..ir.io import staged_directory
 from ..ir.serial import node_refs
@@ -40,9 +40,34 @@ class ExportError(OsfError):
     """A subnet that could not be written in a requested format; the message says what to do."""
 
 
+def _extract_calibrated(supernet: Supernet, arch: Arch, calib_loader: Iterable | None, calib_batches: int,
+                        seed: int) -> torch.nn.Module:
+    """``supernet.extract(arch).eval()`` with BatchNorm statistics fitted to ``arch`` where ``calib_loader``
+    is given (the supernet's buffers restored after), or a warning where they may fit another subnet."""
+    norms = supernet.batch_norms(arch)
+    if not norms or (calib_loader is None and supernet.calibrated(arch)):
+        return supernet.extract(arch).eval()
+    if calib_loader is None:
+        warnings.warn("the exported subnet keeps the supernet's current BatchNorm statistics, which are shared by "
+                      "every subnet and fit none (its accuracy can be far below the front's); pass calib_loader= "
+                      "(training batches) to osf.export, or call supernet.recalibrate(arch, loader) just before",
+                      stacklevel=user_stacklevel())
+        return supernet.extract(arch).eval()
+    tensors = supernet.tensors()  # every buffer comes back (running statistics, num_batches_tracked)
+    saved = {n: t.detach().clone() for n, t in tensors.items() if not isinstance(t, torch.nn.Parameter)}
+    try:
+        supernet.recalibrate(arch, calib_loader, calib_batches, seed=seed)
+        return supernet.extract(arch).eval()
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                tensors[name].copy_(value)
+
+
 def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: tuple[str, ...] = FORMATS,
            metrics: dict[str, Any] | None = None, overwrite: bool = False, example: Any = None,
-           source: str | None = None, dtype: torch.dtype | None = None, progress: bool = False) -> Path:
+           source: str | None = None, dtype: torch.dtype | None = None, progress: bool = False,
+           calib_loader: Iterable | None = None, calib_batches: int = 20, seed: int = 0) -> Path:
     """Write ``supernet.extract(arch).eval()`` to the directory ``path``:
 
     - ``model.pt2``: ``torch.export`` program (``torch.export.load(...).module()`` runs it without osf);
@@ -57,6 +82,11 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
     inputs); by default made up from the traced shapes. ``dtype``: a floating-point dtype to write the
     subnet in (``torch.float16``, ``torch.bfloat16``): its floating-point tensors are cast, and so are the
     example's floating-point inputs (the programs then take inputs of that dtype; the card says so).
+    ``calib_loader``: training batches to re-estimate the BatchNorm statistics of ``arch`` from
+    (``calib_batches`` of them drawn with ``seed``, as ``osf.search`` does, so a point of its front is written
+    with the statistics its accuracy was measured with); the supernet's own are restored afterwards. Without
+    it a BatchNorm subnet keeps the supernet's current statistics, with a warning unless
+    ``supernet.recalibrate(arch, ...)`` set them and nothing changed them since.
     Everything is written to a temporary directory beside ``path`` and renamed into place; an existing
     ``path`` raises ``FileExistsError`` unless ``overwrite=True``, which keeps the old one until the new one
     is complete. Returns ``path``."""
@@ -79,7 +109,7 @@ def export(supernet: Supernet, arch: Arch, path: str | os.PathLike, *, formats: 
     with staged_directory(path, overwrite) as tmp, progress_bar(total=len(formats) + 2, desc="export", unit="step",
                                                          disable=not progress) as bar:
         bar.set_postfix_str("extract")
-        model = supernet.extract(arch).eval()
+        model = _extract_calibrated(supernet, arch, calib_loader, calib_batches, seed)
         args, kwargs = to_device(example_inputs(supernet.ir, example), supernet.device())
         if dtype is not None:
             model = model.to(dtype)

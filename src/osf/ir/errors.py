@@ -1,6 +1,20 @@
 """Errors raised by osf; each names the module, op or key at fault and says what to do."""
 from __future__ import annotations
 
+import os
+import sys
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` called right after this that shows the first caller outside
+    osf (the user's line), however deep inside osf the warning is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
 
 class OsfError(Exception):
     """Base class of every error osf raises on purpose."""

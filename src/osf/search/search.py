@@ -10,7 +10,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 import warnings
 from typing import Any, Callable, Iterable
@@ -18,6 +17,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ..ir.errors import user_stacklevel
 from ..progress import progress_bar
 from ..space.arch import Arch
 from ..space.space import SearchSpace
@@ -260,17 +260,8 @@ class _Run:
             self.warned_uncalled = True
             warnings.warn("evaluate(model) returned without calling the model it was given (the supernet set to "
                           f"arch {arch.key()}): if it scores another model, such as the original one, every subnet "
-                          "gets that model's score; run the model it is given", stacklevel=_outside_osf())
+                          "gets that model's score; run the model it is given", stacklevel=user_stacklevel())
         return value
-
-
-def _outside_osf() -> int:
-    """The ``stacklevel`` of the first caller outside osf, whose line a warning should show."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _exact(metric: str, value: float) -> str:

@@ -72,6 +72,7 @@ class Supernet(nn.Module):
         self._template_error: str | None = None
         self._extraction: ExtractionTemplate | str | None = None  # made at the first extract (str: why not)
         self._costs: CostModel | str | None = None  # made at the first cost (str: why each arch is rewritten)
+        self._calibration: tuple[str, list[torch.Tensor]] | None = None  # see calibrated()
         # where each shared tensor lives: the containers never change, their tensors may (e.g. ``.to()``)
         self._homes = {canon: (self.net.get_submodule(mod), local)
                        for canon, (mod, local) in self._tensor_homes().items()}
@@ -278,7 +279,23 @@ class Supernet(nn.Module):
                 self.train(was_training)
         if used == 0:
             raise ValueError("recalibrate: the loader yielded no batch")
+        self._calibration = (arch.key(), [t.clone() for t in self._statistics(norms)])
         return used
+
+    def calibrated(self, arch: Arch) -> bool:
+        """Whether the BatchNorm running statistics ``arch`` runs still hold what ``recalibrate(arch, ...)``
+        left (a train-mode forward, a restored checkpoint or another subnet's recalibration changes them);
+        True for an arch without such statistics."""
+        norms = self.batch_norms(arch)
+        if not norms:
+            return True
+        if self._calibration is None or self._calibration[0] != arch.key():
+            return False
+        return all(torch.equal(saved.to(t.device), t) for saved, t in zip(self._calibration[1], self._statistics(norms)))
+
+    def _statistics(self, norms: list[tuple[str, str, float]]) -> list[torch.Tensor]:
+        tensors = self.tensors()
+        return [tensors[n] for mean, var, _ in norms for n in (mean, var)]
 
     # ----- standalone subnets and costs -----
     def subnet_ir(self, arch: Arch) -> IR:
