@@ -305,6 +305,15 @@ def test_bad_input_errors():
     with pytest.raises(TypeError, match="batch_fn"):
         osf.train(sn, [(torch.randn(2, 3, 8, 8),) * 3], optimizer=opt, loss_fn=F.cross_entropy, steps=1,
                   progress=False)
+    for setting, message in [(dict(steps=-3), "steps must be a positive number, got -3"),  # trained 0 steps
+                             (dict(clip_grad_norm=-1.0), "clip_grad_norm must be a positive"),  # flipped the grads
+                             (dict(keep_checkpoints=0), "keep_checkpoints must be a positive"),  # kept them all
+                             (dict(checkpoint_every=2.5), "checkpoint_every must be a whole number"),
+                             (dict(amp="float16"), "amp must be True, False or a torch.dtype")]:  # took bfloat16
+        with pytest.raises(ValueError, match=message):
+            osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, **{"steps": 1, **setting}, progress=False)
+    with pytest.raises(ValueError, match="accuracy needs class labels, but the batch's target is NoneType"):
+        osf.evaluate(sn, sn.space.max(), [torch.randn(4, 3, 8, 8)], calib_loader=data())  # was AttributeError
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     early = torch.optim.SGD(model.parameters(), lr=0.1)  # made before the supernet copied the weights
     copied = osf.Supernet(model, (torch.randn(2, 6),))

@@ -13,6 +13,10 @@ from .distill import select_output
 
 def accuracy(output: Any, target: torch.Tensor) -> float:
     """Top-1 accuracy of logits (the ``logits`` entry of dict-like outputs)."""
+    if not isinstance(target, torch.Tensor):
+        raise ValueError(f"accuracy needs class labels, but the batch's target is {type(target).__name__}; give "
+                         "(inputs, labels) pairs or dicts with a 'labels' entry, batch_fn= that returns them, or "
+                         "metric= for a score without labels")
     return float((select_output(output).argmax(-1) == target).float().mean())
 
 

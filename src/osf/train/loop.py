@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import numbers
 import os
 import signal
 import threading
@@ -108,6 +109,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     steps_per_epoch = _length(loader)
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps= or epochs=")
+    _check_settings(steps=steps, epochs=epochs, clip_grad_norm=clip_grad_norm, keep_checkpoints=keep_checkpoints,
+                    checkpoint_every=checkpoint_every, amp=amp)
     if epochs is not None:
         if steps_per_epoch is None:
             raise ValueError("epochs= needs a loader with a length; give steps= instead")
@@ -394,6 +397,21 @@ def _length(loader: Iterable) -> int | None:
         return len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def _check_settings(*, amp: Any, **counts: float | None) -> None:
+    """Refuse settings that would train otherwise than asked: a negative clipping norm flips the gradients'
+    sign, ``keep_checkpoints=0`` kept every checkpoint, a string ``amp`` chose a dtype by itself."""
+    for name, value in counts.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            raise ValueError(f"train: {name} must be a positive number, got {value!r}")
+        if name in ("steps", "keep_checkpoints", "checkpoint_every") and value != int(value):
+            raise ValueError(f"train: {name} must be a whole number, got {value!r}")
+    if not isinstance(amp, (bool, torch.dtype)):
+        raise ValueError(f"train: amp must be True, False or a torch.dtype (torch.bfloat16, torch.float16), "
+                         f"got {amp!r}")
 
 
 def _mixed_precision(amp: bool | torch.dtype, device: torch.device):
