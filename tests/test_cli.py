@@ -648,6 +648,8 @@ def test_train_clips_autocasts_and_takes_a_device(trained_run, tmp_path, capsys)
     assert main([*args, "--out", str(amp), "--amp", "--device", "auto"]) == 0  # another device: resumes
     assert main([*args, "--out", str(tmp_path / "x"), "--clip-grad-norm", "0"]) == 2
     assert "train.clip_grad_norm must be above 0" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x"), "--lr", "0"]) == 2  # trained nothing, silently
+    assert "train.lr must be above 0, got 0.0" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "x"), "--device", "gpu"]) == 2
     assert "train.device is 'gpu'; use auto" in capsys.readouterr().err
     if not torch.cuda.is_available():

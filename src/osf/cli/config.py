@@ -75,6 +75,10 @@ class TrainSettings:
             raise ConfigError(f"train.warmup_epochs must be at least 0, got {self.warmup_epochs}")
         if self.workers < 0:
             raise ConfigError(f"train.workers must be at least 0, got {self.workers}")
+        if not self.lr > 0:  # AdamW refuses a negative rate itself, but trains nothing at 0
+            raise ConfigError(f"train.lr must be above 0, got {self.lr}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"train.distill_weight must lie in [0, 1], got {self.distill_weight}")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"train.clip_grad_norm must be above 0, got {self.clip_grad_norm}")
         _device("train.device", self.device)
