@@ -240,6 +240,29 @@ def test_validate_names_the_key_and_allowed_values():
         sn.extract(osf.Arch(width={"x": 1}))
 
 
+def test_space_options_that_would_build_another_space_than_asked_are_refused():
+    sn, *_ = supernet("resnet18")
+    ir = sn.ir
+    for options, error, message in [
+            (dict(exclude=["layr1*"]), ValueError,  # pruned everything it meant to keep
+             r"exclude glob 'layr1\*' matches no module and no removable unit; module names such as 'layer1'"),
+            (dict(include=["fc", "layer9.*"]), ValueError, r"include glob 'layer9.\*' matches no module"),
+            (dict(multiple_of=0), ValueError, "multiple_of must be a whole number >= 1"),  # ZeroDivisionError
+            (dict(multiple_of=-8), ValueError, "multiple_of must be a whole number >= 1"),
+            (dict(width_ratios=()), ValueError, "width_ratios is empty"),  # no group at all, silently
+            (dict(depth="no"), TypeError, "depth must be True or False"),  # was depth on
+            (dict(include=[3]), TypeError, "include must be module-name globs")]:
+        with pytest.raises(error, match=message):
+            osf.SearchSpace(ir, **options)
+    one = osf.SearchSpace(ir, exclude="layer1*")  # one string is one glob (its characters, '*' too, were globs)
+    listed = osf.SearchSpace(ir, exclude=["layer1*"])
+    assert one.options == listed.options and [g.key for g in one.groups] == [g.key for g in listed.groups]
+    assert [u.key for u in one.units] == [u.key for u in listed.units] and one.groups and one.units
+    assert not any(u.key.startswith("layer1") for u in one.units)
+    units = osf.SearchSpace(ir, exclude=["layer1.0/residual*"])  # a residual branch's unit key, no module name
+    assert len(units.units) < len(sn.space.units)
+
+
 def test_arch_json_round_trip_and_space_report():
     sn, *_ = supernet("resnet18")
     arch = sn.space.sample(7)

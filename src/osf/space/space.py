@@ -2,8 +2,11 @@
 counting, salience and motifs."""
 from __future__ import annotations
 
+import difflib
 import math
+import numbers
 import random
+from fnmatch import fnmatch
 from typing import Iterable
 
 import torch
@@ -20,6 +23,43 @@ _DRAWS = 100  # draws of sample() before an arch whose outputs ignore the inputs
 _CUTS_KEPT = 4096  # cut_outputs results remembered (per set of contracted units) before starting afresh
 
 
+def _globs(option: str, value: str | Iterable[str] | None) -> list[str] | None:
+    """``include`` / ``exclude`` as a list of globs: one string is one glob (iterated, its characters were
+    globs, and ``*`` among them matched every module)."""
+    if value is None:
+        return None
+    globs = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(g, str) for g in globs):
+        raise TypeError(f"SearchSpace {option} must be module-name globs (strings), got {value!r}")
+    return globs
+
+
+def _check_options(width_ratios: tuple, multiple_of: object, depth: object) -> None:
+    if not width_ratios:
+        raise ValueError("SearchSpace width_ratios is empty; give the fractions of each width to offer, e.g. "
+                         "(0.25, 0.5, 0.75, 1.0)")
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, numbers.Integral) or multiple_of < 1:
+        raise ValueError(f"SearchSpace multiple_of must be a whole number >= 1 (channel rounding), got {multiple_of!r}")
+    if not isinstance(depth, bool):
+        raise TypeError(f"SearchSpace depth must be True or False, got {depth!r}")
+
+
+def _check_globs_match(ir: IR, analysis, *, include: list[str] | None, exclude: list[str] | None) -> None:
+    """Refuse an include / exclude glob that matches no module and no removable unit (a typo there
+    silently pruned what the user meant to keep, or nothing at all)."""
+    globs = [("include", g) for g in include or ()] + [("exclude", g) for g in exclude or ()]
+    unmatched = [(option, g) for option, g in globs if not any(fnmatch(name, g) for name in ir.modules)]
+    if unmatched:  # unit keys of residual branches ("blocks.0/residual:body") are no module names
+        keys = [u.key for u in find_units(ir, analysis).units]
+        unmatched = [(option, g) for option, g in unmatched if not any(fnmatch(k, g) for k in keys)]
+    if unmatched:
+        option, glob = unmatched[0]
+        modules = [n for n in ir.modules if n]
+        names = difflib.get_close_matches(glob.strip("*?[]"), modules, n=3, cutoff=0.4) or modules[:3]
+        raise ValueError(f"SearchSpace {option} glob {glob!r} matches no module and no removable unit; module "
+                         f"names such as {', '.join(map(repr, names))} (osf space MODEL lists the groups and units)")
+
+
 class SearchSpace:
     """The search space of an IR.
 
@@ -31,9 +71,12 @@ class SearchSpace:
                  depth: bool = True, include: list[str] | None = None, exclude: list[str] | None = None,
                  prune_head_dim: bool = False):
         self.ir = ir
+        include, exclude = _globs("include", include), _globs("exclude", exclude)
+        _check_options(tuple(width_ratios), multiple_of, depth)
         self.options = {"width_ratios": tuple(width_ratios), "multiple_of": multiple_of, "depth": depth,
                         "include": include, "exclude": exclude, "prune_head_dim": prune_head_dim}
         self.analysis = analyse(ir)
+        _check_globs_match(ir, self.analysis, include=include, exclude=exclude)
         self.all_groups = find_groups(ir, self.analysis, ratios=tuple(width_ratios), multiple_of=multiple_of,
                                       prune_head_dim=prune_head_dim, include=include, exclude=exclude)
         self.groups: list[WidthGroup] = [g for g in self.all_groups if g.prunable]
