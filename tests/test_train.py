@@ -428,6 +428,27 @@ def test_distillation(mode, loss, field):
         assert last["loss/max"] < 0.5 * first["loss/max"]
 
 
+def test_a_teacher_in_training_mode_teaches_as_in_eval_mode_and_is_left_unchanged():
+    """A teacher left in training mode (as torchvision builds models) ran with dropout and moved its BatchNorm
+    statistics at every step; it runs in eval mode, its own mode given back."""
+    torch.manual_seed(0)
+    teacher = Net().train()
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    runs = []
+    for mode in ("train", "eval"):
+        teacher.train(mode == "train")
+        sn = make(seed=1)
+        opt = torch.optim.SGD(sn.parameters(), lr=0.05)
+        result = osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=3, progress=False,
+                           distill=osf.Distill("teacher", teacher=teacher, loss="mse"))
+        runs.append((result.history, sn.state_dict()))
+        assert teacher.training == (mode == "train")
+        assert all(torch.equal(v, state[k]) for k, v in teacher.state_dict().items())  # statistics untouched
+    (history_a, weights_a), (history_b, weights_b) = runs
+    assert [h["loss/min"] for h in history_a] == [h["loss/min"] for h in history_b]
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
 def test_distill_errors():
     with pytest.raises(ValueError, match="needs teacher="):
         osf.Distill(mode="teacher")

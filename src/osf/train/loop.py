@@ -293,8 +293,14 @@ def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str,
     losses = torch.zeros(len(picks), dtype=torch.float64, device=device)
     soft = None
     if distill is not None and distill.mode == "teacher" and items:
-        with torch.no_grad(), autocast():
-            soft = select_output(distill.teacher(*args, **kwargs), distill.field).detach()
+        teacher = distill.teacher
+        was_training = teacher.training  # frozen: no dropout, and its BatchNorm statistics stay as they are
+        teacher.eval()
+        try:
+            with torch.no_grad(), autocast():
+                soft = select_output(teacher(*args, **kwargs), distill.field).detach()
+        finally:
+            teacher.train(was_training)
     inplace = distill is not None and distill.mode == "inplace"
     if inplace and (not picks or picks[0][0] != "max"):
         raise ValueError("in-place distillation needs the max subnet first in every step (role 'max'); use a "
