@@ -312,6 +312,11 @@ def test_bad_input_errors():
                              (dict(amp="float16"), "amp must be True, False or a torch.dtype")]:  # took bfloat16
         with pytest.raises(ValueError, match=message):
             osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, **{"steps": 1, **setting}, progress=False)
+    other = torch.optim.SGD(make().parameters(), lr=0.1)
+    for scheduler, message in [(torch.optim.lr_scheduler.StepLR(other, 5), "built for another optimizer"),
+                               (torch.optim.lr_scheduler.ReduceLROnPlateau(opt), "ReduceLROnPlateau steps on a")]:
+        with pytest.raises(ValueError, match=message):
+            osf.train(sn, data(), optimizer=opt, scheduler=scheduler, loss_fn=F.cross_entropy, steps=1, progress=False)
     with pytest.raises(ValueError, match="accuracy needs class labels, but the batch's target is NoneType"):
         osf.evaluate(sn, sn.space.max(), [torch.randn(4, 3, 8, 8)], calib_loader=data())  # was AttributeError
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))

@@ -101,6 +101,13 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                          f"{type(model).__name__} does not")
     net = model if model is not None else supernet  # what each subnet's forward calls
     _check_optimizer(optimizer, supernet, model)
+    if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        raise ValueError("the scheduler was built for another optimizer than optimizer=, so the learning rate it "
+                         "sets would never reach training; build it from the optimizer you pass")
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ValueError("ReduceLROnPlateau steps on a validation metric, which osf.train does not compute (it "
+                         "calls scheduler.step() after every optimizer step); use a schedule of steps (OneCycleLR, "
+                         "CosineAnnealingLR), or train a number of steps at a time and step it yourself in between")
     if sampler.space is not supernet.space:
         raise ValueError("the sampler was built for another search space; build it from supernet.space")
     if loss_fn is None and not (distill is not None and distill.mode == "teacher" and distill.weight == 1.0):
