@@ -938,8 +938,14 @@ def test_bad_input_exits_nonzero_with_one_line_cause(trained_run, tmp_path, caps
     bad_config = tmp_path / "bad.yaml"
     bad_config.write_text("model: builtin:resnet\ndata: digits\ntrain: {out: x, stepz: 3}\n")
     out = str(tmp_path / "out")
+    np.savez(tmp_path / "splits.npz", x_train=np.zeros((8, 1, 8, 8), np.float32), y_train=np.zeros(8, np.int64),
+             x_val=np.zeros((4, 8, 8), np.float32), y_val=np.zeros(4, np.int64))
     cases = [
         (["space", "nosuch:model"], "unknown model spec 'nosuch:model'"),
+        # read only after training: refused before it
+        (["train", "builtin:resnet", "--data", f"npz:{tmp_path / 'splits.npz'}", "--out", out], "builtin:resnet "
+         "fails on the data's first two validation samples (InputError: input 'x' has 3 dims (2, 8, 8), but the model "
+         "was traced with 4; call it with inputs shaped as traced); give x_val (and each NAME_val) samples shaped"),
         (["train", "builtin:nope", "--data", "digits", "--out", out], "unknown built-in model 'nope'"),
         (["train", "builtin:resnet", "--data", "npz:/no/such.npz", "--out", out], "'/no/such.npz' does not exist"),
         (["train", "builtin:resnet", "--data", "imagenet", "--out", out], "unknown data spec 'imagenet'"),
@@ -1152,7 +1158,9 @@ def test_data_specs(tmp_path):
                            (dict(y_train=np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])),
                             r"\(4, 3\); these look like several labels per sample \(multi-label\)"),
                            (dict(y_train=np.full((4, 5, 5), 2)), r"these look like labels per position \(segmentation"),
-                           (dict(x_val=np.array(["some text", "more"])), "x_val holds strings .*token ids")]:
+                           (dict(x_val=np.array(["some text", "more"])), "x_val holds strings .*token ids"),
+                           (dict(x_train=np.array([[1.0, np.nan, 0], [1, 2, 3], [np.inf, 0, 0], [0, 0, 0]])),
+                            r"x_train holds NaN or infinite values \(2 samples, the first at row 0\)")]:
         np.savez(tmp_path / "bad.npz", **{**arrays, **extra})
         with pytest.raises(SpecError, match=message):
             load_data(f"npz:{tmp_path / 'bad.npz'}")

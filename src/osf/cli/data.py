@@ -200,6 +200,13 @@ def _label_hint(t: torch.Tensor) -> str:
 def _input(a: Any, name: str, spec: str) -> torch.Tensor:
     """A model input as a tensor: floating point as float32, integers and booleans as they are."""
     t = _tensor(a, name, spec)
+    if t.is_floating_point() and t.numel():
+        finite = torch.isfinite(t.reshape(len(t), -1) if t.dim() else t.reshape(1, 1)).all(dim=1)
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0])
+            raise SpecError(f"data '{spec}': {name} holds NaN or infinite values ({int((~finite).sum())} samples, the "
+                            f"first at row {first}); every loss would be NaN: fill them (np.nan_to_num) or drop "
+                            "those samples")
     return t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
 
 

@@ -280,17 +280,20 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         supernet = new_supernet(model, space, image_size, data=splits)
         if progress and main_rank:
             say(f"{supernet.space.summary()} ({time.perf_counter() - began:.1f} s)")
-        args, kwargs = _inputs(splits.x_train[:2], {k: v[:2] for k, v in splits.inputs_train.items()},
-                               _batch_layout(supernet, splits))
-        with torch.no_grad():  # outputs that are no class scores for these labels: refused before anything is written
-            try:
-                output = supernet.eval()(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - whatever the model raises on the data, said in one line
-                raise ConfigError(f"{model} fails on the data's first two samples ({type(e).__name__}: "
-                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); check that the data "
-                                  "suit the model (token ids within its vocabulary, the special tokens it expects, "
-                                  "the inputs it needs)") from e
-            _check_class_scores(output, 2, splits.largest_label())
+        layout = _batch_layout(supernet, splits)
+        for split, x, inputs in (("", splits.x_train, splits.inputs_train), (" validation", splits.x_val,
+                                                                              splits.inputs_val)):
+            args, kwargs = _inputs(x[:2], {k: v[:2] for k, v in inputs.items()}, layout)
+            with torch.no_grad():  # outputs that are no class scores for these labels: refused before anything is written
+                try:  # the validation split too: it is read only once training is over
+                    output = supernet.eval()(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - whatever the model raises on the data, said in one line
+                    advice = ("give x_val (and each NAME_val) samples shaped and typed as the training ones" if split
+                              else "check that the data suit the model (token ids within its vocabulary, the "
+                              "special tokens it expects, the inputs it needs)")
+                    raise ConfigError(f"{model} fails on the data's first two{split} samples ({type(e).__name__}: "
+                                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); {advice}") from e
+                _check_class_scores(output, 2, splits.largest_label())
         supernet.train()
         run = requested
         if main_rank:
