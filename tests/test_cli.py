@@ -562,6 +562,27 @@ def test_train_resumes_to_the_same_weights(trained_run, tmp_path, capsys):
     _assert_same_weights(grown, whole)
 
 
+def test_data_changed_behind_the_same_spec_is_refused_on_resume_and_warned_about_by_search(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    x, y = (digits.images[:, None] / 16).astype(np.float32), digits.target
+    np.savez(tmp_path / "d.npz", x_train=x[:300], y_train=y[:300], x_val=x[300:400], y_val=y[300:400])
+    run = tmp_path / "run"
+    args = ["train", "builtin:resnet", "--data", f"npz:{tmp_path / 'd.npz'}", "--out", str(run), "--steps", "3",
+            "--multiple-of", "4", "--quiet"]
+    assert main([*args, "--checkpoint-every", "1"]) == 0
+    assert read_run(run).data_fingerprint
+    ckpt.checkpoints(run / "checkpoints")[-1].unlink()  # cut short: the rerun resumes
+    np.savez(tmp_path / "d.npz", x_train=x[100:400], y_train=y[100:400], x_val=x[:100], y_val=y[:100])
+    capsys.readouterr()
+    assert main([*args, "--checkpoint-every", "1"]) == 2  # resumed on other samples, silently, before
+    assert "the data of npz:" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="changed since this run trained on them"):
+        assert main(["search", str(run), "--budget", "2", "--quiet"]) == 0
+    np.savez(tmp_path / "d.npz", x_train=x[:300], y_train=y[:300], x_val=x[300:400], y_val=y[300:400])
+    assert main([*args, "--checkpoint-every", "1"]) == 0  # the same data again: resumes
+
+
 def _assert_same_weights(run: Path, other: Path) -> None:
     a = load_file(str(ckpt.checkpoints(run / "checkpoints")[-1]))
     b = load_file(str(ckpt.checkpoints(other / "checkpoints")[-1]))

@@ -11,6 +11,7 @@ input ``NAME``, one row per sample."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +48,24 @@ class Splits(NamedTuple):
         """The largest class label of either split (of the samples at hand where datasets do not say)."""
         seen = int(max(self.y_train.max(), self.y_val.max()))
         return seen if self.top_label is None else max(seen, self.top_label)
+
+    def fingerprint(self) -> str:
+        """A hash of the data (every array's dtype, shape and values; for datasets, their lengths and the
+        labels they list, as their samples may be drawn through random transforms): a run records it, so
+        resuming on data changed behind the same spec is refused."""
+        digest = hashlib.blake2b(digest_size=16)
+        if self.sets is None:
+            named = [("x_train", self.x_train), ("y_train", self.y_train), ("x_val", self.x_val), ("y_val", self.y_val)]
+            for split, inputs in (("_train", self.inputs_train), ("_val", self.inputs_val)):
+                named += [(name + split, t) for name, t in sorted(inputs.items())]
+        else:
+            named = [(f"{split} length", torch.tensor(len(ds))) for split, ds in zip(SPLITS, self.sets)]
+            named += [(f"{split} targets", torch.as_tensor(ds.targets)) for split, ds in zip(SPLITS, self.sets)
+                      if isinstance(getattr(ds, "targets", None), (list, tuple, torch.Tensor, np.ndarray))]
+        for name, t in named:
+            digest.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
+            digest.update(memoryview(np.ascontiguousarray(t.detach().cpu().numpy())).cast("B"))
+        return digest.hexdigest()
 
 
 def load_data(spec: str, root: str | None = None) -> Splits:

@@ -259,7 +259,8 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
                           "so it has nothing to teach; give a trained model (hf:PATH, a python: factory that loads "
                           "your weights, a saved IR) or use --distill inplace")
     requested = Run(model, data, to_json(space), to_json(settings), image_size,
-                    import_root=root if is_module_spec(model) or is_module_spec(data) else None)
+                    import_root=root if is_module_spec(model) or is_module_spec(data) else None,
+                    data_fingerprint=splits.fingerprint())
     if out.is_dir() and not is_run_dir(out) and {p.name for p in out.iterdir()} - {IR_DIR}:
         raise ConfigError(f"'{out}' exists and is not an osf run directory (no run.json); choose another --out")
     main_rank = not dist.is_initialized() or dist.get_rank() == 0  # under --nproc, rank 0 writes the run
@@ -269,6 +270,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         run = recorded
         _check_resumable(out, run, requested)
         run.train = requested.train
+        run.data_fingerprint = run.data_fingerprint or requested.data_fingerprint  # runs recorded before it
         supernet = build_supernet(out, run)
         if main_rank:
             say(f"resuming the run in {out}")
@@ -343,6 +345,9 @@ def _step_failure(e: Exception, settings: TrainSettings) -> ConfigError | None:
 def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:
     """The training and validation loaders of a trained run's data."""
     data = load_data(trained.run.data, trained.run.import_root)
+    if trained.run.data_fingerprint not in (None, data.fingerprint()):
+        warnings.warn(f"the data of {trained.run.data} changed since this run trained on them: scores and "
+                      "BatchNorm statistics now come from the new data", stacklevel=2)
     return loaders(data, trained.run.train["batch_size"], *_batch_layout(trained.supernet, data),
                    trained.run.train.get("workers", 0))
 
@@ -407,6 +412,9 @@ def _identity(run: Run) -> dict[str, Any]:
 
 
 def _check_resumable(out: Path, run: Run, requested: Run) -> None:
+    if run.data_fingerprint not in (None, requested.data_fingerprint):
+        raise ConfigError(f"the data of {run.data} changed since {out} started training on them; resuming would "
+                          "train on other data than its checkpoints were: restore them, or train into another --out")
     theirs = _identity(requested)
     for key, value in _identity(run).items():
         if theirs.get(key) != value:

@@ -30,7 +30,8 @@ class Run:
     """What ``run.json`` records. ``space`` holds ``SearchSpace`` options, ``train`` the ``TrainSettings``,
     ``result`` the outcome of the last ``osf train`` (step, validation accuracy of the max/min subnets),
     ``import_root`` the working directory of the first ``osf train`` where a spec is ``python:pkg.module:NAME``
-    (later commands import it from there, wherever they run)."""
+    (later commands import it from there, wherever they run), ``data_fingerprint`` a hash of the data it
+    started on."""
     model: str
     data: str
     space: dict[str, Any]
@@ -38,6 +39,7 @@ class Run:
     image_size: int | list[int] | None = None  # a square's side or [height, width]
     result: dict[str, Any] = field(default_factory=dict)
     import_root: str | None = None
+    data_fingerprint: str | None = None  # Splits.fingerprint() when the run started (None: recorded before)
 
 
 @dataclass
