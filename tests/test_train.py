@@ -168,14 +168,15 @@ def test_ctrl_c_finishes_the_step_saves_it_and_the_rerun_resumes_bit_identically
         def __iter__(self):
             signal.raise_signal(signal.SIGINT)
             raise RuntimeError("DataLoader worker (pid 123) exited unexpectedly")
-    osf.train(make(), loader, optimizer=opt_and_sched(sn)[0], loss_fn=F.cross_entropy, steps=5,
+    first, again, alone = make(), make(), make()
+    osf.train(first, loader, optimizer=opt_and_sched(first)[0], loss_fn=F.cross_entropy, steps=5,
               run_dir=tmp_path / "d", progress=False)
     with pytest.raises(osf.TrainingInterrupted) as info:  # resumed at step 5, stopped before a step: its checkpoint
-        osf.train(make(), DiesOnCtrlC(), optimizer=opt_and_sched(sn)[0], loss_fn=F.cross_entropy, steps=13,
+        osf.train(again, DiesOnCtrlC(), optimizer=opt_and_sched(again)[0], loss_fn=F.cross_entropy, steps=13,
                   run_dir=tmp_path / "d", progress=False)
     assert info.value.checkpoint == tmp_path / "d" / "checkpoints" / "step-000000005.safetensors"
     with pytest.raises(osf.TrainingInterrupted) as info:  # no run directory: stopped, nothing saved
-        osf.train(make(), loader, optimizer=opt_and_sched(sn)[0], loss_fn=_interrupting_loss(3), steps=13,
+        osf.train(alone, loader, optimizer=opt_and_sched(alone)[0], loss_fn=_interrupting_loss(3), steps=13,
                   progress=False)
     assert (info.value.step, info.value.checkpoint) == (1, None)
 
