@@ -169,6 +169,21 @@ def test_an_evaluate_that_never_runs_the_model_it_is_given_is_warned_about_once(
 
 
 @pytest.mark.parametrize("algorithm", ["surrogate", "nsga2", "random"])
+def test_a_search_that_runs_out_of_subnets_before_its_budget_says_so(algorithm, capsys):
+    torch.manual_seed(0)
+    tiny = osf.Supernet(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)),
+                        (torch.randn(2, 8),))  # widths 8 and 16 of one group: two subnets
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    front = osf.search(tiny, lambda m: float((m(x).argmax(-1) == y).float().mean()), budget=30, algorithm=algorithm)
+    assert len(front.points) == 2 and front.info["stopped"] != "budget reached"
+    assert f"stopped before the budget of 30: {front.info['stopped']}" in front.table()  # the bar stopped at 2/30
+    assert f"stopped: {front.info['stopped']}" in capsys.readouterr().err
+    full = osf.search(tiny, lambda m: float((m(x).argmax(-1) == y).float().mean()), budget=2, algorithm=algorithm,
+                      progress=False)
+    assert full.info["stopped"] == "budget reached" and "stopped" not in full.table()
+
+
+@pytest.mark.parametrize("algorithm", ["surrogate", "nsga2", "random"])
 def test_front_is_pareto_optimal_and_complete(digits_setup, algorithm):
     objectives = ("accuracy", "flops", "params")
     front, counter = _search(digits_setup, objectives=objectives, budget=16, algorithm=algorithm)

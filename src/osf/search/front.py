@@ -173,6 +173,9 @@ class Front:
         cost = self._first_cost()
         if cost is not None and self.reference.get(cost):
             title += f"; hypervolume {self.hypervolume(cost):.4f} ({cost})"
+        stopped, budget = self.info.get("stopped"), self.info.get("budget")
+        if stopped and stopped != "budget reached" and budget:  # say why fewer subnets than asked were evaluated
+            title += f"; stopped before the budget of {budget}: {stopped}"
         return "\n".join([title] + lines)
 
     def __str__(self) -> str:

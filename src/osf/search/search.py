@@ -98,6 +98,8 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
             stopped = _nsga2(run, budget, seed, population)
         else:
             stopped = _surrogate_search(run, budget, seed, population)
+        if stopped != "budget reached":  # the bar stays short of its total: say why there
+            bar.set_postfix_str(f"stopped: {stopped}")
     info = {"algorithm": algorithm, "seed": seed, "budget": budget,
             "calib_batches": calib_batches if calib_loader is not None else None, "evaluated": len(run.points),
             "new_evaluations": run.new_evaluations, "cache_hits": run.cache_hits, "rejected": run.rejected,
@@ -418,7 +420,7 @@ def _nsga2(run: _Run, budget: int, seed: int, population: int) -> str:
     stale, patience = 0, 20
     while True:
         pop = algorithm.ask()
-        if len(pop) == 0:
+        if pop is None or len(pop) == 0:  # None: pymoo made no offspring that is not a duplicate (tiny spaces)
             return "no new offspring (the population has converged)"
         X = np.round(pop.get("X")).astype(int)
         F, G, new = [], [], 0
