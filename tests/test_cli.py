@@ -422,7 +422,9 @@ def test_train_traces_a_vision_model_at_the_datas_image_size(tmp_path, model, si
     """Without --image-size, a torchvision: or timm: model would be traced at 224 and refuse the data's
     images (its graph holds for the traced size only): it is traced at the data's size, both sides of
     non-square images, and a vision transformer is built for it (its patch grid and position table; timm's
-    asserts the size); the run resumes at that size."""
+    asserts the size); the run resumes at that size. Its head scores the data's 2 classes, not ImageNet's 1000
+    (osf builds these models with random weights: the 1000 logits meant nothing, and the exported subnets
+    carried them)."""
     pytest.importorskip(model.partition(":")[0])
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x_train=rng.standard_normal((8, 3, *size)).astype(np.float32),
@@ -435,6 +437,8 @@ def test_train_traces_a_vision_model_at_the_datas_image_size(tmp_path, model, si
     assert main([*args, "--steps", "2", "--lr-schedule", "constant"]) == 0
     trained = load_trained(run)
     assert trained.step == 2 and input_signature(trained.supernet.ir)[0]["shape"][2:] == size
+    with torch.no_grad():
+        assert trained.supernet(torch.randn(3, 3, *size)).shape == (3, 2)
 
 
 def test_integer_images_for_a_floating_point_model_are_refused_before_tracing(tmp_path, capsys):
@@ -461,6 +465,14 @@ def test_a_hugging_face_vision_checkpoint_is_traced_at_the_datas_image_size(tmp_
     assert main(["train", "hf:./resnet", "--data", "npz:d.npz", "--out", "run", "--steps", "1", "--quiet"]) == 0
     assert read_run(tmp_path / "run").image_size == [20, 28]
     assert tuple(resolve("hf:./resnet", image_size=24).args[0].shape) == (2, 3, 24, 24)
+
+
+def test_classes_build_the_head_of_torchvision_and_timm_classifiers_only():
+    with torch.no_grad():
+        assert resolve("torchvision:resnet18", classes=5).model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    assert resolve("torchvision:raft_small", classes=5).model is not None  # optical flow, no head: as before
+    with pytest.raises(SpecError, match="a number of classes applies to torchvision: and timm: models, not 'builtin"):
+        resolve("builtin:resnet", classes=3)
 
 
 def test_image_size_flag():

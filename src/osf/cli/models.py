@@ -58,7 +58,7 @@ def _built_at(build: Callable[..., nn.Module], sizes: list[tuple[str, Any]]) -> 
     return build()
 
 
-def _torchvision(name: str, image_size: ImageSize | None) -> ModelSpec:
+def _torchvision(name: str, image_size: ImageSize | None, classes: int | None = None) -> ModelSpec:
     import torchvision
     sizes = []  # torchvision's ViT takes a square's side, its MaxViT (height, width)
     if image_size is not None:
@@ -66,8 +66,9 @@ def _torchvision(name: str, image_size: ImageSize | None) -> ModelSpec:
         sizes = [("image_size", height)] * (height == width) + [("input_size", (height, width))]
     if name not in torchvision.models.list_models():
         raise SpecError(f"unknown torchvision model '{name}'; see torchvision.models.list_models()")
+    head = {"num_classes": classes} if classes is not None and _classifies(name) else {}
     try:
-        model = _built_at(lambda **size: torchvision.models.get_model(name, weights=None, **size), sizes)
+        model = _built_at(lambda **size: torchvision.models.get_model(name, weights=None, **head, **size), sizes)
     except ValueError as e:  # e.g. a MaxViT partition that does not divide the image
         size = "x".join(map(str, [image_size] * 2 if isinstance(image_size, int) else image_size or []))
         raise SpecError(f"torchvision:{name} cannot be built for {size} images: {str(e).splitlines()[0]}") from None
@@ -78,10 +79,19 @@ def _torchvision(name: str, image_size: ImageSize | None) -> ModelSpec:
     return ModelSpec(model, (_image(2, image_size or 224),))
 
 
-def _timm(name: str, image_size: ImageSize | None) -> ModelSpec:
+def _classifies(name: str) -> bool:
+    """Whether torchvision's model ``name`` is an image or video classifier (its head: ``num_classes``)."""
+    import torchvision
+    return any(name in torchvision.models.list_models(module=module)
+               for module in (torchvision.models, torchvision.models.video)) and name not in \
+        torchvision.models.list_models(module=torchvision.models.optical_flow)
+
+
+def _timm(name: str, image_size: ImageSize | None, classes: int | None = None) -> ModelSpec:
     import timm
+    head = {"num_classes": classes} if classes is not None else {}
     try:
-        model = _built_at(lambda **size: timm.create_model(name, pretrained=False, **size),
+        model = _built_at(lambda **size: timm.create_model(name, pretrained=False, **head, **size),
                           [("img_size", image_size)] if image_size is not None else [])
     except RuntimeError as e:
         raise SpecError(f"unknown timm model '{name}' ({e}); see timm.list_models()") from None
@@ -339,6 +349,12 @@ def _python(target: str) -> ModelSpec:
     return ModelSpec(out[0], args, out[2] if len(out) == 3 else {})
 
 
+def takes_classes(spec: str) -> bool:
+    """Whether osf builds ``spec``'s classification head at a size it is given (torchvision: and timm:
+    models, built with random weights: their ImageNet head of 1000 classes means nothing for other data)."""
+    return spec.partition(":")[0] in ("torchvision", "timm")
+
+
 def takes_image_size(spec: str) -> bool:
     """Whether ``spec`` builds its example images at a size it is given: torchvision:, timm: and hf: checkpoint
     folders (a vision checkpoint; a text one ignores it)."""
@@ -346,18 +362,21 @@ def takes_image_size(spec: str) -> bool:
     return kind in ("torchvision", "timm") or (kind == "hf" and rest not in HF_ARCHS)
 
 
-def resolve(spec: str, *, image_size: ImageSize | None = None) -> ModelSpec:
+def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | None = None) -> ModelSpec:
     """Build the model and example inputs named by ``spec``; ``image_size``: the example images' side or
-    ``[height, width]`` (a vision transformer is built for that size)."""
+    ``[height, width]`` (a vision transformer is built for that size); ``classes``: the size of the
+    classification head of a torchvision: or timm: classifier (default: theirs, 1000)."""
     kind, _, rest = spec.partition(":")
+    if classes is not None and not takes_classes(spec):
+        raise SpecError(f"a number of classes applies to torchvision: and timm: models, not '{spec}'")
     if image_size is not None and not takes_image_size(spec):
         raise SpecError(f"an image size (--image-size, model.image_size) applies to torchvision: and timm: models and "
                         f"hf:PATH checkpoints, not '{spec}'" + (": a python: factory returns its own example inputs"
                                                                   if kind == "python" else ""))
     if kind == "torchvision" and rest:
-        return _torchvision(rest, image_size)
+        return _torchvision(rest, image_size, classes)
     if kind == "timm" and rest:
-        return _timm(rest, image_size)
+        return _timm(rest, image_size, classes)
     if kind == "hf" and rest:
         if rest in HF_ARCHS:
             return HF_ARCHS[rest]()

@@ -34,7 +34,7 @@ from ..train.loop import ARCH_NOTE, STEP_NOTE
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
 from .models import (BUILTIN, ImageSize, ModelSpec, SpecError, has_random_weights, is_module_spec, is_saved_ir,
-                     python_target, resolve, takes_image_size)
+                     python_target, resolve, takes_classes, takes_image_size)
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -91,16 +91,25 @@ def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None 
                  data: Splits | None = None) -> Supernet:
     """Trace the model spec (or load a saved IR) into a supernet over ``space``. ``data``: what the supernet
     will train on; the model is traced as the data will call it, and refused before tracing when its example
-    input is shaped otherwise than the data's samples."""
+    input is shaped otherwise than the data's samples; a torchvision: or timm: classifier gets a head for the
+    data's classes."""
     options = to_json(space)
     if is_saved_ir(model):
         return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
-    m = resolve(model, image_size=image_size)  # built here for the supernet alone: no copy of its weights
+    # built here for the supernet alone: no copy of its weights
+    m = resolve(model, image_size=image_size, classes=data_classes(data) if data is not None and takes_classes(model)
+                else None)
     if data is not None:
         m = _fed_by(data, model, m)
     if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
         _check_inputs(model, m.args[0], data.x_train[:2], spatial=bool(m.trace_options.get("dynamic_spatial")))
     return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
+
+
+def data_classes(data: Splits) -> int | None:
+    """The number of classes of ``data`` (labels 0 to the largest), where the data tell it: arrays, or
+    datasets that list their ``targets``."""
+    return data.largest_label() + 1 if data.sets is None or data.top_label is not None else None
 
 
 def _fed_by(data: Splits, model: str, m: ModelSpec) -> ModelSpec:
@@ -277,7 +286,9 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     else:
         torch.manual_seed(settings.seed)  # the model's initial weights
         if progress and main_rank:
-            say(f"tracing {model} and deriving its search space")
+            classes = data_classes(splits) if takes_classes(model) else None
+            head = f" with a head for the data's {classes} classes" if classes is not None else ""
+            say(f"tracing {model}{head} and deriving its search space")
         began = time.perf_counter()
         supernet = new_supernet(model, space, image_size, data=splits)
         if progress and main_rank:
