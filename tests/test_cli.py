@@ -467,12 +467,34 @@ def test_a_hugging_face_vision_checkpoint_is_traced_at_the_datas_image_size(tmp_
     assert tuple(resolve("hf:./resnet", image_size=24).args[0].shape) == (2, 3, 24, 24)
 
 
-def test_classes_build_the_head_of_torchvision_and_timm_classifiers_only():
+def test_classes_build_the_head_of_the_classifiers_osf_builds_with_random_weights():
     with torch.no_grad():
         assert resolve("torchvision:resnet18", classes=5).model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
     assert resolve("torchvision:raft_small", classes=5).model is not None  # optical flow, no head: as before
-    with pytest.raises(SpecError, match="a number of classes applies to torchvision: and timm: models, not 'builtin"):
+    with pytest.raises(SpecError, match="a number of classes applies to torchvision: and timm: models and the hf: "):
         resolve("builtin:resnet", classes=3)
+    pytest.importorskip("transformers")
+    for arch in ("gpt2", "vit"):  # the architecture's classifier; GPT-2's reads each row at its last token
+        spec = resolve(f"hf:{arch}", classes=3)
+        with torch.no_grad():
+            assert spec.model(*spec.args, **spec.kwargs).logits.shape == (2, 3)
+    assert type(resolve("hf:gpt2").model).__name__ == "GPT2Model"  # without classes: the base model
+
+
+def test_train_on_a_named_hugging_face_architecture_builds_its_classifier(tmp_path):
+    pytest.importorskip("transformers")
+    rng = np.random.default_rng(0)
+    mask = np.arange(12) < rng.integers(3, 13, (40, 1))
+    x = rng.integers(1, 50, (40, 12)) * mask
+    np.savez(tmp_path / "text.npz", x_train=x[:32], y_train=x[:32, 0] % 3, x_val=x[32:], y_val=x[32:, 0] % 3,
+             attention_mask_train=mask[:32].astype(int), attention_mask_val=mask[32:].astype(int))
+    run = tmp_path / "run"  # refused before: BertModel has no classification head
+    assert main(["train", "hf:bert", "--data", f"npz:{tmp_path / 'text.npz'}", "--out", str(run), "--steps", "2",
+                 "--batch-size", "8", "--quiet"]) == 0
+    trained = load_trained(run)
+    ids = torch.randint(1, 50, (4, 12))
+    with torch.no_grad():
+        assert trained.supernet(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (4, 3)
 
 
 def test_image_size_flag():

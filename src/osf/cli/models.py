@@ -99,11 +99,17 @@ def _timm(name: str, image_size: ImageSize | None, classes: int | None = None) -
     return ModelSpec(model.eval(), (_image(2, size),))
 
 
-def _hf_text(model_cls: str, config_cls: str, causal: bool = False, **config: Any) -> Callable[[], ModelSpec]:
-    def make() -> ModelSpec:
+def _hf_text(model_cls: str, config_cls: str, causal: bool = False, **config: Any) -> Callable[..., ModelSpec]:
+    def make(classes: int | None = None) -> ModelSpec:
+        """The base model, or with ``classes`` its sequence classifier (``...ForSequenceClassification``)."""
         import transformers
         cfg = getattr(transformers, config_cls)(**config)
-        model = getattr(transformers, model_cls)(cfg).eval()
+        name = model_cls
+        if classes is not None:
+            name, cfg.num_labels = model_cls.replace("Model", "ForSequenceClassification"), classes
+            if causal and cfg.pad_token_id is None:  # it scores each sentence at its last token before padding
+                cfg.pad_token_id = 0
+        model = getattr(transformers, name)(cfg).eval()
         ids = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if causal:  # no key/value cache: a traced graph returns the outputs alone
@@ -115,7 +121,7 @@ def _hf_text(model_cls: str, config_cls: str, causal: bool = False, **config: An
 _SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
               vocab_size=1000, max_position_embeddings=128)
 
-HF_ARCHS: dict[str, Callable[[], ModelSpec]] = {
+HF_ARCHS: dict[str, Callable[..., ModelSpec]] = {
     "bert": _hf_text("BertModel", "BertConfig", **_SMALL),
     "roberta": _hf_text("RobertaModel", "RobertaConfig", **{**_SMALL, "max_position_embeddings": 130}),
     "distilbert": _hf_text("DistilBertModel", "DistilBertConfig", dim=64, n_layers=2, n_heads=4, hidden_dim=128,
@@ -128,11 +134,12 @@ HF_ARCHS: dict[str, Callable[[], ModelSpec]] = {
 }
 
 
-def _hf_vit() -> ModelSpec:
+def _hf_vit(classes: int | None = None) -> ModelSpec:
     import transformers
     cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                 image_size=32, patch_size=8)
-    return ModelSpec(transformers.ViTModel(cfg).eval(), (_image(2, 32),))
+                                 image_size=32, patch_size=8, **({"num_labels": classes} if classes else {}))
+    model = transformers.ViTForImageClassification(cfg) if classes is not None else transformers.ViTModel(cfg)
+    return ModelSpec(model.eval(), (_image(2, 32),))
 
 
 HF_ARCHS["vit"] = _hf_vit
@@ -350,9 +357,11 @@ def _python(target: str) -> ModelSpec:
 
 
 def takes_classes(spec: str) -> bool:
-    """Whether osf builds ``spec``'s classification head at a size it is given (torchvision: and timm:
-    models, built with random weights: their ImageNet head of 1000 classes means nothing for other data)."""
-    return spec.partition(":")[0] in ("torchvision", "timm")
+    """Whether osf builds ``spec``'s classification head at a size it is given: torchvision: and timm:
+    models (random weights: their ImageNet head of 1000 classes means nothing for other data) and the hf:
+    architectures it knows by name (then the sequence / image classifier of that architecture)."""
+    kind, _, rest = spec.partition(":")
+    return kind in ("torchvision", "timm") or (kind == "hf" and rest in HF_ARCHS)
 
 
 def takes_image_size(spec: str) -> bool:
@@ -365,10 +374,12 @@ def takes_image_size(spec: str) -> bool:
 def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | None = None) -> ModelSpec:
     """Build the model and example inputs named by ``spec``; ``image_size``: the example images' side or
     ``[height, width]`` (a vision transformer is built for that size); ``classes``: the size of the
-    classification head of a torchvision: or timm: classifier (default: theirs, 1000)."""
+    classification head of a torchvision: or timm: classifier (default: theirs, 1000), or of the classifier
+    an hf: architecture known by name is then built as (default: the base model)."""
     kind, _, rest = spec.partition(":")
     if classes is not None and not takes_classes(spec):
-        raise SpecError(f"a number of classes applies to torchvision: and timm: models, not '{spec}'")
+        raise SpecError(f"a number of classes applies to torchvision: and timm: models and the hf: architectures osf "
+                        f"knows by name, not '{spec}'")
     if image_size is not None and not takes_image_size(spec):
         raise SpecError(f"an image size (--image-size, model.image_size) applies to torchvision: and timm: models and "
                         f"hf:PATH checkpoints, not '{spec}'" + (": a python: factory returns its own example inputs"
@@ -379,7 +390,7 @@ def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | No
         return _timm(rest, image_size, classes)
     if kind == "hf" and rest:
         if rest in HF_ARCHS:
-            return HF_ARCHS[rest]()
+            return HF_ARCHS[rest](classes)
         if Path(rest).is_dir():
             return _hf_checkpoint(rest, image_size)
         raise SpecError(f"unknown hf architecture '{rest}' and no such folder; built in: {sorted(HF_ARCHS)}, "
