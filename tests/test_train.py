@@ -318,6 +318,12 @@ def test_bad_input_errors():
                                (torch.optim.lr_scheduler.ReduceLROnPlateau(opt), "ReduceLROnPlateau steps on a")]:
         with pytest.raises(ValueError, match=message):
             osf.train(sn, data(), optimizer=opt, scheduler=scheduler, loss_fn=F.cross_entropy, steps=1, progress=False)
+    for loss_fn, error, message in [  # torch's messages named neither the loss nor what to return
+            (lambda out, y: F.cross_entropy(out, y, reduction="none"), ValueError, r"shaped \[8\]; return one number"),
+            (lambda out, y: F.cross_entropy(out, y).item(), TypeError, "loss_fn returned a float"),
+            (lambda out, y: (out.argmax(-1) != y).float().mean(), ValueError, "a tensor without gradients")]:
+        with pytest.raises(error, match=message):
+            osf.train(sn, data(), optimizer=opt, loss_fn=loss_fn, steps=1, progress=False)
     with pytest.raises(ValueError, match="accuracy needs class labels, but the batch's target is NoneType"):
         osf.evaluate(sn, sn.space.max(), [torch.randn(4, 3, 8, 8)], calib_loader=data())  # was AttributeError
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))

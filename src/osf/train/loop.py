@@ -328,6 +328,7 @@ def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str,
                     loss = distill(out, part(soft))
                 else:
                     loss = distill.weight * distill(out, part(soft)) + (1 - distill.weight) * loss_fn(out, part(target))
+                _check_loss(loss)
                 if item.weight != 1.0:
                     loss = loss * item.weight
             (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -338,6 +339,19 @@ def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str,
             soft = select_output(out, distill.field).detach()
         losses[item.index] += loss.detach().to(torch.float64)
     return losses
+
+
+def _check_loss(loss: Any) -> None:
+    """A subnet's loss must be one differentiable number; say what is wrong where torch's error would not."""
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn returned a {type(loss).__name__}; return a torch scalar tensor computed from the "
+                        "model's outputs (no float() or .item() on it)")
+    if loss.numel() != 1:
+        raise ValueError(f"loss_fn returned a tensor shaped {list(loss.shape)}; return one number per batch (its "
+                         "mean: reduction='mean', or .mean())")
+    if not loss.requires_grad:
+        raise ValueError("loss_fn returned a tensor without gradients (detached, or computed through argmax or "
+                         "integers): compute it from the model's outputs with differentiable operations")
 
 
 def _soft_targets(supernet: Supernet, net: torch.nn.Module, max_arch: Arch, args: tuple, kwargs: dict,
