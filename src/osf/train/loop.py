@@ -381,7 +381,8 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, supernet: Supernet, model
         raise ValueError("the optimizer holds none of the supernet's parameters, so training would change nothing "
                          "(osf.Supernet trains its own copy of the model's weights, not the model's); build it from "
                          f"supernet.parameters(){' (or model.parameters())' if model is not None else ''} after "
-                         "creating the supernet")
+                         "creating the supernet, or set requires_grad=False on the supernet's parameters to keep them "
+                         "as they are")
     owner = "the supernet"
     if not missed and model is not None:
         covered = held | {id(p) for _, p in own}
