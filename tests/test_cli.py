@@ -481,6 +481,21 @@ def test_classes_build_the_head_of_the_classifiers_osf_builds_with_random_weight
     assert type(resolve("hf:gpt2").model).__name__ == "GPT2Model"  # without classes: the base model
 
 
+def test_a_checkpoint_with_too_few_classes_is_told_how_to_get_a_head_for_the_data(tmp_path, capsys, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    config = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    transformers.BertForSequenceClassification(transformers.BertConfig(**config, num_labels=2)).save_pretrained(
+        tmp_path / "two")
+    x = np.random.default_rng(0).integers(1, 50, (20, 8))
+    np.savez(tmp_path / "t.npz", x_train=x[:16], y_train=x[:16, 0] % 3, x_val=x[16:], y_val=x[16:, 0] % 3)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "hf:./two", "--data", "npz:t.npz", "--out", "run", "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert ("scores 2 classes; give it a head with at least 3: save one with a new head for the data's 3 classes, "
+            "e.g. transformers.AutoModelForSequenceClassification.from_pretrained('./two', num_labels=3, "
+            "ignore_mismatched_sizes=True)") in err
+
+
 def test_train_on_a_named_hugging_face_architecture_builds_its_classifier(tmp_path):
     pytest.importorskip("transformers")
     rng = np.random.default_rng(0)

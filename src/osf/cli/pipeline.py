@@ -306,7 +306,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
                               "special tokens it expects, the inputs it needs)")
                     raise ConfigError(f"{model} fails on the data's first two{split} samples ({type(e).__name__}: "
                                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); {advice}") from e
-                _check_class_scores(output, 2, splits.largest_label())
+                _check_class_scores(output, 2, splits.largest_label(), model)
         supernet.train()
         run = requested
         if main_rank:
@@ -464,17 +464,23 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     return front
 
 
-def _check_class_scores(output: Any, samples: int, top_label: int) -> None:
+def _check_class_scores(output: Any, samples: int, top_label: int, model: str = "") -> None:
     """Refuse, saying why, a model output whose logits (the output itself, or its ``logits`` (Hugging Face) or
-    first entry) are not one row of class scores for each of ``samples`` covering labels up to ``top_label``."""
+    first entry) are not one row of class scores for each of ``samples`` covering labels up to ``top_label``;
+    for an ``hf:PATH`` ``model``, say how to give the checkpoint a head for those classes."""
     logits = select_output(output)
+    folder = model[3:] if model.startswith("hf:") and Path(model[3:]).is_dir() else None
+    new_head = (f": save one with a new head for the data's {top_label + 1} classes, e.g. "
+                f"transformers.AutoModelForSequenceClassification.from_pretrained('{folder}', num_labels="
+                f"{top_label + 1}, ignore_mismatched_sizes=True).save_pretrained('{folder}-{top_label + 1}-classes') "
+                "(ForImageClassification for images)") if folder is not None else ""
     if logits.dim() != 2 or logits.size(0) != samples:
         raise ConfigError(f"the model returns {list(logits.shape)} where osf train needs class scores shaped "
-                          f"[batch, classes] for {samples} samples; use a model with a classification head "
-                          "(e.g. a Hugging Face ...ForSequenceClassification checkpoint)")
+                          f"[batch, classes] for {samples} samples; use a model with a classification head"
+                          + (new_head or " (e.g. a Hugging Face ...ForSequenceClassification checkpoint)"))
     if top_label >= logits.size(1):
         raise ConfigError(f"the data have labels up to {top_label} but the model scores {logits.size(1)} classes; "
-                          f"give it a head with at least {top_label + 1}")
+                          f"give it a head with at least {top_label + 1}{new_head}")
 
 
 def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
