@@ -297,8 +297,10 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         for split, x, inputs in (("", splits.x_train, splits.inputs_train), (" validation", splits.x_val,
                                                                               splits.inputs_val)):
             args, kwargs = _inputs(x[:2], {k: v[:2] for k, v in inputs.items()}, layout)
-            with torch.no_grad():  # outputs that are no class scores for these labels: refused before anything is written
-                try:  # the validation split too: it is read only once training is over
+            # outputs that are no class scores for these labels: refused before anything is written; the
+            # validation split too, which is read only once training is over
+            with torch.no_grad():
+                try:
                     output = supernet.eval()(*args, **kwargs)
                 except Exception as e:  # noqa: BLE001 - whatever the model raises on the data, said in one line
                     advice = ("give x_val (and each NAME_val) samples shaped and typed as the training ones" if split

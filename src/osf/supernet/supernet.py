@@ -291,7 +291,8 @@ class Supernet(nn.Module):
             return True
         if self._calibration is None or self._calibration[0] != arch.key():
             return False
-        return all(torch.equal(saved.to(t.device), t) for saved, t in zip(self._calibration[1], self._statistics(norms)))
+        now = self._statistics(norms)
+        return all(torch.equal(saved.to(t.device), t) for saved, t in zip(self._calibration[1], now))
 
     def _statistics(self, norms: list[tuple[str, str, float]]) -> list[torch.Tensor]:
         tensors = self.tensors()
