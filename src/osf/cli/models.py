@@ -137,9 +137,11 @@ HF_ARCHS: dict[str, Callable[..., ModelSpec]] = {
 def _hf_vit(classes: int | None = None) -> ModelSpec:
     import transformers
     cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                 image_size=32, patch_size=8, **({"num_labels": classes} if classes else {}))
-    model = transformers.ViTForImageClassification(cfg) if classes is not None else transformers.ViTModel(cfg)
-    return ModelSpec(model.eval(), (_image(2, 32),))
+                                 image_size=32, patch_size=8)
+    if classes is None:
+        return ModelSpec(transformers.ViTModel(cfg).eval(), (_image(2, 32),))
+    cfg.num_labels = classes
+    return ModelSpec(transformers.ViTForImageClassification(cfg).eval(), (_image(2, 32),))
 
 
 HF_ARCHS["vit"] = _hf_vit

@@ -88,17 +88,15 @@ def _one_gpu_per_rank(key: str, setting: str) -> str:
 
 
 def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None = None,
-                 data: Splits | None = None) -> Supernet:
+                 data: Splits | None = None, classes: int | None = None) -> Supernet:
     """Trace the model spec (or load a saved IR) into a supernet over ``space``. ``data``: what the supernet
     will train on; the model is traced as the data will call it, and refused before tracing when its example
-    input is shaped otherwise than the data's samples; a torchvision: or timm: classifier gets a head for the
-    data's classes."""
+    input is shaped otherwise than the data's samples. ``classes``: the head of a spec ``resolve`` builds
+    (``head_classes``)."""
     options = to_json(space)
     if is_saved_ir(model):
         return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
-    # built here for the supernet alone: no copy of its weights
-    m = resolve(model, image_size=image_size, classes=data_classes(data) if data is not None and takes_classes(model)
-                else None)
+    m = resolve(model, image_size=image_size, classes=classes)  # built for the supernet alone: no copy of weights
     if data is not None:
         m = _fed_by(data, model, m)
     if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
@@ -106,10 +104,13 @@ def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None 
     return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
 
 
-def data_classes(data: Splits) -> int | None:
-    """The number of classes of ``data`` (labels 0 to the largest), where the data tell it: arrays, or
-    datasets that list their ``targets``."""
-    return data.largest_label() + 1 if data.sets is None or data.top_label is not None else None
+def head_classes(model: str, data: Splits) -> int | None:
+    """The classes of the head osf builds for spec ``model`` (torchvision:, timm:, hf:ARCH) to train on
+    ``data``: labels 0 to the largest, where the data tell it (arrays, or datasets listing their
+    ``targets``); None for other specs, whose head is their own."""
+    if not takes_classes(model) or (data.sets is not None and data.top_label is None):
+        return None
+    return data.largest_label() + 1
 
 
 def _fed_by(data: Splits, model: str, m: ModelSpec) -> ModelSpec:
@@ -285,12 +286,12 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             say(f"resuming the run in {out}")
     else:
         torch.manual_seed(settings.seed)  # the model's initial weights
+        classes = head_classes(model, splits)
         if progress and main_rank:
-            classes = data_classes(splits) if takes_classes(model) else None
             head = f" with a head for the data's {classes} classes" if classes is not None else ""
             say(f"tracing {model}{head} and deriving its search space")
         began = time.perf_counter()
-        supernet = new_supernet(model, space, image_size, data=splits)
+        supernet = new_supernet(model, space, image_size, data=splits, classes=classes)
         if progress and main_rank:
             say(f"{supernet.space.summary()} ({time.perf_counter() - began:.1f} s)")
         layout = _batch_layout(supernet, splits)

@@ -139,7 +139,7 @@ class _Run:
         self.known: dict[str, float] = {}
         self.reps: dict[str, Arch] = {}
         self.new_evaluations = self.cache_hits = self.rejected = self.ignores_inputs = 0
-        self.warned_uncalled = False  # evaluate ran without calling the supernet (said once)
+        self.calls_checked = False  # whether the first evaluation was seen to run the supernet (or warned)
         self.log: EvaluationLog | None = None
         self.bar = None
         self.reference = {k: float(v) for k, v in self.costs(self.space.max()).items()}
@@ -251,18 +251,19 @@ class _Run:
         if self.calib_loader is not None:
             supernet.recalibrate(arch, self.calib_loader, batches=self.calib_batches, batch_fn=self.batch_fn)
         supernet.eval()
-        calls = []
-        hook = supernet.register_forward_pre_hook(lambda *_: calls.append(1))
+        calls: list[int] = []  # the first evaluation only: an evaluate scoring another model does so every time
+        hook = None if self.calls_checked else supernet.register_forward_pre_hook(lambda *_: calls.append(1))
         try:
             with supernet.set_arch(arch):
                 value = self.evaluate(supernet)
         finally:
-            hook.remove()
-        if not calls and not self.warned_uncalled:
-            self.warned_uncalled = True
+            if hook is not None:
+                hook.remove()
+        if hook is not None and not calls:
             warnings.warn("evaluate(model) returned without calling the model it was given (the supernet set to "
                           f"arch {arch.key()}): if it scores another model, such as the original one, every subnet "
                           "gets that model's score; run the model it is given", stacklevel=user_stacklevel())
+        self.calls_checked = True
         return value
 
 

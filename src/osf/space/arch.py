@@ -41,6 +41,8 @@ class Arch:
 def _plain(value: object) -> object:
     """A NumPy or 0-d tensor scalar as its Python value, an integral float as an int; anything else as
     it is (``SearchSpace.validate`` names what is not a choice)."""
+    if type(value) is int or type(value) is bool:  # nearly every arch: nothing to convert
+        return value
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "ndim", None) == 0:
         value = item()

@@ -41,7 +41,7 @@ class Distill:
     ``mode``: ``"inplace"`` (the max subnet's outputs, detached, are the targets of the other subnets of
     the same step; the max subnet itself learns from the task loss) or ``"teacher"`` (a frozen
     ``teacher`` model's outputs are the targets of every subnet; it runs in eval mode, without gradients,
-    and gets its own mode back after each step). ``loss``: ``"kl"`` (softened with
+    and gets its own mode back when training ends). ``loss``: ``"kl"`` (softened with
     ``temperature``, for logits), ``"mse"`` or ``"cosine"`` (for features and embeddings). ``field``:
     which output to compare (see ``select_output``). A student's loss is ``weight`` × distillation +
     (1 − ``weight``) × task loss."""

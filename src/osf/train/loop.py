@@ -172,6 +172,11 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         return TrainingInterrupted(step, steps, saved)
 
     net.train()
+    # a teacher is frozen: no dropout, and its BatchNorm statistics stay as they are (its mode comes back after)
+    teacher = distill.teacher if distill is not None and distill.mode == "teacher" else None
+    teacher_was_training = teacher is not None and teacher.training
+    if teacher is not None:
+        teacher.eval()
     stop = _StopRequest(enabled=fork is None, saves=run.dir is not None)
     try:
         stop.listen()
@@ -244,6 +249,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         stop.close()
         bar.close()
         run.close()
+        if teacher is not None:
+            teacher.train(teacher_was_training)
     return TrainResult(step, history, last_ckpt, start)
 
 
@@ -300,14 +307,8 @@ def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str,
     losses = torch.zeros(len(picks), dtype=torch.float64, device=device)
     soft = None
     if distill is not None and distill.mode == "teacher" and items:
-        teacher = distill.teacher
-        was_training = teacher.training  # frozen: no dropout, and its BatchNorm statistics stay as they are
-        teacher.eval()
-        try:
-            with torch.no_grad(), autocast():
-                soft = select_output(teacher(*args, **kwargs), distill.field).detach()
-        finally:
-            teacher.train(was_training)
+        with torch.no_grad(), autocast():  # the teacher in eval mode (``train`` sets it for the run)
+            soft = select_output(distill.teacher(*args, **kwargs), distill.field).detach()
     inplace = distill is not None and distill.mode == "inplace"
     if inplace and (not picks or picks[0][0] != "max"):
         raise ValueError("in-place distillation needs the max subnet first in every step (role 'max'); use a "
@@ -383,13 +384,12 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, supernet: Supernet, model
                          f"supernet.parameters(){' (or model.parameters())' if model is not None else ''} after "
                          "creating the supernet, or set requires_grad=False on the supernet's parameters to keep them "
                          "as they are")
-    owner = "the supernet"
+    owner, source = "the supernet", "supernet"
     if not missed and model is not None:
         covered = held | {id(p) for _, p in own}
         missed = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
-        owner = "the model around the supernet"
+        owner, source = "the model around the supernet", "model"
     if missed:
-        source = "model" if owner != "the supernet" else "supernet"
         warnings.warn(f"{len(missed)} trainable parameters of {owner} are not in the optimizer (e.g. {missed[0]!r}), "
                       f"so they will not train; build it from {source}.parameters(), or set requires_grad=False on "
                       "those you mean to freeze", stacklevel=3)
