@@ -920,6 +920,18 @@ def test_data_parallel_wrappers_are_refused_naming_the_wrapped_model():
         dist.destroy_process_group()
 
 
+def test_a_compiled_model_is_traced_as_the_module_it_wraps():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), torch.randn(2, 6)
+    compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
+    supernet = osf.Supernet(compiled, (x,))
+    assert set(supernet.space.max().width) == set(osf.Supernet(model, (x,)).space.max().width)
+    subnet = supernet.extract(supernet.space.max())
+    # were '_orig_mod.0.weight', ... and a class named OptimizedModule: now the original's names and class
+    assert list(subnet.state_dict()) == list(model.state_dict()) and type(subnet).__name__ == "Sequential"
+    model.load_state_dict(subnet.state_dict())
+    torch.testing.assert_close(subnet(x), model(x))
+
 
 class _ConvertsItsLayerInForward(nn.Module):
     """Keeps a layer in float32 by converting it in ``forward`` (Switch Transformers' router)."""

@@ -65,6 +65,7 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"osf.trace expects an nn.Module, got {type(model).__name__}")
+    model = _uncompiled(model)
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
     kwargs = dict(kwargs or {})
     options = {"dynamic_batch": dynamic_batch, "dynamic_seq": dynamic_seq, "dynamic_spatial": dynamic_spatial}
@@ -107,6 +108,16 @@ def trace(model: nn.Module, args: Any = (), kwargs: dict | None = None, *, dynam
                                   and not (p.meta.get("sym") or [None])[0]}
     ir.info["capture_seconds"] = round(time.perf_counter() - started, 3)
     return ir
+
+
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper holds (``_orig_mod``), else ``model``: a compiled model runs its
+    module's own forward, and tracing the wrapper put ``_orig_mod.`` in front of every name (space keys,
+    ``state_dict`` keys of extracted subnets) and named rebuilt models ``OptimizedModule``."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # imported by torch.compile, never here
+    while eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        model = model._orig_mod
+    return model
 
 
 def _parallel_wrappers() -> tuple[type, ...]:
