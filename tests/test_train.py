@@ -306,6 +306,12 @@ def test_bad_input_errors():
     with pytest.raises(TypeError, match="batch_fn"):
         osf.train(sn, [(torch.randn(2, 3, 8, 8),) * 3], optimizer=opt, loss_fn=F.cross_entropy, steps=1,
                   progress=False)
+    x, y = next(iter(data()))
+    named = [{"x": x, "label": y}]  # the target under another name than 'labels' went to the model
+    with pytest.raises(osf.InputError, match="unexpected.*The batch is a dict: its 'labels' entry is the target"):
+        osf.train(sn, named, optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False)
+    with pytest.raises(osf.InputError, match=r"\('x', 'label'\); if the target has another name"):
+        osf.evaluate(sn, sn.space.max(), named, calib_loader=data())
     for setting, message in [(dict(steps=-3), "steps must be a positive number, got -3"),  # trained 0 steps
                              (dict(clip_grad_norm=-1.0), "clip_grad_norm must be a positive"),  # flipped the grads
                              (dict(keep_checkpoints=0), "keep_checkpoints must be a positive"),  # kept them all

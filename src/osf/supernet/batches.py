@@ -8,6 +8,8 @@ from typing import Any, Callable
 import torch
 import torch.utils._pytree as pytree
 
+from ..ir.errors import InputError
+
 BatchFn = Callable[[Any], tuple[tuple, dict, Any]]
 
 
@@ -28,6 +30,29 @@ def split_batch(batch: Any, batch_fn: BatchFn | None = None) -> tuple[tuple, dic
     raise TypeError(f"cannot tell inputs from targets in a batch of type {type(batch).__name__}"
                     f"{f' with {len(batch)} items' if isinstance(batch, (tuple, list)) else ''}; pass "
                     "batch_fn=lambda batch: (args, kwargs, target)")
+
+
+@contextlib.contextmanager
+def explained(batch: Any, batch_fn: BatchFn | None) -> Iterator[None]:
+    """Inside the block, an ``InputError`` (the model refused the inputs taken from ``batch``) also says
+    how ``split_batch`` split the batch, when it used its own rule rather than ``batch_fn``."""
+    try:
+        yield
+    except InputError as error:
+        if batch_fn is not None:
+            raise
+        raise InputError(f"{error}. {_split_rule(batch)}") from error
+
+
+def _split_rule(batch: Any) -> str:
+    fix = "pass batch_fn=lambda batch: (args, kwargs, target) to say which parts are the model's inputs"
+    if isinstance(batch, Mapping):
+        return (f"The batch is a dict: its 'labels' entry is the target and every other entry a keyword input "
+                f"({', '.join(repr(k) for k in batch if k != 'labels')}); if the target has another name or "
+                f"some entries are not inputs of the model, {fix}")
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return f"The batch is a pair: its first item is the model's one input and its second the target; {fix}"
+    return f"The whole batch is the model's one input, without a target; {fix}"
 
 
 def to_device(tree: Any, device: torch.device) -> Any:

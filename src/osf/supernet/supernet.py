@@ -23,7 +23,7 @@ from ..space.groups import ranking
 from ..space.space import SearchSpace
 from ..space.subnet import (Cuts, cut, cut_plan, cut_tensors, kept_tensor_names, structure_cost, subnet_ir,
                             subnet_structure)
-from .batches import BatchFn, seeded, split_batch, to_device
+from .batches import BatchFn, explained, seeded, split_batch, to_device
 from .program import SharedGrads, SubnetProgram, compile_program
 from .template import ExtractionTemplate, ProgramTemplate, TemplateUnsupported
 
@@ -271,7 +271,8 @@ class Supernet(nn.Module):
                 for batch in itertools.islice(loader, batches):
                     args, kwargs, _ = split_batch(batch, batch_fn)
                     before = {n: tensors[n].clone() for n in rates}
-                    self(*to_device(args, device), **to_device(kwargs, device))
+                    with explained(batch, batch_fn):
+                        self(*to_device(args, device), **to_device(kwargs, device))
                     used += 1
                     for n, momentum in rates.items():  # turn the moving average into the plain average
                         tensors[n].copy_(before[n] + (tensors[n] - before[n]) / (used * momentum))

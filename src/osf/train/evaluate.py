@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from ..space.arch import Arch
-from ..supernet.batches import BatchFn, batch_size, split_batch, to_device
+from ..supernet.batches import BatchFn, batch_size, explained, split_batch, to_device
 from ..supernet.supernet import Supernet
 from .distill import select_output
 
@@ -41,7 +41,8 @@ def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callab
         with torch.no_grad(), supernet.set_arch(arch):
             for batch in loader:
                 args, kwargs, target = split_batch(batch, batch_fn)
-                out = supernet(*to_device(args, device), **to_device(kwargs, device))
+                with explained(batch, batch_fn):
+                    out = supernet(*to_device(args, device), **to_device(kwargs, device))
                 n = batch_size(args, kwargs)
                 total += metric(out, to_device(target, device)) * n
                 count += n

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from ..progress import progress_bar
 from ..space.arch import Arch
-from ..supernet.batches import BatchFn, batch_size, split_batch, to_device
+from ..supernet.batches import BatchFn, batch_size, explained, split_batch, to_device
 from ..supernet.supernet import Supernet
 from . import checkpoint as ckpt
 from .distill import Distill, select_output
@@ -203,8 +203,9 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 raise ValueError(f"with model=, every rank runs whole batches: {len(picks)} subnets per step cannot "
                                  f"be dealt out over {world} ranks; sample a multiple of {world} subnets per step")
             counters = fork.counters(net) if fork is not None else []
-            losses = _train_step(supernet, net, picks, items, rows, args, kwargs, target, loss_fn, distill, scaler,
-                                 autocast, seed, step)
+            with explained(batch, batch_fn):
+                losses = _train_step(supernet, net, picks, items, rows, args, kwargs, target, loss_fn, distill,
+                                     scaler, autocast, seed, step)
             t_join = time.perf_counter()
             if fork is not None:
                 losses = fork.join(params, losses)
