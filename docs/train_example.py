@@ -41,3 +41,9 @@ print("resumed from step", again.resumed_from)
 for name, arch in [("max", supernet.space.max()), ("min", small), ("random", supernet.space.sample(1))]:
     acc = osf.evaluate(supernet, arch, test_data, calib_loader=train_data)  # BatchNorm recalibrated first
     print(f"{name:>6}: {supernet.cost(arch)['params']:>7,} params, test accuracy {acc:.3f}")
+
+# Another script (a search, an export) builds the supernet again and reads the run's newest checkpoint.
+fresh = osf.Supernet(ResidualCNN(1, 10, width=32, blocks=4), (x[:2],), multiple_of=4)
+step = osf.load_weights(fresh, run_dir)
+acc = osf.evaluate(fresh, small, test_data, calib_loader=train_data)
+print(f"loaded step {step}: min subnet test accuracy {acc:.3f}")

@@ -389,6 +389,8 @@ def test_train_docs_example_runs(tmp_path):
     assert "arch switching: template" in out
     max_acc = float(out.split("max:")[1].split("accuracy")[1].split()[0])
     assert max_acc > 0.9  # four epochs on digits
+    min_acc = float(out.split(" min:")[1].split("accuracy")[1].split()[0])
+    assert f"loaded step 92: min subnet test accuracy {min_acc:.3f}" in out  # the same weights, read back
     assert (tmp_path / "metrics.jsonl").exists() and list((tmp_path / "checkpoints").iterdir())
 
 

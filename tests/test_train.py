@@ -498,3 +498,28 @@ def test_recalibration_gives_the_plain_average_of_batch_statistics():
         osf.evaluate(sn, arch, loader)
     acc = osf.evaluate(sn, arch, loader, calib_loader=loader)
     assert 0.0 <= acc <= 1.0
+
+
+def test_load_weights_reads_a_run_back_into_a_supernet_of_another_process(tmp_path):
+    """What a search or an export in a new script needs: the trained weights in a supernet built again from
+    the model (here from another initialisation, so its salience order differs before loading)."""
+    sn = make()
+    opt, sched = opt_and_sched(sn)
+    osf.train(sn, data(), optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=6, run_dir=tmp_path,
+              checkpoint_every=4, progress=False)
+    again = make(seed=5)
+    x = torch.randn(3, 3, 8, 8)
+    assert not torch.equal(again.extract(again.space.max()).eval()(x), sn.extract(sn.space.max()).eval()(x))
+    assert osf.load_weights(again, tmp_path) == 6  # the newest checkpoint of the run
+    sn.eval(), again.eval()
+    for arch in (sn.space.max(), sn.space.min(), sn.space.sample(3)):
+        torch.testing.assert_close(again.extract(arch).eval()(x), sn.extract(arch).eval()(x), rtol=0, atol=0)
+        with again.set_arch(arch), sn.set_arch(arch):
+            torch.testing.assert_close(again(x), sn(x), rtol=0, atol=0)
+    first = tmp_path / "checkpoints" / "step-000000004.safetensors"
+    assert osf.load_weights(again, first) == 4
+    with pytest.raises(CheckpointError, match="written for another supernet"):
+        osf.load_weights(make(depth=False), tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="empty holds no osf checkpoint"):
+        osf.load_weights(again, tmp_path / "empty")

@@ -131,9 +131,27 @@ def save(path: Path, supernet, state: dict[str, Any], model: torch.nn.Module | N
     return path
 
 
-def load(path: Path, supernet, model: torch.nn.Module | None = None) -> dict[str, Any]:
+def load_weights(supernet, source: str | os.PathLike, *, model: torch.nn.Module | None = None) -> int:
+    """Load the shared weights of an ``osf.train`` checkpoint into ``supernet`` (built from the same model
+    with the same space options) and return the step it was written at: ``source`` is a checkpoint file or
+    a ``run_dir`` (its newest checkpoint). With ``model``, the enclosing model's own tensors are loaded
+    too. The optimizer's state stays in the file (``osf.train`` with that ``run_dir`` resumes from it)."""
+    path = Path(source)
+    if path.is_dir():
+        found = checkpoints(path / "checkpoints") or checkpoints(path)
+        if not found:
+            raise CheckpointError(f"{path} holds no osf checkpoint (step-NNNNNNNNN.safetensors, itself or in its "
+                                  "checkpoints/ folder); give osf.train's run_dir or one of its checkpoint files")
+        path = found[-1]
+    elif not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    return int(load(path, supernet, model, outer=model is not None)["step"])
+
+
+def load(path: Path, supernet, model: torch.nn.Module | None = None, *, outer: bool = True) -> dict[str, Any]:
     """Load the weights of checkpoint ``path`` into ``supernet`` (and into the enclosing ``model``'s own
-    tensors, which the checkpoint must hold exactly) and return its saved state."""
+    tensors, which the checkpoint must hold exactly; ``outer=False`` ignores those the file holds) and
+    return its saved state."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -150,7 +168,7 @@ def load(path: Path, supernet, model: torch.nn.Module | None = None) -> dict[str
                               f"{meta['fingerprint']}); this one is {supernet.ir.modules[''].class_path} with "
                               f"fingerprint {fingerprint(supernet)} (same model and space options needed)")
     outer = outer_tensors(model, supernet)
-    saved = {k[len("outer/"):]: t for k, t in tensors.items() if k.startswith("outer/")}
+    saved = {k[len("outer/"):]: t for k, t in tensors.items() if outer and k.startswith("outer/")}
     shapes = ({k: tuple(t.shape) for k, t in outer.items()}, {k: tuple(t.shape) for k, t in saved.items()})
     if shapes[0] != shapes[1]:
         what = (f"the weights of an enclosing {meta.get('outer')} model" if saved else "no enclosing model's weights")
