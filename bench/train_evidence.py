@@ -107,7 +107,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int) -> list[dict]:
     data = digits(SEED) if dataset == "digits" else mnist1d()  # the split stays; the training seed varies
     train, test = loaders(data, seed)
     torch.manual_seed(seed)
-    supernet = osf.Supernet(model_for(kind, dataset).train(), (data[0][:2],), multiple_of=4)
+    supernet = osf.Supernet(model_for(kind, dataset).train(), (data[0][:1],), multiple_of=4)
     steps = epochs * len(train)
     opt, sched = optimizer_for(supernet.parameters(), steps)
     t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def run(dataset: str, kind: str, epochs: int, seed: int) -> list[dict]:
     for name, arch in archs.items():
         inherited = osf.evaluate(supernet, arch, test, calib_loader=train, calib_batches=20)
         torch.manual_seed(seed + 1)  # a fresh initialisation of the same architecture
-        fresh = osf.Supernet(model_for(kind, dataset).train(), (data[0][:2],), multiple_of=4, sort=False)
+        fresh = osf.Supernet(model_for(kind, dataset).train(), (data[0][:1],), multiple_of=4, sort=False)
         scratch, sub_step_s = standalone(fresh.extract(arch), train, test, epochs, seed)
         rows.append({"dataset": dataset, "model": kind, "arch": name, "seed": seed,
                      "params": supernet.cost(arch)["params"],
@@ -165,6 +165,7 @@ def markdown(env: dict, rows: list[dict]) -> str:
              "batches; test split: digits 20% held out (seed 0, 360 images: one image is 0.28 points), MNIST-1D's "
              "own 1000 test signals. Accuracies and the gap are means over the seeds; *gap range* is the lowest "
              "and highest gap of a single seed",
+             "- *FLOPs*: of one sample (`supernet.cost`; the supernet is traced on one sample, its batch dynamic)",
              "- *Step ratio*: one train step of the subnet through the supernet ÷ the extracted subnet (median "
              "of 15, side by side; median over seeds); these models' steps take a few milliseconds, so fixed "
              "per-step costs weigh more than on the models of the supernet-step section", "",

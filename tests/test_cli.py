@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.flop_counter import FlopCounterMode
 
 import osf
 from osf.cli import demo, pipeline
@@ -581,6 +582,10 @@ def test_train_writes_a_run_that_reloads_without_the_model(trained_run):
     for arch in (fresh.space.max(), fresh.space.sample(3), fresh.space.min()):
         with torch.no_grad(), fresh.set_arch(arch), trained.supernet.set_arch(arch):
             assert torch.equal(fresh(x), trained.supernet(x))
+        # the commands' FLOPs are one image's (the models' examples hold two: they were twice that)
+        with FlopCounterMode(display=False) as counter:
+            trained.supernet.extract(arch).eval()(x[:1])
+        assert trained.supernet.cost(arch)["flops"] == counter.get_total_flops()
 
 
 def test_train_resumes_to_the_same_weights(trained_run, tmp_path, capsys):

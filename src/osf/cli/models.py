@@ -16,12 +16,13 @@ import itertools
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 
@@ -35,6 +36,19 @@ class ModelSpec:
     args: tuple
     kwargs: dict = field(default_factory=dict)
     trace_options: dict = field(default_factory=dict)
+
+
+def one_sample(m: ModelSpec) -> ModelSpec:
+    """The spec with its example inputs cut to their first sample, where they all share a batch dim that the
+    trace keeps dynamic: the IR's sizes, and so every FLOPs count the commands report (search constraints,
+    fronts, model cards), are then those of one sample rather than of the example's batch."""
+    if m.trace_options.get("dynamic_batch", True) is False:
+        return m
+    leaves = [t for t in pytree.tree_leaves((m.args, m.kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0]
+    if not leaves or len({t.shape[0] for t in leaves}) != 1 or leaves[0].shape[0] == 1:
+        return m
+    first = lambda t: t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t  # noqa: E731
+    return replace(m, args=pytree.tree_map(first, m.args), kwargs=pytree.tree_map(first, m.kwargs))
 
 
 ImageSize = int | list[int]  # a square's side, or [height, width]

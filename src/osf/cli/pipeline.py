@@ -34,7 +34,7 @@ from ..train.loop import ARCH_NOTE, STEP_NOTE
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
 from .models import (BUILTIN, ImageSize, ModelSpec, SpecError, has_random_weights, is_module_spec, is_saved_ir,
-                     python_target, resolve, takes_classes, takes_image_size)
+                     one_sample, python_target, resolve, takes_classes, takes_image_size)
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -101,7 +101,9 @@ def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None 
         m = _fed_by(data, model, m)
     if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
         _check_inputs(model, m.args[0], data.x_train[:2], spatial=bool(m.trace_options.get("dynamic_spatial")))
+    m = one_sample(m)
     return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
+
 
 
 def head_classes(model: str, data: Splits) -> int | None:
