@@ -369,6 +369,20 @@ def test_console_script_runs():
     assert "ImageEncoderViT" in out and "blocks" in out
 
 
+def test_warnings_print_as_one_line_naming_the_command(tmp_path):
+    (tmp_path / "warns.py").write_text(
+        "import warnings, torch\n"
+        "def make():\n"
+        "    warnings.warn('the example is small:\\n    fine here')\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), "
+        "(torch.randn(2, 4),)\n")
+    command = [sys.executable, "-W", "always", "-m", "osf.cli.main", "space", f"python:{tmp_path / 'warns.py'}:make"]
+    err = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    assert "osf space: warning: the example is small: fine here\n" in err and "UserWarning" not in err
+    err = subprocess.run([*command, "--debug"], capture_output=True, text=True, check=True).stderr
+    assert "UserWarning: the example is small" in err  # --debug: where it came from, as Python prints it
+
+
 def test_docs_example_runs():
     example = Path(__file__).parents[1] / "docs" / "ir_example.py"
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=True).stdout

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -414,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if getattr(args, "quiet", False):  # Hugging Face's own bars (loading weights) too, if it is imported later
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    plain_format = warnings.formatwarning
+    if not args.debug:  # one line per warning, as errors are, instead of Python's file:line and source line
+        warnings.formatwarning = lambda message, category, *_: (  # type: ignore[assignment]
+            f"osf {args.command}: warning: {' '.join(str(message).split())}\n")
     try:
         return args.func(args)
     except ERRORS as e:
@@ -427,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"osf {args.command}: {_interrupted(args, e)}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
+    finally:
+        warnings.formatwarning = plain_format
 
 
 def _interrupted(a: argparse.Namespace, e: KeyboardInterrupt) -> str:
