@@ -178,6 +178,20 @@ def test_torchao_weight_quantization_works_on_extracted_models_as_on_the_origina
         assert float((quantized_sub - float_sub).abs().max()) <= 0.05 * float(float_sub.max() - float_sub.min())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # deprecated by torch, still what some runtimes load
+def test_torchscript_traces_an_extracted_subnet(tmp_path):
+    """docs/export.md: jit.trace works on an extracted subnet (scripting does not: generated Python)."""
+    sn = supernet("resnet18")[0]
+    sub = sn.extract(sn.space.sample(1)).eval()
+    (x,), _ = _inputs("resnet18")
+    with torch.no_grad():
+        traced = torch.jit.trace(sub, (x[:2],))
+    traced.save(str(tmp_path / "sub.pt"))
+    loaded = torch.jit.load(str(tmp_path / "sub.pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), sub(x), atol=1e-5, rtol=1e-4)  # another batch than traced
+
+
 def test_the_docs_torchao_example_quantizes_an_extracted_subnet():
     pytest.importorskip("torchao.quantization")
     text = (Path(__file__).parents[1] / "docs" / "export.md").read_text()

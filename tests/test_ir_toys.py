@@ -1396,3 +1396,20 @@ def test_transformer_with_a_causal_mask_and_no_hint(tmp_path):
     source, target = torch.randint(0, 40, (3, 7)), torch.randint(0, 40, (3, 5))
     ir = round_trip(CausalSeq2Seq(), (source, target), tmp_path=tmp_path)
     assert sum(g.kind == "heads" for g in osf.SearchSpace(ir).groups) == 6
+
+
+def test_an_error_inside_a_generated_forward_shows_the_line_that_failed():
+    import gc
+    import linecache
+    import traceback
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), torch.randn(2, 6)
+    rebuilt = osf.trace(model, (x,)).build()
+    with pytest.raises(RuntimeError) as err:
+        rebuilt(x.double())  # float64 input, float32 weights
+    frames = traceback.extract_tb(err.value.__traceback__)
+    assert frames[-1].filename.startswith("<osf-generated") and "p_0_weight" in frames[-1].line  # was empty
+    name = frames[-1].filename
+    del rebuilt, err, frames
+    gc.collect()
+    assert name not in linecache.cache  # the source goes with the model's code

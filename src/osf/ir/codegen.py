@@ -14,10 +14,12 @@ import dataclasses
 import inspect
 import itertools
 import keyword
+import linecache
 import math
 import pickle
 import re
 import types
+import uuid
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -1638,10 +1640,20 @@ def compile_graph(ir: IR, graph: Graph, views: dict[str, str] | None = None,
     source, globals_ = generate_source(ir, graph, views or {}, preamble or [], calls or {}, guards)
     globals_.update(extra_globals or {})
     namespace: dict[str, Any] = {}
-    exec(compile(source, f"<osf-generated {ir.modules[''].meta['class']}>", "exec"), globals_, namespace)
+    filename = f"<osf-generated {ir.modules[''].meta['class']} {uuid.uuid4().hex[:8]}>"
+    exec(compile(source, filename, "exec"), globals_, namespace)
     fn = namespace["forward"]
     fn.__osf_source__ = source
+    _show_in_tracebacks(fn, filename, source)
     return fn
+
+
+def _show_in_tracebacks(fn: Callable, filename: str, source: str) -> None:
+    """Tracebacks (and ``inspect.getsource``) show the generated line that failed, which names the tensors
+    it reads (``p_layer1_0_conv1_weight``), for as long as ``fn``'s code lives (templates make functions of
+    it with other globals)."""
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    weakref.finalize(fn.__code__, linecache.cache.pop, filename, None)
 
 
 @dataclass
