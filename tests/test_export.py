@@ -178,7 +178,7 @@ def test_torchao_weight_quantization_works_on_extracted_models_as_on_the_origina
         assert float((quantized_sub - float_sub).abs().max()) <= 0.05 * float(float_sub.max() - float_sub.min())
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # deprecated by torch, still what some runtimes load
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # deprecated by torch, still what some runtimes load
 def test_torchscript_traces_an_extracted_subnet(tmp_path):
     """docs/export.md: jit.trace works on an extracted subnet (scripting does not: generated Python)."""
     sn = supernet("resnet18")[0]
