@@ -234,6 +234,8 @@ def test_a_supernet_inside_a_larger_model_trains_with_its_losses_and_resumes(tmp
     with pytest.raises(CheckpointError, match=r"holds the weights of an enclosing Detector model.*no model="):
         osf.train(alone, data(), optimizer=torch.optim.SGD(alone.parameters(), lr=0.1), loss_fn=F.cross_entropy,
                   steps=9, run_dir=tmp_path / "b", progress=False)
+    assert osf.load_weights(alone, tmp_path / "b") == 9  # the supernet's weights alone, for a search or an export
+    assert all(torch.equal(t, got[f"backbone.{k}"]) for k, t in alone.state_dict().items())
     images = [torch.randn(3, 20, 30), torch.randn(3, 24, 16)]  # a detector's batch: a list of images
     assert _rows((images, [{}, {}]), {}, resumed) == 2 and _rows((torch.randn(5, 3),), {}, resumed) == 5
     lonely = make()

@@ -145,12 +145,13 @@ def load_weights(supernet, source: str | os.PathLike, *, model: torch.nn.Module 
         path = found[-1]
     elif not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
-    return int(load(path, supernet, model, outer=model is not None)["step"])
+    return int(load(path, supernet, model, enclosing=model is not None)["step"])
 
 
-def load(path: Path, supernet, model: torch.nn.Module | None = None, *, outer: bool = True) -> dict[str, Any]:
+def load(path: Path, supernet, model: torch.nn.Module | None = None, *,
+         enclosing: bool = True) -> dict[str, Any]:
     """Load the weights of checkpoint ``path`` into ``supernet`` (and into the enclosing ``model``'s own
-    tensors, which the checkpoint must hold exactly; ``outer=False`` ignores those the file holds) and
+    tensors, which the checkpoint must hold exactly; ``enclosing=False`` ignores those the file holds) and
     return its saved state."""
     path = Path(path)
     try:
@@ -168,7 +169,7 @@ def load(path: Path, supernet, model: torch.nn.Module | None = None, *, outer: b
                               f"{meta['fingerprint']}); this one is {supernet.ir.modules[''].class_path} with "
                               f"fingerprint {fingerprint(supernet)} (same model and space options needed)")
     outer = outer_tensors(model, supernet)
-    saved = {k[len("outer/"):]: t for k, t in tensors.items() if outer and k.startswith("outer/")}
+    saved = {k[len("outer/"):]: t for k, t in tensors.items() if enclosing and k.startswith("outer/")}
     shapes = ({k: tuple(t.shape) for k, t in outer.items()}, {k: tuple(t.shape) for k, t in saved.items()})
     if shapes[0] != shapes[1]:
         what = (f"the weights of an enclosing {meta.get('outer')} model" if saved else "no enclosing model's weights")
