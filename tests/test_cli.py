@@ -990,6 +990,23 @@ def test_export_in_float16_writes_scores_and_runs_in_that_dtype(trained_run, tmp
     torch.testing.assert_close(onnx_out.float(), expected, atol=5e-3 * float(expected.abs().max()), rtol=0)
 
 
+def test_a_run_saved_with_a_glob_that_matches_nothing_still_searches(trained_run, tmp_path):
+    """Such globs are refused since 12-07; a run trained with one before (its space built as if the glob were
+    not there) must still load, warned about, with the space its checkpoints were written for."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    saved = json.loads((run / "run.json").read_text())
+    saved["space"]["exclude"] = ["blockz.*"]
+    (run / "run.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="exclude glob 'blockz.*' matches no module"):
+        new_supernet("builtin:resnet", SpaceSettings(multiple_of=4, exclude=["blockz.*"]))  # a new run: refused
+    with pytest.warns(UserWarning, match="exclude glob 'blockz.*' matches no module"):
+        trained = load_trained(run)  # was the ValueError: the run could no longer be searched or exported
+    assert trained.step == 4 and trained.supernet.space.max() == load_trained(trained_run).supernet.space.max()
+    with pytest.warns(UserWarning, match="matches no module"):
+        assert main(["search", str(run), "--budget", "2", "--quiet"]) == 0
+
+
 def test_export_refuses_a_front_of_older_weights(trained_run, tmp_path, capsys):
     from osf.search import Front, Point
     run = tmp_path / "run"

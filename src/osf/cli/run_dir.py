@@ -79,7 +79,9 @@ def write_run(run_dir: str | os.PathLike, run: Run) -> None:
 def build_supernet(run_dir: str | os.PathLike, run: Run) -> Supernet:
     """The supernet of a run from its saved IR, untrained weights. ``sort=False``: the saved weights are
     already in salience order, and sorting again would permute them away from the checkpoints'."""
-    return Supernet(None, ir=load_ir(Path(run_dir) / IR_DIR), sort=False, copy_ir=False, **run.space)
+    # a glob that matches nothing is refused for new runs; one a run was trained with is kept (warned about)
+    return Supernet(None, ir=load_ir(Path(run_dir) / IR_DIR), sort=False, copy_ir=False, unmatched_globs="warn",
+                    **run.space)
 
 
 def load_trained(run_dir: str | os.PathLike) -> Trained:

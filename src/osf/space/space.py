@@ -6,11 +6,13 @@ import difflib
 import math
 import numbers
 import random
+import warnings
 from fnmatch import fnmatch
 from typing import Iterable
 
 import torch
 
+from ..ir.errors import user_stacklevel
 from ..ir.graph import IR
 from .analysis import analyse
 from .arch import Arch
@@ -44,9 +46,10 @@ def _check_options(width_ratios: tuple, multiple_of: object, depth: object) -> N
         raise TypeError(f"SearchSpace depth must be True or False, got {depth!r}")
 
 
-def _check_globs_match(ir: IR, analysis, *, include: list[str] | None, exclude: list[str] | None) -> None:
+def _check_globs_match(ir: IR, analysis, *, include: list[str] | None, exclude: list[str] | None,
+                       refuse: bool) -> None:
     """Refuse an include / exclude glob that matches no module and no removable unit (a typo there
-    silently pruned what the user meant to keep, or nothing at all)."""
+    silently pruned what the user meant to keep, or nothing at all); with ``refuse=False``, warn."""
     globs = [("include", g) for g in include or ()] + [("exclude", g) for g in exclude or ()]
     unmatched = [(option, g) for option, g in globs if not any(fnmatch(name, g) for name in ir.modules)]
     if unmatched:  # unit keys of residual branches ("blocks.0/residual:body") are no module names
@@ -56,8 +59,11 @@ def _check_globs_match(ir: IR, analysis, *, include: list[str] | None, exclude: 
         option, glob = unmatched[0]
         modules = [n for n in ir.modules if n]
         names = difflib.get_close_matches(glob.strip("*?[]"), modules, n=3, cutoff=0.4) or modules[:3]
-        raise ValueError(f"SearchSpace {option} glob {glob!r} matches no module and no removable unit; module "
-                         f"names such as {', '.join(map(repr, names))} (osf space MODEL lists the groups and units)")
+        message = (f"SearchSpace {option} glob {glob!r} matches no module and no removable unit; module names "
+                   f"such as {', '.join(map(repr, names))} (osf space MODEL lists the groups and units)")
+        if refuse:
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=user_stacklevel())
 
 
 class SearchSpace:
@@ -65,18 +71,22 @@ class SearchSpace:
 
     Options: ``width_ratios`` (fractions of each group's size offered), ``multiple_of`` (channel rounding),
     ``depth`` (removable units on/off), ``include`` / ``exclude`` (module-name globs for groups and
-    units), ``prune_head_dim`` (also shrink the inner factor of factorised dims such as head_dim)."""
+    units), ``prune_head_dim`` (also shrink the inner factor of factorised dims such as head_dim).
+    ``unmatched_globs="warn"`` (instead of ``"error"``) accepts a glob that matches nothing, with a warning:
+    for spaces saved before such globs were refused, which must be rebuilt as they were."""
 
     def __init__(self, ir: IR, *, width_ratios: Iterable[float] = (0.25, 0.5, 0.75, 1.0), multiple_of: int = 8,
                  depth: bool = True, include: list[str] | None = None, exclude: list[str] | None = None,
-                 prune_head_dim: bool = False):
+                 prune_head_dim: bool = False, unmatched_globs: str = "error"):
         self.ir = ir
         include, exclude = _globs("include", include), _globs("exclude", exclude)
         _check_options(tuple(width_ratios), multiple_of, depth)
         self.options = {"width_ratios": tuple(width_ratios), "multiple_of": multiple_of, "depth": depth,
                         "include": include, "exclude": exclude, "prune_head_dim": prune_head_dim}
         self.analysis = analyse(ir)
-        _check_globs_match(ir, self.analysis, include=include, exclude=exclude)
+        if unmatched_globs not in ("error", "warn"):
+            raise ValueError(f"SearchSpace unmatched_globs must be 'error' or 'warn', got {unmatched_globs!r}")
+        _check_globs_match(ir, self.analysis, include=include, exclude=exclude, refuse=unmatched_globs == "error")
         self.all_groups = find_groups(ir, self.analysis, ratios=tuple(width_ratios), multiple_of=multiple_of,
                                       prune_head_dim=prune_head_dim, include=include, exclude=exclude)
         self.groups: list[WidthGroup] = [g for g in self.all_groups if g.prunable]

@@ -385,7 +385,8 @@ def _unpickle(structure: dict, tensors: dict[str, torch.Tensor], options: dict[s
               arch: dict | None, flags: dict[str, bool]) -> Supernet:
     ir = ir_from_json(structure, "a pickled supernet")
     ir.tensors = tensors
-    supernet = Supernet(None, ir=ir, sort=False, cache_size=cache_size, copy_ir=False, **options)
+    supernet = Supernet(None, ir=ir, sort=False, cache_size=cache_size, copy_ir=False,
+                        unmatched_globs="warn", **options)  # its space was accepted when it was made
     for name, m in supernet.named_modules():
         m.training = flags.get(name, m.training)
     if arch is not None:
