@@ -1087,6 +1087,8 @@ class Pairs(Dataset):
 
     def __getitem__(self, i):
         x = self.x[i] if self.kind == "tensor" else self.x[i].tolist()
+        if self.kind == "dict":  # as a Hugging Face dataset gives its rows
+            return {"pixel_values": x, "label": self.targets[i]}
         return (x, self.targets[i]) if self.kind != "triple" else (x, x, self.targets[i])
 
 
@@ -1109,6 +1111,11 @@ def lists():
 def triples():
     x, y, xv, yv = _arrays()
     return Pairs(x, y, "triple"), Pairs(xv, yv)
+
+
+def dicts():
+    x, y, xv, yv = _arrays()
+    return Pairs(x, y, "dict"), Pairs(xv, yv)
 
 
 def empty():
@@ -1168,6 +1175,8 @@ def test_train_reads_datasets_batch_by_batch(tmp_path, monkeypatch, capsys):
     for function, message in [("lists", "a train sample's input is a list, not a tensor; give the dataset a "
                                "transform that makes one"),
                               ("triples", "a train sample must be a pair (input, label), got tuple of 3"),
+                              ("dicts", "got dict with keys ['pixel_values', 'label']; for samples of several named "
+                               "inputs (a Hugging Face dataset's input_ids, attention_mask and label), return arrays"),
                               ("empty", "the train dataset is empty")]:
         assert main(["train", "builtin:resnet", "--data", f"python:sets.py:{function}", "--out", "bad", *common]) == 2
         err = capsys.readouterr().err.strip()

@@ -161,8 +161,12 @@ def _datasets(train: Dataset, val: Dataset, spec: str) -> Splits:
         first = [ds[i] for i in range(min(2, size))]
         if not all(isinstance(s, (tuple, list)) and len(s) == 2 for s in first):
             size = f" of {len(first[0])}" if isinstance(first[0], (tuple, list)) else ""
+            keys = f" with keys {list(first[0])[:6]}" if isinstance(first[0], Mapping) else ""
+            fix = ("; for samples of several named inputs (a Hugging Face dataset's input_ids, attention_mask and "
+                   "label), return arrays instead, padded to one length: x_train (the first input), NAME_train for "
+                   "each other input, y_train, and the same for _val" if keys else "")
             raise SpecError(f"data '{spec}': a {name} sample must be a pair (input, label), got "
-                            f"{type(first[0]).__name__}{size}")
+                            f"{type(first[0]).__name__}{size}{keys}{fix}")
         if not isinstance(first[0][0], (torch.Tensor, np.ndarray)):
             raise SpecError(f"data '{spec}': a {name} sample's input is a {type(first[0][0]).__name__}, not a tensor; "
                             "give the dataset a transform that makes one (torchvision.transforms.ToTensor() for images)")
