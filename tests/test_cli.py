@@ -602,6 +602,18 @@ def test_train_writes_a_run_that_reloads_without_the_model(trained_run):
         assert trained.supernet.cost(arch)["flops"] == counter.get_total_flops()
 
 
+def test_one_sample_cuts_examples_only_where_dim_0_holds_samples():
+    from osf.cli.models import ModelSpec, one_sample
+    net, x, sizes = torch.nn.Identity(), torch.randn(2, 3), torch.tensor([4.0, 6.0])
+    assert one_sample(ModelSpec(net, (x,)), batched=False).args[0].shape == (1, 3)  # a lone input: its samples
+    both = one_sample(ModelSpec(net, (x,), {"sizes": sizes}), batched=True)
+    assert both.args[0].shape == (1, 3) and both.kwargs["sizes"].shape == (1,)  # inputs osf made or read from data
+    given = ModelSpec(net, (x,), {"sizes": sizes})  # a python: factory's: 'sizes' may be no batch at all
+    assert one_sample(given, batched=False) is given
+    static = ModelSpec(net, (x,), trace_options={"dynamic_batch": False})
+    assert one_sample(static, batched=True) is static
+
+
 def test_train_resumes_to_the_same_weights(trained_run, tmp_path, capsys):
     """A run cut short (its last checkpoint lost, as in a crash) continues to the weights of the uninterrupted
     run, one-cycle schedule included; a schedule fixes the run's length, a constant learning rate lets a

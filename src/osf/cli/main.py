@@ -41,7 +41,7 @@ def load_model_ir(spec: str, image_size: ImageSize | None = None) -> IR:
             raise SpecError(f"an image size (--image-size) does not apply to a saved IR ({spec}): its input shapes "
                             "were traced")
         return load_ir(spec)
-    m = one_sample(resolve(spec, image_size=image_size))
+    m = one_sample(resolve(spec, image_size=image_size), batched=not spec.startswith("python:"))
     return trace(m.model, m.args, m.kwargs, **m.trace_options)
 
 

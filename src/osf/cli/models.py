@@ -38,14 +38,18 @@ class ModelSpec:
     trace_options: dict = field(default_factory=dict)
 
 
-def one_sample(m: ModelSpec) -> ModelSpec:
+def one_sample(m: ModelSpec, batched: bool) -> ModelSpec:
     """The spec with its example inputs cut to their first sample, where they all share a batch dim that the
     trace keeps dynamic: the IR's sizes, and so every FLOPs count the commands report (search constraints,
-    fronts, model cards), are then those of one sample rather than of the example's batch."""
+    fronts, model cards), are then those of one sample rather than of the example's batch. ``batched``: every
+    tensor input is known to hold samples along dim 0 (examples osf makes, or data); otherwise (a ``python:``
+    factory's example) only a lone input is cut, as another tensor may have a length of its own there."""
     if m.trace_options.get("dynamic_batch", True) is False:
         return m
     leaves = [t for t in pytree.tree_leaves((m.args, m.kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0]
     if not leaves or len({t.shape[0] for t in leaves}) != 1 or leaves[0].shape[0] == 1:
+        return m
+    if not batched and len(leaves) > 1:
         return m
     first = lambda t: t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t  # noqa: E731
     return replace(m, args=pytree.tree_map(first, m.args), kwargs=pytree.tree_map(first, m.kwargs))
