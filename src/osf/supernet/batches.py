@@ -41,7 +41,10 @@ def explained(batch: Any, batch_fn: BatchFn | None) -> Iterator[None]:
     except InputError as error:
         if batch_fn is not None:
             raise
-        raise InputError(f"{error}. {_split_rule(batch)}") from error
+        explained_error = InputError(f"{error}. {_split_rule(batch)}")
+        for note in getattr(error, "__notes__", ()):  # where it happened (osf.train: the step and the subnet)
+            explained_error.add_note(note)
+        raise explained_error from error
 
 
 def _split_rule(batch: Any) -> str:
