@@ -310,7 +310,8 @@ def test_bad_input_errors():
                   progress=False)
     x, y = next(iter(data()))
     named = [{"x": x, "label": y}]  # the target under another name than 'labels' went to the model
-    with pytest.raises(osf.InputError, match="unexpected.*The batch is a dict: its 'labels' entry is the target") as info:
+    dict_rule = "unexpected.*The batch is a dict: its 'labels' entry is the target"
+    with pytest.raises(osf.InputError, match=dict_rule) as info:
         osf.train(sn, named, optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False)
     assert info.value.__notes__[0].startswith("osf.train: in step 1, running the max subnet")
     with pytest.raises(osf.InputError, match=r"\('x', 'label'\); if the target has another name"):
