@@ -614,6 +614,23 @@ def test_one_sample_cuts_examples_only_where_dim_0_holds_samples():
     assert one_sample(static, batched=True) is static
 
 
+def test_a_model_whose_batch_of_one_is_special_is_traced_at_its_examples_batch(tmp_path):
+    (tmp_path / "single.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b = torch.nn.Linear(4, 16), torch.nn.Linear(16, 3)\n"
+        "    def forward(self, x):\n"
+        "        y = self.b(self.a(x).relu())\n"
+        "        return y[0] if x.shape[0] == 1 else y  # one sample: its scores alone\n"
+        "def build():\n"
+        "    return Net(), (torch.randn(2, 4),)\n")
+    supernet = new_supernet(f"python:{tmp_path / 'single.py'}:build", SpaceSettings())
+    assert not supernet.ir.info["fixed_batch"]  # traced on one sample, its batch would have been fixed at 1
+    assert supernet(torch.randn(5, 4)).shape == (5, 3)
+
+
 def test_train_resumes_to_the_same_weights(trained_run, tmp_path, capsys):
     """A run cut short (its last checkpoint lost, as in a crash) continues to the weights of the uninterrupted
     run, one-cycle schedule included; a schedule fixes the run's length, a constant learning rate lets a

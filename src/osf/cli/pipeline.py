@@ -101,8 +101,11 @@ def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None 
         m = _fed_by(data, model, m)
     if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
         _check_inputs(model, m.args[0], data.x_train[:2], spatial=bool(m.trace_options.get("dynamic_spatial")))
-    m = one_sample(m, batched=not model.startswith("python:") or bool(data is not None and data.inputs_train))
-    return Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
+    one = one_sample(m, batched=not model.startswith("python:") or bool(data is not None and data.inputs_train))
+    supernet = Supernet(one.model, one.args, one.kwargs, trace_options=one.trace_options, copy_ir=False, **options)
+    if one is not m and supernet.ir.info.get("fixed_batch"):  # a model whose batch of 1 is special: as given
+        supernet = Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
+    return supernet
 
 
 
