@@ -152,17 +152,20 @@ HF_ARCHS: dict[str, Callable[..., ModelSpec]] = {
 }
 
 
-def _hf_vit(classes: int | None = None) -> ModelSpec:
+def _hf_vit(classes: int | None = None, image_size: ImageSize | None = None) -> ModelSpec:
+    """A small ViT (patches of 8) for images of ``image_size`` (default 32)."""
     import transformers
+    size = image_size or 32
     cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                 image_size=32, patch_size=8)
+                                 image_size=size if isinstance(size, int) else list(size), patch_size=8)
     if classes is None:
-        return ModelSpec(transformers.ViTModel(cfg).eval(), (_image(2, 32),))
+        return ModelSpec(transformers.ViTModel(cfg).eval(), (_image(2, size),))
     cfg.num_labels = classes
-    return ModelSpec(transformers.ViTForImageClassification(cfg).eval(), (_image(2, 32),))
+    return ModelSpec(transformers.ViTForImageClassification(cfg).eval(), (_image(2, size),))
 
 
 HF_ARCHS["vit"] = _hf_vit
+HF_VISION_ARCHS = ("vit",)  # built for the data's image size
 
 
 def _sam(variant: str) -> ModelSpec:
@@ -385,10 +388,10 @@ def takes_classes(spec: str) -> bool:
 
 
 def takes_image_size(spec: str) -> bool:
-    """Whether ``spec`` builds its example images at a size it is given: torchvision:, timm: and hf: checkpoint
-    folders (a vision checkpoint; a text one ignores it)."""
+    """Whether ``spec`` builds its example images at a size it is given: torchvision:, timm:, hf:vit and hf:
+    checkpoint folders (a vision checkpoint; a text one ignores it)."""
     kind, _, rest = spec.partition(":")
-    return kind in ("torchvision", "timm") or (kind == "hf" and rest not in HF_ARCHS)
+    return kind in ("torchvision", "timm") or (kind == "hf" and (rest not in HF_ARCHS or rest in HF_VISION_ARCHS))
 
 
 def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | None = None) -> ModelSpec:
@@ -401,8 +404,8 @@ def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | No
         raise SpecError(f"a number of classes applies to torchvision: and timm: models and the hf: architectures osf "
                         f"knows by name, not '{spec}'")
     if image_size is not None and not takes_image_size(spec):
-        raise SpecError(f"an image size (--image-size, model.image_size) applies to torchvision: and timm: models and "
-                        f"hf:PATH checkpoints, not '{spec}'" + (": a python: factory returns its own example inputs"
+        raise SpecError(f"an image size (--image-size, model.image_size) applies to torchvision: and timm: models, "
+                        f"hf:vit and hf:PATH checkpoints, not '{spec}'" + (": a python: factory returns its own example inputs"
                                                                   if kind == "python" else ""))
     if kind == "torchvision" and rest:
         return _torchvision(rest, image_size, classes)
@@ -410,7 +413,7 @@ def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | No
         return _timm(rest, image_size, classes)
     if kind == "hf" and rest:
         if rest in HF_ARCHS:
-            return HF_ARCHS[rest](classes)
+            return HF_ARCHS[rest](classes, **({"image_size": image_size} if rest in HF_VISION_ARCHS else {}))
         if Path(rest).is_dir():
             return _hf_checkpoint(rest, image_size)
         raise SpecError(f"unknown hf architecture '{rest}' and no such folder; built in: {sorted(HF_ARCHS)}, "

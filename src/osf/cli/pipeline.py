@@ -265,7 +265,9 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     root = (recorded.import_root if recorded else None) or os.getcwd()  # module specs import from here
     splits = load_data(data, root)  # bad data fails before any tracing
     device = run_device(settings.device, "train.device")
-    if image_size is None and takes_image_size(model):
+    if image_size is None and recorded is not None:
+        image_size = recorded.image_size  # a resumed run was traced at its size (hf:vit: at 32 before 12-07)
+    elif image_size is None and takes_image_size(model):
         image_size = _image_size(splits.x_train)  # traced at the data's size: other sizes are refused
     if settings.steps is None and settings.epochs is None:
         settings = replace(settings, epochs=DEFAULT_EPOCHS)
