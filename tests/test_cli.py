@@ -465,6 +465,19 @@ def test_train_traces_a_vision_model_at_the_datas_image_size(tmp_path, model, si
     assert main([*args, "--steps", "3", "--lr-schedule", "constant"]) == 0  # resumes at the size it was traced at
 
 
+@pytest.mark.parametrize("model", ["timm:resnet18", "hf:vit"])
+def test_timm_and_hf_vit_models_are_built_for_the_datas_channels(tmp_path, model):
+    """Grey digits (1 channel): timm's in_chans and ViTConfig's num_channels, instead of an error asking to
+    repeat the images three times (torchvision's models, which take 3, still ask)."""
+    pytest.importorskip({"hf": "transformers"}.get(model.partition(":")[0], model.partition(":")[0]))
+    run = tmp_path / "run"
+    assert main(["train", model, "--data", "digits", "--out", str(run), "--steps", "1", "--quiet"]) == 0
+    trained = load_trained(run)
+    assert input_signature(trained.supernet.ir)[0]["shape"][1:] == [1, 8, 8]
+    with pytest.raises(SpecError, match="1-channel images apply to timm: models and hf:vit"):
+        resolve("torchvision:resnet18", channels=1)
+
+
 def test_integer_images_for_a_floating_point_model_are_refused_before_tracing(tmp_path, capsys):
     x = np.random.default_rng(0).integers(0, 256, (12, 1, 8, 8)).astype(np.uint8)
     np.savez(tmp_path / "u8.npz", x_train=x[:8], y_train=np.arange(8) % 2, x_val=x[8:], y_val=np.arange(4) % 2)
@@ -1231,6 +1244,8 @@ def test_images_stored_in_another_layout_are_refused_saying_how_to_store_them(tm
              ("torchvision:resnet18", (1, 32, 48), "[3, 32, 48], but the data's are [1, 32, 48]: the model takes 3 "
               "channels, the data have 1; store np.repeat(x, 3, axis=1) as x_train and x_val"),
              ("builtin:resnet", (8, 8), "store x[:, None] as x_train and x_val"),
+             ("timm:resnet18", (28, 28), "[1, 28, 28], but the data's are [28, 28]: the samples lack the channel dim "
+              "the model takes first; store x[:, None] as x_train and x_val"),  # built for grey images: no repeat
              ("builtin:resnet1d", (40, 1), "store x.transpose(0, 2, 1) as x_train and x_val")]
     for i, (model, shape, message) in enumerate(cases):
         np.savez(tmp_path / f"{i}.npz", x_train=rng.random((8, *shape), dtype=np.float32), y_train=np.arange(8) % 2,

@@ -58,9 +58,9 @@ def one_sample(m: ModelSpec, batched: bool) -> ModelSpec:
 ImageSize = int | list[int]  # a square's side, or [height, width]
 
 
-def _image(batch: int, size: ImageSize) -> torch.Tensor:
+def _image(batch: int, size: ImageSize, channels: int = 3) -> torch.Tensor:
     height, width = (size, size) if isinstance(size, int) else size
-    return torch.randn(batch, 3, height, width)
+    return torch.randn(batch, channels, height, width)
 
 
 def _built_at(build: Callable[..., nn.Module], sizes: list[tuple[str, Any]]) -> nn.Module:
@@ -105,16 +105,18 @@ def _classifies(name: str) -> bool:
         torchvision.models.list_models(module=torchvision.models.optical_flow)
 
 
-def _timm(name: str, image_size: ImageSize | None, classes: int | None = None) -> ModelSpec:
+def _timm(name: str, image_size: ImageSize | None, classes: int | None = None, channels: int = 3) -> ModelSpec:
     import timm
     head = {"num_classes": classes} if classes is not None else {}
+    if channels != 3:
+        head["in_chans"] = channels
     try:
         model = _built_at(lambda **size: timm.create_model(name, pretrained=False, **head, **size),
                           [("img_size", image_size)] if image_size is not None else [])
     except RuntimeError as e:
         raise SpecError(f"unknown timm model '{name}' ({e}); see timm.list_models()") from None
     size = image_size or list(model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:])
-    return ModelSpec(model.eval(), (_image(2, size),))
+    return ModelSpec(model.eval(), (_image(2, size, channels),))
 
 
 def _hf_text(model_cls: str, config_cls: str, causal: bool = False, **config: Any) -> Callable[..., ModelSpec]:
@@ -152,16 +154,17 @@ HF_ARCHS: dict[str, Callable[..., ModelSpec]] = {
 }
 
 
-def _hf_vit(classes: int | None = None, image_size: ImageSize | None = None) -> ModelSpec:
-    """A small ViT (patches of 8) for images of ``image_size`` (default 32)."""
+def _hf_vit(classes: int | None = None, image_size: ImageSize | None = None, channels: int = 3) -> ModelSpec:
+    """A small ViT (patches of 8) for images of ``image_size`` (default 32) with ``channels``."""
     import transformers
     size = image_size or 32
     cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                 image_size=size if isinstance(size, int) else list(size), patch_size=8)
+                                 image_size=size if isinstance(size, int) else list(size), patch_size=8,
+                                 num_channels=channels)
     if classes is None:
-        return ModelSpec(transformers.ViTModel(cfg).eval(), (_image(2, size),))
+        return ModelSpec(transformers.ViTModel(cfg).eval(), (_image(2, size, channels),))
     cfg.num_labels = classes
-    return ModelSpec(transformers.ViTForImageClassification(cfg).eval(), (_image(2, size),))
+    return ModelSpec(transformers.ViTForImageClassification(cfg).eval(), (_image(2, size, channels),))
 
 
 HF_ARCHS["vit"] = _hf_vit
@@ -387,6 +390,13 @@ def takes_classes(spec: str) -> bool:
     return kind in ("torchvision", "timm") or (kind == "hf" and rest in HF_ARCHS)
 
 
+def takes_channels(spec: str) -> bool:
+    """Whether osf builds ``spec`` for images of a number of channels it is given: timm: models (``in_chans``)
+    and hf:vit (``num_channels``); torchvision's models take 3."""
+    kind, _, rest = spec.partition(":")
+    return kind == "timm" or (kind == "hf" and rest in HF_VISION_ARCHS)
+
+
 def takes_image_size(spec: str) -> bool:
     """Whether ``spec`` builds its example images at a size it is given: torchvision:, timm:, hf:vit and hf:
     checkpoint folders (a vision checkpoint; a text one ignores it)."""
@@ -394,12 +404,17 @@ def takes_image_size(spec: str) -> bool:
     return kind in ("torchvision", "timm") or (kind == "hf" and (rest not in HF_ARCHS or rest in HF_VISION_ARCHS))
 
 
-def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | None = None) -> ModelSpec:
+def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | None = None,
+            channels: int | None = None) -> ModelSpec:
     """Build the model and example inputs named by ``spec``; ``image_size``: the example images' side or
     ``[height, width]`` (a vision transformer is built for that size); ``classes``: the size of the
     classification head of a torchvision: or timm: classifier (default: theirs, 1000), or of the classifier
-    an hf: architecture known by name is then built as (default: the base model)."""
+    an hf: architecture known by name is then built as (default: the base model); ``channels``: the images'
+    channels, for the specs that take them (``takes_channels``; default 3)."""
     kind, _, rest = spec.partition(":")
+    if channels is not None and channels != 3 and not takes_channels(spec):
+        raise SpecError(f"{channels}-channel images apply to timm: models and hf:vit (built for them), not '{spec}'")
+    channels = channels or 3
     if classes is not None and not takes_classes(spec):
         raise SpecError(f"a number of classes applies to torchvision: and timm: models and the hf: architectures osf "
                         f"knows by name, not '{spec}'")
@@ -410,10 +425,11 @@ def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | No
     if kind == "torchvision" and rest:
         return _torchvision(rest, image_size, classes)
     if kind == "timm" and rest:
-        return _timm(rest, image_size, classes)
+        return _timm(rest, image_size, classes, channels)
     if kind == "hf" and rest:
         if rest in HF_ARCHS:
-            return HF_ARCHS[rest](classes, **({"image_size": image_size} if rest in HF_VISION_ARCHS else {}))
+            vision = {"image_size": image_size, "channels": channels} if rest in HF_VISION_ARCHS else {}
+            return HF_ARCHS[rest](classes, **vision)
         if Path(rest).is_dir():
             return _hf_checkpoint(rest, image_size)
         raise SpecError(f"unknown hf architecture '{rest}' and no such folder; built in: {sorted(HF_ARCHS)}, "

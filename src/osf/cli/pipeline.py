@@ -34,7 +34,7 @@ from ..train.loop import ARCH_NOTE, STEP_NOTE
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
 from .models import (BUILTIN, ImageSize, ModelSpec, SpecError, has_random_weights, is_module_spec, is_saved_ir,
-                     one_sample, python_target, resolve, takes_classes, takes_image_size)
+                     one_sample, python_target, resolve, takes_channels, takes_classes, takes_image_size)
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -88,15 +88,15 @@ def _one_gpu_per_rank(key: str, setting: str) -> str:
 
 
 def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None = None,
-                 data: Splits | None = None, classes: int | None = None) -> Supernet:
+                 data: Splits | None = None, classes: int | None = None, channels: int | None = None) -> Supernet:
     """Trace the model spec (or load a saved IR) into a supernet over ``space``. ``data``: what the supernet
     will train on; the model is traced as the data will call it, and refused before tracing when its example
     input is shaped otherwise than the data's samples. ``classes``: the head of a spec ``resolve`` builds
-    (``head_classes``)."""
+    (``head_classes``); ``channels``: of the images of a spec that takes them (``image_channels``)."""
     options = to_json(space)
     if is_saved_ir(model):
         return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
-    m = resolve(model, image_size=image_size, classes=classes)  # built for the supernet alone: no copy of weights
+    m = resolve(model, image_size=image_size, classes=classes, channels=channels)  # for the supernet alone
     if data is not None:
         m = _fed_by(data, model, m)
     if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
@@ -298,7 +298,8 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             head = f" with a head for the data's {classes} classes" if classes is not None else ""
             say(f"tracing {model}{head} and deriving its search space")
         began = time.perf_counter()
-        supernet = new_supernet(model, space, image_size, data=splits, classes=classes)
+        channels = image_channels(splits.x_train) if takes_channels(model) else None
+        supernet = new_supernet(model, space, image_size, data=splits, classes=classes, channels=channels)
         if progress and main_rank:
             say(f"{supernet.space.summary()} ({time.perf_counter() - began:.1f} s)")
         layout = _batch_layout(supernet, splits)
@@ -374,6 +375,15 @@ def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:
 
 
 CHANNELS = (1, 3, 4)  # of images: grey, RGB, RGBA
+
+
+def image_channels(x: torch.Tensor) -> int | None:
+    """The channels of images ``(N, C, H, W)``, 1 for grey images ``(N, H, W)`` (which the model then refuses,
+    saying to add the channel dim); None for other data (channels last too: the model then says how to store
+    them)."""
+    if x.dim() == 3 and min(x.shape[1:]) > max(CHANNELS):
+        return 1
+    return int(x.shape[1]) if x.dim() == 4 and x.shape[1] in CHANNELS else None
 
 
 def _image_size(x: torch.Tensor) -> ImageSize | None:
