@@ -14,7 +14,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ..ir import IR, OsfError, load_ir, trace
+from ..ir import IR, OsfError, load_ir
 from ..search.search import ALGORITHMS
 from ..space.space import SearchSpace
 from ..train import TrainingInterrupted, init_process_group
@@ -23,7 +23,7 @@ from . import demo, inspect_cmd, pipeline, space_cmd
 from .config import (EXPORT_DTYPES, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config,
                      read_config, to_json)
 from .data import BUILT_IN
-from .models import BUILTIN, ImageSize, SpecError, is_saved_ir, one_sample, resolve
+from .models import BUILTIN, ImageSize, SpecError, is_saved_ir, resolve, trace_spec
 
 MODEL_HELP = ("MODEL is torchvision:NAME, timm:NAME, hf:ARCH (bert, roberta, distilbert, gpt2, llama, mixtral, vit), "
               "hf:PATH (a local save_pretrained folder, e.g. hf:./my-bert), sam:vit_b, sam:tiny, minilm, "
@@ -41,8 +41,7 @@ def load_model_ir(spec: str, image_size: ImageSize | None = None) -> IR:
             raise SpecError(f"an image size (--image-size) does not apply to a saved IR ({spec}): its input shapes "
                             "were traced")
         return load_ir(spec)
-    m = one_sample(resolve(spec, image_size=image_size), batched=not spec.startswith("python:"))
-    return trace(m.model, m.args, m.kwargs, **m.trace_options)
+    return trace_spec(resolve(spec, image_size=image_size), batched=not spec.startswith("python:"))
 
 
 def image_size_arg(text: str) -> ImageSize:

@@ -25,6 +25,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from ..ir import IR, trace
+
 
 class SpecError(ValueError):
     """A model spec that cannot be resolved; the message says which part and what is accepted."""
@@ -53,6 +55,16 @@ def one_sample(m: ModelSpec, batched: bool) -> ModelSpec:
         return m
     first = lambda t: t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t  # noqa: E731
     return replace(m, args=pytree.tree_map(first, m.args), kwargs=pytree.tree_map(first, m.kwargs))
+
+
+def trace_spec(m: ModelSpec, batched: bool) -> IR:
+    """``m`` traced on one sample (``one_sample``), or on its example as given where one sample fixes the
+    batch (a model whose batch of 1 is special)."""
+    one = one_sample(m, batched)
+    ir = trace(one.model, one.args, one.kwargs, **one.trace_options)
+    if one is not m and ir.info.get("fixed_batch"):
+        ir = trace(m.model, m.args, m.kwargs, **m.trace_options)
+    return ir
 
 
 ImageSize = int | list[int]  # a square's side, or [height, width]
@@ -161,10 +173,10 @@ def _hf_vit(classes: int | None = None, image_size: ImageSize | None = None, cha
     cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                                  image_size=size if isinstance(size, int) else list(size), patch_size=8,
                                  num_channels=channels)
-    if classes is None:
-        return ModelSpec(transformers.ViTModel(cfg).eval(), (_image(2, size, channels),))
-    cfg.num_labels = classes
-    return ModelSpec(transformers.ViTForImageClassification(cfg).eval(), (_image(2, size, channels),))
+    if classes is not None:
+        cfg.num_labels = classes
+    model = (transformers.ViTModel if classes is None else transformers.ViTForImageClassification)(cfg)
+    return ModelSpec(model.eval(), (_image(2, size, channels),))
 
 
 HF_ARCHS["vit"] = _hf_vit

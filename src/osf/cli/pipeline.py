@@ -34,7 +34,7 @@ from ..train.loop import ARCH_NOTE, STEP_NOTE
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
 from .models import (BUILTIN, ImageSize, ModelSpec, SpecError, has_random_weights, is_module_spec, is_saved_ir,
-                     one_sample, python_target, resolve, takes_channels, takes_classes, takes_image_size)
+                     python_target, resolve, takes_channels, takes_classes, takes_image_size, trace_spec)
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
 
 DEFAULT_EPOCHS = 5
@@ -101,12 +101,8 @@ def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None 
         m = _fed_by(data, model, m)
     if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
         _check_inputs(model, m.args[0], data.x_train[:2], spatial=bool(m.trace_options.get("dynamic_spatial")))
-    one = one_sample(m, batched=not model.startswith("python:") or bool(data is not None and data.inputs_train))
-    supernet = Supernet(one.model, one.args, one.kwargs, trace_options=one.trace_options, copy_ir=False, **options)
-    if one is not m and supernet.ir.info.get("fixed_batch"):  # a model whose batch of 1 is special: as given
-        supernet = Supernet(m.model, m.args, m.kwargs, trace_options=m.trace_options, copy_ir=False, **options)
-    return supernet
-
+    ir = trace_spec(m, batched=not model.startswith("python:") or bool(data is not None and data.inputs_train))
+    return Supernet(None, ir=ir, copy_ir=False, **options).train(m.model.training)
 
 
 def head_classes(model: str, data: Splits) -> int | None:
@@ -377,11 +373,16 @@ def _loaders_of(trained: Trained) -> tuple[DataLoader, DataLoader]:
 CHANNELS = (1, 3, 4)  # of images: grey, RGB, RGBA
 
 
+def _grey(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds grey images without their channel dim, ``(N, H, W)``."""
+    return x.dim() == 3 and min(x.shape[1:]) > max(CHANNELS)
+
+
 def image_channels(x: torch.Tensor) -> int | None:
     """The channels of images ``(N, C, H, W)``, 1 for grey images ``(N, H, W)`` (which the model then refuses,
     saying to add the channel dim); None for other data (channels last too: the model then says how to store
     them)."""
-    if x.dim() == 3 and min(x.shape[1:]) > max(CHANNELS):
+    if _grey(x):
         return 1
     return int(x.shape[1]) if x.dim() == 4 and x.shape[1] in CHANNELS else None
 
@@ -390,7 +391,7 @@ def _image_size(x: torch.Tensor) -> ImageSize | None:
     """The size of images ``(N, C, H, W)`` (or ``(N, H, W, C)`` or ``(N, H, W)``, which the model then refuses,
     saying why): the side of square ones, else ``[H, W]``; None for other data (the model's default example
     size)."""
-    if x.dim() == 3 and min(x.shape[1:]) > max(CHANNELS):  # grey images without their channel dim
+    if _grey(x):
         return _image_size(x[:, None])
     if x.dim() != 4:
         return None
