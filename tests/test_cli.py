@@ -549,6 +549,114 @@ def test_train_on_a_named_hugging_face_architecture_builds_its_classifier(tmp_pa
         assert trained.supernet(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (4, 3)
 
 
+SEG_MODELS = """
+import torch
+from torch import nn
+
+class Seg(nn.Module):  # one score per class and pixel
+    def __init__(self, classes=3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Conv2d(16, classes, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x.flatten(1))))
+
+def seg():
+    return Seg(), (torch.randn(2, 1, 6, 6),)
+
+def classifier():
+    return Classifier(), (torch.randn(2, 6),)
+"""
+
+
+def test_labels_per_pixel_train_search_and_export_a_segmentation_model(tmp_path, monkeypatch):
+    """Labels per position (segmentation here) were refused: cross-entropy and accuracy read one label per
+    sample. Now the loss and the top-1 accuracy are over labelled pixels (-100: left out), and the exported
+    model scores on its own what the card says."""
+    (tmp_path / "seg_models.py").write_text(SEG_MODELS)
+    rng = np.random.default_rng(0)
+    x = rng.random((120, 1, 6, 6)).astype(np.float32)
+    y = (x[:, 0] > 0.66).astype(np.int64) + (x[:, 0] > 0.33)  # a class per pixel, from its own value
+    y[:, 0] = -100  # an unlabelled first row
+    np.savez(tmp_path / "seg.npz", x_train=x[:96], y_train=y[:96], x_val=x[96:], y_val=y[96:])
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "python:seg_models.py:seg", "--data", "npz:seg.npz", "--out", "run", "--epochs", "10",
+                 "--batch-size", "16", "--lr", "0.01", "--quiet"]) == 0
+    assert read_run(tmp_path / "run").result["val_accuracy"]["max"] > 0.85
+    assert main(["search", "run", "--budget", "4", "--quiet"]) == 0
+    assert main(["export", "run", "--out", "exported", "--budgets", "flops=100%", "--format", "pt2", "--quiet"]) == 0
+    card = json.loads((tmp_path / "exported" / "flops-100pct" / "card.json").read_text())
+    model = torch.export.load(tmp_path / "exported" / "flops-100pct" / "model.pt2").module()
+    with torch.no_grad():
+        pixels = (model(torch.from_numpy(x[96:])).argmax(1) == torch.from_numpy(y[96:]))[:, 1:]
+    assert card["metrics"]["accuracy"] == pytest.approx(float(pixels.float().mean()), abs=1e-4)
+
+
+def test_labels_per_position_that_a_model_cannot_score_are_refused_naming_the_fix(tmp_path, monkeypatch, capsys):
+    (tmp_path / "seg_models.py").write_text(SEG_MODELS)
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, (20, 6, 6))
+    monkeypatch.chdir(tmp_path)
+    cases = [("seg", dict(y_train=np.where(y[:16] == 2, 255, y[:16])),  # Pascal VOC's unlabelled pixels
+              r"labels up to 255 but the model scores 3 classes; give it a head with at least 256; if 255 marks "
+              r"positions to leave out \(as 255 does in Pascal VOC\), store np.where\(y == 255, -100, y\)"),
+             ("seg", dict(y_train=np.where(y[:16] == 2, -1, y[:16])), r"y_train holds the label -1; class labels run "
+              r"from 0 to the number of classes - 1 \(label positions to leave out -100\)"),
+             ("seg", dict(y_val=y[16:, 0, 0]), r"y_train holds labels per position \(\(6, 6\) per sample\) but y_val "
+              "one label per sample"),
+             ("classifier", dict(x_train=x[:16, 0, 0], x_val=x[16:, 0, 0], y_train=y[:16, 0, :3],
+                                 y_val=y[16:, 0, :3]), r"the data label each sample's positions \(\[3\] per sample: "
+              r"segmentation, tagging\), so osf train needs class scores with those positions and a dim of classes, "
+              r"\[batch, classes, 3\] or \[batch, 3, classes\]; the model returns \[2, 3\]; use a model"),
+             ("classifier", dict(x_train=x[:16, 0, 0], x_val=x[16:, 0, 0], y_train=np.eye(3, dtype=np.int64)[y[:16, 0, 0]],
+                                 y_val=np.eye(3, dtype=np.int64)[y[16:, 0, 0]]), r"the labels look one-hot: store "
+              r"y.argmax\(1\)"),
+             ("classifier", dict(x_train=x[:16, 0, 0], x_val=x[16:, 0, 0], y_train=(y[:16, 0, :3] > 0).astype(int),
+                                 y_val=(y[16:, 0, :3] > 0).astype(int)), r"the labels look like several labels per "
+              r"sample \(multi-label\), and osf train trains classifiers")]
+    for model, arrays, message in cases:
+        np.savez(tmp_path / "bad.npz", **{**dict(x_train=x[:16], y_train=y[:16], x_val=x[16:], y_val=y[16:]), **arrays})
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        assert main(["train", f"python:seg_models.py:{model}", "--data", "npz:bad.npz", "--out", "run", "--steps",
+                     "1", "--quiet"]) == 2
+        assert re.search(message, capsys.readouterr().err), message
+
+
+def test_labels_per_token_build_a_token_classifier_and_segmentation_models_build_offline(tmp_path, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("osf downloaded weights")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    with torch.no_grad():  # a pretrained backbone was downloaded (or failed to be, offline) for these
+        assert resolve("torchvision:lraspp_mobilenet_v3_large", classes=4).model(
+            torch.randn(1, 3, 64, 64))["out"].shape == (1, 4, 64, 64)
+        resolve("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn")
+    pytest.importorskip("transformers")
+    rng = np.random.default_rng(0)
+    mask = np.arange(12) < rng.integers(3, 13, (40, 1))
+    x = rng.integers(1, 50, (40, 12)) * mask
+    y = np.where(mask, x % 3, -100)  # a tag per token, padding left out
+    np.savez(tmp_path / "tags.npz", x_train=x[:32], y_train=y[:32], x_val=x[32:], y_val=y[32:],
+             attention_mask_train=mask[:32].astype(int), attention_mask_val=mask[32:].astype(int))
+    assert main(["train", "hf:bert", "--data", f"npz:{tmp_path / 'tags.npz'}", "--out", str(tmp_path / "run"),
+                 "--steps", "2", "--batch-size", "8", "--quiet"]) == 0
+    trained = load_trained(tmp_path / "run")
+    assert trained.supernet.ir.info["model_class"].endswith("BertForTokenClassification")
+    ids = torch.randint(1, 50, (4, 12))
+    with torch.no_grad():
+        assert trained.supernet(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (4, 12, 3)
+
+
 def test_image_size_flag():
     with pytest.raises(SpecError, match=r"torchvision:maxvit_t cannot be built for 112x112 images: Input size .* "
                                         "is not divisible by partition size 7"):  # one line, not 'unknown model'
@@ -1316,16 +1424,15 @@ def test_data_specs(tmp_path):
                            (dict(y_train=np.array(["cat", "dog", "cat", "eel"])), r"y_train holds strings \(<U3\); "
                             r"store class indices, the same in both splits: classes = np.unique\(y_train\)"),
                            (dict(y_train=np.array([0, 1, -1, 2])), "y_train holds the label -1; class labels run from 0"),
-                           (dict(y_train=np.eye(3, dtype=np.int64)[[0, 1, 2, 1]]),
-                            r"got torch.int64 \(4, 3\); these look one-hot: store y.argmax\(1\)"),
                            (dict(y_val=np.array([[0], [1]])), r"y_val must be .* \(2, 1\); store y.ravel\(\)"),
                            (dict(y_train=np.array([0.0, 1.0, 2.0, 1.0])), r"float64 \(4,\); store y.astype\(np.int64\)"),
                            # other tasks than classification: the Python API, with its own loss and score
                            (dict(y_train=np.array([0.5, 1.2, -2.0, 1.0])), r"\(4,\); these look like regression "
                             r"targets, and osf train trains classifiers .*osf.train and your own loss_fn"),
-                           (dict(y_train=np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])),
-                            r"\(4, 3\); these look like several labels per sample \(multi-label\)"),
-                           (dict(y_train=np.full((4, 5, 5), 2)), r"these look like labels per position \(segmentation"),
+                           (dict(y_train=np.array([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])),
+                            r"\(4, 3\); class indices per position \(tagging\): store y.astype\(np.int64\); several "
+                            r"labels per sample \(multi-label\), one-hot or not, and osf train trains classifiers"),
+                           (dict(y_train=np.full((4, 5, 5), 2.5)), r"these look like regression targets"),
                            (dict(x_val=np.array(["some text", "more"])), "x_val holds strings .*token ids"),
                            (dict(x_train=np.array([[1.0, np.nan, 0], [1, 2, 3], [np.inf, 0, 0], [0, 0, 0]])),
                             r"x_train holds NaN or infinite values \(2 samples, the first at row 0\)")]:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import osf
 from osf.cli.builtin import TinyViT
-from osf.train import CheckpointError
+from osf.train import CheckpointError, accuracy
 from osf.train.loop import _rows
 
 
@@ -485,6 +485,86 @@ def test_distill_errors():
     with pytest.raises(ValueError, match="max subnet first"):
         osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=1, distill=osf.Distill(),
                   sampler=osf.UniformSampler(sn.space, 2), progress=False)
+
+
+class TinySeg(nn.Module):  # one class score per pixel: [batch, classes, H, W]
+    def __init__(self, classes=3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(16, classes, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_class_dims_of_labels_per_sample_and_per_position():
+    from osf.train.labels import class_dim
+    long = dict(dtype=torch.long)
+    assert class_dim(torch.zeros(2, 5), torch.zeros(2, **long)) == 1
+    assert class_dim(torch.zeros(2, 5, 4, 6), torch.zeros(2, 4, 6, **long)) == 1  # segmentation (PyTorch layout)
+    assert class_dim(torch.zeros(2, 4, 6, 5), torch.zeros(2, 4, 6, **long)) == 3  # channels last
+    assert class_dim(torch.zeros(2, 7, 5), torch.zeros(2, 7, **long)) == 2  # tagging (Hugging Face layout)
+    assert class_dim(torch.zeros(2, 7, 7), torch.zeros(2, 7, **long)) == 2  # both fit: sequences score last
+    assert class_dim(torch.zeros(2, 4, 4, 4), torch.zeros(2, 4, 4, **long)) == 1  # both fit: images score at 1
+    assert class_dim(torch.zeros(2, 1, 5), torch.zeros(2, **long)) is None
+
+
+def test_accuracy_scores_labelled_positions_and_refuses_scores_it_cannot_read():
+    """The default accuracy took argmax(-1) whatever the layout: a segmentation model's [B, C, H, W] against
+    [B, H, W] labels failed with a broadcasting error (or compared wrong dims where C equalled H), a [B, 1, C]
+    output against [B] labels broadcast to [B, B] and gave a number, and tagging counted padding positions
+    (-100) as errors."""
+    scores = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]])  # [1, tokens=3, classes=2]: predicts 0, 1, 0
+    labels = torch.tensor([[0, 0, -100]])
+    assert accuracy(scores, labels) == 0.5  # the padded third token left out
+    seg = scores.permute(0, 2, 1)[..., None]  # [1, 2, 3, 1] against [1, 3, 1]
+    assert accuracy(seg, labels[..., None]) == 0.5
+    assert math.isnan(accuracy(scores, torch.full((1, 3), -100)))
+    with pytest.raises(ValueError, match=r"class scores shaped \[4, 1, 5\] with labels shaped \[4\]"):
+        accuracy(torch.zeros(4, 1, 5), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer class labels, but the batch's target is torch.float32"):
+        accuracy(torch.zeros(4, 1), torch.zeros(4))
+
+
+def test_segmentation_trains_with_labels_per_pixel_and_is_evaluated_over_labelled_pixels():
+    torch.manual_seed(0)
+    x = torch.rand(48, 1, 6, 6)
+    y = (x[:, 0] > 0.66).long() + (x[:, 0] > 0.33).long()  # a class per pixel, from its own value
+    y[:, 0] = -100  # an unlabelled first row
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    test = DataLoader(TensorDataset(x, y), batch_size=20)  # batches of unequal size: pixels counted exactly
+    sn = osf.Supernet(TinySeg(), (x[:2],), multiple_of=4)
+    before = osf.evaluate(sn, sn.space.max(), test)
+    opt = torch.optim.Adam(sn.parameters(), lr=1e-2)
+    osf.train(sn, loader, optimizer=opt, loss_fn=F.cross_entropy, epochs=15, progress=False,
+              distill=osf.Distill("inplace", weight=0.5))
+    for arch in (sn.space.max(), sn.space.min()):
+        got = osf.evaluate(sn, arch, test)
+        model = sn.extract(arch).eval()
+        with torch.no_grad():
+            hits = (model(x).argmax(1) == y)[:, 1:]
+        assert got == pytest.approx(float(hits.float().mean()), abs=1e-6)
+    assert osf.evaluate(sn, sn.space.max(), test) > max(0.9, before)
+
+
+def test_kl_distillation_softmaxes_over_the_class_dim_the_labels_tell():
+    """The KL softmaxed over the last dim: for segmentation scores [B, C, H, W], over the image's width."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    per_pixel = F.kl_div(F.log_softmax(student, 1), F.log_softmax(teacher, 1), log_target=True,
+                         reduction="sum") / (2 * 4 * 5)
+    labels = torch.zeros(2, 4, 5, dtype=torch.long)
+    torch.testing.assert_close(osf.Distill()(student, teacher, labels), per_pixel)
+    torch.testing.assert_close(osf.Distill(dim=1)(student, teacher), per_pixel)
+    assert not torch.allclose(osf.Distill()(student, teacher), per_pixel)  # no labels, no dim: the last
+    tagging = torch.randn(2, 7, 3), torch.randn(2, 7, 3)
+    torch.testing.assert_close(osf.Distill()(*tagging, torch.zeros(2, 7, dtype=torch.long)),
+                               osf.Distill()(*tagging))
+    features = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(osf.Distill(loss="cosine", dim=1)(*features),
+                               1 - F.cosine_similarity(*features, dim=1).mean())
+    with pytest.raises(ValueError, match="Distill.dim is 4, but the compared outputs have 4 dims"):
+        osf.Distill(dim=4)(student, teacher)
 
 
 def test_recalibration_gives_the_plain_average_of_batch_statistics():

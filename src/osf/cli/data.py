@@ -1,5 +1,6 @@
 """Data specs understood by the ``osf`` command, each resolved to the ``x_train, y_train, x_val, y_val``
-tensors of a classification task, plus any further model inputs by name.
+tensors of a classification task (labels one per sample, or one per position: segmentation, tagging), plus
+any further model inputs by name.
 
 ``digits`` (scikit-learn's 8x8 digits), ``mnist1d`` (MNIST-1D, generated locally), ``npz:PATH`` (a NumPy
 archive with arrays ``x_train``, ``y_train``, ``x_val``, ``y_val``; read without unpickling) or
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
+from ..train.labels import IGNORE_INDEX
 from .models import SpecError, call_target
 
 NAMES = ("x_train", "y_train", "x_val", "y_val")
@@ -126,14 +128,16 @@ def _checked(out: Any, spec: str) -> Splits:
             t = _input(a, name, spec)
         else:
             t = _tensor(a, name, spec)
-            if t.is_floating_point() or t.dim() != 1:
-                raise SpecError(f"data '{spec}': {name} must be a 1-D array of integer class labels, got "
+            if t.is_floating_point() or t.is_complex() or t.dim() == 0 or (t.dim() == 2 and t.size(1) == 1):
+                raise SpecError(f"data '{spec}': {name} must be an array of integer class labels, one per sample "
+                                "(1-D) or one per position ([N, H, W] for segmentation, [N, tokens] for tagging), got "
                                 f"{t.dtype} {tuple(t.shape)}{_label_hint(t)}")
-            if len(t) and int(t.min()) < 0:
-                raise SpecError(f"data '{spec}': {name} holds the label {int(t.min())}; class labels run from 0 to "
-                                "the number of classes - 1 (drop the samples to ignore)")
+            _check_label_values(t, name, spec)
             t = t.long()
         tensors.append(t)
+    if (tensors[1].dim() > 1) != (tensors[3].dim() > 1):
+        raise SpecError(f"data '{spec}': y_train holds {_labels_kind(tensors[1])} but y_val {_labels_kind(tensors[3])}; "
+                        "label both splits alike")
     for i, split in enumerate(SPLITS):
         x, y = tensors[2 * i], tensors[2 * i + 1]
         if len(x) != len(y) or len(x) == 0:
@@ -201,23 +205,33 @@ def _tensor(a: Any, name: str, spec: str) -> torch.Tensor:
     return torch.as_tensor(array)
 
 
+def _labels_kind(y: torch.Tensor) -> str:
+    return f"labels per position ({tuple(y.shape[1:])} per sample)" if y.dim() > 1 else "one label per sample"
+
+
+def _check_label_values(t: torch.Tensor, name: str, spec: str) -> None:
+    """Class labels run from 0; labels per position may leave positions out with ``IGNORE_INDEX``."""
+    per_position = t.dim() > 1
+    kept = t[t != IGNORE_INDEX] if per_position else t
+    if kept.numel() and int(kept.min()) < 0:
+        ignore = f"label positions to leave out {IGNORE_INDEX}" if per_position else "drop the samples to ignore"
+        raise SpecError(f"data '{spec}': {name} holds the label {int(kept.min())}; class labels run from 0 to the "
+                        f"number of classes - 1 ({ignore})")
+
+
 def _label_hint(t: torch.Tensor) -> str:
     """How labels shaped or typed otherwise than class indices may be stored as such."""
     if t.dim() == 2 and t.size(1) == 1:
         return "; store y.ravel()"
-    if t.dim() == 2 and bool(((t == 0) | (t == 1)).all()) and bool((t.sum(1) == 1).all()):
-        return "; these look one-hot: store y.argmax(1)"
-    if t.dim() == 1 and t.is_floating_point() and bool((t == t.round()).all()):
+    python_api = (", and osf train trains classifiers (cross-entropy, top-1 accuracy): train this supernet in Python "
+                  "with osf.train and your own loss_fn (docs/train.md), then osf.search it with your own score "
+                  "(docs/search.md)")
+    if t.dim() == 2 and t.is_floating_point() and bool(((t == 0) | (t == 1)).all()):
+        return ("; class indices per position (tagging): store y.astype(np.int64); several labels per sample "
+                f"(multi-label), one-hot or not{python_api}")
+    if t.is_floating_point() and t.numel() and bool((t == t.round()).all()):
         return "; store y.astype(np.int64)"
-    if t.dim() == 1:
-        kind = "regression targets"
-    elif t.dim() == 2 and bool(((t == 0) | (t == 1)).all()):
-        kind = "several labels per sample (multi-label)"
-    else:
-        kind = "labels per position (segmentation, tagging)" if not t.is_floating_point() else "regression targets"
-    return (f"; these look like {kind}, and osf train trains classifiers (cross-entropy, top-1 accuracy): train "
-            "this supernet in Python with osf.train and your own loss_fn (docs/train.md), then osf.search it with "
-            "your own score (docs/search.md)")
+    return f"; these look like regression targets{python_api}"
 
 
 def _input(a: Any, name: str, spec: str) -> torch.Tensor:

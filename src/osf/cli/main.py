@@ -29,7 +29,8 @@ MODEL_HELP = ("MODEL is torchvision:NAME, timm:NAME, hf:ARCH (bert, roberta, dis
               "hf:PATH (a local save_pretrained folder, e.g. hf:./my-bert), sam:vit_b, sam:tiny, minilm, "
               f"builtin:NAME ({', '.join(BUILTIN)}), python:pkg.module:factory, "
               "python:path/to/file.py:factory, or a directory written by --save / ir.save.")
-DATA_HELP = (f"data: {', '.join(BUILT_IN)} (built in), npz:PATH (arrays x_train, y_train, x_val, y_val; "
+DATA_HELP = (f"data: {', '.join(BUILT_IN)} (built in), npz:PATH (arrays x_train, y_train, x_val, y_val; labels "
+             "one per sample, or one per position for segmentation / tagging, -100 where left out; "
              "NAME_train, NAME_val: the model's input NAME, e.g. attention_mask) or python:pkg.module:function / "
              "python:path/to/file.py:function (returning those four, or a dict of arrays named as in the archive)")
 

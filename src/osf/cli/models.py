@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import itertools
 import os
 import sys
@@ -97,6 +98,9 @@ def _torchvision(name: str, image_size: ImageSize | None, classes: int | None = 
     if name not in torchvision.models.list_models():
         raise SpecError(f"unknown torchvision model '{name}'; see torchvision.models.list_models()")
     head = {"num_classes": classes} if classes is not None and _classifies(name) else {}
+    # segmentation models and detectors default to a pretrained backbone, which would be downloaded
+    if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
+        head["weights_backbone"] = None
     try:
         model = _built_at(lambda **size: torchvision.models.get_model(name, weights=None, **head, **size), sizes)
     except ValueError as e:  # e.g. a MaxViT partition that does not divide the image
@@ -110,11 +114,12 @@ def _torchvision(name: str, image_size: ImageSize | None, classes: int | None = 
 
 
 def _classifies(name: str) -> bool:
-    """Whether torchvision's model ``name`` is an image or video classifier (its head: ``num_classes``)."""
+    """Whether torchvision's model ``name`` scores classes, of images, videos or pixels (its head:
+    ``num_classes``)."""
     import torchvision
     return any(name in torchvision.models.list_models(module=module)
-               for module in (torchvision.models, torchvision.models.video)) and name not in \
-        torchvision.models.list_models(module=torchvision.models.optical_flow)
+               for module in (torchvision.models, torchvision.models.video, torchvision.models.segmentation)) and \
+        name not in torchvision.models.list_models(module=torchvision.models.optical_flow)
 
 
 def _timm(name: str, image_size: ImageSize | None, classes: int | None = None, channels: int = 3) -> ModelSpec:
@@ -132,13 +137,15 @@ def _timm(name: str, image_size: ImageSize | None, classes: int | None = None, c
 
 
 def _hf_text(model_cls: str, config_cls: str, causal: bool = False, **config: Any) -> Callable[..., ModelSpec]:
-    def make(classes: int | None = None) -> ModelSpec:
-        """The base model, or with ``classes`` its sequence classifier (``...ForSequenceClassification``)."""
+    def make(classes: int | None = None, per_position: bool = False) -> ModelSpec:
+        """The base model, or with ``classes`` its sequence classifier (``...ForSequenceClassification``), or
+        with ``per_position`` too its token classifier (``...ForTokenClassification``)."""
         import transformers
         cfg = getattr(transformers, config_cls)(**config)
         name = model_cls
         if classes is not None:
-            name, cfg.num_labels = model_cls.replace("Model", "ForSequenceClassification"), classes
+            head = "ForTokenClassification" if per_position else "ForSequenceClassification"
+            name, cfg.num_labels = model_cls.replace("Model", head), classes
             if causal and cfg.pad_token_id is None:  # it scores each sentence at its last token before padding
                 cfg.pad_token_id = 0
         model = getattr(transformers, name)(cfg).eval()
@@ -417,12 +424,14 @@ def takes_image_size(spec: str) -> bool:
 
 
 def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | None = None,
-            channels: int | None = None) -> ModelSpec:
+            channels: int | None = None, per_position: bool = False) -> ModelSpec:
     """Build the model and example inputs named by ``spec``; ``image_size``: the example images' side or
     ``[height, width]`` (a vision transformer is built for that size); ``classes``: the size of the
-    classification head of a torchvision: or timm: classifier (default: theirs, 1000), or of the classifier
-    an hf: architecture known by name is then built as (default: the base model); ``channels``: the images'
-    channels, for the specs that take them (``takes_channels``; default 3)."""
+    classification head of a torchvision: or timm: classifier (default: theirs, 1000; a torchvision
+    segmentation model's: 21), or of the classifier an hf: architecture known by name is then built as
+    (default: the base model); ``per_position``: a text architecture's classifier then scores each token
+    (labels per position); ``channels``: the images' channels, for the specs that take them
+    (``takes_channels``; default 3)."""
     kind, _, rest = spec.partition(":")
     if channels is not None and channels != 3 and not takes_channels(spec):
         raise SpecError(f"{channels}-channel images apply to timm: models and hf:vit (built for them), not '{spec}'")
@@ -440,8 +449,9 @@ def resolve(spec: str, *, image_size: ImageSize | None = None, classes: int | No
         return _timm(rest, image_size, classes, channels)
     if kind == "hf" and rest:
         if rest in HF_ARCHS:
-            vision = {"image_size": image_size, "channels": channels} if rest in HF_VISION_ARCHS else {}
-            return HF_ARCHS[rest](classes, **vision)
+            options = ({"image_size": image_size, "channels": channels} if rest in HF_VISION_ARCHS
+                       else {"per_position": per_position})
+            return HF_ARCHS[rest](classes, **options)
         if Path(rest).is_dir():
             return _hf_checkpoint(rest, image_size)
         raise SpecError(f"unknown hf architecture '{rest}' and no such folder; built in: {sorted(HF_ARCHS)}, "

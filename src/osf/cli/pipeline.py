@@ -30,6 +30,7 @@ from ..supernet import Supernet
 from ..supernet.batches import split_batch
 from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, WarmupSampler, evaluate, train
 from ..train.distill import select_output
+from ..train.labels import IGNORE_INDEX, class_dim, hits_and_counted
 from ..train.loop import ARCH_NOTE, STEP_NOTE
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
@@ -92,11 +93,13 @@ def new_supernet(model: str, space: SpaceSettings, image_size: ImageSize | None 
     """Trace the model spec (or load a saved IR) into a supernet over ``space``. ``data``: what the supernet
     will train on; the model is traced as the data will call it, and refused before tracing when its example
     input is shaped otherwise than the data's samples. ``classes``: the head of a spec ``resolve`` builds
-    (``head_classes``); ``channels``: of the images of a spec that takes them (``image_channels``)."""
+    (``head_classes``; a text architecture's scores each token where the data label each); ``channels``: of the
+    images of a spec that takes them (``image_channels``)."""
     options = to_json(space)
     if is_saved_ir(model):
         return Supernet(None, ir=load_ir(model), copy_ir=False, **options)
-    m = resolve(model, image_size=image_size, classes=classes, channels=channels)  # for the supernet alone
+    m = resolve(model, image_size=image_size, classes=classes, channels=channels,  # for the supernet alone
+                per_position=data is not None and data.y_train.dim() > 1)
     if data is not None:
         m = _fed_by(data, model, m)
     if data is not None and len(m.args) == 1 and not m.kwargs and isinstance(m.args[0], torch.Tensor):
@@ -313,7 +316,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
                               "special tokens it expects, the inputs it needs)")
                     raise ConfigError(f"{model} fails on the data's first two{split} samples ({type(e).__name__}: "
                                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); {advice}") from e
-                _check_class_scores(output, 2, splits.largest_label(), model)
+                _check_class_scores(output, splits.y_train[:2], splits.largest_label(), model)
         supernet.train()
         run = requested
         if main_rank:
@@ -485,28 +488,57 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     return front
 
 
-def _check_class_scores(output: Any, samples: int, top_label: int, model: str = "") -> None:
+def _check_class_scores(output: Any, labels: torch.Tensor, top_label: int, model: str = "") -> None:
     """Refuse, saying why, a model output whose logits (the output itself, or its ``logits`` (Hugging Face) or
-    first entry) are not one row of class scores for each of ``samples`` covering labels up to ``top_label``;
-    for an ``hf:PATH`` ``model``, say how to give the checkpoint a head for those classes."""
+    first entry) do not score classes for ``labels`` (a few samples' labels: one per sample, or one per position)
+    up to ``top_label``; for an ``hf:PATH`` ``model``, say how to give the checkpoint a head for those
+    classes."""
     logits = select_output(output)
+    per_position = labels.dim() > 1
     folder = model[3:] if model.startswith("hf:") and Path(model[3:]).is_dir() else None
+    head = "ForTokenClassification" if per_position else "ForSequenceClassification"
     new_head = (f": save one with a new head for the data's {top_label + 1} classes, e.g. "
-                f"transformers.AutoModelForSequenceClassification.from_pretrained('{folder}', num_labels="
-                f"{top_label + 1}, ignore_mismatched_sizes=True).save_pretrained('{folder}-{top_label + 1}-classes') "
-                "(ForImageClassification for images)") if folder is not None else ""
-    if logits.dim() != 2 or logits.size(0) != samples:
+                f"transformers.AutoModel{head}.from_pretrained('{folder}', num_labels="
+                f"{top_label + 1}, ignore_mismatched_sizes=True).save_pretrained('{folder}-{top_label + 1}-classes')"
+                + ("" if per_position else " (ForImageClassification for images)")) if folder is not None else ""
+    dim = class_dim(logits, labels)
+    if dim is None:
+        if per_position:
+            raise ConfigError(
+                f"the data label each sample's positions ({list(labels.shape[1:])} per sample: segmentation, "
+                f"tagging), so osf train needs class scores with those positions and a dim of classes, [batch, "
+                f"classes, {', '.join(map(str, labels.shape[1:]))}] or [batch, {', '.join(map(str, labels.shape[1:]))}, "
+                f"classes]; the model returns {list(logits.shape)}{_per_sample_hint(logits, labels)}"
+                + (new_head or "; use a model with such a head (e.g. a Hugging Face ...ForTokenClassification "
+                   "checkpoint, a torchvision segmentation model)"))
         raise ConfigError(f"the model returns {list(logits.shape)} where osf train needs class scores shaped "
-                          f"[batch, classes] for {samples} samples; use a model with a classification head"
+                          f"[batch, classes] for {len(labels)} samples; use a model with a classification head"
                           + (new_head or " (e.g. a Hugging Face ...ForSequenceClassification checkpoint)"))
-    if top_label >= logits.size(1):
-        raise ConfigError(f"the data have labels up to {top_label} but the model scores {logits.size(1)} classes; "
-                          f"give it a head with at least {top_label + 1}{new_head}")
+    if top_label >= logits.size(dim):
+        ignore = (f"; if {top_label} marks positions to leave out (as 255 does in Pascal VOC), store np.where(y == "
+                  f"{top_label}, {IGNORE_INDEX}, y): positions labelled {IGNORE_INDEX} count for nothing"
+                  if per_position else "")
+        raise ConfigError(f"the data have labels up to {top_label} but the model scores {logits.size(dim)} classes; "
+                          f"give it a head with at least {top_label + 1}{new_head}{ignore}")
+
+
+def _per_sample_hint(logits: torch.Tensor, labels: torch.Tensor) -> str:
+    """Labels of two dims shaped like the model's scores: what they look like (one-hot, multi-label)."""
+    if labels.dim() != 2 or logits.shape != labels.shape or not bool(((labels == 0) | (labels == 1)).all()):
+        return ""
+    if bool((labels.sum(1) == 1).all()):
+        return "; the labels look one-hot: store y.argmax(1)"
+    return ("; the labels look like several labels per sample (multi-label), and osf train trains classifiers "
+            "(cross-entropy, top-1 accuracy): train this supernet in Python with osf.train and your own loss_fn "
+            "(docs/train.md), then osf.search it with your own score (docs/search.md)")
 
 
 def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the model's logits (checked once, before training, by ``_check_class_scores``)."""
-    return F.cross_entropy(select_output(output), target)
+    """Cross-entropy of the model's logits (checked once, before training, by ``_check_class_scores``), over
+    the labelled samples or positions."""
+    logits = select_output(output)
+    dim = class_dim(logits, target)
+    return F.cross_entropy(logits if dim in (1, None) else logits.movedim(dim, 1), target, ignore_index=IGNORE_INDEX)
 
 
 def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
@@ -521,9 +553,9 @@ def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
                 args, kwargs = pytree.tree_map_only(
                     torch.Tensor, lambda t: t.to(device, dtype) if dtype is not None and t.is_floating_point()
                     else t.to(device), (args, kwargs))
-                correct += int((select_output(model(*args, **kwargs)).argmax(-1).cpu() == y).sum())
-                total += len(y)
-        return correct / total
+                hits, counted = hits_and_counted(select_output(model(*args, **kwargs)).cpu(), y)
+                correct, total = correct + hits, total + counted
+        return correct / total if total else float("nan")
     return evaluate
 
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .labels import class_dim
+
 
 def select_output(y: Any, field: str | int | None = None) -> torch.Tensor:
     """The tensor of a model output that distillation compares. ``field`` picks a key (dicts, HF
@@ -43,14 +45,17 @@ class Distill:
     ``teacher`` model's outputs are the targets of every subnet; it runs in eval mode, without gradients,
     and gets its own mode back when training ends). ``loss``: ``"kl"`` (softened with
     ``temperature``, for logits), ``"mse"`` or ``"cosine"`` (for features and embeddings). ``field``:
-    which output to compare (see ``select_output``). A student's loss is ``weight`` × distillation +
-    (1 − ``weight``) × task loss."""
+    which output to compare (see ``select_output``). ``dim``: the dim of the classes (``"kl"``) or
+    features (``"cosine"``); None: the one the batch's integer class labels lack (``osf.train.labels.class_dim``:
+    1 for segmentation scores [batch, classes, H, W] against labels [batch, H, W]), else the last. A
+    student's loss is ``weight`` × distillation + (1 − ``weight``) × task loss."""
     mode: str = "inplace"
     teacher: nn.Module | None = None
     loss: str = "kl"
     temperature: float = 1.0
     field: str | int | None = None
     weight: float = 1.0
+    dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("inplace", "teacher"):
@@ -64,17 +69,33 @@ class Distill:
         if not self.temperature > 0:  # also NaN; a KL at temperature 0 divided by zero in every step
             raise ValueError(f"Distill.temperature must be > 0, got {self.temperature}")
 
-    def __call__(self, student: Any, target: torch.Tensor) -> torch.Tensor:
+    def __call__(self, student: Any, target: torch.Tensor, labels: Any = None) -> torch.Tensor:
+        """The distillation loss of ``student``'s output against ``target`` (the teacher's or the max
+        subnet's selected output); ``labels``, the batch's target, tells the class dim when ``dim`` is None."""
         s = select_output(student, self.field).float()
         t = target.float()
         if s.shape != t.shape:
             raise ValueError(f"distillation compares outputs of shape {tuple(s.shape)} (student) and "
                              f"{tuple(t.shape)} (target); pick matching outputs with field=")
+        dim = self._dim(s, labels)
         if self.loss == "kl":
             temp = self.temperature
+            s, t = (x.movedim(dim, -1) for x in (s, t))
             s, t = s.reshape(-1, s.shape[-1]) / temp, t.reshape(-1, t.shape[-1]) / temp
             return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True,
                             reduction="batchmean") * temp * temp
         if self.loss == "mse":
             return F.mse_loss(s, t)
-        return 1.0 - F.cosine_similarity(s, t, dim=-1).mean()
+        return 1.0 - F.cosine_similarity(s, t, dim=dim).mean()
+
+    def _dim(self, output: torch.Tensor, labels: Any) -> int:
+        if self.dim is not None:
+            if not -output.dim() <= self.dim < output.dim():
+                raise ValueError(f"Distill.dim is {self.dim}, but the compared outputs have {output.dim()} dims "
+                                 f"(shape {tuple(output.shape)})")
+            return self.dim
+        if isinstance(labels, torch.Tensor) and not (labels.is_floating_point() or labels.is_complex()):
+            found = class_dim(output, labels)
+            if found is not None:
+                return found
+        return -1

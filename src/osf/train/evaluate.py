@@ -9,22 +9,34 @@ from ..space.arch import Arch
 from ..supernet.batches import BatchFn, batch_size, explained, split_batch, to_device
 from ..supernet.supernet import Supernet
 from .distill import select_output
+from .labels import hits_and_counted
 
 
-def accuracy(output: Any, target: torch.Tensor) -> float:
-    """Top-1 accuracy of logits (the ``logits`` entry of dict-like outputs)."""
+def _hits(output: Any, target: Any) -> tuple[int, int]:
     if not isinstance(target, torch.Tensor):
         raise ValueError(f"accuracy needs class labels, but the batch's target is {type(target).__name__}; give "
                          "(inputs, labels) pairs or dicts with a 'labels' entry, batch_fn= that returns them, or "
                          "metric= for a score without labels")
-    return float((select_output(output).argmax(-1) == target).float().mean())
+    if target.is_floating_point() or target.is_complex():
+        raise ValueError(f"accuracy needs integer class labels, but the batch's target is {target.dtype} (regression "
+                         "targets?); pass metric= with a score for them, e.g. lambda out, y: -F.mse_loss(out, y).item()")
+    return hits_and_counted(select_output(output), target)
 
 
-def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callable[[Any, Any], float] = accuracy,
+def accuracy(output: Any, target: torch.Tensor) -> float:
+    """Top-1 accuracy of logits (the ``logits`` entry of dict-like outputs) against class labels, one per
+    sample or one per position (``osf.train.labels``: segmentation, tagging; positions labelled -100 are
+    left out); NaN where no position is labelled."""
+    hits, counted = _hits(output, target)
+    return hits / counted if counted else float("nan")
+
+
+def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callable[[Any, Any], float] | None = None,
              calib_loader: Iterable | None = None, calib_batches: int = 20,
              batch_fn: BatchFn | None = None, seed: int | None = 0) -> float:
     """Mean of ``metric(output, target)`` over ``loader`` (weighted by batch size) for ``arch`` on the
-    shared weights, in eval mode. A subnet with BatchNorm is first recalibrated on ``calib_batches`` batches
+    shared weights, in eval mode; without ``metric``, top-1 accuracy over every labelled sample or position
+    of the loader (``accuracy``). A subnet with BatchNorm is first recalibrated on ``calib_batches`` batches
     of ``calib_loader`` (training data): shared running statistics fit no single subnet. Those batches are
     drawn with ``seed`` (``Supernet.recalibrate``), so the same call gives the same number every time; None
     draws them from the loader's current state."""
@@ -35,7 +47,7 @@ def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callab
         supernet.recalibrate(arch, calib_loader, calib_batches, batch_fn, seed=seed)
     was_training = supernet.training
     supernet.eval()
-    total, count = 0.0, 0
+    total, count, batches = 0.0, 0, 0
     device = supernet.device()
     try:
         with torch.no_grad(), supernet.set_arch(arch):
@@ -43,11 +55,18 @@ def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callab
                 args, kwargs, target = split_batch(batch, batch_fn)
                 with explained(batch, batch_fn):
                     out = supernet(*to_device(args, device), **to_device(kwargs, device))
+                if metric is None:
+                    hits, n = _hits(out, to_device(target, device))
+                    total, count, batches = total + hits, count + n, batches + 1
+                    continue
                 n = batch_size(args, kwargs)
                 total += metric(out, to_device(target, device)) * n
                 count += n
+                batches += 1
     finally:
         supernet.train(was_training)
-    if count == 0:
+    if batches == 0:
         raise ValueError("evaluate: the loader yielded no batch")
+    if count == 0:
+        raise ValueError("evaluate: every label of the loader is -100 (ignored), so there is nothing to score")
     return total / count

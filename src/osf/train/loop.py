@@ -281,7 +281,7 @@ def _settings(supernet: Supernet, model: torch.nn.Module | None, sampler: Sample
         "scheduler": type(scheduler).__name__ if scheduler is not None else None,
         "loss_fn": getattr(loss_fn, "__qualname__", type(loss_fn).__name__),
         "distill": None if distill is None else [distill.mode, distill.loss, distill.temperature, distill.field,
-                                                 distill.weight],
+                                                 distill.weight, distill.dim],
         "clip_grad_norm": clip_grad_norm, "amp": str(amp), "checkpoint_every": checkpoint_every,
         "first_batch": digest(first_batch),
     }
@@ -327,9 +327,10 @@ def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str,
                 if distill is None or soft is None:
                     loss = loss_fn(out, part(target))
                 elif distill.weight == 1.0 or loss_fn is None:
-                    loss = distill(out, part(soft))
+                    loss = distill(out, part(soft), part(target))
                 else:
-                    loss = distill.weight * distill(out, part(soft)) + (1 - distill.weight) * loss_fn(out, part(target))
+                    loss = (distill.weight * distill(out, part(soft), part(target))
+                            + (1 - distill.weight) * loss_fn(out, part(target)))
                 _check_loss(loss)
                 if item.weight != 1.0:
                     loss = loss * item.weight
