@@ -579,7 +579,7 @@ def classifier():
 """
 
 
-def test_labels_per_pixel_train_search_and_export_a_segmentation_model(tmp_path, monkeypatch):
+def test_labels_per_pixel_train_search_and_export_a_segmentation_model(tmp_path, monkeypatch, capsys):
     """Labels per position (segmentation here) were refused: cross-entropy and accuracy read one label per
     sample. Now the loss and the top-1 accuracy are over labelled pixels (-100: left out), and the exported
     model scores on its own what the card says."""
@@ -600,6 +600,26 @@ def test_labels_per_pixel_train_search_and_export_a_segmentation_model(tmp_path,
     with torch.no_grad():
         pixels = (model(torch.from_numpy(x[96:])).argmax(1) == torch.from_numpy(y[96:]))[:, 1:]
     assert card["metrics"]["accuracy"] == pytest.approx(float(pixels.float().mean()), abs=1e-4)
+    # the same run scored by mean IoU: its search and exports follow (evaluations cached apart from accuracy's)
+    assert main(["train", "python:seg_models.py:seg", "--data", "npz:seg.npz", "--out", "run", "--epochs", "10",
+                 "--batch-size", "16", "--lr", "0.01", "--metric", "miou", "--quiet"]) == 0  # resumed: rescored
+    assert 0 < read_run(tmp_path / "run").result["val_miou"]["max"] < 1
+    capsys.readouterr()
+    assert main(["export", "run", "--out", "stale", "--budgets", "flops=100%", "--quiet"]) == 2  # front by accuracy
+    assert "was searched by accuracy, but the run now scores mIoU (train.metric miou)" in capsys.readouterr().err
+    assert main(["search", "run", "--budget", "4"]) == 0
+    assert "\n#    mIoU  params" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "search" / "front.json").read_text())["info"]["score"] == "mIoU"
+    assert len(list((tmp_path / "run" / "search").glob("evaluations-*-miou.jsonl"))) == 1
+    assert main(["export", "run", "--out", "by_iou", "--budgets", "flops=100%", "--format", "pt2", "--quiet"]) == 0
+    card = json.loads((tmp_path / "by_iou" / "flops-100pct" / "card.json").read_text())
+    model = torch.export.load(tmp_path / "by_iou" / "flops-100pct" / "model.pt2").module()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(x[96:])).argmax(1).numpy()[:, 1:]
+    truth = y[96:, 1:]
+    ious = [((predicted == c) & (truth == c)).sum() / ((predicted == c) | (truth == c)).sum() for c in range(3)
+            if ((predicted == c) | (truth == c)).any()]
+    assert "accuracy" not in card["metrics"] and card["metrics"]["miou"] == pytest.approx(np.mean(ious), abs=1e-4)
 
 
 def test_labels_per_position_that_a_model_cannot_score_are_refused_naming_the_fix(tmp_path, monkeypatch, capsys):

@@ -526,6 +526,26 @@ def test_accuracy_scores_labelled_positions_and_refuses_scores_it_cannot_read():
         accuracy(torch.zeros(4, 1), torch.zeros(4))
 
 
+def test_mean_iou_counts_every_class_over_all_batches():
+    from osf.train.labels import Score
+    scores = torch.zeros(2, 3, 2, 2)  # [batch, classes=3, 2, 2]
+    predicted = torch.tensor([[[0, 0], [1, 1]], [[0, 1], [1, 1]]])
+    scores.scatter_(1, predicted[:, None], 1.0)
+    labels = torch.tensor([[[0, 1], [1, -100]], [[0, 0], [1, 1]]])
+    score = Score("miou")
+    score.add(scores[:1], labels[:1])
+    score.add(scores[1:], labels[1:])
+    labelled = labels != -100
+    ious = [float(((predicted == c) & (labels == c) & labelled).sum() / (((predicted == c) | (labels == c)) & labelled).sum())
+            for c in (0, 1)]  # class 2: neither labelled nor predicted, left out of the mean
+    assert score.value() == pytest.approx(sum(ious) / 2)
+    assert 0 < score.value() < 1
+    with pytest.raises(ValueError, match="unknown score 'iou'; scores: accuracy, miou"):
+        Score("iou")
+    with pytest.raises(ValueError, match="mIoU: labels run from 0 to 3, but the scores are of 3 classes"):
+        Score("miou").add(scores, labels.clamp(max=3) + (labels == 1).long() * 2)
+
+
 def test_segmentation_trains_with_labels_per_pixel_and_is_evaluated_over_labelled_pixels():
     torch.manual_seed(0)
     x = torch.rand(48, 1, 6, 6)
@@ -545,6 +565,11 @@ def test_segmentation_trains_with_labels_per_pixel_and_is_evaluated_over_labelle
             hits = (model(x).argmax(1) == y)[:, 1:]
         assert got == pytest.approx(float(hits.float().mean()), abs=1e-6)
     assert osf.evaluate(sn, sn.space.max(), test) > max(0.9, before)
+    model = sn.extract(sn.space.max()).eval()
+    with torch.no_grad():
+        predicted, truth = model(x).argmax(1)[:, 1:], y[:, 1:]
+    ious = [float(((predicted == c) & (truth == c)).sum() / ((predicted == c) | (truth == c)).sum()) for c in range(3)]
+    assert osf.evaluate(sn, sn.space.max(), test, metric="miou") == pytest.approx(sum(ious) / 3, abs=1e-6)
 
 
 def test_kl_distillation_softmaxes_over_the_class_dim_the_labels_tell():

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..search.search import ALGORITHMS
+from ..train.labels import SCORES
 from .models import SpecError
 
 
@@ -33,7 +34,9 @@ class SpaceSettings:
 
 @dataclass
 class TrainSettings:
-    """How ``osf train`` trains: AdamW, cross-entropy, ``steps`` or ``epochs`` (default: 5 epochs)."""
+    """How ``osf train`` trains: AdamW, cross-entropy, ``steps`` or ``epochs`` (default: 5 epochs); ``metric``:
+    the validation score of the run, its search and its exports (``accuracy``, or ``miou`` for labels per
+    position)."""
     steps: int | None = None
     epochs: int | None = None
     lr: float = 3e-3
@@ -50,6 +53,7 @@ class TrainSettings:
     checkpoint_every: int = 100
     device: str = "auto"
     workers: int = 0
+    metric: str = "accuracy"
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
     DISTILL: typing.ClassVar = ("inplace", "teacher", "none")
@@ -67,6 +71,7 @@ class TrainSettings:
         _choice("train.sampler", self.sampler, self.SAMPLERS)
         _choice("train.distill", self.distill, self.DISTILL)
         _choice("train.lr_schedule", self.lr_schedule, self.SCHEDULES)
+        _choice("train.metric", self.metric, tuple(SCORES))
         for name in ("steps", "epochs", "batch_size", "subnets", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -19,6 +19,7 @@ from ..search.search import ALGORITHMS
 from ..space.space import SearchSpace
 from ..train import TrainingInterrupted, init_process_group
 from ..train.checkpoint import checkpoints
+from ..train.labels import SCORES
 from . import demo, inspect_cmd, pipeline, space_cmd
 from .config import (EXPORT_DTYPES, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, parse_config,
                      read_config, to_json)
@@ -135,10 +136,14 @@ def _train(a: argparse.Namespace) -> int:
                              progress=not a.quiet)
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
-    acc = run.result["val_accuracy"]
-    print(f"trained {run.result['step']} steps into {a.out}; validation accuracy: max subnet {acc['max']:.4f}, "
-          f"min subnet {acc['min']:.4f}")
+    print(_trained_line(run.result, run.train.get("metric", "accuracy"), a.out))
     return 0
+
+
+def _trained_line(result: dict, metric: str, out: str) -> str:
+    scores = result[f"val_{metric}"]
+    return (f"trained {result['step']} steps into {out}; validation {SCORES[metric]}: max subnet {scores['max']:.4f}, "
+            f"min subnet {scores['min']:.4f}")
 
 
 def cmd_search(a: argparse.Namespace) -> int:
@@ -186,9 +191,7 @@ def _print_export(path: Path) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     config = parse_config(read_config(a.config))
     done = pipeline.run_config(config, progress=not a.quiet)
-    acc = done["train"]["val_accuracy"]
-    print(f"trained {done['train']['step']} steps into {config.out}; validation accuracy: max subnet "
-          f"{acc['max']:.4f}, min subnet {acc['min']:.4f}")
+    print(_trained_line(done["train"], config.train.metric, config.out))
     if "search" in done:
         print(done["search"].table())
     if "export" in done:
@@ -259,6 +262,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action="store_const", const=True,
                    help="mixed precision: autocast to bfloat16 on the CPU, float16 with loss scaling on CUDA")
     g.add_argument("--seed", type=int, help=f"fixes initial weights, data order and sampling (default {d.seed})")
+    g.add_argument("--metric", choices=tuple(SCORES),
+                   help=f"the validation score of the run, its search and its exports: top-1 accuracy, or miou (mean "
+                   f"intersection over union of the classes, for labels per position: segmentation) (default "
+                   f"{d.metric})")
     g.add_argument("--checkpoint-every", type=int, metavar="N", help=f"steps between checkpoints "
                    f"(default {d.checkpoint_every}; one is always written at the end)")
     g.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (CUDA when available, else the CPU; under --nproc "

@@ -30,7 +30,7 @@ from ..supernet import Supernet
 from ..supernet.batches import split_batch
 from ..train import Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, WarmupSampler, evaluate, train
 from ..train.distill import select_output
-from ..train.labels import IGNORE_INDEX, class_dim, hits_and_counted
+from ..train.labels import IGNORE_INDEX, SCORES, Score, class_dim
 from ..train.loop import ARCH_NOTE, STEP_NOTE
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
 from .data import Splits, load_data, loaders
@@ -343,9 +343,9 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             raise
         raise failure from e
     if main_rank:
-        accuracy = {name: round(evaluate(supernet, arch, val_loader, calib_loader=train_loader), 4)
-                    for name, arch in (("max", supernet.space.max()), ("min", supernet.space.min()))}
-        run.result = {"step": result.step, "val_accuracy": accuracy}
+        scores = {name: round(evaluate(supernet, arch, val_loader, calib_loader=train_loader, metric=settings.metric), 4)
+                  for name, arch in (("max", supernet.space.max()), ("min", supernet.space.min()))}
+        run.result = {"step": result.step, f"val_{settings.metric}": scores}
         write_run(out, run)
     return run
 
@@ -473,12 +473,15 @@ def search_run(run_dir: str | Path, settings: SearchSettings, *, progress: bool 
     objectives, constraints = tuple(settings.objectives), dict(settings.constraints)
     latency = (LatencyModel(trained.supernet, cache=out / "latency.json")
                if "latency" in objectives or "latency" in constraints else None)
-    front = search(trained.supernet, _accuracy_on(val_loader), objectives=objectives, constraints=constraints,
+    metric = _metric(trained)
+    front = search(trained.supernet, _score_on(val_loader, metric), objectives=objectives, constraints=constraints,
                    budget=settings.budget, algorithm=settings.algorithm, seed=settings.seed, latency=latency,
                    calib_loader=train_loader, calib_batches=settings.calib_batches, progress=progress,
-                   cache=out / (f"evaluations-step{trained.step}-calib{settings.calib_batches}"
-                                f"-seed{settings.seed}.jsonl"))
+                   score_name=SCORES[metric],
+                   cache=out / (f"evaluations-step{trained.step}-calib{settings.calib_batches}-seed{settings.seed}"
+                                f"{'' if metric == 'accuracy' else '-' + metric}.jsonl"))
     front.info["step"] = trained.step  # the checkpoint searched: export refuses a front of older weights
+    front.info["metric"] = metric  # and one scored otherwise than the run now scores
     front.save(out / "front.json", overwrite=True)
     costs = [o for o in front.objectives if o != "accuracy"]
     try:
@@ -541,11 +544,11 @@ def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits if dim in (1, None) else logits.movedim(dim, 1), target, ignore_index=IGNORE_INDEX)
 
 
-def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
-    """``evaluate(model) -> top-1 accuracy`` over ``loader`` (floating-point inputs cast to ``dtype`` when
-    given), for ``osf.search`` and reduced-precision exports."""
+def _score_on(loader: DataLoader, metric: str = "accuracy", dtype: torch.dtype | None = None):
+    """``evaluate(model) -> score`` over ``loader`` (``metric``: a ``Score`` kind; floating-point inputs cast
+    to ``dtype`` when given), for ``osf.search`` and reduced-precision exports."""
     def evaluate(model: torch.nn.Module) -> float:
-        correct = total = 0
+        score = Score(metric)
         device = next(model.parameters(), torch.empty(0)).device
         with torch.no_grad():
             for batch in loader:
@@ -553,9 +556,8 @@ def _accuracy_on(loader: DataLoader, dtype: torch.dtype | None = None):
                 args, kwargs = pytree.tree_map_only(
                     torch.Tensor, lambda t: t.to(device, dtype) if dtype is not None and t.is_floating_point()
                     else t.to(device), (args, kwargs))
-                hits, counted = hits_and_counted(select_output(model(*args, **kwargs)).cpu(), y)
-                correct, total = correct + hits, total + counted
-        return correct / total if total else float("nan")
+                score.add(select_output(model(*args, **kwargs)).cpu(), y)
+        return score.value()
     return evaluate
 
 
@@ -600,17 +602,17 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
     if settings.arch is not None:
         arch = parse_arch(settings.arch, trained.supernet.space)
         return _export_arch(trained, _loaders_of(trained), arch, {}, out, settings, source, progress)
-    front = front if front is not None else _saved_front(run_dir, trained.step)
+    front = front if front is not None else _saved_front(run_dir, trained.step, _metric(trained))
     if not settings.budgets:
         point = front.best(**settings.pick)
-        return _export_arch(trained, _loaders_of(trained), point.arch, _front_metrics(point), out, settings, source,
+        return _export_arch(trained, _loaders_of(trained), point.arch, _front_metrics(point, trained), out, settings, source,
                             progress, front)
     (metric, values), = settings.budgets.items()
     picks = {budget_dir(metric, v): (v, front.best(**settings.pick, **{metric: v})) for v in values}  # all fit
     rows, loaders_ = [], _loaders_of(trained)
     with staged_directory(out, settings.force) as tmp:
         for name, (value, point) in picks.items():
-            _export_arch(trained, loaders_, point.arch, _front_metrics(point), tmp / name,
+            _export_arch(trained, loaders_, point.arch, _front_metrics(point, trained), tmp / name,
                          replace(settings, force=False), source, progress, front)
             card = json.loads((tmp / name / "card.json").read_text())
             rows.append({"budget": {metric: value}, "dir": name, "params": card["params"], "flops": card["flops"],
@@ -644,8 +646,13 @@ def exports_markdown(index: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _front_metrics(point: Any) -> dict[str, Any]:
-    metrics: dict[str, Any] = {"accuracy": round(point.accuracy, 4)}
+def _metric(trained: Trained) -> str:
+    """The run's validation score (``TrainSettings.metric``; runs recorded before it: accuracy)."""
+    return trained.run.train.get("metric", "accuracy")
+
+
+def _front_metrics(point: Any, trained: Trained) -> dict[str, Any]:
+    metrics: dict[str, Any] = {_metric(trained): round(point.accuracy, 4)}
     if point.latency is not None:
         metrics["latency_ms"] = round(point.latency * 1e3, 4)
     return metrics
@@ -660,20 +667,21 @@ def _export_arch(trained: Trained, loaders_: tuple[DataLoader, DataLoader], arch
     calib_batches = (front.info.get("calib_batches") if front is not None else None) or CALIB_BATCHES
     seed = front.info.get("seed", 0) if front is not None else 0
     train_loader, val_loader = loaders_
-    if settings.evaluate and "accuracy" not in metrics:  # recalibrates BatchNorm statistics for arch first
-        metrics["accuracy"] = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
-                                             calib_batches=calib_batches, seed=seed), 4)
+    metric = _metric(trained)
+    if settings.evaluate and metric not in metrics:  # recalibrates BatchNorm statistics for arch first
+        metrics[metric] = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
+                                         calib_batches=calib_batches, seed=seed, metric=metric), 4)
     elif trained.supernet.batch_norms(arch):  # the exported subnet keeps statistics that fit it
         trained.supernet.recalibrate(arch, train_loader, calib_batches, seed=seed)
     dtype = None if settings.dtype == "float32" else getattr(torch, settings.dtype)
     if dtype is not None and settings.evaluate:  # what the written model scores, rounded to its dtype
         cast = trained.supernet.extract(arch).eval().to(dtype)
-        metrics[f"accuracy_{settings.dtype}"] = round(_accuracy_on(val_loader, dtype)(cast), 4)
+        metrics[f"{metric}_{settings.dtype}"] = round(_score_on(val_loader, metric, dtype)(cast), 4)
     return export(trained.supernet, arch, out, formats=tuple(settings.formats), metrics=metrics,
                   overwrite=settings.force, source=source, dtype=dtype, progress=progress)
 
 
-def _saved_front(run_dir: str | Path, step: int) -> Front:
+def _saved_front(run_dir: str | Path, step: int, metric: str) -> Front:
     path = Path(run_dir) / SEARCH_DIR / "front.json"
     if not path.is_file():
         raise SpecError(f"no search results in {path.parent}; run osf search {run_dir} first, or pass --arch")
@@ -682,6 +690,10 @@ def _saved_front(run_dir: str | Path, step: int) -> Front:
     if searched is not None and searched != step:
         raise SpecError(f"{path} was searched at step {searched}, but the newest checkpoint is step {step}, so its "
                         f"picks and accuracies are out of date; run osf search {run_dir} again, or pass --arch")
+    scored = front.info.get("metric", "accuracy")  # fronts saved before osf recorded it: accuracy
+    if scored != metric:
+        raise SpecError(f"{path} was searched by {SCORES[scored]}, but the run now scores {SCORES[metric]} (train.metric "
+                        f"{metric}); run osf search {run_dir} again, or pass --arch")
     return front
 
 

@@ -69,6 +69,11 @@ class Front:
                 raise ValueError(f"unknown objective '{o}'; objectives: {METRICS}")
         mark_pareto(self.points, self.objectives)
 
+    @property
+    def score_name(self) -> str:
+        """What the ``accuracy`` objective measures, as the search was told (``osf.search(score_name=)``)."""
+        return str(self.info.get("score", "accuracy"))
+
     def _first_cost(self) -> str | None:
         """The first objective other than accuracy (what the front is ordered and plotted by), if any."""
         return next((o for o in self.objectives if o != "accuracy"), None)
@@ -155,7 +160,7 @@ class Front:
         ordered as ``pareto``."""
         rows = self.pareto if not all_points else sorted(self.points, key=lambda p: (not p.pareto, -p.accuracy))
         show_latency = any(p.latency is not None for p in self.points)
-        head = ["#", "accuracy", "params", "FLOPs"] + (["latency"] if show_latency else []) + ["arch"]
+        head = ["#", self.score_name, "params", "FLOPs"] + (["latency"] if show_latency else []) + ["arch"]
         body = []
         for i, p in enumerate(rows, 1):
             cells = [f"{i}{'*' if all_points and p.pareto else ''}", f"{p.accuracy:.4f}",
@@ -167,7 +172,7 @@ class Front:
         lines = ["  ".join(cell.ljust(w) if c == len(head) - 1 else cell.rjust(w)
                            for c, (cell, w) in enumerate(zip(r, widths))).rstrip() for r in [head] + body]
         title = (f"Pareto front: {len(self.pareto)} of {len(self.points)} evaluated subnets; objectives "
-                 f"{', '.join(self.objectives)}")
+                 f"{', '.join(self.score_name if o == 'accuracy' else o for o in self.objectives)}")
         if self.limits:
             title += "; constraints " + ", ".join(f"{k} <= {format_metric(k, v)}" for k, v in self.limits.items())
         cost = self._first_cost()
@@ -202,7 +207,7 @@ class Front:
         if not points:
             raise ValueError(f"no point has both {x} and {y}")
         both = points + list((marked or {}).values())  # marked points share the axes' units
-        (xs, xlabel), (ys, ylabel) = _axis(x, both), _axis(y, both)
+        (xs, xlabel), (ys, ylabel) = _axis(x, both, self.score_name), _axis(y, both, self.score_name)
         xs, mxs, ys, mys = xs[:len(points)], xs[len(points):], ys[:len(points)], ys[len(points):]
         fig = Figure(figsize=(6.4, 4.4), dpi=120)
         FigureCanvasAgg(fig)
@@ -296,10 +301,11 @@ def format_metric(metric: str, value: float) -> str:
     return f"{value:.3g}"
 
 
-def _axis(metric: str, points: list[Point]) -> tuple[list[float], str]:
+def _axis(metric: str, points: list[Point], score_name: str = "accuracy") -> tuple[list[float], str]:
     values = [float(getattr(p, metric)) for p in points]
     if metric == "accuracy":
-        return values, "accuracy (your metric; higher is better)"
+        return values, ("accuracy (your metric; higher is better)" if score_name == "accuracy"
+                        else f"{score_name} (higher is better)")
     if metric == "latency":
         return [v * 1e3 for v in values], "latency (ms per forward)"
     top = max(abs(v) for v in values)

@@ -40,7 +40,7 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
            budget: int = 100, algorithm: str = "surrogate", seed: int = 0, calib_loader: Iterable | None = None,
            calib_batches: int = 20, batch_fn: BatchFn | None = None, cache: str | os.PathLike | None = None,
            latency: Callable[[Arch], float] | None = None, population: int | None = None,
-           progress: bool = True) -> Front:
+           score_name: str = "accuracy", progress: bool = True) -> Front:
     """Search ``supernet`` for the subnets that best trade ``objectives`` off, within ``constraints``.
 
     ``evaluate(model) -> float`` is your metric (higher is better), called with the supernet set to the
@@ -66,6 +66,8 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
       calibration batches; use a new path when you change ``evaluate`` or its data.
     - ``latency``: a ``LatencyModel`` or ``LatencyTable`` (any ``arch -> seconds``); needed for a latency
       objective or constraint, and recorded for every point when given.
+    - ``score_name``: what ``evaluate`` measures (``"mIoU"``, ``"cosine to the teacher"``), shown by the front's
+      table and plot (``front.info["score"]``); the objective keeps its name, ``"accuracy"``.
     """
     objectives = _check_objectives(objectives)
     constraints = dict(constraints or {})
@@ -104,7 +106,8 @@ def search(supernet: Supernet, evaluate: Callable[[nn.Module], float], *,
             "calib_batches": calib_batches if calib_loader is not None else None, "evaluated": len(run.points),
             "new_evaluations": run.new_evaluations, "cache_hits": run.cache_hits, "rejected": run.rejected,
             "ignores_inputs": run.ignores_inputs, "stopped": stopped,
-            "seconds": round(time.perf_counter() - started, 3), "model": supernet.ir.modules[""].class_path}
+            "seconds": round(time.perf_counter() - started, 3), "model": supernet.ir.modules[""].class_path,
+            "score": score_name}
     return Front(list(run.points.values()), objectives, constraints, run.limits, run.reference, info)
 
 

@@ -30,11 +30,51 @@ def layout_error(scores: torch.Tensor, labels: torch.Tensor, what: str) -> Value
         "per position ([batch, classes, H, W] for [batch, H, W], [batch, tokens, classes] for [batch, tokens])")
 
 
-def hits_and_counted(scores: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    """How many labelled samples or positions ``scores`` classify right (top-1), and how many are labelled
-    (not ``IGNORE_INDEX``)."""
-    dim = class_dim(scores, labels)
-    if dim is None:
-        raise layout_error(scores, labels, "accuracy")
-    labelled = labels != IGNORE_INDEX
-    return int(((scores.argmax(dim) == labels) & labelled).sum()), int(labelled.sum())
+SCORES = {"accuracy": "accuracy", "miou": "mIoU"}  # the scores ``Score`` counts, by name: how reports call them
+
+
+class Score:
+    """A classification score of class scores against labels, counted exactly over any number of batches:
+    ``"accuracy"`` (top-1: the share of labelled samples or positions classified right) or ``"miou"`` (mean
+    intersection over union: per class, the positions labelled and predicted as it over those labelled or
+    predicted as it; the mean over the classes either holds, as segmentation benchmarks count it). Positions
+    labelled ``IGNORE_INDEX`` count for nothing."""
+
+    def __init__(self, kind: str = "accuracy") -> None:
+        if kind not in SCORES:
+            raise ValueError(f"unknown score {kind!r}; scores: {', '.join(SCORES)} (or a metric function of your own)")
+        self.kind, self.hits, self.counted = kind, 0, 0
+        self.confusion: torch.Tensor | None = None  # [labelled class, predicted class] counts
+
+    def add(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch: ``scores`` (the class dim: ``class_dim``) against integer ``labels``."""
+        dim = class_dim(scores, labels)
+        if dim is None:
+            raise layout_error(scores, labels, self.kind)
+        labelled = labels != IGNORE_INDEX
+        predicted = scores.argmax(dim)
+        self.counted += int(labelled.sum())
+        if self.kind == "accuracy":
+            self.hits += int(((predicted == labels) & labelled).sum())
+            return
+        classes = scores.size(dim)
+        truth, guess = labels[labelled], predicted[labelled]
+        if truth.numel() and not 0 <= int(truth.min()) <= int(truth.max()) < classes:
+            raise ValueError(f"mIoU: labels run from {int(truth.min())} to {int(truth.max())}, but the scores are of "
+                             f"{classes} classes (labels from 0; -100 for positions to leave out)")
+        counts = torch.bincount(truth * classes + guess, minlength=classes * classes).reshape(classes, classes).cpu()
+        if self.confusion is not None and self.confusion.shape != counts.shape:
+            raise ValueError(f"mIoU: a batch scored {classes} classes, an earlier one {len(self.confusion)}")
+        self.confusion = counts if self.confusion is None else self.confusion + counts
+
+    def value(self) -> float:
+        """The score of the batches counted so far; NaN where no sample or position was labelled."""
+        if self.counted == 0:
+            return float("nan")
+        if self.kind == "accuracy":
+            return self.hits / self.counted
+        assert self.confusion is not None
+        both = self.confusion.diagonal().double()
+        either = self.confusion.sum(0).double() + self.confusion.sum(1).double() - both
+        present = either > 0
+        return float((both[present] / either[present]).mean())
