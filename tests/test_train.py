@@ -585,6 +585,10 @@ def test_kl_distillation_softmaxes_over_the_class_dim_the_labels_tell():
     tagging = torch.randn(2, 7, 3), torch.randn(2, 7, 3)
     torch.testing.assert_close(osf.Distill()(*tagging, torch.zeros(2, 7, dtype=torch.long)),
                                osf.Distill()(*tagging))
+    padded = torch.zeros(2, 7, dtype=torch.long)
+    padded[0, 4:] = padded[1, 6:] = -100  # padding tokens: left out of the distillation as of the task loss
+    kept = padded != -100
+    torch.testing.assert_close(osf.Distill()(*tagging, padded), osf.Distill()(tagging[0][kept], tagging[1][kept]))
     features = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
     torch.testing.assert_close(osf.Distill(loss="cosine", dim=1)(*features),
                                1 - F.cosine_similarity(*features, dim=1).mean())

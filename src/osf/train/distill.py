@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .labels import class_dim
+from .labels import IGNORE_INDEX, class_dim
 
 
 def select_output(y: Any, field: str | int | None = None) -> torch.Tensor:
@@ -81,6 +81,9 @@ class Distill:
         if self.loss == "kl":
             temp = self.temperature
             s, t = (x.movedim(dim, -1) for x in (s, t))
+            if _labels_per_position(s, labels):  # positions left out of the task (padding) left out here too
+                kept = labels != IGNORE_INDEX
+                s, t = s[kept], t[kept]
             s, t = s.reshape(-1, s.shape[-1]) / temp, t.reshape(-1, t.shape[-1]) / temp
             return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True,
                             reduction="batchmean") * temp * temp
@@ -89,6 +92,7 @@ class Distill:
         return 1.0 - F.cosine_similarity(s, t, dim=dim).mean()
 
     def _dim(self, output: torch.Tensor, labels: Any) -> int:
+        """``dim``, else the class dim the batch's integer labels tell, else the last."""
         if self.dim is not None:
             if not -output.dim() <= self.dim < output.dim():
                 raise ValueError(f"Distill.dim is {self.dim}, but the compared outputs have {output.dim()} dims "
@@ -99,3 +103,9 @@ class Distill:
             if found is not None:
                 return found
         return -1
+
+
+def _labels_per_position(scores: torch.Tensor, labels: Any) -> bool:
+    """Whether ``labels`` label each position of ``scores`` (classes last, moved there), in the same layout."""
+    return (isinstance(labels, torch.Tensor) and labels.dim() > 1 and not labels.is_floating_point()
+            and tuple(labels.shape) == tuple(scores.shape[:-1]))
