@@ -260,6 +260,19 @@ def test_detection_docs_example_runs():
     assert kept < total
 
 
+@pytest.mark.slow
+def test_segmentation_docs_example_runs(tmp_path):
+    """docs/segmentation_example.py: labels per pixel, mIoU as the searched score, the export scoring the same."""
+    example = Path(__file__).parents[1] / "docs" / "segmentation_example.py"
+    out = subprocess.run([sys.executable, str(example), str(tmp_path / "run")], capture_output=True, text=True,
+                         check=True).stdout
+    scores = dict(re.findall(r"(max|min) subnet: mIoU ([\d.]+)", out))
+    assert float(scores["max"]) > 0.5 and float(scores["min"]) > 0.2
+    assert "\n#    mIoU  params  FLOPs" in out
+    exported, front = re.findall(r"mIoU ([\d.]+) \(front: ([\d.]+)\)", out)[0]
+    assert exported == front
+
+
 def test_checkpoint_errors(tmp_path):
     sn = make()
     opt, _ = opt_and_sched(sn)
