@@ -653,6 +653,24 @@ def test_labels_per_position_that_a_model_cannot_score_are_refused_naming_the_fi
         assert re.search(message, capsys.readouterr().err), message
 
 
+def test_train_accumulates_batches_into_steps(tmp_path, monkeypatch, capsys):
+    (tmp_path / "seg_models.py").write_text(SEG_MODELS)
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x_train=x[:32], y_train=(x[:32, 0] > 0.5).astype(int), x_val=x[32:],
+             y_val=(x[32:, 0] > 0.5).astype(int))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "python:seg_models.py:classifier", "--data", "npz:c.npz", "--out", "run", "--batch-size",
+                 "4", "--accumulate", "3", "--epochs", "2", "--quiet"]) == 0  # 8 batches an epoch: 2 steps of 3
+    assert read_run(tmp_path / "run").result["step"] == 4 and read_run(tmp_path / "run").train["accumulate"] == 3
+    assert main(["train", "python:seg_models.py:classifier", "--data", "npz:c.npz", "--out", "run", "--batch-size",
+                 "4", "--accumulate", "2", "--epochs", "2", "--quiet"]) == 2
+    assert "accumulate" in capsys.readouterr().err  # a resumed run keeps its steps' batches
+    assert main(["train", "python:seg_models.py:classifier", "--data", "npz:c.npz", "--out", "other", "--batch-size",
+                 "4", "--accumulate", "9", "--quiet"]) == 2
+    assert "train.accumulate 9 exceeds the 8 batches of an epoch (batch size 4)" in capsys.readouterr().err
+
+
 def test_labels_per_token_build_a_token_classifier_and_segmentation_models_build_offline(tmp_path, monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("osf downloaded weights")

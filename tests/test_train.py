@@ -118,6 +118,53 @@ def test_resume_after_a_crash_gives_bit_identical_weights(tmp_path):
     assert ckpts == ["step-000000008.safetensors", "step-000000012.safetensors", "step-000000013.safetensors"]
 
 
+class MLP(nn.Module):  # no BatchNorm, no dropout: a batch's mean loss is the mean of its halves' mean losses
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def _accumulated(batch: int, accumulate: int, steps: int = 4, run_dir=None, loss_fn=F.cross_entropy, **kw):
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(3))
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    torch.manual_seed(0)
+    sn = osf.Supernet(MLP(), (x[:2],), multiple_of=4)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, generator=torch.Generator())
+    result = osf.train(sn, loader, optimizer=torch.optim.SGD(sn.parameters(), lr=0.1, momentum=0.9), loss_fn=loss_fn,
+                       steps=steps, accumulate=accumulate, run_dir=run_dir, progress=False, **kw)
+    return sn, result
+
+
+def test_accumulating_batches_trains_as_one_larger_batch_and_resumes_bit_identically(tmp_path):
+    whole, _ = _accumulated(16, 1)
+    split, result = _accumulated(8, 2)
+    for (name, a), b in zip(whole.state_dict().items(), split.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert [r["step"] for r in result.history] == [1, 2, 3, 4]
+    uninterrupted, _ = _accumulated(8, 2, steps=6, run_dir=tmp_path / "a", checkpoint_every=2)
+    calls = {"n": 0}
+
+    def crashing(out, target):  # 4 subnets on 2 batches per step: dies in step 4's second batch
+        calls["n"] += 1
+        if calls["n"] > 8 * 3 + 5:
+            raise KeyboardInterrupt
+        return F.cross_entropy(out, target)
+    with pytest.raises(KeyboardInterrupt):
+        _accumulated(8, 2, steps=6, run_dir=tmp_path / "b", checkpoint_every=2, loss_fn=crashing)
+    resumed, result = _accumulated(8, 2, steps=6, run_dir=tmp_path / "b", checkpoint_every=2)
+    assert result.resumed_from == 2
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values()))
+    with pytest.raises(CheckpointError, match="accumulate 2; this run has .* accumulate 1"):
+        _accumulated(8, 1, steps=8, run_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="epochs=1 of 8 batches make no step of accumulate=9 batches"):
+        _accumulated(8, 9, steps=None, epochs=1)
+    with pytest.raises(ValueError, match="accumulate must be a positive number"):
+        _accumulated(8, 0)
+
+
 def _interrupting_loss(*calls: int):
     """Cross-entropy that sends this process a SIGINT (Ctrl-C) at the given calls (4 per step)."""
     count = {"n": 0}

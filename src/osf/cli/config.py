@@ -36,7 +36,7 @@ class SpaceSettings:
 class TrainSettings:
     """How ``osf train`` trains: AdamW, cross-entropy, ``steps`` or ``epochs`` (default: 5 epochs); ``metric``:
     the validation score of the run, its search and its exports (``accuracy``, or ``miou`` for labels per
-    position)."""
+    position); ``accumulate``: batches per optimizer step."""
     steps: int | None = None
     epochs: int | None = None
     lr: float = 3e-3
@@ -54,6 +54,7 @@ class TrainSettings:
     device: str = "auto"
     workers: int = 0
     metric: str = "accuracy"
+    accumulate: int = 1
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
     DISTILL: typing.ClassVar = ("inplace", "teacher", "none")
@@ -61,7 +62,7 @@ class TrainSettings:
     # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
     # rate is constant; a schedule spans the run's length, which is then fixed too)
     FIXED: typing.ClassVar = ("lr", "lr_schedule", "batch_size", "sampler", "subnets", "distill", "distill_weight",
-                              "warmup_epochs", "clip_grad_norm", "amp", "seed")
+                              "warmup_epochs", "clip_grad_norm", "amp", "seed", "accumulate")
     # what a run recorded before a setting existed used, where that is not the setting's default now
     BEFORE: typing.ClassVar = {"lr_schedule": "constant"}
 
@@ -72,7 +73,7 @@ class TrainSettings:
         _choice("train.distill", self.distill, self.DISTILL)
         _choice("train.lr_schedule", self.lr_schedule, self.SCHEDULES)
         _choice("train.metric", self.metric, tuple(SCORES))
-        for name in ("steps", "epochs", "batch_size", "subnets", "checkpoint_every"):
+        for name in ("steps", "epochs", "batch_size", "subnets", "checkpoint_every", "accumulate"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {value}")

@@ -244,6 +244,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    f"anneal from --lr to zero; constant: --lr throughout, the only one a resumed run may extend "
                    f"(default {d.lr_schedule})")
     g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    g.add_argument("--accumulate", type=int, metavar="N",
+                   help=f"batches per optimizer step (gradient accumulation): steps of N × --batch-size samples in "
+                   f"the memory of one batch; an epoch is then len/N steps (default {d.accumulate})")
     g.add_argument("--sampler", choices=TrainSettings.SAMPLERS,
                    help=f"which subnets each step trains: sandwich = max, min and random ones; uniform = random "
                    f"ones; motif = sandwich with each random subnet replaced by its motif's most salient member "

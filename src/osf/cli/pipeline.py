@@ -325,7 +325,11 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     train_loader, val_loader = loaders(splits, settings.batch_size, *_batch_layout(supernet, splits), settings.workers)
     supernet.to(device)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
-    steps = settings.steps if settings.steps is not None else settings.epochs * len(train_loader)
+    steps_per_epoch = len(train_loader) // settings.accumulate
+    if settings.steps is None and steps_per_epoch == 0:
+        raise ConfigError(f"train.accumulate {settings.accumulate} exceeds the {len(train_loader)} batches of an epoch "
+                          f"(batch size {settings.batch_size}): accumulate fewer batches or give train.steps")
+    steps = settings.steps if settings.steps is not None else settings.epochs * steps_per_epoch
     distill = None
     if settings.distill == "inplace":
         distill = Distill("inplace", weight=settings.distill_weight)
@@ -334,8 +338,9 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         distill = Distill("teacher", teacher=teacher, weight=settings.distill_weight)
     try:
         result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
-                       loss_fn=_cross_entropy, steps=steps, sampler=_sampler(settings, supernet, len(train_loader)),
+                       loss_fn=_cross_entropy, steps=steps, sampler=_sampler(settings, supernet, steps_per_epoch),
                        seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp, distill=distill,
+                       accumulate=settings.accumulate,
                        run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
     except Exception as e:  # noqa: BLE001 - a subnet's failure on a batch, said in one line with its step
         failure = _step_failure(e, settings)

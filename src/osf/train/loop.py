@@ -64,14 +64,15 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
           seed: int = 0, batch_fn: BatchFn | None = None, run_dir: str | Path | None = None,
           checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume: bool = True,
           progress: bool = True, parallel: ForkJoin | bool | None = None,
-          model: torch.nn.Module | None = None) -> TrainResult:
+          model: torch.nn.Module | None = None, accumulate: int = 1) -> TrainResult:
     """Train ``supernet`` on ``loader``.
 
     Each step takes one batch, runs every subnet of ``sampler.sample(step)`` (default: the sandwich rule
     with 4 subnets) on it, sums their losses (``loss_fn(output, target)``, a mean over the batch;
     distillation per ``distill``), accumulates the gradients in the shared weights and takes one
-    ``optimizer`` step (then ``scheduler.step()``). Stop after ``steps`` steps or ``epochs`` passes over
-    ``loader``. ``amp``: autocast (True = bfloat16 on CPU, float16 with loss scaling on CUDA, or a dtype).
+    ``optimizer`` step (then ``scheduler.step()``); with ``accumulate`` > 1 a step takes that many batches,
+    the same subnets on each, their losses divided by ``accumulate`` (a batch too large for memory, split).
+    Stop after ``steps`` steps or ``epochs`` passes over ``loader``. ``amp``: autocast (True = bfloat16 on CPU, float16 with loss scaling on CUDA, or a dtype).
     ``seed`` fixes the data order (the loader is reseeded per epoch), dropout (reseeded per step and
     subnet) and sampling, so a run repeats exactly.
 
@@ -117,11 +118,14 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps= or epochs=")
     _check_settings(steps=steps, epochs=epochs, clip_grad_norm=clip_grad_norm, keep_checkpoints=keep_checkpoints,
-                    checkpoint_every=checkpoint_every, amp=amp)
+                    checkpoint_every=checkpoint_every, accumulate=accumulate, amp=amp)
     if epochs is not None:
         if steps_per_epoch is None:
             raise ValueError("epochs= needs a loader with a length; give steps= instead")
-        steps = epochs * steps_per_epoch
+        steps = epochs * steps_per_epoch // accumulate
+        if steps == 0:
+            raise ValueError(f"epochs={epochs} of {steps_per_epoch} batches make no step of accumulate={accumulate} "
+                             "batches; train more epochs or accumulate fewer batches")
     assert steps is not None
     fork = _fork_join(parallel)
     rank, world = (fork.rank, fork.world) if fork is not None else (0, 1)
@@ -138,7 +142,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                                   "run, or choose another run_dir")
         if existing:
             state = ckpt.load(existing[-1], supernet, model)
-            _check_same_run(state, sampler, seed, existing[-1])
+            _check_same_run(state, sampler, seed, accumulate, existing[-1])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler") is not None:
                 scheduler.load_state_dict(state["scheduler"])
@@ -157,18 +161,20 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     step = start
     last_ckpt = None
 
-    def save_checkpoint() -> Path:
+    step_began_at = batches.position()  # where the step under way took its first batch
+
+    def save_checkpoint(position: tuple[int, int] | None = None) -> Path:
         return run.save(supernet, model, {
-            "step": step, "position": list(batches.position()), "optimizer": optimizer.state_dict(),
+            "step": step, "position": list(position or batches.position()), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed})
+            "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed, "accumulate": accumulate})
 
     def interrupted() -> TrainingInterrupted:
         saved = None
         if run.dir is not None:  # this step's periodic checkpoint, or the one the run resumed from, may be there
             saved = run.ckpt_dir / ckpt.name_for(step)
-            if not saved.exists():
-                saved = save_checkpoint()
+            if not saved.exists():  # its data position: the batches of the unfinished step are read again
+                saved = save_checkpoint(step_began_at)
         return TrainingInterrupted(step, steps, saved)
 
     net.train()
@@ -184,28 +190,36 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             if stop.requested:
                 raise interrupted()
             t0 = time.perf_counter()
-            try:
-                batch = batches.next()
-            except Exception:
-                if stop.requested:  # Ctrl-C also stopped the loader's worker processes
-                    raise interrupted() from None
-                raise
-            args, kwargs, target = split_batch(batch, batch_fn)
-            args, kwargs, target = to_device(args, device), to_device(kwargs, device), to_device(target, device)
-            if fork is not None and step == start:
-                fork.agree(_settings(supernet, model, sampler, optimizer, scheduler, loss_fn, distill, seed, steps,
-                                     start, clip_grad_norm, amp, checkpoint_every, world, (args, kwargs, target)))
+            step_began_at = batches.position()
             optimizer.zero_grad(set_to_none=True)
             picks = sampler.sample(step)
-            rows = _rows(args, kwargs, model)
-            items = plan(picks, rows, rank, world)
-            if model is not None and any(item.weight != 1.0 for item in items):
-                raise ValueError(f"with model=, every rank runs whole batches: {len(picks)} subnets per step cannot "
-                                 f"be dealt out over {world} ranks; sample a multiple of {world} subnets per step")
             counters = fork.counters(net) if fork is not None else []
-            with explained(batch, batch_fn):
-                losses = _train_step(supernet, net, picks, items, rows, args, kwargs, target, loss_fn, distill,
-                                     scaler, autocast, seed, step)
+            losses, samples = None, 0
+            for micro in range(accumulate):  # the same subnets on each batch of the step
+                try:
+                    batch = batches.next()
+                except Exception:
+                    if stop.requested:  # Ctrl-C also stopped the loader's worker processes
+                        raise interrupted() from None
+                    raise
+                args, kwargs, target = split_batch(batch, batch_fn)
+                args, kwargs, target = to_device(args, device), to_device(kwargs, device), to_device(target, device)
+                if fork is not None and step == start and micro == 0:
+                    fork.agree(_settings(supernet, model, sampler, optimizer, scheduler, loss_fn, distill, seed,
+                                         steps, start, clip_grad_norm, amp, checkpoint_every, world, accumulate,
+                                         (args, kwargs, target)))
+                rows = _rows(args, kwargs, model)
+                items = plan(picks, rows, rank, world)
+                if model is not None and any(item.weight != 1.0 for item in items):
+                    raise ValueError(f"with model=, every rank runs whole batches: {len(picks)} subnets per step "
+                                     f"cannot be dealt out over {world} ranks; sample a multiple of {world} subnets "
+                                     "per step")
+                with explained(batch, batch_fn):
+                    part = _train_step(supernet, net, picks, items, rows, args, kwargs, target, loss_fn, distill,
+                                       scaler, autocast, seed, step, micro, 1 / accumulate)
+                losses = part if losses is None else losses + part
+                samples += rows
+            assert losses is not None
             t_join = time.perf_counter()
             if fork is not None:
                 losses = fork.join(params, losses)
@@ -232,7 +246,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             role_loss = {r: sum(v) / len(v) for r, v in by_role.items()}
             record = {"step": step, "lr": lr,
                       **{f"loss/{r}": v for r, v in role_loss.items()},
-                      "samples_per_s": round(rows * len(picks) / seconds, 2), "seconds": round(seconds, 4)}
+                      "samples_per_s": round(samples * len(picks) / seconds, 2), "seconds": round(seconds, 4)}
             if fork is not None:
                 record["join_seconds"] = round(join_seconds, 4)
                 if fork.measure_wait:
@@ -270,7 +284,7 @@ def _fork_join(parallel: ForkJoin | bool | None) -> ForkJoin | None:
 def _settings(supernet: Supernet, model: torch.nn.Module | None, sampler: Sampler,
               optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: LossFn | None, distill: Distill | None,
               seed: int, steps: int, start: int, clip_grad_norm: float | None, amp: Any,
-              checkpoint_every: int | None, world: int, first_batch: Any) -> dict[str, Any]:
+              checkpoint_every: int | None, world: int, accumulate: int, first_batch: Any) -> dict[str, Any]:
     """What every rank of a distributed run must agree on."""
     return {
         "osf": _version(), "torch": torch.__version__, "world_size": world, "model": ckpt.fingerprint(supernet),
@@ -283,7 +297,7 @@ def _settings(supernet: Supernet, model: torch.nn.Module | None, sampler: Sample
         "distill": None if distill is None else [distill.mode, distill.loss, distill.temperature, distill.field,
                                                  distill.weight, distill.dim],
         "clip_grad_norm": clip_grad_norm, "amp": str(amp), "checkpoint_every": checkpoint_every,
-        "first_batch": digest(first_batch),
+        "accumulate": accumulate, "first_batch": digest(first_batch),
     }
 
 
@@ -294,16 +308,19 @@ def _version() -> str:
         return "unknown"
 
 
-def _item_seed(seed: int, step: int, index: int) -> int:
-    """The torch seed of subnet ``index`` at ``step``: dropout does not depend on which rank runs it."""
-    return int.from_bytes(hashlib.sha256(f"osf-step:{seed}:{step}:{index}".encode()).digest()[:8], "little") >> 1
+def _item_seed(seed: int, step: int, index: int, micro: int = 0) -> int:
+    """The torch seed of subnet ``index`` at ``step`` (on its ``micro``-th batch of the step): dropout does not
+    depend on which rank runs it."""
+    key = f"osf-step:{seed}:{step}:{index}" + (f":{micro}" if micro else "")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
 
 
 def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str, Arch]], items: list[WorkItem],
                 rows: int, args: tuple, kwargs: dict, target: Any, loss_fn: LossFn | None, distill: Distill | None,
-                scaler, autocast, seed: int, step: int) -> torch.Tensor:
-    """Forward (of ``net``: the supernet, or the model around it) and backward of this rank's work items;
-    returns each sampled subnet's loss share (float64, zero for subnets other ranks run)."""
+                scaler, autocast, seed: int, step: int, micro: int = 0, scale: float = 1.0) -> torch.Tensor:
+    """Forward (of ``net``: the supernet, or the model around it) and backward of this rank's work items on
+    the ``micro``-th batch of the step, each loss times ``scale``; returns each sampled subnet's loss share
+    (float64, zero for subnets other ranks run)."""
     device = supernet.device()
     losses = torch.zeros(len(picks), dtype=torch.float64, device=device)
     soft = None
@@ -318,9 +335,9 @@ def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str,
         if item.start == item.stop:
             continue
         if inplace and item.index > 0 and soft is None:  # the max subnet ran elsewhere: its outputs, again
-            soft = _soft_targets(supernet, net, picks[0][1], args, kwargs, distill, autocast, seed, step)
+            soft = _soft_targets(supernet, net, picks[0][1], args, kwargs, distill, autocast, seed, step, micro)
         part = functools.partial(take_rows, start=item.start, stop=item.stop, rows=rows)
-        torch.manual_seed(_item_seed(seed, step, item.index))
+        torch.manual_seed(_item_seed(seed, step, item.index, micro))
         try:
             with supernet.set_arch(item.arch), autocast():
                 out = net(*part(args), **part(kwargs))
@@ -332,8 +349,8 @@ def _train_step(supernet: Supernet, net: torch.nn.Module, picks: list[tuple[str,
                     loss = (distill.weight * distill(out, part(soft), part(target))
                             + (1 - distill.weight) * loss_fn(out, part(target)))
                 _check_loss(loss)
-                if item.weight != 1.0:
-                    loss = loss * item.weight
+                if item.weight * scale != 1.0:
+                    loss = loss * (item.weight * scale)
             (scaler.scale(loss) if scaler is not None else loss).backward()
         except Exception as e:
             e.add_note(f"{STEP_NOTE} {step + 1}, running the {picks[item.index][0]} subnet{ARCH_NOTE}{item.arch.key()}")
@@ -358,12 +375,12 @@ def _check_loss(loss: Any) -> None:
 
 
 def _soft_targets(supernet: Supernet, net: torch.nn.Module, max_arch: Arch, args: tuple, kwargs: dict,
-                  distill: Distill, autocast, seed: int, step: int) -> Any:
+                  distill: Distill, autocast, seed: int, step: int, micro: int = 0) -> Any:
     """The max subnet's outputs on the whole batch (``net``'s: the supernet or the model around it), as its
     own run computes them (same dropout seed); running statistics are left untouched, since that subnet's
     update is another rank's."""
     buffers = [b.clone() for b in net.buffers()]
-    torch.manual_seed(_item_seed(seed, step, 0))
+    torch.manual_seed(_item_seed(seed, step, 0, micro))
     with torch.no_grad(), supernet.set_arch(max_arch), autocast():
         soft = select_output(net(*args, **kwargs), distill.field).detach()
     with torch.no_grad():
@@ -415,11 +432,13 @@ def _check_finite(losses: torch.Tensor, picks: list[tuple[str, Arch]], step: int
                                  "or check the data")
 
 
-def _check_same_run(state: dict, sampler: Sampler, seed: int, path: Path) -> None:
-    if state["sampler"] != sampler.settings() or state["seed"] != seed:
-        raise ckpt.CheckpointError(f"checkpoint {path} comes from a run with sampler {state['sampler']} and seed "
-                                   f"{state['seed']}; this run has {sampler.settings()} and seed {seed}: resume "
-                                   "with the same settings, or use another run_dir")
+def _check_same_run(state: dict, sampler: Sampler, seed: int, accumulate: int, path: Path) -> None:
+    saved = state.get("accumulate", 1)  # checkpoints written before the setting: one batch per step
+    if state["sampler"] != sampler.settings() or state["seed"] != seed or saved != accumulate:
+        raise ckpt.CheckpointError(f"checkpoint {path} comes from a run with sampler {state['sampler']}, seed "
+                                   f"{state['seed']} and accumulate {saved}; this run has {sampler.settings()}, seed "
+                                   f"{seed} and accumulate {accumulate}: resume with the same settings, or use "
+                                   "another run_dir")
 
 
 def _length(loader: Iterable) -> int | None:
@@ -437,7 +456,7 @@ def _check_settings(*, amp: Any, **counts: float | None) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
             raise ValueError(f"train: {name} must be a positive number, got {value!r}")
-        if name in ("steps", "keep_checkpoints", "checkpoint_every") and value != int(value):
+        if name in ("steps", "keep_checkpoints", "checkpoint_every", "accumulate") and value != int(value):
             raise ValueError(f"train: {name} must be a whole number, got {value!r}")
     if not isinstance(amp, (bool, torch.dtype)):
         raise ValueError(f"train: amp must be True, False or a torch.dtype (torch.bfloat16, torch.float16), "
