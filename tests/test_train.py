@@ -127,18 +127,39 @@ class MLP(nn.Module):  # no BatchNorm, no dropout: a batch's mean loss is the me
         return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
 
 
-def _accumulated(batch: int, accumulate: int, steps: int = 4, run_dir=None, loss_fn=F.cross_entropy, **kw):
+class _StopsAtBatch:
+    """A loader whose worker processes a Ctrl-C stops while it reads batch ``at`` (counted over epochs)."""
+
+    def __init__(self, loader: DataLoader, at: int):
+        self.loader, self.at, self.read = loader, at, 0
+        self.generator = loader.generator  # reseeded per epoch by osf.train, as the loader's own
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.read += 1
+            if self.read == self.at:
+                signal.raise_signal(signal.SIGINT)
+                raise RuntimeError("DataLoader worker (pid 123) exited unexpectedly")
+            yield batch
+
+
+def _accumulated(batch: int, accumulate: int, steps: int = 4, run_dir=None, loss_fn=F.cross_entropy,
+                 stop_at: int | None = None, **kw):
     x = torch.randn(64, 6, generator=torch.Generator().manual_seed(3))
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
     torch.manual_seed(0)
     sn = osf.Supernet(MLP(), (x[:2],), multiple_of=4)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, generator=torch.Generator())
+    loader = _StopsAtBatch(loader, stop_at) if stop_at is not None else loader
     result = osf.train(sn, loader, optimizer=torch.optim.SGD(sn.parameters(), lr=0.1, momentum=0.9), loss_fn=loss_fn,
                        steps=steps, accumulate=accumulate, run_dir=run_dir, progress=False, **kw)
     return sn, result
 
 
-def test_accumulating_batches_trains_as_one_larger_batch_and_resumes_bit_identically(tmp_path):
+def test_accumulating_batches_trains_as_one_larger_batch_and_resumes_bit_identically(tmp_path, ctrl_c):
     whole, _ = _accumulated(16, 1)
     split, result = _accumulated(8, 2)
     for (name, a), b in zip(whole.state_dict().items(), split.state_dict().values()):
@@ -156,6 +177,12 @@ def test_accumulating_batches_trains_as_one_larger_batch_and_resumes_bit_identic
         _accumulated(8, 2, steps=6, run_dir=tmp_path / "b", checkpoint_every=2, loss_fn=crashing)
     resumed, result = _accumulated(8, 2, steps=6, run_dir=tmp_path / "b", checkpoint_every=2)
     assert result.resumed_from == 2
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values()))
+    with pytest.raises(osf.TrainingInterrupted) as info:  # stopped reading step 4's second batch
+        _accumulated(8, 2, steps=6, run_dir=tmp_path / "c", checkpoint_every=5, stop_at=8)
+    assert info.value.step == 3  # checkpointed where step 4's first batch is read again
+    resumed, result = _accumulated(8, 2, steps=6, run_dir=tmp_path / "c", checkpoint_every=5)
+    assert result.resumed_from == 3
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values()))
     with pytest.raises(CheckpointError, match="accumulate 2; this run has .* accumulate 1"):
         _accumulated(8, 1, steps=8, run_dir=tmp_path / "b")

@@ -187,10 +187,10 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     try:
         stop.listen()
         while step < steps:
+            step_began_at = batches.position()
             if stop.requested:
                 raise interrupted()
             t0 = time.perf_counter()
-            step_began_at = batches.position()
             optimizer.zero_grad(set_to_none=True)
             picks = sampler.sample(step)
             counters = fork.counters(net) if fork is not None else []
