@@ -29,6 +29,9 @@ NAMES = ("x_train", "y_train", "x_val", "y_val")
 BUILT_IN = ("digits", "mnist1d")
 SPLITS = ("_train", "_val")
 LABELS = "labels"  # the target's key in a batch of named inputs (``osf.supernet.batches.split_batch``)
+# what to do with labels ``osf train`` does not train on
+PYTHON_API = (", and osf train trains classifiers (cross-entropy, top-1 accuracy): train this supernet in Python with "
+              "osf.train and your own loss_fn (docs/train.md), then osf.search it with your own score (docs/search.md)")
 
 
 class Splits(NamedTuple):
@@ -223,15 +226,12 @@ def _label_hint(t: torch.Tensor) -> str:
     """How labels shaped or typed otherwise than class indices may be stored as such."""
     if t.dim() == 2 and t.size(1) == 1:
         return "; store y.ravel()"
-    python_api = (", and osf train trains classifiers (cross-entropy, top-1 accuracy): train this supernet in Python "
-                  "with osf.train and your own loss_fn (docs/train.md), then osf.search it with your own score "
-                  "(docs/search.md)")
     if t.dim() == 2 and t.is_floating_point() and bool(((t == 0) | (t == 1)).all()):
         return ("; class indices per position (tagging): store y.astype(np.int64); several labels per sample "
-                f"(multi-label), one-hot or not{python_api}")
+                f"(multi-label), one-hot or not{PYTHON_API}")
     if t.is_floating_point() and t.numel() and bool((t == t.round()).all()):
         return "; store y.astype(np.int64)"
-    return f"; these look like regression targets{python_api}"
+    return f"; these look like regression targets{PYTHON_API}"
 
 
 def _input(a: Any, name: str, spec: str) -> torch.Tensor:

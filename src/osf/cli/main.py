@@ -136,7 +136,7 @@ def _train(a: argparse.Namespace) -> int:
                              progress=not a.quiet)
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
-    print(_trained_line(run.result, run.train.get("metric", "accuracy"), a.out))
+    print(_trained_line(run.result, run.train["metric"], a.out))
     return 0
 
 

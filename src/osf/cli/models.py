@@ -97,12 +97,12 @@ def _torchvision(name: str, image_size: ImageSize | None, classes: int | None = 
         sizes = [("image_size", height)] * (height == width) + [("input_size", (height, width))]
     if name not in torchvision.models.list_models():
         raise SpecError(f"unknown torchvision model '{name}'; see torchvision.models.list_models()")
-    head = {"num_classes": classes} if classes is not None and _classifies(name) else {}
+    built = {"num_classes": classes} if classes is not None and _classifies(name) else {}
     # segmentation models and detectors default to a pretrained backbone, which would be downloaded
     if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
-        head["weights_backbone"] = None
+        built["weights_backbone"] = None
     try:
-        model = _built_at(lambda **size: torchvision.models.get_model(name, weights=None, **head, **size), sizes)
+        model = _built_at(lambda **size: torchvision.models.get_model(name, weights=None, **built, **size), sizes)
     except ValueError as e:  # e.g. a MaxViT partition that does not divide the image
         size = "x".join(map(str, [image_size] * 2 if isinstance(image_size, int) else image_size or []))
         raise SpecError(f"torchvision:{name} cannot be built for {size} images: {str(e).splitlines()[0]}") from None

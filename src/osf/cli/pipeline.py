@@ -33,7 +33,7 @@ from ..train.distill import select_output
 from ..train.labels import IGNORE_INDEX, SCORES, Score, class_dim
 from ..train.loop import ARCH_NOTE, STEP_NOTE
 from .config import Config, ConfigError, ExportSettings, SearchSettings, SpaceSettings, TrainSettings, to_json
-from .data import Splits, load_data, loaders
+from .data import PYTHON_API, Splits, load_data, loaders
 from .models import (BUILTIN, ImageSize, ModelSpec, SpecError, has_random_weights, is_module_spec, is_saved_ir,
                      python_target, resolve, takes_channels, takes_classes, takes_image_size, trace_spec)
 from .run_dir import IR_DIR, Run, Trained, build_supernet, is_run_dir, load_trained, read_run, write_run
@@ -536,9 +536,7 @@ def _per_sample_hint(logits: torch.Tensor, labels: torch.Tensor) -> str:
         return ""
     if bool((labels.sum(1) == 1).all()):
         return "; the labels look one-hot: store y.argmax(1)"
-    return ("; the labels look like several labels per sample (multi-label), and osf train trains classifiers "
-            "(cross-entropy, top-1 accuracy): train this supernet in Python with osf.train and your own loss_fn "
-            "(docs/train.md), then osf.search it with your own score (docs/search.md)")
+    return f"; the labels look like several labels per sample (multi-label){PYTHON_API}"
 
 
 def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:

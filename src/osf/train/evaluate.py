@@ -12,14 +12,11 @@ from .distill import select_output
 from .labels import Score
 
 
-def _checked_labels(target: Any) -> torch.Tensor:
+def _checked_labels(target: Any, kind: str = "accuracy") -> torch.Tensor:
     if not isinstance(target, torch.Tensor):
-        raise ValueError(f"accuracy needs class labels, but the batch's target is {type(target).__name__}; give "
+        raise ValueError(f"{kind} needs class labels, but the batch's target is {type(target).__name__}; give "
                          "(inputs, labels) pairs or dicts with a 'labels' entry, batch_fn= that returns them, or "
                          "metric= for a score without labels")
-    if target.is_floating_point() or target.is_complex():
-        raise ValueError(f"accuracy needs integer class labels, but the batch's target is {target.dtype} (regression "
-                         "targets?); pass metric= with a score for them, e.g. lambda out, y: -F.mse_loss(out, y).item()")
     return target
 
 
@@ -59,7 +56,7 @@ def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callab
                 with explained(batch, batch_fn):
                     out = supernet(*to_device(args, device), **to_device(kwargs, device))
                 if score is not None:
-                    score.add(select_output(out), _checked_labels(target).to(device))
+                    score.add(select_output(out), _checked_labels(target, score.kind).to(device))
                 else:
                     n = batch_size(args, kwargs)
                     total += metric(out, to_device(target, device)) * n

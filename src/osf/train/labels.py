@@ -22,14 +22,6 @@ def class_dim(scores: torch.Tensor, labels: torch.Tensor) -> int | None:
     return 1 if len(fits) == 2 and scores.dim() >= 4 else fits[-1]
 
 
-def layout_error(scores: torch.Tensor, labels: torch.Tensor, what: str) -> ValueError:
-    """Why ``scores`` cannot be scored against ``labels`` (their shapes and the shapes expected)."""
-    return ValueError(
-        f"{what} compares class scores shaped {list(scores.shape)} with labels shaped {list(labels.shape)}; expected "
-        "[batch, classes] for one label per sample, or the labels' shape with a dim of classes added for labels "
-        "per position ([batch, classes, H, W] for [batch, H, W], [batch, tokens, classes] for [batch, tokens])")
-
-
 SCORES = {"accuracy": "accuracy", "miou": "mIoU"}  # the scores ``Score`` counts, by name: how reports call them
 
 
@@ -48,9 +40,17 @@ class Score:
 
     def add(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
         """Count one batch: ``scores`` (the class dim: ``class_dim``) against integer ``labels``."""
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"{self.kind} needs integer class labels, but the batch's target is {labels.dtype} "
+                             "(regression targets?); pass metric= with a score for them, e.g. lambda out, y: "
+                             "-F.mse_loss(out, y).item()")
         dim = class_dim(scores, labels)
         if dim is None:
-            raise layout_error(scores, labels, self.kind)
+            raise ValueError(
+                f"{self.kind} compares class scores shaped {list(scores.shape)} with labels shaped "
+                f"{list(labels.shape)}; expected [batch, classes] for one label per sample, or the labels' shape with "
+                "a dim of classes added for labels per position ([batch, classes, H, W] for [batch, H, W], [batch, "
+                "tokens, classes] for [batch, tokens])")
         labelled = labels != IGNORE_INDEX
         predicted = scores.argmax(dim)
         self.counted += int(labelled.sum())

@@ -72,7 +72,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     distillation per ``distill``), accumulates the gradients in the shared weights and takes one
     ``optimizer`` step (then ``scheduler.step()``); with ``accumulate`` > 1 a step takes that many batches,
     the same subnets on each, their losses divided by ``accumulate`` (a batch too large for memory, split).
-    Stop after ``steps`` steps or ``epochs`` passes over ``loader``. ``amp``: autocast (True = bfloat16 on CPU, float16 with loss scaling on CUDA, or a dtype).
+    Stop after ``steps`` steps or ``epochs`` passes over ``loader``. ``amp``: autocast (True = bfloat16 on
+    CPU, float16 with loss scaling on CUDA, or a dtype).
     ``seed`` fixes the data order (the loader is reseeded per epoch), dropout (reseeded per step and
     subnet) and sampling, so a run repeats exactly.
 
@@ -161,8 +162,6 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     step = start
     last_ckpt = None
 
-    step_began_at = batches.position()  # where the step under way took its first batch
-
     def save_checkpoint(position: tuple[int, int] | None = None) -> Path:
         return run.save(supernet, model, {
             "step": step, "position": list(position or batches.position()), "optimizer": optimizer.state_dict(),
@@ -187,14 +186,14 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     try:
         stop.listen()
         while step < steps:
-            step_began_at = batches.position()
+            step_began_at = batches.position()  # where the step under way takes its first batch
             if stop.requested:
                 raise interrupted()
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             picks = sampler.sample(step)
             counters = fork.counters(net) if fork is not None else []
-            losses, samples = None, 0
+            losses, samples = torch.zeros(len(picks), dtype=torch.float64, device=device), 0
             for micro in range(accumulate):  # the same subnets on each batch of the step
                 try:
                     batch = batches.next()
@@ -215,11 +214,9 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                                      f"cannot be dealt out over {world} ranks; sample a multiple of {world} subnets "
                                      "per step")
                 with explained(batch, batch_fn):
-                    part = _train_step(supernet, net, picks, items, rows, args, kwargs, target, loss_fn, distill,
-                                       scaler, autocast, seed, step, micro, 1 / accumulate)
-                losses = part if losses is None else losses + part
+                    losses += _train_step(supernet, net, picks, items, rows, args, kwargs, target, loss_fn, distill,
+                                          scaler, autocast, seed, step, micro, 1 / accumulate)
                 samples += rows
-            assert losses is not None
             t_join = time.perf_counter()
             if fork is not None:
                 losses = fork.join(params, losses)
