@@ -28,9 +28,14 @@ sampler = osf.WarmupSampler(osf.SandwichSampler(supernet.space, k=4),  # max, mi
 result = osf.train(
     supernet, train_data, optimizer=optimizer, loss_fn=F.cross_entropy, epochs=4, sampler=sampler,
     distill=osf.Distill("inplace", weight=0.5),           # the max subnet teaches the others
+    validate=osf.Validation(test_data, every=len(train_data)),  # max and min subnets scored after each epoch
     run_dir=run_dir, checkpoint_every=50, progress=False)  # metrics.jsonl + atomic checkpoints
 print("trained", result.step, "steps; last losses",
       {k: round(v, 3) for k, v in result.history[-1].items() if k.startswith("loss/")})
+for record in result.history:
+    if "val_accuracy/max" in record:
+        print(f"validated at step {record['step']}: max {record['val_accuracy/max']:.3f}, "
+              f"min {record['val_accuracy/min']:.3f}")
 
 # Running the same call again resumes from the newest checkpoint (here: it is already complete).
 again = osf.train(supernet, train_data, optimizer=optimizer, loss_fn=F.cross_entropy, epochs=4,

@@ -406,6 +406,9 @@ def test_train_docs_example_runs(tmp_path):
     assert max_acc > 0.9  # four epochs on digits
     min_acc = float(out.split(" min:")[1].split("accuracy")[1].split()[0])
     assert f"loaded step 92: min subnet test accuracy {min_acc:.3f}" in out  # the same weights, read back
+    validated = re.findall(r"validated at step (\d+): max ([\d.]+), min ([\d.]+)", out)
+    assert [int(step) for step, _, _ in validated] == [23, 46, 69, 92]  # every epoch of 23 steps
+    assert validated[-1][1:] == (f"{max_acc:.3f}", f"{min_acc:.3f}")  # the last one scores the final weights
     assert (tmp_path / "metrics.jsonl").exists() and list((tmp_path / "checkpoints").iterdir())
 
 
@@ -653,13 +656,19 @@ def test_labels_per_position_that_a_model_cannot_score_are_refused_naming_the_fi
         assert re.search(message, capsys.readouterr().err), message
 
 
-def test_train_accumulates_batches_into_steps(tmp_path, monkeypatch, capsys):
+def _classifier_and_data(tmp_path: Path, monkeypatch) -> None:
+    """``python:seg_models.py:classifier`` and ``npz:c.npz`` (32 + 8 samples of 6 features, two classes) in
+    ``tmp_path``, the working directory."""
     (tmp_path / "seg_models.py").write_text(SEG_MODELS)
     rng = np.random.default_rng(0)
     x = rng.random((40, 6)).astype(np.float32)
     np.savez(tmp_path / "c.npz", x_train=x[:32], y_train=(x[:32, 0] > 0.5).astype(int), x_val=x[32:],
              y_val=(x[32:, 0] > 0.5).astype(int))
     monkeypatch.chdir(tmp_path)
+
+
+def test_train_accumulates_batches_into_steps(tmp_path, monkeypatch, capsys):
+    _classifier_and_data(tmp_path, monkeypatch)
     assert main(["train", "python:seg_models.py:classifier", "--data", "npz:c.npz", "--out", "run", "--batch-size",
                  "4", "--accumulate", "3", "--epochs", "2", "--quiet"]) == 0  # 8 batches an epoch: 2 steps of 3
     assert read_run(tmp_path / "run").result["step"] == 4 and read_run(tmp_path / "run").train["accumulate"] == 3
@@ -669,6 +678,27 @@ def test_train_accumulates_batches_into_steps(tmp_path, monkeypatch, capsys):
     assert main(["train", "python:seg_models.py:classifier", "--data", "npz:c.npz", "--out", "other", "--batch-size",
                  "4", "--accumulate", "9", "--quiet"]) == 2
     assert "train.accumulate 9 exceeds the 8 batches of an epoch (batch size 4)" in capsys.readouterr().err
+
+
+def test_train_validates_every_n_steps_without_changing_the_run(tmp_path, monkeypatch):
+    _classifier_and_data(tmp_path, monkeypatch)
+    common = ["train", "python:seg_models.py:classifier", "--data", "npz:c.npz", "--batch-size", "4", "--quiet"]
+    assert main([*common, "--out", "plain", "--steps", "5"]) == 0
+    assert main([*common, "--out", "run2", "--steps", "5", "--val-every", "2"]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
+    scored = {r["step"]: (r["val_accuracy/max"], r["val_accuracy/min"]) for r in logged if "val_accuracy/max" in r}
+    assert sorted(scored) == [2, 4, 5]
+    plain, validated = read_run(tmp_path / "plain").result, read_run(tmp_path / "run2").result
+    assert validated == plain  # the same weights, scored alike at the end
+    assert validated["val_accuracy"] == {"max": round(scored[5][0], 4), "min": round(scored[5][1], 4)}
+    # a run extended later may validate otherwise
+    constant = [*common, "--out", "run3", "--lr-schedule", "constant"]
+    assert main([*constant, "--steps", "3", "--val-every", "2"]) == 0
+    assert main([*constant, "--steps", "7", "--val-every", "6"]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "run3" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "val_accuracy/max" in r] == [2, 3, 6, 7]
+    with pytest.raises(ConfigError, match="train.val_every must be at least 1"):
+        TrainSettings(val_every=0)
 
 
 def test_labels_per_token_build_a_token_classifier_and_segmentation_models_build_offline(tmp_path, monkeypatch):
@@ -973,7 +1003,8 @@ def test_more_ranks_than_gpus_is_refused_before_launching(tmp_path, monkeypatch,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     launched = []
-    monkeypatch.setattr(subprocess, "run", lambda command: launched.append(command) or subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(subprocess, "run", lambda command, env: launched.append((command, env))
+                        or subprocess.CompletedProcess(command, 0))
     args = ["train", "builtin:resnet", "--data", "digits", "--out", str(tmp_path / "run"), "--nproc", "2"]
     for device in ("auto", "cuda"):
         assert main([*args, "--device", device]) == 2
@@ -982,7 +1013,19 @@ def test_more_ranks_than_gpus_is_refused_before_launching(tmp_path, monkeypatch,
     assert main([*args, "--device", "cuda:0"]) == 2
     assert "each rank takes its own GPU" in capsys.readouterr().err
     assert not launched and not (tmp_path / "run").exists()
-    assert main([*args, "--device", "cpu"]) == 0 and len(launched) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice is kept
+    assert main([*args, "--device", "cpu"]) == 0 and len(launched) == 1 and launched[0][1]["OMP_NUM_THREADS"] == "3"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert main([*args, "--device", "cpu", "--nproc", "3"]) == 0 and launched[1][1]["OMP_NUM_THREADS"] == "5"
+
+
+def test_a_failing_rank_ends_the_launch_with_its_one_line_error(tmp_path, capfd):
+    """Under --nproc each rank says an osf error in one line; torchrun's traceback and failure report stay out."""
+    assert main(["train", "builtin:nope", "--data", "digits", "--out", str(tmp_path / "run"), "--nproc", "2"]) == 2
+    err = capfd.readouterr().err
+    assert "osf train: error: unknown built-in model 'nope'" in err
+    assert "Traceback" not in err and "ChildFailedError" not in err and "exitcode" not in err, err
 
 
 @pytest.mark.slow

@@ -118,6 +118,83 @@ def test_resume_after_a_crash_gives_bit_identical_weights(tmp_path):
     assert ckpts == ["step-000000008.safetensors", "step-000000012.safetensors", "step-000000013.safetensors"]
 
 
+def test_validation_while_training_logs_scores_and_leaves_training_as_it_was(tmp_path):
+    """Scores of the max and min subnets every 5 steps and after the last, equal to osf.evaluate's on the weights
+    of those steps; training's BatchNorm statistics, random draws (dropout, a shuffled validation loader drawing
+    from the global generator) and data order are untouched: the same weights as a run without validation."""
+    loader, val = data(), data(n=24, seed=7)
+    plain = make()
+    opt, sched = opt_and_sched(plain)
+    osf.train(plain, loader, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=13, progress=False)
+    plain_rng = torch.get_rng_state()
+    sn = make()
+    opt, sched = opt_and_sched(sn)
+    result = osf.train(sn, loader, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=13,
+                       validate=osf.Validation(val, every=5), run_dir=tmp_path, checkpoint_every=100, progress=False)
+    for k, t in plain.tensors().items():
+        assert torch.equal(t, sn.tensors()[k]), k
+    assert torch.equal(torch.get_rng_state(), plain_rng)
+    scored = {r["step"]: r for r in result.history if "val_accuracy/max" in r}
+    assert sorted(scored) == [5, 10, 13]
+    assert all(0 <= r[f"val_accuracy/{n}"] <= 1 for r in scored.values() for n in ("max", "min"))
+    for name, arch in (("max", sn.space.max()), ("min", sn.space.min())):
+        assert scored[13][f"val_accuracy/{name}"] == osf.evaluate(sn, arch, val, calib_loader=loader)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in logged if "val_accuracy/min" in r] == list(scored.values())
+    # the scores of step 5 are those of the weights of step 5
+    five = make()
+    opt, sched = opt_and_sched(five)
+    osf.train(five, loader, optimizer=opt, scheduler=sched, loss_fn=F.cross_entropy, steps=5, progress=False)
+    assert scored[5]["val_accuracy/min"] == osf.evaluate(five, five.space.min(), val, calib_loader=loader)
+
+
+def test_validation_by_a_metric_function_on_chosen_archs_and_its_errors(tmp_path):
+    loader, val = data(), data(n=16, seed=7)
+    sn = make()
+    half = sn.space.sample(3)
+
+    def neg_loss(out, target):
+        return -F.cross_entropy(out, target).item()
+
+    opt, _ = opt_and_sched(sn)
+    result = osf.train(sn, loader, optimizer=opt, loss_fn=F.cross_entropy, steps=3, progress=False,
+                       validate=osf.Validation(val, archs={"mid": half}, metric=neg_loss, calib_batches=2))
+    assert [k for k in result.history[-1] if k.startswith("val_")] == ["val_neg_loss/mid"]
+    assert not any(k.startswith("val_") for r in result.history[:-1] for k in r)  # every=None: after the last step
+    assert result.history[-1]["val_neg_loss/mid"] == osf.evaluate(sn, half, val, metric=neg_loss,
+                                                                     calib_loader=loader, calib_batches=2)
+    for bad, said in ((dict(every=0), "every must be"), (dict(metric="top5"), "top5"),
+                      (dict(metric=3), "metric must be"), (dict(archs={"a": {"x": 1}}), "not an osf.Arch"),
+                      (dict(archs=[sn.space.max()]), "dict of name")):
+        with pytest.raises(ValueError, match=said):
+            osf.train(sn, loader, optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False,
+                      validate=osf.Validation(val, **bad))
+    with pytest.raises(ValueError, match="iterator"):
+        osf.Validation(iter(val))
+    with pytest.raises(ValueError, match="training loader .* iterator"):
+        osf.train(sn, iter(loader), optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False,
+                  validate=osf.Validation(val))
+    workers = DataLoader(loader.dataset, batch_size=8, num_workers=1, persistent_workers=True)
+    with pytest.raises(ValueError, match="persistent workers"):
+        osf.train(sn, workers, optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False,
+                  validate=osf.Validation(val))
+    # a validation that fails keeps the step it followed: the run resumes after it
+    before = {k: t.clone() for k, t in sn.tensors().items()}
+
+    def broken(out, target):
+        raise RuntimeError("metric bug")
+
+    with pytest.raises(RuntimeError, match="metric bug") as caught:
+        osf.train(sn, loader, optimizer=opt, loss_fn=F.cross_entropy, steps=2, progress=False, run_dir=tmp_path,
+                  validate=osf.Validation(val, every=1, metric=broken))
+    assert "validating after step 1" in "".join(caught.value.__notes__)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000000001.safetensors"]
+    assert any(not torch.equal(t, sn.tensors()[k]) for k, t in before.items())
+    resumed = osf.train(sn, loader, optimizer=opt, loss_fn=F.cross_entropy, steps=2, progress=False,
+                        run_dir=tmp_path)
+    assert resumed.resumed_from == 1 and resumed.step == 2
+
+
 class MLP(nn.Module):  # no BatchNorm, no dropout: a batch's mean loss is the mean of its halves' mean losses
     def __init__(self):
         super().__init__()

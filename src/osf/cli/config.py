@@ -36,7 +36,8 @@ class SpaceSettings:
 class TrainSettings:
     """How ``osf train`` trains: AdamW, cross-entropy, ``steps`` or ``epochs`` (default: 5 epochs); ``metric``:
     the validation score of the run, its search and its exports (``accuracy``, or ``miou`` for labels per
-    position); ``accumulate``: batches per optimizer step."""
+    position); ``accumulate``: batches per optimizer step; ``val_every``: steps between scores of the max and
+    min subnets on the validation split while training (None: once, at the end)."""
     steps: int | None = None
     epochs: int | None = None
     lr: float = 3e-3
@@ -55,6 +56,7 @@ class TrainSettings:
     workers: int = 0
     metric: str = "accuracy"
     accumulate: int = 1
+    val_every: int | None = None
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
     DISTILL: typing.ClassVar = ("inplace", "teacher", "none")
@@ -73,7 +75,7 @@ class TrainSettings:
         _choice("train.distill", self.distill, self.DISTILL)
         _choice("train.lr_schedule", self.lr_schedule, self.SCHEDULES)
         _choice("train.metric", self.metric, tuple(SCORES))
-        for name in ("steps", "epochs", "batch_size", "subnets", "checkpoint_every", "accumulate"):
+        for name in ("steps", "epochs", "batch_size", "subnets", "checkpoint_every", "accumulate", "val_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {value}")

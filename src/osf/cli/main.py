@@ -124,10 +124,18 @@ def _launch_ranks(a: argparse.Namespace) -> int:
             skip = True
         elif not token.startswith("--nproc="):
             argv.append(token)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.nproc),
+    command = [sys.executable, "-m", "osf.cli.launch", "--standalone", "--nproc-per-node", str(a.nproc),
                "--max-restarts", str(a.max_restarts), "-m", "osf.cli.main", *argv]
-    print(f"osf train: launching {a.nproc} ranks: {' '.join(command[1:])}", file=sys.stderr)
-    return subprocess.run(command).returncode
+    threads = os.environ.get("OMP_NUM_THREADS") or str(_threads_per_rank(a.nproc))
+    print(f"osf train: launching {a.nproc} ranks of {threads} threads (OMP_NUM_THREADS): {' '.join(command[1:])}",
+          file=sys.stderr)
+    return subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": threads}).returncode
+
+
+def _threads_per_rank(nproc: int) -> int:
+    """The CPU cores this process may use, shared out over ``nproc`` ranks (torchrun alone gives each one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // nproc)
 
 
 def _train(a: argparse.Namespace) -> int:
@@ -269,6 +277,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"the validation score of the run, its search and its exports: top-1 accuracy, or miou (mean "
                    f"intersection over union of the classes, for labels per position: segmentation) (default "
                    f"{d.metric})")
+    g.add_argument("--val-every", type=int, metavar="N",
+                   help="score the max and min subnets on the validation split every N steps while training "
+                   "(metrics.jsonl, TensorBoard, the progress bar); a resumed run may change it (default: once, at "
+                   "the end)")
     g.add_argument("--checkpoint-every", type=int, metavar="N", help=f"steps between checkpoints "
                    f"(default {d.checkpoint_every}; one is always written at the end)")
     g.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (CUDA when available, else the CPU; under --nproc "

@@ -1,6 +1,7 @@
 """Evaluating a subnet with inherited weights (BatchNorm statistics recalibrated first)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -9,6 +10,7 @@ from ..space.arch import Arch
 from ..supernet.batches import BatchFn, batch_size, explained, split_batch, to_device
 from ..supernet.supernet import Supernet
 from .distill import select_output
+from .checkpoint import rng_state, set_rng_state
 from .labels import Score
 
 
@@ -71,3 +73,87 @@ def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callab
             raise ValueError("evaluate: every label of the loader is -100 (left out), so there is nothing to score")
         return score.value()
     return total / count
+
+
+@dataclass
+class Validation:
+    """What ``osf.train(validate=...)`` scores while it trains: ``osf.evaluate`` of each of ``archs`` (name ->
+    arch; default the max and min subnets) on ``loader`` every ``every`` steps (None: once, after the last
+    step) and after the last step. BatchNorm subnets are recalibrated on ``calib_loader`` (default: the
+    training loader) as ``osf.evaluate`` does, and the running statistics, random state and data order of
+    training are put back afterwards, so a run validated or not trains the same weights. Each score is logged
+    with its step as ``val_<metric>/<name>`` (``metrics.jsonl``, TensorBoard, the progress bar)."""
+    loader: Iterable
+    every: int | None = None
+    archs: dict[str, Arch] | None = None
+    metric: Callable[[Any, Any], float] | str = "accuracy"
+    calib_loader: Iterable | None = None
+    calib_batches: int = 20
+    batch_fn: BatchFn | None = None
+
+    def __post_init__(self) -> None:
+        if self.every is not None and (isinstance(self.every, bool) or not isinstance(self.every, int)
+                                       or self.every < 1):
+            raise ValueError(f"Validation: every must be a whole number of steps >= 1 (or None: after the last "
+                             f"step only), got {self.every!r}")
+        if isinstance(self.metric, str):
+            Score(self.metric)  # an unknown name is refused here, not after the first steps
+        elif not callable(self.metric):
+            raise ValueError(f"Validation: metric must be 'accuracy', 'miou' or a function (output, target) -> "
+                             f"float, got {self.metric!r}")
+        if iter(self.loader) is self.loader:
+            raise ValueError("Validation: loader is an iterator, which one validation would use up; give a "
+                             "DataLoader (or another iterable that starts over on every pass)")
+
+    def metric_name(self) -> str:
+        """``accuracy`` / ``miou``, or the metric function's name (``score`` for a lambda)."""
+        if isinstance(self.metric, str):
+            return self.metric
+        name = getattr(self.metric, "__name__", "")
+        return name if name.isidentifier() else "score"
+
+    def named_archs(self, supernet: Supernet) -> dict[str, Arch]:
+        """The archs to score, each checked against ``supernet``'s space."""
+        if self.archs is None:
+            return {"max": supernet.space.max(), "min": supernet.space.min()}
+        if not isinstance(self.archs, dict) or not self.archs:
+            raise ValueError("Validation: archs must be a non-empty dict of name -> osf.Arch (e.g. {'max': "
+                             "space.max(), 'edge': arch}), or None for the max and min subnets")
+        for name, arch in self.archs.items():
+            if not isinstance(arch, Arch):
+                raise ValueError(f"Validation: archs[{name!r}] is a {type(arch).__name__}, not an osf.Arch")
+            supernet.space.validate(arch)
+        return dict(self.archs)
+
+    def due(self, step: int, steps: int) -> bool:
+        """Whether to validate after ``step`` (counted from 1) of ``steps``."""
+        return step == steps or (self.every is not None and step % self.every == 0)
+
+    def scores(self, supernet: Supernet, train_loader: Iterable) -> dict[str, float]:
+        """``val_<metric>/<name>`` of every arch on the current weights; the supernet's buffers (BatchNorm
+        statistics) are as before afterwards."""
+        calib = self.calib_loader if self.calib_loader is not None else train_loader
+        saved, rng = [b.clone() for b in supernet.buffers()], rng_state()
+        name = self.metric_name()
+        try:
+            return {f"val_{name}/{arch_name}": float(evaluate(supernet, arch, self.loader, metric=self.metric,
+                                                               calib_loader=calib, calib_batches=self.calib_batches,
+                                                               batch_fn=self.batch_fn))
+                    for arch_name, arch in self.named_archs(supernet).items()}
+        finally:
+            with torch.no_grad():
+                for b, before in zip(supernet.buffers(), saved):
+                    b.copy_(before)
+            set_rng_state(rng)  # a shuffled validation loader, data augmentation: training's draws stay its own
+
+    def check_loaders(self, train_loader: Iterable) -> None:
+        """Refuse calibration loaders whose passes would take batches from training's own pass."""
+        calib = self.calib_loader if self.calib_loader is not None else train_loader
+        which = "calib_loader" if self.calib_loader is not None else "the training loader (calib_loader's default)"
+        if iter(calib) is calib:
+            raise ValueError(f"Validation: {which} is an iterator, so recalibrating BatchNorm would use up training "
+                             "batches; give a DataLoader, or calib_loader= a separate one")
+        if calib is train_loader and getattr(calib, "persistent_workers", False) and getattr(calib, "num_workers", 0):
+            raise ValueError("Validation: the training loader keeps persistent workers, whose one iterator a "
+                             "recalibration pass would restart mid-epoch; give calib_loader= a separate DataLoader "
+                             "of training data, or persistent_workers=False")

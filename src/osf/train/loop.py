@@ -27,6 +27,7 @@ from ..supernet.batches import BatchFn, batch_size, explained, split_batch, to_d
 from ..supernet.supernet import Supernet
 from . import checkpoint as ckpt
 from .distill import Distill, select_output
+from .evaluate import Validation
 from .forkjoin import ForkJoin, WorkItem, digest, plan, take_rows
 from .samplers import Sampler, SandwichSampler
 
@@ -64,7 +65,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
           seed: int = 0, batch_fn: BatchFn | None = None, run_dir: str | Path | None = None,
           checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume: bool = True,
           progress: bool = True, parallel: ForkJoin | bool | None = None,
-          model: torch.nn.Module | None = None, accumulate: int = 1) -> TrainResult:
+          model: torch.nn.Module | None = None, accumulate: int = 1,
+          validate: Validation | None = None) -> TrainResult:
     """Train ``supernet`` on ``loader``.
 
     Each step takes one batch, runs every subnet of ``sampler.sample(step)`` (default: the sandwich rule
@@ -96,20 +98,32 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     post-processing osf cannot trace). Each subnet's loss is then ``loss_fn(model(*args, **kwargs),
     target)``, the supernet set to that subnet; ``model``'s other parameters train along (give the
     optimizer ``model.parameters()``), and checkpoints, resume and fork-join cover them too. Under several
-    ranks each rank then runs whole batches: the subnets per step must be a multiple of the ranks."""
+    ranks each rank then runs whole batches: the subnets per step must be a multiple of the ranks.
+
+    ``validate``: an ``osf.train.Validation`` scores the max and min subnets (or others) on a validation
+    loader every so many steps and after the last; the scores join that step's metrics (``val_accuracy/max``
+    ...) and the progress bar, and leave training as it was (same weights as without). Under several ranks
+    every rank validates on its own (the same loader everywhere: the same scores)."""
     sampler = sampler if sampler is not None else SandwichSampler(supernet.space, 4, seed)
     if model is not None and not any(m is supernet for m in model.modules()):
         raise ValueError(f"model= must hold the supernet as a submodule (e.g. detector.backbone = supernet); this "
                          f"{type(model).__name__} does not")
     net = model if model is not None else supernet  # what each subnet's forward calls
+    if validate is not None:
+        if model is not None:
+            raise ValueError("validate= scores the supernet's own outputs, and with model= the scores come from the "
+                             "model around it: train some steps at a time and score the model yourself in between")
+        validate.named_archs(supernet)  # archs of another space are refused before training
+        validate.check_loaders(loader)
     _check_optimizer(optimizer, supernet, model)
     if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise ValueError("the scheduler was built for another optimizer than optimizer=, so the learning rate it "
                          "sets would never reach training; build it from the optimizer you pass")
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        raise ValueError("ReduceLROnPlateau steps on a validation metric, which osf.train does not compute (it "
-                         "calls scheduler.step() after every optimizer step); use a schedule of steps (OneCycleLR, "
-                         "CosineAnnealingLR), or train a number of steps at a time and step it yourself in between")
+        raise ValueError("ReduceLROnPlateau steps on a validation metric, and osf.train calls scheduler.step() "
+                         "after every optimizer step; use a schedule of steps (OneCycleLR, CosineAnnealingLR), or "
+                         "train a number of steps at a time and step it yourself in between on a score of "
+                         "osf.evaluate (validate= logs such scores, it does not step schedulers)")
     if sampler.space is not supernet.space:
         raise ValueError("the sampler was built for another search space; build it from supernet.space")
     if loss_fn is None and not (distill is not None and distill.mode == "teacher" and distill.weight == 1.0):
@@ -161,6 +175,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         torch.manual_seed(seed)
     step = start
     last_ckpt = None
+    validated: dict[str, float] = {}  # the latest validation scores, shown on the progress bar
 
     def save_checkpoint(position: tuple[int, int] | None = None) -> Path:
         return run.save(supernet, model, {
@@ -248,11 +263,24 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 record["join_seconds"] = round(join_seconds, 4)
                 if fork.measure_wait:
                     record["wait_seconds"] = round(fork.wait_seconds, 4)
+            if validate is not None and validate.due(step, steps):
+                bar.set_description("train supernet (validating)")
+                try:
+                    validated = validate.scores(supernet, loader)
+                except Exception as e:
+                    if run.dir is not None:  # the trained step is kept: fix the validation and train again
+                        last_ckpt = save_checkpoint()
+                        e.add_note(f"osf.train: validating after step {step}; the weights of that step are saved in "
+                                   f"{last_ckpt}: train again with the same run_dir to resume")
+                    raise
+                record |= validated
+                bar.set_description("train supernet")
             history.append(record)
             run.log(record)
             bar.update(1)
             bar.set_postfix({r: f"{v:.4f}" for r, v in role_loss.items()}
-                            | {"samples/s": f"{record['samples_per_s']:.0f}"}, refresh=False)
+                            | {"samples/s": f"{record['samples_per_s']:.0f}"}
+                            | {k.removeprefix("val_"): f"{v:.4f}" for k, v in validated.items()}, refresh=False)
             if run.dir is not None and (step == steps or checkpoint_every and step % checkpoint_every == 0):
                 last_ckpt = save_checkpoint()
         if fork is not None:
