@@ -691,6 +691,17 @@ def test_train_validates_every_n_steps_without_changing_the_run(tmp_path, monkey
     plain, validated = read_run(tmp_path / "plain").result, read_run(tmp_path / "run2").result
     assert validated == plain  # the same weights, scored alike at the end
     assert validated["val_accuracy"] == {"max": round(scored[5][0], 4), "min": round(scored[5][1], 4)}
+    # --ema: the run is scored (and searched, exported) on the moving averages of its weights
+    assert main([*common, "--out", "ema", "--steps", "4", "--val-every", "2", "--ema", "0.9"]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "ema" / "metrics.jsonl").read_text().splitlines()]
+    assert read_run(tmp_path / "ema").result["val_accuracy"] == {
+        name: round(logged[-1][f"val_accuracy/{name}_ema"], 4) for name in ("max", "min")}
+    trained = load_trained(tmp_path / "ema")
+    saved = ckpt.load(trained.checkpoint, build_supernet(tmp_path / "ema", trained.run))["ema"]["shadow"]
+    assert saved and all(torch.equal(p, saved[n]) for n, p in trained.supernet.named_parameters())
+    assert main([*common, "--out", "ema", "--steps", "4", "--ema", "0.99"]) == 2  # fixed for a run
+    with pytest.raises(ConfigError, match="train.ema must lie strictly between 0 and 1"):
+        TrainSettings(ema=1.0)
     # a run extended later may validate otherwise
     constant = [*common, "--out", "run3", "--lr-schedule", "constant"]
     assert main([*constant, "--steps", "3", "--val-every", "2"]) == 0

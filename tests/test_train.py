@@ -195,6 +195,82 @@ def test_validation_by_a_metric_function_on_chosen_archs_and_its_errors(tmp_path
     assert resumed.resumed_from == 1 and resumed.step == 2
 
 
+def test_ema_averages_the_weights_with_warmup():
+    layer = nn.Linear(2, 2)
+    w0 = layer.weight.detach().clone()
+    ema = osf.EMA(layer, decay=0.9)
+    assert ema.rate() == pytest.approx(1 / 10)  # warm-up: (1 + n) / (10 + n) below decay
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    ema.update()
+    assert torch.allclose(ema.shadow["weight"], 0.1 * w0 + 0.9 * (w0 + 1))
+    ema.updates = 1000
+    assert ema.rate() == 0.9
+    plain = osf.EMA(layer, decay=0.5, warmup=False)
+    with torch.no_grad():
+        layer.weight.add_(2.0)
+    plain.update()
+    assert torch.allclose(plain.shadow["weight"], w0 + 2) and plain.rate() == 0.5
+    with plain.applied():
+        assert torch.equal(layer.weight, plain.shadow["weight"])
+    assert torch.allclose(layer.weight, w0 + 3)  # the trained weights are back
+    for decay in (0, 1, 1.5, True):
+        with pytest.raises(ValueError, match="decay must lie strictly between 0 and 1"):
+            osf.EMA(layer, decay=decay)
+
+
+def test_training_with_ema_resumes_bit_identically_and_validates_and_loads_the_averages(tmp_path):
+    loader, val = data(), data(n=16, seed=7)
+
+    def run(run_dir, loss_fn=F.cross_entropy, ema_of=None, decay=0.8):
+        sn = make()
+        opt, sched = opt_and_sched(sn)
+        ema = osf.EMA(ema_of or sn, decay=decay)
+        return sn, ema, osf.train(sn, loader, optimizer=opt, scheduler=sched, loss_fn=loss_fn, steps=9, progress=False,
+                                  run_dir=run_dir, checkpoint_every=4, ema=ema, validate=osf.Validation(val))
+
+    sn, ema, result = run(tmp_path / "a")
+    trained = {k: t.clone() for k, t in sn.tensors().items()}  # before evaluate recalibrates BatchNorm below
+    assert ema.updates == 9 and any(not torch.equal(ema.shadow[n], p) for n, p in sn.named_parameters())
+    last = result.history[-1]
+    assert set(k for k in last if k.startswith("val_")) == {f"val_accuracy/{n}{e}" for n in ("max", "min")
+                                                            for e in ("", "_ema")}
+    with ema.applied():
+        assert last["val_accuracy/min_ema"] == osf.evaluate(sn, sn.space.min(), val, calib_loader=loader)
+    assert last["val_accuracy/min"] == osf.evaluate(sn, sn.space.min(), val, calib_loader=loader)
+
+    calls = {"n": 0}
+
+    def crashing_loss(out, target):
+        calls["n"] += 1
+        if calls["n"] > 4 * 6:  # dies in step 7, after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return F.cross_entropy(out, target)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", crashing_loss)
+    resumed, resumed_ema, again = run(tmp_path / "b")
+    assert again.resumed_from == 4 and resumed_ema.updates == 9
+    for n, t in ema.shadow.items():
+        assert torch.equal(t, resumed_ema.shadow[n]), n
+    for k, t in trained.items():
+        assert torch.equal(t, resumed.tensors()[k]), k
+
+    fresh = make(seed=3)
+    assert osf.load_weights(fresh, tmp_path / "a", ema=True) == 9
+    for n, p in fresh.named_parameters():
+        assert torch.equal(p, ema.shadow[n]), n
+    with pytest.raises(CheckpointError, match="ema 0.8|'decay': 0.8"):
+        run(tmp_path / "a", decay=0.9)  # resumed with another decay
+    plain = make()
+    opt, _ = opt_and_sched(plain)
+    osf.train(plain, loader, optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False, run_dir=tmp_path / "c")
+    with pytest.raises(CheckpointError, match="holds no moving averages"):
+        osf.load_weights(plain, tmp_path / "c", ema=True)
+    with pytest.raises(ValueError, match="ema= averages a Linear, not the module this run trains"):
+        run(None, ema_of=nn.Linear(2, 2))
+
+
 class MLP(nn.Module):  # no BatchNorm, no dropout: a batch's mean loss is the mean of its halves' mean losses
     def __init__(self):
         super().__init__()
@@ -261,7 +337,7 @@ def test_accumulating_batches_trains_as_one_larger_batch_and_resumes_bit_identic
     resumed, result = _accumulated(8, 2, steps=6, run_dir=tmp_path / "c", checkpoint_every=5)
     assert result.resumed_from == 3
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values()))
-    with pytest.raises(CheckpointError, match="accumulate 2; this run has .* accumulate 1"):
+    with pytest.raises(CheckpointError, match="accumulate 2 and ema None; this run has .* accumulate 1"):
         _accumulated(8, 1, steps=8, run_dir=tmp_path / "b")
     with pytest.raises(ValueError, match="epochs=1 of 8 batches make no step of accumulate=9 batches"):
         _accumulated(8, 9, steps=None, epochs=1)

@@ -37,7 +37,8 @@ class TrainSettings:
     """How ``osf train`` trains: AdamW, cross-entropy, ``steps`` or ``epochs`` (default: 5 epochs); ``metric``:
     the validation score of the run, its search and its exports (``accuracy``, or ``miou`` for labels per
     position); ``accumulate``: batches per optimizer step; ``val_every``: steps between scores of the max and
-    min subnets on the validation split while training (None: once, at the end)."""
+    min subnets on the validation split while training (None: once, at the end); ``ema``: the decay of a moving
+    average of the weights, which the run then scores, searches and exports (None: the weights as trained)."""
     steps: int | None = None
     epochs: int | None = None
     lr: float = 3e-3
@@ -57,6 +58,7 @@ class TrainSettings:
     metric: str = "accuracy"
     accumulate: int = 1
     val_every: int | None = None
+    ema: float | None = None
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
     DISTILL: typing.ClassVar = ("inplace", "teacher", "none")
@@ -64,7 +66,7 @@ class TrainSettings:
     # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
     # rate is constant; a schedule spans the run's length, which is then fixed too)
     FIXED: typing.ClassVar = ("lr", "lr_schedule", "batch_size", "sampler", "subnets", "distill", "distill_weight",
-                              "warmup_epochs", "clip_grad_norm", "amp", "seed", "accumulate")
+                              "warmup_epochs", "clip_grad_norm", "amp", "seed", "accumulate", "ema")
     # what a run recorded before a setting existed used, where that is not the setting's default now
     BEFORE: typing.ClassVar = {"lr_schedule": "constant"}
 
@@ -87,6 +89,8 @@ class TrainSettings:
             raise ConfigError(f"train.lr must be above 0, got {self.lr}")
         if not 0 <= self.distill_weight <= 1:
             raise ConfigError(f"train.distill_weight must lie in [0, 1], got {self.distill_weight}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"train.ema must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema}")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"train.clip_grad_norm must be above 0, got {self.clip_grad_norm}")
         _device("train.device", self.device)

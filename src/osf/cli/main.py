@@ -281,6 +281,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help="score the max and min subnets on the validation split every N steps while training "
                    "(metrics.jsonl, TensorBoard, the progress bar); a resumed run may change it (default: once, at "
                    "the end)")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep a moving average of the weights (e.g. 0.999; warmed up over the first steps), which the "
+                   "run then scores, searches and exports instead of the last weights; fixed for a run (default: none)")
     g.add_argument("--checkpoint-every", type=int, metavar="N", help=f"steps between checkpoints "
                    f"(default {d.checkpoint_every}; one is always written at the end)")
     g.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (CUDA when available, else the CPU; under --nproc "

@@ -28,7 +28,7 @@ from ..space.arch import Arch
 from ..space.space import SearchSpace
 from ..supernet import Supernet
 from ..supernet.batches import split_batch
-from ..train import (Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, Validation, WarmupSampler,
+from ..train import (EMA, Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, Validation, WarmupSampler,
                      evaluate, train)
 from ..train.distill import select_output
 from ..train.labels import IGNORE_INDEX, SCORES, Score, class_dim
@@ -339,22 +339,25 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         distill = Distill("teacher", teacher=teacher, weight=settings.distill_weight)
     # the max and min subnets, as scored at the end; every rank validates alike (the same data everywhere)
     validate = Validation(val_loader, every=settings.val_every, metric=settings.metric) if settings.val_every else None
+    ema = EMA(supernet, settings.ema) if settings.ema is not None else None
     try:
         result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
                        loss_fn=_cross_entropy, steps=steps, sampler=_sampler(settings, supernet, steps_per_epoch),
                        seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp, distill=distill,
-                       accumulate=settings.accumulate, validate=validate,
+                       accumulate=settings.accumulate, validate=validate, ema=ema,
                        run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
     except Exception as e:  # noqa: BLE001 - a subnet's failure on a batch, said in one line with its step
         failure = _step_failure(e, settings)
         if failure is None:
             raise
         raise failure from e
+    if ema is not None:  # what the run scores, searches and exports (load_trained loads the same)
+        ema.copy_to()
     if main_rank:
         validated = result.history[-1] if result.history else {}  # with --val-every: scored after the last step
         scores = {}
         for name, arch in (("max", supernet.space.max()), ("min", supernet.space.min())):
-            key = f"val_{settings.metric}/{name}"
+            key = f"val_{settings.metric}/{name}{'_ema' if ema is not None else ''}"
             scores[name] = round(validated[key] if key in validated else evaluate(
                 supernet, arch, val_loader, calib_loader=train_loader, metric=settings.metric), 4)
         run.result = {"step": result.step, f"val_{settings.metric}": scores}

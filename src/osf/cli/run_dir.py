@@ -19,6 +19,7 @@ from ..ir import FormatError, load_ir
 from ..search.files import write_json_atomic
 from ..supernet import Supernet
 from ..train import checkpoint as ckpt
+from ..train.ema import copy_shadow
 from .models import SpecError
 
 RUN_FILE, IR_DIR, CHECKPOINTS = "run.json", "ir", "checkpoints"
@@ -44,7 +45,8 @@ class Run:
 
 @dataclass
 class Trained:
-    """A supernet rebuilt from a run directory, with the weights of its newest checkpoint."""
+    """A supernet rebuilt from a run directory, with the weights of its newest checkpoint (their moving
+    averages for a run trained with ``--ema``)."""
     supernet: Supernet
     run: Run
     step: int
@@ -93,5 +95,7 @@ def load_trained(run_dir: str | os.PathLike) -> Trained:
     if not found:
         raise SpecError(f"run directory '{run_dir}' has no checkpoint yet; run osf train on it first")
     state = ckpt.load(found[-1], supernet)
+    if state.get("ema"):  # a run trained with --ema is scored, searched and exported on its moving averages
+        copy_shadow(supernet, state["ema"]["shadow"])
     supernet.eval()
     return Trained(supernet, run, state["step"], found[-1])

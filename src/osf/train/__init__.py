@@ -1,10 +1,11 @@
 """Training a supernet: samplers, distillation, the loop, checkpoints, evaluation."""
 from .checkpoint import CheckpointError, load_weights
 from .distill import Distill, select_output
+from .ema import EMA
 from .evaluate import Validation, accuracy, evaluate
 from .forkjoin import ConfigMismatch, ForkJoin, init_process_group
 from .loop import TrainingInterrupted, TrainResult, train
 from .samplers import MotifSampler, ProgressiveShrinking, Sampler, SandwichSampler, UniformSampler, WarmupSampler
 
-__all__ = ["CheckpointError", "ConfigMismatch", "ForkJoin", "init_process_group", "load_weights", "Distill", "MotifSampler", "ProgressiveShrinking", "Sampler", "SandwichSampler",
+__all__ = ["CheckpointError", "ConfigMismatch", "EMA", "ForkJoin", "init_process_group", "load_weights", "Distill", "MotifSampler", "ProgressiveShrinking", "Sampler", "SandwichSampler",
            "TrainingInterrupted", "TrainResult", "UniformSampler", "Validation", "WarmupSampler", "accuracy", "evaluate", "select_output", "train"]

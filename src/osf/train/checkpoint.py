@@ -18,6 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .ema import copy_shadow
+
 FORMAT = "osf-checkpoint-1"
 _NAME = re.compile(r"^step-(\d{9})\.safetensors$")
 
@@ -131,11 +133,13 @@ def save(path: Path, supernet, state: dict[str, Any], model: torch.nn.Module | N
     return path
 
 
-def load_weights(supernet, source: str | os.PathLike, *, model: torch.nn.Module | None = None) -> int:
+def load_weights(supernet, source: str | os.PathLike, *, model: torch.nn.Module | None = None,
+                 ema: bool = False) -> int:
     """Load the shared weights of an ``osf.train`` checkpoint into ``supernet`` (built from the same model
     with the same space options) and return the step it was written at: ``source`` is a checkpoint file or
     a ``run_dir`` (its newest checkpoint). With ``model``, the enclosing model's own tensors are loaded
-    too. The optimizer's state stays in the file (``osf.train`` with that ``run_dir`` resumes from it)."""
+    too. ``ema``: the moving averages of a run trained with ``ema=`` instead of its last weights. The
+    optimizer's state stays in the file (``osf.train`` with that ``run_dir`` resumes from it)."""
     path = Path(source)
     if path.is_dir():
         found = checkpoints(path / "checkpoints") or checkpoints(path)
@@ -145,7 +149,13 @@ def load_weights(supernet, source: str | os.PathLike, *, model: torch.nn.Module 
         path = found[-1]
     elif not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
-    return int(load(path, supernet, model, enclosing=model is not None)["step"])
+    state = load(path, supernet, model, enclosing=model is not None)
+    if ema:
+        if not state.get("ema"):
+            raise CheckpointError(f"checkpoint {path} holds no moving averages: its run trained without ema=; load "
+                                  "its weights with ema=False")
+        copy_shadow(model if model is not None else supernet, state["ema"]["shadow"])
+    return int(state["step"])
 
 
 def load(path: Path, supernet, model: torch.nn.Module | None = None, *,

@@ -11,6 +11,7 @@ from ..supernet.batches import BatchFn, batch_size, explained, split_batch, to_d
 from ..supernet.supernet import Supernet
 from .distill import select_output
 from .checkpoint import rng_state, set_rng_state
+from .ema import EMA
 from .labels import Score
 
 
@@ -129,17 +130,23 @@ class Validation:
         """Whether to validate after ``step`` (counted from 1) of ``steps``."""
         return step == steps or (self.every is not None and step % self.every == 0)
 
-    def scores(self, supernet: Supernet, train_loader: Iterable) -> dict[str, float]:
-        """``val_<metric>/<name>`` of every arch on the current weights; the supernet's buffers (BatchNorm
-        statistics) are as before afterwards."""
+    def scores(self, supernet: Supernet, train_loader: Iterable, ema: EMA | None = None) -> dict[str, float]:
+        """``val_<metric>/<name>`` of every arch on the current weights (and ``val_<metric>/<name>_ema`` on
+        ``ema``'s averages); the supernet's buffers (BatchNorm statistics) are as before afterwards."""
         calib = self.calib_loader if self.calib_loader is not None else train_loader
         saved, rng = [b.clone() for b in supernet.buffers()], rng_state()
-        name = self.metric_name()
+        name, archs = self.metric_name(), self.named_archs(supernet)
+
+        def score(suffix: str) -> dict[str, float]:
+            return {f"val_{name}/{arch_name}{suffix}": float(evaluate(
+                supernet, arch, self.loader, metric=self.metric, calib_loader=calib, calib_batches=self.calib_batches,
+                batch_fn=self.batch_fn)) for arch_name, arch in archs.items()}
         try:
-            return {f"val_{name}/{arch_name}": float(evaluate(supernet, arch, self.loader, metric=self.metric,
-                                                               calib_loader=calib, calib_batches=self.calib_batches,
-                                                               batch_fn=self.batch_fn))
-                    for arch_name, arch in self.named_archs(supernet).items()}
+            if ema is None:
+                return score("")
+            trained = score("")
+            with ema.applied():
+                return trained | score("_ema")
         finally:
             with torch.no_grad():
                 for b, before in zip(supernet.buffers(), saved):

@@ -27,6 +27,7 @@ from ..supernet.batches import BatchFn, batch_size, explained, split_batch, to_d
 from ..supernet.supernet import Supernet
 from . import checkpoint as ckpt
 from .distill import Distill, select_output
+from .ema import EMA
 from .evaluate import Validation
 from .forkjoin import ForkJoin, WorkItem, digest, plan, take_rows
 from .samplers import Sampler, SandwichSampler
@@ -66,7 +67,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
           checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume: bool = True,
           progress: bool = True, parallel: ForkJoin | bool | None = None,
           model: torch.nn.Module | None = None, accumulate: int = 1,
-          validate: Validation | None = None) -> TrainResult:
+          validate: Validation | None = None, ema: EMA | None = None) -> TrainResult:
     """Train ``supernet`` on ``loader``.
 
     Each step takes one batch, runs every subnet of ``sampler.sample(step)`` (default: the sandwich rule
@@ -103,7 +104,10 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     ``validate``: an ``osf.train.Validation`` scores the max and min subnets (or others) on a validation
     loader every so many steps and after the last; the scores join that step's metrics (``val_accuracy/max``
     ...) and the progress bar, and leave training as it was (same weights as without). Under several ranks
-    every rank validates on its own (the same loader everywhere: the same scores)."""
+    every rank validates on its own (the same loader everywhere: the same scores).
+
+    ``ema``: an ``osf.train.EMA`` of ``supernet`` (or of ``model``) updated after every optimizer step, saved
+    in the checkpoints and restored on resume; ``validate`` then scores its averages too (``..._ema``)."""
     sampler = sampler if sampler is not None else SandwichSampler(supernet.space, 4, seed)
     if model is not None and not any(m is supernet for m in model.modules()):
         raise ValueError(f"model= must hold the supernet as a submodule (e.g. detector.backbone = supernet); this "
@@ -115,6 +119,9 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                              "model around it: train some steps at a time and score the model yourself in between")
         validate.named_archs(supernet)  # archs of another space are refused before training
         validate.check_loaders(loader)
+    if ema is not None and ema.module is not net:
+        raise ValueError(f"ema= averages a {type(ema.module).__name__}, not the module this run trains: build it as "
+                         f"osf.EMA({'model' if model is not None else 'supernet'}) after creating the supernet")
     _check_optimizer(optimizer, supernet, model)
     if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise ValueError("the scheduler was built for another optimizer than optimizer=, so the learning rate it "
@@ -157,10 +164,12 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                                   "run, or choose another run_dir")
         if existing:
             state = ckpt.load(existing[-1], supernet, model)
-            _check_same_run(state, sampler, seed, accumulate, existing[-1])
+            _check_same_run(state, sampler, seed, accumulate, ema, existing[-1])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler") is not None:
                 scheduler.load_state_dict(state["scheduler"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             start, position = state["step"], tuple(state["position"])
             run.restore_rng = state["rng"]
             run.truncate_log(start)
@@ -181,7 +190,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         return run.save(supernet, model, {
             "step": step, "position": list(position or batches.position()), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed, "accumulate": accumulate})
+            "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed, "accumulate": accumulate,
+            "ema": ema.state_dict() if ema is not None else None})
 
     def interrupted() -> TrainingInterrupted:
         saved = None
@@ -221,7 +231,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 if fork is not None and step == start and micro == 0:
                     fork.agree(_settings(supernet, model, sampler, optimizer, scheduler, loss_fn, distill, seed,
                                          steps, start, clip_grad_norm, amp, checkpoint_every, world, accumulate,
-                                         (args, kwargs, target)))
+                                         ema, (args, kwargs, target)))
                 rows = _rows(args, kwargs, model)
                 items = plan(picks, rows, rank, world)
                 if model is not None and any(item.weight != 1.0 for item in items):
@@ -250,6 +260,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if ema is not None:
+                ema.update()
             step += 1
             seconds = time.perf_counter() - t0
             by_role: dict[str, list[float]] = {}
@@ -266,7 +278,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             if validate is not None and validate.due(step, steps):
                 bar.set_description("train supernet (validating)")
                 try:
-                    validated = validate.scores(supernet, loader)
+                    validated = validate.scores(supernet, loader, ema)
                 except Exception as e:
                     if run.dir is not None:  # the trained step is kept: fix the validation and train again
                         last_ckpt = save_checkpoint()
@@ -309,7 +321,8 @@ def _fork_join(parallel: ForkJoin | bool | None) -> ForkJoin | None:
 def _settings(supernet: Supernet, model: torch.nn.Module | None, sampler: Sampler,
               optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: LossFn | None, distill: Distill | None,
               seed: int, steps: int, start: int, clip_grad_norm: float | None, amp: Any,
-              checkpoint_every: int | None, world: int, accumulate: int, first_batch: Any) -> dict[str, Any]:
+              checkpoint_every: int | None, world: int, accumulate: int, ema: EMA | None,
+              first_batch: Any) -> dict[str, Any]:
     """What every rank of a distributed run must agree on."""
     return {
         "osf": _version(), "torch": torch.__version__, "world_size": world, "model": ckpt.fingerprint(supernet),
@@ -322,7 +335,8 @@ def _settings(supernet: Supernet, model: torch.nn.Module | None, sampler: Sample
         "distill": None if distill is None else [distill.mode, distill.loss, distill.temperature, distill.field,
                                                  distill.weight, distill.dim],
         "clip_grad_norm": clip_grad_norm, "amp": str(amp), "checkpoint_every": checkpoint_every,
-        "accumulate": accumulate, "first_batch": digest(first_batch),
+        "accumulate": accumulate, "ema": ema.settings() if ema is not None else None,
+        "first_batch": digest(first_batch),
     }
 
 
@@ -457,13 +471,16 @@ def _check_finite(losses: torch.Tensor, picks: list[tuple[str, Arch]], step: int
                                  "or check the data")
 
 
-def _check_same_run(state: dict, sampler: Sampler, seed: int, accumulate: int, path: Path) -> None:
+def _check_same_run(state: dict, sampler: Sampler, seed: int, accumulate: int, ema: EMA | None, path: Path) -> None:
     saved = state.get("accumulate", 1)  # checkpoints written before the setting: one batch per step
-    if state["sampler"] != sampler.settings() or state["seed"] != seed or saved != accumulate:
+    saved_ema = state.get("ema")  # checkpoints written before the setting hold none
+    saved_ema = {k: saved_ema[k] for k in ("decay", "warmup")} if saved_ema else None
+    this_ema = ema.settings() if ema is not None else None
+    if state["sampler"] != sampler.settings() or state["seed"] != seed or saved != accumulate or saved_ema != this_ema:
         raise ckpt.CheckpointError(f"checkpoint {path} comes from a run with sampler {state['sampler']}, seed "
-                                   f"{state['seed']} and accumulate {saved}; this run has {sampler.settings()}, seed "
-                                   f"{seed} and accumulate {accumulate}: resume with the same settings, or use "
-                                   "another run_dir")
+                                   f"{state['seed']}, accumulate {saved} and ema {saved_ema}; this run has "
+                                   f"{sampler.settings()}, seed {seed}, accumulate {accumulate} and ema {this_ema}: "
+                                   "resume with the same settings, or use another run_dir")
 
 
 def _length(loader: Iterable) -> int | None:
