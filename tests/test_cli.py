@@ -712,6 +712,27 @@ def test_train_validates_every_n_steps_without_changing_the_run(tmp_path, monkey
         TrainSettings(val_every=0)
 
 
+def test_train_weight_decay_and_label_smoothing_reach_the_optimizer_and_the_loss(tmp_path, monkeypatch):
+    _classifier_and_data(tmp_path, monkeypatch)
+    common = ["train", "python:seg_models.py:classifier", "--data", "npz:c.npz", "--batch-size", "4", "--steps", "3",
+              "--quiet", "--distill", "none"]
+
+    def losses(out: str, *flags: str) -> list[float]:
+        assert main([*common, "--out", out, *flags]) == 0
+        return [json.loads(line)["loss/max"] for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+
+    plain = losses("plain")
+    smoothed, decayed = losses("smooth", "--label-smoothing", "0.2"), losses("decay", "--weight-decay", "0.5")
+    assert smoothed[0] != plain[0]  # the same weights and batch, another loss
+    assert decayed[0] == plain[0] and decayed[1:] != plain[1:]  # AdamW decays the weights at each step
+    assert losses("no_decay", "--weight-decay", "0") != plain
+    assert main([*common, "--out", "smooth", "--label-smoothing", "0.1"]) == 2  # fixed for a run
+    for bad, said in ((dict(weight_decay=-0.1), "train.weight_decay must be at least 0"),
+                      (dict(label_smoothing=1.0), r"train.label_smoothing must lie in \[0, 1\)")):
+        with pytest.raises(ConfigError, match=said):
+            TrainSettings(**bad)
+
+
 def test_labels_per_token_build_a_token_classifier_and_segmentation_models_build_offline(tmp_path, monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("osf downloaded weights")

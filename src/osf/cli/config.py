@@ -34,7 +34,8 @@ class SpaceSettings:
 
 @dataclass
 class TrainSettings:
-    """How ``osf train`` trains: AdamW, cross-entropy, ``steps`` or ``epochs`` (default: 5 epochs); ``metric``:
+    """How ``osf train`` trains: AdamW (``weight_decay`` on every parameter), cross-entropy (with
+    ``label_smoothing``), ``steps`` or ``epochs`` (default: 5 epochs); ``metric``:
     the validation score of the run, its search and its exports (``accuracy``, or ``miou`` for labels per
     position); ``accumulate``: batches per optimizer step; ``val_every``: steps between scores of the max and
     min subnets on the validation split while training (None: once, at the end); ``ema``: the decay of a moving
@@ -43,6 +44,8 @@ class TrainSettings:
     epochs: int | None = None
     lr: float = 3e-3
     lr_schedule: str = "onecycle"
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.0
     batch_size: int = 64
     sampler: str = "sandwich"
     subnets: int = 4
@@ -65,7 +68,7 @@ class TrainSettings:
     SCHEDULES: typing.ClassVar = ("onecycle", "cosine", "constant")
     # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
     # rate is constant; a schedule spans the run's length, which is then fixed too)
-    FIXED: typing.ClassVar = ("lr", "lr_schedule", "batch_size", "sampler", "subnets", "distill", "distill_weight",
+    FIXED: typing.ClassVar = ("lr", "lr_schedule", "weight_decay", "label_smoothing", "batch_size", "sampler", "subnets", "distill", "distill_weight",
                               "warmup_epochs", "clip_grad_norm", "amp", "seed", "accumulate", "ema")
     # what a run recorded before a setting existed used, where that is not the setting's default now
     BEFORE: typing.ClassVar = {"lr_schedule": "constant"}
@@ -89,6 +92,10 @@ class TrainSettings:
             raise ConfigError(f"train.lr must be above 0, got {self.lr}")
         if not 0 <= self.distill_weight <= 1:
             raise ConfigError(f"train.distill_weight must lie in [0, 1], got {self.distill_weight}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"train.weight_decay must be at least 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"train.label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ConfigError(f"train.ema must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema}")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:

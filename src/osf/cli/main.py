@@ -251,6 +251,11 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"onecycle: warm up to --lr over the first 10%% of the steps, then anneal towards zero; cosine: "
                    f"anneal from --lr to zero; constant: --lr throughout, the only one a resumed run may extend "
                    f"(default {d.lr_schedule})")
+    g.add_argument("--weight-decay", type=float, metavar="WD",
+                   help=f"AdamW's decoupled weight decay, on every parameter (default {d.weight_decay})")
+    g.add_argument("--label-smoothing", type=float, metavar="EPS",
+                   help=f"cross-entropy against labels smoothed by EPS (0.1 in Once-for-All; default "
+                   f"{d.label_smoothing:g})")
     g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     g.add_argument("--accumulate", type=int, metavar="N",
                    help=f"batches per optimizer step (gradient accumulation): steps of N × --batch-size samples in "

@@ -1,6 +1,7 @@
 """The stages behind ``osf train`` / ``search`` / ``export`` / ``run``, on a run directory (see ``run_dir``)."""
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -325,7 +326,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             write_run(out, run)
     train_loader, val_loader = loaders(splits, settings.batch_size, *_batch_layout(supernet, splits), settings.workers)
     supernet.to(device)
-    optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
+    optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = len(train_loader) // settings.accumulate
     if settings.steps is None and steps_per_epoch == 0:
         raise ConfigError(f"train.accumulate {settings.accumulate} exceeds the {len(train_loader)} batches of an epoch "
@@ -342,7 +343,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     ema = EMA(supernet, settings.ema) if settings.ema is not None else None
     try:
         result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
-                       loss_fn=_cross_entropy, steps=steps, sampler=_sampler(settings, supernet, steps_per_epoch),
+                       loss_fn=functools.partial(_cross_entropy, label_smoothing=settings.label_smoothing), steps=steps, sampler=_sampler(settings, supernet, steps_per_epoch),
                        seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp, distill=distill,
                        accumulate=settings.accumulate, validate=validate, ema=ema,
                        run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)
@@ -549,12 +550,13 @@ def _per_sample_hint(logits: torch.Tensor, labels: torch.Tensor) -> str:
     return f"; the labels look like several labels per sample (multi-label){PYTHON_API}"
 
 
-def _cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
+def _cross_entropy(output: Any, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of the model's logits (checked once, before training, by ``_check_class_scores``), over
     the labelled samples or positions."""
     logits = select_output(output)
     dim = class_dim(logits, target)
-    return F.cross_entropy(logits if dim in (1, None) else logits.movedim(dim, 1), target, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits if dim in (1, None) else logits.movedim(dim, 1), target, ignore_index=IGNORE_INDEX,
+                           label_smoothing=label_smoothing)
 
 
 def _score_on(loader: DataLoader, metric: str = "accuracy", dtype: torch.dtype | None = None):
