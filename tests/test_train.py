@@ -217,6 +217,15 @@ def test_ema_averages_the_weights_with_warmup():
     for decay in (0, 1, 1.5, True):
         with pytest.raises(ValueError, match="decay must lie strictly between 0 and 1"):
             osf.EMA(layer, decay=decay)
+    # bfloat16 weights: averaged in float32, where a step of 1e-4 x the change still counts
+    half = nn.Linear(2, 2).to(torch.bfloat16)
+    slow = osf.EMA(half, decay=0.9999, warmup=False)
+    start = slow.shadow["weight"].clone()
+    with torch.no_grad():
+        half.weight.add_(1.0)
+    slow.update()
+    assert slow.shadow["weight"].dtype == torch.float32
+    assert torch.allclose(slow.shadow["weight"] - start, torch.full_like(start, 1e-4), atol=2e-5)
 
 
 def test_training_with_ema_resumes_bit_identically_and_validates_and_loads_the_averages(tmp_path):

@@ -13,14 +13,17 @@ class EMA:
     ``osf.train(model=...)`` the model around it): after each optimizer step ``osf.train`` moves every average
     ``1 - rate`` of the way to the new weights, ``rate = decay``, or with ``warmup`` ``min(decay, (1 + n) / (10 +
     n))`` at the n-th update, so early averages are not dominated by the random initial weights. The averages
-    live beside the weights (one more copy of them), are saved in checkpoints and scored by ``Validation``;
+    live beside the weights (one more copy of them, in float32 for lower-precision weights), are saved in
+    checkpoints and scored by ``Validation``;
     ``applied()`` swaps them in for a block, ``copy_to()`` for good (to search and export them)."""
 
     def __init__(self, module: torch.nn.Module, decay: float = 0.9998, warmup: bool = True) -> None:
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 < decay < 1:
             raise ValueError(f"EMA: decay must lie strictly between 0 and 1 (e.g. 0.9998), got {decay!r}")
         self.module, self.decay, self.warmup, self.updates = module, float(decay), bool(warmup), 0
-        self.shadow = {name: p.detach().clone() for name, p in self._parameters().items()}
+        # in float32 at least: a bfloat16 average would not move at all by steps of (1 - decay) x the change
+        self.shadow = {name: p.detach().to(torch.promote_types(p.dtype, torch.float32), copy=True)
+                       for name, p in self._parameters().items()}
         if not self.shadow:
             raise ValueError(f"EMA: {type(module).__name__} has no trainable floating-point parameters to average")
 
@@ -36,8 +39,12 @@ class EMA:
         """Move the averages towards the module's current weights."""
         weight = 1 - self.rate()
         params = self._parameters()
+        for name, t in self.shadow.items():  # the module moved to another device after the EMA was made
+            if t.device != params[name].device:
+                self.shadow[name] = t.to(params[name].device)
         names = list(self.shadow)
-        torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach() for n in names], weight)
+        torch._foreach_lerp_([self.shadow[n] for n in names],
+                             [params[n].detach().to(self.shadow[n].dtype) for n in names], weight)
         self.updates += 1
 
     def settings(self) -> dict[str, Any]:
