@@ -72,7 +72,8 @@ def test_the_progress_bar_is_redrawn_now_and_then_in_a_log_not_at_every_step(cap
     sn = make()
     opt, _ = opt_and_sched(sn)
     steps = 60
-    osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=steps)
+    osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=steps,
+              validate=osf.Validation(data(n=8), every=1))  # whose "(validating)" is no redraw of its own either
     err = capsys.readouterr().err
     last = err.split("\r")[-1]
     assert f"{steps}/{steps}" in last and "max=" in last and "samples/s=" in last, last  # the final state, whole

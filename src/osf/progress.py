@@ -16,3 +16,8 @@ def progress_bar(*, total: int, desc: str, unit: str, disable: bool = False, ini
     interactive = getattr(sys.stderr, "isatty", lambda: False)()
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable, dynamic_ncols=True,
                 mininterval=TERMINAL_INTERVAL_S if interactive else LOG_INTERVAL_S)
+
+
+def describe(bar: tqdm, desc: str) -> None:
+    """Set the bar's description, redrawn at once on a terminal only (a log shows it with its next line)."""
+    bar.set_description(desc, refresh=bar.mininterval <= TERMINAL_INTERVAL_S)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.distributed as dist
 
-from ..progress import progress_bar
+from ..progress import describe, progress_bar
 from ..space.arch import Arch
 from ..supernet.batches import BatchFn, batch_size, explained, split_batch, to_device
 from ..supernet.supernet import Supernet
@@ -275,8 +275,9 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 record["join_seconds"] = round(join_seconds, 4)
                 if fork.measure_wait:
                     record["wait_seconds"] = round(fork.wait_seconds, 4)
+            bar.update(1)
             if validate is not None and validate.due(step, steps):
-                bar.set_description("train supernet (validating)")
+                describe(bar, "train supernet (validating)")
                 try:
                     validated = validate.scores(supernet, loader, ema)
                 except Exception as e:
@@ -286,10 +287,9 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                                    f"{last_ckpt}: train again with the same run_dir to resume")
                     raise
                 record |= validated
-                bar.set_description("train supernet")
+                describe(bar, "train supernet")
             history.append(record)
             run.log(record)
-            bar.update(1)
             bar.set_postfix({r: f"{v:.4f}" for r, v in role_loss.items()}
                             | {"samples/s": f"{record['samples_per_s']:.0f}"}
                             | {k.removeprefix("val_"): f"{v:.4f}" for k, v in validated.items()}, refresh=False)
