@@ -20,4 +20,5 @@ def progress_bar(*, total: int, desc: str, unit: str, disable: bool = False, ini
 
 def describe(bar: tqdm, desc: str) -> None:
     """Set the bar's description, redrawn at once on a terminal only (a log shows it with its next line)."""
-    bar.set_description(desc, refresh=bar.mininterval <= TERMINAL_INTERVAL_S)
+    if not bar.disable:
+        bar.set_description(desc, refresh=bar.mininterval <= TERMINAL_INTERVAL_S)
