@@ -700,6 +700,12 @@ def test_train_validates_every_n_steps_without_changing_the_run(tmp_path, monkey
     saved = ckpt.load(trained.checkpoint, build_supernet(tmp_path / "ema", trained.run))["ema"]["shadow"]
     assert saved and all(torch.equal(p, saved[n]) for n, p in trained.supernet.named_parameters())
     assert main([*common, "--out", "ema", "--steps", "4", "--ema", "0.99"]) == 2  # fixed for a run
+    max_arch = json.dumps(trained.supernet.space.max().to_json())
+    assert main(["export", "ema", "--arch", max_arch, "--out", "exported", "--format", "pt2", "--quiet"]) == 0
+    card = json.loads((tmp_path / "exported" / "card.json").read_text())
+    assert card["model"]["source"].startswith("python:") and "4 steps (moving average of the weights, decay 0.9)" \
+        in card["model"]["source"]
+    assert card["metrics"]["accuracy"] == read_run(tmp_path / "ema").result["val_accuracy"]["max"]
     with pytest.raises(ConfigError, match="train.ema must lie strictly between 0 and 1"):
         TrainSettings(ema=1.0)
     # a run extended later may validate otherwise

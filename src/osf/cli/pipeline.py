@@ -612,7 +612,9 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
     if out.exists() and not settings.force:  # before any work; osf.export checks again
         raise FileExistsError(f"'{out}' already exists; pass --force (export.force: true) to replace it")
     trained = load_trained(run_dir)
-    source = f"{trained.run.model}, trained {trained.step} steps on {trained.run.data} " + (
+    ema = trained.run.train.get("ema")
+    weights = f" (moving average of the weights, decay {ema})" if ema is not None else ""
+    source = f"{trained.run.model}, trained {trained.step} steps{weights} on {trained.run.data} " + (
         source or f"(osf run directory {run_dir})")
     if settings.arch is not None:
         arch = parse_arch(settings.arch, trained.supernet.space)
