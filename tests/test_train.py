@@ -229,7 +229,7 @@ def test_ema_averages_the_weights_with_warmup():
     assert torch.allclose(slow.shadow["weight"] - start, torch.full_like(start, 1e-4), atol=2e-5)
 
 
-def test_training_with_ema_resumes_bit_identically_and_validates_and_loads_the_averages(tmp_path):
+def test_training_with_ema_resumes_bit_identically_and_validates_and_loads_the_averages(tmp_path, monkeypatch):
     loader, val = data(), data(n=16, seed=7)
 
     def run(run_dir, loss_fn=F.cross_entropy, ema_of=None, decay=0.8):
@@ -270,6 +270,13 @@ def test_training_with_ema_resumes_bit_identically_and_validates_and_loads_the_a
     assert osf.load_weights(fresh, tmp_path / "a", ema=True) == 9
     for n, p in fresh.named_parameters():
         assert torch.equal(p, ema.shadow[n]), n
+    from osf.train import loop  # a resume under other versions is warned about, not refused
+    real = loop._versions()
+    monkeypatch.setattr(loop, "_versions", lambda: {**real, "torch": "9.9.9"})
+    with pytest.warns(UserWarning, match=rf"written under other versions \(torch {re.escape(torch.__version__)} -> "
+                                         r"9.9.9\): the steps from here may round otherwise"):
+        run(tmp_path / "b", decay=0.8)
+    monkeypatch.undo()
     with pytest.raises(CheckpointError, match="ema 0.8|'decay': 0.8"):
         run(tmp_path / "a", decay=0.9)  # resumed with another decay
     plain = make()

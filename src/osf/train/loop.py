@@ -10,6 +10,7 @@ import json
 import math
 import numbers
 import os
+import platform
 import signal
 import threading
 import time
@@ -165,6 +166,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         if existing:
             state = ckpt.load(existing[-1], supernet, model)
             _check_same_run(state, sampler, seed, accumulate, ema, existing[-1])
+            _warn_other_versions(state, existing[-1])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler") is not None:
                 scheduler.load_state_dict(state["scheduler"])
@@ -191,7 +193,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             "step": step, "position": list(position or batches.position()), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": ckpt.rng_state(), "sampler": sampler.settings(), "seed": seed, "accumulate": accumulate,
-            "ema": ema.state_dict() if ema is not None else None})
+            "ema": ema.state_dict() if ema is not None else None, "versions": _versions()})
 
     def interrupted() -> TrainingInterrupted:
         saved = None
@@ -345,6 +347,20 @@ def _version() -> str:
         return importlib.metadata.version("osf")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    """What a run's arithmetic depends on besides its settings: a resume under others rounds otherwise."""
+    return {"osf": _version(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _warn_other_versions(state: dict, path: Path) -> None:
+    saved = state.get("versions")  # checkpoints written before osf recorded them: unknown
+    if saved is not None and saved != _versions():
+        changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in _versions().items() if saved.get(k) != v)
+        warnings.warn(f"resuming from {path}, written under other versions ({changed}): the steps from here may "
+                      "round otherwise than an uninterrupted run would (resume is bit-identical under the same "
+                      "versions)", stacklevel=3)
 
 
 def _item_seed(seed: int, step: int, index: int, micro: int = 0) -> int:
