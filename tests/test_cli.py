@@ -1058,6 +1058,22 @@ def test_more_ranks_than_gpus_is_refused_before_launching(tmp_path, monkeypatch,
     assert main([*args, "--device", "cpu", "--nproc", "3"]) == 0 and launched[1][1]["OMP_NUM_THREADS"] == "5"
 
 
+def test_torchs_notes_to_other_libraries_stay_out_of_the_output(tmp_path, capfd):
+    """torchao (imported by transformers) makes torch log two deprecation lines on every hf: model; osf's
+    command leaves them out (they stay with --debug)."""
+    (tmp_path / "noisy.py").write_text(
+        "import logging, torch\n"
+        "def model():\n"
+        "    logging.getLogger('torch.utils._pytree').warning(\"<enum 'K'> is an Enum subclass ... Calling "
+        "register_constant() on Enum subclasses is deprecated and will be an error in a future release.\")\n"
+        "    return torch.nn.Linear(3, 2), (torch.randn(2, 3),)\n")
+    spec = f"python:{tmp_path / 'noisy.py'}:model"
+    assert main(["inspect", spec]) == 0
+    assert "register_constant" not in capfd.readouterr().err
+    assert main(["inspect", spec, "--debug"]) == 0
+    assert "register_constant" in capfd.readouterr().err
+
+
 def test_a_failing_rank_ends_the_launch_with_its_one_line_error(tmp_path, capfd):
     """Under --nproc each rank says an osf error in one line; torchrun's traceback and failure report stay out."""
     assert main(["train", "builtin:nope", "--data", "digits", "--out", str(tmp_path / "run"), "--nproc", "2"]) == 2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -446,9 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):  # Hugging Face's own bars (loading weights) too, if it is imported later
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     plain_format = warnings.formatwarning
+    pytree_log = logging.getLogger("torch.utils._pytree")
     if not args.debug:  # one line per warning, as errors are, instead of Python's file:line and source line
         warnings.formatwarning = lambda message, category, *_: (  # type: ignore[assignment]
             f"osf {args.command}: warning: {' '.join(str(message).split())}\n")
+        pytree_log.addFilter(_third_party_deprecation)
     try:
         return args.func(args)
     except ERRORS as e:
@@ -464,6 +467,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130  # 128 + SIGINT, as a shell reports it
     finally:
         warnings.formatwarning = plain_format
+        pytree_log.removeFilter(_third_party_deprecation)
+
+
+def _third_party_deprecation(record: logging.LogRecord) -> bool:
+    """False for torch's notes to the authors of other libraries (torchao, imported by transformers, registers
+    enums as pytree constants: two lines on every hf: model), which no osf user can act on."""
+    return "Calling register_constant() on Enum subclasses is deprecated" not in record.getMessage()
 
 
 def _interrupted(a: argparse.Namespace, e: KeyboardInterrupt) -> str:
