@@ -5,6 +5,7 @@ references): small supernet runs on the digits data, one scenario per invocation
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -65,11 +66,19 @@ def weights(supernet) -> dict[str, torch.Tensor]:
 
 
 def run(case: str, *, parallel, steps: int = STEPS, run_dir=None, checkpoint_every=None, loss_fn=F.cross_entropy,
-        lr: float = 0.05):
+        lr: float = 0.05, ema_decay: float | None = None, validate_every: int | None = None):
+    """``case`` trained; with ``ema_decay`` a moving average (``result.ema``), with ``validate_every`` the max
+    and min subnets scored on held-out digits that often."""
     supernet, loader, sampler, distill, optimizer = setup(case, lr)
+    ema = osf.EMA(supernet, decay=ema_decay) if ema_decay is not None else None
+    validate = None
+    if validate_every is not None:
+        _, _, x_val, y_val = digits()
+        validate = osf.Validation(DataLoader(TensorDataset(x_val, y_val), batch_size=128), every=validate_every)
     result = osf.train(supernet, loader, optimizer=optimizer, loss_fn=loss_fn, steps=steps, sampler=sampler,
                        distill=distill, seed=3, progress=False, parallel=parallel, run_dir=run_dir,
-                       checkpoint_every=checkpoint_every)
+                       checkpoint_every=checkpoint_every, ema=ema, validate=validate)
+    result.ema = ema
     return supernet, result
 
 
@@ -152,6 +161,12 @@ def main(scenario: str, out: Path) -> None:
             w = naive("cnn-sandwich-k2", how)
             if rank == 0:
                 save_file(w, str(out / f"naive-{how}.safetensors"))
+    elif scenario == "ema-validation":  # every rank validates: its scores written per rank
+        _, result = run("cnn-sandwich-k4", parallel=None, ema_decay=0.9, validate_every=2)
+        scores = [{k: v for k, v in r.items() if k.startswith("val_")} for r in result.history]
+        (out / f"scores-rank{rank}.json").write_text(json.dumps(scores))
+        if rank == 0:
+            save_file(result.ema.shadow, str(out / "ema.safetensors"))
     elif scenario == "one-case":
         supernet, _ = run("cnn-sandwich-k4", parallel=None)
         if rank == 0:

@@ -92,6 +92,21 @@ def test_fork_join_equals_sequential_and_naive_updates_do_not(tmp_path):
         assert relative_difference(naive, hazard) > 1e-2, how
 
 
+def test_fork_join_keeps_the_moving_average_and_validates_as_one_process(tmp_path):
+    done = torchrun("ema-validation", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, result = worker.run("cnn-sandwich-k4", parallel=False, ema_decay=0.9, validate_every=2)
+    assert relative_difference(load_file(str(tmp_path / "ema.safetensors")), result.ema.shadow) <= 1e-6
+    ranks = [json.loads((tmp_path / f"scores-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the same weights and data on every rank: the same scores
+    one = [{k: v for k, v in r.items() if k.startswith("val_")} for r in result.history]
+    assert [sorted(r) for r in ranks[0]] == [sorted(r) for r in one]  # after steps 2, 4 and 6
+    assert len([r for r in one if r]) == 3 and all(k.endswith(("max", "min", "max_ema", "min_ema")) for r in one for k in r)
+    for parallel, single in zip(ranks[0], one):  # weights equal to rounding: a prediction of 360 flips at most
+        for k in single:
+            assert abs(parallel[k] - single[k]) <= 1 / 360 + 1e-9, k
+
+
 @pytest.mark.slow
 def test_two_nodes_through_rendezvous_equal_sequential(tmp_path):
     for done in torchrun_two_nodes("one-case", tmp_path):
