@@ -4,8 +4,9 @@
 (``ir.build()``) and saves without pickling (``ir.save`` / ``osf.load_ir``). ``osf.SearchSpace`` derives
 width groups and removable units from the IR; ``osf.Supernet`` extracts any ``osf.Arch`` as a standalone,
 smaller model and costs it, and runs any subnet on its shared weights (``set_arch``); ``osf.train``
-trains those weights (sandwich / motif sampling, distillation, checkpoints; ``osf.load_weights`` reads
-them back in another process) and ``osf.evaluate`` scores a
+trains those weights (sandwich / motif sampling, distillation, checkpoints, ``osf.Validation`` while it
+trains, an ``osf.EMA`` of the weights; ``osf.load_weights`` reads them back in another process) and
+``osf.evaluate`` scores a
 subnet with inherited weights; ``osf.export`` writes a subnet as ``.pt2`` / ONNX / safetensors with a
 model card, loadable with plain PyTorch; ``osf.search`` finds the Pareto front of accuracy against params,
 FLOPs (``osf.CostModel``) and latency (``osf.LatencyModel``) under hard budgets (``osf.Front``).
