@@ -1,6 +1,7 @@
 """Evaluating a subnet with inherited weights (BatchNorm statistics recalibrated first)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -102,7 +103,7 @@ class Validation:
         elif not callable(self.metric):
             raise ValueError(f"Validation: metric must be 'accuracy', 'miou' or a function (output, target) -> "
                              f"float, got {self.metric!r}")
-        if iter(self.loader) is self.loader:
+        if isinstance(self.loader, Iterator):  # (iter() would start a DataLoader's workers just to ask)
             raise ValueError("Validation: loader is an iterator, which one validation would use up; give a "
                              "DataLoader (or another iterable that starts over on every pass)")
 
@@ -157,7 +158,7 @@ class Validation:
         """Refuse calibration loaders whose passes would take batches from training's own pass."""
         calib = self.calib_loader if self.calib_loader is not None else train_loader
         which = "calib_loader" if self.calib_loader is not None else "the training loader (calib_loader's default)"
-        if iter(calib) is calib:
+        if isinstance(calib, Iterator):
             raise ValueError(f"Validation: {which} is an iterator, so recalibrating BatchNorm would use up training "
                              "batches; give a DataLoader, or calib_loader= a separate one")
         if calib is train_loader and getattr(calib, "persistent_workers", False) and getattr(calib, "num_workers", 0):
