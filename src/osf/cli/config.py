@@ -68,8 +68,9 @@ class TrainSettings:
     SCHEDULES: typing.ClassVar = ("onecycle", "cosine", "constant")
     # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
     # rate is constant; a schedule spans the run's length, which is then fixed too)
-    FIXED: typing.ClassVar = ("lr", "lr_schedule", "weight_decay", "label_smoothing", "batch_size", "sampler", "subnets", "distill", "distill_weight",
-                              "warmup_epochs", "clip_grad_norm", "amp", "seed", "accumulate", "ema")
+    FIXED: typing.ClassVar = ("lr", "lr_schedule", "weight_decay", "label_smoothing", "batch_size", "sampler",
+                              "subnets", "distill", "distill_weight", "warmup_epochs", "clip_grad_norm", "amp", "seed",
+                              "accumulate", "ema")
     # what a run recorded before a setting existed used, where that is not the setting's default now
     BEFORE: typing.ClassVar = {"lr_schedule": "constant"}
 

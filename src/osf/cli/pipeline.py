@@ -343,7 +343,8 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
     ema = EMA(supernet, settings.ema) if settings.ema is not None else None
     try:
         result = train(supernet, train_loader, optimizer=optimizer, scheduler=_scheduler(settings, optimizer, steps),
-                       loss_fn=functools.partial(_cross_entropy, label_smoothing=settings.label_smoothing), steps=steps, sampler=_sampler(settings, supernet, steps_per_epoch),
+                       loss_fn=functools.partial(_cross_entropy, label_smoothing=settings.label_smoothing),
+                       steps=steps, sampler=_sampler(settings, supernet, steps_per_epoch),
                        seed=settings.seed, clip_grad_norm=settings.clip_grad_norm, amp=settings.amp, distill=distill,
                        accumulate=settings.accumulate, validate=validate, ema=ema,
                        run_dir=out, checkpoint_every=settings.checkpoint_every, progress=progress and main_rank)

@@ -4,6 +4,7 @@ settings and the supernet's fingerprint (JSON). Nothing is pickled. Files are wr
 name and renamed, so a crash mid-write never leaves a partial file under a checkpoint's name."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ import random
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -82,6 +83,19 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+@contextlib.contextmanager
+def kept_buffers(module: torch.nn.Module) -> Iterator[None]:
+    """Inside the block ``module``'s buffers (BatchNorm statistics, counters) may change; they are put back
+    after."""
+    saved = [b.clone() for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, before in zip(module.buffers(), saved):
+                b.copy_(before)
 
 
 def set_rng_state(state: dict) -> None:

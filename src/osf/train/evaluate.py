@@ -11,7 +11,7 @@ from ..space.arch import Arch
 from ..supernet.batches import BatchFn, batch_size, explained, split_batch, to_device
 from ..supernet.supernet import Supernet
 from .distill import select_output
-from .checkpoint import rng_state, set_rng_state
+from .checkpoint import kept_buffers, rng_state, set_rng_state
 from .ema import EMA
 from .labels import Score
 
@@ -135,7 +135,7 @@ class Validation:
         """``val_<metric>/<name>`` of every arch on the current weights (and ``val_<metric>/<name>_ema`` on
         ``ema``'s averages); the supernet's buffers (BatchNorm statistics) are as before afterwards."""
         calib = self.calib_loader if self.calib_loader is not None else train_loader
-        saved, rng = [b.clone() for b in supernet.buffers()], rng_state()
+        rng = rng_state()
         name, archs = self.metric_name(), self.named_archs(supernet)
 
         def score(suffix: str) -> dict[str, float]:
@@ -143,15 +143,13 @@ class Validation:
                 supernet, arch, self.loader, metric=self.metric, calib_loader=calib, calib_batches=self.calib_batches,
                 batch_fn=self.batch_fn)) for arch_name, arch in archs.items()}
         try:
-            if ema is None:
-                return score("")
-            trained = score("")
-            with ema.applied():
-                return trained | score("_ema")
+            with kept_buffers(supernet):
+                if ema is None:
+                    return score("")
+                trained = score("")
+                with ema.applied():
+                    return trained | score("_ema")
         finally:
-            with torch.no_grad():
-                for b, before in zip(supernet.buffers(), saved):
-                    b.copy_(before)
             set_rng_state(rng)  # a shuffled validation loader, data augmentation: training's draws stay its own
 
     def check_loaders(self, train_loader: Iterable) -> None:

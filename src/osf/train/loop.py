@@ -434,14 +434,9 @@ def _soft_targets(supernet: Supernet, net: torch.nn.Module, max_arch: Arch, args
     """The max subnet's outputs on the whole batch (``net``'s: the supernet or the model around it), as its
     own run computes them (same dropout seed); running statistics are left untouched, since that subnet's
     update is another rank's."""
-    buffers = [b.clone() for b in net.buffers()]
     torch.manual_seed(_item_seed(seed, step, 0, micro))
-    with torch.no_grad(), supernet.set_arch(max_arch), autocast():
-        soft = select_output(net(*args, **kwargs), distill.field).detach()
-    with torch.no_grad():
-        for b, saved in zip(net.buffers(), buffers):
-            b.copy_(saved)
-    return soft
+    with ckpt.kept_buffers(net), torch.no_grad(), supernet.set_arch(max_arch), autocast():
+        return select_output(net(*args, **kwargs), distill.field).detach()
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer, supernet: Supernet, model: torch.nn.Module | None) -> None:
