@@ -20,6 +20,8 @@ data, batch, optimizer and schedule; imported, not copied), each method gets the
   samples a random subnet on every training forward), ``mtn.search`` with ``{"flops": "50%"}`` / ``"35%"``
   and the same validation score, the searched model exported.
 - **(d) random search** and **(f) NSGA-II** on osf's supernet, the same number of evaluated subnets.
+- **(g) osf + fine-tuning**: osf's pick at each budget trained alone for half the epochs more on its inherited
+  weights, as ``osf export --finetune-epochs`` does (``osf.ArchSampler``; the trained max subnet teaches).
 - **motif ablation** (part 5): a second supernet trained with ``MotifSampler`` (sandwich whose random
   subnets are replaced by their motif's most salient member) against the uniform sandwich above, same
   epochs; searched with the same budget; space size in subnets and in motifs.
@@ -180,6 +182,34 @@ def osf_rows(tag, supernet, front, train, test, x1, max_flops, secs):
     return out
 
 
+def osf_finetuned(supernet, front, train, test, x1, max_flops, epochs, seed, secs):
+    """(g) Each budget's pick of the front fine-tuned alone for ``epochs`` from its inherited weights, as
+    ``osf export --finetune-epochs`` does it: ``osf.train`` with an ``ArchSampler`` of that subnet on the
+    trained supernet, AdamW at a tenth of the training rate annealed to zero (cosine), the max subnet as
+    trained as a frozen teacher (distillation weight 0.5, as in training). The supernet gets its trained
+    weights back after each."""
+    trained = copy.deepcopy(supernet.state_dict())
+    steps = epochs * len(train)
+    out = {}
+    for b in BUDGETS:
+        p = front.best(flops=f"{round(100 * b)}%")
+        rewind(train, seed)
+        supernet.recalibrate(supernet.space.max(), train, CALIB)
+        teacher = supernet.extract(supernet.space.max()).eval().requires_grad_(False)
+        opt = torch.optim.AdamW(supernet.parameters(), lr=LR / 10, weight_decay=1e-4)
+        _, ft_s = timed(osf.train, supernet, train, optimizer=opt, loss_fn=F.cross_entropy, steps=steps,
+                        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
+                        sampler=osf.ArchSampler(supernet.space, {"picked": p.arch}), seed=seed, progress=False,
+                        distill=osf.Distill("teacher", teacher=teacher, weight=0.5))
+        rewind(train, seed)
+        acc = osf.evaluate(supernet, p.arch, test, calib_loader=train, calib_batches=CALIB)
+        fl = flops(supernet.extract(p.arch), x1)
+        out[b] = {"method": "osf-finetune", "acc": acc, "flops": fl, "frac": fl / max_flops, "params": p.params,
+                  "arch": p.arch.to_json(), "finetune_epochs": epochs, "seconds": round(secs + ft_s, 1)}
+        supernet.load_state_dict(trained)
+    return out
+
+
 TP_MAX_RATIO = 0.9  # above ~0.95 MetaPruner skips layers that would lose every channel: not monotonic
 
 
@@ -325,6 +355,9 @@ def run(dataset: str, kind: str, epochs: int, seed: int, search_budget: int, log
     for p in fronts["osf"].pareto:
         acc = osf.evaluate(supernet, p.arch, test, calib_loader=train, calib_batches=CALIB)
         res["front_test"].append([round(p.flops / ref, 4), round(acc, 4)])
+    # (g) the same picks, each fine-tuned alone for half the epochs
+    done("osf-finetune", osf_finetuned(supernet, fronts["osf"], train, test, x1, max_flops, max(1, epochs // 2), seed,
+                                       train_s + res["fronts"]["osf"]["search_s"]))
 
     # (a) the architectures osf picked, trained from scratch for the same epochs
     rows = {}
@@ -437,7 +470,8 @@ METHODS = [("osf", "osf (surrogate search, inherited)"), ("osf-random", "(d) osf
            ("scratch", "(a) osf archs from scratch"), ("torch-pruning", "(b) Torch-Pruning + fine-tune"),
            ("modelopt", "(c) ModelOpt AutoNAS"),
            ("osf-total", f"(e) osf, supernet trained {len(BUDGETS)}× the epochs (surrogate search, inherited)"),
-           ("osf-nsga2", "(f) osf NSGA-II search")]
+           ("osf-nsga2", "(f) osf NSGA-II search"),
+           ("osf-finetune", "(g) osf, then each pick fine-tuned alone E/2 epochs")]
 
 
 def mean_std(values: list[float]) -> str:
@@ -484,6 +518,8 @@ def verdict(row: dict) -> str:
         return "**surrogate search loses to random**" if d > 0 else "surrogate search ahead"
     if row["method"] == "osf-nsga2":
         return "**surrogate search loses to NSGA-II**" if d > 0 else "surrogate search ahead"
+    if row["method"] == "osf-finetune":
+        return "fine-tuning helps" if d > 0 else "fine-tuning does not help"
     if row["method"] == "osf-total":
         return "longer supernet training helps" if d > 0 else "longer training does not help"
     return "**osf loses**" if d > 0 else "osf wins"
@@ -510,9 +546,13 @@ def quality_section(env: dict, runs: list[dict], rows: list[dict], plot: str | N
              "model (its own sampling: one random subnet per training forward) train for E epochs; (a) trains "
              "each picked architecture alone for E epochs; (b) pre-trains the max model E/2 epochs and fine-tunes "
              "each pruned model E/2 epochs. Epochs are equal, compute is not: osf runs 4 subnets per step, "
-             "ModelOpt 1. No method fine-tunes after search. "
+             "ModelOpt 1. Only (b) and (g) fine-tune after pruning / search. "
              f"(e) is osf at equal *total* training: one supernet trained {len(BUDGETS)}×E epochs, the epochs (a) "
-             f"spends on its {len(BUDGETS)} budgets together, searched the same way. "
+             f"spends on its {len(BUDGETS)} budgets together, searched the same way. (g) takes osf's picks and "
+             "trains each alone for E/2 more epochs on its inherited weights (`osf export --finetune-epochs`: an "
+             "`ArchSampler` of it, AdamW at a tenth of the rate annealed to zero, the trained max subnet teaching "
+             "at weight 0.5): E/2 epochs more per budget than osf, as (b) spends E/2 per budget after its shared "
+             "E/2 of pre-training. "
              f"osf's searches (surrogate-assisted evolution, osf's default; random; NSGA-II) evaluate {budget} "
              "distinct subnets each, one search for the whole "
              "front (both budgets are read off it); ModelOpt searches once per budget with "
@@ -646,7 +686,8 @@ def plot(runs: list[dict], path) -> bool:
     rows_ = math.ceil(len(cases) / cols)
     fig = Figure(figsize=(5.2 * cols, 3.8 * rows_))
     marks = {"osf": ("o", "C0"), "osf-random": ("v", "C1"), "scratch": ("s", "C2"), "torch-pruning": ("D", "C3"),
-             "modelopt": ("^", "C4"), "osf-motif": ("P", "C5"), "osf-total": ("X", "C6"), "osf-nsga2": ("*", "C7")}
+             "modelopt": ("^", "C4"), "osf-motif": ("P", "C5"), "osf-total": ("X", "C6"), "osf-nsga2": ("*", "C7"),
+             "osf-finetune": ("h", "C8")}
     for i, (d, m) in enumerate(cases):
         ax = fig.add_subplot(rows_, cols, i + 1)
         r = min((x for x in runs if (x["dataset"], x["model"]) == (d, m)), key=lambda x: x["seed"])
@@ -664,7 +705,7 @@ def plot(runs: list[dict], path) -> bool:
         ax.set_xlabel("% of the max model's FLOPs")
         ax.set_ylabel("test accuracy")
         ax.set_xlim(0, 105)
-        lows = [c["acc"] for n in marks for c in r["methods"][n].values() if "acc" in c]
+        lows = [c["acc"] for n in marks for c in r["methods"].get(n, {}).values() if "acc" in c]
         ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
         if i == 0:
             ax.legend(fontsize=7, loc="lower right")

@@ -410,6 +410,9 @@ def test_train_docs_example_runs(tmp_path):
     assert [int(step) for step, _, _ in validated] == [23, 46, 69, 92]  # every epoch of 23 steps
     assert validated[-1][1:] == (f"{max_acc:.3f}", f"{min_acc:.3f}")  # the last one scores the final weights
     assert (tmp_path / "metrics.jsonl").exists() and list((tmp_path / "checkpoints").iterdir())
+    before, after, shipped = re.search(r"fine-tuned alone: test accuracy ([\d.]+) -> ([\d.]+); extracted model "
+                                       r"([\d.]+)", out).groups()
+    assert shipped == after and float(after) >= float(before)  # the extracted model is the fine-tuned subnet
 
 
 # ----- osf space / train / search / export / run -----
@@ -680,7 +683,7 @@ def test_train_accumulates_batches_into_steps(tmp_path, monkeypatch, capsys):
     assert "train.accumulate 9 exceeds the 8 batches of an epoch (batch size 4)" in capsys.readouterr().err
 
 
-def test_train_validates_every_n_steps_without_changing_the_run(tmp_path, monkeypatch):
+def test_train_validates_every_n_steps_without_changing_the_run(tmp_path, monkeypatch, capsys):
     _classifier_and_data(tmp_path, monkeypatch)
     common = ["train", "python:seg_models.py:classifier", "--data", "npz:c.npz", "--batch-size", "4", "--quiet"]
     assert main([*common, "--out", "plain", "--steps", "5"]) == 0
@@ -714,8 +717,17 @@ def test_train_validates_every_n_steps_without_changing_the_run(tmp_path, monkey
     assert main([*constant, "--steps", "7", "--val-every", "6"]) == 0
     logged = [json.loads(line) for line in (tmp_path / "run3" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "val_accuracy/max" in r] == [2, 3, 6, 7]
+    assert main([*constant, "--steps", "18", "--val-every", "epoch"]) == 0  # 8 batches an epoch
+    logged = [json.loads(line) for line in (tmp_path / "run3" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "val_accuracy/max" in r] == [2, 3, 6, 7, 8, 16, 18]
     with pytest.raises(ConfigError, match="train.val_every must be at least 1"):
         TrainSettings(val_every=0)
+    with pytest.raises(ConfigError, match="train.val_every is a number of steps or 'epoch', got 'week'"):
+        TrainSettings(val_every="week")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
+        main([*constant, "--steps", "19", "--val-every", "week"])
+    assert exit_.value.code == 2 and "expected a number of steps or 'epoch', got 'week'" in capsys.readouterr().err
 
 
 def test_train_weight_decay_and_label_smoothing_reach_the_optimizer_and_the_loss(tmp_path, monkeypatch):
@@ -1242,6 +1254,70 @@ budgets = {{flops = ["99%", "100%"]}}
     out = capsys.readouterr().out
     assert "trained 4 steps" in out and "Pareto front" in out and "exported 2 subnets to" in out
     assert (tmp_path / "front" / "front.json").exists() and (tmp_path / "best" / "flops-99pct" / "model.pt2").exists()
+
+
+def test_export_fine_tunes_each_subnet_alone_from_its_inherited_weights(trained_run, tmp_path, capsys):
+    """``--finetune-epochs``: each exported subnet trains alone first, in RUN_DIR/finetune (reused when the
+    export is repeated); the card scores the written weights and keeps the inherited ones' score; with
+    --budgets each subnet starts from the trained weights, not from the subnet fine-tuned before it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["search", str(run), "--budget", "6", "--algorithm", "random", "--quiet"]) == 0
+    plain, tuned = tmp_path / "plain", tmp_path / "tuned"
+    assert main(["export", str(run), "--budgets", "flops=40%,80%", "--out", str(plain), "--format", "pt2",
+                 "--quiet"]) == 0
+    assert main(["export", str(run), "--budgets", "flops=40%,80%", "--finetune-epochs", "1", "--out", str(tuned),
+                 "--format", "pt2", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    index = json.loads((tuned / "exports.json").read_text())
+    assert index["finetune_epochs"] == 1 and "fine-tuned alone for 1 epoch from" in (tuned / "exports.md").read_text()
+    _, _, x_val, y_val = load_data("digits")[:4]
+    steps = len(loaders(load_data("digits"), 64)[0])  # one epoch of the training split
+    for row in index["exports"]:
+        before = json.loads((plain / row["dir"] / "card.json").read_text())
+        card = json.loads((tuned / row["dir"] / "card.json").read_text())
+        assert card["arch"] == before["arch"] and list(card["metrics"]) == ["accuracy", "accuracy_inherited"]
+        assert card["metrics"]["accuracy_inherited"] == before["metrics"]["accuracy"]  # the front's score
+        assert "; fine-tuned alone for 1 epoch (" in card["model"]["source"]
+        assert f"{row['dir']}: " in said and "accuracy_inherited" in said
+        weights, inherited = (load_file(d / row["dir"] / "weights.safetensors") for d in (tuned, plain))
+        assert any(not torch.equal(weights[k], inherited[k]) for k in weights)
+        with torch.no_grad():  # the card scores the weights written
+            predicted = torch.export.load(str(tuned / row["dir"] / "model.pt2")).module()(x_val).argmax(-1)
+        assert round(float((predicted == y_val).float().mean()), 4) == card["metrics"]["accuracy"]
+        log, = (run / "finetune").glob(f"{row['dir']}-*/metrics.jsonl")
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        assert len(lines) == steps and all(list(r)[:3] == ["step", "lr", "loss/subnet"] for r in lines)
+        assert lines[0]["lr"] == pytest.approx(read_run(run).train["lr"] / 10)
+    # repeated: the fine-tuned weights are reused, not trained again
+    def saved():
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns if p.suffix == ".safetensors" else 0)
+                for p in (run / "finetune").rglob("*") if p.is_file()}
+    first = saved()
+    assert main(["export", str(run), "--budgets", "flops=40%,80%", "--finetune-epochs", "1", "--out", str(tuned),
+                 "--format", "pt2", "--force", "--quiet"]) == 0
+    assert saved() == first and len(list((run / "finetune").rglob("*.safetensors"))) == 2
+    # budgets that pick the same subnet share its fine-tuning: one run directory per distinct subnet
+    assert main(["export", str(run), "--budgets", "flops=98%,99%,100%", "--finetune-epochs", "1", "--out",
+                 str(tmp_path / "top"), "--format", "pt2", "--quiet"]) == 0
+    picked = {(tmp_path / out / d / "arch.json").read_text() for out, dirs in
+              [("tuned", ("flops-40pct", "flops-80pct")), ("top", ("flops-98pct", "flops-99pct", "flops-100pct"))]
+              for d in dirs}
+    assert len(list((run / "finetune").iterdir())) == len(picked) < 5
+    # alone, in a copy without fine-tuned subnets, the 80% subnet fine-tunes to the same weights
+    alone = tmp_path / "alone"
+    shutil.copytree(trained_run, alone)
+    arch = tuned / index["exports"][1]["dir"] / "arch.json"
+    assert main(["export", str(alone), "--arch", str(arch), "--finetune-epochs", "1", "--out", str(tmp_path / "one"),
+                 "--format", "pt2", "--quiet"]) == 0
+    one = load_file(tmp_path / "one" / "weights.safetensors")
+    assert one.keys() == weights.keys()  # (BatchNorm's batch counters count one recalibration more here)
+    assert all(torch.equal(one[k], weights[k]) for k in one if not k.endswith("num_batches_tracked"))
+    for flags, message in [(["--finetune-epochs", "-1"], "export.finetune_epochs must be at least 0"),
+                           (["--finetune-lr", "0.1"], "give export.finetune_epochs too"),
+                           (["--finetune-epochs", "1", "--finetune-lr", "0"], "export.finetune_lr must be above 0")]:
+        assert main(["export", str(run), "--arch", "min", "--out", str(tmp_path / "x"), *flags]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_export_budgets_settings_are_checked():

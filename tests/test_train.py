@@ -170,6 +170,17 @@ def test_validation_by_a_metric_function_on_chosen_archs_and_its_errors(tmp_path
         with pytest.raises(ValueError, match=said):
             osf.train(sn, loader, optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False,
                       validate=osf.Validation(val, **bad))
+    # every="epoch": after each pass over the training loader (5 batches: 5 steps, or 2 of 2 batches each)
+    for accumulate, steps, expected in ((1, 12, [5, 10, 12]), (2, 5, [2, 4, 5])):
+        result = osf.train(sn, loader, optimizer=opt, loss_fn=F.cross_entropy, steps=steps, progress=False,
+                           accumulate=accumulate, validate=osf.Validation(val, every="epoch", calib_batches=1))
+        assert [r["step"] for r in result.history if "val_accuracy/max" in r] == expected
+    with pytest.raises(ValueError, match=r"Validation\(every='epoch'\) needs a training loader with a length"):
+        osf.train(sn, (b for b in loader), optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False,
+                  validate=osf.Validation(val, every="epoch", calib_loader=loader))
+    for bad in ("week", 1.5, True):
+        with pytest.raises(ValueError, match="every must be a whole number of steps >= 1, 'epoch'"):
+            osf.Validation(val, every=bad)
     with pytest.raises(ValueError, match="iterator"):
         osf.Validation(iter(val))
     with pytest.raises(ValueError, match="training loader .* iterator"):
@@ -652,6 +663,47 @@ def test_warmup_trains_the_max_subnet_alone_then_hands_over(tmp_path):
                   sampler=osf.WarmupSampler(osf.MotifSampler(sn, k=3, seed=0), steps=4))
     with pytest.raises(ValueError, match="steps >= 0"):
         osf.WarmupSampler(osf.SandwichSampler(space), steps=-1)
+
+
+def test_arch_sampler_fine_tunes_one_subnet_and_touches_no_weight_outside_it(tmp_path):
+    """``ArchSampler``: the named subnets at every step, logged under their names. Trained alone (plain SGD,
+    no decay), a subnet's loss falls and only the weights it keeps move; the weights it drops stay as they
+    were. Its archs are the run's identity: resuming with another subnet is refused."""
+    sn = make()
+    space = sn.space
+    arch = space.sample(4)
+    assert arch != space.max()
+    before = {k: v.clone() for k, v in sn.tensors().items()}
+    kept = {k: v.clone() for k, v in sn.extract(arch).state_dict().items()}
+    opt = torch.optim.SGD(sn.parameters(), lr=0.05)
+    sampler = osf.ArchSampler(space, {"picked": arch})
+    assert sampler.sample(0) == sampler.sample(9) == [("picked", arch)]
+    result = osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=12, sampler=sampler,
+                       run_dir=tmp_path, progress=False)
+    losses = [r["loss/picked"] for r in result.history]
+    assert all(sorted(k for k in r if k.startswith("loss/")) == ["loss/picked"] for r in result.history)
+    assert sum(losses[-3:]) < sum(losses[:3])
+    # the subnet's own weights moved, and writing them into the old supernet's slices gives the new one
+    tuned = sn.extract(arch).state_dict()
+    assert any(not torch.equal(tuned[k], kept[k]) for k in kept if tuned[k].is_floating_point())
+    after = sn.tensors()
+    changed = sum(int((after[k] != before[k]).sum()) for k in before)
+    moved = sum(int((tuned[k] != kept[k]).sum()) for k in kept)
+    assert 0 < changed <= moved  # nothing outside the subnet changed (a kept weight may be read twice)
+    with pytest.raises(CheckpointError, match="picked"):
+        osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=14, run_dir=tmp_path, progress=False,
+                  sampler=osf.ArchSampler(space, {"picked": space.min()}))
+    with pytest.raises(ValueError, match="at least one subnet"):
+        osf.ArchSampler(space, {})
+    with pytest.raises(ValueError, match="subnet 'x': unknown width group 'nope'"):
+        osf.ArchSampler(space, {"x": osf.Arch({"nope": 4})})
+    with pytest.raises(TypeError, match="subnet 'x': expected an osf.Arch"):
+        osf.ArchSampler(space, {"x": arch.to_json()})
+    with pytest.raises(ValueError, match="'max' is kept for space.max"):
+        osf.ArchSampler(space, {"max": arch})
+    with pytest.raises(ValueError, match="needs the max subnet first"):
+        osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=1, sampler=sampler, progress=False,
+                  distill=osf.Distill("inplace"))
 
 
 def test_progressive_shrinking_never_trains_a_subnet_cut_off_from_its_input():

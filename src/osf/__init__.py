@@ -16,10 +16,10 @@ from .space import Arch, SearchSpace
 from .supernet import Supernet
 from .export import ExportError, export
 from .search import CostModel, Front, InfeasibleBudget, LatencyModel, LatencyTable, search
-from .train import (EMA, Distill, MotifSampler, ProgressiveShrinking, Sampler, SandwichSampler, TrainingInterrupted,
-                    UniformSampler, Validation, WarmupSampler, evaluate, load_weights, train)
+from .train import (EMA, ArchSampler, Distill, MotifSampler, ProgressiveShrinking, Sampler, SandwichSampler,
+                    TrainingInterrupted, UniformSampler, Validation, WarmupSampler, evaluate, load_weights, train)
 
 __version__ = "0.1.0"
 __all__ = ["trace", "IR", "load_ir", "Arch", "SearchSpace", "Supernet", "train", "load_weights", "evaluate", "Distill", "Sampler", "SandwichSampler",
-           "UniformSampler", "MotifSampler", "ProgressiveShrinking", "WarmupSampler", "Validation", "EMA", "export", "ExportError", "TraceError", "FormatError", "InputError", "ModuleReplacedError", "OsfError", "TrainingInterrupted", "__version__",
+           "ArchSampler", "UniformSampler", "MotifSampler", "ProgressiveShrinking", "WarmupSampler", "Validation", "EMA", "export", "ExportError", "TraceError", "FormatError", "InputError", "ModuleReplacedError", "OsfError", "TrainingInterrupted", "__version__",
            "search", "Front", "CostModel", "LatencyModel", "LatencyTable", "InfeasibleBudget"]

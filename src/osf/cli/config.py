@@ -37,8 +37,8 @@ class TrainSettings:
     """How ``osf train`` trains: AdamW (``weight_decay`` on every parameter), cross-entropy (with
     ``label_smoothing``), ``steps`` or ``epochs`` (default: 5 epochs); ``metric``:
     the validation score of the run, its search and its exports (``accuracy``, or ``miou`` for labels per
-    position); ``accumulate``: batches per optimizer step; ``val_every``: steps between scores of the max and
-    min subnets on the validation split while training (None: once, at the end); ``ema``: the decay of a moving
+    position); ``accumulate``: batches per optimizer step; ``val_every``: steps (or ``"epoch"``) between scores of
+    the max and min subnets on the validation split while training (None: once, at the end); ``ema``: the decay of a moving
     average of the weights, which the run then scores, searches and exports (None: the weights as trained)."""
     steps: int | None = None
     epochs: int | None = None
@@ -60,7 +60,7 @@ class TrainSettings:
     workers: int = 0
     metric: str = "accuracy"
     accumulate: int = 1
-    val_every: int | None = None
+    val_every: int | str | None = None
     ema: float | None = None
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
@@ -81,9 +81,11 @@ class TrainSettings:
         _choice("train.distill", self.distill, self.DISTILL)
         _choice("train.lr_schedule", self.lr_schedule, self.SCHEDULES)
         _choice("train.metric", self.metric, tuple(SCORES))
+        if isinstance(self.val_every, str) and self.val_every != "epoch":
+            raise ConfigError(f"train.val_every is a number of steps or 'epoch', got '{self.val_every}'")
         for name in ("steps", "epochs", "batch_size", "subnets", "checkpoint_every", "accumulate", "val_every"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and value != "epoch" and value < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {value}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"train.warmup_epochs must be at least 0, got {self.warmup_epochs}")
@@ -133,7 +135,10 @@ EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 class ExportSettings:
     """Which subnets to export and how: ``arch`` (Arch JSON, a JSON file, ``max`` or ``min``) or, after a
     search, ``pick`` (budgets for ``Front.best``, e.g. ``{flops: 50%}``; default: the most accurate), and
-    ``budgets``: one metric and several values, a subnet for each (``{flops: [25%, 50%, 100%]}``)."""
+    ``budgets``: one metric and several values, a subnet for each (``{flops: [25%, 50%, 100%]}``);
+    ``finetune_epochs``: train each exported subnet alone that many epochs on the training split first, from
+    its inherited weights, at ``finetune_lr`` (default: a tenth of the run's) annealed to zero (0: export the
+    inherited weights)."""
     out: str
     arch: str | None = None
     pick: dict[str, Any] = field(default_factory=dict)
@@ -142,6 +147,8 @@ class ExportSettings:
     force: bool = False
     evaluate: bool = True
     dtype: str = "float32"
+    finetune_epochs: int = 0
+    finetune_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.arch is not None and (self.pick or self.budgets):
@@ -157,6 +164,13 @@ class ExportSettings:
         for f in self.formats:
             _choice("export.formats", f, ("pt2", "onnx"))
         _choice("export.dtype", self.dtype, EXPORT_DTYPES)
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"export.finetune_epochs must be at least 0, got {self.finetune_epochs}")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise ConfigError(f"export.finetune_lr must be above 0, got {self.finetune_lr}")
+        if self.finetune_lr is not None and not self.finetune_epochs:
+            raise ConfigError("export.finetune_lr is the rate of fine-tuning: give export.finetune_epochs too "
+                              "(osf export: --finetune-epochs)")
 
 
 @dataclass
@@ -202,7 +216,16 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _check_type(key, value, next(a for a in args if a is not type(None)))
+        alternatives = [a for a in args if a is not type(None)]
+        for hint_ in alternatives:  # the first alternative the value fits (int | str: 100 or "epoch")
+            try:
+                return _check_type(key, value, hint_)
+            except ConfigError as e:
+                error = e
+        if len(alternatives) == 1:
+            raise error
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in alternatives)
+        raise ConfigError(f"{key} must be {names}, got {value!r}")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             value = [value]

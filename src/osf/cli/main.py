@@ -171,10 +171,21 @@ def cmd_export(a: argparse.Namespace) -> int:
     budgets = dict([_budgets(a.budgets)]) if a.budgets else {}
     settings = ExportSettings(out=a.out, arch=a.arch, pick=dict(_budget(p, "--pick") for p in a.pick or []),
                               budgets=budgets, force=a.force, formats=tuple(a.format or ExportSettings.formats),
-                              evaluate=not a.no_eval, dtype=a.dtype or ExportSettings.dtype)
+                              evaluate=not a.no_eval, dtype=a.dtype or ExportSettings.dtype,
+                              finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr)
     path = pipeline.export_run(a.run_dir, settings, progress=not a.quiet)
     _print_export(path)
     return 0
+
+
+def _steps_or_epoch(text: str) -> int | str:
+    """``--val-every``: a number of steps, or ``epoch``."""
+    if text == "epoch":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps or 'epoch', got {text!r}") from None
 
 
 def _budgets(item: str) -> tuple[str, list[float | str]]:
@@ -283,10 +294,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"the validation score of the run, its search and its exports: top-1 accuracy, or miou (mean "
                    f"intersection over union of the classes, for labels per position: segmentation) (default "
                    f"{d.metric})")
-    g.add_argument("--val-every", type=int, metavar="N",
-                   help="score the max and min subnets on the validation split every N steps while training "
-                   "(metrics.jsonl, TensorBoard, the progress bar); a resumed run may change it (default: once, at "
-                   "the end)")
+    g.add_argument("--val-every", type=_steps_or_epoch, metavar="N|epoch",
+                   help="score the max and min subnets on the validation split every N steps (or every epoch) while "
+                   "training (metrics.jsonl, TensorBoard, the progress bar); a resumed run may change it (default: "
+                   "once, at the end)")
     g.add_argument("--ema", type=float, metavar="DECAY",
                    help="keep a moving average of the weights (e.g. 0.999; warmed up over the first steps), which the "
                    "run then scores, searches and exports instead of the last weights; fixed for a run (default: none)")
@@ -387,6 +398,7 @@ def parser() -> argparse.ArgumentParser:
                        "  osf export runs/digits --pick flops=25% --out exported/small",
                        "  osf export runs/digits --pick flops=25% --dtype bfloat16 --out exported/small-bf16",
                        "  osf export runs/digits --budgets flops=25%,50%,100% --out exported/all",
+                       "  osf export runs/digits --budgets flops=25%,50% --finetune-epochs 2 --out exported/tuned",
                        "  osf export runs/digits --arch exported/small/arch.json --out exported/again"))
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--arch", metavar="ARCH", help="max, min, an Arch as JSON, or a JSON file holding one")
@@ -403,6 +415,12 @@ def parser() -> argparse.ArgumentParser:
                    "the model card")
     e.add_argument("--dtype", choices=EXPORT_DTYPES, help="write the subnet in this dtype; with evaluation the card "
                    "also gets its validation accuracy in it, e.g. accuracy_float16 (default float32)")
+    e.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="first train each subnet alone for E "
+                   "epochs of the training split, from its inherited weights (the run's optimizer settings and "
+                   "distillation, a cosine schedule; in RUN_DIR/finetune, resumed if cut short); the card scores "
+                   "both, e.g. accuracy and accuracy_inherited (default 0: the inherited weights)")
+    e.add_argument("--finetune-lr", type=float, metavar="LR", help="the fine-tuning rate, annealed to zero (default: "
+                   "a tenth of the run's --lr)")
     e.set_defaults(func=cmd_export)
 
     c = sub.add_parser("run", parents=[common], formatter_class=fmt, help="train, search and export as a config "

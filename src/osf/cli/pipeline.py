@@ -1,7 +1,9 @@
 """The stages behind ``osf train`` / ``search`` / ``export`` / ``run``, on a run directory (see ``run_dir``)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import inspect
 import json
 import math
@@ -29,8 +31,9 @@ from ..space.arch import Arch
 from ..space.space import SearchSpace
 from ..supernet import Supernet
 from ..supernet.batches import split_batch
-from ..train import (EMA, Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, Validation, WarmupSampler,
+from ..train import (EMA, ArchSampler, Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, Validation, WarmupSampler,
                      evaluate, train)
+from ..train import checkpoint as ckpt
 from ..train.distill import select_output
 from ..train.labels import IGNORE_INDEX, SCORES, Score, class_dim
 from ..train.loop import ARCH_NOTE, STEP_NOTE
@@ -45,6 +48,7 @@ SEARCH_DIR = "search"
 EXPORTS_INDEX = "exports.json"  # what osf export --budgets writes beside its subnets
 INDEX_FIELDS = ("budget", "dir", "params", "flops", "flops_share")  # an index row's own fields; the rest: scores
 CALIB_BATCHES = 20  # BatchNorm recalibration batches before evaluating or exporting a subnet
+FINETUNE_DIR = "finetune"  # RUN_DIR/finetune/NAME-DIGEST: one osf.train run directory per fine-tuned subnet
 
 
 def say(message: str) -> None:
@@ -605,7 +609,8 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
     the front's (``front``, else ``RUN_DIR/search/front.json``) best point within ``settings.pick``, or with
     ``settings.budgets`` the best point within each of its values (and ``pick``), each in a directory of
     its own under ``out`` beside an index (``exports.json``, ``exports.md``), all written atomically.
-    BatchNorm statistics are first re-estimated for each subnet on the training split, for a front's point
+    With ``settings.finetune_epochs`` each subnet is first trained alone from its inherited weights (see
+    ``_finetune``); the card then scores both. BatchNorm statistics are first re-estimated for each subnet on the training split, for a front's point
     with the search's seed and calibration batches (so the exported model scores the front's accuracy); with
     ``settings.evaluate``, an arch not taken from a front is scored on the validation split. ``source``:
     where the model card says the run lives (default: ``run_dir``)."""
@@ -617,25 +622,32 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
     weights = f" (moving average of the weights, decay {ema})" if ema is not None else ""
     source = f"{trained.run.model}, trained {trained.step} steps{weights} on {trained.run.data} " + (
         source or f"(osf run directory {run_dir})")
+    tune = Path(run_dir) / FINETUNE_DIR if settings.finetune_epochs else None
     if settings.arch is not None:
         arch = parse_arch(settings.arch, trained.supernet.space)
-        return _export_arch(trained, _loaders_of(trained), arch, {}, out, settings, source, progress)
+        return _export_arch(trained, _loaders_of(trained), arch, {}, out, settings, source, progress, tune=tune)
     front = front if front is not None else _saved_front(run_dir, trained.step, _metric(trained))
     if not settings.budgets:
         point = front.best(**settings.pick)
         return _export_arch(trained, _loaders_of(trained), point.arch, _front_metrics(point, trained), out, settings, source,
-                            progress, front)
+                            progress, front, tune=tune)
     (metric, values), = settings.budgets.items()
     picks = {budget_dir(metric, v): (v, front.best(**settings.pick, **{metric: v})) for v in values}  # all fit
     rows, loaders_ = [], _loaders_of(trained)
+    # each subnet is fine-tuned from the trained weights, not from the subnet fine-tuned before it
+    inherited = {k: v.clone() for k, v in trained.supernet.state_dict().items()} if tune is not None else None
     with staged_directory(out, settings.force) as tmp:
         for name, (value, point) in picks.items():
+            if inherited is not None:
+                trained.supernet.load_state_dict(inherited)
             _export_arch(trained, loaders_, point.arch, _front_metrics(point, trained), tmp / name,
-                         replace(settings, force=False), source, progress, front)
+                         replace(settings, force=False), source, progress, front, tune=tune)
             card = json.loads((tmp / name / "card.json").read_text())
             rows.append({"budget": {metric: value}, "dir": name, "params": card["params"], "flops": card["flops"],
                          "flops_share": round(card["flops"] / card["full_model"]["flops"], 4), **card["metrics"]})
         index = {"format": "osf-exports", "version": 1, "source": source, "pick": settings.pick, "exports": rows}
+        if tune is not None:
+            index["finetune_epochs"] = settings.finetune_epochs
         (tmp / EXPORTS_INDEX).write_text(json.dumps(index, indent=1) + "\n")
         (tmp / "exports.md").write_text(exports_markdown(index))
     return out
@@ -654,7 +666,10 @@ def exports_markdown(index: dict[str, Any]) -> str:
     lines = [f"# Subnets of {index['source']}", "",
              "One subnet per budget, each the most accurate point of the search's front within it"
              + (f" and within {index['pick']}" if index["pick"] else "") + "; each directory holds `model.pt2`, "
-             "`model.onnx`, `weights.safetensors` and a `model_card.md` that says how to load it.", "",
+             "`model.onnx`, `weights.safetensors` and a `model_card.md` that says how to load it."
+             + (f" Each was then fine-tuned alone for {_epochs(index['finetune_epochs'])} from its inherited weights "
+                "(`..._inherited`: its score before; its model card says how)." if index.get("finetune_epochs") else ""),
+             "",
              "| budget | directory | params | FLOPs | % of the full model's FLOPs | " + " | ".join(scores) + " |",
              "|---|---|---:|---:|---:|" + "---:|" * len(scores)]
     for r in rows:
@@ -677,15 +692,24 @@ def _front_metrics(point: Any, trained: Trained) -> dict[str, Any]:
 
 
 def _export_arch(trained: Trained, loaders_: tuple[DataLoader, DataLoader], arch: Arch, metrics: dict[str, Any],
-                 out: Path, settings: ExportSettings, source: str, progress: bool, front: Front | None = None) -> Path:
+                 out: Path, settings: ExportSettings, source: str, progress: bool, front: Front | None = None, *,
+                 tune: Path | None = None) -> Path:
     """Export ``arch`` (a point of ``front`` when given, whose ``metrics`` it carries) to ``out``; ``loaders_``:
-    the run's training and validation loaders."""
+    the run's training and validation loaders; ``tune``: fine-tune ``arch`` first, in a run directory there
+    (the inherited weights' score becomes ``<metric>_inherited``)."""
     metrics = dict(metrics)
     # the statistics the search measured its accuracy with (fronts saved before osf recorded them: default)
     calib_batches = (front.info.get("calib_batches") if front is not None else None) or CALIB_BATCHES
     seed = front.info.get("seed", 0) if front is not None else 0
     train_loader, val_loader = loaders_
     metric = _metric(trained)
+    inherited = None
+    if tune is not None:
+        inherited = metrics.pop(metric, None)
+        if inherited is None and settings.evaluate:
+            inherited = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
+                                       calib_batches=calib_batches, seed=seed, metric=metric), 4)
+        source += _finetune(trained, train_loader, arch, tune / out.name, settings, progress)
     if settings.evaluate and metric not in metrics:  # recalibrates BatchNorm statistics for arch first
         metrics[metric] = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
                                          calib_batches=calib_batches, seed=seed, metric=metric), 4)
@@ -695,8 +719,71 @@ def _export_arch(trained: Trained, loaders_: tuple[DataLoader, DataLoader], arch
     if dtype is not None and settings.evaluate:  # what the written model scores, rounded to its dtype
         cast = trained.supernet.extract(arch).eval().to(dtype)
         metrics[f"{metric}_{settings.dtype}"] = round(_score_on(val_loader, metric, dtype)(cast), 4)
+    if inherited is not None:  # the fine-tuned score first (the exports index's first column), then the inherited
+        metrics = {**({metric: metrics.pop(metric)} if metric in metrics else {}), f"{metric}_inherited": inherited,
+                   **metrics}
     return export(trained.supernet, arch, out, formats=tuple(settings.formats), metrics=metrics,
                   overwrite=settings.force, source=source, dtype=dtype, progress=progress)
+
+
+def _finetune(trained: Trained, train_loader: DataLoader, arch: Arch, where: Path, settings: ExportSettings,
+              progress: bool) -> str:
+    """Train ``arch`` alone on the trained supernet's weights for ``settings.finetune_epochs`` epochs of the
+    training split: AdamW at ``finetune_lr`` (default: a tenth of the run's rate) annealed to zero by a cosine,
+    the run's weight decay, label smoothing, accumulation, clipping, mixed precision, seed and device, and the
+    run's distillation as a frozen teacher (in-place: the max subnet as trained; teacher: the model as given).
+    It trains in the run directory ``where-DIGEST`` (the digest covers the arch, the checkpoint and these
+    settings), so an export cut short resumes there and one repeated, or another budget picking the same
+    subnet, reuses it. Returns what the model card says of it."""
+    known = {f.name for f in dataclasses.fields(TrainSettings)}
+    run = TrainSettings(**{k: v for k, v in trained.run.train.items() if k in known})
+    supernet, space = trained.supernet, trained.supernet.space
+    lr = settings.finetune_lr or run.lr / 10
+    steps = settings.finetune_epochs * len(train_loader) // run.accumulate
+    if steps == 0:
+        raise ConfigError(f"export.finetune_epochs {settings.finetune_epochs} of {len(train_loader)} batches make no "
+                          f"step of train.accumulate {run.accumulate} batches; fine-tune more epochs")
+    device, home = run_device(run.device, "train.device"), supernet.device()
+    distill, taught = None, ""
+    if run.distill == "inplace":  # the max subnet before any fine-tuning, with statistics that fit it alone
+        if supernet.batch_norms(space.max()):
+            supernet.recalibrate(space.max(), train_loader, CALIB_BATCHES, seed=0)
+        teacher, taught = supernet.extract(space.max()), ", distilled from the max subnet"
+    elif run.distill == "teacher":
+        teacher, taught = supernet.ir.build(), ", distilled from the model as given"
+    if run.distill != "none":
+        distill = Distill("teacher", teacher=teacher.eval().requires_grad_(False).to(device), weight=run.distill_weight)
+    identity = {"arch": arch.to_json(), "checkpoint": trained.checkpoint.name, "epochs": settings.finetune_epochs,
+                "lr": lr, "batch_size": run.batch_size}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    # a subnet two budgets both pick is fine-tuned once
+    where = next(iter(sorted(where.parent.glob(f"*-{digest}"))), where.with_name(f"{where.name}-{digest}"))
+    if progress:
+        done = [p.name for p in ckpt.checkpoints(where / "checkpoints")][-1:] == [ckpt.name_for(steps)]
+        say(f"{'reusing the subnet fine-tuned in' if done else 'fine-tuning'} {where.parent.name}/{where.name}: "
+            f"{_epochs(settings.finetune_epochs)} ({steps} steps) at lr {lr:g}")
+    supernet.to(device)
+    optimizer = torch.optim.AdamW(supernet.parameters(), lr=lr, weight_decay=run.weight_decay)
+    try:
+        train(supernet, train_loader, optimizer=optimizer,
+              scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps),
+              loss_fn=functools.partial(_cross_entropy, label_smoothing=run.label_smoothing), steps=steps,
+              sampler=ArchSampler(space, {"subnet": arch}), seed=run.seed, clip_grad_norm=run.clip_grad_norm,
+              amp=run.amp, distill=distill, accumulate=run.accumulate, run_dir=where,
+              checkpoint_every=run.checkpoint_every, keep_checkpoints=1, progress="fine-tune" if progress else False)
+    except Exception as e:  # noqa: BLE001 - a failure on a batch, said in one line with its step
+        failure = _step_failure(e, run)
+        if failure is None:
+            raise
+        raise failure from e
+    finally:
+        supernet.to(home).eval()
+    return (f"; fine-tuned alone for {_epochs(settings.finetune_epochs)} ({steps} steps, AdamW lr {lr:g} annealed "
+            f"to zero{taught}) from its inherited weights")
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _saved_front(run_dir: str | Path, step: int, metric: str) -> Front:

@@ -80,13 +80,14 @@ def evaluate(supernet: Supernet, arch: Arch, loader: Iterable, *, metric: Callab
 @dataclass
 class Validation:
     """What ``osf.train(validate=...)`` scores while it trains: ``osf.evaluate`` of each of ``archs`` (name ->
-    arch; default the max and min subnets) on ``loader`` every ``every`` steps (None: once, after the last
-    step) and after the last step. BatchNorm subnets are recalibrated on ``calib_loader`` (default: the
+    arch; default the max and min subnets) on ``loader`` every ``every`` steps (``"epoch"``: after every
+    pass over the training loader, ``len(loader) // accumulate`` steps; None: once, after the last step) and
+    after the last step. BatchNorm subnets are recalibrated on ``calib_loader`` (default: the
     training loader) as ``osf.evaluate`` does, and the running statistics, random state and data order of
     training are put back afterwards, so a run validated or not trains the same weights. Each score is logged
     with its step as ``val_<metric>/<name>`` (``metrics.jsonl``, TensorBoard, the progress bar)."""
     loader: Iterable
-    every: int | None = None
+    every: int | str | None = None
     archs: dict[str, Arch] | None = None
     metric: Callable[[Any, Any], float] | str = "accuracy"
     calib_loader: Iterable | None = None
@@ -94,10 +95,10 @@ class Validation:
     batch_fn: BatchFn | None = None
 
     def __post_init__(self) -> None:
-        if self.every is not None and (isinstance(self.every, bool) or not isinstance(self.every, int)
-                                       or self.every < 1):
-            raise ValueError(f"Validation: every must be a whole number of steps >= 1 (or None: after the last "
-                             f"step only), got {self.every!r}")
+        if self.every not in (None, "epoch") and (isinstance(self.every, bool) or not isinstance(self.every, int)
+                                                  or self.every < 1):
+            raise ValueError(f"Validation: every must be a whole number of steps >= 1, 'epoch' (or None: after the "
+                             f"last step only), got {self.every!r}")
         if isinstance(self.metric, str):
             Score(self.metric)  # an unknown name is refused here, not after the first steps
         elif not callable(self.metric):
@@ -127,9 +128,11 @@ class Validation:
             supernet.space.validate(arch)
         return dict(self.archs)
 
-    def due(self, step: int, steps: int) -> bool:
-        """Whether to validate after ``step`` (counted from 1) of ``steps``."""
-        return step == steps or (self.every is not None and step % self.every == 0)
+    def due(self, step: int, steps: int, epoch_steps: int | None = None) -> bool:
+        """Whether to validate after ``step`` (counted from 1) of ``steps``; ``epoch_steps``: the steps of a
+        pass over the training loader (for ``every="epoch"``)."""
+        every = epoch_steps if self.every == "epoch" else self.every
+        return step == steps or (every is not None and step % every == 0)
 
     def scores(self, supernet: Supernet, train_loader: Iterable, ema: EMA | None = None) -> dict[str, float]:
         """``val_<metric>/<name>`` of every arch on the current weights (and ``val_<metric>/<name>_ema`` on

@@ -66,7 +66,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
           scheduler: Any = None, clip_grad_norm: float | None = None, amp: bool | torch.dtype = False,
           seed: int = 0, batch_fn: BatchFn | None = None, run_dir: str | Path | None = None,
           checkpoint_every: int | None = None, keep_checkpoints: int = 3, resume: bool = True,
-          progress: bool = True, parallel: ForkJoin | bool | None = None,
+          progress: bool | str = True, parallel: ForkJoin | bool | None = None,
           model: torch.nn.Module | None = None, accumulate: int = 1,
           validate: Validation | None = None, ema: EMA | None = None) -> TrainResult:
     """Train ``supernet`` on ``loader``.
@@ -108,7 +108,9 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     every rank validates on its own (the same loader everywhere: the same scores).
 
     ``ema``: an ``osf.train.EMA`` of ``supernet`` (or of ``model``) updated after every optimizer step, saved
-    in the checkpoints and restored on resume; ``validate`` then scores its averages too (``..._ema``)."""
+    in the checkpoints and restored on resume; ``validate`` then scores its averages too (``..._ema``).
+
+    ``progress``: a progress bar on stderr (a string: the bar's title instead of "train supernet")."""
     sampler = sampler if sampler is not None else SandwichSampler(supernet.space, 4, seed)
     if model is not None and not any(m is supernet for m in model.modules()):
         raise ValueError(f"model= must hold the supernet as a submodule (e.g. detector.backbone = supernet); this "
@@ -150,6 +152,10 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
             raise ValueError(f"epochs={epochs} of {steps_per_epoch} batches make no step of accumulate={accumulate} "
                              "batches; train more epochs or accumulate fewer batches")
     assert steps is not None
+    epoch_steps = steps_per_epoch // accumulate if steps_per_epoch is not None else None
+    if validate is not None and validate.every == "epoch" and not epoch_steps:
+        raise ValueError("Validation(every='epoch') needs a training loader with a length of at least accumulate="
+                         f"{accumulate} batches; give every= a number of steps")
     fork = _fork_join(parallel)
     rank, world = (fork.rank, fork.world) if fork is not None else (0, 1)
     device = supernet.device()
@@ -178,7 +184,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     scaler, autocast = _mixed_precision(amp, device)
     batches = _Batches(loader, seed, *position)
     history: list[dict] = []
-    bar = progress_bar(total=steps, initial=start, disable=not progress or rank != 0, desc="train supernet",
+    title = progress if isinstance(progress, str) else "train supernet"
+    bar = progress_bar(total=steps, initial=start, disable=not progress or rank != 0, desc=title,
                        unit="step")
     if run.restore_rng is not None:
         ckpt.set_rng_state(run.restore_rng)
@@ -278,8 +285,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 if fork.measure_wait:
                     record["wait_seconds"] = round(fork.wait_seconds, 4)
             bar.update(1)
-            if validate is not None and validate.due(step, steps):
-                describe(bar, "train supernet (validating)")
+            if validate is not None and validate.due(step, steps, epoch_steps):
+                describe(bar, f"{title} (validating)")
                 try:
                     validated = validate.scores(supernet, loader, ema)
                 except Exception as e:
@@ -289,7 +296,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                                    f"{last_ckpt}: train again with the same run_dir to resume")
                     raise
                 record |= validated
-                describe(bar, "train supernet")
+                describe(bar, title)
             history.append(record)
             run.log(record)
             bar.set_postfix({r: f"{v:.4f}" for r, v in role_loss.items()}

@@ -9,7 +9,7 @@ distributed run agrees on the list. To plug in your own, subclass ``Sampler`` an
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..space.arch import Arch
 from ..space.space import SearchSpace
@@ -43,6 +43,37 @@ class UniformSampler(Sampler):
     def sample(self, step: int) -> list[tuple[str, Arch]]:
         rng = self.rng(step)
         return [("random", self.space.sample(rng)) for _ in range(self.k)]
+
+
+class ArchSampler(Sampler):
+    """The same named subnets at every step: ``ArchSampler(space, {"picked": arch})`` trains ``arch`` alone,
+    e.g. to fine-tune a subnet the search picked, on its inherited weights, before extracting it. The
+    other subnets share those weights, so they change too: fine-tune in a process (or a copy of the
+    supernet) you do not search from afterwards, or load the trained checkpoint again. A name is the
+    subnet's role in the logs (``loss/picked``); ``max`` is kept for the max subnet (in-place distillation
+    takes it as the teacher when it comes first)."""
+
+    def __init__(self, space: SearchSpace, archs: Mapping[str, Arch]):
+        if not isinstance(archs, Mapping) or not archs:
+            raise ValueError("ArchSampler needs a dict of at least one subnet by name, e.g. {'picked': arch}")
+        for name, arch in archs.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"ArchSampler: subnet names must be non-empty strings, got {name!r}")
+            try:
+                space.validate(arch)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"ArchSampler: subnet '{name}': {e}") from None
+            if name == "max" and arch != space.max():
+                raise ValueError("ArchSampler: the name 'max' is kept for space.max() (in-place distillation's "
+                                 "teacher); give this subnet another name")
+        super().__init__(space, len(archs), 0)
+        self.archs = dict(archs)
+
+    def sample(self, step: int) -> list[tuple[str, Arch]]:
+        return list(self.archs.items())
+
+    def settings(self) -> dict:
+        return {"class": type(self).__name__, "archs": {name: a.to_json() for name, a in self.archs.items()}}
 
 
 class SandwichSampler(Sampler):
