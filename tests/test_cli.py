@@ -730,7 +730,7 @@ def test_train_validates_every_n_steps_without_changing_the_run(tmp_path, monkey
     assert exit_.value.code == 2 and "expected a number of steps or 'epoch', got 'week'" in capsys.readouterr().err
 
 
-def test_train_weight_decay_and_label_smoothing_reach_the_optimizer_and_the_loss(tmp_path, monkeypatch):
+def test_train_weight_decay_and_label_smoothing_reach_the_optimizer_and_the_loss(tmp_path, monkeypatch, capsys):
     _classifier_and_data(tmp_path, monkeypatch)
     common = ["train", "python:seg_models.py:classifier", "--data", "npz:c.npz", "--batch-size", "4", "--steps", "3",
               "--quiet", "--distill", "none"]
@@ -745,6 +745,18 @@ def test_train_weight_decay_and_label_smoothing_reach_the_optimizer_and_the_loss
     assert decayed[0] == plain[0] and decayed[1:] != plain[1:]  # AdamW decays the weights at each step
     assert losses("no_decay", "--weight-decay", "0") != plain
     assert main([*common, "--out", "smooth", "--label-smoothing", "0.1"]) == 2  # fixed for a run
+    # --no-decay-1d: biases, norm scales and shifts in a group of their own, not decayed
+    exempt = losses("exempt", "--weight-decay", "0.5", "--no-decay-1d")
+    assert exempt[0] == plain[0] and exempt[1:] != decayed[1:]
+    trained = load_trained(tmp_path / "exempt")
+    groups = ckpt.load(trained.checkpoint, trained.supernet)["optimizer"]["param_groups"]
+    ones = sum(p.dim() <= 1 for p in trained.supernet.parameters())
+    assert [(g["weight_decay"], len(g["params"])) for g in groups] == [
+        (0.5, len(list(trained.supernet.parameters())) - ones), (0.0, ones)] and ones > 0
+    assert read_run(tmp_path / "exempt").train["decay_1d"] is False
+    capsys.readouterr()
+    assert main([*common, "--out", "exempt", "--weight-decay", "0.5"]) == 2  # fixed for a run
+    assert "holds a run with --decay-1d False, not True" in capsys.readouterr().err
     for bad, said in ((dict(weight_decay=-0.1), "train.weight_decay must be at least 0"),
                       (dict(label_smoothing=1.0), r"train.label_smoothing must lie in \[0, 1\)")):
         with pytest.raises(ConfigError, match=said):

@@ -34,7 +34,8 @@ class SpaceSettings:
 
 @dataclass
 class TrainSettings:
-    """How ``osf train`` trains: AdamW (``weight_decay`` on every parameter), cross-entropy (with
+    """How ``osf train`` trains: AdamW (``weight_decay`` on every parameter, or with ``decay_1d`` False on
+    those of two or more dims only), cross-entropy (with
     ``label_smoothing``), ``steps`` or ``epochs`` (default: 5 epochs); ``metric``:
     the validation score of the run, its search and its exports (``accuracy``, or ``miou`` for labels per
     position); ``accumulate``: batches per optimizer step; ``val_every``: steps (or ``"epoch"``) between scores of
@@ -45,6 +46,7 @@ class TrainSettings:
     lr: float = 3e-3
     lr_schedule: str = "onecycle"
     weight_decay: float = 0.01
+    decay_1d: bool = True
     label_smoothing: float = 0.0
     batch_size: int = 64
     sampler: str = "sandwich"
@@ -68,7 +70,7 @@ class TrainSettings:
     SCHEDULES: typing.ClassVar = ("onecycle", "cosine", "constant")
     # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
     # rate is constant; a schedule spans the run's length, which is then fixed too)
-    FIXED: typing.ClassVar = ("lr", "lr_schedule", "weight_decay", "label_smoothing", "batch_size", "sampler",
+    FIXED: typing.ClassVar = ("lr", "lr_schedule", "weight_decay", "decay_1d", "label_smoothing", "batch_size", "sampler",
                               "subnets", "distill", "distill_weight", "warmup_epochs", "clip_grad_norm", "amp", "seed",
                               "accumulate", "ema")
     # what a run recorded before a setting existed used, where that is not the setting's default now

@@ -264,7 +264,11 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    f"anneal from --lr to zero; constant: --lr throughout, the only one a resumed run may extend "
                    f"(default {d.lr_schedule})")
     g.add_argument("--weight-decay", type=float, metavar="WD",
-                   help=f"AdamW's decoupled weight decay, on every parameter (default {d.weight_decay})")
+                   help=f"AdamW's decoupled weight decay, on every parameter unless --no-decay-1d (default "
+                   f"{d.weight_decay})")
+    g.add_argument("--no-decay-1d", dest="decay_1d", action="store_const", const=False,
+                   help="no weight decay on 1-D parameters: biases, normalisation scales and shifts, layer scales "
+                   "(timm's and Once-for-All's convention); fixed for a run")
     g.add_argument("--label-smoothing", type=float, metavar="EPS",
                    help=f"cross-entropy against labels smoothed by EPS (0.1 in Once-for-All; default "
                    f"{d.label_smoothing:g})")

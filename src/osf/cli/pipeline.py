@@ -330,7 +330,7 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
             write_run(out, run)
     train_loader, val_loader = loaders(splits, settings.batch_size, *_batch_layout(supernet, splits), settings.workers)
     supernet.to(device)
-    optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = adamw(supernet, settings.lr, settings)
     steps_per_epoch = len(train_loader) // settings.accumulate
     if settings.steps is None and steps_per_epoch == 0:
         raise ConfigError(f"train.accumulate {settings.accumulate} exceeds the {len(train_loader)} batches of an epoch "
@@ -369,6 +369,17 @@ def train_run(model: str, data: str, out: str | Path, space: SpaceSettings, sett
         run.result = {"step": result.step, f"val_{settings.metric}": scores}
         write_run(out, run)
     return run
+
+
+def adamw(module: torch.nn.Module, lr: float, settings: TrainSettings) -> torch.optim.AdamW:
+    """AdamW over ``module``'s parameters with the run's weight decay: on all of them, or with
+    ``settings.decay_1d`` False on those of two or more dims only (a second group without decay)."""
+    if settings.decay_1d:
+        return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=settings.weight_decay)
+    params = list(module.parameters())
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() > 1]},
+                              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}],
+                             lr=lr, weight_decay=settings.weight_decay)
 
 
 def _step_failure(e: Exception, settings: TrainSettings) -> ConfigError | None:
@@ -763,7 +774,7 @@ def _finetune(trained: Trained, train_loader: DataLoader, arch: Arch, where: Pat
         say(f"{'reusing the subnet fine-tuned in' if done else 'fine-tuning'} {where.parent.name}/{where.name}: "
             f"{_epochs(settings.finetune_epochs)} ({steps} steps) at lr {lr:g}")
     supernet.to(device)
-    optimizer = torch.optim.AdamW(supernet.parameters(), lr=lr, weight_decay=run.weight_decay)
+    optimizer = adamw(supernet, lr, run)
     try:
         train(supernet, train_loader, optimizer=optimizer,
               scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps),
