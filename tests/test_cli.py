@@ -1325,6 +1325,13 @@ def test_export_fine_tunes_each_subnet_alone_from_its_inherited_weights(trained_
     one = load_file(tmp_path / "one" / "weights.safetensors")
     assert one.keys() == weights.keys()  # (BatchNorm's batch counters count one recalibration more here)
     assert all(torch.equal(one[k], weights[k]) for k in one if not k.endswith("num_batches_tracked"))
+    # a run trained on a GPU this machine lacks fine-tunes on the CPU, saying so
+    recorded = json.loads((alone / "run.json").read_text())
+    recorded["train"]["device"] = "cuda:99"
+    (alone / "run.json").write_text(json.dumps(recorded))
+    with pytest.warns(UserWarning, match="the run trained on cuda:99, which this machine lacks: fine-tuning on the CPU"):
+        assert main(["export", str(alone), "--arch", "min", "--finetune-epochs", "1", "--out", str(tmp_path / "gpu"),
+                     "--format", "pt2", "--quiet"]) == 0
     for flags, message in [(["--finetune-epochs", "-1"], "export.finetune_epochs must be at least 0"),
                            (["--finetune-lr", "0.1"], "give export.finetune_epochs too"),
                            (["--finetune-epochs", "1", "--finetune-lr", "0"], "export.finetune_lr must be above 0")]:

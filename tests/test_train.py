@@ -207,6 +207,47 @@ def test_validation_by_a_metric_function_on_chosen_archs_and_its_errors(tmp_path
     assert resumed.resumed_from == 1 and resumed.step == 2
 
 
+def test_a_plateau_scheduler_steps_on_the_monitored_validation_score_and_resumes(tmp_path):
+    """``ReduceLROnPlateau`` steps after each validation on ``Validation.monitor``'s score (not after every
+    step): the logged rates replay from the logged scores; its state is checkpointed, so a run cut in two
+    gives the same rates and weights. Refused without validate=, in mode 'min' for accuracy, and with a
+    monitor that is never scored."""
+    loader, val = data(), data(n=16, seed=7)
+
+    def run(steps, run_dir=None, sn=None):
+        sn = sn or make()
+        opt = torch.optim.SGD(sn.parameters(), lr=0.1)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
+        return sn, osf.train(sn, loader, optimizer=opt, scheduler=plateau, loss_fn=F.cross_entropy, steps=steps,
+                             validate=osf.Validation(val, every=2, monitor="min", calib_batches=1), run_dir=run_dir,
+                             progress=False)
+
+    whole, result = run(10)
+    lrs, expected, best, lr = [r["lr"] for r in result.history], [], None, 0.1
+    for r in result.history:
+        expected.append(lr)
+        if "val_accuracy/min" in r:
+            if best is None or r["val_accuracy/min"] > best * (1 + 1e-4):
+                best = r["val_accuracy/min"]
+            else:
+                lr *= 0.5
+    assert lrs == pytest.approx(expected) and min(lrs) < 0.1  # it did cut the rate
+    halves, run_dir = make(), tmp_path / "run"
+    run(6, run_dir, halves)
+    resumed, second = run(10, run_dir, make(seed=5))  # other initial weights: all comes from the checkpoint
+    assert second.resumed_from == 6 and [r["lr"] for r in second.history] == lrs[6:]
+    assert all(torch.equal(t, resumed.tensors()[k]) for k, t in whole.tensors().items())
+    sn = make()
+    opt = torch.optim.SGD(sn.parameters(), lr=0.1)
+    for plateau, validate, said in (
+            (dict(mode="max"), None, "give validate="), (dict(mode="min"), {}, "mode='max'"),
+            (dict(mode="max"), dict(monitor="nope"), "monitor 'nope' is not scored")):
+        with pytest.raises(ValueError, match=said):
+            osf.train(sn, loader, optimizer=opt, loss_fn=F.cross_entropy, steps=1, progress=False,
+                      scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **plateau),
+                      validate=osf.Validation(val, **validate) if validate is not None else None)
+
+
 def test_ema_averages_the_weights_with_warmup():
     layer = nn.Linear(2, 2)
     w0 = layer.weight.detach().clone()

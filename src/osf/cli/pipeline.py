@@ -31,8 +31,8 @@ from ..space.arch import Arch
 from ..space.space import SearchSpace
 from ..supernet import Supernet
 from ..supernet.batches import split_batch
-from ..train import (EMA, ArchSampler, Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, Validation, WarmupSampler,
-                     evaluate, train)
+from ..train import (EMA, ArchSampler, Distill, MotifSampler, Sampler, SandwichSampler, UniformSampler, Validation,
+                     WarmupSampler, evaluate, train)
 from ..train import checkpoint as ckpt
 from ..train.distill import select_output
 from ..train.labels import IGNORE_INDEX, SCORES, Score, class_dim
@@ -621,8 +621,9 @@ def export_run(run_dir: str | Path, settings: ExportSettings, *, front: Front | 
     ``settings.budgets`` the best point within each of its values (and ``pick``), each in a directory of
     its own under ``out`` beside an index (``exports.json``, ``exports.md``), all written atomically.
     With ``settings.finetune_epochs`` each subnet is first trained alone from its inherited weights (see
-    ``_finetune``); the card then scores both. BatchNorm statistics are first re-estimated for each subnet on the training split, for a front's point
-    with the search's seed and calibration batches (so the exported model scores the front's accuracy); with
+    ``_finetune``); the card then scores both. BatchNorm statistics are first re-estimated for each subnet on
+    the training split, for a front's point with the search's seed and calibration batches (so the exported
+    model scores the front's accuracy); with
     ``settings.evaluate``, an arch not taken from a front is scored on the validation split. ``source``:
     where the model card says the run lives (default: ``run_dir``)."""
     out = Path(settings.out)
@@ -679,7 +680,8 @@ def exports_markdown(index: dict[str, Any]) -> str:
              + (f" and within {index['pick']}" if index["pick"] else "") + "; each directory holds `model.pt2`, "
              "`model.onnx`, `weights.safetensors` and a `model_card.md` that says how to load it."
              + (f" Each was then fine-tuned alone for {_epochs(index['finetune_epochs'])} from its inherited weights "
-                "(`..._inherited`: its score before; its model card says how)." if index.get("finetune_epochs") else ""),
+                "(`..._inherited`: its score before; its model card says how)."
+                if index.get("finetune_epochs") else ""),
              "",
              "| budget | directory | params | FLOPs | % of the full model's FLOPs | " + " | ".join(scores) + " |",
              "|---|---|---:|---:|---:|" + "---:|" * len(scores)]
@@ -754,7 +756,13 @@ def _finetune(trained: Trained, train_loader: DataLoader, arch: Arch, where: Pat
     if steps == 0:
         raise ConfigError(f"export.finetune_epochs {settings.finetune_epochs} of {len(train_loader)} batches make no "
                           f"step of train.accumulate {run.accumulate} batches; fine-tune more epochs")
-    device, home = run_device(run.device, "train.device"), supernet.device()
+    home = supernet.device()
+    try:
+        device = run_device(run.device, "train.device")
+    except ConfigError:  # trained on a GPU this machine lacks
+        device = torch.device("cpu")
+        warnings.warn(f"the run trained on {run.device}, which this machine lacks: fine-tuning on the CPU",
+                      stacklevel=2)
     distill, taught = None, ""
     if run.distill == "inplace":  # the max subnet before any fine-tuning, with statistics that fit it alone
         if supernet.batch_norms(space.max()):

@@ -85,7 +85,9 @@ class Validation:
     after the last step. BatchNorm subnets are recalibrated on ``calib_loader`` (default: the
     training loader) as ``osf.evaluate`` does, and the running statistics, random state and data order of
     training are put back afterwards, so a run validated or not trains the same weights. Each score is logged
-    with its step as ``val_<metric>/<name>`` (``metrics.jsonl``, TensorBoard, the progress bar)."""
+    with its step as ``val_<metric>/<name>`` (``metrics.jsonl``, TensorBoard, the progress bar).
+    ``monitor``: the name (of ``archs``, or ``"max"`` / ``"min"``; ``<name>_ema`` for an EMA's score) whose score
+    a ``ReduceLROnPlateau`` scheduler of the run steps on (default: the first scored)."""
     loader: Iterable
     every: int | str | None = None
     archs: dict[str, Arch] | None = None
@@ -93,6 +95,7 @@ class Validation:
     calib_loader: Iterable | None = None
     calib_batches: int = 20
     batch_fn: BatchFn | None = None
+    monitor: str | None = None
 
     def __post_init__(self) -> None:
         if self.every not in (None, "epoch") and (isinstance(self.every, bool) or not isinstance(self.every, int)
@@ -127,6 +130,21 @@ class Validation:
                 raise ValueError(f"Validation: archs[{name!r}] is a {type(arch).__name__}, not an osf.Arch")
             supernet.space.validate(arch)
         return dict(self.archs)
+
+    def monitor_key(self, supernet: Supernet) -> str:
+        """The logged key a ``ReduceLROnPlateau`` steps on: ``val_<metric>/<monitor>``."""
+        return f"val_{self.metric_name()}/{self.monitor or next(iter(self.named_archs(supernet)))}"
+
+    def check_plateau(self, scheduler: Any, supernet: Supernet, ema: EMA | None) -> None:
+        """Refuse a monitor that is never scored, and a plateau scheduler that would cut the rate while the
+        score (accuracy, mIoU: higher is better) improves."""
+        names = list(self.named_archs(supernet))
+        scored = names + ([f"{n}_ema" for n in names] if ema is not None else [])
+        if self.monitor is not None and self.monitor not in scored:
+            raise ValueError(f"Validation: monitor '{self.monitor}' is not scored; choose one of {scored}")
+        if isinstance(self.metric, str) and scheduler.mode != "max":
+            raise ValueError(f"ReduceLROnPlateau(mode='{scheduler.mode}') would cut the learning rate while "
+                             f"{self.metric} (higher is better) improves; build it with mode='max'")
 
     def due(self, step: int, steps: int, epoch_steps: int | None = None) -> bool:
         """Whether to validate after ``step`` (counted from 1) of ``steps``; ``epoch_steps``: the steps of a

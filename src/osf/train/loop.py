@@ -74,7 +74,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     Each step takes one batch, runs every subnet of ``sampler.sample(step)`` (default: the sandwich rule
     with 4 subnets) on it, sums their losses (``loss_fn(output, target)``, a mean over the batch;
     distillation per ``distill``), accumulates the gradients in the shared weights and takes one
-    ``optimizer`` step (then ``scheduler.step()``); with ``accumulate`` > 1 a step takes that many batches,
+    ``optimizer`` step (then ``scheduler.step()``; a ``ReduceLROnPlateau`` steps after each validation
+    instead, on the score of ``validate.monitor``); with ``accumulate`` > 1 a step takes that many batches,
     the same subnets on each, their losses divided by ``accumulate`` (a batch too large for memory, split).
     Stop after ``steps`` steps or ``epochs`` passes over ``loader``. ``amp``: autocast (True = bfloat16 on
     CPU, float16 with loss scaling on CUDA, or a dtype).
@@ -116,12 +117,15 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
         raise ValueError(f"model= must hold the supernet as a submodule (e.g. detector.backbone = supernet); this "
                          f"{type(model).__name__} does not")
     net = model if model is not None else supernet  # what each subnet's forward calls
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if validate is not None:
         if model is not None:
             raise ValueError("validate= scores the supernet's own outputs, and with model= the scores come from the "
                              "model around it: train some steps at a time and score the model yourself in between")
         validate.named_archs(supernet)  # archs of another space are refused before training
         validate.check_loaders(loader)
+        if plateau:
+            validate.check_plateau(scheduler, supernet, ema)
     if ema is not None and ema.module is not net:
         raise ValueError(f"ema= averages a {type(ema.module).__name__}, not the module this run trains: build it as "
                          f"osf.EMA({'model' if model is not None else 'supernet'}) after creating the supernet")
@@ -129,11 +133,10 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
     if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise ValueError("the scheduler was built for another optimizer than optimizer=, so the learning rate it "
                          "sets would never reach training; build it from the optimizer you pass")
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        raise ValueError("ReduceLROnPlateau steps on a validation metric, and osf.train calls scheduler.step() "
-                         "after every optimizer step; use a schedule of steps (OneCycleLR, CosineAnnealingLR), or "
-                         "train a number of steps at a time and step it yourself in between on a score of "
-                         "osf.evaluate (validate= logs such scores, it does not step schedulers)")
+    if plateau and validate is None:
+        raise ValueError("ReduceLROnPlateau steps on a validation score: give validate=osf.Validation(val_loader, "
+                         "every=...) too; it then steps after each validation, on the score of Validation.monitor "
+                         "(default: the first subnet scored, the max)")
     if sampler.space is not supernet.space:
         raise ValueError("the sampler was built for another search space; build it from supernet.space")
     if loss_fn is None and not (distill is not None and distill.mode == "teacher" and distill.weight == 1.0):
@@ -267,7 +270,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                 scaler.update()
             else:
                 optimizer.step()
-            if scheduler is not None:
+            if scheduler is not None and not plateau:
                 scheduler.step()
             if ema is not None:
                 ema.update()
@@ -296,6 +299,8 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                                    f"{last_ckpt}: train again with the same run_dir to resume")
                     raise
                 record |= validated
+                if plateau:  # on the new weights' score; the rate it sets is the next step's
+                    scheduler.step(validated[validate.monitor_key(supernet)])
                 describe(bar, title)
             history.append(record)
             run.log(record)
