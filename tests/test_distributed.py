@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import distributed_worker as worker
-from osf.train.forkjoin import plan
+from osf.train.forkjoin import labelled_weights, plan
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -74,6 +74,13 @@ def test_plan_covers_every_subnet_and_row_once():
                     weights[it.index] = weights.get(it.index, 0.0) + it.weight
             assert all(abs(w - 1.0) < 1e-12 for w in weights.values())
     assert [(it.index, it.start, it.stop) for it in plan(picks[:4], 8, 1, 2)] == [(2, 0, 8), (3, 0, 8)]
+    # shards of a batch whose targets leave some out (-100) count with their labelled share, not their rows
+    tags = torch.tensor([[1, 2, -100], [-100, -100, -100], [0, 1, 2], [2, -100, -100]])  # 2 + 0 + 3 + 1 labelled
+    shards = [labelled_weights(plan(picks[:1], 4, rank, 2), tags, 4)[0] for rank in range(2)]
+    assert [(it.start, it.stop, it.weight) for it in shards] == [(0, 2, 2 / 6), (2, 4, 4 / 6)]
+    whole = plan(picks[:2], 4, 0, 2)  # whole batches, or targets that leave nothing out: as planned
+    assert labelled_weights(whole, tags, 4) == whole
+    assert labelled_weights(plan(picks[:1], 4, 0, 2), tags.clamp(min=0), 4) == plan(picks[:1], 4, 0, 2)
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.utils._pytree as pytree
 
 from ..space.arch import Arch
+from .labels import IGNORE_INDEX
 
 
 class ConfigMismatch(RuntimeError):
@@ -63,6 +64,21 @@ def plan(picks: list[tuple[str, Arch]], rows: int, rank: int = 0, world: int = 1
         role, arch = picks[index]
         items.append(WorkItem(index, role, arch, start, stop, (stop - start) / rows if rows else 0.0))
     return items
+
+
+def labelled_weights(items: list[WorkItem], target: Any, rows: int) -> list[WorkItem]:
+    """``items`` whose shares of a batch count with their fraction of its *labelled* samples (positions)
+    instead of its rows, where integer targets leave some out with -100 (torch's ``ignore_index``): a loss
+    averaged over the labelled ones, as cross-entropy's, then sums over the shares to the full batch's."""
+    if not (isinstance(target, torch.Tensor) and target.dim() > 0 and target.shape[0] == rows
+            and not target.is_floating_point() and not target.is_complex()
+            and any(item.weight != 1.0 for item in items)):
+        return items
+    kept = (target != IGNORE_INDEX).reshape(rows, -1).sum(1)
+    total = int(kept.sum())
+    if total in (0, target.numel()):  # every position left out (the loss is NaN either way), or none
+        return items
+    return [replace(item, weight=int(kept[item.start:item.stop].sum()) / total) for item in items]
 
 
 def take_rows(tree: Any, start: int, stop: int, rows: int) -> Any:

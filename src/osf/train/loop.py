@@ -30,7 +30,7 @@ from . import checkpoint as ckpt
 from .distill import Distill, select_output
 from .ema import EMA
 from .evaluate import Validation
-from .forkjoin import ForkJoin, WorkItem, digest, plan, take_rows
+from .forkjoin import ForkJoin, WorkItem, digest, labelled_weights, plan, take_rows
 from .samplers import Sampler, SandwichSampler
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -245,7 +245,7 @@ def train(supernet: Supernet, loader: Iterable, *, optimizer: torch.optim.Optimi
                                          steps, start, clip_grad_norm, amp, checkpoint_every, world, accumulate,
                                          ema, (args, kwargs, target)))
                 rows = _rows(args, kwargs, model)
-                items = plan(picks, rows, rank, world)
+                items = labelled_weights(plan(picks, rows, rank, world), target, rows)
                 if model is not None and any(item.weight != 1.0 for item in items):
                     raise ValueError(f"with model=, every rank runs whole batches: {len(picks)} subnets per step "
                                      f"cannot be dealt out over {world} ranks; sample a multiple of {world} subnets "
