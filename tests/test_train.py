@@ -2,6 +2,7 @@
 and the errors a user meets."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -734,6 +735,15 @@ def test_arch_sampler_fine_tunes_one_subnet_and_touches_no_weight_outside_it(tmp
     with pytest.raises(CheckpointError, match="picked"):
         osf.train(sn, data(), optimizer=opt, loss_fn=F.cross_entropy, steps=14, run_dir=tmp_path, progress=False,
                   sampler=osf.ArchSampler(space, {"picked": space.min()}))
+    # fine-tuning a deep copy leaves the supernet as it was; the copy's forward and extraction use its own weights
+    twin, kept = copy.deepcopy(sn), {k: t.clone() for k, t in sn.tensors().items()}
+    osf.train(twin, data(), optimizer=torch.optim.SGD(twin.parameters(), lr=0.05), loss_fn=F.cross_entropy,
+              steps=3, sampler=osf.ArchSampler(twin.space, {"picked": arch}), progress=False)
+    assert all(torch.equal(t, kept[k]) for k, t in sn.tensors().items())
+    assert any(not torch.equal(t, kept[k]) for k, t in twin.tensors().items())
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad(), twin.set_arch(arch):
+        assert torch.allclose(twin.eval()(x), twin.extract(arch).eval()(x), atol=1e-5)
     with pytest.raises(ValueError, match="at least one subnet"):
         osf.ArchSampler(space, {})
     with pytest.raises(ValueError, match="subnet 'x': unknown width group 'nope'"):
