@@ -1329,7 +1329,7 @@ def test_export_fine_tunes_each_subnet_alone_from_its_inherited_weights(trained_
     recorded = json.loads((alone / "run.json").read_text())
     recorded["train"]["device"] = "cuda:99"
     (alone / "run.json").write_text(json.dumps(recorded))
-    with pytest.warns(UserWarning, match="the run trained on cuda:99, which this machine lacks: fine-tuning on the CPU"):
+    with pytest.warns(UserWarning, match="trained on cuda:99, which this machine lacks: fine-tuning on the CPU"):
         assert main(["export", str(alone), "--arch", "min", "--finetune-epochs", "1", "--out", str(tmp_path / "gpu"),
                      "--format", "pt2", "--quiet"]) == 0
     for flags, message in [(["--finetune-epochs", "-1"], "export.finetune_epochs must be at least 0"),

@@ -38,9 +38,10 @@ class TrainSettings:
     those of two or more dims only), cross-entropy (with
     ``label_smoothing``), ``steps`` or ``epochs`` (default: 5 epochs); ``metric``:
     the validation score of the run, its search and its exports (``accuracy``, or ``miou`` for labels per
-    position); ``accumulate``: batches per optimizer step; ``val_every``: steps (or ``"epoch"``) between scores of
-    the max and min subnets on the validation split while training (None: once, at the end); ``ema``: the decay of a moving
-    average of the weights, which the run then scores, searches and exports (None: the weights as trained)."""
+    position); ``accumulate``: batches per optimizer step; ``val_every``: steps (or ``"epoch"``) between scores
+    of the max and min subnets on the validation split while training (None: once, at the end); ``ema``: the
+    decay of a moving average of the weights, which the run then scores, searches and exports (None: the
+    weights as trained)."""
     steps: int | None = None
     epochs: int | None = None
     lr: float = 3e-3
@@ -70,9 +71,9 @@ class TrainSettings:
     SCHEDULES: typing.ClassVar = ("onecycle", "cosine", "constant")
     # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
     # rate is constant; a schedule spans the run's length, which is then fixed too)
-    FIXED: typing.ClassVar = ("lr", "lr_schedule", "weight_decay", "decay_1d", "label_smoothing", "batch_size", "sampler",
-                              "subnets", "distill", "distill_weight", "warmup_epochs", "clip_grad_norm", "amp", "seed",
-                              "accumulate", "ema")
+    FIXED: typing.ClassVar = ("lr", "lr_schedule", "weight_decay", "decay_1d", "label_smoothing", "batch_size",
+                              "sampler", "subnets", "distill", "distill_weight", "warmup_epochs", "clip_grad_norm",
+                              "amp", "seed", "accumulate", "ema")
     # what a run recorded before a setting existed used, where that is not the setting's default now
     BEFORE: typing.ClassVar = {"lr_schedule": "constant"}
 
