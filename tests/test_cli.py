@@ -626,6 +626,12 @@ def test_labels_per_pixel_train_search_and_export_a_segmentation_model(tmp_path,
     ious = [((predicted == c) & (truth == c)).sum() / ((predicted == c) | (truth == c)).sum() for c in range(3)
             if ((predicted == c) | (truth == c)).any()]
     assert "accuracy" not in card["metrics"] and card["metrics"]["miou"] == pytest.approx(np.mean(ious), abs=1e-4)
+    # fine-tuned before export: the card keeps the front's mIoU as the inherited score
+    assert main(["export", "run", "--out", "tuned", "--budgets", "flops=100%", "--finetune-epochs", "1", "--format",
+                 "pt2", "--quiet"]) == 0
+    tuned = json.loads((tmp_path / "tuned" / "flops-100pct" / "card.json").read_text())
+    assert list(tuned["metrics"]) == ["miou", "miou_inherited"] and tuned["metrics"]["miou_inherited"] == \
+        card["metrics"]["miou"]
 
 
 def test_labels_per_position_that_a_model_cannot_score_are_refused_naming_the_fix(tmp_path, monkeypatch, capsys):
