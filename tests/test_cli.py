@@ -731,6 +731,22 @@ def test_train_validates_every_n_steps_without_changing_the_run(tmp_path, monkey
     with pytest.raises(ConfigError, match="train.val_every is a number of steps or 'epoch', got 'week'"):
         TrainSettings(val_every="week")
     capsys.readouterr()
+    # --lr-schedule plateau: halved after 2 validations without a better max-subnet score; the run may grow
+    plateau = [*common, "--out", "plateau", "--lr-schedule", "plateau", "--val-every", "1", "--lr", "0.05"]
+    assert main([*plateau, "--steps", "6"]) == 0 and main([*plateau, "--steps", "12"]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "plateau" / "metrics.jsonl").read_text().splitlines()]
+    expected, best, bad, lr = [], None, 0, 0.05
+    for r in logged:
+        expected.append(lr)
+        if best is None or r["val_accuracy/max"] > best * (1 + 1e-4):
+            best, bad = r["val_accuracy/max"], 0
+        else:
+            bad += 1
+            if bad > 2:
+                lr, bad = lr / 2, 0
+    assert len(logged) == 12 and [r["lr"] for r in logged] == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="plateau halves the rate .* give train.val_every"):
+        TrainSettings(lr_schedule="plateau")
     with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
         main([*constant, "--steps", "19", "--val-every", "week"])
     assert exit_.value.code == 2 and "expected a number of steps or 'epoch', got 'week'" in capsys.readouterr().err

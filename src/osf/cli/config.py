@@ -68,7 +68,8 @@ class TrainSettings:
 
     SAMPLERS: typing.ClassVar = ("sandwich", "uniform", "motif")
     DISTILL: typing.ClassVar = ("inplace", "teacher", "none")
-    SCHEDULES: typing.ClassVar = ("onecycle", "cosine", "constant")
+    SCHEDULES: typing.ClassVar = ("onecycle", "cosine", "constant", "plateau")
+    GROWING: typing.ClassVar = ("constant", "plateau")  # schedules that do not span the run: it may grow
     # settings a resumed run must share with the run it continues (steps / epochs may grow when the learning
     # rate is constant; a schedule spans the run's length, which is then fixed too)
     FIXED: typing.ClassVar = ("lr", "lr_schedule", "weight_decay", "decay_1d", "label_smoothing", "batch_size",
@@ -104,6 +105,9 @@ class TrainSettings:
             raise ConfigError(f"train.label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ConfigError(f"train.ema must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema}")
+        if self.lr_schedule == "plateau" and self.val_every is None:
+            raise ConfigError("train.lr_schedule plateau halves the rate when the validation score stops rising: "
+                              "give train.val_every too (osf train --val-every N|epoch)")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"train.clip_grad_norm must be above 0, got {self.clip_grad_norm}")
         _device("train.device", self.device)

@@ -261,8 +261,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
     g.add_argument("--lr-schedule", choices=TrainSettings.SCHEDULES,
                    help=f"onecycle: warm up to --lr over the first 10%% of the steps, then anneal towards zero; cosine: "
-                   f"anneal from --lr to zero; constant: --lr throughout, the only one a resumed run may extend "
-                   f"(default {d.lr_schedule})")
+                   f"anneal from --lr to zero; constant: --lr throughout; plateau: halve the rate after "
+                   f"{pipeline.PLATEAU_PATIENCE} validations (--val-every) without a better max-subnet score; a "
+                   f"resumed run may extend only constant and plateau (default {d.lr_schedule})")
     g.add_argument("--weight-decay", type=float, metavar="WD",
                    help=f"AdamW's decoupled weight decay, on every parameter unless --no-decay-1d (default "
                    f"{d.weight_decay})")

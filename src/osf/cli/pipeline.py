@@ -48,6 +48,7 @@ SEARCH_DIR = "search"
 EXPORTS_INDEX = "exports.json"  # what osf export --budgets writes beside its subnets
 INDEX_FIELDS = ("budget", "dir", "params", "flops", "flops_share")  # an index row's own fields; the rest: scores
 CALIB_BATCHES = 20  # BatchNorm recalibration batches before evaluating or exporting a subnet
+PLATEAU_FACTOR, PLATEAU_PATIENCE = 0.5, 2  # --lr-schedule plateau: halve after 2 validations without a gain
 FINETUNE_DIR = "finetune"  # RUN_DIR/finetune/NAME-DIGEST: one osf.train run directory per fine-tuned subnet
 
 
@@ -459,12 +460,16 @@ def _sampler(settings: TrainSettings, supernet: Supernet, steps_per_epoch: int) 
 def _scheduler(settings: TrainSettings, optimizer: torch.optim.Optimizer,
                steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The learning-rate schedule over the run's ``steps``: one-cycle (a warm-up over the first 10 % to
-    ``lr``, then annealed towards zero), cosine (from ``lr`` down to zero) or none (constant)."""
+    ``lr``, then annealed towards zero), cosine (from ``lr`` down to zero), plateau (halved after
+    ``PLATEAU_PATIENCE`` validations without a better max-subnet score) or none (constant)."""
     if settings.lr_schedule == "onecycle":
         warm_up = 0.1 if 0.1 * steps != 1 else 0.15  # a warm-up of exactly one step: OneCycleLR divides by zero
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps, pct_start=warm_up)
     if settings.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    if settings.lr_schedule == "plateau":  # stepped by osf.train after each validation, on the max subnet's score
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=PLATEAU_FACTOR,
+                                                          patience=PLATEAU_PATIENCE)
     return None
 
 
@@ -473,7 +478,8 @@ def _identity(run: Run) -> dict[str, Any]:
     the run, its length too."""
     defaults = TrainSettings()  # a run recorded before a setting existed had its default then
     train = {k: run.train.get(k, TrainSettings.BEFORE.get(k, getattr(defaults, k))) for k in TrainSettings.FIXED}
-    length = {k: run.train.get(k) for k in ("steps", "epochs")} if train["lr_schedule"] != "constant" else {}
+    length = {k: run.train.get(k) for k in ("steps", "epochs")} if train["lr_schedule"] not in TrainSettings.GROWING \
+        else {}
     flags = {**run.space, **train, "image_size": run.image_size, **length}
     return {"model": run.model, "data": run.data, **{f"--{k.replace('_', '-')}": v for k, v in flags.items()}}
 
