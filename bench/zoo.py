@@ -75,6 +75,11 @@ TIMM_MODELS = (
     "inception_v3", "inception_v4", "xception41", "nasnetalarge", "nfnet_l0", "nf_resnet26",
     "halonet26t", "botnet26t_256", "lambda_resnet26t", "cspnext_tiny", "lcnetv2_small", "repghostnet_050",
     "resnest14d", "legacy_seresnet18", "cpubone_b0_bfrobust", "legacy_xception",
+    # families a new-user probe found outside the sweep (12-08)
+    "caformer_s18", "convformer_s18", "flexivit_small", "gmixer_12_224", "maxxvit_rmlp_nano_rw_256",
+    "hieradet_small", "coatnext_nano_rw_224", "qwen3_vit_88m", "csatv2", "repvgg_a0", "mixnet_s", "tinynet_e",
+    "rexnetr_100", "resnetrs50", "sebotnet33ts_256", "haloregnetz_b", "lamhalobotnet50ts_256", "bat_resnext26ts",
+    "vgg11_bn", "gernet_s", "fbnetv3_b", "gcresnet33ts", "densenetblur121d",
 )
 
 QUICK = {(CLS, "resnet18"), (CLS, "mobilenet_v3_small"), (SEG, "lraspp_mobilenet_v3_large"),
