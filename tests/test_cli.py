@@ -778,7 +778,9 @@ def test_train_weight_decay_and_label_smoothing_reach_the_optimizer_and_the_loss
     assert read_run(tmp_path / "exempt").train["decay_1d"] is False
     capsys.readouterr()
     assert main([*common, "--out", "exempt", "--weight-decay", "0.5"]) == 2  # fixed for a run
-    assert "holds a run with --decay-1d False, not True" in capsys.readouterr().err
+    assert "exempt holds a run trained with --no-decay-1d; resume with the same" in capsys.readouterr().err
+    assert main([*common, "--out", "plain", "--no-decay-1d"]) == 2
+    assert "plain holds a run trained without --no-decay-1d; resume with the same" in capsys.readouterr().err
     for bad, said in ((dict(weight_decay=-0.1), "train.weight_decay must be at least 0"),
                       (dict(label_smoothing=1.0), r"train.label_smoothing must lie in \[0, 1\)")):
         with pytest.raises(ConfigError, match=said):
@@ -1042,7 +1044,7 @@ def test_train_clips_autocasts_and_takes_a_device(trained_run, tmp_path, capsys)
 
     capsys.readouterr()
     assert main([*args, "--out", str(amp)]) == 2
-    assert "--amp True, not False" in capsys.readouterr().err
+    assert "holds a run trained with --amp; resume with the same settings" in capsys.readouterr().err
     assert main([*args, "--out", str(clipped)]) == 2
     assert "--clip-grad-norm 1e-12, not None" in capsys.readouterr().err
     assert main([*args, "--out", str(amp), "--amp", "--device", "auto"]) == 0  # another device: resumes

@@ -484,6 +484,11 @@ def _identity(run: Run) -> dict[str, Any]:
     return {"model": run.model, "data": run.data, **{f"--{k.replace('_', '-')}": v for k, v in flags.items()}}
 
 
+# settings of on/off flags: (the flag, the value it sets)
+SWITCHES = {"--depth": ("--no-depth", False), "--decay-1d": ("--no-decay-1d", False), "--amp": ("--amp", True),
+            "--prune-head-dim": ("--prune-head-dim", True)}
+
+
 def _check_resumable(out: Path, run: Run, requested: Run) -> None:
     if run.data_fingerprint not in (None, requested.data_fingerprint):
         raise ConfigError(f"the data of {run.data} changed since {out} started training on them; resuming would "
@@ -494,6 +499,10 @@ def _check_resumable(out: Path, run: Run, requested: Run) -> None:
             why = (f"its --lr-schedule {run.train['lr_schedule']} spans the whole run: resume with the same "
                    "length, or train a run that may grow with --lr-schedule constant into another --out"
                    if key in ("--steps", "--epochs") else "resume with the same settings or train into another --out")
+            if key in SWITCHES:  # an on/off flag: said as the flag the command takes
+                flag, on = SWITCHES[key]
+                raise ConfigError(f"{out} holds a run trained {'with' if value == on else 'without'} {flag}; "
+                                  f"{why}")
             raise ConfigError(f"{out} holds a run with {key} {value!r}, not {theirs.get(key)!r}; {why}")
 
 
