@@ -731,16 +731,18 @@ def _export_arch(trained: Trained, loaders_: tuple[DataLoader, DataLoader], arch
     seed = front.info.get("seed", 0) if front is not None else 0
     train_loader, val_loader = loaders_
     metric = _metric(trained)
+
+    def score() -> float:  # on the validation split; recalibrates BatchNorm statistics for arch first
+        return round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
+                              calib_batches=calib_batches, seed=seed, metric=metric), 4)
     inherited = None
     if tune is not None:
         inherited = metrics.pop(metric, None)
         if inherited is None and settings.evaluate:
-            inherited = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
-                                       calib_batches=calib_batches, seed=seed, metric=metric), 4)
+            inherited = score()
         source += _finetune(trained, train_loader, arch, tune / out.name, settings, progress)
-    if settings.evaluate and metric not in metrics:  # recalibrates BatchNorm statistics for arch first
-        metrics[metric] = round(evaluate(trained.supernet, arch, val_loader, calib_loader=train_loader,
-                                         calib_batches=calib_batches, seed=seed, metric=metric), 4)
+    if settings.evaluate and metric not in metrics:
+        metrics[metric] = score()
     elif trained.supernet.batch_norms(arch):  # the exported subnet keeps statistics that fit it
         trained.supernet.recalibrate(arch, train_loader, calib_batches, seed=seed)
     dtype = None if settings.dtype == "float32" else getattr(torch, settings.dtype)
